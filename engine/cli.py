@@ -1,0 +1,113 @@
+"""`slimlab-engine` / `python -m engine`: the headless command line.
+
+User mistakes exit with code 2 and one line on stderr; no traceback.
+Heavy modules (torch, transformers) are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+
+from engine.config import ConfigError, Experiment, load_experiment
+
+# stage kind -> "module:function" of the stage body (a function of a StageContext)
+STAGE_BODIES = {
+    "prepare": "engine.data:prepare_stage",
+    "finetune": "engine.train:finetune_stage",
+    "prune": "engine.prune.stage:prune_stage",
+    "distill": "engine.train:distill_stage",
+    "eval": "engine.evaluate:eval_stage",
+}
+
+
+def stage_body(stage: str) -> Callable:
+    kind = stage.split("-", 1)[0]
+    module, func = STAGE_BODIES[kind].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _load(args: argparse.Namespace) -> Experiment:
+    exp = load_experiment(args.file, args.set or [])
+    if getattr(args, "runs_dir", None):
+        exp.runs_dir = args.runs_dir
+    return exp
+
+
+def resolve_stage(exp: Experiment, kind: str, name: str | None) -> str:
+    """`prune FILE --stage prune-width` or `--stage width`; the only one when unambiguous."""
+    candidates = [s for s in exp.stages() if s.split("-", 1)[0] == kind]
+    if name:
+        full = name if name.startswith(kind) else f"{kind}-{name}"
+        if full not in candidates:
+            raise ConfigError(f"{exp.source}: no stage '{full}'; this file has: {', '.join(exp.stages())}")
+        return full
+    if not candidates:
+        raise ConfigError(f"{exp.source}: no {kind} stage in this file; add the [{kind}] section")
+    if len(candidates) > 1:
+        raise ConfigError(f"{exp.source}: several {kind} stages; pick one with --stage ({', '.join(candidates)})")
+    return candidates[0]
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from engine.stage import run_stage
+
+    exp = _load(args)
+    stage = resolve_stage(exp, args.command, args.stage)
+    return run_stage(exp, stage, stage_body(stage))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    exp = _load(args)
+    from engine.plan import describe_plan
+
+    for line in describe_plan(exp):
+        print(line)
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="experiment TOML file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a key, e.g. --set distill.steps=100 (repeatable)")
+    p.add_argument("--runs-dir", help="where run directories live (default: the file's runs_dir)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="slimlab-engine", description="Minitron-style prune + distill of HF LLMs")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate a file; print the stage plan and parameter counts")
+    _common(p)
+    p.set_defaults(func=cmd_check)
+
+    for kind in ("prepare", "finetune", "prune", "distill", "eval"):
+        p = sub.add_parser(kind, help=f"run one {kind} stage in this process")
+        _common(p)
+        p.add_argument("--stage", help=f"stage name, e.g. {kind}-width (needed when there are several)")
+        p.set_defaults(func=cmd_stage)
+
+    try:  # run / status / cancel / compare live with the orchestrator
+        from engine.pipeline_cli import add_pipeline_commands
+    except ImportError:
+        pass
+    else:
+        add_pipeline_commands(sub, _common)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

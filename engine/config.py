@@ -1,0 +1,462 @@
+"""Experiment file: TOML -> validated, typed objects.
+
+Every user mistake becomes a `ConfigError` whose message is one line naming the file, the
+key and the fix. This module imports neither torch nor transformers (the TUI uses it to
+validate as the user types).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(Exception):
+    """A user mistake in an experiment file or override: one line, exit code 2."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Dtype = Literal["bfloat16", "float16", "float32"]
+
+
+class ModelConfig(_Section):
+    path: str | None = None  # hub id or local directory
+    dtype: Dtype = "bfloat16"
+    tokenizer: str | None = None  # default: the model's own
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    arch: dict[str, Any] | None = None  # transformers config keys for init = "scratch"
+    tokenizer_train_vocab: int | None = Field(default=None, ge=256, le=1_000_000)
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+
+    @model_validator(mode="after")
+    def _source(self) -> ModelConfig:
+        if self.init == "pretrained" and not self.path:
+            raise ValueError("path: set a hub id or local directory, or init = \"scratch\" with an arch table")
+        if self.init == "scratch" and not self.arch:
+            raise ValueError("arch: init = \"scratch\" needs an arch table, e.g. arch = {model_type = \"llama\", ...}")
+        if self.arch is not None and "model_type" not in self.arch:
+            raise ValueError("arch.model_type: name the architecture (llama, mistral, qwen2, qwen3)")
+        if self.init == "scratch" and not (self.tokenizer or self.tokenizer_train_vocab or self.path):
+            raise ValueError("tokenizer: a scratch model needs `tokenizer = \"...\"` or `tokenizer_train_vocab = N`")
+        return self
+
+
+class DataConfig(_Section):
+    dataset: str | None = None  # hub dataset name | "builtin:stdlib-docs"
+    config: str | None = None  # hub dataset config name
+    train_files: list[str] = Field(default_factory=list)
+    validation_files: list[str] = Field(default_factory=list)
+    test_files: list[str] = Field(default_factory=list)
+    text_field: str = "text"
+    seq_length: int = Field(default=2048, ge=8, le=1_048_576)
+    workers: int = Field(default=4, ge=1, le=512)
+    validation_fraction: float = Field(default=0.01, gt=0.0, lt=0.5)  # held out when no validation split
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=0.5)  # held out when no test split
+    max_tokens: int | None = Field(default=None, ge=1)  # cap the training tokens (demos)
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _source(self) -> DataConfig:
+        if not self.dataset and not self.train_files:
+            raise ValueError("dataset: set a hub dataset, \"builtin:stdlib-docs\", or train_files = [...]")
+        if self.dataset and self.train_files:
+            raise ValueError("train_files: give either dataset or train_files, not both")
+        return self
+
+
+class TrainConfig(_Section):
+    """Trainer keys shared by [finetune] and [distill]."""
+
+    steps: int = Field(default=30, ge=1)
+    global_batch_size: int = Field(default=128, ge=1)
+    micro_batch_size: int = Field(default=4, ge=1)
+    lr: float = Field(default=1e-4, gt=0.0, le=1.0)
+    min_lr: float = Field(default=1e-5, ge=0.0, le=1.0)
+    warmup_steps: int = Field(default=2, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    adam_beta1: float = Field(default=0.9, gt=0.0, lt=1.0)
+    adam_beta2: float = Field(default=0.95, gt=0.0, lt=1.0)
+    grad_clip: float = Field(default=1.0, ge=0.0)  # 0 disables clipping
+    val_interval: int = Field(default=10, ge=1)
+    val_batches: int = Field(default=5, ge=1)
+    checkpoint_interval: int = Field(default=100, ge=1)
+    log_interval: int = Field(default=1, ge=1)
+    gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model(s)
+    max_nan_steps: int = Field(default=5, ge=1)  # consecutive non-finite losses that stop the run
+    seed: int = 1234
+
+    @model_validator(mode="after")
+    def _schedule(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr: {self.min_lr} is above lr = {self.lr}; set min_lr <= lr")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size: {self.global_batch_size} is not a multiple of "
+                f"micro_batch_size = {self.micro_batch_size}"
+            )
+        return self
+
+
+class FinetuneConfig(TrainConfig):
+    pass
+
+
+class DistillConfig(TrainConfig):
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "ce"] = "forward_kl"
+    temperature: float = Field(default=1.0, gt=0.0, le=100.0)
+    ce_weight: float = Field(default=0.0, ge=0.0)
+    kd_weight: float = Field(default=1.0, ge=0.0)
+    top_k: int | None = Field(default=None, ge=1)  # distill on the teacher's top-k logits only
+    hidden_weight: float = Field(default=0.0, ge=0.0)  # hidden-state loss weight (0: logits only)
+    hidden_loss: Literal["cosine", "mse"] = "cosine"
+    layer_map: list[tuple[int, int]] | None = None  # [[student_layer, teacher_layer], ...]
+    chunk_tokens: int = Field(default=4096, ge=16)  # tokens per chunk of the fused KD loss
+
+
+class PruneConfig(_Section):
+    name: str
+    method: Literal["depth", "width"]
+    # depth
+    drop_layers: list[int] | None = None
+    num_layers: int | None = Field(default=None, ge=1)
+    selection: Literal["block-influence", "lm-loss", "contiguous", "last"] = "block-influence"
+    # width
+    ffn_hidden_size: int | None = Field(default=None, ge=1)
+    hidden_size: int | None = Field(default=None, ge=1)
+    num_attention_heads: int | None = Field(default=None, ge=1)
+    num_key_value_heads: int | None = Field(default=None, ge=1)
+    # importance (calibration)
+    importance: Literal["activation", "random"] = "activation"
+    importance_from: str | None = None  # reuse an importance.json instead of calibrating
+    calibration_samples: int = Field(default=1024, ge=1)
+    calibration_batch_size: int = Field(default=8, ge=1)
+    batch_agg: Literal["l2", "mean", "max"] = "l2"
+    seq_agg: Literal["mean", "l2", "max"] = "mean"
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"'{v}' is not a valid name; use letters, digits, '-', '_' or '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _targets(self) -> PruneConfig:
+        width_keys = ("ffn_hidden_size", "hidden_size", "num_attention_heads", "num_key_value_heads")
+        if self.method == "depth":
+            if (self.drop_layers is None) == (self.num_layers is None):
+                raise ValueError("drop_layers: a depth prune needs exactly one of drop_layers or num_layers")
+            if self.drop_layers is not None:
+                if not self.drop_layers:
+                    raise ValueError("drop_layers: the list is empty; name the layers to drop (0-indexed)")
+                if min(self.drop_layers) < 0:
+                    raise ValueError("drop_layers: layer indices are 0-indexed and cannot be negative")
+                if len(set(self.drop_layers)) != len(self.drop_layers):
+                    raise ValueError("drop_layers: a layer is listed twice")
+            set_width = [k for k in width_keys if getattr(self, k) is not None]
+            if set_width:
+                raise ValueError(f"{set_width[0]}: a width key in a depth prune; use method = \"width\"")
+        else:
+            if all(getattr(self, k) is None for k in width_keys):
+                raise ValueError("ffn_hidden_size: a width prune needs at least one of " + ", ".join(width_keys))
+            if self.drop_layers is not None or self.num_layers is not None:
+                raise ValueError("drop_layers: a depth key in a width prune; use method = \"depth\"")
+        return self
+
+
+class EvalConfig(_Section):
+    splits: list[Literal["train", "validation", "test"]] = Field(default_factory=lambda: ["validation", "test"])
+    batches: int | None = Field(default=50, ge=1)  # per split; None = the whole split
+    micro_batch_size: int = Field(default=4, ge=1)
+
+
+class LaunchConfig(_Section):
+    gpus: Union[Literal["all"], list[int]] = "all"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    parallel: bool = False  # distill students at once on disjoint GPU sets
+    nodes: int = Field(default=1, ge=1)
+    machine_rank: int = Field(default=0, ge=0)
+    main_process_ip: str | None = None
+    main_process_port: int = Field(default=29500, ge=1, le=65535)
+    mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
+    stage_gpus: dict[str, list[int]] = Field(default_factory=dict)  # per-stage override, e.g. {"distill-width" = [2, 3]}
+
+    @model_validator(mode="after")
+    def _nodes(self) -> LaunchConfig:
+        if self.nodes > 1 and not self.main_process_ip:
+            raise ValueError("main_process_ip: nodes > 1 needs the address of node 0 (or use `run --slurm`)")
+        if self.machine_rank >= self.nodes:
+            raise ValueError(f"machine_rank: {self.machine_rank} must be below nodes = {self.nodes}")
+        return self
+
+
+class Experiment(_Section):
+    name: str
+    runs_dir: str = "runs"
+    seed: int = 1234
+    model: ModelConfig
+    data: DataConfig
+    finetune: FinetuneConfig | None = None
+    prune: list[PruneConfig] = Field(default_factory=list)
+    distill: DistillConfig | None = None
+    eval: EvalConfig | None = None
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
+
+    # Where the file came from (set by load_experiment; not part of the schema).
+    source: str | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"'{v}' is not a valid run name; use letters, digits, '-', '_' or '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        names = [p.name for p in self.prune]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"prune: two [[prune]] tables are named '{sorted(dup)[0]}'; give each a unique name")
+        if self.model.init == "scratch" and self.finetune is None:
+            raise ValueError("finetune: init = \"scratch\" needs a [finetune] section to train the teacher")
+        if self.distill is not None and not self.prune:
+            raise ValueError("distill: [distill] needs at least one [[prune]] student")
+        return self
+
+    # ---- the stage plan -------------------------------------------------------------
+    def stages(self) -> list[str]:
+        """Stage names in pipeline order."""
+        out = ["prepare"]
+        if self.finetune is not None:
+            out.append("finetune")
+        out += [f"prune-{p.name}" for p in self.prune]
+        if self.distill is not None:
+            out += [f"distill-{p.name}" for p in self.prune]
+        if self.eval is not None:
+            out.append("eval")
+        return out
+
+    def prune_by_name(self, name: str) -> PruneConfig:
+        for p in self.prune:
+            if p.name == name:
+                return p
+        raise ConfigError(f"{self.source or 'experiment'}: no [[prune]] named '{name}'")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def stage_hash(self, stage: str) -> str:
+        """Hash of the keys a stage depends on (its own and its inputs'), for caching."""
+        d = self.model_dump(mode="json")
+        parts: dict[str, Any] = {"model": d["model"], "data": d["data"], "seed": d["seed"]}
+        if stage != "prepare":
+            parts["finetune"] = d["finetune"]
+        if stage.startswith(("prune-", "distill-")):
+            parts["prune"] = self.prune_by_name(stage.split("-", 1)[1]).model_dump(mode="json")
+        if stage.startswith("distill-"):
+            parts["distill"] = d["distill"]
+        if stage == "eval":
+            parts.update(prune=d["prune"], distill=d["distill"], eval=d["eval"])
+        blob = json.dumps({"stage": stage, **parts}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---- loading ------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "finetune": FinetuneConfig,
+    "prune": PruneConfig,
+    "distill": DistillConfig,
+    "eval": EvalConfig,
+    "launch": LaunchConfig,
+}
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at the location of an unknown key."""
+    section = [p for p in loc[:-1] if isinstance(p, str)]
+    if not section:
+        return list(Experiment.model_fields)
+    model = _SECTIONS.get(section[0])
+    return list(model.model_fields) if model else []
+
+
+def _dotted(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
+    """Render a pydantic location as the user wrote it: prune[width].hidden_size."""
+    out: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and out and out[-1] == "prune":
+            try:
+                out[-1] = f"prune[{raw['prune'][part]['name']}]"
+            except (KeyError, IndexError, TypeError):
+                out[-1] = f"prune[{part}]"
+        elif isinstance(part, int):
+            out[-1] = f"{out[-1]}[{part}]"
+        elif i > 0 and part in ("function-after", "list[int]", "literal['all']"):
+            continue
+        else:
+            out.append(str(part))
+    return ".".join(out)
+
+
+def _explain(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+    key = _dotted(loc, raw)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        bad = str(loc[-1])
+        close = difflib.get_close_matches(bad, _valid_keys(loc), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(_valid_keys(loc))
+        return f"unknown key '{key}'; {hint}"
+    if kind == "missing":
+        if len(loc) == 1 and loc[0] in ("model", "data"):
+            return f"missing required section [{loc[0]}]"
+        return f"missing required key '{key}'"
+    if kind == "value_error":
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        prefix = f"{key}." if key and ":" in msg.split(" ", 1)[0] else (f"{key}: " if key else "")
+        return f"{prefix}{msg}" if prefix.endswith(".") else f"{prefix}{msg}"
+    if kind == "literal_error":
+        return f"{key}: {err['msg'].lower()}, got {err['input']!r}"
+    got = err.get("input")
+    return f"{key}: {err['msg'].lower()} (got {got!r})"
+
+
+def parse_experiment(raw: dict[str, Any], source: str = "experiment") -> Experiment:
+    try:
+        exp = Experiment.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ConfigError(f"{source}: {_explain(first, raw)}") from None
+    exp.source = source
+    return exp
+
+
+def parse_value(text: str) -> Any:
+    """An override value as TOML (numbers, booleans, lists), else a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(raw: dict[str, Any], assignment: str, source: str = "--set") -> None:
+    """Apply `a.b.c=value` to the raw TOML dict; `prune.<name>.key` addresses a student."""
+    if "=" not in assignment:
+        raise ConfigError(f"{source}: '{assignment}' is not KEY=VALUE; e.g. --set distill.steps=100")
+    key, _, text = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"{source}: empty key in '{assignment}'")
+    value = parse_value(text.strip())
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):  # [[prune]] addressed by name
+            match = [t for t in node if isinstance(t, dict) and t.get("name") == part]
+            if not match:
+                names = ", ".join(str(t.get("name")) for t in node if isinstance(t, dict))
+                raise ConfigError(f"{source}: no [[prune]] named '{part}' in '{key}'; names: {names}")
+            node = match[0]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: '{'.'.join(parts[: i + 1])}' is not a table")
+        node = node.setdefault(part, {})
+    if not isinstance(node, dict):
+        raise ConfigError(f"{source}: '{key}' needs a student name, e.g. prune.width.hidden_size=2048")
+    node[parts[-1]] = value
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such file; check the path (experiments live in experiments/*.toml)")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; give an experiment .toml file")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e}); fix the syntax there") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file; give an experiment .toml file") from None
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    raw = read_toml(path)
+    for o in overrides:
+        apply_override(raw, o, source=f"{path}: --set")
+    return parse_experiment(raw, source=str(path))
+
+
+def loads_experiment(text: str, source: str = "experiment", overrides: tuple[str, ...] = ()) -> Experiment:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML ({e})") from None
+    for o in overrides:
+        apply_override(raw, o, source=f"{source}: --set")
+    return parse_experiment(raw, source=source)
+
+
+def dumps_toml(d: dict[str, Any]) -> str:
+    """Minimal TOML writer for resolved configs (tables, arrays of tables, scalars, lists)."""
+    lines: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{_k(k)} = {scalar(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    def _k(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+    def table(prefix: str, t: dict[str, Any], array: bool = False) -> None:
+        plain = {k: v for k, v in t.items() if not _is_table(v) and v is not None}
+        if prefix:
+            lines.append(f"\n[[{prefix}]]" if array else f"\n[{prefix}]")
+        lines.extend(f"{_k(k)} = {scalar(v)}" for k, v in plain.items())
+        for k, v in t.items():
+            if isinstance(v, dict) and _is_table(v):
+                table(f"{prefix}.{k}" if prefix else k, v)
+            elif _is_table(v):
+                for item in v:
+                    table(f"{prefix}.{k}" if prefix else k, item, array=True)
+
+    table("", d)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_table(v: Any) -> bool:
+    if isinstance(v, dict):
+        return True  # nested sections; small inline maps (arch, stage_gpus) are handled below
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)

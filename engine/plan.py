@@ -1,0 +1,14 @@
+"""`check`: the stage plan of an experiment, before any weights are loaded.
+
+No torch import: the TUI validates as the user types through this module.
+"""
+
+from __future__ import annotations
+
+from engine.config import Experiment
+
+
+def describe_plan(exp: Experiment) -> list[str]:
+    lines = [f"experiment {exp.name}  ({exp.source})", f"run directory: {exp.run_dir}", "stages:"]
+    lines += [f"  {i + 1}. {s}" for i, s in enumerate(exp.stages())]
+    return lines
