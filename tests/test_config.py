@@ -1,0 +1,158 @@
+"""Experiment-file schema: every user mistake is one line naming file, key and fix; exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import (
+    ConfigError,
+    apply_override,
+    dumps_toml,
+    load_experiment,
+    loads_experiment,
+    parse_experiment,
+)
+
+BASE = """
+name = "t"
+[model]
+path = "some/model"
+[data]
+dataset = "wikitext"
+config = "wikitext-103-v1"
+"""
+
+
+def _err(text: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        loads_experiment(text, source="exp.toml")
+    msg = str(e.value)
+    assert "\n" not in msg, "a user error must be one line"
+    assert msg.startswith("exp.toml: ")
+    return msg
+
+
+def test_minimal_file_has_defaults():
+    exp = loads_experiment(BASE)
+    assert exp.stages() == ["prepare"]
+    assert exp.model.dtype == "bfloat16" and exp.launch.gpus == "all"
+
+
+def test_unknown_key_suggests_closest():
+    msg = _err(BASE + "[finetune]\nstpes = 3\n")
+    assert "unknown key 'finetune.stpes'" in msg and "did you mean 'steps'" in msg
+
+
+def test_unknown_top_level_key_lists_valid_ones_when_nothing_is_close():
+    msg = _err("zzzzzz = 1\n" + BASE)
+    assert "unknown key 'zzzzzz'" in msg and "valid keys:" in msg and "runs_dir" in msg
+
+
+def test_unknown_key_in_prune_names_the_student():
+    msg = _err(BASE + '[[prune]]\nname = "w"\nmethod = "width"\nhiden_size = 8\n')
+    assert "prune[w].hiden_size" in msg and "did you mean 'hidden_size'" in msg
+
+
+def test_wrong_type():
+    msg = _err(BASE.replace('config = "wikitext-103-v1"', 'seq_length = "long"'))
+    assert "data.seq_length" in msg and "integer" in msg and "'long'" in msg
+
+
+def test_out_of_range_value():
+    msg = _err(BASE + "[distill]\ntemperature = -1.0\n" + '[[prune]]\nname = "d"\nmethod = "depth"\nnum_layers = 2\n')
+    assert "distill.temperature" in msg and "greater than 0" in msg
+
+
+def test_bad_choice_lists_the_options():
+    msg = _err(BASE + '[distill]\nloss = "kl"\n[[prune]]\nname = "d"\nmethod = "depth"\nnum_layers = 2\n')
+    assert "distill.loss" in msg and "forward_kl" in msg and "'kl'" in msg
+
+
+def test_missing_required_section():
+    assert "missing required section [data]" in _err('name = "t"\n[model]\npath = "m"\n')
+    assert "missing required section [model]" in _err('name = "t"\n[data]\ndataset = "w"\n')
+
+
+def test_cross_field_rules():
+    assert "min_lr" in _err(BASE + "[finetune]\nlr = 1e-5\nmin_lr = 1e-4\n")
+    assert "micro_batch_size" in _err(BASE + "[finetune]\nglobal_batch_size = 10\nmicro_batch_size = 4\n")
+    assert "exactly one of drop_layers or num_layers" in _err(
+        BASE + '[[prune]]\nname = "d"\nmethod = "depth"\n')
+    assert "at least one of" in _err(BASE + '[[prune]]\nname = "w"\nmethod = "width"\n')
+    assert "unique name" in _err(BASE + '[[prune]]\nname = "d"\nmethod = "depth"\nnum_layers = 1\n' * 2)
+    assert "needs an arch table" in _err(BASE.replace('path = "some/model"', 'init = "scratch"'))
+    assert "[distill] needs at least one [[prune]]" in _err(BASE + "[distill]\nsteps = 2\n")
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        loads_experiment("name = ", source="exp.toml")
+    with pytest.raises(ConfigError, match="no such file"):
+        load_experiment(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_experiment(tmp_path)
+
+
+def test_set_overrides_dotted_keys_and_students_by_name():
+    text = BASE + '[distill]\nsteps = 3\n[[prune]]\nname = "width"\nmethod = "width"\nhidden_size = 64\n'
+    exp = loads_experiment(text, overrides=("distill.steps=100", "prune.width.hidden_size=32",
+                                            "launch.gpus=[0, 1]", "model.dtype=float32"))
+    assert exp.distill.steps == 100 and exp.prune[0].hidden_size == 32
+    assert exp.launch.gpus == [0, 1] and exp.model.dtype == "float32"
+    with pytest.raises(ConfigError, match="no \\[\\[prune\\]\\] named 'depth'"):
+        loads_experiment(text, overrides=("prune.depth.num_layers=2",))
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_override({}, "distill.steps")
+
+
+def test_resolved_config_round_trips_through_toml():
+    text = (BASE + '[finetune]\nsteps = 7\n[distill]\nsteps = 3\nlayer_map = [[0, 1], [1, 3]]\n'
+            '[[prune]]\nname = "d"\nmethod = "depth"\ndrop_layers = [1, 2]\n'
+            '[[prune]]\nname = "w"\nmethod = "width"\nffn_hidden_size = 64\n'
+            '[launch]\nstage_gpus = {"distill-w" = [1]}\n')
+    exp = loads_experiment(text)
+    again = loads_experiment(dumps_toml(exp.to_toml_dict()))
+    assert again.model_dump() == exp.model_dump()
+    assert again.stages() == ["prepare", "finetune", "prune-d", "prune-w", "distill-d", "distill-w"]
+
+
+def test_stage_hash_tracks_only_a_stage_and_its_inputs():
+    text = (BASE + '[distill]\nsteps = 3\n[[prune]]\nname = "d"\nmethod = "depth"\nnum_layers = 2\n'
+            '[[prune]]\nname = "w"\nmethod = "width"\nffn_hidden_size = 64\n')
+    a = loads_experiment(text)
+    b = loads_experiment(text, overrides=("prune.w.ffn_hidden_size=32",))
+    assert a.stage_hash("prune-d") == b.stage_hash("prune-d")
+    assert a.stage_hash("distill-d") == b.stage_hash("distill-d")
+    assert a.stage_hash("prune-w") != b.stage_hash("prune-w")
+    assert a.stage_hash("distill-w") != b.stage_hash("distill-w")
+    assert a.stage_hash("prepare") == b.stage_hash("prepare")
+
+
+def test_parse_sets_source_for_messages():
+    exp = parse_experiment({"name": "t", "model": {"path": "m"}, "data": {"dataset": "w"}}, source="x.toml")
+    with pytest.raises(ConfigError, match="^x.toml: no \\[\\[prune\\]\\] named 'q'"):
+        exp.prune_by_name("q")
+
+
+def test_cli_user_error_is_one_line_exit_2_no_traceback(tmp_path: Path):
+    f = tmp_path / "bad.toml"
+    f.write_text(BASE + "[finetune]\nstpes = 3\n")
+    r = subprocess.run([sys.executable, "-m", "engine", "check", str(f)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert f"{f}: unknown key 'finetune.stpes'; did you mean 'steps'?" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "engine", "check", str(tmp_path / "nope.toml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_light_modules_import_neither_torch_nor_transformers_nor_the_app():
+    code = ("import sys, engine.config, engine.runs, engine.plan, engine.stage, engine.cli\n"
+            "bad = [m for m in ('torch', 'transformers', 'textual', 'app') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
