@@ -148,6 +148,9 @@ class PruneConfig(_Section):
     calibration_batch_size: int = Field(default=8, ge=1)
     batch_agg: Literal["l2", "mean", "max"] = "l2"
     seq_agg: Literal["mean", "l2", "max"] = "mean"
+    # baselines / ablations
+    reinit: bool = False  # re-initialise the pruned weights: a from-scratch model of the same shape
+    distill: dict[str, Any] | None = None  # this student's overrides of [distill] keys, e.g. {loss = "ce"}
 
     @field_validator("name")
     @classmethod
@@ -238,7 +241,24 @@ class Experiment(_Section):
             raise ValueError("finetune: init = \"scratch\" needs a [finetune] section to train the teacher")
         if self.distill is not None and not self.prune:
             raise ValueError("distill: [distill] needs at least one [[prune]] student")
+        for p in self.prune:
+            if p.distill and self.distill is None:
+                raise ValueError(f"distill: prune '{p.name}' overrides [distill] keys but there is no [distill]")
+            if p.distill:
+                try:
+                    self.distill_for(p.name)
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    key = ".".join(str(x) for x in err["loc"])
+                    raise ValueError(f"prune '{p.name}': distill.{key}: {err['msg'].lower()}") from None
         return self
+
+    def distill_for(self, name: str) -> DistillConfig:
+        """[distill] with the student's own overrides (`[[prune]] distill = {...}`) applied."""
+        if self.distill is None:
+            raise ConfigError(f"{self.source or 'experiment'}: no [distill] section")
+        overrides = self.prune_by_name(name).distill or {}
+        return DistillConfig.model_validate({**self.distill.model_dump(), **overrides})
 
     # ---- the stage plan -------------------------------------------------------------
     def stages(self) -> list[str]:
@@ -275,7 +295,7 @@ class Experiment(_Section):
         if stage.startswith(("prune-", "distill-")):
             parts["prune"] = self.prune_by_name(stage.split("-", 1)[1]).model_dump(mode="json")
         if stage.startswith("distill-"):
-            parts["distill"] = d["distill"]
+            parts["distill"] = self.distill_for(stage.split("-", 1)[1]).model_dump(mode="json")
         if stage == "eval":
             parts.update(prune=d["prune"], distill=d["distill"], eval=d["eval"])
         blob = json.dumps({"stage": stage, **parts}, sort_keys=True)

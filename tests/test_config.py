@@ -156,3 +156,14 @@ def test_light_modules_import_neither_torch_nor_transformers_nor_the_app():
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_per_student_distill_overrides_are_validated_and_applied():
+    text = (BASE + '[distill]\nsteps = 3\nloss = "forward_kl"\n'
+            '[[prune]]\nname = "w"\nmethod = "width"\nffn_hidden_size = 64\ndistill = {loss = "ce"}\n'
+            '[[prune]]\nname = "d"\nmethod = "depth"\nnum_layers = 2\n')
+    exp = loads_experiment(text)
+    assert exp.distill_for("w").loss == "ce" and exp.distill_for("d").loss == "forward_kl"
+    assert exp.distill_for("w").steps == 3
+    assert "prune 'w': distill.loss" in _err(text.replace('{loss = "ce"}', '{loss = "l1"}'))
+    assert "prune 'w': distill.stepz" in _err(text.replace('{loss = "ce"}', '{stepz = 1}'))
