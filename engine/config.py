@@ -69,13 +69,16 @@ class DataConfig(_Section):
     test_fraction: float = Field(default=0.0, ge=0.0, lt=0.5)  # held out when no test split
     max_tokens: int | None = Field(default=None, ge=1)  # cap the training tokens (demos)
     seed: int = 1234
+    prepared: str | None = None  # a folder another prepare wrote (meta.json + <split>.bin): used as is
 
     @model_validator(mode="after")
     def _source(self) -> DataConfig:
-        if not self.dataset and not self.train_files:
+        if not self.dataset and not self.train_files and not self.prepared:
             raise ValueError("dataset: set a hub dataset, \"builtin:stdlib-docs\", or train_files = [...]")
         if self.dataset and self.train_files:
             raise ValueError("train_files: give either dataset or train_files, not both")
+        if self.prepared and (self.dataset or self.train_files or self.validation_files or self.test_files):
+            raise ValueError("prepared: a prepared folder replaces dataset and *_files; give one or the other")
         return self
 
 
