@@ -1,0 +1,1 @@
+"""slimlab's terminal UI. Reads run directories (engine.runs), never imports torch."""

@@ -1,0 +1,275 @@
+"""The Compose form's model: a raw experiment dict edited field by field, validated the way
+`slimlab-engine check` validates a file, plus per-student sizes from the teacher's config.json.
+
+The raw dict is the source of truth: keys the form has no field for (arch tables, eval
+batches, ...) survive a load/edit/save round trip untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    key: str  # dotted key inside the experiment, e.g. "finetune.lr"
+    label: str
+    kind: str = "str"  # str | int | float | ints | gpus | strs | choice | bool
+    choices: tuple[str, ...] = ()
+    placeholder: str = ""
+
+
+TOP = (
+    FieldSpec("name", "name", placeholder="my-experiment"),
+    FieldSpec("runs_dir", "runs dir", placeholder="runs"),
+)
+MODEL = (
+    FieldSpec("model.path", "teacher", placeholder="hub id or local dir, e.g. meta-llama/Llama-3.1-8B"),
+    FieldSpec("model.dtype", "dtype", "choice", ("bfloat16", "float16", "float32")),
+    FieldSpec("model.tokenizer", "tokenizer", placeholder="default: the model's own"),
+)
+DATA = (
+    FieldSpec("data.dataset", "dataset", placeholder="wikitext | builtin:stdlib-docs"),
+    FieldSpec("data.config", "config", placeholder="wikitext-103-v1"),
+    FieldSpec("data.train_files", "train files", "strs", placeholder="data/train.jsonl, ..."),
+    FieldSpec("data.validation_files", "val files", "strs", placeholder="default: hold out a fraction"),
+    FieldSpec("data.text_field", "text field", placeholder="text"),
+    FieldSpec("data.seq_length", "seq length", "int", placeholder="2048"),
+)
+TRAIN = (
+    FieldSpec("steps", "steps", "int", placeholder="30"),
+    FieldSpec("global_batch_size", "global batch", "int", placeholder="128"),
+    FieldSpec("micro_batch_size", "micro batch", "int", placeholder="4"),
+    FieldSpec("lr", "lr", "float", placeholder="1e-4"),
+    FieldSpec("min_lr", "min lr", "float", placeholder="1e-5"),
+    FieldSpec("warmup_steps", "warmup", "int", placeholder="2"),
+    FieldSpec("val_interval", "val every", "int", placeholder="10"),
+)
+DISTILL_EXTRA = (
+    FieldSpec("loss", "KD loss", "choice", ("forward_kl", "reverse_kl", "jsd", "ce")),
+    FieldSpec("temperature", "temperature", "float", placeholder="1.0"),
+    FieldSpec("ce_weight", "CE weight", "float", placeholder="0.0"),
+)
+LAUNCH = (
+    FieldSpec("launch.gpus", "GPUs", "gpus", placeholder="all | 0,1,2,3"),
+    FieldSpec("launch.strategy", "strategy", "choice", ("ddp", "fsdp")),
+    FieldSpec("launch.parallel", "parallel students", "bool"),
+)
+DEPTH = (
+    FieldSpec("drop_layers", "drop layers", "ints", placeholder="16-31  (0-indexed)"),
+    FieldSpec("num_layers", "or keep N", "int", placeholder="layers to keep; importance picks"),
+    FieldSpec("selection", "selection", "choice", ("block-influence", "lm-loss", "contiguous", "last")),
+)
+WIDTH = (
+    FieldSpec("ffn_hidden_size", "ffn", "int", placeholder="unchanged"),
+    FieldSpec("hidden_size", "hidden", "int", placeholder="unchanged"),
+    FieldSpec("num_attention_heads", "heads", "int", placeholder="unchanged"),
+    FieldSpec("num_key_value_heads", "kv heads", "int", placeholder="unchanged"),
+)
+SECTIONS = ("finetune", "distill", "eval")  # optional sections with an on/off switch
+
+_INT = re.compile(r"[+-]?\d[\d_]*")
+
+
+def parse_ints(text: str) -> list[int] | None:
+    """'16-19, 30' -> [16, 17, 18, 19, 30]; None when it is not such a list."""
+    out: list[int] = []
+    for part in text.replace(" ", "").strip("[]").split(","):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:-|\.\.)(\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if b < a:
+                return None
+            out += range(a, b + 1)
+        elif _INT.fullmatch(part):
+            out.append(int(part))
+        else:
+            return None
+    return out
+
+
+def parse_field(kind: str, text: str) -> Any:
+    """Text typed in a field -> the TOML value. Unparsable text stays a string, so the schema
+    reports it exactly as `check` would report the same value in a file."""
+    text = text.strip()
+    if kind == "int":
+        return int(text.replace("_", "")) if _INT.fullmatch(text) else text
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    if kind == "ints":
+        ints = parse_ints(text)
+        return text if ints is None else ints
+    if kind == "gpus":
+        if text.lower() == "all":
+            return "all"
+        ints = parse_ints(text)
+        return text if ints is None else ints
+    if kind == "strs":
+        return [p.strip() for p in text.split(",") if p.strip()]
+    return text
+
+
+def format_field(kind: str, value: Any) -> str:
+    """The inverse of parse_field, for filling the form from a loaded file."""
+    if value is None:
+        return ""
+    if kind in ("ints", "gpus") and isinstance(value, list):
+        return _compact(value)
+    if kind == "strs" and isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _compact(ints: list[Any]) -> str:
+    if not all(isinstance(i, int) for i in ints):
+        return ", ".join(str(i) for i in ints)
+    out, s, i = [], sorted(ints), 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
+            j += 1
+        out.append(str(s[i]) if j - i < 2 else f"{s[i]}-{s[j]}")
+        if 0 < j - i < 2:
+            out += [str(x) for x in s[i + 1:j + 1]]
+        i = j + 1
+    return ", ".join(out)
+
+
+def get_key(raw: dict[str, Any], key: str) -> Any:
+    node: Any = raw
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key; "" / None / [] removes it (the schema default applies)."""
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    if value in ("", None, []):
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+
+
+def new_experiment() -> dict[str, Any]:
+    """What an empty Compose form starts from."""
+    return {
+        "name": "my-experiment",
+        "runs_dir": "runs",
+        "model": {"path": "", "dtype": "bfloat16"},
+        "data": {"dataset": "wikitext", "config": "wikitext-103-v1", "seq_length": 4096},
+        "finetune": {"steps": 30, "global_batch_size": 128, "micro_batch_size": 4, "lr": 1e-4,
+                     "min_lr": 1e-5, "warmup_steps": 2},
+        "prune": [
+            {"name": "depth", "method": "depth", "num_layers": 16},
+            {"name": "width", "method": "width", "ffn_hidden_size": 9216, "hidden_size": 3072},
+        ],
+        "distill": {"steps": 30, "global_batch_size": 128, "micro_batch_size": 4, "lr": 1e-4,
+                    "min_lr": 1e-5, "warmup_steps": 2, "loss": "forward_kl"},
+        "eval": {"splits": ["validation", "test"]},
+        "launch": {"gpus": "all", "strategy": "ddp"},
+    }
+
+
+def new_student(method: str, existing: list[str]) -> dict[str, Any]:
+    base = method
+    n = 2
+    name = base
+    while name in existing:
+        name, n = f"{base}{n}", n + 1
+    if method == "depth":
+        return {"name": name, "method": "depth", "num_layers": 16}
+    return {"name": name, "method": "width", "ffn_hidden_size": 9216}
+
+
+def read_experiment_file(path: str | Path) -> dict[str, Any]:
+    """Raw dict of an existing file (ConfigError with check's message when unreadable)."""
+    from engine.config import read_toml
+
+    return read_toml(path)
+
+
+def to_toml(raw: dict[str, Any]) -> str:
+    from engine.config import dumps_toml
+
+    return dumps_toml(raw)
+
+
+# ---- validation ---------------------------------------------------------------------------
+
+
+@dataclass
+class StudentSize:
+    name: str
+    params: int | None = None  # None while the vocabulary size is unknown (scratch, before prepare)
+    shrink: float | None = None  # teacher params / student params
+    detail: str = ""
+
+
+@dataclass
+class Validation:
+    ok: bool
+    message: str  # one line: the ConfigError text, or a summary
+    plan: list[str] = field(default_factory=list)
+    teacher_params: int | None = None
+    teacher_detail: str = ""
+    students: dict[str, StudentSize] = field(default_factory=dict)
+
+
+def validate(raw: dict[str, Any], source: str) -> Validation:
+    """Validate as `slimlab-engine check` does: the file's exact text through the same loader and
+    the same plan (engine.plan.describe_plan, which checks every prune target against the
+    teacher); then size every student. May read config.json files: call it from a worker."""
+    from engine.config import ConfigError, loads_experiment
+    from engine.plan import describe_plan
+
+    try:
+        text = to_toml(raw)
+    except TypeError as e:
+        return Validation(False, f"{source}: {e}")
+    try:
+        exp = loads_experiment(text, source=source)
+        plan = describe_plan(exp)
+    except ConfigError as e:
+        return Validation(False, str(e))
+    result = Validation(True, f"ok: {len(exp.stages())} stages: {', '.join(exp.stages())}", plan=plan)
+    _size_students(exp, result)
+    return result
+
+
+def _size_students(exp: Any, result: Validation) -> None:
+    """Parameter count and shrink factor of each student (engine.prune's arithmetic)."""
+    from engine.prune.shapes import count_params
+    from engine.prune.targets import plan_students
+
+    for p in exp.prune:
+        result.students[p.name] = StudentSize(p.name)
+    _tc, teacher, plans = plan_students(exp)
+    if teacher is None:
+        return
+    result.teacher_params = count_params(teacher) if teacher.vocab_size else None
+    result.teacher_detail = teacher.describe() + ("" if teacher.vocab_size else ", vocab known after prepare")
+    for p, plan in zip(exp.prune, plans, strict=True):
+        size = result.students[p.name]
+        size.detail = plan.shape.describe()
+        size.shrink = count_params(teacher) / max(count_params(plan.shape), 1)
+        size.params = count_params(plan.shape) if plan.shape.vocab_size else None
+
+
+def experiment_path(name: str, experiments_dir: str | Path = "experiments") -> Path:
+    return Path(experiments_dir) / f"{name or 'experiment'}.toml"

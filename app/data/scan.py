@@ -1,0 +1,417 @@
+"""Incremental snapshots of every run under a runs directory.
+
+A scan stats files and re-reads only what changed: status.json when its mtime/size moves,
+metrics.jsonl from the byte offset reached last time (engine.runs.read_metrics). A big metrics
+file seen for the first time is read from its tail only, so 100 long runs open quickly.
+Runs in a terminal state are re-checked less often. Pure Python: called from a thread worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.runs import effective_state, parse_iso, read_json, read_metrics
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TAIL_BYTES = 32 * 1024  # first read of a metrics file: only its last 32 KiB
+KIND_ORDER = {"prepare": 0, "finetune": 1, "prune": 2, "distill": 3, "eval": 4}
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    name: str
+    state: str = "pending"
+    step: int = 0
+    total_steps: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    tokens: int | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    gpus: tuple[int, ...] = ()
+    pid: int | None = None
+    pgid: int | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    error: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        if self.state == "succeeded":
+            return 1.0
+        if not self.total_steps:
+            return None
+        return max(0.0, min(1.0, self.step / self.total_steps))
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str
+    path: Path
+    state: str
+    stages: tuple[StageInfo, ...]
+    created: float  # epoch seconds (experiment.toml mtime)
+    error: str | None = None
+    pipeline_pid: int | None = None
+
+    @property
+    def current(self) -> StageInfo | None:
+        """The stage to summarise: the running one, else the failed one, else the last started."""
+        for want in ("running", "failed", "cancelled"):
+            for s in self.stages:
+                if s.state == want:
+                    return s
+        started = [s for s in self.stages if s.state != "pending"]
+        return started[-1] if started else (self.stages[0] if self.stages else None)
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        return tuple(sorted({g for s in self.stages if s.state == "running" for g in s.gpus}))
+
+    def stage(self, name: str) -> StageInfo | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+
+def stage_sort_key(name: str) -> tuple[int, str]:
+    return KIND_ORDER.get(name.split("-", 1)[0], 9), name
+
+
+def planned_stages(raw: dict[str, Any]) -> list[str]:
+    """Stage names from a raw experiment dict, in pipeline order (mirrors Experiment.stages()
+    without importing pydantic, which would cost ~0.2 s of TUI start-up)."""
+    out = ["prepare"]
+    if isinstance(raw.get("finetune"), dict):
+        out.append("finetune")
+    prunes = raw.get("prune") if isinstance(raw.get("prune"), list) else []
+    names = [str(p["name"]) for p in prunes if isinstance(p, dict) and p.get("name")]
+    out += [f"prune-{n}" for n in names]
+    if isinstance(raw.get("distill"), dict):
+        out += [f"distill-{n}" for n in names]
+    if isinstance(raw.get("eval"), dict):
+        out.append("eval")
+    return out
+
+
+def format_error(err: Any) -> str | None:
+    if not err:
+        return None
+    if isinstance(err, dict):
+        kind, msg = err.get("type"), err.get("message")
+        return f"{kind}: {msg}" if kind and msg else str(msg or kind)
+    return str(err)
+
+
+def _stat_key(path: str | Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _effective(doc: dict[str, Any] | None) -> tuple[str, str | None]:
+    """(state, error) as engine.runs.read_status would report them, from a cached document."""
+    if not doc:
+        return "pending", None
+    state = effective_state(doc)
+    err = format_error(doc.get("error"))
+    if state == "failed" and doc.get("state") == "running" and not err:
+        err = "ProcessDied: the process ended without reporting (killed?)"
+    return state, err
+
+
+def _created_key(path: Path) -> float:
+    for name in ("experiment.toml", "status.json"):
+        try:
+            return os.stat(path / name).st_mtime
+        except OSError:
+            continue
+    return 0.0
+
+
+def _loads(line: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _last_val_before(f, end: int, limit: int = 16 * TAIL_BYTES) -> dict[str, Any] | None:
+    """The last `"split": "val"` record before byte `end`, searching backwards up to `limit`."""
+    pos = end
+    while pos > 0 and end - pos < limit:
+        start = max(0, pos - TAIL_BYTES)
+        f.seek(start)
+        chunk = f.read(pos - start + 256)  # overlap: a line cut at the boundary is read whole
+        i = chunk.rfind(b'"val"')
+        while i >= 0:
+            a, b = chunk.rfind(b"\n", 0, i) + 1, chunk.find(b"\n", i)
+            if b >= 0 and (a > 0 or start == 0):
+                rec = _loads(chunk[a:b])
+                if rec and rec.get("split") == "val":
+                    return rec
+            i = chunk.rfind(b'"val"', 0, i)
+        pos = start
+    return None
+
+
+@dataclass
+class _MetricsCursor:
+    """What the runs table needs from a metrics.jsonl, kept up to date incrementally."""
+
+    ino: int | None = None
+    offset: int = 0
+    last_train: dict[str, Any] | None = None
+    last_val: dict[str, Any] | None = None
+    rate_ref: tuple[float, int] | None = None  # (time, step) of an early train record, for ETA
+
+    def update(self, path: str | Path, key: tuple[int, int, int] | None) -> None:
+        if key is None:
+            self.__init__()  # the file went away (resume truncation in progress)
+            return
+        ino, _, size = key
+        if ino != self.ino or size < self.offset:  # new, replaced or truncated: read its end only
+            self.__init__()
+            self.ino = ino
+            self._read_last(path, size)
+        if size == self.offset:
+            return
+        records, self.offset = read_metrics(path, self.offset)
+        for rec in records:
+            self._take(rec)
+
+    def _take(self, rec: dict[str, Any]) -> None:
+        split = rec.get("split", "train")
+        if split == "val":
+            self.last_val = rec
+        elif split == "train":
+            self.last_train = rec
+            if self.rate_ref is None:  # a file that started small
+                t = parse_iso(rec.get("time"))
+                if t is not None and isinstance(rec.get("step"), int):
+                    self.rate_ref = (t.timestamp(), rec["step"])
+
+    def _read_last(self, path: str | Path, size: int) -> None:
+        """First sight of a file: parse just its first line in the last TAIL_BYTES (for the ETA's
+        rate), then the last train and the last val records, scanning backwards; never the whole
+        file (100 runs x 7 stages x thousands of lines would delay the first frame)."""
+        try:
+            with open(path, "rb") as f:
+                start = max(0, size - TAIL_BYTES)
+                f.seek(start)
+                chunk = f.read(size - start)
+                end = chunk.rfind(b"\n") + 1
+                lines = chunk[:end].split(b"\n")[:-1]
+                if start > 0:
+                    lines = lines[1:]  # the first one is cut
+                self.offset = start + end
+                first = next((r for r in map(_loads, lines[:8]) if r and r.get("split", "train") == "train"), None)
+                t = parse_iso(first.get("time")) if first else None
+                if t is not None and isinstance(first.get("step"), int):
+                    self.rate_ref = (t.timestamp(), first["step"])
+                for raw in reversed(lines):
+                    if self.last_train is not None and self.last_val is not None:
+                        break
+                    split = b'"val"' if b'"val"' in raw else b"train"
+                    if (split == b"train" and self.last_train is None) or (split == b'"val"' and self.last_val is None):
+                        rec = _loads(raw)
+                        if rec:
+                            self._take_last(rec)
+                if self.last_val is None and start > 0:  # val lines are rare: look further back
+                    self.last_val = _last_val_before(f, start)
+        except OSError:
+            self.offset = 0
+
+    def _take_last(self, rec: dict[str, Any]) -> None:
+        split = rec.get("split", "train")
+        if split == "val" and self.last_val is None:
+            self.last_val = rec
+        elif split == "train" and self.last_train is None:
+            self.last_train = rec
+
+    def rate(self) -> float | None:
+        """Steps per second between the first and the last train record seen."""
+        if not self.rate_ref or not self.last_train:
+            return None
+        t = parse_iso(self.last_train.get("time"))
+        step = self.last_train.get("step")
+        if t is None or not isinstance(step, int):
+            return None
+        dt, ds = t.timestamp() - self.rate_ref[0], step - self.rate_ref[1]
+        return ds / dt if dt > 0 and ds > 0 else None
+
+
+@dataclass
+class _StageCache:
+    status_key: tuple[int, int, int] | None = None
+    status: dict[str, Any] | None = None
+    metrics: _MetricsCursor = field(default_factory=_MetricsCursor)
+
+
+@dataclass
+class _RunCache:
+    exp_key: tuple[int, int, int] | None = None
+    planned: list[str] = field(default_factory=list)
+    created: float = 0.0
+    pipe_key: tuple[int, int, int] | None = None
+    pipe_key_plan: tuple[int, int, int] | None = None  # pipe_key when `planned` was computed
+    pipe: dict[str, Any] | None = None
+    stages: dict[str, _StageCache] = field(default_factory=dict)
+    dir_key: tuple[int, int, int] | None = None
+    on_disk: list[str] = field(default_factory=list)
+    info: RunInfo | None = None
+    checked: float = 0.0
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _stage_info(name: str, sc: _StageCache, now: float) -> StageInfo:
+    doc = sc.status
+    state, err = _effective(doc)
+    doc = doc or {}
+    m = sc.metrics
+    tr, va = m.last_train or {}, m.last_val or {}
+    step = doc.get("step") if isinstance(doc.get("step"), int) else 0
+    if isinstance(tr.get("step"), int) and tr["step"] > step:
+        step = tr["step"]
+    total = doc.get("total_steps") if isinstance(doc.get("total_steps"), int) else None
+    eta = None
+    if state == "running" and total and step < total:
+        rate = m.rate()
+        if rate is None:
+            started = parse_iso(doc.get("started_at"))
+            if started is not None and step > 0:
+                elapsed = now - started.timestamp()
+                rate = step / elapsed if elapsed > 0 else None
+        eta = (total - step) / rate if rate else None
+    tokens = tr.get("tokens") if isinstance(tr.get("tokens"), int) else None
+    return StageInfo(
+        name=name, state=state, step=step, total_steps=total,
+        train_loss=_num(tr.get("loss")), val_loss=_num(va.get("loss")),
+        tokens=tokens, tokens_per_s=_num(tr.get("tokens_per_s")), eta_s=eta,
+        gpus=tuple(g for g in doc.get("gpus") or () if isinstance(g, int)),
+        pid=doc.get("pid"), pgid=doc.get("pgid"),
+        started_at=doc.get("started_at"), ended_at=doc.get("ended_at"), error=err,
+    )
+
+
+def run_state(stages: tuple[StageInfo, ...], pipe: dict[str, Any] | None) -> tuple[str, str | None]:
+    """One state for the whole run, from its stages and the orchestrator's status.json."""
+    states = [s.state for s in stages]
+    pstate, perr = _effective(pipe)
+    if "running" in states or pstate == "running":
+        return "running", None
+    failed = next((s for s in stages if s.state == "failed"), None)
+    if failed is not None:
+        return "failed", f"{failed.name}: {failed.error}" if failed.error else failed.name
+    if pstate in ("failed", "cancelled"):
+        return pstate, perr
+    if "cancelled" in states:
+        return "cancelled", None
+    if stages and all(s == "succeeded" for s in states):
+        return "succeeded", None
+    return "pending", None
+
+
+class RunScanner:
+    """Keeps per-file cursors between scans; `scan()` returns a fresh snapshot of every run."""
+
+    def __init__(self, runs_dir: str | Path, idle_recheck_s: float = 5.0):
+        self.runs_dir = Path(runs_dir)
+        self.idle_recheck_s = idle_recheck_s
+        self._cache: dict[Path, _RunCache] = {}
+
+    def scan(self, newest: int | None = None) -> list[RunInfo]:
+        """Every run, newest first. `newest=N`: only the N most recent runs (by their
+        experiment.toml's mtime, a stat each), so a first screenful shows before the rest
+        is read; a later full scan completes it."""
+        now = time.time()
+        try:
+            entries = [Path(e.path) for e in os.scandir(self.runs_dir) if e.is_dir()]
+        except OSError:
+            entries = []
+        if newest is not None and len(entries) > newest:
+            entries = sorted(entries, key=_created_key, reverse=True)[:newest]
+        seen: dict[Path, RunInfo] = {}
+        for path in entries:
+            info = self._scan_run(path, now)
+            if info is not None:
+                seen[path] = info
+        if newest is None:
+            for gone in set(self._cache) - set(seen):
+                del self._cache[gone]
+        return sorted(seen.values(), key=lambda r: (-r.created, r.name))
+
+    def _scan_run(self, path: Path, now: float) -> RunInfo | None:
+        rc = self._cache.get(path)
+        exp_file, pipe_file = path / "experiment.toml", path / "status.json"
+        dir_key = _stat_key(path)
+        if rc is not None and rc.info is not None and rc.info.state in TERMINAL + ("pending",) \
+                and dir_key == rc.dir_key and now - rc.checked < self.idle_recheck_s:
+            return rc.info  # finished and untouched: re-stat its files only now and then
+        exp_key, pipe_key = _stat_key(exp_file), _stat_key(pipe_file)
+        if exp_key is None and pipe_key is None:
+            return None  # not a run directory (yet)
+        if rc is None:
+            rc = self._cache[path] = _RunCache()
+        rc.checked = now
+        if pipe_key != rc.pipe_key:
+            rc.pipe_key, rc.pipe = pipe_key, read_json(pipe_file)
+        if exp_key != rc.exp_key or pipe_key != rc.pipe_key_plan:
+            rc.exp_key, rc.pipe_key_plan = exp_key, pipe_key
+            rc.created = exp_key[1] / 1e9 if exp_key else (pipe_key[1] / 1e9 if pipe_key else now)
+            # the orchestrator's status.json lists the plan (JSON: cheaper than the TOML)
+            pipe_stages = (rc.pipe or {}).get("stages")
+            rc.planned = list(pipe_stages) if isinstance(pipe_stages, dict) and pipe_stages \
+                else self._read_plan(exp_file)
+        if dir_key != rc.dir_key:
+            rc.dir_key = dir_key
+            rc.on_disk = self._stage_dirs(path)
+        names = list(rc.planned) + [n for n in rc.on_disk if n not in rc.planned]
+        names.sort(key=lambda n: (rc.planned.index(n) if n in rc.planned else 99, stage_sort_key(n)))
+        stages = []
+        root = str(path)
+        for name in names:
+            sc = rc.stages.setdefault(name, _StageCache())
+            status_file = os.path.join(root, name, "status.json")
+            key = _stat_key(status_file)
+            if key != sc.status_key:
+                sc.status_key, sc.status = key, read_json(status_file)
+            mfile = os.path.join(root, name, "metrics.jsonl")
+            sc.metrics.update(mfile, _stat_key(mfile))
+            stages.append(_stage_info(name, sc, now))
+        stages_t = tuple(stages)
+        state, err = run_state(stages_t, rc.pipe)
+        pid = (rc.pipe or {}).get("pid")
+        info = RunInfo(name=path.name, path=path, state=state, stages=stages_t, created=rc.created,
+                       error=err, pipeline_pid=pid if isinstance(pid, int) else None)
+        rc.info = info if info != rc.info else rc.info
+        return rc.info
+
+    @staticmethod
+    def _read_plan(exp_file: Path) -> list[str]:
+        try:
+            return planned_stages(tomllib.loads(exp_file.read_text(encoding="utf-8")))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return []
+
+    @staticmethod
+    def _stage_dirs(path: Path) -> list[str]:
+        try:
+            return [e.name for e in os.scandir(path) if e.is_dir() and os.path.exists(os.path.join(e.path, "status.json"))]
+        except OSError:
+            return []

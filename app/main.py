@@ -1,0 +1,222 @@
+"""`slimlab [--runs-dir DIR]`: the terminal UI.
+
+Start-up is kept well under half a second: only textual and engine.runs are imported here;
+the other screens (pydantic, plotext, NVML) load when first shown, and run directories are
+scanned in a thread worker that publishes snapshots through `App.runs_signal`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.signal import Signal
+from textual.worker import get_current_worker
+
+from app.data.scan import RunInfo, RunScanner
+from app.messages import EditExperiment, OpenRun
+
+SCAN_INTERVAL_S = 1.0
+
+def _screenful() -> int:
+    """Runs read before the first frame (a terminal's height of them); the rest follow at once."""
+    return max(24, shutil.get_terminal_size((80, 40)).lines)
+THEMES = ("textual-dark", "textual-light")
+
+
+def _runs_screen():
+    from app.screens.runs import RunsScreen
+
+    return RunsScreen()
+
+
+def _compose_screen():
+    from app.screens.compose import ComposeScreen
+
+    return ComposeScreen()
+
+
+def _compare_screen():
+    from app.screens.compare import CompareScreen
+
+    return CompareScreen()
+
+
+def _gpus_screen():
+    from app.screens.gpus import GpuScreen
+
+    return GpuScreen()
+
+
+class SlimlabApp(App[None]):
+    """Runs (home), Run detail, Compose, Compare and GPUs, over one runs directory."""
+
+    CSS_PATH = Path(__file__).with_name("slimlab.tcss")  # absolute: subclasses may live elsewhere
+    TITLE = "slimlab"
+    MODES = {"runs": _runs_screen, "compose": _compose_screen, "compare": _compare_screen, "gpus": _gpus_screen}
+    DEFAULT_MODE = "runs"
+    BINDINGS = [
+        Binding("question_mark,f1", "help", "Help", key_display="?"),
+        Binding("1", "show('runs')", "Runs"),
+        Binding("2", "show('compose')", "Compose"),
+        Binding("3", "show('compare')", "Compare"),
+        Binding("4", "show('gpus')", "GPUs"),
+        Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(self, runs_dir: str | Path = "runs", experiments_dir: str | Path = "experiments",
+                 theme: str | None = None, gpu_probe: object | None = "auto",
+                 scan_interval: float = SCAN_INTERVAL_S):
+        super().__init__()
+        self.runs_dir = Path(runs_dir)
+        self.experiments_dir = Path(experiments_dir)
+        self.scanner = RunScanner(self.runs_dir)
+        self.scan_interval = scan_interval
+        self.runs: list[RunInfo] = []
+        self.runs_loaded = False
+        self.runs_signal: Signal[list[RunInfo]] = Signal(self, "runs")
+        self.gpus_signal: Signal[object] = Signal(self, "gpus")
+        self._scan_now = threading.Event()
+        self._probe_arg = gpu_probe
+        self.gpu_probe = None if gpu_probe == "auto" else gpu_probe
+        self.scan_seconds = 0.0  # duration of the last scan (benchmarked)
+        self.last_command = None  # CommandResult of the last engine command (launch, cancel)
+        self.compose_dirty = False  # Compose holds edits that are not saved
+        if theme:
+            self.theme = theme
+        # The first scan starts now, while Textual parses CSS and builds the screen, so the
+        # first frame can already show the table (see adopt_first_scan).
+        self._first_scan: list[RunInfo] | None = None
+        self._painted = threading.Event()
+        self._first_scan_thread = threading.Thread(target=self._do_first_scan, daemon=True, name="first scan")
+        self._first_scan_thread.start()
+
+    def _do_first_scan(self) -> None:
+        self._first_scan = self.scanner.scan(newest=_screenful())
+
+    def adopt_first_scan(self) -> None:
+        """If the first scan is already done, take its result now (never waits for it)."""
+        if not self.runs_loaded and self._first_scan is not None:
+            self.runs, self.runs_loaded = self._first_scan, True
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def on_mount(self) -> None:
+        self._scan_loop()
+        if self._probe_arg == "auto":
+            self._open_gpu_probe()
+
+    @work(thread=True, exclusive=True, group="scan", name="scan runs")
+    def _scan_loop(self) -> None:
+        worker = get_current_worker()
+        self._first_scan_thread.join()
+        if self._first_scan is not None:
+            try:
+                self.call_from_thread(self._publish_runs, self._first_scan)
+                self.call_from_thread(self.call_after_refresh, self._painted.set)
+            except RuntimeError:  # the app is closing
+                return
+            self._painted.wait(1.0)  # read the other runs once the first screenful is on screen
+        while not worker.is_cancelled:
+            t0 = time.perf_counter()
+            runs = self.scanner.scan()
+            self.scan_seconds = time.perf_counter() - t0
+            try:
+                self.call_from_thread(self._publish_runs, runs)
+            except RuntimeError:  # the app is closing
+                return
+            self._scan_now.wait(self.scan_interval)
+            self._scan_now.clear()
+
+    def _publish_runs(self, runs: list[RunInfo]) -> None:
+        self.runs, self.runs_loaded = runs, True
+        self.runs_signal.publish(runs)
+
+    def rescan(self) -> None:
+        """Scan now (after a launch or a cancel) instead of at the next tick."""
+        self._scan_now.set()
+
+    @work(thread=True, group="gpu-probe", name="open NVML")
+    def _open_gpu_probe(self) -> None:
+        from app.data.gpus import NvmlProbe
+
+        probe = NvmlProbe.open()
+        if probe is not None:
+            self.call_from_thread(self._set_probe, probe)
+
+    def _set_probe(self, probe: object) -> None:
+        self.gpu_probe = probe
+        self.refresh_bindings()
+        self.gpus_signal.publish(probe)
+
+    # ---- actions -----------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "show" and parameters and parameters[0] == "gpus" and self.gpu_probe is None:
+            return None  # no GPU: the GPUs screen is hidden (and its key does nothing)
+        return True
+
+    def action_show(self, mode: str) -> None:
+        if mode == "gpus" and self.gpu_probe is None:
+            return
+        if self.current_mode != mode:
+            self.switch_mode(mode)
+        else:  # already there: back to its top screen (e.g. from a run's detail to the table)
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
+
+    def action_help(self) -> None:
+        from app.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        """Quit; runs keep going (they are separate processes). Asks first if Compose has unsaved edits."""
+        if not self.compose_dirty:
+            self.exit()
+            return
+        from app.screens.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+
+        self.push_screen(ConfirmScreen("Compose has unsaved changes. Quit anyway?", yes="Quit", no="Stay"), answered)
+
+    def action_toggle_theme(self) -> None:
+        self.theme = THEMES[1] if self.theme == THEMES[0] else THEMES[0]
+
+    def on_open_run(self, message: OpenRun) -> None:
+        from app.screens.run_detail import RunDetailScreen
+
+        if self.current_mode != "runs":
+            self.switch_mode("runs")
+        while len(self.screen_stack) > 1:
+            self.pop_screen()
+        self.push_screen(RunDetailScreen(message.path, message.stage))
+
+    async def on_edit_experiment(self, message: EditExperiment) -> None:
+        await self.switch_mode("compose")
+        self.screen.load_file(message.path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="slimlab", description="slimlab terminal UI: compose, launch, watch, compare")
+    ap.add_argument("--runs-dir", default="runs", help="where run directories live (default: ./runs)")
+    ap.add_argument("--experiments-dir", default="experiments",
+                    help="where Compose saves and looks for experiment files (default: ./experiments)")
+    ap.add_argument("--theme", choices=("dark", "light"), help="colour theme (ctrl+t toggles)")
+    args = ap.parse_args(argv)
+    theme = {"dark": THEMES[0], "light": THEMES[1]}.get(args.theme or "")
+    SlimlabApp(runs_dir=args.runs_dir, experiments_dir=args.experiments_dir, theme=theme).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

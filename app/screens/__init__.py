@@ -1,0 +1,1 @@
+"""Screens: Runs (home), Run detail, Compose, Compare, GPUs, Help, and the confirm dialog."""

@@ -1,0 +1,76 @@
+"""Cancel and resume, shared by the Runs and Run detail screens. Engine commands run in thread
+workers owned by the app, so they finish even when the screen that asked is closed."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from textual.app import App
+
+from app.data.launch import CommandResult, cancel_run, launch_detached
+from app.data.scan import RunInfo
+from app.screens.confirm import ConfirmScreen
+
+
+def request_cancel(app: App, run: RunInfo | None) -> None:
+    if run is None:
+        return
+    if run.state != "running":
+        app.notify(f"{run.name} is not running ({run.state})", severity="warning")
+        return
+    question = (f"Cancel run [b]{run.name}[/b]?\n\nIts stage processes get SIGTERM (SIGKILL after a grace "
+                "period); training saves a checkpoint, and resume continues from it.")
+
+    def answered(yes: bool | None) -> None:
+        if yes:
+            app.notify(f"cancelling {run.name}…")
+            app.run_worker(partial(_cancel, app, run.path), thread=True, group="engine", name=f"cancel {run.name}")
+
+    app.push_screen(ConfirmScreen(question, yes="Cancel run", no="Keep running"), answered)
+
+
+def _cancel(app: App, path: Path) -> None:
+    _report(app, cancel_run(path), f"cancel {path.name}")
+
+
+def request_resume(app: App, run: RunInfo | None) -> None:
+    if run is None:
+        return
+    if run.state == "running":
+        app.notify(f"{run.name} is already running", severity="warning")
+        return
+    if run.state == "succeeded":
+        app.notify(f"{run.name}: every stage succeeded; resuming re-checks the cache and starts nothing new")
+    exp = run.path / "experiment.toml"
+    if not exp.exists():
+        app.notify(f"{run.name}: no experiment.toml to resume from", severity="error")
+        return
+    launch(app, exp, run.path.parent, f"resume {run.name}")
+
+
+def launch(app: App, exp_file: Path, runs_dir: Path, what: str) -> None:
+    """`slimlab-engine run FILE --detach --runs-dir DIR` in a worker; the result is notified."""
+    app.notify(f"{what}: starting…")
+    app.run_worker(partial(_launch, app, exp_file, runs_dir, what), thread=True, group="engine", name=what)
+
+
+def _launch(app: App, exp_file: Path, runs_dir: Path, what: str) -> None:
+    _report(app, launch_detached(exp_file, runs_dir), what)
+
+
+def _report(app: App, result: CommandResult, what: str) -> None:
+    def show() -> None:
+        if result.ok:
+            app.notify(f"{what}: {result.summary}", title="slimlab-engine")
+        else:
+            app.notify(f"{what} failed: {result.summary}", title="slimlab-engine", severity="error", timeout=10)
+        rescan = getattr(app, "rescan", None)
+        if rescan:
+            rescan()
+        app.last_command = result  # type: ignore[attr-defined]
+
+    try:
+        app.call_from_thread(show)
+    except RuntimeError:  # the app closed meanwhile; the command itself has run
+        pass

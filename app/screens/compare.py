@@ -1,0 +1,218 @@
+"""Compare: overlay validation-loss curves of stages from one or several runs (depth vs width),
+the final metrics of eval/results.json, and a config diff showing only differing keys."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, SelectionList, Static, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+from app.data import fmt
+from app.data.compare import config_diff, read_experiment, read_results, stage_config
+from app.data.scan import RunInfo
+from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
+from app.messages import OpenRun
+from app.widgets.compare.pick_list import PickList, split_value
+from app.widgets.loss_chart import PALETTE, Curve, LossChart
+from app.widgets.nav import NavBar
+
+POLL_S = 2.0  # live curves of running stages
+
+
+class CompareScreen(Screen):
+    BINDINGS = [
+        Binding("x", "toggle_axis", "Step/tokens"),
+        Binding("s", "smoothing", "Smooth"),
+        Binding("t", "tab('results')", "Results"),
+        Binding("d", "tab('diff')", "Config diff"),
+        Binding("a", "select_students", "All students"),
+        Binding("o", "open", "Open run"),
+        Binding("escape", "clear", "Clear", show=False),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.axis = "step"
+        self.smoothing_i = 0
+        self.selected: tuple[str, ...] = ()
+        self.curves: dict[str, Series] = {}
+        self._wake = threading.Event()
+        self._preselected = False
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("compare")
+        with Horizontal(id="compare-body"):
+            yield PickList(id="compare-pick")
+            with Vertical(id="compare-main"):
+                yield Static("space: tick stages to overlay their validation loss", id="compare-hint")
+                yield LossChart(id="compare-chart")
+                with TabbedContent(initial="results", id="compare-tabs"):
+                    with TabPane("Results (eval/results.json)", id="results"):
+                        yield DataTable(id="results-table", zebra_stripes=True, cursor_type="row")
+                    with TabPane("Config diff", id="diff"):
+                        yield DataTable(id="diff-table", zebra_stripes=True, cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.app.runs_signal.subscribe(self, self._on_runs)
+        self._on_runs(self.app.runs)
+        self.query_one(PickList).focus()
+        self._load_loop()
+
+    # ---- the stage list ------------------------------------------------------------------------
+    def _on_runs(self, runs: list[RunInfo]) -> None:
+        picks = self.query_one(PickList)
+        picks.update_runs(runs)
+        if not self._preselected and runs:
+            self._preselected = True
+            newest = next((r for r in runs if any(s.name.startswith("distill-") for s in r.stages)), None)
+            if newest is not None and not picks.selected:
+                self.preselect_run(newest.path)
+
+    def preselect_run(self, path: Path) -> None:
+        """Tick a run's pruned and distilled students (the depth-vs-width view)."""
+        self._preselected = True
+        picks = self.query_one(PickList)
+        picks.update_runs(self.app.runs)
+        run = next((r for r in self.app.runs if r.path == Path(path)), None)
+        if run is not None:
+            picks.deselect_all()
+            picks.select_values([f"{run.path}::{s.name}" for s in run.stages
+                                 if s.name.startswith(("prune-", "distill-"))])
+
+    def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
+        self.selected = tuple(event.selection_list.selected)
+        self.query_one("#compare-hint", Static).update(
+            f"{len(self.selected)} stage(s) ticked" if self.selected else "space: tick stages to overlay their validation loss")
+        self._wake.set()
+
+    # ---- loading (thread worker) ---------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="compare", name="load compare data")
+    def _load_loop(self) -> None:
+        worker = get_current_worker()
+        cursors: dict[str, StageCurves] = {}
+        shown: tuple[str, ...] | None = None
+        while not worker.is_cancelled:
+            selected = self.selected
+            changed = selected != shown
+            for value in selected:
+                if value not in cursors:
+                    path, stage = split_value(value)
+                    cursors[value] = StageCurves(path / stage / "metrics.jsonl")
+                    changed = True
+                changed = cursors[value].update() or changed
+            if changed:
+                curves = {v: _copy(cursors[v].val) for v in selected}
+                runs = sorted({split_value(v)[0] for v in selected})
+                results = [row for r in runs for row in read_results(r)]
+                raws = {r: read_experiment(r) for r in runs}
+                configs = {_label(v): stage_config(raws[split_value(v)[0]], split_value(v)[1]) for v in selected}
+                diff = config_diff(configs) if len(configs) > 1 else []
+                try:
+                    self.app.call_from_thread(self._show, selected, curves, results, list(configs), diff)
+                except RuntimeError:
+                    return
+                shown = selected
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+
+    def _show(self, selected, curves, results, labels, diff) -> None:
+        if not self.is_attached:  # closed while a worker result was in flight
+            return
+        if selected != self.selected:
+            return
+        self.curves = curves
+        self._draw_chart()
+        self._fill_results(results)
+        self._fill_diff(labels, diff)
+
+    def _draw_chart(self) -> None:
+        axis = self.axis
+        items = []
+        for i, value in enumerate(self.selected):
+            s = self.curves.get(value)
+            if s is None:
+                continue
+            items.append(Curve(_label(value), s.xs(axis), s.loss, PALETTE[i % len(PALETTE)],
+                               smooth=len(s) > 3, points=len(s) <= 2))
+        chart = self.query_one(LossChart)
+        chart.empty_text = "tick stages on the left (space) to overlay their validation loss"
+        chart.show(items, xlabel=f"{axis}   (val loss; smoothing {SMOOTHING_LEVELS[self.smoothing_i]})",
+                   smoothing=SMOOTHING_LEVELS[self.smoothing_i])
+
+    def _fill_results(self, rows: list[dict]) -> None:
+        table = self.query_one("#results-table", DataTable)
+        table.clear(columns=True)
+        if not rows:
+            table.add_column("no eval/results.json in the ticked runs yet (the eval stage writes it)")
+            return
+        splits = sorted({k.split(".")[0] for r in rows for k in r if k.endswith(".loss")},
+                        key=lambda s: ("validation", "test", "train").index(s) if s in ("validation", "test", "train") else 9)
+        table.add_column("Run", width=14)
+        table.add_column("Model", width=15)
+        table.add_column("Params", width=7)
+        for sp in splits:
+            short = {"validation": "val", "test": "test", "train": "train"}.get(sp, sp)
+            table.add_column(f"{short} loss", width=8)
+            table.add_column(f"{short} ppl", width=8)
+        for r in rows:
+            cells = [r["run"], r["model"], fmt.si(r.get("params"))]
+            for sp in splits:
+                cells += [fmt.loss(r.get(f"{sp}.loss")), fmt.si(r.get(f"{sp}.perplexity"))]
+            table.add_row(*cells)
+
+    def _fill_diff(self, labels: list[str], diff: list[tuple[str, list]]) -> None:
+        table = self.query_one("#diff-table", DataTable)
+        table.clear(columns=True)
+        if len(labels) < 2:
+            table.add_column("tick two or more stages to see the keys where their configs differ")
+            return
+        if not diff:
+            table.add_column("the ticked stages have identical configs")
+            return
+        table.add_column("key", width=24)
+        for label in labels:
+            table.add_column(label, width=max(12, min(24, len(label))))
+        for key, values in diff:
+            table.add_row(key, *("–" if v is None else str(v) for v in values))
+
+    # ---- actions -------------------------------------------------------------------------------
+    def action_toggle_axis(self) -> None:
+        self.axis = "tokens" if self.axis == "step" else "step"
+        self._draw_chart()
+
+    def action_smoothing(self) -> None:
+        self.smoothing_i = (self.smoothing_i + 1) % len(SMOOTHING_LEVELS)
+        self._draw_chart()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one("#compare-tabs", TabbedContent).active = tab
+
+    def action_select_students(self) -> None:
+        picks = self.query_one(PickList)
+        picks.select_values([v for v in picks.stage_values if "::prune-" in v or "::distill-" in v])
+
+    def action_clear(self) -> None:
+        self.query_one(PickList).deselect_all()
+
+    def action_open(self) -> None:
+        picks = self.query_one(PickList)
+        if picks.highlighted is not None and picks.stage_values:
+            path, stage = split_value(picks.stage_values[picks.highlighted])
+            self.post_message(OpenRun(path, stage))
+
+
+def _label(value: str) -> str:
+    path, stage = split_value(value)
+    return f"{path.name}/{stage}"
+
+
+def _copy(s: Series) -> Series:
+    return Series(list(s.steps), list(s.tokens), list(s.loss))

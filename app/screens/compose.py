@@ -1,0 +1,286 @@
+"""Compose: a form over the experiment schema; validated as you type (the messages of
+`slimlab-engine check`); per-student size; save / open / launch detached."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Button, Checkbox, Footer, Input, Label, Static
+from textual.worker import get_current_worker
+
+from app.data import fmt
+from app.data.compose import (
+    DATA,
+    DISTILL_EXTRA,
+    LAUNCH,
+    MODEL,
+    TOP,
+    TRAIN,
+    Validation,
+    experiment_path,
+    new_experiment,
+    new_student,
+    to_toml,
+    validate,
+)
+from app.messages import FormChanged, StudentRemoved
+from app.widgets.compose.fields import fields
+from app.widgets.compose.student_form import StudentForm
+from app.widgets.nav import NavBar
+
+VALIDATE_DELAY_S = 0.15  # debounce: validate once typing pauses
+SECTION_TITLES = {"finetune": "Fine-tune the teacher (teacher correction)", "distill": "Distill each student",
+                  "eval": "Evaluate every model (validation, test)"}
+
+
+class ComposeScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+o", "open", "Open"),
+        Binding("ctrl+l", "launch", "Launch"),
+        Binding("ctrl+n", "new", "New"),
+        Binding("f2", "add_student('depth')", "+depth"),
+        Binding("f3", "add_student('width')", "+width"),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.raw: dict[str, Any] = {}
+        self.stash: dict[str, dict] = {}  # switched-off sections keep their values here
+        self.path_edited = False  # the save path follows the name until edited
+        self.validation: Validation | None = None
+        self._timer = None
+
+    # ---- layout --------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield NavBar("compose")
+        yield VerticalScroll(id="compose-form")
+        yield Static("", id="compose-validation")
+        with Horizontal(id="compose-actions"):
+            yield Label("file")
+            yield Input("", id="compose-path", compact=True)
+            yield Button("Save ^s", id="save", compact=True)
+            yield Button("Open ^o", id="open", compact=True)
+            yield Button("Launch ^l", id="launch", compact=True, variant="success")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        raw = new_experiment()
+        raw["runs_dir"] = str(self.app.runs_dir)
+        await self.set_experiment(raw, None)
+
+    def _form_widgets(self) -> list:
+        raw = self.raw
+        ws: list = [_title("Experiment"), fields(TOP, raw),
+                    _title("Teacher"), fields(MODEL, raw), Static("", id="teacher-info", classes="field-info"),
+                    _title("Data"), fields(DATA, raw)]
+        ws.append(self._section("finetune", fields(TRAIN, self.stash["finetune"], "finetune.")))
+        students = Vertical(_title("Students ([[prune]])"), *(StudentForm(p) for p in raw.get("prune", [])),
+                            Horizontal(Button("+ depth student (f2)", id="add-depth", compact=True),
+                                       Button("+ width student (f3)", id="add-width", compact=True),
+                                       classes="student-buttons"),
+                            id="students", classes="form-section")
+        ws.append(students)
+        ws.append(self._section("distill", fields(TRAIN + DISTILL_EXTRA, self.stash["distill"], "distill.")))
+        ws.append(self._section("eval", None))
+        ws += [_title("Launch"), fields(LAUNCH, raw),
+               _title("Plan (slimlab-engine check)"), Static("", id="compose-plan", markup=False)]
+        return ws
+
+    def _section(self, name: str, body: Widget | None) -> Vertical:
+        """An optional section: a switch, and its fields (hidden while off)."""
+        on = name in self.raw
+        toggle = Checkbox(SECTION_TITLES[name], value=on, compact=True, id=f"toggle-{name}", classes="section-head")
+        if body is None:
+            return Vertical(toggle, classes="form-section")
+        body.id = f"body-{name}"
+        body.display = on
+        return Vertical(toggle, body, classes="form-section")
+
+    async def set_experiment(self, raw: dict[str, Any], path: Path | None) -> None:
+        """Fill the form from a raw experiment dict (new, or a loaded file)."""
+        self.raw = raw
+        for sec in ("finetune", "distill", "eval"):  # section dicts must exist for their fields
+            self.stash[sec] = raw[sec] if isinstance(raw.get(sec), dict) else self.stash.get(sec, {})
+        raw.setdefault("prune", [])
+        form = self.query_one("#compose-form", VerticalScroll)
+        await form.remove_children()
+        await form.mount_all(self._form_widgets())
+        self.path_edited = path is not None
+        self.query_one("#compose-path", Input).value = str(path) if path else str(self._default_path())
+        self._validate_now()
+
+    def _default_path(self) -> Path:
+        return experiment_path(str(self.raw.get("name") or "experiment"), self.app.experiments_dir)
+
+    # ---- editing ---------------------------------------------------------------------------------
+    def on_form_changed(self, event: FormChanged) -> None:
+        self.app.compose_dirty = True
+        if event.key == "name" and not self.path_edited:
+            self.query_one("#compose-path", Input).value = str(self._default_path())
+        self._schedule_validation()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "compose-path":
+            self.path_edited = event.value != str(self._default_path())
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        cid = event.checkbox.id or ""
+        if not cid.startswith("toggle-"):
+            return
+        sec = cid.removeprefix("toggle-")
+        self.app.compose_dirty = True
+        if event.value:
+            self.raw[sec] = self.stash[sec]
+        else:
+            self.raw.pop(sec, None)
+        for body in self.query(f"#body-{sec}"):
+            body.display = event.value
+        self._schedule_validation()
+
+    async def on_button_pressed(self, event: Button.Pressed) -> None:
+        bid = event.button.id
+        if bid in ("add-depth", "add-width"):
+            await self.action_add_student(bid.removeprefix("add-"))
+        elif bid == "save":
+            self.action_save()
+        elif bid == "open":
+            self.action_open()
+        elif bid == "launch":
+            self.action_launch()
+
+    async def action_add_student(self, method: str) -> None:
+        names = [str(p.get("name")) for p in self.raw["prune"]]
+        student = new_student(method, names)
+        self.raw["prune"].append(student)
+        form = StudentForm(student)
+        await self.query_one("#students").mount(form, before=self.query_one("#students .student-buttons"))
+        form.scroll_visible()
+        self._schedule_validation()
+
+    async def on_student_removed(self, event: StudentRemoved) -> None:
+        self.raw["prune"] = [p for p in self.raw["prune"] if p is not event.student]
+        for form in self.query(StudentForm):
+            if form.student is event.student:
+                await form.remove()
+        self._schedule_validation()
+
+    # ---- validation (thread worker: the plan may read the teacher's config.json) --------------
+    def _schedule_validation(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(VALIDATE_DELAY_S, self._validate_now)
+
+    def _validate_now(self) -> None:
+        self._validate(copy.deepcopy(self.raw), self.query_one("#compose-path", Input).value.strip())
+
+    @work(thread=True, exclusive=True, group="validate", name="validate experiment")
+    def _validate(self, raw: dict[str, Any], source: str) -> None:
+        result = validate(raw, source or "experiment")
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._show_validation, result)
+
+    def _show_validation(self, v: Validation) -> None:
+        if not self.is_attached:  # closed while a worker result was in flight
+            return
+        self.validation = v
+        box = self.query_one("#compose-validation", Static)
+        box.set_class(v.ok, "-ok")
+        box.set_class(not v.ok, "-error")
+        box.update(("✓ " if v.ok else "✗ ") + v.message)
+        plan = self.query("#compose-plan")
+        if plan:
+            plan.first(Static).update("\n".join(v.plan))
+        info = self.query("#teacher-info")
+        if info:
+            text = f"{fmt.si(v.teacher_params)} params: {v.teacher_detail}" if v.teacher_detail else \
+                "(student sizes appear when the teacher's config.json is on disk)"
+            info.first(Static).update(text)
+        for form in self.query(StudentForm):
+            form.show_size(v.students.get(str(form.student.get("name"))), v.teacher_params)
+
+    # ---- files -----------------------------------------------------------------------------------
+    def _path(self) -> Path:
+        return Path(self.query_one("#compose-path", Input).value.strip() or self._default_path())
+
+    def action_save(self) -> None:
+        self._save(self._path(), copy.deepcopy(self.raw), launch=False)
+
+    def action_launch(self) -> None:
+        v = self.validation
+        if v is None or not v.ok:
+            self.notify(f"cannot launch: {v.message if v else 'still validating'}", severity="error")
+            return
+        self._save(self._path(), copy.deepcopy(self.raw), launch=True)
+
+    @work(thread=True, group="save", name="save experiment")
+    def _save(self, path: Path, raw: dict[str, Any], launch: bool) -> None:
+        from engine.runs import write_atomic
+
+        try:
+            write_atomic(path, to_toml(raw))
+        except (OSError, TypeError) as e:
+            self.app.call_from_thread(self.notify, f"cannot save {path}: {e}", severity="error")
+            return
+        self.app.call_from_thread(self._saved, path, launch)
+
+    def _saved(self, path: Path, launch: bool) -> None:
+        self.app.compose_dirty = False
+        v = self.validation
+        if launch:
+            from app.screens.actions import launch as launch_run
+
+            launch_run(self.app, path, self.app.runs_dir, f"launch {path.name}")
+        elif v is not None and not v.ok:
+            self.notify(f"saved {path} (not valid yet: {v.message})", severity="warning")
+        else:
+            self.notify(f"saved {path}")
+
+    def action_open(self) -> None:
+        from app.screens.open_file import OpenFileScreen
+
+        def chosen(path: Path | None) -> None:
+            if path is not None:
+                self.load_file(path)
+
+        self.app.push_screen(OpenFileScreen(self.app.experiments_dir, self.app.runs_dir), chosen)
+
+    def load_file(self, path: Path) -> None:
+        self._load(Path(path))
+
+    @work(thread=True, group="load", name="load experiment")
+    def _load(self, path: Path) -> None:
+        from app.data.compose import read_experiment_file
+        from engine.config import ConfigError
+
+        try:
+            raw = read_experiment_file(path)
+        except ConfigError as e:
+            self.app.call_from_thread(self.notify, str(e), severity="error")
+            return
+        self.app.call_from_thread(self._loaded, raw, path)
+
+    async def _loaded(self, raw: dict[str, Any], path: Path) -> None:
+        # a run's resolved config is edited as a copy: saving goes to experiments/NAME.toml
+        is_run_config = path.name == "experiment.toml" and (path.parent / "status.json").exists()
+        await self.set_experiment(raw, None if is_run_config else path)
+        self.app.compose_dirty = False
+        self.notify(f"loaded {path}" + (" (as a copy; saves to experiments/)" if is_run_config else ""))
+
+    async def action_new(self) -> None:
+        self.app.compose_dirty = False
+        raw = new_experiment()
+        raw["runs_dir"] = str(self.app.runs_dir)
+        await self.set_experiment(raw, None)
+
+
+def _title(text: str) -> Static:
+    return Static(text, classes="section-title")

@@ -1,0 +1,52 @@
+"""`?`: every key of every screen, read from the screens' own BINDINGS (so it cannot go stale)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+
+def _screens() -> list[tuple[str, type]]:
+    from app.main import SlimlabApp
+    from app.screens.compare import CompareScreen
+    from app.screens.compose import ComposeScreen
+    from app.screens.gpus import GpuScreen
+    from app.screens.run_detail import RunDetailScreen
+    from app.screens.runs import RunsScreen
+
+    return [("Everywhere", SlimlabApp), ("Runs", RunsScreen), ("Run detail", RunDetailScreen),
+            ("Compose", ComposeScreen), ("Compare", CompareScreen), ("GPUs", GpuScreen)]
+
+
+def _keys(binding: Binding) -> str:
+    if binding.key_display:
+        return binding.key_display
+    return " ".join(k.replace("question_mark", "?").replace("slash", "/") for k in binding.key.split(","))
+
+
+def help_text() -> str:
+    lines = ["[b]slimlab keys[/b]   (mouse: click rows, tabs, buttons; scroll with the wheel)", ""]
+    for title, cls in _screens():
+        lines.append(f"[b $text-primary]{title}[/]")
+        for b in cls.BINDINGS:
+            if isinstance(b, Binding) and b.description:
+                lines.append(f"  {_keys(b):<14} {b.description}")
+        lines.append("")
+    lines += ["Tables: ↑/↓ move, enter opens. Forms: tab / shift+tab move between fields",
+              "(letters and digits type into a focused field; ctrl keys work everywhere).",
+              "ctrl+q quits too; ctrl+p opens the command palette.   esc closes this help."]
+    return "\n".join(lines)
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark,f1", "close", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-body"):
+            yield Static(help_text(), id="help-text")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

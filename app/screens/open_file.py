@@ -1,0 +1,59 @@
+"""Pick an experiment file to load into Compose: experiments/*.toml and runs' resolved configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, OptionList
+from textual.widgets.option_list import Option
+
+
+class OpenFileScreen(ModalScreen[Path | None]):
+    BINDINGS = [Binding("escape", "close", "Close")]
+
+    def __init__(self, experiments_dir: Path, runs_dir: Path):
+        super().__init__()
+        self.experiments_dir, self.runs_dir = experiments_dir, runs_dir
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="open-dialog"):
+            yield Label("Open an experiment file (enter loads; esc closes)")
+            yield Input(placeholder="path/to/experiment.toml", id="open-path", compact=True)
+            yield OptionList(id="open-list")
+
+    def on_mount(self) -> None:
+        self._list_files()
+        self.query_one(OptionList).focus()
+
+    @work(thread=True, exclusive=True)
+    def _list_files(self) -> None:
+        files = sorted(self.experiments_dir.glob("*.toml"))
+        files += sorted(p / "experiment.toml" for p in self._run_dirs() if (p / "experiment.toml").exists())
+        self.app.call_from_thread(self._show, files)
+
+    def _run_dirs(self) -> list[Path]:
+        try:
+            return [p for p in self.runs_dir.iterdir() if p.is_dir()]
+        except OSError:
+            return []
+
+    def _show(self, files: list[Path]) -> None:
+        box = self.query_one(OptionList)
+        box.clear_options()
+        box.add_options([Option(str(f), id=str(f)) for f in files] or [Option("(no experiment files found)", disabled=True)])
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id:
+            self.dismiss(Path(event.option.id))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self.dismiss(Path(event.value.strip()).expanduser())
+
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,293 @@
+"""Run detail: stage graph, live loss chart, log tail, resolved config, status; cancel/resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
+from textual.screen import Screen
+from textual.widgets import Footer, OptionList, Static, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+from app.data import fmt
+from app.data.scan import RunInfo, StageInfo
+from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
+from app.data.tail import LogTail
+from app.messages import EditExperiment
+from app.screens.actions import request_cancel, request_resume
+from app.widgets.detail.log_view import LogView
+from app.widgets.detail.stage_list import StageList
+from app.widgets.loss_chart import Curve, LossChart
+from app.widgets.nav import NavBar
+from app.widgets.style import state_style
+
+POLL_S = 0.25  # log / metrics of the shown stage
+CHART_HZ = 2.0
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def _copy(s: Series) -> Series:
+    return Series(list(s.steps), list(s.tokens), list(s.loss))
+
+
+class RunDetailScreen(Screen):
+    BINDINGS = [
+        Binding("escape,backspace", "back", "Back"),
+        Binding("c", "cancel", "Cancel run"),
+        Binding("r", "resume", "Resume"),
+        Binding("p", "tab('chart')", "Chart"),
+        Binding("l", "tab('log')", "Log"),
+        Binding("o", "tab('config')", "Config"),
+        Binding("i", "tab('status')", "Status", show=False),
+        Binding("x", "toggle_axis", "Step/tokens"),
+        Binding("s", "smoothing", "Smooth"),
+        Binding("f", "follow", "Follow stage", show=False),
+        Binding("e", "edit", "Edit copy", show=False),
+    ]
+
+    def __init__(self, path: Path, stage: str | None = None):
+        super().__init__()
+        self.path = Path(path)
+        self.stage_name: str | None = stage
+        self.follow = stage is None  # show whichever stage is running until the user picks one
+        self.run: RunInfo | None = None
+        self.axis = "step"
+        self.smoothing_i = 1
+        self.series: tuple[Series, Series] = (Series(), Series())
+        self._wake = threading.Event()
+        self._last_draw = 0.0
+        self._chart_timer = None
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("runs")
+        yield Static("", id="detail-title")
+        with Horizontal(id="detail-body"):
+            yield StageList(id="stage-list")
+            with Vertical(id="detail-main"):
+                yield Static("", id="stage-summary")
+                with TabbedContent(initial="chart", id="detail-tabs"):
+                    with TabPane("Chart", id="chart"):
+                        yield LossChart(id="loss-chart")
+                    with TabPane("Log", id="log"):
+                        yield LogView(id="log-view")
+                    with TabPane("Config", id="config"):
+                        with VerticalScroll():
+                            yield Static("", id="config-text", markup=False)
+                    with TabPane("Status", id="status"):
+                        with VerticalScroll():
+                            yield Static("", id="status-text", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.app.runs_signal.subscribe(self, self._on_runs)
+        self.app.theme_changed_signal.subscribe(self, lambda _t: self._on_runs(self.app.runs, restyle=True))
+        self._on_runs(self.app.runs)
+        self.query_one(StageList).focus()
+        self._follow_files()
+
+    # ---- run snapshot (from the app's scanner, once a second) -----------------------------
+    def _on_runs(self, runs: list[RunInfo], restyle: bool = False) -> None:
+        run = next((r for r in runs if r.path == self.path), None)
+        title = self.query_one("#detail-title", Static)
+        if run is None:
+            title.update(f"[b]{escape(self.path.name)}[/b]  (not found under {escape(str(self.app.runs_dir))}/ yet)")
+            return
+        self.run = run
+        state = f"[{state_style(self.app, run.state)}]{fmt.STATE_GLYPH.get(run.state, '?')} {run.state}[/]"
+        err = f"  [$text-error]{escape(run.error)}[/]" if run.error else ""
+        title.update(f"[b]{escape(run.name)}[/b]  {state}  {escape(str(run.path))}{err}")
+        stages = self.query_one(StageList)
+        stages.show_run(run, restyle)
+        cur = run.current
+        if self.stage_name is None or (self.follow and cur is not None and cur.name != self.stage_name):
+            self._select(cur.name if cur else None)
+        elif stages.highlighted is None and self.stage_name:
+            stages.select_stage(self.stage_name)  # opened on a given stage (from Compare, GPUs)
+        self._show_summary()
+
+    def _show_summary(self) -> None:
+        s = self.run.stage(self.stage_name) if self.run and self.stage_name else None
+        self.query_one("#stage-summary", Static).update(self._summary(s) if s else "")
+
+    def _summary(self, s: StageInfo) -> str:
+        st = f"[{state_style(self.app, s.state)}]{fmt.STATE_GLYPH.get(s.state, '?')} {s.name} {s.state}[/]"
+        parts = [st]
+        if s.total_steps:
+            parts.append(f"step {s.step}/{s.total_steps} {fmt.bar(s.fraction, 8)}")
+        elif s.step:
+            parts.append(f"step {s.step}")
+        if s.eta_s is not None:
+            parts.append(f"ETA {fmt.duration(s.eta_s)}")
+        parts.append(f"train {fmt.loss(s.train_loss)}  val {fmt.loss(s.val_loss)}")
+        if s.tokens_per_s:
+            parts.append(f"{fmt.si(s.tokens_per_s)} tok/s")
+        if s.gpus:
+            parts.append(f"GPUs {fmt.gpus(s.gpus)}")
+        line = "  ".join(parts)
+        if s.error:
+            line += f"\n[$text-error]{escape(s.error)}[/]"
+        return line
+
+    # ---- stage selection ---------------------------------------------------------------------
+    def _select(self, name: str | None) -> None:
+        if name == self.stage_name and name is not None:
+            return
+        self.stage_name = name
+        self.series = (Series(), Series())
+        self.query_one(LogView).reset()
+        self._draw_chart()
+        if name:
+            self.query_one(StageList).select_stage(name)
+        self._show_summary()
+        self._wake.set()
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        name = event.option.id
+        if name != self.query_one(StageList).highlighted_stage:
+            return  # stale: the highlight moved again before this message arrived
+        if name and name != self.stage_name:
+            self.follow = False
+            self._select(name)
+
+    # ---- files of the shown stage (thread worker) ----------------------------------------------
+    @work(thread=True, exclusive=True, group="detail", name="follow stage files")
+    def _follow_files(self) -> None:
+        worker = get_current_worker()
+        stage: str | None = None
+        tail: LogTail | None = None
+        curves: StageCurves | None = None
+        keys: dict[str, tuple[int, int] | None] = {}
+        while not worker.is_cancelled:
+            want = self.stage_name
+            reset = want != stage
+            if reset:
+                stage = want
+                sdir = self.path / (stage or "")
+                tail = LogTail(sdir / "stdout.log") if stage else None
+                curves = StageCurves(sdir / "metrics.jsonl") if stage else None
+                keys.pop("status", None)
+            lines = tail.read() if tail else []
+            series = (_copy(curves.train), _copy(curves.val)) if curves and curves.update() else None
+            config = self._changed(keys, "config", self.path / "experiment.toml")
+            status = self._changed(keys, "status", self.path / stage / "status.json") if stage else None
+            if reset or lines or series or config is not None or status is not None:
+                try:
+                    self.app.call_from_thread(self._apply, stage, lines, series, config, status)
+                except RuntimeError:
+                    return
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+
+    @staticmethod
+    def _changed(keys: dict, name: str, path: Path) -> str | None:
+        key = _stat(path)
+        if name in keys and keys[name] == key:
+            return None
+        keys[name] = key
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def _apply(self, stage: str | None, lines: list[str], series: tuple[Series, Series] | None,
+               config: str | None, status: str | None) -> None:
+        if not self.is_attached:  # closed while a worker result was in flight
+            return
+        if config is not None:
+            self.query_one("#config-text", Static).update(config or "(no experiment.toml)")
+        if stage != self.stage_name:
+            return  # the user picked another stage meanwhile; the worker catches up next tick
+        if lines:
+            self.query_one(LogView).append(lines)
+        if series is not None:
+            self.series = series
+            self._draw_chart_soon()
+        if status is not None:
+            self.query_one("#status-text", Static).update(_status_text(status))
+
+    # ---- chart -------------------------------------------------------------------------------
+    def _draw_chart_soon(self) -> None:
+        """Redraw at most CHART_HZ times a second: a fast stage logs many steps a second."""
+        if self._chart_timer is not None:
+            return  # a redraw is already due
+        wait = self._last_draw + 1 / CHART_HZ - time.monotonic()
+        if wait <= 0:
+            self._draw_chart()
+        else:
+            self._chart_timer = self.set_timer(wait, self._draw_chart)
+
+    def _draw_chart(self) -> None:
+        self._last_draw = time.monotonic()
+        if self._chart_timer is not None:
+            self._chart_timer.stop()
+            self._chart_timer = None
+        train, val = self.series
+        axis = self.axis if self.axis == "step" or all(t is not None for t in train.tokens) else "step"
+        chart = self.query_one(LossChart)
+        chart.empty_text = f"{self.stage_name}: no metrics yet" if self.stage_name else "no stage"
+        chart.show([Curve("train", train.xs(axis), train.loss, "blue"),
+                    Curve("val", val.xs(axis), val.loss, "red", smooth=False)],
+                   xlabel=f"{axis}   smoothing {SMOOTHING_LEVELS[self.smoothing_i]}",
+                   smoothing=SMOOTHING_LEVELS[self.smoothing_i])
+
+    def action_toggle_axis(self) -> None:
+        self.axis = "tokens" if self.axis == "step" else "step"
+        self._draw_chart()
+
+    def action_smoothing(self) -> None:
+        self.smoothing_i = (self.smoothing_i + 1) % len(SMOOTHING_LEVELS)
+        self._draw_chart()
+
+    # ---- actions -----------------------------------------------------------------------------
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_follow(self) -> None:
+        self.follow = True
+        if self.run and self.run.current:
+            self._select(self.run.current.name)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_cancel(self) -> None:
+        request_cancel(self.app, self.run)
+
+    def action_resume(self) -> None:
+        request_resume(self.app, self.run)
+
+    def action_edit(self) -> None:
+        if (self.path / "experiment.toml").exists():
+            self.post_message(EditExperiment(self.path / "experiment.toml"))
+
+
+def _status_text(text: str) -> str:
+    """status.json as `key: value` lines, with the state a reader should believe."""
+    from engine.runs import effective_state
+
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text or "(no status.json yet)"
+    if not isinstance(doc, dict):
+        return text
+    eff = effective_state(doc)
+    lines = [f"{k:<12} {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in doc.items()]
+    if eff != doc.get("state"):
+        lines.insert(0, f"{'shown as':<12} {eff} (process {doc.get('pid')} is gone)")
+    return "\n".join(lines)

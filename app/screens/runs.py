@@ -1,0 +1,138 @@
+"""Runs (home): every run under --runs-dir, live; the stages of the one under the cursor."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.markup import escape as _escape
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from app.data.scan import RunInfo
+from app.messages import EditExperiment, OpenRun
+from app.screens.actions import request_cancel, request_resume
+from app.widgets.home.runs_table import RunsTable
+from app.widgets.home.stages_table import StagesTable
+from app.widgets.nav import NavBar
+
+
+class RunsScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "open", "Open", show=False),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("c", "cancel", "Cancel run"),
+        Binding("r", "resume", "Resume"),
+        Binding("e", "edit", "Edit copy"),
+        Binding("m", "compare", "Compare"),
+        Binding("n", "new", "New"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.filter_text = ""
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("runs")
+        yield Input(placeholder="filter runs by name (esc clears)", id="runs-filter", compact=True)
+        yield Static("", id="runs-empty")
+        yield RunsTable(id="runs-table")
+        with Vertical(id="runs-preview"):
+            yield Static("", id="preview-title")
+            yield StagesTable(id="stages-table")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#runs-filter").display = False
+        self.app.runs_signal.subscribe(self, self._on_runs)
+        self.app.theme_changed_signal.subscribe(self, lambda _t: self._on_runs(self.app.runs, restyle=True))
+        self.app.adopt_first_scan()
+        self._on_runs(self.app.runs)
+        self.query_one(RunsTable).focus()
+
+    # ---- data --------------------------------------------------------------------------------
+    def _on_runs(self, runs: list[RunInfo], restyle: bool = False) -> None:
+        shown = [r for r in runs if self.filter_text.lower() in r.name.lower()] if self.filter_text else runs
+        table = self.query_one(RunsTable)
+        table.update_runs(shown, restyle=restyle)
+        empty = self.query_one("#runs-empty", Static)
+        if not self.app.runs_loaded:
+            empty.update(f"scanning {self.app.runs_dir}/ …")
+        elif not runs:
+            empty.update(f"No runs under {self.app.runs_dir}/ yet. Press 2 (Compose) to write an experiment "
+                         "and launch it, or run `slimlab-engine run FILE --detach`: it appears here.")
+        elif not shown:
+            empty.update(f"no run matches '{self.filter_text}'")
+        empty.display = not shown
+        self._show_preview(restyle)
+
+    def _show_preview(self, restyle: bool = False) -> None:
+        run = self.query_one(RunsTable).highlighted_run()
+        title = self.query_one("#preview-title", Static)
+        if run is None:
+            title.update("")
+        else:
+            err = f"  [$text-error]{_escape(run.error)}[/]" if run.error else ""
+            title.update(f"[b]{_escape(run.name)}[/b]  {run.path}{err}")
+        self.query_one(StagesTable).show_run(run, restyle)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "runs-table":
+            self._show_preview()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "runs-table":
+            self.action_open()
+
+    # ---- filter ------------------------------------------------------------------------------
+    def action_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        self._on_runs(self.app.runs)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one(RunsTable).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#runs-filter", Input)
+        box.value, box.display, self.filter_text = "", False, ""
+        self._on_runs(self.app.runs)
+        self.query_one(RunsTable).focus()
+
+    # ---- run actions -------------------------------------------------------------------------
+    def _run(self) -> RunInfo | None:
+        return self.query_one(RunsTable).highlighted_run()
+
+    def action_open(self) -> None:
+        run = self._run()
+        if run is not None:
+            self.post_message(OpenRun(run.path))
+
+    def action_cancel(self) -> None:
+        request_cancel(self.app, self._run())
+
+    def action_resume(self) -> None:
+        request_resume(self.app, self._run())
+
+    def action_edit(self) -> None:
+        run = self._run()
+        if run is not None and (run.path / "experiment.toml").exists():
+            self.post_message(EditExperiment(run.path / "experiment.toml"))
+
+    def action_compare(self) -> None:
+        run = self._run()
+
+        async def go() -> None:
+            await self.app.switch_mode("compare")
+            if run is not None:
+                self.app.screen.preselect_run(run.path)
+
+        self.app.call_later(go)
+
+    def action_new(self) -> None:
+        self.app.switch_mode("compose")

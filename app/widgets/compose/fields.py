@@ -1,0 +1,81 @@
+"""Form controls bound to a key of a dict (the raw experiment, a section, a student).
+
+Each control carries its FieldSpec and target dict, edits `target[spec.key]` (dotted keys
+allowed) as the user types, and posts FormChanged so Compose re-validates. Rows are laid out by
+a two-column Grid (label, control) rather than one container per row: Compose has ~40 fields
+and every extra node costs style work when the screen is shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.containers import Grid
+from textual.widget import Widget
+from textual.widgets import Checkbox, Input, Label, Select
+
+from app.data.compose import FieldSpec, format_field, get_key, parse_field, set_key
+from app.messages import FormChanged
+
+
+class _Bound:
+    spec: FieldSpec
+    target: dict[str, Any]
+
+    def _store(self: Any, value: Any) -> None:
+        old = get_key(self.target, self.spec.key)
+        if value == old or (value in ("", None, []) and old is None):
+            return
+        set_key(self.target, self.spec.key, value)
+        self.post_message(FormChanged(self.spec.key))
+
+
+class FieldInput(_Bound, Input):
+    def __init__(self, spec: FieldSpec, target: dict[str, Any], **kwargs):
+        super().__init__(format_field(spec.kind, get_key(target, spec.key)), placeholder=spec.placeholder,
+                         compact=True, **kwargs)
+        self.spec, self.target = spec, target
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self._store(parse_field(self.spec.kind, event.value))
+
+
+class FieldSelect(_Bound, Select):
+    def __init__(self, spec: FieldSpec, target: dict[str, Any], **kwargs):
+        value = get_key(target, spec.key)
+        options = [(c, c) for c in spec.choices]
+        if value is not None and value not in spec.choices:
+            options.append((str(value), value))  # keep an invalid value visible; validation reports it
+        super().__init__(options, value=value if value is not None else Select.NULL, allow_blank=True,
+                         prompt="default", compact=True, **kwargs)
+        self.spec, self.target = spec, target
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        self._store(None if event.value is Select.NULL else event.value)
+
+
+class FieldCheck(_Bound, Checkbox):
+    def __init__(self, spec: FieldSpec, target: dict[str, Any], **kwargs):
+        super().__init__("", value=bool(get_key(target, spec.key)), compact=True, **kwargs)
+        self.spec, self.target = spec, target
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        event.stop()
+        self._store(True if event.value else None)
+
+
+def control(spec: FieldSpec, target: dict[str, Any], id_prefix: str | None = "") -> Widget:
+    """The control for a spec. `id_prefix` None: no DOM id (student fields repeat their keys)."""
+    wid = None if id_prefix is None else "f-" + (id_prefix + spec.key).replace(".", "-").replace("_", "-")
+    cls = {"choice": FieldSelect, "bool": FieldCheck}.get(spec.kind, FieldInput)
+    return cls(spec, target, id=wid)
+
+
+def fields(specs, target: dict[str, Any], id_prefix: str | None = "", **kwargs) -> Grid:
+    """A label/control grid for `specs`, all editing `target`."""
+    cells: list[Widget] = []
+    for spec in specs:
+        cells += [Label(spec.label), control(spec, target, id_prefix)]
+    return Grid(*cells, classes="fields", **kwargs)

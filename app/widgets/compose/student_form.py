@@ -1,0 +1,65 @@
+"""One [[prune]] student: name, method, its targets, and its size against the teacher."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Label, Static
+
+from app.data import fmt
+from app.data.compose import DEPTH, WIDTH, FieldSpec, StudentSize
+from app.messages import FormChanged, StudentRemoved
+from app.widgets.compose.fields import fields
+
+DEPTH_KEYS = tuple(s.key for s in DEPTH)
+WIDTH_KEYS = tuple(s.key for s in WIDTH)
+
+
+class StudentForm(Vertical):
+    def __init__(self, student: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.student = student
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(classes="student-head"):
+            yield Label(self._title())
+            yield Button("remove", classes="remove-student", compact=True, variant="error")
+        yield fields((FieldSpec("name", "name"), FieldSpec("method", "method", "choice", ("depth", "width"))),
+                     self.student, id_prefix=None)
+        with Vertical(classes="student-targets"):
+            yield self._target_rows()
+        yield Static("", classes="student-size")
+
+    def _title(self) -> str:
+        return f"student '{self.student.get('name', '?')}' ({self.student.get('method', '?')})"
+
+    def _target_rows(self):
+        return fields(DEPTH if self.student.get("method") == "depth" else WIDTH, self.student, id_prefix=None)
+
+    async def on_form_changed(self, event: FormChanged) -> None:
+        # the event goes on to Compose (re-validation); here: title and the method's fields
+        if event.key == "method":
+            other = WIDTH_KEYS if self.student.get("method") == "depth" else DEPTH_KEYS
+            for k in other:
+                self.student.pop(k, None)
+            box = self.query_one(".student-targets", Vertical)
+            await box.remove_children()
+            await box.mount(self._target_rows())
+        if event.key in ("name", "method"):
+            self.query_one(".student-head Label", Label).update(self._title())
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.has_class("remove-student"):
+            event.stop()
+            self.post_message(StudentRemoved(self.student))
+
+    def show_size(self, size: StudentSize | None, teacher_params: int | None) -> None:
+        box = self.query_one(".student-size", Static)
+        if size is None:  # the form does not validate: Compose shows why
+            box.update("")
+        elif size.detail:
+            params = f"{fmt.si(size.params)} params, " if size.params else ""
+            of = f" (teacher {fmt.si(teacher_params)})" if teacher_params else ""
+            box.update(f"{params}{size.shrink:.2f}x smaller{of}\n{size.detail}")
+        else:
+            box.update("size: the teacher's config.json is not available offline")

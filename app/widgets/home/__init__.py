@@ -1,0 +1,1 @@
+"""Widgets of the Runs (home) screen."""

@@ -1,0 +1,95 @@
+"""The runs table: one row per run, updated in place from scanner snapshots."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from app.data import fmt
+from app.data.scan import RunInfo
+from app.widgets.style import stage_strip, state_text
+
+# key, label, width: sized so Run..ETA fit 80 columns; the rest scrolls horizontally
+COLUMNS = (
+    ("run", "Run", 16), ("state", "State", 11), ("stages", "Stages", 7), ("progress", "Progress", 12),
+    ("train", "Train", 7), ("val", "Val", 7), ("eta", "ETA", 6), ("stage", "Stage", 16),
+    ("tps", "tok/s", 7), ("gpus", "GPUs", 5), ("age", "Age", 4),
+)
+
+
+def row_cells(app, run: RunInfo, now: float) -> tuple:
+    cur = run.current
+    frac = cur.fraction if cur else None
+    m = cur  # losses: the current stage's, or for a finished run the last stage that logged some
+    if run.state != "running" and (cur is None or (cur.train_loss is None and cur.val_loss is None)):
+        m = next((s for s in reversed(run.stages) if s.train_loss is not None or s.val_loss is not None), cur)
+    progress = Text(fmt.bar(frac, 7) + (f" {frac * 100:3.0f}%" if frac is not None else ""))
+    return (
+        Text(run.name, overflow="ellipsis", no_wrap=True),
+        state_text(app, run.state),
+        stage_strip(app, [s.state for s in run.stages]),
+        progress,
+        fmt.loss(m.train_loss if m else None),
+        fmt.loss(m.val_loss if m else None),
+        fmt.duration(cur.eta_s if cur else None),
+        cur.name if cur else "–",
+        fmt.si(cur.tokens_per_s if cur else None),
+        fmt.gpus(run.gpus),
+        fmt.age(now - run.created),
+    )
+
+
+class RunsTable(DataTable):
+    """Rows keyed by run path; only rows whose run snapshot (or age) changed are rewritten."""
+
+    def __init__(self, **kwargs):
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        self._shown: dict[str, tuple[RunInfo, str]] = {}
+        self.runs: dict[str, RunInfo] = {}
+
+    def on_mount(self) -> None:
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
+
+    def update_runs(self, runs: list[RunInfo], restyle: bool = False) -> None:
+        now = time.time()
+        wanted = {str(r.path): r for r in runs}
+        for key in list(self._shown):
+            if key not in wanted:
+                self.remove_row(key)
+                del self._shown[key]
+        added = False
+        for key, run in wanted.items():
+            age = fmt.age(now - run.created)
+            prev = self._shown.get(key)
+            if prev is not None and prev[0] is run and prev[1] == age and not restyle:
+                continue
+            cells = row_cells(self.app, run, now)
+            if prev is None:
+                self.add_row(*cells, key=key)
+                added = True
+            else:
+                for (col, _, _), cell in zip(COLUMNS, cells, strict=True):
+                    self.update_cell(key, col, cell)
+            self._shown[key] = (run, age)
+        self.runs = wanted
+        if added:  # newest first, like the scanner's order (names are unique in a runs dir)
+            order = {r.name: i for i, r in enumerate(runs)}
+            cursor_key = self.highlighted_key()
+            self.sort("run", key=lambda cell: order.get(cell.plain, 0))
+            if cursor_key is not None:
+                self.move_cursor(row=self.get_row_index(cursor_key), animate=False)
+
+    def highlighted_key(self) -> str | None:
+        if not self.row_count:
+            return None
+        try:
+            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        except Exception:  # cursor outside the table while rows change
+            return None
+
+    def highlighted_run(self) -> RunInfo | None:
+        key = self.highlighted_key()
+        return self.runs.get(key) if key else None

@@ -1,0 +1,39 @@
+"""The stages of the run under the cursor, below the runs table."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from app.data import fmt
+from app.data.scan import RunInfo, StageInfo
+from app.widgets.style import state_text
+
+COLUMNS = (("stage", "Stage", 16), ("state", "State", 11), ("progress", "Progress", 18), ("train", "Train", 7),
+           ("val", "Val", 7), ("eta", "ETA", 6), ("tps", "tok/s", 7), ("gpus", "GPUs", 5))
+
+
+def progress_text(s: StageInfo, width: int = 8) -> Text:
+    frac = s.fraction
+    steps = f" {s.step}/{s.total_steps}" if s.total_steps else (f" {s.step}" if s.step else "")
+    return Text(fmt.bar(frac, width) + steps, no_wrap=True, overflow="ellipsis")
+
+
+class StagesTable(DataTable):
+    def __init__(self, **kwargs):
+        super().__init__(cursor_type="row", show_cursor=False, **kwargs)
+        self._run: RunInfo | None = None
+
+    def on_mount(self) -> None:
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
+
+    def show_run(self, run: RunInfo | None, restyle: bool = False) -> None:
+        if run is self._run and not restyle:
+            return
+        self._run = run
+        self.clear()
+        for s in run.stages if run else ():
+            self.add_row(s.name, state_text(self.app, s.state), progress_text(s), fmt.loss(s.train_loss),
+                         fmt.loss(s.val_loss), fmt.duration(s.eta_s), fmt.si(s.tokens_per_s),
+                         fmt.gpus(s.gpus), key=s.name)

@@ -1,0 +1,31 @@
+"""State colours from the current theme's text colours, so light and dark both stay readable."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import App
+
+from app.data.fmt import STATE_GLYPH
+
+_STATE_VAR = {"running": "text-primary", "succeeded": "text-success", "failed": "text-error",
+              "cancelled": "text-warning"}
+
+
+def state_style(app: App, state: str) -> str:
+    var = _STATE_VAR.get(state)
+    if var is None:
+        return "dim"
+    color = app.theme_variables.get(var)
+    return f"bold {color}" if color and state in ("running", "failed") else (color or "")
+
+
+def state_text(app: App, state: str, label: str | None = None) -> Text:
+    return Text(f"{STATE_GLYPH.get(state, '?')} {label or state}", style=state_style(app, state))
+
+
+def stage_strip(app: App, states: list[str]) -> Text:
+    """One glyph per stage: ✓✓●○○."""
+    t = Text()
+    for s in states:
+        t.append(STATE_GLYPH.get(s, "?"), style=state_style(app, s))
+    return t

@@ -1,0 +1,105 @@
+"""Run directories for the TUI tests, written by the engine's own writer (engine.runs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.config import dumps_toml
+from engine.runs import StageStatus, append_metrics, write_json
+
+
+def experiment_dict(name: str, students: tuple[str, ...] = ("depth", "width"), runs_dir: str = "runs",
+                    **extra) -> dict:
+    d = {
+        "name": name,
+        "runs_dir": runs_dir,
+        "model": {"path": "some/model"},
+        "data": {"dataset": "builtin:stdlib-docs", "seq_length": 64},
+        "finetune": {"steps": 20, "global_batch_size": 4, "micro_batch_size": 2},
+        "prune": [{"name": s, "method": "depth", "num_layers": 2} if s.startswith("depth")
+                  else {"name": s, "method": "width", "ffn_hidden_size": 64} for s in students],
+        "distill": {"steps": 20, "global_batch_size": 4, "micro_batch_size": 2},
+        "eval": {"splits": ["validation"]},
+    }
+    d.update(extra)
+    return d
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+class RunWriter:
+    """Writes one run directory the way the engine does; `stop()` ends heartbeat threads."""
+
+    def __init__(self, runs_dir: Path, name: str, students: tuple[str, ...] = ("depth", "width"), **extra):
+        self.root = runs_dir / name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.exp = experiment_dict(name, students, runs_dir=str(runs_dir), **extra)
+        (self.root / "experiment.toml").write_text(dumps_toml(self.exp))
+        self.statuses: dict[str, StageStatus] = {}
+
+    def stage(self, stage: str, state: str = "running", total_steps: int | None = 20, gpus=(0,),
+              step: int = 0, error: str | None = None) -> StageStatus:
+        st = StageStatus(self.root / stage, stage, config_hash="h")
+        st.start(total_steps=total_steps, gpus=list(gpus))
+        st._stop.set()  # no heartbeat thread writing into a test's tmp dir after it is gone
+        if step:
+            st.update(step=step)
+        if state != "running":
+            st.finish(state, error)
+        self.statuses[stage] = st
+        return st
+
+    def metrics(self, stage: str, steps: range, loss0: float = 5.0, val_every: int = 5, tokens_per_step: int = 256,
+                tokens_per_s: float = 1234.0) -> None:
+        path = self.root / stage / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for step in steps:
+            loss = loss0 / (1 + 0.1 * step)
+            append_metrics(path, {"step": step, "tokens": step * tokens_per_step, "split": "train", "loss": loss,
+                                  "lr": 1e-4, "tokens_per_s": tokens_per_s})
+            if val_every and step % val_every == 0:
+                append_metrics(path, {"step": step, "tokens": step * tokens_per_step, "split": "val",
+                                      "loss": loss + 0.1})
+
+    def log(self, stage: str, lines: list[str]) -> None:
+        path = self.root / stage / "stdout.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.writelines(line + "\n" for line in lines)
+
+    def die(self, stage: str) -> None:
+        """The stage's process vanished without updating status.json (kill -9)."""
+        st = self.statuses[stage]
+        st.doc["pid"] = dead_pid()
+        st.doc["state"] = "running"
+        st._write()
+
+    def results(self, models: dict) -> None:
+        write_json(self.root / "eval" / "results.json", models)
+
+
+def finished_run(runs_dir: Path, name: str, students=("depth", "width"), base_loss: float = 3.0) -> RunWriter:
+    """A run whose every stage succeeded, with val curves and eval/results.json."""
+    w = RunWriter(runs_dir, name, students)
+    w.stage("prepare", "succeeded", total_steps=None)
+    w.stage("finetune", "succeeded", step=20)
+    w.metrics("finetune", range(1, 21), loss0=base_loss + 2)
+    for i, s in enumerate(students):
+        w.stage(f"prune-{s}", "succeeded", total_steps=None)
+        w.metrics(f"prune-{s}", range(0, 1), loss0=base_loss + 3 + i, val_every=1)
+        w.stage(f"distill-{s}", "succeeded", step=20)
+        w.metrics(f"distill-{s}", range(1, 21), loss0=base_loss + 1 + 0.5 * i)
+    w.stage("eval", "succeeded", total_steps=None)
+    models = {"teacher": {"params": 1000, "validation": {"loss": base_loss, "perplexity": 20.1}}}
+    for i, s in enumerate(students):
+        models[f"prune-{s}"] = {"params": 500 + i, "validation": {"loss": base_loss + 3 + i, "perplexity": 400.0}}
+        models[f"distill-{s}"] = {"params": 500 + i, "validation": {"loss": base_loss + 0.5 + i, "perplexity": 33.0}}
+    w.results({"models": models})
+    return w

@@ -1,0 +1,576 @@
+"""Pilot tests of every screen of the TUI, on run directories written by the engine's own writer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _app_util import RunWriter, finished_run
+
+from app.main import SlimlabApp
+from engine.config import load_experiment
+
+FAKE_ENGINE = Path(__file__).with_name("_app_fake_engine.py")
+
+
+def run_async(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+async def wait_for(pilot, cond, timeout: float = 10.0, what: str = "condition"):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def make_app(runs: Path, tmp_path: Path, **kw) -> SlimlabApp:
+    return SlimlabApp(runs_dir=runs, experiments_dir=tmp_path / "experiments", gpu_probe=kw.pop("gpu_probe", None),
+                      scan_interval=0.1, **kw)
+
+
+def cell(table, row_key: str, col: str) -> str:
+    v = table.get_cell(row_key, col)
+    return getattr(v, "plain", str(v))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def fake_engine(tmp_path, monkeypatch):
+    out = tmp_path / "engine_calls.jsonl"
+    monkeypatch.setenv("SLIMLAB_ENGINE", f"{sys.executable} {FAKE_ENGINE}")
+    monkeypatch.setenv("SLIMLAB_FAKE_ENGINE_OUT", str(out))
+
+    def calls():
+        return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return calls
+
+
+# ---- Runs ------------------------------------------------------------------------------------
+
+
+@run_async
+async def test_runs_screen_lists_runs_and_follows_changes(runs, tmp_path):
+    finished_run(runs, "old")
+    live = RunWriter(runs, "live")
+    live.stage("prepare", "succeeded", total_steps=None)
+    ft = live.stage("finetune", "running", step=2)
+    live.metrics("finetune", range(1, 3))
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 2, what="two runs")
+        key = str(live.root)
+        assert cell(table, key, "state") == "● running"
+        assert cell(table, key, "stages") == "✓●○○○○○"
+        assert cell(table, key, "stage") == "finetune"
+        assert cell(table, key, "train") == f"{5.0 / 1.2:.3f}"
+        assert cell(table, str(runs / "old"), "state") == "✓ succeeded"
+
+        # the run moves on while the screen is open
+        live.metrics("finetune", range(3, 11))
+        ft.update(step=10)
+        await wait_for(pilot, lambda: cell(table, key, "train") == f"{5.0 / 2.0:.3f}", what="new train loss")
+        assert "50%" in cell(table, key, "progress")
+        assert cell(table, key, "val") == f"{5.0 / 2.0 + 0.1:.3f}"
+
+        # a half-written metrics line is not shown until its newline arrives
+        mfile = live.root / "finetune" / "metrics.jsonl"
+        line = json.dumps({"step": 11, "split": "train", "loss": 1.25, "tokens": 11 * 256})
+        with open(mfile, "a") as f:
+            f.write(line[:20])
+        ft.update(step=11)  # the status changes, the scanner re-reads: the partial line must be skipped
+        await pilot.pause(0.4)
+        assert cell(table, key, "train") == f"{5.0 / 2.0:.3f}"
+        with open(mfile, "a") as f:
+            f.write(line[20:] + "\n")
+        await wait_for(pilot, lambda: cell(table, key, "train") == "1.250", what="completed line")
+
+        # a run started elsewhere appears by itself, newest first
+        new = RunWriter(runs, "brand-new")
+        new.stage("prepare", "running", total_steps=None)
+        await wait_for(pilot, lambda: table.row_count == 3, what="new run")
+        assert table.coordinate_to_cell_key((0, 0)).row_key.value == str(new.root)
+
+
+@run_async
+async def test_dead_process_is_shown_failed_with_its_error(runs, tmp_path):
+    w = RunWriter(runs, "crashed")
+    w.stage("prepare", "succeeded", total_steps=None)
+    w.stage("finetune", "running", step=3)
+    w.die("finetune")
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 1)
+        assert cell(table, str(w.root), "state") == "✗ failed"
+        stages = app.screen.query_one("#stages-table")
+        assert cell(stages, "finetune", "state") == "✗ failed"
+        title = str(app.screen.query_one("#preview-title").render())
+        assert "ProcessDied" in title and "finetune" in title
+
+
+@run_async
+async def test_filter_and_empty_states(runs, tmp_path):
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        empty = app.screen.query_one("#runs-empty")
+        await wait_for(pilot, lambda: "No runs" in str(empty.render()), what="empty message")
+        for name in ("alpha", "beta", "alphabet"):
+            RunWriter(runs, name).stage("prepare", "succeeded", total_steps=None)
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 3)
+        await pilot.press("slash", "a", "l", "p")
+        await wait_for(pilot, lambda: table.row_count == 2, what="filtered rows")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: table.row_count == 3, what="filter cleared")
+
+
+# ---- Run detail --------------------------------------------------------------------------------
+
+
+@run_async
+async def test_run_detail_follows_log_chart_and_stages(runs, tmp_path):
+    w = RunWriter(runs, "watch")
+    w.stage("prepare", "succeeded", total_steps=None)
+    ft = w.stage("finetune", "running", step=5)
+    w.metrics("finetune", range(1, 6))
+    w.log("finetune", [f"boot {i}" for i in range(10)])
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="detail screen")
+        screen = app.screen
+        log = screen.query_one("#log-view")
+        chart = screen.query_one("#loss-chart")
+        await wait_for(pilot, lambda: log.total_lines == 10, what="log history")
+        assert screen.stage_name == "finetune"  # follows the running stage
+        await wait_for(pilot, lambda: len(chart.curves[0].ys) == 5, what="train curve")
+        assert chart.curves[1].ys == [pytest.approx(5.0 / 1.5 + 0.1)]  # val at step 5
+
+        # the stage writes more while the screen is open
+        w.log("finetune", [f"step {i}" for i in range(300)])
+        with open(w.root / "finetune" / "stdout.log", "a") as f:
+            f.write("half a li")  # no newline yet: not shown
+        w.metrics("finetune", range(6, 11))
+        ft.update(step=10)
+        await wait_for(pilot, lambda: log.total_lines == 310, what="new log lines")
+        assert log.lines[-1] == "step 299"
+        await wait_for(pilot, lambda: len(chart.curves[0].ys) == 10, what="chart update")
+        with open(w.root / "finetune" / "stdout.log", "a") as f:
+            f.write("ne\n")
+        await wait_for(pilot, lambda: log.lines[-1] == "half a line", what="completed log line")
+
+        # chart keys: x axis and smoothing
+        await pilot.press("x")
+        assert "tokens" in chart.xlabel and chart.curves[0].xs[-1] == 10 * 256
+        before = chart.smoothing
+        await pilot.press("s")
+        assert chart.smoothing != before
+
+        # tabs: config shows the resolved experiment.toml; status shows status.json
+        await pilot.press("o")
+        config = str(screen.query_one("#config-text").render())
+        assert 'name = "watch"' in config
+        await pilot.press("i")
+        assert "finetune" in str(screen.query_one("#status-text").render())
+
+        # the next stage starts: the screen follows it
+        ft.finish("succeeded")
+        w.stage("prune-depth", "running", total_steps=None)
+        w.log("prune-depth", ["calibrating"])
+        await wait_for(pilot, lambda: screen.stage_name == "prune-depth", what="follow next stage")
+        await wait_for(pilot, lambda: list(log.lines) == ["calibrating"], what="log of the new stage")
+
+        # picking a stage by hand shows its files and stops following
+        stage_list = screen.query_one("#stage-list")
+        stage_list.focus()
+        stage_list.highlighted = 1  # finetune
+        await wait_for(pilot, lambda: screen.stage_name == "finetune" and log.total_lines == 311, what="manual pick")
+        assert screen.follow is False
+        await pilot.press("escape")
+        assert type(app.screen).__name__ == "RunsScreen"
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+
+
+@run_async
+async def test_cancel_asks_first_then_stops_the_run(runs, tmp_path):
+    proc = _sleeper()
+    try:
+        w = RunWriter(runs, "cancel-me")
+        st = w.stage("prepare", "running", total_steps=None)
+        st.doc.update(pid=proc.pid, pgid=proc.pid)
+        st._write()
+        app = make_app(runs, tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            table = app.screen.query_one("#runs-table")
+            await wait_for(pilot, lambda: table.row_count == 1)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen")
+            await pilot.press("c")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="confirmation")
+            await pilot.press("n")  # keep running
+            await pilot.pause(0.2)
+            assert proc.poll() is None
+            await pilot.press("c")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: proc.poll() is not None, timeout=20, what="process stopped")
+            await wait_for(pilot, lambda: app.screen.run is not None and app.screen.run.state == "cancelled",
+                           timeout=10, what="cancelled state")
+            await wait_for(pilot, lambda: app.last_command is not None, what="cancel command result")
+            assert app.last_command.ok, app.last_command.output
+            assert app.last_command.command[-2:] == ["cancel", str(w.root)]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@run_async
+async def test_resume_relaunches_the_resolved_config_detached(runs, tmp_path, fake_engine):
+    w = RunWriter(runs, "stopped")
+    w.stage("prepare", "cancelled", total_steps=None)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: len(fake_engine()) == 1, timeout=10, what="engine call")
+    call = fake_engine()[0]
+    assert call["argv"] == ["run", str(w.root / "experiment.toml"), "--detach", "--runs-dir", str(runs)]
+    assert call["sid"] == call["pid"] != os.getsid(0)  # its own session: survives the TUI and SSH
+
+
+# ---- Compose -------------------------------------------------------------------------------------
+
+
+def _teacher_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "teacher"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}))
+    return d
+
+
+@run_async
+async def test_compose_validates_as_you_type_and_sizes_students(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    teacher = _teacher_dir(tmp_path)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        status = screen.query_one("#compose-validation")
+        await wait_for(pilot, lambda: screen.validation is not None)
+        assert not screen.validation.ok and "model.path" in screen.validation.message
+
+        # type the teacher path key by key (relative to the working directory, as `check` reads it)
+        await pilot.click("#f-model-path")
+        await pilot.press(*teacher.name)
+        await wait_for(pilot, lambda: screen.validation.ok is False and "prune[depth]" in screen.validation.message,
+                       what="the depth target is checked against the teacher")
+        # the default depth student keeps 16 layers of a 4-layer teacher: the same message as `check`
+        path = tmp_path / "experiments" / "my-experiment.toml"
+        assert screen.validation.message == _check(screen, path, expect_rc=2).removeprefix("error: ")
+        assert str(status.render()).startswith("✗ ")
+
+        # fix the students: depth keeps 2 layers, width ffn 128 -> 64 and hidden 64 -> 32
+        forms = list(screen.query("StudentForm"))
+        _set_field(forms[0], "num_layers", "2")
+        _set_field(forms[1], "ffn_hidden_size", "64")
+        _set_field(forms[1], "hidden_size", "32")
+        await wait_for(pilot, lambda: screen.validation.ok, what="valid experiment")
+        # the plan shown is `check`'s, and each student's size is the one `check` prints
+        out = _check(screen, path, expect_rc=0)
+        assert screen.validation.plan == out.splitlines()
+        sizes = screen.validation.students
+        for name in ("depth", "width"):
+            params, shrink = re.search(rf"prune-{name}:.*\(([\d,]+)\), ([\d.]+)x smaller", out).groups()
+            assert sizes[name].params == int(params.replace(",", ""))
+            assert f"{sizes[name].shrink:.2f}" == shrink
+        teacher_params = int(re.search(r"teacher: .*\(([\d,]+)\)", out).group(1).replace(",", ""))
+        assert screen.validation.teacher_params == teacher_params
+        assert sizes["depth"].params < teacher_params and sizes["width"].params < teacher_params
+        text = str(forms[1].query_one(".student-size").render())
+        assert f"{sizes['width'].shrink:.2f}x smaller" in text
+
+        # a wrong type: the schema's message, not a crash
+        screen.query_one("#f-finetune-steps").value = "ten"
+        await wait_for(pilot, lambda: not screen.validation.ok and "finetune.steps" in screen.validation.message)
+        screen.query_one("#f-finetune-steps").value = "10"
+        await wait_for(pilot, lambda: screen.validation.ok)
+
+        # add a third student, then remove it
+        screen.query_one("#add-width").press()
+        await wait_for(pilot, lambda: len(screen.query("StudentForm")) == 3)
+        assert [p["name"] for p in screen.raw["prune"]] == ["depth", "width", "width2"]
+        list(screen.query("StudentForm"))[2].query_one(".remove-student").press()
+        await wait_for(pilot, lambda: len(screen.query("StudentForm")) == 2)
+        assert [p["name"] for p in screen.raw["prune"]] == ["depth", "width"]
+
+        # switch a section off
+        screen.query_one("#toggle-eval").value = False
+        await wait_for(pilot, lambda: "eval" not in screen.validation.message and screen.validation.ok)
+
+        # save: atomic, and the file is what `check` accepts
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: path.exists(), what="saved file")
+        exp = load_experiment(path)
+        assert [p.name for p in exp.prune] == ["depth", "width"]
+        assert exp.prune[1].hidden_size == 32 and exp.finetune.steps == 10 and exp.eval is None
+        assert exp.model.path == teacher.name
+
+
+def _control(form, key: str):
+    return next(c for c in form.query("FieldInput, FieldSelect, FieldCheck") if c.spec.key == key)
+
+
+def _set_field(form, key: str, value: str) -> None:
+    _control(form, key).value = value
+
+
+def _check(screen, path: Path, expect_rc: int) -> str:
+    """What `slimlab-engine check` prints for the form's current content saved as `path` (the
+    CLI's own entry point, in this process)."""
+    from app.data.compose import to_toml
+    from engine.cli import main as engine_main
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_toml(screen.raw))
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = engine_main(["check", str(path)])
+    finally:
+        path.unlink()
+    assert rc == expect_rc, out.getvalue() + err.getvalue()
+    return (out.getvalue() if expect_rc == 0 else err.getvalue()).strip()
+
+
+@run_async
+async def test_compose_loads_a_file_and_launches_detached(runs, tmp_path, monkeypatch, fake_engine):
+    monkeypatch.chdir(tmp_path)
+    exp_dir = tmp_path / "experiments"
+    exp_dir.mkdir()
+    src = exp_dir / "tiny.toml"
+    src.write_text("""
+name = "tiny"
+[model]
+init = "scratch"
+arch = {model_type = "llama", hidden_size = 64, intermediate_size = 128, num_hidden_layers = 4, num_attention_heads = 4, num_key_value_heads = 2}
+tokenizer_train_vocab = 512
+[data]
+dataset = "builtin:stdlib-docs"
+seq_length = 32
+[finetune]
+steps = 7
+global_batch_size = 4
+micro_batch_size = 4
+[[prune]]
+name = "d"
+method = "depth"
+drop_layers = [1, 2]
+[eval]
+batches = 2
+""")
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "OpenFileScreen")
+        opts = app.screen.query_one("#open-list")
+        await wait_for(pilot, lambda: opts.option_count == 1 and opts.get_option_at_index(0).id == str(src))
+        opts.focus()
+        opts.highlighted = 0
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is screen and screen.raw.get("name") == "tiny", what="loaded")
+        assert screen.query_one("#f-finetune-steps").value == "7"
+        form = screen.query_one("StudentForm")
+        assert _control(form, "drop_layers").value == "1, 2"
+        assert screen.raw["model"]["arch"]["hidden_size"] == 64  # keys without a field survive
+        assert screen.query_one("#compose-path").value == str(src)
+        await wait_for(pilot, lambda: screen.validation is not None and screen.validation.ok)
+        assert screen.validation.students["d"].detail.startswith("2 layers")
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: len(fake_engine()) == 1, timeout=10, what="launch")
+    call = fake_engine()[0]
+    assert call["argv"] == ["run", str(src), "--detach", "--runs-dir", str(runs)]
+    assert call["sid"] == call["pid"] != os.getsid(0)
+    assert load_experiment(src).finetune.steps == 7  # saved before launching, still valid
+
+
+@run_async
+async def test_compose_refuses_to_launch_an_invalid_experiment(runs, tmp_path, monkeypatch, fake_engine):
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        await wait_for(pilot, lambda: app.screen.validation is not None)
+        assert app.compose_dirty is False  # nothing typed yet
+        await pilot.press("ctrl+l")
+        await pilot.pause(0.3)
+        assert fake_engine() == []
+        assert not (tmp_path / "experiments").exists()
+        # unsaved edits: quitting asks first
+        app.screen.query_one("#f-name").value = "edited"
+        await wait_for(pilot, lambda: app.compose_dirty)
+        app.screen.query_one("#save").focus()
+        await pilot.press("q")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="quit confirmation")
+        await pilot.press("n")
+        await pilot.pause(0.1)
+        assert app.is_running and type(app.screen).__name__ == "ComposeScreen"
+
+
+# ---- Compare ------------------------------------------------------------------------------------
+
+
+@run_async
+async def test_compare_overlays_curves_results_and_config_diff(runs, tmp_path):
+    a = finished_run(runs, "run-a", base_loss=3.0)
+    b = finished_run(runs, "run-b", students=("depth",), base_loss=2.0)
+    # run-b differs from run-a in one key of its depth student
+    text = (b.root / "experiment.toml").read_text().replace("num_layers = 2", "num_layers = 3")
+    (b.root / "experiment.toml").write_text(text)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 2)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        screen = app.screen
+        chart = screen.query_one("#compare-chart")
+        # the newest run with students is ticked: its pruned and distilled students
+        await wait_for(pilot, lambda: len(chart.curves) == 2, what="preselected curves")
+        assert {c.label for c in chart.curves} == {"run-b/prune-depth", "run-b/distill-depth"}
+        results = screen.query_one("#results-table")
+        assert results.row_count == 3  # teacher, prune-depth, distill-depth of run-b
+        # pick stages from two runs: the two distilled depth students
+        picks = screen.query_one("#compare-pick")
+        picks.deselect_all()
+        picks.select(f"{a.root}::distill-depth")
+        picks.select(f"{b.root}::distill-depth")
+        await wait_for(pilot, lambda: {c.label for c in chart.curves} == {"run-a/distill-depth", "run-b/distill-depth"})
+        curve_a = next(c for c in chart.curves if c.label == "run-a/distill-depth")
+        assert curve_a.xs == [5.0, 10.0, 15.0, 20.0]  # val points only
+        assert results.row_count == 5 + 3
+        diff = screen.query_one("#diff-table")
+        keys = [diff.get_row_at(i)[0] for i in range(diff.row_count)]
+        assert keys == ["prune.num_layers"]
+        assert diff.get_row_at(0)[1:] == ["2", "3"]
+        await pilot.press("d")
+        assert screen.query_one("#compare-tabs").active == "diff"
+        picks.highlighted = 0
+        await pilot.press("o")  # open the highlighted stage's run
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen")
+        opened = picks.stage_values[0].rpartition("::")[2]
+        assert app.screen.stage_name == opened and app.screen.follow is False
+        await wait_for(pilot, lambda: app.screen.query_one("#stage-list").highlighted_stage == opened)
+
+
+# ---- GPUs, help, themes ---------------------------------------------------------------------------
+
+
+class FakeProbe:
+    def __init__(self):
+        from app.data.gpus import GpuSample
+
+        self.samples = [GpuSample(0, "NVIDIA H100 80GB HBM3", 87, 60 * 2**30, 80 * 2**30, 61, 512.0, ()),
+                        GpuSample(1, "NVIDIA H100 80GB HBM3", 0, 1 * 2**30, 80 * 2**30, 30, 70.0, ())]
+
+    def sample(self):
+        return self.samples
+
+
+@run_async
+async def test_gpu_screen_shows_usage_and_owner(runs, tmp_path):
+    w = RunWriter(runs, "on-gpu")
+    w.stage("finetune", "running", step=1, gpus=(0,))
+    app = make_app(runs, tmp_path, gpu_probe=FakeProbe())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded)
+        await pilot.press("4")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "GpuScreen")
+        table = app.screen.query_one("#gpu-table")
+        await wait_for(pilot, lambda: table.row_count == 2)
+        assert cell(table, "0", "owner") == "on-gpu/finetune"
+        assert cell(table, "1", "owner") == "–"
+        assert "87%" in cell(table, "0", "util")
+        assert "60/80G" in cell(table, "0", "mem")
+        await pilot.press("o")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen")
+        assert app.screen.stage_name == "finetune"
+
+
+@run_async
+async def test_no_gpu_hides_the_gpu_screen(runs, tmp_path):
+    app = make_app(runs, tmp_path)  # gpu_probe=None: as on a machine without NVML
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await pilot.pause(0.1)
+        assert app.current_mode == "runs"
+        assert "GPUs" not in str(app.screen.query_one("#nav-tabs").render())
+
+
+@run_async
+async def test_help_lists_the_keys_of_every_screen(runs, tmp_path):
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+        text = str(app.screen.query_one("#help-text").render())
+        for title in ("Runs", "Run detail", "Compose", "Compare", "GPUs"):
+            assert title in text
+        for desc in ("Cancel run", "Resume", "Step/tokens", "Launch", "Config diff"):
+            assert desc in text
+        await pilot.press("escape")
+        assert type(app.screen).__name__ == "RunsScreen"
+
+
+@run_async
+async def test_light_and_dark_themes_use_theme_colours(runs, tmp_path):
+    from app.widgets.style import state_style
+
+    finished_run(runs, "r")
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded)
+        dark = state_style(app, "succeeded")
+        await pilot.press("ctrl+t")
+        assert app.theme == "textual-light"
+        light = state_style(app, "succeeded")
+        assert dark != light and light == app.theme_variables["text-success"]
+        table = app.screen.query_one("#runs-table")
+        await pilot.pause(0.1)
+        assert table.get_cell(str(runs / "r"), "state").style == light  # cells restyled on theme change
+        for key in ("enter", "escape"):  # screens render in the light theme
+            await pilot.press(key)
+            await pilot.pause(0.1)
