@@ -1,0 +1,331 @@
+"""Distillation throughput: the engine's training step against a naive KD loop.
+
+Teacher: Llama-shaped, 16 layers, hidden 2048, ffn 8192, 32 heads / 8 KV heads, head_dim 64,
+vocab 128256, tied embeddings (~1.24B parameters); student: the same with 8 layers (~0.75B).
+Random weights, random tokens, batch 4 x 2048.
+
+Both sides use the same precision: the student holds fp32 master weights and fp32 AdamW state
+(fused AdamW) and runs its matrix products in bf16 (autocast); the teacher is held in bf16.
+
+    naive   teacher forward under no_grad -> full logits; student forward + backward;
+            F.kl_div on full fp32 log-softmaxes of both; fused AdamW step.
+    engine  engine.train.Trainer.step, the code a distill stage runs: final hidden states of both
+            models, the chunked KD loss fused with the LM heads (engine/distill/losses.py),
+            gradient clipping, the finite-loss check (one host sync per step), fused AdamW.
+            `-compile`: torch.compile of the decoder layers and of the loss chunk kernel
+            ([distill].compile = true).
+
+FLOPs per token for MFU = 2 N_teacher + 6 N_student, N = parameters of every matrix product
+(attention and MLP projections plus the LM head, which is tied to the embedding; the embedding
+lookup, norms and attention scores are not counted): N_teacher = 1,235,746,816,
+N_student = 749,207,552 -> 6.967 GFLOP/token; peak 989 TFLOP/s (dense bf16, H100/H200).
+
+Results: benchmarks/RESULTS.md ("Distillation throughput"); the device calls: benchmarks/distill_gpu.sh.
+
+Usage (one GPU):  python benchmarks/distill_throughput.py --variants naive,engine-compile,engine-compile-accum4
+Multi-GPU:        accelerate launch --num_processes 2 benchmarks/distill_throughput.py \
+                      --strategy ddp --variants engine-compile
+CPU smoke test:   python benchmarks/distill_throughput.py --tiny --variants naive,engine --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+PEAK = 989e12
+ARCH = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
+            num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+            max_position_embeddings=8192, rope_theta=500000.0)
+TINY = dict(ARCH, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, vocab_size=1000)
+
+
+def build(arch: dict, layers: int, dtype: torch.dtype, device: torch.device, seed: int) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**{**arch, "num_hidden_layers": layers})
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
+    return model
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def memory_reset(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def timed(step, n_warmup: int, n_steps: int, device: torch.device) -> tuple[float, list[float]]:
+    """Seconds per step: n_steps back to back after warm-up, between two device syncs (host clock),
+    so that a loop which keeps the GPU busy across steps gets the credit for it."""
+    for _ in range(n_warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        step()
+    sync(device)
+    total = time.perf_counter() - t0
+    return total / n_steps, [total]
+
+
+def run_naive(args, arch, device, batches) -> dict:
+    teacher = build(arch, args.teacher_layers, torch.bfloat16 if device.type == "cuda" else torch.float32,
+                    device, 0).eval().requires_grad_(False)
+    student = build(arch, args.student_layers, torch.float32, device, 1).train()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=device.type == "cuda")
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    it = iter(range(10**9))
+
+    def step() -> None:
+        x = batches[next(it) % len(batches)]
+        inp = x[:, :-1]
+        with torch.no_grad(), torch.autocast(**amp):
+            t_logits = teacher(input_ids=inp, use_cache=False).logits
+        with torch.autocast(**amp):
+            s_logits = student(input_ids=inp, use_cache=False).logits
+        loss = F.kl_div(F.log_softmax(s_logits.float(), -1).flatten(0, 1),
+                        F.log_softmax(t_logits.float(), -1).flatten(0, 1),
+                        log_target=True, reduction="batchmean")
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    memory_reset(device)
+    sec, times = timed(step, args.warmup, args.steps, device)
+    out = {"peak_gib": peak_gib(device), "sec_per_step": sec, "times": times}
+    teacher = student = opt = None  # free the models before the next variant
+    return out
+
+
+def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
+               profile: bool = False) -> dict:
+    from engine.config import DistillConfig
+    from engine.train import Trainer, loss_spec
+
+    teacher = build(arch, args.teacher_layers, torch.bfloat16 if device.type == "cuda" else torch.float32,
+                    device, 0)
+    student = build(arch, args.student_layers, torch.float32, device, 1)
+    micro = batches[0].shape[0]
+    cfg = DistillConfig(steps=1000, global_batch_size=micro * accum * acc.num_processes, micro_batch_size=micro,
+                        lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk)
+    trainer = Trainer(acc, student, cfg, loss_spec(cfg, arch["vocab_size"]), teacher)
+    del teacher, student
+    it = iter(range(10**9))
+    losses = []
+    pending = []
+
+    def step() -> None:
+        # As the engine's loop does: launch step i+1, then read step i (no host sync in between).
+        group = [batches[(next(it)) % len(batches)] for _ in range(accum)]
+        pending.append(trainer.launch(group, 1e-4))
+        while len(pending) > 1:
+            losses.append(pending.pop(0).result().loss)
+
+    memory_reset(device)
+    sec, times = timed(step, args.warmup, args.steps, device)
+    out = {"peak_gib": peak_gib(device), "sec_per_step": sec, "times": times, "loss_first_last": [losses[0], losses[-1]],
+           "flops_per_token": trainer.flops_per_token}
+    if profile:
+        out["profile_ms_per_step"] = profile_steps(step, device, os.path.dirname(args.json) if args.json else None)
+    trainer = None
+    acc.free_memory()
+    return out
+
+
+def check_fused_loss(device: torch.device) -> dict:
+    """The fused loss on this device (bf16 autocast, 3 chunks) against a float64 reference."""
+    from engine.distill import losses
+    from engine.distill.losses import LossSpec, fused_linear_loss
+
+    g = torch.Generator(device=device).manual_seed(0)
+    n, h, v = 3000, 256, 5000
+    hs = torch.randn(n, h, device=device, generator=g, requires_grad=True)
+    ws = (torch.randn(v, h, device=device, generator=g) * 0.05).requires_grad_()
+    ht = torch.randn(n, h, device=device, generator=g)
+    wt = torch.randn(v, h, device=device, generator=g) * 0.05
+    labels = torch.randint(0, v, (n,), device=device, generator=g)
+    out = {}
+    for kind in ("forward_kl", "reverse_kl", "jsd"):
+        spec = LossSpec(kind, temperature=2.0, ce_weight=0.3, chunk_tokens=1024)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, _, _ = fused_linear_loss(hs, ws, labels, spec, ht, wt)
+        gh, gw = torch.autograd.grad(loss, (hs, ws))
+        ref_spec = LossSpec(kind, temperature=2.0, ce_weight=0.3, chunk_tokens=n)
+        h64, w64 = hs.detach().double().requires_grad_(), ws.detach().double().requires_grad_()
+        ref, _, _ = fused_linear_loss(h64, w64, labels, ref_spec, ht.double(), wt.double())
+        rh, rw = torch.autograd.grad(ref, (h64, w64))
+
+        def rel(a, b):
+            return float((a.double() - b).norm() / b.norm())
+
+        out[kind] = {"loss": rel(loss.detach(), ref.detach()), "grad_h": rel(gh, rh), "grad_w": rel(gw, rw)}
+    out["mixed_dtype_addmm"] = losses._MIXED_ADDMM.get("ok")
+    return out
+
+
+VARIANTS = {
+    # name: (compile, chunk_tokens, accumulation, micro-batch (None: --batch))
+    "engine": (False, 1024, 1, None),
+    "engine-chunk4096": (False, 4096, 1, None),  # since measured, eager chunks are capped at 1024
+
+    "engine-compile": (True, 4096, 1, None),
+    "engine-compile-chunk2048": (True, 2048, 1, None),
+    "engine-compile-chunk8192": (True, 8192, 1, None),
+    "engine-compile-accum4": (True, 4096, 4, None),
+    "engine-compile-micro8-accum2": (True, 4096, 2, 8),
+}
+
+KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
+    ("attention", ("flash", "fmha", "cudnn", "attention")),
+    ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "sm90", "matmul")),
+    ("optimizer", ("adam", "multi_tensor")),
+    ("nccl", ("nccl",)),
+    ("triton (compiled)", ("triton",)),
+    ("copy/cast", ("copy", "memcpy", "memset", "fill")),
+    ("other aten", ("",)),
+]
+
+
+def profile_steps(step, device: torch.device, out_dir: str | None) -> dict:
+    """CUDA time per kernel group over 2 steps (torch.profiler), table written to out_dir."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        sync(device)
+    groups: dict[str, float] = {}
+    for evt in prof.key_averages():
+        t = getattr(evt, "self_device_time_total", 0.0) or 0.0
+        if t <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = evt.key.lower()
+        group = next(g for g, keys in KERNEL_GROUPS if any(k in name for k in keys))
+        groups[group] = groups.get(group, 0.0) + t / 2 / 1e3  # ms per step
+    if out_dir:
+        table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=90)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "profile.txt").write_text(table)
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", default="naive,engine,engine-compile")
+    ap.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--teacher-layers", type=int, default=16)
+    ap.add_argument("--student-layers", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
+    ap.add_argument("--json", help="write the results here (rank 0)")
+    ap.add_argument("--check", action="store_true", help="first compare the fused loss with float64")
+    ap.add_argument("--profile", default="", help="profile 2 steps of this variant (kernel time per group)")
+    ap.add_argument("--sdpa", default="", choices=["", "cudnn", "flash", "efficient"],
+                    help="only this SDPA backend (default: PyTorch's choice)")
+    args = ap.parse_args()
+    from engine.train import make_accelerator
+
+    if args.sdpa:  # a process-wide switch (compiled graphs do not guard on it)
+        for b in ("cudnn", "flash", "efficient"):
+            getattr(torch.backends.cuda, f"enable_{'mem_efficient' if b == 'efficient' else b}_sdp")(b == args.sdpa)
+    arch = TINY if args.tiny else ARCH
+    if args.tiny:
+        args.seq = min(args.seq, 64)
+    acc = make_accelerator(args.strategy, "bf16", ["LlamaDecoderLayer"])
+    device = acc.device
+    world = acc.num_processes
+    torch.backends.cuda.matmul.allow_tf32 = True
+    g = torch.Generator(device=device).manual_seed(1234 + acc.process_index)
+    batches = [torch.randint(0, arch["vocab_size"], (args.batch, args.seq + 1), device=device, generator=g)
+               for _ in range(4)]
+    tokens_per_step = args.batch * args.seq * world
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    results = {"card": card, "processes": world, "sdpa": args.sdpa or "default", "strategy": args.strategy if world > 1 else "single",
+               "batch": args.batch, "seq": args.seq, "torch": torch.__version__, "variants": {}}
+    if args.check:
+        results["check"] = check_fused_loss(device)
+        if acc.is_main_process:
+            print("fused loss vs float64 (relative error):", json.dumps(results["check"]), flush=True)
+    for name in [v for v in args.variants.split(",") if v]:
+        t0 = time.perf_counter()
+        if name == "naive":
+            if world > 1:
+                continue
+            r = run_naive(args, arch, device, batches)
+            fpt = None
+        else:
+            compile_, chunk, accum, micro = VARIANTS[name]
+            bs = batches if micro is None else [torch.randint(0, arch["vocab_size"], (micro, args.seq + 1),
+                                                             device=device, generator=g) for _ in range(4)]
+            r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
+                           profile=name == args.profile)
+            tokens_per_step_v = bs[0].shape[0] * args.seq * world
+            fpt = r["flops_per_token"]
+            r["tokens_per_step"] = tokens_per_step_v * accum
+        toks = r.get("tokens_per_step", tokens_per_step)
+        r["tokens_per_s"] = toks / r["sec_per_step"]
+        fpt = fpt or 2 * _matmul_n(arch, args.teacher_layers) + 6 * _matmul_n(arch, args.student_layers)
+        r["mfu"] = r["tokens_per_s"] * fpt / (PEAK * world) if device.type == "cuda" else None
+        r["wall_s"] = time.perf_counter() - t0
+        results["variants"][name] = r
+        if args.json and acc.is_main_process:  # after every variant: a later crash keeps these
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        if acc.is_main_process:
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+            mem = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "-"
+            print(f"{name:28s} {r['tokens_per_s']:>10,.0f} tok/s  MFU {mfu:>6}  peak {mem:>9}  "
+                  f"({r['sec_per_step'] * 1e3:.1f} ms/step, {r['wall_s']:.0f} s incl. build/compile)", flush=True)
+            if "profile_ms_per_step" in r:
+                print("  profile, ms/step:", json.dumps({k: round(v, 1) for k, v in r["profile_ms_per_step"].items()}))
+    if acc.is_main_process:
+        base = results["variants"].get("naive")
+        if base:
+            for name, r in results["variants"].items():
+                if name != "naive":
+                    r["speedup_vs_naive"] = r["tokens_per_s"] / base["tokens_per_s"]
+                    if base["peak_gib"]:
+                        r["memory_vs_naive"] = r["peak_gib"] / base["peak_gib"]
+                    print(f"{name:28s} {r['speedup_vs_naive']:.2f}x naive tokens/s, "
+                          f"{r.get('memory_vs_naive', float('nan')):.2f}x naive peak memory")
+        print(json.dumps({k: v for k, v in results.items() if k != "variants"}))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def _matmul_n(arch: dict, layers: int) -> int:
+    h, f, d = arch["hidden_size"], arch["intermediate_size"], arch["head_dim"]
+    q, kv = arch["num_attention_heads"] * d, arch["num_key_value_heads"] * d
+    return layers * (h * (q + 2 * kv) + q * h + 3 * h * f) + arch["vocab_size"] * h
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    main()

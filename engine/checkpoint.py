@@ -1,0 +1,77 @@
+"""Resumable training state in `<stage>/checkpoints/step-NNNNNNNN/`, written atomically.
+
+A checkpoint is written into a hidden temp directory by every process (accelerate's
+`save_state`: model, optimizer, RNG states of each process; sharded under FSDP), then
+rank 0 adds `trainer_state.json` (step, data position, counters) and renames the
+directory into place. A directory without `trainer_state.json` is never read, so a run
+killed mid-save resumes from the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from engine.runs import read_json, write_json
+
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"step-(\d{8})")
+
+
+def checkpoint_path(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = _NAME.fullmatch(p.name)
+        if m and (p / STATE_FILE).exists():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(root: str | Path) -> tuple[int, Path] | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[str, Any], keep: int = 1) -> Path:
+    """Collective: every process must call it. Returns the checkpoint directory."""
+    root = Path(root)
+    final = checkpoint_path(root, step)
+    tmp = root / f".step-{step:08d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / STATE_FILE, {**state, "step": step})
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        for _, old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:
+    """Restore model/optimizer/RNG from `path` (collective); returns trainer_state.json."""
+    accelerator.load_state(str(path))
+    state = read_json(Path(path) / STATE_FILE)
+    if state is None:
+        raise RuntimeError(f"{path}: {STATE_FILE} is missing or unreadable")
+    return state
+
+
+def remove_checkpoints(root: str | Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,112 @@
+"""The training loop: run-directory output, LR schedule, resume keys, 2 processes == 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _train_util import FINETUNE, experiment_toml, load_exp, read_lines, run_inprocess, write_prepared
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_finetune_from_scratch_writes_the_contract(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exp = load_exp(experiment_toml("ft", tmp_path / "runs", finetune=FINETUNE), tmp_path / "ft.toml")
+    run = tmp_path / "runs" / "ft"
+    write_prepared(run / "prepare")
+    assert run_inprocess(exp, "finetune") == 0
+    stage = run / "finetune"
+    status = json.loads((stage / "status.json").read_text())
+    assert status["state"] == "succeeded" and status["step"] == 12 and status["total_steps"] == 12
+    lines = read_lines(stage / "metrics.jsonl")
+    train = [r for r in lines if r["split"] == "train"]
+    val = [r for r in lines if r["split"] == "val"]
+    assert [r["step"] for r in train] == list(range(1, 13))
+    assert [r["step"] for r in val] == [0, 4, 8, 12]
+    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "gpu_mem_gb", "time"} <= train[0].keys()
+    assert train[-1]["tokens"] == 12 * 8 * 32
+    assert val[-1]["loss"] < val[0]["loss"] - 0.1
+    assert train[0]["lr"] == pytest.approx(1.5e-3) and train[-1]["lr"] == pytest.approx(3e-4)
+    assert list((stage / "tensorboard").glob("events.out.tfevents.*"))
+    model = AutoModelForCausalLM.from_pretrained(stage / "model")
+    assert model.config.num_hidden_layers == 4 and model.dtype == torch.float32
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    assert AutoTokenizer.from_pretrained(stage / "model").eos_token == "[EOS]"
+    assert not (stage / "checkpoints").exists()
+
+
+def test_lr_schedule_warmup_then_cosine_to_min_lr() -> None:
+    from engine.config import TrainConfig
+    from engine.train import lr_at
+
+    cfg = TrainConfig(steps=10, lr=1.0, min_lr=0.1, warmup_steps=2, global_batch_size=4, micro_batch_size=4)
+    lrs = [lr_at(s, cfg) for s in range(10)]
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert lrs[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:], strict=False))
+    assert lrs[6] == pytest.approx(0.1 + 0.45 * (1 + torch.cos(torch.tensor(torch.pi * 4 / 7)).item()))
+
+
+def test_resume_key_ignores_tunable_keys_only(tmp_path: Path) -> None:
+    from engine.train import resume_key
+
+    def key(extra: str, seq: int = 32) -> str:
+        exp = load_exp(experiment_toml("k", tmp_path, finetune=FINETUNE + extra, seq=seq), tmp_path / "k.toml")
+        return resume_key(exp, "finetune", "finetune")
+
+    base = key("")
+    assert key("max_nan_steps = 9\n") == base
+    assert key("", seq=64) != base
+    assert key("weight_decay = 0.0\n") != base
+    exp = load_exp(experiment_toml("k", tmp_path, finetune=FINETUNE.replace("lr = 3e-3", "lr = 1e-3")),
+                   tmp_path / "k.toml")
+    assert resume_key(exp, "finetune", "finetune") == base
+
+
+@pytest.mark.slow
+def test_two_processes_through_accelerate_match_one_process(tmp_path: Path) -> None:
+    """Global batch 8: 1 process x 2 micro-batches of 4 == 2 processes (gloo) x 2 micro-batches of 2."""
+    one = load_exp(experiment_toml("one", tmp_path / "runs", finetune=FINETUNE), tmp_path / "one.toml")
+    write_prepared(tmp_path / "runs" / "one" / "prepare")
+    assert run_inprocess(one, "finetune") == 0
+
+    two_toml = tmp_path / "two.toml"
+    load_exp(experiment_toml("two", tmp_path / "runs",
+                             finetune=FINETUNE.replace("micro_batch_size = 4", "micro_batch_size = 2")), two_toml)
+    write_prepared(tmp_path / "runs" / "two" / "prepare")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "-m", "engine", "finetune", str(two_toml)]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 process(es), 2 micro-batch(es) of 2" in out.stdout
+
+    def curve(name: str, split: str) -> list[float]:
+        return [r["loss"] for r in read_lines(tmp_path / "runs" / name / "finetune" / "metrics.jsonl")
+                if r["split"] == split]
+
+    assert len(curve("two", "train")) == 12
+    assert curve("two", "train") == pytest.approx(curve("one", "train"), rel=1e-4)
+    assert curve("two", "val") == pytest.approx(curve("one", "val"), rel=1e-4)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "runs" / "one" / "finetune" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "runs" / "two" / "finetune" / "model" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
