@@ -89,12 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stage", help=f"stage name, e.g. {kind}-width (needed when there are several)")
         p.set_defaults(func=cmd_stage)
 
-    try:  # run / status / cancel / compare live with the orchestrator
-        from engine.pipeline_cli import add_pipeline_commands
-    except ImportError:
-        pass
-    else:
-        add_pipeline_commands(sub, _common)
+    # run / status / cancel / compare live with the orchestrator
+    from engine.pipeline_cli import add_pipeline_commands
+
+    add_pipeline_commands(sub, _common)
     return ap
 
 

@@ -1,0 +1,218 @@
+"""`slimlab-engine run | status | cancel | compare`: the orchestrator's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.config import ConfigError
+from engine.runs import RunLayout, list_runs, parse_iso, read_metrics, read_status
+
+
+def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p = sub.add_parser("run", help="run (or resume) every stage of an experiment")
+    common(p)
+    p.add_argument("--only", action="append", metavar="STAGE", default=[],
+                   help="run just this stage (repeatable); e.g. --only distill-width")
+    p.add_argument("--from", dest="from_stage", metavar="STAGE",
+                   help="rerun this stage and every stage after it")
+    p.add_argument("--gpus", metavar="LIST", help="GPUs to use, e.g. 0,1 or 0-3; 'none' runs on the CPU")
+    p.add_argument("--detach", action="store_true",
+                   help="start in the background (own session); print the run directory and return")
+    p.add_argument("--dry-run", action="store_true", help="print what would run, and each stage's command")
+    p.add_argument("--slurm", action="store_true", help="write <run>/slurm.sbatch for [launch].nodes nodes")
+    p.add_argument("--submit", action="store_true", help="with --slurm: submit the script with sbatch")
+    p.add_argument("--gpus-per-node", type=int, metavar="N", help="with --slurm: GPUs on each node")
+    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                   help="with --slurm: an extra #SBATCH line, e.g. --sbatch=--partition=gpu (repeatable)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="states, steps and last losses of one run (or of every run)")
+    p.add_argument("run_dir", nargs="?", help="a run directory (default: every run under --runs-dir)")
+    p.add_argument("--runs-dir", default="runs", help="where run directories live (default: runs)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="stop a run (SIGTERM, then SIGKILL after --grace); `run` resumes it")
+    p.add_argument("run_dir", help="the run directory, e.g. runs/demo")
+    p.add_argument("--grace", type=float, default=20.0, help="seconds to wait for checkpoints (default 20)")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("compare", help="a table and loss chart of the students of one or more runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", help="where report.md and val_loss.png go (default: the first run directory)")
+    p.add_argument("--no-chart", action="store_true", help="skip the terminal chart")
+    p.set_defaults(func=cmd_compare)
+
+
+# ---- run --------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import sys
+
+    from engine.launch import parse_gpus
+    from engine.pipeline import RunOptions, run_pipeline, write_slurm
+
+    opts = RunOptions(file=args.file, overrides=args.set or [], only=args.only, from_stage=args.from_stage,
+                      gpus=parse_gpus(args.gpus) if args.gpus is not None else None,
+                      runs_dir=args.runs_dir, detach=args.detach, dry_run=args.dry_run)
+    if args.submit and not args.slurm:
+        raise ConfigError("--submit goes with --slurm: slimlab-engine run FILE --slurm --submit")
+    if args.slurm:
+        return write_slurm(opts, args.submit, args.gpus_per_node, args.sbatch)
+    return run_pipeline(opts, argv=list(sys.argv))
+
+
+# ---- status -----------------------------------------------------------------------------------
+
+
+def _ago(iso: str | None) -> str:
+    t = parse_iso(iso)
+    if not t:
+        return "-"
+    s = max(0, int(time.time() - t.timestamp()))
+    return f"{s}s" if s < 90 else (f"{s // 60}m" if s < 5400 else (f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"))
+
+
+def _last(records: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
+    for r in reversed(records):
+        if r.get("split") == split:
+            return r
+    return None
+
+
+def stage_summary(layout: RunLayout, stage: str) -> dict[str, Any]:
+    st = read_status(layout.stage_status_file(stage)) or {}
+    recs, _ = read_metrics(layout.metrics_file(stage))
+    train, val = _last(recs, "train"), _last(recs, "val")
+    err = st.get("error")
+    return {"stage": stage, "state": st.get("state", "pending"), "step": st.get("step"),
+            "total_steps": st.get("total_steps"), "train_loss": (train or {}).get("loss"),
+            "val_loss": (val or {}).get("loss"), "tokens_per_s": (train or {}).get("tokens_per_s"),
+            "updated_at": st.get("updated_at"), "gpus": st.get("gpus"),
+            "error": err.get("message") if isinstance(err, dict) else err}
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    layout = RunLayout(run_dir)
+    st = read_status(layout.status_file) or {}
+    stages = list((st.get("stages") or {}).keys()) or layout.stages_on_disk()
+    if layout.experiment_file.exists():
+        try:
+            from engine.config import load_experiment
+
+            stages = load_experiment(layout.experiment_file).stages()
+        except ConfigError:
+            pass
+    err = st.get("error")
+    return {"run": str(run_dir), "name": run_dir.name, "state": st.get("state", "pending"),
+            "stage": st.get("stage"), "pid": st.get("pid"), "host": st.get("host"),
+            "started_at": st.get("started_at"), "updated_at": st.get("updated_at"),
+            "error": err.get("message") if isinstance(err, dict) else err,
+            "stages": [stage_summary(layout, s) for s in stages]}
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    return "-" if not isinstance(x, (int, float)) else f"{x:.{digits}f}"
+
+
+STATE_STYLE = {"succeeded": "green", "running": "cyan", "failed": "red", "cancelled": "yellow",
+               "pending": "dim", "excluded": "dim"}
+
+
+def print_run(summary: dict[str, Any], console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    state = summary["state"]
+    head = f"[bold]{summary['name']}[/bold]  {summary['run']}  [{STATE_STYLE.get(state, '')}]{state}[/]"
+    if summary.get("pid") and state == "running":
+        head += f"  (pid {summary['pid']} on {summary['host']}, started {_ago(summary['started_at'])} ago)"
+    console.print(head)
+    if summary.get("error") and state in ("failed", "cancelled"):
+        console.print(f"  {summary['error']}", markup=False)
+    t = Table(show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD)
+    for c in ("stage", "state", "step", "train loss", "val loss", "tokens/s", "updated"):
+        t.add_column(c, justify="left" if c in ("stage", "state") else "right", no_wrap=True)
+    for s in summary["stages"]:
+        step = "-" if s["step"] is None else (f"{s['step']}/{s['total_steps']}" if s["total_steps"] else str(s["step"]))
+        t.add_row(s["stage"], f"[{STATE_STYLE.get(s['state'], '')}]{s['state']}[/]", step, _f(s["train_loss"]),
+                  _f(s["val_loss"]), _f(s["tokens_per_s"], 0), _ago(s["updated_at"]))
+    console.print(t)
+    for s in summary["stages"]:
+        if s["error"] and s["state"] in ("failed", "cancelled"):
+            console.print(f"  {s['stage']}: {s['error']}", markup=False, highlight=False)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    if args.run_dir:
+        run_dir = _run_dir_arg(args.run_dir, args.runs_dir)
+        summary = run_summary(run_dir)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print_run(summary, console)
+        return 0
+    runs = list_runs(args.runs_dir)
+    summaries = [run_summary(r) for r in runs]
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+        return 0
+    if not runs:
+        console.print(f"no runs under {args.runs_dir}/; start one with `slimlab-engine run experiments/demo.toml`")
+        return 0
+    from rich import box
+    from rich.table import Table
+
+    t = Table(show_edge=False, pad_edge=False, box=box.SIMPLE_HEAD)
+    for c in ("run", "state", "stage", "progress", "updated"):
+        t.add_column(c, no_wrap=True)
+    t.add_column("note", overflow="fold", ratio=1)
+    for s in summaries:
+        done = sum(1 for x in s["stages"] if x["state"] == "succeeded")
+        cur = next((x for x in s["stages"] if x["stage"] == s["stage"]), None)
+        step = f" {cur['step']}/{cur['total_steps']}" if cur and cur.get("total_steps") and s["state"] == "running" else ""
+        t.add_row(s["run"], f"[{STATE_STYLE.get(s['state'], '')}]{s['state']}[/]", (s["stage"] or "-") + step,
+                  f"{done}/{len(s['stages'])} stages", _ago(s["updated_at"]), (s["error"] or "")[:60])
+    console.print(t)
+    return 0
+
+
+def _run_dir_arg(arg: str, runs_dir: str) -> Path:
+    """A run directory, a run name under --runs-dir, or an experiment file (-> its run directory)."""
+    p = Path(arg)
+    if p.is_dir():
+        return p
+    if p.suffix == ".toml" and p.is_file():
+        from engine.config import load_experiment
+
+        return load_experiment(p).run_dir
+    if (Path(runs_dir) / arg).is_dir():
+        return Path(runs_dir) / arg
+    raise ConfigError(f"{arg}: no such run directory; list runs with `slimlab-engine status --runs-dir DIR`")
+
+
+# ---- cancel / compare --------------------------------------------------------------------------
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from engine.cancel import cancel_run
+
+    if args.grace < 0:
+        raise ConfigError(f"--grace: {args.grace} is negative; give seconds to wait, e.g. --grace 20")
+    return cancel_run(args.run_dir, grace=args.grace)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from engine.compare import compare
+
+    compare(args.run_dirs, out_dir=args.out, chart=not args.no_chart)
+    return 0

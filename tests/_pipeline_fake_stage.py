@@ -1,0 +1,59 @@
+"""A stand-in stage process for orchestration tests: same CLI shape and contract, no torch.
+
+    python _pipeline_fake_stage.py <kind> FILE --stage S --runs-dir R [--gpus 0,1]
+
+It writes the stage's output file, logs one metrics line per step, records when it ran
+(<stage>/fake_times.jsonl), sleeps FAKE_SLEEP seconds, and fails once when FAKE_FAIL names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.config import load_experiment  # noqa: E402
+from engine.pipeline import STAGE_OUTPUT  # noqa: E402
+from engine.runs import append_metrics  # noqa: E402
+from engine.stage import run_stage  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("kind")
+    ap.add_argument("file")
+    ap.add_argument("--stage", required=True)
+    ap.add_argument("--runs-dir", required=True)
+    ap.add_argument("--gpus", default="")
+    a = ap.parse_args()
+    exp = load_experiment(a.file)
+    exp.runs_dir = a.runs_dir
+
+    def body(ctx):
+        t0 = time.time()
+        marker = ctx.dir / "fake_failed_once"
+        if os.environ.get("FAKE_FAIL") == ctx.stage and not marker.exists():
+            marker.write_text("x")
+            raise RuntimeError("planted failure")
+        steps = 4
+        for step in range(1, steps + 1):
+            time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) / steps)
+            append_metrics(ctx.layout.metrics_file(ctx.stage), {"step": step, "split": "train", "loss": 5.0 / step})
+            ctx.progress(step, total_steps=steps)
+        out = ctx.dir / STAGE_OUTPUT[ctx.stage.split("-", 1)[0]]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("{}")
+        with open(ctx.dir / "fake_times.jsonl", "a") as f:
+            f.write(json.dumps({"start": t0, "end": time.time(), "gpus": a.gpus}) + "\n")
+        print(f"fake {ctx.stage} done", flush=True)
+
+    return run_stage(exp, a.stage, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
