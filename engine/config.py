@@ -290,17 +290,23 @@ class Experiment(_Section):
         return self.model_dump(mode="json", exclude_none=True)
 
     def stage_hash(self, stage: str) -> str:
-        """Hash of the keys a stage depends on (its own and its inputs'), for caching."""
-        d = self.model_dump(mode="json")
-        parts: dict[str, Any] = {"model": d["model"], "data": d["data"], "seed": d["seed"]}
+        """Hash of the keys a stage depends on (its own and its inputs'), for caching.
+
+        Keys left at their defaults are not hashed, so a new schema key with a default does not
+        invalidate finished stages of existing runs.
+        """
+        def dump(m: BaseModel | None) -> Any:
+            return None if m is None else m.model_dump(mode="json", exclude_defaults=True)
+
+        parts: dict[str, Any] = {"model": dump(self.model), "data": dump(self.data), "seed": self.seed}
         if stage != "prepare":
-            parts["finetune"] = d["finetune"]
+            parts["finetune"] = dump(self.finetune)
         if stage.startswith(("prune-", "distill-")):
-            parts["prune"] = self.prune_by_name(stage.split("-", 1)[1]).model_dump(mode="json")
+            parts["prune"] = dump(self.prune_by_name(stage.split("-", 1)[1]))
         if stage.startswith("distill-"):
-            parts["distill"] = self.distill_for(stage.split("-", 1)[1]).model_dump(mode="json")
+            parts["distill"] = dump(self.distill_for(stage.split("-", 1)[1]))
         if stage == "eval":
-            parts.update(prune=d["prune"], distill=d["distill"], eval=d["eval"])
+            parts.update(prune=[dump(p) for p in self.prune], distill=dump(self.distill), eval=dump(self.eval))
         blob = json.dumps({"stage": stage, **parts}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

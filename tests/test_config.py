@@ -167,3 +167,11 @@ def test_per_student_distill_overrides_are_validated_and_applied():
     assert exp.distill_for("w").steps == 3
     assert "prune 'w': distill.loss" in _err(text.replace('{loss = "ce"}', '{loss = "l1"}'))
     assert "prune 'w': distill.stepz" in _err(text.replace('{loss = "ce"}', '{stepz = 1}'))
+
+
+def test_stage_hash_ignores_keys_left_at_their_defaults():
+    text = BASE + '[finetune]\nsteps = 3\n'
+    a = loads_experiment(text)
+    b = loads_experiment(text, overrides=("finetune.weight_decay=0.1", "data.workers=4"))  # the defaults
+    c = loads_experiment(text, overrides=("finetune.weight_decay=0.2",))
+    assert a.stage_hash("finetune") == b.stage_hash("finetune") != c.stage_hash("finetune")
