@@ -27,6 +27,13 @@ class ConfigError(Exception):
     """A user mistake in an experiment file or override: one line, exit code 2."""
 
 
+def _slug(value: str, what: str) -> str:
+    """Names become directory names (stages, runs): keep them to safe characters."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        raise ValueError(f"'{value}' is not a valid {what}; use letters, digits, '-', '_' or '.'")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -157,10 +164,8 @@ class PruneConfig(_Section):
 
     @field_validator("name")
     @classmethod
-    def _slug(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError(f"'{v}' is not a valid name; use letters, digits, '-', '_' or '.'")
-        return v
+    def _name(cls, v: str) -> str:
+        return _slug(v, "name")
 
     @model_validator(mode="after")
     def _targets(self) -> PruneConfig:
@@ -229,10 +234,8 @@ class Experiment(_Section):
 
     @field_validator("name")
     @classmethod
-    def _slug(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError(f"'{v}' is not a valid run name; use letters, digits, '-', '_' or '.'")
-        return v
+    def _name(cls, v: str) -> str:
+        return _slug(v, "run name")
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
