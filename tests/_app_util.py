@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from engine.config import dumps_toml
@@ -25,6 +26,16 @@ def experiment_dict(name: str, students: tuple[str, ...] = ("depth", "width"), r
     }
     d.update(extra)
     return d
+
+
+async def wait_for(pilot, cond, timeout: float = 10.0, what: str = "condition") -> None:
+    """Let the app run until `cond()` holds; fail naming `what` after `timeout` seconds."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def dead_pid() -> int:

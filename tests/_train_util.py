@@ -9,10 +9,14 @@ that a tiny model learns it within a few dozen steps.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 WORDS = [f"w{i}" for i in range(45)]
 SPECIALS = ["[EOS]", "[UNK]"]
@@ -114,6 +118,31 @@ def load_exp(text: str, path: Path):
 
     path.write_text(text)
     return load_experiment(path)
+
+
+def prepared_exp(root: Path, name: str, **sections: str):
+    """Experiment NAME saved as root/NAME.toml, its run under root/runs with the prepare stage's
+    output already written (Markov data): ready for `run_inprocess(exp, "finetune")`."""
+    exp = load_exp(experiment_toml(name, root / "runs", **sections), root / f"{name}.toml")
+    write_prepared(root / "runs" / name / "prepare")
+    return exp
+
+
+def engine_env() -> dict[str, str]:
+    """Environment for an engine subprocess: this checkout importable, one thread as in-process."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Autouse in each module that imports it: tiny models run fastest on one thread (2-core CI
+    machines stay responsive), with the same arithmetic as the OMP_NUM_THREADS=1 subprocesses."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def run_inprocess(exp, stage: str) -> int:

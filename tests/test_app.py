@@ -12,11 +12,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from _app_util import RunWriter, finished_run
+from _app_util import RunWriter, finished_run, wait_for
 
 from app.main import SlimlabApp
 from engine.config import load_experiment
@@ -29,15 +28,6 @@ def run_async(fn):
     def wrapper(*args, **kwargs):
         return asyncio.run(fn(*args, **kwargs))
     return wrapper
-
-
-async def wait_for(pilot, cond, timeout: float = 10.0, what: str = "condition"):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_app(runs: Path, tmp_path: Path, **kw) -> SlimlabApp:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _app_util import wait_for
 
 from app.main import SlimlabApp
 from engine.runs import pid_alive, read_json
@@ -38,15 +39,6 @@ mixed_precision = "no"
 """
 
 
-async def _wait(pilot, cond, timeout, what):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_launch_from_compose_survives_the_tui(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -64,22 +56,22 @@ def test_launch_from_compose_survives_the_tui(tmp_path, monkeypatch):
         app = SlimlabApp(runs_dir=runs, experiments_dir=tmp_path / "experiments", gpu_probe=None, scan_interval=0.2)
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("2")
-            await _wait(pilot, lambda: type(app.screen).__name__ == "ComposeScreen", 10, "compose")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen", 10, "compose")
             app.screen.load_file(exp_file)
-            await _wait(pilot, lambda: app.screen.raw.get("name") == "launched" and app.screen.validation is not None
+            await wait_for(pilot, lambda: app.screen.raw.get("name") == "launched" and app.screen.validation is not None
                         and app.screen.validation.ok, 20, "loaded and valid")
             await pilot.press("ctrl+l")
-            await _wait(pilot, lambda: app.last_command is not None, 60, "launch finished")
+            await wait_for(pilot, lambda: app.last_command is not None, 60, "launch finished")
             assert app.last_command.ok, app.last_command.output
             assert app.last_command.command[-5:] == ["run", str(exp_file), "--detach", "--runs-dir", str(runs)]
-            await _wait(pilot, lambda: any(r.name == "launched" for r in app.runs), 20, "run in the table")
+            await wait_for(pilot, lambda: any(r.name == "launched" for r in app.runs), 20, "run in the table")
         # the app has quit here
 
     async def reopen():
         app = SlimlabApp(runs_dir=runs, gpu_probe=None, scan_interval=0.2)
         async with app.run_test(size=(80, 24)) as pilot:
             table = app.screen.query_one("#runs-table")
-            await _wait(pilot, lambda: table.row_count == 1, 10, "run listed after reopening")
+            await wait_for(pilot, lambda: table.row_count == 1, 10, "run listed after reopening")
             run = app.runs[0]
             assert run.name == "launched" and run.state == "running"
             assert str(table.get_cell(str(run_dir), "state").plain) == "● running"

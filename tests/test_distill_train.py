@@ -15,9 +15,10 @@ from _train_util import (
     experiment_toml,
     load_exp,
     make_tokenizer,
+    one_thread,  # noqa: F401  (autouse fixture: one torch thread)
+    prepared_exp,
     read_lines,
     run_inprocess,
-    write_prepared,
 )
 
 TEACHER_FT = """
@@ -73,22 +74,12 @@ def _clone_run(src: Path, dst: Path) -> None:
         shutil.copytree(src / part, dst / part)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and 2-core CI machines stay responsive)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory) -> Path:
     """A trained teacher and its depth-pruned student in a run directory."""
     root = tmp_path_factory.mktemp("kd")
-    exp = load_exp(experiment_toml("base", root / "runs", finetune=TEACHER_FT, prune=PRUNE), root / "base.toml")
+    exp = prepared_exp(root, "base", finetune=TEACHER_FT, prune=PRUNE)
     run = root / "runs" / "base"
-    write_prepared(run / "prepare")
     assert run_inprocess(exp, "finetune") == 0
     _depth_student(run / "finetune" / "model", run / "prune-half" / "model", keep=[0, 1])
     return run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,27 +10,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_util import FINETUNE, experiment_toml, load_exp, read_lines, run_inprocess, write_prepared
+from _train_util import (
+    FINETUNE,
+    engine_env,
+    one_thread,  # noqa: F401  (autouse fixture: one torch thread)
+    prepared_exp,
+    read_lines,
+    run_inprocess,
+)
 from safetensors.torch import load_file
-
-ROOT = Path(__file__).resolve().parent.parent
 
 LONG = FINETUNE.replace("steps = 12", "steps = 40").replace("checkpoint_interval = 4", "checkpoint_interval = 5") \
     .replace("val_interval = 4", "val_interval = 10")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The same arithmetic as the OMP_NUM_THREADS=1 subprocesses (and fast tiny models)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _engine(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=cwd, env=engine_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -60,14 +54,12 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_sigterm_then_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     # Reference: one uninterrupted run.
-    ref_exp = load_exp(experiment_toml("ref", tmp_path / "runs", finetune=LONG), tmp_path / "ref.toml")
-    write_prepared(tmp_path / "runs" / "ref" / "prepare")
+    ref_exp = prepared_exp(tmp_path, "ref", finetune=LONG)
     assert run_inprocess(ref_exp, "finetune") == 0
 
     toml = tmp_path / "run.toml"
-    exp = load_exp(experiment_toml("run", tmp_path / "runs", finetune=LONG), toml)
+    exp = prepared_exp(tmp_path, "run", finetune=LONG)
     run = tmp_path / "runs" / "run"
-    write_prepared(run / "prepare")
     metrics = run / "finetune" / "metrics.jsonl"
     ckpts = run / "finetune" / "checkpoints"
 
@@ -131,8 +123,7 @@ class _NanInjector:
 def _run_with_nans(tmp_path: Path, name: str, bad: set[int], extra: str = ""):
     import engine.train as train
 
-    exp = load_exp(experiment_toml(name, tmp_path / "runs", finetune=FINETUNE + extra), tmp_path / f"{name}.toml")
-    write_prepared(tmp_path / "runs" / name / "prepare")
+    exp = prepared_exp(tmp_path, name, finetune=FINETUNE + extra)
     injector = _NanInjector(bad, micro_per_step=2)
     orig = train.Trainer.__init__
 

@@ -3,32 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from _train_util import FINETUNE, experiment_toml, load_exp, read_lines, run_inprocess, write_prepared
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from _train_util import (
+    FINETUNE,
+    engine_env,
+    experiment_toml,
+    load_exp,
+    one_thread,  # noqa: F401  (autouse fixture: one torch thread)
+    prepared_exp,
+    read_lines,
+    run_inprocess,
+)
 
 
 def test_finetune_from_scratch_writes_the_contract(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    exp = load_exp(experiment_toml("ft", tmp_path / "runs", finetune=FINETUNE), tmp_path / "ft.toml")
+    exp = prepared_exp(tmp_path, "ft", finetune=FINETUNE)
     run = tmp_path / "runs" / "ft"
-    write_prepared(run / "prepare")
     assert run_inprocess(exp, "finetune") == 0
     stage = run / "finetune"
     status = json.loads((stage / "status.json").read_text())
@@ -81,15 +78,12 @@ def test_resume_key_ignores_tunable_keys_only(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_processes_through_accelerate_match_one_process(tmp_path: Path) -> None:
     """Global batch 8: 1 process x 2 micro-batches of 4 == 2 processes (gloo) x 2 micro-batches of 2."""
-    one = load_exp(experiment_toml("one", tmp_path / "runs", finetune=FINETUNE), tmp_path / "one.toml")
-    write_prepared(tmp_path / "runs" / "one" / "prepare")
+    one = prepared_exp(tmp_path, "one", finetune=FINETUNE)
     assert run_inprocess(one, "finetune") == 0
 
     two_toml = tmp_path / "two.toml"
-    load_exp(experiment_toml("two", tmp_path / "runs",
-                             finetune=FINETUNE.replace("micro_batch_size = 4", "micro_batch_size = 2")), two_toml)
-    write_prepared(tmp_path / "runs" / "two" / "prepare")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    prepared_exp(tmp_path, "two", finetune=FINETUNE.replace("micro_batch_size = 4", "micro_batch_size = 2"))
+    env = engine_env()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
            "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
            "-m", "engine", "finetune", str(two_toml)]

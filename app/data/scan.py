@@ -112,7 +112,8 @@ def format_error(err: Any) -> str | None:
     return str(err)
 
 
-def _stat_key(path: str | Path) -> tuple[int, int, int] | None:
+def stat_key(path: str | Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, size): changes when a file is rewritten or replaced; None when it is missing."""
     try:
         st = os.stat(path)
     except OSError:
@@ -359,11 +360,11 @@ class RunScanner:
     def _scan_run(self, path: Path, now: float) -> RunInfo | None:
         rc = self._cache.get(path)
         exp_file, pipe_file = path / "experiment.toml", path / "status.json"
-        dir_key = _stat_key(path)
+        dir_key = stat_key(path)
         if rc is not None and rc.info is not None and rc.info.state in TERMINAL + ("pending",) \
                 and dir_key == rc.dir_key and now - rc.checked < self.idle_recheck_s:
             return rc.info  # finished and untouched: re-stat its files only now and then
-        exp_key, pipe_key = _stat_key(exp_file), _stat_key(pipe_file)
+        exp_key, pipe_key = stat_key(exp_file), stat_key(pipe_file)
         if exp_key is None and pipe_key is None:
             return None  # not a run directory (yet)
         if rc is None:
@@ -388,11 +389,11 @@ class RunScanner:
         for name in names:
             sc = rc.stages.setdefault(name, _StageCache())
             status_file = os.path.join(root, name, "status.json")
-            key = _stat_key(status_file)
+            key = stat_key(status_file)
             if key != sc.status_key:
                 sc.status_key, sc.status = key, read_json(status_file)
             mfile = os.path.join(root, name, "metrics.jsonl")
-            sc.metrics.update(mfile, _stat_key(mfile))
+            sc.metrics.update(mfile, stat_key(mfile))
             stages.append(_stage_info(name, sc, now))
         stages_t = tuple(stages)
         state, err = run_state(stages_t, rc.pipe)

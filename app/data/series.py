@@ -38,6 +38,10 @@ class Series:
     def __len__(self) -> int:
         return len(self.loss)
 
+    def snapshot(self) -> Series:
+        """A copy for the UI thread while a worker keeps appending to this one."""
+        return Series(list(self.steps), list(self.tokens), list(self.loss))
+
 
 @dataclass
 class StageCurves:

@@ -19,6 +19,7 @@ from app.data.compare import config_diff, read_experiment, read_results, stage_c
 from app.data.scan import RunInfo
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.messages import OpenRun
+from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.widgets.compare.pick_list import PickList, split_value
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
@@ -26,10 +27,9 @@ from app.widgets.nav import NavBar
 POLL_S = 2.0  # live curves of running stages
 
 
-class CompareScreen(Screen):
+class CompareScreen(ChartControls, Screen):
     BINDINGS = [
-        Binding("x", "toggle_axis", "Step/tokens"),
-        Binding("s", "smoothing", "Smooth"),
+        *CHART_BINDINGS,
         Binding("t", "tab('results')", "Results"),
         Binding("d", "tab('diff')", "Config diff"),
         Binding("a", "select_students", "All students"),
@@ -109,7 +109,7 @@ class CompareScreen(Screen):
                     changed = True
                 changed = cursors[value].update() or changed
             if changed:
-                curves = {v: _copy(cursors[v].val) for v in selected}
+                curves = {v: cursors[v].val.snapshot() for v in selected}
                 runs = sorted({split_value(v)[0] for v in selected})
                 results = [row for r in runs for row in read_results(r)]
                 raws = {r: read_experiment(r) for r in runs}
@@ -184,14 +184,6 @@ class CompareScreen(Screen):
             table.add_row(key, *("–" if v is None else str(v) for v in values))
 
     # ---- actions -------------------------------------------------------------------------------
-    def action_toggle_axis(self) -> None:
-        self.axis = "tokens" if self.axis == "step" else "step"
-        self._draw_chart()
-
-    def action_smoothing(self) -> None:
-        self.smoothing_i = (self.smoothing_i + 1) % len(SMOOTHING_LEVELS)
-        self._draw_chart()
-
     def action_tab(self, tab: str) -> None:
         self.query_one("#compare-tabs", TabbedContent).active = tab
 
@@ -212,7 +204,3 @@ class CompareScreen(Screen):
 def _label(value: str) -> str:
     path, stage = split_value(value)
     return f"{path.name}/{stage}"
-
-
-def _copy(s: Series) -> Series:
-    return Series(list(s.steps), list(s.tokens), list(s.loss))

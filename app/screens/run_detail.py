@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -18,11 +17,12 @@ from textual.widgets import Footer, OptionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from app.data import fmt
-from app.data.scan import RunInfo, StageInfo
+from app.data.scan import RunInfo, StageInfo, stat_key
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.data.tail import LogTail
 from app.messages import EditExperiment
 from app.screens.actions import request_cancel, request_resume
+from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.widgets.detail.log_view import LogView
 from app.widgets.detail.stage_list import StageList
 from app.widgets.loss_chart import Curve, LossChart
@@ -33,19 +33,7 @@ POLL_S = 0.25  # log / metrics of the shown stage
 CHART_HZ = 2.0
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
-
-
-def _copy(s: Series) -> Series:
-    return Series(list(s.steps), list(s.tokens), list(s.loss))
-
-
-class RunDetailScreen(Screen):
+class RunDetailScreen(ChartControls, Screen):
     BINDINGS = [
         Binding("escape,backspace", "back", "Back"),
         Binding("c", "cancel", "Cancel run"),
@@ -54,8 +42,7 @@ class RunDetailScreen(Screen):
         Binding("l", "tab('log')", "Log"),
         Binding("o", "tab('config')", "Config"),
         Binding("i", "tab('status')", "Status", show=False),
-        Binding("x", "toggle_axis", "Step/tokens"),
-        Binding("s", "smoothing", "Smooth"),
+        *CHART_BINDINGS,
         Binding("f", "follow", "Follow stage", show=False),
         Binding("e", "edit", "Edit copy", show=False),
     ]
@@ -182,7 +169,7 @@ class RunDetailScreen(Screen):
                 curves = StageCurves(sdir / "metrics.jsonl") if stage else None
                 keys.pop("status", None)
             lines = tail.read() if tail else []
-            series = (_copy(curves.train), _copy(curves.val)) if curves and curves.update() else None
+            series = (curves.train.snapshot(), curves.val.snapshot()) if curves and curves.update() else None
             config = self._changed(keys, "config", self.path / "experiment.toml")
             status = self._changed(keys, "status", self.path / stage / "status.json") if stage else None
             if reset or lines or series or config is not None or status is not None:
@@ -195,7 +182,7 @@ class RunDetailScreen(Screen):
 
     @staticmethod
     def _changed(keys: dict, name: str, path: Path) -> str | None:
-        key = _stat(path)
+        key = stat_key(path)
         if name in keys and keys[name] == key:
             return None
         keys[name] = key
@@ -244,14 +231,6 @@ class RunDetailScreen(Screen):
                     Curve("val", val.xs(axis), val.loss, "red", smooth=False)],
                    xlabel=f"{axis}   smoothing {SMOOTHING_LEVELS[self.smoothing_i]}",
                    smoothing=SMOOTHING_LEVELS[self.smoothing_i])
-
-    def action_toggle_axis(self) -> None:
-        self.axis = "tokens" if self.axis == "step" else "step"
-        self._draw_chart()
-
-    def action_smoothing(self) -> None:
-        self.smoothing_i = (self.smoothing_i + 1) % len(SMOOTHING_LEVELS)
-        self._draw_chart()
 
     # ---- actions -----------------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:
