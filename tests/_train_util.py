@@ -14,7 +14,6 @@ import signal
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,18 +130,6 @@ def prepared_exp(root: Path, name: str, **sections: str):
 def engine_env() -> dict[str, str]:
     """Environment for an engine subprocess: this checkout importable, one thread as in-process."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Autouse in each module that imports it: tiny models run fastest on one thread (2-core CI
-    machines stay responsive), with the same arithmetic as the OMP_NUM_THREADS=1 subprocesses."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run_inprocess(exp, stage: str) -> int:

@@ -15,11 +15,11 @@ from _train_util import (
     experiment_toml,
     load_exp,
     make_tokenizer,
-    one_thread,  # noqa: F401  (autouse fixture: one torch thread)
     prepared_exp,
     read_lines,
     run_inprocess,
 )
+from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 TEACHER_FT = """
 [finetune]

@@ -13,11 +13,11 @@ import torch
 from _train_util import (
     FINETUNE,
     engine_env,
-    one_thread,  # noqa: F401  (autouse fixture: one torch thread)
     prepared_exp,
     read_lines,
     run_inprocess,
 )
+from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 from safetensors.torch import load_file
 
 LONG = FINETUNE.replace("steps = 12", "steps = 40").replace("checkpoint_interval = 4", "checkpoint_interval = 5") \

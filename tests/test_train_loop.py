@@ -14,11 +14,11 @@ from _train_util import (
     engine_env,
     experiment_toml,
     load_exp,
-    one_thread,  # noqa: F401  (autouse fixture: one torch thread)
     prepared_exp,
     read_lines,
     run_inprocess,
 )
+from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 
 def test_finetune_from_scratch_writes_the_contract(tmp_path: Path) -> None:
