@@ -18,6 +18,7 @@ a stock transformers model from the new config, so what is saved reloads unchang
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from engine.modeling import check_supported
 from engine.prune.shapes import Shape, shape_from_config
 from engine.stage import UserError
+
+# A state-dict key inside decoder layer i: group 1 = i, group 2 = the key relative to the layer.
+LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 
 
 @dataclass

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from engine.config import ConfigError, Experiment, load_experiment
+from engine.launch import stage_kind
 
 # stage kind -> "module:function" of the stage body (a function of a StageContext)
 STAGE_BODIES = {
@@ -24,8 +25,7 @@ STAGE_BODIES = {
 
 
 def stage_body(stage: str) -> Callable:
-    kind = stage.split("-", 1)[0]
-    module, func = STAGE_BODIES[kind].split(":")
+    module, func = STAGE_BODIES[stage_kind(stage)].split(":")
     return getattr(importlib.import_module(module), func)
 
 
@@ -38,7 +38,7 @@ def _load(args: argparse.Namespace) -> Experiment:
 
 def resolve_stage(exp: Experiment, kind: str, name: str | None) -> str:
     """`prune FILE --stage prune-width` or `--stage width`; the only one when unambiguous."""
-    candidates = [s for s in exp.stages() if s.split("-", 1)[0] == kind]
+    candidates = [s for s in exp.stages() if stage_kind(s) == kind]
     if name:
         full = name if name.startswith(kind) else f"{kind}-{name}"
         if full not in candidates:

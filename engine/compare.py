@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment, load_experiment
-from engine.runs import RunLayout, read_json, read_metrics
+from engine.prune.shapes import count_params, shape_from_config
+from engine.runs import RunLayout, human_count, read_json, read_metrics, teacher_source
 
 
 @dataclass
@@ -53,22 +54,15 @@ def _config(path: Path) -> dict[str, Any]:
 
 
 def param_count(cfg: dict[str, Any]) -> int | None:
-    """Parameters of a Llama-family decoder from its config (when eval did not count them)."""
-    try:
-        h, f, n = int(cfg["hidden_size"]), int(cfg["intermediate_size"]), int(cfg["num_hidden_layers"])
-        v, nh = int(cfg["vocab_size"]), int(cfg["num_attention_heads"])
-    except (KeyError, TypeError, ValueError):
+    """Parameters of a Llama-family decoder from its config (when eval did not count them);
+    None when the config lacks a size (a scratch arch table before prepare knows the vocab)."""
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "num_attention_heads")
+    if any(cfg.get(k) is None for k in keys):
         return None
-    nkv = int(cfg.get("num_key_value_heads") or nh)
-    hd = int(cfg.get("head_dim") or h // nh)
-    attn = h * nh * hd * 2 + h * nkv * hd * 2
-    if cfg.get("model_type") == "qwen2":
-        attn += nh * hd + 2 * nkv * hd  # q/k/v biases
-    if cfg.get("model_type") == "qwen3":
-        attn += 2 * hd  # q/k norms
-    layer = attn + 3 * h * f + 2 * h
-    emb = v * h * (1 if cfg.get("tie_word_embeddings") else 2)
-    return emb + n * layer + h
+    try:
+        return count_params(shape_from_config(cfg))
+    except (ConfigError, TypeError, ValueError, ZeroDivisionError):
+        return None
 
 
 def _shape(row: ModelRow, cfg: dict[str, Any]) -> None:
@@ -130,8 +124,7 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
     rows: list[ModelRow] = []
 
     teacher = ModelRow(run, "teacher", "finetune" if exp.finetune else "model", method="teacher")
-    tdir = layout.model_dir("finetune") if exp.finetune else Path(str(exp.model.path))
-    tcfg = _config(tdir) or ({"model_type": exp.model.arch.get("model_type"), **exp.model.arch}
+    tcfg = _config(Path(teacher_source(exp, layout))) or ({"model_type": exp.model.arch.get("model_type"), **exp.model.arch}
                              if exp.model.arch else {})
     _shape(teacher, tcfg)
     tres = results.get("teacher")
@@ -225,12 +218,7 @@ COLUMNS = ["model", "layers", "hidden", "ffn", "heads", "params", "pruned", "dis
 
 
 def _fmt_int(n: int | None, digits: int = 2) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.{digits}f}{unit}"
-    return str(n)
+    return "-" if n is None else human_count(n, digits)
 
 
 def _fmt_f(x: float | None, digits: int = 3) -> str:

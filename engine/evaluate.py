@@ -47,12 +47,18 @@ from engine.stage import StageContext, UserError
 _CE = LossSpec("ce", chunk_tokens=4096)
 
 
+def batch_plan(samples: int, batches: int | None, micro_batch_size: int) -> tuple[int, int]:
+    """(count, size) of the micro-batches read from a split of `samples` windows: at most
+    `batches` (None: the whole split), at least one, none larger than the split."""
+    available = max(1, samples // micro_batch_size)
+    count = available if batches is None else min(batches, available)
+    return count, min(micro_batch_size, samples)
+
+
 def _batches(data: Any, batches: int | None, micro_batch_size: int) -> Iterable[Any]:
     """Micro-batches [B, seq+1] from a PackedDataset-like object or an iterable of batches."""
     if hasattr(data, "batches") and hasattr(data, "__len__"):
-        available = max(1, len(data) // micro_batch_size)
-        count = available if batches is None else min(batches, available)
-        micro = min(micro_batch_size, len(data))
+        count, micro = batch_plan(len(data), batches, micro_batch_size)
         it = data.batches(micro, start=0)
         return (next(it) for _ in range(count))
     if batches is None:
@@ -158,12 +164,14 @@ def eval_stage(ctx: StageContext) -> None:
             t0 = time.perf_counter()
             loss = evaluate_loss(model, ds, cfg.batches, cfg.micro_batch_size)
             seconds += time.perf_counter() - t0
-            n = _tokens_seen(ds, cfg.batches, cfg.micro_batch_size)
+            count, micro = batch_plan(len(ds), cfg.batches, cfg.micro_batch_size)
+            n = count * micro * ds.seq_length
             tokens += n
-            entry["splits"][split] = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": n}
+            ppl = math.exp(min(loss, 700.0))
+            entry["splits"][split] = {"loss": loss, "perplexity": ppl, "tokens": n}
             done += 1
             ctx.progress(done, total_steps=total)
-            ctx.log(f"[eval] {name} {split}: loss {loss:.4f} perplexity {math.exp(min(loss, 700.0)):.2f}")
+            ctx.log(f"[eval] {name} {split}: loss {loss:.4f} perplexity {ppl:.2f}")
         entry["tokens_per_s"] = tokens / seconds if seconds > 0 else None
         results["models"][name] = entry
         results["updated_at"] = now_iso()
@@ -173,8 +181,3 @@ def eval_stage(ctx: StageContext) -> None:
         if cuda:
             torch.cuda.empty_cache()
 
-
-def _tokens_seen(ds: Any, batches: int | None, micro: int) -> int:
-    available = max(1, len(ds) // micro)
-    count = available if batches is None else min(batches, available)
-    return count * min(micro, len(ds)) * ds.seq_length

@@ -31,12 +31,14 @@ from engine.launch import (
     stage_gpus,
     stage_kind,
 )
+from engine.plan import describe_plan
 from engine.runs import (
     RunLayout,
     now_iso,
     parse_iso,
     read_json,
     read_status,
+    stage_status_doc,
     write_atomic,
     write_json,
 )
@@ -52,6 +54,15 @@ STAGE_OUTPUT = {"prepare": "meta.json", "finetune": "model/config.json", "prune"
 
 class RunBusy(ConfigError):
     """The run is already going on (another orchestrator, or a stage left running)."""
+
+
+def is_worker_node(exp: Experiment) -> bool:
+    """A node > 0 of a multi-node run (without Slurm): it joins node 0's stages, writes no contract files."""
+    return exp.launch.nodes > 1 and exp.launch.machine_rank > 0
+
+
+def _where(gpus: list[int]) -> str:
+    return f"GPUs {','.join(map(str, gpus))}" if gpus else "CPU"
 
 
 # ---- the stage graph and caching ---------------------------------------------------------
@@ -288,7 +299,7 @@ class Orchestrator:
         self.out = out or sys.stdout
         self.toml = layout.experiment_file.resolve()
         self.runs_dir = layout.root.resolve().parent
-        self.worker = exp.launch.nodes > 1 and exp.launch.machine_rank > 0  # writes no contract files
+        self.worker = is_worker_node(exp)  # writes no contract files
         self.status = None if self.worker else PipelineStatus(layout, exp, plans, pool, argv)
         self.done = {p.stage for p in plans if p.action == "skip"}
         self.done |= {p.stage for p in plans if p.action == "excluded"
@@ -359,7 +370,7 @@ class Orchestrator:
         attempt = 1
         if self.status:
             attempt = self.status.doc["stages"][stage]["attempts"] + 1
-        where = f"GPUs {','.join(map(str, gpus))}" if gpus else "CPU"
+        where = _where(gpus)
         header = (f"===== {now_iso()} attempt {attempt}: {plan.action} {stage} ({plan.reason}) "
                   f"on {socket.gethostname()}, {where} =====\n$ {cmd.shell()}\n")
         with open(log_path, "ab") as log:
@@ -371,11 +382,8 @@ class Orchestrator:
         self.say(f"==> {stage}: {plan.action} ({plan.reason}) on {where}, pid {proc.pid}, log {log_path}")
         if self.status:
             # Until the stage process writes its own status, this one says who runs it.
-            write_json(self.layout.stage_status_file(stage), {
-                "stage": stage, "state": "running", "pid": proc.pid, "pgid": os.getpgid(0),
-                "host": socket.gethostname(), "gpus": gpus, "step": 0, "total_steps": None,
-                "started_at": now_iso(), "updated_at": now_iso(), "ended_at": None,
-                "config_hash": self.exp.stage_hash(stage), "error": None})
+            write_json(self.layout.stage_status_file(stage), stage_status_doc(
+                stage, self.exp.stage_hash(stage), state="running", pid=proc.pid, gpus=gpus, started_at=now_iso()))
             self.status.set_stage(stage, state="running", attempts=attempt, pid=proc.pid, gpus=gpus,
                                   launched_at=now_iso())
 
@@ -580,12 +588,7 @@ def load_for_run(opts: RunOptions) -> Experiment:
     for stage in exp.launch.stage_gpus:
         if stage not in exp.stages():
             raise ConfigError(f"{exp.source}: launch.stage_gpus: no stage '{stage}'; stages: {', '.join(exp.stages())}")
-    try:  # the pruning helper's target checks (no weights loaded), as `check` does
-        from engine.plan import describe_plan
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        describe_plan(exp)
+    describe_plan(exp)  # the prune target checks (no weights loaded), as `check` does
     return exp
 
 
@@ -612,7 +615,7 @@ def write_experiment(exp: Experiment, layout: RunLayout) -> Experiment:
 def run_pipeline(opts: RunOptions, argv: list[str] | None = None) -> int:
     exp = load_for_run(opts)
     layout = RunLayout(exp.run_dir)
-    worker = exp.launch.nodes > 1 and exp.launch.machine_rank > 0
+    worker = is_worker_node(exp)
     if not worker:
         check_not_busy(layout)
     plans = plan_stages(exp, layout, opts.only, opts.from_stage, worker=worker)
@@ -627,7 +630,7 @@ def run_pipeline(opts: RunOptions, argv: list[str] | None = None) -> int:
     if opts.detach:
         return _detach(exp, layout, opts, plans, pool)
     detached = os.environ.get(DETACHED_ENV) == "1"
-    print(f"run {exp.name}: {layout.root}  ({'GPUs ' + ','.join(map(str, pool)) if pool else 'CPU'})", flush=True)
+    print(f"run {exp.name}: {layout.root}  ({_where(pool)})", flush=True)
     for p in plans:
         print(f"  {p.stage:<24} {p.action:<8} {p.reason}", flush=True)
     orch = Orchestrator(exp, layout, plans, pool, available, tail=not detached, argv=argv)
@@ -636,7 +639,7 @@ def run_pipeline(opts: RunOptions, argv: list[str] | None = None) -> int:
 
 def _print_dry_run(exp: Experiment, layout: RunLayout, plans: list[StagePlan], pool: list[int],
                    available: list[int]) -> int:
-    print(f"run {exp.name}: {layout.root}  ({'GPUs ' + ','.join(map(str, pool)) if pool else 'CPU'}); dry run")
+    print(f"run {exp.name}: {layout.root}  ({_where(pool)}); dry run")
     toml = layout.experiment_file.resolve()
     chunks = parallel_chunks(exp, [p.stage for p in plans if p.runs], pool)
     n_distill = 0
@@ -677,7 +680,7 @@ def _detach(exp: Experiment, layout: RunLayout, opts: RunOptions, plans: list[St
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, close_fds=True)
     # Say at once who runs it (the orchestrator rewrites the same file as soon as it starts).
-    if not (exp.launch.nodes > 1 and exp.launch.machine_rank > 0):  # node 0 owns status.json
+    if not is_worker_node(exp):  # node 0 owns status.json
         status = PipelineStatus(layout, exp, plans, pool, argv)
         status.doc.update(pid=proc.pid, pgid=proc.pid)
         status.write()

@@ -29,6 +29,14 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def human_count(n: float, digits: int = 2) -> str:
+    """1234567 -> '1.23M' (B, M, k); below a thousand the plain number."""
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.{digits}f}{unit}"
+    return f"{n:.0f}"
+
+
 def parse_iso(text: str | None) -> datetime | None:
     if not text:
         return None
@@ -173,26 +181,33 @@ def read_status(path: str | Path) -> dict[str, Any] | None:
     return st
 
 
+def stage_status_doc(stage: str, config_hash: str | None, **fields: Any) -> dict[str, Any]:
+    """A stage's status.json document (this process, state pending unless `fields` say otherwise)."""
+    doc: dict[str, Any] = {
+        "stage": stage,
+        "state": "pending",
+        "pid": os.getpid(),
+        "pgid": os.getpgid(0),
+        "host": socket.gethostname(),
+        "gpus": [],
+        "step": 0,
+        "total_steps": None,
+        "started_at": None,
+        "updated_at": now_iso(),
+        "ended_at": None,
+        "config_hash": config_hash,
+        "error": None,
+    }
+    doc.update(fields)
+    return doc
+
+
 class StageStatus:
     """Writes a stage's status.json; a daemon thread keeps the heartbeat fresh while running."""
 
     def __init__(self, stage_dir: str | Path, stage: str, config_hash: str | None = None):
         self.path = Path(stage_dir) / "status.json"
-        self.doc: dict[str, Any] = {
-            "stage": stage,
-            "state": "pending",
-            "pid": os.getpid(),
-            "pgid": os.getpgid(0),
-            "host": socket.gethostname(),
-            "gpus": [],
-            "step": 0,
-            "total_steps": None,
-            "started_at": None,
-            "updated_at": now_iso(),
-            "ended_at": None,
-            "config_hash": config_hash,
-            "error": None,
-        }
+        self.doc = stage_status_doc(stage, config_hash)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

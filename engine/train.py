@@ -549,14 +549,14 @@ def _val_batches(data_dir: Path, seq: int, cfg: TrainConfig, rank: int, world: i
                  device: torch.device, ctx: StageContext) -> list[torch.Tensor]:
     """The same `val_batches` micro-batches every time (this rank's shard of the validation split)."""
     from engine.data import PackedDataset
+    from engine.evaluate import batch_plan
 
     try:
         ds = PackedDataset(data_dir, "validation", seq, seed=0, rank=rank, world_size=world)
     except UserError as e:
         ctx.log(f"[{ctx.stage}] no validation: {e}")
         return []
-    count = min(cfg.val_batches, max(1, len(ds) // cfg.micro_batch_size))
-    micro = min(cfg.micro_batch_size, len(ds))
+    count, micro = batch_plan(len(ds), cfg.val_batches, cfg.micro_batch_size)
     return _sample_batches(iter(ds), count, micro, device)
 
 

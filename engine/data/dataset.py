@@ -36,6 +36,19 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def short_split_file(data_dir: str | Path, meta: dict[str, Any]) -> tuple[Path, int] | None:
+    """(path, expected bytes) of the first `<split>.bin` that is missing, not as long as meta.json
+    says, or without its `<split>.idx.npy`; None when every split's files are whole."""
+    folder = Path(data_dir)
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split, info in meta.get("splits", {}).items():
+        b = folder / f"{split}.bin"
+        want = int(info["tokens"]) * itemsize
+        if not b.exists() or b.stat().st_size != want or not (folder / f"{split}.idx.npy").exists():
+            return b, want
+    return None
+
+
 def split_tokens(data_dir: str | Path, split: str, meta: dict[str, Any] | None = None) -> np.memmap:
     """The whole token stream of a split as a read-only memmap."""
     meta = meta or read_meta(data_dir)

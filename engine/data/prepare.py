@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from engine.data import tokenizer as tk
-from engine.data.dataset import META_FILE, SPLITS
+from engine.data.dataset import META_FILE, SPLITS, short_split_file
 from engine.data.pack import SplitWriter, commit, new_build_dir
-from engine.data.progress import PrepareProgress, fmt_tokens, split_summary
+from engine.data.progress import PrepareProgress, split_summary
 from engine.data.sources import Corpus, Part, resolve_corpus
-from engine.runs import RunLayout, now_iso, read_json, tokenizer_source
+from engine.runs import RunLayout, human_count, now_iso, read_json, tokenizer_source
 from engine.stage import StageContext, UserError
 
 FORMAT = 1  # bump when the packed layout changes: older results are rebuilt
@@ -210,11 +210,8 @@ def reusable(data_dir: Path, inputs: dict[str, Any], trained_tokenizer: bool) ->
     meta = read_json(data_dir / META_FILE)
     if not meta or meta.get("inputs") != inputs:
         return None
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for split, info in meta.get("splits", {}).items():
-        b, idx = data_dir / f"{split}.bin", data_dir / f"{split}.idx.npy"
-        if not idx.exists() or not b.exists() or b.stat().st_size != info["tokens"] * itemsize:
-            return None
+    if short_split_file(data_dir, meta) is not None:
+        return None
     if trained_tokenizer:
         tok_dir = data_dir / "tokenizer"
         try:
@@ -309,7 +306,7 @@ def prepare(exp: Any, layout: RunLayout, log: Callable[[str], None] = print,
         for w in writers.values():
             w.abort()
         shutil.rmtree(build, ignore_errors=True)
-    log(f"prepare: done in {seconds:.1f} s, {fmt_tokens(meta['tokens_per_s'])} tokens/s: {split_summary(meta)} "
+    log(f"prepare: done in {seconds:.1f} s, {human_count(meta['tokens_per_s'])} tokens/s: {split_summary(meta)} "
         f"-> {data_dir}")
     return meta
 

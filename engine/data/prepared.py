@@ -14,10 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from engine.data import tokenizer as tk
-from engine.data.dataset import META_FILE, read_meta
+from engine.data.dataset import META_FILE, read_meta, short_split_file
 from engine.data.pack import commit, new_build_dir
 from engine.data.progress import split_summary
 from engine.runs import RunLayout, tokenizer_source
@@ -42,13 +40,11 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def check_whole(folder: Path, meta: dict[str, Any]) -> None:
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for split, info in meta["splits"].items():
-        b = folder / f"{split}.bin"
-        want = int(info["tokens"]) * itemsize
-        if not b.exists() or b.stat().st_size != want or not (folder / f"{split}.idx.npy").exists():
-            raise UserError(f"data.prepared: {b} is missing or not {want:,} bytes as meta.json says; "
-                            "copy the whole folder again")
+    short = short_split_file(folder, meta)
+    if short is not None:
+        b, want = short
+        raise UserError(f"data.prepared: {b} is missing or not {want:,} bytes as meta.json says; "
+                        "copy the whole folder again")
 
 
 def use_prepared(exp: Any, layout: RunLayout, log: Callable[[str], None], inputs_of: Callable[..., Any],

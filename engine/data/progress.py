@@ -8,15 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from engine.runs import human_count
+
 LOG_EVERY_S = 5.0
 STATUS_EVERY_S = 2.0
-
-
-def fmt_tokens(n: float) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 def split_summary(meta: dict[str, Any]) -> str:
@@ -66,7 +61,7 @@ class PrepareProgress:
         now = time.perf_counter()
         if self._bar is not None:
             self._bar.update(self._task, completed=self.records, split=self.split,
-                             tokens=fmt_tokens(self.tokens), rate=fmt_tokens(self.rate))
+                             tokens=human_count(self.tokens), rate=human_count(self.rate))
         elif now - self._last_log >= LOG_EVERY_S:
             self._last_log = now
             self.log(self.line())
@@ -78,7 +73,7 @@ class PrepareProgress:
     def line(self) -> str:
         pct = 100 * self.records / self.total
         return (f"prepare: {pct:5.1f}% of documents read, {self.tokens:,} tokens "
-                f"({fmt_tokens(self.rate)} tokens/s), now {self.split}")
+                f"({human_count(self.rate)} tokens/s), now {self.split}")
 
     def close(self) -> None:
         if self._bar is not None:

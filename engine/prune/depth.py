@@ -6,18 +6,15 @@ layer_idx (the KV cache indexes by it) and per-layer config lists stay consisten
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 import torch
 from transformers import PreTrainedModel
 
-from engine.arch import Arch, config_dict, rebuild
+from engine.arch import LAYER_KEY, Arch, config_dict, rebuild
 from engine.prune.importance import Importance
 from engine.prune.shapes import student_config
 from engine.stage import UserError
-
-_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 
 
 def select_layers(imp: Importance | None, num_layers: int, num_drop: int, selection: str) -> list[int]:
@@ -63,7 +60,7 @@ def prune_depth(model: PreTrainedModel, drop: list[int]) -> PreTrainedModel:
     new_index = {old: new for new, old in enumerate(kept)}
     state: dict[str, torch.Tensor] = {}
     for key, t in model.state_dict().items():
-        m = _LAYER_KEY.match(key)
+        m = LAYER_KEY.match(key)
         if m is None:
             state[key] = t
         elif int(m.group(1)) in new_index:

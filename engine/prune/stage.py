@@ -27,9 +27,8 @@ from engine.modeling import (
 from engine.prune.depth import prune_depth, select_layers
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
 from engine.prune.shapes import StudentPlan, count_params, plan_student, shape_from_config
-from engine.prune.targets import human
 from engine.prune.width import prune_width, select_width
-from engine.runs import append_metrics, teacher_source, tokenizer_source
+from engine.runs import append_metrics, human_count, teacher_source, tokenizer_source
 from engine.stage import StageContext, UserError
 
 
@@ -78,8 +77,8 @@ def prune_stage(ctx: StageContext) -> None:
         torch.cuda.empty_cache()
     params = count_parameters(student)
     expected = count_params(plan.shape)
-    ctx.log(f"[{stage}] params: teacher {teacher_params:,} ({human(teacher_params)}) -> student {params:,} "
-            f"({human(params)}), {teacher_params / params:.2f}x smaller")
+    ctx.log(f"[{stage}] params: teacher {teacher_params:,} ({human_count(teacher_params)}) -> student {params:,} "
+            f"({human_count(params)}), {teacher_params / params:.2f}x smaller")
     if params != expected:
         ctx.log(f"[{stage}] note: {params:,} params differ from the config arithmetic ({expected:,})")
     ctx.log(f"[{stage}] student: {Arch(student).shape.describe()}")
@@ -166,5 +165,4 @@ def _val_loss(ctx: StageContext, model: torch.nn.Module, micro_batch_size: int) 
         batches, mbs = exp.eval.batches or 20, exp.eval.micro_batch_size
     else:
         batches, mbs = 5, micro_batch_size
-    mbs = min(mbs, len(ds))
-    return float(evaluate_loss(model, ds, min(batches, max(1, len(ds) // mbs)), mbs))
+    return float(evaluate_loss(model, ds, batches, mbs))  # at most the split (see evaluate.batch_plan)

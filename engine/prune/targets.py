@@ -9,7 +9,6 @@ prune stage when it loads the model.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,11 +18,12 @@ from engine.config import ConfigError, Experiment
 from engine.prune.shapes import (
     Shape,
     StudentPlan,
-    count_embedding_params,
+    count_non_embedding_params,
     count_params,
     plan_student,
     shape_from_config,
 )
+from engine.runs import RunLayout, human_count, read_json
 
 _LLAMA3_8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                   num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
@@ -99,21 +99,13 @@ def cached_hub_file(repo_id: str, filename: str) -> Path | None:
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def _model_config(path: str) -> tuple[dict[str, Any], str] | None:
     local = Path(path).expanduser()
     if local.is_dir():
-        cfg = _read_json(local / "config.json")
+        cfg = read_json(local / "config.json")
         return (cfg, f"{local / 'config.json'}") if cfg else None
     cached = cached_hub_file(path, "config.json")
-    if cached is not None and (cfg := _read_json(cached)):
+    if cached is not None and (cfg := read_json(cached)):
         return cfg, "local Hugging Face cache"
     if path in KNOWN_CONFIGS:
         return dict(KNOWN_CONFIGS[path]), "built-in table of hub configs"
@@ -124,7 +116,7 @@ def tokenizer_vocab_size(path: str) -> int | None:
     """len(tokenizer) from a tokenizer.json (local directory or HF cache), without loading it."""
     local = Path(path).expanduser()
     f = local / "tokenizer.json" if local.is_dir() else cached_hub_file(path, "tokenizer.json")
-    doc = _read_json(f) if f is not None and f.is_file() else None
+    doc = read_json(f) if f is not None and f.is_file() else None
     if doc is None:
         return None
     vocab = doc.get("model", {}).get("vocab")
@@ -141,7 +133,7 @@ def _scratch_vocab(exp: Experiment) -> int | None:
     m = exp.model
     if m.arch and m.arch.get("vocab_size"):
         return int(m.arch["vocab_size"])
-    meta = _read_json(exp.run_dir / "prepare" / "meta.json")  # prepare already ran
+    meta = read_json(RunLayout(exp.run_dir).data_dir / "meta.json")  # prepare already ran
     if meta and meta.get("vocab_size"):
         return int(meta["vocab_size"])
     if m.tokenizer_train_vocab:
@@ -211,22 +203,12 @@ def plan_students(exp: Experiment) -> tuple[TeacherConfig | None, Shape | None, 
 # ---- the lines `check` prints ------------------------------------------------------------
 
 
-def human(n: int) -> str:
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
-def _params(s: Shape) -> int:
-    return count_params(s)
-
-
 def _param_text(s: Shape) -> str:
     if s.vocab_size is None:
-        n = count_params(s) - count_embedding_params(s)
-        return f"{human(n)} params without embeddings (vocab size known after prepare)"
-    return f"{human(_params(s))} params ({_params(s):,})"
+        n = count_non_embedding_params(s)
+        return f"{human_count(n)} params without embeddings (vocab size known after prepare)"
+    n = count_params(s)
+    return f"{human_count(n)} params ({n:,})"
 
 
 def _changes(t: Shape, s: Shape) -> str:

@@ -8,13 +8,12 @@ changes and is written into the config explicitly.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
-from engine.arch import Arch, config_dict, rebuild
+from engine.arch import LAYER_KEY, Arch, config_dict, rebuild
 from engine.prune.importance import Importance
 from engine.prune.shapes import Shape, student_config
 from engine.stage import UserError
@@ -46,7 +45,6 @@ TOP_AXES: dict[str, dict[int, str]] = {
     "model.norm.weight": {0: "hidden"},
     "lm_head.weight": {1: "hidden"},
 }
-_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 
 
 @dataclass
@@ -118,7 +116,7 @@ def prune_width(model: PreTrainedModel, sel: WidthSelection, student: Shape) -> 
     top = {"hidden": sel.hidden}
     state: dict[str, torch.Tensor] = {}
     for key, t in model.state_dict().items():
-        m = _LAYER_KEY.match(key)
+        m = LAYER_KEY.match(key)
         if m is not None:
             axes = LAYER_AXES.get(m.group(2))
             idx = per_layer[int(m.group(1))]
