@@ -436,10 +436,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
-    raw = read_toml(path)
-    for o in overrides:
-        apply_override(raw, o, source=f"{path}: --set")
-    return parse_experiment(raw, source=str(path))
+    return _validated(read_toml(path), str(path), overrides)
 
 
 def loads_experiment(text: str, source: str = "experiment", overrides: tuple[str, ...] = ()) -> Experiment:
@@ -447,6 +444,10 @@ def loads_experiment(text: str, source: str = "experiment", overrides: tuple[str
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: not valid TOML ({e})") from None
+    return _validated(raw, source, overrides)
+
+
+def _validated(raw: dict[str, Any], source: str, overrides: list[str] | tuple[str, ...]) -> Experiment:
     for o in overrides:
         apply_override(raw, o, source=f"{source}: --set")
     return parse_experiment(raw, source=source)
