@@ -8,6 +8,7 @@ scanned in a thread worker that publishes snapshots through `App.runs_signal`.
 from __future__ import annotations
 
 import argparse
+import gc
 import shutil
 import threading
 import time
@@ -25,9 +26,13 @@ from app.messages import EditExperiment, OpenRun
 SCAN_INTERVAL_S = 1.0
 
 def _screenful() -> int:
-    """Runs read before the first frame (a terminal's height of them); the rest follow at once."""
-    return max(24, shutil.get_terminal_size((80, 40)).lines)
+    """Runs read before the first frame: the table's visible rows (the terminal's height less the
+    nav bar, header, 9-line preview and footer, plus a little margin); the rest follow at once."""
+    return max(12, shutil.get_terminal_size((80, 40)).lines - 10)
 THEMES = ("textual-dark", "textual-light")
+# imported in a thread after the first frame (see SlimlabApp._warm_imports); never torch
+WARM_MODULES = ("app.screens.run_detail", "app.screens.compare", "app.screens.compose", "app.screens.help",
+                "app.screens.gpus", "engine.config", "engine.plan")
 
 
 def _runs_screen():
@@ -111,6 +116,28 @@ class SlimlabApp(App[None]):
         self._scan_loop()
         if self._probe_arg == "auto":
             self._open_gpu_probe()
+        self._warm_imports()
+
+    @work(thread=True, group="warm-imports", name="import the other screens")
+    def _warm_imports(self) -> None:
+        """Import the other screens (plotext, pydantic) in a thread once the table is on screen,
+        so the first switch to them does not import on the event loop (up to ~0.1 s each)."""
+        import importlib
+
+        worker = get_current_worker()
+        self._painted.wait(5.0)
+        time.sleep(0.5)  # let the full scan after the first screenful go first
+        for name in WARM_MODULES:
+            if worker.is_cancelled:
+                return
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the real import, when the screen opens, reports it
+                pass
+        # Everything so far (textual, pydantic, the modules, the home screen) lives as long as the
+        # app: keep it out of the cyclic GC, whose full passes over it stalled the event loop for
+        # 80-160 ms now and then (screen switches allocate enough to trigger them).
+        gc.freeze()
 
     @work(thread=True, exclusive=True, group="scan", name="scan runs")
     def _scan_loop(self) -> None:

@@ -26,19 +26,25 @@ def row_cells(app, run: RunInfo, now: float) -> tuple:
     if run.state != "running" and (cur is None or (cur.train_loss is None and cur.val_loss is None)):
         m = next((s for s in reversed(run.stages) if s.train_loss is not None or s.val_loss is not None), cur)
     progress = Text(fmt.bar(frac, 7) + (f" {frac * 100:3.0f}%" if frac is not None else ""))
+    # Text, not str: DataTable parses a str cell as markup each time it measures or renders it
     return (
         Text(run.name, overflow="ellipsis", no_wrap=True),
         state_text(app, run.state),
         stage_strip(app, [s.state for s in run.stages]),
         progress,
-        fmt.loss(m.train_loss if m else None),
-        fmt.loss(m.val_loss if m else None),
-        fmt.duration(cur.eta_s if cur else None),
-        cur.name if cur else "–",
-        fmt.si(cur.tokens_per_s if cur else None),
-        fmt.gpus(run.gpus),
-        fmt.age(now - run.created),
+        Text(fmt.loss(m.train_loss if m else None)),
+        Text(fmt.loss(m.val_loss if m else None)),
+        Text(fmt.duration(cur.eta_s if cur else None)),
+        Text(cur.name if cur else "–", overflow="ellipsis", no_wrap=True),
+        Text(fmt.si(cur.tokens_per_s if cur else None)),
+        Text(fmt.gpus(run.gpus)),
+        Text(fmt.age(now - run.created)),
     )
+
+
+# New rows added per refresh: DataTable measures every cell of a new row on its next idle,
+# so 100 rows at once would block the event loop for ~100 ms; the rest follow a frame later.
+ROWS_PER_BATCH = 24
 
 
 class RunsTable(DataTable):
@@ -48,39 +54,54 @@ class RunsTable(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._shown: dict[str, tuple[RunInfo, str]] = {}
         self.runs: dict[str, RunInfo] = {}
+        self._pending: tuple[list[RunInfo], bool] | None = None  # newest snapshot not yet all added
 
     def on_mount(self) -> None:
         for key, label, width in COLUMNS:
             self.add_column(label, key=key, width=width)
 
     def update_runs(self, runs: list[RunInfo], restyle: bool = False) -> None:
+        if self._pending is not None:  # a batch is due: it will take this newer snapshot
+            self._pending = (runs, restyle or self._pending[1])
+            return
         now = time.time()
         wanted = {str(r.path): r for r in runs}
         for key in list(self._shown):
             if key not in wanted:
                 self.remove_row(key)
                 del self._shown[key]
-        added = False
+        added = 0
         for key, run in wanted.items():
             age = fmt.age(now - run.created)
             prev = self._shown.get(key)
             if prev is not None and prev[0] is run and prev[1] == age and not restyle:
                 continue
+            if prev is None and added >= ROWS_PER_BATCH:
+                if self._pending is None:
+                    self._pending = (runs, restyle)
+                    self.call_after_refresh(self._add_pending)
+                continue
             cells = row_cells(self.app, run, now)
             if prev is None:
                 self.add_row(*cells, key=key)
-                added = True
+                added += 1
             else:
                 for (col, _, _), cell in zip(COLUMNS, cells, strict=True):
                     self.update_cell(key, col, cell)
             self._shown[key] = (run, age)
-        self.runs = wanted
+        self.runs = {k: r for k, r in wanted.items() if k in self._shown}
         if added:  # newest first, like the scanner's order (names are unique in a runs dir)
             order = {r.name: i for i, r in enumerate(runs)}
             cursor_key = self.highlighted_key()
             self.sort("run", key=lambda cell: order.get(cell.plain, 0))
             if cursor_key is not None:
                 self.move_cursor(row=self.get_row_index(cursor_key), animate=False)
+
+    def _add_pending(self) -> None:
+        if self._pending is not None and self.is_attached:
+            runs, restyle = self._pending
+            self._pending = None
+            self.update_runs(runs, restyle)
 
     def highlighted_key(self) -> str | None:
         if not self.row_count:
