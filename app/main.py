@@ -106,8 +106,13 @@ class SlimlabApp(App[None]):
     def _do_first_scan(self) -> None:
         self._first_scan = self.scanner.scan(newest=_screenful())
 
-    def adopt_first_scan(self) -> None:
-        """If the first scan is already done, take its result now (never waits for it)."""
+    def adopt_first_scan(self, wait: float = 0.0) -> None:
+        """If the first scan is done (waiting up to `wait` seconds for it), take its result now.
+        The home screen waits a little: the scan is ~25 ms of Python that, in its thread, only gets
+        the GIL between the main thread's turns, so without the wait the first frame had no rows
+        and the table came ~0.15 s later; past `wait` (a slow file system) "scanning …" shows."""
+        if not self.runs_loaded and self._first_scan is None and wait > 0:
+            self._first_scan_thread.join(wait)
         if not self.runs_loaded and self._first_scan is not None:
             self.runs, self.runs_loaded = self._first_scan, True
 
@@ -138,6 +143,7 @@ class SlimlabApp(App[None]):
         # app: keep it out of the cyclic GC, whose full passes over it stalled the event loop for
         # 80-160 ms now and then (screen switches allocate enough to trigger them).
         gc.freeze()
+        gc.enable()  # main() (and `python -m app` before its imports) turned it off
 
     @work(thread=True, exclusive=True, group="scan", name="scan runs")
     def _scan_loop(self) -> None:
@@ -241,7 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--theme", choices=("dark", "light"), help="colour theme (ctrl+t toggles)")
     args = ap.parse_args(argv)
     theme = {"dark": THEMES[0], "light": THEMES[1]}.get(args.theme or "")
-    SlimlabApp(runs_dir=args.runs_dir, experiments_dir=args.experiments_dir, theme=theme).run()
+    # No cyclic GC until the first frame is on screen (its passes over everything start-up allocates
+    # only delay it); _warm_imports freezes what is alive then and turns it back on.
+    gc.disable()
+    try:
+        SlimlabApp(runs_dir=args.runs_dir, experiments_dir=args.experiments_dir, theme=theme).run()
+    finally:
+        gc.enable()
     return 0
 
 

@@ -11,10 +11,11 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from app.data.scan import RunInfo
 from app.messages import EditExperiment, OpenRun
-from app.screens.actions import request_cancel, request_resume
 from app.widgets.home.runs_table import RunsTable
 from app.widgets.home.stages_table import StagesTable
 from app.widgets.nav import NavBar
+
+FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
 
 
 class RunsScreen(Screen):
@@ -47,7 +48,7 @@ class RunsScreen(Screen):
         self.query_one("#runs-filter").display = False
         self.app.runs_signal.subscribe(self, self._on_runs)
         self.app.theme_changed_signal.subscribe(self, lambda _t: self._on_runs(self.app.runs, restyle=True))
-        self.app.adopt_first_scan()
+        self.app.adopt_first_scan(wait=FIRST_SCAN_WAIT_S)
         self._on_runs(self.app.runs)
         self.query_one(RunsTable).focus()
 
@@ -114,9 +115,13 @@ class RunsScreen(Screen):
             self.post_message(OpenRun(run.path))
 
     def action_cancel(self) -> None:
+        from app.screens.actions import request_cancel  # not needed for the first frame
+
         request_cancel(self.app, self._run())
 
     def action_resume(self) -> None:
+        from app.screens.actions import request_resume
+
         request_resume(self.app, self._run())
 
     def action_edit(self) -> None:
