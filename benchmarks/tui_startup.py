@@ -9,7 +9,13 @@
    then the runs table); inside it a 10 ms asyncio timer records event-loop lag, and the newest
    log line shown is compared with the time it was written (tail latency).
 
+3. screen switches (`--switches`): the TUI in a pty; after start-up settles (3 s: the warm-up
+   imports and gc.freeze are done), keys 2, 3, 1, 4 (Compose, Compare, Runs, GPUs with a fake GPU
+   probe) are pressed in turn, ROUNDS times, 1 s apart; a 10 ms asyncio timer records event-loop
+   lag and the max lag in the 1 s after each key is reported per screen (first visit apart).
+
     python3 benchmarks/tui_startup.py [--runs 100] [--repeat 5] [--seconds 8]
+    python3 benchmarks/tui_startup.py --switches [--rounds 4]
 """
 
 from __future__ import annotations
@@ -304,12 +310,79 @@ def bench_tail(runs_dir: Path, run: str, seconds: float, rate: int) -> dict:
     return summary
 
 
+# ---- 3. screen switches ---------------------------------------------------------------------------
+
+SWITCH_CHILD = r'''
+import asyncio, json, sys, time
+from pathlib import Path
+from app.main import SlimlabApp
+
+runs_dir, rounds, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+KEYS = (("2", "compose"), ("3", "compare"), ("1", "runs"), ("4", "gpus"))
+
+class FakeProbe:
+    def sample(self):
+        return []
+    def close(self):
+        pass
+
+class Bench(SlimlabApp):
+    def on_mount(self):
+        super().on_mount()
+        self.switch_lags = []
+        self.run_worker(self.probe(), exclusive=False)
+
+    async def probe(self):
+        while not (self.runs_loaded and self.screen_stack):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(3.0)  # warm-up imports, gc.freeze
+        for rnd in range(rounds):
+            for key, mode in KEYS:
+                t_key = time.perf_counter()
+                self.simulate_key(key)
+                worst = 0.0
+                while time.perf_counter() < t_key + 1.0:
+                    t = time.perf_counter()
+                    await asyncio.sleep(0.01)
+                    worst = max(worst, time.perf_counter() - t - 0.01)
+                self.switch_lags.append({"round": rnd, "key": key, "mode": mode, "shown": self.current_mode,
+                                         "max_lag_ms": 1000 * worst})
+        Path(out).write_text(json.dumps(self.switch_lags))
+        self.exit()
+
+Bench(runs_dir=runs_dir, gpu_probe=FakeProbe()).run()
+'''
+
+
+def bench_switches(runs_dir: Path, rounds: int) -> dict:
+    with tempfile.TemporaryDirectory() as td:
+        out = Path(td) / "child.json"
+        t0 = time.time()
+        proc, master = spawn_in_pty([sys.executable, "-c", SWITCH_CHILD, str(runs_dir), str(rounds), str(out)])
+        screen = bytearray()
+        while proc.poll() is None and time.time() < t0 + 10 + 5 * rounds:
+            drain(master, time.time() + 0.5, [b"\x00never"], t0, keep=screen)
+        stop(proc, master)
+        if not out.exists():
+            raise SystemExit("the TUI under test failed:\n" + screen[-3000:].decode(errors="replace"))
+        rows = json.loads(out.read_text())
+    summary: dict = {"rows": [f"round {r['round']} key {r['key']} -> {r['shown']}: {r['max_lag_ms']:.1f} ms"
+                              for r in rows]}
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        lags = [r["max_lag_ms"] for r in rows if r["mode"] == mode]
+        summary[mode] = {"first_ms": round(lags[0], 1), "later_max_ms": round(max(lags[1:], default=0), 1),
+                         "later_median_ms": round(statistics.median(lags[1:]), 1) if lags[1:] else None}
+    return summary
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=9.0, help="duration of the tail benchmark (3 phases)")
     ap.add_argument("--rate", type=int, default=1000, help="log lines per second")
+    ap.add_argument("--switches", action="store_true", help="only the screen-switch benchmark (keys 2, 3, 1, 4)")
+    ap.add_argument("--rounds", type=int, default=4, help="rounds of 2, 3, 1, 4 for --switches")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as td:
         runs_dir = Path(td) / "runs"
@@ -318,6 +391,10 @@ def main() -> int:
         print(f"made {args.runs} runs in {time.time() - t:.1f}s under {runs_dir}", flush=True)
         newest = f"run-{args.runs - 1:03d}"
         print(f"cpus {os.cpu_count()}, load average before: {os.getloadavg()}", flush=True)
+        if args.switches:
+            print(json.dumps(bench_switches(runs_dir, args.rounds), indent=1), flush=True)
+            print(f"load average after: {os.getloadavg()}", flush=True)
+            return 0
         start = bench_startup(runs_dir, newest, args.repeat)
         print(json.dumps(start, indent=1), flush=True)
         tail = bench_tail(runs_dir, tail_run, args.seconds, args.rate)
