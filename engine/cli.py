@@ -11,8 +11,7 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from engine.config import ConfigError, Experiment, load_experiment
-from engine.launch import stage_kind
+from engine.config import ConfigError, Experiment, load_experiment, stage_kind
 
 # stage kind -> "module:function" of the stage body (a function of a StageContext)
 STAGE_BODIES = {

@@ -23,6 +23,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+def stage_kind(stage: str) -> str:
+    """`distill-width` -> `distill` (stage names are `<kind>` or `<kind>-<student>`)."""
+    return stage.split("-", 1)[0]
+
+
+def stage_student(stage: str) -> str:
+    """`distill-width` -> `width`: the [[prune]] student a prune or distill stage belongs to."""
+    return stage.split("-", 1)[1]
+
+
 class ConfigError(Exception):
     """A user mistake in an experiment file or override: one line, exit code 2."""
 
@@ -305,9 +315,9 @@ class Experiment(_Section):
         if stage != "prepare":
             parts["finetune"] = dump(self.finetune)
         if stage.startswith(("prune-", "distill-")):
-            parts["prune"] = dump(self.prune_by_name(stage.split("-", 1)[1]))
+            parts["prune"] = dump(self.prune_by_name(stage_student(stage)))
         if stage.startswith("distill-"):
-            parts["distill"] = dump(self.distill_for(stage.split("-", 1)[1]))
+            parts["distill"] = dump(self.distill_for(stage_student(stage)))
         if stage == "eval":
             parts.update(prune=[dump(p) for p in self.prune], distill=dump(self.distill), eval=dump(self.eval))
         blob = json.dumps({"stage": stage, **parts}, sort_keys=True)

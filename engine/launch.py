@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import ConfigError, Experiment
+from engine.config import ConfigError, Experiment, stage_kind
 
 # How many processes a stage kind uses when GPUs are present. None = every GPU of the stage.
 # Tokenising is CPU work; calibration/pruning and evaluation run on one GPU (an 8B model fits
@@ -24,10 +24,6 @@ STAGE_PROCESSES: dict[str, int | None] = {"prepare": 0, "prune": 1, "eval": 1, "
 
 # Set by the sbatch script that `run --slurm` writes: multi-node stages go through srun.
 LAUNCHER_ENV = "SLIMLAB_LAUNCHER"
-
-
-def stage_kind(stage: str) -> str:
-    return stage.split("-", 1)[0]
 
 
 # ---- GPUs -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.config import ConfigError, Experiment, dumps_toml, load_experiment
+from engine.config import ConfigError, Experiment, dumps_toml, load_experiment, stage_kind
 from engine.launch import (
     StageCommand,
     build_stage_command,
@@ -29,7 +29,6 @@ from engine.launch import (
     gpu_pool,
     multi_node_stage,
     stage_gpus,
-    stage_kind,
 )
 from engine.plan import describe_plan
 from engine.runs import (

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from engine.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
-from engine.config import DistillConfig, Experiment, TrainConfig
+from engine.config import DistillConfig, Experiment, TrainConfig, stage_student
 from engine.distill.losses import LossSpec
 from engine.distill.objective import (
     HiddenSpec,
@@ -632,7 +632,7 @@ def distill_stage(ctx: StageContext) -> None:
     exp, layout = ctx.exp, ctx.layout
     if exp.distill is None:
         raise UserError(f"{exp.source}: no [distill] section")
-    name = ctx.stage.split("-", 1)[1]
+    name = stage_student(ctx.stage)
     cfg: DistillConfig = exp.distill_for(name)  # [distill] with this student's own overrides
     student_dir = layout.model_dir(f"prune-{name}")
     teacher_dir = teacher_source(exp, layout)

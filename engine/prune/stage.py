@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from engine.arch import Arch
+from engine.config import stage_student
 from engine.modeling import (
     check_supported,
     count_parameters,
@@ -36,7 +37,7 @@ def prune_stage(ctx: StageContext) -> None:
     if not ctx.is_main:
         return  # pruning is a single-process job; extra ranks have nothing to do
     exp, layout, stage = ctx.exp, ctx.layout, ctx.stage
-    p = exp.prune_by_name(stage.split("-", 1)[1])
+    p = exp.prune_by_name(stage_student(stage))
     where = f"{exp.source}: prune[{p.name}]"
     src = teacher_source(exp, layout)
     if exp.finetune is not None and not Path(src).is_dir():
