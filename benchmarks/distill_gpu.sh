@@ -12,8 +12,8 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee -a "$
 B=benchmarks/distill_throughput.py
 if [[ $WHAT == single || $WHAT == all ]]; then
   echo "== 1 GPU" | tee -a "$LOG"
-  CUDA_VISIBLE_DEVICES=0 timeout 420 python3 $B --check --profile engine-compile-accum4 \
-    --variants naive,engine-compile,engine-compile-accum4 --json "$OUT/single.json" 2>&1 | grep -vi warn | tee -a "$LOG"
+  CUDA_VISIBLE_DEVICES=0 timeout 420 python3 $B --check --profile engine-compile \
+    --variants naive,engine-compile,engine-compile-accum4,engine-compile-micro8-accum2 --json "$OUT/single.json" 2>&1 | grep -vi warn | tee -a "$LOG"
 fi
 if [[ $WHAT == multi || $WHAT == all ]]; then
   for S in ddp fsdp; do

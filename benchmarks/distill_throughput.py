@@ -11,7 +11,8 @@ Both sides use the same precision: the student holds fp32 master weights and fp3
             F.kl_div on full fp32 log-softmaxes of both; fused AdamW step.
     engine  engine.train.Trainer.step, the code a distill stage runs: final hidden states of both
             models, the chunked KD loss fused with the LM heads (engine/distill/losses.py),
-            gradient clipping, the finite-loss check (one host sync per step), fused AdamW.
+            the global gradient norm (clipping is folded into the fused AdamW step), the finite-loss
+            check on the device, fused AdamW.
             `-compile`: torch.compile of the decoder layers and of the loss chunk kernel
             ([distill].compile = true).
 
@@ -201,7 +202,7 @@ VARIANTS = {
 KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
     ("attention", ("flash", "fmha", "cudnn", "attention")),
     ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "sm90", "matmul")),
-    ("optimizer", ("adam", "multi_tensor")),
+    ("optimizer + grad norm", ("adam", "multi_tensor")),
     ("nccl", ("nccl",)),
     ("triton (compiled)", ("triton",)),
     ("copy/cast", ("copy", "memcpy", "memset", "fill")),
@@ -218,6 +219,19 @@ def profile_steps(step, device: torch.device, out_dir: str | None) -> dict:
             step()
         sync(device)
     groups: dict[str, float] = {}
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if kernels:  # kernels per step, and the share of the 2 steps' span with no kernel running
+        spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
+        busy, end = 0.0, spans[0][0]
+        for a, b in spans:
+            busy += max(0.0, b - max(a, end))
+            end = max(end, b)
+        groups["kernels per step"] = len(kernels) / 2
+        groups["idle (no kernel running)"] = (end - spans[0][0] - busy) / 2 / 1e3
+        host = [e.name for e in prof.events() if e.device_type != torch.autograd.DeviceType.CUDA
+                and any(k in e.name.lower() for k in ("synchronize", "memcpy", "local_scalar", "item", "nonzero"))]
+        for name in sorted(set(host)):
+            groups[f"host calls per step: {name}"] = host.count(name) / 2
     for evt in prof.key_averages():
         t = getattr(evt, "self_device_time_total", 0.0) or 0.0
         if t <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA:

@@ -32,17 +32,17 @@ import itertools
 import math
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from engine.attention import use_causal_sdpa
 from engine.distill.losses import LossSpec, fused_linear_loss
 from engine.distill.objective import base_model, output_weight
 from engine.runs import now_iso, teacher_source, write_json
-from engine.stage import StageContext, UserError
+from engine.stage import StageContext, UserError, has_checkpoint
 
 _CE = LossSpec("ce", chunk_tokens=4096)
 
@@ -67,6 +67,19 @@ def _batches(data: Any, batches: int | None, micro_batch_size: int) -> Iterable[
 
 
 @torch.no_grad()
+def lm_loss_sum(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy (fp32) of `model` on ids [B, T] with labels [B, T].
+
+    The one LM-loss computation (evaluation here, LM-loss layer scores in
+    engine.prune.importance): chunked and fused with the output projection, so the fp32
+    logits of the whole batch are never materialised.
+    """
+    h = base_model(model)(input_ids=ids, use_cache=False).last_hidden_state
+    loss, _, _ = fused_linear_loss(h.flatten(0, 1), output_weight(model), labels.flatten(), _CE)
+    return loss.float() * labels.numel()
+
+
+@torch.no_grad()
 def lm_loss_sums(model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
     """(sum of next-token losses, number of predicted tokens) for one batch of windows."""
     device = next(model.parameters()).device
@@ -75,10 +88,7 @@ def lm_loss_sums(model: nn.Module, batch: Any) -> tuple[torch.Tensor, int]:
     if x.ndim == 1:
         x = x.unsqueeze(0)
     inputs, labels = x[:, :-1], x[:, 1:]
-    h = base_model(model)(input_ids=inputs, use_cache=False).last_hidden_state
-    loss, _, _ = fused_linear_loss(h.flatten(0, 1), output_weight(model), labels.flatten(), _CE)
-    n = labels.numel()
-    return loss.float() * n, n
+    return lm_loss_sum(model, inputs, labels), labels.numel()
 
 
 @torch.no_grad()
@@ -121,26 +131,22 @@ def run_models(exp: Any, layout: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _exists(path: str, is_local_run_path: bool) -> bool:
-    return (Path(path) / "config.json").exists() or not is_local_run_path
-
-
 def eval_stage(ctx: StageContext) -> None:
     from engine.data import PackedDataset
-    from engine.modeling import count_parameters, load_model
+    from engine.modeling import compute_device, count_parameters, load_model
 
     exp, layout = ctx.exp, ctx.layout
     cfg = exp.eval
     if cfg is None:
         raise UserError(f"{exp.source}: no [eval] section")
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    device = compute_device()
+    cuda = device.type == "cuda"
     dtype = exp.model.dtype if cuda else "float32"
     seq = exp.data.seq_length
     todo = []
     for name, path in run_models(exp, layout):
-        inside_run = name != "teacher" or exp.finetune is not None
-        if _exists(path, inside_run):
+        inside_run = name != "teacher" or exp.finetune is not None  # else [model].path: a hub id works too
+        if has_checkpoint(path) or not inside_run:
             todo.append((name, path))
         else:
             ctx.log(f"[eval] {name}: no checkpoint at {path} yet; left out")
@@ -152,6 +158,7 @@ def eval_stage(ctx: StageContext) -> None:
     ctx.progress(0, total_steps=total)
     for name, path in todo:
         model = load_model(path, dtype, exp.model.attn_implementation).to(device)
+        use_causal_sdpa(model)  # packed windows, no padding: no mask, no host sync per batch
         entry: dict[str, Any] = {"params": count_parameters(model), "path": path, "splits": {}}
         tokens, seconds = 0, 0.0
         for split in cfg.splits:

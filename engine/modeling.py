@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from engine.prune.shapes import SUPPORTED_MODEL_TYPES
+from engine.prune.shapes import check_model_type
 from engine.stage import UserError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -24,9 +24,15 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def check_supported(model_type: str, where: str) -> None:
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UserError(f"{where}: model_type '{model_type}' is not supported; "
-                        f"slimlab prunes {', '.join(SUPPORTED_MODEL_TYPES)}")
+    """A UserError naming the supported types unless slimlab supports `model_type`."""
+    check_model_type(model_type, where, UserError)
+
+
+def compute_device() -> torch.device:
+    """Where a single-process stage (prune, eval) runs: the current CUDA device, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def load_config(path: str) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.config import ConfigError, Experiment
-from engine.runs import RunLayout, StageStatus
+from engine.runs import RunLayout, StageStatus, teacher_source
 
 
 class UserError(Exception):
@@ -57,6 +57,20 @@ class StageContext:
     def progress(self, step: int, **fields) -> None:
         if self.status is not None:
             self.status.update(step=step, **fields)
+
+
+def has_checkpoint(path: str | Path) -> bool:
+    """Whether a stage has written its model to `path` (a Hugging Face directory with config.json)."""
+    return (Path(path) / "config.json").exists()
+
+
+def teacher_checkpoint(ctx: StageContext) -> str:
+    """The teacher that stage `ctx.stage` reads (see runs.teacher_source); a UserError naming the
+    finetune stage to run first when [finetune] exists and its model is not written yet."""
+    src = teacher_source(ctx.exp, ctx.layout)
+    if ctx.exp.finetune is not None and not has_checkpoint(src):
+        raise UserError(f"{ctx.stage}: no fine-tuned teacher at {src}; run the finetune stage first")
+    return src
 
 
 def _raise_cancelled(signum, frame):  # noqa: ARG001

@@ -14,6 +14,7 @@ The frozen teacher is held in [model].dtype. On the CPU everything is fp32.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.attention import restore_sdpa, use_causal_sdpa
 from engine.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from engine.config import DistillConfig, Experiment, TrainConfig, stage_student
 from engine.distill.losses import LossSpec
@@ -40,8 +42,8 @@ from engine.distill.objective import (
     matmul_params,
     output_weight,
 )
-from engine.runs import append_metrics, teacher_source, tokenizer_source, truncate_metrics_after
-from engine.stage import Cancelled, StageContext, UserError
+from engine.runs import append_metrics, tokenizer_source, truncate_metrics_after
+from engine.stage import Cancelled, StageContext, UserError, has_checkpoint, teacher_checkpoint
 
 # Trainer keys that may change between a checkpoint and its resume (a run that diverged can be
 # resumed with a lower lr); any other change of the stage's inputs starts the stage afresh.
@@ -193,6 +195,9 @@ class Trainer:
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         capture = sorted({t for _, t in hidden.layer_map}) if hidden and hidden.weight > 0 else None
+        for model in (student, teacher):  # batches are packed windows without padding
+            if model is not None:
+                use_causal_sdpa(model)
         if compile_:
             _compile_layers(student)
         self.flops_per_token = 6 * matmul_params(student)
@@ -253,10 +258,7 @@ class Trainer:
                 loss, parts = self._forward(batch)
                 acc.backward(loss / n)
             sums += torch.cat([loss.detach().float().reshape(1), parts]) / n
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = acc.clip_grad_norm_(self.params, max_norm)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = self._clip()
         stats = torch.cat([sums, grad_norm.detach().float().reshape(1).to(sums.device),
                            torch.full((1,), float(cancel), device=sums.device)])
         if acc.num_processes > 1:
@@ -267,6 +269,22 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return PendingStep(stats)
+
+    def _clip(self) -> torch.Tensor:
+        """The gradients' global norm, with clipping to `grad_clip` left to the fused AdamW step:
+        its `grad_scale` divides each gradient as it reads it, which saves a read-and-write pass
+        over all gradients (fp16's GradScaler owns `grad_scale`, so there accelerate clips)."""
+        acc = self.accelerator
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        if acc.scaler is not None:
+            norm = acc.clip_grad_norm_(self.params, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        if acc.scaler is None:  # scale = 1 / clip_grad_norm_'s coefficient
+            _inner_optimizer(self.optimizer).grad_scale = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)
+        return norm
 
     def step(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False) -> StepResult:
         """`launch` and wait for its result (tests, simple callers)."""
@@ -570,7 +588,8 @@ def _save_final(ctx: StageContext, trainer: Trainer, models: _Models) -> None:
     if not trainer.accelerator.is_main_process:
         return
     dtype = torch_dtype(models.save_dtype)
-    config = trainer.unwrapped().student.config
+    config = copy.deepcopy(trainer.unwrapped().student.config)
+    restore_sdpa(config)
     cast: dict[int, torch.Tensor] = {}
     state = {k: cast.setdefault(id(v), v.detach().to("cpu", dtype)) for k, v in state.items()}
     with torch.device("meta"):
@@ -635,11 +654,9 @@ def distill_stage(ctx: StageContext) -> None:
     name = stage_student(ctx.stage)
     cfg: DistillConfig = exp.distill_for(name)  # [distill] with this student's own overrides
     student_dir = layout.model_dir(f"prune-{name}")
-    teacher_dir = teacher_source(exp, layout)
-    if not (student_dir / "config.json").exists():
+    if not has_checkpoint(student_dir):
         raise UserError(f"{ctx.stage}: no student at {student_dir}; run the prune-{name} stage first")
-    if exp.finetune is not None and not (Path(teacher_dir) / "config.json").exists():
-        raise UserError(f"{ctx.stage}: no fine-tuned teacher at {teacher_dir}; run the finetune stage first")
+    teacher_dir = teacher_checkpoint(ctx)
 
     def build(cuda: bool, meta: dict[str, Any]) -> _Models:
         from engine.modeling import load_model

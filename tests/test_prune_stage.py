@@ -148,6 +148,25 @@ def test_bad_target_fails_before_loading_weights(run, tmp_path, capsys):
     assert not (tmp_path / "t" / "prune-depth" / "model").exists()
 
 
+def test_missing_fine_tuned_teacher_names_the_stage_to_run_first(run, tmp_path, capsys):
+    from engine.config import FinetuneConfig
+
+    exp, _, _, _ = run
+    bad = exp.model_copy(deep=True)
+    bad.runs_dir = str(tmp_path)
+    bad.finetune = FinetuneConfig()  # the teacher is now <run>/finetune/model, not written yet
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = run_stage(bad, "prune-depth", prune_stage)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: prune-depth: no fine-tuned teacher at ")
+    assert err.endswith("run the finetune stage first")
+
+
 def test_reinit_gives_the_same_shape_with_fresh_weights(run):
     exp, layout, teacher, _ = run
     scratch = exp.model_copy(deep=True)

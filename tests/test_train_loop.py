@@ -104,3 +104,57 @@ def test_two_processes_through_accelerate_match_one_process(tmp_path: Path) -> N
     b = load_file(tmp_path / "runs" / "two" / "finetune" / "model" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+
+
+def _reference_steps(model: torch.nn.Module, cfg, batches: list[torch.Tensor], clip: float) -> list[float]:
+    """Stock clip_grad_norm_ then a plain for-loop AdamW with the engine's decay groups."""
+    from engine.train import make_optimizer
+
+    groups = make_optimizer(model, cfg).param_groups
+    opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups],
+                            lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8, foreach=False)
+    norms = []
+    for batch in batches:
+        logits = model(input_ids=batch[:, :-1]).logits
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten()).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip)))
+        opt.step()
+        opt.zero_grad()
+    return norms
+
+
+@pytest.mark.parametrize("grad_clip", [0.05, 0.0])
+def test_steps_clip_like_clip_grad_norm_then_adamw(grad_clip: float) -> None:
+    """The Trainer leaves clipping to the fused AdamW step (grad_scale); two updates must equal
+    stock clip_grad_norm_ followed by a plain AdamW, and differ from unclipped ones."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.config import TrainConfig
+    from engine.distill.losses import LossSpec
+    from engine.train import Trainer, make_accelerator
+
+    cfg_model = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg_model)
+    clipped, unclipped = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = TrainConfig(steps=10, lr=1e-2, min_lr=1e-3, warmup_steps=0, global_batch_size=2, micro_batch_size=2,
+                      grad_clip=grad_clip)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, 64, (2, 17), generator=gen) for _ in range(2)]
+    trainer = Trainer(make_accelerator(), model, cfg, LossSpec("ce", chunk_tokens=8))
+    results = [trainer.step([b], lr=cfg.lr) for b in batches]
+
+    norms = _reference_steps(clipped, cfg, batches, grad_clip if grad_clip > 0 else float("inf"))
+    _reference_steps(unclipped, cfg, batches, float("inf"))
+    assert [r.grad_norm for r in results] == pytest.approx(norms, rel=1e-4)
+    if grad_clip:
+        assert min(norms) > 4 * grad_clip  # so clipping changes the update
+    trained = dict(trainer.unwrapped().student.named_parameters())
+    for name, p in clipped.named_parameters():
+        torch.testing.assert_close(trained[name].detach(), p.detach(), rtol=1e-4, atol=2e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    gap = max(float((trained[n] - p).abs().max()) for n, p in unclipped.named_parameters())
+    assert (gap > 1e-3) == bool(grad_clip)

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.arch import Arch
+from engine.evaluate import lm_loss_sum
 from engine.prune.shapes import Shape
 from engine.runs import read_json, write_json
 from engine.stage import UserError
@@ -321,31 +321,17 @@ class _Skip(nn.Module):
         return hidden_states
 
 
-def lm_loss_sum(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, chunk_tokens: int = 4096,
-                decoder: nn.Module | None = None) -> torch.Tensor:
-    """Summed next-token cross-entropy, never materialising fp32 logits for the whole batch."""
-    decoder = decoder if decoder is not None else model.model
-    h = decoder(input_ids=ids, use_cache=False).last_hidden_state.flatten(0, 1)
-    y = labels.flatten()
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    for start in range(0, h.shape[0], chunk_tokens):
-        logits = model.lm_head(h[start:start + chunk_tokens]).float()
-        total += F.cross_entropy(logits, y[start:start + chunk_tokens], reduction="sum")
-    return total
-
-
 @torch.inference_mode()
 def layer_loss_sums(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """[layers + 1] summed losses: index 0 the full model, index i+1 with layer i skipped."""
-    arch = Arch(model)
-    layers = arch.decoder.layers
-    out = [lm_loss_sum(model, ids, labels, decoder=arch.decoder)]
+    layers = Arch(model).decoder.layers
+    out = [lm_loss_sum(model, ids, labels)]
     skip = _Skip()
     for i in range(len(layers)):
         keep = layers[i]
         layers[i] = skip
         try:
-            out.append(lm_loss_sum(model, ids, labels, decoder=arch.decoder))
+            out.append(lm_loss_sum(model, ids, labels))
         finally:
             layers[i] = keep
     return torch.stack(out)

@@ -59,12 +59,21 @@ class Shape:
                 f"{kv} (head_dim {self.head_dim})")
 
 
+def check_model_type(model_type: Any, where: str, error: type[Exception] = ConfigError) -> str:
+    """`model_type` itself when slimlab supports it; else `error` naming the supported types.
+
+    The one unsupported-model check: experiment files get a ConfigError (the default), models
+    loaded at run time a UserError (engine.modeling.check_supported).
+    """
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise error(f"{where}: model_type '{model_type}' is not supported; slimlab prunes "
+                    f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    return model_type
+
+
 def shape_from_config(cfg: dict[str, Any], where: str = "model") -> Shape:
     """A Shape from a transformers config dict (config.json, an arch table, ...)."""
-    mt = cfg.get("model_type")
-    if mt not in SUPPORTED_MODEL_TYPES:
-        raise ConfigError(f"{where}: model_type '{mt}' is not supported; slimlab prunes "
-                          f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+    mt = check_model_type(cfg.get("model_type"), where)
     d = {**DEFAULTS[mt], **{k: v for k, v in cfg.items() if v is not None}}
     heads = int(d["num_attention_heads"])
     kv = int(d.get("num_key_value_heads") or heads)

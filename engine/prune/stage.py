@@ -19,6 +19,7 @@ from engine.arch import Arch
 from engine.config import stage_student
 from engine.modeling import (
     check_supported,
+    compute_device,
     count_parameters,
     load_config,
     load_model,
@@ -29,8 +30,8 @@ from engine.prune.depth import prune_depth, select_layers
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
 from engine.prune.shapes import StudentPlan, count_params, plan_student, shape_from_config
 from engine.prune.width import prune_width, select_width
-from engine.runs import append_metrics, human_count, teacher_source, tokenizer_source
-from engine.stage import StageContext, UserError
+from engine.runs import append_metrics, human_count, tokenizer_source
+from engine.stage import StageContext, teacher_checkpoint
 
 
 def prune_stage(ctx: StageContext) -> None:
@@ -39,9 +40,7 @@ def prune_stage(ctx: StageContext) -> None:
     exp, layout, stage = ctx.exp, ctx.layout, ctx.stage
     p = exp.prune_by_name(stage_student(stage))
     where = f"{exp.source}: prune[{p.name}]"
-    src = teacher_source(exp, layout)
-    if exp.finetune is not None and not Path(src).is_dir():
-        raise UserError(f"{src}: the fine-tuned teacher is missing; run the finetune stage first")
+    src = teacher_checkpoint(ctx)
 
     # 1. the targets, on the real config, before loading weights
     cfg = load_config(src).to_dict()
@@ -51,7 +50,7 @@ def prune_stage(ctx: StageContext) -> None:
     ctx.log(f"[{stage}] teacher {src}: {teacher_shape.describe()}")
 
     # 2. the teacher
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = compute_device()
     t0 = time.time()
     model = load_model(src, exp.model.dtype, exp.model.attn_implementation).to(device).eval()
     tokenizer = load_tokenizer(tokenizer_source(exp, layout))
