@@ -122,7 +122,7 @@ def run_naive(args, arch, device, batches) -> dict:
 
 
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
-               profile: bool = False) -> dict:
+               profile: bool = False, hf_mask: bool = False) -> dict:
     from engine.config import DistillConfig
     from engine.train import Trainer, loss_spec
 
@@ -132,7 +132,15 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
     micro = batches[0].shape[0]
     cfg = DistillConfig(steps=1000, global_batch_size=micro * accum * acc.num_processes, micro_batch_size=micro,
                         lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk)
-    trainer = Trainer(acc, student, cfg, loss_spec(cfg, arch["vocab_size"]), teacher)
+    if hf_mask:  # before engine/attention.py: transformers' own mask path (2 host syncs per step)
+        from engine import train
+
+        keep, train.use_causal_sdpa = train.use_causal_sdpa, lambda model: False
+    try:
+        trainer = Trainer(acc, student, cfg, loss_spec(cfg, arch["vocab_size"]), teacher)
+    finally:
+        if hf_mask:
+            train.use_causal_sdpa = keep
     del teacher, student
     it = iter(range(10**9))
     losses = []
@@ -189,6 +197,7 @@ def check_fused_loss(device: torch.device) -> dict:
 
 VARIANTS = {
     # name: (compile, chunk_tokens, accumulation, micro-batch (None: --batch))
+    "engine-compile-hfmask": (True, 4096, 1, None),  # with transformers' mask checks (host syncs)
     "engine": (False, 1024, 1, None),
     "engine-chunk4096": (False, 4096, 1, None),  # since measured, eager chunks are capped at 1024
 
@@ -234,8 +243,8 @@ def profile_steps(step, device: torch.device, out_dir: str | None) -> dict:
             groups[f"host calls per step: {name}"] = host.count(name) / 2
     for evt in prof.key_averages():
         t = getattr(evt, "self_device_time_total", 0.0) or 0.0
-        if t <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA:
-            continue
+        if t <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA or evt.key.startswith("Optimizer."):
+            continue  # (the optimizer's annotation range would count its kernel twice)
         name = evt.key.lower()
         group = next(g for g, keys in KERNEL_GROUPS if any(k in name for k in keys))
         groups[group] = groups.get(group, 0.0) + t / 2 / 1e3  # ms per step
@@ -298,7 +307,7 @@ def main() -> None:
             bs = batches if micro is None else [torch.randint(0, arch["vocab_size"], (micro, args.seq + 1),
                                                              device=device, generator=g) for _ in range(4)]
             r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
-                           profile=name == args.profile)
+                           profile=name == args.profile, hf_mask=name.endswith("-hfmask"))
             tokens_per_step_v = bs[0].shape[0] * args.seq * world
             fpt = r["flops_per_token"]
             r["tokens_per_step"] = tokens_per_step_v * accum
