@@ -24,6 +24,10 @@ from app.data.scan import RunInfo, RunScanner
 from app.messages import EditExperiment, OpenRun
 
 SCAN_INTERVAL_S = 1.0
+# A screen shown for the first time is built with the cyclic GC off, and what it allocated is
+# frozen (gc.freeze) this long after: widgets live as long as the app, and full GC passes over
+# them later stalled screen switches by 50-200 ms.
+FREEZE_AFTER_BUILD_S = 0.6
 
 def _screenful() -> int:
     """Runs read before the first frame: the table's visible rows (the terminal's height less the
@@ -94,6 +98,9 @@ class SlimlabApp(App[None]):
         self.scan_seconds = 0.0  # duration of the last scan (benchmarked)
         self.last_command = None  # CommandResult of the last engine command (launch, cancel)
         self.compose_dirty = False  # Compose holds edits that are not saved
+        self._built_modes = {self.DEFAULT_MODE}  # modes whose screen exists (see switch_mode)
+        self._gc_frozen_once = False  # _warm_imports has frozen the start-up heap and enabled the GC
+        self._css_key: tuple | None = None  # what the stylesheet was last refreshed for (refresh_css)
         if theme:
             self.theme = theme
         # The first scan starts now, while Textual parses CSS and builds the screen, so the
@@ -144,6 +151,37 @@ class SlimlabApp(App[None]):
         # 80-160 ms now and then (screen switches allocate enough to trigger them).
         gc.freeze()
         gc.enable()  # main() (and `python -m app` before its imports) turned it off
+        self._gc_frozen_once = True
+
+    # ---- screen switches -------------------------------------------------------------------------
+    def switch_mode(self, mode: str):
+        """Textual's switch_mode; a mode's first screen is built with the GC off, then frozen."""
+        if mode not in self._built_modes and mode in self.MODES:
+            self._built_modes.add(mode)
+            if self._gc_frozen_once and gc.isenabled():
+                gc.disable()
+                self.set_timer(FREEZE_AFTER_BUILD_S, self._freeze_built)
+        return super().switch_mode(mode)
+
+    def _freeze_built(self) -> None:
+        gc.freeze()
+        gc.enable()
+
+    def refresh_css(self, animate: bool = True) -> None:
+        """Textual's refresh_css, skipped when nothing it depends on changed.
+
+        Textual calls it at the first and second show of every mode's screen (the screen's CSS
+        counter is only brought up to date once the screen is mounted): a reparse of every CSS
+        source (~50 ms) plus a restyle of the current screen, on the event loop. It is needed when
+        the CSS variables (the theme) or the app's own stylesheet change; the default CSS of widget
+        classes mounted since is scoped to those widgets, which are styled as they mount, and every
+        shown screen is restyled anyway (Textual's ScreenResume)."""
+        key = (self.get_css_variables(),
+               {where: src for where, src in self.stylesheet.source.items() if not src.is_defaults})
+        if key == self._css_key:
+            return
+        self._css_key = key
+        super().refresh_css(animate)
 
     @work(thread=True, exclusive=True, group="scan", name="scan runs")
     def _scan_loop(self) -> None:
@@ -221,6 +259,10 @@ class SlimlabApp(App[None]):
                 self.exit()
 
         self.push_screen(ConfirmScreen("Compose has unsaved changes. Quit anyway?", yes="Quit", no="Stay"), answered)
+
+    def action_press_key(self, key: str) -> None:
+        """A click on a key in the key bar (app.widgets.keybar) presses it."""
+        self.simulate_key(key)
 
     def action_toggle_theme(self) -> None:
         self.theme = THEMES[1] if self.theme == THEMES[0] else THEMES[0]

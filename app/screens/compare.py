@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, SelectionList, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, SelectionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from app.data import fmt
@@ -21,6 +21,7 @@ from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.messages import OpenRun
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.widgets.compare.pick_list import PickList, split_value
+from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
 
@@ -58,11 +59,13 @@ class CompareScreen(ChartControls, Screen):
                         yield DataTable(id="results-table", zebra_stripes=True, cursor_type="row")
                     with TabPane("Config diff", id="diff"):
                         yield DataTable(id="diff-table", zebra_stripes=True, cursor_type="row")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.app.runs_signal.subscribe(self, self._on_runs)
-        self._on_runs(self.app.runs)
+        # the stage list (hundreds of options with 100 runs) is filled after the first frame: the
+        # two together held the event loop for 50-80 ms at the first show
+        self.call_after_refresh(lambda: self._on_runs(self.app.runs))
         self.query_one(PickList).focus()
         self._load_loop()
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Button, Checkbox, Footer, Input, Label, Static
+from textual.widgets import Button, Checkbox, Input, Label, Static
 from textual.worker import get_current_worker
 
 from app.data import fmt
@@ -34,9 +36,11 @@ from app.data.compose import (
 from app.messages import FormChanged, StudentRemoved
 from app.widgets.compose.fields import fields
 from app.widgets.compose.student_form import StudentForm
+from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 
 VALIDATE_DELAY_S = 0.15  # debounce: validate once typing pauses
+BUILD_GAP_S = 0.02  # between two parts of the form being mounted (a frame and pending input go first)
 SECTION_TITLES = {"finetune": "Fine-tune the teacher (teacher correction)", "distill": "Distill each student",
                   "eval": "Evaluate every model (validation, test)"}
 
@@ -58,6 +62,8 @@ class ComposeScreen(Screen):
         self.path_edited = False  # the save path follows the name until edited
         self.validation: Validation | None = None
         self._timer = None
+        self._build_gen = 0
+        self.form_ready = asyncio.Event()  # every part of the form is mounted
 
     # ---- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -70,30 +76,44 @@ class ComposeScreen(Screen):
             yield Button("Save ^s", id="save", compact=True)
             yield Button("Open ^o", id="open", compact=True)
             yield Button("Launch ^l", id="launch", compact=True, variant="success")
-        yield Footer()
+        yield KeyBar()
 
     async def on_mount(self) -> None:
         raw = new_experiment()
         raw["runs_dir"] = str(self.app.runs_dir)
         await self.set_experiment(raw, None)
 
-    def _form_widgets(self) -> list:
+    def _form_parts(self) -> list[Callable[[], list[Widget]]]:
+        """The form, top to bottom, in parts that are built and mounted one event-loop turn each
+        (see set_experiment): all at once, Textual's mount, layout and styling of its ~130 widgets
+        held the event loop for 150-250 ms."""
         raw = self.raw
-        ws: list = [_title("Experiment"), fields(TOP, raw),
-                    _title("Teacher"), fields(MODEL, raw), Static("", id="teacher-info", classes="field-info"),
-                    _title("Data"), fields(DATA, raw)]
-        ws.append(self._section("finetune", fields(TRAIN, self.stash["finetune"], "finetune.")))
-        students = Vertical(_title("Students ([[prune]])"), *(StudentForm(p) for p in raw.get("prune", [])),
-                            Horizontal(Button("+ depth student (f2)", id="add-depth", compact=True),
-                                       Button("+ width student (f3)", id="add-width", compact=True),
-                                       classes="student-buttons"),
-                            id="students", classes="form-section")
-        ws.append(students)
-        ws.append(self._section("distill", fields(TRAIN + DISTILL_EXTRA, self.stash["distill"], "distill.")))
-        ws.append(self._section("eval", None))
-        ws += [_title("Launch"), fields(LAUNCH, raw),
-               _title("Plan (slimlab-engine check)"), Static("", id="compose-plan", markup=False)]
-        return ws
+
+        def head() -> list[Widget]:
+            return [_title("Experiment"), fields(TOP, raw),
+                    _title("Teacher"), fields(MODEL, raw), Static("", id="teacher-info", classes="field-info")]
+
+        def data() -> list[Widget]:
+            return [_title("Data"), fields(DATA, raw)]
+
+        def finetune() -> list[Widget]:
+            return [self._section("finetune", fields(TRAIN, self.stash["finetune"], "finetune."))]
+
+        def students() -> list[Widget]:
+            return [Vertical(_title("Students ([[prune]])"), *(StudentForm(p) for p in raw.get("prune", [])),
+                             Horizontal(Button("+ depth student (f2)", id="add-depth", compact=True),
+                                        Button("+ width student (f3)", id="add-width", compact=True),
+                                        classes="student-buttons"),
+                             id="students", classes="form-section")]
+
+        def distill() -> list[Widget]:
+            return [self._section("distill", fields(TRAIN + DISTILL_EXTRA, self.stash["distill"], "distill."))]
+
+        def tail() -> list[Widget]:
+            return [self._section("eval", None), _title("Launch"), fields(LAUNCH, raw),
+                    _title("Plan (slimlab-engine check)"), Static("", id="compose-plan", markup=False)]
+
+        return [head, data, finetune, students, distill, tail]
 
     def _section(self, name: str, body: Widget | None) -> Vertical:
         """An optional section: a switch, and its fields (hidden while off)."""
@@ -111,12 +131,29 @@ class ComposeScreen(Screen):
         for sec in ("finetune", "distill", "eval"):  # section dicts must exist for their fields
             self.stash[sec] = raw[sec] if isinstance(raw.get(sec), dict) else self.stash.get(sec, {})
         raw.setdefault("prune", [])
+        self._build_gen += 1  # a build still mounting the previous experiment's parts stops
+        self.form_ready.clear()
         form = self.query_one("#compose-form", VerticalScroll)
         await form.remove_children()
-        await form.mount_all(self._form_widgets())
+        first, *rest = self._form_parts()
+        await form.mount_all(first())
         self.path_edited = path is not None
         self.query_one("#compose-path", Input).value = str(path) if path else str(self._default_path())
-        self._validate_now()
+        self._build_rest(self._build_gen, rest)
+
+    @work(exclusive=True, group="build-form", name="build the rest of the form")
+    async def _build_rest(self, gen: int, parts: list[Callable[[], list[Widget]]]) -> None:
+        """Mount the form's other parts, one per event-loop turn with a frame in between, then
+        validate (the validation fills the plan, teacher and student lines those parts hold)."""
+        form = self.query_one("#compose-form", VerticalScroll)
+        for part in parts:
+            await asyncio.sleep(BUILD_GAP_S)
+            if gen != self._build_gen:
+                return
+            await form.mount_all(part())
+        if gen == self._build_gen:
+            self.form_ready.set()
+            self._validate_now()
 
     def _default_path(self) -> Path:
         return experiment_path(str(self.raw.get("name") or "experiment"), self.app.experiments_dir)
@@ -158,6 +195,7 @@ class ComposeScreen(Screen):
             self.action_launch()
 
     async def action_add_student(self, method: str) -> None:
+        await self.form_ready.wait()
         names = [str(p.get("name")) for p in self.raw["prune"]]
         student = new_student(method, names)
         self.raw["prune"].append(student)

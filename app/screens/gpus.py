@@ -10,12 +10,13 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from app.data import fmt
 from app.data.gpus import GpuSample, gpu_owners
 from app.messages import OpenRun
+from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 
 POLL_S = 1.0
@@ -35,7 +36,7 @@ class GpuScreen(Screen):
         yield NavBar("gpus")
         yield Static("", id="gpu-note")
         yield DataTable(id="gpu-table", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
 from textual.screen import Screen
-from textual.widgets import Footer, OptionList, Static, TabbedContent, TabPane
+from textual.widgets import OptionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from app.data import fmt
@@ -25,6 +25,7 @@ from app.screens.actions import request_cancel, request_resume
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.widgets.detail.log_view import LogView
 from app.widgets.detail.stage_list import StageList
+from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import Curve, LossChart
 from app.widgets.nav import NavBar
 from app.widgets.style import state_style
@@ -78,7 +79,7 @@ class RunDetailScreen(ChartControls, Screen):
                     with TabPane("Status", id="status"):
                         with VerticalScroll():
                             yield Static("", id="status-text", markup=False)
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.app.runs_signal.subscribe(self, self._on_runs)

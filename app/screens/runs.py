@@ -7,12 +7,13 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.markup import escape as _escape
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 
 from app.data.scan import RunInfo
 from app.messages import EditExperiment, OpenRun
 from app.widgets.home.runs_table import RunsTable
 from app.widgets.home.stages_table import StagesTable
+from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 
 FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
@@ -42,7 +43,7 @@ class RunsScreen(Screen):
         with Vertical(id="runs-preview"):
             yield Static("", id="preview-title")
             yield StagesTable(id="stages-table")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#runs-filter").display = False

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from textual.binding import Binding
 from textual.containers import Grid
 from textual.widget import Widget
-from textual.widgets import Checkbox, Input, Label, Select
+from textual.widgets import Checkbox, Input, Label, Static
 
 from app.data.compose import FieldSpec, format_field, get_key, parse_field, set_key
 from app.messages import FormChanged
@@ -41,19 +42,53 @@ class FieldInput(_Bound, Input):
         self._store(parse_field(self.spec.kind, event.value))
 
 
-class FieldSelect(_Bound, Select):
+class FieldSelect(_Bound, Static, can_focus=True):
+    """A choice, shown as `‹ value ›`: space, enter or → picks the next one, ← the previous,
+    a click the next; blank (`default`) leaves the key out. One widget where Textual's Select is
+    six (and an option list to style): Compose has one per choice field and every widget of the
+    screen is restyled each time it is shown."""
+
+    BINDINGS = [
+        Binding("space,enter,right", "cycle(1)", "next choice", show=False),
+        Binding("left", "cycle(-1)", "previous choice", show=False),
+    ]
+
     def __init__(self, spec: FieldSpec, target: dict[str, Any], **kwargs):
         value = get_key(target, spec.key)
-        options = [(c, c) for c in spec.choices]
+        self.choices: list[Any] = [None, *spec.choices]
         if value is not None and value not in spec.choices:
-            options.append((str(value), value))  # keep an invalid value visible; validation reports it
-        super().__init__(options, value=value if value is not None else Select.NULL, allow_blank=True,
-                         prompt="default", compact=True, **kwargs)
+            self.choices.append(value)  # keep an invalid value visible; validation reports it
+        super().__init__(self._label(value), markup=False, **kwargs)
         self.spec, self.target = spec, target
+        self._value = value
 
-    def on_select_changed(self, event: Select.Changed) -> None:
-        event.stop()
-        self._store(None if event.value is Select.NULL else event.value)
+    @staticmethod
+    def _label(value: Any) -> str:
+        return f"‹ {'default' if value is None else value} ›"
+
+    @property
+    def value(self) -> Any:
+        """The chosen value; None = blank (the key is left out)."""
+        return self._value
+
+    @value.setter
+    def value(self, value: Any) -> None:
+        if value not in self.choices:
+            self.choices.append(value)
+        self._value = value
+        self.set_class(value is None, "-blank")
+        self.update(self._label(value))
+        self._store(value)
+
+    def on_mount(self) -> None:
+        self.set_class(self._value is None, "-blank")
+
+    def action_cycle(self, step: int) -> None:
+        i = self.choices.index(self._value) if self._value in self.choices else 0
+        self.value = self.choices[(i + step) % len(self.choices)]
+
+    def on_click(self) -> None:
+        self.action_cycle(1)
 
 
 class FieldCheck(_Bound, Checkbox):

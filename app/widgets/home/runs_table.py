@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
-from textual.widgets import DataTable
 
 from app.data import fmt
 from app.data.scan import RunInfo
 from app.widgets.style import stage_strip, state_text
+from app.widgets.table import StableTable
 
 # key, label, width: sized so Run..ETA fit 80 columns; the rest scrolls horizontally
 COLUMNS = (
@@ -47,7 +47,7 @@ def row_cells(app, run: RunInfo, now: float) -> tuple:
 ROWS_PER_BATCH = 24
 
 
-class RunsTable(DataTable):
+class RunsTable(StableTable):
     """Rows keyed by run path; only rows whose run snapshot (or age) changed are rewritten."""
 
     def __init__(self, **kwargs):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import DataTable
 
 from app.data import fmt
 from app.data.scan import RunInfo, StageInfo
 from app.widgets.style import state_text
+from app.widgets.table import StableTable
 
 COLUMNS = (("stage", "Stage", 16), ("state", "State", 11), ("progress", "Progress", 18), ("train", "Train", 7),
            ("val", "Val", 7), ("eta", "ETA", 6), ("tps", "tok/s", 7), ("gpus", "GPUs", 5))
@@ -19,7 +19,7 @@ def progress_text(s: StageInfo, width: int = 8) -> Text:
     return Text(fmt.bar(frac, width) + steps, no_wrap=True, overflow="ellipsis")
 
 
-class StagesTable(DataTable):
+class StagesTable(StableTable):
     def __init__(self, **kwargs):
         super().__init__(cursor_type="row", show_cursor=False, **kwargs)
         self._run: RunInfo | None = None
