@@ -2,9 +2,9 @@
 
 Read top to bottom: `finetune_stage` / `distill_stage` build the models, `run_training` wraps them
 on accelerate (DDP, or FSDP2 when [launch].strategy = "fsdp"), resumes from the last checkpoint,
-then loops over optimizer steps: `Trainer.step` runs the micro-batches (gradient accumulation,
-global_batch_size = micro_batch_size x accumulation x processes), clips, checks that the loss is
-finite (the one host sync of a step) and updates. Validation, metrics, TensorBoard, checkpoints
+then loops over optimizer steps: `Trainer.launch` (engine/trainer.py) queues the micro-batches
+(gradient accumulation, global_batch_size = micro_batch_size x accumulation x processes), clipping
+and the update, and the loop reads each step's loss one step behind the GPU. Validation, metrics, TensorBoard, checkpoints
 and the final HF checkpoint follow the run-directory contract (engine/runs.py).
 
 Precision: with mixed_precision = "bf16" on CUDA the student keeps fp32 master weights and
@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,21 +27,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.attention import restore_sdpa, use_causal_sdpa
+from engine.attention import restore_sdpa
 from engine.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
 from engine.config import DistillConfig, Experiment, TrainConfig, stage_student
 from engine.distill.losses import LossSpec
 from engine.distill.objective import (
     HiddenSpec,
-    Teacher,
-    TrainModule,
     decoder_layers,
     default_layer_map,
-    matmul_params,
     output_weight,
 )
 from engine.runs import append_metrics, tokenizer_source, truncate_metrics_after
 from engine.stage import Cancelled, StageContext, UserError, has_checkpoint, teacher_checkpoint
+from engine.trainer import PendingStep, StepResult, Trainer, lr_at, make_accelerator, peak_flops
 
 # Trainer keys that may change between a checkpoint and its resume (a run that diverged can be
 # resumed with a lower lr); any other change of the stage's inputs starts the stage afresh.
@@ -53,265 +49,8 @@ RESUMABLE_CHANGES = ("steps", "lr", "min_lr", "warmup_steps", "grad_clip", "val_
 # Tokens per chunk of the fused next-token loss when fine-tuning ([distill].chunk_tokens for KD).
 CE_CHUNK_TOKENS = 2048
 
-# Dense bf16 tensor-core peak per GPU, for MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "B200": 2250e12,
-              "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12}
-
-
 class TrainingDiverged(UserError):
     """Too many consecutive non-finite losses."""
-
-
-# ---- accelerate ------------------------------------------------------------------------
-
-
-def make_accelerator(strategy: str = "ddp", mixed_precision: str = "bf16",
-                     layer_classes: list[str] | None = None) -> Any:
-    """An Accelerator: bf16 autocast + DDP, or FSDP2 configured here (no accelerate config file)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    cuda = torch.cuda.is_available()
-    mp = mixed_precision if cuda else "no"
-    kwargs: dict[str, Any] = {}
-    if strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate.utils import FullyShardedDataParallelPlugin
-
-        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(
-            fsdp_version=2,
-            auto_wrap_policy="transformer_based_wrap",
-            transformer_cls_names_to_wrap=layer_classes,
-            reshard_after_forward=True,
-            state_dict_type="SHARDED_STATE_DICT",
-            cpu_ram_efficient_loading=False,
-            # bf16 compute, fp32 gradient reduction and fp32 loss out of the root module
-            mixed_precision_policy=({"param_dtype": half, "reduce_dtype": torch.float32,
-                                     "output_dtype": torch.float32} if half else None),
-        )
-    else:
-        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(gradient_as_bucket_view=True)]
-    return Accelerator(mixed_precision=mp, cpu=not cuda, **kwargs)
-
-
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
-        if key in name:
-            return PEAK_FLOPS[key]
-    return None
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to lr over warmup_steps, then cosine decay to min_lr at the last step."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps - 1)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Fused AdamW (CUDA and CPU); no weight decay on norms and biases (1-D parameters).
-
-    Fused, because it can skip a step on the device (`found_inf`) without a host sync."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8, fused=True)
-
-
-# ---- one optimizer step ----------------------------------------------------------------
-
-
-@dataclass
-class StepResult:
-    loss: float
-    parts: list[float]  # kd, ce, hidden
-    grad_norm: float
-    finite: bool
-    cancel: bool
-
-
-class PendingStep:
-    """The statistics of a launched step, copied to the host without stopping the GPU.
-
-    `result()` waits only for this step's work (a CUDA event), so the loop can launch step
-    i+1 before it reads step i: the GPU never idles on a host sync between steps.
-    """
-
-    def __init__(self, stats: torch.Tensor):
-        self.event = None
-        if stats.is_cuda:
-            self.host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
-            self.host.copy_(stats, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.host = stats
-
-    def result(self) -> StepResult:
-        if self.event is not None:
-            self.event.synchronize()
-        v = self.host.tolist()
-        finite = all(math.isfinite(x) for x in v[:5])
-        return StepResult(v[0], v[1:4], v[4], finite, v[5] > 0)
-
-
-def _inner_optimizer(opt: Any) -> torch.optim.Optimizer:
-    while hasattr(opt, "optimizer"):  # accelerate's AcceleratedOptimizer wraps the torch one
-        opt = opt.optimizer
-    return opt
-
-
-def _compile_layers(model: nn.Module) -> None:
-    """torch.compile each decoder layer (all layers share one compiled graph per grad mode).
-
-    Measured on an H200 (benchmarks/RESULTS.md): per layer beats one graph for the whole decoder
-    stack by 14% (the whole-stack graph made cuDNN attention 3x slower), and it works under FSDP2,
-    whose hooks sit on the layers."""
-    for layer in decoder_layers(model):
-        layer.compile()
-
-
-class Trainer:
-    """The wrapped student (+ loss), the teacher and the optimizer; `step` is one optimizer step.
-
-    The benchmark (benchmarks/distill_throughput.py) drives this same class.
-    """
-
-    def __init__(self, accelerator: Any, student: nn.Module, cfg: TrainConfig, spec: LossSpec,
-                 teacher: nn.Module | None = None, hidden: HiddenSpec | None = None):
-        self.accelerator = accelerator
-        self.cfg = cfg
-        self.spec = spec
-        device = accelerator.device
-        compile_ = bool(cfg.compile) and device.type == "cuda"
-        if cfg.gradient_checkpointing:
-            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        capture = sorted({t for _, t in hidden.layer_map}) if hidden and hidden.weight > 0 else None
-        for model in (student, teacher):  # batches are packed windows without padding
-            if model is not None:
-                use_causal_sdpa(model)
-        if compile_:
-            _compile_layers(student)
-        self.flops_per_token = 6 * matmul_params(student)
-        self.teacher: Teacher | None = None
-        if teacher is not None:
-            if compile_:
-                _compile_layers(teacher)
-            self.teacher = self._place_teacher(Teacher(teacher, capture))
-            self.flops_per_token += 2 * matmul_params(teacher)
-        module = TrainModule(student, spec, hidden, teacher.config.hidden_size if teacher is not None else None,
-                             compile_loss=compile_)
-        self.flops_per_token += 6 * sum(matmul_params(p) for p in module.projections)
-        module.to(device)
-        optimizer = make_optimizer(module, cfg)
-        self.module, self.optimizer = accelerator.prepare(module, optimizer)
-        self.params = [p for p in self.module.parameters() if p.requires_grad]
-
-    def _place_teacher(self, teacher: Teacher) -> Teacher:
-        acc = self.accelerator
-        teacher.to(acc.device)
-        teacher.freeze_head()
-        if acc.is_fsdp2:
-            # Shard the frozen teacher layer by layer; its output weight stays whole on every
-            # rank because the fused KD loss reads it outside the teacher's forward.
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            mp = MixedPrecisionPolicy(param_dtype=teacher.head.dtype)
-            for layer in decoder_layers(teacher.model):
-                fully_shard(layer, mp_policy=mp, reshard_after_forward=True)
-            fully_shard(teacher, mp_policy=mp, ignored_params={output_weight(teacher.model)})
-        return teacher
-
-    def unwrapped(self) -> TrainModule:
-        return self.accelerator.unwrap_model(self.module)
-
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, labels = batch[:, :-1], batch[:, 1:]
-        with self.accelerator.autocast():
-            if self.teacher is not None:
-                t_hidden, t_layers = self.teacher(inputs)
-                return self.module(inputs, labels, t_hidden, self.teacher.head, t_layers)
-            return self.module(inputs, labels)
-
-    def launch(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False) -> PendingStep:
-        """One optimizer step, queued without a host sync: forward/backward over the micro-batches,
-        clip, then fused AdamW, which skips the update on the device when the loss or the gradients
-        are not finite (`found_inf`). The statistics are all-reduced so that every rank later takes
-        the same decision (count a skipped step, stop on SIGTERM) at the same step."""
-        acc = self.accelerator
-        self.module.train()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        n = len(micro_batches)
-        sums = torch.zeros(4, device=acc.device)  # loss, kd, ce, hidden (means over micro-batches)
-        for i, batch in enumerate(micro_batches):
-            sync = i == n - 1
-            with nullcontext() if sync else acc.no_sync(self.module):
-                loss, parts = self._forward(batch)
-                acc.backward(loss / n)
-            sums += torch.cat([loss.detach().float().reshape(1), parts]) / n
-        grad_norm = self._clip()
-        stats = torch.cat([sums, grad_norm.detach().float().reshape(1).to(sums.device),
-                           torch.full((1,), float(cancel), device=sums.device)])
-        if acc.num_processes > 1:
-            stats = acc.reduce(stats, reduction="sum")
-            stats = torch.cat([stats[:5] / acc.num_processes, stats[5:]])
-        if acc.scaler is None:  # (fp16's GradScaler sets found_inf itself)
-            _inner_optimizer(self.optimizer).found_inf = (~torch.isfinite(stats[:5]).all()).float()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return PendingStep(stats)
-
-    def _clip(self) -> torch.Tensor:
-        """The gradients' global norm, with clipping to `grad_clip` left to the fused AdamW step:
-        its `grad_scale` divides each gradient as it reads it, which saves a read-and-write pass
-        over all gradients (fp16's GradScaler owns `grad_scale`, so there accelerate clips)."""
-        acc = self.accelerator
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        if acc.scaler is not None:
-            norm = acc.clip_grad_norm_(self.params, max_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        if acc.scaler is None:  # scale = 1 / clip_grad_norm_'s coefficient
-            _inner_optimizer(self.optimizer).grad_scale = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)
-        return norm
-
-    def step(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False) -> StepResult:
-        """`launch` and wait for its result (tests, simple callers)."""
-        return self.launch(micro_batches, lr, cancel).result()
-
-    @torch.no_grad()
-    def validate(self, batches: list[torch.Tensor]) -> float:
-        """Mean next-token loss of the student over `batches` (this rank's), averaged over ranks."""
-        acc = self.accelerator
-        self.module.eval()
-        total = torch.zeros((), device=acc.device)
-        for batch in batches:
-            inputs, labels = batch[:, :-1], batch[:, 1:]
-            with acc.autocast():
-                loss, parts = self.module(inputs, labels, ce_only=True)
-            total += loss.float()
-        total = total / max(1, len(batches))
-        if acc.num_processes > 1:
-            total = acc.reduce(total, reduction="mean")
-        self.module.train()
-        return float(total)
-
-    def full_student_state(self) -> dict[str, torch.Tensor]:
-        """The student's full state dict (gathered under FSDP); complete on the main process."""
-        state = self.accelerator.get_state_dict(self.module)
-        prefix = "student."
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 # ---- the loop --------------------------------------------------------------------------
