@@ -22,6 +22,7 @@ from textual.worker import get_current_worker
 
 from app.data.scan import RunInfo, RunScanner
 from app.messages import EditExperiment, OpenRun
+from app.screens._base import css_key
 
 SCAN_INTERVAL_S = 1.0
 # A screen shown for the first time is built with the cyclic GC off, and what it allocated is
@@ -173,11 +174,11 @@ class SlimlabApp(App[None]):
         Textual calls it at the first and second show of every mode's screen (the screen's CSS
         counter is only brought up to date once the screen is mounted): a reparse of every CSS
         source (~50 ms) plus a restyle of the current screen, on the event loop. It is needed when
-        the CSS variables (the theme) or the app's own stylesheet change; the default CSS of widget
-        classes mounted since is scoped to those widgets, which are styled as they mount, and every
-        shown screen is restyled anyway (Textual's ScreenResume)."""
-        key = (self.get_css_variables(),
-               {where: src for where, src in self.stylesheet.source.items() if not src.is_defaults})
+        the CSS variables (the theme) or the app's own stylesheet change (`css_key`); the default CSS
+        of widget classes mounted since is scoped to those widgets, which are styled as they mount,
+        and a screen shown after a theme change is restyled then (Textual's ScreenResume, see
+        app.screens._base.KeepStyles)."""
+        key = css_key(self)
         if key == self._css_key:
             return
         self._css_key = key

@@ -564,3 +564,46 @@ async def test_light_and_dark_themes_use_theme_colours(runs, tmp_path):
         for key in ("enter", "escape"):  # screens render in the light theme
             await pilot.press(key)
             await pilot.pause(0.1)
+
+
+@run_async
+async def test_theme_switch_restyles_screens_shown_later(runs, tmp_path):
+    """A screen shown again is not restyled as a whole when nothing changed (app.screens._base.KeepStyles),
+    but a theme switch on another screen restyles it when it is next shown."""
+    finished_run(runs, "r")
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded)
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        compose = app.screen
+        await wait_for(pilot, compose.form_ready.is_set, what="the form")
+        await pilot.pause(0.1)
+        title = compose.query_one(".section-title")  # built after the first show, by _build_rest
+        dark = (compose.query_one("NavBar").styles.background, title.styles.color, compose.styles.background)
+        assert dark[0].hex == app.theme_variables["panel"].upper()
+        await pilot.press("1")
+        await wait_for(pilot, lambda: app.current_mode == "runs")
+        restyles = compose.full_restyles
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.current_mode == "compose")
+        await pilot.pause(0.1)
+        assert compose.full_restyles == restyles  # nothing changed: no full restyle on show
+
+        await pilot.press("1")
+        await wait_for(pilot, lambda: app.current_mode == "runs")
+        await pilot.press("ctrl+t")  # on Runs: Compose is not in the current screen stack
+        assert app.theme == "textual-light"
+        await pilot.pause(0.1)
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.current_mode == "compose")
+        await pilot.pause(0.1)
+        assert compose.full_restyles == restyles + 1
+        light = (compose.query_one("NavBar").styles.background, title.styles.color, compose.styles.background)
+        for before, after in zip(dark, light):
+            assert before != after
+        assert light[0].hex == app.theme_variables["panel"].upper()
+        await pilot.press("1")  # and Runs, restyled in place by the theme switch, matches it too
+        await wait_for(pilot, lambda: app.current_mode == "runs")
+        await pilot.pause(0.1)
+        assert app.screen.query_one("NavBar").styles.background.hex == app.theme_variables["panel"].upper()

@@ -19,6 +19,7 @@ from app.data.compare import config_diff, read_experiment, read_results, stage_c
 from app.data.scan import RunInfo
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.messages import OpenRun
+from app.screens._base import KeepStyles
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.widgets.compare.pick_list import PickList, split_value
 from app.widgets.keybar import KeyBar
@@ -28,7 +29,7 @@ from app.widgets.nav import NavBar
 POLL_S = 2.0  # live curves of running stages
 
 
-class CompareScreen(ChartControls, Screen):
+class CompareScreen(ChartControls, KeepStyles, Screen):
     BINDINGS = [
         *CHART_BINDINGS,
         Binding("t", "tab('results')", "Results"),

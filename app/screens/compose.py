@@ -34,6 +34,7 @@ from app.data.compose import (
     validate,
 )
 from app.messages import FormChanged, StudentRemoved
+from app.screens._base import KeepStyles
 from app.widgets.compose.fields import fields
 from app.widgets.compose.student_form import StudentForm
 from app.widgets.keybar import KeyBar
@@ -45,7 +46,7 @@ SECTION_TITLES = {"finetune": "Fine-tune the teacher (teacher correction)", "dis
                   "eval": "Evaluate every model (validation, test)"}
 
 
-class ComposeScreen(Screen):
+class ComposeScreen(KeepStyles, Screen):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+o", "open", "Open"),

@@ -16,6 +16,7 @@ from textual.worker import get_current_worker
 from app.data import fmt
 from app.data.gpus import GpuSample, gpu_owners
 from app.messages import OpenRun
+from app.screens._base import KeepStyles
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 
@@ -29,7 +30,7 @@ def _pct_bar(frac: float | None, width: int = 6) -> str:
     return fmt.bar(frac, width) + (f" {frac * 100:3.0f}%" if frac is not None else "")
 
 
-class GpuScreen(Screen):
+class GpuScreen(KeepStyles, Screen):
     BINDINGS = [Binding("o", "open", "Open run")]
 
     def compose(self) -> ComposeResult:

@@ -21,6 +21,7 @@ from app.data.scan import RunInfo, StageInfo, stat_key
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.data.tail import LogTail
 from app.messages import EditExperiment
+from app.screens._base import KeepStyles
 from app.screens.actions import request_cancel, request_resume
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.widgets.detail.log_view import LogView
@@ -34,7 +35,7 @@ POLL_S = 0.25  # log / metrics of the shown stage
 CHART_HZ = 2.0
 
 
-class RunDetailScreen(ChartControls, Screen):
+class RunDetailScreen(ChartControls, KeepStyles, Screen):
     BINDINGS = [
         Binding("escape,backspace", "back", "Back"),
         Binding("c", "cancel", "Cancel run"),

@@ -11,6 +11,7 @@ from textual.widgets import DataTable, Input, Static
 
 from app.data.scan import RunInfo
 from app.messages import EditExperiment, OpenRun
+from app.screens._base import KeepStyles
 from app.widgets.home.runs_table import RunsTable
 from app.widgets.home.stages_table import StagesTable
 from app.widgets.keybar import KeyBar
@@ -19,7 +20,7 @@ from app.widgets.nav import NavBar
 FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
 
 
-class RunsScreen(Screen):
+class RunsScreen(KeepStyles, Screen):
     BINDINGS = [
         Binding("enter", "open", "Open", show=False),
         Binding("slash", "filter", "Filter", key_display="/"),
