@@ -131,18 +131,22 @@ def test_width_stage_reuses_importance(run):
     torch.testing.assert_close(student.model.layers[0].mlp.down_proj.weight, want, rtol=0, atol=0)
 
 
+def _prune_depth_keeping_signals(exp) -> int:
+    """run_stage installs SIGTERM/SIGINT handlers; put pytest's back afterwards."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return run_stage(exp, "prune-depth", prune_stage)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
 def test_bad_target_fails_before_loading_weights(run, tmp_path, capsys):
     exp, layout, _, _ = run
     bad = exp.model_copy(deep=True)
     bad.runs_dir = str(tmp_path)
     bad.prune[0].num_layers = 9
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        code = run_stage(bad, "prune-depth", prune_stage)
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    assert code == 2
+    assert _prune_depth_keeping_signals(bad) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "num_layers: 9 is larger than the teacher's 4 layers" in err
     assert not (tmp_path / "t" / "prune-depth" / "model").exists()
@@ -155,13 +159,7 @@ def test_missing_fine_tuned_teacher_names_the_stage_to_run_first(run, tmp_path, 
     bad = exp.model_copy(deep=True)
     bad.runs_dir = str(tmp_path)
     bad.finetune = FinetuneConfig()  # the teacher is now <run>/finetune/model, not written yet
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        code = run_stage(bad, "prune-depth", prune_stage)
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    assert code == 2
+    assert _prune_depth_keeping_signals(bad) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: prune-depth: no fine-tuned teacher at ")
     assert err.endswith("run the finetune stage first")
