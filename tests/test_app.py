@@ -578,6 +578,7 @@ async def test_theme_switch_restyles_screens_shown_later(runs, tmp_path):
         await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
         compose = app.screen
         await wait_for(pilot, compose.form_ready.is_set, what="the form")
+        assert compose.full_restyles == 0  # styled as its widgets mounted: no restyle at the first show
         await pilot.pause(0.1)
         title = compose.query_one(".section-title")  # built after the first show, by _build_rest
         dark = (compose.query_one("NavBar").styles.background, title.styles.color, compose.styles.background)
@@ -600,10 +601,75 @@ async def test_theme_switch_restyles_screens_shown_later(runs, tmp_path):
         await pilot.pause(0.1)
         assert compose.full_restyles == restyles + 1
         light = (compose.query_one("NavBar").styles.background, title.styles.color, compose.styles.background)
-        for before, after in zip(dark, light):
+        for before, after in zip(dark, light, strict=True):
             assert before != after
         assert light[0].hex == app.theme_variables["panel"].upper()
         await pilot.press("1")  # and Runs, restyled in place by the theme switch, matches it too
         await wait_for(pilot, lambda: app.current_mode == "runs")
         await pilot.pause(0.1)
         assert app.screen.query_one("NavBar").styles.background.hex == app.theme_variables["panel"].upper()
+
+
+@run_async
+async def test_screens_shown_without_a_restyle_are_styled_as_a_restyle_would(runs, tmp_path):
+    """KeepStyles skips Textual's restyle when a screen is shown; every widget must still have the
+    styles a full restyle gives it, on each screen, before and after a theme switch."""
+    from textual.screen import Screen
+
+    w = RunWriter(runs, "r")
+    w.stage("finetune", "running", step=3)
+    w.metrics("finetune", range(1, 4))
+
+    def styles(screen) -> dict:
+        return {w: (w.styles.css, w.rich_style) for w in screen.walk_children(with_self=True)}
+
+    async def check(screen) -> None:
+        await pilot.pause(0.1)
+        kept = styles(screen)
+        Screen.update_node_styles(screen)  # Textual's full restyle, bypassing KeepStyles
+        await pilot.pause(0)
+        assert styles(screen) == kept, type(screen).__name__
+
+    app = make_app(runs, tmp_path, gpu_probe=FakeProbe())
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded)
+        for theme_round in range(2):
+            for key, name in (("2", "ComposeScreen"), ("3", "CompareScreen"), ("4", "GpuScreen"),
+                              ("1", "RunsScreen")):
+                await pilot.press(key)
+                await wait_for(pilot, lambda name=name: type(app.screen).__name__ == name)
+                if name == "ComposeScreen":
+                    await wait_for(pilot, app.screen.form_ready.is_set, what="the form")
+                await check(app.screen)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen")
+            await check(app.screen)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "RunsScreen")
+            await check(app.screen)
+            if theme_round == 0:
+                await pilot.press("ctrl+t")
+
+
+@run_async
+async def test_runs_changed_while_another_screen_is_shown_show_on_return(runs, tmp_path):
+    """The runs table is left as drawn while another screen is shown; back on Runs it catches up."""
+    live = RunWriter(runs, "live")
+    ft = live.stage("finetune", "running", step=2)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 1, what="the run")
+        assert cell(table, str(live.root), "state") == "● running"
+        await pilot.press("3")
+        await wait_for(pilot, lambda: app.current_mode == "compare")
+        finished_run(runs, "new")  # a run appears and the live one fails while Compare is shown
+        ft.finish("failed", "RuntimeError: boom")
+        await wait_for(pilot, lambda: any(r.name == "new" for r in app.runs), what="the scan")
+        await wait_for(pilot, lambda: next(r for r in app.runs if r.name == "live").state == "failed")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: table.row_count == 2, what="the new run on Runs")
+        await wait_for(pilot, lambda: cell(table, str(live.root), "state") == "✗ failed", what="the failed state")
+        assert table.highlighted_key() == str(live.root)  # the cursor stays on its run
+        await wait_for(pilot, lambda: "RuntimeError: boom" in str(app.screen.query_one("#preview-title").render()),
+                       what="the error in the preview")

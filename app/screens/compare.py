@@ -27,6 +27,7 @@ from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
 
 POLL_S = 2.0  # live curves of running stages
+FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
 
 
 class CompareScreen(ChartControls, KeepStyles, Screen):
@@ -65,8 +66,9 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
     def on_mount(self) -> None:
         self.app.runs_signal.subscribe(self, self._on_runs)
         # the stage list (hundreds of options with 100 runs) is filled after the first frame: the
-        # two together held the event loop for 50-80 ms at the first show
-        self.call_after_refresh(lambda: self._on_runs(self.app.runs))
+        # two together held the event loop for 50-80 ms at the first show (call_after_refresh
+        # still ran it in the same event-loop turn as the frame; a timer does not)
+        self.set_timer(FILL_DELAY_S, lambda: self._on_runs(self.app.runs))
         self.query_one(PickList).focus()
         self._load_loop()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,37 +84,37 @@ class ComposeScreen(KeepStyles, Screen):
         raw["runs_dir"] = str(self.app.runs_dir)
         await self.set_experiment(raw, None)
 
-    def _form_parts(self) -> list[Callable[[], list[Widget]]]:
+    def _form_parts(self) -> list[Callable[[], Awaitable[Any]]]:
         """The form, top to bottom, in parts that are built and mounted one event-loop turn each
         (see set_experiment): all at once, Textual's mount, layout and styling of its ~130 widgets
-        held the event loop for 150-250 ms."""
+        held the event loop for 150-250 ms. Each student is a part of its own (~20 widgets)."""
         raw = self.raw
+        form = self.query_one("#compose-form", VerticalScroll)
 
-        def head() -> list[Widget]:
-            return [_title("Experiment"), fields(TOP, raw),
-                    _title("Teacher"), fields(MODEL, raw), Static("", id="teacher-info", classes="field-info")]
+        def part(*make: Callable[[], Widget]) -> Callable[[], Awaitable[Any]]:
+            return lambda: form.mount_all([m() for m in make])
 
-        def data() -> list[Widget]:
-            return [_title("Data"), fields(DATA, raw)]
+        def student(p: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
+            def mount() -> Awaitable[Any]:
+                box = self.query_one("#students", Vertical)
+                return box.mount(StudentForm(p), before=box.query_one(".student-buttons"))
+            return mount
 
-        def finetune() -> list[Widget]:
-            return [self._section("finetune", fields(TRAIN, self.stash["finetune"], "finetune."))]
-
-        def students() -> list[Widget]:
-            return [Vertical(_title("Students ([[prune]])"), *(StudentForm(p) for p in raw.get("prune", [])),
-                             Horizontal(Button("+ depth student (f2)", id="add-depth", compact=True),
-                                        Button("+ width student (f3)", id="add-width", compact=True),
-                                        classes="student-buttons"),
-                             id="students", classes="form-section")]
-
-        def distill() -> list[Widget]:
-            return [self._section("distill", fields(TRAIN + DISTILL_EXTRA, self.stash["distill"], "distill."))]
-
-        def tail() -> list[Widget]:
-            return [self._section("eval", None), _title("Launch"), fields(LAUNCH, raw),
-                    _title("Plan (slimlab-engine check)"), Static("", id="compose-plan", markup=False)]
-
-        return [head, data, finetune, students, distill, tail]
+        return [
+            part(lambda: _title("Experiment"), lambda: fields(TOP, raw), lambda: _title("Teacher"),
+                 lambda: fields(MODEL, raw), lambda: Static("", id="teacher-info", classes="field-info")),
+            part(lambda: _title("Data"), lambda: fields(DATA, raw)),
+            part(lambda: self._section("finetune", fields(TRAIN, self.stash["finetune"], "finetune."))),
+            part(lambda: Vertical(_title("Students ([[prune]])"),
+                                  Horizontal(Button("+ depth student (f2)", id="add-depth", compact=True),
+                                             Button("+ width student (f3)", id="add-width", compact=True),
+                                             classes="student-buttons"),
+                                  id="students", classes="form-section")),
+            *(student(p) for p in raw.get("prune", [])),
+            part(lambda: self._section("distill", fields(TRAIN + DISTILL_EXTRA, self.stash["distill"], "distill."))),
+            part(lambda: self._section("eval", None), lambda: _title("Launch"), lambda: fields(LAUNCH, raw),
+                 lambda: _title("Plan (slimlab-engine check)"), lambda: Static("", id="compose-plan", markup=False)),
+        ]
 
     def _section(self, name: str, body: Widget | None) -> Vertical:
         """An optional section: a switch, and its fields (hidden while off)."""
@@ -137,21 +137,20 @@ class ComposeScreen(KeepStyles, Screen):
         form = self.query_one("#compose-form", VerticalScroll)
         await form.remove_children()
         first, *rest = self._form_parts()
-        await form.mount_all(first())
+        await first()
         self.path_edited = path is not None
         self.query_one("#compose-path", Input).value = str(path) if path else str(self._default_path())
         self._build_rest(self._build_gen, rest)
 
     @work(exclusive=True, group="build-form", name="build the rest of the form")
-    async def _build_rest(self, gen: int, parts: list[Callable[[], list[Widget]]]) -> None:
+    async def _build_rest(self, gen: int, parts: list[Callable[[], Awaitable[Any]]]) -> None:
         """Mount the form's other parts, one per event-loop turn with a frame in between, then
         validate (the validation fills the plan, teacher and student lines those parts hold)."""
-        form = self.query_one("#compose-form", VerticalScroll)
         for part in parts:
             await asyncio.sleep(BUILD_GAP_S)
             if gen != self._build_gen:
                 return
-            await form.mount_all(part())
+            await part()
         if gen == self._build_gen:
             self.form_ready.set()
             self._validate_now()

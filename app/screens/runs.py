@@ -18,6 +18,7 @@ from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 
 FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
+CATCH_UP_DELAY_S = 0.05  # shown again: the tables take the snapshots that came meanwhile this much later
 
 
 class RunsScreen(KeepStyles, Screen):
@@ -35,6 +36,7 @@ class RunsScreen(KeepStyles, Screen):
     def __init__(self):
         super().__init__()
         self.filter_text = ""
+        self._stale: bool | None = None  # snapshots came while hidden (True: with a theme change)
 
     def compose(self) -> ComposeResult:
         yield NavBar("runs")
@@ -48,13 +50,35 @@ class RunsScreen(KeepStyles, Screen):
 
     def on_mount(self) -> None:
         self.query_one("#runs-filter").display = False
-        self.app.runs_signal.subscribe(self, self._on_runs)
-        self.app.theme_changed_signal.subscribe(self, lambda _t: self._on_runs(self.app.runs, restyle=True))
+        self.app.runs_signal.subscribe(self, self._runs_changed)
+        self.app.theme_changed_signal.subscribe(self, lambda _t: self._runs_changed(self.app.runs, restyle=True))
         self.app.adopt_first_scan(wait=FIRST_SCAN_WAIT_S)
         self._on_runs(self.app.runs)
         self.query_one(RunsTable).focus()
 
     # ---- data --------------------------------------------------------------------------------
+    def _runs_changed(self, runs: list[RunInfo], restyle: bool = False) -> None:
+        """A new snapshot (or theme). While another screen is shown, the tables are left as drawn
+        and brought up to date once this screen is back on screen (see on_screen_resume): any cell
+        update makes DataTable redraw every visible row, 25-40 ms, which at the switch back added
+        to the frame that shows the screen."""
+        if self.is_current:
+            self._on_runs(runs, restyle)
+        else:
+            self._stale = (self._stale or False) or restyle
+
+    def on_screen_resume(self) -> None:
+        if self._stale is not None:
+            restyle, self._stale = self._stale, None
+            # after the frame that shows the screen (drawn from the tables' cached rows)
+            self.set_timer(CATCH_UP_DELAY_S, lambda: self._catch_up(restyle))
+
+    def _catch_up(self, restyle: bool) -> None:
+        if self.is_current:
+            self._on_runs(self.app.runs, restyle)
+        else:  # hidden again before the timer fired
+            self._stale = (self._stale or False) or restyle
+
     def _on_runs(self, runs: list[RunInfo], restyle: bool = False) -> None:
         shown = [r for r in runs if self.filter_text.lower() in r.name.lower()] if self.filter_text else runs
         table = self.query_one(RunsTable)

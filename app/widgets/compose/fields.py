@@ -58,6 +58,8 @@ class FieldSelect(_Bound, Static, can_focus=True):
         self.choices: list[Any] = [None, *spec.choices]
         if value is not None and value not in spec.choices:
             self.choices.append(value)  # keep an invalid value visible; validation reports it
+        if value is None:  # set before mounting: a class added on mount restyles the widget again
+            kwargs["classes"] = " ".join(filter(None, (kwargs.get("classes"), "-blank")))
         super().__init__(self._label(value), markup=False, **kwargs)
         self.spec, self.target = spec, target
         self._value = value
@@ -79,9 +81,6 @@ class FieldSelect(_Bound, Static, can_focus=True):
         self.set_class(value is None, "-blank")
         self.update(self._label(value))
         self._store(value)
-
-    def on_mount(self) -> None:
-        self.set_class(self._value is None, "-blank")
 
     def action_cycle(self, step: int) -> None:
         i = self.choices.index(self._value) if self._value in self.choices else 0

@@ -42,6 +42,11 @@ def row_cells(app, run: RunInfo, now: float) -> tuple:
     )
 
 
+def _look(text: Text) -> tuple:
+    """What a cell draws: its text, style and spans (Text's == leaves the style out)."""
+    return text.plain, text.style, text.spans
+
+
 # New rows added per refresh: DataTable measures every cell of a new row on its next idle,
 # so 100 rows at once would block the event loop for ~100 ms; the rest follow a frame later.
 ROWS_PER_BATCH = 24
@@ -52,7 +57,7 @@ class RunsTable(StableTable):
 
     def __init__(self, **kwargs):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._shown: dict[str, tuple[RunInfo, str]] = {}
+        self._shown: dict[str, tuple[RunInfo, str, tuple]] = {}  # run, age shown, cells
         self.runs: dict[str, RunInfo] = {}
         self._pending: tuple[list[RunInfo], bool] | None = None  # newest snapshot not yet all added
 
@@ -85,10 +90,11 @@ class RunsTable(StableTable):
             if prev is None:
                 self.add_row(*cells, key=key)
                 added += 1
-            else:
-                for (col, _, _), cell in zip(COLUMNS, cells, strict=True):
-                    self.update_cell(key, col, cell)
-            self._shown[key] = (run, age)
+            else:  # only the cells that read differently: each update_cell drops every rendered row
+                for (col, _, _), cell, old in zip(COLUMNS, cells, prev[2], strict=True):
+                    if restyle or _look(cell) != _look(old):
+                        self.update_cell(key, col, cell)
+            self._shown[key] = (run, age, cells)
         self.runs = {k: r for k, r in wanted.items() if k in self._shown}
         if added:  # newest first, like the scanner's order (names are unique in a runs dir)
             order = {r.name: i for i, r in enumerate(runs)}

@@ -23,6 +23,7 @@ class StagesTable(StableTable):
     def __init__(self, **kwargs):
         super().__init__(cursor_type="row", show_cursor=False, **kwargs)
         self._run: RunInfo | None = None
+        self._looks: list[tuple] | None = None  # what the rows read, to skip redrawing the same
 
     def on_mount(self) -> None:
         for key, label, width in COLUMNS:
@@ -32,8 +33,17 @@ class StagesTable(StableTable):
         if run is self._run and not restyle:
             return
         self._run = run
+        rows = [(s.name, state_text(self.app, s.state), progress_text(s), fmt.loss(s.train_loss),
+                 fmt.loss(s.val_loss), fmt.duration(s.eta_s), fmt.si(s.tokens_per_s), fmt.gpus(s.gpus))
+                for s in (run.stages if run else ())]
+        looks = [tuple(_look(c) for c in row) for row in rows]
+        if looks == self._looks and not restyle:
+            return  # a new snapshot that reads the same (a running stage's heartbeat): keep the drawn rows
+        self._looks = looks
         self.clear()
-        for s in run.stages if run else ():
-            self.add_row(s.name, state_text(self.app, s.state), progress_text(s), fmt.loss(s.train_loss),
-                         fmt.loss(s.val_loss), fmt.duration(s.eta_s), fmt.si(s.tokens_per_s),
-                         fmt.gpus(s.gpus), key=s.name)
+        for row in rows:
+            self.add_row(*row, key=row[0])
+
+
+def _look(cell: Text | str) -> tuple:
+    return (cell.plain, cell.style, cell.spans) if isinstance(cell, Text) else (cell,)
