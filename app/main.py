@@ -29,6 +29,12 @@ SCAN_INTERVAL_S = 1.0
 # frozen (gc.freeze) this long after: widgets live as long as the app, and full GC passes over
 # them later stalled screen switches by 50-200 ms.
 FREEZE_AFTER_BUILD_S = 0.6
+# Once start-up is frozen, Python's automatic full (generation-2) GC passes are turned off and the
+# app runs one itself this often, in an event-loop turn of its own: a full pass (7-25 ms over what
+# the screens allocate after the freeze) started by whatever allocation crossed the threshold, which
+# was often inside a 25-40 ms redraw, and together they went over 50 ms.
+FULL_GC_EVERY_S = 10.0
+NO_AUTO_FULL_GC = 1_000_000  # generation-2 threshold: never reached (the app collects it itself)
 
 def _screenful() -> int:
     """Runs read before the first frame: the table's visible rows (the terminal's height less the
@@ -101,6 +107,7 @@ class SlimlabApp(App[None]):
         self.compose_dirty = False  # Compose holds edits that are not saved
         self._built_modes = {self.DEFAULT_MODE}  # modes whose screen exists (see switch_mode)
         self._gc_frozen_once = False  # _warm_imports has frozen the start-up heap and enabled the GC
+        self._gc_threshold: tuple[int, int, int] | None = None  # Python's, while the app runs full passes
         self._css_key: tuple | None = None  # what the stylesheet was last refreshed for (refresh_css)
         if theme:
             self.theme = theme
@@ -153,6 +160,27 @@ class SlimlabApp(App[None]):
         gc.freeze()
         gc.enable()  # main() (and `python -m app` before its imports) turned it off
         self._gc_frozen_once = True
+        try:
+            self.call_from_thread(self._own_full_gc)
+        except RuntimeError:  # the app is closing
+            pass
+
+    def _own_full_gc(self) -> None:
+        """Full GC passes from now on only from a timer of our own (see FULL_GC_EVERY_S); the young
+        generations are still collected automatically. Undone when the app ends (on_unmount)."""
+        if self._gc_threshold is None:
+            self._gc_threshold = gc.get_threshold()
+            gc.set_threshold(self._gc_threshold[0], self._gc_threshold[1], NO_AUTO_FULL_GC)
+            self.set_interval(FULL_GC_EVERY_S, self._full_gc)
+
+    def _full_gc(self) -> None:
+        if gc.isenabled():  # off while a new screen is built (switch_mode)
+            gc.collect()
+
+    def on_unmount(self) -> None:
+        if self._gc_threshold is not None:
+            gc.set_threshold(*self._gc_threshold)
+            self._gc_threshold = None
 
     # ---- screen switches -------------------------------------------------------------------------
     def switch_mode(self, mode: str):

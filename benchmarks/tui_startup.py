@@ -7,14 +7,16 @@
 2. responsiveness while a stage writes 1,000 log lines a second (another process) plus
    metrics: the TUI runs in a pty with Run detail open on that stage (log tab, then chart tab,
    then the runs table); inside it a 10 ms asyncio timer records event-loop lag, and the newest
-   log line shown is compared with the time it was written (tail latency).
+   log line shown is compared with the time it was written (tail latency). The 1.5 s after Run
+   detail is opened are reported as "open", the 1 s after each tab/screen switch as "switch";
+   gc_full_ms lists the full (generation-2) GC passes of the run and their durations.
 
 3. screen switches (`--switches`): the TUI in a pty; after start-up settles (3 s: the warm-up
    imports and gc.freeze are done), keys 2, 3, 1, 4 (Compose, Compare, Runs, GPUs with a fake GPU
    probe) are pressed in turn, ROUNDS times, 1 s apart; a 10 ms asyncio timer records event-loop
    lag and the max lag in the 1 s after each key is reported per screen (first visit apart).
 
-    python3 benchmarks/tui_startup.py [--runs 100] [--repeat 5] [--seconds 8]
+    python3 benchmarks/tui_startup.py [--runs 100] [--repeat 5] [--seconds 8] [--tail-only]
     python3 benchmarks/tui_startup.py --switches [--rounds 4]
 """
 
@@ -203,7 +205,7 @@ def bench_startup(runs_dir: Path, newest: str, repeat: int) -> dict:
 # ---- 2. responsiveness while tailing a fast log ---------------------------------------------------
 
 CHILD = r'''
-import asyncio, json, sys, time
+import asyncio, gc, json, sys, time
 from pathlib import Path
 from app.main import SlimlabApp
 from app.messages import OpenRun
@@ -215,9 +217,19 @@ SETTLE = 1.0  # after switching tab/screen: the switch itself is reported apart 
 class Bench(SlimlabApp):
     def on_mount(self):
         super().on_mount()
-        self.lags = {p: [] for p in PHASES + ("switch",)}
+        self.lags = {p: [] for p in ("open",) + PHASES + ("switch",)}
         self.tail_lat = []
+        self.gc_full_ms = []  # durations of full (generation-2) GC passes
+        self._gc_t = 0.0
+        gc.callbacks.append(self._gc_cb)
         self.run_worker(self.probe(), exclusive=False)
+
+    def _gc_cb(self, phase, info):
+        if info["generation"] == 2:
+            if phase == "start":
+                self._gc_t = time.perf_counter()
+            else:
+                self.gc_full_ms.append(round(1000 * (time.perf_counter() - self._gc_t), 1))
 
     async def tick(self, bucket):
         t = time.perf_counter()
@@ -227,8 +239,11 @@ class Bench(SlimlabApp):
     async def probe(self):
         while not (self.runs_loaded and self.screen_stack):
             await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
         self.post_message(OpenRun(runs_dir / run, "finetune"))
-        await asyncio.sleep(1.5)  # the detail screen opens and reads the log's history
+        opened = time.perf_counter() + 1.5  # the detail screen opens and reads the log's history
+        while time.perf_counter() < opened:
+            await self.tick("open")
         self.screen.action_tab("log")
         for phase in PHASES:
             if phase == "chart":
@@ -248,7 +263,8 @@ class Bench(SlimlabApp):
                             self.tail_lat.append(time.time() - float(log.lines[-1].split()[1]))
                         except (IndexError, ValueError):
                             pass
-        Path(out).write_text(json.dumps({"lags": self.lags, "tail_latency": self.tail_lat}))
+        Path(out).write_text(json.dumps({"lags": self.lags, "tail_latency": self.tail_lat,
+                                         "gc_full_ms": self.gc_full_ms}))
         self.exit()
 
 Bench(runs_dir=runs_dir, gpu_probe=None).run()
@@ -296,7 +312,7 @@ def bench_tail(runs_dir: Path, run: str, seconds: float, rate: int) -> dict:
             raise SystemExit("the TUI under test failed:\n" + screen[-3000:].decode(errors="replace"))
         res = json.loads(out.read_text())
     lags = res["lags"]
-    summary = {"lines_written": written, "rate_lines_per_s": rate}
+    summary = {"lines_written": written, "rate_lines_per_s": rate, "gc_full_ms": res.get("gc_full_ms")}
     for phase, values in lags.items():
         values = sorted(values)
         summary[f"{phase}_lag_max_ms"] = 1000 * values[-1]
@@ -383,6 +399,7 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=1000, help="log lines per second")
     ap.add_argument("--switches", action="store_true", help="only the screen-switch benchmark (keys 2, 3, 1, 4)")
     ap.add_argument("--rounds", type=int, default=4, help="rounds of 2, 3, 1, 4 for --switches")
+    ap.add_argument("--tail-only", action="store_true", help="skip the start-up part")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as td:
         runs_dir = Path(td) / "runs"
@@ -395,8 +412,9 @@ def main() -> int:
             print(json.dumps(bench_switches(runs_dir, args.rounds), indent=1), flush=True)
             print(f"load average after: {os.getloadavg()}", flush=True)
             return 0
-        start = bench_startup(runs_dir, newest, args.repeat)
-        print(json.dumps(start, indent=1), flush=True)
+        if not args.tail_only:
+            start = bench_startup(runs_dir, newest, args.repeat)
+            print(json.dumps(start, indent=1), flush=True)
         tail = bench_tail(runs_dir, tail_run, args.seconds, args.rate)
         print(json.dumps(tail, indent=1), flush=True)
         print(f"load average after: {os.getloadavg()}", flush=True)

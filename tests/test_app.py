@@ -673,3 +673,145 @@ async def test_runs_changed_while_another_screen_is_shown_show_on_return(runs, t
         assert table.highlighted_key() == str(live.root)  # the cursor stays on its run
         await wait_for(pilot, lambda: "RuntimeError: boom" in str(app.screen.query_one("#preview-title").render()),
                        what="the error in the preview")
+
+
+def _drawn(table) -> list[str]:
+    return ["".join(seg.text for seg in table.render_line(y)) for y in range(table.size.height)]
+
+
+@run_async
+async def test_a_changed_run_redraws_only_its_own_row(runs, tmp_path):
+    """A running run's new numbers rewrite its row of the runs table and its stage's row below it,
+    redrawing those rows only (the other rows' rendered cells are kept), and what is drawn is what a
+    full redraw gives."""
+    for i in range(4):
+        finished_run(runs, f"done-{i}")
+    live = RunWriter(runs, "live")  # the newest: top row, under the cursor, its stages below
+    live.stage("prepare", "succeeded", total_steps=None)
+    ft = live.stage("finetune", "running", step=2)
+    live.metrics("finetune", range(1, 3))
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        stages = app.screen.query_one("#stages-table")
+        key = str(live.root)
+        await wait_for(pilot, lambda: table.row_count == 5, what="five runs")
+        assert table.highlighted_key() == key
+        await pilot.pause(0.3)
+        cache = table._cell_render_cache  # DataTable's rendered cells
+        rendered = {k: cache.get(k) for k in cache.keys()}
+        assert any(k[0].value != key for k in rendered)
+        before = _drawn(table)
+        live.metrics("finetune", range(3, 11))
+        ft.update(step=10)
+        await wait_for(pilot, lambda: "50%" in cell(table, key, "progress"), what="the new progress")
+        await wait_for(pilot, lambda: any("10/20" in line for line in _drawn(stages)), what="the stage's new step")
+        await pilot.pause(0.2)
+        after = _drawn(table)
+        assert any("50%" in line for line in after) and after != before
+        assert table.full_updates == 0 and stages.full_updates == 0
+        assert table.rows_redrawn >= 1 and stages.rows_redrawn >= 1
+        # the other rows were not re-rendered: every cell rendered since is one of the live run's row
+        assert {k[0].value for k in cache.keys() if cache.get(k) is not rendered.get(k)} == {key}
+        # and what is drawn equals a redraw from scratch (the cursor row included)
+        for t in (table, stages):
+            drawn = _drawn(t)
+            t._clear_caches()
+            assert _drawn(t) == drawn
+
+
+@run_async
+async def test_run_detail_draws_its_tabs_and_chart_after_the_first_frame(runs, tmp_path):
+    """Run detail's first frame has the title, stage list and summary; the tabs come a frame later
+    and the chart (a plotext figure) after them, built once per drawing, size and theme."""
+    w = RunWriter(runs, "watch")
+    ft = w.stage("finetune", "running", step=5)
+    w.metrics("finetune", range(1, 6))
+    app = make_app(runs, tmp_path)
+    seen = []
+    from app.screens.run_detail import RunDetailScreen
+
+    show_tabs = RunDetailScreen._show_tabs
+
+    def spy(screen):
+        seen.append((screen.query_one("#detail-tabs").display, screen.query_one("#loss-chart").held,
+                     screen.is_current))
+        show_tabs(screen)
+
+    RunDetailScreen._show_tabs = spy
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="detail screen")
+            screen = app.screen
+            chart = screen.query_one("#loss-chart")
+            await wait_for(pilot, lambda: seen and not chart.held and len(chart.curves[0].ys) == 5, what="the chart")
+            assert seen == [(False, True, True)]  # the tabs were hidden and the chart held until then
+            assert screen.query_one("#detail-tabs").display
+            await pilot.pause(0.3)
+            assert "train" in "".join(seg.text for y in range(chart.size.height) for seg in chart.render_line(y))
+            builds = chart.builds
+            assert builds >= 1
+            chart.refresh()  # nothing it draws changed: the figure is not built again
+            await pilot.pause(0.2)
+            assert chart.builds == builds
+            w.metrics("finetune", range(6, 11))  # new metrics: a new figure
+            ft.update(step=10)
+            await wait_for(pilot, lambda: len(chart.curves[0].ys) == 10, what="new metrics")
+            await pilot.pause(0.2)
+            assert chart.builds > builds
+            builds = chart.builds
+            await pilot.resize_terminal(100, 30)  # wider: the curves are thinned again, a new figure
+            await wait_for(pilot, lambda: chart.builds > builds, what="a figure for the new size")
+    finally:
+        RunDetailScreen._show_tabs = show_tabs
+
+
+@run_async
+async def test_full_gc_passes_run_from_the_apps_own_timer(runs, tmp_path):
+    """After start-up (frozen), Python's automatic full GC passes are off and the app runs them
+    from a timer of its own; the threshold is restored when the app ends."""
+    import gc
+
+    from app import main as app_main
+
+    finished_run(runs, "done")
+    before = gc.get_threshold()
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app._gc_threshold is not None, timeout=15, what="the warm-up")
+        assert gc.get_threshold() == (before[0], before[1], app_main.NO_AUTO_FULL_GC)
+        collected = []
+        real = gc.collect
+        gc.collect = lambda *a: collected.append(a) or real(*a)
+        try:
+            app._full_gc()
+        finally:
+            gc.collect = real
+        assert collected == [()]
+    assert gc.get_threshold() == before
+
+
+@run_async
+async def test_unchanged_texts_are_not_rewritten_every_scan(runs, tmp_path):
+    """A running run's snapshot comes every scan; the preview title (and Run detail's title and
+    summary) are only rewritten when they read differently (each rewrite re-lays out the screen)."""
+    live = RunWriter(runs, "live")
+    ft = live.stage("finetune", "running", step=2, total_steps=None)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
+        statics = [app.screen.query_one("#preview-title")]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="detail screen")
+        await pilot.pause(0.3)
+        statics += [app.screen.query_one("#detail-title"), app.screen.query_one("#stage-summary")]
+        updates = []
+        for s in statics:
+            s.update = functools.partial(lambda real, s, *a, **k: (updates.append(s.id), real(*a, **k)), s.update, s)
+        await pilot.pause(0.6)  # ~6 scans of an unchanged running run
+        assert updates == []
+        ft.update(step=7)  # it moves on: the summary says so
+        await wait_for(pilot, lambda: "stage-summary" in updates, what="the summary rewritten")
+        assert "step 7" in str(app.screen.query_one("#stage-summary").render())

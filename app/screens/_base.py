@@ -58,3 +58,12 @@ class KeepStyles:
         self._styled_for = key
         self.full_restyles += 1
         super().update_node_styles(animate)
+
+
+def set_text(static, markup: str, force: bool = False) -> None:
+    """`Static.update`, skipped when the markup is the same as last time (unless `force`: after a
+    theme change). Each update re-lays out the whole screen, and the scanner's snapshot that
+    triggers these comes every second, mostly with the same text."""
+    if force or getattr(static, "_slimlab_markup", None) != markup:
+        static._slimlab_markup = markup
+        static.update(markup)

@@ -21,7 +21,7 @@ from app.data.scan import RunInfo, StageInfo, stat_key
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.data.tail import LogTail
 from app.messages import EditExperiment
-from app.screens._base import KeepStyles
+from app.screens._base import KeepStyles, set_text
 from app.screens.actions import request_cancel, request_resume
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.widgets.detail.log_view import LogView
@@ -33,6 +33,10 @@ from app.widgets.style import state_style
 
 POLL_S = 0.25  # log / metrics of the shown stage
 CHART_HZ = 2.0
+# The tabs (chart, log, config, status) are laid out and drawn this long after the screen's first
+# frame, and the chart (a plotext figure, 10-17 ms) this long after the tabs: the whole screen in one
+# frame took 30-66 ms on a small CPU, the tabs and the chart about half of it.
+TABS_AFTER_S = 0.03
 
 
 class RunDetailScreen(ChartControls, KeepStyles, Screen):
@@ -83,23 +87,31 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         yield KeyBar()
 
     def on_mount(self) -> None:
+        self.query_one("#detail-tabs").display = False  # shown just after the first frame,
+        self.query_one(LossChart).held = True  # and the chart in the frame after that
+        self.set_timer(TABS_AFTER_S, self._show_tabs)
         self.app.runs_signal.subscribe(self, self._on_runs)
         self.app.theme_changed_signal.subscribe(self, lambda _t: self._on_runs(self.app.runs, restyle=True))
         self._on_runs(self.app.runs)
         self.query_one(StageList).focus()
         self._follow_files()
 
+    def _show_tabs(self) -> None:
+        self.query_one("#detail-tabs").display = True
+        self.set_timer(TABS_AFTER_S, self.query_one(LossChart).release)
+
     # ---- run snapshot (from the app's scanner, once a second) -----------------------------
     def _on_runs(self, runs: list[RunInfo], restyle: bool = False) -> None:
         run = next((r for r in runs if r.path == self.path), None)
         title = self.query_one("#detail-title", Static)
         if run is None:
-            title.update(f"[b]{escape(self.path.name)}[/b]  (not found under {escape(str(self.app.runs_dir))}/ yet)")
+            set_text(title, f"[b]{escape(self.path.name)}[/b]  (not found under {escape(str(self.app.runs_dir))}/ yet)",
+                     restyle)
             return
         self.run = run
         state = f"[{state_style(self.app, run.state)}]{fmt.STATE_GLYPH.get(run.state, '?')} {run.state}[/]"
         err = f"  [$text-error]{escape(run.error)}[/]" if run.error else ""
-        title.update(f"[b]{escape(run.name)}[/b]  {state}  {escape(str(run.path))}{err}")
+        set_text(title, f"[b]{escape(run.name)}[/b]  {state}  {escape(str(run.path))}{err}", restyle)
         stages = self.query_one(StageList)
         stages.show_run(run, restyle)
         cur = run.current
@@ -107,11 +119,11 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             self._select(cur.name if cur else None)
         elif stages.highlighted is None and self.stage_name:
             stages.select_stage(self.stage_name)  # opened on a given stage (from Compare, GPUs)
-        self._show_summary()
+        self._show_summary(restyle)
 
-    def _show_summary(self) -> None:
+    def _show_summary(self, restyle: bool = False) -> None:
         s = self.run.stage(self.stage_name) if self.run and self.stage_name else None
-        self.query_one("#stage-summary", Static).update(self._summary(s) if s else "")
+        set_text(self.query_one("#stage-summary", Static), self._summary(s) if s else "", restyle)
 
     def _summary(self, s: StageInfo) -> str:
         st = f"[{state_style(self.app, s.state)}]{fmt.STATE_GLYPH.get(s.state, '?')} {s.name} {s.state}[/]"

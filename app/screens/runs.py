@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Input, Static
 
 from app.data.scan import RunInfo
 from app.messages import EditExperiment, OpenRun
-from app.screens._base import KeepStyles
+from app.screens._base import KeepStyles, set_text
 from app.widgets.home.runs_table import RunsTable
 from app.widgets.home.stages_table import StagesTable
 from app.widgets.keybar import KeyBar
@@ -85,12 +85,12 @@ class RunsScreen(KeepStyles, Screen):
         table.update_runs(shown, restyle=restyle)
         empty = self.query_one("#runs-empty", Static)
         if not self.app.runs_loaded:
-            empty.update(f"scanning {self.app.runs_dir}/ …")
+            set_text(empty, f"scanning {self.app.runs_dir}/ …")
         elif not runs:
-            empty.update(f"No runs under {self.app.runs_dir}/ yet. Press 2 (Compose) to write an experiment "
-                         "and launch it, or run `slimlab-engine run FILE --detach`: it appears here.")
+            set_text(empty, f"No runs under {self.app.runs_dir}/ yet. Press 2 (Compose) to write an experiment "
+                      "and launch it, or run `slimlab-engine run FILE --detach`: it appears here.")
         elif not shown:
-            empty.update(f"no run matches '{self.filter_text}'")
+            set_text(empty, f"no run matches '{self.filter_text}'")
         empty.display = not shown
         self._show_preview(restyle)
 
@@ -98,10 +98,10 @@ class RunsScreen(KeepStyles, Screen):
         run = self.query_one(RunsTable).highlighted_run()
         title = self.query_one("#preview-title", Static)
         if run is None:
-            title.update("")
+            set_text(title, "", restyle)
         else:
             err = f"  [$text-error]{_escape(run.error)}[/]" if run.error else ""
-            title.update(f"[b]{_escape(run.name)}[/b]  {run.path}{err}")
+            set_text(title, f"[b]{_escape(run.name)}[/b]  {run.path}{err}", restyle)
         self.query_one(StagesTable).show_run(run, restyle)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

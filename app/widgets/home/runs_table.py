@@ -90,10 +90,9 @@ class RunsTable(StableTable):
             if prev is None:
                 self.add_row(*cells, key=key)
                 added += 1
-            else:  # only the cells that read differently: each update_cell drops every rendered row
-                for (col, _, _), cell, old in zip(COLUMNS, cells, prev[2], strict=True):
-                    if restyle or _look(cell) != _look(old):
-                        self.update_cell(key, col, cell)
+            else:  # only the cells that read differently, redrawing only this row (StableTable.set_cells)
+                self.set_cells(key, {col: cell for (col, _, _), cell, old in zip(COLUMNS, cells, prev[2], strict=True)
+                                     if restyle or _look(cell) != _look(old)})
             self._shown[key] = (run, age, cells)
         self.runs = {k: r for k, r in wanted.items() if k in self._shown}
         if added:  # newest first, like the scanner's order (names are unique in a runs dir)

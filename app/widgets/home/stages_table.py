@@ -39,7 +39,13 @@ class StagesTable(StableTable):
         looks = [tuple(_look(c) for c in row) for row in rows]
         if looks == self._looks and not restyle:
             return  # a new snapshot that reads the same (a running stage's heartbeat): keep the drawn rows
-        self._looks = looks
+        old, self._looks = self._looks, looks
+        if old is not None and not restyle and [o[0] for o in old] == [n[0] for n in looks]:
+            # the same stages: rewrite the cells that read differently, redrawing only their rows
+            for row, before, after in zip(rows, old, looks, strict=True):
+                self.set_cells(row[0], {col: cell for (col, _, _), cell, b, a in zip(COLUMNS, row, before, after,
+                                                                                     strict=True) if b != a})
+            return
         self.clear()
         for row in rows:
             self.add_row(*row, key=row[0])
