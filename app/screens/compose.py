@@ -101,8 +101,9 @@ class ComposeScreen(KeepStyles, Screen):
             return mount
 
         return [
-            part(lambda: _title("Experiment"), lambda: fields(TOP, raw), lambda: _title("Teacher"),
-                 lambda: fields(MODEL, raw), lambda: Static("", id="teacher-info", classes="field-info")),
+            part(lambda: _title("Experiment"), lambda: fields(TOP, raw)),  # the first show's frame: keep it small
+            part(lambda: _title("Teacher"), lambda: fields(MODEL, raw),
+                 lambda: Static("", id="teacher-info", classes="field-info")),
             part(lambda: _title("Data"), lambda: fields(DATA, raw)),
             part(lambda: self._section("finetune", fields(TRAIN, self.stash["finetune"], "finetune."))),
             part(lambda: Vertical(_title("Students ([[prune]])"),
