@@ -96,6 +96,15 @@ class RunWriter:
         write_json(self.root / "eval" / "results.json", models)
 
 
+def live_finetune_run(runs_dir: Path, name: str = "live"):
+    """A run fine-tuning its teacher (step 2 of its total, 2 train metric lines): (writer, stage)."""
+    live = RunWriter(runs_dir, name)
+    live.stage("prepare", "succeeded", total_steps=None)
+    ft = live.stage("finetune", "running", step=2)
+    live.metrics("finetune", range(1, 3))
+    return live, ft
+
+
 def finished_run(runs_dir: Path, name: str, students=("depth", "width"), base_loss: float = 3.0) -> RunWriter:
     """A run whose every stage succeeded, with val curves and eval/results.json."""
     w = RunWriter(runs_dir, name, students)

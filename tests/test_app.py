@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _app_util import RunWriter, finished_run, wait_for
+from _app_util import RunWriter, finished_run, live_finetune_run, wait_for
 
 from app.main import SlimlabApp
 from engine.config import load_experiment
@@ -62,10 +62,7 @@ def fake_engine(tmp_path, monkeypatch):
 @run_async
 async def test_runs_screen_lists_runs_and_follows_changes(runs, tmp_path):
     finished_run(runs, "old")
-    live = RunWriter(runs, "live")
-    live.stage("prepare", "succeeded", total_steps=None)
-    ft = live.stage("finetune", "running", step=2)
-    live.metrics("finetune", range(1, 3))
+    live, ft = live_finetune_run(runs)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         table = app.screen.query_one("#runs-table")
@@ -686,10 +683,7 @@ async def test_a_changed_run_redraws_only_its_own_row(runs, tmp_path):
     full redraw gives."""
     for i in range(4):
         finished_run(runs, f"done-{i}")
-    live = RunWriter(runs, "live")  # the newest: top row, under the cursor, its stages below
-    live.stage("prepare", "succeeded", total_steps=None)
-    ft = live.stage("finetune", "running", step=2)
-    live.metrics("finetune", range(1, 3))
+    live, ft = live_finetune_run(runs)  # the newest: top row, under the cursor, its stages below
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         table = app.screen.query_one("#runs-table")
