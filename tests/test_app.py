@@ -59,6 +59,14 @@ def fake_engine(tmp_path, monkeypatch):
 # ---- Runs ------------------------------------------------------------------------------------
 
 
+async def open_only_run(app, pilot):
+    """Wait for the one run on Runs, open it (enter) and return the Run detail screen."""
+    await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="detail screen")
+    return app.screen
+
+
 @run_async
 async def test_runs_screen_lists_runs_and_follows_changes(runs, tmp_path):
     finished_run(runs, "old")
@@ -145,10 +153,7 @@ async def test_run_detail_follows_log_chart_and_stages(runs, tmp_path):
     w.log("finetune", [f"boot {i}" for i in range(10)])
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="detail screen")
-        screen = app.screen
+        screen = await open_only_run(app, pilot)
         log = screen.query_one("#log-view")
         chart = screen.query_one("#loss-chart")
         await wait_for(pilot, lambda: log.total_lines == 10, what="log history")
@@ -735,10 +740,7 @@ async def test_run_detail_draws_its_tabs_and_chart_after_the_first_frame(runs, t
     RunDetailScreen._show_tabs = spy
     try:
         async with app.run_test(size=(80, 24)) as pilot:
-            await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
-            await pilot.press("enter")
-            await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="detail screen")
-            screen = app.screen
+            screen = await open_only_run(app, pilot)
             chart = screen.query_one("#loss-chart")
             await wait_for(pilot, lambda: seen and not chart.held and len(chart.curves[0].ys) == 5, what="the chart")
             assert seen == [(False, True, True)]  # the tabs were hidden and the chart held until then
