@@ -140,6 +140,11 @@ def _inner_optimizer(opt: Any) -> torch.optim.Optimizer:
     return opt
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor: an FSDP2 DTensor (a norm over sharded gradients) reduced over the ranks."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def _compile_layers(model: nn.Module) -> None:
     """torch.compile each decoder layer (all layers share one compiled graph per grad mode).
 
@@ -248,13 +253,10 @@ class Trainer:
         acc = self.accelerator
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         if acc.scaler is not None:
-            norm = acc.clip_grad_norm_(self.params, max_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        if acc.scaler is None:  # scale = 1 / clip_grad_norm_'s coefficient
-            _inner_optimizer(self.optimizer).grad_scale = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)
+            return _full(acc.clip_grad_norm_(self.params, max_norm))
+        norm = _full(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True))
+        # scale = 1 / clip_grad_norm_'s coefficient max_norm / (norm + 1e-6), at least 1
+        _inner_optimizer(self.optimizer).grad_scale = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)
         return norm
 
     def step(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False) -> StepResult:
