@@ -59,25 +59,19 @@ class RunsScreen(KeepStyles, Screen):
     # ---- data --------------------------------------------------------------------------------
     def _runs_changed(self, runs: list[RunInfo], restyle: bool = False) -> None:
         """A new snapshot (or theme). While another screen is shown, the tables are left as drawn
-        and brought up to date once this screen is back on screen (see on_screen_resume): any cell
-        update makes DataTable redraw every visible row, 25-40 ms, which at the switch back added
-        to the frame that shows the screen."""
+        and brought up to date once this screen is back on screen (see on_screen_resume): the
+        catch-up redraws the rows that changed meanwhile (25-40 ms for a screenful), which at the
+        switch back added to the frame that shows the screen."""
         if self.is_current:
             self._on_runs(runs, restyle)
-        else:
-            self._stale = (self._stale or False) or restyle
+        else:  # (also when hidden again before the catch-up timer fired)
+            self._stale = bool(self._stale) or restyle
 
     def on_screen_resume(self) -> None:
         if self._stale is not None:
             restyle, self._stale = self._stale, None
             # after the frame that shows the screen (drawn from the tables' cached rows)
-            self.set_timer(CATCH_UP_DELAY_S, lambda: self._catch_up(restyle))
-
-    def _catch_up(self, restyle: bool) -> None:
-        if self.is_current:
-            self._on_runs(self.app.runs, restyle)
-        else:  # hidden again before the timer fired
-            self._stale = (self._stale or False) or restyle
+            self.set_timer(CATCH_UP_DELAY_S, lambda: self._runs_changed(self.app.runs, restyle))
 
     def _on_runs(self, runs: list[RunInfo], restyle: bool = False) -> None:
         shown = [r for r in runs if self.filter_text.lower() in r.name.lower()] if self.filter_text else runs

@@ -3,9 +3,15 @@ cell updates redraw only the row they change."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import DataTable
 from textual.widgets._data_table import ColumnKey, RowKey  # noqa: PLC2701 - DataTable's own key types
+
+
+def cell_look(cell: Text | str) -> tuple:
+    """What a cell draws: its text, style and spans (Text's == leaves the style out)."""
+    return (cell.plain, cell.style, cell.spans) if isinstance(cell, Text) else (cell,)
 
 
 class StableTable(DataTable):

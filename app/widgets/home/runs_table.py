@@ -9,7 +9,7 @@ from rich.text import Text
 from app.data import fmt
 from app.data.scan import RunInfo
 from app.widgets.style import stage_strip, state_text
-from app.widgets.table import StableTable
+from app.widgets.table import StableTable, cell_look
 
 # key, label, width: sized so Run..ETA fit 80 columns; the rest scrolls horizontally
 COLUMNS = (
@@ -40,11 +40,6 @@ def row_cells(app, run: RunInfo, now: float) -> tuple:
         Text(fmt.gpus(run.gpus)),
         Text(fmt.age(now - run.created)),
     )
-
-
-def _look(text: Text) -> tuple:
-    """What a cell draws: its text, style and spans (Text's == leaves the style out)."""
-    return text.plain, text.style, text.spans
 
 
 # New rows added per refresh: DataTable measures every cell of a new row on its next idle,
@@ -92,7 +87,7 @@ class RunsTable(StableTable):
                 added += 1
             else:  # only the cells that read differently, redrawing only this row (StableTable.set_cells)
                 self.set_cells(key, {col: cell for (col, _, _), cell, old in zip(COLUMNS, cells, prev[2], strict=True)
-                                     if restyle or _look(cell) != _look(old)})
+                                     if restyle or cell_look(cell) != cell_look(old)})
             self._shown[key] = (run, age, cells)
         self.runs = {k: r for k, r in wanted.items() if k in self._shown}
         if added:  # newest first, like the scanner's order (names are unique in a runs dir)

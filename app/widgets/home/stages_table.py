@@ -7,7 +7,7 @@ from rich.text import Text
 from app.data import fmt
 from app.data.scan import RunInfo, StageInfo
 from app.widgets.style import state_text
-from app.widgets.table import StableTable
+from app.widgets.table import StableTable, cell_look
 
 COLUMNS = (("stage", "Stage", 16), ("state", "State", 11), ("progress", "Progress", 18), ("train", "Train", 7),
            ("val", "Val", 7), ("eta", "ETA", 6), ("tps", "tok/s", 7), ("gpus", "GPUs", 5))
@@ -36,7 +36,7 @@ class StagesTable(StableTable):
         rows = [(s.name, state_text(self.app, s.state), progress_text(s), fmt.loss(s.train_loss),
                  fmt.loss(s.val_loss), fmt.duration(s.eta_s), fmt.si(s.tokens_per_s), fmt.gpus(s.gpus))
                 for s in (run.stages if run else ())]
-        looks = [tuple(_look(c) for c in row) for row in rows]
+        looks = [tuple(cell_look(c) for c in row) for row in rows]
         if looks == self._looks and not restyle:
             return  # a new snapshot that reads the same (a running stage's heartbeat): keep the drawn rows
         old, self._looks = self._looks, looks
@@ -50,6 +50,3 @@ class StagesTable(StableTable):
         for row in rows:
             self.add_row(*row, key=row[0])
 
-
-def _look(cell: Text | str) -> tuple:
-    return (cell.plain, cell.style, cell.spans) if isinstance(cell, Text) else (cell,)
