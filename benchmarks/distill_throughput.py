@@ -122,7 +122,7 @@ def run_naive(args, arch, device, batches) -> dict:
 
 
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
-               profile: bool = False, hf_mask: bool = False) -> dict:
+               profile: bool = False, hf_mask: bool = False, master: bool | None = None) -> dict:
     from engine.config import DistillConfig
     from engine.train import loss_spec
     from engine.trainer import Trainer
@@ -138,7 +138,7 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
 
         keep, trainer_module.use_causal_sdpa = trainer_module.use_causal_sdpa, lambda model: False
     try:
-        trainer = Trainer(acc, student, cfg, loss_spec(cfg, arch["vocab_size"]), teacher)
+        trainer = Trainer(acc, student, cfg, loss_spec(cfg, arch["vocab_size"]), teacher, master_weights=master)
     finally:
         if hf_mask:
             trainer_module.use_causal_sdpa = keep
@@ -194,6 +194,34 @@ def check_fused_loss(device: torch.device) -> dict:
         out[kind] = {"loss": rel(loss.detach(), ref.detach()), "grad_h": rel(gh, rh), "grad_w": rel(gw, rw)}
     out["mixed_dtype_addmm"] = losses._MIXED_ADDMM.get("ok")
     return out
+
+
+def check_master_adamw(device: torch.device, steps: int = 6) -> dict:
+    """MasterAdamW (compiled on CUDA) against fused fp32 AdamW fed the same bf16 gradients, with
+    clipping (`grad_scale`) and one skipped step (`found_inf`): max |difference| of the weights."""
+    from engine.master_adamw import MasterAdamW
+
+    g = torch.Generator(device=device).manual_seed(0)
+    shapes = [(512, 256), (1000, 64), (256,), (3, 5, 7)]
+    ref = [torch.randn(s, device=device, generator=g).requires_grad_() for s in shapes]
+    mine = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    fused = torch.optim.AdamW(ref, fused=True, **kw)
+    master = MasterAdamW(mine, compile=device.type == "cuda", **kw)
+    for i in range(steps):
+        grads = [torch.randn(s, device=device, generator=g).bfloat16() for s in shapes]
+        scale = torch.tensor(1.0 + i, device=device)
+        skip = torch.tensor(float(i == 2), device=device)
+        for r, m, gr in zip(ref, mine, grads, strict=True):
+            r.grad, m.grad = gr.float(), gr
+        fused.grad_scale = master.grad_scale = scale
+        fused.found_inf = master.found_inf = skip
+        fused.step()
+        master.step()
+    diff = max(float((r.detach() - w).abs().max()) for r, w in zip(ref, master.master_weights().values(), strict=True))
+    cast = max(float((m.detach().float() - w.bfloat16().float()).abs().max())
+               for m, w in zip(mine, master.master_weights().values(), strict=True))
+    return {"max_abs_diff_vs_fused_adamw": diff, "bf16_param_vs_master_max_abs": cast}
 
 
 VARIANTS = {
@@ -294,6 +322,7 @@ def main() -> None:
                "batch": args.batch, "seq": args.seq, "torch": torch.__version__, "variants": {}}
     if args.check:
         results["check"] = check_fused_loss(device)
+        results["check"]["master_adamw"] = check_master_adamw(device)
         if acc.is_main_process:
             print("fused loss vs float64 (relative error):", json.dumps(results["check"]), flush=True)
     for name in [v for v in args.variants.split(",") if v]:
@@ -304,11 +333,14 @@ def main() -> None:
             r = run_naive(args, arch, device, batches)
             fpt = None
         else:
-            compile_, chunk, accum, micro = VARIANTS[name]
+            # `-autocast`: fp32 parameters under bf16 autocast (the engine's path before master weights)
+            autocast = name.endswith("-autocast")
+            compile_, chunk, accum, micro = VARIANTS[name.removesuffix("-autocast")]
             bs = batches if micro is None else [torch.randint(0, arch["vocab_size"], (micro, args.seq + 1),
                                                              device=device, generator=g) for _ in range(4)]
             r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
-                           profile=name == args.profile, hf_mask=name.endswith("-hfmask"))
+                           profile=name == args.profile, hf_mask=name.endswith("-hfmask"),
+                           master=False if autocast else None)
             tokens_per_step_v = bs[0].shape[0] * args.seq * world
             fpt = r["flops_per_token"]
             r["tokens_per_step"] = tokens_per_step_v * accum

@@ -27,6 +27,7 @@ from engine.distill.objective import (
     matmul_params,
     output_weight,
 )
+from engine.master_adamw import MasterAdamW
 
 # Dense bf16 tensor-core peak per GPU, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "B200": 2250e12,
@@ -84,17 +85,32 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(module: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool = False,
+                   compile: bool = False) -> torch.optim.Optimizer:
     """Fused AdamW (CUDA and CPU); no weight decay on norms and biases (1-D parameters).
+    Fused, because it can skip a step on the device (`found_inf`) without a host sync.
 
-    Fused, because it can skip a step on the device (`found_inf`) without a host sync."""
+    `master`: the module's parameters become bf16 and the optimizer keeps their fp32 master
+    copies (engine/master_adamw.py), with the same update and the same on-device skip."""
     decay, no_decay = [], []
     for p in module.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-8, fused=True)
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    if master:
+        return MasterAdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, compile=compile)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=True)
+
+
+def master_weights_apply(accelerator: Any, accumulation: int) -> bool:
+    """bf16 parameters with fp32 masters in the optimizer, instead of fp32 parameters under autocast:
+    on CUDA with bf16 mixed precision, except under FSDP2 (its own policy keeps fp32 shards) and
+    except DDP with gradient accumulation (DDP sums the micro-batches' gradients in the parameters'
+    dtype, and they must not add up in bf16; on one process the optimizer folds them into fp32)."""
+    return (accelerator.device.type == "cuda" and accelerator.mixed_precision == "bf16"
+            and not accelerator.is_fsdp2 and (accelerator.num_processes == 1 or accumulation == 1))
 
 
 # ---- one optimizer step ----------------------------------------------------------------
@@ -162,11 +178,16 @@ class Trainer:
     """
 
     def __init__(self, accelerator: Any, student: nn.Module, cfg: TrainConfig, spec: LossSpec,
-                 teacher: nn.Module | None = None, hidden: HiddenSpec | None = None):
+                 teacher: nn.Module | None = None, hidden: HiddenSpec | None = None,
+                 master_weights: bool | None = None):
         self.accelerator = accelerator
         self.cfg = cfg
         self.spec = spec
         device = accelerator.device
+        accumulation = max(1, cfg.global_batch_size // (cfg.micro_batch_size * accelerator.num_processes))
+        self.master = master_weights_apply(accelerator, accumulation) if master_weights is None else master_weights
+        if self.master and accumulation > 1 and accelerator.num_processes > 1:
+            raise ValueError("master weights with gradient accumulation need a single process")
         compile_ = bool(cfg.compile) and device.type == "cuda"
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -187,7 +208,7 @@ class Trainer:
                              compile_loss=compile_)
         self.flops_per_token += 6 * sum(matmul_params(p) for p in module.projections)
         module.to(device)
-        optimizer = make_optimizer(module, cfg)
+        optimizer = make_optimizer(module, cfg, master=self.master, compile=compile_)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
 
@@ -233,6 +254,8 @@ class Trainer:
             with nullcontext() if sync else acc.no_sync(self.module):
                 loss, parts = self._forward(batch)
                 acc.backward(loss / n)
+            if self.master and n > 1:
+                self._master().accumulate()  # fp32 sums, not bf16 ones
             sums += torch.cat([loss.detach().float().reshape(1), parts]) / n
         grad_norm = self._clip()
         stats = torch.cat([sums, grad_norm.detach().float().reshape(1).to(sums.device),
@@ -254,10 +277,18 @@ class Trainer:
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         if acc.scaler is not None:
             return _full(acc.clip_grad_norm_(self.params, max_norm))
-        norm = _full(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None], foreach=True))
+        if self.master:  # bf16 gradients (or their fp32 sums): the norm in fp32
+            norms = torch._foreach_norm(self._master().gradients(), 2.0, dtype=torch.float32)
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+        else:
+            norm = _full(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None],
+                                                       foreach=True))
         # scale = 1 / clip_grad_norm_'s coefficient max_norm / (norm + 1e-6), at least 1
         _inner_optimizer(self.optimizer).grad_scale = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)
         return norm
+
+    def _master(self) -> MasterAdamW:
+        return _inner_optimizer(self.optimizer)
 
     def step(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False) -> StepResult:
         """`launch` and wait for its result (tests, simple callers)."""
@@ -283,5 +314,9 @@ class Trainer:
     def full_student_state(self) -> dict[str, torch.Tensor]:
         """The student's full state dict (gathered under FSDP); complete on the main process."""
         state = self.accelerator.get_state_dict(self.module)
+        if self.master:  # the fp32 masters, not their bf16 copies
+            masters = self._master().master_weights()
+            named = self.unwrapped().named_parameters(remove_duplicate=False)
+            state = {**state, **{name: masters[p] for name, p in named if p in masters}}
         prefix = "student."
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

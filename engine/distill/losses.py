@@ -175,7 +175,7 @@ def _forward_chunks(h_s, w_s, h_t, w_t, labels, spec: LossSpec, fn: ChunkFn, nee
         ws = w_s.to(cdt)
         wt = w_t.to(cdt) if (spec.uses_teacher and w_t is not None) else None
         grad_h = torch.empty_like(h_s) if need_h else None
-        grad_w = torch.zeros(w_s.shape, dtype=_acc_dtype(w_s), device=w_s.device) if need_w else None
+        grad_w = torch.empty(w_s.shape, dtype=_acc_dtype(w_s), device=w_s.device) if need_w else None
         kd_tot = scale.new_zeros(())
         ce_tot = scale.new_zeros(())
         for a, b in _chunks(h_s.shape[0], chunk):
@@ -189,7 +189,7 @@ def _forward_chunks(h_s, w_s, h_t, w_t, labels, spec: LossSpec, fn: ChunkFn, nee
                 if need_h:
                     grad_h[a:b] = g @ ws
                 if need_w:
-                    _add_wgrad(grad_w, g, hs)
+                    _add_wgrad(grad_w, g, hs, first=a == 0)
     kd_mean = kd_tot * scale
     ce_mean = ce_tot * scale
     loss = spec.kd_weight * kd_mean + spec.ce_coef * ce_mean if spec.uses_teacher else spec.ce_coef * ce_mean
@@ -199,17 +199,24 @@ def _forward_chunks(h_s, w_s, h_t, w_t, labels, spec: LossSpec, fn: ChunkFn, nee
 _MIXED_ADDMM: dict[str, bool] = {}
 
 
-def _add_wgrad(grad_w: torch.Tensor, g: torch.Tensor, hs: torch.Tensor) -> None:
-    """grad_w (fp32) += g^T @ hs. On CUDA with half inputs, cuBLAS accumulates straight into the
-    fp32 buffer (addmm with out_dtype) instead of writing a half [V, H] product and adding it."""
+def _add_wgrad(grad_w: torch.Tensor, g: torch.Tensor, hs: torch.Tensor, first: bool) -> None:
+    """grad_w (fp32) += g^T @ hs, or = for the first chunk (grad_w starts uninitialised: no zero
+    fill). On CUDA with half inputs, cuBLAS accumulates straight into the fp32 buffer (mm/addmm
+    with out_dtype) instead of writing a half [V, H] product and adding it."""
     if grad_w.dtype != g.dtype and g.is_cuda and _MIXED_ADDMM.get("ok", True):
         try:
-            torch.addmm(grad_w, g.t(), hs, out_dtype=grad_w.dtype, out=grad_w)
+            if first:
+                torch.mm(g.t(), hs, out_dtype=grad_w.dtype, out=grad_w)
+            else:
+                torch.addmm(grad_w, g.t(), hs, out_dtype=grad_w.dtype, out=grad_w)
             _MIXED_ADDMM["ok"] = True
             return
-        except (RuntimeError, TypeError):
+        except (RuntimeError, TypeError, NotImplementedError):
             _MIXED_ADDMM["ok"] = False
-    grad_w += g.t() @ hs
+    if first:
+        grad_w.copy_(g.t() @ hs)
+    else:
+        grad_w += g.t() @ hs
 
 
 class _FusedLinearLoss(torch.autograd.Function):
@@ -226,7 +233,10 @@ class _FusedLinearLoss(torch.autograd.Function):
     def backward(ctx, grad_loss, _gkd, _gce):
         grad_h, grad_w = ctx.saved_tensors
         gh = (grad_h * grad_loss.to(grad_h.dtype)) if grad_h is not None else None
-        gw = (grad_w * grad_loss.to(grad_w.dtype)).to(ctx.w_dtype) if grad_w is not None else None
+        gw = None
+        if grad_w is not None:  # scaled and cast to the weight's dtype in one pass
+            gw = torch.mul(grad_w, grad_loss.to(grad_w.dtype),
+                           out=torch.empty(grad_w.shape, dtype=ctx.w_dtype, device=grad_w.device))
         return gh, gw, None, None, None, None, None
 
 

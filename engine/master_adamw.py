@@ -1,0 +1,153 @@
+"""AdamW for bf16 parameters with fp32 master weights held by the optimizer (Megatron's scheme).
+
+With fp32 parameters under bf16 autocast, every micro-batch casts all weights to bf16 for the
+forward and every weight gradient back to fp32 in backward, and the residual stream runs in
+fp32. Holding the model in bf16 removes those passes; the precision that the update needs
+lives here instead: an fp32 copy of each parameter (`master`) and fp32 moments. One update
+reads the bf16 gradient once, updates master and moments in fp32, and writes the bf16
+parameter, in one fused pass per tensor when compiled (CUDA).
+
+Same update as `torch.optim.AdamW`, including the two hooks the trainer uses: `grad_scale`
+(gradients are divided by it: clipping) and `found_inf` (skip the step on the device, no sync).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+Update = Callable[..., None]
+
+
+def adamw_update(beta1: float, beta2: float, eps: float, weight_decay: float, compile: bool) -> Update:
+    """The AdamW update of one flat tensor for these constants, compiled into one kernel on request.
+    (The constants are closed over, so that the compiled graph holds them as literals instead of
+    taking Python floats as inputs that it must unpack on every call.)"""
+
+    def update(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
+               exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
+               skip: torch.Tensor) -> None:
+        _adamw(param, grad, master, exp_avg, exp_avg_sq, step, lr, inv_scale, skip, beta1, beta2, eps, weight_decay)
+
+    return torch.compile(update, dynamic=True) if compile else update
+
+
+def _adamw(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
+           exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
+           skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """`step` is the step count including this one; `skip` (0-d bool) leaves every tensor as it was."""
+    g = grad.float() * inv_scale
+    m = exp_avg.lerp(g, 1 - beta1)
+    v = exp_avg_sq * beta2 + (1 - beta2) * g * g
+    bias1 = 1 - beta1 ** step
+    bias2_sqrt = (1 - beta2 ** step).sqrt()
+    w = master * (1 - lr * weight_decay) - (lr / bias1) * m / (v.sqrt() / bias2_sqrt + eps)
+    exp_avg.copy_(torch.where(skip, exp_avg, m))
+    exp_avg_sq.copy_(torch.where(skip, exp_avg_sq, v))
+    master.copy_(torch.where(skip, master, w))
+    param.copy_(master)
+
+
+class MasterAdamW(torch.optim.Optimizer):
+    """AdamW that keeps fp32 master weights and moments for parameters it turns into `dtype`.
+
+    Give it the fp32 parameters: it copies them as masters, then casts the parameters in place,
+    so that no precision of the loaded weights is lost. `compile` fuses each tensor's update into
+    one kernel (torch.compile, dynamic shapes: one graph for every tensor size).
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, dtype: torch.dtype = torch.bfloat16,
+                 compile: bool = False):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.grad_scale: torch.Tensor | None = None
+        self.found_inf: torch.Tensor | None = None
+        self._sums: dict[torch.Tensor, torch.Tensor] = {}  # fp32 gradient sums (see `accumulate`)
+        self._folded: set[torch.Tensor] = set()  # parameters whose sum holds this step's gradient
+        self._compile = compile
+        self._updates: dict[tuple[float, ...], Update] = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dtype != torch.float32:
+                    raise ValueError(f"MasterAdamW takes fp32 parameters (got {p.dtype})")
+                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                 "master": p.detach().clone(),
+                                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                p.data = p.data.to(dtype)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def accumulate(self) -> None:
+        """Fold the micro-batch's bf16 gradients into fp32 sums and clear them, so that gradient
+        accumulation over many micro-batches does not add in bf16. Once a micro-batch was folded,
+        `gradients` and `step` use the sums: fold the last micro-batch too."""
+        for p in self._params():
+            if p.grad is None:
+                continue
+            total = self._sums.get(p)
+            if total is None:
+                self._sums[p] = p.grad.float()
+            elif p in self._folded:
+                total.add_(p.grad)
+            else:
+                total.copy_(p.grad)
+            self._folded.add(p)
+            p.grad = None
+
+    def _grad(self, p: torch.Tensor) -> torch.Tensor | None:
+        return self._sums[p] if p in self._folded else p.grad
+
+    def gradients(self) -> list[torch.Tensor]:
+        """The gradients the next step applies (the fp32 sums after `accumulate`)."""
+        return [g for g in map(self._grad, self._params()) if g is not None]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # noqa: D102 (torch.optim API)
+        if closure is not None:
+            raise ValueError("MasterAdamW does not take a closure")
+        for group in self.param_groups:
+            params = [p for p in group["params"] if self._grad(p) is not None]
+            if not params:
+                continue
+            device = params[0].device
+            skip = (self.found_inf > 0 if self.found_inf is not None
+                    else torch.zeros((), dtype=torch.bool, device=device))
+            inv_scale = (1.0 / self.grad_scale.float() if self.grad_scale is not None
+                         else torch.ones((), device=device))
+            lr = torch.full((), group["lr"], dtype=torch.float32, device=device)  # a fill, no host copy
+            key = (*group["betas"], group["eps"], group["weight_decay"])
+            if key not in self._updates:
+                self._updates[key] = adamw_update(*key, compile=self._compile)
+            update = self._updates[key]
+            steps = [self.state[p]["step"] for p in params]
+            inc = (~skip).float()
+            torch._foreach_add_(steps, [inc] * len(steps))  # (the Tensor-scalar overload reads it on the host)
+            for p in params:
+                st = self.state[p]
+                update(p.view(-1), self._grad(p).view(-1), st["master"].view(-1), st["exp_avg"].view(-1),
+                       st["exp_avg_sq"].view(-1), st["step"], lr, inv_scale, skip)
+        self._folded.clear()
+
+    def master_weights(self) -> dict[torch.Tensor, torch.Tensor]:
+        """Parameter -> its fp32 master copy (for saving the model at full precision)."""
+        return {p: self.state[p]["master"] for group in self.param_groups for p in group["params"]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Like Optimizer.load_state_dict, but the fp32 state stays fp32 (the stock one casts every
+        floating-point state tensor to its parameter's dtype, here bf16)."""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(
+                len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups, strict=True)):
+            raise ValueError("optimizer state does not match this model's parameters")
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
+            for key, value in saved.items():
+                if key != "params":
+                    group[key] = value
+            for pid, p in zip(saved["params"], group["params"], strict=True):
+                st = state_dict["state"][pid]
+                self.state[p] = {k: v.to(device=p.device, dtype=torch.float32) for k, v in st.items()}
