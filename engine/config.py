@@ -118,6 +118,9 @@ class TrainConfig(_Section):
     log_interval: int = Field(default=1, ge=1)
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the model(s)
+    # bf16 parameters + fp32 master weights in the optimizer (CUDA, bf16), where gradients never add up
+    # in bf16 (engine/trainer.py: master_weights_apply); false: fp32 parameters under bf16 autocast
+    master_weights: bool = True
     max_nan_steps: int = Field(default=5, ge=1)  # consecutive non-finite losses that stop the run
     seed: int = 1234
 

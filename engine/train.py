@@ -8,8 +8,11 @@ and the update, and the loop reads each step's loss one step behind the GPU. Val
 and the final HF checkpoint follow the run-directory contract (engine/runs.py).
 
 Precision: with mixed_precision = "bf16" on CUDA the student keeps fp32 master weights and
-AdamW state; matrix products run in bf16 (autocast under DDP, FSDP2's param_dtype under FSDP).
-The frozen teacher is held in [model].dtype. On the CPU everything is fp32.
+AdamW state; matrix products run in bf16. Where `master_weights` applies (engine/trainer.py), the
+model itself is bf16 and the fp32 masters live in the optimizer (engine/master_adamw.py); else the
+weights stay fp32 under autocast (DDP) or FSDP2's param_dtype. The student is loaded in fp32 either
+way, so the masters start from the checkpoint's full precision. The frozen teacher is held in
+[model].dtype. On the CPU everything is fp32.
 """
 
 from __future__ import annotations

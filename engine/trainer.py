@@ -179,13 +179,15 @@ class Trainer:
 
     def __init__(self, accelerator: Any, student: nn.Module, cfg: TrainConfig, spec: LossSpec,
                  teacher: nn.Module | None = None, hidden: HiddenSpec | None = None,
-                 master_weights: bool | None = None):
+                 master_weights: bool | None = None):  # None: cfg.master_weights where it applies
         self.accelerator = accelerator
         self.cfg = cfg
         self.spec = spec
         device = accelerator.device
         accumulation = max(1, cfg.global_batch_size // (cfg.micro_batch_size * accelerator.num_processes))
-        self.master = master_weights_apply(accelerator, accumulation) if master_weights is None else master_weights
+        if master_weights is None:
+            master_weights = cfg.master_weights and master_weights_apply(accelerator, accumulation)
+        self.master = master_weights
         if self.master and accumulation > 1 and accelerator.num_processes > 1:
             raise ValueError("master weights with gradient accumulation need a single process")
         compile_ = bool(cfg.compile) and device.type == "cuda"
@@ -208,7 +210,8 @@ class Trainer:
                              compile_loss=compile_)
         self.flops_per_token += 6 * sum(matmul_params(p) for p in module.projections)
         module.to(device)
-        optimizer = make_optimizer(module, cfg, master=self.master, compile=compile_)
+        # (the master update is compiled on CUDA whatever `compile` says: eager, it takes ~10 passes)
+        optimizer = make_optimizer(module, cfg, master=self.master, compile=device.type == "cuda")
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
 

@@ -1,0 +1,176 @@
+"""MasterAdamW: bf16 parameters, fp32 master weights and moments, the same update as torch's AdamW."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
+
+from engine.master_adamw import MasterAdamW
+
+KW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _pair(shapes, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    ref = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    mine = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    return ref, mine
+
+
+def _groups(params):
+    return [{"params": params[:-1], "weight_decay": 0.1}, {"params": params[-1:], "weight_decay": 0.0}]
+
+
+def test_update_equals_fused_adamw_with_clipping_and_a_skipped_step() -> None:
+    shapes = [(40, 24), (7, 3, 5), (24,)]
+    ref, mine = _pair(shapes)
+    fused = torch.optim.AdamW(_groups(ref), fused=True, **KW)
+    master = MasterAdamW(_groups(mine), **KW)
+    assert all(p.dtype == torch.bfloat16 for p in mine)
+    gen = torch.Generator().manual_seed(1)
+    for i in range(5):
+        grads = [torch.randn(s, generator=gen).bfloat16() for s in shapes]
+        for r, m, g in zip(ref, mine, grads, strict=True):
+            r.grad, m.grad = g.float(), g
+        fused.grad_scale = master.grad_scale = torch.tensor(1.0 + i)
+        fused.found_inf = master.found_inf = torch.tensor(float(i == 2))  # step 3 is skipped
+        fused.step()
+        master.step()
+    masters = master.master_weights()
+    for r, p in zip(ref, mine, strict=True):
+        torch.testing.assert_close(masters[p], r.detach(), rtol=0, atol=2e-6)
+        assert torch.equal(p, masters[p].bfloat16())  # the parameter is its master, rounded
+    assert [float(master.state[p]["step"]) for p in mine] == [4.0] * 3
+
+
+def test_accumulate_sums_micro_batches_in_fp32() -> None:
+    ref, mine = _pair([(64, 32), (32,)])
+    plain = torch.optim.AdamW(_groups(ref), foreach=False, **KW)
+    master = MasterAdamW(_groups(mine), **KW)
+    gen = torch.Generator().manual_seed(2)
+    micro = [[torch.randn(p.shape, generator=gen).bfloat16() * (1 + 100 * k) for p in ref] for k in range(4)]
+    for grads in micro:
+        for p, g in zip(mine, grads, strict=True):
+            p.grad = g.clone()
+        master.accumulate()
+        assert all(p.grad is None for p in mine)
+    fp32_sums = [sum(g[i].float() for g in micro) for i in range(len(ref))]
+    bf16_sums = [sum(g[i] for g in micro) for i in range(len(ref))]
+    assert any(not torch.equal(a.float(), b) for a, b in zip(bf16_sums, fp32_sums, strict=True))
+    for got, want in zip(master.gradients(), fp32_sums, strict=True):
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+    for r, g in zip(ref, fp32_sums, strict=True):
+        r.grad = g
+    plain.step()
+    master.step()
+    for r, p in zip(ref, mine, strict=True):
+        torch.testing.assert_close(master.master_weights()[p], r.detach(), rtol=0, atol=2e-6)
+    for p in mine:  # the next step starts new sums
+        p.grad = torch.ones_like(p)
+    master.accumulate()
+    assert all(torch.equal(g, torch.ones_like(g)) for g in master.gradients())
+
+
+def test_state_dict_keeps_fp32_state_and_resumes_exactly() -> None:
+    shapes = [(16, 8), (8,)]
+    _, a = _pair(shapes)
+    _, b = _pair(shapes)
+    opt_a = MasterAdamW(_groups(a), **KW)
+    gen = torch.Generator().manual_seed(3)
+    grads = [[torch.randn(s, generator=gen).bfloat16() for s in shapes] for _ in range(4)]
+
+    def step(opt, params, gs):
+        for p, g in zip(params, gs, strict=True):
+            p.grad = g
+        opt.step()
+
+    for gs in grads[:2]:
+        step(opt_a, a, gs)
+    saved = copy.deepcopy(opt_a.state_dict())
+    with torch.no_grad():
+        for p, q in zip(a, b, strict=True):
+            p_master = opt_a.master_weights()[p]
+            q.copy_(p_master)  # a fresh model that loaded the saved (fp32) weights
+    opt_b = MasterAdamW(_groups(b), **KW)
+    opt_b.load_state_dict(saved)
+    assert {t.dtype for st in opt_b.state.values() for t in st.values()} == {torch.float32}
+    for gs in grads[2:]:
+        step(opt_a, a, gs)
+        step(opt_b, b, gs)
+    for p, q in zip(a, b, strict=True):
+        assert torch.equal(opt_a.master_weights()[p], opt_b.master_weights()[q]) and torch.equal(p, q)
+
+
+def test_refuses_half_parameters_and_a_state_of_another_model() -> None:
+    with pytest.raises(ValueError, match="fp32 parameters"):
+        MasterAdamW([torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))])
+    opt = MasterAdamW([torch.nn.Parameter(torch.zeros(3))])
+    other = MasterAdamW([torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match="does not match"):
+        opt.load_state_dict(other.state_dict())
+
+
+def test_master_weights_apply_where_gradients_never_add_up_in_bf16() -> None:
+    from engine.trainer import master_weights_apply
+
+    def acc(device="cuda", mp="bf16", fsdp=False, procs=1):
+        return SimpleNamespace(device=torch.device(device), mixed_precision=mp, is_fsdp2=fsdp, num_processes=procs)
+
+    assert master_weights_apply(acc(), 1) and master_weights_apply(acc(), 8)
+    assert master_weights_apply(acc(procs=2), 1)
+    assert not master_weights_apply(acc(procs=2), 4)  # DDP would sum micro-batches in bf16
+    assert not master_weights_apply(acc(fsdp=True, procs=2), 1)
+    assert not master_weights_apply(acc(mp="fp16"), 1)
+    assert not master_weights_apply(acc(device="cpu", mp="no"), 1)
+
+
+def _tiny_trainer(master: bool, accum: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.config import TrainConfig
+    from engine.distill.losses import LossSpec
+    from engine.trainer import Trainer, make_accelerator
+
+    cfg_model = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=10, lr=1e-2, min_lr=1e-3, warmup_steps=0, global_batch_size=2 * accum,
+                      micro_batch_size=2)
+    return Trainer(make_accelerator(), LlamaForCausalLM(cfg_model), cfg, LossSpec("ce", chunk_tokens=8),
+                   master_weights=master)
+
+
+def _batches(n: int, seed: int = 1) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 64, (2, 17), generator=gen) for _ in range(n)]
+
+
+def test_trainer_with_master_weights_learns_saves_fp32_and_resumes(tmp_path: Path) -> None:
+    trainer = _tiny_trainer(master=True)
+    student = trainer.unwrapped().student
+    assert {p.dtype for p in student.parameters()} == {torch.bfloat16}
+    data = _batches(2)
+    first = trainer.step(data, lr=1e-2)
+    for _ in range(6):
+        last = trainer.step(data, lr=1e-2)
+    assert last.loss < first.loss - 0.3 and last.finite
+    state = trainer.full_student_state()
+    masters = trainer._master().master_weights()
+    for name, p in student.named_parameters():
+        assert state[name].dtype == torch.float32 and torch.equal(state[name], masters[p])
+        assert torch.equal(p, masters[p].bfloat16())
+    assert torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])  # still tied
+
+    trainer.accelerator.save_state(str(tmp_path / "ckpt"), safe_serialization=True)
+    resumed = _tiny_trainer(master=True)
+    resumed.accelerator.load_state(str(tmp_path / "ckpt"))
+    more = _batches(4, seed=5)
+    for a, b in zip(more[::2], more[1::2], strict=True):
+        assert trainer.step([a, b], lr=5e-3).loss == resumed.step([a, b], lr=5e-3).loss
+    for (name, p), q in zip(student.named_parameters(), resumed.unwrapped().student.parameters(), strict=True):
+        assert torch.equal(p, q), name
