@@ -13,7 +13,7 @@ B=benchmarks/distill_throughput.py
 if [[ $WHAT == single || $WHAT == all ]]; then
   echo "== 1 GPU" | tee -a "$LOG"
   CUDA_VISIBLE_DEVICES=0 timeout 420 python3 $B --check --profile engine-compile \
-    --variants naive,engine-compile,engine-compile-accum4,engine-compile-micro8-accum2 --json "$OUT/single.json" 2>&1 | grep -vi warn | tee -a "$LOG"
+    --variants naive,engine-compile-autocast,engine-compile,engine-compile-accum4,engine-compile-micro8-accum2 --json "$OUT/single.json" 2>&1 | grep -vi warn | tee -a "$LOG"
 fi
 if [[ $WHAT == multi || $WHAT == all ]]; then
   for S in ddp fsdp; do

@@ -178,12 +178,15 @@ def check_fused_loss(device: torch.device) -> dict:
     wt = torch.randn(v, h, device=device, generator=g) * 0.05
     labels = torch.randint(0, v, (n,), device=device, generator=g)
     out = {}
-    for kind in ("forward_kl", "reverse_kl", "jsd"):
-        spec = LossSpec(kind, temperature=2.0, ce_weight=0.3, chunk_tokens=1024)
+    # name: (kind, ce_weight, compile); "forward_kl_compiled" is the Triton kernel's case on CUDA
+    cases = {"forward_kl": ("forward_kl", 0.3, False), "reverse_kl": ("reverse_kl", 0.3, False),
+             "jsd": ("jsd", 0.3, False), "forward_kl_compiled": ("forward_kl", 0.0, True)}
+    for name, (kind, ce_weight, compile_) in cases.items():
+        spec = LossSpec(kind, temperature=2.0, ce_weight=ce_weight, chunk_tokens=1024)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, _, _ = fused_linear_loss(hs, ws, labels, spec, ht, wt)
+            loss, _, _ = fused_linear_loss(hs, ws, labels, spec, ht, wt, compile=compile_ and device.type == "cuda")
         gh, gw = torch.autograd.grad(loss, (hs, ws))
-        ref_spec = LossSpec(kind, temperature=2.0, ce_weight=0.3, chunk_tokens=n)
+        ref_spec = LossSpec(kind, temperature=2.0, ce_weight=ce_weight, chunk_tokens=n)
         h64, w64 = hs.detach().double().requires_grad_(), ws.detach().double().requires_grad_()
         ref, _, _ = fused_linear_loss(h64, w64, labels, ref_spec, ht.double(), wt.double())
         rh, rw = torch.autograd.grad(ref, (h64, w64))
@@ -191,13 +194,13 @@ def check_fused_loss(device: torch.device) -> dict:
         def rel(a, b):
             return float((a.double() - b).norm() / b.norm())
 
-        out[kind] = {"loss": rel(loss.detach(), ref.detach()), "grad_h": rel(gh, rh), "grad_w": rel(gw, rw)}
+        out[name] = {"loss": rel(loss.detach(), ref.detach()), "grad_h": rel(gh, rh), "grad_w": rel(gw, rw)}
     out["mixed_dtype_addmm"] = losses._MIXED_ADDMM.get("ok")
     return out
 
 
 def check_master_adamw(device: torch.device, steps: int = 6) -> dict:
-    """MasterAdamW (compiled on CUDA) against fused fp32 AdamW fed the same bf16 gradients, with
+    """MasterAdamW (its Triton kernel on CUDA) against fused fp32 AdamW fed the same bf16 gradients, with
     clipping (`grad_scale`) and one skipped step (`found_inf`): max |difference| of the weights."""
     from engine.master_adamw import MasterAdamW
 
@@ -207,7 +210,7 @@ def check_master_adamw(device: torch.device, steps: int = 6) -> dict:
     mine = [torch.nn.Parameter(p.detach().clone()) for p in ref]
     kw = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     fused = torch.optim.AdamW(ref, fused=True, **kw)
-    master = MasterAdamW(mine, compile=device.type == "cuda", **kw)
+    master = MasterAdamW(mine, fused=device.type == "cuda", **kw)
     for i in range(steps):
         grads = [torch.randn(s, device=device, generator=g).bfloat16() for s in shapes]
         scale = torch.tensor(1.0 + i, device=device)

@@ -5,7 +5,7 @@ forward and every weight gradient back to fp32 in backward, and the residual str
 fp32. Holding the model in bf16 removes those passes; the precision that the update needs
 lives here instead: an fp32 copy of each parameter (`master`) and fp32 moments. One update
 reads the bf16 gradient once, updates master and moments in fp32, and writes the bf16
-parameter, in one fused pass per tensor when compiled (CUDA).
+parameter, in one fused pass per tensor on CUDA (engine/adamw_triton.py).
 
 Same update as `torch.optim.AdamW`, including the two hooks the trainer uses: `grad_scale`
 (gradients are divided by it: clipping) and `found_inf` (skip the step on the device, no sync).
@@ -13,31 +13,18 @@ Same update as `torch.optim.AdamW`, including the two hooks the trainer uses: `g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-Update = Callable[..., None]
 
+def adamw_reference(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
+                    exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
+                    skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+    """The update in torch ops (CPU, and the reference for engine/adamw_triton.py's kernel).
 
-def adamw_update(beta1: float, beta2: float, eps: float, weight_decay: float, compile: bool) -> Update:
-    """The AdamW update of one flat tensor for these constants, compiled into one kernel on request.
-    (The constants are closed over, so that the compiled graph holds them as literals instead of
-    taking Python floats as inputs that it must unpack on every call.)"""
-
-    def update(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
-               exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
-               skip: torch.Tensor) -> None:
-        _adamw(param, grad, master, exp_avg, exp_avg_sq, step, lr, inv_scale, skip, beta1, beta2, eps, weight_decay)
-
-    return torch.compile(update, dynamic=True) if compile else update
-
-
-def _adamw(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
-           exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
-           skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-    """`step` is the step count including this one; `skip` (0-d bool) leaves every tensor as it was."""
+    `step` is the step count including this one; `skip` (0-d bool) leaves every tensor as it was."""
     g = grad.float() * inv_scale
     m = exp_avg.lerp(g, 1 - beta1)
     v = exp_avg_sq * beta2 + (1 - beta2) * g * g
@@ -54,20 +41,23 @@ class MasterAdamW(torch.optim.Optimizer):
     """AdamW that keeps fp32 master weights and moments for parameters it turns into `dtype`.
 
     Give it the fp32 parameters: it copies them as masters, then casts the parameters in place,
-    so that no precision of the loaded weights is lost. `compile` fuses each tensor's update into
-    one kernel (torch.compile, dynamic shapes: one graph for every tensor size).
+    so that no precision of the loaded weights is lost. `fused`: each tensor's update is one Triton
+    kernel (CUDA); else torch ops (`adamw_reference`).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, dtype: torch.dtype = torch.bfloat16,
-                 compile: bool = False):
+                 fused: bool = False):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.grad_scale: torch.Tensor | None = None
         self.found_inf: torch.Tensor | None = None
         self._sums: dict[torch.Tensor, torch.Tensor] = {}  # fp32 gradient sums (see `accumulate`)
         self._folded: set[torch.Tensor] = set()  # parameters whose sum holds this step's gradient
-        self._compile = compile
-        self._updates: dict[tuple[float, ...], Update] = {}
+        if fused:
+            from engine.adamw_triton import adamw_update
+            self._update = adamw_update
+        else:
+            self._update = adamw_reference
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dtype != torch.float32:
@@ -120,17 +110,14 @@ class MasterAdamW(torch.optim.Optimizer):
             inv_scale = (1.0 / self.grad_scale.float() if self.grad_scale is not None
                          else torch.ones((), device=device))
             lr = torch.full((), group["lr"], dtype=torch.float32, device=device)  # a fill, no host copy
-            key = (*group["betas"], group["eps"], group["weight_decay"])
-            if key not in self._updates:
-                self._updates[key] = adamw_update(*key, compile=self._compile)
-            update = self._updates[key]
+            constants = (*group["betas"], group["eps"], group["weight_decay"])
             steps = [self.state[p]["step"] for p in params]
             inc = (~skip).float()
             torch._foreach_add_(steps, [inc] * len(steps))  # (the Tensor-scalar overload reads it on the host)
             for p in params:
                 st = self.state[p]
-                update(p.view(-1), self._grad(p).view(-1), st["master"].view(-1), st["exp_avg"].view(-1),
-                       st["exp_avg_sq"].view(-1), st["step"], lr, inv_scale, skip)
+                self._update(p.view(-1), self._grad(p).view(-1), st["master"].view(-1), st["exp_avg"].view(-1),
+                             st["exp_avg_sq"].view(-1), st["step"], lr, inv_scale, skip, *constants)
         self._folded.clear()
 
     def master_weights(self) -> dict[torch.Tensor, torch.Tensor]:

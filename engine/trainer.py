@@ -85,8 +85,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool = False,
-                   compile: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool = False) -> torch.optim.Optimizer:
     """Fused AdamW (CUDA and CPU); no weight decay on norms and biases (1-D parameters).
     Fused, because it can skip a step on the device (`found_inf`) without a host sync.
 
@@ -100,7 +99,8 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool = False,
               {"params": no_decay, "weight_decay": 0.0}]
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     if master:
-        return MasterAdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, compile=compile)
+        cuda = any(p.is_cuda for p in decay + no_decay)  # one Triton kernel per tensor there
+        return MasterAdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=cuda)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=True)
 
 
@@ -210,8 +210,7 @@ class Trainer:
                              compile_loss=compile_)
         self.flops_per_token += 6 * sum(matmul_params(p) for p in module.projections)
         module.to(device)
-        # (the master update is compiled on CUDA whatever `compile` says: eager, it takes ~10 passes)
-        optimizer = make_optimizer(module, cfg, master=self.master, compile=device.type == "cuda")
+        optimizer = make_optimizer(module, cfg, master=self.master)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
 

@@ -1,0 +1,113 @@
+"""The Triton kernels (CUDA in training) against their torch references, run in Triton's CPU
+interpreter (TRITON_INTERPRET=1): the fused AdamW update of MasterAdamW and the forward-KL chunk."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Before triton is imported: it decorates its own helpers (e.g. tl.max's combine function) then,
+# as interpreted functions only if the switch is already on. The CPU runs no other Triton code.
+_IMPORTED_BEFORE = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from _util import one_thread  # noqa: E402, F401  (autouse fixture: one torch thread)
+
+pytest.importorskip("triton")
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    if _IMPORTED_BEFORE:
+        pytest.fail("triton was imported before tests/test_triton_kernels.py could set TRITON_INTERPRET=1")
+    from engine import adamw_triton
+    from engine.distill import kl_triton
+
+    return adamw_triton, kl_triton
+
+
+def _state(n: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    master = torch.randn(n, generator=gen)
+    return {"param": master.bfloat16(), "grad": torch.randn(n, generator=gen).bfloat16(), "master": master,
+            "exp_avg": torch.randn(n, generator=gen) * 0.1, "exp_avg_sq": torch.rand(n, generator=gen) * 0.01}
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("grad_fp32", [False, True])
+def test_adamw_kernel_equals_reference(kernels, skip: bool, grad_fp32: bool) -> None:
+    from engine.master_adamw import adamw_reference
+
+    adamw_triton, _ = kernels
+    n = 5000  # not a multiple of the block: the tail is masked
+    ref, got = _state(n, 0), _state(n, 0)
+    if grad_fp32:  # the fp32 sums of accumulated micro-batches
+        ref["grad"] = got["grad"] = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    scalars = (torch.tensor(3.0), torch.tensor(1e-2), torch.tensor(0.5), torch.tensor(skip), 0.9, 0.95, 1e-8, 0.1)
+    before = {k: v.clone() for k, v in got.items()}
+    adamw_reference(*ref.values(), *scalars)
+    adamw_triton.adamw_update(*got.values(), *scalars)
+    for key in ("master", "exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-7, msg=key)
+    # the bf16 parameter is its master rounded (to nearest on GPUs; the interpreter truncates)
+    torch.testing.assert_close(got["param"].float(), got["master"], rtol=2**-7, atol=0)
+    assert torch.equal(got["master"], before["master"]) == skip
+
+
+def test_master_adamw_fused_equals_torch_ops(kernels) -> None:
+    from engine.master_adamw import MasterAdamW
+
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(30, 70), (33,)]
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    a = [torch.nn.Parameter(t.clone()) for t in init]
+    b = [torch.nn.Parameter(t.clone()) for t in init]
+    opt_a, opt_b = MasterAdamW(a, lr=1e-2), MasterAdamW(b, lr=1e-2, fused=True)
+    for i in range(3):
+        for p, q in zip(a, b, strict=True):
+            p.grad = q.grad = torch.randn(p.shape, generator=gen).bfloat16()
+        opt_a.found_inf = opt_b.found_inf = torch.tensor(float(i == 1))
+        opt_a.step()
+        opt_b.step()
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(opt_b.master_weights()[q], opt_a.master_weights()[p], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_forward_kl_kernel_equals_chunk_loss(kernels, temperature: float) -> None:
+    from engine.distill.losses import LossSpec, chunk_loss
+
+    _, kl_triton = kernels
+    gen = torch.Generator().manual_seed(3)
+    n, vocab = 7, 2500  # vocab not a multiple of the block; one row ignored
+    s = (torch.randn(n, vocab, generator=gen) * 3).bfloat16()
+    t = (torch.randn(n, vocab, generator=gen) * 3 + s.float()).bfloat16()
+    labels = torch.randint(0, vocab, (n,), generator=gen)
+    labels[2] = -100
+    scale = torch.tensor(1.0 / 6)
+    spec = LossSpec("forward_kl", temperature=temperature, kd_weight=0.7)
+    assert kl_triton.applies(s, t, spec, need_grad=True)
+    kd, ce, grad = kl_triton.forward_kl_chunk(s, t, labels, scale, spec, True, torch.float32)
+    ref_kd, ref_ce, ref_grad = chunk_loss(s.double(), t.double(), labels, scale.double(), spec, True)
+    assert float(ce) == 0.0 == float(ref_ce)
+    assert float(kd) == pytest.approx(float(ref_kd), rel=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-7)
+    assert torch.all(grad[2] == 0)
+
+
+def test_forward_kl_kernel_only_takes_the_plain_case(kernels) -> None:
+    from engine.distill.losses import LossSpec
+
+    _, kl_triton = kernels
+    s = torch.zeros(4, 100, dtype=torch.bfloat16)
+    t = torch.zeros(4, 100, dtype=torch.bfloat16)
+    assert kl_triton.applies(s, t, LossSpec("forward_kl"), True)
+    assert kl_triton.applies(s, t, LossSpec("forward_kl", vocab=100), True)
+    for spec in (LossSpec("reverse_kl"), LossSpec("jsd"), LossSpec("ce"), LossSpec("forward_kl", top_k=5),
+                 LossSpec("forward_kl", ce_weight=0.1), LossSpec("forward_kl", vocab=90)):
+        assert not kl_triton.applies(s, t, spec, True), spec
+    assert not kl_triton.applies(s, t, LossSpec("forward_kl"), False)  # no-grad (eval) path
+    assert not kl_triton.applies(s, torch.zeros(4, 120, dtype=torch.bfloat16), LossSpec("forward_kl"), True)
+    assert not kl_triton.applies(s.float(), t.float(), LossSpec("forward_kl"), True)
