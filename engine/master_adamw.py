@@ -37,6 +37,10 @@ def adamw_reference(param: torch.Tensor, grad: torch.Tensor, master: torch.Tenso
     param.copy_(master)
 
 
+_ADAMW_FLAGS = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False,
+                    fused=True, decoupled_weight_decay=True)
+
+
 class MasterAdamW(torch.optim.Optimizer):
     """AdamW that keeps fp32 master weights and moments for parameters it turns into `dtype`.
 
@@ -48,7 +52,8 @@ class MasterAdamW(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, dtype: torch.dtype = torch.bfloat16,
                  fused: bool = False):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        # (torch's flags too, so that a checkpoint of this optimizer loads into the engine's fused AdamW)
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **_ADAMW_FLAGS))
         self.grad_scale: torch.Tensor | None = None
         self.found_inf: torch.Tensor | None = None
         self._sums: dict[torch.Tensor, torch.Tensor] = {}  # fp32 gradient sums (see `accumulate`)
@@ -126,7 +131,9 @@ class MasterAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Like Optimizer.load_state_dict, but the fp32 state stays fp32 (the stock one casts every
-        floating-point state tensor to its parameter's dtype, here bf16)."""
+        floating-point state tensor to its parameter's dtype, here bf16). A state saved by plain
+        AdamW (a run whose checkpoint kept fp32 weights) has no masters: they are taken from the
+        parameters, which hold the checkpoint's weights by then (accelerate loads models first)."""
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
                 len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups, strict=True)):
@@ -136,5 +143,9 @@ class MasterAdamW(torch.optim.Optimizer):
                 if key != "params":
                     group[key] = value
             for pid, p in zip(saved["params"], group["params"], strict=True):
-                st = state_dict["state"][pid]
-                self.state[p] = {k: v.to(device=p.device, dtype=torch.float32) for k, v in st.items()}
+                st = state_dict["state"].get(pid)
+                if st is None:
+                    continue
+                st = {k: v.to(device=p.device, dtype=torch.float32) for k, v in st.items()}
+                st.setdefault("master", p.detach().float())
+                self.state[p] = st

@@ -180,6 +180,7 @@ def run_training(ctx: StageContext, cfg: TrainConfig, section: str,
             found = None
     if found is not None:
         state.update(load_checkpoint(acc, found[1]))
+        trainer.adopt_loaded_masters()
         ctx.log(f"[{ctx.stage}] resumed from {found[1]} (step {state['step']})")
     metrics = layout.metrics_file(ctx.stage)
     if ctx.is_main:

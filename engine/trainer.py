@@ -289,6 +289,19 @@ class Trainer:
         _inner_optimizer(self.optimizer).grad_scale = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)
         return norm
 
+    def adopt_loaded_masters(self) -> None:
+        """After loading a checkpoint written with master weights into plain AdamW (this run does
+        not use them, e.g. DDP with accumulation): the model file holds bf16 copies, the optimizer
+        state the fp32 masters, so the parameters take the masters."""
+        if self.master or self.accelerator.is_fsdp2:
+            return
+        opt = _inner_optimizer(self.optimizer)
+        with torch.no_grad():
+            for p in self.params:
+                master = opt.state.get(p, {}).pop("master", None)
+                if master is not None:
+                    p.copy_(master.to(p.device, p.dtype))
+
     def _master(self) -> MasterAdamW:
         return _inner_optimizer(self.optimizer)
 

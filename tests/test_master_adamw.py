@@ -174,3 +174,32 @@ def test_trainer_with_master_weights_learns_saves_fp32_and_resumes(tmp_path: Pat
         assert trainer.step([a, b], lr=5e-3).loss == resumed.step([a, b], lr=5e-3).loss
     for (name, p), q in zip(student.named_parameters(), resumed.unwrapped().student.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("saved_master", [True, False])
+def test_resume_across_precision_modes_keeps_the_weights(tmp_path: Path, saved_master: bool) -> None:
+    """A checkpoint written with master weights resumed by plain AdamW (and the other way round,
+    as when the number of GPUs changes): training continues from the saved weights at fp32."""
+    first = _tiny_trainer(master=saved_master)
+    for batch in _batches(2):
+        first.step([batch, batch], lr=1e-2)
+    if saved_master:
+        want = {n: first._master().master_weights()[p].clone()
+                for n, p in first.unwrapped().student.named_parameters()}
+    else:
+        want = {n: p.detach().clone() for n, p in first.unwrapped().student.named_parameters()}
+    first.accelerator.save_state(str(tmp_path / "ckpt"), safe_serialization=True)
+
+    other = _tiny_trainer(master=not saved_master)
+    other.accelerator.load_state(str(tmp_path / "ckpt"))
+    other.adopt_loaded_masters()
+    params = dict(other.unwrapped().student.named_parameters())
+    if saved_master:  # plain AdamW: fp32 parameters = the saved masters, exactly
+        for name, w in want.items():
+            assert params[name].dtype == torch.float32 and torch.equal(params[name], w), name
+    else:  # master weights from the saved fp32 weights, via the bf16 parameters
+        masters = other._master().master_weights()
+        for name, w in want.items():
+            assert torch.equal(masters[params[name]], w.bfloat16().float()), name
+    result = other.step(_batches(2, seed=7), lr=1e-2)
+    assert result.finite
