@@ -244,6 +244,7 @@ KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
     ("attention", ("flash", "fmha", "cudnn", "attention")),
     ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "sm90", "matmul")),
     ("optimizer + grad norm", ("adam", "multi_tensor")),
+    ("forward-KL kernel", ("forward_kl_kernel",)),
     ("nccl", ("nccl",)),
     ("triton (compiled)", ("triton",)),
     ("copy/cast", ("copy", "memcpy", "memset", "fill")),

@@ -7,6 +7,7 @@ step (micro-batches, gradient accumulation, clipping, finite check) without a ho
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from contextlib import nullcontext
@@ -108,9 +109,11 @@ def master_weights_apply(accelerator: Any, accumulation: int) -> bool:
     """bf16 parameters with fp32 masters in the optimizer, instead of fp32 parameters under autocast:
     on CUDA with bf16 mixed precision, except under FSDP2 (its own policy keeps fp32 shards) and
     except DDP with gradient accumulation (DDP sums the micro-batches' gradients in the parameters'
-    dtype, and they must not add up in bf16; on one process the optimizer folds them into fp32)."""
+    dtype, and they must not add up in bf16; on one process the optimizer folds them into fp32)
+    and without Triton (the update's kernel)."""
     return (accelerator.device.type == "cuda" and accelerator.mixed_precision == "bf16"
-            and not accelerator.is_fsdp2 and (accelerator.num_processes == 1 or accumulation == 1))
+            and not accelerator.is_fsdp2 and (accelerator.num_processes == 1 or accumulation == 1)
+            and importlib.util.find_spec("triton") is not None)  # its update kernel (CUDA torch brings it)
 
 
 # ---- one optimizer step ----------------------------------------------------------------

@@ -115,8 +115,12 @@ def test_refuses_half_parameters_and_a_state_of_another_model() -> None:
         opt.load_state_dict(other.state_dict())
 
 
-def test_master_weights_apply_where_gradients_never_add_up_in_bf16() -> None:
+def test_master_weights_apply_where_gradients_never_add_up_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
     from engine.trainer import master_weights_apply
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "triton" else None)
 
     def acc(device="cuda", mp="bf16", fsdp=False, procs=1):
         return SimpleNamespace(device=torch.device(device), mixed_precision=mp, is_fsdp2=fsdp, num_processes=procs)
@@ -127,6 +131,8 @@ def test_master_weights_apply_where_gradients_never_add_up_in_bf16() -> None:
     assert not master_weights_apply(acc(fsdp=True, procs=2), 1)
     assert not master_weights_apply(acc(mp="fp16"), 1)
     assert not master_weights_apply(acc(device="cpu", mp="no"), 1)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert not master_weights_apply(acc(), 1)  # no Triton: no update kernel
 
 
 def _tiny_trainer(master: bool, accum: int = 2):

@@ -1,27 +1,21 @@
 """The Triton kernels (CUDA in training) against their torch references, run in Triton's CPU
-interpreter (TRITON_INTERPRET=1): the fused AdamW update of MasterAdamW and the forward-KL chunk."""
+interpreter (TRITON_INTERPRET=1, set in tests/conftest.py): the fused AdamW update of MasterAdamW
+and the forward-KL chunk."""
 
 from __future__ import annotations
 
 import os
-import sys
 
-# Before triton is imported: it decorates its own helpers (e.g. tl.max's combine function) then,
-# as interpreted functions only if the switch is already on. The CPU runs no other Triton code.
-_IMPORTED_BEFORE = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from _util import one_thread  # noqa: E402, F401  (autouse fixture: one torch thread)
+import pytest
+import torch
+from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 pytest.importorskip("triton")
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    if _IMPORTED_BEFORE:
-        pytest.fail("triton was imported before tests/test_triton_kernels.py could set TRITON_INTERPRET=1")
+    assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py turns Triton's CPU interpreter on"
     from engine import adamw_triton
     from engine.distill import kl_triton
 

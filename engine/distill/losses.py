@@ -154,7 +154,10 @@ def _compiled_chunk_fn() -> ChunkFn:
     compiled = torch.compile(chunk_loss, dynamic=False)
     if not torch.cuda.is_available():
         return compiled
-    from engine.distill import kl_triton
+    try:
+        from engine.distill import kl_triton
+    except ImportError:  # no Triton (CUDA builds of torch bring it): the compiled kernel does it all
+        return compiled
 
     def chunk(s_logits, t_logits, labels, scale, spec, need_grad, grad_dtype=None):
         if s_logits.is_cuda and kl_triton.applies(s_logits, t_logits, spec, need_grad):
