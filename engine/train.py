@@ -198,7 +198,7 @@ def run_training(ctx: StageContext, cfg: TrainConfig, section: str,
     ctx.progress(state["step"], total_steps=cfg.steps)
     ctx.log(f"[{ctx.stage}] {cfg.steps} steps x {cfg.global_batch_size} sequences x {seq} tokens "
             f"({world} process(es), {accum} micro-batch(es) of {cfg.micro_batch_size} each); "
-            f"loss {models.spec.kind}; {trainer.flops_per_token / 1e9:.2f} GFLOP/token")
+            f"loss {models.spec.kind}; {trainer.flops_per_token / 1e9:.2f} GFLOP/token; {trainer.precision}")
 
     def checkpoint() -> None:
         save_checkpoint(acc, ckpt_root, state["step"], {k: v for k, v in state.items() if not k.startswith("_")})

@@ -292,6 +292,16 @@ class Trainer:
         _inner_optimizer(self.optimizer).grad_scale = ((norm.float() + 1e-6) / max_norm).clamp(min=1.0)
         return norm
 
+    @property
+    def precision(self) -> str:
+        """How the student's weights are held, for the log."""
+        acc = self.accelerator
+        if self.master:
+            return "bf16 weights, fp32 master weights in the optimizer"
+        if acc.mixed_precision in ("bf16", "fp16"):
+            return f"fp32 weights, {acc.mixed_precision} compute" + (" (FSDP2)" if acc.is_fsdp2 else " (autocast)")
+        return f"{next(iter(self.params)).dtype} weights".replace("torch.", "")
+
     def adopt_loaded_masters(self) -> None:
         """After loading a checkpoint written with master weights into plain AdamW (this run does
         not use them, e.g. DDP with accumulation): the model file holds bf16 copies, the optimizer
