@@ -1,8 +1,9 @@
 """One optimizer step on accelerate: the Trainer that `engine.train`'s loop and the benchmark drive.
 
 `make_accelerator` sets up bf16 autocast with DDP, or FSDP2 configured in code; `Trainer` holds the
-wrapped student (+ loss), the frozen teacher and fused AdamW, and `launch` queues one optimizer
-step (micro-batches, gradient accumulation, clipping, finite check) without a host sync.
+wrapped student (+ loss), the frozen teacher and the optimizer (fused AdamW, or MasterAdamW over a
+bf16 student where `master_weights_apply`), and `launch` queues one optimizer step (micro-batches,
+gradient accumulation, clipping, finite check) without a host sync.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def master_weights_apply(accelerator: Any, accumulation: int) -> bool:
     and without Triton (the update's kernel)."""
     return (accelerator.device.type == "cuda" and accelerator.mixed_precision == "bf16"
             and not accelerator.is_fsdp2 and (accelerator.num_processes == 1 or accumulation == 1)
-            and importlib.util.find_spec("triton") is not None)  # its update kernel (CUDA torch brings it)
+            and importlib.util.find_spec("triton") is not None)
 
 
 # ---- one optimizer step ----------------------------------------------------------------
