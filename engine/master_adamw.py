@@ -127,7 +127,7 @@ class MasterAdamW(torch.optim.Optimizer):
 
     def master_weights(self) -> dict[torch.Tensor, torch.Tensor]:
         """Parameter -> its fp32 master copy (for saving the model at full precision)."""
-        return {p: self.state[p]["master"] for group in self.param_groups for p in group["params"]}
+        return {p: self.state[p]["master"] for p in self._params()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Like Optimizer.load_state_dict, but the fp32 state stays fp32 (the stock one casts every

@@ -154,7 +154,6 @@ def run_training(ctx: StageContext, cfg: TrainConfig, section: str,
     if cfg.global_batch_size % (cfg.micro_batch_size * world):
         raise UserError(f"{section}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
                         f"micro_batch_size x processes = {cfg.micro_batch_size} x {world}; change one of them")
-    accum = cfg.global_batch_size // (cfg.micro_batch_size * world)
     seq = exp.data.seq_length
     tokens_per_step = cfg.global_batch_size * seq
     from accelerate.utils import set_seed
@@ -197,7 +196,7 @@ def run_training(ctx: StageContext, cfg: TrainConfig, section: str,
     tb = _TensorBoard(ctx)
     ctx.progress(state["step"], total_steps=cfg.steps)
     ctx.log(f"[{ctx.stage}] {cfg.steps} steps x {cfg.global_batch_size} sequences x {seq} tokens "
-            f"({world} process(es), {accum} micro-batch(es) of {cfg.micro_batch_size} each); "
+            f"({world} process(es), {trainer.accumulation} micro-batch(es) of {cfg.micro_batch_size} each); "
             f"loss {models.spec.kind}; {trainer.flops_per_token / 1e9:.2f} GFLOP/token; {trainer.precision}")
 
     def checkpoint() -> None:
@@ -276,7 +275,7 @@ def run_training(ctx: StageContext, cfg: TrainConfig, section: str,
     try:
         with _StopFlag() as stop:
             while state["step"] < cfg.steps:
-                batches = _sample_batches(train_it, accum, cfg.micro_batch_size, acc.device)
+                batches = _sample_batches(train_it, trainer.accumulation, cfg.micro_batch_size, acc.device)
                 launched = trainer.launch(batches, lr_at(state["step"], cfg), cancel=stop.signame is not None)
                 state["step"] += 1
                 state["samples"] += cfg.global_batch_size

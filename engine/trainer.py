@@ -188,11 +188,12 @@ class Trainer:
         self.cfg = cfg
         self.spec = spec
         device = accelerator.device
-        accumulation = max(1, cfg.global_batch_size // (cfg.micro_batch_size * accelerator.num_processes))
+        # micro-batches per optimizer step: global_batch_size = micro_batch_size x this x processes
+        self.accumulation = max(1, cfg.global_batch_size // (cfg.micro_batch_size * accelerator.num_processes))
         if master_weights is None:
-            master_weights = cfg.master_weights and master_weights_apply(accelerator, accumulation)
+            master_weights = cfg.master_weights and master_weights_apply(accelerator, self.accumulation)
         self.master = master_weights
-        if self.master and accumulation > 1 and accelerator.num_processes > 1:
+        if self.master and self.accumulation > 1 and accelerator.num_processes > 1:
             raise ValueError("master weights with gradient accumulation need a single process")
         compile_ = bool(cfg.compile) and device.type == "cuda"
         if cfg.gradient_checkpointing:
