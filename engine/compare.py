@@ -7,6 +7,7 @@ No torch import.
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 from engine.config import ConfigError, Experiment, load_experiment
 from engine.prune.shapes import count_params, shape_from_config
-from engine.runs import RunLayout, human_count, read_json, read_metrics, teacher_source
+from engine.runs import RunLayout, human_count, read_json, read_metrics, teacher_source, write_atomic
 
 
 @dataclass
@@ -97,23 +98,25 @@ def eval_results(layout: RunLayout) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _split_loss(res: dict[str, Any] | None) -> float | None:
-    if not res:
-        return None
+def _validation(res: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The validation split of one model's eval results ("val" in older files)."""
     for split in ("validation", "val"):
-        if isinstance(res.get(split), dict) and res[split].get("loss") is not None:
-            return float(res[split]["loss"])
+        v = (res or {}).get(split)
+        if isinstance(v, dict):
+            return v
     return None
 
 
-def val_records(layout: RunLayout, stage: str) -> list[dict[str, Any]]:
-    recs, _ = read_metrics(layout.metrics_file(stage))
-    return [r for r in recs if r.get("split") == "val" and isinstance(r.get("loss"), (int, float))]
+def _split_loss(res: dict[str, Any] | None) -> float | None:
+    v = _validation(res)
+    return float(v["loss"]) if v and v.get("loss") is not None else None
 
 
-def train_records(layout: RunLayout, stage: str) -> list[dict[str, Any]]:
+def stage_records(layout: RunLayout, stage: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(validation records with a loss, train records) of one stage's metrics.jsonl, read once."""
     recs, _ = read_metrics(layout.metrics_file(stage))
-    return [r for r in recs if r.get("split") == "train"]
+    val = [r for r in recs if r.get("split") == "val" and isinstance(r.get("loss"), (int, float))]
+    return val, [r for r in recs if r.get("split") == "train"]
 
 
 def model_rows(run_dir: str | Path) -> list[ModelRow]:
@@ -129,13 +132,13 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
     _shape(teacher, tcfg)
     tres = results.get("teacher")
     teacher.distilled_loss = _split_loss(tres)
-    if teacher.distilled_loss is None and exp.finetune:
-        vals = val_records(layout, "finetune")
-        teacher.distilled_loss = vals[-1]["loss"] if vals else None
+    if exp.finetune:
+        vals, train = stage_records(layout, "finetune")
+        if teacher.distilled_loss is None:
+            teacher.distilled_loss = vals[-1]["loss"] if vals else None
+        _throughput(teacher, train)
     if tres and tres.get("params"):
         teacher.params = tres["params"]
-    if exp.finetune:
-        _throughput(teacher, train_records(layout, "finetune"))
     teacher.ppl = _ppl(tres, teacher.distilled_loss)
     rows.append(teacher)
 
@@ -147,29 +150,27 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
         pres, dres = results.get(prune_stage), results.get(distill_stage)
         row.pruned_loss = _split_loss(pres)
         if row.pruned_loss is None:
-            vals = val_records(layout, prune_stage)
+            vals, _ = stage_records(layout, prune_stage)
             row.pruned_loss = vals[-1]["loss"] if vals else None
         row.distilled_loss = _split_loss(dres)
-        if row.distilled_loss is None and exp.distill:
-            vals = val_records(layout, distill_stage)
-            row.distilled_loss = vals[-1]["loss"] if vals else None
+        if exp.distill:
+            vals, train = stage_records(layout, distill_stage)
+            if row.distilled_loss is None:
+                row.distilled_loss = vals[-1]["loss"] if vals else None
+            _throughput(row, train)
         for res in (dres, pres):
             if res and res.get("params"):
                 row.params = res["params"]
                 break
         row.ppl = _ppl(dres, row.distilled_loss)
-        if exp.distill:
-            _throughput(row, train_records(layout, distill_stage))
         rows.append(row)
     return rows
 
 
 def _ppl(res: dict[str, Any] | None, loss: float | None) -> float | None:
-    if res:
-        for split in ("validation", "val"):
-            v = res.get(split)
-            if isinstance(v, dict) and v.get("perplexity") is not None:
-                return float(v["perplexity"])
+    v = _validation(res)
+    if v and v.get("perplexity") is not None:
+        return float(v["perplexity"])
     if loss is None:
         return None
     return math.exp(min(loss, 50.0))
@@ -194,11 +195,11 @@ def curves(run_dirs: list[str | Path]) -> dict[str, tuple[list[float], list[floa
         for p in exp.prune:
             xs: list[float] = []
             ys: list[float] = []
-            start = val_records(layout, f"prune-{p.name}")
+            start, _ = stage_records(layout, f"prune-{p.name}")
             if start:
                 xs.append(0.0)
                 ys.append(float(start[-1]["loss"]))
-            for r in val_records(layout, f"distill-{p.name}"):
+            for r in stage_records(layout, f"distill-{p.name}")[0]:
                 step = float(r.get("step", 0))
                 if xs and step <= xs[-1]:
                     continue
@@ -287,11 +288,10 @@ def write_png(series: dict[str, tuple[list[float], list[float]]], path: Path, te
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, buf.getvalue())
 
 
 def report_markdown(rows: list[ModelRow], run_dirs: list[str | Path], png_name: str | None) -> str:
@@ -313,8 +313,6 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
             console=None) -> list[ModelRow]:
     """Print the table and chart; write report.md and val_loss.png into `out_dir` (the first run)."""
     from rich.console import Console
-
-    from engine.runs import write_atomic
 
     if console is None:
         console = Console()
