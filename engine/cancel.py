@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError
-from engine.runs import RunLayout, now_iso, parse_iso, read_json, read_status, write_json
+from engine.runs import RunLayout, effective_state, now_iso, parse_iso, read_json, write_json
 
 
 def _proc_of(pid: int | None, started_at: str | None):
@@ -56,11 +56,8 @@ def _group_members(pgids: set[int]) -> dict[int, Any]:
     if not pgids:
         return out
     for p in psutil.process_iter():
-        try:
-            if os.getpgid(p.pid) in pgids:
-                out[p.pid] = p
-        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
-            continue
+        if _pgid(p.pid) in pgids:
+            out[p.pid] = p
     return out
 
 
@@ -96,8 +93,7 @@ def cancel_run(run_dir: str | Path, grace: float = 20.0, out=None) -> int:
                  for p in [_proc_of(v.get("pid"), v.get("launched_at"))] if p]
     roots = [p for p in [orch, *launchers, *stage_procs] if p is not None and p.pid not in me]
     if not roots:
-        print(f"{run_dir}: nothing is running (state: {(read_status(layout.status_file) or {}).get('state', 'unknown')})",
-              file=out)
+        print(f"{run_dir}: nothing is running (state: {effective_state(raw) if raw else 'unknown'})", file=out)
         return 0
 
     procs = _tree(roots)
@@ -124,8 +120,7 @@ def cancel_run(run_dir: str | Path, grace: float = 20.0, out=None) -> int:
         if not any(_alive(p) for p in procs.values()):
             break
         time.sleep(0.2)
-    left = [p for p in procs.values() if _alive(p)]
-    if left:
+    if any(_alive(p) for p in procs.values()):
         procs.update(_group_members(leaders))
         left = [p for pid, p in procs.items() if _alive(p) and pid not in me]
         for p in left:

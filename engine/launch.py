@@ -89,7 +89,7 @@ def parse_gpus(text: str) -> list[int]:
     return out
 
 
-def gpu_pool(exp: Experiment, cli_gpus: list[int] | None, available: list[int], *, check: bool = True) -> list[int]:
+def gpu_pool(exp: Experiment, cli_gpus: list[int] | None, available: list[int]) -> list[int]:
     """The GPUs this run may use: --gpus, else [launch].gpus ('all' = every detected GPU)."""
     if cli_gpus is not None:
         wanted, where = cli_gpus, "--gpus"
@@ -97,17 +97,15 @@ def gpu_pool(exp: Experiment, cli_gpus: list[int] | None, available: list[int], 
         return list(available)
     else:
         wanted, where = list(exp.launch.gpus), "launch.gpus"
-    if check:
-        _check_present(wanted, available, where, exp)
+    _check_present(wanted, available, where, exp)
     return wanted
 
 
-def stage_gpus(exp: Experiment, stage: str, pool: list[int], available: list[int], *, check: bool = True) -> list[int]:
+def stage_gpus(exp: Experiment, stage: str, pool: list[int], available: list[int]) -> list[int]:
     """The GPUs one stage runs on: [launch].stage_gpus[stage], else the pool, cut to what the kind uses."""
     if stage in exp.launch.stage_gpus:
         gpus = list(exp.launch.stage_gpus[stage])
-        if check:
-            _check_present(gpus, available, f"launch.stage_gpus.{stage}", exp)
+        _check_present(gpus, available, f"launch.stage_gpus.{stage}", exp)
     else:
         gpus = list(pool)
     want = STAGE_PROCESSES.get(stage_kind(stage))

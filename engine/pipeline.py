@@ -108,13 +108,12 @@ def resolve_stage_name(exp: Experiment, name: str, flag: str) -> str:
     raise ConfigError(f"{exp.source}: {flag}: {hint}; stages: {', '.join(stages)}")
 
 
-def _ended_after(layout: RunLayout, dep: str, status: dict[str, Any] | None) -> bool:
-    """Did `dep` finish after this stage started (its output is newer than what the stage used)?"""
+def _ended_after(dep_status: dict[str, Any] | None, status: dict[str, Any] | None) -> bool:
+    """Did the dependency finish after this stage started (its output is newer than what the stage used)?"""
     if not status:
         return False
     started = parse_iso(status.get("started_at"))
-    dep_status = read_json(layout.stage_status_file(dep)) or {}
-    ended = parse_iso(dep_status.get("ended_at"))
+    ended = parse_iso((dep_status or {}).get("ended_at"))
     return bool(started and ended and ended > started)
 
 
@@ -129,9 +128,10 @@ def plan_stages(exp: Experiment, layout: RunLayout, only: Iterable[str] = (), fr
     if from_stage:
         start = resolve_stage_name(exp, from_stage, "--from")
         forced |= set(stages[stages.index(start):])
+    docs = {s: read_status(layout.stage_status_file(s)) for s in stages}
     plans: dict[str, StagePlan] = {}
     for s in stages:
-        st = read_status(layout.stage_status_file(s))
+        st = docs[s]
         state = (st or {}).get("state", "pending")
         if state == "running" and worker:
             plans[s] = StagePlan(s, "run", "running on node 0", deps[s])
@@ -141,20 +141,21 @@ def plan_stages(exp: Experiment, layout: RunLayout, only: Iterable[str] = (), fr
                           f"wait for it or stop it with `slimlab-engine cancel {layout.root}`")
         same = bool(st) and st.get("config_hash") == exp.stage_hash(s)
         rerun_up = [d for d in deps[s] if plans[d].runs]
-        newer_up = [d for d in deps[s] if _ended_after(layout, d, st)]
+        newer_up = [d for d in deps[s] if _ended_after(docs[d], st)]
         has_output = (layout.stage_dir(s) / STAGE_OUTPUT[stage_kind(s)]).exists()
+        fresh = same and not rerun_up and not newer_up  # nothing it used has changed
         keep = False
         if only and s not in only:
             action, reason = "excluded", f"not selected by --only ({state})"
-        elif state in ("failed", "cancelled") and same and not rerun_up and not newer_up:
+        elif state in ("failed", "cancelled") and fresh:
             action, reason = "resume", f"resume after {state}"
-        elif state == "succeeded" and same and not rerun_up and not newer_up and has_output and s not in forced:
+        elif state == "succeeded" and fresh and has_output and s not in forced:
             action, reason = "skip", "up to date"
         else:
-            action, keep = "run", False
+            action = "run"
             if not st or state == "pending":
                 reason = "not run yet"
-            elif s in forced and state == "succeeded" and same and not rerun_up and not newer_up:
+            elif s in forced and state == "succeeded" and fresh:
                 reason = "forced by --only" if s in only else "forced by --from"
             elif rerun_up:
                 reason = f"input {rerun_up[0]} reruns"
@@ -165,12 +166,12 @@ def plan_stages(exp: Experiment, layout: RunLayout, only: Iterable[str] = (), fr
                 # resumable keys changed (more steps, another lr), so those stay
                 keep = True
                 reason = "configuration changed" if not same else "output missing"
-        plans[s] = StagePlan(s, action, reason, deps[s], keep_state=action == "run" and keep)
+        plans[s] = StagePlan(s, action, reason, deps[s], keep_state=keep)
     # --only: the inputs of a selected stage must already be there
     for s in only:
         for d in deps[s]:
             if plans[d].action == "excluded":
-                st = read_status(layout.stage_status_file(d))
+                st = docs[d]
                 if not st or st.get("state") != "succeeded":
                     raise ConfigError(f"{exp.source}: --only {s} needs {d} to have succeeded first; "
                                       f"run it too (--only {d} --only {s}) or drop --only")
@@ -525,8 +526,6 @@ class Orchestrator:
         elapsed = _fmt_s(time.time() - self.t0)
         if self.cancelled:
             if self.status:
-                for s in self.pending:
-                    self.status.doc["stages"][s]["state"] = "pending"
                 self.status.finish("cancelled", {"type": "Cancelled", "message": f"cancelled by {self.cancelled}"})
             self.say(f"cancelled after {elapsed}; run the same command again to resume")
             return 130
