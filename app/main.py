@@ -289,10 +289,6 @@ class SlimlabApp(App[None]):
 
         self.push_screen(ConfirmScreen("Compose has unsaved changes. Quit anyway?", yes="Quit", no="Stay"), answered)
 
-    def action_press_key(self, key: str) -> None:
-        """A click on a key in the key bar (app.widgets.keybar) presses it."""
-        self.simulate_key(key)
-
     def action_toggle_theme(self) -> None:
         self.theme = THEMES[1] if self.theme == THEMES[0] else THEMES[0]
 

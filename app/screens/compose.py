@@ -95,10 +95,7 @@ class ComposeScreen(KeepStyles, Screen):
             return lambda: form.mount_all([m() for m in make])
 
         def student(p: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
-            def mount() -> Awaitable[Any]:
-                box = self.query_one("#students", Vertical)
-                return box.mount(StudentForm(p), before=box.query_one(".student-buttons"))
-            return mount
+            return lambda: self._mount_student(StudentForm(p))
 
         return [
             part(lambda: _title("Experiment"), lambda: fields(TOP, raw)),  # the first show's frame: keep it small
@@ -195,13 +192,18 @@ class ComposeScreen(KeepStyles, Screen):
         elif bid == "launch":
             self.action_launch()
 
+    def _mount_student(self, form: StudentForm) -> Awaitable[Any]:
+        """A student's form, last in the list (before the add buttons)."""
+        box = self.query_one("#students", Vertical)
+        return box.mount(form, before=box.query_one(".student-buttons"))
+
     async def action_add_student(self, method: str) -> None:
         await self.form_ready.wait()
         names = [str(p.get("name")) for p in self.raw["prune"]]
         student = new_student(method, names)
         self.raw["prune"].append(student)
         form = StudentForm(student)
-        await self.query_one("#students").mount(form, before=self.query_one("#students .student-buttons"))
+        await self._mount_student(form)
         form.scroll_visible()
         self._schedule_validation()
 

@@ -45,7 +45,7 @@ class KeyBar(Static):
             key = escape(self.app.get_key_display(binding))
             desc = escape(binding.description)
             if enabled:
-                parts.append(f"[@click=app.press_key({binding.key!r})] {key} [/]{desc}")
+                parts.append(f"[@click=app.simulate_key({binding.key!r})] {key} [/]{desc}")
             else:
                 parts.append(f"[dim] {key} {desc}[/]")
         return " ".join(parts)

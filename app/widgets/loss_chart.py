@@ -70,10 +70,12 @@ class LossChart(PlotextPlot):
     def _draw(self) -> None:
         self._version += 1
         self._drawn_width = self.size.width
+        if not any(c.ys for c in self.curves):  # render() shows the empty text, not the figure
+            self.refresh()
+            return
         plt = self.plt
         plt.clear_figure()
         max_points = max(2 * (self.size.width or 80), 64)  # braille: 2 dots per cell
-        drawn = 0
         lines = [c for c in self.curves if c.ys and not c.points and len(c.ys) > 1]
         xs_all = [x for c in self.curves for x in (c.xs[:1] + c.xs[-1:]) if c.ys]
         x_range = (min(xs_all), max(xs_all)) if lines else None
@@ -90,8 +92,5 @@ class LossChart(PlotextPlot):
                 ys = ema(c.ys, self.smoothing) if c.smooth else c.ys
                 xs, ys = downsample(c.xs, ys, max_points)
                 plt.plot(xs, ys, label=c.label, color=c.color, marker="braille")
-            drawn += 1
-        if not drawn:
-            plt.title(self.empty_text)
         plt.xlabel(self.xlabel)
         self.refresh()

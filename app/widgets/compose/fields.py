@@ -83,7 +83,7 @@ class FieldSelect(_Bound, Static, can_focus=True):
         self._store(value)
 
     def action_cycle(self, step: int) -> None:
-        i = self.choices.index(self._value) if self._value in self.choices else 0
+        i = self.choices.index(self._value)  # (the constructor and the setter add any value to choices)
         self.value = self.choices[(i + step) % len(self.choices)]
 
     def on_click(self) -> None:
