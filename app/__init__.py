@@ -1,1 +1,1 @@
-"""slimlab's terminal UI. Reads run directories (engine.runs), never imports torch."""
+"""slimlab's terminal UI. Reads run directories (engine.contract), never imports torch."""

@@ -1,6 +1,6 @@
 """`slimlab [--runs-dir DIR]`: the terminal UI.
 
-Start-up is kept well under half a second: only textual and engine.runs are imported here;
+Start-up is kept well under half a second: only textual and engine.contract are imported here;
 the other screens (pydantic, plotext, NVML) load when first shown, and run directories are
 scanned in a thread worker that publishes snapshots through `App.runs_signal`.
 """
@@ -43,7 +43,7 @@ def _screenful() -> int:
 THEMES = ("textual-dark", "textual-light")
 # imported in a thread after the first frame (see SlimlabApp._warm_imports); never torch
 WARM_MODULES = ("app.screens.run_detail", "app.screens.compare", "app.screens.compose", "app.screens.help",
-                "app.screens.gpus", "engine.config", "engine.plan")
+                "app.screens.gpus", "engine.config", "engine.orchestration.check")
 
 
 def _runs_screen():

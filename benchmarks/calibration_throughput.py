@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-from engine.modeling import count_parameters  # noqa: E402
+from engine.models.hf import count_parameters  # noqa: E402
 from engine.prune.importance import Calibrator  # noqa: E402
 
 
@@ -64,12 +64,12 @@ def prune_check(model, imp, ids: torch.Tensor, device: torch.device) -> dict:
     """Width- and depth-prune on the device; the saved students must reload with the same logits."""
     import tempfile
 
-    from engine.arch import Arch
     from engine.config import PruneConfig
-    from engine.modeling import save_model
+    from engine.models.adapter import Arch
+    from engine.models.hf import save_model
     from engine.prune.depth import prune_depth, select_layers
-    from engine.prune.shapes import count_params, plan_student
     from engine.prune.width import prune_width, select_width
+    from engine.shapes.shape import count_params, plan_student
 
     t = Arch(model).shape
     res = {}

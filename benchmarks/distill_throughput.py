@@ -9,7 +9,7 @@ Both sides use the same precision: the student holds fp32 master weights and fp3
 
     naive   teacher forward under no_grad -> full logits; student forward + backward;
             F.kl_div on full fp32 log-softmaxes of both; fused AdamW step.
-    engine  engine.trainer.Trainer.launch, the code a distill stage runs: final hidden states of both
+    engine  engine.training.step.Trainer.launch, the code a distill stage runs: final hidden states of both
             models, the chunked KD loss fused with the LM heads (engine/distill/losses.py),
             the global gradient norm (clipping is folded into the fused AdamW step), the finite-loss
             check on the device, fused AdamW.
@@ -124,8 +124,8 @@ def run_naive(args, arch, device, batches) -> dict:
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
                profile: bool = False, hf_mask: bool = False, master: bool | None = None) -> dict:
     from engine.config import DistillConfig
-    from engine.train import loss_spec
-    from engine.trainer import Trainer
+    from engine.training.loop import loss_spec
+    from engine.training.step import Trainer
 
     teacher = build(arch, args.teacher_layers, torch.bfloat16 if device.type == "cuda" else torch.float32,
                     device, 0)
@@ -133,7 +133,7 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
     micro = batches[0].shape[0]
     cfg = DistillConfig(steps=1000, global_batch_size=micro * accum * acc.num_processes, micro_batch_size=micro,
                         lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk)
-    if hf_mask:  # before engine/attention.py: transformers' own mask path (2 host syncs per step)
+    if hf_mask:  # before engine/models/attention.py: transformers' own mask path (2 host syncs per step)
         from engine import trainer as trainer_module
 
         keep, trainer_module.use_causal_sdpa = trainer_module.use_causal_sdpa, lambda model: False
@@ -202,7 +202,7 @@ def check_fused_loss(device: torch.device) -> dict:
 def check_master_adamw(device: torch.device, steps: int = 6) -> dict:
     """MasterAdamW (its Triton kernel on CUDA) against fused fp32 AdamW fed the same bf16 gradients, with
     clipping (`grad_scale`) and one skipped step (`found_inf`): max |difference| of the weights."""
-    from engine.master_adamw import MasterAdamW
+    from engine.training.master_adamw import MasterAdamW
 
     g = torch.Generator(device=device).manual_seed(0)
     shapes = [(512, 256), (1000, 64), (256,), (3, 5, 7)]
@@ -305,7 +305,7 @@ def main() -> None:
     ap.add_argument("--sdpa", default="", choices=["", "cudnn", "flash", "efficient"],
                     help="only this SDPA backend (default: PyTorch's choice)")
     args = ap.parse_args()
-    from engine.trainer import make_accelerator
+    from engine.training.step import make_accelerator
 
     if args.sdpa:  # a process-wide switch (compiled graphs do not guard on it)
         for b in ("cudnn", "flash", "efficient"):

@@ -52,7 +52,7 @@ def timed(fn, n: int = 5) -> dict:
 
 def optimizer_variants() -> dict:
     from engine import master_adamw
-    from engine.master_adamw import MasterAdamW
+    from engine.training.master_adamw import MasterAdamW
 
     def params() -> list[torch.nn.Parameter]:
         torch.manual_seed(0)

@@ -26,10 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config import loads_experiment  # noqa: E402
+from engine.contract import RunLayout  # noqa: E402
 from engine.data import PackedDataset, split_documents, split_tokens  # noqa: E402
 from engine.data.prepare import plan_streams, prepare  # noqa: E402
 from engine.data.sources import resolve_corpus  # noqa: E402
-from engine.runs import RunLayout  # noqa: E402
 
 DEFAULT_DATA = "/work/shared/data/textkit/train.jsonl"
 DEFAULT_TOKENIZER = "/work/shared/data/tokenizer-llama2"

@@ -22,7 +22,7 @@ def screen_text(app) -> str:
 async def main() -> int:
     from app.data.gpus import NvmlProbe
     from app.main import SlimlabApp
-    from engine.runs import StageStatus
+    from engine.contract import StageStatus
 
     t = time.perf_counter()
     probe = NvmlProbe.open()

@@ -1,4 +1,4 @@
-"""TUI performance with 100 runs on disk (run directories written by engine.runs' own writer).
+"""TUI performance with 100 runs on disk (run directories written by engine.contract' own writer).
 
 1. start-up: `python -m app --runs-dir DIR` in a real pseudo-terminal (80x24, xterm-256color).
    The clock starts just before the process is spawned and stops when the terminal has
@@ -52,7 +52,7 @@ def make_runs(runs_dir: Path, n: int) -> str:
     """n runs: mostly finished, some running (this process's pid: alive), some dead, some cancelled.
     Returns the name of the run whose finetune stage the tail benchmark writes to."""
     from engine.config import dumps_toml
-    from engine.runs import StageStatus, append_metrics, now_iso, write_json
+    from engine.contract import StageStatus, append_metrics, now_iso, write_json
 
     exp = {"name": "", "model": {"path": "org/model"}, "data": {"dataset": "wikitext"},
            "finetune": {"steps": 300}, "prune": [{"name": "depth", "method": "depth", "num_layers": 16},
@@ -65,7 +65,7 @@ def make_runs(runs_dir: Path, n: int) -> str:
         (root / "experiment.toml").write_text(dumps_toml({**exp, "name": name}))
         kind = "running" if i % 10 == 9 else ("dead" if i % 25 == 3 else ("cancelled" if i % 25 == 7 else "done"))
         upto = len(STAGES) if kind == "done" else 1 + i % 5
-        # the orchestrator's status.json (same keys as engine.pipeline.PipelineStatus writes)
+        # the orchestrator's status.json (same keys as engine.orchestration.orchestrator.PipelineStatus writes)
         pipe_state = {"done": "succeeded", "running": "running", "dead": "running", "cancelled": "cancelled"}[kind]
         write_json(root / "status.json", {
             "name": name, "file": f"experiments/{name}.toml", "stage": STAGES[upto - 1], "running": [],
@@ -272,7 +272,7 @@ Bench(runs_dir=runs_dir, gpu_probe=None).run()
 
 WRITER = r'''
 import json, sys, time
-from engine.runs import append_metrics
+from engine.contract import append_metrics
 log, metrics, rate, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 t_end = time.time() + seconds
 n = step = 0

@@ -11,20 +11,13 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from engine.config import ConfigError, Experiment, load_experiment, stage_kind
-
-# stage kind -> "module:function" of the stage body (a function of a StageContext)
-STAGE_BODIES = {
-    "prepare": "engine.data:prepare_stage",
-    "finetune": "engine.train:finetune_stage",
-    "prune": "engine.prune.stage:prune_stage",
-    "distill": "engine.train:distill_stage",
-    "eval": "engine.evaluate:eval_stage",
-}
+from engine.config import Experiment, load_experiment
+from engine.errors import ConfigError
+from engine.stage_kinds import KINDS, kind_of, resolve_stage
 
 
 def stage_body(stage: str) -> Callable:
-    module, func = STAGE_BODIES[stage_kind(stage)].split(":")
+    module, func = kind_of(stage).body.split(":")
     return getattr(importlib.import_module(module), func)
 
 
@@ -35,32 +28,18 @@ def _load(args: argparse.Namespace) -> Experiment:
     return exp
 
 
-def resolve_stage(exp: Experiment, kind: str, name: str | None) -> str:
-    """`prune FILE --stage prune-width` or `--stage width`; the only one when unambiguous."""
-    candidates = [s for s in exp.stages() if stage_kind(s) == kind]
-    if name:
-        full = name if name.startswith(kind) else f"{kind}-{name}"
-        if full not in candidates:
-            raise ConfigError(f"{exp.source}: no stage '{full}'; this file has: {', '.join(exp.stages())}")
-        return full
-    if not candidates:
-        raise ConfigError(f"{exp.source}: no {kind} stage in this file; add the [{kind}] section")
-    if len(candidates) > 1:
-        raise ConfigError(f"{exp.source}: several {kind} stages; pick one with --stage ({', '.join(candidates)})")
-    return candidates[0]
-
-
 def cmd_stage(args: argparse.Namespace) -> int:
-    from engine.stage import run_stage
+    from engine.orchestration.stage_process import run_stage
 
     exp = _load(args)
-    stage = resolve_stage(exp, args.command, args.stage)
+    # `prune FILE --stage prune-width` or `--stage width`; the only one when unambiguous
+    stage = resolve_stage(exp.stages(), args.stage, source=str(exp.source), flag="--stage", kind=args.command)
     return run_stage(exp, stage, stage_body(stage))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     exp = _load(args)
-    from engine.plan import describe_plan
+    from engine.orchestration.check import describe_plan
 
     for line in describe_plan(exp):
         print(line)
@@ -82,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_check)
 
-    for kind in ("prepare", "finetune", "prune", "distill", "eval"):
+    for kind in (k.name for k in KINDS):
         p = sub.add_parser(kind, help=f"run one {kind} stage in this process")
         _common(p)
         p.add_argument("--stage", help=f"stage name, e.g. {kind}-width (needed when there are several)")
         p.set_defaults(func=cmd_stage)
 
     # run / status / cancel / compare live with the orchestrator
-    from engine.pipeline_cli import add_pipeline_commands
+    from engine.orchestration.commands import add_pipeline_commands
 
     add_pipeline_commands(sub, _common)
     return ap

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment, load_experiment
-from engine.prune.shapes import count_params, shape_from_config
-from engine.runs import RunLayout, human_count, read_json, read_metrics, teacher_source, write_atomic
+from engine.contract import RunLayout, human_count, read_json, read_metrics, teacher_source, write_atomic
+from engine.shapes.shape import count_params, shape_from_config
 
 
 @dataclass

@@ -38,11 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.attention import use_causal_sdpa
+from engine.contract import now_iso, teacher_source, write_json
 from engine.distill.losses import LossSpec, fused_linear_loss
 from engine.distill.objective import base_model, output_weight
-from engine.runs import now_iso, teacher_source, write_json
-from engine.stage import StageContext, UserError, has_checkpoint
+from engine.errors import UserError
+from engine.models.attention import use_causal_sdpa
+from engine.orchestration.stage_process import StageContext, has_checkpoint
 
 _CE = LossSpec("ce", chunk_tokens=4096)
 
@@ -133,7 +134,7 @@ def run_models(exp: Any, layout: Any) -> list[tuple[str, str]]:
 
 def eval_stage(ctx: StageContext) -> None:
     from engine.data import PackedDataset
-    from engine.modeling import compute_device, count_parameters, load_model
+    from engine.models.hf import compute_device, count_parameters, load_model
 
     exp, layout = ctx.exp, ctx.layout
     cfg = exp.eval

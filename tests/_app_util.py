@@ -1,4 +1,4 @@
-"""Run directories for the TUI tests, written by the engine's own writer (engine.runs)."""
+"""Run directories for the TUI tests, written by the engine's own writer (engine.contract)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from engine.config import dumps_toml
-from engine.runs import StageStatus, append_metrics, write_json
+from engine.contract import StageStatus, append_metrics, write_json
 
 
 def experiment_dict(name: str, students: tuple[str, ...] = ("depth", "width"), runs_dir: str = "runs",

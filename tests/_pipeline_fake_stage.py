@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.config import load_experiment  # noqa: E402
-from engine.pipeline import STAGE_OUTPUT  # noqa: E402
-from engine.runs import append_metrics  # noqa: E402
-from engine.stage import run_stage  # noqa: E402
+from engine.contract import append_metrics  # noqa: E402
+from engine.orchestration.stage_process import run_stage  # noqa: E402
+from engine.stage_kinds import kind_of  # noqa: E402
 
 
 def main() -> int:
@@ -45,7 +45,7 @@ def main() -> int:
             time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) / steps)
             append_metrics(ctx.layout.metrics_file(ctx.stage), {"step": step, "split": "train", "loss": 5.0 / step})
             ctx.progress(step, total_steps=steps)
-        out = ctx.dir / STAGE_OUTPUT[ctx.stage.split("-", 1)[0]]
+        out = ctx.dir / kind_of(ctx.stage).output
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("{}")
         with open(ctx.dir / "fake_times.jsonl", "a") as f:

@@ -135,7 +135,7 @@ def engine_env() -> dict[str, str]:
 def run_inprocess(exp, stage: str) -> int:
     """Run one stage in this process (signal handlers restored afterwards)."""
     from engine.cli import stage_body
-    from engine.stage import run_stage
+    from engine.orchestration.stage_process import run_stage
 
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

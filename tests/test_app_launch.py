@@ -14,7 +14,7 @@ import pytest
 from _app_util import wait_for
 
 from app.main import SlimlabApp
-from engine.runs import pid_alive, read_json
+from engine.contract import pid_alive, read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 

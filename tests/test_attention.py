@@ -1,4 +1,4 @@
-"""Mask-free causal SDPA for packed training batches (engine/attention.py)."""
+"""Mask-free causal SDPA for packed training batches (engine/models/attention.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _model(model_type: str, **extra):
 def test_causal_sdpa_matches_sdpa_and_builds_no_mask(model_type: str, monkeypatch) -> None:
     import transformers.masking_utils as masking
 
-    from engine.attention import CAUSAL_SDPA, restore_sdpa, use_causal_sdpa
+    from engine.models.attention import CAUSAL_SDPA, restore_sdpa, use_causal_sdpa
 
     model = _model(model_type, **({"sliding_window": None} if model_type == "mistral" else {}))
     ids = torch.randint(0, 50, (2, 24), generator=torch.Generator().manual_seed(1))
@@ -39,7 +39,7 @@ def test_causal_sdpa_matches_sdpa_and_builds_no_mask(model_type: str, monkeypatc
 
 
 def test_sliding_window_and_other_implementations_keep_their_mask() -> None:
-    from engine.attention import use_causal_sdpa
+    from engine.models.attention import use_causal_sdpa
 
     sliding = _model("mistral", sliding_window=8)
     assert not use_causal_sdpa(sliding)

@@ -151,7 +151,7 @@ def test_cli_user_error_is_one_line_exit_2_no_traceback(tmp_path: Path):
 
 
 def test_light_modules_import_neither_torch_nor_transformers_nor_the_app():
-    code = ("import sys, engine.config, engine.runs, engine.plan, engine.stage, engine.cli\n"
+    code = ("import sys, engine.config, engine.contract, engine.orchestration.check, engine.orchestration.stage_process, engine.cli\n"
             "bad = [m for m in ('torch', 'transformers', 'textual', 'app') if m in sys.modules]\n"
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from engine.config import loads_experiment
+from engine.contract import RunLayout, read_json
 from engine.data import PackedDataset, pack, read_meta, split_documents, split_tokens
 from engine.data import builtin as bi
 from engine.data.prepare import prepare
 from engine.data.progress import PrepareProgress
 from engine.data.sources import resolve_corpus
 from engine.data.tokenizer import capped_texts, load_tokenizer, train_bpe
-from engine.runs import RunLayout, read_json
-from engine.stage import UserError
+from engine.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("the of and to in is was for that with as on by at from his her an which are this be has not "

@@ -12,15 +12,15 @@ import pytest
 from accelerate.commands.launch import launch_command_parser
 
 from engine.config import ConfigError, loads_experiment
-from engine.launch import (
+from engine.orchestration.launch import (
     build_stage_command,
     detect_gpus,
     gpu_ids_arg,
     gpu_pool,
     parse_gpus,
-    sbatch_script,
     stage_gpus,
 )
+from engine.orchestration.slurm import sbatch_script
 
 TOML = """
 name = "lx"
@@ -222,7 +222,7 @@ def test_run_slurm_writes_the_script(tmp_path, capsys):
 
 
 def test_engine_launch_does_not_import_torch():
-    code = ("import sys, engine.launch, engine.pipeline, engine.pipeline_cli, engine.compare, engine.cancel; "
+    code = ("import sys, engine.orchestration.launch, engine.orchestration.run, engine.orchestration.slurm, engine.orchestration.commands, engine.compare, engine.orchestration.cancel; "
             "bad = [m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)

@@ -13,20 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from engine import pipeline
 from engine.config import ConfigError, load_experiment
-from engine.launch import StageCommand, engine_args, launch_env
-from engine.pipeline import (
-    STAGE_OUTPUT,
-    Orchestrator,
-    RunBusy,
-    check_not_busy,
-    clear_stage,
-    plan_stages,
-    stage_deps,
-    write_experiment,
-)
-from engine.runs import RunLayout, StageStatus, read_json, write_json
+from engine.contract import RunLayout, StageStatus, read_json, write_json
+from engine.orchestration import orchestrator
+from engine.orchestration.launch import StageCommand, engine_args, launch_env
+from engine.orchestration.orchestrator import Orchestrator
+from engine.orchestration.run import check_not_busy, write_experiment
+from engine.orchestration.stage_actions import RunBusy, clear_stage, stage_actions
+from engine.stage_kinds import kind_of, stage_deps
 
 FAKE = Path(__file__).with_name("_pipeline_fake_stage.py")
 
@@ -77,7 +71,7 @@ def _succeed(exp, layout: RunLayout, stage: str, output: bool = True) -> None:
     st.start()
     st.finish("succeeded")
     if output:
-        out = layout.stage_dir(stage) / STAGE_OUTPUT[stage.split("-", 1)[0]]
+        out = layout.stage_dir(stage) / kind_of(stage).output
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("{}")
 
@@ -90,7 +84,7 @@ def _actions(plans) -> dict[str, str]:
 
 
 def test_stage_graph(tmp_path):
-    deps = stage_deps(_exp(tmp_path))
+    deps = stage_deps(_exp(tmp_path).stages())
     assert deps["distill-width"] == ["prepare", "finetune", "prune-width"]
     assert deps["prune-depth"] == ["prepare", "finetune"]
     assert set(deps["eval"]) == set(ALL) - {"eval"}
@@ -98,7 +92,7 @@ def test_stage_graph(tmp_path):
 
 def test_fresh_run_plans_everything(tmp_path):
     exp = _exp(tmp_path)
-    plans = plan_stages(exp, RunLayout(exp.run_dir))
+    plans = stage_actions(exp, RunLayout(exp.run_dir))
     assert [p.stage for p in plans] == ALL
     assert {p.action for p in plans} == {"run"}
 
@@ -113,13 +107,13 @@ def _all_done(tmp_path, *overrides):
 
 def test_finished_run_is_skipped(tmp_path):
     exp, layout = _all_done(tmp_path)
-    assert set(_actions(plan_stages(exp, layout)).values()) == {"skip"}
+    assert set(_actions(stage_actions(exp, layout)).values()) == {"skip"}
 
 
 def test_changing_one_prune_target_reruns_only_that_student(tmp_path):
     _all_done(tmp_path)
     exp = _exp(tmp_path, "prune.width.hidden_size=48")
-    acts = _actions(plan_stages(exp, RunLayout(exp.run_dir)))
+    acts = _actions(stage_actions(exp, RunLayout(exp.run_dir)))
     assert acts == {"prepare": "skip", "finetune": "skip", "prune-depth": "skip", "prune-width": "run",
                     "distill-depth": "skip", "distill-width": "run", "eval": "run"}
 
@@ -127,7 +121,7 @@ def test_changing_one_prune_target_reruns_only_that_student(tmp_path):
 def test_changing_the_teacher_recipe_reruns_downstream(tmp_path):
     _all_done(tmp_path)
     exp = _exp(tmp_path, "finetune.lr=3e-4")
-    acts = _actions(plan_stages(exp, RunLayout(exp.run_dir)))
+    acts = _actions(stage_actions(exp, RunLayout(exp.run_dir)))
     assert acts["prepare"] == "skip"
     assert all(acts[s] == "run" for s in ALL[1:])
 
@@ -138,7 +132,7 @@ def test_failed_and_cancelled_stages_resume(tmp_path):
         doc = read_json(layout.stage_status_file(stage))
         doc["state"] = state
         write_json(layout.stage_status_file(stage), doc)
-    plans = {p.stage: p for p in plan_stages(exp, layout)}
+    plans = {p.stage: p for p in stage_actions(exp, layout)}
     assert plans["distill-depth"].action == "resume" and "failed" in plans["distill-depth"].reason
     assert plans["distill-width"].action == "resume"
     assert plans["prune-depth"].action == "skip"
@@ -150,14 +144,14 @@ def test_dead_running_stage_resumes_and_live_one_blocks(tmp_path):
     doc = read_json(layout.stage_status_file("finetune"))
     doc.update(state="running", pid=2**22 + 12345)  # no such process: the stage died
     write_json(layout.stage_status_file("finetune"), doc)
-    acts = _actions(plan_stages(exp, layout))
+    acts = _actions(stage_actions(exp, layout))
     assert acts["finetune"] == "resume" and acts["distill-width"] == "run"
     import os
 
     doc.update(pid=os.getpid())  # alive: another orchestrator's stage is still at work
     write_json(layout.stage_status_file("finetune"), doc)
     with pytest.raises(RunBusy, match="still running"):
-        plan_stages(exp, layout)
+        stage_actions(exp, layout)
 
 
 def test_missing_output_and_newer_input_rerun(tmp_path):
@@ -167,7 +161,7 @@ def test_missing_output_and_newer_input_rerun(tmp_path):
     doc = read_json(layout.stage_status_file("prune-width"))
     doc["ended_at"] = "2999-01-01T00:00:00+00:00"
     write_json(layout.stage_status_file("prune-width"), doc)
-    plans = {p.stage: p for p in plan_stages(exp, layout)}
+    plans = {p.stage: p for p in stage_actions(exp, layout)}
     assert plans["distill-depth"].action == "run" and plans["distill-depth"].reason == "output missing"
     assert plans["distill-width"].action == "run" and "prune-width" in plans["distill-width"].reason
     assert plans["prune-depth"].action == "skip"
@@ -176,12 +170,12 @@ def test_missing_output_and_newer_input_rerun(tmp_path):
 def test_only_and_from_selection(tmp_path):
     exp, layout = _all_done(tmp_path)
     with pytest.raises(ConfigError, match="matches prune-width, distill-width"):
-        plan_stages(exp, layout, only=["width"])
+        stage_actions(exp, layout, only=["width"])
     with pytest.raises(ConfigError, match="no stage 'nope'"):
-        plan_stages(exp, layout, from_stage="nope")
-    acts = _actions(plan_stages(exp, layout, only=["distill-width"]))
+        stage_actions(exp, layout, from_stage="nope")
+    acts = _actions(stage_actions(exp, layout, only=["distill-width"]))
     assert acts["distill-width"] == "run" and acts["prune-width"] == "excluded"
-    acts = _actions(plan_stages(exp, layout, from_stage="prune-width"))
+    acts = _actions(stage_actions(exp, layout, from_stage="prune-width"))
     assert [s for s in ALL if acts[s] == "run"] == ["prune-width", "distill-depth", "distill-width", "eval"]
 
 
@@ -190,7 +184,7 @@ def test_only_needs_its_inputs(tmp_path):
     layout = RunLayout(exp.run_dir)
     _succeed(exp, layout, "prepare")
     with pytest.raises(ConfigError, match="--only distill-depth needs finetune"):
-        plan_stages(exp, layout, only=["distill-depth"])
+        stage_actions(exp, layout, only=["distill-depth"])
 
 
 def test_clear_stage_keeps_the_log(tmp_path):
@@ -210,7 +204,7 @@ def test_clear_stage_keeps_the_log(tmp_path):
 def test_what_a_rerun_keeps(tmp_path):
     _all_done(tmp_path)
     exp = _exp(tmp_path, "prune.width.hidden_size=48", "finetune.steps=20")
-    plans = {p.stage: p for p in plan_stages(exp, RunLayout(exp.run_dir))}
+    plans = {p.stage: p for p in stage_actions(exp, RunLayout(exp.run_dir))}
     # more teacher steps: the trainer may continue from its checkpoint; everything after starts afresh
     assert plans["finetune"].keep_state and plans["finetune"].reason == "configuration changed"
     assert not plans["distill-width"].keep_state and plans["distill-width"].reason == "input finetune reruns"
@@ -236,7 +230,7 @@ def fake_stages(monkeypatch):
         argv = [sys.executable, str(FAKE), *engine_args(stage, toml, runs_dir), "--gpus", ",".join(map(str, gpus))]
         return StageCommand(stage, argv, gpus, launch_env())
 
-    monkeypatch.setattr(pipeline, "build_stage_command", build)
+    monkeypatch.setattr(orchestrator, "build_stage_command", build)
     monkeypatch.setenv("FAKE_SLEEP", "0")
     monkeypatch.delenv("FAKE_FAIL", raising=False)
 
@@ -244,7 +238,7 @@ def fake_stages(monkeypatch):
 def _orchestrate(exp, pool=(), **plan_kw) -> tuple[int, str, RunLayout]:
     layout = RunLayout(exp.run_dir)
     exp = write_experiment(exp, layout)
-    plans = plan_stages(exp, layout, **plan_kw)
+    plans = stage_actions(exp, layout, **plan_kw)
     buf = io.StringIO()
     rc = Orchestrator(exp, layout, plans, list(pool), list(pool), tail=True, out=buf).run()
     return rc, buf.getvalue(), layout
@@ -300,7 +294,7 @@ def test_a_stage_that_dies_without_reporting_is_failed(tmp_path, monkeypatch):
     def build(exp, stage, toml, runs_dir, gpus, **kw):
         return StageCommand(stage, [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], gpus, {})
 
-    monkeypatch.setattr(pipeline, "build_stage_command", build)
+    monkeypatch.setattr(orchestrator, "build_stage_command", build)
     rc, out, layout = _orchestrate(_exp(tmp_path))
     assert rc == 1
     st = read_json(layout.stage_status_file("prepare"))
@@ -357,8 +351,8 @@ def test_cancel_kills_hung_processes_and_their_groups(tmp_path):
 
     import psutil
 
-    from engine.cancel import cancel_run
-    from engine.runs import now_iso
+    from engine.contract import now_iso
+    from engine.orchestration.cancel import cancel_run
 
     script = tmp_path / "stubborn.py"
     script.write_text(_STUBBORN)
@@ -394,7 +388,7 @@ def test_cancel_kills_hung_processes_and_their_groups(tmp_path):
 
 
 def test_cancel_refuses_what_is_not_a_run(tmp_path):
-    from engine.cancel import cancel_run
+    from engine.orchestration.cancel import cancel_run
 
     with pytest.raises(ConfigError, match="no such run directory"):
         cancel_run(tmp_path / "nope")
@@ -423,7 +417,7 @@ def test_compare_reads_metrics_when_eval_has_not_run(tmp_path):
     from rich.console import Console
 
     from engine.compare import compare
-    from engine.runs import append_metrics
+    from engine.contract import append_metrics
 
     exp = _exp(tmp_path)
     layout = RunLayout(exp.run_dir)
@@ -455,7 +449,7 @@ def test_compare_reads_metrics_when_eval_has_not_run(tmp_path):
 
 
 def test_the_run_file_resumes_in_place(tmp_path, monkeypatch, fake_stages):
-    from engine.pipeline import RunOptions, load_for_run
+    from engine.orchestration.run import RunOptions, load_for_run
 
     rc, _, layout = _orchestrate(_exp(tmp_path))
     assert rc == 0

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from engine.config import load_experiment
-from engine.runs import RunLayout, read_json, read_metrics
+from engine.contract import RunLayout, read_json, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "experiments" / "demo.toml"
@@ -192,7 +192,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_repeating(demo_run, tmp_pa
             os.killpg(orch.pid, signal.SIGKILL)
     # the run says what happened: orchestrator and stage died
     assert read_json(layout.status_file)["state"] == "running"  # as written; readers see it as dead
-    from engine.runs import read_status
+    from engine.contract import read_status
 
     assert read_status(layout.status_file)["state"] == "failed"
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 from _prune_util import logits, tiny_model, tokens
 
-from engine.arch import Arch
 from engine.config import PruneConfig
+from engine.errors import UserError
+from engine.models.adapter import Arch
 from engine.prune.depth import prune_depth, select_layers
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
-from engine.prune.shapes import plan_student
 from engine.prune.width import prune_width, select_heads, select_width
-from engine.stage import UserError
+from engine.shapes.shape import plan_student
 
 BATCHES = [tokens(2, 11, seed=s) for s in range(3)]
 

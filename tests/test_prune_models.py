@@ -11,13 +11,13 @@ import torch
 from _prune_util import ARCHS, logits, tiny_model, tokens
 from transformers import AutoModelForCausalLM
 
-from engine.arch import Arch
 from engine.config import PruneConfig
-from engine.modeling import count_parameters, save_model
+from engine.models.adapter import Arch
+from engine.models.hf import count_parameters, save_model
 from engine.prune.depth import prune_depth
 from engine.prune.importance import calibrate, random_importance
-from engine.prune.shapes import count_params, plan_student, shape_from_config
 from engine.prune.width import prune_width, select_width
+from engine.shapes.shape import count_params, plan_student, shape_from_config
 
 ALL = list(ARCHS)
 
@@ -137,7 +137,7 @@ def test_mlp_bias_and_attention_bias_are_pruned(tmp_path):
 def test_unsupported_architecture_is_refused_by_name():
     from transformers import AutoConfig
 
-    from engine.stage import UserError
+    from engine.errors import UserError
 
     cfg = AutoConfig.for_model("gpt2", n_embd=16, n_layer=1, n_head=2, vocab_size=50)
     model = AutoModelForCausalLM.from_config(cfg)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from engine.config import ConfigError, loads_experiment
-from engine.plan import describe_plan
-from engine.prune.shapes import count_params, shape_from_config
-from engine.prune.targets import KNOWN_CONFIGS, plan_students
+from engine.orchestration.check import describe_plan
+from engine.shapes.shape import count_params, shape_from_config
+from engine.shapes.targets import KNOWN_CONFIGS, plan_students
 
 RECIPE = """
 name = "llama31-8b-minitron"
@@ -94,10 +94,10 @@ def test_check_command_exits_2_with_one_line(tmp_path):
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "num_layers: 40 is larger" in r.stderr
-    ok = subprocess.run([sys.executable, "-c", "import sys, engine.plan; "
+    ok = subprocess.run([sys.executable, "-c", "import sys, engine.orchestration.check; "
                          "print('torch' in sys.modules, 'transformers' in sys.modules)"],
                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert ok.stdout.split() == ["False", "False"], "engine.plan must not import torch or transformers"
+    assert ok.stdout.split() == ["False", "False"], "engine.orchestration.check must not import torch or transformers"
 
 
 def test_gqa_defaults_and_mha():
@@ -106,7 +106,7 @@ def test_gqa_defaults_and_mha():
     assert (plans[1].shape.num_heads, plans[1].shape.num_kv_heads) == (16, 4)  # heads follow their groups
     mha = _shape(hidden_size=64, num_attention_heads=8, intermediate_size=96, num_hidden_layers=2, vocab_size=10)
     from engine.config import PruneConfig
-    from engine.prune.shapes import plan_student
+    from engine.shapes.shape import plan_student
 
     p = plan_student(mha, PruneConfig(name="w", method="width", num_attention_heads=4), "x")
     assert (p.shape.num_heads, p.shape.num_kv_heads) == (4, 4)

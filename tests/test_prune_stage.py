@@ -12,11 +12,11 @@ from _prune_util import tiny_model
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from engine.config import loads_experiment
+from engine.contract import RunLayout, read_metrics, read_status
 from engine.evaluate import evaluate_loss
-from engine.modeling import count_parameters, save_model
-from engine.prune.stage import prune_stage
-from engine.runs import RunLayout, read_metrics, read_status
-from engine.stage import run_stage
+from engine.models.hf import count_parameters, save_model
+from engine.orchestration.stage_process import run_stage
+from engine.prune.stage_body import prune_stage
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven tiny models learn to count".split()
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.config import loads_experiment
-from engine.runs import (
+from engine.contract import (
     RunLayout,
     StageStatus,
     append_metrics,
@@ -19,7 +19,8 @@ from engine.runs import (
     truncate_metrics_after,
     write_json,
 )
-from engine.stage import UserError, run_stage
+from engine.errors import UserError
+from engine.orchestration.stage_process import run_stage
 
 EXP = loads_experiment('name = "r"\n[model]\npath = "m"\n[data]\ndataset = "w"\n')
 

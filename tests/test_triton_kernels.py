@@ -16,8 +16,8 @@ pytest.importorskip("triton")
 @pytest.fixture(scope="module")
 def kernels():
     assert os.environ.get("TRITON_INTERPRET") == "1", "tests/conftest.py turns Triton's CPU interpreter on"
-    from engine import adamw_triton
     from engine.distill import kl_triton
+    from engine.training import adamw_triton
 
     return adamw_triton, kl_triton
 
@@ -32,7 +32,7 @@ def _state(n: int, seed: int):
 @pytest.mark.parametrize("skip", [False, True])
 @pytest.mark.parametrize("grad_fp32", [False, True])
 def test_adamw_kernel_equals_reference(kernels, skip: bool, grad_fp32: bool) -> None:
-    from engine.master_adamw import adamw_reference
+    from engine.training.master_adamw import adamw_reference
 
     adamw_triton, _ = kernels
     n = 5000  # not a multiple of the block: the tail is masked
@@ -51,7 +51,7 @@ def test_adamw_kernel_equals_reference(kernels, skip: bool, grad_fp32: bool) -> 
 
 
 def test_master_adamw_fused_equals_torch_ops(kernels) -> None:
-    from engine.master_adamw import MasterAdamW
+    from engine.training.master_adamw import MasterAdamW
 
     gen = torch.Generator().manual_seed(2)
     shapes = [(30, 70), (33,)]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.runs import read_json
+from engine.contract import read_json
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -233,10 +233,10 @@ class Validation:
 
 def validate(raw: dict[str, Any], source: str) -> Validation:
     """Validate as `slimlab-engine check` does: the file's exact text through the same loader and
-    the same plan (engine.plan.describe_plan, which checks every prune target against the
+    the same plan (engine.orchestration.check.describe_plan, which checks every prune target against the
     teacher); then size every student. May read config.json files: call it from a worker."""
     from engine.config import ConfigError, loads_experiment
-    from engine.plan import describe_plan
+    from engine.orchestration.check import describe_plan
 
     try:
         text = to_toml(raw)
@@ -254,8 +254,8 @@ def validate(raw: dict[str, Any], source: str) -> Validation:
 
 def _size_students(exp: Any, result: Validation) -> None:
     """Parameter count and shrink factor of each student (engine.prune's arithmetic)."""
-    from engine.prune.shapes import count_params
-    from engine.prune.targets import plan_students
+    from engine.shapes.shape import count_params
+    from engine.shapes.targets import plan_students
 
     for p in exp.prune:
         result.students[p.name] = StudentSize(p.name)

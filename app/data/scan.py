@@ -1,7 +1,7 @@
 """Incremental snapshots of every run under a runs directory.
 
 A scan stats files and re-reads only what changed: status.json when its mtime/size moves,
-metrics.jsonl from the byte offset reached last time (engine.runs.read_metrics). A big metrics
+metrics.jsonl from the byte offset reached last time (engine.contract.read_metrics). A big metrics
 file seen for the first time is read from its tail only, so 100 long runs open quickly.
 Runs in a terminal state are re-checked less often. Pure Python: called from a thread worker.
 """
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.runs import effective_state, parse_iso, read_json, read_metrics
+from engine.contract import effective_state, parse_iso, read_json, read_metrics
+from engine.stage_kinds import planned_stages, sort_key
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -24,7 +25,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 TAIL_BYTES = 32 * 1024  # first read of a metrics file: only its last 32 KiB
-KIND_ORDER = {"prepare": 0, "finetune": 1, "prune": 2, "distill": 3, "eval": 4}
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -83,26 +83,6 @@ class RunInfo:
         return next((s for s in self.stages if s.name == name), None)
 
 
-def stage_sort_key(name: str) -> tuple[int, str]:
-    return KIND_ORDER.get(name.split("-", 1)[0], 9), name
-
-
-def planned_stages(raw: dict[str, Any]) -> list[str]:
-    """Stage names from a raw experiment dict, in pipeline order (mirrors Experiment.stages()
-    without importing pydantic, which would cost ~0.2 s of TUI start-up)."""
-    out = ["prepare"]
-    if isinstance(raw.get("finetune"), dict):
-        out.append("finetune")
-    prunes = raw.get("prune") if isinstance(raw.get("prune"), list) else []
-    names = [str(p["name"]) for p in prunes if isinstance(p, dict) and p.get("name")]
-    out += [f"prune-{n}" for n in names]
-    if isinstance(raw.get("distill"), dict):
-        out += [f"distill-{n}" for n in names]
-    if isinstance(raw.get("eval"), dict):
-        out.append("eval")
-    return out
-
-
 def format_error(err: Any) -> str | None:
     if not err:
         return None
@@ -122,7 +102,7 @@ def stat_key(path: str | Path) -> tuple[int, int, int] | None:
 
 
 def _effective(doc: dict[str, Any] | None) -> tuple[str, str | None]:
-    """(state, error) as engine.runs.read_status would report them, from a cached document."""
+    """(state, error) as engine.contract.read_status would report them, from a cached document."""
     if not doc:
         return "pending", None
     state = effective_state(doc)
@@ -383,7 +363,7 @@ class RunScanner:
             rc.dir_key = dir_key
             rc.on_disk = self._stage_dirs(path)
         names = list(rc.planned) + [n for n in rc.on_disk if n not in rc.planned]
-        names.sort(key=lambda n: (rc.planned.index(n) if n in rc.planned else 99, stage_sort_key(n)))
+        names.sort(key=lambda n: (rc.planned.index(n) if n in rc.planned else 99, sort_key(n)))
         stages = []
         root = str(path)
         for name in names:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.runs import read_metrics
+from engine.contract import read_metrics
 
 SMOOTHING_LEVELS = (0.0, 0.6, 0.9, 0.97)  # EMA weights the chart cycles through
 

@@ -264,7 +264,7 @@ class ComposeScreen(KeepStyles, Screen):
 
     @work(thread=True, group="save", name="save experiment")
     def _save(self, path: Path, raw: dict[str, Any], launch: bool) -> None:
-        from engine.runs import write_atomic
+        from engine.contract import write_atomic
 
         try:
             write_atomic(path, to_toml(raw))

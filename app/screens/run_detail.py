@@ -271,7 +271,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
 
 def _status_text(text: str) -> str:
     """status.json as `key: value` lines, with the state a reader should believe."""
-    from engine.runs import effective_state
+    from engine.contract import effective_state
 
     try:
         doc = json.loads(text)

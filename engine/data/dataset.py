@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.stage import UserError
+from engine.errors import UserError
 
 META_FILE = "meta.json"
 SPLITS = ("train", "validation", "test")

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.contract import write_json
 from engine.data.dataset import META_FILE, SPLITS
-from engine.runs import write_json
 
 BUILD_PREFIX = ".build-"
 

@@ -26,13 +26,14 @@ from typing import Any
 
 import numpy as np
 
+from engine.contract import RunLayout, human_count, now_iso, read_json, tokenizer_source
 from engine.data import tokenizer as tk
 from engine.data.dataset import META_FILE, SPLITS, short_split_file
 from engine.data.pack import SplitWriter, commit, new_build_dir
 from engine.data.progress import PrepareProgress, split_summary
 from engine.data.sources import Corpus, Part, resolve_corpus
-from engine.runs import RunLayout, human_count, now_iso, read_json, tokenizer_source
-from engine.stage import StageContext, UserError
+from engine.errors import UserError
+from engine.orchestration.stage_process import StageContext
 
 FORMAT = 1  # bump when the packed layout changes: older results are rebuilt
 BATCH_CHARS = 1 << 20  # text per tokenizer call: big enough to keep every core busy

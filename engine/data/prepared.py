@@ -14,12 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.contract import RunLayout, tokenizer_source
 from engine.data import tokenizer as tk
 from engine.data.dataset import META_FILE, read_meta, short_split_file
 from engine.data.pack import commit, new_build_dir
 from engine.data.progress import split_summary
-from engine.runs import RunLayout, tokenizer_source
-from engine.stage import UserError
+from engine.errors import UserError
 
 
 def _resolve_dir(pattern: str, experiment_file: str | None) -> Path:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.runs import human_count
+from engine.contract import human_count
 
 LOG_EVERY_S = 5.0
 STATUS_EVERY_S = 2.0

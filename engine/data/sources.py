@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine.data import builtin
-from engine.stage import UserError
+from engine.errors import UserError
 
 SPLITS = ("train", "validation", "test")
 SUFFIXES = (".jsonl", ".json", ".txt", ".parquet")  # .jsonl/.json/.txt may also end in .gz

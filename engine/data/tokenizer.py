@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.stage import UserError
+from engine.errors import UserError
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 TRAIN_CHARS_MAX = 200_000_000  # text fed to the BPE trainer at most (memory and time)

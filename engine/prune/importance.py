@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.arch import Arch
+from engine.contract import read_json, write_json
+from engine.errors import UserError
 from engine.evaluate import lm_loss_sum
-from engine.prune.shapes import Shape
-from engine.runs import read_json, write_json
-from engine.stage import UserError
+from engine.models.adapter import Arch
+from engine.shapes.shape import Shape
 
 VERSION = 1
 

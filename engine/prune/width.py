@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from engine.arch import LAYER_KEY, Arch, config_dict, rebuild
+from engine.errors import UserError
+from engine.models.adapter import LAYER_KEY, Arch, config_dict, rebuild
 from engine.prune.importance import Importance
-from engine.prune.shapes import Shape, student_config
-from engine.stage import UserError
+from engine.shapes.shape import Shape, student_config
 
 # Which axis of each weight is indexed by what: "hidden" channels, "ffn" neurons,
 # "q" (query-head rows), "kv" (key/value-head rows). Keys are relative to a decoder layer.

@@ -1,13 +1,10 @@
-"""Experiment file: TOML -> validated, typed objects.
+"""The experiment schema: one pydantic model per TOML section, with the checks that need no files.
 
-Every user mistake becomes a `ConfigError` whose message is one line naming the file, the
-key and the fix. This module imports neither torch nor transformers (the TUI uses it to
-validate as the user types).
+This module imports neither torch nor transformers (the TUI validates as the user types).
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -17,24 +14,13 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.errors import ConfigError
+from engine.stage_kinds import stage_names, stage_student
+
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
-
-
-def stage_kind(stage: str) -> str:
-    """`distill-width` -> `distill` (stage names are `<kind>` or `<kind>-<student>`)."""
-    return stage.split("-", 1)[0]
-
-
-def stage_student(stage: str) -> str:
-    """`distill-width` -> `width`: the [[prune]] student a prune or distill stage belongs to."""
-    return stage.split("-", 1)[1]
-
-
-class ConfigError(Exception):
-    """A user mistake in an experiment file or override: one line, exit code 2."""
+    pass
 
 
 def _slug(value: str, what: str) -> str:
@@ -119,7 +105,7 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the model(s)
     # bf16 parameters + fp32 master weights in the optimizer (CUDA, bf16), where gradients never add up
-    # in bf16 (engine/trainer.py: master_weights_apply); false: fp32 parameters under bf16 autocast
+    # in bf16 (engine/training/step.py: master_weights_apply); false: fp32 parameters under bf16 autocast
     master_weights: bool = True
     max_nan_steps: int = Field(default=5, ge=1)  # consecutive non-finite losses that stop the run
     seed: int = 1234
@@ -282,15 +268,8 @@ class Experiment(_Section):
     # ---- the stage plan -------------------------------------------------------------
     def stages(self) -> list[str]:
         """Stage names in pipeline order."""
-        out = ["prepare"]
-        if self.finetune is not None:
-            out.append("finetune")
-        out += [f"prune-{p.name}" for p in self.prune]
-        if self.distill is not None:
-            out += [f"distill-{p.name}" for p in self.prune]
-        if self.eval is not None:
-            out.append("eval")
-        return out
+        sections = {"finetune": self.finetune, "distill": self.distill, "eval": self.eval}
+        return stage_names(sections, [p.name for p in self.prune])
 
     def prune_by_name(self, name: str) -> PruneConfig:
         for p in self.prune:
@@ -325,184 +304,3 @@ class Experiment(_Section):
             parts.update(prune=[dump(p) for p in self.prune], distill=dump(self.distill), eval=dump(self.eval))
         blob = json.dumps({"stage": stage, **parts}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# ---- loading ------------------------------------------------------------------------
-
-_SECTIONS: dict[str, type[BaseModel]] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "finetune": FinetuneConfig,
-    "prune": PruneConfig,
-    "distill": DistillConfig,
-    "eval": EvalConfig,
-    "launch": LaunchConfig,
-}
-
-
-def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The keys allowed at the location of an unknown key."""
-    section = [p for p in loc[:-1] if isinstance(p, str)]
-    if not section:
-        return list(Experiment.model_fields)
-    model = _SECTIONS.get(section[0])
-    return list(model.model_fields) if model else []
-
-
-def _dotted(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
-    """Render a pydantic location as the user wrote it: prune[width].hidden_size."""
-    out: list[str] = []
-    for i, part in enumerate(loc):
-        if isinstance(part, int) and out and out[-1] == "prune":
-            try:
-                out[-1] = f"prune[{raw['prune'][part]['name']}]"
-            except (KeyError, IndexError, TypeError):
-                out[-1] = f"prune[{part}]"
-        elif isinstance(part, int):
-            out[-1] = f"{out[-1]}[{part}]"
-        elif i > 0 and part in ("function-after", "list[int]", "literal['all']"):
-            continue
-        else:
-            out.append(str(part))
-    return ".".join(out)
-
-
-def _explain(err: dict[str, Any], raw: dict[str, Any]) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
-    key = _dotted(loc, raw)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        bad = str(loc[-1])
-        close = difflib.get_close_matches(bad, _valid_keys(loc), n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(_valid_keys(loc))
-        return f"unknown key '{key}'; {hint}"
-    if kind == "missing":
-        if len(loc) == 1 and loc[0] in ("model", "data"):
-            return f"missing required section [{loc[0]}]"
-        return f"missing required key '{key}'"
-    if kind == "value_error":
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        prefix = f"{key}." if key and ":" in msg.split(" ", 1)[0] else (f"{key}: " if key else "")
-        return f"{prefix}{msg}" if prefix.endswith(".") else f"{prefix}{msg}"
-    if kind == "literal_error":
-        return f"{key}: {err['msg'].lower()}, got {err['input']!r}"
-    got = err.get("input")
-    return f"{key}: {err['msg'].lower()} (got {got!r})"
-
-
-def parse_experiment(raw: dict[str, Any], source: str = "experiment") -> Experiment:
-    try:
-        exp = Experiment.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise ConfigError(f"{source}: {_explain(first, raw)}") from None
-    exp.source = source
-    return exp
-
-
-def parse_value(text: str) -> Any:
-    """An override value as TOML (numbers, booleans, lists), else a plain string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_override(raw: dict[str, Any], assignment: str, source: str = "--set") -> None:
-    """Apply `a.b.c=value` to the raw TOML dict; `prune.<name>.key` addresses a student."""
-    if "=" not in assignment:
-        raise ConfigError(f"{source}: '{assignment}' is not KEY=VALUE; e.g. --set distill.steps=100")
-    key, _, text = assignment.partition("=")
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise ConfigError(f"{source}: empty key in '{assignment}'")
-    value = parse_value(text.strip())
-    node: Any = raw
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):  # [[prune]] addressed by name
-            match = [t for t in node if isinstance(t, dict) and t.get("name") == part]
-            if not match:
-                names = ", ".join(str(t.get("name")) for t in node if isinstance(t, dict))
-                raise ConfigError(f"{source}: no [[prune]] named '{part}' in '{key}'; names: {names}")
-            node = match[0]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"{source}: '{'.'.join(parts[: i + 1])}' is not a table")
-        node = node.setdefault(part, {})
-    if not isinstance(node, dict):
-        raise ConfigError(f"{source}: '{key}' needs a student name, e.g. prune.width.hidden_size=2048")
-    node[parts[-1]] = value
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: no such file; check the path (experiments live in experiments/*.toml)")
-    if p.is_dir():
-        raise ConfigError(f"{p}: is a directory; give an experiment .toml file")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML ({e}); fix the syntax there") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a UTF-8 text file; give an experiment .toml file") from None
-
-
-def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
-    return _validated(read_toml(path), str(path), overrides)
-
-
-def loads_experiment(text: str, source: str = "experiment", overrides: tuple[str, ...] = ()) -> Experiment:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{source}: not valid TOML ({e})") from None
-    return _validated(raw, source, overrides)
-
-
-def _validated(raw: dict[str, Any], source: str, overrides: list[str] | tuple[str, ...]) -> Experiment:
-    for o in overrides:
-        apply_override(raw, o, source=f"{source}: --set")
-    return parse_experiment(raw, source=source)
-
-
-def dumps_toml(d: dict[str, Any]) -> str:
-    """Minimal TOML writer for resolved configs (tables, arrays of tables, scalars, lists)."""
-    lines: list[str] = []
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{_k(k)} = {scalar(x)}" for k, x in v.items()) + "}"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    def _k(k: str) -> str:
-        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
-
-    def table(prefix: str, t: dict[str, Any], array: bool = False) -> None:
-        plain = {k: v for k, v in t.items() if not _is_table(v) and v is not None}
-        if prefix:
-            lines.append(f"\n[[{prefix}]]" if array else f"\n[{prefix}]")
-        lines.extend(f"{_k(k)} = {scalar(v)}" for k, v in plain.items())
-        for k, v in t.items():
-            if isinstance(v, dict) and _is_table(v):
-                table(f"{prefix}.{k}" if prefix else k, v)
-            elif _is_table(v):
-                for item in v:
-                    table(f"{prefix}.{k}" if prefix else k, item, array=True)
-
-    table("", d)
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _is_table(v: Any) -> bool:
-    if isinstance(v, dict):
-        return True  # nested sections; small inline maps (arch, stage_gpus) are handled below
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)

@@ -1,6 +1,6 @@
 """The teacher's config without its weights, and every [[prune]] target checked against it.
 
-Used by `check` (through engine.plan) and the TUI, so no torch and no transformers here.
+Used by `check` (through engine.orchestration.check) and the TUI, so no torch and no transformers here.
 The teacher config comes from, in order: the arch table (init = "scratch"), a local
 config.json, the local Hugging Face cache, or a small built-in table of well-known hub models
 (so that the shipped recipes check offline). When none has it, targets are checked by the
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment
-from engine.prune.shapes import (
+from engine.contract import RunLayout, human_count, read_json
+from engine.shapes.shape import (
     Shape,
     StudentPlan,
     count_non_embedding_params,
@@ -23,7 +24,6 @@ from engine.prune.shapes import (
     plan_student,
     shape_from_config,
 )
-from engine.runs import RunLayout, human_count, read_json
 
 _LLAMA3_8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                   num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,

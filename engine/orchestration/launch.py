@@ -15,12 +15,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import ConfigError, Experiment, stage_kind
-
-# How many processes a stage kind uses when GPUs are present. None = every GPU of the stage.
-# Tokenising is CPU work; calibration/pruning and evaluation run on one GPU (an 8B model fits
-# one 80 GB card in bf16); training (fine-tune, distill) is the part that needs DDP/FSDP.
-STAGE_PROCESSES: dict[str, int | None] = {"prepare": 0, "prune": 1, "eval": 1, "finetune": None, "distill": None}
+from engine.config import Experiment
+from engine.errors import ConfigError
+from engine.stage_kinds import kind_of, stage_kind
 
 # Set by the sbatch script that `run --slurm` writes: multi-node stages go through srun.
 LAUNCHER_ENV = "SLIMLAB_LAUNCHER"
@@ -108,7 +105,7 @@ def stage_gpus(exp: Experiment, stage: str, pool: list[int], available: list[int
         _check_present(gpus, available, f"launch.stage_gpus.{stage}", exp)
     else:
         gpus = list(pool)
-    want = STAGE_PROCESSES.get(stage_kind(stage))
+    want = kind_of(stage).processes
     return gpus if want is None else gpus[:want]
 
 
@@ -190,7 +187,7 @@ def build_stage_command(exp: Experiment, stage: str, toml_path: str | Path, runs
     python = python or sys.executable
     launcher = launcher if launcher is not None else os.environ.get(LAUNCHER_ENV, "")
     prog = engine_args(stage, toml_path, runs_dir)
-    nodes = exp.launch.nodes if multi_node_stage(stage) else 1
+    nodes = exp.launch.nodes if kind_of(stage).multi_node else 1
     env = launch_env()
     if not gpus:
         return StageCommand(stage, [python, "-m", "engine", *prog], [], env)
@@ -210,63 +207,3 @@ def build_stage_command(exp: Experiment, stage: str, toml_path: str | Path, runs
         return StageCommand(stage, argv, gpus, env)
     argv = accel + accelerate_args(exp, gpus, port=port, nodes=nodes) + ["--module", "engine", *prog]
     return StageCommand(stage, argv, gpus, env)
-
-
-def multi_node_stage(stage: str) -> bool:
-    """Only the training stages span machines; the others run on node 0."""
-    return STAGE_PROCESSES.get(stage_kind(stage)) is None
-
-
-# ---- Slurm --------------------------------------------------------------------------------
-
-
-def sbatch_script(exp: Experiment, toml_path: str | Path, runs_dir: str | Path, gpus_per_node: int, *,
-                  python: str | None = None, workdir: str | Path | None = None,
-                  extra_sbatch: list[str] | None = None) -> str:
-    """A batch script that runs the whole pipeline on `[launch].nodes` nodes.
-
-    The orchestrator runs on the first node of the allocation; every training stage starts
-    `accelerate launch` on each node through srun, with node 0 as the rendezvous
-    (MASTER_ADDR from `scontrol show hostnames`) and the machine rank from SLURM_NODEID.
-    Submitting the script again resumes the run: finished stages are skipped.
-    """
-    python = python or sys.executable
-    workdir = Path(workdir or os.getcwd()).resolve()
-    run_dir = Path(runs_dir) / exp.name
-    nodes = exp.launch.nodes
-    port = exp.launch.main_process_port
-    q = shlex.quote
-    lines = [
-        "#!/bin/bash",
-        f"# slimlab: experiment '{exp.name}' on {nodes} node(s) x {gpus_per_node} GPU(s).",
-        "# Written by `slimlab-engine run --slurm`; submit with `sbatch` (resubmitting resumes the run).",
-        f"#SBATCH --job-name=slimlab-{exp.name}",
-        f"#SBATCH --nodes={nodes}",
-        "#SBATCH --ntasks-per-node=1",
-        f"#SBATCH --gpus-per-node={gpus_per_node}",
-        "#SBATCH --exclusive",
-        f"#SBATCH --output={run_dir}/slurm-%j.log",
-    ]
-    lines += [f"#SBATCH {x}" for x in (extra_sbatch or [])]
-    lines += [
-        "",
-        "set -euo pipefail",
-        f"cd {q(str(workdir))}",
-        "",
-        "# Rendezvous: the first node of the allocation hosts the main process of every stage.",
-        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        f"export MASTER_PORT={port}",
-        "export NCCL_NVLS_ENABLE=0",
-        "export PYTHONUNBUFFERED=1",
-        f"export {LAUNCHER_ENV}=srun",
-        "",
-        "# The orchestrator (this node) runs the stages in order and skips those already done. Each",
-        "# training stage is started on every node as:",
-        f"#   srun --nodes={nodes} --ntasks-per-node=1 bash -c 'accelerate launch --num_machines {nodes} \\",
-        "#     --machine_rank $SLURM_NODEID --main_process_ip $MASTER_ADDR --main_process_port $MASTER_PORT \\",
-        f"#     --num_processes {nodes * gpus_per_node} --multi_gpu ... -m engine <kind> experiment.toml --stage <stage>'",
-        f"exec {q(python)} -m engine run {q(str(toml_path))} --runs-dir {q(str(runs_dir))} \\",
-        '  --set launch.main_process_ip="$MASTER_ADDR" --set launch.main_process_port="$MASTER_PORT" \\',
-        f"  --set launch.nodes={nodes}",
-    ]
-    return "\n".join(lines) + "\n"

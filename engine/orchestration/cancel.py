@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError
-from engine.runs import RunLayout, effective_state, now_iso, parse_iso, read_json, write_json
+from engine.contract import RunLayout, effective_state, now_iso, parse_iso, read_json, write_json
 
 
 def _proc_of(pid: int | None, started_at: str | None):

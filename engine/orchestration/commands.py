@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError
-from engine.runs import RunLayout, list_runs, parse_iso, read_metrics, read_status
+from engine.contract import RunLayout, list_runs, parse_iso, read_metrics, read_status
 
 
 def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -55,8 +55,9 @@ def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[arg
 def cmd_run(args: argparse.Namespace) -> int:
     import sys
 
-    from engine.launch import parse_gpus
-    from engine.pipeline import RunOptions, run_pipeline, write_slurm
+    from engine.orchestration.launch import parse_gpus
+    from engine.orchestration.run import RunOptions, run_pipeline
+    from engine.orchestration.slurm import write_slurm
 
     opts = RunOptions(file=args.file, overrides=args.set or [], only=args.only, from_stage=args.from_stage,
                       gpus=parse_gpus(args.gpus) if args.gpus is not None else None,
@@ -204,7 +205,7 @@ def _run_dir_arg(arg: str, runs_dir: str) -> Path:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from engine.cancel import cancel_run
+    from engine.orchestration.cancel import cancel_run
 
     if args.grace < 0:
         raise ConfigError(f"--grace: {args.grace} is negative; give seconds to wait, e.g. --grace 20")

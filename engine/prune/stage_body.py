@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.arch import Arch
-from engine.config import stage_student
-from engine.modeling import (
+from engine.contract import append_metrics, human_count, tokenizer_source
+from engine.models.adapter import Arch
+from engine.models.hf import (
     check_supported,
     compute_device,
     count_parameters,
@@ -26,12 +26,12 @@ from engine.modeling import (
     load_tokenizer,
     save_model,
 )
+from engine.orchestration.stage_process import StageContext, teacher_checkpoint
 from engine.prune.depth import prune_depth, select_layers
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
-from engine.prune.shapes import StudentPlan, count_params, plan_student, shape_from_config
 from engine.prune.width import prune_width, select_width
-from engine.runs import append_metrics, human_count, tokenizer_source
-from engine.stage import StageContext, teacher_checkpoint
+from engine.shapes.shape import StudentPlan, count_params, plan_student, shape_from_config
+from engine.stage_kinds import stage_student
 
 
 def prune_stage(ctx: StageContext) -> None:

@@ -2,14 +2,14 @@
 
 Read top to bottom: `finetune_stage` / `distill_stage` build the models, `run_training` wraps them
 on accelerate (DDP, or FSDP2 when [launch].strategy = "fsdp"), resumes from the last checkpoint,
-then loops over optimizer steps: `Trainer.launch` (engine/trainer.py) queues the micro-batches
+then loops over optimizer steps: `Trainer.launch` (engine/training/step.py) queues the micro-batches
 (gradient accumulation, global_batch_size = micro_batch_size x accumulation x processes), clipping
 and the update, and the loop reads each step's loss one step behind the GPU. Validation, metrics, TensorBoard, checkpoints
-and the final HF checkpoint follow the run-directory contract (engine/runs.py).
+and the final HF checkpoint follow the run-directory contract (engine/contract/).
 
 Precision: with mixed_precision = "bf16" on CUDA the student keeps fp32 master weights and
-AdamW state; matrix products run in bf16. Where `master_weights` applies (engine/trainer.py), the
-model itself is bf16 and the fp32 masters live in the optimizer (engine/master_adamw.py); else the
+AdamW state; matrix products run in bf16. Where `master_weights` applies (engine/training/step.py), the
+model itself is bf16 and the fp32 masters live in the optimizer (engine/training/master_adamw.py); else the
 weights stay fp32 under autocast (DDP) or FSDP2's param_dtype. The student is loaded in fp32 either
 way, so the masters start from the checkpoint's full precision. The frozen teacher is held in
 [model].dtype. On the CPU everything is fp32.
@@ -30,9 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.attention import restore_sdpa
-from engine.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
-from engine.config import DistillConfig, Experiment, TrainConfig, stage_student
+from engine.config import DistillConfig, Experiment, TrainConfig
+from engine.contract import append_metrics, tokenizer_source, truncate_metrics_after
 from engine.distill.losses import LossSpec
 from engine.distill.objective import (
     HiddenSpec,
@@ -40,9 +39,12 @@ from engine.distill.objective import (
     default_layer_map,
     output_weight,
 )
-from engine.runs import append_metrics, tokenizer_source, truncate_metrics_after
-from engine.stage import Cancelled, StageContext, UserError, has_checkpoint, teacher_checkpoint
-from engine.trainer import PendingStep, StepResult, Trainer, lr_at, make_accelerator, peak_flops
+from engine.errors import Cancelled, UserError
+from engine.models.attention import restore_sdpa
+from engine.orchestration.stage_process import StageContext, has_checkpoint, teacher_checkpoint
+from engine.stage_kinds import stage_student
+from engine.training.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
+from engine.training.step import PendingStep, StepResult, Trainer, lr_at, make_accelerator, peak_flops
 
 # Trainer keys that may change between a checkpoint and its resume (a run that diverged can be
 # resumed with a lower lr); any other change of the stage's inputs starts the stage afresh.
@@ -167,7 +169,7 @@ def run_training(ctx: StageContext, cfg: TrainConfig, section: str,
     state: dict[str, Any] = {"step": 0, "samples": 0, "tokens": 0, "nan_steps": 0, "resume_key": key}
     found = latest_checkpoint(ckpt_root)
     if found is not None:
-        from engine.runs import read_json
+        from engine.contract import read_json
 
         old = read_json(found[1] / "trainer_state.json") or {}
         if old.get("resume_key") != key:
@@ -324,7 +326,7 @@ def _save_final(ctx: StageContext, trainer: Trainer, models: _Models) -> None:
     """model/ = a stock HF checkpoint of the student in [model].dtype, with the tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    from engine.modeling import save_model, torch_dtype
+    from engine.models.hf import save_model, torch_dtype
 
     state = trainer.full_student_state()
     if not trainer.accelerator.is_main_process:
@@ -371,7 +373,7 @@ def finetune_stage(ctx: StageContext) -> None:
         raise UserError(f"{exp.source}: no [finetune] section")
 
     def build(cuda: bool, meta: dict[str, Any]) -> _Models:
-        from engine.modeling import build_scratch_model, load_model, load_tokenizer
+        from engine.models.hf import build_scratch_model, load_model, load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer_source(exp, ctx.layout))
         dtype = _train_dtype(exp, cuda)
@@ -401,7 +403,7 @@ def distill_stage(ctx: StageContext) -> None:
     teacher_dir = teacher_checkpoint(ctx)
 
     def build(cuda: bool, meta: dict[str, Any]) -> _Models:
-        from engine.modeling import load_model
+        from engine.models.hf import load_model
 
         tokenizer = check_same_tokenizer(str(student_dir), teacher_dir, tokenizer_source(exp, layout))
         student = load_model(str(student_dir), _train_dtype(exp, cuda), exp.model.attn_implementation)
@@ -444,7 +446,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def check_same_tokenizer(student_dir: str, teacher_dir: str, fallback: str) -> Any:
     """The shared tokenizer; a UserError when the student's and the teacher's differ."""
-    from engine.modeling import load_tokenizer
+    from engine.models.hf import load_tokenizer
 
     def has_tokenizer(d: str) -> bool:
         p = Path(d)

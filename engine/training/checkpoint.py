@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from engine.runs import read_json, write_json
+from engine.contract import read_json, write_json
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"step-(\d{8})")

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from engine.prune.shapes import check_model_type
-from engine.stage import UserError
+from engine.errors import UserError
+from engine.shapes.shape import check_model_type
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

@@ -6,7 +6,7 @@ No torch import: the TUI validates as the user types through this module.
 from __future__ import annotations
 
 from engine.config import Experiment
-from engine.prune.targets import plan_lines
+from engine.shapes.targets import plan_lines
 
 
 def describe_plan(exp: Experiment) -> list[str]:

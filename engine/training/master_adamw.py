@@ -5,7 +5,7 @@ forward and every weight gradient back to fp32 in backward, and the residual str
 fp32. Holding the model in bf16 removes those passes; the precision that the update needs
 lives here instead: an fp32 copy of each parameter (`master`) and fp32 moments. One update
 reads the bf16 gradient once, updates master and moments in fp32, and writes the bf16
-parameter, in one fused pass per tensor on CUDA (engine/adamw_triton.py).
+parameter, in one fused pass per tensor on CUDA (engine/training/adamw_triton.py).
 
 Same update as `torch.optim.AdamW`, including the two hooks the trainer uses: `grad_scale`
 (gradients are divided by it: clipping) and `found_inf` (skip the step on the device, no sync).
@@ -22,7 +22,7 @@ import torch
 def adamw_reference(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
                     exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
                     skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-    """The update in torch ops (CPU, and the reference for engine/adamw_triton.py's kernel).
+    """The update in torch ops (CPU, and the reference for engine/training/adamw_triton.py's kernel).
 
     `step` is the step count including this one; `skip` (0-d bool) leaves every tensor as it was."""
     g = grad.float() * inv_scale
@@ -59,7 +59,7 @@ class MasterAdamW(torch.optim.Optimizer):
         self._sums: dict[torch.Tensor, torch.Tensor] = {}  # fp32 gradient sums (see `accumulate`)
         self._folded: set[torch.Tensor] = set()  # parameters whose sum holds this step's gradient
         if fused:
-            from engine.adamw_triton import adamw_update
+            from engine.training.adamw_triton import adamw_update
             self._update = adamw_update
         else:
             self._update = adamw_reference

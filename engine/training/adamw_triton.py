@@ -43,7 +43,7 @@ def _adamw_kernel(p_ptr, g_ptr, w_ptr, m_ptr, v_ptr, step_ptr, lr_ptr, inv_scale
 def adamw_update(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
                  exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
                  skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-    """Same arguments as engine.master_adamw.adamw_reference (flat contiguous tensors)."""
+    """Same arguments as engine.training.master_adamw.adamw_reference (flat contiguous tensors)."""
     n = param.numel()
     _adamw_kernel[(triton.cdiv(n, BLOCK),)](param, grad, master, exp_avg, exp_avg_sq, step, lr, inv_scale, skip,
                                             n, beta1, beta2, eps, weight_decay, BLOCK=BLOCK, num_warps=8)

@@ -14,16 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import ConfigError, Experiment
-from engine.runs import RunLayout, StageStatus, teacher_source
-
-
-class UserError(Exception):
-    """A mistake the user can fix (bad data path, wrong tokenizer...): one line, exit code 2."""
-
-
-class Cancelled(BaseException):
-    """Raised in the main thread on SIGTERM/SIGINT; training saves a checkpoint and exits."""
+from engine.config import Experiment
+from engine.contract import RunLayout, StageStatus, teacher_source
+from engine.errors import Cancelled, ConfigError, UserError
 
 
 def rank() -> int:

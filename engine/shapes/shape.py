@@ -63,7 +63,7 @@ def check_model_type(model_type: Any, where: str, error: type[Exception] = Confi
     """`model_type` itself when slimlab supports it; else `error` naming the supported types.
 
     The one unsupported-model check: experiment files get a ConfigError (the default), models
-    loaded at run time a UserError (engine.modeling.check_supported).
+    loaded at run time a UserError (engine.models.hf.check_supported).
     """
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise error(f"{where}: model_type '{model_type}' is not supported; slimlab prunes "

@@ -1,4 +1,4 @@
-"""One optimizer step on accelerate: the Trainer that `engine.train`'s loop and the benchmark drive.
+"""One optimizer step on accelerate: the Trainer that `engine.training.loop`'s loop and the benchmark drive.
 
 `make_accelerator` sets up bf16 autocast with DDP, or FSDP2 configured in code; `Trainer` holds the
 wrapped student (+ loss), the frozen teacher and the optimizer (fused AdamW, or MasterAdamW over a
@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.attention import use_causal_sdpa
 from engine.config import TrainConfig
 from engine.distill.losses import LossSpec
 from engine.distill.objective import (
@@ -29,7 +28,8 @@ from engine.distill.objective import (
     matmul_params,
     output_weight,
 )
-from engine.master_adamw import MasterAdamW
+from engine.models.attention import use_causal_sdpa
+from engine.training.master_adamw import MasterAdamW
 
 # Dense bf16 tensor-core peak per GPU, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "B200": 2250e12,
@@ -92,7 +92,7 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool = False) ->
     Fused, because it can skip a step on the device (`found_inf`) without a host sync.
 
     `master`: the module's parameters become bf16 and the optimizer keeps their fp32 master
-    copies (engine/master_adamw.py), with the same update and the same on-device skip."""
+    copies (engine/training/master_adamw.py), with the same update and the same on-device skip."""
     decay, no_decay = [], []
     for p in module.parameters():
         if p.requires_grad:

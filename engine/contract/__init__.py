@@ -1,0 +1,37 @@
+"""The run directory: the contract between the engine (writer) and the TUI/CLI (readers).
+
+    runs/<name>/experiment.toml, status.json, <stage>/{status.json, metrics.jsonl, stdout.log,
+    checkpoints/, model/, importance.json}
+
+JSON documents are written atomically (temp file + rename); metrics are append-only.
+Readers tolerate a half-written last line and a stage that died without saying so.
+No torch import here: the TUI reads run directories through this module.
+"""
+
+from engine.contract.files import (
+    append_metrics,
+    now_iso,
+    parse_iso,
+    read_json,
+    read_metrics,
+    truncate_metrics_after,
+    write_atomic,
+    write_json,
+)
+from engine.contract.fmt import human_count
+from engine.contract.layout import RunLayout, list_runs, teacher_source, tokenizer_source
+from engine.contract.status import (
+    HEARTBEAT_S,
+    STALE_S,
+    STATES,
+    StageStatus,
+    effective_state,
+    pid_alive,
+    read_status,
+    stage_status_doc,
+)
+
+__all__ = ["HEARTBEAT_S", "STALE_S", "STATES", "RunLayout", "StageStatus", "append_metrics", "effective_state",
+           "human_count", "list_runs", "now_iso", "parse_iso", "pid_alive", "read_json", "read_metrics",
+           "read_status", "stage_status_doc", "teacher_source", "tokenizer_source", "truncate_metrics_after",
+           "write_atomic", "write_json"]

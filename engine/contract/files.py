@@ -1,0 +1,111 @@
+"""Writing and reading the run directory's files: atomic JSON documents, append-only metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+# ---- atomic writes ------------------------------------------------------------------
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write a file so that readers see either the old or the new content, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; others sharing a runs folder must read it
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON document, or None when it is missing or unreadable (never raises)."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+# ---- metrics.jsonl --------------------------------------------------------------------
+
+
+def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one metrics line; non-finite numbers become null (JSON has no NaN)."""
+    rec = {"time": now_iso(), **record}
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+    line = json.dumps(clean, default=_json_default) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+
+
+def read_metrics(path: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Complete metric lines from byte `offset`; returns (records, new offset).
+
+    A last line without its newline is not consumed, so a later call picks it up whole.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    out: list[dict[str, Any]] = []
+    for line in data[:end].splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a corrupt line (e.g. after a crash mid-write) is skipped
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out, offset + end
+
+
+def truncate_metrics_after(path: str | Path, step: int) -> None:
+    """On resume: drop lines logged after the checkpoint's step (they will be logged again)."""
+    p = Path(path)
+    if not p.exists():
+        return
+    records, _ = read_metrics(p)
+    kept = [r for r in records if int(r.get("step", 0)) <= step]
+    write_atomic(p, "".join(json.dumps(r) + "\n" for r in kept))

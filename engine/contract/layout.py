@@ -1,0 +1,82 @@
+"""Paths inside one run directory: the single place that knows the contract's file names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class RunLayout:
+    """Paths inside one run directory; the single place that knows the contract's names."""
+
+    def __init__(self, run_dir: str | Path):
+        self.root = Path(run_dir)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    @property
+    def experiment_file(self) -> Path:
+        return self.root / "experiment.toml"
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / "status.json"
+
+    def stage_status_file(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "status.json"
+
+    def metrics_file(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "metrics.jsonl"
+
+    def log_file(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "stdout.log"
+
+    def model_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "model"
+
+    def checkpoints_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "checkpoints"
+
+    def importance_file(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "importance.json"
+
+    @property
+    def data_dir(self) -> Path:
+        """Packed token files and meta.json, written by `prepare`."""
+        return self.stage_dir("prepare")
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """A tokenizer trained by `prepare` (tokenizer_train_vocab) lives here."""
+        return self.stage_dir("prepare") / "tokenizer"
+
+    @property
+    def results_file(self) -> Path:
+        return self.stage_dir("eval") / "results.json"
+
+    def stages_on_disk(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "status.json").exists())
+
+
+def list_runs(runs_dir: str | Path) -> list[Path]:
+    """Run directories under runs_dir (those with an experiment.toml or a status.json)."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and ((p / "experiment.toml").exists() or (p / "status.json").exists()))
+
+
+def teacher_source(exp: Any, layout: RunLayout) -> str:
+    """The teacher checkpoint: the fine-tuned one when [finetune] exists, else [model].path."""
+    return str(layout.model_dir("finetune")) if exp.finetune is not None else str(exp.model.path)
+
+
+def tokenizer_source(exp: Any, layout: RunLayout) -> str:
+    """Where the tokenizer comes from: trained by prepare, named explicitly, or the model's own."""
+    if exp.model.tokenizer_train_vocab:
+        return str(layout.tokenizer_dir)
+    return str(exp.model.tokenizer or exp.model.path)

@@ -1,0 +1,131 @@
+"""status.json: a stage's (and the orchestrator's) state, and what a reader should believe about it.
+
+A 'running' stage whose process is gone (same host: dead pid; another host: stale heartbeat) is failed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from engine.contract.files import now_iso, parse_iso, read_json, write_json
+
+STATES = ("pending", "running", "succeeded", "failed", "cancelled")
+HEARTBEAT_S = 10.0  # how often a running stage refreshes updated_at
+STALE_S = 300.0  # a heartbeat older than this from another host counts as dead
+
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def effective_state(status: dict[str, Any] | None) -> str:
+    """The state a reader should show: a 'running' stage whose process is gone is 'failed'."""
+    if not status:
+        return "pending"
+    state = status.get("state", "pending")
+    if state != "running":
+        return state if state in STATES else "pending"
+    if status.get("host") == socket.gethostname():
+        return "running" if pid_alive(status.get("pid")) else "failed"
+    beat = parse_iso(status.get("updated_at"))
+    if beat and (datetime.now(timezone.utc) - beat).total_seconds() > STALE_S:
+        return "failed"
+    return "running"
+
+
+def read_status(path: str | Path) -> dict[str, Any] | None:
+    """status.json with `state` replaced by the effective state (dead pid -> failed)."""
+    st = read_json(path)
+    if st is None:
+        return None
+    eff = effective_state(st)
+    if eff != st.get("state"):
+        st = {**st, "state": eff}
+        if eff == "failed" and not st.get("error"):
+            st["error"] = {"type": "ProcessDied", "message": "the process ended without reporting (killed?)"}
+    return st
+
+
+def stage_status_doc(stage: str, config_hash: str | None, **fields: Any) -> dict[str, Any]:
+    """A stage's status.json document (this process, state pending unless `fields` say otherwise)."""
+    doc: dict[str, Any] = {
+        "stage": stage,
+        "state": "pending",
+        "pid": os.getpid(),
+        "pgid": os.getpgid(0),
+        "host": socket.gethostname(),
+        "gpus": [],
+        "step": 0,
+        "total_steps": None,
+        "started_at": None,
+        "updated_at": now_iso(),
+        "ended_at": None,
+        "config_hash": config_hash,
+        "error": None,
+    }
+    doc.update(fields)
+    return doc
+
+
+class StageStatus:
+    """Writes a stage's status.json; a daemon thread keeps the heartbeat fresh while running."""
+
+    def __init__(self, stage_dir: str | Path, stage: str, config_hash: str | None = None):
+        self.path = Path(stage_dir) / "status.json"
+        self.doc = stage_status_doc(stage, config_hash)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        with self._lock:
+            self.doc["updated_at"] = now_iso()
+            write_json(self.path, self.doc)
+
+    def start(self, total_steps: int | None = None, gpus: list[int] | None = None, **extra: Any) -> None:
+        self.doc.update(state="running", started_at=now_iso(), ended_at=None, error=None,
+                        total_steps=total_steps, gpus=gpus or [], **extra)
+        self._write()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._write()
+
+    def update(self, step: int | None = None, **fields: Any) -> None:
+        if step is not None:
+            self.doc["step"] = step
+        self.doc.update(fields)
+        self._write()
+
+    def finish(self, state: str, error: BaseException | str | None = None) -> None:
+        assert state in STATES
+        self._stop.set()
+        err = None
+        if isinstance(error, BaseException):
+            err = {"type": type(error).__name__, "message": str(error).strip().splitlines()[0] if str(error) else ""}
+        elif error:
+            err = {"type": "Error", "message": str(error)}
+        self.doc.update(state=state, ended_at=now_iso(), error=err)
+        self._write()
