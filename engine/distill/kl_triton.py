@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from engine.distill.losses import LossSpec
+from engine.distill.loss_spec import LossSpec
 
 BLOCK = 1024
 _LOW = -1.0e30  # stands in for -inf in masked lanes (inf - inf would be NaN)
