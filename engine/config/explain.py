@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import difflib
-import sys
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-
-from engine.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
 from engine.config.schema import (
     DataConfig,
@@ -25,6 +17,7 @@ from engine.config.schema import (
     ModelConfig,
     PruneConfig,
 )
+from engine.errors import ConfigError
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "model": ModelConfig,
@@ -80,7 +73,7 @@ def _explain(err: dict[str, Any], raw: dict[str, Any]) -> str:
     if kind == "value_error":
         msg = str(err["msg"]).removeprefix("Value error, ")
         prefix = f"{key}." if key and ":" in msg.split(" ", 1)[0] else (f"{key}: " if key else "")
-        return f"{prefix}{msg}" if prefix.endswith(".") else f"{prefix}{msg}"
+        return f"{prefix}{msg}"
     if kind == "literal_error":
         return f"{key}: {err['msg'].lower()}, got {err['input']!r}"
     got = err.get("input")

@@ -65,8 +65,6 @@ def dumps_toml(d: dict[str, Any]) -> str:
             return json.dumps(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{_k(k)} = {scalar(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
     def _k(k: str) -> str:
@@ -78,7 +76,7 @@ def dumps_toml(d: dict[str, Any]) -> str:
             lines.append(f"\n[[{prefix}]]" if array else f"\n[{prefix}]")
         lines.extend(f"{_k(k)} = {scalar(v)}" for k, v in plain.items())
         for k, v in t.items():
-            if isinstance(v, dict) and _is_table(v):
+            if isinstance(v, dict):
                 table(f"{prefix}.{k}" if prefix else k, v)
             elif _is_table(v):
                 for item in v:
@@ -89,6 +87,8 @@ def dumps_toml(d: dict[str, Any]) -> str:
 
 
 def _is_table(v: Any) -> bool:
+    """Written as a [table] or [[array of tables]]: every dict (sections, and arch, stage_gpus, a
+    student's distill overrides), and every non-empty list of dicts."""
     if isinstance(v, dict):
-        return True  # nested sections; small inline maps (arch, stage_gpus) are handled below
+        return True
     return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
