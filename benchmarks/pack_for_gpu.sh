@@ -12,15 +12,22 @@
 #   [data]   prepared = ".carry/textkit-llama2"
 #
 # and the device call names it: carry = [".carry/textkit-llama2"].
-# DATA=/path/to/shared/data overrides where textkit/ and tokenizer-llama2/ are read from.
+# textkit/ and tokenizer-llama2/ are read from DATA, by default ../shared/data next to the checkout;
+# DATA=/path/to/shared/data reads them from elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-/work/shared/data}
-OUT=${1:-.carry/textkit-llama2}
+if [[ -n ${DATA:-} ]]; then
+  from="DATA=$DATA"
+else
+  DATA=../shared/data
+  from="DATA defaults to ../shared/data, next to the checkout"
+fi
 for f in "$DATA/textkit/train.jsonl" "$DATA/textkit/val.jsonl" "$DATA/textkit/wikitext2_valid.jsonl" \
          "$DATA/tokenizer-llama2/tokenizer.json"; do
-  [[ -f $f ]] || { echo "error: $f not found; set DATA=/path/to/shared/data" >&2; exit 2; }
+  [[ -f $f ]] || { echo "error: $f not found ($from); set DATA=/path/to/shared/data" >&2; exit 2; }
 done
+DATA=$(cd "$DATA" && pwd)  # absolute: the experiment file below is read from a temp folder
+OUT=${1:-.carry/textkit-llama2}
 if ! git check-ignore -q "$OUT/meta.json"; then
   echo "error: $OUT is not ignored by git; use a folder under .carry/ (or add it to .gitignore)" >&2
   exit 2
