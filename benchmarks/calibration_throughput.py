@@ -69,7 +69,7 @@ def prune_check(model, imp, ids: torch.Tensor, device: torch.device) -> dict:
     from engine.models.hf import save_model
     from engine.prune.depth import prune_depth, select_layers
     from engine.prune.width import prune_width, select_width
-    from engine.shapes.shape import count_params, plan_student
+    from engine.shapes.shape import count_params, student_shape
 
     t = Arch(model).shape
     res = {}
@@ -77,7 +77,7 @@ def prune_check(model, imp, ids: torch.Tensor, device: torch.device) -> dict:
                                     hidden_size=t.hidden_size * 3 // 4),
                "depth": PruneConfig(name="d", method="depth", num_layers=t.num_layers // 2)}
     for name, p in targets.items():
-        plan = plan_student(t, p, name)
+        plan = student_shape(t, p, name)
         sync(device)
         t0 = time.perf_counter()
         if name == "width":

@@ -12,7 +12,7 @@ from engine.models.adapter import Arch
 from engine.prune.depth import prune_depth, select_layers
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
 from engine.prune.width import prune_width, select_heads, select_width
-from engine.shapes.shape import plan_student
+from engine.shapes.shape import student_shape
 
 BATCHES = [tokens(2, 11, seed=s) for s in range(3)]
 
@@ -23,7 +23,7 @@ def _width(**targets) -> PruneConfig:
 
 def _prune(model, imp, **targets):
     t = Arch(model).shape
-    plan = plan_student(t, _width(**targets), "x")
+    plan = student_shape(t, _width(**targets), "x")
     sel = select_width(imp, t, plan.shape)
     return sel, prune_width(model, sel, plan.shape)
 
@@ -172,7 +172,7 @@ def test_importance_json_round_trip_and_reuse(tmp_path):
         torch.testing.assert_close(getattr(back, name), getattr(imp, name), rtol=1e-5, atol=1e-7)
     assert back.meta["samples"] == 6 and back.meta["batch_agg"] == "l2"
     t = Arch(model).shape
-    plan = plan_student(t, _width(ffn_hidden_size=20, num_key_value_heads=1), "x")
+    plan = student_shape(t, _width(ffn_hidden_size=20, num_key_value_heads=1), "x")
     assert [s.tolist() for s in select_width(back, t, plan.shape).ffn] == \
         [s.tolist() for s in select_width(imp, t, plan.shape).ffn]
     other = Arch(tiny_model("qwen2", layers=2)).shape

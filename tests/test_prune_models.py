@@ -17,7 +17,7 @@ from engine.models.hf import count_parameters, save_model
 from engine.prune.depth import prune_depth
 from engine.prune.importance import calibrate, random_importance
 from engine.prune.width import prune_width, select_width
-from engine.shapes.shape import count_params, plan_student, shape_from_config
+from engine.shapes.shape import count_params, student_shape, shape_from_config
 
 ALL = list(ARCHS)
 
@@ -48,7 +48,7 @@ def test_width_prune_reloads_with_same_logits(model_type, teachers, tmp_path):
     t = Arch(teacher).shape
     targets = dict(ffn_hidden_size=t.intermediate_size // 2, hidden_size=16, num_attention_heads=2,
                    num_key_value_heads=1)
-    plan = plan_student(t, _width(**targets), "x")
+    plan = student_shape(t, _width(**targets), "x")
     student = prune_width(teacher, select_width(imp, t, plan.shape), plan.shape)
 
     c = student.config
@@ -70,7 +70,7 @@ def test_width_prune_to_the_same_size_keeps_the_teacher(model_type, teachers):
     teacher = teachers[0][model_type]
     t = Arch(teacher).shape
     imp = random_importance(t, seed=3)  # any ranking: nothing is cut, so nothing may change
-    plan = plan_student(t, _width(ffn_hidden_size=t.intermediate_size, hidden_size=t.hidden_size), "x")
+    plan = student_shape(t, _width(ffn_hidden_size=t.intermediate_size, hidden_size=t.hidden_size), "x")
     student = prune_width(teacher, select_width(imp, t, plan.shape), plan.shape)
     ids = tokens(seed=5)
     torch.testing.assert_close(logits(student, ids), logits(teacher, ids), rtol=0, atol=0)
@@ -115,7 +115,7 @@ def test_width_keeps_tied_embeddings_tied_and_untied_untied(teachers):
     for mt in ("llama", "mistral"):
         teacher, imp = teachers[0][mt], teachers[1][mt]
         t = Arch(teacher).shape
-        plan = plan_student(t, _width(hidden_size=16), "x")
+        plan = student_shape(t, _width(hidden_size=16), "x")
         student = prune_width(teacher, select_width(imp, t, plan.shape), plan.shape)
         assert Arch(student).tied == (mt == "llama")
         assert student.lm_head.weight.shape == (t.vocab_size, 16)
@@ -125,7 +125,7 @@ def test_mlp_bias_and_attention_bias_are_pruned(tmp_path):
     teacher = tiny_model("llama", mlp_bias=True, attention_bias=True)
     t = Arch(teacher).shape
     imp = calibrate(teacher, [tokens(2, 9)])
-    plan = plan_student(t, _width(ffn_hidden_size=20, hidden_size=16, num_attention_heads=2), "x")
+    plan = student_shape(t, _width(ffn_hidden_size=20, hidden_size=16, num_attention_heads=2), "x")
     student = prune_width(teacher, select_width(imp, t, plan.shape), plan.shape)
     assert student.model.layers[0].mlp.up_proj.bias.shape == (20,)
     assert student.model.layers[0].self_attn.o_proj.bias.shape == (16,)

@@ -12,7 +12,7 @@ import pytest
 from engine.config import ConfigError, loads_experiment
 from engine.orchestration.check import describe_plan
 from engine.shapes.shape import count_params, shape_from_config
-from engine.shapes.targets import KNOWN_CONFIGS, plan_students
+from engine.shapes.targets import KNOWN_CONFIGS, student_shapes
 
 RECIPE = """
 name = "llama31-8b-minitron"
@@ -42,7 +42,7 @@ def _shape(**kw):
 def test_llama31_8b_recipe_validates_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # the built-in table answers
     exp = loads_experiment(RECIPE, source="recipe.toml")
-    tc, teacher, plans = plan_students(exp)
+    tc, teacher, plans = student_shapes(exp)
     assert tc is not None and "built-in" in tc.origin
     # 8.03B: 2 x 128256 x 4096 embeddings + 32 x (attention 41.9M + MLP 176.2M + norms) + final norm
     emb = 2 * 128256 * 4096
@@ -102,13 +102,13 @@ def test_check_command_exits_2_with_one_line(tmp_path):
 
 def test_gqa_defaults_and_mha():
     gqa = loads_experiment(RECIPE.replace("hidden_size = 3072", "num_key_value_heads = 4"), source="r")
-    _, _, plans = plan_students(gqa)
+    _, _, plans = student_shapes(gqa)
     assert (plans[1].shape.num_heads, plans[1].shape.num_kv_heads) == (16, 4)  # heads follow their groups
     mha = _shape(hidden_size=64, num_attention_heads=8, intermediate_size=96, num_hidden_layers=2, vocab_size=10)
     from engine.config import PruneConfig
-    from engine.shapes.shape import plan_student
+    from engine.shapes.shape import student_shape
 
-    p = plan_student(mha, PruneConfig(name="w", method="width", num_attention_heads=4), "x")
+    p = student_shape(mha, PruneConfig(name="w", method="width", num_attention_heads=4), "x")
     assert (p.shape.num_heads, p.shape.num_kv_heads) == (4, 4)
 
 
@@ -121,7 +121,7 @@ def test_teacher_config_from_local_dir_and_hf_cache(tmp_path, monkeypatch):
     (local / "config.json").write_text(json.dumps(cfg))
     exp = loads_experiment(f'name="t"\n[model]\npath="{local}"\n[data]\ndataset="x"\n'
                            '[[prune]]\nname="d"\nmethod="depth"\nnum_layers=2\n', source="t.toml")
-    tc, t, plans = plan_students(exp)
+    tc, t, plans = student_shapes(exp)
     assert t.qk_norm and t.head_dim == 32 and plans[0].num_drop == 2
     assert count_params(t) == 1000 * 64 + 4 * (64 * 128 * 2 + 64 * 64 * 2 + 2 * 32 + 3 * 64 * 128 + 128) + 64
 
@@ -135,7 +135,7 @@ def test_teacher_config_from_local_dir_and_hf_cache(tmp_path, monkeypatch):
     exp = loads_experiment('name="t"\n[model]\npath="org/tiny"\n[data]\ndataset="x"\n'
                            '[[prune]]\nname="d"\nmethod="depth"\nnum_layers=7\n', source="t.toml")
     with pytest.raises(ConfigError, match="teacher's 6 layers"):
-        plan_students(exp)
+        student_shapes(exp)
 
 
 def test_unknown_hub_model_is_checked_later(tmp_path, monkeypatch):
@@ -162,14 +162,14 @@ name = "w"
 method = "width"
 hidden_size = 48
 """, source="demo.toml")
-    _, t, plans = plan_students(exp)
+    _, t, plans = student_shapes(exp)
     assert t.vocab_size == 512 and not t.tied and t.head_dim == 16
     assert plans[0].shape.hidden_size == 48
     assert "prune-w: hidden 64->48" in "\n".join(describe_plan(exp))
     bad = exp.model_copy(deep=True)
     bad.model.arch = {**exp.model.arch, "model_type": "gpt2"}
     with pytest.raises(ConfigError, match="model_type 'gpt2' is not supported; slimlab prunes llama"):
-        plan_students(bad)
+        student_shapes(bad)
 
 
 def test_importance_from_must_name_an_earlier_student_or_a_file(tmp_path):

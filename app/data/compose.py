@@ -255,11 +255,11 @@ def validate(raw: dict[str, Any], source: str) -> Validation:
 def _size_students(exp: Any, result: Validation) -> None:
     """Parameter count and shrink factor of each student (engine.prune's arithmetic)."""
     from engine.shapes.shape import count_params
-    from engine.shapes.targets import plan_students
+    from engine.shapes.targets import student_shapes
 
     for p in exp.prune:
         result.students[p.name] = StudentSize(p.name)
-    _tc, teacher, plans = plan_students(exp)
+    _tc, teacher, plans = student_shapes(exp)
     if teacher is None:
         return
     result.teacher_params = count_params(teacher) if teacher.vocab_size else None

@@ -30,7 +30,7 @@ from engine.orchestration.stage_process import StageContext, teacher_checkpoint
 from engine.prune.depth import prune_depth, select_layers
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
 from engine.prune.width import prune_width, select_width
-from engine.shapes.shape import StudentPlan, count_params, plan_student, shape_from_config
+from engine.shapes.shape import StudentShape, count_params, student_shape, shape_from_config
 from engine.stage_kinds import stage_student
 
 
@@ -46,7 +46,7 @@ def prune_stage(ctx: StageContext) -> None:
     cfg = load_config(src).to_dict()
     check_supported(cfg.get("model_type", "?"), src)
     teacher_shape = shape_from_config(cfg, where=src)
-    plan = plan_student(teacher_shape, p, where)
+    plan = student_shape(teacher_shape, p, where)
     ctx.log(f"[{stage}] teacher {src}: {teacher_shape.describe()}")
 
     # 2. the teacher
@@ -105,7 +105,7 @@ def _reinitialised(student: torch.nn.Module, seed: int) -> torch.nn.Module:
 # ---- importance ---------------------------------------------------------------------------
 
 
-def _importance(ctx: StageContext, p, plan: StudentPlan, model: torch.nn.Module) -> Importance:
+def _importance(ctx: StageContext, p, plan: StudentShape, model: torch.nn.Module) -> Importance:
     exp, layout = ctx.exp, ctx.layout
     shape = Arch(model).shape
     if p.importance_from:

@@ -124,7 +124,7 @@ def count_non_embedding_params(s: Shape) -> int:
 
 
 @dataclass(frozen=True)
-class StudentPlan:
+class StudentShape:
     """What a [[prune]] table turns the teacher into (before importance picks the channels)."""
 
     name: str
@@ -162,18 +162,18 @@ def _multiples(n: int, of: int, below: int | None = None) -> str:
     return " or ".join(str(x) for x in opts) if opts else str(of)
 
 
-def plan_student(teacher: Shape, p: Any, where: str) -> StudentPlan:
+def student_shape(teacher: Shape, p: Any, where: str) -> StudentShape:
     """Check one [[prune]] table against the teacher's shape; raise ConfigError with the fix.
 
     `p` is an engine.config.PruneConfig; `where` prefixes every message, e.g.
     "exp.toml: prune[width]".
     """
     if p.method == "depth":
-        return _plan_depth(teacher, p, where)
-    return _plan_width(teacher, p, where)
+        return _depth_shape(teacher, p, where)
+    return _width_shape(teacher, p, where)
 
 
-def _plan_depth(t: Shape, p: Any, where: str) -> StudentPlan:
+def _depth_shape(t: Shape, p: Any, where: str) -> StudentShape:
     n = t.num_layers
     if p.drop_layers is not None:
         bad = [i for i in p.drop_layers if i >= n]
@@ -184,18 +184,18 @@ def _plan_depth(t: Shape, p: Any, where: str) -> StudentPlan:
             raise ConfigError(f"{where}.drop_layers: drops all {n} layers; keep at least one "
                               f"(drop at most {n - 1})")
         drop = tuple(sorted(p.drop_layers))
-        return StudentPlan(p.name, "depth", replace(t, num_layers=n - len(drop)), drop_layers=drop)
+        return StudentShape(p.name, "depth", replace(t, num_layers=n - len(drop)), drop_layers=drop)
     if p.num_layers > n:
         raise ConfigError(f"{where}.num_layers: {p.num_layers} is larger than the teacher's {n} layers; "
                           f"choose 1..{n - 1}")
     if p.num_layers == n:
         raise ConfigError(f"{where}.num_layers: {n} keeps every layer of the teacher; choose 1..{n - 1} "
                           "to prune")
-    return StudentPlan(p.name, "depth", replace(t, num_layers=p.num_layers), num_drop=n - p.num_layers,
+    return StudentShape(p.name, "depth", replace(t, num_layers=p.num_layers), num_drop=n - p.num_layers,
                        selection=p.selection)
 
 
-def _plan_width(t: Shape, p: Any, where: str) -> StudentPlan:
+def _width_shape(t: Shape, p: Any, where: str) -> StudentShape:
     def not_larger(key: str, value: int, source: int, label: str) -> None:
         if value > source:
             raise ConfigError(f"{where}.{key}: {value} is larger than the teacher's {label} {source}; "
@@ -234,7 +234,7 @@ def _plan_width(t: Shape, p: Any, where: str) -> StudentPlan:
         raise ConfigError(f"{where}.hidden_size: {hidden} is not a multiple of num_attention_heads = {heads} "
                           f"(Llama configs require it); e.g. {_multiples(hidden, heads, t.hidden_size)}")
     student = replace(t, hidden_size=hidden, intermediate_size=ffn, num_heads=heads, num_kv_heads=kv)
-    return StudentPlan(p.name, "width", student)
+    return StudentShape(p.name, "width", student)
 
 
 # ---- student config.json --------------------------------------------------------------

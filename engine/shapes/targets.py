@@ -18,10 +18,10 @@ from engine.config import ConfigError, Experiment
 from engine.contract import RunLayout, human_count, read_json
 from engine.shapes.shape import (
     Shape,
-    StudentPlan,
+    StudentShape,
     count_non_embedding_params,
     count_params,
-    plan_student,
+    student_shape,
     shape_from_config,
 )
 
@@ -187,7 +187,7 @@ def check_importance_from(exp: Experiment) -> None:
                               "importance.json (or a directory holding one)")
 
 
-def plan_students(exp: Experiment) -> tuple[TeacherConfig | None, Shape | None, list[StudentPlan]]:
+def student_shapes(exp: Experiment) -> tuple[TeacherConfig | None, Shape | None, list[StudentShape]]:
     """Check every [[prune]] target; ConfigError (one line, with the fix) on the first bad one."""
     check_importance_from(exp)
     if not exp.prune and exp.model.init != "scratch":
@@ -196,7 +196,7 @@ def plan_students(exp: Experiment) -> tuple[TeacherConfig | None, Shape | None, 
     if tc is None:
         return None, None, []
     t = teacher_shape(exp, tc)
-    plans = [plan_student(t, p, f"{exp.source}: prune[{p.name}]") for p in exp.prune]
+    plans = [student_shape(t, p, f"{exp.source}: prune[{p.name}]") for p in exp.prune]
     return tc, t, plans
 
 
@@ -221,9 +221,9 @@ def _changes(t: Shape, s: Shape) -> str:
     return ", ".join(parts) or "no change"
 
 
-def plan_lines(exp: Experiment) -> list[str]:
+def shape_lines(exp: Experiment) -> list[str]:
     """Teacher and student shapes, parameter counts and shrink factors, for `check`."""
-    tc, t, plans = plan_students(exp)
+    tc, t, plans = student_shapes(exp)
     if not exp.prune:
         return [] if t is None else [f"teacher: {exp.model.arch.get('model_type')}, {t.describe()}: "
                                      f"{_param_text(t)}"]
