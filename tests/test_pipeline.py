@@ -461,3 +461,23 @@ def test_the_run_file_resumes_in_place(tmp_path, monkeypatch, fake_stages):
     # an ordinary experiment file still uses its own runs_dir, relative to the working directory
     exp = load_for_run(RunOptions(file=str(tmp_path / "exp.toml")))
     assert exp.run_dir == Path("runs") / "pipe"
+
+
+def test_dry_run_prints_the_port_the_run_uses(tmp_path, monkeypatch, capsys):
+    """Across nodes the rendezvous port is [launch].main_process_port, not a fixed 29500; on one node
+    a free port, as the orchestrator picks it."""
+    from engine.cli import main
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    f = tmp_path / "exp.toml"
+    f.write_text(TOML)
+    runs = str(tmp_path / "runs")
+    multi = ["--set", "launch.nodes=2", "--set", "launch.main_process_ip=10.0.0.1",
+             "--set", "launch.main_process_port=31337"]
+    assert main(["run", str(f), "--runs-dir", runs, "--dry-run", "--gpus", "0,1", *multi]) == 0
+    out = capsys.readouterr().out
+    assert "--main_process_port 31337" in out and "29500" not in out
+    monkeypatch.setattr("engine.orchestration.launch.free_port", lambda: 40404)
+    assert main(["run", str(f), "--runs-dir", runs, "--dry-run", "--gpus", "0,1"]) == 0
+    assert "--main_process_port 40404" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing

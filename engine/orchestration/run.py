@@ -41,9 +41,6 @@ from engine.stage_kinds import stage_kind
 DETACHED_ENV = "SLIMLAB_DETACHED"
 
 
-
-
-
 @dataclass
 class RunOptions:
     file: str
@@ -132,7 +129,8 @@ def _print_dry_run(exp: Experiment, layout: RunLayout, plans: list[StageAction],
             if chunks and stage_kind(p.stage) == "distill" and p.stage not in exp.launch.stage_gpus:
                 gpus = chunks[n_distill % len(chunks)]  # side by side (`parallel = true`)
                 n_distill += 1
-            cmd = build_stage_command(exp, p.stage, toml, layout.root.resolve().parent, gpus, port=29500)
+            # the port the run would use: [launch].main_process_port across nodes, a free one on one node
+            cmd = build_stage_command(exp, p.stage, toml, layout.root.resolve().parent, gpus)
             print(f"      $ {cmd.shell()}")
     return 0
 
