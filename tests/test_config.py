@@ -175,3 +175,31 @@ def test_stage_hash_ignores_keys_left_at_their_defaults():
     b = loads_experiment(text, overrides=("finetune.weight_decay=0.1", "data.workers=4"))  # the defaults
     c = loads_experiment(text, overrides=("finetune.weight_decay=0.2",))
     assert a.stage_hash("finetune") == b.stage_hash("finetune") != c.stage_hash("finetune")
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("[finetune]\nsteps = true\n", "finetune.steps"),
+    ("[finetune]\nlr = true\n", "finetune.lr"),
+    ("seed = false\n[finetune]\n", "seed"),
+    ("[launch]\ngpus = [true]\n", "launch.gpus"),
+    ("[[prune]]\nname = \"d\"\nmethod = \"depth\"\ndrop_layers = [false]\n", "prune[d].drop_layers"),
+])
+def test_booleans_are_not_numbers(extra: str, key: str):
+    """TOML true/false would pass as 1/0 (steps = true was 1 step, lr = true an lr of 1.0)."""
+    text = BASE.replace('name = "t"\n', 'name = "t"\n' + extra) if extra.startswith("seed") else BASE + extra
+    assert f"exp.toml: {key}: " in _err(text) and "not a number" in _err(text)
+
+
+def test_booleans_are_not_numbers_in_overrides_and_student_distill_tables():
+    with pytest.raises(ConfigError, match="finetune.lr: true is not a number"):
+        loads_experiment(BASE + "[finetune]\n", source="exp.toml", overrides=("finetune.lr=true",))
+    text = (BASE + "[distill]\n[[prune]]\nname = \"w\"\nmethod = \"width\"\nffn_hidden_size = 64\n"
+            "distill = {steps = true}\n")
+    assert "prune 'w': distill" in _err(text)
+    assert loads_experiment(BASE + "[finetune]\ncompile = true\n").finetune.compile  # real booleans stay
+
+
+def test_upper_bounds_catch_typos():
+    assert "finetune.weight_decay" in _err(BASE + "[finetune]\nweight_decay = 10\n")
+    assert "distill.kd_weight" in _err(BASE + "[distill]\nkd_weight = 1e9\n[[prune]]\nname = \"d\"\n"
+                                       "method = \"depth\"\nnum_layers = 1\n")

@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -26,6 +26,33 @@ def _slug(value: str, what: str) -> str:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        """TOML's true/false are not numbers, though pydantic takes `steps = true` as 1 step."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if field is not None and _holds_bool(value) and _numbers_only(field.annotation):
+                    raise ValueError(f"{key}: {json.dumps(value)} is not a number (true and false are "
+                                     "booleans); write a number")
+        return data
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    return isinstance(value, bool)
+
+
+def _numbers_only(annotation: Any) -> bool:
+    """A field whose type holds int or float but neither bool nor Any: `steps`, `layer_map`, `gpus`."""
+    def kinds(t: Any) -> set[Any]:
+        return {t}.union(*(kinds(a) for a in get_args(t)))
+
+    found = kinds(annotation)
+    return bool(found & {int, float}) and not found & {bool, Any}
 
 
 Dtype = Literal["bfloat16", "float16", "float32"]
@@ -88,10 +115,10 @@ class TrainConfig(_Section):
     lr: float = Field(default=1e-4, gt=0.0, le=1.0)
     min_lr: float = Field(default=1e-5, ge=0.0, le=1.0)
     warmup_steps: int = Field(default=2, ge=0)
-    weight_decay: float = Field(default=0.1, ge=0.0)
+    weight_decay: float = Field(default=0.1, ge=0.0, le=1.0)  # decoupled (AdamW): lr x wd per step
     adam_beta1: float = Field(default=0.9, gt=0.0, lt=1.0)
     adam_beta2: float = Field(default=0.95, gt=0.0, lt=1.0)
-    grad_clip: float = Field(default=1.0, ge=0.0)  # 0 disables clipping
+    grad_clip: float = Field(default=1.0, ge=0.0, le=1e6)  # 0 disables clipping
     val_interval: int = Field(default=10, ge=1)
     val_batches: int = Field(default=5, ge=1)
     checkpoint_interval: int = Field(default=100, ge=1)
@@ -123,10 +150,10 @@ class FinetuneConfig(TrainConfig):
 class DistillConfig(TrainConfig):
     loss: Literal["forward_kl", "reverse_kl", "jsd", "ce"] = "forward_kl"
     temperature: float = Field(default=1.0, gt=0.0, le=100.0)
-    ce_weight: float = Field(default=0.0, ge=0.0)
-    kd_weight: float = Field(default=1.0, ge=0.0)
+    ce_weight: float = Field(default=0.0, ge=0.0, le=1000.0)
+    kd_weight: float = Field(default=1.0, ge=0.0, le=1000.0)
     top_k: int | None = Field(default=None, ge=1)  # distill on the teacher's top-k logits only
-    hidden_weight: float = Field(default=0.0, ge=0.0)  # hidden-state loss weight (0: logits only)
+    hidden_weight: float = Field(default=0.0, ge=0.0, le=1000.0)  # hidden-state loss weight (0: logits only)
     hidden_loss: Literal["cosine", "mse"] = "cosine"
     layer_map: list[tuple[int, int]] | None = None  # [[student_layer, teacher_layer], ...]
     chunk_tokens: int = Field(default=4096, ge=16)  # tokens per chunk of the fused KD loss
