@@ -8,14 +8,14 @@ No torch import.
 from __future__ import annotations
 
 import io
-import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment, load_experiment
 from engine.contract import RunLayout, human_count, read_json, read_metrics, teacher_source, write_atomic
+from engine.contract.results import ModelResult, perplexity, read_results
 from engine.shapes.shape import count_params, shape_from_config
 
 
@@ -35,7 +35,6 @@ class ModelRow:
     ppl: float | None = None
     tokens: int | None = None
     tokens_per_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---- reading a run ---------------------------------------------------------------------------
@@ -75,41 +74,9 @@ def _shape(row: ModelRow, cfg: dict[str, Any]) -> None:
     row.params = param_count(cfg)
 
 
-def eval_results(layout: RunLayout) -> dict[str, dict[str, Any]]:
-    """eval/results.json as {model: {"params": N, "validation": {"loss", "perplexity"}, ...}}."""
-    doc = read_json(layout.results_file) or {}
-    models = doc.get("models", doc)
-    out: dict[str, dict[str, Any]] = {}
-    if not isinstance(models, dict):
-        return out
-    for name, rec in models.items():
-        if not isinstance(rec, dict):
-            continue
-        splits = rec.get("splits") if isinstance(rec.get("splits"), dict) else rec
-        entry: dict[str, Any] = {}
-        for k in ("params", "parameters", "num_params", "param_count"):
-            if isinstance(rec.get(k), (int, float)):
-                entry["params"] = int(rec[k])
-                break
-        for split, v in splits.items():
-            if isinstance(v, dict) and "loss" in v:
-                entry[split] = v
-        out[name] = entry
-    return out
-
-
-def _validation(res: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The validation split of one model's eval results ("val" in older files)."""
-    for split in ("validation", "val"):
-        v = (res or {}).get(split)
-        if isinstance(v, dict):
-            return v
-    return None
-
-
-def _split_loss(res: dict[str, Any] | None) -> float | None:
-    v = _validation(res)
-    return float(v["loss"]) if v and v.get("loss") is not None else None
+def _val_loss(res: ModelResult | None) -> float | None:
+    v = res.validation if res else None
+    return v.loss if v else None
 
 
 def stage_records(layout: RunLayout, stage: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -122,7 +89,7 @@ def stage_records(layout: RunLayout, stage: str) -> tuple[list[dict[str, Any]], 
 def model_rows(run_dir: str | Path) -> list[ModelRow]:
     """The teacher and every student of one run."""
     exp, layout = load_run(run_dir)
-    results = eval_results(layout)
+    results = read_results(layout.results_file)
     run = exp.name
     rows: list[ModelRow] = []
 
@@ -131,14 +98,14 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
                              if exp.model.arch else {})
     _shape(teacher, tcfg)
     tres = results.get("teacher")
-    teacher.distilled_loss = _split_loss(tres)
+    teacher.distilled_loss = _val_loss(tres)
     if exp.finetune:
         vals, train = stage_records(layout, "finetune")
         if teacher.distilled_loss is None:
             teacher.distilled_loss = vals[-1]["loss"] if vals else None
         _throughput(teacher, train)
-    if tres and tres.get("params"):
-        teacher.params = tres["params"]
+    if tres and tres.params:
+        teacher.params = tres.params
     teacher.ppl = _ppl(tres, teacher.distilled_loss)
     rows.append(teacher)
 
@@ -148,32 +115,30 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
         cfg = _config(layout.model_dir(distill_stage)) or _config(layout.model_dir(prune_stage))
         _shape(row, cfg)
         pres, dres = results.get(prune_stage), results.get(distill_stage)
-        row.pruned_loss = _split_loss(pres)
+        row.pruned_loss = _val_loss(pres)
         if row.pruned_loss is None:
             vals, _ = stage_records(layout, prune_stage)
             row.pruned_loss = vals[-1]["loss"] if vals else None
-        row.distilled_loss = _split_loss(dres)
+        row.distilled_loss = _val_loss(dres)
         if exp.distill:
             vals, train = stage_records(layout, distill_stage)
             if row.distilled_loss is None:
                 row.distilled_loss = vals[-1]["loss"] if vals else None
             _throughput(row, train)
         for res in (dres, pres):
-            if res and res.get("params"):
-                row.params = res["params"]
+            if res and res.params:
+                row.params = res.params
                 break
         row.ppl = _ppl(dres, row.distilled_loss)
         rows.append(row)
     return rows
 
 
-def _ppl(res: dict[str, Any] | None, loss: float | None) -> float | None:
-    v = _validation(res)
-    if v and v.get("perplexity") is not None:
-        return float(v["perplexity"])
-    if loss is None:
-        return None
-    return math.exp(min(loss, 50.0))
+def _ppl(res: ModelResult | None, loss: float | None) -> float | None:
+    v = res.validation if res else None
+    if v is not None:
+        return v.perplexity
+    return None if loss is None else perplexity(loss)
 
 
 def _throughput(row: ModelRow, train: list[dict[str, Any]]) -> None:

@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 
 from engine.config import dumps_toml
-from engine.contract import StageStatus, append_metrics, write_json
+from engine.contract import (
+    RunLayout,
+    StageStatus,
+    append_metrics,
+    now_iso,
+    read_json,
+    split_entry,
+    write_json,
+)
 
 
 def experiment_dict(name: str, students: tuple[str, ...] = ("depth", "width"), runs_dir: str = "runs",
@@ -92,8 +100,15 @@ class RunWriter:
         st.doc["state"] = "running"
         st._write()
 
-    def results(self, models: dict) -> None:
-        write_json(self.root / "eval" / "results.json", models)
+    def result(self, model: str, params: int, loss: float, split: str = "validation", tokens: int = 4096) -> None:
+        """Add one model's evaluation to eval/results.json, in the eval stage's shape."""
+        path = RunLayout(self.root).results_file
+        doc = read_json(path) or {"models": {}, "seq_length": self.exp["data"]["seq_length"]}
+        entry = doc["models"].setdefault(model, {"params": params, "path": str(self.root / model / "model"),
+                                                 "splits": {}, "tokens_per_s": 1000.0})
+        entry["splits"][split] = split_entry(loss, tokens)
+        doc["updated_at"] = now_iso()
+        write_json(path, doc)
 
 
 def live_finetune_run(runs_dir: Path, name: str = "live"):
@@ -117,9 +132,8 @@ def finished_run(runs_dir: Path, name: str, students=("depth", "width"), base_lo
         w.stage(f"distill-{s}", "succeeded", step=20)
         w.metrics(f"distill-{s}", range(1, 21), loss0=base_loss + 1 + 0.5 * i)
     w.stage("eval", "succeeded", total_steps=None)
-    models = {"teacher": {"params": 1000, "validation": {"loss": base_loss, "perplexity": 20.1}}}
+    w.result("teacher", 1000, base_loss)
     for i, s in enumerate(students):
-        models[f"prune-{s}"] = {"params": 500 + i, "validation": {"loss": base_loss + 3 + i, "perplexity": 400.0}}
-        models[f"distill-{s}"] = {"params": 500 + i, "validation": {"loss": base_loss + 0.5 + i, "perplexity": 33.0}}
-    w.results({"models": models})
+        w.result(f"prune-{s}", 500 + i, base_loss + 3 + i)
+        w.result(f"distill-{s}", 500 + i, base_loss + 0.5 + i)
     return w

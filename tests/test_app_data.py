@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from _app_util import RunWriter, finished_run
 
-from app.data.compare import config_diff, flatten, read_results, stage_config
+from app.data.compare import config_diff, flatten, results_rows, stage_config
 from app.data.compose import format_field, new_experiment, parse_field, parse_ints, to_toml, validate
 from app.data.scan import RunScanner
 from app.data.series import StageCurves, downsample, ema
 from app.data.tail import LogTail
+from engine.compare import model_rows
 from engine.config import ConfigError, dumps_toml, load_experiment, loads_experiment
-from engine.contract import append_metrics
+from engine.contract import MAX_LOG_PPL, append_metrics, perplexity
 from engine.stage_kinds import planned_stages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -201,13 +204,25 @@ def test_config_diff_shows_only_differing_keys(tmp_path):
 
 def test_results_table_rows(tmp_path):
     w = finished_run(tmp_path / "runs", "r", students=("depth",))
-    rows = {r["model"]: r for r in read_results(w.root)}
-    assert set(rows) == {"teacher", "prune-depth", "distill-depth"}
-    assert rows["teacher"]["params"] == 1000 and rows["teacher"]["validation.perplexity"] == 20.1
-    w.results({"distill-depth": {"num_params": 7, "splits": {"test": {"loss": 1.0}}}})
-    rows = read_results(w.root)
-    assert rows == [{"run": "r", "model": "distill-depth", "params": 7, "test.loss": 1.0,
-                     "test.perplexity": 2.718281828459045}]
+    rows = {r["model"]: r for r in results_rows(w.root)}
+    assert list(rows) == ["teacher", "prune-depth", "distill-depth"]
+    assert rows["teacher"]["params"] == 1000 and rows["teacher"]["validation.loss"] == 3.0
+    assert rows["teacher"]["validation.perplexity"] == perplexity(3.0)
+    w.result("distill-depth", 500, 1.0, split="test")
+    assert results_rows(w.root)[2]["test.perplexity"] == perplexity(1.0)
+
+
+def test_perplexity_has_one_cap_shared_by_eval_compare_and_tui(tmp_path):
+    """A diverged model (loss 60) gets the same finite perplexity from eval/results.json in the TUI
+    and in `compare`, and from its val loss in `compare` before the eval stage ran."""
+    w = finished_run(tmp_path / "runs", "r", students=("depth",))
+    w.result("distill-depth", 500, 60.0)
+    assert perplexity(60.0) == math.exp(60.0) and perplexity(1e6) == math.exp(MAX_LOG_PPL) < math.inf
+    assert results_rows(w.root)[2]["validation.perplexity"] == perplexity(60.0)
+    assert {r.label: r.ppl for r in model_rows(w.root)}["depth"] == perplexity(60.0)
+    (w.root / "eval" / "results.json").unlink()
+    w.metrics("distill-depth", range(21, 26), loss0=59.9 * (1 + 0.1 * 25))  # last val loss 60.0
+    assert {r.label: r.ppl for r in model_rows(w.root)}["depth"] == pytest.approx(perplexity(60.0))
 
 
 # ---- the TUI imports neither torch nor transformers ------------------------------------------------

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from engine.contract import read_json
+from engine.contract import RunLayout
+from engine.contract.results import read_results
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,7 +31,7 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def read_experiment(run_dir: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads((run_dir / "experiment.toml").read_text(encoding="utf-8"))
+        return tomllib.loads(RunLayout(run_dir).experiment_file.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError):
         return {}
 
@@ -63,42 +63,15 @@ def config_diff(configs: dict[str, dict[str, Any]]) -> list[tuple[str, list[Any]
 
 # ---- eval/results.json -------------------------------------------------------------------
 
-PARAM_KEYS = ("params", "num_params", "parameters", "param_count", "n_params")
 
-
-def _split_metrics(entry: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per split {loss, perplexity} from a model's entry, whether splits sit at its top level
-    or under a "splits"/"metrics" key."""
-    out: dict[str, dict[str, float]] = {}
-    for container in (entry, entry.get("splits"), entry.get("metrics")):
-        if not isinstance(container, dict):
-            continue
-        for split, m in container.items():
-            if isinstance(m, dict) and isinstance(m.get("loss"), (int, float)):
-                ppl = m.get("perplexity", m.get("ppl"))
-                if not isinstance(ppl, (int, float)):
-                    ppl = math.exp(m["loss"]) if m["loss"] < 50 else math.inf
-                out[split] = {"loss": float(m["loss"]), "perplexity": float(ppl)}
-    return out
-
-
-def read_results(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per model: {"run", "model", "params", "<split>.loss", "<split>.perplexity"}."""
-    doc = read_json(run_dir / "eval" / "results.json")
-    if not doc:
-        return []
-    models = doc.get("models", doc)
-    if isinstance(models, list):  # [{"model": name, ...}]
-        models = {str(m.get("model", m.get("name", i))): m for i, m in enumerate(models) if isinstance(m, dict)}
+def results_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per model of eval/results.json: {"run", "model", "params", "<split>.loss",
+    "<split>.perplexity"}, read through engine.contract.results."""
     rows = []
-    for name, entry in models.items() if isinstance(models, dict) else ():
-        if not isinstance(entry, dict):
-            continue
-        row: dict[str, Any] = {"run": run_dir.name, "model": name,
-                               "params": next((entry[k] for k in PARAM_KEYS if isinstance(entry.get(k), int)), None)}
-        for split, m in _split_metrics(entry).items():
-            row[f"{split}.loss"] = m["loss"]
-            row[f"{split}.perplexity"] = m["perplexity"]
-        if row["params"] is not None or len(row) > 3:
-            rows.append(row)
+    for name, res in read_results(RunLayout(run_dir).results_file).items():
+        row: dict[str, Any] = {"run": run_dir.name, "model": name, "params": res.params}
+        for split, m in res.splits.items():
+            row[f"{split}.loss"] = m.loss
+            row[f"{split}.perplexity"] = m.perplexity
+        rows.append(row)
     return rows

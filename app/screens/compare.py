@@ -15,7 +15,7 @@ from textual.widgets import DataTable, SelectionList, Static, TabbedContent, Tab
 from textual.worker import get_current_worker
 
 from app.data import fmt
-from app.data.compare import config_diff, read_experiment, read_results, stage_config
+from app.data.compare import config_diff, read_experiment, results_rows, stage_config
 from app.data.scan import RunInfo
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.messages import OpenRun
@@ -117,7 +117,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             if changed:
                 curves = {v: cursors[v].val.snapshot() for v in selected}
                 runs = sorted({split_value(v)[0] for v in selected})
-                results = [row for r in runs for row in read_results(r)]
+                results = [row for r in runs for row in results_rows(r)]
                 raws = {r: read_experiment(r) for r in runs}
                 configs = {_label(v): stage_config(raws[split_value(v)[0]], split_value(v)[1]) for v in selected}
                 diff = config_diff(configs) if len(configs) > 1 else []

@@ -20,6 +20,14 @@ from engine.contract.files import (
 )
 from engine.contract.fmt import human_count
 from engine.contract.layout import RunLayout, list_runs, teacher_source, tokenizer_source
+from engine.contract.results import (
+    MAX_LOG_PPL,
+    ModelResult,
+    SplitResult,
+    perplexity,
+    read_results,
+    split_entry,
+)
 from engine.contract.status import (
     HEARTBEAT_S,
     STALE_S,
@@ -31,7 +39,8 @@ from engine.contract.status import (
     stage_status_doc,
 )
 
-__all__ = ["HEARTBEAT_S", "STALE_S", "STATES", "RunLayout", "StageStatus", "append_metrics", "effective_state",
-           "human_count", "list_runs", "now_iso", "parse_iso", "pid_alive", "read_json", "read_metrics",
-           "read_status", "stage_status_doc", "teacher_source", "tokenizer_source", "truncate_metrics_after",
-           "write_atomic", "write_json"]
+__all__ = ["HEARTBEAT_S", "MAX_LOG_PPL", "STALE_S", "STATES", "ModelResult", "RunLayout", "SplitResult",
+           "StageStatus", "append_metrics", "effective_state", "human_count", "list_runs", "now_iso", "parse_iso",
+           "perplexity", "pid_alive", "read_json", "read_metrics", "read_results", "read_status", "split_entry",
+           "stage_status_doc", "teacher_source", "tokenizer_source", "truncate_metrics_after", "write_atomic",
+           "write_json"]
