@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,49 @@ def test_upper_bounds_catch_typos():
     assert "finetune.weight_decay" in _err(BASE + "[finetune]\nweight_decay = 10\n")
     assert "distill.kd_weight" in _err(BASE + "[distill]\nkd_weight = 1e9\n[[prune]]\nname = \"d\"\n"
                                        "method = \"depth\"\nnum_layers = 1\n")
+
+
+SCRATCH = """
+name = "t"
+[model]
+init = "scratch"
+tokenizer_train_vocab = 512
+arch = {model_type = "llama", hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2}
+[data]
+dataset = "builtin:stdlib-docs"
+[finetune]
+"""
+
+
+def _arch(**changes) -> str:
+    arch = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, **changes}
+    table = ", ".join(f"{k} = {json.dumps(v)}" for k, v in arch.items() if v is not None)
+    return SCRATCH.replace(SCRATCH.splitlines()[5], f"arch = {{{table}}}")
+
+
+def test_arch_keys_are_checked_against_the_config_class():
+    """A typo built a default-sized (482M) teacher: transformers keeps unknown keys without a word."""
+    loads_experiment(_arch(rope_theta=10000.0, tie_word_embeddings=True))  # real keys, legacy ones too
+    assert "model.arch.hidden_sise: not a key of transformers' llama config; did you mean 'hidden_size'?" in \
+        _err(_arch(hidden_size=None, hidden_sise=64))
+    assert "model.arch.model_type: 'gpt2' is not supported" in _err(_arch(model_type="gpt2"))
+
+
+def test_arch_shapes_are_checked():
+    assert "num_key_value_heads: 3 does not divide num_attention_heads = 4" in _err(_arch(num_key_value_heads=3))
+    assert "num_attention_heads: 6 does not divide hidden_size = 64" in _err(_arch(num_attention_heads=6,
+                                                                                   num_key_value_heads=1))
+    assert "arch.hidden_size: 0 is not a positive whole number" in _err(_arch(hidden_size=0))
+    loads_experiment(_arch(model_type="qwen3", num_attention_heads=6, num_key_value_heads=3))  # head_dim 128
+
+
+def test_arch_keys_known_to_the_checker_cover_the_config_classes():
+    """The keys read from transformers' source are every key its config classes write."""
+    from transformers import AutoConfig
+
+    from engine.config.arch import SUPPORTED_MODEL_TYPES, config_keys
+
+    for model_type in SUPPORTED_MODEL_TYPES:
+        written = set(AutoConfig.for_model(model_type).to_dict()) - {"_name_or_path"}
+        assert written <= config_keys(model_type), model_type

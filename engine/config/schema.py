@@ -13,6 +13,7 @@ from typing import Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engine.config.arch import SUPPORTED_MODEL_TYPES, check_arch
 from engine.errors import ConfigError
 from engine.stage_kinds import stage_names, stage_student
 
@@ -74,7 +75,9 @@ class ModelConfig(_Section):
         if self.init == "scratch" and not self.arch:
             raise ValueError("arch: init = \"scratch\" needs an arch table, e.g. arch = {model_type = \"llama\", ...}")
         if self.arch is not None and "model_type" not in self.arch:
-            raise ValueError("arch.model_type: name the architecture (llama, mistral, qwen2, qwen3)")
+            raise ValueError(f"arch.model_type: name the architecture ({', '.join(SUPPORTED_MODEL_TYPES)})")
+        if self.arch is not None:
+            check_arch(self.arch)
         if self.init == "scratch" and not (self.tokenizer or self.tokenizer_train_vocab or self.path):
             raise ValueError("tokenizer: a scratch model needs `tokenizer = \"...\"` or `tokenizer_train_vocab = N`")
         return self

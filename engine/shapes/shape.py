@@ -12,8 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from engine.config import ConfigError
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+from engine.config.arch import SUPPORTED_MODEL_TYPES
 
 # transformers' config defaults for the keys that decide a shape (v5 config classes).
 # head_dim None means hidden_size // num_attention_heads.
