@@ -124,7 +124,7 @@ def run_naive(args, arch, device, batches) -> dict:
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
                profile: bool = False, hf_mask: bool = False, master: bool | None = None) -> dict:
     from engine.config import DistillConfig
-    from engine.training.loop import loss_spec
+    from engine.training.stage_bodies import loss_spec
     from engine.training.step import Trainer
 
     teacher = build(arch, args.teacher_layers, torch.bfloat16 if device.type == "cuda" else torch.float32,
@@ -134,7 +134,7 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
     cfg = DistillConfig(steps=1000, global_batch_size=micro * accum * acc.num_processes, micro_batch_size=micro,
                         lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk)
     if hf_mask:  # before engine/models/attention.py: transformers' own mask path (2 host syncs per step)
-        from engine import trainer as trainer_module
+        from engine.training import step as trainer_module
 
         keep, trainer_module.use_causal_sdpa = trainer_module.use_causal_sdpa, lambda model: False
     try:

@@ -51,7 +51,7 @@ def timed(fn, n: int = 5) -> dict:
 
 
 def optimizer_variants() -> dict:
-    from engine import master_adamw
+    from engine.training import master_adamw
     from engine.training.master_adamw import MasterAdamW
 
     def params() -> list[torch.nn.Parameter]:

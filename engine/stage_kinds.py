@@ -40,11 +40,11 @@ class StageKind:
 # evaluation run on one GPU (an 8B model fits one 80 GB card in bf16); training needs DDP/FSDP.
 KINDS: tuple[StageKind, ...] = (
     StageKind("prepare", "engine.data:prepare_stage", "meta.json", 0, None, False, ()),
-    StageKind("finetune", "engine.training.loop:finetune_stage", "model/config.json", None, "finetune", False,
+    StageKind("finetune", "engine.training.stage_bodies:finetune_stage", "model/config.json", None, "finetune", False,
               ("prepare",)),
     StageKind("prune", "engine.prune.stage_body:prune_stage", "model/config.json", 1, None, True,
               ("prepare", "finetune")),
-    StageKind("distill", "engine.training.loop:distill_stage", "model/config.json", None, "distill", True,
+    StageKind("distill", "engine.training.stage_bodies:distill_stage", "model/config.json", None, "distill", True,
               ("prepare", "finetune", "prune")),
     StageKind("eval", "engine.evaluate:eval_stage", "results.json", 1, "eval", False, ("*",)),
 )

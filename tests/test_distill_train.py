@@ -185,7 +185,7 @@ def test_distill_without_student_and_bad_layer_map(teacher_run: Path, tmp_path: 
 def test_eval_stage_results_and_evaluate_loss(teacher_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from engine.evaluate import evaluate_loss
+    from engine.evaluation.loss import evaluate_loss
 
     # evaluate_loss == the loss transformers computes from full logits
     model = AutoModelForCausalLM.from_pretrained(teacher_run / "finetune" / "model").eval()
@@ -217,3 +217,57 @@ def test_eval_stage_results_and_evaluate_loss(teacher_run: Path, tmp_path: Path)
             assert s["tokens"] == 3 * 2 * 32
     assert teacher["splits"]["validation"]["loss"] < res["models"]["prune-half"]["splits"]["validation"]["loss"]
 
+
+
+def test_raising_one_students_steps_resumes_from_its_checkpoint(teacher_run: Path, tmp_path: Path) -> None:
+    """A per-student `[[prune]] distill = {steps = …}` raised after a stop resumes that student's
+    checkpoint, as a raised [distill].steps does (it used to throw the checkpoint away)."""
+    import os
+    import signal
+
+    from engine.training.checkpoint import list_checkpoints
+    from engine.training.step import Trainer
+
+    run = teacher_run.parent / "more"
+    _clone_run(teacher_run, run)
+    section = distill_section("forward_kl").replace("checkpoint_interval = 100", "checkpoint_interval = 2")
+    micro_per_step = 2  # global_batch_size 32 = 2 micro-batches of 16
+
+    def exp_with(steps: int):
+        prune = PRUNE + f"distill = {{steps = {steps}}}\n"
+        text = experiment_toml("more", teacher_run.parent, finetune=TEACHER_FT, prune=prune, distill=section)
+        return load_exp(text, tmp_path / "more.toml")
+
+    forwards: list[int] = []  # one entry per training forward of the student
+    sigterm_at = 2 * micro_per_step + 1  # the first micro-batch of step 3
+
+    def count(module, _inputs, output):
+        if module.training:
+            forwards.append(1)
+            if len(forwards) == sigterm_at:
+                os.kill(os.getpid(), signal.SIGTERM)  # what `cancel` sends; the loop saves and stops
+        return output
+
+    orig = Trainer.__init__
+
+    def patched(self, accelerator, student, *a, **kw):
+        student.get_input_embeddings().register_forward_hook(count)
+        orig(self, accelerator, student, *a, **kw)
+
+    Trainer.__init__ = patched
+    try:
+        assert run_inprocess(exp_with(8), "distill-half") == 130
+        found = list_checkpoints(run / "distill-half" / "checkpoints")
+        assert found, "the cancelled run left no checkpoint"
+        stopped = found[-1][0]
+        assert 2 < stopped < 8
+        forwards.clear()
+        sigterm_at = -1
+        assert run_inprocess(exp_with(12), "distill-half") == 0
+    finally:
+        Trainer.__init__ = orig
+    assert len(forwards) == (12 - stopped) * micro_per_step, f"restarted instead of resuming from step {stopped}"
+    stage = run / "distill-half"
+    assert [r["step"] for r in read_lines(stage / "metrics.jsonl") if r["split"] == "train"] == list(range(1, 13))
+    assert json.loads((stage / "status.json").read_text())["step"] == 12
+    assert (stage / "model" / "config.json").exists()

@@ -121,7 +121,7 @@ class _NanInjector:
 
 
 def _run_with_nans(tmp_path: Path, name: str, bad: set[int], extra: str = ""):
-    import engine.training.loop as train
+    import engine.training.step as train
 
     exp = prepared_exp(tmp_path, name, finetune=FINETUNE + extra)
     injector = _NanInjector(bad, micro_per_step=2)

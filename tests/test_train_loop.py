@@ -60,7 +60,7 @@ def test_lr_schedule_warmup_then_cosine_to_min_lr() -> None:
 
 
 def test_resume_key_ignores_tunable_keys_only(tmp_path: Path) -> None:
-    from engine.training.loop import resume_key
+    from engine.training.checkpoint import resume_key
 
     def key(extra: str, seq: int = 32) -> str:
         exp = load_exp(experiment_toml("k", tmp_path, finetune=FINETUNE + extra, seq=seq), tmp_path / "k.toml")
@@ -73,6 +73,23 @@ def test_resume_key_ignores_tunable_keys_only(tmp_path: Path) -> None:
     exp = load_exp(experiment_toml("k", tmp_path, finetune=FINETUNE.replace("lr = 3e-3", "lr = 1e-3")),
                    tmp_path / "k.toml")
     assert resume_key(exp, "finetune", "finetune") == base
+
+
+def test_resume_key_ignores_tunable_keys_of_one_student_too(tmp_path: Path) -> None:
+    """`[[prune]] distill = {steps = …}` is as resumable as [distill].steps; {loss = …} is not."""
+    from engine.training.checkpoint import resume_key
+
+    distill = "[distill]\nsteps = 10\nglobal_batch_size = 8\nmicro_batch_size = 4\n"
+
+    def key(student: str = "") -> str:
+        prune = f'[[prune]]\nname = "half"\nmethod = "depth"\ndrop_layers = [2, 3]\n{student}'
+        text = experiment_toml("k", tmp_path, finetune=FINETUNE, prune=prune, distill=distill)
+        return resume_key(load_exp(text, tmp_path / "k.toml"), "distill-half", "distill")
+
+    base = key()
+    assert key("distill = {steps = 25, lr = 1e-3, checkpoint_interval = 5}\n") == base
+    assert key('distill = {loss = "ce"}\n') != base
+    assert key('distill = {loss = "ce", steps = 25}\n') == key('distill = {loss = "ce"}\n')
 
 
 @pytest.mark.slow

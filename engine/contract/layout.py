@@ -38,6 +38,10 @@ class RunLayout:
     def checkpoints_dir(self, stage: str) -> Path:
         return self.stage_dir(stage) / "checkpoints"
 
+    def tensorboard_dir(self, stage: str) -> Path:
+        """TensorBoard event files of a training stage."""
+        return self.stage_dir(stage) / "tensorboard"
+
     def importance_file(self, stage: str) -> Path:
         return self.stage_dir(stage) / "importance.json"
 

@@ -5,6 +5,9 @@ A checkpoint is written into a hidden temp directory by every process (accelerat
 rank 0 adds `trainer_state.json` (step, data position, counters) and renames the
 directory into place. A directory without `trainer_state.json` is never read, so a run
 killed mid-save resumes from the previous checkpoint.
+
+`trainer_state.json` also holds the stage's `resume_key`: a checkpoint is resumed only by a
+run whose settings differ from its own in RESUMABLE_CHANGES at most.
 """
 
 from __future__ import annotations
@@ -14,10 +17,33 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from engine.config import Experiment
 from engine.contract import read_json, write_json
+from engine.stage_kinds import stage_student
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"step-(\d{8})")
+
+# Trainer keys that may change between a checkpoint and its resume (a run that diverged can be
+# resumed with a lower lr); any other change of the stage's inputs starts the stage afresh.
+RESUMABLE_CHANGES = ("steps", "lr", "min_lr", "warmup_steps", "grad_clip", "val_interval", "val_batches",
+                     "checkpoint_interval", "log_interval", "max_nan_steps", "compile",
+                     "gradient_checkpointing")
+
+
+def resume_key(exp: Experiment, stage: str, section: str) -> str:
+    """The stage's config hash with the resumable trainer keys neutralised (see RESUMABLE_CHANGES),
+    in the `section` ([finetune] or [distill]) and in a student's own `[[prune]] distill = {...}`."""
+    clone = exp.model_copy(deep=True)
+    sec = getattr(clone, section)
+    defaults = type(sec)()
+    for key in RESUMABLE_CHANGES:
+        object.__setattr__(sec, key, getattr(defaults, key))
+    if section == "distill":
+        student = clone.prune_by_name(stage_student(stage))
+        kept = {k: v for k, v in (student.distill or {}).items() if k not in RESUMABLE_CHANGES}
+        object.__setattr__(student, "distill", kept or None)  # {steps = 9} alone: as if absent
+    return clone.stage_hash(stage)
 
 
 def checkpoint_path(root: Path, step: int) -> Path:
@@ -62,6 +88,11 @@ def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[s
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json ({} when unreadable)."""
+    return read_json(Path(path) / STATE_FILE) or {}
 
 
 def load_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:

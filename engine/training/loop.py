@@ -1,11 +1,15 @@
-"""The one training loop: `finetune` (next-token loss) and `distill-<name>` (student learns from teacher).
+"""The training recipe shared by `finetune` and `distill-<name>` (engine/training/stage_bodies.py
+builds their models and calls `run_training`).
 
-Read top to bottom: `finetune_stage` / `distill_stage` build the models, `run_training` wraps them
-on accelerate (DDP, or FSDP2 when [launch].strategy = "fsdp"), resumes from the last checkpoint,
-then loops over optimizer steps: `Trainer.launch` (engine/training/step.py) queues the micro-batches
-(gradient accumulation, global_batch_size = micro_batch_size x accumulation x processes), clipping
-and the update, and the loop reads each step's loss one step behind the GPU. Validation, metrics, TensorBoard, checkpoints
-and the final HF checkpoint follow the run-directory contract (engine/contract/).
+`TrainingRecipe.run` reads top to bottom: `resume` from the last checkpoint written with the same
+settings, then `step` until cfg.steps, `validate` every val_interval steps, `checkpoint` every
+checkpoint_interval steps, and `finish` writes model/. The models run on accelerate (DDP, or FSDP2
+when [launch].strategy = "fsdp"); `Trainer.launch` (engine/training/step.py) queues one optimizer
+step (micro-batches with gradient accumulation, global_batch_size = micro_batch_size x
+accumulation x processes; clipping; the update) and the recipe reads each step's statistics one
+step behind the GPU (`record`), so there is no host sync per step. SIGTERM/SIGINT: the launched
+steps finish, a checkpoint is saved and Cancelled is raised. Metrics, TensorBoard, checkpoints and
+model/ follow the run-directory contract (engine/contract/).
 
 Precision: with mixed_precision = "bf16" on CUDA the student keeps fp32 master weights and
 AdamW state; matrix products run in bf16. Where `master_weights` applies (engine/training/step.py), the
@@ -18,47 +22,61 @@ way, so the masters start from the checkpoint's full precision. The frozen teach
 from __future__ import annotations
 
 import copy
-import math
-import shutil
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from engine.config import DistillConfig, Experiment, TrainConfig
-from engine.contract import append_metrics, tokenizer_source, truncate_metrics_after
+from engine.config import TrainConfig
 from engine.distill.losses import LossSpec
-from engine.distill.objective import (
-    HiddenSpec,
-    decoder_layers,
-    default_layer_map,
-    output_weight,
-)
+from engine.distill.objective import HiddenSpec
 from engine.errors import Cancelled, UserError
 from engine.models.attention import restore_sdpa
-from engine.orchestration.stage_process import StageContext, has_checkpoint, teacher_checkpoint
-from engine.stage_kinds import stage_student
-from engine.training.checkpoint import latest_checkpoint, load_checkpoint, remove_checkpoints, save_checkpoint
+from engine.orchestration.stage_process import StageContext
+from engine.training.batches import device_batches, validation_batches
+from engine.training.checkpoint import (
+    checkpoint_state,
+    latest_checkpoint,
+    load_checkpoint,
+    remove_checkpoints,
+    resume_key,
+    save_checkpoint,
+)
+from engine.training.metrics_log import MetricsLog
 from engine.training.step import PendingStep, StepResult, Trainer, lr_at, make_accelerator, peak_flops
 
-# Trainer keys that may change between a checkpoint and its resume (a run that diverged can be
-# resumed with a lower lr); any other change of the stage's inputs starts the stage afresh.
-RESUMABLE_CHANGES = ("steps", "lr", "min_lr", "warmup_steps", "grad_clip", "val_interval", "val_batches",
-                     "checkpoint_interval", "log_interval", "max_nan_steps", "compile", "gradient_checkpointing")
+STATUS_EVERY_S = 2.0  # status.json is fsync'ed: its step is refreshed at most this often
 
-# Tokens per chunk of the fused next-token loss when fine-tuning ([distill].chunk_tokens for KD).
-CE_CHUNK_TOKENS = 2048
 
 class TrainingDiverged(UserError):
     """Too many consecutive non-finite losses."""
 
 
-# ---- the loop --------------------------------------------------------------------------
+@dataclass
+class Models:
+    """What a stage body builds for the recipe."""
+
+    student: nn.Module
+    teacher: nn.Module | None
+    tokenizer: Any
+    spec: LossSpec
+    hidden: HiddenSpec | None
+    save_dtype: str  # model/ is written in this dtype
+
+
+@dataclass
+class TrainState:
+    """Where the run is: what a checkpoint's trainer_state.json holds and a resume restores."""
+
+    step: int = 0
+    samples: int = 0  # sequences consumed over all processes: the data position
+    tokens: int = 0
+    nan_steps: int = 0  # steps skipped for a non-finite loss or gradient
+    resume_key: str = ""  # engine/training/checkpoint.py: resume_key
 
 
 class _StopFlag:
@@ -82,259 +100,237 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-class _TensorBoard:
-    """Event files in <stage>/tensorboard/ (rank 0); skipped when tensorboard is not installed."""
-
-    def __init__(self, ctx: StageContext):
-        self.writer = None
-        if not ctx.is_main:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            ctx.log("tensorboard is not installed: no event files (metrics.jsonl is still written)")
-            return
-        self.writer = SummaryWriter(str(ctx.dir / "tensorboard"))
-
-    def log(self, split: str, step: int, values: dict[str, Any]) -> None:
-        if self.writer is None:
-            return
-        for k, v in values.items():
-            if isinstance(v, (int, float)) and k not in ("step", "tokens") and math.isfinite(v):
-                self.writer.add_scalar(f"{split}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-@dataclass
-class _Models:
-    student: nn.Module
-    teacher: nn.Module | None
-    tokenizer: Any
-    spec: LossSpec
-    hidden: HiddenSpec | None
-    save_dtype: str
-
-
-def _sample_batches(it: Iterator[Any], count: int, micro: int, device: torch.device) -> list[torch.Tensor]:
-    import numpy as np
-
-    out = []
-    for _ in range(count):
-        batch = torch.from_numpy(np.stack([next(it) for _ in range(micro)]))
-        if device.type == "cuda":  # pinned, so the copy is queued without waiting for the GPU
-            batch = batch.pin_memory()
-        out.append(batch.to(device, non_blocking=True))
-    return out
-
-
-def resume_key(exp: Experiment, stage: str, section: str) -> str:
-    """The stage's config hash with the resumable trainer keys neutralised (see RESUMABLE_CHANGES)."""
-    clone = exp.model_copy(deep=True)
-    sec = getattr(clone, section)
-    defaults = type(sec)()
-    for key in RESUMABLE_CHANGES:
-        object.__setattr__(sec, key, getattr(defaults, key))
-    return clone.stage_hash(stage)
-
-
 def run_training(ctx: StageContext, cfg: TrainConfig, section: str,
-                 build: Any) -> None:
-    """The loop shared by finetune and distill; `build(cuda, meta)` loads the models (`_Models`)."""
-    from engine.data import PackedDataset, read_meta
+                 build: Callable[[bool, dict[str, Any]], Models]) -> None:
+    """Train the models `build(cuda, meta)` returns on the stage's `section` ([finetune] or [distill])."""
+    TrainingRecipe(ctx, cfg, section, build).run()
 
-    exp, layout = ctx.exp, ctx.layout
-    meta = read_meta(layout.data_dir)
-    models: _Models = build(torch.cuda.is_available(), meta)
-    layer_classes = list(getattr(models.student, "_no_split_modules", None) or []) or None
-    acc = make_accelerator(exp.launch.strategy, exp.launch.mixed_precision, layer_classes)
-    if exp.launch.strategy == "fsdp" and not acc.is_fsdp2 and acc.num_processes > 1:
-        ctx.log(f"[{ctx.stage}] strategy fsdp needs GPUs (accelerate shards only CUDA models): using DDP")
-    world, rank = acc.num_processes, acc.process_index
-    if cfg.global_batch_size % (cfg.micro_batch_size * world):
-        raise UserError(f"{section}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
-                        f"micro_batch_size x processes = {cfg.micro_batch_size} x {world}; change one of them")
-    seq = exp.data.seq_length
-    tokens_per_step = cfg.global_batch_size * seq
-    from accelerate.utils import set_seed
 
-    set_seed(cfg.seed)
-    trainer = Trainer(acc, models.student, cfg, models.spec, models.teacher, models.hidden)
-    del models.student, models.teacher
+class TrainingRecipe:
+    """One training stage: the models on accelerate, the state, and the loop's named parts."""
 
-    ckpt_root = layout.checkpoints_dir(ctx.stage)
-    key = resume_key(exp, ctx.stage, section)
-    state: dict[str, Any] = {"step": 0, "samples": 0, "tokens": 0, "nan_steps": 0, "resume_key": key}
-    found = latest_checkpoint(ckpt_root)
-    if found is not None:
-        from engine.contract import read_json
+    def __init__(self, ctx: StageContext, cfg: TrainConfig, section: str,
+                 build: Callable[[bool, dict[str, Any]], Models]):
+        from accelerate.utils import set_seed
 
-        old = read_json(found[1] / "trainer_state.json") or {}
-        if old.get("resume_key") != key:
-            ctx.log(f"[{ctx.stage}] checkpoints in {ckpt_root} were written with other settings: starting afresh")
+        from engine.data import read_meta
+
+        self.ctx, self.cfg, self.section = ctx, cfg, section
+        exp = ctx.exp
+        models = build(torch.cuda.is_available(), read_meta(ctx.layout.data_dir))
+        layer_classes = list(getattr(models.student, "_no_split_modules", None) or []) or None
+        self.acc = make_accelerator(exp.launch.strategy, exp.launch.mixed_precision, layer_classes)
+        if exp.launch.strategy == "fsdp" and not self.acc.is_fsdp2 and self.acc.num_processes > 1:
+            self._log("strategy fsdp needs GPUs (accelerate shards only CUDA models): using DDP")
+        self.world, self.rank = self.acc.num_processes, self.acc.process_index
+        if cfg.global_batch_size % (cfg.micro_batch_size * self.world):
+            raise UserError(f"{section}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
+                            f"micro_batch_size x processes = {cfg.micro_batch_size} x {self.world}; "
+                            "change one of them")
+        self.seq = exp.data.seq_length
+        self.tokens_per_step = cfg.global_batch_size * self.seq
+        set_seed(cfg.seed)
+        self.trainer = Trainer(self.acc, models.student, cfg, models.spec, models.teacher, models.hidden)
+        # the trainer holds the models now; model/ needs the rest
+        self.spec, self.hidden = models.spec, models.hidden
+        self.tokenizer, self.save_dtype = models.tokenizer, models.save_dtype
+
+        self.ckpt_root = ctx.layout.checkpoints_dir(ctx.stage)
+        self.state = TrainState(resume_key=resume_key(exp, ctx.stage, section))
+        self.saved_at = -1  # the step of the checkpoint on disk (-1: none)
+        self.nan_run = 0  # consecutive non-finite steps
+        self.cancel_seen = False  # a step's all-reduced statistics carried a stop request
+        self.pending: list[tuple[int, PendingStep]] = []  # launched steps not read yet, oldest first
+        self.metrics = MetricsLog(ctx)
+
+    def _log(self, msg: str) -> None:
+        self.ctx.log(f"[{self.ctx.stage}] {msg}")
+
+    # ---- the recipe ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        resumed = self.resume()
+        self.metrics.start(self.state.step if resumed else None)
+        self._open_data()
+        cfg = self.cfg
+        self.ctx.progress(self.state.step, total_steps=cfg.steps)
+        self._log(f"{cfg.steps} steps x {cfg.global_batch_size} sequences x {self.seq} tokens "
+                  f"({self.world} process(es), {self.trainer.accumulation} micro-batch(es) of "
+                  f"{cfg.micro_batch_size} each); loss {self.spec.kind}; "
+                  f"{self.trainer.flops_per_token / 1e9:.2f} GFLOP/token; {self.trainer.precision}")
+        try:
+            self.train()
+        finally:
+            self.metrics.close()
+        self.finish()
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint if it was written with this stage's settings (RESUMABLE_CHANGES
+        aside); checkpoints written with other settings are removed. Whether it resumed."""
+        acc = self.acc
+        found = latest_checkpoint(self.ckpt_root)
+        if found is not None and checkpoint_state(found[1]).get("resume_key") != self.state.resume_key:
+            self._log(f"checkpoints in {self.ckpt_root} were written with other settings: starting afresh")
             acc.wait_for_everyone()
             if acc.is_main_process:
-                remove_checkpoints(ckpt_root)
+                remove_checkpoints(self.ckpt_root)
             acc.wait_for_everyone()
             found = None
-    if found is not None:
-        state.update(load_checkpoint(acc, found[1]))
-        trainer.adopt_loaded_masters()
-        ctx.log(f"[{ctx.stage}] resumed from {found[1]} (step {state['step']})")
-    metrics = layout.metrics_file(ctx.stage)
-    if ctx.is_main:
-        if found:
-            truncate_metrics_after(metrics, state["step"])
-        else:  # a fresh start: no curves of an earlier attempt
-            metrics.unlink(missing_ok=True)
-            shutil.rmtree(ctx.dir / "tensorboard", ignore_errors=True)
-    per_rank_start = state["samples"] // world
-    train_ds = PackedDataset(layout.data_dir, "train", seq, cfg.seed, rank, world, per_rank_start)
-    train_it = iter(train_ds)
-    val_batches = _val_batches(layout.data_dir, seq, cfg, rank, world, acc.device, ctx)
-    peak = peak_flops(acc.device)
-    tb = _TensorBoard(ctx)
-    ctx.progress(state["step"], total_steps=cfg.steps)
-    ctx.log(f"[{ctx.stage}] {cfg.steps} steps x {cfg.global_batch_size} sequences x {seq} tokens "
-            f"({world} process(es), {trainer.accumulation} micro-batch(es) of {cfg.micro_batch_size} each); "
-            f"loss {models.spec.kind}; {trainer.flops_per_token / 1e9:.2f} GFLOP/token; {trainer.precision}")
+        if found is None:
+            return False
+        loaded = load_checkpoint(acc, found[1])
+        self.state = TrainState(**{f.name: loaded[f.name] for f in fields(TrainState) if f.name in loaded})
+        self.trainer.adopt_loaded_masters()
+        self.saved_at = self.state.step
+        self._log(f"resumed from {found[1]} (step {self.state.step})")
+        return True
 
-    def checkpoint() -> None:
-        save_checkpoint(acc, ckpt_root, state["step"], {k: v for k, v in state.items() if not k.startswith("_")})
-        state["_saved"] = state["step"]
+    def _open_data(self) -> None:
+        """The training windows from the resumed position on, the fixed validation batches."""
+        from engine.data import PackedDataset
 
-    def log_val() -> None:
-        if not val_batches:
-            return
-        loss = trainer.validate(val_batches)
-        rec = {"step": state["step"], "tokens": state["tokens"], "split": "val", "loss": loss}
-        if ctx.is_main:
-            append_metrics(metrics, rec)
-            tb.log("val", state["step"], rec)
-        ctx.log(f"[{ctx.stage}] step {state['step']}/{cfg.steps} val loss {loss:.4f}")
-        ctx.progress(state["step"], total_steps=cfg.steps)
+        cfg, data_dir, device = self.cfg, self.ctx.layout.data_dir, self.acc.device
+        per_rank_start = self.state.samples // self.world
+        self.train_windows = iter(PackedDataset(data_dir, "train", self.seq, cfg.seed, self.rank, self.world,
+                                                per_rank_start))
+        self.val_batches = validation_batches(data_dir, self.seq, cfg, self.rank, self.world, device,
+                                              self._log)
+        self.peak = peak_flops(device)
 
-    clock = {"time": time.perf_counter(), "step": state["step"], "status": 0.0}
-    nan_run = {"n": 0}
+    def train(self) -> None:
+        """Steps up to cfg.steps, with validation and checkpoints on their intervals."""
+        cfg, state = self.cfg, self.state
+        self.clock = (time.perf_counter(), state.step)  # throughput since (time, step)
+        self.status_at = 0.0  # when status.json's step was last written
+        if state.step == 0:
+            self.validate()
+        if self.acc.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.acc.device)
+        try:
+            with _StopFlag() as stop:
+                while state.step < cfg.steps:
+                    self.step(cancel=stop.signame is not None)
+                    if self.cancel_seen:  # every rank sees it at the same step
+                        raise Cancelled(stop.signame or "SIGTERM")
+                    if state.step % cfg.val_interval == 0 or state.step == cfg.steps:
+                        self.validate()
+                    if state.step % cfg.checkpoint_interval == 0 and state.step < cfg.steps:
+                        self.checkpoint()
+        except Cancelled:
+            self.drain()  # the launched steps finish, so the checkpoint holds their updates
+            if self.saved_at != state.step:
+                self._log(f"cancelled: saving a checkpoint at step {state.step}")
+                self.checkpoint()
+            raise
 
-    def handle(step: int, res: StepResult) -> None:
-        """Book-keeping of a finished step (read one step behind the GPU): NaN count, metrics."""
-        if not res.finite:
-            state["nan_steps"] += 1
-            nan_run["n"] += 1
-            ctx.log(f"[{ctx.stage}] step {step}: non-finite loss/gradients ({res.loss}, grad norm "
-                    f"{res.grad_norm}); update skipped ({nan_run['n']} in a row)")
-            if nan_run["n"] >= cfg.max_nan_steps:
-                good = latest_checkpoint(ckpt_root)
-                where = f"{good[1]} (step {good[0]})" if good else "none written yet"
-                raise TrainingDiverged(
-                    f"{ctx.stage}: the loss was not finite for {nan_run['n']} consecutive steps (up to step "
-                    f"{step}); stopped. Last good checkpoint: {where}. Lower {section}.lr or raise "
-                    f"{section}.warmup_steps, then run the stage again to resume from it")
-        else:
-            nan_run["n"] = 0
-        if res.cancel:
-            state["_cancel"] = True
+    def step(self, cancel: bool = False) -> None:
+        """Queue one optimizer step, then read the finished steps before it while it runs on the
+        GPU (all of them at a validation or checkpoint boundary). `cancel`: ask every rank to stop."""
+        cfg, state = self.cfg, self.state
+        batches = device_batches(self.train_windows, self.trainer.accumulation, cfg.micro_batch_size,
+                                 self.acc.device)
+        launched = self.trainer.launch(batches, lr_at(state.step, cfg), cancel=cancel)
+        state.step += 1
+        state.samples += cfg.global_batch_size
+        state.tokens += self.tokens_per_step
+        self.pending.append((state.step, launched))
+        s = state.step
+        boundary = s % cfg.val_interval == 0 or s % cfg.checkpoint_interval == 0 or s == cfg.steps
+        self.drain(keep=0 if boundary else 1)
+
+    def drain(self, keep: int = 0) -> None:
+        """Read the launched steps' results (waiting for the GPU) until `keep` are left pending."""
+        while len(self.pending) > keep:
+            step, launched = self.pending.pop(0)
+            self.record(step, launched.result())
+
+    def record(self, step: int, res: StepResult) -> None:
+        """Book-keeping of a finished step: the non-finite count, the stop request, metrics and log."""
+        self._count_nonfinite(step, res)
+        self.cancel_seen |= res.cancel
+        cfg = self.cfg
         if step % cfg.log_interval and step != cfg.steps:
             return
         now = time.perf_counter()
-        tps = tokens_per_step * (step - clock["step"]) / max(now - clock["time"], 1e-9)
-        clock.update(time=now, step=step)
-        rec = {"step": step, "tokens": step * tokens_per_step, "split": "train",
+        tps = self.tokens_per_step * (step - self.clock[1]) / max(now - self.clock[0], 1e-9)
+        self.clock = (now, step)
+        device = self.acc.device
+        rec = {"step": step, "tokens": step * self.tokens_per_step, "split": "train",
                "loss": res.loss if res.finite else float("nan"), "lr": lr_at(step - 1, cfg),
                "grad_norm": res.grad_norm, "tokens_per_s": tps,
-               "mfu": (tps * trainer.flops_per_token / (peak * world)) if peak else None,
-               "gpu_mem_gb": (torch.cuda.max_memory_allocated(acc.device) / 2**30
-                              if acc.device.type == "cuda" else None),
-               "nan_steps": state["nan_steps"]}
-        if models.spec.uses_teacher:
+               "mfu": (tps * self.trainer.flops_per_token / (self.peak * self.world)) if self.peak else None,
+               "gpu_mem_gb": (torch.cuda.max_memory_allocated(device) / 2**30
+                              if device.type == "cuda" else None),
+               "nan_steps": self.state.nan_steps}
+        if self.spec.uses_teacher:
             rec.update(kd_loss=res.parts[0], ce_loss=res.parts[1])
-            if models.hidden is not None:
+            if self.hidden is not None:
                 rec["hidden_loss"] = res.parts[2]
-        if ctx.is_main:
-            append_metrics(metrics, rec)
-            tb.log("train", step, rec)
-        if now - clock["status"] > 2.0 or step == cfg.steps:  # status.json is fsync'ed: not every step
-            ctx.progress(step, total_steps=cfg.steps)
-            clock["status"] = now
-        ctx.log(f"[{ctx.stage}] step {step}/{cfg.steps} loss {res.loss:.4f} lr {rec['lr']:.2e} "
-                f"grad {res.grad_norm:.3f} {tps:,.0f} tok/s")
+        self.metrics.write(rec)
+        if now - self.status_at > STATUS_EVERY_S or step == cfg.steps:
+            self.ctx.progress(step, total_steps=cfg.steps)
+            self.status_at = now
+        self._log(f"step {step}/{cfg.steps} loss {res.loss:.4f} lr {rec['lr']:.2e} "
+                  f"grad {res.grad_norm:.3f} {tps:,.0f} tok/s")
 
-    pending: list[tuple[int, PendingStep]] = []
+    def _count_nonfinite(self, step: int, res: StepResult) -> None:
+        """A non-finite step was skipped on the device; max_nan_steps in a row stop the run."""
+        if res.finite:
+            self.nan_run = 0
+            return
+        self.state.nan_steps += 1
+        self.nan_run += 1
+        self._log(f"step {step}: non-finite loss/gradients ({res.loss}, grad norm {res.grad_norm}); "
+                  f"update skipped ({self.nan_run} in a row)")
+        if self.nan_run >= self.cfg.max_nan_steps:
+            good = latest_checkpoint(self.ckpt_root)
+            where = f"{good[1]} (step {good[0]})" if good else "none written yet"
+            raise TrainingDiverged(
+                f"{self.ctx.stage}: the loss was not finite for {self.nan_run} consecutive steps (up to step "
+                f"{step}); stopped. Last good checkpoint: {where}. Lower {self.section}.lr or raise "
+                f"{self.section}.warmup_steps, then run the stage again to resume from it")
 
-    def drain(keep: int = 0) -> None:
-        while len(pending) > keep:
-            step, launched = pending.pop(0)
-            handle(step, launched.result())
+    def validate(self) -> None:
+        """The student's loss on the fixed validation batches, logged at the current step."""
+        if not self.val_batches:
+            return
+        step = self.state.step
+        loss = self.trainer.validate(self.val_batches)
+        self.metrics.write({"step": step, "tokens": self.state.tokens, "split": "val", "loss": loss})
+        self._log(f"step {step}/{self.cfg.steps} val loss {loss:.4f}")
+        self.ctx.progress(step, total_steps=self.cfg.steps)
 
-    if state["step"] == 0:
-        log_val()
-    state["_saved"] = state["step"] if found else -1
-    if acc.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(acc.device)
-    try:
-        with _StopFlag() as stop:
-            while state["step"] < cfg.steps:
-                batches = _sample_batches(train_it, trainer.accumulation, cfg.micro_batch_size, acc.device)
-                launched = trainer.launch(batches, lr_at(state["step"], cfg), cancel=stop.signame is not None)
-                state["step"] += 1
-                state["samples"] += cfg.global_batch_size
-                state["tokens"] += tokens_per_step
-                step = state["step"]
-                pending.append((step, launched))
-                boundary = step % cfg.val_interval == 0 or step % cfg.checkpoint_interval == 0 or step == cfg.steps
-                drain(keep=0 if boundary else 1)  # read step-1 while step runs on the GPU
-                if state.get("_cancel"):
-                    raise Cancelled(stop.signame or "SIGTERM")
-                if step % cfg.val_interval == 0 or step == cfg.steps:
-                    log_val()
-                if step % cfg.checkpoint_interval == 0 and step < cfg.steps:
-                    checkpoint()
-    except Cancelled:
-        drain()  # the launched steps finish, so the checkpoint holds their updates
-        if state["_saved"] != state["step"]:
-            ctx.log(f"[{ctx.stage}] cancelled: saving a checkpoint at step {state['step']}")
-            checkpoint()
-        tb.close()
-        raise
-    tb.close()
-    _save_final(ctx, trainer, models)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        remove_checkpoints(ckpt_root)  # the stage is complete: model/ holds the result
-    acc.wait_for_everyone()
+    def checkpoint(self) -> None:
+        """Save model, optimizer, RNG and the TrainState (collective)."""
+        save_checkpoint(self.acc, self.ckpt_root, self.state.step, asdict(self.state))
+        self.saved_at = self.state.step
 
+    def finish(self) -> None:
+        """model/ = a stock HF checkpoint of the student in [model].dtype, with the tokenizer; the
+        checkpoints go (the stage is complete)."""
+        from engine.models.hf import save_model
 
-def _val_batches(data_dir: Path, seq: int, cfg: TrainConfig, rank: int, world: int,
-                 device: torch.device, ctx: StageContext) -> list[torch.Tensor]:
-    """The same `val_batches` micro-batches every time (this rank's shard of the validation split)."""
-    from engine.data import PackedDataset
-    from engine.evaluate import batch_plan
-
-    try:
-        ds = PackedDataset(data_dir, "validation", seq, seed=0, rank=rank, world_size=world)
-    except UserError as e:
-        ctx.log(f"[{ctx.stage}] no validation: {e}")
-        return []
-    count, micro = batch_plan(len(ds), cfg.val_batches, cfg.micro_batch_size)
-    return _sample_batches(iter(ds), count, micro, device)
+        acc = self.acc
+        state = self.trainer.full_student_state()  # collective under FSDP
+        if acc.is_main_process:
+            model = _stock_model(self.trainer, state, self.save_dtype)
+            self._log(f"saved {save_model(model, self.ctx.layout.model_dir(self.ctx.stage), self.tokenizer)}")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            remove_checkpoints(self.ckpt_root)
+        acc.wait_for_everyone()
 
 
-def _save_final(ctx: StageContext, trainer: Trainer, models: _Models) -> None:
-    """model/ = a stock HF checkpoint of the student in [model].dtype, with the tokenizer."""
+def _stock_model(trainer: Trainer, state: dict[str, torch.Tensor], dtype_name: str) -> nn.Module:
+    """A plain transformers model of the student's config holding `state` in `dtype_name`."""
     from transformers import AutoModelForCausalLM
 
-    from engine.models.hf import save_model, torch_dtype
+    from engine.models.hf import torch_dtype
 
-    state = trainer.full_student_state()
-    if not trainer.accelerator.is_main_process:
-        return
-    dtype = torch_dtype(models.save_dtype)
+    dtype = torch_dtype(dtype_name)
     config = copy.deepcopy(trainer.unwrapped().student.config)
     restore_sdpa(config)
-    cast: dict[int, torch.Tensor] = {}
+    cast: dict[int, torch.Tensor] = {}  # tied weights: one cast tensor each
     state = {k: cast.setdefault(id(v), v.detach().to("cpu", dtype)) for k, v in state.items()}
     with torch.device("meta"):
         fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -345,120 +341,4 @@ def _save_final(ctx: StageContext, trainer: Trainer, models: _Models) -> None:
     if missing:
         raise RuntimeError(f"final model: parameters missing from the trained state: {missing[:3]}")
     fresh.config.use_cache = True
-    out = save_model(fresh, ctx.layout.model_dir(ctx.stage), models.tokenizer)
-    ctx.log(f"[{ctx.stage}] saved {out}")
-
-
-# ---- stage bodies ----------------------------------------------------------------------
-
-
-def _train_dtype(exp: Experiment, cuda: bool) -> str:
-    """fp32 master weights under mixed precision (and on the CPU); else [model].dtype."""
-    if not cuda or exp.launch.mixed_precision != "no":
-        return "float32"
-    return exp.model.dtype
-
-
-def _check_vocab(model: nn.Module, meta: dict[str, Any], what: str) -> None:
-    rows = output_weight(model).shape[0]
-    if int(meta["vocab_size"]) > rows:
-        raise UserError(f"{what}: the prepared data uses token ids up to {meta['vocab_size'] - 1} but the "
-                        f"model's vocabulary has {rows} rows; prepare the data with the model's tokenizer")
-
-
-def finetune_stage(ctx: StageContext) -> None:
-    exp = ctx.exp
-    cfg = exp.finetune
-    if cfg is None:
-        raise UserError(f"{exp.source}: no [finetune] section")
-
-    def build(cuda: bool, meta: dict[str, Any]) -> _Models:
-        from engine.models.hf import build_scratch_model, load_model, load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer_source(exp, ctx.layout))
-        dtype = _train_dtype(exp, cuda)
-        if exp.model.init == "scratch":
-            vocab = max(int(meta["vocab_size"]), len(tokenizer))
-            model = build_scratch_model(exp.model.arch, vocab, dtype, exp.model.attn_implementation,
-                                        seed=exp.seed, bos_token_id=meta.get("bos_token_id"),
-                                        eos_token_id=meta.get("eos_token_id"))
-        else:
-            model = load_model(exp.model.path, dtype, exp.model.attn_implementation)
-        _check_vocab(model, meta, "finetune")
-        spec = LossSpec("ce", chunk_tokens=CE_CHUNK_TOKENS)
-        return _Models(model, None, tokenizer, spec, None, exp.model.dtype)
-
-    run_training(ctx, cfg, "finetune", build)
-
-
-def distill_stage(ctx: StageContext) -> None:
-    exp, layout = ctx.exp, ctx.layout
-    if exp.distill is None:
-        raise UserError(f"{exp.source}: no [distill] section")
-    name = stage_student(ctx.stage)
-    cfg: DistillConfig = exp.distill_for(name)  # [distill] with this student's own overrides
-    student_dir = layout.model_dir(f"prune-{name}")
-    if not has_checkpoint(student_dir):
-        raise UserError(f"{ctx.stage}: no student at {student_dir}; run the prune-{name} stage first")
-    teacher_dir = teacher_checkpoint(ctx)
-
-    def build(cuda: bool, meta: dict[str, Any]) -> _Models:
-        from engine.models.hf import load_model
-
-        tokenizer = check_same_tokenizer(str(student_dir), teacher_dir, tokenizer_source(exp, layout))
-        student = load_model(str(student_dir), _train_dtype(exp, cuda), exp.model.attn_implementation)
-        teacher = load_model(teacher_dir, exp.model.dtype if cuda else "float32", exp.model.attn_implementation)
-        _check_vocab(student, meta, f"{ctx.stage} student")
-        _check_vocab(teacher, meta, f"{ctx.stage} teacher")
-        vocab = min(len(tokenizer), output_weight(student).shape[0], output_weight(teacher).shape[0])
-        spec = loss_spec(cfg, vocab)
-        hidden = hidden_spec(cfg, student, teacher, ctx.stage)
-        return _Models(student, teacher, tokenizer, spec, hidden, exp.model.dtype)
-
-    run_training(ctx, cfg, "distill", build)
-
-
-def loss_spec(cfg: DistillConfig, vocab: int | None) -> LossSpec:
-    return LossSpec(kind=cfg.loss, temperature=cfg.temperature, top_k=cfg.top_k, kd_weight=cfg.kd_weight,
-                    ce_weight=cfg.ce_weight, vocab=vocab, chunk_tokens=cfg.chunk_tokens)
-
-
-def hidden_spec(cfg: DistillConfig, student: nn.Module, teacher: nn.Module, stage: str) -> HiddenSpec | None:
-    if cfg.hidden_weight <= 0:
-        return None
-    ns, nt = len(decoder_layers(student)), len(decoder_layers(teacher))
-    pairs = tuple((int(s), int(t)) for s, t in cfg.layer_map) if cfg.layer_map else default_layer_map(ns, nt)
-    for s, t in pairs:
-        if not (0 <= s < ns and 0 <= t < nt):
-            raise UserError(f"distill.layer_map: [{s}, {t}] is out of range for {stage} (student layers "
-                            f"0..{ns - 1}, teacher layers 0..{nt - 1}); fix the pair")
-    return HiddenSpec(cfg.hidden_weight, cfg.hidden_loss, pairs)
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A hash of the token -> id map (what must match for logits to be comparable)."""
-    import hashlib
-    import json
-
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-def check_same_tokenizer(student_dir: str, teacher_dir: str, fallback: str) -> Any:
-    """The shared tokenizer; a UserError when the student's and the teacher's differ."""
-    from engine.models.hf import load_tokenizer
-
-    def has_tokenizer(d: str) -> bool:
-        p = Path(d)
-        return p.is_dir() and any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json",
-                                                              "tokenizer.model", "vocab.json"))
-
-    ref = load_tokenizer(fallback)
-    for who, d in (("student", student_dir), ("teacher", teacher_dir)):
-        if has_tokenizer(d):
-            tok = load_tokenizer(d)
-            if tokenizer_fingerprint(tok) != tokenizer_fingerprint(ref):
-                raise UserError(f"the {who} at {d} uses a different tokenizer than {fallback}: distillation "
-                                "compares token distributions, so teacher and student must share one; "
-                                "prune the student from this teacher (or set model.tokenizer)")
-    return ref
+    return fresh

@@ -1,4 +1,5 @@
-"""One optimizer step on accelerate: the Trainer that `engine.training.loop`'s loop and the benchmark drive.
+"""One optimizer step on accelerate: the Trainer that the training recipe (engine/training/loop.py)
+and the benchmark drive.
 
 `make_accelerator` sets up bf16 autocast with DDP, or FSDP2 configured in code; `Trainer` holds the
 wrapped student (+ loss), the frozen teacher and the optimizer (fused AdamW, or MasterAdamW over a
