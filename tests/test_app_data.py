@@ -54,6 +54,21 @@ def test_scanner_reads_states_losses_and_dead_processes(tmp_path):
     assert "ProcessDied" in by["dead"].stage("prepare").error and by["dead"].error.startswith("prepare: ")
 
 
+def test_scanner_shows_a_stage_whose_pid_was_reused_as_failed(tmp_path):
+    runs = tmp_path / "runs"
+    w = RunWriter(runs, "r")
+    st = w.stage("finetune", "running")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        st.doc.update(pid=sleeper.pid, started_at="2020-01-01T00:00:00+00:00")  # a newer process has its pid
+        st._write()
+        run = RunScanner(runs).scan()[0]
+        assert run.state == "failed" and "ProcessDied" in run.stage("finetune").error
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 def test_scanner_is_incremental_and_tolerates_half_lines(tmp_path):
     runs = tmp_path / "runs"
     w = RunWriter(runs, "r")

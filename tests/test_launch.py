@@ -87,6 +87,32 @@ def test_gpu_ids_map_through_visible_devices(monkeypatch):
     assert gpu_ids_arg([1, 2]) == "1,2"
 
 
+def test_stage_status_records_the_orchestrators_gpu_ids(monkeypatch, tmp_path):
+    """Under CUDA_VISIBLE_DEVICES=4,5,6,7 (or UUIDs) `--gpus 1,2` starts a stage on GPUs 5,6; its
+    status.json says [1, 2] like the run's status.json, not the physical ids (nor nothing for UUIDs)."""
+    from engine.contract import RunLayout, read_json
+    from engine.orchestration.stage_process import run_stage
+
+    exp = _exp()
+    for visible in ("4,5,6,7", "GPU-a1,GPU-b2,GPU-c3,GPU-d4"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        cmd = build_stage_command(exp, "finetune", "lx.toml", "runs", [1, 2], port=1234)
+        assert _accel(cmd.argv).gpu_ids == ",".join(visible.split(",")[1:3])
+        layout = RunLayout(tmp_path / visible)
+        # the stage process: accelerate narrows CUDA_VISIBLE_DEVICES to the two GPUs it was given
+        monkeypatch.setattr(os, "environ", {**os.environ, **cmd.env,
+                                            "CUDA_VISIBLE_DEVICES": _accel(cmd.argv).gpu_ids})
+        assert run_stage(exp, "finetune", lambda ctx: None, layout) == 0
+        monkeypatch.undo()
+        assert read_json(layout.stage_status_file("finetune"))["gpus"] == [1, 2], visible
+    # a stage started by hand (no orchestrator) records the indices it sees, UUIDs too
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-a1,GPU-b2")
+    monkeypatch.delenv("SLIMLAB_GPUS", raising=False)
+    layout = RunLayout(tmp_path / "by-hand")
+    assert run_stage(exp, "finetune", lambda ctx: None, layout) == 0
+    assert read_json(layout.stage_status_file("finetune"))["gpus"] == [0, 1]
+
+
 def test_parse_gpus():
     assert parse_gpus("0,1") == [0, 1]
     assert parse_gpus("0-3") == [0, 1, 2, 3]
@@ -227,3 +253,23 @@ def test_engine_launch_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"
+
+
+def test_slimlab_engine_override_is_split_like_a_shell(monkeypatch):
+    from app.data.launch import engine_command
+
+    monkeypatch.setenv("SLIMLAB_ENGINE", "'/opt/my envs/bin/python' -m engine")
+    assert engine_command() == ["/opt/my envs/bin/python", "-m", "engine"]
+
+
+def test_stage_and_tui_processes_import_this_engine(monkeypatch, tmp_path):
+    """One PYTHONPATH builder: this checkout first, then the inherited path."""
+    from app.data.launch import _env
+    from engine.orchestration.launch import launch_env
+
+    root = str(Path(__file__).resolve().parent.parent)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    assert launch_env()["PYTHONPATH"] == _env()["PYTHONPATH"] == os.pathsep.join([root, "/elsewhere"])
+    out = subprocess.run([sys.executable, "-c", "import engine; print(engine.__file__)"], cwd=tmp_path,
+                         env={**os.environ, **launch_env()}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(Path(root) / "engine" / "__init__.py")

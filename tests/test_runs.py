@@ -13,6 +13,8 @@ from engine.contract import (
     StageStatus,
     append_metrics,
     list_runs,
+    now_iso,
+    process_of,
     read_json,
     read_metrics,
     read_status,
@@ -73,6 +75,25 @@ def test_dead_process_reads_as_failed(tmp_path: Path):
     write_json(tmp_path / "status.json", st.doc)
     seen = read_status(tmp_path / "status.json")
     assert seen["state"] == "failed" and seen["error"]["type"] == "ProcessDied"
+
+
+def test_a_reused_pid_reads_as_failed(tmp_path: Path):
+    """The stage died long ago and a newer process (here: a sleeper) now has its pid: not running."""
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        st = StageStatus(tmp_path, "distill-w")
+        st.doc.update(pid=p.pid, state="running", started_at="2020-01-01T00:00:00+00:00")
+        write_json(tmp_path / "status.json", st.doc)
+        seen = read_status(tmp_path / "status.json")
+        assert seen["state"] == "failed" and seen["error"]["type"] == "ProcessDied"
+        assert process_of(p.pid, st.doc["started_at"]) is None  # what `cancel` signals: nothing
+        st.doc["started_at"] = now_iso()  # the same process, as the stage records itself
+        write_json(tmp_path / "status.json", st.doc)
+        assert read_status(tmp_path / "status.json")["state"] == "running"
+        assert process_of(p.pid, st.doc["started_at"]).pid == p.pid
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_unreadable_status_is_none(tmp_path: Path):

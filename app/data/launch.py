@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.orchestration.launch import engine_pythonpath
 
 LAUNCH_WAIT_S = 20.0  # `run --detach` returns once the orchestrator is started
 
@@ -30,7 +33,7 @@ def engine_command() -> list[str]:
     """`slimlab-engine` of this interpreter's environment, else `python -m engine`."""
     override = os.environ.get("SLIMLAB_ENGINE")
     if override:
-        return override.split()
+        return shlex.split(override)
     script = Path(sys.executable).parent / "slimlab-engine"
     if script.exists():
         return [str(script)]
@@ -39,11 +42,8 @@ def engine_command() -> list[str]:
 
 def _env() -> dict[str, str]:
     """Make `python -m engine` import the same engine package the TUI imported."""
-    import engine
-
-    root = str(Path(engine.__file__).resolve().parent.parent)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = engine_pythonpath()
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

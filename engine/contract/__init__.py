@@ -35,12 +35,14 @@ from engine.contract.status import (
     StageStatus,
     effective_state,
     pid_alive,
+    process_alive,
+    process_of,
     read_status,
     stage_status_doc,
 )
 
 __all__ = ["HEARTBEAT_S", "MAX_LOG_PPL", "STALE_S", "STATES", "ModelResult", "RunLayout", "SplitResult",
            "StageStatus", "append_metrics", "effective_state", "human_count", "list_runs", "now_iso", "parse_iso",
-           "perplexity", "pid_alive", "read_json", "read_metrics", "read_results", "read_status", "split_entry",
+           "perplexity", "pid_alive", "process_alive", "process_of", "read_json", "read_metrics", "read_results", "read_status", "split_entry",
            "stage_status_doc", "teacher_source", "tokenizer_source", "truncate_metrics_after", "write_atomic",
            "write_json"]

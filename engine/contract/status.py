@@ -19,7 +19,6 @@ HEARTBEAT_S = 10.0  # how often a running stage refreshes updated_at
 STALE_S = 300.0  # a heartbeat older than this from another host counts as dead
 
 
-
 def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -37,15 +36,55 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+PID_REUSE_SLACK_S = 5.0  # a process created this long after the document's start time is another one
+
+
+def _created_after(proc, started_at: str | None) -> bool:
+    """Whether psutil process `proc` began after `started_at` (so it reuses the recorded pid)."""
+    started = parse_iso(started_at)
+    return started is not None and proc.create_time() > started.timestamp() + PID_REUSE_SLACK_S
+
+
+def process_of(pid: int | None, started_at: str | None):
+    """The psutil process `pid` if it is alive and not a newer process that reuses the number
+    (after a reboot or a wrap of the pid counter); None otherwise (or when it is not ours to see)."""
+    import psutil
+
+    if not pid:
+        return None
+    try:
+        p = psutil.Process(int(pid))
+        if p.status() == psutil.STATUS_ZOMBIE or _created_after(p, started_at):
+            return None
+        return p
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def process_alive(pid: int | None, started_at: str | None) -> bool:
+    """pid_alive, and the process is the one that wrote the document (started no later than it)."""
+    if not pid_alive(pid):
+        return False
+    import psutil
+
+    try:
+        return not _created_after(psutil.Process(int(pid)), started_at)
+    except psutil.NoSuchProcess:
+        return False
+    except (psutil.AccessDenied, ValueError):
+        return True
+
+
 def effective_state(status: dict[str, Any] | None) -> str:
-    """The state a reader should show: a 'running' stage whose process is gone is 'failed'."""
+    """The state a reader should show: a 'running' stage whose process is gone is 'failed'
+    (same host: its pid is dead or now another process's; another host: a stale heartbeat)."""
     if not status:
         return "pending"
     state = status.get("state", "pending")
     if state != "running":
         return state if state in STATES else "pending"
     if status.get("host") == socket.gethostname():
-        return "running" if pid_alive(status.get("pid")) else "failed"
+        return "running" if process_alive(status.get("pid"), status.get("started_at")) else "failed"
     beat = parse_iso(status.get("updated_at"))
     if beat and (datetime.now(timezone.utc) - beat).total_seconds() > STALE_S:
         return "failed"

@@ -14,25 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError
-from engine.contract import RunLayout, effective_state, now_iso, parse_iso, read_json, write_json
-
-
-def _proc_of(pid: int | None, started_at: str | None):
-    """The psutil process `pid` if it is alive and not a newer process that reuses the number."""
-    import psutil
-
-    if not pid:
-        return None
-    try:
-        p = psutil.Process(int(pid))
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        started = parse_iso(started_at)
-        if started and p.create_time() > started.timestamp() + 5:
-            return None  # pid reused (e.g. after a reboot)
-        return p
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return None
+from engine.contract import RunLayout, effective_state, now_iso, process_of, read_json, write_json
 
 
 def _tree(procs) -> dict[int, Any]:
@@ -85,12 +67,12 @@ def cancel_run(run_dir: str | Path, grace: float = 20.0, out=None) -> int:
     me = {os.getpid(), os.getppid()}
     my_pgid = os.getpgid(0)
 
-    orch = _proc_of(raw.get("pid"), raw.get("started_at")) if raw.get("state") == "running" else None
+    orch = process_of(raw.get("pid"), raw.get("started_at")) if raw.get("state") == "running" else None
     stage_docs = {s: read_json(layout.stage_status_file(s)) or {} for s in layout.stages_on_disk()}
     stage_procs = [p for s, st in stage_docs.items() if st.get("state") == "running" and st.get("host") == host
-                   for p in [_proc_of(st.get("pid"), st.get("started_at"))] if p]
+                   for p in [process_of(st.get("pid"), st.get("started_at"))] if p]
     launchers = [p for v in (raw.get("stages") or {}).values() if isinstance(v, dict) and v.get("pid")
-                 for p in [_proc_of(v.get("pid"), v.get("launched_at"))] if p]
+                 for p in [process_of(v.get("pid"), v.get("launched_at"))] if p]
     roots = [p for p in [orch, *launchers, *stage_procs] if p is not None and p.pid not in me]
     if not roots:
         print(f"{run_dir}: nothing is running (state: {effective_state(raw) if raw else 'unknown'})", file=out)

@@ -26,8 +26,11 @@ LAUNCHER_ENV = "SLIMLAB_LAUNCHER"
 # ---- GPUs -------------------------------------------------------------------------------
 
 
-def _visible_tokens() -> list[str] | None:
-    """CUDA_VISIBLE_DEVICES as a list of tokens, or None when it is not set."""
+GPUS_ENV = "SLIMLAB_GPUS"  # the orchestrator's ids of a stage's GPUs, recorded in the stage's status.json
+
+
+def visible_devices() -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES as a list of tokens (indices or UUIDs), or None when it is not set."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is None:
         return None
@@ -41,9 +44,18 @@ def _visible_tokens() -> list[str] | None:
     return out
 
 
+def stage_gpu_ids() -> list[int]:
+    """The GPU ids a stage records in its status.json: the orchestrator's (GPUS_ENV), so that the
+    stage and the run's status.json agree; a stage started by hand records the indices it sees."""
+    given = os.environ.get(GPUS_ENV)
+    if given is not None:
+        return [int(g) for g in given.split(",") if g.strip().isdigit()]
+    return detect_gpus() if visible_devices() is not None else []
+
+
 def detect_gpus() -> list[int]:
     """Indices of the GPUs this process can use; [] on a machine without (usable) GPUs."""
-    tokens = _visible_tokens()
+    tokens = visible_devices()
     if tokens is not None:
         return list(range(len(tokens)))
     try:
@@ -59,7 +71,7 @@ def detect_gpus() -> list[int]:
 def gpu_ids_arg(gpus: list[int]) -> str:
     """The --gpu_ids value (becomes CUDA_VISIBLE_DEVICES of the workers): our indices mapped back
     through an inherited CUDA_VISIBLE_DEVICES, so `--gpus 0` under CUDA_VISIBLE_DEVICES=2,3 means GPU 2."""
-    tokens = _visible_tokens()
+    tokens = visible_devices()
     if tokens is None:
         return ",".join(str(g) for g in gpus)
     return ",".join(tokens[g] for g in gpus)
@@ -138,14 +150,19 @@ class StageCommand:
         return shlex.join(self.argv)
 
 
+def engine_pythonpath() -> str:
+    """Our PYTHONPATH with this engine package's parent in front: `python -m engine` started from
+    any directory imports the same engine as this process."""
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+
+
 def launch_env() -> dict[str, str]:
     """Environment every stage process gets on top of ours."""
-    root = str(Path(__file__).resolve().parent.parent)  # `-m engine` works from any directory
-    path = os.environ.get("PYTHONPATH", "")
     return {
         "NCCL_NVLS_ENABLE": "0",  # NVLink SHARP multicast hangs on some hosts; plain NCCL rings instead
         "PYTHONUNBUFFERED": "1",  # stdout.log follows the stage live
-        "PYTHONPATH": root + (os.pathsep + path if path else ""),
+        "PYTHONPATH": engine_pythonpath(),
     }
 
 
@@ -188,7 +205,7 @@ def build_stage_command(exp: Experiment, stage: str, toml_path: str | Path, runs
     launcher = launcher if launcher is not None else os.environ.get(LAUNCHER_ENV, "")
     prog = engine_args(stage, toml_path, runs_dir)
     nodes = exp.launch.nodes if kind_of(stage).multi_node else 1
-    env = launch_env()
+    env = {**launch_env(), GPUS_ENV: ",".join(map(str, gpus))}
     if not gpus:
         return StageCommand(stage, [python, "-m", "engine", *prog], [], env)
     if nodes > 1:

@@ -11,12 +11,13 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import Experiment
 from engine.contract import RunLayout, StageStatus, teacher_source
 from engine.errors import Cancelled, ConfigError, UserError
+from engine.orchestration.launch import stage_gpu_ids
 
 
 def rank() -> int:
@@ -33,7 +34,6 @@ class StageContext:
     stage: str
     layout: RunLayout
     status: StageStatus | None  # None on non-main ranks: only rank 0 writes the contract
-    extra: dict = field(default_factory=dict)
 
     @property
     def dir(self) -> Path:
@@ -81,7 +81,7 @@ def run_stage(exp: Experiment, stage: str, body: Callable[[StageContext], None],
     signal.signal(signal.SIGTERM, _raise_cancelled)
     signal.signal(signal.SIGINT, _raise_cancelled)
     if status is not None:
-        status.start(gpus=_visible_gpus())
+        status.start(gpus=stage_gpu_ids())
     try:
         body(ctx)
     except Cancelled as e:
@@ -102,10 +102,3 @@ def run_stage(exp: Experiment, stage: str, body: Callable[[StageContext], None],
     if status is not None:
         status.finish("succeeded")
     return 0
-
-
-def _visible_gpus() -> list[int]:
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is None or env.strip() == "":
-        return []
-    return [int(x) for x in env.split(",") if x.strip().isdigit()]
