@@ -12,6 +12,7 @@ import gc
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from textual import work
@@ -22,24 +23,17 @@ from textual.worker import get_current_worker
 
 from app.data.scan import RunInfo, RunScanner
 from app.messages import EditExperiment, OpenRun
-from app.screens._base import css_key
+from app.textual_workarounds import GcTuning, KeepCss
 
 SCAN_INTERVAL_S = 1.0
-# A screen shown for the first time is built with the cyclic GC off, and what it allocated is
-# frozen (gc.freeze) this long after: widgets live as long as the app, and full GC passes over
-# them later stalled screen switches by 50-200 ms.
-FREEZE_AFTER_BUILD_S = 0.6
-# Once start-up is frozen, Python's automatic full (generation-2) GC passes are turned off and the
-# app runs one itself this often, in an event-loop turn of its own: a full pass (7-25 ms over what
-# the screens allocate after the freeze) started by whatever allocation crossed the threshold, which
-# was often inside a 25-40 ms redraw, and together they went over 50 ms.
-FULL_GC_EVERY_S = 10.0
-NO_AUTO_FULL_GC = 1_000_000  # generation-2 threshold: never reached (the app collects it itself)
+
 
 def _screenful() -> int:
     """Runs read before the first frame: the table's visible rows (the terminal's height less the
     nav bar, header, 9-line preview and footer, plus a little margin); the rest follow at once."""
     return max(12, shutil.get_terminal_size((80, 40)).lines - 10)
+
+
 THEMES = ("textual-dark", "textual-light")
 # imported in a thread after the first frame (see SlimlabApp._warm_imports); never torch
 WARM_MODULES = ("app.screens.run_detail", "app.screens.compare", "app.screens.compose", "app.screens.help",
@@ -70,7 +64,7 @@ def _gpus_screen():
     return GpuScreen()
 
 
-class SlimlabApp(App[None]):
+class SlimlabApp(KeepCss, App[None]):
     """Runs (home), Run detail, Compose, Compare and GPUs, over one runs directory."""
 
     CSS_PATH = Path(__file__).with_name("slimlab.tcss")  # absolute: subclasses may live elsewhere
@@ -89,11 +83,12 @@ class SlimlabApp(App[None]):
 
     def __init__(self, runs_dir: str | Path = "runs", experiments_dir: str | Path = "experiments",
                  theme: str | None = None, gpu_probe: object | None = "auto",
-                 scan_interval: float = SCAN_INTERVAL_S):
+                 scan_interval: float = SCAN_INTERVAL_S, clock: Callable[[], float] = time.time):
         super().__init__()
         self.runs_dir = Path(runs_dir)
         self.experiments_dir = Path(experiments_dir)
-        self.scanner = RunScanner(self.runs_dir)
+        self.clock = clock  # wall-clock time, for ages and ETAs shown (tests pass a stopped one)
+        self.scanner = RunScanner(self.runs_dir, clock=clock)
         self.scan_interval = scan_interval
         self.runs: list[RunInfo] = []
         self.runs_loaded = False
@@ -106,9 +101,7 @@ class SlimlabApp(App[None]):
         self.last_command = None  # CommandResult of the last engine command (launch, cancel)
         self.compose_dirty = False  # Compose holds edits that are not saved
         self._built_modes = {self.DEFAULT_MODE}  # modes whose screen exists (see switch_mode)
-        self._gc_frozen_once = False  # _warm_imports has frozen the start-up heap and enabled the GC
-        self._gc_threshold: tuple[int, int, int] | None = None  # Python's, while the app runs full passes
-        self._css_key: tuple | None = None  # what the stylesheet was last refreshed for (refresh_css)
+        self.gc_tuning = GcTuning(self)
         if theme:
             self.theme = theme
         # The first scan starts now, while Textual parses CSS and builds the screen, so the
@@ -157,60 +150,22 @@ class SlimlabApp(App[None]):
         # Everything so far (textual, pydantic, the modules, the home screen) lives as long as the
         # app: keep it out of the cyclic GC, whose full passes over it stalled the event loop for
         # 80-160 ms now and then (screen switches allocate enough to trigger them).
-        gc.freeze()
-        gc.enable()  # main() (and `python -m app` before its imports) turned it off
-        self._gc_frozen_once = True
+        self.gc_tuning.freeze_startup()  # main() (and `python -m app` before its imports) turned it off
         try:
-            self.call_from_thread(self._own_full_gc)
+            self.call_from_thread(self.gc_tuning.own_full_passes)
         except RuntimeError:  # the app is closing
             pass
 
-    def _own_full_gc(self) -> None:
-        """Full GC passes from now on only from a timer of our own (see FULL_GC_EVERY_S); the young
-        generations are still collected automatically. Undone when the app ends (on_unmount)."""
-        if self._gc_threshold is None:
-            self._gc_threshold = gc.get_threshold()
-            gc.set_threshold(self._gc_threshold[0], self._gc_threshold[1], NO_AUTO_FULL_GC)
-            self.set_interval(FULL_GC_EVERY_S, self._full_gc)
-
-    def _full_gc(self) -> None:
-        if gc.isenabled():  # off while a new screen is built (switch_mode)
-            gc.collect()
-
     def on_unmount(self) -> None:
-        if self._gc_threshold is not None:
-            gc.set_threshold(*self._gc_threshold)
-            self._gc_threshold = None
+        self.gc_tuning.restore()
 
     # ---- screen switches -------------------------------------------------------------------------
     def switch_mode(self, mode: str):
-        """Textual's switch_mode; a mode's first screen is built with the GC off, then frozen."""
+        """Textual's switch_mode; a mode's first screen is built with the GC off (see GcTuning)."""
         if mode not in self._built_modes and mode in self.MODES:
             self._built_modes.add(mode)
-            if self._gc_frozen_once and gc.isenabled():
-                gc.disable()
-                self.set_timer(FREEZE_AFTER_BUILD_S, self._freeze_built)
+            self.gc_tuning.building_screen()
         return super().switch_mode(mode)
-
-    def _freeze_built(self) -> None:
-        gc.freeze()
-        gc.enable()
-
-    def refresh_css(self, animate: bool = True) -> None:
-        """Textual's refresh_css, skipped when nothing it depends on changed.
-
-        Textual calls it at the first and second show of every mode's screen (the screen's CSS
-        counter is only brought up to date once the screen is mounted): a reparse of every CSS
-        source (~50 ms) plus a restyle of the current screen, on the event loop. It is needed when
-        the CSS variables (the theme) or the app's own stylesheet change (`css_key`); the default CSS
-        of widget classes mounted since is scoped to those widgets, which are styled as they mount,
-        and a screen shown after a theme change is restyled then (Textual's ScreenResume, see
-        app.screens._base.KeepStyles)."""
-        key = css_key(self)
-        if key == self._css_key:
-            return
-        self._css_key = key
-        super().refresh_css(animate)
 
     @work(thread=True, exclusive=True, group="scan", name="scan runs")
     def _scan_loop(self) -> None:

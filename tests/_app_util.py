@@ -36,8 +36,9 @@ def experiment_dict(name: str, students: tuple[str, ...] = ("depth", "width"), r
     return d
 
 
-async def wait_for(pilot, cond, timeout: float = 10.0, what: str = "condition") -> None:
-    """Let the app run until `cond()` holds; fail naming `what` after `timeout` seconds."""
+async def wait_for(pilot, cond, timeout: float = 30.0, what: str = "condition") -> None:
+    """Let the app run until `cond()` holds; fail naming `what` after `timeout` seconds (generous: a
+    loaded machine is slow, and a condition that holds returns at once)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if cond():

@@ -311,16 +311,17 @@ def run_state(stages: tuple[StageInfo, ...], pipe: dict[str, Any] | None) -> tup
 class RunScanner:
     """Keeps per-file cursors between scans; `scan()` returns a fresh snapshot of every run."""
 
-    def __init__(self, runs_dir: str | Path, idle_recheck_s: float = 5.0):
+    def __init__(self, runs_dir: str | Path, idle_recheck_s: float = 5.0, clock=time.time):
         self.runs_dir = Path(runs_dir)
         self.idle_recheck_s = idle_recheck_s
+        self.clock = clock  # wall-clock time, for elapsed times and ETAs (tests pass a stopped one)
         self._cache: dict[Path, _RunCache] = {}
 
     def scan(self, newest: int | None = None) -> list[RunInfo]:
         """Every run, newest first. `newest=N`: only the N most recent runs (by their
         experiment.toml's mtime, a stat each), so a first screenful shows before the rest
         is read; a later full scan completes it."""
-        now = time.time()
+        now = self.clock()
         try:
             entries = [Path(e.path) for e in os.scandir(self.runs_dir) if e.is_dir()]
         except OSError:

@@ -19,8 +19,8 @@ from app.data.compare import config_diff, read_experiment, results_rows, stage_c
 from app.data.scan import RunInfo
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.messages import OpenRun
-from app.screens._base import KeepStyles
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
+from app.textual_workarounds import KeepStyles
 from app.widgets.compare.pick_list import PickList, split_value
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart

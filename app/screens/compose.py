@@ -34,7 +34,7 @@ from app.data.compose import (
     validate,
 )
 from app.messages import FormChanged, StudentRemoved
-from app.screens._base import KeepStyles
+from app.textual_workarounds import KeepStyles
 from app.widgets.compose.fields import fields
 from app.widgets.compose.student_form import StudentForm
 from app.widgets.keybar import KeyBar

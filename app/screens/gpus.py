@@ -16,7 +16,7 @@ from textual.worker import get_current_worker
 from app.data import fmt
 from app.data.gpus import GpuSample, gpu_owners
 from app.messages import OpenRun
-from app.screens._base import KeepStyles
+from app.textual_workarounds import KeepStyles
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 

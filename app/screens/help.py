@@ -9,15 +9,14 @@ from textual.screen import ModalScreen
 from textual.widgets import Static
 
 
-def _screens() -> list[tuple[str, type]]:
-    from app.main import SlimlabApp
+def _screens(app_class: type) -> list[tuple[str, type]]:
     from app.screens.compare import CompareScreen
     from app.screens.compose import ComposeScreen
     from app.screens.gpus import GpuScreen
     from app.screens.run_detail import RunDetailScreen
     from app.screens.runs import RunsScreen
 
-    return [("Everywhere", SlimlabApp), ("Runs", RunsScreen), ("Run detail", RunDetailScreen),
+    return [("Everywhere", app_class), ("Runs", RunsScreen), ("Run detail", RunDetailScreen),
             ("Compose", ComposeScreen), ("Compare", CompareScreen), ("GPUs", GpuScreen)]
 
 
@@ -27,9 +26,11 @@ def _keys(binding: Binding) -> str:
     return " ".join(k.replace("question_mark", "?").replace("slash", "/") for k in binding.key.split(","))
 
 
-def help_text() -> str:
+def help_text(app_class: type) -> str:
+    """The keys of `app_class` (the running app's class: not imported here, app.main imports this)
+    and of every screen."""
     lines = ["[b]slimlab keys[/b]   (mouse: click rows, tabs, buttons; scroll with the wheel)", ""]
-    for title, cls in _screens():
+    for title, cls in _screens(app_class):
         lines.append(f"[b $text-primary]{title}[/]")
         for b in cls.BINDINGS:
             if isinstance(b, Binding) and b.description:
@@ -46,7 +47,7 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-body"):
-            yield Static(help_text(), id="help-text")
+            yield Static(help_text(type(self.app)), id="help-text")
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -21,14 +21,15 @@ from app.data.scan import RunInfo, StageInfo, stat_key
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.data.tail import LogTail
 from app.messages import EditExperiment
-from app.screens._base import KeepStyles, set_text
 from app.screens.actions import request_cancel, request_resume
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
+from app.textual_workarounds import KeepStyles
 from app.widgets.detail.log_view import LogView
 from app.widgets.detail.stage_list import StageList
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import Curve, LossChart
 from app.widgets.nav import NavBar
+from app.widgets.static_text import set_text
 from app.widgets.style import state_style
 
 POLL_S = 0.25  # log / metrics of the shown stage

@@ -11,11 +11,12 @@ from textual.widgets import DataTable, Input, Static
 
 from app.data.scan import RunInfo
 from app.messages import EditExperiment, OpenRun
-from app.screens._base import KeepStyles, set_text
+from app.textual_workarounds import KeepStyles
 from app.widgets.home.runs_table import RunsTable
 from app.widgets.home.stages_table import StagesTable
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
+from app.widgets.static_text import set_text
 
 FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
 CATCH_UP_DELAY_S = 0.05  # shown again: the tables take the snapshots that came meanwhile this much later

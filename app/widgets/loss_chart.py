@@ -33,7 +33,6 @@ class LossChart(PlotextPlot):
         self.smoothing = 0.0
         self.empty_text = "no metrics yet"
         self.held = False  # draw nothing until release() (a screen's first frames, see Run detail)
-        self.builds = 0  # figures built by plotext (tests)
         self._version = 0  # bumped by every _draw: what the built figure is for
         self._drawn_width: int | None = None
         self._built: tuple[tuple, Text] | None = None
@@ -63,7 +62,6 @@ class LossChart(PlotextPlot):
             return Text(self.empty_text, justify="center", style="dim")
         key = (self._version, self.size, self.app.theme, self.theme)
         if self._built is None or self._built[0] != key:
-            self.builds += 1
             self._built = (key, super().render())
         return self._built[1]
 

@@ -1,4 +1,5 @@
-"""State colours from the current theme's text colours, so light and dark both stay readable."""
+"""How cells look: state colours from the current theme's text colours (so light and dark both stay
+readable), and `cell_look`, what a cell draws."""
 
 from __future__ import annotations
 
@@ -29,3 +30,8 @@ def stage_strip(app: App, states: list[str]) -> Text:
     for s in states:
         t.append(STATE_GLYPH.get(s, "?"), style=state_style(app, s))
     return t
+
+
+def cell_look(cell: Text | str) -> tuple:
+    """What a cell draws: its text, style and spans (Text's == leaves the style out)."""
+    return (cell.plain, cell.style, cell.spans) if isinstance(cell, Text) else (cell,)

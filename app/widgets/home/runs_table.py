@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from rich.text import Text
 
 from app.data import fmt
 from app.data.scan import RunInfo
-from app.widgets.style import stage_strip, state_text
-from app.widgets.table import StableTable, cell_look
+from app.textual_workarounds import StableTable
+from app.widgets.style import cell_look, stage_strip, state_text
 
 # key, label, width: sized so Run..ETA fit 80 columns; the rest scrolls horizontally
 COLUMNS = (
@@ -64,7 +62,7 @@ class RunsTable(StableTable):
         if self._pending is not None:  # a batch is due: it will take this newer snapshot
             self._pending = (runs, restyle or self._pending[1])
             return
-        now = time.time()
+        now = self.app.clock()
         wanted = {str(r.path): r for r in runs}
         for key in list(self._shown):
             if key not in wanted:

@@ -6,8 +6,8 @@ from rich.text import Text
 
 from app.data import fmt
 from app.data.scan import RunInfo, StageInfo
-from app.widgets.style import state_text
-from app.widgets.table import StableTable, cell_look
+from app.textual_workarounds import StableTable
+from app.widgets.style import cell_look, state_text
 
 COLUMNS = (("stage", "Stage", 16), ("state", "State", 11), ("progress", "Progress", 18), ("train", "Train", 7),
            ("val", "Val", 7), ("eta", "ETA", 6), ("tps", "tok/s", 7), ("gpus", "GPUs", 5))

@@ -1,0 +1,233 @@
+"""Every reach into Textual's internals, and the app's GC tuning: the TUI's performance workarounds.
+
+They keep the TUI within its goals (first frame < 0.5 s with 100 runs, the event loop never
+blocked > 50 ms) on a small CPU; none of them changes what is drawn. Each overrides or reads
+something Textual does not promise: DataTable's private render caches, `Widget.notify_style_update`,
+`Screen.update_node_styles`, `App.refresh_css`. So they are on only under the Textual versions they
+were checked against (`TESTED_TEXTUAL`); under any other version the app behaves as plain Textual
+does (a little slower) instead of breaking. Nothing else in `app/` touches Textual's private API.
+"""
+
+from __future__ import annotations
+
+import gc
+from importlib.metadata import version
+
+from textual.app import App
+from textual.types import NoActiveAppError
+from textual.widget import Widget
+from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey, RowKey
+
+# (major, minor) of the Textual releases these workarounds were read against and tested with
+TESTED_TEXTUAL = ((8, 0), (8, 2))
+
+
+def _major_minor(text: str) -> tuple[int, int] | None:
+    try:
+        major, minor = text.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
+
+
+TEXTUAL_VERSION = version("textual")
+_mm = _major_minor(TEXTUAL_VERSION)
+ENABLED = _mm is not None and TESTED_TEXTUAL[0] <= _mm <= TESTED_TEXTUAL[1]
+
+
+# ---- DataTable -------------------------------------------------------------------------------------
+
+
+class StableTable(DataTable):
+    """A DataTable that keeps its rendered rows when a restyle changes nothing it draws with, and
+    whose `set_cells` redraws only the row it changes.
+
+    Textual restyles every widget of a screen each time the screen is shown, and DataTable drops
+    all its rendered cells and lines on every restyle (`notify_style_update`): showing the Runs
+    screen again re-rendered its visible rows cell by cell, 30-80 ms on a small CPU. Here they are
+    dropped only when something its styles (and its component classes': header, cursor, zebra
+    rows) depend on changed: the theme, the table's classes or pseudo-classes, or its resolved style.
+
+    DataTable's `update_cell` bumps a counter that is part of every render cache key, so one changed
+    cell re-rendered every visible row (13 rows x 11 cells, 25-40 ms, every second while a run's
+    ETA changes); `set_cells` drops only that row's cached renders."""
+
+    _style_key: tuple | None = None
+
+    def notify_style_update(self) -> None:
+        if not ENABLED:
+            super().notify_style_update()
+            return
+        Widget.notify_style_update(self)  # the widget's own style caches: always
+        key = (self.app.theme, frozenset(self.classes), frozenset(self.get_pseudo_classes()), self.rich_style)
+        if key != self._style_key:
+            self._style_key = key
+            super().notify_style_update()  # DataTable's: drop the rendered rows
+
+    def set_cells(self, row_key: str, cells: dict[str, object]) -> None:
+        """Set these cells (column key -> value) of one row, redrawing only that row. Widths are not
+        recomputed (the columns have fixed widths), as with `update_cell(..., update_width=False)`."""
+        if cells and not (ENABLED and self._set_row_cells(row_key, cells)):
+            for col, value in cells.items():
+                self.update_cell(row_key, col, value)
+
+    def _set_row_cells(self, row_key: str, cells: dict[str, object]) -> bool:
+        """The fast path; False when DataTable's private layout is not the one known here."""
+        try:
+            rkey = RowKey(row_key)
+            row_index = self._row_locations.get(rkey)
+            data = self._data[rkey]
+            if any(ColumnKey(col) not in self._column_locations for col in cells):
+                return False
+            cell_cache, row_cache, line_cache, renderables = (
+                self._cell_render_cache, self._row_render_cache, self._line_cache, self._row_renderable_cache)
+            update_count = self._update_count
+        except (AttributeError, KeyError):
+            return False
+        if row_index is None:
+            return True
+        for col, value in cells.items():
+            data[ColumnKey(col)] = value
+        # cell and row renders are keyed by row key first, row renderables by (update count, index),
+        # lines by their y in the table (the header included, as in _get_row_region)
+        for key in [k for k in cell_cache.keys() if k[0] == rkey]:
+            cell_cache.discard(key)
+        for key in [k for k in row_cache.keys() if k[0] == rkey]:
+            row_cache.discard(key)
+        renderables.discard((update_count, row_index))
+        region = self._get_row_region(row_index)
+        for key in [k for k in line_cache.keys() if region.y <= k[0] < region.bottom]:
+            line_cache.discard(key)
+        self.refresh_row(row_index)
+        return True
+
+
+# ---- screens and the stylesheet -----------------------------------------------------------------
+
+
+def css_key(app: App) -> tuple:
+    """What the app's stylesheet, once parsed, depends on: the CSS variables (the theme) and every CSS
+    source that is not a widget class's scoped default CSS (the app's own stylesheet, screens' CSS,
+    unscoped defaults). A scoped default CSS only matches widgets of its class, which are styled as
+    they mount, so it is left out: the key does not change each time a widget class is first used."""
+    return (app.get_css_variables(),
+            {where: src for where, src in app.stylesheet.source.items() if not (src.is_defaults and src.scope)})
+
+
+# A screen's place among the app's screens (one per mode, plus pushed ones) changes as other screens
+# are built; no selector in the app's or Textual's CSS depends on it.
+_POSITIONAL = frozenset({"first-child", "last-child", "first-of-type", "last-of-type", "odd", "even"})
+
+
+class KeepStyles:
+    """Mixin for a Screen: skip Textual's restyle of all its widgets when nothing it depends on
+    changed since the last one.
+
+    Textual shows a mode's screen (`App.switch_mode`, also `push_screen`) with
+    `ScreenResume(refresh_styles=True)`, and the screen then calls `update_node_styles()`, which
+    reapplies the whole stylesheet to every widget of the screen: 35-55 ms for Compose's ~135
+    widgets on a small CPU, at every switch, the first included. The widgets are already styled (a
+    widget is styled when it mounts and whenever its classes or pseudo-classes change), so the full
+    restyle is only needed when something the whole screen depends on changed: the theme or the
+    stylesheet (`css_key`), the app's and the screen's classes and pseudo-classes, or the terminal
+    size. Those are recorded when the screen mounts and at each full restyle."""
+
+    _styled_for: tuple | None = None
+
+    def _styles_key(self) -> tuple:
+        app = self.app
+        return (css_key(app), app.current_theme.name, frozenset(app.classes), app.pseudo_classes,
+                frozenset(self.classes), self.pseudo_classes - _POSITIONAL, app.size)
+
+    def on_mount(self) -> None:
+        """The widgets composed so far were styled as they were registered (and any mounted later
+        will be): the restyle Textual asks for at the screen's first show is not needed either."""
+        if ENABLED:
+            self._styled_for = self._styles_key()
+
+    def update_node_styles(self, animate: bool = True) -> None:
+        if ENABLED:
+            try:
+                key = self._styles_key()
+            except NoActiveAppError:
+                return
+            if key == self._styled_for:
+                return
+            self._styled_for = key
+        super().update_node_styles(animate)
+
+
+class KeepCss:
+    """Mixin for the App: Textual's `refresh_css`, skipped when nothing it depends on changed.
+
+    Textual calls it at the first and second show of every mode's screen: a reparse of every CSS
+    source (~50 ms) plus a restyle of the current screen, on the event loop. It is needed only when
+    the CSS variables (the theme) or the app's own stylesheet change (`css_key`); widgets of classes
+    mounted since are styled as they mount, and a screen shown after a theme change is restyled then
+    (`KeepStyles`)."""
+
+    _css_key: tuple | None = None
+
+    def refresh_css(self, animate: bool = True) -> None:
+        if ENABLED:
+            key = css_key(self)
+            if key == self._css_key:
+                return
+            self._css_key = key
+        super().refresh_css(animate)
+
+
+# ---- the cyclic garbage collector -----------------------------------------------------------------
+
+# A screen shown for the first time is built with the cyclic GC off, and what it allocated is
+# frozen (gc.freeze) this long after: widgets live as long as the app, and full GC passes over
+# them later stalled screen switches by 50-200 ms.
+FREEZE_AFTER_BUILD_S = 0.6
+# Once start-up is frozen, Python's automatic full (generation-2) GC passes are turned off and the
+# app runs one itself this often, in an event-loop turn of its own: a full pass (7-25 ms) started by
+# whatever allocation crossed the threshold was often inside a 25-40 ms redraw, together over 50 ms.
+FULL_GC_EVERY_S = 10.0
+NO_AUTO_FULL_GC = 1_000_000  # generation-2 threshold: never reached (the app collects it itself)
+
+
+class GcTuning:
+    """The app's cyclic-GC policy. `python -m app` and `main()` start with the GC off (start-up
+    allocates a lot and lives as long as the app); `freeze_startup` (from the warm-up thread) freezes
+    what is alive then and turns it back on; `own_full_passes` moves the full passes to a timer;
+    `building_screen` turns it off while a new screen is built; `restore` undoes it all."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self.started = False  # startup frozen: screens built later are frozen too
+        self.threshold: tuple[int, int, int] | None = None  # Python's, while the app runs full passes
+
+    def freeze_startup(self) -> None:
+        gc.freeze()
+        gc.enable()
+        self.started = True
+
+    def own_full_passes(self) -> None:
+        if self.threshold is None:
+            self.threshold = gc.get_threshold()
+            gc.set_threshold(self.threshold[0], self.threshold[1], NO_AUTO_FULL_GC)
+            self.app.set_interval(FULL_GC_EVERY_S, self.full_pass)
+
+    def full_pass(self) -> None:
+        if gc.isenabled():  # off while a new screen is built
+            gc.collect()
+
+    def building_screen(self) -> None:
+        if self.started and gc.isenabled():
+            gc.disable()
+            self.app.set_timer(FREEZE_AFTER_BUILD_S, self._freeze_built)
+
+    @staticmethod
+    def _freeze_built() -> None:
+        gc.freeze()
+        gc.enable()
+
+    def restore(self) -> None:
+        if self.threshold is not None:
+            gc.set_threshold(*self.threshold)
+            self.threshold = None
