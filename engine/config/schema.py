@@ -162,13 +162,17 @@ class DistillConfig(TrainConfig):
     chunk_tokens: int = Field(default=4096, ge=16)  # tokens per chunk of the fused KD loss
 
 
+SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads"]
+
+
 class PruneConfig(_Section):
     name: str
-    method: Literal["depth", "width"]
-    # depth
+    method: Literal["depth", "width", "search"]
+    # depth (width and search drop layers too, chosen by the same selection)
     drop_layers: list[int] | None = None
     num_layers: int | None = Field(default=None, ge=1)
-    selection: Literal["block-influence", "lm-loss", "contiguous", "last"] = "block-influence"
+    # None: block-influence for depth, lm-loss for width and search (engine.shapes.shape.layer_selection)
+    selection: Literal["block-influence", "lm-loss", "contiguous", "last"] | None = None
     # width
     ffn_hidden_size: int | None = Field(default=None, ge=1)
     hidden_size: int | None = Field(default=None, ge=1)
@@ -184,6 +188,19 @@ class PruneConfig(_Section):
     # baselines / ablations
     reinit: bool = False  # re-initialise the pruned weights: a from-scratch model of the same shape
     distill: dict[str, Any] | None = None  # this student's overrides of [distill] keys, e.g. {loss = "ce"}
+    # search: the student described by its budget (engine/search/)
+    target_params: int | float | str | None = None  # 81_000_000, "4.5B", or 0.6 = a fraction of the teacher
+    target_memory_gb: float | None = Field(default=None, gt=0)  # GiB: weights + KV cache, in [model].dtype
+    memory_seq_length: int | None = Field(default=None, ge=1)  # KV cache length; default [data].seq_length
+    memory_batch_size: int = Field(default=1, ge=1)
+    tolerance: float = Field(default=0.03, gt=0.0, lt=1.0)
+    axes: list[SearchAxis] = Field(default_factory=lambda: ["num_layers", "hidden_size", "ffn_hidden_size"])
+    hidden_multiple: int = Field(default=64, ge=1)  # hardware-friendly steps of the searched sizes
+    ffn_multiple: int = Field(default=64, ge=1)
+    top_k: int = Field(default=10, ge=1)  # candidates pruned and scored
+    score: Literal["loss", "distill"] = "loss"
+    score_steps: int = Field(default=20, ge=1)  # score = "distill": steps of the short distillation
+    score_task: str | None = None  # an [eval] task scored instead of the loss
 
     @field_validator("name")
     @classmethod
@@ -193,7 +210,25 @@ class PruneConfig(_Section):
     @model_validator(mode="after")
     def _targets(self) -> PruneConfig:
         width_keys = ("ffn_hidden_size", "hidden_size", "num_attention_heads", "num_key_value_heads")
-        if self.method == "depth":
+        search_keys = ("target_params", "target_memory_gb", "memory_seq_length", "score_task")
+        if self.method != "search":
+            set_search = [k for k in search_keys if getattr(self, k) is not None]
+            if set_search:
+                raise ValueError(f"{set_search[0]}: a search key in a {self.method} prune; use method = \"search\"")
+        if self.method == "search":
+            if (self.target_params is None) == (self.target_memory_gb is None):
+                raise ValueError("target_params: a search needs exactly one of target_params or target_memory_gb")
+            if self.target_params is not None:
+                from engine.search.budget import parse_param_count
+
+                parse_param_count(self.target_params)  # ValueError with the accepted forms
+            if not self.axes or len(set(self.axes)) != len(self.axes):
+                raise ValueError("axes: name each searched axis once, e.g. [\"num_layers\", \"hidden_size\"]")
+            fixed = [k for k in width_keys + ("drop_layers", "num_layers") if getattr(self, k) is not None]
+            if fixed:
+                raise ValueError(f"{fixed[0]}: a search chooses the shape itself; leave {fixed[0]} out and "
+                                 "name the axes it may change in axes")
+        elif self.method == "depth":
             if (self.drop_layers is None) == (self.num_layers is None):
                 raise ValueError("drop_layers: a depth prune needs exactly one of drop_layers or num_layers")
             if self.drop_layers is not None:
@@ -209,8 +244,9 @@ class PruneConfig(_Section):
         else:
             if all(getattr(self, k) is None for k in width_keys):
                 raise ValueError("ffn_hidden_size: a width prune needs at least one of " + ", ".join(width_keys))
-            if self.drop_layers is not None or self.num_layers is not None:
-                raise ValueError("drop_layers: a depth key in a width prune; use method = \"depth\"")
+            if self.drop_layers is not None:  # num_layers is welcome: depth and width in one student
+                raise ValueError("drop_layers: a width prune drops layers by num_layers and selection; "
+                                 "use num_layers, or method = \"depth\"")
         return self
 
 

@@ -45,6 +45,10 @@ class RunLayout:
     def importance_file(self, stage: str) -> Path:
         return self.stage_dir(stage) / "importance.json"
 
+    def search_file(self, stage: str) -> Path:
+        """A search student's candidates (prune stages with method = "search")."""
+        return self.stage_dir(stage) / "search.json"
+
     @property
     def data_dir(self) -> Path:
         """Packed token files and meta.json, written by `prepare`."""

@@ -55,6 +55,18 @@ class Importance:
     def num_layers(self) -> int:
         return self.mlp.shape[0]
 
+    def for_layers(self, kept: list[int]) -> Importance:
+        """The scores of the kept layers only, renumbered 0..len(kept)-1 (width pruning after a depth
+        cut). Embedding channels keep their scores summed over every teacher layer."""
+        idx = torch.as_tensor(kept, dtype=torch.long)
+
+        def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, idx.to(t.device))
+
+        return Importance(mlp=rows(self.mlp), heads=rows(self.heads), hidden=self.hidden,
+                          block_influence=rows(self.block_influence), angular=None, lm_loss=rows(self.lm_loss),
+                          base_loss=self.base_loss, kind=self.kind, meta=self.meta)
+
     def kv_groups(self, num_kv_heads: int) -> torch.Tensor:
         """[layers, kv]: a KV group's score is the sum of its query heads' scores."""
         n, h = self.heads.shape

@@ -2,6 +2,7 @@
 
 Writes model/ (HF checkpoint + tokenizer), importance.json, and one metrics line with the
 validation loss right after pruning: {"step": 0, "split": "val", "loss": ..., "params": ...}.
+A search student (method = "search") also writes search.json; its model/ is the winner.
 Targets are checked on the teacher's config before any weight is loaded.
 """
 
@@ -11,6 +12,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,10 +29,10 @@ from engine.models.hf import (
     save_model,
 )
 from engine.orchestration.stage_process import StageContext, teacher_checkpoint
-from engine.prune.depth import prune_depth, select_layers
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
-from engine.prune.width import prune_width, select_width
-from engine.shapes.shape import StudentShape, count_params, student_shape, shape_from_config
+from engine.prune.student import layers_to_drop, prune_student
+from engine.search.candidates import SearchSpace, search_space
+from engine.shapes.shape import StudentShape, count_params, shape_from_config, student_shape
 from engine.stage_kinds import stage_student
 
 
@@ -46,7 +48,9 @@ def prune_stage(ctx: StageContext) -> None:
     cfg = load_config(src).to_dict()
     check_supported(cfg.get("model_type", "?"), src)
     teacher_shape = shape_from_config(cfg, where=src)
-    plan = student_shape(teacher_shape, p, where)
+    target: StudentShape | SearchSpace = (
+        search_space(teacher_shape, p, where, exp.model.dtype, exp.data.seq_length) if p.method == "search"
+        else student_shape(teacher_shape, p, where))
     ctx.log(f"[{stage}] teacher {src}: {teacher_shape.describe()}")
 
     # 2. the teacher
@@ -57,36 +61,43 @@ def prune_stage(ctx: StageContext) -> None:
     teacher_params = count_parameters(model)
     ctx.log(f"[{stage}] loaded the teacher on {device} in {time.time() - t0:.1f}s: {teacher_params:,} params")
 
-    # 3. importance
-    imp = _importance(ctx, p, plan, model)
+    # 3. importance: one calibration pass serves every candidate of a search
+    lm_loss = _needs_lm_loss(target)
+    imp = _importance(ctx, p, target, model, lm_loss)
     imp.save(layout.importance_file(stage), teacher_shape)
 
-    # 4. prune
-    if plan.method == "depth":
-        drop = list(plan.drop_layers) if plan.drop_layers is not None else \
-            select_layers(imp, teacher_shape.num_layers, plan.num_drop, plan.selection or "block-influence")
-        ctx.log(f"[{stage}] dropping layers {drop}")
-        student = prune_depth(model, drop)
+    # 4. prune (a search scores its candidates on the validation windows first)
+    loss: float | None = None
+    if isinstance(target, SearchSpace):
+        from engine.search.stage_part import run_search
+
+        windows = val_windows(ctx, p.calibration_batch_size, device)
+        winner = run_search(ctx, target, model, imp, windows, _scorer(ctx, p, model, tokenizer, windows, device))
+        student, loss, expected = winner.student, winner.loss, target.candidates[winner.index].shape
     else:
-        student = prune_width(model, select_width(imp, teacher_shape, plan.shape), plan.shape)
+        drop = layers_to_drop(imp, teacher_shape, target)
+        if drop:
+            ctx.log(f"[{stage}] dropping layers {drop}")
+        student, expected = prune_student(model, imp, target, drop), target.shape
     del model
     if p.reinit:  # the from-scratch baseline: the student's shape, fresh weights
         student = _reinitialised(student, exp.seed)
+        loss = None
         ctx.log(f"[{stage}] reinit = true: weights re-initialised (seed {exp.seed})")
     if device.type == "cuda":
         torch.cuda.empty_cache()
     params = count_parameters(student)
-    expected = count_params(plan.shape)
     ctx.log(f"[{stage}] params: teacher {teacher_params:,} ({human_count(teacher_params)}) -> student {params:,} "
             f"({human_count(params)}), {teacher_params / params:.2f}x smaller")
-    if params != expected:
-        ctx.log(f"[{stage}] note: {params:,} params differ from the config arithmetic ({expected:,})")
+    if params != count_params(expected):
+        ctx.log(f"[{stage}] note: {params:,} params differ from the config arithmetic ({count_params(expected):,})")
     ctx.log(f"[{stage}] student: {Arch(student).shape.describe()}")
 
     # 5. save, then the loss right after pruning
     out = save_model(student, layout.model_dir(stage), tokenizer)
     ctx.log(f"[{stage}] saved {out}")
-    loss = _val_loss(ctx, student, p.calibration_batch_size)
+    if loss is None:
+        loss = _val_loss(ctx, student, p.calibration_batch_size)
     metrics = layout.metrics_file(stage)
     metrics.unlink(missing_ok=True)  # a rerun replaces the stage's single line
     append_metrics(metrics, {"step": 0, "split": "val", "loss": loss, "params": params})
@@ -105,7 +116,15 @@ def _reinitialised(student: torch.nn.Module, seed: int) -> torch.nn.Module:
 # ---- importance ---------------------------------------------------------------------------
 
 
-def _importance(ctx: StageContext, p, plan: StudentShape, model: torch.nn.Module) -> Importance:
+def _needs_lm_loss(target: StudentShape | SearchSpace) -> bool:
+    """LM-loss layer scores cost one forward per layer and batch: only when they choose layers."""
+    if isinstance(target, SearchSpace):
+        return target.selection == "lm-loss" and target.drops_layers()
+    return target.selection == "lm-loss" and target.num_drop > 0 and target.drop_layers is None
+
+
+def _importance(ctx: StageContext, p: Any, target: StudentShape | SearchSpace, model: torch.nn.Module,
+                lm_loss: bool) -> Importance:
     exp, layout = ctx.exp, ctx.layout
     shape = Arch(model).shape
     if p.importance_from:
@@ -119,7 +138,7 @@ def _importance(ctx: StageContext, p, plan: StudentShape, model: torch.nn.Module
     if p.importance == "random":
         ctx.log(f"[{ctx.stage}] random importance (seed {exp.seed})")
         return random_importance(shape, exp.seed)
-    if plan.method == "depth" and plan.drop_layers is not None:
+    if isinstance(target, StudentShape) and target.drop_layers is not None:
         ctx.log(f"[{ctx.stage}] drop_layers is explicit; calibrating anyway for importance.json")
     from engine.data import PackedDataset  # lazily: needs only numpy, but keep imports light
 
@@ -129,7 +148,6 @@ def _importance(ctx: StageContext, p, plan: StudentShape, model: torch.nn.Module
         ctx.log(f"[{ctx.stage}] the training split has {len(ds)} windows; calibrating on all of them")
     bs = p.calibration_batch_size
     total = math.ceil(n / bs)
-    lm_loss = plan.method == "depth" and plan.selection == "lm-loss" and plan.drop_layers is None
     ctx.progress(0, total_steps=total)
     t0 = time.time()
     imp = calibrate(model, _windows(ds, n, bs), batch_agg=p.batch_agg, seq_agg=p.seq_agg, lm_loss=lm_loss,
@@ -137,7 +155,8 @@ def _importance(ctx: StageContext, p, plan: StudentShape, model: torch.nn.Module
     dt = time.time() - t0
     imp.meta.update(seq_length=exp.data.seq_length, split="train", seed=exp.seed)
     ctx.log(f"[{ctx.stage}] calibrated on {imp.meta['samples']} samples ({imp.meta['tokens']:,} tokens) "
-            f"in {dt:.1f}s, {imp.meta['tokens'] / max(dt, 1e-9):,.0f} tokens/s")
+            f"in {dt:.1f}s, {imp.meta['tokens'] / max(dt, 1e-9):,.0f} tokens/s" + (" with LM-loss layer scores"
+                                                                                 if lm_loss else ""))
     return imp
 
 
@@ -150,11 +169,12 @@ def _windows(ds, n: int, batch_size: int) -> Iterator[np.ndarray]:
 # ---- loss right after pruning ------------------------------------------------------------------
 
 
-def _val_loss(ctx: StageContext, model: torch.nn.Module, micro_batch_size: int) -> float:
-    """Validation loss on the windows the distill stage validates on (seed 0, its val_batches),
-    so this step-0 point starts the student's validation curve."""
+def val_windows(ctx: StageContext, micro_batch_size: int, device: torch.device) -> list[torch.Tensor]:
+    """The validation windows the distill stage validates on (seed 0, its val_batches x
+    micro_batch_size), on `device`: the step-0 point of the student's validation curve, and the
+    batches every search candidate is scored on."""
     from engine.data import PackedDataset
-    from engine.evaluate import evaluate_loss
+    from engine.evaluation.loss import batch_plan
 
     exp = ctx.exp
     ds = PackedDataset(ctx.layout.data_dir, "validation", exp.data.seq_length, seed=0)
@@ -165,4 +185,36 @@ def _val_loss(ctx: StageContext, model: torch.nn.Module, micro_batch_size: int) 
         batches, mbs = exp.eval.batches or 20, exp.eval.micro_batch_size
     else:
         batches, mbs = 5, micro_batch_size
-    return float(evaluate_loss(model, ds, batches, mbs))  # at most the split (see evaluate.batch_plan)
+    count, micro = batch_plan(len(ds), batches, mbs)  # at most the split
+    it = ds.batches(micro, start=0)
+    return [torch.as_tensor(np.asarray(next(it))).to(device=device, dtype=torch.long) for _ in range(count)]
+
+
+def _val_loss(ctx: StageContext, model: torch.nn.Module, micro_batch_size: int) -> float:
+    from engine.evaluation.loss import evaluate_loss
+
+    device = next(model.parameters()).device
+    return float(evaluate_loss(model, val_windows(ctx, micro_batch_size, device)))
+
+
+# ---- how a search scores -----------------------------------------------------------------------
+
+
+def _scorer(ctx: StageContext, p: Any, teacher: torch.nn.Module, tokenizer: Any, windows: list[torch.Tensor],
+            device: torch.device) -> Any:
+    from engine.search import scoring
+
+    if p.score_task:
+        return scoring.task_scorer(ctx.exp, p.score_task, tokenizer)
+    if p.score == "loss":
+        return scoring.loss_scorer(windows)
+    exp = ctx.exp
+    cfg = exp.distill_for(p.name)
+    from engine.data import PackedDataset
+
+    ds = PackedDataset(ctx.layout.data_dir, "train", exp.data.seq_length, seed=exp.seed)
+    per_step = max(1, cfg.global_batch_size // cfg.micro_batch_size)
+    it = ds.batches(cfg.micro_batch_size, start=0)  # the same windows for every candidate (epochs wrap)
+    train = [torch.as_tensor(next(it)).to(device=device, dtype=torch.long) for _ in range(p.score_steps * per_step)]
+    vocab = min(len(tokenizer), teacher.get_output_embeddings().weight.shape[0])
+    return scoring.distill_scorer(exp, p.name, teacher, vocab, p.score_steps, train, windows)

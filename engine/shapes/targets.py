@@ -9,6 +9,7 @@ prune stage when it loads the model.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,13 +17,16 @@ from typing import Any
 
 from engine.config import ConfigError, Experiment
 from engine.contract import RunLayout, human_count, read_json
+from engine.search.candidates import CHECK_SHOWN, SearchSpace, candidate_label, search_space
 from engine.shapes.shape import (
     Shape,
     StudentShape,
     count_non_embedding_params,
     count_params,
-    student_shape,
+    layer_selection,
+    selection_cost,
     shape_from_config,
+    student_shape,
 )
 
 _LLAMA3_8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
@@ -187,7 +191,8 @@ def check_importance_from(exp: Experiment) -> None:
                               "importance.json (or a directory holding one)")
 
 
-def student_shapes(exp: Experiment) -> tuple[TeacherConfig | None, Shape | None, list[StudentShape]]:
+def student_shapes(exp: Experiment
+                   ) -> tuple[TeacherConfig | None, Shape | None, list[StudentShape | SearchSpace]]:
     """Check every [[prune]] target; ConfigError (one line, with the fix) on the first bad one."""
     check_importance_from(exp)
     if not exp.prune and exp.model.init != "scratch":
@@ -196,8 +201,20 @@ def student_shapes(exp: Experiment) -> tuple[TeacherConfig | None, Shape | None,
     if tc is None:
         return None, None, []
     t = teacher_shape(exp, tc)
-    plans = [student_shape(t, p, f"{exp.source}: prune[{p.name}]") for p in exp.prune]
-    return tc, t, plans
+    return tc, t, [_student(exp, t, p) for p in exp.prune]
+
+
+def _student(exp: Experiment, t: Shape, p: Any) -> StudentShape | SearchSpace:
+    where = f"{exp.source}: prune[{p.name}]"
+    if p.method == "search":
+        if p.score == "distill" and exp.distill is None:
+            raise ConfigError(f"{where}.score: \"distill\" runs a short [distill]; add a [distill] section or "
+                              "use score = \"loss\"")
+        if p.score_task and p.score_task not in (exp.eval.tasks if exp.eval else []):
+            raise ConfigError(f"{where}.score_task: '{p.score_task}' is not one of [eval] tasks; add it to "
+                              "[eval] tasks = [...]")
+        return search_space(t, p, where, exp.model.dtype, exp.data.seq_length)
+    return student_shape(t, p, where)
 
 
 # ---- the lines `check` prints ------------------------------------------------------------
@@ -223,7 +240,7 @@ def _changes(t: Shape, s: Shape) -> str:
 
 def shape_lines(exp: Experiment) -> list[str]:
     """Teacher and student shapes, parameter counts and shrink factors, for `check`."""
-    tc, t, plans = student_shapes(exp)
+    tc, t, students = student_shapes(exp)
     if not exp.prune:
         return [] if t is None else [f"teacher: {exp.model.arch.get('model_type')}, {t.describe()}: "
                                      f"{_param_text(t)}"]
@@ -234,13 +251,39 @@ def shape_lines(exp: Experiment) -> list[str]:
     vocab = f"vocab {t.vocab_size}" if t.vocab_size else "vocab unknown"
     out = [f"teacher: {t.model_type}, {t.describe()}, {vocab}, {tied} embeddings: {_param_text(t)}  "
            f"[{tc.origin}]", "students:"]
-    for p, plan in zip(exp.prune, plans, strict=True):
-        s = plan.shape
-        how = plan.describe() if plan.method == "depth" else _changes(t, s)
-        if plan.method == "width":
+    for p, student in zip(exp.prune, students, strict=True):
+        if isinstance(student, SearchSpace):
+            out += _search_lines(p, t, student)
+            continue
+        s = student.shape
+        how = student.describe() if student.method == "depth" else _changes(t, s)
+        if student.method == "width":
             how += f" (importance: {p.importance})"
-        elif plan.selection == "lm-loss":
-            how += f" (costs {t.num_layers + 1} forwards per calibration batch)"
         ratio = count_params(t) / max(count_params(s), 1)
         out.append(f"  prune-{p.name}: {how} -> {s.describe()}: {_param_text(s)}, {ratio:.2f}x smaller")
+        if student.num_drop:
+            out.append(_selection_line(p, t, student.selection or layer_selection(p)))
+    return out
+
+
+def _selection_line(p: Any, t: Shape, selection: str) -> str:
+    batches = math.ceil(p.calibration_samples / p.calibration_batch_size)
+    return f"    layers by {selection}: costs {selection_cost(selection, t.num_layers)}; {batches} calibration batches"
+
+
+def _search_lines(p: Any, t: Shape, space: SearchSpace) -> list[str]:
+    """The search's budget, candidate count and param range, and the first few candidates."""
+    score = {"loss": "validation loss right after pruning",
+             "distill": f"validation loss after {p.score_steps} distillation steps"}[p.score]
+    if p.score_task:
+        score = f"task '{p.score_task}'"
+    out = [f"  prune-{p.name}: {space.describe()} by {score}"]
+    if space.drops_layers():
+        out.append(_selection_line(p, t, space.selection))
+    shown = set(space.scored[:CHECK_SHOWN])
+    for i in sorted(shown):
+        c = space.candidates[i]
+        out.append(f"    {candidate_label(c.shape)}: {_param_text(c.shape)}, {c.memory_gb:.3g} GiB")
+    if len(space.scored) > len(shown):
+        out.append(f"    ... and {len(space.scored) - len(shown)} more scored")
     return out

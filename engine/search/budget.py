@@ -1,0 +1,102 @@
+"""What a search aims at: a parameter count or a memory footprint, with a tolerance. Torch-free.
+
+`target_params` is an absolute count (81_000_000, "4.5B") or a fraction of the teacher (0.6).
+`target_memory_gb` is the weights plus the KV cache at `memory_seq_length` x `memory_batch_size`
+tokens, in the model's dtype, in GiB (2**30 bytes, what torch and nvidia-smi report). A parameter
+target accepts candidates within +-tolerance; a memory target is a budget to fit, so candidates
+lie within tolerance *below* it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from engine.contract import human_count
+from engine.shapes.shape import Shape, count_params
+
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+GIB = 2**30
+_SUFFIX = {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+
+
+def parse_param_count(value: int | float | str) -> int | float:
+    """An absolute parameter count (int) or a fraction of the teacher (float in (0, 1]).
+
+    ValueError (naming the accepted forms) on anything else.
+    """
+    forms = 'an absolute count (81_000_000 or "4.5B") or a fraction of the teacher (0.6)'
+    if isinstance(value, bool):
+        raise ValueError(f"target_params: {value!r} is not a size; give {forms}")
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKMBGT]?)\s*", value.replace("_", ""))
+        if m is None:
+            raise ValueError(f"target_params: '{value}' is not a size; give {forms}")
+        value = float(m.group(1)) * _SUFFIX[m.group(2)] if m.group(2) else float(m.group(1))
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"target_params: {value} must be positive; give {forms}")
+    if isinstance(value, float) and value <= 1.0:
+        return value
+    if value < 1000:
+        raise ValueError(f"target_params: {value:g} parameters is too small for a language model; give {forms}")
+    return int(round(value))
+
+
+def memory_gib(s: Shape, dtype: str, seq_length: int, batch_size: int) -> float:
+    """Weights plus the KV cache (keys and values of every layer) in GiB."""
+    b = DTYPE_BYTES[dtype]
+    kv = 2 * s.num_layers * s.num_kv_heads * s.head_dim * seq_length * batch_size
+    return (count_params(s) + kv) * b / GIB
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The metric a search constrains (params or memory_gb) and its accepted range [lo, hi]."""
+
+    metric: str  # "params" | "memory_gb"
+    target: float
+    lo: float
+    hi: float
+    dtype: str = "bfloat16"
+    seq_length: int = 0
+    batch_size: int = 1
+    fraction: float | None = None  # target_params given as a fraction of the teacher
+
+    def measure(self, s: Shape) -> float:
+        if self.metric == "params":
+            return float(count_params(s))
+        return memory_gib(s, self.dtype, self.seq_length, self.batch_size)
+
+    def fits(self, value: float) -> bool:
+        return self.lo <= value <= self.hi
+
+    def describe(self) -> str:
+        if self.metric == "params":
+            frac = f"{self.fraction:g} of the teacher = " if self.fraction is not None else ""
+            return (f"{frac}{human_count(int(self.target))} params "
+                    f"(+-{(self.hi / self.target - 1):.0%}: {human_count(int(self.lo))}..{human_count(int(self.hi))})")
+        return (f"{self.target:g} GiB of weights + KV cache ({self.batch_size} x {self.seq_length} tokens, "
+                f"{self.dtype}; {self.lo:.3g}..{self.hi:.3g} GiB)")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"metric": self.metric, "target": self.target, "lo": self.lo, "hi": self.hi}
+        if self.fraction is not None:
+            out["fraction"] = self.fraction
+        if self.metric == "memory_gb":
+            out.update(dtype=self.dtype, seq_length=self.seq_length, batch_size=self.batch_size)
+        return out
+
+
+def budget_for(p: Any, teacher: Shape, dtype: str, seq_length: int) -> Budget:
+    """The Budget of a search [[prune]] table `p` (an engine.config.PruneConfig)."""
+    tol = p.tolerance
+    if p.target_params is not None:
+        value = parse_param_count(p.target_params)
+        fraction = value if isinstance(value, float) else None
+        target = fraction * count_params(teacher) if fraction is not None else float(value)
+        return Budget("params", target, target * (1 - tol), target * (1 + tol), dtype, fraction=fraction)
+    seq = p.memory_seq_length or seq_length
+    target = float(p.target_memory_gb)
+    return Budget("memory_gb", target, target * (1 - tol), target, dtype, seq, p.memory_batch_size)

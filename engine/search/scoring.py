@@ -1,0 +1,95 @@
+"""How a search scores a candidate pruned in memory: validation loss, loss after a short
+distillation, or an [eval] task. Every candidate sees the same batches.
+
+- "loss": validation loss right after pruning, on the windows the prune stage reports its
+  step-0 loss on (the distill stage's validation windows). Lower is better.
+- "distill": `score_steps` steps of the run's [distill] recipe on a copy of the candidate (the
+  same training windows for each), then the same validation loss. Rankings right after pruning
+  can flip after a little distillation (Minitron; Model-Optimizer's notes), at the cost of
+  score_steps training steps per candidate.
+- score_task: an [eval] task through lm-evaluation-harness (engine.evaluation.tasks); its
+  acc_norm, else acc, else its first metric. Higher is better.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import UserError
+from engine.evaluation.loss import evaluate_loss
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """score(candidate) -> float; `higher_is_better` says which way the winner lies."""
+
+    name: str
+    score: Callable[[nn.Module], float]
+    higher_is_better: bool = False
+
+    def best(self, scores: dict[int, float]) -> int:
+        """The key of the best score (the first of equals)."""
+        sign = -1.0 if self.higher_is_better else 1.0
+        return min(scores, key=lambda i: (sign * scores[i], i))
+
+
+def loss_scorer(windows: list[torch.Tensor]) -> Scorer:
+    return Scorer("loss", lambda model: evaluate_loss(model, windows))
+
+
+def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: int,
+                   train_windows: list[torch.Tensor], windows: list[torch.Tensor]) -> Scorer:
+    """A short distillation (the student's [distill] recipe, `steps` steps on `train_windows`, an
+    equal share of micro-batches per step) of a copy of each candidate, then its validation loss."""
+    from engine.models.hf import torch_dtype
+    from engine.training.stage_bodies import _train_dtype, loss_spec
+    from engine.training.step import Trainer, lr_at, make_accelerator
+
+    base = exp.distill_for(name)
+    cfg = base.model_copy(update={"steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1)})
+    accelerator = make_accelerator("ddp", exp.launch.mixed_precision)
+    dtype = torch_dtype(_train_dtype(exp, accelerator.device.type == "cuda"))  # as the distill stage
+    per_step = max(1, len(train_windows) // steps)
+
+    def score(candidate: nn.Module) -> float:
+        student = copy.deepcopy(candidate).to(dtype)  # it shares tensors with the teacher: train a copy
+        trainer = Trainer(accelerator, student, cfg, loss_spec(cfg, vocab), teacher=teacher)
+        for step in range(steps):
+            trainer.step(train_windows[step * per_step:(step + 1) * per_step], lr_at(step, cfg))
+        loss = evaluate_loss(trainer.unwrapped().student, windows)
+        accelerator.free_memory()
+        return loss
+
+    return Scorer("distill", score)
+
+
+def task_metric(metrics: dict[str, float | None]) -> tuple[str, float]:
+    """The metric a task is scored by: acc_norm, else acc, else its first non-stderr metric."""
+    for key in ("acc_norm", "acc"):
+        if metrics.get(key) is not None:
+            return key, float(metrics[key])  # type: ignore[arg-type]
+    for key, value in metrics.items():
+        if not key.endswith("_stderr") and value is not None:
+            return key, float(value)
+    raise UserError("score_task: the task reported no metric")
+
+
+def task_scorer(exp: Any, task: str, tokenizer: Any) -> Scorer:
+    from engine.evaluation.task_specs import resolve_entry
+    from engine.evaluation.tasks import run_tasks
+
+    ev = exp.eval
+    entry = resolve_entry(task, exp.source)
+
+    def score(model: nn.Module) -> float:
+        results = run_tasks(model, tokenizer, [entry], ev.num_fewshot, ev.limit, ev.task_batch_size, exp.seed)
+        metrics = results.get(task) or next(iter(results.values()), {})
+        return task_metric(metrics)[1]
+
+    return Scorer(f"task {task}", score, higher_is_better=True)

@@ -1,0 +1,115 @@
+"""The search inside a prune stage: score the chosen candidates, keep the best, write search.json.
+
+The teacher is calibrated once before this runs (engine.prune.stage_body); each candidate is then
+cut from the teacher in memory (engine.prune.student), scored on the same batches and dropped.
+Only the winner is returned, to be written as the stage's model/.
+
+search.json (the contract; DESIGN.md):
+
+    {"target": {"metric": "params", "target": 81000000, "lo": ..., "hi": ..., "fraction": 0.6},
+     "score": "loss", "selection": "lm-loss", "axes": [...], "calibrations": 1,
+     "candidates": [{"shape": {"num_layers": 4, "hidden_size": 192, ...}, "params": 80123456,
+                     "memory_gb": 0.31, "loss": 4.2, "score": 4.2, "rank": 1, "chosen": true,
+                     "seconds": 1.3}, ...]}
+
+Every candidate within the budget is listed; those not scored have score, loss and rank null.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.contract import write_json
+from engine.evaluation.loss import evaluate_loss
+from engine.orchestration.stage_process import StageContext
+from engine.prune.importance import Importance
+from engine.prune.student import layers_to_drop, prune_student
+from engine.search.candidates import SearchSpace, candidate_label
+from engine.search.scoring import Scorer
+
+
+@dataclass
+class Winner:
+    student: nn.Module
+    index: int  # into space.candidates
+    loss: float  # validation loss right after pruning
+    drop: list[int]
+
+
+class SearchProgress:
+    """A rich bar with an ETA on a terminal; one log line per candidate (with the ETA) in the log."""
+
+    def __init__(self, ctx: StageContext, total: int):
+        self.ctx, self.total, self.done = ctx, total, 0
+        self.t0 = time.perf_counter()
+        self._bar: Any = None
+        ctx.progress(0, total_steps=total)
+        if ctx.is_main and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn(f"[bold]{ctx.stage}[/] candidates"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn())
+            self._task = self._bar.add_task("search", total=total)
+            self._bar.start()
+
+    def eta_s(self) -> float:
+        return (time.perf_counter() - self.t0) / max(self.done, 1) * (self.total - self.done)
+
+    def step(self, line: str) -> None:
+        self.done += 1
+        self.ctx.progress(self.done, total_steps=self.total)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+        self.ctx.log(f"[{self.ctx.stage}] candidate {self.done}/{self.total} {line}; ETA {self.eta_s():.0f}s")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Importance,
+               windows: list[torch.Tensor], scorer: Scorer) -> Winner:
+    """Score every chosen candidate; write search.json; return the best one, pruned."""
+    assert space.teacher is not None
+    stage = ctx.stage
+    ctx.log(f"[{stage}] {space.describe()}; scoring by {scorer.name}")
+    scores: dict[int, float] = {}
+    losses: dict[int, float] = {}
+    seconds: dict[int, float] = {}
+    progress = SearchProgress(ctx, len(space.scored))
+    try:
+        for i in space.scored:
+            t0 = time.perf_counter()
+            candidate = prune_student(teacher, imp, space.student(i))
+            losses[i] = evaluate_loss(candidate, windows)
+            scores[i] = losses[i] if scorer.name == "loss" else scorer.score(candidate)
+            del candidate
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            seconds[i] = time.perf_counter() - t0
+            progress.step(f"{candidate_label(space.candidates[i].shape)}: {scorer.name} {scores[i]:.4f} "
+                          f"({seconds[i]:.1f}s)")
+    finally:
+        progress.close()
+    best = scorer.best(scores)
+    order = sorted(scores, key=lambda i: (-scores[i] if scorer.higher_is_better else scores[i], i))
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    write_json(ctx.layout.search_file(stage), {
+        "target": space.budget.to_json(), "score": scorer.name, "higher_is_better": scorer.higher_is_better,
+        "selection": space.selection if space.drops_layers() else None, "axes": list(space.axes),
+        "calibrations": 1,
+        "candidates": [{"shape": c.shape_json(), "params": c.params, "memory_gb": round(c.memory_gb, 6),
+                        "loss": losses.get(i), "score": scores.get(i), "rank": rank.get(i), "chosen": i == best,
+                        "seconds": round(seconds[i], 3) if i in seconds else None}
+                       for i, c in enumerate(space.candidates)]})
+    target = space.student(best)
+    drop = layers_to_drop(imp, space.teacher, target)
+    ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({scorer.name} {scores[best]:.4f}, rank 1 of "
+            f"{len(scores)})" + (f", dropping layers {drop}" if drop else ""))
+    return Winner(prune_student(teacher, imp, target, drop), best, losses[best], drop)
