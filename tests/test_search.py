@@ -1,0 +1,286 @@
+"""A search student end to end on a tiny teacher: calibrate once, score candidates pruned in memory,
+keep the best; and a depth+width student through prune, distill and eval."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import signal
+
+import numpy as np
+import pytest
+import torch
+from _prune_util import tiny_model
+from _util import one_thread  # noqa: F401  (autouse)
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from engine.config import loads_experiment
+from engine.contract import RunLayout, read_json, read_metrics, read_status
+from engine.evaluation.loss import evaluate_loss
+from engine.models.hf import save_model
+from engine.orchestration.stage_process import run_stage
+from engine.prune import importance as importance_mod
+from engine.prune import stage_body
+from engine.prune.importance import load_importance
+from engine.prune.student import prune_student
+from engine.search.candidates import search_space
+from engine.shapes.shape import count_params, shape_from_config
+from engine.stage_kinds import BY_NAME
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven tiny models learn to count".split()
+SEQ = 16
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator([" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))],
+                            trainers.WordLevelTrainer(special_tokens=["<unk>", "<s>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def _body(kind: str):
+    module, fn = BY_NAME[kind].body.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _run(exp, stage: str) -> int:
+    """run_stage installs SIGTERM/SIGINT handlers; put pytest's back afterwards."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return run_stage(exp, stage, _body(stage.split("-", 1)[0]))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    tok = _tokenizer()
+    teacher = tiny_model("llama", layers=4, vocab_size=len(tok), tie_word_embeddings=False)
+    with torch.no_grad():  # layer 2 adds nothing: lm-loss selection must drop it first
+        teacher.model.layers[2].self_attn.o_proj.weight.zero_()
+        teacher.model.layers[2].mlp.down_proj.weight.zero_()
+    save_model(teacher, root / "teacher", tok)
+    data = root / "runs" / "t" / "prepare"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    splits = {"train": 40 * SEQ + 1, "validation": 10 * SEQ + 1}
+    for split, n in splits.items():
+        rng.integers(3, len(tok), size=n).astype(np.uint16).tofile(data / f"{split}.bin")
+    (data / "meta.json").write_text(json.dumps({
+        "vocab_size": len(tok), "dtype": "uint16", "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "test",
+        "tokenizer_hash": "x", "splits": {s: {"tokens": n, "documents": 1} for s, n in splits.items()}}))
+    search = ('method = "search"\ntarget_params = 0.6\ntolerance = 0.06\nhidden_multiple = 4\nffn_multiple = 4\n'
+              'calibration_samples = 8\ncalibration_batch_size = 4\n')
+    exp = loads_experiment(f"""
+name = "t"
+runs_dir = "{root / 'runs'}"
+[model]
+path = "{root / 'teacher'}"
+dtype = "float32"
+[data]
+dataset = "builtin:stdlib-docs"
+seq_length = {SEQ}
+[distill]
+steps = 2
+global_batch_size = 4
+micro_batch_size = 2
+val_batches = 3
+val_interval = 1
+warmup_steps = 0
+[eval]
+splits = ["validation"]
+batches = 2
+micro_batch_size = 3
+speed = false
+prompts = []
+[launch]
+mixed_precision = "no"
+[[prune]]
+name = "search"
+{search}top_k = 4
+[[prune]]
+name = "dsearch"
+{search}top_k = 3
+score = "distill"
+score_steps = 2
+[[prune]]
+name = "combo"
+method = "width"
+num_layers = 3
+hidden_size = 24
+ffn_hidden_size = 32
+calibration_samples = 8
+calibration_batch_size = 4
+""", source="t.toml")
+    return exp, RunLayout(exp.run_dir), teacher
+
+
+@pytest.fixture(scope="module")
+def searched(run):
+    """prune-search, with spies on the calibration."""
+    exp, layout, _ = run
+    calls = {"calibrate": 0, "batches": 0}
+    calibrate, batch = stage_body.calibrate, importance_mod.Calibrator.run
+
+    def counting_calibrate(*a, **k):
+        calls["calibrate"] += 1
+        return calibrate(*a, **k)
+
+    def counting_run(self, ids):
+        calls["batches"] += 1
+        return batch(self, ids)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(stage_body, "calibrate", counting_calibrate)
+    mp.setattr(importance_mod.Calibrator, "run", counting_run)
+    try:
+        code = _run(exp, "prune-search")
+    finally:
+        mp.undo()
+    return code, calls
+
+
+def _val_loss(model, layout, exp) -> float:
+    from engine.data import PackedDataset
+
+    ds = PackedDataset(layout.data_dir, "validation", SEQ, seed=0)
+    return evaluate_loss(model, ds, exp.distill.val_batches, exp.distill.micro_batch_size)
+
+
+def _rebuilt(exp, layout, stage: str, i: int):
+    """Candidate i of a search stage, pruned again here from the teacher on disk and the stage's
+    importance.json: what the stage had in memory."""
+    teacher = AutoModelForCausalLM.from_pretrained(exp.model.path, dtype=torch.float32).eval()
+    t = shape_from_config(teacher.config.to_dict())
+    p = exp.prune_by_name(stage.removeprefix("prune-"))
+    space = search_space(t, p, "x", exp.model.dtype, SEQ)
+    imp = load_importance(layout.importance_file(stage), t)
+    return prune_student(teacher, imp, space.student(i)), space
+
+
+def saved_vocab(layout) -> int:
+    return json.loads((layout.stage_dir("prepare") / "meta.json").read_text())["vocab_size"]
+
+
+def test_search_scores_candidates_within_tolerance_and_keeps_the_best(run, searched):
+    exp, layout, _ = run
+    code, calls = searched
+    assert code == 0 and read_status(layout.stage_status_file("prune-search"))["state"] == "succeeded"
+    doc = read_json(layout.search_file("prune-search"))
+    target, cands = doc["target"], doc["candidates"]
+    assert target["metric"] == "params" and target["fraction"] == 0.6
+    assert len(cands) > 4
+    for c in cands:
+        s = c["shape"]
+        shape = shape_from_config({**json.loads((layout.model_dir("prune-search") / "config.json").read_text()),
+                                   "num_hidden_layers": s["num_layers"], "hidden_size": s["hidden_size"],
+                                   "intermediate_size": s["ffn_hidden_size"], "head_dim": 8})
+        assert c["params"] == count_params(shape)
+        assert target["lo"] <= c["params"] <= target["hi"]
+        assert abs(c["params"] - target["target"]) <= 0.06 * target["target"]
+    scored = [c for c in cands if c["score"] is not None]
+    assert len(scored) == 4 and sorted(c["rank"] for c in scored) == [1, 2, 3, 4]
+    chosen = [c for c in cands if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["rank"] == 1
+    assert chosen[0]["score"] == min(c["score"] for c in scored)
+    assert all(c["score"] == c["loss"] for c in scored)  # score = "loss"
+    # calibrated once: one calibrate() call, one pass over the 8 samples in batches of 4, LM-loss scores
+    assert calls == {"calibrate": 1, "batches": 2}
+    assert read_json(layout.importance_file("prune-search"))["layers"]["lm_loss_increase"] is not None
+    # only the winner is written
+    stage_dir = layout.stage_dir("prune-search")
+    assert {p.name for p in stage_dir.iterdir()} <= {"model", "importance.json", "search.json", "metrics.jsonl",
+                                                      "status.json", "stdout.log"}
+    assert list(stage_dir.rglob("*.safetensors")) == list((stage_dir / "model").glob("*.safetensors"))
+    rec = read_metrics(layout.metrics_file("prune-search"))[0][0]
+    assert rec["loss"] == pytest.approx(chosen[0]["loss"], rel=1e-6)
+
+
+def test_each_score_is_that_candidate_on_the_same_batches(run, searched):
+    """Every score is reproduced by pruning the candidate afresh from the teacher on disk: the same
+    batches for each, and the in-memory teacher was never changed by the candidates."""
+    exp, layout, _ = run
+    doc = read_json(layout.search_file("prune-search"))
+    for i, c in enumerate(doc["candidates"]):
+        if c["score"] is None:
+            continue
+        model, space = _rebuilt(exp, layout, "prune-search", i)
+        assert space.candidates[i].shape_json() == c["shape"]
+        assert _val_loss(model, layout, exp) == pytest.approx(c["loss"], rel=1e-5)
+
+
+def test_winner_reloads_in_stock_transformers_with_matching_logits(run, searched):
+    exp, layout, _ = run
+    doc = read_json(layout.search_file("prune-search"))
+    best = next(i for i, c in enumerate(doc["candidates"]) if c["chosen"])
+    in_memory, _ = _rebuilt(exp, layout, "prune-search", best)
+    saved = AutoModelForCausalLM.from_pretrained(layout.model_dir("prune-search"), dtype=torch.float32).eval()
+    shape = doc["candidates"][best]["shape"]
+    c = saved.config
+    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size) == \
+        (shape["num_layers"], shape["hidden_size"], shape["ffn_hidden_size"])
+    ids = torch.randint(3, saved_vocab(layout), (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(saved(input_ids=ids).logits, in_memory(input_ids=ids).logits,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_distill_scoring_ranks_after_a_short_distillation(run):
+    exp, layout, _ = run
+    assert _run(exp, "prune-dsearch") == 0
+    doc = read_json(layout.search_file("prune-dsearch"))
+    assert doc["score"] == "distill"
+    scored = [c for c in doc["candidates"] if c["score"] is not None]
+    assert len(scored) == 3
+    assert all(math.isfinite(c["score"]) and c["score"] != c["loss"] for c in scored)
+    chosen = next(c for c in doc["candidates"] if c["chosen"])
+    assert chosen["score"] == min(c["score"] for c in scored)
+    # the copies were trained, not the candidates' shared tensors: each loss right after pruning is
+    # still that of the candidate cut from the untouched teacher
+    for i, c in enumerate(doc["candidates"]):
+        if c["score"] is not None:
+            model, _ = _rebuilt(exp, layout, "prune-dsearch", i)
+            assert _val_loss(model, layout, exp) == pytest.approx(c["loss"], rel=1e-5)
+
+
+def test_depth_and_width_student_end_to_end(run):
+    exp, layout, teacher = run
+    assert _run(exp, "prune-combo") == 0
+    student = AutoModelForCausalLM.from_pretrained(layout.model_dir("prune-combo"), dtype=torch.float32).eval()
+    c = student.config
+    assert (c.num_hidden_layers, c.hidden_size, c.intermediate_size) == (3, 24, 32)
+    imp = read_json(layout.importance_file("prune-combo"))
+    lm = imp["layers"]["lm_loss_increase"]
+    dropped = min(range(4), key=lambda i: (lm[i], -i))  # the layer whose removal raised the loss least
+    kept = [i for i in range(4) if i != dropped]
+    # each kept layer's own neuron scores chose its neurons
+    hidden = sorted(np.argsort(imp["hidden_channels"])[::-1][:24].tolist())
+    for new, old in enumerate(kept):
+        best = sorted(np.argsort(imp["mlp_neurons"][old])[::-1][:32].tolist())
+        want = teacher.model.layers[old].mlp.down_proj.weight[hidden][:, best]
+        torch.testing.assert_close(student.model.layers[new].mlp.down_proj.weight, want, rtol=0, atol=0)
+    # reloads with the logits of the in-memory student
+    from engine.shapes.shape import student_shape
+
+    t = shape_from_config(teacher.config.to_dict())
+    fresh = AutoModelForCausalLM.from_pretrained(exp.model.path, dtype=torch.float32).eval()
+    in_memory = prune_student(fresh, load_importance(layout.importance_file("prune-combo"), t),
+                              student_shape(t, exp.prune_by_name("combo"), "x"))
+    ids = torch.randint(3, saved_vocab(layout), (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(student(input_ids=ids).logits, in_memory(input_ids=ids).logits,
+                                   rtol=1e-5, atol=1e-5)
+    # then distill and eval
+    assert _run(exp, "distill-combo") == 0
+    distilled = AutoModelForCausalLM.from_pretrained(layout.model_dir("distill-combo"), dtype=torch.float32)
+    assert distilled.config.num_hidden_layers == 3
+    assert _run(exp, "eval") == 0
+    models = read_json(layout.results_file)["models"]
+    for name in ("prune-combo", "distill-combo"):
+        assert math.isfinite(models[name]["splits"]["validation"]["loss"])
