@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from engine.config import Experiment, load_experiment
-from engine.errors import ConfigError
+from engine.errors import ConfigError, UserError
 from engine.stage_kinds import KINDS, kind_of, resolve_stage
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
+    except (ConfigError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

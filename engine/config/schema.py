@@ -17,11 +17,16 @@ from engine.config.arch import SUPPORTED_MODEL_TYPES, check_arch
 from engine.errors import ConfigError
 from engine.stage_kinds import stage_names, stage_student
 
+MAX_NAME = 100  # characters of a run or student name
+
 
 def _slug(value: str, what: str) -> str:
     """Names become directory names (stages, runs): keep them to safe characters."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
         raise ValueError(f"'{value}' is not a valid {what}; use letters, digits, '-', '_' or '.'")
+    if len(value) > MAX_NAME:  # file names stop at 255 bytes; stages add a prefix ("distill-")
+        raise ValueError(f"'{value[:20]}...' is {len(value)} characters long; keep a {what} to "
+                         f"{MAX_NAME} characters at most")
     return value
 
 

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -263,19 +264,47 @@ def _hub_records(ds: Any, text_field: str) -> Iterator[str]:
 # ---- resolving [data] ---------------------------------------------------------------------
 
 
-def resolve_corpus(data: Any, experiment_file: str | None = None) -> Corpus:
-    """The `[data]` section -> a Corpus. Local paths are checked here (fail fast); hub
-    datasets and the builtin corpus are loaded only when their text is needed."""
+def _bases(experiment_file: str | None) -> list[Path]:
+    """Where relative data paths are looked for: the current directory, then the experiment file's."""
     bases = [Path.cwd()]
     if experiment_file:
         exp_dir = Path(experiment_file).resolve().parent
         if exp_dir != bases[0]:
             bases.append(exp_dir)
-    explicit: dict[str, list[Path]] = {}
-    for split in SPLITS:
-        patterns = getattr(data, f"{split}_files")
-        if patterns:
-            explicit[split] = resolve_files(f"{split}_files", patterns, bases)
+    return bases
+
+
+def _local_files(data: Any, experiment_file: str | None) -> dict[str, list[Path]]:
+    bases = _bases(experiment_file)
+    return {split: resolve_files(f"{split}_files", getattr(data, f"{split}_files"), bases)
+            for split in SPLITS if getattr(data, f"{split}_files")}
+
+
+def check_files(data: Any, experiment_file: str | None = None, whole_bytes: int = 64 << 20,
+                sample_records: int = 1000) -> None:
+    """Open and read the local files of `[data]` before anything is written, so that a missing or
+    empty file, a broken JSON line or a wrong text_field is a UserError at `check` and at the start
+    of `run`, not in the middle of prepare. Files up to `whole_bytes` are read whole; of larger
+    ones the first `sample_records` records (prepare reads the rest with the same errors)."""
+    for split, paths in _local_files(data, experiment_file).items():
+        for path in paths:
+            if path.stat().st_size == 0:
+                raise UserError(f"data.{split}_files: {path} is empty; give files that hold text")
+            small = path.stat().st_size <= whole_bytes
+            if not small and _suffix(path) in (".txt", ".json") and (_suffix(path) == ".txt" or _is_json_array(path)):
+                continue  # read whole by prepare only: too large to read twice
+            records = islice(file_part(path, data.text_field).records(), None if small else sample_records)
+            has_text = False
+            for text in records:  # every record read: a broken line anywhere raises
+                has_text = has_text or bool(text.strip())
+            if not has_text and small:
+                raise UserError(f"data.{split}_files: {path} holds no text (every record is empty)")
+
+
+def resolve_corpus(data: Any, experiment_file: str | None = None) -> Corpus:
+    """The `[data]` section -> a Corpus. Local paths are checked here (fail fast); hub
+    datasets and the builtin corpus are loaded only when their text is needed."""
+    explicit = _local_files(data, experiment_file)
     local_fp = {s: _file_fingerprint(ps) for s, ps in explicit.items()}
     field_ = data.text_field
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import UserError
+from engine.models.locate import check_tokenizer_path
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 TRAIN_CHARS_MAX = 200_000_000  # text fed to the BPE trainer at most (memory and time)
@@ -26,6 +27,7 @@ def load_tokenizer(source: str) -> Any:
     """AutoTokenizer.from_pretrained(source), with one clear line when that is impossible."""
     from transformers import AutoTokenizer
 
+    check_tokenizer_path(source, key=f"tokenizer '{source}'")  # a missing folder said as such, not as a bad hub id
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except Exception as e:  # OSError, ValueError, HF validation errors, a corrupt tokenizer.json...

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from engine.errors import UserError
+from engine.models.locate import check_model_path, check_tokenizer_path
 from engine.shapes.shape import check_model_type
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -36,6 +37,7 @@ def compute_device() -> torch.device:
 
 
 def load_config(path: str) -> Any:
+    check_model_path(path, key=f"model {path}")
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -77,6 +79,7 @@ def build_scratch_model(arch: dict[str, Any], vocab_size: int, dtype: str = "bfl
 
 
 def load_tokenizer(path: str) -> Any:
+    check_tokenizer_path(path, key=f"tokenizer {path}")
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as e:

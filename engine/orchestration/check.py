@@ -6,11 +6,13 @@ No torch import: the TUI validates as the user types through this module.
 from __future__ import annotations
 
 from engine.config import Experiment
+from engine.orchestration.preflight import preflight
 from engine.shapes.targets import shape_lines
 
 
 def describe_plan(exp: Experiment) -> list[str]:
     lines = [f"experiment {exp.name}  ({exp.source})", f"run directory: {exp.run_dir}", "stages:"]
     lines += [f"  {i + 1}. {s}" for i, s in enumerate(exp.stages())]
+    preflight(exp)  # model, tokenizer and data files; vocabulary; layer_map
     lines += shape_lines(exp)  # teacher/student shapes and params; ConfigError on an impossible target
     return lines

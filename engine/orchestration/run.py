@@ -67,8 +67,20 @@ def load_for_run(opts: RunOptions) -> Experiment:
     for stage in exp.launch.stage_gpus:
         if stage not in exp.stages():
             raise ConfigError(f"{exp.source}: launch.stage_gpus: no stage '{stage}'; stages: {', '.join(exp.stages())}")
-    describe_plan(exp)  # the prune target checks (no weights loaded), as `check` does
+    check_runs_dir(exp)
+    describe_plan(exp)  # files, vocabulary, prune targets (no weights loaded), as `check` does
     return exp
+
+
+def check_runs_dir(exp: Experiment) -> None:
+    """The run directory can be made: no file in the way of runs_dir or of the run itself."""
+    for p in (exp.run_dir, *exp.run_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "the run directory" if p == exp.run_dir else "runs_dir (or a folder above it)"
+                raise ConfigError(f"{exp.source}: {what} {p} is a file, not a folder; "
+                                  "give --runs-dir (or runs_dir) a folder")
+            return
 
 
 def check_not_busy(layout: RunLayout) -> None:
