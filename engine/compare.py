@@ -287,6 +287,10 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
     for rd in run_dirs:
         rows += model_rows(rd)
     console.print(rich_table(rows))
+    from engine.search.table import rich_search_tables, search_markdown
+
+    for table in rich_search_tables(run_dirs):  # search students: their candidates, the winner marked
+        console.print(table)
     series = curves(run_dirs)
     if chart and series:
         from rich.text import Text
@@ -302,6 +306,6 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
         teacher = next((r.distilled_loss for r in rows if r.label == "teacher"), None) if len(run_dirs) == 1 else None
         write_png(series, out / "val_loss.png", teacher)
         png = "val_loss.png"
-    write_atomic(out / "report.md", report_markdown(rows, run_dirs, png))
+    write_atomic(out / "report.md", report_markdown(rows, run_dirs, png) + search_markdown(run_dirs))
     console.print(f"wrote {out / 'report.md'}" + (f" and {out / 'val_loss.png'}" if png else ""))
     return rows

@@ -284,3 +284,25 @@ def test_depth_and_width_student_end_to_end(run):
     models = read_json(layout.results_file)["models"]
     for name in ("prune-combo", "distill-combo"):
         assert math.isfinite(models[name]["splits"]["validation"]["loss"])
+
+
+def test_compare_shows_the_search_table_with_the_winner_marked(run, searched):
+    from rich.console import Console
+
+    from engine.compare import compare
+    from engine.config.toml_io import dumps_toml
+
+    exp, layout, _ = run
+    layout.experiment_file.write_text(dumps_toml(exp.to_toml_dict()))
+    console = Console(record=True, width=160)
+    compare([exp.run_dir], chart=False, console=console)
+    text = console.export_text()
+    doc = read_json(layout.search_file("prune-search"))
+    best = next(c for c in doc["candidates"] if c["chosen"])
+    assert f"4 of {len(doc['candidates'])} candidates scored by loss" in text
+    marked = [line for line in text.splitlines() if "<- chosen" in line]
+    assert len(marked) == 1 and marked[0].split()[:4] == ["1", str(best["shape"]["num_layers"]),
+                                                          str(best["shape"]["hidden_size"]),
+                                                          str(best["shape"]["ffn_hidden_size"])]
+    report = (exp.run_dir / "report.md").read_text()
+    assert "### search search:" in report and report.count("| yes |") == 1
