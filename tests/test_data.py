@@ -491,3 +491,20 @@ def test_a_prepared_folder_is_used_as_is_after_checks(tmp_path, tok_dir, tok):
     with open(folder / "train.bin", "ab") as fh:
         fh.write(b"\0\0")
     _fails(experiment(tmp_path, tok_dir, f'prepared = "{folder}"', name="w3"), "copy the whole folder again")
+
+
+def test_seq_length_longer_than_the_data_is_a_user_error_before_the_data_is_kept(tmp_path, tok_dir):
+    """Found by the finetune stage before, after prepare had written the data."""
+    write_jsonl(tmp_path / "train.jsonl", make_docs(40))
+    write_jsonl(tmp_path / "val.jsonl", make_docs(1, seed=5))
+    files = (f'train_files = ["{tmp_path / "train.jsonl"}"]\n'
+             f'validation_files = ["{tmp_path / "val.jsonl"}"]\n')
+    exp = experiment(tmp_path, tok_dir, files + "seq_length = 2048\n")
+    with pytest.raises(UserError, match=r"data.seq_length: 2048 is longer than the (train|validation) split "
+                                        r"\(\d+ tokens\); set seq_length to at most \d+"):
+        run_prepare(exp)
+    assert leftovers(RunLayout(exp.run_dir).data_dir) == []
+    small = experiment(tmp_path, tok_dir, files + "seq_length = 16\n")
+    run_prepare(small)  # fits: kept; then reused with a longer seq_length, the check still runs
+    with pytest.raises(UserError, match="data.seq_length: 2048"):
+        run_prepare(exp)

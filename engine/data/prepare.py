@@ -245,7 +245,7 @@ def prepare(exp: Any, layout: RunLayout, log: Callable[[str], None] = print,
     if data.prepared:
         from engine.data.prepared import use_prepared
 
-        return use_prepared(exp, layout, log, inputs_of, reusable)
+        return check_seq_length(use_prepared(exp, layout, log, inputs_of, reusable), data.seq_length)
     tk.set_threads(data.workers)
     corpus = resolve_corpus(data, exp.source)
     train_vocab = exp.model.tokenizer_train_vocab
@@ -256,7 +256,7 @@ def prepare(exp: Any, layout: RunLayout, log: Callable[[str], None] = print,
     old = reusable(data_dir, inputs, bool(train_vocab))
     if old is not None:
         log(f"prepare: reusing {data_dir} (source, tokenizer and settings unchanged): {split_summary(old)}")
-        return old
+        return check_seq_length(old, data.seq_length)
 
     t0 = time.perf_counter()
     build = new_build_dir(data_dir)
@@ -297,6 +297,7 @@ def prepare(exp: Any, layout: RunLayout, log: Callable[[str], None] = print,
             "seconds": round(seconds, 3),
             "tokens_per_s": round(total / max(seconds, 1e-9)),
         }
+        check_seq_length(meta, data.seq_length)  # before the data is kept
         commit(build, data_dir, splits, meta, tokenizer=bool(train_vocab))
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -309,6 +310,19 @@ def prepare(exp: Any, layout: RunLayout, log: Callable[[str], None] = print,
         shutil.rmtree(build, ignore_errors=True)
     log(f"prepare: done in {seconds:.1f} s, {human_count(meta['tokens_per_s'])} tokens/s: {split_summary(meta)} "
         f"-> {data_dir}")
+    return meta
+
+
+def check_seq_length(meta: dict[str, Any], seq_length: int) -> dict[str, Any]:
+    """The train and validation splits hold a window of seq_length + 1 tokens each (training reads
+    both); `meta` itself when they do. The test split is read by eval only, which says so itself."""
+    for split, info in meta["splits"].items():
+        if split == "test":
+            continue
+        tokens = int(info["tokens"])
+        if tokens < seq_length + 1:
+            raise UserError(f"data.seq_length: {seq_length} is longer than the {split} split ({tokens} tokens); "
+                            f"set seq_length to at most {max(tokens - 1, 1)}, or give more data")
     return meta
 
 
