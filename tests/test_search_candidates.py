@@ -181,7 +181,7 @@ def test_width_with_num_layers_and_selection_defaults():
         student_shape(t, PruneConfig(name="w", method="width", hidden_size=48, num_layers=9), "x")
     text = "\n".join(describe_plan(_exp('method = "width"\nhidden_size = 48\nnum_layers = 5\n'
                                         'selection = "block-influence"')))
-    assert "layers 8->5, hidden 96->48" in text and "layers by block-influence: costs nothing extra" in text
+    assert "layers 8->5, hidden 96->48" in text and "layers by block-influence: costs nothing extra: the calibration pass" in text
 
 
 def test_check_and_search_stay_torch_free(tmp_path):

@@ -156,7 +156,7 @@ def selection_cost(selection: str, num_layers: int) -> str:
     if selection == "last":
         return "nothing: no scores needed"
     what = "block influence" if selection == "block-influence" else "angular distances"
-    return f"nothing extra: {what} come with the calibration pass"
+    return f"nothing extra: the calibration pass gives the {what}"
 
 
 def _ranges(idx: tuple[int, ...] | list[int]) -> str:

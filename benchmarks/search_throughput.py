@@ -1,0 +1,161 @@
+"""Search scoring cost: one calibration, then per candidate (prune in memory + loss on the scoring
+batches) against a plain forward of the same candidate over the same batches.
+
+A Llama-shaped random model (default on a GPU: the Llama-3.2-1B shape, ~1.24B params, bf16; on the
+CPU: a ~10M model, fp32). The search space is the real one (engine.search.candidates: target 0.6
+of the teacher over layers, hidden and ffn, `--top-k` candidates spread from deep to wide), each
+candidate cut from the teacher by engine.prune.student.prune_student as the prune stage does.
+
+Per candidate:
+  build   prune_student (depth: LM-loss layer choice; width: index_select of the kept channels)
+  score   engine.evaluation.loss.evaluate_loss over the scoring batches (what a search runs)
+  plain   the candidate's plain Hugging Face forward (logits, no loss) over the same batches
+Each is timed `--repeats` times, interleaved, and the fastest counts.
+Efficiency = plain / (build + score), per candidate and in total; the goal (issue 14) is >= 80%:
+scoring N candidates costs one calibration plus N evaluations of the scoring batches.
+
+    python3 benchmarks/search_throughput.py                    # GPU if there is one, else the CPU size
+    python3 benchmarks/search_throughput.py --cpu              # the CPU size, also on a GPU machine
+    python3 benchmarks/search_throughput.py --tiny             # a seconds-long smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+from engine.config import PruneConfig  # noqa: E402
+from engine.evaluation.loss import evaluate_loss  # noqa: E402
+from engine.models.adapter import Arch  # noqa: E402
+from engine.models.hf import count_parameters  # noqa: E402
+from engine.prune.importance import calibrate  # noqa: E402
+from engine.prune.student import prune_student  # noqa: E402
+from engine.search.candidates import candidate_label, search_space  # noqa: E402
+
+SIZES = {  # hidden, ffn, layers, heads, kv, vocab, seq, micro-batch, scoring batches, calibration batches
+    "gpu": dict(hidden=2048, ffn=8192, layers=16, heads=32, kv=8, vocab=128256, seq=2048, micro=8, batches=8,
+                calib=8, hidden_multiple=64, ffn_multiple=256),
+    "cpu": dict(hidden=384, ffn=1024, layers=8, heads=6, kv=2, vocab=8192, seq=256, micro=4, batches=4, calib=2,
+                hidden_multiple=24, ffn_multiple=64),
+    "tiny": dict(hidden=64, ffn=128, layers=4, heads=4, kv=2, vocab=256, seq=32, micro=2, batches=2, calib=1,
+                 hidden_multiple=8, ffn_multiple=16),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu", action="store_true", help="the CPU size on the CPU")
+    ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke test on the CPU")
+    ap.add_argument("--top-k", type=int, default=10, help="candidates scored")
+    ap.add_argument("--target", type=float, default=0.6, help="target params, a fraction of the teacher")
+    ap.add_argument("--repeats", type=int, default=3, help="timings per candidate; the fastest counts")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+    cuda = torch.cuda.is_available() and not (args.cpu or args.tiny)
+    size = SimpleNamespace(**SIZES["tiny" if args.tiny else "gpu" if cuda else "cpu"])
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = AutoConfig.for_model("llama", vocab_size=size.vocab, hidden_size=size.hidden, intermediate_size=size.ffn,
+                               num_hidden_layers=size.layers, num_attention_heads=size.heads,
+                               num_key_value_heads=size.kv, head_dim=size.hidden // size.heads,
+                               tie_word_embeddings=True, max_position_embeddings=max(size.seq + 1, 2048))
+    torch.manual_seed(0)
+    with torch.device(device):
+        teacher = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype).eval()
+    g = torch.Generator().manual_seed(0)
+    windows = [torch.randint(0, size.vocab, (size.micro, size.seq + 1), generator=g).to(device)
+               for _ in range(size.batches)]
+    calib = [torch.randint(0, size.vocab, (size.micro, size.seq + 1), generator=g) for _ in range(size.calib)]
+    dev_name = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()}, " \
+        f"{torch.get_num_threads()} threads)"
+    print(f"device {dev_name}, torch {torch.__version__}, teacher {count_parameters(teacher) / 1e6:.1f}M params "
+          f"({size.layers} layers, hidden {size.hidden}, ffn {size.ffn}), {dtype}; scoring batches "
+          f"{size.batches} x {size.micro} x {size.seq} tokens", flush=True)
+
+    # the search space, from the config alone
+    t = Arch(teacher).shape
+    p = PruneConfig(name="bench", method="search", target_params=args.target, top_k=args.top_k,
+                    hidden_multiple=size.hidden_multiple, ffn_multiple=size.ffn_multiple)
+    space = search_space(t, p, "bench", "bfloat16" if cuda else "float32", size.seq)
+    print(f"{space.describe()}", flush=True)
+
+    # one calibration (with the LM-loss layer scores a search uses to drop layers)
+    calib_s, imp = timed(lambda: calibrate(teacher, calib, lm_loss=True), device)
+    print(f"calibration: {calib_s:.2f}s for {size.calib} batches (with LM-loss layer scores)", flush=True)
+
+    @torch.inference_mode()
+    def plain(model) -> None:
+        for w in windows:
+            model(input_ids=w[:, :-1], use_cache=False)
+
+    evaluate_loss(teacher, windows[:1])  # warm-up: kernels, allocator
+    plain(teacher)
+    rows = []
+    for i in space.scored:
+        target = space.student(i)
+        build_s, score_s, plain_s = math.inf, math.inf, math.inf
+        for _ in range(args.repeats):  # the fastest of interleaved repeats: robust to a loaded machine
+            b, cand = timed(lambda target=target: prune_student(teacher, imp, target), device)
+            s, loss = timed(lambda cand=cand: evaluate_loss(cand, windows), device)
+            f, _ = timed(lambda cand=cand: plain(cand), device)
+            build_s, score_s, plain_s = min(build_s, b), min(score_s, s), min(plain_s, f)
+        rows.append({"candidate": candidate_label(target.shape), "params": count_parameters(cand), "loss": loss,
+                     "build_s": build_s, "score_s": score_s, "plain_s": plain_s,
+                     "efficiency": plain_s / (build_s + score_s)})
+        r = rows[-1]
+        print(f"  {r['candidate']:<26} build {build_s:.3f}s  score {score_s:.3f}s  plain forward {plain_s:.3f}s  "
+              f"-> {r['efficiency']:.0%}  (loss {loss:.3f})", flush=True)
+        del cand
+        if cuda:
+            torch.cuda.empty_cache()
+    total = sum(r["build_s"] + r["score_s"] for r in rows)
+    total_plain = sum(r["plain_s"] for r in rows)
+    summary = {
+        "device": dev_name, "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""),
+        "teacher_params": count_parameters(teacher), "candidates": len(rows), "space": len(space.candidates),
+        "calibration_s": calib_s, "search_s": calib_s + total,
+        "per_candidate_s": total / max(len(rows), 1), "plain_per_candidate_s": total_plain / max(len(rows), 1),
+        "efficiency_total": total_plain / total if total else math.nan,
+        "efficiency_median": statistics.median(r["efficiency"] for r in rows) if rows else math.nan,
+        "rows": rows,
+    }
+    print(f"search: calibration {calib_s:.2f}s + {len(rows)} candidates x {summary['per_candidate_s']:.3f}s "
+          f"(plain forward {summary['plain_per_candidate_s']:.3f}s) = {summary['search_s']:.2f}s; efficiency "
+          f"{summary['efficiency_total']:.0%} in total, {summary['efficiency_median']:.0%} median (goal >= 80%)",
+          flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
