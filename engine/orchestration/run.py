@@ -35,6 +35,7 @@ from engine.orchestration.orchestrator import (
     parallel_chunks,
     where,
 )
+from engine.orchestration.run_lock import RunLock
 from engine.orchestration.stage_actions import RunBusy, StageAction, stage_actions
 from engine.stage_kinds import stage_kind
 
@@ -117,15 +118,21 @@ def run_pipeline(opts: RunOptions, argv: list[str] | None = None) -> int:
             stage_gpus(exp, p.stage, pool, available)  # validates stage_gpus before anything starts
     if opts.dry_run:
         return _print_dry_run(exp, layout, plans, pool, available)
-    exp = write_experiment(exp, layout)
-    if opts.detach:
-        return _detach(exp, layout, opts, plans, pool)
-    detached = os.environ.get(DETACHED_ENV) == "1"
-    print(f"run {exp.name}: {layout.root}  ({where(pool)})", flush=True)
-    for p in plans:
-        print(f"  {p.stage:<24} {p.action:<8} {p.reason}", flush=True)
-    orch = Orchestrator(exp, layout, plans, pool, available, tail=not detached, argv=argv)
-    return orch.run()
+    # every check passed: from here on this process (or the one it detaches) owns the run directory
+    lock = None if worker else RunLock(layout.root).acquire()
+    try:
+        exp = write_experiment(exp, layout)
+        if opts.detach:
+            return _detach(exp, layout, opts, plans, pool, lock)
+        detached = os.environ.get(DETACHED_ENV) == "1"
+        print(f"run {exp.name}: {layout.root}  ({where(pool)})", flush=True)
+        for p in plans:
+            print(f"  {p.stage:<24} {p.action:<8} {p.reason}", flush=True)
+        orch = Orchestrator(exp, layout, plans, pool, available, tail=not detached, argv=argv)
+        return orch.run()
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _print_dry_run(exp: Experiment, layout: RunLayout, plans: list[StageAction], pool: list[int],
@@ -160,17 +167,22 @@ def _child_argv(opts: RunOptions, runs_dir: Path) -> list[str]:
     return argv
 
 
-def _detach(exp: Experiment, layout: RunLayout, opts: RunOptions, plans: list[StageAction], pool: list[int]) -> int:
-    """Start the orchestrator in its own session (it outlives this shell, the TUI and SSH)."""
+def _detach(exp: Experiment, layout: RunLayout, opts: RunOptions, plans: list[StageAction], pool: list[int],
+            lock: RunLock | None) -> int:
+    """Start the orchestrator in its own session (it outlives this shell, the TUI and SSH); it
+    inherits the run lock, so no other `run` slips in between this process and it."""
     from engine.orchestration.launch import launch_env
 
     argv = _child_argv(opts, layout.root.resolve().parent)
-    env = {**os.environ, **launch_env(), DETACHED_ENV: "1"}
+    env = {**os.environ, **launch_env(), DETACHED_ENV: "1", **(lock.hand_over() if lock else {})}
     with open(layout.root / "orchestrator.log", "ab") as log:
         log.write(f"===== {now_iso()} $ {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, close_fds=True)
+                                env=env, start_new_session=True, close_fds=True,
+                                pass_fds=(lock.fd,) if lock and lock.fd is not None else ())
+    if lock:
+        lock.record(proc.pid)
     # Say at once who runs it (the orchestrator rewrites the same file as soon as it starts).
     if not is_worker_node(exp):  # node 0 owns status.json
         status = PipelineStatus(layout, exp, plans, pool, argv)
