@@ -79,3 +79,29 @@ def test_a_detached_orchestrator_adopts_the_lock_it_is_handed(tmp_path):
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert stranger.returncode != 0 and "already running" in stranger.stderr
     parent.release()
+
+
+def test_cancel_names_a_stage_that_is_its_own_launcher_once(tmp_path):
+    """Without accelerate a stage process is both the launcher the run records and the stage:
+    `cancel` printed (and signalled) the same pid twice."""
+    import io
+    import socket
+
+    from engine.contract import RunLayout, now_iso, write_json
+    from engine.orchestration.cancel import cancel_run
+
+    layout = RunLayout(tmp_path / "r")
+    started = now_iso()
+    stage = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        host = socket.gethostname()
+        write_json(layout.status_file, {"state": "failed", "host": host, "started_at": started,
+                                        "stages": {"finetune": {"pid": stage.pid, "launched_at": started}}})
+        write_json(layout.stage_status_file("finetune"), {"stage": "finetune", "state": "running",
+                                                          "pid": stage.pid, "host": host, "started_at": started})
+        buf = io.StringIO()
+        assert cancel_run(layout.root, grace=60, out=buf) == 0
+        assert f"SIGTERM sent to {stage.pid}; " in buf.getvalue(), buf.getvalue()
+    finally:
+        stage.kill()
+        stage.wait()

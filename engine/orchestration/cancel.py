@@ -87,7 +87,8 @@ def cancel_run(run_dir: str | Path, grace: float = 20.0, out=None) -> int:
         procs.pop(pid, None)
 
     # SIGTERM: to the orchestrator, which passes it on; to stages directly when it is gone
-    targets = [orch] if orch is not None else [*launchers, *stage_procs]
+    # (a stage started without accelerate is its own launcher: once per process, not per record)
+    targets = [orch] if orch is not None else list({p.pid: p for p in [*launchers, *stage_procs]}.values())
     for p in targets:
         try:
             p.send_signal(signal.SIGTERM)
