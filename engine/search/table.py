@@ -43,11 +43,12 @@ def title(name: str, doc: dict[str, Any]) -> str:
 
 def search_docs(run_dirs: list[str | Path]) -> list[tuple[str, dict[str, Any]]]:
     """(label, search.json) of every search student of the runs that has one."""
-    from engine.compare import load_run  # reads experiment.toml; no torch
+    from engine.config import load_experiment
 
     out = []
     for rd in run_dirs:
-        exp, layout = load_run(rd)
+        layout = RunLayout(rd)
+        exp = load_experiment(layout.experiment_file)  # compare has checked that it is a run directory
         for p in exp.prune:
             doc = read_search(layout, f"prune-{p.name}") if p.method == "search" else None
             if doc is not None:
