@@ -258,7 +258,7 @@ class SlimlabApp(KeepCss, App[None]):
 
     async def on_edit_experiment(self, message: EditExperiment) -> None:
         await self.switch_mode("compose")
-        self.screen.load_file(message.path)
+        self.screen.load_file(message.path, message.as_copy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,10 @@ class OpenRun(Message):
 
 @dataclass
 class EditExperiment(Message):
-    """Load an experiment file into Compose."""
+    """Load an experiment file into Compose; `as_copy`: a run's config, edited under a fresh name."""
 
     path: Path
+    as_copy: bool = False
 
 
 @dataclass

@@ -6,6 +6,9 @@ something Textual does not promise: DataTable's private render caches, `Widget.n
 `Screen.update_node_styles`, `App.refresh_css`. So they are on only under the Textual versions they
 were checked against (`TESTED_TEXTUAL`); under any other version the app behaves as plain Textual
 does (a little slower) instead of breaking. Nothing else in `app/` touches Textual's private API.
+
+`InOrderInput` works around a Textual behaviour (keys of a burst applied out of order) through
+public API only, so it stays on under every version.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import gc
 from importlib.metadata import version
 
+from textual import events
 from textual.app import App
+from textual.binding import Binding
 from textual.types import NoActiveAppError
 from textual.widget import Widget
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 from textual.widgets.data_table import ColumnKey, RowKey
 
 # (major, minor) of the Textual releases these workarounds were read against and tested with
@@ -101,6 +106,32 @@ class StableTable(DataTable):
             line_cache.discard(key)
         self.refresh_row(row_index)
         return True
+
+
+# ---- Input ----------------------------------------------------------------------------------------
+
+
+def _actions_by_key(bindings: list) -> dict[str, str]:
+    return {key.strip(): b.action for b in bindings if isinstance(b, Binding) for key in b.key.split(",")}
+
+
+class InOrderInput(Input):
+    """An Input whose editing keys take effect in the order they were typed.
+
+    Textual inserts a printable key as the Input receives it, but runs the Input's key bindings
+    (Backspace, Delete, ctrl+w, the arrows, ...) only once the key event has bubbled back up to the
+    App. In a burst, several keys in one read (as over SSH, or when pasting), `2`, Backspace, `4`
+    gave "2": the 4 was inserted before Backspace ran, which then deleted it. A bare Textual Input
+    does the same (8.0-8.2.8). Here the Input runs its own bindings when the key arrives."""
+
+    _ACTIONS = _actions_by_key(Input.BINDINGS)
+
+    async def on_key(self, event: events.Key) -> None:
+        action = None if event.is_printable else self._ACTIONS.get(event.key)
+        if action is not None:
+            event.stop()
+            event.prevent_default()
+            await self.run_action(action)
 
 
 # ---- screens and the stylesheet -----------------------------------------------------------------

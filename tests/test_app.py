@@ -297,6 +297,7 @@ def _teacher_dir(tmp_path: Path) -> Path:
     (d / "config.json").write_text(json.dumps({
         "model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}))
+    (d / "tokenizer_config.json").write_text("{}")  # `check` asks for a tokenizer beside a local teacher
     return d
 
 
@@ -343,6 +344,15 @@ async def test_compose_validates_as_you_type_and_sizes_students(runs, tmp_path, 
         text = str(forms[1].query_one(".student-size").render())
         assert f"{sizes['width'].shrink:.2f}x smaller" in text
 
+        # one invalid student: the message names it, and the other student keeps its size line
+        _set_field(forms[1], "hidden_size", "abc")
+        await wait_for(pilot, lambda: not screen.validation.ok, what="the invalid student")
+        assert "prune[width].hidden_size" in screen.validation.message
+        assert "x smaller" in str(forms[0].query_one(".student-size").render())
+        assert str(forms[1].query_one(".student-size").render()) == ""
+        _set_field(forms[1], "hidden_size", "32")
+        await wait_for(pilot, lambda: screen.validation.ok)
+
         # a wrong type: the schema's message, not a crash
         screen.query_one("#f-finetune-steps").value = "ten"
         await wait_for(pilot, lambda: not screen.validation.ok and "finetune.steps" in screen.validation.message)
@@ -353,7 +363,16 @@ async def test_compose_validates_as_you_type_and_sizes_students(runs, tmp_path, 
         screen.query_one("#add-width").press()
         await wait_for(pilot, lambda: len(screen.query("StudentForm")) == 3)
         assert [p["name"] for p in screen.raw["prune"]] == ["depth", "width", "width2"]
-        list(screen.query("StudentForm"))[2].query_one(".remove-student").press()
+        remove = list(screen.query("StudentForm"))[2].query_one(".remove-student")
+        assert not remove.can_focus  # not a Tab stop
+        remove.press()  # asks first
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="remove confirmation")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.screen is screen)
+        assert len(screen.query("StudentForm")) == 3
+        remove.press()
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="remove confirmation")
+        await pilot.press("y")
         await wait_for(pilot, lambda: len(screen.query("StudentForm")) == 2)
         assert [p["name"] for p in screen.raw["prune"]] == ["depth", "width"]
 
@@ -396,13 +415,7 @@ def _check(screen, path: Path, expect_rc: int) -> str:
     return (out.getvalue() if expect_rc == 0 else err.getvalue()).strip()
 
 
-@run_async
-async def test_compose_loads_a_file_and_launches_detached(runs, tmp_path, monkeypatch, fake_engine):
-    monkeypatch.chdir(tmp_path)
-    exp_dir = tmp_path / "experiments"
-    exp_dir.mkdir()
-    src = exp_dir / "tiny.toml"
-    src.write_text("""
+TINY = """# a tiny scratch experiment (this comment must survive a save from Compose)
 name = "tiny"
 [model]
 init = "scratch"
@@ -412,7 +425,7 @@ tokenizer_train_vocab = 512
 dataset = "builtin:stdlib-docs"
 seq_length = 32
 [finetune]
-steps = 7
+steps = 7  # few: a demo
 global_batch_size = 4
 micro_batch_size = 4
 [[prune]]
@@ -421,7 +434,17 @@ method = "depth"
 drop_layers = [1, 2]
 [eval]
 batches = 2
-""")
+"""
+
+
+@run_async
+async def test_compose_loads_a_file_and_launches_detached(runs, tmp_path, monkeypatch, fake_engine):
+    monkeypatch.chdir(tmp_path)
+    exp_dir = tmp_path / "experiments"
+    exp_dir.mkdir()
+    src = exp_dir / "tiny.toml"
+    src.write_text(TINY)
+    (exp_dir / "other.toml").write_text(TINY.replace('"tiny"', '"other"'))
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")
@@ -430,24 +453,132 @@ batches = 2
         await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "OpenFileScreen")
         opts = app.screen.query_one("#open-list")
+        await wait_for(pilot, lambda: opts.option_count == 2)
+        assert app.focused.id == "open-path"  # typing a path works at once
+        await pilot.press("t", "i", "n")  # filters the list
         await wait_for(pilot, lambda: opts.option_count == 1 and opts.get_option_at_index(0).id == str(src))
-        opts.focus()
-        opts.highlighted = 0
-        await pilot.press("enter")
+        await pilot.press("down", "enter")
         await wait_for(pilot, lambda: app.screen is screen and screen.raw.get("name") == "tiny", what="loaded")
         assert screen.query_one("#f-finetune-steps").value == "7"
         form = screen.query_one("StudentForm")
         assert _control(form, "drop_layers").value == "1, 2"
-        assert screen.raw["model"]["arch"]["hidden_size"] == 64  # keys without a field survive
+        # a scratch teacher: its init and architecture have fields
+        assert screen.query_one("#f-model-init").value == "scratch"
+        assert screen.query_one("#scratch-fields").display
+        assert screen.query_one("#f-model-arch-hidden-size").value == "64"
+        assert screen.query_one("#f-model-tokenizer-train-vocab").value == "512"
         assert screen.query_one("#compose-path").value == str(src)
         await wait_for(pilot, lambda: screen.validation is not None and screen.validation.ok)
         assert screen.validation.students["d"].detail.startswith("2 layers")
+        screen.query_one("#f-model-arch-num-hidden-layers").value = "x"  # the scratch fields are validated
+        await wait_for(pilot, lambda: not screen.validation.ok and "arch" in screen.validation.message)
+        screen.query_one("#f-model-arch-num-hidden-layers").value = "4"
+        await wait_for(pilot, lambda: screen.validation.ok)
         await pilot.press("ctrl+l")
-        await wait_for(pilot, lambda: len(fake_engine()) == 1, timeout=10, what="launch")
+        await wait_for(pilot, lambda: len(fake_engine()) == 1, what="launch")
+        # then the new run is shown
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="the new run")
+        assert app.screen.path == runs / "tiny"
     call = fake_engine()[0]
     assert call["argv"] == ["run", str(src), "--detach", "--runs-dir", str(runs)]
     assert call["sid"] == call["pid"] != os.getsid(0)
     assert load_experiment(src).finetune.steps == 7  # saved before launching, still valid
+    assert src.read_text() == TINY  # nothing changed: the file is as it was, comments and layout
+
+
+@run_async
+async def test_compose_save_keeps_comments_and_key_order(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "experiments" / "tiny.toml"
+    src.parent.mkdir()
+    src.write_text(TINY)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        screen.load_file(src)
+        await wait_for(pilot, lambda: screen.raw.get("name") == "tiny" and screen.form_ready.is_set(), what="loaded")
+        screen.query_one("#f-finetune-steps").value = "9"
+        screen.query_one("#add-depth").press()
+        await wait_for(pilot, lambda: len(screen.raw["prune"]) == 2)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: "steps = 9" in src.read_text(), what="saved")
+    text = src.read_text()
+    assert text.startswith("# a tiny scratch experiment (this comment must survive")
+    assert "steps = 9  # few: a demo" in text
+    assert text.index("[data]") < text.index("[finetune]") < text.index("[[prune]]") < text.index("[eval]")
+    exp = load_experiment(src)
+    assert exp.finetune.steps == 9 and [p.name for p in exp.prune] == ["d", "depth"]
+
+
+def _burst(app, keys: list[str]) -> None:
+    """Keys that arrive in one read (over SSH, a paste): all queued before the app handles any."""
+    from textual import events
+
+    for key in keys:
+        app.post_message(events.Key(key, key if len(key) == 1 else None))
+
+
+@run_async
+async def test_compose_keys_esc_and_typing_bursts(runs, tmp_path, monkeypatch):
+    """Screen keys do not type into fields once esc has left them; a burst with Backspace keeps its
+    order (Textual applied the Backspace after the keys behind it)."""
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        steps = screen.query_one("#f-finetune-steps")
+        steps.focus()
+        await pilot.press("ctrl+u")
+        _burst(app, ["2", "backspace", "4", "0", "left", "backspace", "1", "end", "backspace", "backspace", "7"])
+        await wait_for(pilot, lambda: steps.value == "7", what="the burst applied in order")
+        _burst(app, ["backspace", *"123", "backspace", "4"])
+        await wait_for(pilot, lambda: steps.value == "124", what="a second burst")
+        assert screen.raw["finetune"]["steps"] == 124
+        # a digit in a field types; esc leaves the field, then the digit switches screens
+        await pilot.press("5")
+        assert steps.value == "1245" and app.current_mode == "compose"
+        await pilot.press("backspace", "escape")
+        assert app.focused is None
+        await pilot.press("1")
+        await wait_for(pilot, lambda: app.current_mode == "runs", what="Runs")
+        assert steps.value == "124"
+
+
+@run_async
+async def test_edit_copy_gets_a_fresh_name_and_n_starts_a_new_experiment(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    finished_run(runs, "base")
+    finished_run(runs, "base-2")  # taken: the copy is named base-3
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 2)
+        table.move_cursor(row=table.get_row_index(str(runs / "base")))
+        await pilot.press("e")
+        await wait_for(pilot, lambda: app.current_mode == "compose" and app.screen.raw.get("name") == "base-3",
+                       what="the copy")
+        compose = app.screen
+        assert compose.query_one("#f-name").value == "base-3"
+        assert compose.query_one("#compose-path").value == str(tmp_path / "experiments" / "base-3.toml")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: app.current_mode == "runs")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.current_mode == "compose" and compose.raw.get("name") == "my-experiment",
+                       what="a new experiment")
+        # unsaved edits are not thrown away by n
+        compose.query_one("#f-name").value = "mine"
+        await wait_for(pilot, lambda: app.compose_dirty)
+        await pilot.press("escape", "1")
+        await wait_for(pilot, lambda: app.current_mode == "runs")
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.current_mode == "compose")
+        await pilot.pause()
+        assert compose.raw["name"] == "mine"
 
 
 @run_async

@@ -1,8 +1,9 @@
 """The Compose form's model: a raw experiment dict edited field by field, validated the way
 `slimlab-engine check` validates a file, plus per-student sizes from the teacher's config.json.
 
-The raw dict is the source of truth: keys the form has no field for (arch tables, eval
-batches, ...) survive a load/edit/save round trip untouched.
+The raw dict is the source of truth: keys the form has no field for (eval batches, ...) survive
+a load/edit/save round trip untouched, and so do a loaded file's comments and key order (the file
+is edited with tomlkit, not rewritten).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engine.config.arch import SUPPORTED_MODEL_TYPES
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,20 @@ TOP = (
     FieldSpec("runs_dir", "runs dir", placeholder="runs"),
 )
 MODEL = (
+    FieldSpec("model.init", "init", "choice", ("pretrained", "scratch")),
     FieldSpec("model.path", "teacher", placeholder="hub id or local dir, e.g. meta-llama/Llama-3.1-8B"),
     FieldSpec("model.dtype", "dtype", "choice", ("bfloat16", "float16", "float32")),
     FieldSpec("model.tokenizer", "tokenizer", placeholder="default: the model's own"),
+)
+# a fresh teacher (init = "scratch"): its architecture, and a tokenizer trained on the data
+SCRATCH = (
+    FieldSpec("model.arch.model_type", "arch type", "choice", SUPPORTED_MODEL_TYPES),
+    FieldSpec("model.arch.hidden_size", "hidden", "int", placeholder="256"),
+    FieldSpec("model.arch.intermediate_size", "ffn", "int", placeholder="768"),
+    FieldSpec("model.arch.num_hidden_layers", "layers", "int", placeholder="4"),
+    FieldSpec("model.arch.num_attention_heads", "heads", "int", placeholder="8"),
+    FieldSpec("model.arch.num_key_value_heads", "kv heads", "int", placeholder="4"),
+    FieldSpec("model.tokenizer_train_vocab", "train vocab", "int", placeholder="4096 (or set tokenizer)"),
 )
 DATA = (
     FieldSpec("data.dataset", "dataset", placeholder="wikitext | builtin:stdlib-docs"),
@@ -204,10 +218,54 @@ def read_experiment_file(path: str | Path) -> dict[str, Any]:
     return read_toml(path)
 
 
-def to_toml(raw: dict[str, Any]) -> str:
+def to_toml(raw: dict[str, Any], original: str | None = None) -> str:
+    """The experiment's TOML text: `original` (the text it was loaded from) edited to hold `raw`,
+    keeping its comments, layout and key order; without one, written afresh."""
     from engine.config import dumps_toml
 
-    return dumps_toml(raw)
+    if not original:
+        return dumps_toml(raw)
+    import tomlkit
+
+    doc = tomlkit.parse(original)
+    _edit_table(doc, raw)
+    return tomlkit.dumps(doc)
+
+
+def _edit_table(table: Any, new: dict[str, Any]) -> None:
+    """Make a tomlkit table hold `new`, changing only what differs (an unchanged value keeps its
+    formatting and comment)."""
+    for key in [k for k in table if new.get(k) is None]:
+        del table[key]
+    for key, value in new.items():
+        if value is None:
+            continue
+        old = table.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            _edit_table(old, value)
+        elif _tables(value) and _tables(old) and _names(old) == _names(value):
+            for old_item, new_item in zip(old, value, strict=True):  # the same students, in order
+                _edit_table(old_item, new_item)
+        elif old != value:
+            table[key] = value
+
+
+def _tables(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _names(tables: list[dict]) -> list[Any]:
+    return [t.get("name") for t in tables]
+
+
+def fresh_name(name: str, taken) -> str:
+    """`name` with the smallest -N suffix (N >= 2) that `taken(candidate)` says is free: an edited
+    copy of a run must not launch into (or over) the run it came from."""
+    base = re.sub(r"-\d+$", "", name) or "experiment"
+    n = 2
+    while taken(f"{base}-{n}"):
+        n += 1
+    return f"{base}-{n}"
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -246,10 +304,27 @@ def validate(raw: dict[str, Any], source: str) -> Validation:
         exp = loads_experiment(text, source=source)
         plan = describe_plan(exp)
     except ConfigError as e:
-        return Validation(False, str(e))
+        result = Validation(False, str(e))
+        _size_valid_students(raw, source, result)
+        return result
     result = Validation(True, f"ok: {len(exp.stages())} stages: {', '.join(exp.stages())}", plan=plan)
     _size_students(exp, result)
     return result
+
+
+def _size_valid_students(raw: dict[str, Any], source: str, result: Validation) -> None:
+    """After an error: size each student that is valid on its own (with the rest of the experiment),
+    so one invalid student does not blank the others' size lines."""
+    from engine.config import ConfigError, loads_experiment
+
+    for student in raw.get("prune") or []:
+        alone = Validation(False, "")
+        try:
+            _size_students(loads_experiment(to_toml({**raw, "prune": [student]}), source=source), alone)
+        except (ConfigError, TypeError, ValueError):
+            continue
+        result.students.update(alone.students)
+        result.teacher_params, result.teacher_detail = alone.teacher_params, alone.teacher_detail
 
 
 def _size_students(exp: Any, result: Validation) -> None:

@@ -3,6 +3,7 @@ workers owned by the app, so they finish even when the screen that asked is clos
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from textual.app import App
 from app.data.launch import CommandResult, cancel_run, launch_detached
 from app.data.scan import RunInfo
 from app.screens.confirm import ConfirmScreen
+from engine.contract import RunLayout
 
 
 def request_cancel(app: App, run: RunInfo | None) -> None:
@@ -42,27 +44,30 @@ def request_resume(app: App, run: RunInfo | None) -> None:
         return
     if run.state == "succeeded":
         app.notify(f"{run.name}: every stage succeeded; resuming re-checks the cache and starts nothing new")
-    exp = run.path / "experiment.toml"
+    exp = RunLayout(run.path).experiment_file
     if not exp.exists():
         app.notify(f"{run.name}: no experiment.toml to resume from", severity="error")
         return
     launch(app, exp, run.path.parent, f"resume {run.name}")
 
 
-def launch(app: App, exp_file: Path, runs_dir: Path, what: str) -> None:
-    """`slimlab-engine run FILE --detach --runs-dir DIR` in a worker; the result is notified."""
+def launch(app: App, exp_file: Path, runs_dir: Path, what: str, then: Callable[[], None] | None = None) -> None:
+    """`slimlab-engine run FILE --detach --runs-dir DIR` in a worker; the result is notified, and
+    `then` called (on the app's thread) once it started."""
     app.notify(f"{what}: starting…")
-    app.run_worker(partial(_launch, app, exp_file, runs_dir, what), thread=True, group="engine", name=what)
+    app.run_worker(partial(_launch, app, exp_file, runs_dir, what, then), thread=True, group="engine", name=what)
 
 
-def _launch(app: App, exp_file: Path, runs_dir: Path, what: str) -> None:
-    _report(app, launch_detached(exp_file, runs_dir), what)
+def _launch(app: App, exp_file: Path, runs_dir: Path, what: str, then: Callable[[], None] | None) -> None:
+    _report(app, launch_detached(exp_file, runs_dir), what, then)
 
 
-def _report(app: App, result: CommandResult, what: str) -> None:
+def _report(app: App, result: CommandResult, what: str, then: Callable[[], None] | None = None) -> None:
     def show() -> None:
         if result.ok:
             app.notify(f"{what}: {result.summary}", title="slimlab-engine")
+            if then is not None:
+                then()
         else:
             app.notify(f"{what} failed: {result.summary}", title="slimlab-engine", severity="error", timeout=10)
         rescan = getattr(app, "rescan", None)

@@ -24,21 +24,24 @@ from app.data.compose import (
     DISTILL_EXTRA,
     LAUNCH,
     MODEL,
+    SCRATCH,
     TOP,
     TRAIN,
     Validation,
     experiment_path,
+    fresh_name,
     new_experiment,
     new_student,
     to_toml,
     validate,
 )
 from app.messages import FormChanged, StudentRemoved
-from app.textual_workarounds import KeepStyles
+from app.textual_workarounds import InOrderInput, KeepStyles
 from app.widgets.compose.fields import fields
 from app.widgets.compose.student_form import StudentForm
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
+from engine.contract import RunLayout
 
 VALIDATE_DELAY_S = 0.15  # debounce: validate once typing pauses
 BUILD_GAP_S = 0.02  # between two parts of the form being mounted (a frame and pending input go first)
@@ -54,6 +57,8 @@ class ComposeScreen(KeepStyles, Screen):
         Binding("ctrl+n", "new", "New"),
         Binding("f2", "add_student('depth')", "+depth"),
         Binding("f3", "add_student('width')", "+width"),
+        # a text field takes letters and digits: esc leaves it, so 1-4 switch screens again
+        Binding("escape", "leave_field", "Leave field"),
     ]
 
     def __init__(self):
@@ -61,6 +66,7 @@ class ComposeScreen(KeepStyles, Screen):
         self.raw: dict[str, Any] = {}
         self.stash: dict[str, dict] = {}  # switched-off sections keep their values here
         self.path_edited = False  # the save path follows the name until edited
+        self.source_text: str | None = None  # the loaded file's text: saving edits it (comments survive)
         self.validation: Validation | None = None
         self._timer = None
         self._build_gen = 0
@@ -73,7 +79,7 @@ class ComposeScreen(KeepStyles, Screen):
         yield Static("", id="compose-validation")
         with Horizontal(id="compose-actions"):
             yield Label("file")
-            yield Input("", id="compose-path", compact=True)
+            yield InOrderInput("", id="compose-path", compact=True)
             yield Button("Save ^s", id="save", compact=True)
             yield Button("Open ^o", id="open", compact=True)
             yield Button("Launch ^l", id="launch", compact=True, variant="success")
@@ -99,7 +105,7 @@ class ComposeScreen(KeepStyles, Screen):
 
         return [
             part(lambda: _title("Experiment"), lambda: fields(TOP, raw)),  # the first show's frame: keep it small
-            part(lambda: _title("Teacher"), lambda: fields(MODEL, raw),
+            part(lambda: _title("Teacher"), lambda: fields(MODEL, raw), self._scratch_fields,
                  lambda: Static("", id="teacher-info", classes="field-info")),
             part(lambda: _title("Data"), lambda: fields(DATA, raw)),
             part(lambda: self._section("finetune", fields(TRAIN, self.stash["finetune"], "finetune."))),
@@ -114,6 +120,15 @@ class ComposeScreen(KeepStyles, Screen):
                  lambda: _title("Plan (slimlab-engine check)"), lambda: Static("", id="compose-plan", markup=False)),
         ]
 
+    def _scratch_fields(self) -> Widget:
+        """The architecture of a fresh teacher: shown while model.init is "scratch"."""
+        grid = fields(SCRATCH, self.raw, id="scratch-fields")
+        grid.display = self._scratch()
+        return grid
+
+    def _scratch(self) -> bool:
+        return (self.raw.get("model") or {}).get("init") == "scratch"
+
     def _section(self, name: str, body: Widget | None) -> Vertical:
         """An optional section: a switch, and its fields (hidden while off)."""
         on = name in self.raw
@@ -124,9 +139,10 @@ class ComposeScreen(KeepStyles, Screen):
         body.display = on
         return Vertical(toggle, body, classes="form-section")
 
-    async def set_experiment(self, raw: dict[str, Any], path: Path | None) -> None:
-        """Fill the form from a raw experiment dict (new, or a loaded file)."""
+    async def set_experiment(self, raw: dict[str, Any], path: Path | None, source_text: str | None = None) -> None:
+        """Fill the form from a raw experiment dict (new, or a loaded file and its text)."""
         self.raw = raw
+        self.source_text = source_text
         for sec in ("finetune", "distill", "eval"):  # section dicts must exist for their fields
             self.stash[sec] = raw[sec] if isinstance(raw.get(sec), dict) else self.stash.get(sec, {})
         raw.setdefault("prune", [])
@@ -161,6 +177,9 @@ class ComposeScreen(KeepStyles, Screen):
         self.app.compose_dirty = True
         if event.key == "name" and not self.path_edited:
             self.query_one("#compose-path", Input).value = str(self._default_path())
+        if event.key == "model.init":
+            for grid in self.query("#scratch-fields"):
+                grid.display = self._scratch()
         self._schedule_validation()
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -207,12 +226,29 @@ class ComposeScreen(KeepStyles, Screen):
         form.scroll_visible()
         self._schedule_validation()
 
-    async def on_student_removed(self, event: StudentRemoved) -> None:
-        self.raw["prune"] = [p for p in self.raw["prune"] if p is not event.student]
+    def on_student_removed(self, event: StudentRemoved) -> None:
+        """A student's remove button: asks first (a removed student's settings are gone)."""
+        from app.screens.confirm import ConfirmScreen
+
+        student = event.student
+
+        async def answered(yes: bool | None) -> None:
+            if yes:
+                await self._remove_student(student)
+
+        self.app.push_screen(ConfirmScreen(f"Remove student '{student.get('name', '?')}' and its settings?",
+                                           yes="Remove", no="Keep"), answered)
+
+    async def _remove_student(self, student: dict) -> None:
+        self.app.compose_dirty = True
+        self.raw["prune"] = [p for p in self.raw["prune"] if p is not student]
         for form in self.query(StudentForm):
-            if form.student is event.student:
+            if form.student is student:
                 await form.remove()
         self._schedule_validation()
+
+    def action_leave_field(self) -> None:
+        self.set_focus(None)
 
     # ---- validation (thread worker: the plan may read the teacher's config.json) --------------
     def _schedule_validation(self) -> None:
@@ -255,6 +291,9 @@ class ComposeScreen(KeepStyles, Screen):
     def action_save(self) -> None:
         self._save(self._path(), copy.deepcopy(self.raw), launch=False)
 
+    def _text(self, raw: dict[str, Any]) -> str:
+        return to_toml(raw, self.source_text)
+
     def action_launch(self) -> None:
         v = self.validation
         if v is None or not v.ok:
@@ -267,19 +306,22 @@ class ComposeScreen(KeepStyles, Screen):
         from engine.contract import write_atomic
 
         try:
-            write_atomic(path, to_toml(raw))
-        except (OSError, TypeError) as e:
+            write_atomic(path, self._text(raw))
+        except (OSError, TypeError, ValueError) as e:
             self.app.call_from_thread(self.notify, f"cannot save {path}: {e}", severity="error")
             return
-        self.app.call_from_thread(self._saved, path, launch)
+        self.app.call_from_thread(self._saved, path, launch, str(raw.get("name") or ""))
 
-    def _saved(self, path: Path, launch: bool) -> None:
+    def _saved(self, path: Path, launch: bool, name: str) -> None:
         self.app.compose_dirty = False
         v = self.validation
         if launch:
+            from app.messages import OpenRun
             from app.screens.actions import launch as launch_run
 
-            launch_run(self.app, path, self.app.runs_dir, f"launch {path.name}")
+            run_dir = self.app.runs_dir / name  # `run --runs-dir` puts it there
+            launch_run(self.app, path, self.app.runs_dir, f"launch {path.name}",
+                       then=lambda: self.app.post_message(OpenRun(run_dir)))
         elif v is not None and not v.ok:
             self.notify(f"saved {path} (not valid yet: {v.message})", severity="warning")
         else:
@@ -294,27 +336,37 @@ class ComposeScreen(KeepStyles, Screen):
 
         self.app.push_screen(OpenFileScreen(self.app.experiments_dir, self.app.runs_dir), chosen)
 
-    def load_file(self, path: Path) -> None:
-        self._load(Path(path))
+    def load_file(self, path: Path, as_copy: bool = False) -> None:
+        self._load(Path(path), as_copy)
 
     @work(thread=True, group="load", name="load experiment")
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, as_copy: bool) -> None:
         from app.data.compose import read_experiment_file
         from engine.config import ConfigError
 
         try:
             raw = read_experiment_file(path)
-        except ConfigError as e:
+            text = path.read_text(encoding="utf-8")
+        except (ConfigError, OSError) as e:
             self.app.call_from_thread(self.notify, str(e), severity="error")
             return
-        self.app.call_from_thread(self._loaded, raw, path)
+        self.app.call_from_thread(self._loaded, raw, path, text, as_copy)
 
-    async def _loaded(self, raw: dict[str, Any], path: Path) -> None:
-        # a run's resolved config is edited as a copy: saving goes to experiments/NAME.toml
-        is_run_config = path.name == "experiment.toml" and (path.parent / "status.json").exists()
-        await self.set_experiment(raw, None if is_run_config else path)
+    async def _loaded(self, raw: dict[str, Any], path: Path, text: str, as_copy: bool) -> None:
+        # a run's resolved config is edited as a copy under a fresh name (launching it must not go
+        # into the run it came from); saving goes to experiments/NAME.toml
+        is_run_config = as_copy or (path.name == RunLayout.EXPERIMENT and RunLayout(path.parent).status_file.exists())
+        note = ""
+        if is_run_config:
+            old = str(raw.get("name") or path.parent.name)
+            raw["name"] = fresh_name(old, self._name_taken)
+            note = f" as a copy named {raw['name']}; saves to {self.app.experiments_dir}/"
+        await self.set_experiment(raw, None if is_run_config else path, None if is_run_config else text)
         self.app.compose_dirty = False
-        self.notify(f"loaded {path}" + (" (as a copy; saves to experiments/)" if is_run_config else ""))
+        self.notify(f"loaded {path}{note}")
+
+    def _name_taken(self, name: str) -> bool:
+        return (self.app.runs_dir / name).exists() or experiment_path(name, self.app.experiments_dir).exists()
 
     async def action_new(self) -> None:
         self.app.compose_dirty = False

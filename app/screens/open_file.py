@@ -12,23 +12,26 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
+from app.textual_workarounds import InOrderInput
+
 
 class OpenFileScreen(ModalScreen[Path | None]):
-    BINDINGS = [Binding("escape", "close", "Close")]
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("down", "to_list", "Files", show=False)]
 
     def __init__(self, experiments_dir: Path, runs_dir: Path):
         super().__init__()
         self.experiments_dir, self.runs_dir = experiments_dir, runs_dir
+        self.files: list[Path] = []
 
     def compose(self) -> ComposeResult:
         with Vertical(id="open-dialog"):
-            yield Label("Open an experiment file (enter loads; esc closes)")
-            yield Input(placeholder="path/to/experiment.toml", id="open-path", compact=True)
+            yield Label("Open an experiment file: type a path or pick one (↓); enter loads, esc closes")
+            yield InOrderInput(placeholder="path/to/experiment.toml", id="open-path", compact=True)
             yield OptionList(id="open-list")
 
     def on_mount(self) -> None:
         self._list_files()
-        self.query_one(OptionList).focus()
+        self.query_one("#open-path").focus()  # typing a path works at once; ↓ goes to the list
 
     @work(thread=True, exclusive=True)
     def _list_files(self) -> None:
@@ -43,9 +46,24 @@ class OpenFileScreen(ModalScreen[Path | None]):
             return []
 
     def _show(self, files: list[Path]) -> None:
+        self.files = files
+        self._filter(self.query_one("#open-path", Input).value)
+
+    def _filter(self, text: str) -> None:
+        """The list shows the files whose path contains what is typed."""
+        shown = [f for f in self.files if text.strip() in str(f)]
         box = self.query_one(OptionList)
         box.clear_options()
-        box.add_options([Option(str(f), id=str(f)) for f in files] or [Option("(no experiment files found)", disabled=True)])
+        box.add_options([Option(str(f), id=str(f)) for f in shown] or [Option("(no experiment files found)", disabled=True)])
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self._filter(event.value)
+
+    def action_to_list(self) -> None:
+        box = self.query_one(OptionList)
+        box.focus()
+        if box.highlighted is None and box.option_count:
+            box.highlighted = 0
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id:

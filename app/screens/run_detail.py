@@ -31,6 +31,7 @@ from app.widgets.loss_chart import Curve, LossChart
 from app.widgets.nav import NavBar
 from app.widgets.static_text import set_text
 from app.widgets.style import state_style
+from engine.contract import RunLayout
 
 POLL_S = 0.25  # log / metrics of the shown stage
 CHART_HZ = 2.0
@@ -57,6 +58,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
     def __init__(self, path: Path, stage: str | None = None):
         super().__init__()
         self.path = Path(path)
+        self.run_layout = RunLayout(self.path)
         self.stage_name: str | None = stage
         self.follow = stage is None  # show whichever stage is running until the user picks one
         self.run: RunInfo | None = None
@@ -179,14 +181,13 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             reset = want != stage
             if reset:
                 stage = want
-                sdir = self.path / (stage or "")
-                tail = LogTail(sdir / "stdout.log") if stage else None
-                curves = StageCurves(sdir / "metrics.jsonl") if stage else None
+                tail = LogTail(self.run_layout.log_file(stage)) if stage else None
+                curves = StageCurves(self.run_layout.metrics_file(stage)) if stage else None
                 keys.pop("status", None)
             lines = tail.read() if tail else []
             series = (curves.train.snapshot(), curves.val.snapshot()) if curves and curves.update() else None
-            config = self._changed(keys, "config", self.path / "experiment.toml")
-            status = self._changed(keys, "status", self.path / stage / "status.json") if stage else None
+            config = self._changed(keys, "config", self.run_layout.experiment_file)
+            status = self._changed(keys, "status", self.run_layout.stage_status_file(stage)) if stage else None
             if reset or lines or series or config is not None or status is not None:
                 try:
                     self.app.call_from_thread(self._apply, stage, lines, series, config, status)
@@ -266,8 +267,8 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         request_resume(self.app, self.run)
 
     def action_edit(self) -> None:
-        if (self.path / "experiment.toml").exists():
-            self.post_message(EditExperiment(self.path / "experiment.toml"))
+        if self.run_layout.experiment_file.exists():
+            self.post_message(EditExperiment(self.run_layout.experiment_file, as_copy=True))
 
 
 def _status_text(text: str) -> str:

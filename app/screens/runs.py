@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Input, Static
 
 from app.data.scan import RunInfo
 from app.messages import EditExperiment, OpenRun
-from app.textual_workarounds import KeepStyles
+from app.textual_workarounds import InOrderInput, KeepStyles
 from app.widgets.home.runs_table import RunsTable
 from app.widgets.home.stages_table import StagesTable
 from app.widgets.keybar import KeyBar
@@ -41,7 +41,7 @@ class RunsScreen(KeepStyles, Screen):
 
     def compose(self) -> ComposeResult:
         yield NavBar("runs")
-        yield Input(placeholder="filter runs by name (esc clears)", id="runs-filter", compact=True)
+        yield InOrderInput(placeholder="filter runs by name (esc clears)", id="runs-filter", compact=True)
         yield Static("", id="runs-empty")
         yield RunsTable(id="runs-table")
         with Vertical(id="runs-preview"):
@@ -148,7 +148,7 @@ class RunsScreen(KeepStyles, Screen):
     def action_edit(self) -> None:
         run = self._run()
         if run is not None and (run.path / "experiment.toml").exists():
-            self.post_message(EditExperiment(run.path / "experiment.toml"))
+            self.post_message(EditExperiment(run.path / "experiment.toml", as_copy=True))
 
     def action_compare(self) -> None:
         run = self._run()
@@ -160,5 +160,11 @@ class RunsScreen(KeepStyles, Screen):
 
         self.app.call_later(go)
 
-    def action_new(self) -> None:
-        self.app.switch_mode("compose")
+    async def action_new(self) -> None:
+        """Compose with a new experiment; unsaved edits there are kept (and said so) instead."""
+        await self.app.switch_mode("compose")
+        compose = self.app.screen
+        if self.app.compose_dirty:
+            self.app.notify("Compose has unsaved edits: kept. ctrl+n starts a new experiment.", severity="warning")
+        else:
+            await compose.action_new()

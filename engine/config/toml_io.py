@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,42 +51,16 @@ def _validated(raw: dict[str, Any], source: str, overrides: list[str] | tuple[st
 
 
 def dumps_toml(d: dict[str, Any]) -> str:
-    """Minimal TOML writer for resolved configs (tables, arrays of tables, scalars, lists)."""
-    lines: list[str] = []
+    """TOML text of a config dict (tomlkit): dicts become [tables], lists of dicts [[arrays of
+    tables]], None values are left out. TypeError for a value TOML cannot hold."""
+    import tomlkit  # only where a config is written
 
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-    def _k(k: str) -> str:
-        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
-
-    def table(prefix: str, t: dict[str, Any], array: bool = False) -> None:
-        plain = {k: v for k, v in t.items() if not _is_table(v) and v is not None}
-        if prefix:
-            lines.append(f"\n[[{prefix}]]" if array else f"\n[{prefix}]")
-        lines.extend(f"{_k(k)} = {scalar(v)}" for k, v in plain.items())
-        for k, v in t.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}" if prefix else k, v)
-            elif _is_table(v):
-                for item in v:
-                    table(f"{prefix}.{k}" if prefix else k, item, array=True)
-
-    table("", d)
-    return "\n".join(lines).lstrip("\n") + "\n"
+    return tomlkit.dumps(_without_none(d))
 
 
-def _is_table(v: Any) -> bool:
-    """Written as a [table] or [[array of tables]]: every dict (sections, and arch, stage_gpus, a
-    student's distill overrides), and every non-empty list of dicts."""
+def _without_none(v: Any) -> Any:
     if isinstance(v, dict):
-        return True
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+        return {k: _without_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        return [_without_none(x) for x in v]
+    return v

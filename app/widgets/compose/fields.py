@@ -17,6 +17,7 @@ from textual.widgets import Checkbox, Input, Label, Static
 
 from app.data.compose import FieldSpec, format_field, get_key, parse_field, set_key
 from app.messages import FormChanged
+from app.textual_workarounds import InOrderInput
 
 
 class _Bound:
@@ -31,7 +32,7 @@ class _Bound:
         self.post_message(FormChanged(self.spec.key))
 
 
-class FieldInput(_Bound, Input):
+class FieldInput(_Bound, InOrderInput):
     def __init__(self, spec: FieldSpec, target: dict[str, Any], **kwargs):
         super().__init__(format_field(spec.kind, get_key(target, spec.key)), placeholder=spec.placeholder,
                          compact=True, **kwargs)

@@ -23,7 +23,9 @@ class StudentForm(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(classes="student-head"):
             yield Label(self._title())
-            yield Button("remove", classes="remove-student", compact=True, variant="error")
+            remove = Button("remove", classes="remove-student", compact=True, variant="error")
+            remove.can_focus = False  # not a Tab stop: Enter while tabbing through must not delete (click it)
+            yield remove
         yield fields((FieldSpec("name", "name"), FieldSpec("method", "method", "choice", ("depth", "width"))),
                      self.student, id_prefix=None)
         with Vertical(classes="student-targets"):
