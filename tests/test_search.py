@@ -192,6 +192,7 @@ def test_search_scores_candidates_within_tolerance_and_keeps_the_best(run, searc
     assert all(c["score"] == c["loss"] for c in scored)  # score = "loss"
     # calibrated once: one calibrate() call, one pass over the 8 samples in batches of 4, LM-loss scores
     assert calls == {"calibrate": 1, "batches": 2}
+    assert doc["calibration"]["samples"] == 8 and doc["selection"] == "lm-loss"
     assert read_json(layout.importance_file("prune-search"))["layers"]["lm_loss_increase"] is not None
     # only the winner is written
     stage_dir = layout.stage_dir("prune-search")

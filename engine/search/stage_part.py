@@ -7,7 +7,7 @@ Only the winner is returned, to be written as the stage's model/.
 search.json (the contract; DESIGN.md):
 
     {"target": {"metric": "params", "target": 81000000, "lo": ..., "hi": ..., "fraction": 0.6},
-     "score": "loss", "selection": "lm-loss", "axes": [...], "calibrations": 1,
+     "score": "loss", "selection": "lm-loss", "axes": [...], "calibration": {"samples": 1024, ...},
      "candidates": [{"shape": {"num_layers": 4, "hidden_size": 192, ...}, "params": 80123456,
                      "memory_gb": 0.31, "loss": 4.2, "score": 4.2, "rank": 1, "chosen": true,
                      "seconds": 1.3}, ...]}
@@ -103,7 +103,7 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
     write_json(ctx.layout.search_file(stage), {
         "target": space.budget.to_json(), "score": scorer.name, "higher_is_better": scorer.higher_is_better,
         "selection": space.selection if space.drops_layers() else None, "axes": list(space.axes),
-        "calibrations": 1,
+        "calibration": {"kind": imp.kind, **imp.meta},  # the one pass every candidate was cut by
         "candidates": [{"shape": c.shape_json(), "params": c.params, "memory_gb": round(c.memory_gb, 6),
                         "loss": losses.get(i), "score": scores.get(i), "rank": rank.get(i), "chosen": i == best,
                         "seconds": round(seconds[i], 3) if i in seconds else None}
