@@ -4,6 +4,7 @@
 
 It writes the stage's output file, logs one metrics line per step, records when it ran
 (<stage>/fake_times.jsonl), sleeps FAKE_SLEEP seconds, and fails once when FAKE_FAIL names it.
+FAKE_VAL="stage:10.4,45.4" logs those validation losses for that stage, one per step.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def main() -> int:
             marker.write_text("x")
             raise RuntimeError("planted failure")
         steps = 4
+        val_stage, _, val = os.environ.get("FAKE_VAL", "").partition(":")
+        for step, loss in enumerate(val.split(",") if val_stage == ctx.stage else [], 1):
+            append_metrics(ctx.layout.metrics_file(ctx.stage), {"step": step, "split": "val", "loss": float(loss)})
         for step in range(1, steps + 1):
             time.sleep(float(os.environ.get("FAKE_SLEEP", "0")) / steps)
             append_metrics(ctx.layout.metrics_file(ctx.stage), {"step": step, "split": "train", "loss": 5.0 / step})

@@ -481,3 +481,33 @@ def test_dry_run_prints_the_port_the_run_uses(tmp_path, monkeypatch, capsys):
     assert main(["run", str(f), "--runs-dir", runs, "--dry-run", "--gpus", "0,1"]) == 0
     assert "--main_process_port 40404" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_a_diverged_stage_is_flagged_in_the_log_status_json_and_status(tmp_path, fake_stages, monkeypatch):
+    """At lr 1.0 validation loss went 10.4 -> 45.4 and the stage 'succeeded' without a word."""
+    from rich.console import Console
+
+    from engine.orchestration.commands import print_run, run_summary
+
+    monkeypatch.setenv("FAKE_VAL", "finetune:10.4,6.0,45.4")
+    rc, out, layout = _orchestrate(_exp(tmp_path))
+    assert rc == 0
+    assert "==> finetune: WARNING: validation loss 45.4 at step 3 is well above its best 6 (step 2)" in out
+    stages = read_json(layout.status_file)["stages"]
+    assert "well above its best" in stages["finetune"]["warning"] and stages["distill-width"]["warning"] is None
+    console = Console(file=io.StringIO(), width=300)
+    print_run(run_summary(layout.root), console)
+    assert "finetune: warning: validation loss 45.4" in console.file.getvalue()
+
+
+def test_status_shows_the_step_of_the_last_checkpoint(tmp_path):
+    """status.json said step 10 while a checkpoint of step 11 (saved on cancel) was there."""
+    from engine.orchestration.commands import stage_summary
+
+    layout = RunLayout(tmp_path / "r")
+    write_json(layout.stage_status_file("finetune"), {"stage": "finetune", "state": "cancelled", "step": 10,
+                                                      "total_steps": 20})
+    ckpt = layout.checkpoints_dir("finetune") / "step-00000011"
+    ckpt.mkdir(parents=True)
+    write_json(ckpt / "trainer_state.json", {"step": 11})
+    assert stage_summary(layout, "finetune")["step"] == 11

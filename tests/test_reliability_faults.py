@@ -105,3 +105,17 @@ def test_cancel_names_a_stage_that_is_its_own_launcher_once(tmp_path):
     finally:
         stage.kill()
         stage.wait()
+
+
+def test_divergence_is_a_rise_well_above_the_best_validation_loss():
+    from engine.orchestration.divergence import divergence
+
+    def val(*losses):
+        return [{"step": i * 10, "split": "val", "loss": x} for i, x in enumerate(losses, 1)]
+
+    assert divergence(val(10.4, 45.4)).startswith("validation loss 45.4 at step 20 is well above its best 10.4")
+    assert divergence(val(10.4, 6.0, 5.0)) is None  # learning
+    assert divergence(val(0.5, 0.2, 0.4)) is None  # twice the best, but within noise of a small set
+    assert divergence(val(3.0, 2.5, 2.7)) is None  # a little up: noise
+    assert "not a number" in divergence(val(3.0, None))  # non-finite losses are written as null
+    assert divergence(val(3.0)) is None and divergence([]) is None

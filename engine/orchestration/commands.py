@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.config import ConfigError
 from engine.contract import RunLayout, list_runs, parse_iso, read_metrics, read_status
+from engine.orchestration.divergence import divergence
 
 
 def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -87,16 +88,25 @@ def _last(records: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
     return None
 
 
+def _step(st: dict[str, Any], layout: RunLayout, stage: str) -> int | None:
+    """The furthest step reached: status.json can lag the last checkpoint (one saved on cancel)."""
+    from engine.training.checkpoint import latest_checkpoint  # torch-free
+
+    ckpt = latest_checkpoint(layout.checkpoints_dir(stage))
+    steps = [s for s in (st.get("step"), ckpt[0] if ckpt else None) if isinstance(s, int)]
+    return max(steps) if steps else None
+
+
 def stage_summary(layout: RunLayout, stage: str) -> dict[str, Any]:
     st = read_status(layout.stage_status_file(stage)) or {}
     recs, _ = read_metrics(layout.metrics_file(stage))
     train, val = _last(recs, "train"), _last(recs, "val")
     err = st.get("error")
-    return {"stage": stage, "state": st.get("state", "pending"), "step": st.get("step"),
+    return {"stage": stage, "state": st.get("state", "pending"), "step": _step(st, layout, stage),
             "total_steps": st.get("total_steps"), "train_loss": (train or {}).get("loss"),
             "val_loss": (val or {}).get("loss"), "tokens_per_s": (train or {}).get("tokens_per_s"),
             "updated_at": st.get("updated_at"), "gpus": st.get("gpus"),
-            "error": err.get("message") if isinstance(err, dict) else err}
+            "error": err.get("message") if isinstance(err, dict) else err, "warning": divergence(recs)}
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
@@ -148,6 +158,8 @@ def print_run(summary: dict[str, Any], console) -> None:
     for s in summary["stages"]:
         if s["error"] and s["state"] in ("failed", "cancelled"):
             console.print(f"  {s['stage']}: {s['error']}", markup=False, highlight=False)
+        if s["warning"]:
+            console.print(f"  {s['stage']}: warning: {s['warning']}", markup=False, highlight=False)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

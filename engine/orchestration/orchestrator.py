@@ -21,10 +21,12 @@ from engine.contract import (
     now_iso,
     parse_iso,
     read_json,
+    read_metrics,
     read_status,
     stage_status_doc,
     write_json,
 )
+from engine.orchestration.divergence import divergence
 from engine.orchestration.launch import (
     StageCommand,
     build_stage_command,
@@ -253,8 +255,11 @@ class Orchestrator:
             self.say(f"==> {r.stage}: FAILED after {_fmt_s(elapsed)}: {msg}")
             if not self.tail:
                 self.say(_last_lines(r.log_path, 15))
+        warning = divergence(read_metrics(self.layout.metrics_file(r.stage))[0]) if state == "succeeded" else None
+        if warning:
+            self.say(f"==> {r.stage}: WARNING: {warning}")
         if self.status:
-            self.status.set_stage(r.stage, state=state, pid=None)
+            self.status.set_stage(r.stage, state=state, pid=None, warning=warning)
 
     def _settle_status(self, stage: str, rc: int) -> tuple[str, str]:
         """Reconcile the exit code with what the stage wrote; write status.json when it could not."""
