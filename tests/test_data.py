@@ -508,3 +508,13 @@ def test_seq_length_longer_than_the_data_is_a_user_error_before_the_data_is_kept
     run_prepare(small)  # fits: kept; then reused with a longer seq_length, the check still runs
     with pytest.raises(UserError, match="data.seq_length: 2048"):
         run_prepare(exp)
+
+
+def test_a_missing_tokenizer_folder_is_said_as_such_not_as_a_bad_hub_id(tmp_path):
+    """transformers answered a missing ./folder with the hub's "Repo id must be in the form ..."."""
+    with pytest.raises(UserError, match=r"no such folder '\./nope/tok'") as e:
+        load_tokenizer("./nope/tok")
+    assert "Repo id" not in str(e.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="holds no tokenizer"):
+        load_tokenizer(str(tmp_path / "empty"))
