@@ -119,3 +119,21 @@ def test_divergence_is_a_rise_well_above_the_best_validation_loss():
     assert divergence(val(3.0, 2.5, 2.7)) is None  # a little up: noise
     assert "not a number" in divergence(val(3.0, None))  # non-finite losses are written as null
     assert divergence(val(3.0)) is None and divergence([]) is None
+
+
+def test_a_failed_rng_restore_stops_the_resume(tmp_path):
+    """accelerate logged it at INFO and went on: the resumed run then drew another data order."""
+    import torch
+    from accelerate import Accelerator
+
+    from engine.errors import UserError
+    from engine.training.checkpoint import load_checkpoint, save_checkpoint
+
+    acc = Accelerator(cpu=True)
+    acc.prepare(torch.nn.Linear(2, 2))
+    path = save_checkpoint(acc, tmp_path / "checkpoints", 3, {"tokens": 12})
+    torch.rand(5)  # the RNG moves on after the save
+    assert load_checkpoint(acc, path)["step"] == 3  # restored: accepted
+    (path / "random_states_0.pkl").unlink()
+    with pytest.raises(UserError, match="random state of process 0 was not restored"):
+        load_checkpoint(acc, path)

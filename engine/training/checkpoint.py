@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.config import Experiment
 from engine.contract import read_json, write_json
+from engine.errors import UserError
 from engine.stage_kinds import stage_student
 
 STATE_FILE = "trainer_state.json"
@@ -98,10 +99,27 @@ def checkpoint_state(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:
     """Restore model/optimizer/RNG from `path` (collective); returns trainer_state.json."""
     accelerator.load_state(str(path))
+    check_rng_restored(Path(path), accelerator.process_index)
     state = read_json(Path(path) / STATE_FILE)
     if state is None:
         raise RuntimeError(f"{path}: {STATE_FILE} is missing or unreadable")
     return state
+
+
+def check_rng_restored(path: Path, process_index: int) -> None:
+    """accelerate logs a failed RNG restore at INFO and goes on, which quietly breaks the promise that a
+    resumed run draws the same data order and dropout: compare the torch RNG with the saved one."""
+    import torch
+
+    saved = path / f"random_states_{process_index}.pkl"  # accelerate's RNG_STATE_NAME
+    try:
+        ok = torch.equal(torch.load(saved, weights_only=False)["torch_manual_seed"], torch.get_rng_state())
+    except Exception:  # missing, unreadable, or another layout: not restored either way
+        ok = False
+    if not ok:
+        raise UserError(f"{path}: the random state of process {process_index} was not restored ({saved.name} "
+                        "missing or unreadable), so the resumed run would not repeat its data order; resume "
+                        f"with the processes it was saved with, or delete {path.parent} to start the stage afresh")
 
 
 def remove_checkpoints(root: str | Path) -> None:
