@@ -46,7 +46,7 @@ KINDS: tuple[StageKind, ...] = (
               ("prepare", "finetune")),
     StageKind("distill", "engine.training.stage_bodies:distill_stage", "model/config.json", None, "distill", True,
               ("prepare", "finetune", "prune")),
-    StageKind("eval", "engine.evaluate:eval_stage", "results.json", 1, "eval", False, ("*",)),
+    StageKind("eval", "engine.evaluation.stage_body:eval_stage", "results.json", 1, "eval", False, ("*",)),
 )
 BY_NAME: dict[str, StageKind] = {k.name: k for k in KINDS}
 ORDER: dict[str, int] = {k.name: i for i, k in enumerate(KINDS)}

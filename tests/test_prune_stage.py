@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from engine.config import loads_experiment
 from engine.contract import RunLayout, read_metrics, read_status
-from engine.evaluate import evaluate_loss
+from engine.evaluation.loss import evaluate_loss
 from engine.models.hf import count_parameters, save_model
 from engine.orchestration.stage_process import run_stage
 from engine.prune.stage_body import prune_stage

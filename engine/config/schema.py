@@ -259,6 +259,34 @@ class EvalConfig(_Section):
     splits: list[Literal["train", "validation", "test"]] = Field(default_factory=lambda: ["validation", "test"])
     batches: int | None = Field(default=50, ge=1)  # per split; None = the whole split
     micro_batch_size: int = Field(default=4, ge=1)
+    # downstream tasks through lm-evaluation-harness (the [eval] extra): task names or YAML files/folders
+    tasks: list[str] = Field(default_factory=list)
+    num_fewshot: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, ge=1)  # examples per task; None = all
+    task_batch_size: int = Field(default=8, ge=1)
+    # inference speed; None = the device's default ([1, 16], 512, 128 on a GPU; [1, 4], 64, 16 on the CPU)
+    speed: bool = True
+    speed_batch_sizes: list[int] | None = None
+    speed_prompt_tokens: int | None = Field(default=None, ge=1)
+    speed_new_tokens: int | None = Field(default=None, ge=2)
+    speed_repeats: int = Field(default=3, ge=1)
+    # greedy samples; None = the starts of 3 validation documents, [] = no samples
+    prompts: list[str] | None = None
+    max_new_tokens: int = Field(default=48, ge=1)
+
+    @field_validator("speed_batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(b < 1 for b in v)):
+            raise ValueError("give one or more batch sizes of 1 or more, e.g. [1, 16]")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        if any(not t.strip() for t in v) or len(set(v)) != len(v):
+            raise ValueError("give distinct, non-empty lm-eval task names or task YAML paths")
+        return v
 
 
 class LaunchConfig(_Section):

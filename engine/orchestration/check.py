@@ -6,6 +6,7 @@ No torch import: the TUI validates as the user types through this module.
 from __future__ import annotations
 
 from engine.config import Experiment
+from engine.evaluation.task_specs import check_tasks
 from engine.orchestration.preflight import preflight
 from engine.shapes.targets import shape_lines
 
@@ -15,4 +16,7 @@ def describe_plan(exp: Experiment) -> list[str]:
     lines += [f"  {i + 1}. {s}" for i, s in enumerate(exp.stages())]
     preflight(exp)  # model, tokenizer and data files; vocabulary; layer_map
     lines += shape_lines(exp)  # teacher/student shapes and params; ConfigError on an impossible target
+    tasks = check_tasks(exp)  # lm-eval installed and local task files there, before anything runs
+    if tasks:
+        lines.append("eval tasks: " + ", ".join(t.entry for t in tasks))
     return lines

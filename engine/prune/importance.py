@@ -32,7 +32,7 @@ from torch import nn
 
 from engine.contract import read_json, write_json
 from engine.errors import UserError
-from engine.evaluate import lm_loss_sum
+from engine.evaluation.loss import lm_loss_sum
 from engine.models.adapter import Arch
 from engine.shapes.shape import Shape
 

@@ -1,0 +1,76 @@
+"""One number per task, their mean, and the speedup of each model over the teacher (no torch).
+
+lm-eval reports several metrics per task; the one that says "how good" is, in this order of
+preference, acc_norm, acc, exact_match, f1, mcc, bleu, or else the first metric that is not a
+stderr and not a perplexity (lower-is-better metrics do not average with accuracies).
+`compare`, report.md and the TUI all read scores through this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PREFERRED = ("acc_norm", "acc", "exact_match", "f1", "mcc", "bleu")
+_LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def task_score(metrics: Any) -> tuple[str, float] | None:
+    """(metric name, value) of the headline metric of one task's metrics, or None."""
+    if not isinstance(metrics, dict):
+        return None
+    for name in PREFERRED:
+        if _num(metrics.get(name)) is not None:
+            return name, float(metrics[name])
+    for name, v in metrics.items():
+        if (not name.endswith("_stderr") and "_stderr_" not in name and not name.startswith(_LOWER_IS_BETTER)
+                and _num(v) is not None):
+            return name, float(v)
+    return None
+
+
+def task_scores(entry: Any, tasks: list[str] | None = None) -> dict[str, float]:
+    """{task: headline score} of one model entry of results.json, for `tasks` (default: all its tasks)."""
+    got = entry.get("tasks") if isinstance(entry, dict) else None
+    if not isinstance(got, dict):
+        return {}
+    out = {}
+    for t in tasks if tasks is not None else list(got):
+        s = task_score(got.get(t))
+        if s is not None:
+            out[t] = s[1]
+    return out
+
+
+def mean_score(scores: dict[str, float]) -> float | None:
+    return sum(scores.values()) / len(scores) if scores else None
+
+
+def headline_batch(speed: Any) -> str | None:
+    """The batch size whose decode speed is the model's headline speed: the smallest measured
+    (batch 1 by default: one user's latency-bound decoding)."""
+    tps = speed.get("decode_tokens_per_s") if isinstance(speed, dict) else None
+    if not isinstance(tps, dict) or not tps:
+        return None
+    return min(tps, key=lambda b: int(b) if str(b).isdigit() else 1 << 30)
+
+
+def decode_speed(entry: Any) -> float | None:
+    """Decode tokens/s of one model entry at the headline batch size."""
+    speed = entry.get("speed") if isinstance(entry, dict) else None
+    b = headline_batch(speed)
+    return _num(speed["decode_tokens_per_s"].get(b)) if b is not None else None
+
+
+def add_speedups(models: dict[str, Any], teacher: str = "teacher") -> None:
+    """Set speed.speedup_vs_teacher of every model (decode tokens/s at the headline batch size over
+    the teacher's) in place; None when the teacher was not measured."""
+    base = decode_speed(models.get(teacher))
+    for entry in models.values():
+        speed = entry.get("speed") if isinstance(entry, dict) else None
+        if isinstance(speed, dict):
+            mine = decode_speed(entry)
+            speed["speedup_vs_teacher"] = mine / base if mine is not None and base else None

@@ -1,0 +1,107 @@
+"""Downstream tasks through lm-evaluation-harness: `lm_eval.simple_evaluate` on the model in memory.
+
+No harness of our own: the model goes to lm-eval's Hugging Face wrapper (HFLM) as it is (its device
+and dtype), with the run's tokenizer. Every metric of every task (groups and their subtasks too)
+is recorded with its stderr, flattened to `{"acc": 0.41, "acc_stderr": 0.005, ...}`; a metric of
+a filter other than lm-eval's "none" is named `<metric>_<filter>` (e.g. `exact_match_strict-match`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from torch import nn
+
+from engine.errors import UserError
+from engine.evaluation.task_specs import TaskEntry, local_task_config
+
+
+def task_inputs(entries: list[TaskEntry]) -> list[str | dict[str, Any]]:
+    """What simple_evaluate takes: names as they are, each local task YAML as a config dict."""
+    out: list[str | dict[str, Any]] = []
+    for e in entries:
+        if not e.files:
+            out.append(e.entry)
+            continue
+        configs = [local_task_config(f) for f in e.files]
+        out += [c for c in configs if isinstance(c.get("task"), str)]  # the rest are `include:` bases
+    return out
+
+
+@lru_cache(maxsize=2)
+def task_manager(with_builtin_tasks: bool) -> Any:
+    """lm-eval's task index, built once per process (indexing its thousands of built-in task YAMLs
+    takes seconds); local tasks alone need none of them."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=with_builtin_tasks)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No progress bars (they would flood the stage's stdout.log) and only lm-eval's errors
+    (it warns once per truncated request) while lm-eval runs."""
+    from tqdm import std
+
+    init = std.tqdm.__init__
+    loggers = [logging.getLogger(n) for n in ("lm-eval", "lm_eval")]
+    levels = [lg.level for lg in loggers]
+
+    def silent_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True  # lm-eval passes disable=False itself
+        init(self, *args, **kwargs)
+
+    std.tqdm.__init__ = silent_init  # type: ignore[method-assign]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        std.tqdm.__init__ = init  # type: ignore[method-assign]
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def flatten_metrics(raw: dict[str, Any]) -> dict[str, float | None]:
+    """lm-eval's {"acc,none": x, "acc_stderr,none": s, "alias": ...} -> {"acc": x, "acc_stderr": s}."""
+    out: dict[str, float | None] = {}
+    for key, value in raw.items():
+        if "," not in key:
+            continue  # "alias", "name", "sample_len", ...
+        name, filt = key.split(",", 1)
+        stderr = name.endswith("_stderr")
+        base = name[: -len("_stderr")] if stderr else name
+        label = base if filt == "none" else f"{base}_{filt}"
+        num = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        out[label + ("_stderr" if stderr else "")] = num if num is None or math.isfinite(num) else None
+    return out
+
+
+def run_tasks(model: nn.Module, tokenizer: Any, entries: list[TaskEntry], num_fewshot: int,
+              limit: int | None, batch_size: int, seed: int = 1234) -> dict[str, dict[str, float | None]]:
+    """{task: {metric: value, metric_stderr: value}} for every task and group lm-eval reports."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    was_training = model.training
+    model.eval()
+    try:
+        with _quiet():
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                      max_length=getattr(model.config, "max_position_embeddings", None))
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=task_inputs(entries), num_fewshot=num_fewshot, limit=limit,
+                task_manager=task_manager(any(not e.files for e in entries)), log_samples=False,
+                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    except (FileNotFoundError, KeyError, ValueError, ConnectionError, OSError) as e:
+        raise UserError(f"eval.tasks: lm-eval could not run {[e.entry for e in entries]}: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    finally:
+        model.train(was_training)
+    results = (out or {}).get("results", {})
+    return {task: flatten_metrics(metrics) for task, metrics in results.items()}
