@@ -363,7 +363,9 @@ async def test_compose_validates_as_you_type_and_sizes_students(runs, tmp_path, 
         screen.query_one("#add-width").press()
         await wait_for(pilot, lambda: len(screen.query("StudentForm")) == 3)
         assert [p["name"] for p in screen.raw["prune"]] == ["depth", "width", "width2"]
-        remove = list(screen.query("StudentForm"))[2].query_one(".remove-student")
+        third = list(screen.query("StudentForm"))[2]
+        await wait_for(pilot, lambda: third.query(".remove-student"), what="the third student's form")
+        remove = third.query_one(".remove-student")
         assert not remove.can_focus  # not a Tab stop
         remove.press()  # asks first
         await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="remove confirmation")
@@ -579,6 +581,43 @@ async def test_edit_copy_gets_a_fresh_name_and_n_starts_a_new_experiment(runs, t
         await wait_for(pilot, lambda: app.current_mode == "compose")
         await pilot.pause()
         assert compose.raw["name"] == "mine"
+
+
+@run_async
+async def test_compose_checks_a_hub_teacher_before_launching(runs, tmp_path, monkeypatch, fake_engine):
+    """A new form needs no network (builtin data); a hub teacher must be in the local cache, or
+    reachable on the hub when launching: otherwise the run would fail seconds after it started."""
+    import app.data.compose as compose_data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    asked = []
+    monkeypatch.setattr(compose_data, "hub_problem", lambda repo: asked.append(repo) or "is not on the hub")
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        notes = []
+        monkeypatch.setattr(screen, "notify", lambda message, **kw: notes.append(message))
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        assert screen.raw["data"]["dataset"].startswith("builtin:")
+        screen.query_one("#f-model-path").value = "nobody-xyz/none-such"
+        await wait_for(pilot, lambda: "HF_HUB_OFFLINE" in screen.validation.message, what="offline: not cached")
+        assert not screen.validation.ok and "model.path" in screen.validation.message
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        screen.query_one("#f-name").value = "hubby"
+        await wait_for(pilot, lambda: screen.validation.ok, what="valid while the hub is not asked")
+        assert "checked on the hub when you launch" in str(screen.query_one("#teacher-info").render())
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: any("cannot launch" in n for n in notes), what="the hub's answer")
+        assert asked == ["nobody-xyz/none-such"] and fake_engine() == []
+        assert "is not on the hub" in next(n for n in notes if "cannot launch" in n)
+        monkeypatch.setattr(compose_data, "hub_problem", lambda repo: None)
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: len(fake_engine()) == 1, what="the launch")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="the new run")
+        assert app.screen.path == runs / "hubby"
 
 
 @run_async

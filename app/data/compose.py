@@ -186,7 +186,8 @@ def new_experiment() -> dict[str, Any]:
         "name": "my-experiment",
         "runs_dir": "runs",
         "model": {"path": "", "dtype": "bfloat16"},
-        "data": {"dataset": "wikitext", "config": "wikitext-103-v1", "seq_length": 4096},
+        # data that needs no network (the hub's wikitext is a field away); the teacher is the user's to name
+        "data": {"dataset": "builtin:stdlib-docs", "seq_length": 1024},
         "finetune": {"steps": 30, "global_batch_size": 128, "micro_batch_size": 4, "lr": 1e-4,
                      "min_lr": 1e-5, "warmup_steps": 2},
         "prune": [
@@ -286,6 +287,7 @@ class Validation:
     plan: list[str] = field(default_factory=list)
     teacher_params: int | None = None
     teacher_detail: str = ""
+    teacher_source: str = ""  # where the teacher comes from: a local folder, the hub cache, the hub
     students: dict[str, StudentSize] = field(default_factory=dict)
 
 
@@ -308,8 +310,79 @@ def validate(raw: dict[str, Any], source: str) -> Validation:
         _size_valid_students(raw, source, result)
         return result
     result = Validation(True, f"ok: {len(exp.stages())} stages: {', '.join(exp.stages())}", plan=plan)
+    problem, result.teacher_source = check_hub_ids(raw, reach=False)
+    if problem:
+        result.ok, result.message = False, f"{source}: {problem}"
     _size_students(exp, result)
     return result
+
+
+# ---- hub ids: a teacher or tokenizer `check` cannot see (it reads local folders only) ------------
+
+_HUB_KEYS = (("model.path", "config.json"), ("model.tokenizer", "tokenizer_config.json"))
+
+
+def check_hub_ids(raw: dict[str, Any], reach: bool) -> tuple[str | None, str]:
+    """(problem or None, a note for the form) about the hub ids the experiment names: each must be in
+    the local Hugging Face cache, or (when not offline) on the hub. `reach`: ask the hub about ids not
+    in the cache (a network call: before a launch, not at every key)."""
+    from engine.models.locate import is_hub_id
+
+    model = raw.get("model") or {}
+    notes = []
+    for key, probe_file in _HUB_KEYS:
+        name = get_key(raw, key)
+        if not isinstance(name, str) or not name or (key == "model.path" and model.get("init") == "scratch"):
+            continue
+        if Path(name).expanduser().exists():
+            notes.append(f"{key.split('.')[1]}: local folder")
+            continue
+        if not is_hub_id(name):
+            continue  # `check` reports it
+        if _in_hub_cache(name, probe_file):
+            notes.append(f"{key.split('.')[1]}: hub id, in the local cache")
+        elif _hub_offline():
+            return (f"{key}: '{name}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; download it "
+                    f"first (huggingface-cli download {name}) or give a local folder", "")
+        elif reach:
+            problem = hub_problem(name)
+            if problem:
+                return f"{key}: '{name}' {problem}", ""
+            notes.append(f"{key.split('.')[1]}: hub id, reachable (downloaded at the first stage)")
+        else:
+            notes.append(f"{key.split('.')[1]}: hub id, not downloaded yet (checked on the hub when you launch)")
+    return None, "; ".join(notes)
+
+
+def _in_hub_cache(repo_id: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    except Exception:  # noqa: BLE001 - an unreadable cache is a cache without it
+        return False
+
+
+def _hub_offline() -> bool:
+    import os
+
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_problem(repo_id: str) -> str | None:
+    """Why the hub will not serve `repo_id` (None when it will): asks huggingface.co (a few seconds)."""
+    from huggingface_hub import auth_check
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        auth_check(repo_id)
+    except GatedRepoError:
+        return "is gated: accept its licence on huggingface.co, then `huggingface-cli login`"
+    except RepositoryNotFoundError:
+        return "is not on the Hugging Face hub (or is private: `huggingface-cli login`); check the id"
+    except Exception as e:  # noqa: BLE001 - no network, a proxy, a timeout: all say the same to the user
+        return f"cannot be reached on the Hugging Face hub ({type(e).__name__}); check the network or give a local folder"
+    return None
 
 
 def _size_valid_students(raw: dict[str, Any], source: str, result: Validation) -> None:

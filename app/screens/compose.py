@@ -280,7 +280,7 @@ class ComposeScreen(KeepStyles, Screen):
         if info:
             text = f"{fmt.si(v.teacher_params)} params: {v.teacher_detail}" if v.teacher_detail else \
                 "(student sizes appear when the teacher's config.json is on disk)"
-            info.first(Static).update(text)
+            info.first(Static).update(text + (f"\n{v.teacher_source}" if v.teacher_source else ""))
         for form in self.query(StudentForm):
             form.show_size(v.students.get(str(form.student.get("name"))), v.teacher_params)
 
@@ -303,7 +303,14 @@ class ComposeScreen(KeepStyles, Screen):
 
     @work(thread=True, group="save", name="save experiment")
     def _save(self, path: Path, raw: dict[str, Any], launch: bool) -> None:
+        from app.data.compose import check_hub_ids
         from engine.contract import write_atomic
+
+        if launch:  # a hub teacher must be reachable: otherwise the run fails seconds after it starts
+            problem, _note = check_hub_ids(raw, reach=True)
+            if problem:
+                self.app.call_from_thread(self.notify, f"cannot launch: {problem}", severity="error", timeout=10)
+                return
 
         try:
             write_atomic(path, self._text(raw))
