@@ -8,6 +8,7 @@ stage's device (the GPU, else the CPU):
         "teacher": {"params": 1235814400, "path": "runs/x/finetune/model", "tokens_per_s": 51234.0,
                     "splits":  {"validation": {"loss": 2.31, "perplexity": 10.07, "tokens": 409600}, ...},
                     "tasks":   {"hellaswag": {"acc": 0.41, "acc_stderr": 0.005, "acc_norm": 0.52, ...}},
+                    "subtasks": {...},   # members of task groups (e.g. mmlu's), the same way
                     "speed":   {"device": "NVIDIA H200", "prefill_tokens_per_s": ...,
                                 "decode_tokens_per_s": {"1": ..., "16": ...}, "ms_per_token": {"1": ...},
                                 "peak_memory_gb": ..., "speedup_vs_teacher": 1.0, ...},
@@ -129,8 +130,10 @@ def eval_stage(ctx: StageContext) -> None:
             entry = {"params": count_parameters(model), "path": path, "splits": {}}
             _loss_splits(ctx, name, model, entry)
             if task_entries:
-                entry["tasks"] = run_tasks(model, tokenizer, task_entries, cfg.num_fewshot, cfg.limit,
-                                           cfg.task_batch_size, seed=exp.seed)
+                entry["tasks"], subtasks = run_tasks(model, tokenizer, task_entries, cfg.num_fewshot, cfg.limit,
+                                                     cfg.task_batch_size, seed=exp.seed)
+                if subtasks:
+                    entry["subtasks"] = subtasks
                 ctx.log(f"[eval] {name} tasks: " + ", ".join(
                     f"{t} {k} {v:.4f}" for t, m in entry["tasks"].items() for k, v in m.items()
                     if v is not None and not k.endswith("_stderr")))

@@ -20,6 +20,8 @@ from torch import nn
 from engine.errors import UserError
 from engine.evaluation.task_specs import TaskEntry, local_task_config
 
+Metrics = dict[str, dict[str, float | None]]
+
 
 def task_inputs(entries: list[TaskEntry]) -> list[str | dict[str, Any]]:
     """What simple_evaluate takes: names as they are, each local task YAML as a config dict."""
@@ -83,8 +85,9 @@ def flatten_metrics(raw: dict[str, Any]) -> dict[str, float | None]:
 
 
 def run_tasks(model: nn.Module, tokenizer: Any, entries: list[TaskEntry], num_fewshot: int,
-              limit: int | None, batch_size: int, seed: int = 1234) -> dict[str, dict[str, float | None]]:
-    """{task: {metric: value, metric_stderr: value}} for every task and group lm-eval reports."""
+              limit: int | None, batch_size: int, seed: int = 1234) -> tuple[Metrics, Metrics]:
+    """({task: {metric: value, metric_stderr: value}} of the tasks and groups asked for, the same of
+    the members of those groups): every task and group lm-eval reports."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -103,5 +106,9 @@ def run_tasks(model: nn.Module, tokenizer: Any, entries: list[TaskEntry], num_fe
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     finally:
         model.train(was_training)
-    results = (out or {}).get("results", {})
-    return {task: flatten_metrics(metrics) for task, metrics in results.items()}
+    out = out or {}
+    results = out.get("results", {})
+    members = {t for subs in (out.get("group_subtasks") or {}).values() for t in subs}
+    flat = {task: flatten_metrics(metrics) for task, metrics in results.items()}
+    return ({t: m for t, m in flat.items() if t not in members},
+            {t: m for t, m in flat.items() if t in members})
