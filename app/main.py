@@ -100,6 +100,7 @@ class SlimlabApp(KeepCss, App[None]):
         self.scan_seconds = 0.0  # duration of the last scan (benchmarked)
         self.last_command = None  # CommandResult of the last engine command (launch, cancel)
         self.compose_dirty = False  # Compose holds edits that are not saved
+        self.cancelling: set[Path] = set()  # runs whose cancel was confirmed, until they stop running
         self._built_modes = {self.DEFAULT_MODE}  # modes whose screen exists (see switch_mode)
         self.gc_tuning = GcTuning(self)
         if theme:
@@ -191,6 +192,8 @@ class SlimlabApp(KeepCss, App[None]):
 
     def _publish_runs(self, runs: list[RunInfo]) -> None:
         self.runs, self.runs_loaded = runs, True
+        if self.cancelling:
+            self.cancelling &= {r.path for r in runs if r.state == "running"}
         self.runs_signal.publish(runs)
 
     def rescan(self) -> None:

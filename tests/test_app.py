@@ -140,6 +140,30 @@ async def test_runs_screen_lists_runs_and_follows_changes(runs, tmp_path, monkey
 
 
 @run_async
+async def test_runs_table_keys_and_pinned_run_column(runs, tmp_path):
+    for i in range(30):
+        RunWriter(runs, f"run-{i:02d}").stage("prepare", "succeeded", total_steps=None)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 30, what="30 runs")
+        first = table.highlighted_key()
+        await pilot.press("G")
+        assert table.cursor_row == 29
+        await pilot.press("g")
+        assert table.cursor_row == 0 and table.highlighted_key() == first
+        await pilot.press("end")
+        assert table.cursor_row == 29
+        await pilot.press("home")
+        assert table.cursor_row == 0
+        # scrolled sideways, the run's name stays on screen
+        table.scroll_to(x=table.max_scroll_x, animate=False)
+        await wait_for(pilot, lambda: table.scroll_x > 0, what="scrolled right")
+        await pilot.pause()
+        assert any("run-29" in line for line in _drawn(table))
+
+
+@run_async
 async def test_dead_process_is_shown_failed_with_its_error(runs, tmp_path):
     w = RunWriter(runs, "crashed")
     w.stage("prepare", "succeeded", total_steps=None)
@@ -272,6 +296,35 @@ async def test_cancel_asks_first_then_stops_the_run(runs, tmp_path):
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@run_async
+async def test_a_confirmed_cancel_shows_cancelling_then_a_neutral_cancelled(runs, tmp_path, fake_engine):
+    w = RunWriter(runs, "stop-me")
+    w.stage("prepare", "succeeded", total_steps=None)
+    ft = w.stage("finetune", "running", step=3)  # this process: alive
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        key = str(w.root)
+        await wait_for(pilot, lambda: table.row_count == 1)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="confirmation")
+        await pilot.press("y")
+        # the (fake) engine was asked; until the run stops it reads "cancelling…", not "running"
+        await wait_for(pilot, lambda: cell(table, key, "state") == "⊘ cancelling…", what="cancelling")
+        await wait_for(pilot, lambda: [c["argv"][0] for c in fake_engine()] == ["cancel"], what="the cancel command")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "cancelling…" in str(app.screen.query_one("#detail-title").render()),
+                       what="cancelling in the run's title")
+        await pilot.press("escape")
+        ft.finish("cancelled", "cancelled by SIGTERM")
+        await wait_for(pilot, lambda: cell(table, key, "state") == "⊘ cancelled", what="cancelled")
+        assert app.cancelling == set()
+    from app.widgets.style import error_markup
+
+    assert error_markup("cancelled", "cancelled by SIGTERM") == "[dim]cancelled by SIGTERM[/]"  # not red
+    assert error_markup("failed", "boom").startswith("[$text-error]")
 
 
 @run_async

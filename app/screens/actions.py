@@ -27,13 +27,20 @@ def request_cancel(app: App, run: RunInfo | None) -> None:
     def answered(yes: bool | None) -> None:
         if yes:
             app.notify(f"cancelling {run.name}…")
+            cancelling = getattr(app, "cancelling", None)
+            if cancelling is not None:  # shown as "cancelling…" until the run stops
+                cancelling.add(run.path)
+                app.runs_signal.publish(app.runs)
             app.run_worker(partial(_cancel, app, run.path), thread=True, group="engine", name=f"cancel {run.name}")
 
     app.push_screen(ConfirmScreen(question, yes="Cancel run", no="Keep running"), answered)
 
 
 def _cancel(app: App, path: Path) -> None:
-    _report(app, cancel_run(path), f"cancel {path.name}")
+    result = cancel_run(path)
+    if not result.ok:
+        app.call_from_thread(lambda: getattr(app, "cancelling", set()).discard(path))
+    _report(app, result, f"cancel {path.name}")
 
 
 def request_resume(app: App, run: RunInfo | None) -> None:

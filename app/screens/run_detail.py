@@ -30,7 +30,7 @@ from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import Curve, LossChart
 from app.widgets.nav import NavBar
 from app.widgets.static_text import set_text
-from app.widgets.style import state_style
+from app.widgets.style import error_markup, run_state_markup, state_style
 from engine.contract import RunLayout
 
 POLL_S = 0.25  # log / metrics of the shown stage
@@ -112,8 +112,8 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
                      restyle)
             return
         self.run = run
-        state = f"[{state_style(self.app, run.state)}]{fmt.STATE_GLYPH.get(run.state, '?')} {run.state}[/]"
-        err = f"  [$text-error]{escape(run.error)}[/]" if run.error else ""
+        state = run_state_markup(self.app, run)
+        err = f"  {error_markup(run.state, run.error)}" if run.error else ""
         set_text(title, f"[b]{escape(run.name)}[/b]  {state}  {escape(str(run.path))}{err}", restyle)
         stages = self.query_one(StageList)
         stages.show_run(run, restyle)
@@ -144,7 +144,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             parts.append(f"GPUs {fmt.gpus(s.gpus)}")
         line = "  ".join(parts)
         if s.error:
-            line += f"\n[$text-error]{escape(s.error)}[/]"
+            line += f"\n{error_markup(s.state, s.error)}"
         return line
 
     # ---- stage selection ---------------------------------------------------------------------

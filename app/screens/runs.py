@@ -17,6 +17,7 @@ from app.widgets.home.stages_table import StagesTable
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 from app.widgets.static_text import set_text
+from app.widgets.style import error_markup
 
 FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
 CATCH_UP_DELAY_S = 0.05  # shown again: the tables take the snapshots that came meanwhile this much later
@@ -95,7 +96,7 @@ class RunsScreen(KeepStyles, Screen):
         if run is None:
             set_text(title, "", restyle)
         else:
-            err = f"  [$text-error]{_escape(run.error)}[/]" if run.error else ""
+            err = f"  {error_markup(run.state, run.error)}" if run.error else ""
             set_text(title, f"[b]{_escape(run.name)}[/b]  {run.path}{err}", restyle)
         self.query_one(StagesTable).show_run(run, restyle)
 

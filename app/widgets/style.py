@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rich.text import Text
 from textual.app import App
+from textual.markup import escape
 
 from app.data.fmt import STATE_GLYPH
 
@@ -22,6 +23,27 @@ def state_style(app: App, state: str) -> str:
 
 def state_text(app: App, state: str, label: str | None = None) -> Text:
     return Text(f"{STATE_GLYPH.get(state, '?')} {label or state}", style=state_style(app, state))
+
+
+def run_state_text(app: App, run) -> Text:
+    """A run's state as shown: "cancelling…" between a confirmed cancel and the run's end."""
+    if run.state == "running" and run.path in getattr(app, "cancelling", ()):
+        return state_text(app, "cancelled", "cancelling…")
+    return state_text(app, run.state)
+
+
+def run_state_markup(app: App, run) -> str:
+    """The same, as markup for a title."""
+    text = run_state_text(app, run)
+    return f"[{text.style}]{escape(text.plain)}[/]" if text.style else escape(text.plain)
+
+
+def error_markup(state: str, error: str | None) -> str:
+    """A run's or stage's error: red when it failed; a cancel's reason ("cancelled by SIGTERM") is
+    not an error, and is shown dimmed."""
+    if not error:
+        return ""
+    return f"[$text-error]{escape(error)}[/]" if state == "failed" else f"[dim]{escape(error)}[/]"
 
 
 def stage_strip(app: App, states: list[str]) -> Text:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual.binding import Binding
 
 from app.data import fmt
 from app.data.scan import RunInfo
 from app.textual_workarounds import StableTable
-from app.widgets.style import cell_look, stage_strip, state_text
+from app.widgets.style import cell_look, run_state_text, stage_strip
 
 # key, label, width: sized so Run..ETA fit 80 columns; the rest scrolls horizontally
 COLUMNS = (
@@ -27,7 +28,7 @@ def row_cells(app, run: RunInfo, now: float) -> tuple:
     # Text, not str: DataTable parses a str cell as markup each time it measures or renders it
     return (
         Text(run.name, overflow="ellipsis", no_wrap=True),
-        state_text(app, run.state),
+        run_state_text(app, run),
         stage_strip(app, [s.state for s in run.stages]),
         progress,
         Text(fmt.loss(m.train_loss if m else None)),
@@ -46,11 +47,17 @@ ROWS_PER_BATCH = 24
 
 
 class RunsTable(StableTable):
-    """Rows keyed by run path; only rows whose run snapshot (or age) changed are rewritten."""
+    """Rows keyed by run path; only rows whose run snapshot (or age) changed are rewritten. The Run
+    column stays in view when the others scroll sideways (80 columns show Run..ETA)."""
+
+    BINDINGS = [
+        Binding("end,G", "scroll_bottom", "Last run", show=False),
+        Binding("home,g", "scroll_top", "First run", show=False),
+    ]
 
     def __init__(self, **kwargs):
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._shown: dict[str, tuple[RunInfo, str, tuple]] = {}  # run, age shown, cells
+        super().__init__(cursor_type="row", zebra_stripes=True, fixed_columns=1, **kwargs)
+        self._shown: dict[str, tuple[RunInfo, tuple, tuple]] = {}  # run, (age, cancelling) shown, cells
         self.runs: dict[str, RunInfo] = {}
         self._pending: tuple[list[RunInfo], bool] | None = None  # newest snapshot not yet all added
 
@@ -70,7 +77,7 @@ class RunsTable(StableTable):
                 del self._shown[key]
         added = 0
         for key, run in wanted.items():
-            age = fmt.age(now - run.created)
+            age = (fmt.age(now - run.created), run.path in self.app.cancelling)  # what else the row shows
             prev = self._shown.get(key)
             if prev is not None and prev[0] is run and prev[1] == age and not restyle:
                 continue
