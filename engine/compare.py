@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment, load_experiment
 from engine.contract import RunLayout, human_count, read_json, read_metrics, teacher_source, write_atomic
 from engine.contract.results import ModelResult, perplexity, read_results
+from engine.evaluation.scores import mean_score, task_scores
 from engine.shapes.shape import count_params, shape_from_config
 
 
@@ -35,6 +36,17 @@ class ModelRow:
     ppl: float | None = None
     tokens: int | None = None
     tokens_per_s: float | None = None
+    # the eval stage's tasks, speed and samples of the row's model (engine/evaluation)
+    tasks: dict[str, float] = field(default_factory=dict)  # task -> headline score (evaluation.scores)
+    decode_tokens_per_s: dict[str, float] = field(default_factory=dict)  # batch size -> tokens/s
+    speedup: float | None = None  # decode tokens/s over the teacher's, at the smallest batch
+    device: str | None = None
+    samples: list[dict[str, str]] = field(default_factory=list)
+    smaller: float | None = None  # teacher params / params
+
+    @property
+    def task_mean(self) -> float | None:
+        return mean_score(self.tasks)
 
 
 # ---- reading a run ---------------------------------------------------------------------------
@@ -74,6 +86,23 @@ def _shape(row: ModelRow, cfg: dict[str, Any]) -> None:
     row.params = param_count(cfg)
 
 
+def _decide(row: ModelRow, res: ModelResult | None) -> None:
+    """Task scores, speed and samples of the eval stage's entry for the row's model."""
+    if res is None:
+        return
+    row.tasks = task_scores(res.raw)
+    speed = res.raw.get("speed") if isinstance(res.raw.get("speed"), dict) else {}
+    tps = speed.get("decode_tokens_per_s")
+    if isinstance(tps, dict):
+        row.decode_tokens_per_s = {str(b): float(v) for b, v in tps.items() if isinstance(v, (int, float))}
+    up = speed.get("speedup_vs_teacher")
+    row.speedup = float(up) if isinstance(up, (int, float)) else None
+    row.device = speed.get("device") if isinstance(speed.get("device"), str) else None
+    samples = res.raw.get("samples")
+    if isinstance(samples, list):
+        row.samples = [x for x in samples if isinstance(x, dict) and isinstance(x.get("text"), str)]
+
+
 def _val_loss(res: ModelResult | None) -> float | None:
     v = res.validation if res else None
     return v.loss if v else None
@@ -107,6 +136,7 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
     if tres and tres.params:
         teacher.params = tres.params
     teacher.ppl = _ppl(tres, teacher.distilled_loss)
+    _decide(teacher, tres)
     rows.append(teacher)
 
     for p in exp.prune:
@@ -130,6 +160,9 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
                 row.params = res.params
                 break
         row.ppl = _ppl(dres, row.distilled_loss)
+        _decide(row, dres or pres)
+        if teacher.params and row.params:
+            row.smaller = teacher.params / row.params
         rows.append(row)
     return rows
 
@@ -221,6 +254,149 @@ def markdown_table(rows: list[ModelRow]) -> str:
     return "\n".join(lines)
 
 
+# ---- "which student?": tasks, speed, samples --------------------------------------------------
+
+
+def decide_columns(rows: list[ModelRow]) -> tuple[list[str], list[str]]:
+    """(task names, decode batch sizes) that any row has, in first-seen order."""
+    tasks = list(dict.fromkeys(t for r in rows for t in r.tasks))
+    batches = sorted({b for r in rows for b in r.decode_tokens_per_s}, key=lambda b: int(b) if b.isdigit() else 0)
+    return tasks, batches
+
+
+def has_decide(rows: list[ModelRow]) -> bool:
+    return any(r.tasks or r.decode_tokens_per_s for r in rows)
+
+
+def decide_header(rows: list[ModelRow]) -> list[str]:
+    tasks, batches = decide_columns(rows)
+    mean = ["task mean"] if len(tasks) > 1 else []
+    return (["model", "shape", "params", "x smaller", "loss pruned->distilled", *tasks, *mean]
+            + [f"decode @{b}" for b in batches] + ["speedup"])
+
+
+def decide_cells(row: ModelRow, rows: list[ModelRow]) -> list[str]:
+    tasks, batches = decide_columns(rows)
+    many = len({r.run for r in rows}) > 1
+    name = row_cells(row, many)[0]
+    shape = f"{row.layers or '-'}L h{row.hidden or '-'} ffn{row.ffn or '-'} {row.heads or '-'}"
+    loss = (f"{_fmt_f(row.pruned_loss)}->{_fmt_f(row.distilled_loss)}" if row.pruned_loss is not None
+            else _fmt_f(row.distilled_loss))
+    mean = [_fmt_f(row.task_mean)] if len(tasks) > 1 else []
+    return ([name, shape, _fmt_int(row.params), "1.00x" if row.method == "teacher" else
+             (f"{row.smaller:.2f}x" if row.smaller else "-"), loss]
+            + [_fmt_f(row.tasks.get(t)) for t in tasks] + mean
+            + [_fmt_f(row.decode_tokens_per_s.get(b), 0) for b in batches]
+            + [f"{row.speedup:.2f}x" if row.speedup is not None else "-"])
+
+
+def decide_title(rows: list[ModelRow]) -> str:
+    device = next((r.device for r in rows if r.device), None)
+    return ("which student? task scores, decode tokens/s at batch @N" + (f" on {device}" if device else ""))
+
+
+def rich_decide_table(rows: list[ModelRow]):
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=decide_title(rows), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
+    for i, c in enumerate(decide_header(rows)):
+        t.add_column(c, justify="left" if i < 2 else "right", no_wrap=True)
+    for r in rows:
+        t.add_row(*decide_cells(r, rows))
+    return t
+
+
+def markdown_decide_table(rows: list[ModelRow]) -> str:
+    header = decide_header(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(decide_cells(r, rows)) + " |" for r in rows])
+
+
+def one_line(text: str) -> str:
+    """A sample on one line: line breaks shown as ↵, runs of spaces and tabs as one space."""
+    return " ".join(text.replace("\r", "").replace("\n", " ↵ ").split()).replace("↵ ↵", "↵↵")
+
+
+def sample_blocks(rows: list[ModelRow]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """[(prompt, [(model, continuation)])]: every model's text for each prompt, side by side."""
+    many = len({r.run for r in rows}) > 1
+    out: dict[str, list[tuple[str, str]]] = {}
+    for r in rows:
+        for smp in r.samples:
+            out.setdefault(str(smp.get("prompt", "")), []).append((row_cells(r, many)[0], smp["text"]))
+    return list(out.items())
+
+
+def samples_markdown(rows: list[ModelRow]) -> str:
+    lines: list[str] = []
+    for i, (prompt, texts) in enumerate(sample_blocks(rows), start=1):
+        lines += [f"### Prompt {i}", "", "> " + one_line(prompt), "", "| model | continuation (greedy) |",
+                  "|---|---|"]
+        lines += [f"| {m} | {one_line(t).replace('|', '/')} |" for m, t in texts]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def print_samples(rows: list[ModelRow], console) -> None:
+    from rich.text import Text
+
+    blocks = sample_blocks(rows)
+    if not blocks:
+        console.print("no samples (run the eval stage; [eval] prompts = [] turns them off)")
+    for i, (prompt, texts) in enumerate(blocks, start=1):
+        console.print(Text(f"prompt {i}: {one_line(prompt)}", style="bold"))
+        for m, t in texts:
+            console.print(Text(f"  {m}: ", style="cyan") + Text(one_line(t)))
+
+
+def quality_speed_points(rows: list[ModelRow]) -> tuple[str, list[tuple[str, str, float, float]]]:
+    """(y-axis name, [(label, method, decode tokens/s at the smallest batch, quality)]): quality is
+    the task mean when there are task scores, else the validation loss."""
+    use_tasks = any(r.tasks for r in rows)
+    many = len({r.run for r in rows}) > 1
+    pts = []
+    for r in rows:
+        speed = r.decode_tokens_per_s.get(decide_columns(rows)[1][0]) if r.decode_tokens_per_s else None
+        q = r.task_mean if use_tasks else r.distilled_loss
+        if speed is not None and q is not None:
+            pts.append((row_cells(r, many)[0], r.method, speed, q))
+    return ("task score (mean)" if use_tasks else "validation loss (lower is better)"), pts
+
+
+def write_quality_speed_png(rows: list[ModelRow], path: Path) -> bool:
+    """Quality against decode speed, depth and width students told apart; False when nothing to plot."""
+    ylabel, pts = quality_speed_points(rows)
+    if not pts:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = {"teacher": ("*", "black"), "depth": ("o", "tab:blue"), "width": ("s", "tab:orange")}
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    seen: set[str] = set()
+    for label, method, x, y in pts:
+        marker, color = style.get(method, ("D", "tab:green"))
+        ax.scatter([x], [y], marker=marker, color=color, s=90 if method == "teacher" else 50,
+                   label=None if method in seen else method)
+        seen.add(method)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    batch = decide_columns(rows)[1][0]
+    ax.set_xlabel(f"decode tokens/s at batch {batch} (right is faster)")
+    ax.set_ylabel(ylabel)
+    ax.set_title("quality vs speed")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+    return True
+
+
 def terminal_chart(series: dict[str, tuple[list[float], list[float]]], width: int = 100, height: int = 22) -> str:
     import plotext as plt
 
@@ -259,7 +435,8 @@ def write_png(series: dict[str, tuple[list[float], list[float]]], path: Path, te
     write_atomic(path, buf.getvalue())
 
 
-def report_markdown(rows: list[ModelRow], run_dirs: list[str | Path], png_name: str | None) -> str:
+def report_markdown(rows: list[ModelRow], run_dirs: list[str | Path], png_name: str | None,
+                    quality_png: str | None = None) -> str:
     lines = [f"# slimlab report: {', '.join(str(Path(r)) for r in run_dirs)}", "",
              "Losses are validation cross-entropy (nats/token): `pruned` right after pruning, `distilled` "
              "after distillation (for the teacher: its own loss); `ppl` = exp(distilled); `heads` = "
@@ -271,11 +448,21 @@ def report_markdown(rows: list[ModelRow], run_dirs: list[str | Path], png_name: 
                          f"{r.distilled_loss:.3f} after distillation")
     if png_name:
         lines += ["", f"![validation loss]({png_name})"]
+    if has_decide(rows):
+        lines += ["", "## Which student?", "",
+                  "Task scores: each task's headline metric from lm-evaluation-harness (acc_norm, else acc, ...); "
+                  "decode tok/s: greedy decoding with the KV cache; speedup: decode tokens/s over the teacher's "
+                  "at the smallest batch size. Every metric, its stderr and the prefill speed and memory: "
+                  "eval/results.json.", "", decide_title(rows), "", markdown_decide_table(rows)]
+        if quality_png:
+            lines += ["", f"![quality vs speed]({quality_png})"]
+    if any(r.samples for r in rows):
+        lines += ["", "## Samples", "", samples_markdown(rows)]
     return "\n".join(lines) + "\n"
 
 
 def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart: bool = True,
-            console=None) -> list[ModelRow]:
+            console=None, samples: bool = False) -> list[ModelRow]:
     """Print the table and chart; write report.md and val_loss.png into `out_dir` (the first run)."""
     from rich.console import Console
 
@@ -287,6 +474,10 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
     for rd in run_dirs:
         rows += model_rows(rd)
     console.print(rich_table(rows))
+    if has_decide(rows):
+        console.print(rich_decide_table(rows))
+    if samples:
+        print_samples(rows, console)
     from engine.search.table import rich_search_tables, search_markdown
 
     for table in rich_search_tables(run_dirs):  # search students: their candidates, the winner marked
@@ -306,6 +497,8 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
         teacher = next((r.distilled_loss for r in rows if r.label == "teacher"), None) if len(run_dirs) == 1 else None
         write_png(series, out / "val_loss.png", teacher)
         png = "val_loss.png"
-    write_atomic(out / "report.md", report_markdown(rows, run_dirs, png) + search_markdown(run_dirs))
-    console.print(f"wrote {out / 'report.md'}" + (f" and {out / 'val_loss.png'}" if png else ""))
+    quality = "quality_speed.png" if write_quality_speed_png(rows, out / "quality_speed.png") else None
+    write_atomic(out / "report.md", report_markdown(rows, run_dirs, png, quality) + search_markdown(run_dirs))
+    written = [out / "report.md"] + [out / n for n in (png, quality) if n]
+    console.print("wrote " + ", ".join(str(w) for w in written))
     return rows

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError
-from engine.contract import RunLayout, list_runs, parse_iso, read_metrics, read_status
+from engine.contract import RunLayout, age, list_runs, parse_iso, read_metrics, read_status
 from engine.orchestration.divergence import divergence
 
 
@@ -47,6 +47,7 @@ def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[arg
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="where report.md and val_loss.png go (default: the first run directory)")
     p.add_argument("--no-chart", action="store_true", help="skip the terminal chart")
+    p.add_argument("--samples", action="store_true", help="print every model's greedy samples side by side")
     p.set_defaults(func=cmd_compare)
 
 
@@ -75,10 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _ago(iso: str | None) -> str:
     t = parse_iso(iso)
-    if not t:
-        return "-"
-    s = max(0, int(time.time() - t.timestamp()))
-    return f"{s}s" if s < 90 else (f"{s // 60}m" if s < 5400 else (f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"))
+    return age(time.time() - t.timestamp()) if t else "-"
 
 
 def _last(records: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
@@ -227,5 +225,5 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from engine.compare import compare
 
-    compare(args.run_dirs, out_dir=args.out, chart=not args.no_chart)
+    compare(args.run_dirs, out_dir=args.out, chart=not args.no_chart, samples=args.samples)
     return 0
