@@ -97,6 +97,8 @@ class SlimlabApp(KeepCss, App[None]):
         self._scan_now = threading.Event()
         self._probe_arg = gpu_probe
         self.gpu_probe = None if gpu_probe == "auto" else gpu_probe
+        # said when `4` is pressed without a GPU panel
+        self.no_gpu_reason = "still looking for GPUs" if gpu_probe == "auto" else "no GPU probe given"
         self.scan_seconds = 0.0  # duration of the last scan (benchmarked)
         self.last_command = None  # CommandResult of the last engine command (launch, cancel)
         self.compose_dirty = False  # Compose holds edits that are not saved
@@ -207,6 +209,8 @@ class SlimlabApp(KeepCss, App[None]):
         probe = NvmlProbe.open()
         if probe is not None:
             self.call_from_thread(self._set_probe, probe)
+        else:
+            self.no_gpu_reason = NvmlProbe.why_not or "NVML: no GPU found"
 
     def _set_probe(self, probe: object) -> None:
         self.gpu_probe = probe
@@ -214,13 +218,9 @@ class SlimlabApp(KeepCss, App[None]):
         self.gpus_signal.publish(probe)
 
     # ---- actions -----------------------------------------------------------------------------
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "show" and parameters and parameters[0] == "gpus" and self.gpu_probe is None:
-            return None  # no GPU: the GPUs screen is hidden (and its key does nothing)
-        return True
-
     def action_show(self, mode: str) -> None:
-        if mode == "gpus" and self.gpu_probe is None:
+        if mode == "gpus" and self.gpu_probe is None:  # no GPU screen: say why, as nvitop does
+            self.notify(f"no NVIDIA GPU ({self.no_gpu_reason})", severity="warning")
             return
         if self.current_mode != mode:
             self.switch_mode(mode)
@@ -232,7 +232,7 @@ class SlimlabApp(KeepCss, App[None]):
         from app.screens.help import HelpScreen
 
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(type(self.screen)))
 
     async def action_quit(self) -> None:
         """Quit; runs keep going (they are separate processes). Asks first if Compose has unsaved edits."""

@@ -777,13 +777,33 @@ async def test_gpu_screen_shows_usage_and_owner(runs, tmp_path):
 
 
 @run_async
-async def test_no_gpu_hides_the_gpu_screen(runs, tmp_path):
+async def test_no_gpu_hides_the_gpu_screen_and_says_why(runs, tmp_path, monkeypatch):
     app = make_app(runs, tmp_path)  # gpu_probe=None: as on a machine without NVML
+    app.no_gpu_reason = "NVML: NVMLError_LibraryNotFound: NVML Shared Library Not Found"
+    notes = []
+    monkeypatch.setattr(app, "notify", lambda message, **kw: notes.append(message))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("4")
-        await pilot.pause(0.1)
+        await wait_for(pilot, lambda: notes, what="the reason")
+        assert notes == ["no NVIDIA GPU (NVML: NVMLError_LibraryNotFound: NVML Shared Library Not Found)"]
         assert app.current_mode == "runs"
         assert "GPUs" not in str(app.screen.query_one("#nav-tabs").render())
+
+
+def test_nvml_probe_says_why_it_found_no_gpu(monkeypatch):
+    import builtins
+
+    from app.data.gpus import NvmlProbe
+
+    real_import = builtins.__import__
+
+    def no_pynvml(name, *a, **k):
+        if name == "pynvml":
+            raise ImportError("No module named 'pynvml'")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_pynvml)
+    assert NvmlProbe.open() is None
+    assert NvmlProbe.why_not == "NVML: ImportError: No module named 'pynvml'"
 
 
 def test_help_does_not_import_the_app():
@@ -803,8 +823,16 @@ async def test_help_lists_the_keys_of_every_screen(runs, tmp_path):
             assert title in text
         for desc in ("Cancel run", "Resume", "Step/tokens", "Launch", "Config diff"):
             assert desc in text
+        assert "● running" in text and "⊘ cancelled" in text and "○ pending" in text  # the symbols
+        assert text.index("Runs  (this screen)") < text.index("Everywhere")
         await pilot.press("escape")
         assert type(app.screen).__name__ == "RunsScreen"
+        await pilot.press("2")  # context: opened on Compose, Compose's keys come first
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+        text = str(app.screen.query_one("#help-text").render())
+        assert text.index("Compose  (this screen)") < text.index("Everywhere") < text.index("Run detail")
 
 
 @run_async

@@ -30,6 +30,8 @@ class NvmlProbe:
     """Reads every GPU through NVML; construct with `NvmlProbe.open()`, which returns None
     when NVML or GPUs are missing."""
 
+    why_not = ""  # why the last open() returned None, e.g. "NVMLError_LibraryNotFound: ..." (said to the user)
+
     def __init__(self, nvml) -> None:
         self._nvml = nvml
         self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
@@ -41,8 +43,10 @@ class NvmlProbe:
 
             pynvml.nvmlInit()
             probe = cls(pynvml)
-        except Exception:  # no library, no driver, no permission: no GPU panel
+        except Exception as e:  # no library, no driver, no permission: no GPU panel
+            cls.why_not = f"NVML: {type(e).__name__}: {e}"
             return None
+        cls.why_not = "" if probe._handles else "NVML: no GPU found"
         return probe if probe._handles else None
 
     def sample(self) -> list[GpuSample]:

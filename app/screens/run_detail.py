@@ -49,10 +49,10 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         Binding("p", "tab('chart')", "Chart"),
         Binding("l", "tab('log')", "Log"),
         Binding("o", "tab('config')", "Config"),
-        Binding("i", "tab('status')", "Status", show=False),
+        Binding("i", "tab('status')", "Status"),
         *CHART_BINDINGS,
-        Binding("f", "follow", "Follow stage", show=False),
-        Binding("e", "edit", "Edit copy", show=False),
+        Binding("f", "follow", "Follow stage"),
+        Binding("e", "edit", "Edit copy"),
     ]
 
     def __init__(self, path: Path, stage: str | None = None):
