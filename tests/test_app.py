@@ -214,7 +214,7 @@ async def test_run_detail_follows_log_chart_and_stages(runs, tmp_path):
         await wait_for(pilot, lambda: log.total_lines == 10, what="log history")
         assert screen.stage_name == "finetune"  # follows the running stage
         await wait_for(pilot, lambda: len(chart.curves[0].ys) == 5, what="train curve")
-        assert chart.curves[1].ys == [pytest.approx(5.0 / 1.5 + 0.1)]  # val at step 5
+        assert screen.query_one("#val-chart").curves[0].ys == [pytest.approx(5.0 / 1.5 + 0.1)]  # val at step 5
 
         # the stage writes more while the screen is open
         w.log("finetune", [f"step {i}" for i in range(300)])
@@ -258,6 +258,47 @@ async def test_run_detail_follows_log_chart_and_stages(runs, tmp_path):
         assert screen.follow is False
         await pilot.press("escape")
         assert type(app.screen).__name__ == "RunsScreen"
+
+
+def _chart_text(chart) -> list[str]:
+    return ["".join(seg.text for seg in chart.render_line(y)) for y in range(chart.size.height)]
+
+
+@run_async
+async def test_distill_chart_gives_train_and_val_their_own_axes(runs, tmp_path):
+    """A KD train loss (~0.05) and a val loss (~8.5) each get a panel; log y, zoom and whole-number
+    step ticks; a single val point is drawn as a point."""
+    w = RunWriter(runs, "kd")
+    w.stage("prepare", "succeeded", total_steps=None)
+    w.stage("distill-depth", "running", step=20)
+    w.metrics("distill-depth", range(1, 21), loss0=0.06, val_every=0)
+    path = w.root / "distill-depth" / "metrics.jsonl"
+    from engine.contract import append_metrics
+
+    append_metrics(path, {"step": 20, "tokens": 20 * 256, "split": "val", "loss": 8.5})
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await open_only_run(app, pilot)
+        train, val = screen.query_one("#loss-chart"), screen.query_one("#val-chart")
+        await wait_for(pilot, lambda: len(train.curves[0].ys) == 20 and not train.held and not val.held,
+                       what="the curves")
+        assert [c.label for c in train.curves] == ["KD train"] and [c.label for c in val.curves] == ["val"]
+        assert val.curves[0].points  # one val value: a point, not a line
+        assert max(train.curves[0].ys) < 0.1 and val.curves[0].ys == [8.5]  # each on its own y axis
+        assert train.region.y != val.region.y and train.size.height >= 5 and val.size.height >= 5
+        await pilot.pause()
+        ticks = next(line for line in reversed(_chart_text(train)) if "10" in line and "20" in line)
+        assert "." not in ticks  # whole steps, no 10.5
+        assert "KD train" in str(screen.query_one("#stage-summary").render())
+        await pilot.press("y")
+        assert train.log_y and val.log_y
+        await pilot.press("z")
+        assert train.zoom == 0.5
+        await pilot.press("z")  # the last fifth
+        await pilot.pause()
+        from app.widgets.loss_chart import zoomed
+
+        assert min(zoomed(train.curves, train.zoom)[0].xs) >= 16
 
 
 def _sleeper() -> subprocess.Popen:

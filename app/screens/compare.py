@@ -25,6 +25,7 @@ from app.widgets.compare.pick_list import PickList, split_value
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
+from engine.contract import RunLayout
 
 POLL_S = 2.0  # live curves of running stages
 FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
@@ -111,7 +112,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             for value in selected:
                 if value not in cursors:
                     path, stage = split_value(value)
-                    cursors[value] = StageCurves(path / stage / "metrics.jsonl")
+                    cursors[value] = StageCurves(RunLayout(path).metrics_file(stage))
                     changed = True
                 changed = cursors[value].update() or changed
             if changed:
@@ -151,7 +152,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         chart = self.query_one(LossChart)
         chart.empty_text = "tick stages on the left (space) to overlay their validation loss"
         chart.show(items, xlabel=f"{axis}   (val loss; smoothing {SMOOTHING_LEVELS[self.smoothing_i]})",
-                   smoothing=SMOOTHING_LEVELS[self.smoothing_i])
+                   **self.chart_options())
 
     def _fill_results(self, rows: list[dict]) -> None:
         table = self.query_one("#results-table", DataTable)

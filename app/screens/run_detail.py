@@ -78,7 +78,10 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
                 yield Static("", id="stage-summary")
                 with TabbedContent(initial="chart", id="detail-tabs"):
                     with TabPane("Chart", id="chart"):
+                        # train and validation each on their own axes: a KD loss (~0.05) and a val
+                        # loss (~8) on one y axis left the KD curve a flat line at the bottom
                         yield LossChart(id="loss-chart")
+                        yield LossChart(id="val-chart")
                     with TabPane("Log", id="log"):
                         yield LogView(id="log-view")
                     with TabPane("Config", id="config"):
@@ -91,7 +94,8 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
 
     def on_mount(self) -> None:
         self.query_one("#detail-tabs").display = False  # shown just after the first frame,
-        self.query_one(LossChart).held = True  # and the chart in the frame after that
+        for chart in self.query(LossChart):
+            chart.held = True  # and the charts in the frame after that
         self.set_timer(TABS_AFTER_S, self._show_tabs)
         self.app.runs_signal.subscribe(self, self._on_runs)
         self.app.theme_changed_signal.subscribe(self, lambda _t: self._on_runs(self.app.runs, restyle=True))
@@ -101,7 +105,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
 
     def _show_tabs(self) -> None:
         self.query_one("#detail-tabs").display = True
-        self.set_timer(TABS_AFTER_S, self.query_one(LossChart).release)
+        self.set_timer(TABS_AFTER_S, lambda: [chart.release() for chart in self.query(LossChart)])
 
     # ---- run snapshot (from the app's scanner, once a second) -----------------------------
     def _on_runs(self, runs: list[RunInfo], restyle: bool = False) -> None:
@@ -137,7 +141,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             parts.append(f"step {s.step}")
         if s.eta_s is not None:
             parts.append(f"ETA {fmt.duration(s.eta_s)}")
-        parts.append(f"train {fmt.loss(s.train_loss)}  val {fmt.loss(s.val_loss)}")
+        parts.append(f"{train_loss_label(s.name)} {fmt.loss(s.train_loss)}  val {fmt.loss(s.val_loss)}")
         if s.tokens_per_s:
             parts.append(f"{fmt.si(s.tokens_per_s)} tok/s")
         if s.gpus:
@@ -241,12 +245,15 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             self._chart_timer = None
         train, val = self.series
         axis = self.axis if self.axis == "step" or all(t is not None for t in train.tokens) else "step"
-        chart = self.query_one(LossChart)
-        chart.empty_text = f"{self.stage_name}: no metrics yet" if self.stage_name else "no stage"
-        chart.show([Curve("train", train.xs(axis), train.loss, "blue"),
-                    Curve("val", val.xs(axis), val.loss, "red", smooth=False)],
-                   xlabel=f"{axis}   smoothing {SMOOTHING_LEVELS[self.smoothing_i]}",
-                   smoothing=SMOOTHING_LEVELS[self.smoothing_i])
+        train_label = train_loss_label(self.stage_name)
+        train_chart, val_chart = self.query_one("#loss-chart", LossChart), self.query_one("#val-chart", LossChart)
+        train_chart.empty_text = f"{self.stage_name}: no metrics yet" if self.stage_name else "no stage"
+        val_chart.empty_text = f"{self.stage_name}: no validation yet" if self.stage_name else ""
+        train_chart.show([Curve(train_label, train.xs(axis), train.loss, "blue")],
+                         xlabel=f"{axis}   smoothing {SMOOTHING_LEVELS[self.smoothing_i]}", **self.chart_options())
+        options = {**self.chart_options(), "smoothing": 0.0}  # a few val points: drawn as they are
+        val_chart.show([Curve("val", val.xs(axis), val.loss, "red", smooth=False, points=len(val) == 1)],
+                       xlabel=axis, **options)
 
     # ---- actions -----------------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:
@@ -269,6 +276,13 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
     def action_edit(self) -> None:
         if self.run_layout.experiment_file.exists():
             self.post_message(EditExperiment(self.run_layout.experiment_file, as_copy=True))
+
+
+def train_loss_label(stage: str | None) -> str:
+    """A distill stage's train loss is its KD loss (teacher vs student), not a cross-entropy."""
+    from engine.stage_kinds import stage_kind
+
+    return "KD train" if stage and stage_kind(stage) == "distill" else "train"
 
 
 def _status_text(text: str) -> str:
