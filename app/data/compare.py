@@ -8,6 +8,7 @@ from typing import Any
 
 from engine.contract import RunLayout
 from engine.contract.results import read_results
+from engine.evaluation.scores import decode_speed, task_scores
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -73,5 +74,10 @@ def results_rows(run_dir: Path) -> list[dict[str, Any]]:
         for split, m in res.splits.items():
             row[f"{split}.loss"] = m.loss
             row[f"{split}.perplexity"] = m.perplexity
+        for task, score in task_scores(res.raw).items():  # "task.<name>": the task's headline score
+            row[f"task.{task}"] = score
+        row["decode_tokens_per_s"] = decode_speed(res.raw)
+        speed = res.raw.get("speed") if isinstance(res.raw.get("speed"), dict) else {}
+        row["speedup"] = speed.get("speedup_vs_teacher")
         rows.append(row)
     return rows

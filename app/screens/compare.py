@@ -169,10 +169,21 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             short = {"validation": "val", "test": "test", "train": "train"}.get(sp, sp)
             table.add_column(f"{short} loss", width=8)
             table.add_column(f"{short} ppl", width=8)
+        tasks = list(dict.fromkeys(k for r in rows for k in r if k.startswith("task.")))
+        for t in tasks:
+            table.add_column(t[len("task."):][:10], width=10)
+        speed = any(r.get("decode_tokens_per_s") for r in rows)
+        if speed:
+            table.add_column("decode/s", width=8)
+            table.add_column("speedup", width=7)
         for r in rows:
             cells = [r["run"], r["model"], fmt.si(r.get("params"))]
             for sp in splits:
                 cells += [fmt.loss(r.get(f"{sp}.loss")), fmt.si(r.get(f"{sp}.perplexity"))]
+            cells += [fmt.loss(r.get(t)) for t in tasks]
+            if speed:
+                up = r.get("speedup")
+                cells += [fmt.si(r.get("decode_tokens_per_s")), f"{up:.2f}x" if isinstance(up, (int, float)) else "-"]
             table.add_row(*cells)
 
     def _fill_diff(self, labels: list[str], diff: list[tuple[str, list]]) -> None:
