@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import io
 import json
@@ -161,6 +162,24 @@ async def test_runs_table_keys_and_pinned_run_column(runs, tmp_path):
         await wait_for(pilot, lambda: table.scroll_x > 0, what="scrolled right")
         await pilot.pause()
         assert any("run-29" in line for line in _drawn(table))
+
+
+@run_async
+async def test_whole_run_progress_and_eta(runs, tmp_path):
+    """Besides the current stage's progress, the run's: stages done and a whole-run ETA."""
+    live, ft = live_finetune_run(runs)  # 7 stages: prepare done, finetune at 2/20
+    ft.update(step=10)
+    started = min(datetime.datetime.fromisoformat(st.doc["started_at"]).timestamp() for st in live.statuses.values())
+    app = make_app(runs, tmp_path, clock=lambda: started + 100)  # 100 s after the first stage began
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
+        title = app.screen.query_one("#preview-title")
+        # (1 + 0.5) / 7 = 21% done in 100 s: 100 * 5.5 / 1.5 = 366 s to go
+        await wait_for(pilot, lambda: "run 1/7 stages, 21%, ETA ~6m06s" in str(title.render()),
+                       what="the run's progress")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "run 1/7 stages, 21%" in str(app.screen.query_one("#detail-title").render()),
+                       what="run progress in the detail title")
 
 
 @run_async

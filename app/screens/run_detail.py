@@ -29,6 +29,7 @@ from app.widgets.detail.stage_list import StageList
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import Curve, LossChart
 from app.widgets.nav import NavBar
+from app.widgets.run_progress import run_progress_text
 from app.widgets.static_text import set_text
 from app.widgets.style import error_markup, run_state_markup, state_style
 from engine.contract import RunLayout
@@ -118,7 +119,8 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         self.run = run
         state = run_state_markup(self.app, run)
         err = f"  {error_markup(run.state, run.error)}" if run.error else ""
-        set_text(title, f"[b]{escape(run.name)}[/b]  {state}  {escape(str(run.path))}{err}", restyle)
+        progress = escape(run_progress_text(run, self.app.clock()))
+        set_text(title, f"[b]{escape(run.name)}[/b]  {state}  {progress}  {escape(str(run.path))}{err}", restyle)
         stages = self.query_one(StageList)
         stages.show_run(run, restyle)
         cur = run.current

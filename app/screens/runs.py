@@ -16,6 +16,7 @@ from app.widgets.home.runs_table import RunsTable
 from app.widgets.home.stages_table import StagesTable
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
+from app.widgets.run_progress import run_progress_text
 from app.widgets.static_text import set_text
 from app.widgets.style import error_markup
 
@@ -97,7 +98,8 @@ class RunsScreen(KeepStyles, Screen):
             set_text(title, "", restyle)
         else:
             err = f"  {error_markup(run.state, run.error)}" if run.error else ""
-            set_text(title, f"[b]{_escape(run.name)}[/b]  {run.path}{err}", restyle)
+            progress = _escape(run_progress_text(run, self.app.clock()))
+            set_text(title, f"[b]{_escape(run.name)}[/b]  {progress}  {_escape(str(run.path))}{err}", restyle)
         self.query_one(StagesTable).show_run(run, restyle)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
