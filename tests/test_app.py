@@ -802,6 +802,36 @@ async def test_compare_overlays_curves_results_and_config_diff(runs, tmp_path):
         await wait_for(pilot, lambda: app.screen.query_one("#stage-list").highlighted_stage == opened)
 
 
+@run_async
+async def test_compare_follows_a_run_as_its_students_and_results_appear(runs, tmp_path):
+    w = RunWriter(runs, "growing", students=("depth",))
+    w.stage("prepare", "succeeded", total_steps=None)
+    w.stage("finetune", "succeeded", step=20)
+    w.stage("prune-depth", "succeeded", total_steps=None)
+    w.metrics("prune-depth", range(0, 1), val_every=1)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        screen = app.screen
+        picks = screen.query_one("#compare-pick")
+        await wait_for(pilot, lambda: picks.selected == [f"{w.root}::prune-depth"], what="the student preselected")
+        # its distill stage starts later: ticked too
+        w.stage("distill-depth", "running", step=5)
+        w.metrics("distill-depth", range(1, 6))
+        await wait_for(pilot, lambda: f"{w.root}::distill-depth" in picks.selected, what="the new stage ticked")
+        results = screen.query_one("#results-table")
+        assert results.row_count == 0
+        w.result("teacher", 1000, 3.0)
+        await wait_for(pilot, lambda: results.row_count == 1, what="eval/results.json shown once written")
+        # the first space ticks the highlighted stage
+        picks.deselect_all()
+        picks.focus()
+        await pilot.press("space")
+        assert len(picks.selected) == 1
+
+
 # ---- GPUs, help, themes ---------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from textual.worker import get_current_worker
 
 from app.data import fmt
 from app.data.compare import config_diff, read_experiment, results_rows, stage_config
-from app.data.scan import RunInfo
+from app.data.scan import RunInfo, stat_key
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.messages import OpenRun
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
@@ -49,6 +49,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         self.curves: dict[str, Series] = {}
         self._wake = threading.Event()
         self._preselected = False
+        self._auto_run: Path | None = None  # the run preselect_run ticked
 
     def compose(self) -> ComposeResult:
         yield NavBar("compare")
@@ -76,7 +77,10 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
     # ---- the stage list ------------------------------------------------------------------------
     def _on_runs(self, runs: list[RunInfo]) -> None:
         picks = self.query_one(PickList)
-        picks.update_runs(runs)
+        before = set(picks.stage_values)
+        if picks.update_runs(runs) and self._auto_run is not None:
+            # stages of the preselected run that appeared since (a student reaching prune or distill)
+            picks.select_values([v for v in _student_values(runs, self._auto_run) if v not in before])
         if not self._preselected and runs:
             self._preselected = True
             newest = next((r for r in runs if any(s.name.startswith("distill-") for s in r.stages)), None)
@@ -91,8 +95,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         run = next((r for r in self.app.runs if r.path == Path(path)), None)
         if run is not None:
             picks.deselect_all()
-            picks.select_values([f"{run.path}::{s.name}" for s in run.stages
-                                 if s.name.startswith(("prune-", "distill-"))])
+            picks.select_values(_student_values(self.app.runs, run.path))
+            self._auto_run = run.path  # its students' stages that appear later are ticked too
 
     def on_selection_list_selected_changed(self, event: SelectionList.SelectedChanged) -> None:
         self.selected = tuple(event.selection_list.selected)
@@ -106,9 +110,14 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         worker = get_current_worker()
         cursors: dict[str, StageCurves] = {}
         shown: tuple[str, ...] | None = None
+        results_seen: dict[Path, object] = {}  # eval/results.json's stat per run: it may appear later
         while not worker.is_cancelled:
             selected = self.selected
             changed = selected != shown
+            for run in {split_value(v)[0] for v in selected}:
+                key = stat_key(RunLayout(run).results_file)
+                changed = changed or results_seen.get(run, key) != key
+                results_seen[run] = key
             for value in selected:
                 if value not in cursors:
                     path, stage = split_value(value)
@@ -222,3 +231,11 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
 def _label(value: str) -> str:
     path, stage = split_value(value)
     return f"{path.name}/{stage}"
+
+
+def _student_values(runs: list[RunInfo], path: Path) -> list[str]:
+    """The pick-list values of a run's students' stages (prune-*, distill-*)."""
+    from engine.stage_kinds import stage_kind
+
+    run = next((r for r in runs if r.path == path), None)
+    return [f"{path}::{s.name}" for s in (run.stages if run else ()) if stage_kind(s.name) in ("prune", "distill")]

@@ -45,8 +45,8 @@ class PickList(SelectionList[str]):
         self.clear_options()
         self.add_options([Selection(label, value, value in keep) for value, label in items])
         self.stage_values = values
-        if highlighted is not None and values:
-            self.highlighted = min(highlighted, len(values) - 1)
+        if values:  # a highlight from the start: the first space ticks a stage
+            self.highlighted = 0 if highlighted is None else min(highlighted, len(values) - 1)
         return True
 
     def select_values(self, values: list[str]) -> None:
