@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
+from engine.contract.fmt import age, duration
+
+__all__ = ["STATE_GLYPH", "age", "bar", "duration", "gpus", "loss", "si"]
+
 STATE_GLYPH = {"pending": "○", "running": "●", "succeeded": "✓", "failed": "✗", "cancelled": "⊘"}
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "–"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s" if s < 600 else f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
-
-
-def age(seconds: float) -> str:
-    s = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
 
 
 def loss(v: float | None) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.contract import effective_state, parse_iso, read_json, read_metrics
+from engine.contract import RunLayout, effective_state, parse_iso, read_json, read_metrics
 from engine.stage_kinds import planned_stages, sort_key
 
 if sys.version_info >= (3, 11):
@@ -113,7 +113,7 @@ def _effective(doc: dict[str, Any] | None) -> tuple[str, str | None]:
 
 
 def _created_key(path: Path) -> float:
-    for name in ("experiment.toml", "status.json"):
+    for name in (RunLayout.EXPERIMENT, RunLayout.STATUS):
         try:
             return os.stat(path / name).st_mtime
         except OSError:
@@ -340,7 +340,8 @@ class RunScanner:
 
     def _scan_run(self, path: Path, now: float) -> RunInfo | None:
         rc = self._cache.get(path)
-        exp_file, pipe_file = path / "experiment.toml", path / "status.json"
+        layout = RunLayout(path)
+        exp_file, pipe_file = layout.experiment_file, layout.status_file
         dir_key = stat_key(path)
         if rc is not None and rc.info is not None and rc.info.state in TERMINAL + ("pending",) \
                 and dir_key == rc.dir_key and now - rc.checked < self.idle_recheck_s:
@@ -369,11 +370,11 @@ class RunScanner:
         root = str(path)
         for name in names:
             sc = rc.stages.setdefault(name, _StageCache())
-            status_file = os.path.join(root, name, "status.json")
+            status_file = os.path.join(root, name, RunLayout.STATUS)
             key = stat_key(status_file)
             if key != sc.status_key:
                 sc.status_key, sc.status = key, read_json(status_file)
-            mfile = os.path.join(root, name, "metrics.jsonl")
+            mfile = os.path.join(root, name, RunLayout.METRICS)
             sc.metrics.update(mfile, stat_key(mfile))
             stages.append(_stage_info(name, sc, now))
         stages_t = tuple(stages)
@@ -394,6 +395,6 @@ class RunScanner:
     @staticmethod
     def _stage_dirs(path: Path) -> list[str]:
         try:
-            return [e.name for e in os.scandir(path) if e.is_dir() and os.path.exists(os.path.join(e.path, "status.json"))]
+            return [e.name for e in os.scandir(path) if e.is_dir() and os.path.exists(os.path.join(e.path, RunLayout.STATUS))]
         except OSError:
             return []

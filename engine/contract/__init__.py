@@ -18,7 +18,7 @@ from engine.contract.files import (
     write_atomic,
     write_json,
 )
-from engine.contract.fmt import human_count
+from engine.contract.fmt import age, duration, human_count
 from engine.contract.layout import RunLayout, list_runs, teacher_source, tokenizer_source
 from engine.contract.results import (
     MAX_LOG_PPL,
@@ -42,7 +42,7 @@ from engine.contract.status import (
 )
 
 __all__ = ["HEARTBEAT_S", "MAX_LOG_PPL", "STALE_S", "STATES", "ModelResult", "RunLayout", "SplitResult",
-           "StageStatus", "append_metrics", "effective_state", "human_count", "list_runs", "now_iso", "parse_iso",
+           "StageStatus", "age", "append_metrics", "duration", "effective_state", "human_count", "list_runs", "now_iso", "parse_iso",
            "perplexity", "pid_alive", "process_alive", "process_of", "read_json", "read_metrics", "read_results", "read_status", "split_entry",
            "stage_status_doc", "teacher_source", "tokenizer_source", "truncate_metrics_after", "write_atomic",
            "write_json"]

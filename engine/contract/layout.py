@@ -7,7 +7,15 @@ from typing import Any
 
 
 class RunLayout:
-    """Paths inside one run directory; the single place that knows the contract's names."""
+    """Paths inside one run directory; the single place that knows the contract's names.
+
+    The bare names are class attributes for readers that stat many files without building
+    a RunLayout (the TUI's scanner)."""
+
+    EXPERIMENT = "experiment.toml"
+    STATUS = "status.json"
+    METRICS = "metrics.jsonl"
+    LOG = "stdout.log"
 
     def __init__(self, run_dir: str | Path):
         self.root = Path(run_dir)
@@ -17,20 +25,20 @@ class RunLayout:
 
     @property
     def experiment_file(self) -> Path:
-        return self.root / "experiment.toml"
+        return self.root / self.EXPERIMENT
 
     @property
     def status_file(self) -> Path:
-        return self.root / "status.json"
+        return self.root / self.STATUS
 
     def stage_status_file(self, stage: str) -> Path:
-        return self.stage_dir(stage) / "status.json"
+        return self.stage_dir(stage) / self.STATUS
 
     def metrics_file(self, stage: str) -> Path:
-        return self.stage_dir(stage) / "metrics.jsonl"
+        return self.stage_dir(stage) / self.METRICS
 
     def log_file(self, stage: str) -> Path:
-        return self.stage_dir(stage) / "stdout.log"
+        return self.stage_dir(stage) / self.LOG
 
     def model_dir(self, stage: str) -> Path:
         return self.stage_dir(stage) / "model"
@@ -66,7 +74,7 @@ class RunLayout:
     def stages_on_disk(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "status.json").exists())
+        return sorted(p.name for p in self.root.iterdir() if (p / self.STATUS).exists())
 
 
 def list_runs(runs_dir: str | Path) -> list[Path]:
@@ -75,7 +83,7 @@ def list_runs(runs_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir()
-                  if p.is_dir() and ((p / "experiment.toml").exists() or (p / "status.json").exists()))
+                  if p.is_dir() and ((p / RunLayout.EXPERIMENT).exists() or (p / RunLayout.STATUS).exists()))
 
 
 def teacher_source(exp: Any, layout: RunLayout) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError
-from engine.contract import RunLayout, list_runs, parse_iso, read_metrics, read_status
+from engine.contract import RunLayout, age, list_runs, parse_iso, read_metrics, read_status
 from engine.orchestration.divergence import divergence
 
 
@@ -76,10 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _ago(iso: str | None) -> str:
     t = parse_iso(iso)
-    if not t:
-        return "-"
-    s = max(0, int(time.time() - t.timestamp()))
-    return f"{s}s" if s < 90 else (f"{s // 60}m" if s < 5400 else (f"{s // 3600}h" if s < 172800 else f"{s // 86400}d"))
+    return age(time.time() - t.timestamp()) if t else "-"
 
 
 def _last(records: list[dict[str, Any]], split: str) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ from typing import Any
 from engine.config import Experiment
 from engine.contract import (
     RunLayout,
+    duration,
     now_iso,
     parse_iso,
     read_json,
@@ -26,6 +27,7 @@ from engine.contract import (
     stage_status_doc,
     write_json,
 )
+from engine.contract.tail import LogTail, last_lines
 from engine.orchestration.divergence import divergence
 from engine.orchestration.launch import (
     StageCommand,
@@ -130,8 +132,7 @@ class Running:
     cmd: StageCommand
     started: float
     log_path: Path
-    offset: int
-    partial: bytes = b""
+    log: LogTail  # follows the stage's output from where its process started writing
 
 
 class Orchestrator:
@@ -185,17 +186,7 @@ class Orchestrator:
     def _tail(self, r: Running, final: bool = False) -> None:
         if not self.tail:
             return
-        try:
-            with open(r.log_path, "rb") as f:
-                f.seek(r.offset)
-                data = f.read()
-        except OSError:
-            return
-        r.offset += len(data)
-        data = r.partial + data
-        cut = len(data) if final else data.rfind(b"\n") + 1
-        r.partial = data[cut:]
-        text = data[:cut].decode("utf-8", errors="replace")
+        text = r.log.read_text(final)
         if not text:
             return
         if len(self.running) > 1:  # stages side by side: say whose line it is
@@ -226,7 +217,8 @@ class Orchestrator:
             offset = log.tell()
             proc = subprocess.Popen(cmd.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **cmd.env}, start_new_session=False)
-        self.running[stage] = Running(stage, proc, cmd, time.time(), log_path, offset)
+        self.running[stage] = Running(stage, proc, cmd, time.time(), log_path,
+                                      LogTail(log_path, max_read=None, offset=offset))
         self.say(f"==> {stage}: {plan.action} ({plan.reason}) on {place}, pid {proc.pid}, log {log_path}")
         if self.status:
             # Until the stage process writes its own status, this one says who runs it.
@@ -247,14 +239,14 @@ class Orchestrator:
             state, msg = self._settle_status(r.stage, rc)
         if state == "succeeded":
             self.done.add(r.stage)
-            self.say(f"==> {r.stage}: succeeded in {_fmt_s(elapsed)}")
+            self.say(f"==> {r.stage}: succeeded in {duration(elapsed)}")
         elif state == "cancelled":
-            self.say(f"==> {r.stage}: cancelled after {_fmt_s(elapsed)}; `slimlab-engine run` resumes it")
+            self.say(f"==> {r.stage}: cancelled after {duration(elapsed)}; `slimlab-engine run` resumes it")
         else:
             self.failed.append((r.stage, msg))
-            self.say(f"==> {r.stage}: FAILED after {_fmt_s(elapsed)}: {msg}")
+            self.say(f"==> {r.stage}: FAILED after {duration(elapsed)}: {msg}")
             if not self.tail:
-                self.say(_last_lines(r.log_path, 15))
+                self.say("\n".join("    " + line for line in last_lines(r.log_path, 15)))
         warning = divergence(read_metrics(self.layout.metrics_file(r.stage))[0]) if state == "succeeded" else None
         if warning:
             self.say(f"==> {r.stage}: WARNING: {warning}")
@@ -374,7 +366,7 @@ class Orchestrator:
                 return
 
     def _conclude(self) -> int:
-        elapsed = _fmt_s(time.time() - self.t0)
+        elapsed = duration(time.time() - self.t0)
         if self.cancelled:
             if self.status:
                 self.status.finish("cancelled", {"type": "Cancelled", "message": f"cancelled by {self.cancelled}"})
@@ -391,18 +383,3 @@ class Orchestrator:
             self.status.finish("succeeded")
         self.say(f"done in {elapsed}: {self.layout.root}  (compare: slimlab-engine compare {self.layout.root})")
         return 0
-
-
-def _fmt_s(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
-
-
-def _last_lines(path: Path, n: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 8192))
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in text.splitlines()[-n:])
