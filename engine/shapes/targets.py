@@ -267,6 +267,8 @@ def shape_lines(exp: Experiment) -> list[str]:
 
 
 def _selection_line(p: Any, t: Shape, selection: str) -> str:
+    if p.importance_from:
+        return f"    layers by {selection}: scores reused from {p.importance_from}"
     batches = math.ceil(p.calibration_samples / p.calibration_batch_size)
     return f"    layers by {selection}: costs {selection_cost(selection, t.num_layers)}; {batches} calibration batches"
 
