@@ -15,7 +15,7 @@ from engine.orchestration.check import describe_plan
 from engine.search.budget import budget_for, memory_gib
 from engine.search.candidates import enumerate_candidates, pick_scored, search_space
 from engine.search.counts import parse_param_count
-from engine.shapes.shape import _width_shape, count_params, shape_from_config, student_shape
+from engine.shapes.shape import count_params, shape_from_config, student_shape
 from engine.shapes.targets import student_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_enumeration_matches_brute_force():
     for n, h, f in itertools.product(range(1, 9), range(12, 97, 12), list(range(16, 257, 16))):
         q = PruneConfig(name="x", method="width", hidden_size=h, ffn_hidden_size=f, num_layers=n)
         try:
-            s = _width_shape(t, q, "x").shape
+            s = student_shape(t, q, "x").shape
         except ConfigError:
             continue
         if b.fits(count_params(s)):

@@ -15,14 +15,14 @@ depth-heavy and width-heavy shapes are both tried.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
 
 from engine.config import ConfigError
 from engine.contract import human_count
 from engine.search.budget import Budget, budget_for
-from engine.shapes.shape import Shape, StudentShape, _width_shape, count_params, layer_selection
+from engine.shapes.shape import Shape, StudentShape, count_params, layer_selection, student_shape
 
 CHECK_SHOWN = 5  # candidates `check` lists
 
@@ -54,21 +54,19 @@ class SearchSpace:
     scored: tuple[int, ...]  # indices into candidates, in candidate order
     selection: str
     axes: tuple[str, ...]
+    teacher: Shape
     method: str = "search"
-    teacher: Shape | None = field(default=None, compare=False)
 
     @property
     def shape(self) -> Shape:
         return min(self.candidates, key=lambda c: abs(c.metric - self.budget.target)).shape
 
     def drops_layers(self) -> bool:
-        return self.teacher is not None and any(c.shape.num_layers < self.teacher.num_layers
-                                                for c in self.candidates)
+        return any(c.shape.num_layers < self.teacher.num_layers for c in self.candidates)
 
     def student(self, i: int) -> StudentShape:
         """Candidate i as the StudentShape the prune stage builds (layers chosen by `selection`)."""
         s = self.candidates[i].shape
-        assert self.teacher is not None
         drop = self.teacher.num_layers - s.num_layers
         return StudentShape(self.name, "search", s, num_drop=drop, selection=self.selection if drop else None)
 
@@ -100,7 +98,7 @@ def _widths(t: Shape, p: Any, where: str) -> list[Shape]:
                 q = SimpleNamespace(name=p.name, method="width", ffn_hidden_size=None, hidden_size=h,
                                     num_attention_heads=nh, num_key_value_heads=kv, num_layers=None, selection=None)
                 try:
-                    s = _width_shape(t, q, where).shape  # the checks of a hand-written width target
+                    s = student_shape(t, q, where).shape  # the checks of a hand-written width target
                 except ConfigError:
                     continue
                 out[(s.hidden_size, s.num_heads, s.num_kv_heads)] = s
@@ -184,7 +182,7 @@ def search_space(t: Shape, p: Any, where: str, dtype: str, seq_length: int) -> S
                           f"{p.hidden_multiple}, ffn in steps of {p.ffn_multiple}) meets {budget.describe()}; "
                           "raise tolerance, add axes or use smaller hidden_multiple / ffn_multiple")
     scored = pick_scored(cands, budget, p.top_k)
-    return SearchSpace(p.name, budget, tuple(cands), scored, layer_selection(p), tuple(p.axes), teacher=t)
+    return SearchSpace(p.name, budget, tuple(cands), scored, layer_selection(p), tuple(p.axes), t)
 
 
 def candidate_label(s: Shape) -> str:

@@ -76,7 +76,6 @@ class SearchProgress:
 def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Importance,
                windows: list[torch.Tensor], scorer: Scorer) -> Winner:
     """Score every chosen candidate; write search.json; return the best one, pruned."""
-    assert space.teacher is not None
     stage = ctx.stage
     ctx.log(f"[{stage}] {space.describe()}; scoring by {scorer.name}")
     scores: dict[int, float] = {}
