@@ -125,6 +125,8 @@ def clear_stage(layout: RunLayout, stage: str, keep_state: bool = False) -> None
     for child in d.iterdir():
         if child.name.startswith("stdout."):
             continue
+        if stage == "eval" and child.name == "results.json":
+            continue  # the eval stage's per-model cache: it re-evaluates only models that changed
         if keep_state and training and child.name != "model":
             continue
         if child.is_dir() and not child.is_symlink():
