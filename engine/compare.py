@@ -8,13 +8,20 @@ No torch import.
 from __future__ import annotations
 
 import io
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment, load_experiment
-from engine.contract import RunLayout, human_count, read_json, read_metrics, teacher_source, write_atomic
+from engine.contract import (
+    MetricsSummary,
+    RunLayout,
+    human_count,
+    read_json,
+    read_metrics_summary,
+    teacher_source,
+    write_atomic,
+)
 from engine.contract.results import ModelResult, perplexity, read_results
 from engine.evaluation.scores import mean_score, task_scores
 from engine.shapes.shape import count_params, shape_from_config
@@ -108,11 +115,9 @@ def _val_loss(res: ModelResult | None) -> float | None:
     return v.loss if v else None
 
 
-def stage_records(layout: RunLayout, stage: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(validation records with a loss, train records) of one stage's metrics.jsonl, read once."""
-    recs, _ = read_metrics(layout.metrics_file(stage))
-    val = [r for r in recs if r.get("split") == "val" and isinstance(r.get("loss"), (int, float))]
-    return val, [r for r in recs if r.get("split") == "train"]
+def _last_val_loss(m: MetricsSummary) -> float | None:
+    vals = m.val_losses
+    return float(vals[-1]["loss"]) if vals else None
 
 
 def model_rows(run_dir: str | Path) -> list[ModelRow]:
@@ -129,10 +134,10 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
     tres = results.get("teacher")
     teacher.distilled_loss = _val_loss(tres)
     if exp.finetune:
-        vals, train = stage_records(layout, "finetune")
+        metrics = read_metrics_summary(layout.metrics_file("finetune"))
         if teacher.distilled_loss is None:
-            teacher.distilled_loss = vals[-1]["loss"] if vals else None
-        _throughput(teacher, train)
+            teacher.distilled_loss = _last_val_loss(metrics)
+        _throughput(teacher, metrics)
     if tres and tres.params:
         teacher.params = tres.params
     teacher.ppl = _ppl(tres, teacher.distilled_loss)
@@ -147,14 +152,13 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
         pres, dres = results.get(prune_stage), results.get(distill_stage)
         row.pruned_loss = _val_loss(pres)
         if row.pruned_loss is None:
-            vals, _ = stage_records(layout, prune_stage)
-            row.pruned_loss = vals[-1]["loss"] if vals else None
+            row.pruned_loss = _last_val_loss(read_metrics_summary(layout.metrics_file(prune_stage)))
         row.distilled_loss = _val_loss(dres)
         if exp.distill:
-            vals, train = stage_records(layout, distill_stage)
+            metrics = read_metrics_summary(layout.metrics_file(distill_stage))
             if row.distilled_loss is None:
-                row.distilled_loss = vals[-1]["loss"] if vals else None
-            _throughput(row, train)
+                row.distilled_loss = _last_val_loss(metrics)
+            _throughput(row, metrics)
         for res in (dres, pres):
             if res and res.params:
                 row.params = res.params
@@ -174,14 +178,9 @@ def _ppl(res: ModelResult | None, loss: float | None) -> float | None:
     return None if loss is None else perplexity(loss)
 
 
-def _throughput(row: ModelRow, train: list[dict[str, Any]]) -> None:
-    if not train:
-        return
-    tokens = [r.get("tokens") for r in train if isinstance(r.get("tokens"), (int, float))]
-    row.tokens = int(tokens[-1]) if tokens else None
-    speeds = [float(r["tokens_per_s"]) for r in train if isinstance(r.get("tokens_per_s"), (int, float))]
-    if speeds:
-        row.tokens_per_s = statistics.median(speeds[len(speeds) // 4:] or speeds)  # skip warm-up steps
+def _throughput(row: ModelRow, metrics: MetricsSummary) -> None:
+    row.tokens = metrics.tokens
+    row.tokens_per_s = metrics.steady_tokens_per_s
 
 
 def curves(run_dirs: list[str | Path]) -> dict[str, tuple[list[float], list[float]]]:
@@ -193,11 +192,11 @@ def curves(run_dirs: list[str | Path]) -> dict[str, tuple[list[float], list[floa
         for p in exp.prune:
             xs: list[float] = []
             ys: list[float] = []
-            start, _ = stage_records(layout, f"prune-{p.name}")
-            if start:
+            start = _last_val_loss(read_metrics_summary(layout.metrics_file(f"prune-{p.name}")))
+            if start is not None:
                 xs.append(0.0)
-                ys.append(float(start[-1]["loss"]))
-            for r in stage_records(layout, f"distill-{p.name}")[0]:
+                ys.append(start)
+            for r in read_metrics_summary(layout.metrics_file(f"distill-{p.name}")).val_losses:
                 step = float(r.get("step", 0))
                 if xs and step <= xs[-1]:
                     continue
@@ -387,13 +386,7 @@ def write_quality_speed_png(rows: list[ModelRow], path: Path) -> bool:
     ax.set_xlabel(f"decode tokens/s at batch {batch} (right is faster)")
     ax.set_ylabel(ylabel)
     ax.set_title("quality vs speed")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    _save_png(fig, ax, path)
     return True
 
 
@@ -426,6 +419,13 @@ def write_png(series: dict[str, tuple[list[float], list[float]]], path: Path, te
     ax.set_xlabel("distillation step (0 = right after pruning)")
     ax.set_ylabel("validation loss")
     ax.set_title("depth vs width: validation loss while distilling")
+    _save_png(fig, ax, path)
+
+
+def _save_png(fig, ax, path: Path) -> None:
+    """Grid, legend and tight layout; then the figure as a PNG written atomically, and closed."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -14,12 +14,11 @@ from _app_util import RunWriter, finished_run
 
 from app.data.compare import config_diff, flatten, results_rows, stage_config
 from app.data.compose import format_field, new_experiment, parse_field, parse_ints, to_toml, validate
-from app.data.scan import RunScanner
 from app.data.series import StageCurves, downsample, ema
 from app.data.tail import LogTail
 from engine.compare import model_rows
 from engine.config import ConfigError, dumps_toml, load_experiment, loads_experiment
-from engine.contract import MAX_LOG_PPL, append_metrics, perplexity
+from engine.contract import MAX_LOG_PPL, RunScanner, append_metrics, perplexity
 from engine.stage_kinds import planned_stages
 
 ROOT = Path(__file__).resolve().parent.parent

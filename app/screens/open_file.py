@@ -13,6 +13,7 @@ from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
 from app.textual_workarounds import InOrderInput
+from engine.contract import RunLayout
 
 
 class OpenFileScreen(ModalScreen[Path | None]):
@@ -36,7 +37,7 @@ class OpenFileScreen(ModalScreen[Path | None]):
     @work(thread=True, exclusive=True)
     def _list_files(self) -> None:
         files = sorted(self.experiments_dir.glob("*.toml"))
-        files += sorted(p / "experiment.toml" for p in self._run_dirs() if (p / "experiment.toml").exists())
+        files += sorted(f for f in (RunLayout(p).experiment_file for p in self._run_dirs()) if f.exists())
         self.app.call_from_thread(self._show, files)
 
     def _run_dirs(self) -> list[Path]:

@@ -19,6 +19,7 @@ from app.widgets.nav import NavBar
 from app.widgets.run_progress import run_progress_text
 from app.widgets.static_text import set_text
 from app.widgets.style import error_markup
+from engine.contract import RunLayout
 
 FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
 CATCH_UP_DELAY_S = 0.05  # shown again: the tables take the snapshots that came meanwhile this much later
@@ -150,8 +151,8 @@ class RunsScreen(KeepStyles, Screen):
 
     def action_edit(self) -> None:
         run = self._run()
-        if run is not None and (run.path / "experiment.toml").exists():
-            self.post_message(EditExperiment(run.path / "experiment.toml", as_copy=True))
+        if run is not None and RunLayout(run.path).experiment_file.exists():
+            self.post_message(EditExperiment(RunLayout(run.path).experiment_file, as_copy=True))
 
     def action_compare(self) -> None:
         run = self._run()

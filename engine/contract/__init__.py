@@ -20,6 +20,7 @@ from engine.contract.files import (
 )
 from engine.contract.fmt import age, duration, human_count
 from engine.contract.layout import RunLayout, list_runs, teacher_source, tokenizer_source
+from engine.contract.metrics_summary import MetricsSummary, read_metrics_summary, stat_key
 from engine.contract.results import (
     MAX_LOG_PPL,
     ModelResult,
@@ -28,6 +29,7 @@ from engine.contract.results import (
     read_results,
     split_entry,
 )
+from engine.contract.scan import RunInfo, RunScanner, StageInfo
 from engine.contract.status import (
     HEARTBEAT_S,
     STALE_S,
@@ -41,8 +43,11 @@ from engine.contract.status import (
     stage_status_doc,
 )
 
-__all__ = ["HEARTBEAT_S", "MAX_LOG_PPL", "STALE_S", "STATES", "ModelResult", "RunLayout", "SplitResult",
-           "StageStatus", "age", "append_metrics", "duration", "effective_state", "human_count", "list_runs", "now_iso", "parse_iso",
-           "perplexity", "pid_alive", "process_alive", "process_of", "read_json", "read_metrics", "read_results", "read_status", "split_entry",
-           "stage_status_doc", "teacher_source", "tokenizer_source", "truncate_metrics_after", "write_atomic",
-           "write_json"]
+__all__ = [
+    "HEARTBEAT_S", "MAX_LOG_PPL", "MetricsSummary", "ModelResult", "RunInfo", "RunLayout", "RunScanner",
+    "STALE_S", "STATES", "SplitResult", "StageInfo", "StageStatus", "age", "append_metrics", "duration",
+    "effective_state", "human_count", "list_runs", "now_iso", "parse_iso", "perplexity", "pid_alive",
+    "process_alive", "process_of", "read_json", "read_metrics", "read_metrics_summary", "read_results",
+    "read_status", "split_entry", "stage_status_doc", "stat_key", "teacher_source", "tokenizer_source",
+    "truncate_metrics_after", "write_atomic", "write_json",
+]

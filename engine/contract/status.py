@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract.files import now_iso, parse_iso, read_json, write_json
+from engine.contract.layout import RunLayout
 
 STATES = ("pending", "running", "succeeded", "failed", "cancelled")
 HEARTBEAT_S = 10.0  # how often a running stage refreshes updated_at
@@ -129,7 +130,7 @@ class StageStatus:
     """Writes a stage's status.json; a daemon thread keeps the heartbeat fresh while running."""
 
     def __init__(self, stage_dir: str | Path, stage: str, config_hash: str | None = None):
-        self.path = Path(stage_dir) / "status.json"
+        self.path = Path(stage_dir) / RunLayout.STATUS
         self.doc = stage_status_doc(stage, config_hash)
         self._lock = threading.Lock()
         self._stop = threading.Event()

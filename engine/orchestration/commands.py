@@ -10,7 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError
-from engine.contract import RunLayout, age, list_runs, parse_iso, read_metrics, read_status
+from engine.contract import (
+    MetricsSummary,
+    RunInfo,
+    RunLayout,
+    RunScanner,
+    StageInfo,
+    age,
+    list_runs,
+    parse_iso,
+    read_json,
+    read_metrics_summary,
+)
+from engine.contract.scan import stage_info
 from engine.orchestration.divergence import divergence
 
 
@@ -79,51 +91,40 @@ def _ago(iso: str | None) -> str:
     return age(time.time() - t.timestamp()) if t else "-"
 
 
-def _last(records: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
-    for r in reversed(records):
-        if r.get("split") == split:
-            return r
-    return None
-
-
-def _step(st: dict[str, Any], layout: RunLayout, stage: str) -> int | None:
+def _step(s: StageInfo, layout: RunLayout) -> int | None:
     """The furthest step reached: status.json can lag the last checkpoint (one saved on cancel)."""
     from engine.training.checkpoint import latest_checkpoint  # torch-free
 
-    ckpt = latest_checkpoint(layout.checkpoints_dir(stage))
-    steps = [s for s in (st.get("step"), ckpt[0] if ckpt else None) if isinstance(s, int)]
+    ckpt = latest_checkpoint(layout.checkpoints_dir(s.name))
+    steps = [x for x in (s.step if s.state != "pending" else None, ckpt[0] if ckpt else None) if isinstance(x, int)]
     return max(steps) if steps else None
 
 
+def _stage_json(s: StageInfo, layout: RunLayout, metrics: MetricsSummary | None) -> dict[str, Any]:
+    return {"stage": s.name, "state": s.state, "step": _step(s, layout), "total_steps": s.total_steps,
+            "train_loss": s.train_loss, "val_loss": s.val_loss, "tokens_per_s": s.tokens_per_s,
+            "updated_at": s.updated_at, "gpus": list(s.gpus), "error": s.error,
+            "warning": divergence(metrics.vals) if metrics else None}
+
+
 def stage_summary(layout: RunLayout, stage: str) -> dict[str, Any]:
-    st = read_status(layout.stage_status_file(stage)) or {}
-    recs, _ = read_metrics(layout.metrics_file(stage))
-    train, val = _last(recs, "train"), _last(recs, "val")
-    err = st.get("error")
-    return {"stage": stage, "state": st.get("state", "pending"), "step": _step(st, layout, stage),
-            "total_steps": st.get("total_steps"), "train_loss": (train or {}).get("loss"),
-            "val_loss": (val or {}).get("loss"), "tokens_per_s": (train or {}).get("tokens_per_s"),
-            "updated_at": st.get("updated_at"), "gpus": st.get("gpus"),
-            "error": err.get("message") if isinstance(err, dict) else err, "warning": divergence(recs)}
+    """One stage of `status --json`, read through the run summary the TUI shows (engine.contract.scan)."""
+    metrics = read_metrics_summary(layout.metrics_file(stage))
+    info = stage_info(stage, read_json(layout.stage_status_file(stage)), metrics, time.time())
+    return _stage_json(info, layout, metrics)
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
+    """One run of `status --json`: the TUI's snapshot of it (engine.contract.scan), metrics read whole."""
     layout = RunLayout(run_dir)
-    st = read_status(layout.status_file) or {}
-    stages = list((st.get("stages") or {}).keys()) or layout.stages_on_disk()
-    if layout.experiment_file.exists():
-        try:
-            from engine.config import load_experiment
-
-            stages = load_experiment(layout.experiment_file).stages()
-        except ConfigError:
-            pass
-    err = st.get("error")
-    return {"run": str(run_dir), "name": run_dir.name, "state": st.get("state", "pending"),
-            "stage": st.get("stage"), "pid": st.get("pid"), "host": st.get("host"),
-            "started_at": st.get("started_at"), "updated_at": st.get("updated_at"),
-            "error": err.get("message") if isinstance(err, dict) else err,
-            "stages": [stage_summary(layout, s) for s in stages]}
+    scanner = RunScanner(layout.root.parent, history=True)
+    run = scanner.scan_run(layout.root)
+    if run is None:  # neither experiment.toml nor status.json (yet)
+        run = RunInfo(name=layout.root.name, path=layout.root, state="pending", stages=(), created=0.0)
+    return {"run": str(run_dir), "name": run.name, "state": run.state, "stage": run.pipeline_stage,
+            "pid": run.pipeline_pid, "host": run.host, "started_at": run.started_at,
+            "updated_at": run.updated_at, "error": run.error,
+            "stages": [_stage_json(s, layout, scanner.stage_metrics(layout.root, s.name)) for s in run.stages]}
 
 
 def _f(x: Any, digits: int = 3) -> str:
