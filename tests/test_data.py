@@ -63,6 +63,8 @@ def tok(tok_dir):
 
 def experiment(tmp_path: Path, tok_dir: Path | None, data: str, model: str | None = None, name: str = "t"):
     model = model or f'path = "{tok_dir}"'
+    if "seq_length" not in data:  # prepare checks that each split holds a window; these splits are small
+        data += "\nseq_length = 16"
     text = f'name = "{name}"\nruns_dir = "{tmp_path / "runs"}"\n[model]\n{model}\n[data]\n{data}\n'
     return loads_experiment(text, source=str(tmp_path / "exp.toml"))
 
@@ -254,7 +256,7 @@ def test_unchanged_inputs_are_reused_and_changes_rebuild(tmp_path, tok_dir, tok)
 def test_trained_tokenizer_is_saved_and_reused(tmp_path):
     f = write_jsonl(tmp_path / "train.jsonl", make_docs(80))
     model = 'init = "scratch"\narch = {model_type = "llama"}\ntokenizer_train_vocab = 300\n[finetune]\nsteps = 1'
-    data = f'train_files = ["{f}"]'
+    data = f'train_files = ["{f}"]\nseq_length = 16'
     text = f'name = "tt"\nruns_dir = "{tmp_path / "runs"}"\n[data]\n{data}\n[model]\n{model}\n'
     exp = loads_experiment(text, source=str(tmp_path / "exp.toml"))
     layout = RunLayout(exp.run_dir)
