@@ -119,7 +119,9 @@ class TrainConfig(_Section):
 
     steps: int = Field(default=30, ge=1)
     global_batch_size: int = Field(default=128, ge=1)
-    micro_batch_size: int = Field(default=4, ge=1)
+    # "auto": the largest micro-batch that fits the GPU (engine/training/micro_batch.py); on the CPU
+    # the largest divisor of global_batch_size / processes up to 4
+    micro_batch_size: int | Literal["auto"] = "auto"
     lr: float = Field(default=1e-4, gt=0.0, le=1.0)
     min_lr: float = Field(default=1e-5, ge=0.0, le=1.0)
     warmup_steps: int = Field(default=2, ge=0)
@@ -139,11 +141,18 @@ class TrainConfig(_Section):
     max_nan_steps: int = Field(default=5, ge=1)  # consecutive non-finite losses that stop the run
     seed: int = 1234
 
+    @field_validator("micro_batch_size", mode="before")
+    @classmethod
+    def _micro(cls, v: Any) -> Any:
+        if (isinstance(v, str) and v != "auto") or (isinstance(v, int) and not isinstance(v, bool) and v < 1):
+            raise ValueError(f'{json.dumps(v)} is neither a number >= 1 nor "auto"; write one of them')
+        return v
+
     @model_validator(mode="after")
     def _schedule(self) -> TrainConfig:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr: {self.min_lr} is above lr = {self.lr}; set min_lr <= lr")
-        if self.global_batch_size % self.micro_batch_size:
+        if self.micro_batch_size != "auto" and self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"global_batch_size: {self.global_batch_size} is not a multiple of "
                 f"micro_batch_size = {self.micro_batch_size}"

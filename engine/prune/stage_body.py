@@ -34,6 +34,7 @@ from engine.prune.student import layers_to_drop, prune_student
 from engine.search.candidates import SearchSpace, search_space
 from engine.shapes.shape import StudentShape, count_params, shape_from_config, student_shape
 from engine.stage_kinds import stage_student
+from engine.training.micro_batch import fixed_micro_batch
 
 
 def prune_stage(ctx: StageContext) -> None:
@@ -180,7 +181,7 @@ def val_windows(ctx: StageContext, micro_batch_size: int, device: torch.device) 
     ds = PackedDataset(ctx.layout.data_dir, "validation", exp.data.seq_length, seed=0)
     train = exp.distill or exp.finetune
     if train is not None:
-        batches, mbs = train.val_batches, train.micro_batch_size
+        batches, mbs = train.val_batches, fixed_micro_batch(train)  # the distill stage's validation batches
     elif exp.eval is not None:
         batches, mbs = exp.eval.batches or 20, exp.eval.micro_batch_size
     else:
@@ -213,8 +214,9 @@ def _scorer(ctx: StageContext, p: Any, teacher: torch.nn.Module, tokenizer: Any,
     from engine.data import PackedDataset
 
     ds = PackedDataset(ctx.layout.data_dir, "train", exp.data.seq_length, seed=exp.seed)
-    per_step = max(1, cfg.global_batch_size // cfg.micro_batch_size)
-    it = ds.batches(cfg.micro_batch_size, start=0)  # the same windows for every candidate (epochs wrap)
+    micro = fixed_micro_batch(cfg)
+    per_step = max(1, cfg.global_batch_size // micro)
+    it = ds.batches(micro, start=0)  # the same windows for every candidate (epochs wrap)
     train = [torch.as_tensor(next(it)).to(device=device, dtype=torch.long) for _ in range(p.score_steps * per_step)]
     vocab = min(len(tokenizer), teacher.get_output_embeddings().weight.shape[0])
     return scoring.distill_scorer(exp, p.name, teacher, vocab, p.score_steps, train, windows)

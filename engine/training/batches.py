@@ -10,6 +10,7 @@ import torch
 
 from engine.config import TrainConfig
 from engine.errors import UserError
+from engine.training.micro_batch import fixed_micro_batch
 
 
 def device_batches(it: Iterator[Any], count: int, micro: int, device: torch.device) -> list[torch.Tensor]:
@@ -27,8 +28,9 @@ def device_batches(it: Iterator[Any], count: int, micro: int, device: torch.devi
 
 def validation_batches(data_dir: Path, seq: int, cfg: TrainConfig, rank: int, world: int,
                        device: torch.device, log: Callable[[str], None]) -> list[torch.Tensor]:
-    """The same `val_batches` micro-batches every time (this rank's shard of the validation split);
-    none, with a log line, when the data has no validation split."""
+    """The same `val_batches` micro-batches every time (this rank's shard of the validation split), of
+    the configured micro-batch size (for "auto": `fixed_micro_batch`, whatever the search picks, so
+    every student validates on the same windows); none, with a log line, when there is no validation split."""
     from engine.data import PackedDataset
     from engine.evaluation.loss import batch_plan
 
@@ -37,5 +39,5 @@ def validation_batches(data_dir: Path, seq: int, cfg: TrainConfig, rank: int, wo
     except UserError as e:
         log(f"no validation: {e}")
         return []
-    count, micro = batch_plan(len(ds), cfg.val_batches, cfg.micro_batch_size)
+    count, micro = batch_plan(len(ds), cfg.val_batches, fixed_micro_batch(cfg, world))
     return device_batches(iter(ds), count, micro, device)

@@ -47,6 +47,7 @@ from engine.training.checkpoint import (
     save_checkpoint,
 )
 from engine.training.metrics_log import MetricsLog
+from engine.training.micro_batch import AUTO, per_process_batch
 from engine.training.step import PendingStep, StepResult, Trainer, lr_at, make_accelerator, peak_flops
 
 STATUS_EVERY_S = 2.0  # status.json is fsync'ed: its step is refreshed at most this often
@@ -77,6 +78,7 @@ class TrainState:
     tokens: int = 0
     nan_steps: int = 0  # steps skipped for a non-finite loss or gradient
     resume_key: str = ""  # engine/training/checkpoint.py: resume_key
+    micro_batch_size: int = 0  # the size trained with (what "auto" picked)
 
 
 class _StopFlag:
@@ -123,20 +125,23 @@ class TrainingRecipe:
         if exp.launch.strategy == "fsdp" and not self.acc.is_fsdp2 and self.acc.num_processes > 1:
             self._log("strategy fsdp needs GPUs (accelerate shards only CUDA models): using DDP")
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
-        if cfg.global_batch_size % (cfg.micro_batch_size * self.world):
+        per_process_batch(cfg, self.world, section)
+        if cfg.micro_batch_size != AUTO and cfg.global_batch_size % (cfg.micro_batch_size * self.world):
             raise UserError(f"{section}.global_batch_size: {cfg.global_batch_size} is not a multiple of "
                             f"micro_batch_size x processes = {cfg.micro_batch_size} x {self.world}; "
                             "change one of them")
         self.seq = exp.data.seq_length
         self.tokens_per_step = cfg.global_batch_size * self.seq
+        self.ckpt_root = ctx.layout.checkpoints_dir(ctx.stage)
+        self.state = TrainState(resume_key=resume_key(exp, ctx.stage, section))
         set_seed(cfg.seed)
-        self.trainer = Trainer(self.acc, models.student, cfg, models.spec, models.teacher, models.hidden)
+        self.trainer = Trainer(self.acc, models.student, self._pinned_micro_batch(), models.spec, models.teacher,
+                               models.hidden, seq_length=self.seq, log=self._log)
+        self.state.micro_batch_size = self.trainer.micro
         # the trainer holds the models now; model/ needs the rest
         self.spec, self.hidden = models.spec, models.hidden
         self.tokenizer, self.save_dtype = models.tokenizer, models.save_dtype
 
-        self.ckpt_root = ctx.layout.checkpoints_dir(ctx.stage)
-        self.state = TrainState(resume_key=resume_key(exp, ctx.stage, section))
         self.saved_at = -1  # the step of the checkpoint on disk (-1: none)
         self.nan_run = 0  # consecutive non-finite steps
         self.cancel_seen = False  # a step's all-reduced statistics carried a stop request
@@ -146,6 +151,20 @@ class TrainingRecipe:
     def _log(self, msg: str) -> None:
         self.ctx.log(f"[{self.ctx.stage}] {msg}")
 
+    def _pinned_micro_batch(self) -> TrainConfig:
+        """The config the trainer runs: with micro_batch_size "auto" and a checkpoint of these settings
+        that recorded its size, that size (a resume repeats it instead of searching again)."""
+        cfg = self.cfg
+        found = latest_checkpoint(self.ckpt_root)
+        if cfg.micro_batch_size != AUTO or found is None:
+            return cfg
+        saved = checkpoint_state(found[1])
+        size = saved.get("micro_batch_size")
+        if saved.get("resume_key") != self.state.resume_key or not isinstance(size, int) or size < 1:
+            return cfg
+        self._log(f"micro_batch_size auto: {size}, as in the checkpoint at step {found[0]}")
+        return cfg.model_copy(update={"micro_batch_size": size})
+
     # ---- the recipe ----------------------------------------------------------------------
 
     def run(self) -> None:
@@ -153,10 +172,10 @@ class TrainingRecipe:
         self.metrics.start(self.state.step if resumed else None)
         self._open_data()
         cfg = self.cfg
-        self.ctx.progress(self.state.step, total_steps=cfg.steps)
+        self.ctx.progress(self.state.step, total_steps=cfg.steps, micro_batch_size=self.trainer.micro)
         self._log(f"{cfg.steps} steps x {cfg.global_batch_size} sequences x {self.seq} tokens "
                   f"({self.world} process(es), {self.trainer.accumulation} micro-batch(es) of "
-                  f"{cfg.micro_batch_size} each); loss {self.spec.kind}; "
+                  f"{self.trainer.micro} each); loss {self.spec.kind}; "
                   f"{self.trainer.flops_per_token / 1e9:.2f} GFLOP/token; {self.trainer.precision}")
         try:
             self.train()
@@ -179,7 +198,9 @@ class TrainingRecipe:
         if found is None:
             return False
         loaded = load_checkpoint(acc, found[1])
+        micro = self.state.micro_batch_size
         self.state = TrainState(**{f.name: loaded[f.name] for f in fields(TrainState) if f.name in loaded})
+        self.state.micro_batch_size = micro
         self.trainer.adopt_loaded_masters()
         self.saved_at = self.state.step
         self._log(f"resumed from {found[1]} (step {self.state.step})")
@@ -227,7 +248,7 @@ class TrainingRecipe:
         """Queue one optimizer step, then read the finished steps before it while it runs on the
         GPU (all of them at a validation or checkpoint boundary). `cancel`: ask every rank to stop."""
         cfg, state = self.cfg, self.state
-        batches = device_batches(self.train_windows, self.trainer.accumulation, cfg.micro_batch_size,
+        batches = device_batches(self.train_windows, self.trainer.accumulation, self.trainer.micro,
                                  self.acc.device)
         launched = self.trainer.launch(batches, lr_at(state.step, cfg), cancel=cancel)
         state.step += 1

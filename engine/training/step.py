@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,13 @@ from engine.distill.objective import (
 )
 from engine.models.attention import use_causal_sdpa
 from engine.training.master_adamw import MasterAdamW
+from engine.training.micro_batch import AUTO, search_micro_batch, searches
+
+# Bytes per trainable parameter a micro-batch search holds aside for what the first optimizer step
+# allocates: AdamW's two fp32 moments, plus the fp32 master copy (or the fp32 gradient sums) where
+# master weights may apply.
+OPTIMIZER_BYTES = 8
+MASTER_BYTES = 4
 
 # Dense bf16 tensor-core peak per GPU, for MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "B200": 2250e12,
@@ -184,18 +192,15 @@ class Trainer:
 
     def __init__(self, accelerator: Any, student: nn.Module, cfg: TrainConfig, spec: LossSpec,
                  teacher: nn.Module | None = None, hidden: HiddenSpec | None = None,
-                 master_weights: bool | None = None):  # None: cfg.master_weights where it applies
+                 master_weights: bool | None = None,  # None: cfg.master_weights where it applies
+                 seq_length: int | None = None, log: Callable[[str], None] = lambda _msg: None):
+        """`seq_length` (tokens per window, without the label shift): what a micro_batch_size "auto"
+        search tries (engine/training/micro_batch.py; without it "auto" is `fixed_micro_batch`);
+        `log` says what it picked."""
         self.accelerator = accelerator
         self.cfg = cfg
         self.spec = spec
         device = accelerator.device
-        # micro-batches per optimizer step: global_batch_size = micro_batch_size x this x processes
-        self.accumulation = max(1, cfg.global_batch_size // (cfg.micro_batch_size * accelerator.num_processes))
-        if master_weights is None:
-            master_weights = cfg.master_weights and master_weights_apply(accelerator, self.accumulation)
-        self.master = master_weights
-        if self.master and self.accumulation > 1 and accelerator.num_processes > 1:
-            raise ValueError("master weights with gradient accumulation need a single process")
         compile_ = bool(cfg.compile) and device.type == "cuda"
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -216,6 +221,14 @@ class Trainer:
                              compile_loss=compile_)
         self.flops_per_token += 6 * sum(matmul_params(p) for p in module.projections)
         module.to(device)
+        self.micro = self._micro_batch(module, master_weights, seq_length, log)
+        # micro-batches per optimizer step: global_batch_size = micro x this x processes
+        self.accumulation = max(1, cfg.global_batch_size // (self.micro * accelerator.num_processes))
+        if master_weights is None:
+            master_weights = cfg.master_weights and master_weights_apply(accelerator, self.accumulation)
+        self.master = master_weights
+        if self.master and self.accumulation > 1 and accelerator.num_processes > 1:
+            raise ValueError("master weights with gradient accumulation need a single process")
         optimizer = make_optimizer(module, cfg, master=self.master)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
@@ -235,16 +248,68 @@ class Trainer:
             fully_shard(teacher, mp_policy=mp, ignored_params={output_weight(teacher.model)})
         return teacher
 
+    def _micro_batch(self, module: TrainModule, master_weights: bool | None, seq: int | None,
+                     log: Callable[[str], None]) -> int:
+        """cfg.micro_batch_size, or for "auto" the largest that fits (engine/training/micro_batch.py),
+        the same on every process."""
+        from engine.training.micro_batch import fixed_micro_batch
+
+        acc, cfg = self.accelerator, self.cfg
+        world = acc.num_processes
+        if cfg.micro_batch_size != AUTO:
+            return int(cfg.micro_batch_size)
+        if seq is None or not searches(acc.device.type, acc.is_fsdp2 and world > 1):
+            size = fixed_micro_batch(cfg, world)
+            why = ("no seq_length given" if seq is None else "under FSDP" if acc.is_fsdp2 and world > 1
+                   else f"on {acc.device.type}")
+            log(f"micro_batch_size auto: {size} (no search: {why})")
+            return size
+        may_master = cfg.master_weights and master_weights is not False and master_weights_apply(acc, 1)
+        reserve = (OPTIMIZER_BYTES + MASTER_BYTES * may_master) * sum(
+            p.numel() for p in module.parameters() if p.requires_grad)
+        size = search_micro_batch(cfg.global_batch_size // world,
+                                  lambda m: self.fits(module, m, seq, reserve), log)
+        if world > 1:  # each process searched alone (no collectives): the smallest pick fits all
+            import torch.distributed as dist
+
+            t = torch.tensor([size], device=acc.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
+            size = int(t.item())
+        return size
+
+    def fits(self, module: TrainModule, size: int, seq: int, reserve_bytes: int = 0) -> None:
+        """One forward and backward of a micro-batch of `size` windows of `seq` tokens (+1 label),
+        eager, with `reserve_bytes` held aside on CUDA; raises the device's out-of-memory error when
+        it does not fit. Leaves the weights, the gradients (None) and the random state as they were."""
+        device = self.accelerator.device
+        cuda = device.type == "cuda"
+        vocab = output_weight(module.student).shape[0]
+        if self.teacher is not None:
+            vocab = min(vocab, self.teacher.head.shape[0])
+        with torch.random.fork_rng(devices=[device] if cuda else []), torch.compiler.set_stance("force_eager"):
+            reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=device) if cuda else None
+            try:
+                batch = (torch.arange(size * (seq + 1), device=device) % vocab).view(size, seq + 1)
+                loss, _ = self._forward(batch, module)
+                loss.backward()
+                if cuda:
+                    torch.cuda.synchronize(device)
+            finally:
+                for p in module.parameters():
+                    p.grad = None
+                del reserve
+
     def unwrapped(self) -> TrainModule:
         return self.accelerator.unwrap_model(self.module)
 
-    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, batch: torch.Tensor, module: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        module = self.module if module is None else module
         inputs, labels = batch[:, :-1], batch[:, 1:]
         with self.accelerator.autocast():
             if self.teacher is not None:
                 t_hidden, t_layers = self.teacher(inputs)
-                return self.module(inputs, labels, t_hidden, self.teacher.head, t_layers)
-            return self.module(inputs, labels)
+                return module(inputs, labels, t_hidden, self.teacher.head, t_layers)
+            return module(inputs, labels)
 
     def launch(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False) -> PendingStep:
         """One optimizer step, queued without a host sync: forward/backward over the micro-batches,

@@ -1,0 +1,119 @@
+"""`micro_batch_size = "auto"`: the largest micro-batch that fits, found by trying.
+
+The micro-batch only splits an optimizer step: global_batch_size = micro_batch_size x accumulation
+x processes, and the training windows are drawn by global batch (engine/training/loop.py), so the
+size picked here changes neither the data order nor the update (up to the order of float sums).
+
+The search tries micro-batches that divide global_batch_size / processes (so the global batch is
+kept through gradient accumulation), largest first, halving after each out-of-memory error like
+accelerate's `find_executable_batch_size`. A try (`Trainer.fits`) is one real forward and backward
+of the student (and teacher) in eager mode with the optimizer state's memory held aside, before the
+optimizer exists; it leaves weights, gradients and random state as they were.
+
+Where no search runs, "auto" is `fixed_micro_batch`: the largest divisor up to CPU_AUTO_MAX. That is
+the size on the CPU, under FSDP with several processes (an out-of-memory error on one rank inside a
+collective would hang the others), and the size validation batches take with "auto" (so students
+that pick different sizes are validated on the same windows).
+
+Fault injection, for tests: with SLIMLAB_AUTO_BATCH_FIT=N in the environment the search runs on the
+CPU too, and a try above N samples raises torch.OutOfMemoryError as a device that fits N would.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Callable
+
+from engine.config import TrainConfig
+from engine.errors import UserError
+
+AUTO = "auto"
+CPU_AUTO_MAX = 4  # "auto" without a search: the largest divisor of the per-process batch up to this
+FIT_ENV = "SLIMLAB_AUTO_BATCH_FIT"
+
+
+def per_process_batch(cfg: TrainConfig, world: int, section: str) -> int:
+    """global_batch_size / processes; a UserError when it does not divide."""
+    if cfg.global_batch_size % world:
+        raise UserError(f"{section}.global_batch_size: {cfg.global_batch_size} is not a multiple of the "
+                        f"{world} processes; change one of them")
+    return cfg.global_batch_size // world
+
+
+def fixed_micro_batch(cfg: TrainConfig, world: int = 1) -> int:
+    """The micro-batch without a search: the configured size, or for "auto" the largest divisor of
+    global_batch_size / processes up to CPU_AUTO_MAX."""
+    if cfg.micro_batch_size != AUTO:
+        return int(cfg.micro_batch_size)
+    per = max(1, cfg.global_batch_size // max(1, world))
+    return max(d for d in range(1, min(per, CPU_AUTO_MAX) + 1) if per % d == 0)
+
+
+def candidates(per_process: int) -> list[int]:
+    """The sizes the search tries, largest first: per_process, then the largest divisor of it up
+    to half the last size tried, down to 1."""
+    out = [per_process]
+    while out[-1] > 1:
+        half = out[-1] // 2
+        out.append(max(d for d in range(1, half + 1) if per_process % d == 0))
+    return out
+
+
+def fault_limit() -> int | None:
+    """SLIMLAB_AUTO_BATCH_FIT (tests): the most samples a try may hold; None when unset."""
+    raw = os.environ.get(FIT_ENV)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"{FIT_ENV}={raw!r}: give a whole number of samples >= 1, or unset it")
+    return int(raw)
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    import torch
+    from accelerate.utils.memory import should_reduce_batch_size
+
+    return isinstance(e, torch.OutOfMemoryError) or should_reduce_batch_size(e)
+
+
+def release_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def search_micro_batch(per_process: int, fits: Callable[[int], None], log: Callable[[str], None]) -> int:
+    """The largest of `candidates(per_process)` for which `fits(size)` raises no out-of-memory error."""
+    import torch
+
+    limit = fault_limit()
+    failed: list[int] = []
+    for size in candidates(per_process):
+        try:
+            if limit is not None and size > limit:
+                raise torch.OutOfMemoryError(f"{FIT_ENV}={limit}: a micro-batch of {size} does not fit")
+            fits(size)
+        except Exception as e:  # noqa: BLE001 (only out-of-memory errors are caught; see below)
+            if not is_out_of_memory(e):
+                raise
+            failed.append(size)
+        else:
+            tried = f" ({', '.join(map(str, failed))} did not fit)" if failed else ""
+            log(f"micro_batch_size auto: {size}{tried}")
+            return size
+        finally:
+            release_memory()
+    raise UserError("micro_batch_size auto: not even a micro-batch of 1 sequence fits in the device's memory; "
+                    "shorten data.seq_length, set gradient_checkpointing = true, or use [launch] strategy = "
+                    "\"fsdp\" on more GPUs")
+
+
+def searches(device_type: str, fsdp_processes: bool) -> bool:
+    """Whether "auto" searches here: on CUDA (or on any device under the fault injection), and not
+    under FSDP with several processes."""
+    if fsdp_processes:
+        return False
+    return device_type == "cuda" or fault_limit() is not None
