@@ -39,6 +39,10 @@ def matmul_params(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
 
 
+# The teacher's last hidden state and the mapped layer outputs, what `Teacher.forward` returns.
+TeacherOutputs = tuple[torch.Tensor, dict[int, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class HiddenSpec:
     """Hidden-state loss between mapped layers: [(student_layer, teacher_layer), ...]."""
@@ -136,7 +140,7 @@ class Teacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def forward(self, input_ids: torch.Tensor) -> TeacherOutputs:
         out = base_model(self.model)(input_ids=input_ids, use_cache=False)
         layers = self._capture.take() if self._capture is not None else {}
         return out.last_hidden_state, layers

@@ -25,6 +25,7 @@ from engine.distill.losses import LossSpec
 from engine.distill.objective import (
     HiddenSpec,
     Teacher,
+    TeacherOutputs,
     TrainModule,
     decoder_layers,
     matmul_params,
@@ -184,6 +185,29 @@ def _compile_layers(model: nn.Module) -> None:
         layer.compile()
 
 
+def shared_teacher(accelerator: Any, model: nn.Module, hiddens: list[HiddenSpec | None],
+                   compile_: bool = False) -> Teacher:
+    """The frozen teacher on the accelerator's device (sharded layer by layer under FSDP2), keeping
+    the layer outputs that any of `hiddens` (one per student it teaches) maps to."""
+    layers = sorted({t for h in hiddens if h is not None and h.weight > 0 for _, t in h.layer_map})
+    use_causal_sdpa(model)
+    if compile_:
+        _compile_layers(model)
+    teacher = Teacher(model, layers or None)
+    teacher.to(accelerator.device)
+    teacher.freeze_head()
+    if accelerator.is_fsdp2:
+        # Shard the frozen teacher layer by layer; its output weight stays whole on every
+        # rank because the fused KD loss reads it outside the teacher's forward.
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = MixedPrecisionPolicy(param_dtype=teacher.head.dtype)
+        for layer in decoder_layers(teacher.model):
+            fully_shard(layer, mp_policy=mp, reshard_after_forward=True)
+        fully_shard(teacher, mp_policy=mp, ignored_params={output_weight(teacher.model)})
+    return teacher
+
+
 class Trainer:
     """The wrapped student (+ loss), the teacher and the optimizer; `step` is one optimizer step.
 
@@ -191,12 +215,13 @@ class Trainer:
     """
 
     def __init__(self, accelerator: Any, student: nn.Module, cfg: TrainConfig, spec: LossSpec,
-                 teacher: nn.Module | None = None, hidden: HiddenSpec | None = None,
+                 teacher: nn.Module | Teacher | None = None, hidden: HiddenSpec | None = None,
                  master_weights: bool | None = None,  # None: cfg.master_weights where it applies
                  seq_length: int | None = None, log: Callable[[str], None] = lambda _msg: None):
         """`seq_length` (tokens per window, without the label shift): what a micro_batch_size "auto"
         search tries (engine/training/micro_batch.py; without it "auto" is `fixed_micro_batch`);
-        `log` says what it picked."""
+        `log` says what it picked. `teacher`: the teacher model, or a `Teacher` that `shared_teacher`
+        made for several students (engine/training/shared_teacher.py), used as it is."""
         self.accelerator = accelerator
         self.cfg = cfg
         self.spec = spec
@@ -204,21 +229,19 @@ class Trainer:
         compile_ = bool(cfg.compile) and device.type == "cuda"
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        capture = sorted({t for _, t in hidden.layer_map}) if hidden and hidden.weight > 0 else None
-        for model in (student, teacher):  # batches are packed windows without padding
-            if model is not None:
-                use_causal_sdpa(model)
+        use_causal_sdpa(student)  # batches are packed windows without padding
         if compile_:
             _compile_layers(student)
         self.flops_per_token = 6 * matmul_params(student)
         self.teacher: Teacher | None = None
-        if teacher is not None:
-            if compile_:
-                _compile_layers(teacher)
-            self.teacher = self._place_teacher(Teacher(teacher, capture))
-            self.flops_per_token += 2 * matmul_params(teacher)
-        module = TrainModule(student, spec, hidden, teacher.config.hidden_size if teacher is not None else None,
-                             compile_loss=compile_)
+        if isinstance(teacher, Teacher):
+            self.teacher = teacher
+        elif teacher is not None:
+            self.teacher = shared_teacher(accelerator, teacher, [hidden], compile_)
+        if self.teacher is not None:
+            self.flops_per_token += 2 * matmul_params(self.teacher.model)
+        t_width = self.teacher.model.config.hidden_size if self.teacher is not None else None
+        module = TrainModule(student, spec, hidden, t_width, compile_loss=compile_)
         self.flops_per_token += 6 * sum(matmul_params(p) for p in module.projections)
         module.to(device)
         self.micro = self._micro_batch(module, master_weights, seq_length, log)
@@ -232,21 +255,6 @@ class Trainer:
         optimizer = make_optimizer(module, cfg, master=self.master)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
-
-    def _place_teacher(self, teacher: Teacher) -> Teacher:
-        acc = self.accelerator
-        teacher.to(acc.device)
-        teacher.freeze_head()
-        if acc.is_fsdp2:
-            # Shard the frozen teacher layer by layer; its output weight stays whole on every
-            # rank because the fused KD loss reads it outside the teacher's forward.
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            mp = MixedPrecisionPolicy(param_dtype=teacher.head.dtype)
-            for layer in decoder_layers(teacher.model):
-                fully_shard(layer, mp_policy=mp, reshard_after_forward=True)
-            fully_shard(teacher, mp_policy=mp, ignored_params={output_weight(teacher.model)})
-        return teacher
 
     def _micro_batch(self, module: TrainModule, master_weights: bool | None, seq: int | None,
                      log: Callable[[str], None]) -> int:
@@ -302,12 +310,21 @@ class Trainer:
     def unwrapped(self) -> TrainModule:
         return self.accelerator.unwrap_model(self.module)
 
-    def _forward(self, batch: torch.Tensor, module: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_outputs(self, batch: torch.Tensor) -> TeacherOutputs:
+        """The teacher's last hidden state and mapped layer outputs for a micro-batch [B, seq+1]."""
+        assert self.teacher is not None
+        with self.accelerator.autocast():
+            return self.teacher(batch[:, :-1])
+
+    def _forward(self, batch: torch.Tensor, module: nn.Module | None = None,
+                 teacher_out: TeacherOutputs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         module = self.module if module is None else module
+        if self.teacher is not None and teacher_out is None:
+            teacher_out = self.teacher_outputs(batch)
         inputs, labels = batch[:, :-1], batch[:, 1:]
         with self.accelerator.autocast():
-            if self.teacher is not None:
-                t_hidden, t_layers = self.teacher(inputs)
+            if teacher_out is not None:
+                t_hidden, t_layers = teacher_out
                 return module(inputs, labels, t_hidden, self.teacher.head, t_layers)
             return module(inputs, labels)
 
@@ -316,20 +333,36 @@ class Trainer:
         clip, then fused AdamW, which skips the update on the device when the loss or the gradients
         are not finite (`found_inf`). The statistics are all-reduced so that every rank later takes
         the same decision (count a skipped step, stop on SIGTERM) at the same step."""
-        acc = self.accelerator
+        self.begin(lr)
+        for i, batch in enumerate(micro_batches):
+            self.accumulate(batch, i, len(micro_batches))
+        return self.end(cancel)
+
+    # `launch` in three parts, for a caller that interleaves several students over one teacher
+    # forward per micro-batch (engine/training/shared_teacher.py)
+
+    def begin(self, lr: float) -> None:
+        """Start an optimizer step at learning rate `lr`."""
         self.module.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        n = len(micro_batches)
-        sums = torch.zeros(4, device=acc.device)  # loss, kd, ce, hidden (means over micro-batches)
-        for i, batch in enumerate(micro_batches):
-            sync = i == n - 1
-            with nullcontext() if sync else acc.no_sync(self.module):
-                loss, parts = self._forward(batch)
-                acc.backward(loss / n)
-            if self.master and n > 1:
-                self._master().accumulate()  # fp32 sums, not bf16 ones
-            sums += torch.cat([loss.detach().float().reshape(1), parts]) / n
+        self._sums = torch.zeros(4, device=self.accelerator.device)  # loss, kd, ce, hidden (means)
+
+    def accumulate(self, batch: torch.Tensor, i: int, n: int, teacher_out: TeacherOutputs | None = None) -> None:
+        """Forward and backward of micro-batch `i` of `n`; `teacher_out`: the teacher's outputs for
+        it, when computed once for several students (else the teacher runs here)."""
+        acc = self.accelerator
+        with nullcontext() if i == n - 1 else acc.no_sync(self.module):
+            loss, parts = self._forward(batch, teacher_out=teacher_out)
+            acc.backward(loss / n)
+        if self.master and n > 1:
+            self._master().accumulate()  # fp32 sums, not bf16 ones
+        self._sums += torch.cat([loss.detach().float().reshape(1), parts]) / n
+
+    def end(self, cancel: bool = False) -> PendingStep:
+        """Clip and update; the step's statistics (see `launch`)."""
+        acc = self.accelerator
+        sums = self._sums
         grad_norm = self._clip()
         stats = torch.cat([sums, grad_norm.detach().float().reshape(1).to(sums.device),
                            torch.full((1,), float(cancel), device=sums.device)])
