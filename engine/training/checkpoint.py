@@ -69,8 +69,10 @@ def latest_checkpoint(root: str | Path) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[str, Any], keep: int = 1) -> Path:
-    """Collective: every process must call it. Returns the checkpoint directory."""
+def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[str, Any],
+                    keep: Path | None = None) -> Path:
+    """Collective: every process must call it. Returns the checkpoint directory. Older checkpoints are
+    removed, except `keep` (the last one known to be good: engine/training/loop.py good_at)."""
     root = Path(root)
     final = checkpoint_path(root, step)
     tmp = root / f".step-{step:08d}.tmp"
@@ -85,8 +87,9 @@ def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[s
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        for _, old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for _, old in list_checkpoints(root)[:-1]:
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 

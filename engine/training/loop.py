@@ -22,10 +22,12 @@ way, so the masters start from the checkpoint's full precision. The frozen teach
 from __future__ import annotations
 
 import copy
+import shutil
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,8 +41,10 @@ from engine.models.attention import restore_sdpa
 from engine.orchestration.stage_process import StageContext
 from engine.training.batches import device_batches, validation_batches
 from engine.training.checkpoint import (
+    checkpoint_path,
     checkpoint_state,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     remove_checkpoints,
     resume_key,
@@ -49,6 +53,7 @@ from engine.training.checkpoint import (
 from engine.training.metrics_log import MetricsLog
 from engine.training.micro_batch import AUTO, per_process_batch
 from engine.training.step import PendingStep, StepResult, Trainer, lr_at, make_accelerator, peak_flops
+from engine.training.throughput import StepTimes
 
 STATUS_EVERY_S = 2.0  # status.json is fsync'ed: its step is refreshed at most this often
 
@@ -143,6 +148,7 @@ class TrainingRecipe:
         self.tokenizer, self.save_dtype = models.tokenizer, models.save_dtype
 
         self.saved_at = -1  # the step of the checkpoint on disk (-1: none)
+        self.good_at = -1  # the last checkpoint whose weights the next step trained from with a finite loss
         self.nan_run = 0  # consecutive non-finite steps
         self.cancel_seen = False  # a step's all-reduced statistics carried a stop request
         self.pending: list[tuple[int, PendingStep]] = []  # launched steps not read yet, oldest first
@@ -221,7 +227,7 @@ class TrainingRecipe:
     def train(self) -> None:
         """Steps up to cfg.steps, with validation and checkpoints on their intervals."""
         cfg, state = self.cfg, self.state
-        self.clock = (time.perf_counter(), state.step)  # throughput since (time, step)
+        self.times = StepTimes(self.acc.device.type == "cuda", time.perf_counter)  # tokens/s
         self.status_at = 0.0  # when status.json's step was last written
         if state.step == 0:
             self.validate()
@@ -248,9 +254,11 @@ class TrainingRecipe:
         """Queue one optimizer step, then read the finished steps before it while it runs on the
         GPU (all of them at a validation or checkpoint boundary). `cancel`: ask every rank to stop."""
         cfg, state = self.cfg, self.state
+        start = self.times.start()
         batches = device_batches(self.train_windows, self.trainer.accumulation, self.trainer.micro,
                                  self.acc.device)
         launched = self.trainer.launch(batches, lr_at(state.step, cfg), cancel=cancel)
+        self.times.launched(state.step + 1, start)
         state.step += 1
         state.samples += cfg.global_batch_size
         state.tokens += self.tokens_per_step
@@ -267,14 +275,14 @@ class TrainingRecipe:
 
     def record(self, step: int, res: StepResult) -> None:
         """Book-keeping of a finished step: the non-finite count, the stop request, metrics and log."""
+        self.times.finished(step)
         self._count_nonfinite(step, res)
         self.cancel_seen |= res.cancel
         cfg = self.cfg
         if step % cfg.log_interval and step != cfg.steps:
             return
         now = time.perf_counter()
-        tps = self.tokens_per_step * (step - self.clock[1]) / max(now - self.clock[0], 1e-9)
-        self.clock = (now, step)
+        tps = self.times.rate(self.tokens_per_step)
         device = self.acc.device
         rec = {"step": step, "tokens": step * self.tokens_per_step, "split": "train",
                "loss": res.loss if res.finite else float("nan"), "lr": lr_at(step - 1, cfg),
@@ -298,14 +306,16 @@ class TrainingRecipe:
         """A non-finite step was skipped on the device; max_nan_steps in a row stop the run."""
         if res.finite:
             self.nan_run = 0
+            if step == self.saved_at + 1:  # this step trained from the checkpoint's weights
+                self.good_at = self.saved_at
             return
         self.state.nan_steps += 1
         self.nan_run += 1
         self._log(f"step {step}: non-finite loss/gradients ({res.loss}, grad norm {res.grad_norm}); "
                   f"update skipped ({self.nan_run} in a row)")
         if self.nan_run >= self.cfg.max_nan_steps:
-            good = latest_checkpoint(self.ckpt_root)
-            where = f"{good[1]} (step {good[0]})" if good else "none written yet"
+            good = self._keep_good_checkpoint()
+            where = f"{good} (step {self.good_at})" if good else "none written yet"
             raise TrainingDiverged(
                 f"{self.ctx.stage}: the loss was not finite for {self.nan_run} consecutive steps (up to step "
                 f"{step}); stopped. Last good checkpoint: {where}. Lower {self.section}.lr or raise "
@@ -317,14 +327,26 @@ class TrainingRecipe:
             return
         step = self.state.step
         loss = self.trainer.validate(self.val_batches)
+        self.times.pause()
         self.metrics.write({"step": step, "tokens": self.state.tokens, "split": "val", "loss": loss})
         self._log(f"step {step}/{self.cfg.steps} val loss {loss:.4f}")
         self.ctx.progress(step, total_steps=self.cfg.steps)
 
     def checkpoint(self) -> None:
         """Save model, optimizer, RNG and the TrainState (collective)."""
-        save_checkpoint(self.acc, self.ckpt_root, self.state.step, asdict(self.state))
+        keep = checkpoint_path(self.ckpt_root, self.good_at) if self.good_at >= 0 else None
+        save_checkpoint(self.acc, self.ckpt_root, self.state.step, asdict(self.state), keep=keep)
         self.saved_at = self.state.step
+        self.times.pause()
+
+    def _keep_good_checkpoint(self) -> Path | None:
+        """After a blow-up: the last good checkpoint (see good_at); the later ones, written from weights
+        that gave non-finite losses, are removed so that a rerun resumes from it."""
+        if self.acc.is_main_process:
+            for step, path in list_checkpoints(self.ckpt_root):
+                if step > self.good_at:
+                    shutil.rmtree(path, ignore_errors=True)
+        return checkpoint_path(self.ckpt_root, self.good_at) if self.good_at >= 0 else None
 
     def finish(self) -> None:
         """model/ = a stock HF checkpoint of the student in [model].dtype, with the tokenizer; the
