@@ -17,6 +17,7 @@ from engine.contract.files import (
     truncate_metrics_after,
     write_atomic,
     write_json,
+    write_json_or_warn,
 )
 from engine.contract.fmt import age, duration, human_count
 from engine.contract.layout import RunLayout, list_runs, teacher_source, tokenizer_source
@@ -49,5 +50,5 @@ __all__ = [
     "effective_state", "human_count", "list_runs", "now_iso", "parse_iso", "perplexity", "pid_alive",
     "process_alive", "process_of", "read_json", "read_metrics", "read_metrics_summary", "read_results",
     "read_status", "split_entry", "stage_status_doc", "stat_key", "teacher_source", "tokenizer_source",
-    "truncate_metrics_after", "write_atomic", "write_json",
+    "truncate_metrics_after", "write_atomic", "write_json", "write_json_or_warn",
 ]

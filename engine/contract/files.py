@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,21 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_json_or_warn(path: str | Path, obj: Any, warned: set[str]) -> bool:
+    """write_json for the orchestrator's and a stage's status files, which must not die of a full disk:
+    on OSError one warning line per file (until a write succeeds again), and False."""
+    key = str(path)
+    try:
+        write_json(path, obj)
+    except OSError as e:
+        if key not in warned:
+            print(f"warning: cannot write {path}: {e.strerror or e}; going on", file=sys.stderr, flush=True)
+            warned.add(key)
+        return False
+    warned.discard(key)
+    return True
 
 
 def _json_default(o: Any) -> Any:

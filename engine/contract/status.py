@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from engine.contract.files import now_iso, parse_iso, read_json, write_json
+from engine.contract.files import now_iso, parse_iso, read_json, write_json_or_warn
 from engine.contract.layout import RunLayout
 
 STATES = ("pending", "running", "succeeded", "failed", "cancelled")
@@ -135,11 +135,12 @@ class StageStatus:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned: set[str] = set()
 
     def _write(self) -> None:
         with self._lock:
             self.doc["updated_at"] = now_iso()
-            write_json(self.path, self.doc)
+            write_json_or_warn(self.path, self.doc, self._warned)  # a full disk must not kill the stage
 
     def start(self, total_steps: int | None = None, gpus: list[int] | None = None, **extra: Any) -> None:
         self.doc.update(state="running", started_at=now_iso(), ended_at=None, error=None,

@@ -89,13 +89,24 @@ def load_tokenizer(path: str) -> Any:
 
 
 def save_model(model: PreTrainedModel, out_dir: str | Path, tokenizer: Any = None) -> Path:
-    """Save as safetensors + config (+ tokenizer) atomically: a temp dir, then rename."""
+    """Save as safetensors + config (+ tokenizer) atomically: a temp dir, then rename. Free space is
+    checked first; a write that fails anyway leaves no temp dir (a full disk: DiskFull, one line)."""
+    from engine.disk_space import disk_full, ensure_free, is_disk_full, tensor_bytes
+
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
+    what, need = f"the model ({out.name}/)", tensor_bytes(model.state_dict().values())
+    ensure_free(out.parent, what, need)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full(out.parent, what, need) from None
+        raise
     if out.exists():
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

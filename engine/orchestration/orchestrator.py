@@ -25,7 +25,7 @@ from engine.contract import (
     read_metrics,
     read_status,
     stage_status_doc,
-    write_json,
+    write_json_or_warn,
 )
 from engine.contract.tail import LogTail, last_lines
 from engine.orchestration.divergence import divergence
@@ -82,10 +82,11 @@ class PipelineStatus:
                        for p in plans},
         }
         self._last = 0.0
+        self.warned: set[str] = set()  # files a write failed for (a full disk): said once, then going on
 
     def write(self) -> None:
         self.doc["updated_at"] = now_iso()
-        write_json(self.path, self.doc)
+        write_json_or_warn(self.path, self.doc, self.warned)
         self._last = time.monotonic()
 
     def beat(self) -> None:
@@ -222,8 +223,9 @@ class Orchestrator:
         self.say(f"==> {stage}: {plan.action} ({plan.reason}) on {place}, pid {proc.pid}, log {log_path}")
         if self.status:
             # Until the stage process writes its own status, this one says who runs it.
-            write_json(self.layout.stage_status_file(stage), stage_status_doc(
-                stage, self.exp.stage_hash(stage), state="running", pid=proc.pid, gpus=gpus, started_at=now_iso()))
+            write_json_or_warn(self.layout.stage_status_file(stage), stage_status_doc(
+                stage, self.exp.stage_hash(stage), state="running", pid=proc.pid, gpus=gpus, started_at=now_iso()),
+                self.status.warned)
             self.status.set_stage(stage, state="running", attempts=attempt, pid=proc.pid, gpus=gpus,
                                   launched_at=now_iso())
 
@@ -274,7 +276,8 @@ class Orchestrator:
                       error={"type": "Cancelled" if new == "cancelled" else "StageExit", "message": msg})
             st.setdefault("stage", stage)
             st.setdefault("config_hash", self.exp.stage_hash(stage))
-            write_json(path, st)
+            if self.status:
+                write_json_or_warn(path, st, self.status.warned)
         return new, f"{msg} (log: {self.layout.log_file(stage)})"
 
     # -- worker nodes (nodes > 1, machine_rank > 0, without Slurm) ----------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.config import Experiment
 from engine.contract import read_json, write_json
+from engine.disk_space import MARGIN, SLACK, DiskFull, disk_full, ensure_free, is_disk_full, tensor_bytes
 from engine.errors import UserError
 from engine.stage_kinds import stage_student
 
@@ -72,18 +73,36 @@ def latest_checkpoint(root: str | Path) -> tuple[int, Path] | None:
 def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[str, Any],
                     keep: Path | None = None) -> Path:
     """Collective: every process must call it. Returns the checkpoint directory. Older checkpoints are
-    removed, except `keep` (the last one known to be good: engine/training/loop.py good_at)."""
+    removed, except `keep` (the last one known to be good: engine/training/loop.py good_at).
+
+    Free space is checked first (the estimate: this process's model and optimizer tensors); a write
+    that runs out of space anyway removes its partial directory. Either way every process raises
+    DiskFull (one line: the folder, the space needed) and the previous checkpoint stays."""
     root = Path(root)
     final = checkpoint_path(root, step)
     tmp = root / f".step-{step:08d}.tmp"
+    need = checkpoint_bytes(accelerator)
+    what = f"the checkpoint of step {step}"
+    error: BaseException | None = None
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        for stale in root.glob(".step-*.tmp"):  # a save killed midway: its space is needed now
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        ensure_free(root, what, need)
+        if accelerator.is_main_process:
+            tmp.mkdir(parents=True)
+    except (OSError, DiskFull) as e:
+        error = e
+    _agree(accelerator, error, root, what, need, tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            write_json(tmp / STATE_FILE, {**state, "step": step})
+    except Exception as e:  # noqa: BLE001  (every process must reach _agree, or the others wait forever)
+        error = e
+    _agree(accelerator, error, root, what, need, tmp)
     if accelerator.is_main_process:
-        write_json(tmp / STATE_FILE, {**state, "step": step})
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -92,6 +111,42 @@ def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[s
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def checkpoint_bytes(accelerator: Any) -> int:
+    """About what this process's part of a checkpoint takes: its models' and optimizers' tensors."""
+    tensors: list[Any] = []
+    for model in accelerator._models:
+        tensors += [*model.parameters(), *model.buffers()]
+    for opt in accelerator._optimizers:
+        inner = opt
+        while hasattr(inner, "optimizer"):
+            inner = inner.optimizer
+        tensors += [v for st in inner.state.values() for v in st.values() if hasattr(v, "numel")]
+    return tensor_bytes(tensors)
+
+
+def _agree(accelerator: Any, error: BaseException | None, root: Path, what: str, need: int, tmp: Path) -> None:
+    """Collective: when any process failed, the partial write goes and every process raises (a disk
+    that filled up as DiskFull); otherwise nothing."""
+    failed = error is not None
+    if accelerator.num_processes > 1:
+        import torch
+
+        flag = torch.tensor([1.0 if failed else 0.0], device=accelerator.device)
+        torch.distributed.all_reduce(flag)
+        failed = bool(flag.item())
+    if not failed:
+        return
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if error is None:
+        raise UserError(f"{root}: {what} failed on another process (its log says why)")
+    if isinstance(error, DiskFull):
+        raise error
+    if is_disk_full(error):
+        raise disk_full(root, what, int(need * MARGIN) + SLACK) from None
+    raise error
 
 
 def checkpoint_state(path: str | Path) -> dict[str, Any]:
