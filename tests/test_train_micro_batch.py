@@ -82,10 +82,10 @@ def test_auto_resumes_with_the_size_its_checkpoint_recorded(tmp_path: Path, monk
 
         m.setattr(TrainingRecipe, "finish", die)
         assert run_inprocess(auto, "finetune") != 0
-    state = json.loads(next((tmp_path / "runs" / "auto" / "finetune" / "checkpoints").glob("step-*/"
-                                                                                           "trainer_state.json")
-                            ).read_text())
-    assert state["micro_batch_size"] == 2 and state["step"] == 8
+    from engine.training.checkpoint import checkpoint_state, latest_checkpoint
+
+    step, path = latest_checkpoint(tmp_path / "runs" / "auto" / "finetune" / "checkpoints")
+    assert checkpoint_state(path)["micro_batch_size"] == 2 and step == 8
 
     capsys.readouterr()  # second attempt without the limit: on the CPU "auto" alone would be 4
     assert run_inprocess(auto, "finetune") == 0
