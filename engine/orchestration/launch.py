@@ -173,10 +173,11 @@ def engine_args(stage: str, toml_path: str | Path, runs_dir: str | Path) -> list
 def accelerate_args(exp: Experiment, gpus: list[int], *, port: int, nodes: int = 1,
                     machine_rank: str | int | None = None, main_process_ip: str | None = None,
                     gpu_ids: bool = True) -> list[str]:
-    """`accelerate launch` options (without the program) for `gpus` on each of `nodes` machines."""
-    total = len(gpus) * nodes
+    """`accelerate launch` options (without the program) for `gpus` on each of `nodes` machines (no GPUs:
+    one CPU process per machine, gloo)."""
+    total = max(1, len(gpus)) * nodes
     args = ["--num_processes", str(total)]
-    if gpu_ids:
+    if gpu_ids and gpus:
         args += ["--gpu_ids", gpu_ids_arg(gpus)]
     args += ["--mixed_precision", exp.launch.mixed_precision, "--dynamo_backend", "no"]
     if total > 1:
@@ -206,7 +207,7 @@ def build_stage_command(exp: Experiment, stage: str, toml_path: str | Path, runs
     prog = engine_args(stage, toml_path, runs_dir)
     nodes = exp.launch.nodes if kind_of(stage).multi_node else 1
     env = {**launch_env(), GPUS_ENV: ",".join(map(str, gpus))}
-    if not gpus:
+    if not gpus and nodes == 1:
         return StageCommand(stage, [python, "-m", "engine", *prog], [], env)
     if nodes > 1:
         port = exp.launch.main_process_port if port is None else port
