@@ -33,8 +33,18 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     exp = _load(args)
     # `prune FILE --stage prune-width` or `--stage width`; the only one when unambiguous
-    stage = resolve_stage(exp.stages(), args.stage, source=str(exp.source), flag="--stage", kind=args.command)
-    return run_stage(exp, stage, stage_body(stage))
+    given = args.stage or [None]
+    stages = [resolve_stage(exp.stages(), s, source=str(exp.source), flag="--stage", kind=args.command)
+              for s in given]
+    if len(stages) == 1:
+        return run_stage(exp, stages[0], stage_body(stages[0]))
+    if args.command != "distill" or len(set(stages)) != len(stages):
+        raise UserError(f"--stage: {args.command} runs one stage per process (distill: several distinct "
+                        "students, over one teacher)")
+    from engine.orchestration.stage_group import run_stage_group
+    from engine.training.stage_bodies import distill_stages
+
+    return run_stage_group(exp, stages, distill_stages)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -64,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     for kind in (k.name for k in KINDS):
         p = sub.add_parser(kind, help=f"run one {kind} stage in this process")
         _common(p)
-        p.add_argument("--stage", help=f"stage name, e.g. {kind}-width (needed when there are several)")
+        p.add_argument("--stage", action="append",
+                       help=f"stage name, e.g. {kind}-width (needed when there are several; distill: "
+                            "repeat it to train several students over one teacher forward)")
         p.set_defaults(func=cmd_stage)
 
     # run / status / cancel / compare live with the orchestrator

@@ -174,6 +174,15 @@ class DistillConfig(TrainConfig):
     hidden_loss: Literal["cosine", "mse"] = "cosine"
     layer_map: list[tuple[int, int]] | None = None  # [[student_layer, teacher_layer], ...]
     chunk_tokens: int = Field(default=4096, ge=16)  # tokens per chunk of the fused KD loss
+    # all students in one process over one teacher forward per micro-batch (engine/orchestration/
+    # teacher_groups.py); how the stages run, not what they compute: not hashed (see stage_hash)
+    share_teacher: bool = False
+
+
+# [distill] keys about how the students run, the same for all of them: not in a student's own
+# `distill = {...}`, and not in the stages' hashes (the results do not depend on them).
+NOT_PER_STUDENT = {"share_teacher"}
+NOT_HASHED = {"share_teacher"}
 
 
 SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads"]
@@ -349,6 +358,10 @@ class Experiment(_Section):
         if self.distill is not None and not self.prune:
             raise ValueError("distill: [distill] needs at least one [[prune]] student")
         for p in self.prune:
+            if p.distill and NOT_PER_STUDENT & p.distill.keys():
+                key = sorted(NOT_PER_STUDENT & p.distill.keys())[0]
+                raise ValueError(f"prune '{p.name}': distill.{key} is set for all students at once; "
+                                 "move it to [distill]")
             if p.distill and self.distill is None:
                 raise ValueError(f"distill: prune '{p.name}' overrides [distill] keys but there is no [distill]")
             if p.distill:
@@ -393,7 +406,10 @@ class Experiment(_Section):
         invalidate finished stages of existing runs.
         """
         def dump(m: BaseModel | None) -> Any:
-            return None if m is None else m.model_dump(mode="json", exclude_defaults=True)
+            if m is None:
+                return None
+            return m.model_dump(mode="json", exclude_defaults=True,
+                                exclude=NOT_HASHED if isinstance(m, DistillConfig) else None)
 
         parts: dict[str, Any] = {"model": dump(self.model), "data": dump(self.data), "seed": self.seed}
         if stage != "prepare":

@@ -35,6 +35,7 @@ from engine.orchestration.launch import (
     stage_gpus,
 )
 from engine.orchestration.stage_actions import StageAction, clear_stage
+from engine.orchestration.teacher_groups import teacher_group
 from engine.stage_kinds import kind_of, stage_kind
 
 POLL_S = 0.2
@@ -134,6 +135,7 @@ class Running:
     started: float
     log_path: Path
     log: LogTail  # follows the stage's output from where its process started writing
+    group: tuple[str, ...] = ()  # the stages sharing this process ([distill] share_teacher), if several
 
 
 class Orchestrator:
@@ -158,7 +160,9 @@ class Orchestrator:
         self.running: dict[str, Running] = {}
         self.failed: list[tuple[str, str]] = []
         self.cancelled: str | None = None  # the signal name once a cancel is requested
-        self.chunks = parallel_chunks(exp, self.pending, pool)
+        self.sharing = exp.distill is not None and exp.distill.share_teacher
+        self.chunks = [] if self.sharing else parallel_chunks(exp, self.pending, pool)
+        self.said: set[str] = set()  # lines about teacher sharing, said once
         self.t0 = time.time()
 
     # -- GPU sets -------------------------------------------------------------------------------
@@ -185,8 +189,8 @@ class Orchestrator:
         print(msg, file=self.out, flush=True)
 
     def _tail(self, r: Running, final: bool = False) -> None:
-        if not self.tail:
-            return
+        if not self.tail or (r.group and r.stage != r.group[0]):
+            return  # a group's output is in its first stage's log
         text = r.log.read_text(final)
         if not text:
             return
@@ -197,40 +201,55 @@ class Orchestrator:
         self.out.flush()
 
     # -- launching -------------------------------------------------------------------------------
-    def _launch(self, stage: str, gpus: list[int]) -> None:
-        plan = self.plans[stage]
-        if plan.action == "run":
-            clear_stage(self.layout, stage, plan.keep_state)
-        cmd = build_stage_command(self.exp, stage, self.toml, self.runs_dir, gpus)
-        stage_dir = self.layout.stage_dir(stage)
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.layout.log_file(stage)
-        if self.worker:
-            log_path = stage_dir / f"stdout.node{self.exp.launch.machine_rank}.log"
-        attempt = 1
-        if self.status:
-            attempt = self.status.doc["stages"][stage]["attempts"] + 1
+    def _launch(self, stages: list[str], gpus: list[int]) -> None:
+        """Start one process for `stages`: one stage, or distill stages sharing the teacher."""
+        first = stages[0]
+        for stage in stages:
+            plan = self.plans[stage]
+            if plan.action == "run":
+                clear_stage(self.layout, stage, plan.keep_state)
+        cmd = build_stage_command(self.exp, first, self.toml, self.runs_dir, gpus)
+        cmd.argv += [x for s in stages[1:] for x in ("--stage", s)]
         place = where(gpus)
-        header = (f"===== {now_iso()} attempt {attempt}: {plan.action} {stage} ({plan.reason}) "
-                  f"on {socket.gethostname()}, {place} =====\n$ {cmd.shell()}\n")
-        with open(log_path, "ab") as log:
-            log.write(header.encode())
-            offset = log.tell()
+        offsets: dict[str, int] = {}
+        for stage in stages:
+            plan = self.plans[stage]
+            self.layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+            attempt = self.status.doc["stages"][stage]["attempts"] + 1 if self.status else 1
+            shared = f", sharing the teacher with {', '.join(s for s in stages if s != stage)}" if stages[1:] else ""
+            header = (f"===== {now_iso()} attempt {attempt}: {plan.action} {stage} ({plan.reason}) "
+                      f"on {socket.gethostname()}, {place}{shared} =====\n$ {cmd.shell()}\n")
+            with open(self._log_path(stage), "ab") as log:
+                log.write(header.encode())
+                offsets[stage] = log.tell()
+        with open(self._log_path(first), "ab") as log:
             proc = subprocess.Popen(cmd.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **cmd.env}, start_new_session=False)
-        self.running[stage] = Running(stage, proc, cmd, time.time(), log_path,
-                                      LogTail(log_path, max_read=None, offset=offset))
-        self.say(f"==> {stage}: {plan.action} ({plan.reason}) on {place}, pid {proc.pid}, log {log_path}")
-        if self.status:
-            # Until the stage process writes its own status, this one says who runs it.
-            write_json_or_warn(self.layout.stage_status_file(stage), stage_status_doc(
-                stage, self.exp.stage_hash(stage), state="running", pid=proc.pid, gpus=gpus, started_at=now_iso()),
-                self.status.warned)
-            self.status.set_stage(stage, state="running", attempts=attempt, pid=proc.pid, gpus=gpus,
-                                  launched_at=now_iso())
+        group = tuple(stages) if stages[1:] else ()
+        for stage in stages:
+            plan = self.plans[stage]
+            log_path = self._log_path(stage)
+            self.running[stage] = Running(stage, proc, cmd, time.time(), log_path,
+                                          LogTail(log_path, max_read=None, offset=offsets[stage]), group)
+            self.say(f"==> {stage}: {plan.action} ({plan.reason}) on {place}, pid {proc.pid}, log {log_path}")
+            if self.status:
+                attempt = self.status.doc["stages"][stage]["attempts"] + 1
+                # Until the stage process writes its own status, this one says who runs it.
+                write_json_or_warn(self.layout.stage_status_file(stage), stage_status_doc(
+                    stage, self.exp.stage_hash(stage), state="running", pid=proc.pid, gpus=gpus,
+                    started_at=now_iso()), self.status.warned)
+                self.status.set_stage(stage, state="running", attempts=attempt, pid=proc.pid, gpus=gpus,
+                                      launched_at=now_iso())
+
+    def _log_path(self, stage: str) -> Path:
+        if self.worker:
+            return self.layout.stage_dir(stage) / f"stdout.node{self.exp.launch.machine_rank}.log"
+        return self.layout.log_file(stage)
 
     def _finish(self, r: Running) -> None:
         rc = r.proc.returncode
+        if r.group and (read_json(self.layout.stage_status_file(r.stage)) or {}).get("state") == "succeeded":
+            rc = 0  # its process ended later or for another stage of the group
         self._tail(r, final=True)
         del self.running[r.stage]
         elapsed = time.time() - r.started
@@ -305,9 +324,9 @@ class Orchestrator:
             # Ctrl-C reaches the whole foreground process group; any other signal was aimed at us
             # alone, so pass it on once (a second signal would interrupt the checkpoint being saved).
             if signum != signal.SIGINT:
-                for r in self.running.values():
+                for proc in {r.proc.pid: r.proc for r in self.running.values()}.values():  # a group: once
                     try:
-                        r.proc.send_signal(signal.SIGTERM)
+                        proc.send_signal(signal.SIGTERM)
                     except ProcessLookupError:
                         pass
 
@@ -357,16 +376,32 @@ class Orchestrator:
             gpus = self._gpus_for(stage)
             if gpus is None:
                 return
-            self.pending.remove(stage)
+            group = self._teacher_group(stage)
+            for s in group:
+                self.pending.remove(s)
             try:
-                self._launch(stage, gpus)
+                self._launch(group, gpus)
             except OSError as e:
-                self.failed.append((stage, f"cannot start the stage process: {e}"))
-                if self.status:
-                    self.status.set_stage(stage, state="failed")
+                for s in group:
+                    self.failed.append((s, f"cannot start the stage process: {e}"))
+                    if self.status:
+                        self.status.set_stage(s, state="failed")
                 return
             if not self.chunks or stage_kind(stage) != "distill":
                 return
+
+    def _teacher_group(self, stage: str) -> list[str]:
+        """`stage` and, with [distill] share_teacher, the distill stages due with it on its GPUs."""
+        if not self.sharing or self.worker:
+            return [stage]
+        ready = [s for s in self.pending if s != stage and all(d in self.done for d in self.plans[s].deps)]
+        group, why = teacher_group(self.exp, [stage, *ready],
+                                   lambda s: stage_gpus(self.exp, s, self.pool, self.available))
+        for line in why:
+            if line not in self.said:
+                self.said.add(line)
+                self.say(f"==> {line}")
+        return group
 
     def _conclude(self) -> int:
         elapsed = duration(time.time() - self.t0)

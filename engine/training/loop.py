@@ -25,7 +25,7 @@ import copy
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from engine.training.checkpoint import (
 from engine.training.metrics_log import MetricsLog
 from engine.training.micro_batch import AUTO, per_process_batch
 from engine.training.step import PendingStep, StepResult, Trainer, lr_at, make_accelerator, peak_flops
-from engine.training.throughput import StepTimes
+from engine.training.throughput import Mark, StepTimes
 
 STATUS_EVERY_S = 2.0  # status.json is fsync'ed: its step is refreshed at most this often
 
@@ -174,6 +174,15 @@ class TrainingRecipe:
     # ---- the recipe ----------------------------------------------------------------------
 
     def run(self) -> None:
+        self.open()
+        try:
+            self.train()
+        finally:
+            self.metrics.close()
+        self.finish()
+
+    def open(self) -> None:
+        """Resume, open the metrics and the data, say what will run."""
         resumed = self.resume()
         self.metrics.start(self.state.step if resumed else None)
         self._open_data()
@@ -183,11 +192,6 @@ class TrainingRecipe:
                   f"({self.world} process(es), {self.trainer.accumulation} micro-batch(es) of "
                   f"{self.trainer.micro} each); loss {self.spec.kind}; "
                   f"{self.trainer.flops_per_token / 1e9:.2f} GFLOP/token; {self.trainer.precision}")
-        try:
-            self.train()
-        finally:
-            self.metrics.close()
-        self.finish()
 
     def resume(self) -> bool:
         """Load the latest checkpoint if it was written with this stage's settings (RESUMABLE_CHANGES
@@ -226,38 +230,59 @@ class TrainingRecipe:
 
     def train(self) -> None:
         """Steps up to cfg.steps, with validation and checkpoints on their intervals."""
-        cfg, state = self.cfg, self.state
-        self.times = StepTimes(self.acc.device.type == "cuda", time.perf_counter)  # tokens/s
-        self.status_at = 0.0  # when status.json's step was last written
-        if state.step == 0:
-            self.validate()
-        if self.acc.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.acc.device)
+        self.start_training()
         try:
             with _StopFlag() as stop:
-                while state.step < cfg.steps:
+                while self.state.step < self.cfg.steps:
                     self.step(cancel=stop.signame is not None)
                     if self.cancel_seen:  # every rank sees it at the same step
                         raise Cancelled(stop.signame or "SIGTERM")
-                    if state.step % cfg.val_interval == 0 or state.step == cfg.steps:
-                        self.validate()
-                    if state.step % cfg.checkpoint_interval == 0 and state.step < cfg.steps:
-                        self.checkpoint()
+                    self.after_step()
         except Cancelled:
-            self.drain()  # the launched steps finish, so the checkpoint holds their updates
-            if self.saved_at != state.step:
-                self._log(f"cancelled: saving a checkpoint at step {state.step}")
-                self.checkpoint()
+            self.save_cancelled()
             raise
+
+    def start_training(self) -> None:
+        """Before the first step: the clocks, and the validation loss at step 0 of a fresh run."""
+        self.times = StepTimes(self.acc.device.type == "cuda", time.perf_counter)  # tokens/s
+        self.status_at = 0.0  # when status.json's step was last written
+        if self.state.step == 0:
+            self.validate()
+        if self.acc.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.acc.device)
+
+    def after_step(self) -> None:
+        """Validation and checkpoint when the step just taken is on their intervals."""
+        cfg, step = self.cfg, self.state.step
+        if step % cfg.val_interval == 0 or step == cfg.steps:
+            self.validate()
+        if step % cfg.checkpoint_interval == 0 and step < cfg.steps:
+            self.checkpoint()
+
+    def save_cancelled(self) -> None:
+        """On a stop request: the launched steps finish, so the checkpoint holds their updates."""
+        self.drain()
+        if self.saved_at != self.state.step:
+            self._log(f"cancelled: saving a checkpoint at step {self.state.step}")
+            self.checkpoint()
 
     def step(self, cancel: bool = False) -> None:
         """Queue one optimizer step, then read the finished steps before it while it runs on the
         GPU (all of them at a validation or checkpoint boundary). `cancel`: ask every rank to stop."""
-        cfg, state = self.cfg, self.state
         start = self.times.start()
-        batches = device_batches(self.train_windows, self.trainer.accumulation, self.trainer.micro,
-                                 self.acc.device)
-        launched = self.trainer.launch(batches, lr_at(state.step, cfg), cancel=cancel)
+        self.launched(start, self.trainer.launch(self.next_batches(self.train_windows), self.lr(), cancel=cancel))
+
+    def next_batches(self, windows: Iterator[torch.Tensor]) -> list[torch.Tensor]:
+        """One optimizer step's micro-batches from `windows`, on the device."""
+        return device_batches(windows, self.trainer.accumulation, self.trainer.micro, self.acc.device)
+
+    def lr(self) -> float:
+        """The learning rate of the next step."""
+        return lr_at(self.state.step, self.cfg)
+
+    def launched(self, start: Mark, launched: PendingStep) -> None:
+        """Book a step queued since `start` (StepTimes.start); read the finished ones before it."""
+        cfg, state = self.cfg, self.state
         self.times.launched(state.step + 1, start)
         state.step += 1
         state.samples += cfg.global_batch_size

@@ -2,13 +2,13 @@
 
 A run with six students would run the teacher's forward six times over the same batches. Students
 whose data streams are the same (data.seq_length and, in [distill], seed and global_batch_size) and
-that take micro-batches of the same size can share it: `launch_shared` runs the teacher once per
-micro-batch and feeds its outputs (last hidden state, mapped layers) to every student's fused loss,
+that take micro-batches of the same size (`sharing_conflicts`, engine/orchestration/teacher_groups.py)
+can share it: `launch_shared` runs the teacher once per micro-batch and feeds its outputs (last hidden state, mapped layers) to every student's fused loss,
 then each student clips and updates on its own. Each student's step is the one `Trainer.launch`
 would queue for it alone, so the results are those of separate runs.
 
 The Trainers are built over one `Teacher` (`engine.training.step.shared_teacher`, capturing the
-union of the students' mapped layers) and one accelerator; students may differ in everything
+union of the students' mapped layers) on one device; students may differ in everything
 else: loss, temperature, weights, lr and its schedule, hidden-state maps.
 """
 
@@ -18,24 +18,10 @@ from collections.abc import Sequence
 
 import torch
 
-from engine.config import DistillConfig
+from engine.orchestration.teacher_groups import sharing_conflicts
 from engine.training.step import PendingStep, Trainer
 
-# [distill] keys that decide which windows a step reads (with data.seq_length): students that
-# differ in one of them read other batches and cannot share the teacher's forward.
-DATA_ORDER_KEYS = ("seed", "global_batch_size")
-
-
-def sharing_conflicts(configs: dict[str, DistillConfig]) -> list[str]:
-    """Why students of these [distill] configs cannot share a teacher forward ([] when they can):
-    one line per key they differ in."""
-    out = []
-    for key in DATA_ORDER_KEYS:
-        values = {name: getattr(cfg, key) for name, cfg in configs.items()}
-        if len(set(values.values())) > 1:
-            listed = ", ".join(f"{n} {v}" for n, v in values.items())
-            out.append(f"distill.{key} differs ({listed}): they read other batches")
-    return out
+__all__ = ["launch_shared", "sharing_conflicts"]
 
 
 def launch_shared(trainers: Sequence[Trainer], micro_batches: list[torch.Tensor], lrs: Sequence[float],

@@ -5,6 +5,7 @@ teacher, tokenizer, loss) and hands them to the training recipe (engine/training
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,23 @@ def finetune_stage(ctx: StageContext) -> None:
 
 
 def distill_stage(ctx: StageContext) -> None:
+    cfg, build, load_teacher = _distill_setup(ctx)
+    run_training(ctx, cfg, "distill", lambda cuda, meta: build(cuda, meta, load_teacher(cuda)))
+
+
+def distill_stages(ctxs: list[StageContext]) -> dict[str, BaseException | None]:
+    """Several distill stages in one process over one teacher forward ([distill] share_teacher);
+    each stage's outcome (engine/training/shared_recipe.py)."""
+    from engine.training.shared_recipe import run_shared_training
+
+    setups = [_distill_setup(ctx) for ctx in ctxs]
+    return run_shared_training(ctxs, [cfg for cfg, _, _ in setups], "distill", [b for _, b, _ in setups],
+                               setups[0][2])
+
+
+def _distill_setup(ctx: StageContext) -> tuple[DistillConfig, Callable[[bool, dict[str, Any], nn.Module], Models],
+                                               Callable[[bool], nn.Module]]:
+    """The stage's [distill] config, how to build its Models over a teacher model, how to load the teacher."""
     exp, layout = ctx.exp, ctx.layout
     if exp.distill is None:
         raise UserError(f"{exp.source}: no [distill] section")
@@ -59,12 +77,16 @@ def distill_stage(ctx: StageContext) -> None:
         raise UserError(f"{ctx.stage}: no student at {student_dir}; run the prune-{name} stage first")
     teacher_dir = teacher_checkpoint(ctx)
 
-    def build(cuda: bool, meta: dict[str, Any]) -> Models:
+    def load_teacher(cuda: bool) -> nn.Module:
+        from engine.models.hf import load_model
+
+        return load_model(teacher_dir, exp.model.dtype if cuda else "float32", exp.model.attn_implementation)
+
+    def build(cuda: bool, meta: dict[str, Any], teacher: nn.Module) -> Models:
         from engine.models.hf import load_model
 
         tokenizer = check_same_tokenizer(str(student_dir), teacher_dir, tokenizer_source(exp, layout))
         student = load_model(str(student_dir), _train_dtype(exp, cuda), exp.model.attn_implementation)
-        teacher = load_model(teacher_dir, exp.model.dtype if cuda else "float32", exp.model.attn_implementation)
         _check_vocab(student, meta, f"{ctx.stage} student")
         _check_vocab(teacher, meta, f"{ctx.stage} teacher")
         vocab = min(len(tokenizer), output_weight(student).shape[0], output_weight(teacher).shape[0])
@@ -72,7 +94,7 @@ def distill_stage(ctx: StageContext) -> None:
         hidden = hidden_spec(cfg, student, teacher, ctx.stage)
         return Models(student, teacher, tokenizer, spec, hidden, exp.model.dtype)
 
-    run_training(ctx, cfg, "distill", build)
+    return cfg, build, load_teacher
 
 
 def _train_dtype(exp: Experiment, cuda: bool) -> str:

@@ -1,0 +1,90 @@
+"""Several stages as one process (distill stages sharing a teacher: engine/orchestration/teacher_groups.py).
+
+Each stage keeps its contract: its own status.json (running with this process's pid, then
+succeeded / failed / cancelled on its own), metrics, checkpoints, model/ and stdout.log. The
+process's stdout (the first stage's stdout.log under the orchestrator) carries every stage's lines;
+the other stages' lines are also appended to their own stdout.log.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+from engine.config import Experiment
+from engine.contract import RunLayout, StageStatus
+from engine.errors import Cancelled, ConfigError, UserError
+from engine.orchestration.launch import stage_gpu_ids
+from engine.orchestration.stage_process import StageContext, _raise_cancelled, is_main_process
+
+GroupBody = Callable[[list[StageContext]], dict[str, BaseException | None]]
+
+
+@dataclass
+class GroupStageContext(StageContext):
+    """A stage of a group: its lines go to the process's stdout and, but for the first stage's
+    (whose log that is), to its own stdout.log as well."""
+
+    own_log: IO[str] | None = field(default=None, repr=False)
+
+    def log(self, msg: str) -> None:
+        super().log(msg)
+        if self.is_main and self.own_log is not None:
+            self.own_log.write(msg + "\n")
+            self.own_log.flush()
+
+
+def run_stage_group(exp: Experiment, stages: list[str], body: GroupBody, layout: RunLayout | None = None) -> int:
+    """Run `body` over the stages' contexts; the process exit code (0: all succeeded, 130: cancelled,
+    2: a stage failed with a user error, 1: another failure)."""
+    layout = layout or RunLayout(exp.run_dir)
+    main = is_main_process()
+    ctxs: list[StageContext] = []
+    for i, stage in enumerate(stages):
+        layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+        status = StageStatus(layout.stage_dir(stage), stage, exp.stage_hash(stage)) if main else None
+        own = open(layout.log_file(stage), "a") if main and i > 0 else None  # noqa: SIM115
+        ctxs.append(GroupStageContext(exp=exp, stage=stage, layout=layout, status=status, own_log=own))
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+    signal.signal(signal.SIGINT, _raise_cancelled)
+    for ctx in ctxs:
+        if ctx.status is not None:
+            ctx.status.start(gpus=stage_gpu_ids())
+    try:
+        outcome = body(ctxs)
+    except Cancelled as e:
+        outcome = {c.stage: e for c in ctxs}
+    except (ConfigError, UserError) as e:
+        outcome = {c.stage: e for c in ctxs}
+    except Exception as e:  # an engine bug or an environment failure: keep the traceback in the log
+        traceback.print_exc()
+        outcome = {c.stage: e for c in ctxs}
+    codes = [_settle(ctx, outcome.get(ctx.stage, Cancelled("SIGTERM"))) for ctx in ctxs]
+    for ctx in ctxs:
+        if isinstance(ctx, GroupStageContext) and ctx.own_log is not None:
+            ctx.own_log.close()
+    return 130 if 130 in codes else max(codes)
+
+
+def _settle(ctx: StageContext, result: BaseException | None) -> int:
+    """Write one stage's end into its status.json; its exit code."""
+    status = ctx.status
+    if result is None:
+        if status is not None:
+            status.finish("succeeded")
+        return 0
+    if isinstance(result, Cancelled):
+        if status is not None:
+            status.finish("cancelled", f"cancelled by {result}")
+        ctx.log(f"[{ctx.stage}] cancelled")
+        return 130
+    if status is not None:
+        status.finish("failed", result)
+    user = isinstance(result, (ConfigError, UserError))
+    if user and ctx.is_main:
+        print(f"error: {ctx.stage}: {result}", file=sys.stderr, flush=True)
+    return 2 if user else 1

@@ -1,0 +1,57 @@
+"""Which distill stages share one teacher forward ([distill] share_teacher): no torch import.
+
+With share_teacher, the orchestrator starts one process for the distill stages that are due on the
+same GPUs (`python -m engine distill FILE --stage distill-a --stage distill-b ...`), which trains
+them together over one teacher forward per micro-batch (engine/training/shared_recipe.py).
+Students can share only when they read the same batches in the same micro-batches:
+`sharing_conflicts` says why not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine.config import DistillConfig, Experiment
+from engine.stage_kinds import stage_kind, stage_student
+
+# [distill] keys that decide which windows a step reads (with data.seq_length, the same for every
+# student): students that differ in one of them read other batches and cannot share the teacher.
+DATA_ORDER_KEYS = ("seed", "global_batch_size")
+
+
+def sharing_conflicts(configs: dict[str, DistillConfig]) -> list[str]:
+    """Why students of these [distill] configs cannot share a teacher forward ([] when they can):
+    one line per key they differ in."""
+    out = []
+    for key in DATA_ORDER_KEYS:
+        values = {name: getattr(cfg, key) for name, cfg in configs.items()}
+        if len(set(values.values())) > 1:
+            listed = ", ".join(f"{n} {v}" for n, v in values.items())
+            out.append(f"distill.{key} differs ({listed}): they read other batches")
+    micro = {name: cfg.micro_batch_size for name, cfg in configs.items()}
+    if len(set(micro.values())) > 1:
+        listed = ", ".join(f"{n} {v}" for n, v in micro.items())
+        out.append(f"distill.micro_batch_size differs ({listed}): the teacher runs once per micro-batch")
+    return out
+
+
+def teacher_group(exp: Experiment, candidates: list[str], gpus_of: Callable[[str], list[int]]
+                  ) -> tuple[list[str], list[str]]:
+    """The distill stages among `candidates` (due to run, inputs ready; the first one is about to
+    start) that run in one process with the first: those on its GPUs, when share_teacher is on and
+    they can share. Returns (the group, lines saying why others run on their own)."""
+    first = candidates[0]
+    if exp.distill is None or not exp.distill.share_teacher or stage_kind(first) != "distill":
+        return [first], []
+    if exp.launch.nodes > 1:
+        return [first], ["share_teacher: one node only; the students run one by one"]
+    gpus = gpus_of(first)
+    group = [s for s in candidates if stage_kind(s) == "distill" and gpus_of(s) == gpus]
+    why = [f"share_teacher: {s} runs on GPUs {gpus_of(s)}, not {gpus}: on its own"
+           for s in candidates if stage_kind(s) == "distill" and s not in group]
+    if len(group) < 2:
+        return [first], why
+    conflicts = sharing_conflicts({s: exp.distill_for(stage_student(s)) for s in group})
+    if conflicts:
+        return [first], why + [f"share_teacher: {', '.join(group)} run one by one: {c}" for c in conflicts]
+    return group, why
