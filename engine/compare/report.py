@@ -1,0 +1,98 @@
+"""`slimlab-engine compare`: print the tables and chart, write report.md and the PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.compare.charts import (
+    terminal_chart,
+    write_png,
+    write_quality_speed_png,
+)
+from engine.compare.rows import (
+    ModelRow,
+    curves,
+    model_rows,
+)
+from engine.compare.tables import (
+    decide_title,
+    has_decide,
+    markdown_decide_table,
+    markdown_table,
+    print_samples,
+    rich_decide_table,
+    rich_table,
+    samples_markdown,
+)
+from engine.contract import (
+    write_atomic,
+)
+
+
+def report_markdown(rows: list[ModelRow], run_dirs: list[str | Path], png_name: str | None,
+                    quality_png: str | None = None) -> str:
+    lines = [f"# slimlab report: {', '.join(str(Path(r)) for r in run_dirs)}", "",
+             "Losses are validation cross-entropy (nats/token): `pruned` right after pruning, `distilled` "
+             "after distillation (for the teacher: its own loss); `ppl` = exp(distilled); `heads` = "
+             "attention/key-value heads; `tokens` and `tok/s`: distillation (for the teacher: its training).", "",
+             markdown_table(rows), ""]
+    for r in rows:
+        if r.pruned_loss is not None and r.distilled_loss is not None:
+            lines.append(f"- {r.run}:{r.label} ({r.method}): {r.pruned_loss:.3f} after pruning -> "
+                         f"{r.distilled_loss:.3f} after distillation")
+    if png_name:
+        lines += ["", f"![validation loss]({png_name})"]
+    if has_decide(rows):
+        lines += ["", "## Which student?", "",
+                  "Task scores: each task's headline metric from lm-evaluation-harness (acc_norm, else acc, ...); "
+                  "decode tok/s: greedy decoding with the KV cache; speedup: decode tokens/s over the teacher's "
+                  "at the smallest batch size. Every metric, its stderr and the prefill speed and memory: "
+                  "eval/results.json.", "", decide_title(rows), "", markdown_decide_table(rows)]
+        if quality_png:
+            lines += ["", f"![quality vs speed]({quality_png})"]
+    if any(r.samples for r in rows):
+        lines += ["", "## Samples", "", samples_markdown(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart: bool = True,
+            console=None, samples: bool = False) -> list[ModelRow]:
+    """Print the table and chart; write report.md and val_loss.png into `out_dir` (the first run)."""
+    from rich.console import Console
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a log file: room for the whole table and chart
+            console = Console(width=120)
+    rows: list[ModelRow] = []
+    for rd in run_dirs:
+        rows += model_rows(rd)
+    console.print(rich_table(rows))
+    if has_decide(rows):
+        console.print(rich_decide_table(rows))
+    if samples:
+        print_samples(rows, console)
+    from engine.search.table import rich_search_tables, search_markdown
+
+    for table in rich_search_tables(run_dirs):  # search students: their candidates, the winner marked
+        console.print(table)
+    series = curves(run_dirs)
+    if chart and series:
+        from rich.text import Text
+
+        # plotext colours tell the curves apart; rich drops them where the output is no terminal
+        chart_text = Text.from_ansi(terminal_chart(series, width=max(40, min(console.width, 110) - 1)))
+        console.print(chart_text, no_wrap=True, overflow="crop")
+    elif not series:
+        console.print("no validation curves yet (the distill stages have not logged any)")
+    out = Path(out_dir or run_dirs[0])
+    png = None
+    if series:
+        teacher = next((r.distilled_loss for r in rows if r.label == "teacher"), None) if len(run_dirs) == 1 else None
+        write_png(series, out / "val_loss.png", teacher)
+        png = "val_loss.png"
+    quality = "quality_speed.png" if write_quality_speed_png(rows, out / "quality_speed.png") else None
+    write_atomic(out / "report.md", report_markdown(rows, run_dirs, png, quality) + search_markdown(run_dirs))
+    written = [out / "report.md"] + [out / n for n in (png, quality) if n]
+    console.print("wrote " + ", ".join(str(w) for w in written))
+    return rows

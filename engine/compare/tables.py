@@ -1,0 +1,151 @@
+"""`compare` tables: the loss table and the 'which student?' table (tasks, speed), rich and markdown;
+the samples side by side."""
+
+from __future__ import annotations
+
+from engine.compare.rows import (
+    ModelRow,
+)
+from engine.contract import (
+    human_count,
+)
+
+# ---- rendering -------------------------------------------------------------------------------
+
+
+COLUMNS = ["model", "layers", "hidden", "ffn", "heads", "params", "pruned", "distilled", "ppl", "tokens",
+           "tok/s"]
+
+
+def _fmt_int(n: int | None, digits: int = 2) -> str:
+    return "-" if n is None else human_count(n, digits)
+
+
+def _fmt_f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def row_cells(row: ModelRow, many_runs: bool) -> list[str]:
+    name = f"{row.run}:{row.label}" if many_runs else row.label
+    if row.method and row.method not in ("teacher", row.label):
+        name += f" ({row.method})"
+    return [name, str(row.layers or "-"), str(row.hidden or "-"), str(row.ffn or "-"), row.heads or "-",
+            _fmt_int(row.params), _fmt_f(row.pruned_loss), _fmt_f(row.distilled_loss),
+            _fmt_f(row.ppl, 1), _fmt_int(row.tokens, 1), _fmt_int(int(row.tokens_per_s), 1) if row.tokens_per_s else "-"]
+
+
+def rich_table(rows: list[ModelRow]):
+    from rich import box
+    from rich.table import Table
+
+    many = len({r.run for r in rows}) > 1
+    t = Table(title="validation loss after pruning and after distillation", title_justify="left",
+              box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
+    for i, c in enumerate(COLUMNS):
+        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+    for r in rows:
+        t.add_row(*row_cells(r, many))
+    return t
+
+
+def markdown_table(rows: list[ModelRow]) -> str:
+    many = len({r.run for r in rows}) > 1
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row_cells(r, many)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# ---- "which student?": tasks, speed, samples --------------------------------------------------
+
+
+def decide_columns(rows: list[ModelRow]) -> tuple[list[str], list[str]]:
+    """(task names, decode batch sizes) that any row has, in first-seen order."""
+    tasks = list(dict.fromkeys(t for r in rows for t in r.tasks))
+    batches = sorted({b for r in rows for b in r.decode_tokens_per_s}, key=lambda b: int(b) if b.isdigit() else 0)
+    return tasks, batches
+
+
+def has_decide(rows: list[ModelRow]) -> bool:
+    return any(r.tasks or r.decode_tokens_per_s for r in rows)
+
+
+def decide_header(rows: list[ModelRow]) -> list[str]:
+    tasks, batches = decide_columns(rows)
+    mean = ["task mean"] if len(tasks) > 1 else []
+    return (["model", "shape", "params", "x smaller", "loss pruned->distilled", *tasks, *mean]
+            + [f"decode @{b}" for b in batches] + ["speedup"])
+
+
+def decide_cells(row: ModelRow, rows: list[ModelRow]) -> list[str]:
+    tasks, batches = decide_columns(rows)
+    many = len({r.run for r in rows}) > 1
+    name = row_cells(row, many)[0]
+    shape = f"{row.layers or '-'}L h{row.hidden or '-'} ffn{row.ffn or '-'} {row.heads or '-'}"
+    loss = (f"{_fmt_f(row.pruned_loss)}->{_fmt_f(row.distilled_loss)}" if row.pruned_loss is not None
+            else _fmt_f(row.distilled_loss))
+    mean = [_fmt_f(row.task_mean)] if len(tasks) > 1 else []
+    return ([name, shape, _fmt_int(row.params), "1.00x" if row.method == "teacher" else
+             (f"{row.smaller:.2f}x" if row.smaller else "-"), loss]
+            + [_fmt_f(row.tasks.get(t)) for t in tasks] + mean
+            + [_fmt_f(row.decode_tokens_per_s.get(b), 0) for b in batches]
+            + [f"{row.speedup:.2f}x" if row.speedup is not None else "-"])
+
+
+def decide_title(rows: list[ModelRow]) -> str:
+    device = next((r.device for r in rows if r.device), None)
+    return ("which student? task scores, decode tokens/s at batch @N" + (f" on {device}" if device else ""))
+
+
+def rich_decide_table(rows: list[ModelRow]):
+    from rich import box
+    from rich.table import Table
+
+    t = Table(title=decide_title(rows), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
+    for i, c in enumerate(decide_header(rows)):
+        t.add_column(c, justify="left" if i < 2 else "right", no_wrap=True)
+    for r in rows:
+        t.add_row(*decide_cells(r, rows))
+    return t
+
+
+def markdown_decide_table(rows: list[ModelRow]) -> str:
+    header = decide_header(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(decide_cells(r, rows)) + " |" for r in rows])
+
+
+def one_line(text: str) -> str:
+    """A sample on one line: line breaks shown as ↵, runs of spaces and tabs as one space."""
+    return " ".join(text.replace("\r", "").replace("\n", " ↵ ").split()).replace("↵ ↵", "↵↵")
+
+
+def sample_blocks(rows: list[ModelRow]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """[(prompt, [(model, continuation)])]: every model's text for each prompt, side by side."""
+    many = len({r.run for r in rows}) > 1
+    out: dict[str, list[tuple[str, str]]] = {}
+    for r in rows:
+        for smp in r.samples:
+            out.setdefault(str(smp.get("prompt", "")), []).append((row_cells(r, many)[0], smp["text"]))
+    return list(out.items())
+
+
+def samples_markdown(rows: list[ModelRow]) -> str:
+    lines: list[str] = []
+    for i, (prompt, texts) in enumerate(sample_blocks(rows), start=1):
+        lines += [f"### Prompt {i}", "", "> " + one_line(prompt), "", "| model | continuation (greedy) |",
+                  "|---|---|"]
+        lines += [f"| {m} | {one_line(t).replace('|', '/')} |" for m, t in texts]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def print_samples(rows: list[ModelRow], console) -> None:
+    from rich.text import Text
+
+    blocks = sample_blocks(rows)
+    if not blocks:
+        console.print("no samples (run the eval stage; [eval] prompts = [] turns them off)")
+    for i, (prompt, texts) in enumerate(blocks, start=1):
+        console.print(Text(f"prompt {i}: {one_line(prompt)}", style="bold"))
+        for m, t in texts:
+            console.print(Text(f"  {m}: ", style="cyan") + Text(one_line(t)))
