@@ -90,7 +90,7 @@ def trainer_for(args, acc, arch, device, cfg, teacher, seed: int, log=lambda _m:
 
 def micro_variant(args, acc, arch, device, teacher, micro: int | str, data: list[torch.Tensor]) -> dict:
     """Tokens/s, MFU and peak memory of one student at this micro-batch (global batch fixed)."""
-    from engine.training.step import peak_flops
+    from engine.training.setup import peak_flops
 
     notes: list[str] = []
     reset_memory(device)
@@ -195,7 +195,7 @@ def main() -> int:
     if args.global_batch % args.six_micro or args.global_batch % 16:
         print("error: --global-batch must be a multiple of 16 and of --six-micro", file=sys.stderr)
         return 2
-    from engine.training.step import make_accelerator
+    from engine.training.setup import make_accelerator
 
     arch = SMOLLM2
     if args.tiny:

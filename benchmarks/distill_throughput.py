@@ -305,7 +305,7 @@ def main() -> None:
     ap.add_argument("--sdpa", default="", choices=["", "cudnn", "flash", "efficient"],
                     help="only this SDPA backend (default: PyTorch's choice)")
     args = ap.parse_args()
-    from engine.training.step import make_accelerator
+    from engine.training.setup import make_accelerator
 
     if args.sdpa:  # a process-wide switch (compiled graphs do not guard on it)
         for b in ("cudnn", "flash", "efficient"):

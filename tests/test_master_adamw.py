@@ -118,7 +118,7 @@ def test_refuses_half_parameters_and_a_state_of_another_model() -> None:
 def test_master_weights_apply_where_gradients_never_add_up_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from engine.training.step import master_weights_apply
+    from engine.training.setup import master_weights_apply
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "triton" else None)
 
@@ -140,7 +140,8 @@ def _tiny_trainer(master: bool, accum: int = 2):
 
     from engine.config import TrainConfig
     from engine.distill.losses import LossSpec
-    from engine.training.step import Trainer, make_accelerator
+    from engine.training.setup import make_accelerator
+    from engine.training.step import Trainer
 
     cfg_model = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)

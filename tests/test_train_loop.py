@@ -49,7 +49,7 @@ def test_finetune_from_scratch_writes_the_contract(tmp_path: Path) -> None:
 
 def test_lr_schedule_warmup_then_cosine_to_min_lr() -> None:
     from engine.config import TrainConfig
-    from engine.training.step import lr_at
+    from engine.training.setup import lr_at
 
     cfg = TrainConfig(steps=10, lr=1.0, min_lr=0.1, warmup_steps=2, global_batch_size=4, micro_batch_size=4)
     lrs = [lr_at(s, cfg) for s in range(10)]
@@ -125,7 +125,7 @@ def test_two_processes_through_accelerate_match_one_process(tmp_path: Path) -> N
 
 def _reference_steps(model: torch.nn.Module, cfg, batches: list[torch.Tensor], clip: float) -> list[float]:
     """Stock clip_grad_norm_ then a plain for-loop AdamW with the engine's decay groups."""
-    from engine.training.step import make_optimizer
+    from engine.training.setup import make_optimizer
 
     groups = make_optimizer(model, cfg).param_groups
     opt = torch.optim.AdamW([{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups],
@@ -150,7 +150,8 @@ def test_steps_clip_like_clip_grad_norm_then_adamw(grad_clip: float) -> None:
 
     from engine.config import TrainConfig
     from engine.distill.losses import LossSpec
-    from engine.training.step import Trainer, make_accelerator
+    from engine.training.setup import make_accelerator
+    from engine.training.step import Trainer
 
     cfg_model = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=8)

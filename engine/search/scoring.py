@@ -48,8 +48,9 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
     """A short distillation (the student's [distill] recipe, `steps` steps on `train_windows`, an
     equal share of micro-batches per step) of a copy of each candidate, then its validation loss."""
     from engine.models.hf import torch_dtype
+    from engine.training.setup import lr_at, make_accelerator
     from engine.training.stage_bodies import _train_dtype, loss_spec
-    from engine.training.step import Trainer, lr_at, make_accelerator
+    from engine.training.step import Trainer
 
     base = exp.distill_for(name)
     cfg = base.model_copy(update={"steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1)})

@@ -52,7 +52,8 @@ from engine.training.checkpoint import (
 )
 from engine.training.metrics_log import MetricsLog
 from engine.training.micro_batch import AUTO, per_process_batch
-from engine.training.step import PendingStep, StepResult, Trainer, lr_at, make_accelerator, peak_flops
+from engine.training.setup import lr_at, make_accelerator, peak_flops
+from engine.training.step import PendingStep, StepResult, Trainer
 from engine.training.throughput import Mark, StepTimes
 
 STATUS_EVERY_S = 2.0  # status.json is fsync'ed: its step is refreshed at most this often

@@ -28,8 +28,9 @@ from engine.config import TrainConfig
 from engine.errors import Cancelled, UserError
 from engine.orchestration.stage_process import StageContext
 from engine.training.loop import Models, TrainingRecipe, _StopFlag
+from engine.training.setup import make_accelerator
 from engine.training.shared_teacher import launch_shared
-from engine.training.step import make_accelerator, shared_teacher
+from engine.training.step import shared_teacher
 
 # build(cuda, meta, teacher): one student's Models over the teacher model loaded once
 GroupBuild = Callable[[bool, dict[str, Any], nn.Module], Models]
