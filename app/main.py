@@ -250,14 +250,14 @@ class SlimlabApp(KeepCss, App[None]):
     def action_toggle_theme(self) -> None:
         self.theme = THEMES[1] if self.theme == THEMES[0] else THEMES[0]
 
-    def on_open_run(self, message: OpenRun) -> None:
+    async def on_open_run(self, message: OpenRun) -> None:
         from app.screens.run_detail import RunDetailScreen
 
         if self.current_mode != "runs":
-            self.switch_mode("runs")
+            await self.switch_mode("runs")  # done before the push: the detail goes onto Runs' stack
         while len(self.screen_stack) > 1:
-            self.pop_screen()
-        self.push_screen(RunDetailScreen(message.path, message.stage))
+            await self.pop_screen()
+        await self.push_screen(RunDetailScreen(message.path, message.stage))
 
     async def on_edit_experiment(self, message: EditExperiment) -> None:
         await self.switch_mode("compose")

@@ -92,6 +92,13 @@ async def open_only_run(app, pilot):
     return app.screen
 
 
+def detail_drawn(app, path: Path) -> bool:
+    """Run detail of `path` is shown, charts included (mounted: a test may quit then)."""
+    screen = app.screen
+    return (type(screen).__name__ == "RunDetailScreen" and screen.path == path and bool(screen.query("#loss-chart"))
+            and not screen.query_one("#loss-chart").held)
+
+
 @pytest.mark.parametrize("workarounds", [True, False], ids=["workarounds", "plain-textual"])
 @run_async
 async def test_runs_screen_lists_runs_and_follows_changes(runs, tmp_path, monkeypatch, workarounds):
@@ -573,7 +580,8 @@ async def test_compose_loads_a_file_and_launches_detached(runs, tmp_path, monkey
         await pilot.press("t", "i", "n")  # filters the list
         await wait_for(pilot, lambda: opts.option_count == 1 and opts.get_option_at_index(0).id == str(src))
         await pilot.press("down", "enter")
-        await wait_for(pilot, lambda: app.screen is screen and screen.raw.get("name") == "tiny", what="loaded")
+        await wait_for(pilot, lambda: app.screen is screen and screen.raw.get("name") == "tiny"
+                       and screen.form_ready.is_set(), what="loaded")
         assert screen.query_one("#f-finetune-steps").value == "7"
         form = screen.query_one("StudentForm")
         assert _control(form, "drop_layers").value == "1, 2"
@@ -592,8 +600,7 @@ async def test_compose_loads_a_file_and_launches_detached(runs, tmp_path, monkey
         await pilot.press("ctrl+l")
         await wait_for(pilot, lambda: len(fake_engine()) == 1, what="launch")
         # then the new run is shown
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="the new run")
-        assert app.screen.path == runs / "tiny"
+        await wait_for(pilot, lambda: detail_drawn(app, runs / "tiny"), what="the new run")
     call = fake_engine()[0]
     assert call["argv"] == ["run", str(src), "--detach", "--runs-dir", str(runs)]
     assert call["sid"] == call["pid"] != os.getsid(0)
@@ -729,8 +736,7 @@ async def test_compose_checks_a_hub_teacher_before_launching(runs, tmp_path, mon
         monkeypatch.setattr(compose_data, "hub_problem", lambda repo: None)
         await pilot.press("ctrl+l")
         await wait_for(pilot, lambda: len(fake_engine()) == 1, what="the launch")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="the new run")
-        assert app.screen.path == runs / "hubby"
+        await wait_for(pilot, lambda: detail_drawn(app, runs / "hubby"), what="the new run")
 
 
 @run_async

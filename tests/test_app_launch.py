@@ -65,6 +65,10 @@ def test_launch_from_compose_survives_the_tui(tmp_path, monkeypatch):
             assert app.last_command.ok, app.last_command.output
             assert app.last_command.command[-5:] == ["run", str(exp_file), "--detach", "--runs-dir", str(runs)]
             await wait_for(pilot, lambda: any(r.name == "launched" for r in app.runs), 20, "run in the table")
+            # launching shows the new run; quit once it is drawn (Textual fails quitting mid-mount)
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen" and app.screen.path == run_dir
+                           and app.screen.query("#loss-chart") and not app.screen.query_one("#loss-chart").held,
+                           20, "the run's detail")
         # the app has quit here
 
     async def reopen():

@@ -109,16 +109,23 @@ class ComposeScreen(KeepStyles, Screen):
                  lambda: Static("", id="teacher-info", classes="field-info")),
             part(lambda: _title("Data"), lambda: fields(DATA, raw)),
             part(lambda: self._section("finetune", fields(TRAIN, self.stash["finetune"], "finetune."))),
-            part(lambda: Vertical(_title("Students ([[prune]])"),
-                                  Horizontal(Button("+ depth student (f2)", id="add-depth", compact=True),
-                                             Button("+ width student (f3)", id="add-width", compact=True),
-                                             classes="student-buttons"),
-                                  id="students", classes="form-section")),
+            self._students_box,
             *(student(p) for p in raw.get("prune", [])),
             part(lambda: self._section("distill", fields(TRAIN + DISTILL_EXTRA, self.stash["distill"], "distill."))),
             part(lambda: self._section("eval", None), lambda: _title("Launch"), lambda: fields(LAUNCH, raw),
                  lambda: _title("Plan (slimlab-engine check)"), lambda: Static("", id="compose-plan", markup=False)),
         ]
+
+    async def _students_box(self) -> None:
+        """The students' box, its title and add buttons. Mounted one by one, not as the box's
+        constructor children (those join the DOM only when the box composes, which can come after
+        the next part, a student, looks for the buttons to mount itself before them)."""
+        box = Vertical(id="students", classes="form-section")
+        await self.query_one("#compose-form", VerticalScroll).mount(box)
+        await box.mount_all([_title("Students ([[prune]])"),
+                             Horizontal(Button("+ depth student (f2)", id="add-depth", compact=True),
+                                        Button("+ width student (f3)", id="add-width", compact=True),
+                                        classes="student-buttons")])
 
     def _scratch_fields(self) -> Widget:
         """The architecture of a fresh teacher: shown while model.init is "scratch"."""
@@ -164,7 +171,12 @@ class ComposeScreen(KeepStyles, Screen):
             await asyncio.sleep(BUILD_GAP_S)
             if gen != self._build_gen:
                 return
-            await part()
+            try:
+                await part()
+            except Exception:
+                if gen != self._build_gen:  # the form was replaced (a file loaded) while this part mounted
+                    return
+                raise
         if gen == self._build_gen:
             self.form_ready.set()
             self._validate_now()

@@ -242,14 +242,14 @@ class RunScanner:
         exp_file, pipe_file = layout.experiment_file, layout.status_file
         dir_key = stat_key(path)
         if rc is not None and rc.info is not None and rc.info.state in TERMINAL + ("pending",) \
-                and dir_key == rc.dir_key and now - rc.checked < self.idle_recheck_s:
+                and dir_key == rc.dir_key and time.monotonic() - rc.checked < self.idle_recheck_s:
             return rc.info  # finished and untouched: re-stat its files only now and then
         exp_key, pipe_key = stat_key(exp_file), stat_key(pipe_file)
         if exp_key is None and pipe_key is None:
             return None  # not a run directory (yet)
         if rc is None:
             rc = self._cache[path] = _RunCache()
-        rc.checked = now
+        rc.checked = time.monotonic()  # an interval, not the (injectable) wall clock: a stopped one never rechecks
         if pipe_key != rc.pipe_key:
             rc.pipe_key, rc.pipe = pipe_key, read_json(pipe_file)
         if exp_key != rc.exp_key or pipe_key != rc.pipe_key_plan:
