@@ -17,7 +17,7 @@ from engine.models.hf import count_parameters, save_model
 from engine.prune.depth import prune_depth
 from engine.prune.importance import calibrate, random_importance
 from engine.prune.width import prune_width, select_width
-from engine.shapes.shape import count_params, student_shape, shape_from_config
+from engine.shapes.shape import count_params, shape_from_config, student_shape
 
 ALL = list(ARCHS)
 
