@@ -49,13 +49,13 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
     equal share of micro-batches per step) of a copy of each candidate, then its validation loss."""
     from engine.models.hf import torch_dtype
     from engine.training.setup import lr_at, make_accelerator
-    from engine.training.stage_bodies import _train_dtype, loss_spec
+    from engine.training.stage_bodies import loss_spec, train_dtype
     from engine.training.step import Trainer
 
     base = exp.distill_for(name)
     cfg = base.model_copy(update={"steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1)})
     accelerator = make_accelerator("ddp", exp.launch.mixed_precision)
-    dtype = torch_dtype(_train_dtype(exp, accelerator.device.type == "cuda"))  # as the distill stage
+    dtype = torch_dtype(train_dtype(exp, accelerator.device.type == "cuda"))  # as the distill stage
     per_step = max(1, len(train_windows) // steps)
 
     def score(candidate: nn.Module) -> float:

@@ -34,7 +34,7 @@ def finetune_stage(ctx: StageContext) -> None:
         from engine.models.hf import build_scratch_model, load_model, load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer_source(exp, ctx.layout))
-        dtype = _train_dtype(exp, cuda)
+        dtype = train_dtype(exp, cuda)
         if exp.model.init == "scratch":
             vocab = max(int(meta["vocab_size"]), len(tokenizer))
             model = build_scratch_model(exp.model.arch, vocab, dtype, exp.model.attn_implementation,
@@ -86,7 +86,7 @@ def _distill_setup(ctx: StageContext) -> tuple[DistillConfig, Callable[[bool, di
         from engine.models.hf import load_model
 
         tokenizer = check_same_tokenizer(str(student_dir), teacher_dir, tokenizer_source(exp, layout))
-        student = load_model(str(student_dir), _train_dtype(exp, cuda), exp.model.attn_implementation)
+        student = load_model(str(student_dir), train_dtype(exp, cuda), exp.model.attn_implementation)
         _check_vocab(student, meta, f"{ctx.stage} student")
         _check_vocab(teacher, meta, f"{ctx.stage} teacher")
         vocab = min(len(tokenizer), output_weight(student).shape[0], output_weight(teacher).shape[0])
@@ -97,7 +97,7 @@ def _distill_setup(ctx: StageContext) -> tuple[DistillConfig, Callable[[bool, di
     return cfg, build, load_teacher
 
 
-def _train_dtype(exp: Experiment, cuda: bool) -> str:
+def train_dtype(exp: Experiment, cuda: bool) -> str:
     """fp32 master weights under mixed precision (and on the CPU); else [model].dtype."""
     if not cuda or exp.launch.mixed_precision != "no":
         return "float32"
