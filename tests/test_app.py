@@ -1224,3 +1224,39 @@ async def test_unchanged_texts_are_not_rewritten_every_scan(runs, tmp_path):
         ft.update(step=7)  # it moves on: the summary says so
         await wait_for(pilot, lambda: "stage-summary" in updates, what="the summary rewritten")
         assert "step 7" in str(app.screen.query_one("#stage-summary").render())
+
+
+# ---- warnings, the quality-vs-speed scatter, search tables -----------------------------------------
+
+
+@run_async
+async def test_a_divergence_warning_shows_on_runs_and_run_detail(runs, tmp_path):
+    from engine.contract import append_metrics, now_iso, read_metrics, write_json
+    from engine.orchestration.divergence import divergence
+
+    w = finished_run(runs, "diverged")
+    path = w.root / "distill-width" / "metrics.jsonl"
+    append_metrics(path, {"step": 21, "tokens": 21 * 256, "split": "val", "loss": 45.4})
+    warning = divergence(read_metrics(path)[0])
+    assert warning
+    stages = ["prepare", "finetune", "prune-depth", "prune-width", "distill-depth", "distill-width", "eval"]
+    # the orchestrator's status.json, as it records a divergence (stages.<stage>.warning)
+    write_json(w.root / "status.json", {
+        "name": "diverged", "state": "succeeded", "pid": None, "started_at": now_iso(), "ended_at": now_iso(),
+        "stages": {s: {"state": "succeeded", **({"warning": warning} if s == "distill-width" else {})}
+                   for s in stages}})
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        run = app.runs[0]
+        assert run.warnings == [("distill-width", warning)] and run.stage("distill-depth").warning is None
+        title = app.screen.query_one("#preview-title")
+        await wait_for(pilot, lambda: "⚠ distill-width: validation loss 45.4" in str(title.render()),
+                       what="the warning in the Runs preview")
+        screen = await open_only_run(app, pilot)
+        await wait_for(pilot, lambda: "⚠ val loss rose: distill-width" in str(screen.query_one("#detail-title").render()),
+                       what="the warning in Run detail's title")
+        screen._select("distill-width")
+        screen._show_summary()
+        await wait_for(pilot, lambda: "⚠ validation loss 45.4" in str(screen.query_one("#stage-summary").render()),
+                       what="the warning in the stage summary")

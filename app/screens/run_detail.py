@@ -31,7 +31,13 @@ from app.widgets.loss_chart import Curve, LossChart
 from app.widgets.nav import NavBar
 from app.widgets.run_progress import run_progress_text
 from app.widgets.static_text import set_text
-from app.widgets.style import error_markup, run_state_markup, state_style
+from app.widgets.style import (
+    error_markup,
+    run_state_markup,
+    state_style,
+    warned_stages_markup,
+    warning_markup,
+)
 from engine.contract import RunLayout
 
 POLL_S = 0.25  # log / metrics of the shown stage
@@ -120,7 +126,8 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         state = run_state_markup(self.app, run)
         err = f"  {error_markup(run.state, run.error)}" if run.error else ""
         progress = escape(run_progress_text(run, self.app.clock()))
-        set_text(title, f"[b]{escape(run.name)}[/b]  {state}  {progress}  {escape(str(run.path))}{err}", restyle)
+        warn = warned_stages_markup(run)
+        set_text(title, f"[b]{escape(run.name)}[/b]  {state}  {progress}  {escape(str(run.path))}{err}{warn}", restyle)
         stages = self.query_one(StageList)
         stages.show_run(run, restyle)
         cur = run.current
@@ -151,6 +158,8 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         line = "  ".join(parts)
         if s.error:
             line += f"\n{error_markup(s.state, s.error)}"
+        if s.warning:
+            line += f"\n{warning_markup(None, s.warning)}"
         return line
 
     # ---- stage selection ---------------------------------------------------------------------

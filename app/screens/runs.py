@@ -18,7 +18,7 @@ from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 from app.widgets.run_progress import run_progress_text
 from app.widgets.static_text import set_text
-from app.widgets.style import error_markup
+from app.widgets.style import error_markup, warning_markup
 from engine.contract import RunLayout
 
 FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
@@ -100,7 +100,8 @@ class RunsScreen(KeepStyles, Screen):
         else:
             err = f"  {error_markup(run.state, run.error)}" if run.error else ""
             progress = _escape(run_progress_text(run, self.app.clock()))
-            set_text(title, f"[b]{_escape(run.name)}[/b]  {progress}  {_escape(str(run.path))}{err}", restyle)
+            warn = "".join(f"\n{warning_markup(st, w)}" for st, w in run.warnings[:1])
+            set_text(title, f"[b]{_escape(run.name)}[/b]  {progress}  {_escape(str(run.path))}{err}{warn}", restyle)
         self.query_one(StagesTable).show_run(run, restyle)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

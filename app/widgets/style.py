@@ -46,6 +46,19 @@ def error_markup(state: str, error: str | None) -> str:
     return f"[$text-error]{escape(error)}[/]" if state == "failed" else f"[dim]{escape(error)}[/]"
 
 
+def warning_markup(stage: str | None, warning: str | None) -> str:
+    """A stage's warning (the orchestrator's divergence warning), in the theme's warning colour."""
+    if not warning:
+        return ""
+    return f"[$text-warning]⚠ {escape(f'{stage}: ' if stage else '')}{escape(warning)}[/]"
+
+
+def warned_stages_markup(run) -> str:
+    """A short title note naming a run's stages with a warning ("⚠ val loss rose: distill-width")."""
+    names = [s for s, _ in run.warnings]
+    return f"  [$text-warning]⚠ val loss rose: {escape(', '.join(names))}[/]" if names else ""
+
+
 def stage_strip(app: App, states: list[str]) -> Text:
     """One glyph per stage: ✓✓●○○."""
     t = Text()

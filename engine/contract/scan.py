@@ -49,6 +49,7 @@ class StageInfo:
     updated_at: str | None = None
     ended_at: str | None = None
     error: str | None = None
+    warning: str | None = None  # the orchestrator's stages.<stage>.warning (divergence) in <run>/status.json
 
     @property
     def fraction(self) -> float | None:
@@ -90,6 +91,11 @@ class RunInfo:
 
     def stage(self, name: str) -> StageInfo | None:
         return next((s for s in self.stages if s.name == name), None)
+
+    @property
+    def warnings(self) -> list[tuple[str, str]]:
+        """(stage, warning) of every stage the orchestrator warned about (a diverged validation loss)."""
+        return [(s.name, s.warning) for s in self.stages if s.warning]
 
 
 def format_error(err: Any) -> str | None:
@@ -147,8 +153,10 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def stage_info(name: str, doc: dict[str, Any] | None, m: MetricsSummary, now: float) -> StageInfo:
-    """One stage's summary from its status.json document and its metrics; `now` (epoch seconds) for the ETA."""
+def stage_info(name: str, doc: dict[str, Any] | None, m: MetricsSummary, now: float,
+               warning: str | None = None) -> StageInfo:
+    """One stage's summary from its status.json document and its metrics; `now` (epoch seconds) for the ETA;
+    `warning`: what the orchestrator recorded about it (stages.<name>.warning of the run's status.json)."""
     state, err = _effective(doc)
     doc = doc or {}
     tr, va = m.last_train or {}, m.last_val or {}
@@ -172,6 +180,7 @@ def stage_info(name: str, doc: dict[str, Any] | None, m: MetricsSummary, now: fl
         gpus=tuple(g for g in doc.get("gpus") or () if isinstance(g, int)),
         pid=doc.get("pid"), pgid=doc.get("pgid"), started_at=doc.get("started_at"),
         updated_at=doc.get("updated_at"), ended_at=doc.get("ended_at"), error=err,
+        warning=warning if isinstance(warning, str) and warning else None,
     )
 
 
@@ -266,6 +275,8 @@ class RunScanner:
         names.sort(key=lambda n: (rc.planned.index(n) if n in rc.planned else 99, sort_key(n)))
         stages = []
         root = str(path)
+        pipe_docs = (rc.pipe or {}).get("stages")
+        pipe_docs = pipe_docs if isinstance(pipe_docs, dict) else {}
         for name in names:
             sc = rc.stages.get(name)
             if sc is None:
@@ -276,7 +287,9 @@ class RunScanner:
                 sc.status_key, sc.status = key, read_json(status_file)
             mfile = os.path.join(root, name, RunLayout.METRICS)
             sc.metrics.update(mfile)
-            stages.append(stage_info(name, sc.status, sc.metrics, now))
+            pdoc = pipe_docs.get(name)
+            stages.append(stage_info(name, sc.status, sc.metrics, now,
+                                     pdoc.get("warning") if isinstance(pdoc, dict) else None))
         stages_t = tuple(stages)
         state, err = run_state(stages_t, rc.pipe)
         pipe = rc.pipe or {}
