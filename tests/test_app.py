@@ -1260,3 +1260,60 @@ async def test_a_divergence_warning_shows_on_runs_and_run_detail(runs, tmp_path)
         screen._show_summary()
         await wait_for(pilot, lambda: "⚠ validation loss 45.4" in str(screen.query_one("#stage-summary").render()),
                        what="the warning in the stage summary")
+
+
+@run_async
+async def test_compare_shows_quality_vs_speed_and_the_search_table(runs, tmp_path):
+    from engine.contract import RunLayout, read_json, write_json
+
+    prune = [{"name": "depth", "method": "depth", "num_layers": 2},
+             {"name": "width", "method": "width", "ffn_hidden_size": 64},
+             {"name": "auto", "method": "search", "target_params": 0.6}]
+    w = RunWriter(runs, "decide", students=("depth", "width", "auto"), prune=prune)
+    w.stage("prepare", "succeeded", total_steps=None)
+    for s in ("depth", "width", "auto"):
+        w.stage(f"prune-{s}", "succeeded", total_steps=None)
+        w.stage(f"distill-{s}", "succeeded", step=20)
+    w.stage("eval", "succeeded", total_steps=None)
+    speeds = {"teacher": (100.0, 0.60), "distill-depth": (180.0, 0.45), "distill-width": (120.0, 0.50),
+              "distill-auto": (150.0, 0.55)}
+    for model, _ in speeds.items():
+        w.result(model, 1000, 3.0)
+    doc = read_json(RunLayout(w.root).results_file)
+    for model, (tps, acc) in speeds.items():
+        doc["models"][model]["tasks"] = {"lastword": {"acc": acc, "acc_stderr": 0.01}}
+        doc["models"][model]["speed"] = {"device": "cpu", "decode_tokens_per_s": {"16": tps * 8, "1": tps}}
+    write_json(RunLayout(w.root).results_file, doc)
+    shape = {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128, "num_attention_heads": 4,
+             "num_key_value_heads": 2}
+    write_json(RunLayout(w.root).search_file("prune-auto"), {
+        "target": {"metric": "params", "target": 600}, "score": "loss",
+        "candidates": [{"shape": shape, "params": 610, "memory_gb": 0.001, "loss": 4.2, "score": 4.2, "rank": 2,
+                        "chosen": False},
+                       {"shape": {**shape, "num_layers": 3}, "params": 590, "memory_gb": 0.001, "loss": 4.0,
+                        "score": 4.0, "rank": 1, "chosen": True},
+                       {"shape": {**shape, "hidden_size": 32}, "params": 400, "memory_gb": 0.001, "rank": None}]})
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        screen = app.screen
+        chart = screen.query_one("#quality-speed")
+        await wait_for(pilot, lambda: len(chart.points) == 4, what="the quality-vs-speed points")
+        # x: decode tokens/s at the smallest batch (1, not 16); y: the mean task score; by method
+        assert {(p[1], p[2], p[3]) for p in chart.points} == {
+            ("teacher", 100.0, 0.60), ("depth", 180.0, 0.45), ("width", 120.0, 0.50), ("search", 150.0, 0.55)}
+        assert chart.ylabel == "task score (mean)" and "batch 1 " in chart.xlabel
+        await pilot.press("v")
+        assert screen.query_one("#compare-tabs").active == "speed"
+        await pilot.pause()
+        assert "quality vs speed" in "".join(str(line) for line in chart.plt.build().splitlines())
+        table = screen.query_one("#search-table")
+        await wait_for(pilot, lambda: table.row_count == 2, what="the search table (scored candidates)")
+        first = [getattr(c, "plain", str(c)) for c in table.get_row_at(0)]
+        assert first[:3] == ["auto", "1", "3"] and first[-1] == "★ winner"
+        assert [getattr(c, "plain", str(c)) for c in table.get_row_at(1)][-1] == ""
+        assert "search auto" in str(screen.query_one("#search-title").render())
+        await pilot.press("e")
+        assert screen.query_one("#compare-tabs").active == "search"

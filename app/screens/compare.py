@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -22,6 +23,7 @@ from app.messages import OpenRun
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.textual_workarounds import KeepStyles
 from app.widgets.compare.pick_list import PickList, split_value
+from app.widgets.compare.quality_speed import QualitySpeedChart
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
@@ -36,6 +38,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         *CHART_BINDINGS,
         Binding("t", "tab('results')", "Results"),
         Binding("d", "tab('diff')", "Config diff"),
+        Binding("v", "tab('speed')", "Quality/speed"),
+        Binding("e", "tab('search')", "Search"),
         Binding("a", "select_students", "All students"),
         Binding("o", "open", "Open run"),
         Binding("escape", "clear", "Clear", show=False),
@@ -63,6 +67,11 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
                         yield DataTable(id="results-table", zebra_stripes=True, cursor_type="row")
                     with TabPane("Config diff", id="diff"):
                         yield DataTable(id="diff-table", zebra_stripes=True, cursor_type="row")
+                    with TabPane("Quality vs speed", id="speed"):
+                        yield QualitySpeedChart(id="quality-speed")
+                    with TabPane("Search", id="search"):
+                        yield Static("", id="search-title", markup=False)
+                        yield DataTable(id="search-table", zebra_stripes=True, cursor_type="row")
         yield KeyBar()
 
     def on_mount(self) -> None:
@@ -111,11 +120,13 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         cursors: dict[str, StageCurves] = {}
         shown: tuple[str, ...] | None = None
         results_seen: dict[Path, object] = {}  # eval/results.json's stat per run: it may appear later
+        decide_key = None  # what the Quality-vs-speed and Search tabs were last read for
         while not worker.is_cancelled:
             selected = self.selected
             changed = selected != shown
             for run in {split_value(v)[0] for v in selected}:
-                key = stat_key(RunLayout(run).results_file)
+                key = (stat_key(RunLayout(run).results_file),
+                       tuple((p, stat_key(p)) for p in sorted(run.glob("prune-*/search.json"))))
                 changed = changed or results_seen.get(run, key) != key
                 results_seen[run] = key
             for value in selected:
@@ -131,15 +142,19 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
                 raws = {r: read_experiment(r) for r in runs}
                 configs = {_label(v): stage_config(raws[split_value(v)[0]], split_value(v)[1]) for v in selected}
                 diff = config_diff(configs) if len(configs) > 1 else []
+                # the engine's readers (experiment, configs, results) only when the ticks or the files moved
+                now_key = (selected, tuple(results_seen.get(r) for r in runs))
+                decide = decide_data(runs) if now_key != decide_key else None
+                decide_key = now_key
                 try:
-                    self.app.call_from_thread(self._show, selected, curves, results, list(configs), diff)
+                    self.app.call_from_thread(self._show, selected, curves, results, list(configs), diff, decide)
                 except RuntimeError:
                     return
                 shown = selected
             self._wake.wait(POLL_S)
             self._wake.clear()
 
-    def _show(self, selected, curves, results, labels, diff) -> None:
+    def _show(self, selected, curves, results, labels, diff, decide=None) -> None:
         if not self.is_attached:  # closed while a worker result was in flight
             return
         if selected != self.selected:
@@ -148,6 +163,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         self._draw_chart()
         self._fill_results(results)
         self._fill_diff(labels, diff)
+        if decide is not None:
+            self._fill_decide(*decide)
 
     def _draw_chart(self) -> None:
         axis = self.axis
@@ -210,6 +227,27 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         for key, values in diff:
             table.add_row(key, *("–" if v is None else str(v) for v in values))
 
+    def _fill_decide(self, ylabel: str, points: list, xlabel: str, searches: list) -> None:
+        self.query_one(QualitySpeedChart).show(ylabel, points, xlabel)
+        table = self.query_one("#search-table", DataTable)
+        table.clear(columns=True)
+        self.query_one("#search-title", Static).update(
+            "\n".join(t for t, _, _ in searches) if searches
+            else "no search student (method = \"search\") with a search.json in the ticked runs")
+        if not searches:
+            return
+        from engine.search.table import COLUMNS
+
+        table.add_column("student", width=12)
+        for c in COLUMNS[:-1]:
+            table.add_column(c)
+        table.add_column("chosen")
+        for _, rows, name in searches:
+            for r in rows:
+                chosen = bool(r[-1])
+                cells = [name, *r[:-1], "★ winner" if chosen else ""]
+                table.add_row(*(Text(c, style="bold") if chosen else c for c in cells))
+
     # ---- actions -------------------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:
         self.query_one("#compare-tabs", TabbedContent).active = tab
@@ -226,6 +264,36 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         if picks.highlighted is not None and picks.stage_values:
             path, stage = split_value(picks.stage_values[picks.highlighted])
             self.post_message(OpenRun(path, stage))
+
+
+def decide_data(runs: list[Path]) -> tuple[str, list, str, list]:
+    """What the Quality-vs-speed and Search tabs show, read by the engine's own `compare` readers
+    (imported here, in the worker thread: they are not needed for the first frame):
+    (y label, [(label, method, decode tokens/s, quality)], x label, [(title, rows, name)])."""
+    from engine.compare.charts import quality_speed_points
+    from engine.compare.rows import model_rows
+    from engine.compare.tables import decide_columns
+    from engine.search.table import search_docs, search_rows, title
+
+    rows = []
+    for r in runs:
+        try:
+            rows += model_rows(r)
+        except Exception:  # not (yet) a readable run directory: nothing to plot from it
+            continue
+    ylabel, points = quality_speed_points(rows)
+    batch = decide_columns(rows)[1][0] if points else "1"
+    searches = []
+    try:
+        docs = search_docs(runs)
+    except Exception:
+        docs = []
+    for name, doc in docs:
+        try:
+            searches.append((title(name, doc), search_rows(doc), name))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return ylabel, points, f"decode tokens/s at batch {batch} (right is faster)", searches
 
 
 def _label(value: str) -> str:
