@@ -20,7 +20,6 @@ Writes OUT_DIR/auto_batch_shared_teacher.json and prints a table last.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -29,6 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from distill_throughput import memory_reset as reset_memory  # noqa: E402  (this folder)
+from distill_throughput import peak_gib, sync  # noqa: E402
 
 SMOLLM2 = dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_attention_heads=9,
                num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
@@ -46,22 +47,6 @@ def build(arch: dict, layers: int, dtype: torch.dtype, device: torch.device, see
     torch.manual_seed(seed)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def config(args, micro: int | str, loss: str = "forward_kl"):
