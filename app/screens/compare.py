@@ -62,7 +62,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             with Vertical(id="compare-main"):
                 yield Static("space: tick stages to overlay their validation loss", id="compare-hint")
                 yield LossChart(id="compare-chart")
-                with TabbedContent(initial="results", id="compare-tabs"):
+                with TabbedContent(id="compare-tabs"):  # the first pane (Results) opens; see RunDetailScreen
                     with TabPane("Results (eval/results.json)", id="results"):
                         yield DataTable(id="results-table", zebra_stripes=True, cursor_type="row")
                     with TabPane("Config diff", id="diff"):

@@ -83,7 +83,9 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             yield StageList(id="stage-list")
             with Vertical(id="detail-main"):
                 yield Static("", id="stage-summary")
-                with TabbedContent(initial="chart", id="detail-tabs"):
+                # no `initial`: the first pane (Chart) opens anyway, and an explicit one made Tabs validate
+                # it on mount and raise "No Tab with id" when a screen mounted while the app was busy
+                with TabbedContent(id="detail-tabs"):
                     with TabPane("Chart", id="chart"):
                         # train and validation each on their own axes: a KD loss (~0.05) and a val
                         # loss (~8) on one y axis left the KD curve a flat line at the bottom
