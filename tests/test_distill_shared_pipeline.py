@@ -108,7 +108,7 @@ def test_shared_teacher_run_equals_separate_runs(base: Path, tmp_path: Path) -> 
     for share in (False, True):
         run = _copy(base, tmp_path / str(share))
         p = subprocess.run(_run(run, f"distill.share_teacher={str(share).lower()}"), env=engine_env(),
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=1500)
         assert p.returncode == 0, p.stdout + p.stderr
         runs[share] = (run, p.stdout)
     separate, shared = runs[False][0], runs[True][0]
@@ -170,7 +170,7 @@ def test_cancelled_shared_run_resumes_each_student(base: Path, tmp_path: Path) -
     # the rerun resumes every student from its own checkpoint, to fewer steps (a resumable change)
     end = max(stopped.values()) + 3
     p2 = subprocess.run(_run(run, "distill.share_teacher=true", f"distill.steps={end}"), env=engine_env(),
-                        capture_output=True, text=True, timeout=600)
+                        capture_output=True, text=True, timeout=1500)
     assert p2.returncode == 0, p2.stdout + p2.stderr
     for stage in DISTILLS:
         assert f"(step {stopped[stage]})" in (run / stage / "stdout.log").read_text()  # "resumed from ..."

@@ -35,7 +35,7 @@ TINY = [
 ]
 
 
-def engine(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+def engine(*args: str, cwd: Path = ROOT, timeout: int = 1500) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 

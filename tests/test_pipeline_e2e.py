@@ -76,7 +76,7 @@ def stage_step(layout: RunLayout, stage: str) -> int:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("e2e") / "runs"
-    out = subprocess.run(run_cmd(runs), cwd=ROOT, capture_output=True, text=True, timeout=500)
+    out = subprocess.run(run_cmd(runs), cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return runs / "demo"
 
@@ -196,7 +196,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_repeating(demo_run, tmp_pa
 
     assert read_status(layout.status_file)["state"] == "failed"
 
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "distill-depth: resume" in out.stdout
     assert read_json(layout.status_file)["state"] == "succeeded"
