@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from _train_util import read_lines
 
+from engine.orchestration.launch import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TOML = """
@@ -54,7 +56,7 @@ def _env() -> dict[str, str]:
 def test_two_nodes_on_one_host_equal_one_node(tmp_path: Path) -> None:
     f = tmp_path / "mn.toml"
     f.write_text(TOML.format(name="mn") + '[launch]\nnodes = 2\nmain_process_ip = "127.0.0.1"\n'
-                 "main_process_port = 29631\n")
+                 f"main_process_port = {free_port()}\n")  # a free port: CI runs side by side must not meet
     base = [sys.executable, "-m", "engine", "run", str(f), "--runs-dir", str(tmp_path / "runs")]
     procs = [subprocess.Popen(base + ["--set", f"launch.machine_rank={r}"], cwd=tmp_path, env=_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from _train_util import read_lines
 
+from engine.orchestration.launch import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 TOML = """
@@ -34,7 +36,7 @@ micro_batch_size = 2
 val_interval = 2
 [launch]
 nodes = 2
-main_process_port = 29647
+main_process_port = {port}
 """
 
 # sbatch FILE: runs the job here at once (Slurm's variables set, output to its --output file with %j = 1)
@@ -85,7 +87,7 @@ def test_slurm_script_runs_end_to_end_under_stubs(tmp_path: Path) -> None:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     f = tmp_path / "sl.toml"
-    f.write_text(TOML)
+    f.write_text(TOML.replace("{port}", str(free_port())))  # free: CI runs side by side must not meet
     runs = tmp_path / "runs"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT),
            "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
