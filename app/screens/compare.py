@@ -21,6 +21,7 @@ from app.data.scan import RunInfo, stat_key
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.messages import OpenRun
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
+from app.screens.worker_results import while_shown
 from app.textual_workarounds import KeepStyles
 from app.widgets.compare.pick_list import PickList, split_value
 from app.widgets.compare.quality_speed import QualitySpeedChart
@@ -154,9 +155,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             self._wake.wait(POLL_S)
             self._wake.clear()
 
+    @while_shown
     def _show(self, selected, curves, results, labels, diff, decide=None) -> None:
-        if not self.is_attached:  # closed while a worker result was in flight
-            return
         if selected != self.selected:
             return
         self.curves = curves

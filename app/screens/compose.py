@@ -36,6 +36,7 @@ from app.data.compose import (
     validate,
 )
 from app.messages import FormChanged, StudentRemoved
+from app.screens.worker_results import while_shown
 from app.textual_workarounds import InOrderInput, KeepStyles
 from app.widgets.compose.fields import fields
 from app.widgets.compose.student_form import StudentForm
@@ -277,9 +278,8 @@ class ComposeScreen(KeepStyles, Screen):
         if not get_current_worker().is_cancelled:
             self.app.call_from_thread(self._show_validation, result)
 
+    @while_shown
     def _show_validation(self, v: Validation) -> None:
-        if not self.is_attached:  # closed while a worker result was in flight
-            return
         self.validation = v
         box = self.query_one("#compose-validation", Static)
         box.set_class(v.ok, "-ok")

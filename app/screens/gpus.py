@@ -16,6 +16,7 @@ from textual.worker import get_current_worker
 from app.data import fmt
 from app.data.gpus import GpuSample, gpu_owners
 from app.messages import OpenRun
+from app.screens.worker_results import while_shown
 from app.textual_workarounds import KeepStyles
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
@@ -65,9 +66,8 @@ class GpuScreen(KeepStyles, Screen):
                 return
             time.sleep(POLL_S)
 
+    @while_shown
     def _show(self, samples: list[GpuSample], owners: dict[int, str], error: str | None) -> None:
-        if not self.is_attached:  # closed while a worker result was in flight
-            return
         self.owners = owners
         self.query_one("#gpu-note", Static).update(error or f"{len(samples)} GPU(s), refreshed every {POLL_S:g} s")
         table = self.query_one(DataTable)

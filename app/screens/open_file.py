@@ -12,6 +12,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
+from app.screens.worker_results import while_shown
 from app.textual_workarounds import InOrderInput
 from engine.contract import RunLayout
 
@@ -46,6 +47,7 @@ class OpenFileScreen(ModalScreen[Path | None]):
         except OSError:
             return []
 
+    @while_shown
     def _show(self, files: list[Path]) -> None:
         self.files = files
         self._filter(self.query_one("#open-path", Input).value)

@@ -23,6 +23,7 @@ from app.data.tail import LogTail
 from app.messages import EditExperiment
 from app.screens.actions import request_cancel, request_resume
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
+from app.screens.worker_results import while_shown
 from app.textual_workarounds import KeepStyles
 from app.widgets.detail.log_view import LogView
 from app.widgets.detail.stage_list import StageList
@@ -224,10 +225,9 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         except OSError:
             return ""
 
+    @while_shown
     def _apply(self, stage: str | None, lines: list[str], series: tuple[Series, Series] | None,
                config: str | None, status: str | None) -> None:
-        if not self.is_attached:  # closed while a worker result was in flight
-            return
         if config is not None:
             self.query_one("#config-text", Static).update(config or "(no experiment.toml)")
         if stage != self.stage_name:
