@@ -147,3 +147,17 @@ def run_inprocess(exp, stage: str) -> int:
 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def write_depth_student(teacher_dir: Path, out: Path, keep: list[int]) -> None:
+    """A depth-pruned copy of the teacher (what the prune stage writes), made by hand."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    t.model.layers = torch.nn.ModuleList([t.model.layers[i] for i in keep])
+    t.config.num_hidden_layers = len(keep)
+    for i, layer in enumerate(t.model.layers):
+        layer.self_attn.layer_idx = i
+    t.save_pretrained(out)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out)

@@ -21,6 +21,7 @@ from _train_util import (
     load_exp,
     read_lines,
     run_inprocess,
+    write_depth_student,
     write_prepared,
 )
 
@@ -50,19 +51,6 @@ seed = 3
 DISTILLS = [f"distill-{n}" for n in STUDENTS]
 
 
-def _student(teacher_dir: Path, out: Path, keep: list[int]) -> None:
-    """A depth-pruned copy of the teacher (what the prune stage writes), made by hand."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t = AutoModelForCausalLM.from_pretrained(teacher_dir)
-    t.model.layers = torch.nn.ModuleList([t.model.layers[i] for i in keep])
-    t.config.num_hidden_layers = len(keep)
-    for i, layer in enumerate(t.model.layers):
-        layer.self_attn.layer_idx = i
-    t.save_pretrained(out)
-    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out)
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """A run directory with a trained teacher and three pruned students, their stages succeeded."""
@@ -74,7 +62,7 @@ def base(tmp_path_factory) -> Path:
     write_prepared(run / "prepare")
     assert run_inprocess(exp, "finetune") == 0
     for name, keep in STUDENTS.items():
-        _student(run / "finetune" / "model", run / f"prune-{name}" / "model", keep)
+        write_depth_student(run / "finetune" / "model", run / f"prune-{name}" / "model", keep)
     layout = RunLayout(run)
     for stage in ("prepare", "finetune", *(f"prune-{n}" for n in STUDENTS)):
         write_json(layout.stage_status_file(stage), stage_status_doc(stage, exp.stage_hash(stage), state="succeeded",

@@ -18,6 +18,7 @@ from _train_util import (
     prepared_exp,
     read_lines,
     run_inprocess,
+    write_depth_student,
 )
 from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
@@ -56,19 +57,6 @@ seed = 3
 """
 
 
-def _depth_student(teacher_dir: Path, out: Path, keep: list[int]) -> None:
-    """A depth-pruned copy of the teacher (what the prune stage writes), made by hand."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t = AutoModelForCausalLM.from_pretrained(teacher_dir)
-    t.model.layers = torch.nn.ModuleList([t.model.layers[i] for i in keep])
-    t.config.num_hidden_layers = len(keep)
-    for i, layer in enumerate(t.model.layers):
-        layer.self_attn.layer_idx = i
-    t.save_pretrained(out)
-    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out)
-
-
 def _clone_run(src: Path, dst: Path) -> None:
     for part in ("prepare", "finetune/model", "prune-half/model"):
         shutil.copytree(src / part, dst / part)
@@ -81,7 +69,7 @@ def teacher_run(tmp_path_factory) -> Path:
     exp = prepared_exp(root, "base", finetune=TEACHER_FT, prune=PRUNE)
     run = root / "runs" / "base"
     assert run_inprocess(exp, "finetune") == 0
-    _depth_student(run / "finetune" / "model", run / "prune-half" / "model", keep=[0, 1])
+    write_depth_student(run / "finetune" / "model", run / "prune-half" / "model", keep=[0, 1])
     return run
 
 
