@@ -23,6 +23,7 @@ from engine.contract import RunLayout
 
 FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
 CATCH_UP_DELAY_S = 0.05  # shown again: the tables take the snapshots that came meanwhile this much later
+RUNS_TABLE_MIN = 7  # lines the runs table keeps when the stage preview grows (header, 5 runs, scrollbar)
 
 
 class RunsScreen(KeepStyles, Screen):
@@ -41,6 +42,7 @@ class RunsScreen(KeepStyles, Screen):
         super().__init__()
         self.filter_text = ""
         self._stale: bool | None = None  # snapshots came while hidden (True: with a theme change)
+        self._preview_height: int | None = None  # set by _fit_preview; None: the style sheet's
 
     def compose(self) -> ComposeResult:
         yield NavBar("runs")
@@ -103,6 +105,28 @@ class RunsScreen(KeepStyles, Screen):
             warn = "".join(f"\n{warning_markup(st, w)}" for st, w in run.warnings[:1])
             set_text(title, f"[b]{_escape(run.name)}[/b]  {progress}  {_escape(str(run.path))}{err}{warn}", restyle)
         self.query_one(StagesTable).show_run(run, restyle)
+        self.call_after_refresh(self._fit_preview)  # measured once the title's new text is laid out
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._fit_preview)
+
+    def _fit_preview(self) -> None:
+        """The stage preview as tall as the longest pipeline of the runs shown needs (all 7 stages of a
+        typical run at 120x40; the style sheet's 9 lines showed 5 or 6), as long as the runs table
+        keeps RUNS_TABLE_MIN lines; below that the stages table scrolls. Sized by every run shown,
+        not the highlighted one, so moving the cursor does not resize the runs table under it."""
+        preview, runs_table, stages = self.query_one("#runs-preview"), self.query_one(RunsTable), \
+            self.query_one(StagesTable)
+        space = preview.outer_size.height + runs_table.outer_size.height  # what the two share
+        if not self.is_attached or not space:
+            return  # not laid out yet
+        rows = max((len(r.stages) for r in runs_table.runs.values()), default=0)
+        above = preview.outer_size.height - stages.outer_size.height  # border and title
+        want = above + stages.header_height + rows + stages.scrollbar_size_horizontal
+        height = max(above + stages.header_height, min(want, space - RUNS_TABLE_MIN))
+        if height != self._preview_height:
+            self._preview_height = height
+            preview.styles.height = height
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         if event.data_table.id == "runs-table":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual import events
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
@@ -27,6 +28,21 @@ class StageList(OptionList):
         super().__init__(**kwargs)
         self._names: tuple[str, ...] = ()
         self._shown: dict[str, StageInfo] = {}
+        self._clicks = 0  # clicks of the current click chain that landed here
+
+    def _on_click(self, event: events.Click) -> None:
+        """The second click of a double click whose first click was elsewhere is no pick: the double
+        click on a Runs row opens this screen on its first click, and its second lands here (on
+        'prepare', at the row's place), which picked that stage and stopped follow mode."""
+        if event.chain > 1 and self._clicks != event.chain - 1:
+            self._clicks = 0  # and the rest of that chain (a triple click) neither
+            event.prevent_default()  # OptionList's own handler (highlight, select) does not run
+            event.stop()
+            return
+        self._clicks = event.chain
+
+    def _on_leave(self, event: events.Leave) -> None:
+        self._clicks = 0  # a chain goes on only where it began
 
     def show_run(self, run: RunInfo, restyle: bool = False) -> None:
         names = tuple(s.name for s in run.stages)
