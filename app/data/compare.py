@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any
 
+from engine.config import ConfigError, Experiment, parse_experiment
 from engine.contract import RunLayout
 from engine.contract.results import read_results
 from engine.evaluation.scores import decode_speed, task_scores
@@ -37,29 +39,83 @@ def read_experiment(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def effective(raw: dict[str, Any]) -> Experiment | None:
+    """The experiment as the engine runs it (every default filled in), or None where the file no
+    longer validates (a run of an older schema): its keys are then diffed as written."""
+    try:
+        return parse_experiment(copy.deepcopy(raw), source="experiment.toml")
+    except (ConfigError, ValueError, TypeError):
+        return None
+
+
+# Sections that exist for one student only: a stage that does not depend on one has no values
+# there to compare (a prune stage against a distill stage is not a distill.* difference).
+STUDENT_SECTIONS = ("prune", "distill")
+
+
+def stage_sections(stage: str) -> set[str]:
+    """The student sections `stage` depends on."""
+    kind = stage.partition("-")[0]
+    return {"prune": {"prune"}, "distill": {"prune", "distill"}}.get(kind, set())
+
+
 def stage_config(raw: dict[str, Any], stage: str) -> dict[str, Any]:
-    """The keys a stage depends on, flattened; its own [[prune]] table appears as `prune.*`
+    """The keys a stage depends on, flattened, with the engine's defaults applied; its own [[prune]]
+    table appears as `prune.*` (and its [distill], with the student's overrides, as `distill.*`)
     so the depth and the width student of one run can be diffed against each other."""
-    kind, _, student = stage.partition("-")
-    base = {k: v for k, v in raw.items() if k not in ("name", "prune", "distill", "eval", "launch", "runs_dir")}
-    if kind in ("prune", "distill"):
-        table = next((p for p in raw.get("prune", []) if isinstance(p, dict) and p.get("name") == student), {})
-        base["prune"] = {k: v for k, v in table.items() if k != "name"}
-    if kind == "distill" and isinstance(raw.get("distill"), dict):
-        base["distill"] = raw["distill"]
+    exp = effective(raw)
+    config = exp.model_dump(mode="json") if exp is not None else raw
+    student = stage.partition("-")[2]
+    base = {k: v for k, v in config.items() if k not in ("name", "prune", "distill", "eval", "launch", "runs_dir")}
+    sections = stage_sections(stage)
+    if "prune" in sections:
+        table = next((p for p in config.get("prune", []) if isinstance(p, dict) and p.get("name") == student), {})
+        # a student's distill overrides are shown where they apply: folded into distill.*
+        skip = ("name", "distill") if exp is not None else ("name",)
+        base["prune"] = {k: v for k, v in table.items() if k not in skip}
+    if "distill" in sections:
+        if exp is not None and exp.distill is not None and any(p.name == student for p in exp.prune):
+            base["distill"] = exp.distill_for(student).model_dump(mode="json")
+        elif isinstance(config.get("distill"), dict):
+            base["distill"] = config["distill"]
     return flatten(base)
 
 
-def config_diff(configs: dict[str, dict[str, Any]]) -> list[tuple[str, list[Any]]]:
-    """[(key, [value per config])] for the keys whose values are not all equal (missing = None)."""
+class _NotUsed:
+    """A diff cell of a stage that does not depend on the key's section."""
+
+    def __str__(self) -> str:
+        return "n/a"
+
+    def __repr__(self) -> str:
+        return "NOT_USED"
+
+
+NOT_USED = _NotUsed()
+
+
+def config_diff(configs: dict[str, dict[str, Any]],
+                sections: dict[str, set[str]] | None = None) -> list[tuple[str, list[Any]]]:
+    """[(key, [value per config])] for the keys whose values are not all equal (missing = None),
+    prune.* first, then distill.*, then the rest. `sections`: per config, the student sections
+    (STUDENT_SECTIONS) its stage depends on; a config's cell of another one is NOT_USED and not
+    compared (all of them are compared without `sections`)."""
     labels = list(configs)
-    keys = sorted({k for c in configs.values() for k in c})
+    keys = sorted({k for c in configs.values() for k in c}, key=_diff_order)
     rows = []
     for key in keys:
-        values = [configs[label].get(key) for label in labels]
-        if any(v != values[0] for v in values[1:]):
+        top = key.partition(".")[0]
+        values = [NOT_USED if sections is not None and top in STUDENT_SECTIONS and top not in sections[label]
+                  else configs[label].get(key) for label in labels]
+        compared = [v for v in values if v is not NOT_USED]
+        if any(v != compared[0] for v in compared[1:]):
             rows.append((key, values))
     return rows
+
+
+def _diff_order(key: str) -> tuple[int, str]:
+    top = key.partition(".")[0]
+    return ({"prune": 0, "distill": 1}.get(top, 2), key)
 
 
 # ---- eval/results.json -------------------------------------------------------------------

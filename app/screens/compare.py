@@ -16,7 +16,14 @@ from textual.widgets import DataTable, SelectionList, Static, TabbedContent, Tab
 from textual.worker import get_current_worker
 
 from app.data import fmt
-from app.data.compare import config_diff, read_experiment, results_rows, stage_config
+from app.data.compare import (
+    NOT_USED,
+    config_diff,
+    read_experiment,
+    results_rows,
+    stage_config,
+    stage_sections,
+)
 from app.data.scan import RunInfo, stat_key
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.messages import OpenRun
@@ -142,7 +149,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
                 results = [row for r in runs for row in results_rows(r)]
                 raws = {r: read_experiment(r) for r in runs}
                 configs = {_label(v): stage_config(raws[split_value(v)[0]], split_value(v)[1]) for v in selected}
-                diff = config_diff(configs) if len(configs) > 1 else []
+                sections = {_label(v): stage_sections(split_value(v)[1]) for v in selected}
+                diff = config_diff(configs, sections) if len(configs) > 1 else []
                 # the engine's readers (experiment, configs, results) only when the ticks or the files moved
                 now_key = (selected, tuple(results_seen.get(r) for r in runs))
                 decide = decide_data(runs) if now_key != decide_key else None
@@ -225,7 +233,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         for label in labels:
             table.add_column(label, width=max(12, min(24, len(label))))
         for key, values in diff:
-            table.add_row(key, *("–" if v is None else str(v) for v in values))
+            table.add_row(key, *(_diff_cell(v) for v in values))
 
     def _fill_decide(self, ylabel: str, points: list, xlabel: str, searches: list) -> None:
         self.query_one(QualitySpeedChart).show(ylabel, points, xlabel)
@@ -294,6 +302,12 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list]:
         except (KeyError, TypeError, ValueError):
             continue
     return ylabel, points, f"decode tokens/s at batch {batch} (right is faster)", searches
+
+
+def _diff_cell(value: object) -> str | Text:
+    if value is NOT_USED:  # the stage does not depend on the key's section
+        return Text("n/a", style="dim")
+    return "–" if value is None else str(value)
 
 
 def _label(value: str) -> str:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from plotext._utility import get_color_code
+from rich.color import Color
+from rich.style import Style
 from rich.text import Text
+from textual.geometry import Size
 from textual_plotext import PlotextPlot
 
 from app.data.series import downsample, ema
 
 # plotext colour names readable on both the light and the dark theme
 PALETTE = ("blue", "red", "green", "magenta", "cyan", "orange", "gray")
+MIN_FIGURE_ROWS = 5  # the key gives up rows (folding its last entries into "+N") to keep these
 
 
 @dataclass
@@ -25,7 +30,12 @@ class Curve:
 
 
 class LossChart(PlotextPlot):
-    """`show(curves, ...)` replaces what is drawn; points are thinned to what the width can show."""
+    """`show(curves, ...)` replaces what is drawn; points are thinned to what the width can show.
+
+    Which curve is which is told by a coloured key on the rows above the figure, not by plotext's
+    legend: that one is drawn inside the plot area and hid half the curves at 80 columns."""
+
+    _figure_rows: int | None = None  # while the figure is built: its height, below the key
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -70,8 +80,25 @@ class LossChart(PlotextPlot):
             return Text(self.empty_text, justify="center", style="dim")
         key = (self._version, self.size, self.app.theme, self.theme)
         if self._built is None or self._built[0] != key:
-            self._built = (key, super().render())
+            width, height = self.size
+            lines = key_lines(self.curves, width, max(1, height - MIN_FIGURE_ROWS))
+            figure = self._figure(max(1, height - len(lines)))
+            self._built = (key, Text("\n", no_wrap=True, overflow="crop").join([*lines, figure]))
         return self._built[1]
+
+    @property
+    def size(self) -> Size:
+        """PlotextPlot.render sizes the figure to this: the widget's size less the key's rows, while
+        _figure builds it."""
+        size = super().size
+        return size if self._figure_rows is None else Size(size.width, self._figure_rows)
+
+    def _figure(self, rows: int) -> Text:
+        self._figure_rows = rows
+        try:
+            return super().render()
+        finally:
+            self._figure_rows = None
 
     def _draw(self) -> None:
         self._version += 1
@@ -89,16 +116,17 @@ class LossChart(PlotextPlot):
         for c in curves:
             if not c.ys:
                 continue
+            # no label: plotext would draw a legend over the curves (the key above tells them apart)
             if (c.points or len(c.ys) == 1) and x_range is not None:
                 # a single value (loss right after pruning): a reference line across the chart,
                 # so each distilled curve can be read against its pruned-only starting point
-                plt.plot(list(x_range), [c.ys[-1]] * 2, label=c.label, color=c.color, marker="dot")
+                plt.plot(list(x_range), [c.ys[-1]] * 2, color=c.color, marker="dot")
             elif c.points or len(c.ys) == 1:
-                plt.scatter(c.xs, c.ys, label=c.label, color=c.color, marker="dot")
+                plt.scatter(c.xs, c.ys, color=c.color, marker="dot")
             else:
                 ys = ema(c.ys, self.smoothing) if c.smooth else c.ys
                 xs, ys = downsample(c.xs, ys, max_points)
-                plt.plot(xs, ys, label=c.label, color=c.color, marker="braille")
+                plt.plot(xs, ys, color=c.color, marker="braille")
         plt.xlabel(self.xlabel)
         if self.title:
             plt.title(self.title)
@@ -108,6 +136,56 @@ class LossChart(PlotextPlot):
             ticks = int_ticks(min(xs_all), max(xs_all))
             plt.xticks(ticks, [str(t) for t in ticks])
         self.refresh()
+
+
+def key_lines(curves: list[Curve], width: int, max_rows: int) -> list[Text]:
+    """The chart's key: "━ label" per curve in its colour ("• label" for a point), packed into lines
+    of `width`; a label prefix ending in "/" that all share (the run, in Compare) is said once, in
+    front ("run-b:"). Entries past `max_rows` lines become "+N"."""
+    shown = [c for c in curves if c.ys]
+    if not shown or width < 1:
+        return []
+    prefix = _shared_prefix([c.label for c in shown])
+    entries = [_entry(c, prefix) for c in shown]
+    lines: list[Text] = [Text(prefix.rstrip("/") + ":", style="dim")] if prefix else [Text()]
+    for i, entry in enumerate(entries):
+        gap = 2 if lines[-1].plain else 0
+        if lines[-1].cell_len + gap + entry.cell_len > width and lines[-1].plain:
+            if len(lines) == max_rows:
+                _fold(lines[-1], len(entries) - i, width)
+                break
+            lines.append(Text())
+            gap = 0
+        lines[-1].append(" " * gap)
+        lines[-1].append_text(entry)
+        lines[-1].truncate(width, overflow="ellipsis")
+    return lines
+
+
+def _entry(curve: Curve, prefix: str) -> Text:
+    mark = "•" if curve.points or len(curve.ys) == 1 else "━"
+    return Text(f"{mark} {curve.label[len(prefix):]}", style=_style(curve.color))
+
+
+def _shared_prefix(labels: list[str]) -> str:
+    """"run-b/" of "run-b/prune-depth" and "run-b/distill-depth"; "" for one label or none shared."""
+    first = labels[0].rpartition("/")[0] + "/" if "/" in labels[0] else ""
+    if len(labels) < 2 or not first or not all(label.startswith(first) for label in labels):
+        return ""
+    return first
+
+
+def _fold(line: Text, hidden: int, width: int) -> None:
+    """End a full key line with "+N" (N entries not shown)."""
+    more = f"  +{hidden}"
+    line.truncate(max(0, width - len(more)), overflow="ellipsis")
+    line.append(more, style="dim")
+
+
+def _style(color: str) -> Style:
+    """The colour plotext draws `color` in (an ANSI number), for the key to match the curve."""
+    code = get_color_code(color)
+    return Style(color=Color.from_ansi(code) if isinstance(code, int) else color)
 
 
 def zoomed(curves: list[Curve], zoom: float) -> list[Curve]:
