@@ -20,7 +20,7 @@ from engine.config.arch import SUPPORTED_MODEL_TYPES
 class FieldSpec:
     key: str  # dotted key inside the experiment, e.g. "finetune.lr"
     label: str
-    kind: str = "str"  # str | int | float | ints | gpus | strs | choice | bool
+    kind: str = "str"  # str | int | auto_int | float | size | ints | gpus | strs | choice | bool
     choices: tuple[str, ...] = ()
     placeholder: str = ""
 
@@ -56,7 +56,7 @@ DATA = (
 TRAIN = (
     FieldSpec("steps", "steps", "int", placeholder="30"),
     FieldSpec("global_batch_size", "global batch", "int", placeholder="128"),
-    FieldSpec("micro_batch_size", "micro batch", "int", placeholder="4"),
+    FieldSpec("micro_batch_size", "micro batch", "auto_int", placeholder="auto (largest that fits) | 4"),
     FieldSpec("lr", "lr", "float", placeholder="1e-4"),
     FieldSpec("min_lr", "min lr", "float", placeholder="1e-5"),
     FieldSpec("warmup_steps", "warmup", "int", placeholder="2"),
@@ -70,19 +70,49 @@ DISTILL_EXTRA = (
 LAUNCH = (
     FieldSpec("launch.gpus", "GPUs", "gpus", placeholder="all | 0,1,2,3"),
     FieldSpec("launch.strategy", "strategy", "choice", ("ddp", "fsdp")),
-    FieldSpec("launch.parallel", "parallel students", "bool"),
+    FieldSpec("launch.parallel", "parallel", "bool"),  # distill the students at once; <= 15 characters
 )
+# A student's fields by [[prune]] method (labels fit the 16-column label column: 15 characters at most)
+SELECTION = FieldSpec("selection", "selection", "choice", ("block-influence", "lm-loss", "contiguous", "last"))
 DEPTH = (
     FieldSpec("drop_layers", "drop layers", "ints", placeholder="16-31  (0-indexed)"),
     FieldSpec("num_layers", "or keep N", "int", placeholder="layers to keep; importance picks"),
-    FieldSpec("selection", "selection", "choice", ("block-influence", "lm-loss", "contiguous", "last")),
+    SELECTION,
 )
 WIDTH = (
     FieldSpec("ffn_hidden_size", "ffn", "int", placeholder="unchanged"),
     FieldSpec("hidden_size", "hidden", "int", placeholder="unchanged"),
     FieldSpec("num_attention_heads", "heads", "int", placeholder="unchanged"),
     FieldSpec("num_key_value_heads", "kv heads", "int", placeholder="unchanged"),
+    FieldSpec("num_layers", "layers", "int", placeholder="unchanged (or keep N; importance picks)"),
+    SELECTION,
 )
+SEARCH = (  # the student described by its budget (engine/search/)
+    FieldSpec("target_params", "target params", "size", placeholder='0.6 (of the teacher) | "4.5B" | 81_000_000'),
+    FieldSpec("target_memory_gb", "or memory GiB", "float", placeholder="weights + KV cache, in model.dtype"),
+    FieldSpec("memory_seq_length", "KV seq length", "int", placeholder="default: data.seq_length"),
+    FieldSpec("memory_batch_size", "KV batch", "int", placeholder="1"),
+    FieldSpec("tolerance", "tolerance", "float", placeholder="0.03 (of the target)"),
+    FieldSpec("axes", "axes", "strs", placeholder="num_layers, hidden_size, ffn_hidden_size"),
+    FieldSpec("hidden_multiple", "hidden step", "int", placeholder="64"),
+    FieldSpec("ffn_multiple", "ffn step", "int", placeholder="64"),
+    FieldSpec("top_k", "top k", "int", placeholder="10 (candidates pruned and scored)"),
+    FieldSpec("score", "score", "choice", ("loss", "distill")),
+    FieldSpec("score_steps", "score steps", "int", placeholder="20 (score = distill)"),
+    FieldSpec("score_task", "score task", placeholder="an [eval] task scored instead of the loss"),
+    SELECTION,
+)
+STUDENT_FIELDS = {"depth": DEPTH, "width": WIDTH, "search": SEARCH}
+METHODS = tuple(STUDENT_FIELDS)
+
+
+def foreign_keys(method: str | None) -> set[str]:
+    """Target keys of the other methods that `method` has no field for: dropped when a student's
+    method changes (a search rejects num_layers, a depth prune rejects widths)."""
+    own = {s.key for s in STUDENT_FIELDS.get(method, ())}
+    return {s.key for specs in STUDENT_FIELDS.values() for s in specs} - own
+
+
 SECTIONS = ("finetune", "distill", "eval")  # optional sections with an on/off switch
 
 _INT = re.compile(r"[+-]?\d[\d_]*")
@@ -113,6 +143,11 @@ def parse_field(kind: str, text: str) -> Any:
     text = text.strip()
     if kind == "int":
         return int(text.replace("_", "")) if _INT.fullmatch(text) else text
+    if kind == "auto_int":  # micro_batch_size: a number, or "auto" (the largest that fits the GPU)
+        return "auto" if text.lower() == "auto" else parse_field("int", text)
+    if kind == "size":  # target_params: a count (81_000_000), a fraction (0.6) or a string ("4.5B")
+        number = parse_field("int", text)
+        return number if isinstance(number, int) else parse_field("float", text)
     if kind == "float":
         try:
             return float(text)
@@ -188,13 +223,13 @@ def new_experiment() -> dict[str, Any]:
         "model": {"path": "", "dtype": "bfloat16"},
         # data that needs no network (the hub's wikitext is a field away); the teacher is the user's to name
         "data": {"dataset": "builtin:stdlib-docs", "seq_length": 1024},
-        "finetune": {"steps": 30, "global_batch_size": 128, "micro_batch_size": 4, "lr": 1e-4,
+        "finetune": {"steps": 30, "global_batch_size": 128, "micro_batch_size": "auto", "lr": 1e-4,
                      "min_lr": 1e-5, "warmup_steps": 2},
         "prune": [
             {"name": "depth", "method": "depth", "num_layers": 16},
             {"name": "width", "method": "width", "ffn_hidden_size": 9216, "hidden_size": 3072},
         ],
-        "distill": {"steps": 30, "global_batch_size": 128, "micro_batch_size": 4, "lr": 1e-4,
+        "distill": {"steps": 30, "global_batch_size": 128, "micro_batch_size": "auto", "lr": 1e-4,
                     "min_lr": 1e-5, "warmup_steps": 2, "loss": "forward_kl"},
         "eval": {"splits": ["validation", "test"]},
         "launch": {"gpus": "all", "strategy": "ddp"},
@@ -209,6 +244,8 @@ def new_student(method: str, existing: list[str]) -> dict[str, Any]:
         name, n = f"{base}{n}", n + 1
     if method == "depth":
         return {"name": name, "method": "depth", "num_layers": 16}
+    if method == "search":
+        return {"name": name, "method": "search", "target_params": 0.5}
     return {"name": name, "method": "width", "ffn_hidden_size": 9216}
 
 

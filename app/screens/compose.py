@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Button, Checkbox, Input, Label, Static
+from textual.widgets import Button, Checkbox, Input, Static
 from textual.worker import get_current_worker
 
 from app.data import fmt
@@ -39,11 +39,13 @@ from app.messages import FormChanged, StudentRemoved
 from app.screens.worker_results import while_shown
 from app.textual_workarounds import InOrderInput, KeepStyles
 from app.widgets.compose.fields import fields
+from app.widgets.compose.save_state import SaveState
 from app.widgets.compose.student_form import StudentForm
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 from engine.contract import RunLayout
 
+STUDENT_KEYS = {"depth": "f2", "width": "f3", "search": "f4"}  # the add buttons and their keys
 VALIDATE_DELAY_S = 0.15  # debounce: validate once typing pauses
 BUILD_GAP_S = 0.02  # between two parts of the form being mounted (a frame and pending input go first)
 SECTION_TITLES = {"finetune": "Fine-tune the teacher (teacher correction)", "distill": "Distill each student",
@@ -58,6 +60,7 @@ class ComposeScreen(KeepStyles, Screen):
         Binding("ctrl+n", "new", "New"),
         Binding("f2", "add_student('depth')", "+depth"),
         Binding("f3", "add_student('width')", "+width"),
+        Binding("f4", "add_student('search')", "+search"),
         # a text field takes letters and digits: esc leaves it, so 1-4 switch screens again
         Binding("escape", "leave_field", "Leave field"),
     ]
@@ -79,7 +82,7 @@ class ComposeScreen(KeepStyles, Screen):
         yield VerticalScroll(id="compose-form")
         yield Static("", id="compose-validation")
         with Horizontal(id="compose-actions"):
-            yield Label("file")
+            yield SaveState(id="compose-save-state")
             yield InOrderInput("", id="compose-path", compact=True)
             yield Button("Save ^s", id="save", compact=True)
             yield Button("Open ^o", id="open", compact=True)
@@ -113,7 +116,8 @@ class ComposeScreen(KeepStyles, Screen):
             self._students_box,
             *(student(p) for p in raw.get("prune", [])),
             part(lambda: self._section("distill", fields(TRAIN + DISTILL_EXTRA, self.stash["distill"], "distill."))),
-            part(lambda: self._section("eval", None), lambda: _title("Launch"), lambda: fields(LAUNCH, raw),
+            part(lambda: self._section("eval", None), lambda: _title("Launch"),
+                 lambda: fields(LAUNCH, raw, id="launch-fields"),
                  lambda: _title("Plan (slimlab-engine check)"), lambda: Static("", id="compose-plan", markup=False)),
         ]
 
@@ -124,8 +128,8 @@ class ComposeScreen(KeepStyles, Screen):
         box = Vertical(id="students", classes="form-section")
         await self.query_one("#compose-form", VerticalScroll).mount(box)
         await box.mount_all([_title("Students ([[prune]])"),
-                             Horizontal(Button("+ depth student (f2)", id="add-depth", compact=True),
-                                        Button("+ width student (f3)", id="add-width", compact=True),
+                             Horizontal(*(Button(f"+ {m} student ({key})", id=f"add-{m}", compact=True)
+                                          for m, key in STUDENT_KEYS.items()),
                                         classes="student-buttons")])
 
     def _scratch_fields(self) -> Widget:
@@ -186,8 +190,13 @@ class ComposeScreen(KeepStyles, Screen):
         return experiment_path(str(self.raw.get("name") or "experiment"), self.app.experiments_dir)
 
     # ---- editing ---------------------------------------------------------------------------------
-    def on_form_changed(self, event: FormChanged) -> None:
+    def _edited(self) -> None:
+        """Something to save: the app asks before dropping it, and the action row says so."""
         self.app.compose_dirty = True
+        self.query_one(SaveState).edited()
+
+    def on_form_changed(self, event: FormChanged) -> None:
+        self._edited()
         if event.key == "name" and not self.path_edited:
             self.query_one("#compose-path", Input).value = str(self._default_path())
         if event.key == "model.init":
@@ -198,13 +207,14 @@ class ComposeScreen(KeepStyles, Screen):
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "compose-path":
             self.path_edited = event.value != str(self._default_path())
+            self.query_one(SaveState).edited()  # saved, but to another file
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         cid = event.checkbox.id or ""
         if not cid.startswith("toggle-"):
             return
         sec = cid.removeprefix("toggle-")
-        self.app.compose_dirty = True
+        self._edited()
         if event.value:
             self.raw[sec] = self.stash[sec]
         else:
@@ -215,7 +225,7 @@ class ComposeScreen(KeepStyles, Screen):
 
     async def on_button_pressed(self, event: Button.Pressed) -> None:
         bid = event.button.id
-        if bid in ("add-depth", "add-width"):
+        if bid is not None and bid.removeprefix("add-") in STUDENT_KEYS:
             await self.action_add_student(bid.removeprefix("add-"))
         elif bid == "save":
             self.action_save()
@@ -234,6 +244,7 @@ class ComposeScreen(KeepStyles, Screen):
         names = [str(p.get("name")) for p in self.raw["prune"]]
         student = new_student(method, names)
         self.raw["prune"].append(student)
+        self._edited()
         form = StudentForm(student)
         await self._mount_student(form)
         form.scroll_visible()
@@ -253,7 +264,7 @@ class ComposeScreen(KeepStyles, Screen):
                                            yes="Remove", no="Keep"), answered)
 
     async def _remove_student(self, student: dict) -> None:
-        self.app.compose_dirty = True
+        self._edited()
         self.raw["prune"] = [p for p in self.raw["prune"] if p is not student]
         for form in self.query(StudentForm):
             if form.student is student:
@@ -334,6 +345,7 @@ class ComposeScreen(KeepStyles, Screen):
     def _saved(self, path: Path, launch: bool, name: str) -> None:
         self.app.compose_dirty = False
         v = self.validation
+        self.query_one(SaveState).saved(v is not None and v.ok)
         if launch:
             from app.messages import OpenRun
             from app.screens.actions import launch as launch_run
@@ -341,10 +353,6 @@ class ComposeScreen(KeepStyles, Screen):
             run_dir = self.app.runs_dir / name  # `run --runs-dir` puts it there
             launch_run(self.app, path, self.app.runs_dir, f"launch {path.name}",
                        then=lambda: self.app.post_message(OpenRun(run_dir)))
-        elif v is not None and not v.ok:
-            self.notify(f"saved {path} (not valid yet: {v.message})", severity="warning")
-        else:
-            self.notify(f"saved {path}")
 
     def action_open(self) -> None:
         from app.screens.open_file import OpenFileScreen

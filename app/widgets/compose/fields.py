@@ -12,6 +12,7 @@ from typing import Any
 
 from textual.binding import Binding
 from textual.containers import Grid
+from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Static
 
@@ -99,6 +100,11 @@ class FieldCheck(_Bound, Checkbox):
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
         self._store(True if event.value else None)
+
+    def render(self) -> Content:
+        # Textual pads even an empty label by a cell each side but leaves those cells out of the
+        # content width: width auto cut the box to "▐X…". The box alone, as wide as it is measured.
+        return super().render().rstrip()
 
 
 def control(spec: FieldSpec, target: dict[str, Any], id_prefix: str | None = "") -> Widget:

@@ -7,12 +7,9 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Label, Static
 
 from app.data import fmt
-from app.data.compose import DEPTH, WIDTH, FieldSpec, StudentSize
+from app.data.compose import METHODS, STUDENT_FIELDS, FieldSpec, StudentSize, foreign_keys
 from app.messages import FormChanged, StudentRemoved
 from app.widgets.compose.fields import fields
-
-DEPTH_KEYS = tuple(s.key for s in DEPTH)
-WIDTH_KEYS = tuple(s.key for s in WIDTH)
 
 
 class StudentForm(Vertical):
@@ -26,7 +23,7 @@ class StudentForm(Vertical):
             remove = Button("remove", classes="remove-student", compact=True, variant="error")
             remove.can_focus = False  # not a Tab stop: Enter while tabbing through must not delete (click it)
             yield remove
-        yield fields((FieldSpec("name", "name"), FieldSpec("method", "method", "choice", ("depth", "width"))),
+        yield fields((FieldSpec("name", "name"), FieldSpec("method", "method", "choice", METHODS)),
                      self.student, id_prefix=None)
         with Vertical(classes="student-targets"):
             yield self._target_rows()
@@ -36,13 +33,12 @@ class StudentForm(Vertical):
         return f"student '{self.student.get('name', '?')}' ({self.student.get('method', '?')})"
 
     def _target_rows(self):
-        return fields(DEPTH if self.student.get("method") == "depth" else WIDTH, self.student, id_prefix=None)
+        return fields(STUDENT_FIELDS.get(self.student.get("method"), ()), self.student, id_prefix=None)
 
     async def on_form_changed(self, event: FormChanged) -> None:
         # the event goes on to Compose (re-validation); here: title and the method's fields
         if event.key == "method":
-            other = WIDTH_KEYS if self.student.get("method") == "depth" else DEPTH_KEYS
-            for k in other:
+            for k in foreign_keys(self.student.get("method")):
                 self.student.pop(k, None)
             box = self.query_one(".student-targets", Vertical)
             await box.remove_children()
