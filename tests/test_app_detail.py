@@ -36,12 +36,12 @@ def runs(tmp_path):
     return tmp_path / "runs"
 
 
-async def open_only_run(app, pilot):
+async def open_only_run(app, pilot, stages: int = 7):
     await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1, what="the run")
     await pilot.press("enter")
     await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen", what="detail screen")
     screen = app.screen
-    await wait_for(pilot, lambda: screen.query_one("#stage-list").option_count == 7, what="the stage list")
+    await wait_for(pilot, lambda: screen.query_one("#stage-list").option_count == stages, what="the stage list")
     return screen
 
 
@@ -156,3 +156,85 @@ async def test_the_stage_preview_shows_every_stage_of_a_typical_run(runs, tmp_pa
         await pilot.pause()
         assert app.screen.query_one("#runs-preview").outer_size.height == height
         assert stages_shown(app, stages) == SEVEN
+
+
+# ---- 3. a search student's table in Run detail -----------------------------------------------
+
+
+def write_search_json(w, stage: str = "prune-auto") -> dict:
+    """search.json as the prune stage writes it (engine.search.stage_part.run_search): the engine's
+    candidates for a small teacher and budget, the scored ones given losses (no model needed), the
+    lowest ranked first and chosen, written by the contract's writer to RunLayout.search_file."""
+    from engine.config import PruneConfig
+    from engine.contract import RunLayout, write_json
+    from engine.search.candidates import search_space
+    from engine.shapes.shape import shape_from_config
+
+    teacher = shape_from_config(dict(model_type="llama", vocab_size=1000, hidden_size=96, intermediate_size=256,
+                                     num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
+                                     tie_word_embeddings=True))
+    p = PruneConfig(name="auto", method="search", target_params=0.6, hidden_multiple=12, ffn_multiple=16, top_k=4)
+    space = search_space(teacher, p, "prune[2]", "bfloat16", 64)
+    scores = {i: 4.0 + 0.1 * ((7 * k) % len(space.scored)) for k, i in enumerate(space.scored)}
+    order = sorted(scores, key=lambda i: (scores[i], i))
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    doc = {"target": space.budget.to_json(), "score": "loss", "higher_is_better": False,
+           "selection": space.selection if space.drops_layers() else None, "axes": list(space.axes),
+           "calibration": {"kind": "activation"},
+           "candidates": [{"shape": c.shape_json(), "params": c.params, "memory_gb": round(c.memory_gb, 6),
+                           "loss": scores.get(i), "score": scores.get(i), "rank": rank.get(i),
+                           "chosen": i == order[0], "seconds": 0.1 if i in scores else None}
+                          for i, c in enumerate(space.candidates)]}
+    write_json(RunLayout(w.root).search_file(stage), doc)
+    return doc
+
+
+def search_lines(screen) -> list[str]:
+    table = screen.query_one("#search-table")
+    return [line.rstrip() for line in drawn(table)] if table.display else []
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])  # at 80 columns the Status pane scrolls sideways
+@run_async
+async def test_a_search_stage_shows_its_search_table_in_run_detail(runs, tmp_path, size):
+    from engine.config import dumps_toml
+    from engine.contract import human_count
+
+    w = finished_run(runs, "searched", students=("depth", "width", "auto"))
+    w.exp["prune"][2] = {"name": "auto", "method": "search", "target_params": 0.6}
+    (w.root / "experiment.toml").write_text(dumps_toml(w.exp))
+    doc = write_search_json(w)
+    cands = doc["candidates"]
+    scored = sorted((c for c in cands if c["rank"] is not None), key=lambda c: c["rank"])
+    assert len(scored) == 4 and len(cands) > len(scored)  # some candidates not scored
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=size) as pilot:
+        screen = await open_only_run(app, pilot, stages=9)
+        stages = screen.query_one("#stage-list")
+        await pilot.click(stages, offset=stage_row(stages, "prune-depth"))
+        await wait_for(pilot, lambda: screen.stage_name == "prune-depth", what="prune-depth")
+        await pilot.press("i")
+        await wait_for(pilot, lambda: "prune-depth" in str(screen.query_one("#status-text").render()),
+                       what="prune-depth's status")
+        assert search_lines(screen) == []  # a depth student has no search table
+
+        await pilot.click(stages, offset=stage_row(stages, "prune-auto"))
+        await wait_for(pilot, lambda: len(search_lines(screen)) > len(cands), what="prune-auto's search table")
+        lines = search_lines(screen)
+        assert lines[0].startswith(f"search auto: {human_count(int(doc['target']['target']))} params, "
+                                   f"4 of {len(cands)} candidates scored by loss")
+        body = [line.split() for line in lines if line.split()[:1] and line.split()[0] in "-123456789"]
+        assert len(body) == len(cands)  # every candidate, scored or not
+        for row, c in zip(body, scored + [c for c in cands if c["rank"] is None], strict=True):
+            s = c["shape"]
+            assert row[:6] == [str(c["rank"] or "-"), str(s["num_layers"]), str(s["hidden_size"]),
+                               str(s["ffn_hidden_size"]), f"{s['num_attention_heads']}/{s['num_key_value_heads']}",
+                               human_count(c["params"])]
+            assert row[8] == (f"{c['score']:.4f}" if c["rank"] else "-")
+        assert body[0][-2:] == ["★", "winner"] and sum("winner" in r for r in body) == 1
+        assert "search table" in str(screen.query_one("#stage-summary").render())
+
+        # another stage: the table goes
+        await pilot.click(stages, offset=stage_row(stages, "distill-auto"))
+        await wait_for(pilot, lambda: screen.stage_name == "distill-auto" and search_lines(screen) == [],
+                       what="no search table for distill-auto")

@@ -10,7 +10,7 @@ from pathlib import Path
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, ScrollableContainer, Vertical, VerticalScroll
 from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import OptionList, Static, TabbedContent, TabPane
@@ -26,6 +26,7 @@ from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.screens.worker_results import while_shown
 from app.textual_workarounds import KeepStyles
 from app.widgets.detail.log_view import LogView
+from app.widgets.detail.search_table import SearchTable
 from app.widgets.detail.stage_list import StageList
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import Curve, LossChart
@@ -98,8 +99,9 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
                         with VerticalScroll():
                             yield Static("", id="config-text", markup=False)
                     with TabPane("Status", id="status"):
-                        with VerticalScroll():
+                        with ScrollableContainer():  # sideways too: a search table is wider than 80 columns
                             yield Static("", id="status-text", markup=False)
+                            yield SearchTable(id="search-table")  # a search student's candidates
         yield KeyBar()
 
     def on_mount(self) -> None:
@@ -163,6 +165,8 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             line += f"\n{error_markup(s.state, s.error)}"
         if s.warning:
             line += f"\n{warning_markup(None, s.warning)}"
+        if self.query_one(SearchTable).doc is not None:
+            line += "  [dim]search table: Status (i)[/]"
         return line
 
     # ---- stage selection ---------------------------------------------------------------------
@@ -172,6 +176,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         self.stage_name = name
         self.series = (Series(), Series())
         self.query_one(LogView).reset()
+        self.query_one(SearchTable).show(None, "")  # the new stage's comes with its files
         self._draw_chart()
         if name:
             self.query_one(StageList).select_stage(name)
@@ -202,13 +207,15 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
                 tail = LogTail(self.run_layout.log_file(stage)) if stage else None
                 curves = StageCurves(self.run_layout.metrics_file(stage)) if stage else None
                 keys.pop("status", None)
+                keys.pop("search", None)
             lines = tail.read() if tail else []
             series = (curves.train.snapshot(), curves.val.snapshot()) if curves and curves.update() else None
             config = self._changed(keys, "config", self.run_layout.experiment_file)
             status = self._changed(keys, "status", self.run_layout.stage_status_file(stage)) if stage else None
-            if reset or lines or series or config is not None or status is not None:
+            search = self._changed(keys, "search", self.run_layout.search_file(stage)) if _may_search(stage) else None
+            if reset or lines or series or config is not None or status is not None or search is not None:
                 try:
-                    self.app.call_from_thread(self._apply, stage, lines, series, config, status)
+                    self.app.call_from_thread(self._apply, stage, lines, series, config, status, search)
                 except RuntimeError:
                     return
             self._wake.wait(POLL_S)
@@ -227,7 +234,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
 
     @while_shown
     def _apply(self, stage: str | None, lines: list[str], series: tuple[Series, Series] | None,
-               config: str | None, status: str | None) -> None:
+               config: str | None, status: str | None, search: str | None = None) -> None:
         if config is not None:
             self.query_one("#config-text", Static).update(config or "(no experiment.toml)")
         if stage != self.stage_name:
@@ -239,6 +246,9 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             self._draw_chart_soon()
         if status is not None:
             self.query_one("#status-text", Static).update(_status_text(status))
+        if search is not None:
+            self.query_one(SearchTable).show(stage, search)
+            self._show_summary()  # which says where the table is
 
     # ---- chart -------------------------------------------------------------------------------
     def _draw_chart_soon(self) -> None:
@@ -296,6 +306,13 @@ def train_loss_label(stage: str | None) -> str:
     from engine.stage_kinds import stage_kind
 
     return "KD train" if stage and stage_kind(stage) == "distill" else "train"
+
+
+def _may_search(stage: str | None) -> bool:
+    """Only a prune stage (method = "search") writes a search.json."""
+    from engine.stage_kinds import stage_kind
+
+    return bool(stage) and stage_kind(stage) == "prune"
 
 
 def _status_text(text: str) -> str:

@@ -1,0 +1,89 @@
+"""The search table of a search student (prune-<name>/search.json) in Run detail: every candidate,
+the scored ones by rank and the winner marked, then those not scored. Torch-free: the engine's
+table module reads only the contract."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich import box
+from rich.console import RenderableType
+from rich.table import Table
+from textual.widgets import Static
+
+from engine.contract import human_count
+from engine.search.table import COLUMNS, title
+
+WINNER = "★ winner"
+
+
+def _num(x: Any, digits: int) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "-"
+
+
+def candidate_row(c: dict[str, Any]) -> list[str]:
+    s = c["shape"]
+    rank = c.get("rank")
+    return [str(rank) if rank is not None else "-", str(s["num_layers"]), str(s["hidden_size"]),
+            str(s["ffn_hidden_size"]), f"{s['num_attention_heads']}/{s['num_key_value_heads']}",
+            human_count(c["params"]), _num(c.get("memory_gb"), 3), _num(c.get("loss"), 4),
+            _num(c.get("score"), 4), WINNER if c.get("chosen") else ""]
+
+
+def candidate_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """Every candidate: scored ones best first, then the rest in the file's order (deepest first)."""
+    cands = doc["candidates"]
+    scored = sorted((c for c in cands if c.get("rank") is not None), key=lambda c: c["rank"])
+    return [candidate_row(c) for c in scored + [c for c in cands if c.get("rank") is None]]
+
+
+def parse_search(text: str) -> dict[str, Any] | None:
+    """search.json's document, or None when there is none (yet) or it is not one."""
+    try:
+        doc = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("candidates"), list) else None
+
+
+def search_renderable(stage: str, doc: dict[str, Any]) -> RenderableType:
+    """The table, titled with the budget and how many candidates were scored."""
+    name = stage.removeprefix("prune-")
+    try:
+        rows = candidate_rows(doc)
+        heading = title(name, doc)
+    except (KeyError, TypeError, ValueError) as e:  # a hand-edited or foreign file: say so, do not crash
+        return f"{stage}/search.json: unreadable candidate ({type(e).__name__}: {e})"
+    t = Table(title=heading, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+              padding=(0, 1, 0, 0))
+    for i, c in enumerate(COLUMNS):
+        t.add_column(c, justify="left" if i == len(COLUMNS) - 1 else "right", no_wrap=True)
+    for row in rows:
+        t.add_row(*row, style="bold" if row[-1] else ("dim" if row[0] == "-" else None))
+    return t
+
+
+class SearchTable(Static):
+    """Below the stage's status: its search table, hidden for a stage without a search.json."""
+
+    DEFAULT_CSS = """
+    SearchTable {
+        width: auto;  /* as wide as the table: its pane scrolls sideways on a narrow terminal */
+        height: auto;
+        padding: 1 1 0 1;
+    }
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__("", markup=False, **kwargs)
+        self.doc: dict[str, Any] | None = None
+
+    def on_mount(self) -> None:
+        self.display = False
+
+    def show(self, stage: str | None, text: str) -> None:
+        """search.json's text ('' when absent) for `stage`; None stage or no document hides it."""
+        self.doc = parse_search(text) if stage else None
+        self.display = self.doc is not None
+        self.update(search_renderable(stage, self.doc) if stage and self.doc is not None else "")
