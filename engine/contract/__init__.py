@@ -21,6 +21,13 @@ from engine.contract.files import (
 )
 from engine.contract.fmt import age, duration, human_count
 from engine.contract.layout import RunLayout, list_runs, teacher_source, tokenizer_source
+from engine.contract.metrics_reader import (
+    Change,
+    MetricsCursor,
+    last_record_before,
+    parse_record,
+    read_records,
+)
 from engine.contract.metrics_summary import MetricsSummary, read_metrics_summary, stat_key
 from engine.contract.results import (
     MAX_LOG_PPL,
@@ -45,10 +52,11 @@ from engine.contract.status import (
 )
 
 __all__ = [
-    "HEARTBEAT_S", "MAX_LOG_PPL", "MetricsSummary", "ModelResult", "RunInfo", "RunLayout", "RunScanner",
-    "STALE_S", "STATES", "SplitResult", "StageInfo", "StageStatus", "age", "append_metrics", "duration",
-    "effective_state", "human_count", "list_runs", "now_iso", "parse_iso", "perplexity", "pid_alive",
-    "process_alive", "process_of", "read_json", "read_metrics", "read_metrics_summary", "read_results",
-    "read_status", "split_entry", "stage_status_doc", "stat_key", "teacher_source", "tokenizer_source",
-    "truncate_metrics_after", "write_atomic", "write_json", "write_json_or_warn",
+    "Change", "HEARTBEAT_S", "MAX_LOG_PPL", "MetricsCursor", "MetricsSummary", "ModelResult", "RunInfo",
+    "RunLayout", "RunScanner", "STALE_S", "STATES", "SplitResult", "StageInfo", "StageStatus", "age",
+    "append_metrics", "duration", "effective_state", "human_count", "last_record_before", "list_runs", "now_iso",
+    "parse_iso", "parse_record", "perplexity", "pid_alive", "process_alive", "process_of", "read_json",
+    "read_metrics", "read_metrics_summary", "read_records", "read_results", "read_status", "split_entry",
+    "stage_status_doc", "stat_key", "teacher_source", "tokenizer_source", "truncate_metrics_after",
+    "write_atomic", "write_json", "write_json_or_warn",
 ]

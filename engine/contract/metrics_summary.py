@@ -1,21 +1,22 @@
 """What readers need from a stage's metrics.jsonl: the one summariser of the TUI, `status` and `compare`.
 
-`MetricsSummary.update()` reads only what was appended since the last call (engine.contract.read_metrics)
-and starts over when the file is replaced or truncated (resume). Without `history`, a big file seen
-for the first time is read from its tail only, so the TUI opens 100 long runs quickly; with `history`
-(status, compare) the whole file is read and the validation records and train speeds are kept.
+`MetricsSummary.update()` reads only what was appended since the last call and starts over when the
+file is replaced or truncated (resume), through the one reader of metrics.jsonl (metrics_reader: it
+also decides which lines count). Without `history`, a big file seen for the first time is read from
+its tail only, so the TUI opens 100 long runs quickly; with `history` (status, compare) the whole file
+is read and the validation records and train speeds are kept.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from engine.contract.files import parse_iso, read_metrics
+from engine.contract.files import parse_iso
+from engine.contract.metrics_reader import Change, MetricsCursor, last_record_before, parse_record
 
 TAIL_BYTES = 32 * 1024  # first read of a metrics file without history: only its last 32 KiB
 
@@ -35,67 +36,35 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _loads(line: bytes) -> dict[str, Any] | None:
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return None
-    return rec if isinstance(rec, dict) else None
-
-
-def _last_val_before(f: IO[bytes], end: int, limit: int = 16 * TAIL_BYTES) -> dict[str, Any] | None:
-    """The last `"split": "val"` record before byte `end`, searching backwards up to `limit`."""
-    pos = end
-    while pos > 0 and end - pos < limit:
-        start = max(0, pos - TAIL_BYTES)
-        f.seek(start)
-        chunk = f.read(pos - start + 256)  # overlap: a line cut at the boundary is read whole
-        i = chunk.rfind(b'"val"')
-        while i >= 0:
-            a, b = chunk.rfind(b"\n", 0, i) + 1, chunk.find(b"\n", i)
-            if b >= 0 and (a > 0 or start == 0):
-                rec = _loads(chunk[a:b])
-                if rec and rec.get("split") == "val":
-                    return rec
-            i = chunk.rfind(b'"val"', 0, i)
-        pos = start
-    return None
-
-
 @dataclass
 class MetricsSummary:
     """The last train and validation records of a metrics.jsonl (and, with `history`, every validation
     record and train speed), kept up to date incrementally by `update()`."""
 
     history: bool = False
-    ino: int | None = None
-    offset: int = 0
     last_train: dict[str, Any] | None = None
     last_val: dict[str, Any] | None = None
     tokens: int | None = None  # the last train record's token count
     rate_ref: tuple[float, int] | None = None  # (time, step) of an early train record, for the ETA
     vals: list[dict[str, Any]] = field(default_factory=list)  # with history: every validation record
     speeds: list[float] = field(default_factory=list)  # with history: every train record's tokens/s
+    cursor: MetricsCursor | None = field(default=None, repr=False, compare=False)
 
     def _reset(self) -> None:
+        cursor = self.cursor
         self.__init__(history=self.history)  # type: ignore[misc]
+        self.cursor = cursor
 
     def update(self, path: str | Path) -> None:
         """Read what was appended since the last call."""
-        key = stat_key(path)
-        if key is None:
-            self._reset()  # the file went away (resume truncation in progress)
-            return
-        ino, _, size = key
-        if ino != self.ino or size < self.offset:  # new, replaced or truncated
+        if self.cursor is None or str(self.cursor.path) != str(path):
+            self.cursor = MetricsCursor(path)
+        change = self.cursor.check()
+        if change in (Change.GONE, Change.RESET):  # gone: a resume truncation in progress
             self._reset()
-            self.ino = ino
-            if not self.history:
-                self._read_tail(path, size)
-        if size == self.offset:
-            return
-        records, self.offset = read_metrics(path, self.offset)
-        for rec in records:
+        if change is Change.RESET and not self.history:
+            self._read_tail(self.cursor)
+        for rec in self.cursor.records():
             self._take(rec)
 
     def _take(self, rec: dict[str, Any]) -> None:
@@ -118,35 +87,24 @@ class MetricsSummary:
         if t is not None and isinstance(rec.get("step"), int):
             self.rate_ref = (t.timestamp(), rec["step"])
 
-    def _read_tail(self, path: str | Path, size: int) -> None:
+    def _read_tail(self, cursor: MetricsCursor) -> None:
         """First sight of a file: parse just its first line in the last TAIL_BYTES (for the ETA's
         rate), then the last train and the last val records, scanning backwards; never the whole
         file (100 runs x 7 stages x thousands of lines would delay the first frame)."""
-        try:
-            with open(path, "rb") as f:
-                start = max(0, size - TAIL_BYTES)
-                f.seek(start)
-                chunk = f.read(size - start)
-                end = chunk.rfind(b"\n") + 1
-                lines = chunk[:end].split(b"\n")[:-1]
-                if start > 0:
-                    lines = lines[1:]  # the first one is cut
-                self.offset = start + end
-                first = next((r for r in map(_loads, lines[:8]) if r and r.get("split", "train") == "train"), None)
-                if first is not None:
-                    self._rate_from(first)
-                for raw in reversed(lines):
-                    if self.last_train is not None and self.last_val is not None:
-                        break
-                    is_val = b'"val"' in raw
-                    if (self.last_val if is_val else self.last_train) is None:
-                        rec = _loads(raw)
-                        if rec:
-                            self._take_last(rec)
-                if self.last_val is None and start > 0:  # val lines are rare: look further back
-                    self.last_val = _last_val_before(f, start)
-        except OSError:
-            self.offset = 0
+        lines, start = cursor.tail_lines(TAIL_BYTES)
+        first = next((r for r in map(parse_record, lines[:8]) if r and r.get("split", "train") == "train"), None)
+        if first is not None:
+            self._rate_from(first)
+        for raw in reversed(lines):
+            if self.last_train is not None and self.last_val is not None:
+                break
+            is_val = b'"val"' in raw
+            if (self.last_val if is_val else self.last_train) is None:
+                rec = parse_record(raw)
+                if rec:
+                    self._take_last(rec)
+        if self.last_val is None and start > 0:  # val lines are rare: look further back, however far
+            self.last_val = last_record_before(cursor.path, start, "val")
 
     def _take_last(self, rec: dict[str, Any]) -> None:
         split = rec.get("split", "train")

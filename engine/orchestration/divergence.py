@@ -6,14 +6,24 @@ Read from metrics.jsonl, so it needs no torch and judges any finished or running
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+from engine.contract import read_records
 
 # Well above the best: half as much again, and by more than noise on a small validation set.
 RATIO = 1.5
 MARGIN = 0.5  # nats
 
 
-def divergence(records: list[dict[str, Any]]) -> str | None:
+def stage_divergence(metrics_file: str | Path) -> str | None:
+    """divergence() of a stage's metrics.jsonl, read through the contract's reader (lines that do not
+    count are skipped; only validation records are kept, so a long run's file is never held whole)."""
+    return divergence(read_records(metrics_file))
+
+
+def divergence(records: Iterable[dict[str, Any]]) -> str | None:
     """One line when the last validation loss is well above the best one (or not a number), else None."""
     val = [r for r in records if r.get("split") == "val" and "loss" in r]
     if len(val) < 2:

@@ -22,13 +22,12 @@ from engine.contract import (
     now_iso,
     parse_iso,
     read_json,
-    read_metrics,
     read_status,
     stage_status_doc,
     write_json_or_warn,
 )
 from engine.contract.tail import LogTail, last_lines
-from engine.orchestration.divergence import divergence
+from engine.orchestration.divergence import stage_divergence
 from engine.orchestration.launch import (
     StageCommand,
     build_stage_command,
@@ -268,7 +267,7 @@ class Orchestrator:
             self.say(f"==> {r.stage}: FAILED after {duration(elapsed)}: {msg}")
             if not self.tail:
                 self.say("\n".join("    " + line for line in last_lines(r.log_path, 15)))
-        warning = divergence(read_metrics(self.layout.metrics_file(r.stage))[0]) if state == "succeeded" else None
+        warning = stage_divergence(self.layout.metrics_file(r.stage)) if state == "succeeded" else None
         if warning:
             self.say(f"==> {r.stage}: WARNING: {warning}")
         if self.status:
