@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from engine.contract.metrics_reader import parse_record
+
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -106,15 +108,9 @@ def read_metrics(path: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]
     except OSError:
         return [], offset
     end = data.rfind(b"\n") + 1
-    out: list[dict[str, Any]] = []
-    for line in data[:end].splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a corrupt line (e.g. after a crash mid-write) is skipped
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out, offset + end
+    # a corrupt or ill-typed line (e.g. after a crash mid-write) is skipped, as every reader does
+    records = (parse_record(line) for line in data[:end].splitlines())
+    return [r for r in records if r is not None], offset + end
 
 
 def truncate_metrics_after(path: str | Path, step: int) -> None:
