@@ -15,6 +15,9 @@ Both sides use the same precision: the student holds fp32 master weights and fp3
             check on the device, fused AdamW.
             `-compile`: torch.compile of the decoder layers and of the loss chunk kernel
             ([distill].compile = true).
+            `-liger`: Liger-Kernel's Triton RMSNorm, SwiGLU and RoPE in student and teacher
+            ([distill].kernels = "liger", engine/models/liger.py); `-liger-norope`: without its RoPE
+            (which is a graph break per layer under compile).
 
 FLOPs per token for MFU = 2 N_teacher + 6 N_student, N = parameters of every matrix product
 (attention and MLP projections plus the LM head, which is tied to the embedding; the embedding
@@ -27,6 +30,10 @@ Usage (one GPU):  python benchmarks/distill_throughput.py --variants naive,engin
 Multi-GPU:        accelerate launch --num_processes 2 benchmarks/distill_throughput.py \
                       --strategy ddp --variants engine-compile
 CPU smoke test:   python benchmarks/distill_throughput.py --tiny --variants naive,engine --steps 2
+SmolLM2-135M shape (teacher 30 x 576, ffn 1536, 9/3 heads, vocab 49152 -> 15 layers; batch 64 x 512):
+                  python benchmarks/distill_throughput.py --shape smollm2 --variants naive,engine-compile
+Liger (pip install "slimlab[liger]"; CUDA):  --variants naive,engine-compile,engine-compile-liger,engine-liger
+A variant that fails prints its error and the others still run.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -48,6 +56,11 @@ PEAK = 989e12
 ARCH = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
             num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
             max_position_embeddings=8192, rope_theta=500000.0)
+SMOLLM2 = dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+               num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
+               max_position_embeddings=2048, rope_theta=100000.0)
+# --shape: arch, teacher layers, student layers, batch, seq (flags given on the command line win)
+SHAPES = {"1b": (ARCH, 16, 8, 4, 2048), "smollm2": (SMOLLM2, 30, 15, 64, 512)}
 TINY = dict(ARCH, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, vocab_size=1000)
 
@@ -122,7 +135,8 @@ def run_naive(args, arch, device, batches) -> dict:
 
 
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
-               profile: bool = False, hf_mask: bool = False, master: bool | None = None) -> dict:
+               profile: bool = False, hf_mask: bool = False, master: bool | None = None,
+               kernels: str = "", name: str = "") -> dict:
     from engine.config import DistillConfig
     from engine.training.stage_bodies import loss_spec
     from engine.training.step import Trainer
@@ -130,6 +144,11 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
     teacher = build(arch, args.teacher_layers, torch.bfloat16 if device.type == "cuda" else torch.float32,
                     device, 0)
     student = build(arch, args.student_layers, torch.float32, device, 1)
+    if kernels:  # "liger" | "liger-norope", as a distill stage's kernels = "liger" does (both models)
+        from engine.models.liger import apply_liger
+
+        for model in (teacher, student):
+            apply_liger(model, rope=kernels == "liger")
     micro = batches[0].shape[0]
     cfg = DistillConfig(steps=1000, global_batch_size=micro * accum * acc.num_processes, micro_batch_size=micro,
                         lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk)
@@ -159,7 +178,8 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
     out = {"peak_gib": peak_gib(device), "sec_per_step": sec, "times": times, "loss_first_last": [losses[0], losses[-1]],
            "flops_per_token": trainer.flops_per_token}
     if profile:
-        out["profile_ms_per_step"] = profile_steps(step, device, os.path.dirname(args.json) if args.json else None)
+        out["profile_ms_per_step"] = profile_steps(step, device, os.path.dirname(args.json) if args.json else None,
+                                                   name)
     trainer = None
     acc.free_memory()
     return out
@@ -245,6 +265,7 @@ KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
     ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "sm90", "matmul")),
     ("optimizer + grad norm", ("adam", "multi_tensor")),
     ("forward-KL kernel", ("forward_kl_kernel",)),
+    ("liger (Triton)", ("_rms_norm_", "_swiglu_", "_triton_rope")),  # Liger's kernels (-liger variants)
     ("nccl", ("nccl",)),
     ("triton (compiled)", ("triton",)),
     ("copy/cast", ("copy", "memcpy", "memset", "fill")),
@@ -252,8 +273,9 @@ KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
 ]
 
 
-def profile_steps(step, device: torch.device, out_dir: str | None) -> dict:
-    """CUDA time per kernel group over 2 steps (torch.profiler), table written to out_dir."""
+def profile_steps(step, device: torch.device, out_dir: str | None, name: str = "") -> dict:
+    """CUDA time per kernel group over 2 steps (torch.profiler), table written to out_dir.
+    Without CUDA there are no kernels: the groups are empty."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -284,7 +306,7 @@ def profile_steps(step, device: torch.device, out_dir: str | None) -> dict:
     if out_dir:
         table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=90)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "profile.txt").write_text(table)
+        (Path(out_dir) / f"profile-{name or 'variant'}.txt").write_text(table)
     return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
 
 
@@ -292,16 +314,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default="naive,engine,engine-compile")
     ap.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--teacher-layers", type=int, default=16)
-    ap.add_argument("--student-layers", type=int, default=8)
+    ap.add_argument("--shape", default="1b", choices=sorted(SHAPES),
+                    help="1b: Llama 16 x 2048 -> 8 layers, batch 4 x 2048; smollm2: 30 x 576 -> 15, batch 64 x 512")
+    ap.add_argument("--batch", type=int, help="sequences per micro-batch (default: the shape's)")
+    ap.add_argument("--seq", type=int, help="tokens per sequence (default: the shape's)")
+    ap.add_argument("--teacher-layers", type=int)
+    ap.add_argument("--student-layers", type=int)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke test)")
     ap.add_argument("--json", help="write the results here (rank 0)")
     ap.add_argument("--check", action="store_true", help="first compare the fused loss with float64")
-    ap.add_argument("--profile", default="", help="profile 2 steps of this variant (kernel time per group)")
+    ap.add_argument("--profile", default="", help="profile 2 steps of these variants (comma-separated; "
+                    "kernel time per group)")
     ap.add_argument("--sdpa", default="", choices=["", "cudnn", "flash", "efficient"],
                     help="only this SDPA backend (default: PyTorch's choice)")
     args = ap.parse_args()
@@ -310,7 +335,7 @@ def main() -> None:
     if args.sdpa:  # a process-wide switch (compiled graphs do not guard on it)
         for b in ("cudnn", "flash", "efficient"):
             getattr(torch.backends.cuda, f"enable_{'mem_efficient' if b == 'efficient' else b}_sdp")(b == args.sdpa)
-    arch = TINY if args.tiny else ARCH
+    arch = shape_defaults(args)
     if args.tiny:
         args.seq = min(args.seq, 64)
     acc = make_accelerator(args.strategy, "bf16", ["LlamaDecoderLayer"])
@@ -330,24 +355,26 @@ def main() -> None:
         if acc.is_main_process:
             print("fused loss vs float64 (relative error):", json.dumps(results["check"]), flush=True)
     for name in [v for v in args.variants.split(",") if v]:
+        if name == "naive" and world > 1:
+            continue
         t0 = time.perf_counter()
-        if name == "naive":
-            if world > 1:
-                continue
-            r = run_naive(args, arch, device, batches)
-            fpt = None
-        else:
-            # `-autocast`: fp32 parameters under bf16 autocast (the engine's path before master weights)
-            autocast = name.endswith("-autocast")
-            compile_, chunk, accum, micro = VARIANTS[name.removesuffix("-autocast")]
-            bs = batches if micro is None else [torch.randint(0, arch["vocab_size"], (micro, args.seq + 1),
-                                                             device=device, generator=g) for _ in range(4)]
-            r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
-                           profile=name == args.profile, hf_mask=name.endswith("-hfmask"),
-                           master=False if autocast else None)
-            tokens_per_step_v = bs[0].shape[0] * args.seq * world
-            fpt = r["flops_per_token"]
-            r["tokens_per_step"] = tokens_per_step_v * accum
+        error = None
+        try:
+            r, fpt = run_variant(name, args, arch, device, batches, acc, g)
+        except Exception as e:  # one variant's failure (a missing package, OOM, a compile error) is reported
+            error = (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0][:500]
+            if acc.is_main_process:
+                traceback.print_exc()
+        if error is not None:  # (out of the except block: its traceback no longer holds the models)
+            acc.free_memory()  # the accelerator's references to a half-built Trainer
+            memory_reset(device)
+            results["variants"][name] = {"error": error}
+            if acc.is_main_process:
+                print(f"{name:28s} FAILED: {error}", flush=True)
+                if args.json:
+                    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                    Path(args.json).write_text(json.dumps(results, indent=2))
+            continue
         toks = r.get("tokens_per_step", tokens_per_step)
         r["tokens_per_s"] = toks / r["sec_per_step"]
         fpt = fpt or 2 * _matmul_n(arch, args.teacher_layers) + 6 * _matmul_n(arch, args.student_layers)
@@ -363,12 +390,13 @@ def main() -> None:
             print(f"{name:28s} {r['tokens_per_s']:>10,.0f} tok/s  MFU {mfu:>6}  peak {mem:>9}  "
                   f"({r['sec_per_step'] * 1e3:.1f} ms/step, {r['wall_s']:.0f} s incl. build/compile)", flush=True)
             if "profile_ms_per_step" in r:
-                print("  profile, ms/step:", json.dumps({k: round(v, 1) for k, v in r["profile_ms_per_step"].items()}))
+                groups = r["profile_ms_per_step"] or {"(no CUDA kernels recorded: a CPU run)": 0.0}
+                print("  profile, ms/step:", json.dumps({k: round(v, 1) for k, v in groups.items()}))
     if acc.is_main_process:
         base = results["variants"].get("naive")
-        if base:
+        if base and "error" not in base:
             for name, r in results["variants"].items():
-                if name != "naive":
+                if name != "naive" and "error" not in r:
                     r["speedup_vs_naive"] = r["tokens_per_s"] / base["tokens_per_s"]
                     if base["peak_gib"]:
                         r["memory_vs_naive"] = r["peak_gib"] / base["peak_gib"]
@@ -378,6 +406,49 @@ def main() -> None:
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def shape_defaults(args: argparse.Namespace) -> dict:
+    """The --shape preset's arch (TINY's widths with --tiny), filling the size flags not given."""
+    arch, teacher, student, batch, seq = SHAPES[args.shape]
+    for key, value in (("teacher_layers", teacher), ("student_layers", student), ("batch", batch), ("seq", seq)):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return dict(arch, **{k: TINY[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                               "num_key_value_heads", "head_dim", "vocab_size")}) if args.tiny else arch
+
+
+def split_kernels(name: str) -> tuple[str, str]:
+    """'engine-compile-liger-norope' -> ('engine-compile', 'liger-norope'); no suffix -> (name, '')."""
+    for suffix in ("-liger-norope", "-liger"):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), suffix[1:]
+    return name, ""
+
+
+def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.device,
+                batches: list[torch.Tensor], acc, g: torch.Generator) -> tuple[dict, int | None]:
+    """One variant's measurement and its FLOPs per token (None: count them from the arch)."""
+    torch.compiler.reset()  # each variant compiles afresh: no shared recompile budget, no stale graphs
+    profile = name in args.profile.split(",")
+    if name == "naive":
+        return run_naive(args, arch, device, batches), None
+    from engine.models.liger import undo_rope
+
+    base, kernels = split_kernels(name)
+    # `-autocast`: fp32 parameters under bf16 autocast (the engine's path before master weights)
+    autocast = base.endswith("-autocast")
+    compile_, chunk, accum, micro = VARIANTS[base.removesuffix("-autocast")]
+    bs = batches if micro is None else [torch.randint(0, arch["vocab_size"], (micro, args.seq + 1),
+                                                     device=device, generator=g) for _ in range(4)]
+    try:
+        r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
+                       profile=profile, hf_mask=base.endswith("-hfmask"),
+                       master=False if autocast else None, kernels=kernels, name=name)
+    finally:
+        undo_rope()  # Liger's RoPE is process-wide: the next variant runs stock
+    r["tokens_per_step"] = bs[0].shape[0] * args.seq * acc.num_processes * accum
+    return r, r["flops_per_token"]
 
 
 def _matmul_n(arch: dict, layers: int) -> int:

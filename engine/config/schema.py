@@ -138,6 +138,9 @@ class TrainConfig(_Section):
     # bf16 parameters + fp32 master weights in the optimizer (CUDA, bf16), where gradients never add up
     # in bf16 (engine/training/step.py: master_weights_apply); false: fp32 parameters under bf16 autocast
     master_weights: bool = True
+    # "liger": Liger-Kernel's Triton RMSNorm, SwiGLU and RoPE in student and teacher (CUDA; the [liger]
+    # extra; engine/models/liger.py); "torch": transformers' own modules
+    kernels: Literal["torch", "liger"] = "torch"
     max_nan_steps: int = Field(default=5, ge=1)  # consecutive non-finite losses that stop the run
     seed: int = 1234
 
@@ -146,6 +149,17 @@ class TrainConfig(_Section):
     def _micro(cls, v: Any) -> Any:
         if (isinstance(v, str) and v != "auto") or (isinstance(v, int) and not isinstance(v, bool) and v < 1):
             raise ValueError(f'{json.dumps(v)} is neither a number >= 1 nor "auto"; write one of them')
+        return v
+
+    @field_validator("kernels")
+    @classmethod
+    def _kernels(cls, v: str) -> str:
+        if v == "liger":  # the package, at check time (no import of it or of torch)
+            from engine.models.liger import install_problem
+
+            problem = install_problem()
+            if problem:
+                raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

@@ -43,6 +43,7 @@ def finetune_stage(ctx: StageContext) -> None:
         else:
             model = load_model(exp.model.path, dtype, exp.model.attn_implementation)
         _check_vocab(model, meta, "finetune")
+        _kernels(ctx, model, cfg.kernels, cuda, "model")
         spec = LossSpec("ce", chunk_tokens=CE_CHUNK_TOKENS)
         return Models(model, None, tokenizer, spec, None, exp.model.dtype)
 
@@ -80,7 +81,9 @@ def _distill_setup(ctx: StageContext) -> tuple[DistillConfig, Callable[[bool, di
     def load_teacher(cuda: bool) -> nn.Module:
         from engine.models.hf import load_model
 
-        return load_model(teacher_dir, exp.model.dtype if cuda else "float32", exp.model.attn_implementation)
+        teacher = load_model(teacher_dir, exp.model.dtype if cuda else "float32", exp.model.attn_implementation)
+        _kernels(ctx, teacher, cfg.kernels, cuda, "teacher")
+        return teacher
 
     def build(cuda: bool, meta: dict[str, Any], teacher: nn.Module) -> Models:
         from engine.models.hf import load_model
@@ -89,12 +92,21 @@ def _distill_setup(ctx: StageContext) -> tuple[DistillConfig, Callable[[bool, di
         student = load_model(str(student_dir), train_dtype(exp, cuda), exp.model.attn_implementation)
         _check_vocab(student, meta, f"{ctx.stage} student")
         _check_vocab(teacher, meta, f"{ctx.stage} teacher")
+        _kernels(ctx, student, cfg.kernels, cuda, "student")
         vocab = min(len(tokenizer), output_weight(student).shape[0], output_weight(teacher).shape[0])
         spec = loss_spec(cfg, vocab)
         hidden = hidden_spec(cfg, student, teacher, ctx.stage)
         return Models(student, teacher, tokenizer, spec, hidden, exp.model.dtype)
 
     return cfg, build, load_teacher
+
+
+def _kernels(ctx: StageContext, model: nn.Module, kernels: str, cuda: bool, what: str) -> None:
+    """[finetune|distill].kernels into the model (engine/models/liger.py); says so in the log."""
+    from engine.models.liger import apply_kernels
+
+    if apply_kernels(model, kernels, cuda, what):
+        ctx.log(f"[{ctx.stage}] {what}: Liger RMSNorm, SwiGLU and RoPE kernels (kernels = \"liger\")")
 
 
 def train_dtype(exp: Experiment, cuda: bool) -> str:
