@@ -30,7 +30,7 @@ _NAME = re.compile(r"step-(\d{8})")
 # resumed with a lower lr); any other change of the stage's inputs starts the stage afresh.
 RESUMABLE_CHANGES = ("steps", "lr", "min_lr", "warmup_steps", "grad_clip", "val_interval", "val_batches",
                      "checkpoint_interval", "log_interval", "max_nan_steps", "compile",
-                     "gradient_checkpointing")
+                     "gradient_checkpointing", "kernels")
 
 
 def resume_key(exp: Experiment, stage: str, section: str) -> str:
