@@ -57,13 +57,20 @@ def prune_depth(model: PreTrainedModel, drop: list[int]) -> PreTrainedModel:
     if bad or len(set(drop)) >= n:
         raise UserError(f"drop_layers: cannot drop {sorted(drop)} from a model of {n} layers")
     kept = [i for i in range(n) if i not in set(drop)]
-    new_index = {old: new for new, old in enumerate(kept)}
-    state: dict[str, torch.Tensor] = {}
-    for key, t in model.state_dict().items():
-        m = LAYER_KEY.match(key)
-        if m is None:
-            state[key] = t
-        elif int(m.group(1)) in new_index:
-            state[f"model.layers.{new_index[int(m.group(1))]}.{m.group(2)}"] = t
+    state = kept_layers(model.state_dict(), kept)
     cfg = student_config(config_dict(model), replace(arch.shape, num_layers=len(kept)), kept_layers=kept)
     return rebuild(model, cfg, state)
+
+
+def kept_layers(state: dict[str, torch.Tensor], kept: list[int]) -> dict[str, torch.Tensor]:
+    """A state dict without the layers not in `kept` (teacher indices, ascending); the others are
+    renumbered 0..len(kept)-1. The tensors are those of `state`."""
+    new_index = {old: new for new, old in enumerate(kept)}
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        m = LAYER_KEY.match(key)
+        if m is None:
+            out[key] = t
+        elif int(m.group(1)) in new_index:
+            out[f"model.layers.{new_index[int(m.group(1))]}.{m.group(2)}"] = t
+    return out

@@ -1,8 +1,10 @@
 """The search inside a prune stage: score the chosen candidates, keep the best, write search.json.
 
-The teacher is calibrated once before this runs (engine.prune.stage_body); each candidate is then
-cut from the teacher in memory (engine.prune.student), scored on the same batches and dropped.
-Only the winner is returned, to be written as the stage's model/.
+The teacher is calibrated once before this runs (engine.prune.stage_body); it is then sorted by
+importance in place for the scoring (engine.prune.student.SortedTeacher), so each candidate is
+made of views of its tensors, scored on the same batches and dropped. Afterwards the teacher is
+back in its order and the winner is pruned from it as any student is (prune_student), to be
+written as the stage's model/: the same function as the candidate that was scored.
 
 search.json (the contract; DESIGN.md):
 
@@ -29,7 +31,7 @@ from engine.contract import write_json
 from engine.evaluation.loss import evaluate_loss
 from engine.orchestration.stage_process import StageContext
 from engine.prune.importance import Importance
-from engine.prune.student import layers_to_drop, prune_student
+from engine.prune.student import SortedTeacher, layers_to_drop, prune_student
 from engine.search.candidates import SearchSpace, candidate_label
 from engine.search.scoring import Scorer
 
@@ -83,17 +85,13 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
     seconds: dict[int, float] = {}
     progress = SearchProgress(ctx, len(space.scored))
     try:
-        for i in space.scored:
-            t0 = time.perf_counter()
-            candidate = prune_student(teacher, imp, space.student(i))
-            losses[i] = evaluate_loss(candidate, windows)
-            scores[i] = losses[i] if scorer.name == "loss" else scorer.score(candidate)
-            del candidate
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            seconds[i] = time.perf_counter() - t0
-            progress.step(f"{candidate_label(space.candidates[i].shape)}: {scorer.name} {scores[i]:.4f} "
-                          f"({seconds[i]:.1f}s)")
+        with SortedTeacher(teacher, imp) as sorted_teacher:
+            for i in space.scored:
+                t0 = time.perf_counter()
+                losses[i], scores[i] = _score(sorted_teacher.student(space.student(i)), windows, scorer)
+                seconds[i] = time.perf_counter() - t0
+                progress.step(f"{candidate_label(space.candidates[i].shape)}: {scorer.name} {scores[i]:.4f} "
+                              f"({seconds[i]:.1f}s)")
     finally:
         progress.close()
     best = scorer.best(scores)
@@ -112,3 +110,10 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
     ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({scorer.name} {scores[best]:.4f}, rank 1 of "
             f"{len(scores)})" + (f", dropping layers {drop}" if drop else ""))
     return Winner(prune_student(teacher, imp, target, drop), best, losses[best], drop)
+
+
+def _score(candidate: nn.Module, windows: list[torch.Tensor], scorer: Scorer) -> tuple[float, float]:
+    """(validation loss, score) of a candidate. It is made of views of the teacher: no memory to
+    give back afterwards (the allocator keeps the evaluation's blocks for the next one)."""
+    loss = evaluate_loss(candidate, windows)
+    return loss, loss if scorer.name == "loss" else scorer.score(candidate)
