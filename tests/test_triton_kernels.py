@@ -105,3 +105,34 @@ def test_forward_kl_kernel_only_takes_the_plain_case(kernels) -> None:
     assert not kl_triton.applies(s, t, LossSpec("forward_kl"), False)  # no-grad (eval) path
     assert not kl_triton.applies(s, torch.zeros(4, 120, dtype=torch.bfloat16), LossSpec("forward_kl"), True)
     assert not kl_triton.applies(s.float(), t.float(), LossSpec("forward_kl"), True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_ce_kernel_equals_chunk_loss(dtype: torch.dtype) -> None:
+    """Evaluation's no-gradient cross-entropy kernel: the same sum as chunk_loss, ignored rows out."""
+    from engine.distill import ce_triton
+    from engine.distill.losses import LossSpec, chunk_loss
+
+    gen = torch.Generator().manual_seed(4)
+    n, vocab = 9, 2500  # vocab not a multiple of the block
+    s = (torch.randn(n, vocab, generator=gen) * 4).to(dtype)
+    labels = torch.randint(0, vocab, (n,), generator=gen)
+    labels[[0, 5]] = -100
+    labels[3] = vocab - 1  # the last column, in the masked tail block
+    spec = LossSpec("ce")
+    assert ce_triton.applies(dtype, spec, need_grad=False)
+    kd, ce, grad = ce_triton.ce_chunk(s, labels, spec)
+    _, ref_ce, _ = chunk_loss(s.double(), None, labels, torch.tensor(1.0, dtype=torch.float64), spec, False)
+    assert grad is None and float(kd) == 0.0
+    assert float(ce) == pytest.approx(float(ref_ce), rel=1e-5)
+    assert float(ref_ce) > 0
+
+
+def test_ce_kernel_only_takes_the_no_gradient_plain_loss() -> None:
+    from engine.distill import ce_triton
+    from engine.distill.losses import LossSpec
+
+    assert ce_triton.applies(torch.bfloat16, LossSpec("ce"), False)
+    assert not ce_triton.applies(torch.bfloat16, LossSpec("ce"), True)  # training: chunk_loss has the gradient
+    assert not ce_triton.applies(torch.bfloat16, LossSpec("forward_kl"), False)
+    assert not ce_triton.applies(torch.float64, LossSpec("ce"), False)  # tests' double precision stays exact

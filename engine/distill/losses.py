@@ -141,6 +141,20 @@ def _compiled_chunk_fn() -> ChunkFn:
     return chunk
 
 
+def _ce_kernel_applies(dtype: torch.dtype, spec: LossSpec, need_grad: bool) -> bool:
+    try:
+        from engine.distill import ce_triton
+    except ImportError:  # no Triton (CUDA builds of torch bring it): chunk_loss does it
+        return False
+    return ce_triton.applies(dtype, spec, need_grad)
+
+
+def _ce_triton_chunk(s_logits, t_logits, labels, scale, spec, need_grad, grad_dtype=None):
+    from engine.distill import ce_triton
+
+    return ce_triton.ce_chunk(s_logits, labels, spec)
+
+
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(h.device.type):
         return torch.get_autocast_dtype(h.device.type)
@@ -158,8 +172,10 @@ EAGER_MAX_CHUNK = 1024
 
 def _forward_chunks(h_s, w_s, h_t, w_t, labels, spec: LossSpec, fn: ChunkFn, need_h: bool, need_w: bool):
     """Shared by the autograd path and the no-grad path: loss parts (+ grads)."""
-    chunk = spec.chunk_tokens if fn is not chunk_loss else min(spec.chunk_tokens, EAGER_MAX_CHUNK)
     cdt = _compute_dtype(h_s)
+    if h_s.is_cuda and _ce_kernel_applies(cdt, spec, need_h or need_w):
+        fn = _ce_triton_chunk  # evaluation's plain loss: one read of each row, no fp32 copies
+    chunk = spec.chunk_tokens if fn is not chunk_loss else min(spec.chunk_tokens, EAGER_MAX_CHUNK)
     n_valid = (labels != spec.ignore_index).sum().clamp(min=1)
     scale = 1.0 / n_valid.to(_acc_dtype(h_s))
     need_grad = need_h or need_w
