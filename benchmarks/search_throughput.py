@@ -32,6 +32,7 @@ the search itself adds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -47,6 +48,7 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from engine.config import PruneConfig  # noqa: E402
+from engine.distill import losses  # noqa: E402
 from engine.evaluation.loss import evaluate_loss  # noqa: E402
 from engine.models.adapter import Arch  # noqa: E402
 from engine.models.hf import count_parameters  # noqa: E402
@@ -77,6 +79,17 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
     out = fn()
     sync(device)
     return time.perf_counter() - t0, out
+
+
+@contextlib.contextmanager
+def eager_ce():
+    """Evaluation's cross-entropy as before the Triton kernel (engine/distill/ce_triton.py)."""
+    saved = losses._ce_kernel_applies
+    losses._ce_kernel_applies = lambda *a: False
+    try:
+        yield
+    finally:
+        losses._ce_kernel_applies = saved
 
 
 def main() -> int:
@@ -136,31 +149,35 @@ def main() -> int:
 
     evaluate_loss(teacher, windows[:1])  # warm-up: kernels, allocator
     plain(teacher)
-    # the reference: each candidate cut as before issue 14, from the teacher as loaded
-    reference = {i: evaluate_loss(prune_student(teacher, imp, space.student(i)), windows) for i in space.scored}
+    # the reference: each candidate cut as before issue 14, from the teacher as loaded, its loss by the
+    # eager chunk loss (before the Triton cross-entropy kernel)
+    with eager_ce():
+        reference = {i: evaluate_loss(prune_student(teacher, imp, space.student(i)), windows) for i in space.scored}
     # rank every axis and sort the teacher in place, once for the whole search (restored at the end)
     sort_s, sorted_teacher = timed(lambda: SortedTeacher(teacher, imp).__enter__(), device)
     imp_sorted = sorted_importance(imp, sorted_teacher.order)  # prune_student keeps the same channels with it
     rows = []
     for i in space.scored:
         target = space.student(i)
-        build_s, before_s, score_s, plain_s, plain_loss_s = (math.inf,) * 5
+        build_s, before_s, score_s, eager_s, plain_s, plain_loss_s = (math.inf,) * 6
         for _ in range(args.repeats):  # the fastest of interleaved repeats: robust to a loaded machine
             bb, twin = timed(lambda target=target: prune_student(teacher, imp_sorted, target), device)
             b, cand = timed(lambda target=target: sorted_teacher.student(target), device)
             s, loss = timed(lambda cand=cand: evaluate_loss(cand, windows), device)
+            with eager_ce():
+                e, _ = timed(lambda cand=cand: evaluate_loss(cand, windows), device)
             f, _ = timed(lambda twin=twin: plain(twin), device)
             fl, _ = timed(lambda twin=twin: plain_loss(twin), device)
-            build_s, before_s, score_s = min(build_s, b), min(before_s, bb), min(score_s, s)
+            build_s, before_s, score_s, eager_s = min(build_s, b), min(before_s, bb), min(score_s, s), min(eager_s, e)
             plain_s, plain_loss_s = min(plain_s, f), min(plain_loss_s, fl)
             del twin, cand
         rows.append({"candidate": candidate_label(target.shape), "params": space.candidates[i].params,
                      "loss": loss, "loss_before": reference[i], "build_s": build_s, "build_before_s": before_s,
-                     "score_s": score_s, "plain_s": plain_s, "plain_loss_s": plain_loss_s,
+                     "score_s": score_s, "score_eager_ce_s": eager_s, "plain_s": plain_s, "plain_loss_s": plain_loss_s,
                      "efficiency": plain_s / (build_s + score_s),
                      "efficiency_vs_loss": plain_loss_s / (build_s + score_s)})
         r = rows[-1]
-        print(f"  {r['candidate']:<26} build {build_s:.3f}s (before {before_s:.3f}s)  score {score_s:.3f}s  "
+        print(f"  {r['candidate']:<26} build {build_s:.3f}s (before {before_s:.3f}s)  score {score_s:.3f}s (eager CE {eager_s:.3f}s)  "
               f"plain forward {plain_s:.3f}s (with loss {plain_loss_s:.3f}s) -> {r['efficiency']:.0%} "
               f"({r['efficiency_vs_loss']:.0%})  (loss {loss:.5f}, before {reference[i]:.5f})", flush=True)
         if cuda:
