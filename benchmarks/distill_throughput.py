@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import gzip
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -136,7 +138,7 @@ def run_naive(args, arch, device, batches) -> dict:
 
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
                profile: bool = False, hf_mask: bool = False, master: bool | None = None,
-               kernels: str = "", name: str = "") -> dict:
+               kernels: str = "", name: str = "", tgraph: bool = False) -> dict:
     from engine.config import DistillConfig
     from engine.training.stage_bodies import loss_spec
     from engine.training.step import Trainer
@@ -151,13 +153,15 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
             apply_liger(model, rope=kernels == "liger")
     micro = batches[0].shape[0]
     cfg = DistillConfig(steps=1000, global_batch_size=micro * accum * acc.num_processes, micro_batch_size=micro,
-                        lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk)
+                        lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk,
+                        teacher_cuda_graph=tgraph)
     if hf_mask:  # before engine/models/attention.py: transformers' own mask path (2 host syncs per step)
         from engine.training import step as trainer_module
 
         keep, trainer_module.use_causal_sdpa = trainer_module.use_causal_sdpa, lambda model: False
     try:
-        trainer = Trainer(acc, student, cfg, loss_spec(cfg, arch["vocab_size"]), teacher, master_weights=master)
+        trainer = Trainer(acc, student, cfg, loss_spec(cfg, arch["vocab_size"]), teacher, master_weights=master,
+                          log=lambda msg: print(f"  {name}: {msg}", flush=True))
     finally:
         if hf_mask:
             trainer_module.use_causal_sdpa = keep
@@ -294,19 +298,24 @@ def profile_steps(step, device: torch.device, out_dir: str | None, name: str = "
         groups["idle (no kernel running)"] = (end - spans[0][0] - busy) / 2 / 1e3
         host = [e.name for e in prof.events() if e.device_type != torch.autograd.DeviceType.CUDA
                 and any(k in e.name.lower() for k in ("synchronize", "memcpy", "local_scalar", "item", "nonzero"))]
-        for name in sorted(set(host)):
-            groups[f"host calls per step: {name}"] = host.count(name) / 2
+        for call in sorted(set(host)):
+            groups[f"host calls per step: {call}"] = host.count(call) / 2
     for evt in prof.key_averages():
         t = getattr(evt, "self_device_time_total", 0.0) or 0.0
         if t <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA or evt.key.startswith("Optimizer."):
             continue  # (the optimizer's annotation range would count its kernel twice)
-        name = evt.key.lower()
-        group = next(g for g, keys in KERNEL_GROUPS if any(k in name for k in keys))
+        key = evt.key.lower()
+        group = next(g for g, keys in KERNEL_GROUPS if any(k in key for k in keys))
         groups[group] = groups.get(group, 0.0) + t / 2 / 1e3  # ms per step
     if out_dir:
         table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=90)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / f"profile-{name or 'variant'}.txt").write_text(table)
+        trace = Path(out_dir) / f"trace-{name or 'variant'}.json"  # chrome://tracing, Perfetto
+        prof.export_chrome_trace(str(trace))
+        with open(trace, "rb") as f, gzip.open(f"{trace}.gz", "wb") as z:
+            shutil.copyfileobj(f, z)
+        trace.unlink()
     return dict(sorted(groups.items(), key=lambda kv: -kv[1]))
 
 
@@ -435,7 +444,8 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
         return run_naive(args, arch, device, batches), None
     from engine.models.liger import undo_rope
 
-    base, kernels = split_kernels(name)
+    tgraph = name.endswith("-tgraph")  # [distill] teacher_cuda_graph = true
+    base, kernels = split_kernels(name.removesuffix("-tgraph"))
     # `-autocast`: fp32 parameters under bf16 autocast (the engine's path before master weights)
     autocast = base.endswith("-autocast")
     compile_, chunk, accum, micro = VARIANTS[base.removesuffix("-autocast")]
@@ -444,7 +454,7 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
     try:
         r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
                        profile=profile, hf_mask=base.endswith("-hfmask"),
-                       master=False if autocast else None, kernels=kernels, name=name)
+                       master=False if autocast else None, kernels=kernels, name=name, tgraph=tgraph)
     finally:
         undo_rope()  # Liger's RoPE is process-wide: the next variant runs stock
     r["tokens_per_step"] = bs[0].shape[0] * args.seq * acc.num_processes * accum

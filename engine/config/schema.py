@@ -191,12 +191,15 @@ class DistillConfig(TrainConfig):
     # all students in one process over one teacher forward per micro-batch (engine/orchestration/
     # teacher_groups.py); how the stages run, not what they compute: not hashed (see stage_hash)
     share_teacher: bool = False
+    # replay the teacher's forward as a CUDA graph (engine/distill/teacher_graph.py): the same kernels
+    # with one launch, for small models whose steps wait on the host; CUDA, not under FSDP
+    teacher_cuda_graph: bool = False
 
 
 # [distill] keys about how the students run, the same for all of them: not in a student's own
 # `distill = {...}`, and not in the stages' hashes (the results do not depend on them).
-NOT_PER_STUDENT = {"share_teacher"}
-NOT_HASHED = {"share_teacher"}
+NOT_PER_STUDENT = {"share_teacher", "teacher_cuda_graph"}
+NOT_HASHED = {"share_teacher", "teacher_cuda_graph"}
 
 
 SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads"]

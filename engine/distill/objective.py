@@ -11,12 +11,14 @@ states plus the outputs of the layers named in the layer map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from engine.distill.losses import LossSpec, fused_linear_loss, hidden_state_loss
+from engine.distill.teacher_graph import GraphedForward
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -131,6 +133,13 @@ class Teacher(nn.Module):
         model.requires_grad_(False)
         self._capture = _Capture(decoder_layers(model), capture_layers) if capture_layers else None
         self.head: torch.Tensor | None = None  # the output weight, kept whole (see `freeze_head`)
+        self._graphed: GraphedForward | None = None
+
+    def use_cuda_graphs(self, log: Callable[[str], None]) -> None:
+        """Replay the forward as a CUDA graph per input shape from now on (engine/distill/teacher_graph.py):
+        its outputs are then valid until the next call."""
+        if self._graphed is None:
+            self._graphed = GraphedForward(self._forward, log=log)
 
     def freeze_head(self) -> None:
         """Keep a plain reference to the output weight (taken before any FSDP sharding)."""
@@ -141,6 +150,11 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor) -> TeacherOutputs:
+        if self._graphed is not None:
+            return self._graphed(input_ids)
+        return self._forward(input_ids)
+
+    def _forward(self, input_ids: torch.Tensor) -> TeacherOutputs:
         out = base_model(self.model)(input_ids=input_ids, use_cache=False)
         layers = self._capture.take() if self._capture is not None else {}
         return out.last_hidden_state, layers

@@ -158,6 +158,8 @@ class Trainer:
         self.flops_per_token += 6 * sum(matmul_params(p) for p in module.projections)
         module.to(device)
         self.micro = self._micro_batch(module, master_weights, seq_length, log)
+        if self.teacher is not None and getattr(cfg, "teacher_cuda_graph", False):
+            self._graph_teacher(log)
         # micro-batches per optimizer step: global_batch_size = micro x this x processes
         self.accumulation = max(1, cfg.global_batch_size // (self.micro * accelerator.num_processes))
         if master_weights is None:
@@ -168,6 +170,15 @@ class Trainer:
         optimizer = make_optimizer(module, cfg, master=self.master)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
+
+    def _graph_teacher(self, log: Callable[[str], None]) -> None:
+        """From here on (the micro-batch search is over) the teacher's forward replays as a CUDA graph."""
+        acc = self.accelerator
+        if acc.device.type != "cuda" or acc.is_fsdp2:
+            log(f"teacher_cuda_graph: off ({'no CUDA device' if acc.device.type != 'cuda' else 'under FSDP'})")
+            return
+        self.teacher.use_cuda_graphs(log)
+        log("teacher_cuda_graph: the teacher's forward replays as a CUDA graph after 2 warm-up calls")
 
     def _micro_batch(self, module: TrainModule, master_weights: bool | None, seq: int | None,
                      log: Callable[[str], None]) -> int:
