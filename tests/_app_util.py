@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from app.main import SlimlabApp
 from engine.config import dumps_toml
 from engine.contract import (
     RunLayout,
@@ -138,3 +141,19 @@ def finished_run(runs_dir: Path, name: str, students=("depth", "width"), base_lo
         w.result(f"prune-{s}", 500 + i, base_loss + 3 + i)
         w.result(f"distill-{s}", 500 + i, base_loss + 0.5 + i)
     return w
+
+
+def run_async(fn):
+    """An async pilot test as a plain pytest test."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+def make_app(runs: Path, tmp_path: Path, **kw) -> SlimlabApp:
+    """The app over `runs`, scanning often, with its clock stopped: ages shown never tick, so what
+    a test sees does not depend on how fast a (loaded) machine runs it."""
+    stopped = time.time()
+    return SlimlabApp(runs_dir=runs, experiments_dir=tmp_path / "experiments", gpu_probe=kw.pop("gpu_probe", None),
+                      scan_interval=0.1, clock=kw.pop("clock", lambda: stopped), **kw)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import functools
@@ -13,31 +12,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from _app_util import RunWriter, finished_run, live_finetune_run, wait_for
+from _app_util import RunWriter, finished_run, live_finetune_run, make_app, run_async, wait_for
 
-from app.main import SlimlabApp
 from engine.config import load_experiment
 
 FAKE_ENGINE = Path(__file__).with_name("_app_fake_engine.py")
-
-
-def run_async(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-    return wrapper
-
-
-def make_app(runs: Path, tmp_path: Path, **kw) -> SlimlabApp:
-    """The app over `runs`, scanning often, with its clock stopped: ages shown never tick, so what
-    a test sees does not depend on how fast a (loaded) machine runs it."""
-    stopped = time.time()
-    return SlimlabApp(runs_dir=runs, experiments_dir=tmp_path / "experiments", gpu_probe=kw.pop("gpu_probe", None),
-                      scan_interval=0.1, clock=kw.pop("clock", lambda: stopped), **kw)
 
 
 def count_scans(app) -> list[int]:

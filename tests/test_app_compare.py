@@ -3,33 +3,13 @@ plot area to the curves at 80 columns."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from pathlib import Path
-
 import pytest
-from _app_util import experiment_dict, finished_run, wait_for
+from _app_util import experiment_dict, finished_run, make_app, run_async, wait_for
 from plotext._utility import get_color_code
 
 from app.data.compare import NOT_USED, config_diff, stage_config, stage_sections
-from app.main import SlimlabApp
 from app.widgets.loss_chart import Curve, key_lines
 from engine.config import dumps_toml
-
-
-def run_async(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-    return wrapper
-
-
-def make_app(runs: Path, tmp_path: Path) -> SlimlabApp:
-    """The app over `runs`, scanning often, its clock stopped (as in test_app.py)."""
-    stopped = time.time()
-    return SlimlabApp(runs_dir=runs, experiments_dir=tmp_path / "experiments", gpu_probe=None,
-                      scan_interval=0.1, clock=lambda: stopped)
 
 
 @pytest.fixture

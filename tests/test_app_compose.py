@@ -3,35 +3,18 @@ students have fields and round-trip through the file, and micro_batch_size defau
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import shutil
-import time
 from pathlib import Path
 
-from _app_util import wait_for
+from _app_util import make_app, run_async, wait_for
 from textual.geometry import Region
 
 from app.data.compose import SEARCH, format_field, new_experiment, parse_field
-from app.main import SlimlabApp
 from engine.config import dumps_toml, load_experiment, loads_experiment
 
 SEARCH_TOML = Path(__file__).resolve().parents[1] / "experiments" / "search.toml"
 WIDTH, HEIGHT = 80, 24
-
-
-def run_async(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-    return wrapper
-
-
-def make_app(tmp_path: Path) -> SlimlabApp:
-    stopped = time.time()  # a stopped clock: nothing shown depends on how fast the test runs
-    return SlimlabApp(runs_dir=tmp_path / "runs", experiments_dir=tmp_path / "experiments", gpu_probe=None,
-                      scan_interval=0.1, clock=lambda: stopped)
 
 
 def teacher_dir(tmp_path: Path) -> Path:
@@ -77,7 +60,7 @@ def save_state(screen) -> str:
 @run_async
 async def test_saving_twice_leaves_the_form_visible(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    app = make_app(tmp_path)
+    app = make_app(tmp_path / "runs", tmp_path)
     path = tmp_path / "experiments" / "mine.toml"
     async with app.run_test(size=(WIDTH, HEIGHT), notifications=True) as pilot:
         screen = await open_compose(app, pilot)
@@ -103,7 +86,7 @@ async def test_saving_twice_leaves_the_form_visible(tmp_path, monkeypatch):
 @run_async
 async def test_launch_section_and_every_label_fit_80_columns(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    app = make_app(tmp_path)
+    app = make_app(tmp_path / "runs", tmp_path)
     async with app.run_test(size=(WIDTH, HEIGHT)) as pilot:
         screen = await open_compose(app, pilot)
         await pilot.press("f4")  # a search student: the most fields
@@ -148,7 +131,7 @@ def test_size_and_micro_batch_fields_parse_what_the_schema_takes():
 async def test_compose_a_search_student_save_and_load(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     teacher = teacher_dir(tmp_path)
-    app = make_app(tmp_path)
+    app = make_app(tmp_path / "runs", tmp_path)
     path = tmp_path / "experiments" / "my-experiment.toml"
     async with app.run_test(size=(WIDTH, HEIGHT)) as pilot:
         screen = await open_compose(app, pilot)
@@ -199,7 +182,7 @@ async def test_load_search_toml_fills_the_search_fields_and_saves_it_unchanged(t
     src = tmp_path / "experiments" / "search.toml"
     src.parent.mkdir()
     shutil.copy(SEARCH_TOML, src)
-    app = make_app(tmp_path)
+    app = make_app(tmp_path / "runs", tmp_path)
     async with app.run_test(size=(WIDTH, HEIGHT)) as pilot:
         screen = await open_compose(app, pilot)
         screen.load_file(src)
@@ -234,7 +217,7 @@ def test_a_new_experiment_micro_batch_is_auto():
 async def test_micro_batch_takes_a_number_or_auto(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     teacher = teacher_dir(tmp_path)
-    app = make_app(tmp_path)
+    app = make_app(tmp_path / "runs", tmp_path)
     path = tmp_path / "experiments" / "my-experiment.toml"
     async with app.run_test(size=(WIDTH, HEIGHT)) as pilot:
         screen = await open_compose(app, pilot)

@@ -3,32 +3,11 @@ height, the search table of a search student."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import time
-from pathlib import Path
-
 import pytest
-from _app_util import finished_run, wait_for
+from _app_util import finished_run, make_app, run_async, wait_for
 from textual import events
 
-from app.main import SlimlabApp
-
 SEVEN = ["prepare", "finetune", "prune-depth", "prune-width", "distill-depth", "distill-width", "eval"]
-
-
-def run_async(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(fn(*args, **kwargs))
-    return wrapper
-
-
-def make_app(runs: Path, tmp_path: Path, **kw) -> SlimlabApp:
-    """The app over `runs`, scanning often, with its clock stopped (as tests/test_app.py)."""
-    stopped = time.time()
-    return SlimlabApp(runs_dir=runs, experiments_dir=tmp_path / "experiments", gpu_probe=kw.pop("gpu_probe", None),
-                      scan_interval=0.1, clock=kw.pop("clock", lambda: stopped), **kw)
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from _app_util import make_app
 from rich.text import Text
 
-from app.main import SlimlabApp
 from app.widgets.keybar import KeyBar
 
 
@@ -17,11 +17,10 @@ def _plain(markup: str) -> str:
 
 def test_the_key_bar_fits_80_columns_on_every_screen_and_keeps_help(tmp_path: Path) -> None:
     async def scenario() -> dict[str, tuple[str, str]]:
-        app = SlimlabApp(runs_dir=tmp_path / "runs", experiments_dir=tmp_path / "experiments",
-                         gpu_probe=None, scan_interval=0.1, clock=lambda: 0.0)
+        app = make_app(tmp_path / "runs", tmp_path)
         seen = {}
         async with app.run_test(size=(80, 24)) as pilot:
-            for key, name in (("2", "compose"), ("3", "compare"), ("4", "gpus")):
+            for name in ("compose", "compare", "gpus"):
                 await app.run_action(f"show('{name}')")
                 await pilot.pause()
                 bar = app.screen.query_one(KeyBar)
