@@ -278,7 +278,10 @@ class Session:
             raise StepFailed(f"the pane is {size}, not {WIDTH}x{HEIGHT}")
 
     def stop(self) -> None:
+        path = self.tmux("display-message", "-p", "#{socket_path}", check=False).strip()
         self.tmux("kill-server", check=False)
+        if path:  # tmux leaves the server's socket file behind
+            Path(path).unlink(missing_ok=True)
 
     def keys(self, *keys: str, literal: bool = False) -> None:
         self.tmux("send-keys", "-t", "slimlab", *(["-l"] if literal else []), *keys)
