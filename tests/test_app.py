@@ -959,7 +959,7 @@ async def test_theme_switch_restyles_screens_shown_later(runs, tmp_path, monkeyp
         await pilot.pause(0.1)
         title = compose.query_one(".section-title")  # built after the first show, by _build_rest
         dark = (compose.query_one("NavBar").styles.background, title.styles.color, compose.styles.background)
-        assert dark[0].hex == app.theme_variables["panel"].upper()
+        assert dark[0].hex == app.theme_variables["primary-muted"].upper()
         await pilot.press("1")
         await wait_for(pilot, lambda: app.current_mode == "runs")
         restyles = restyled.count(compose)
@@ -980,11 +980,11 @@ async def test_theme_switch_restyles_screens_shown_later(runs, tmp_path, monkeyp
         light = (compose.query_one("NavBar").styles.background, title.styles.color, compose.styles.background)
         for before, after in zip(dark, light, strict=True):
             assert before != after
-        assert light[0].hex == app.theme_variables["panel"].upper()
+        assert light[0].hex == app.theme_variables["primary-muted"].upper()
         await pilot.press("1")  # and Runs, restyled in place by the theme switch, matches it too
         await wait_for(pilot, lambda: app.current_mode == "runs")
         await pilot.pause(0.1)
-        assert app.screen.query_one("NavBar").styles.background.hex == app.theme_variables["panel"].upper()
+        assert app.screen.query_one("NavBar").styles.background.hex == app.theme_variables["primary-muted"].upper()
 
 
 @run_async
