@@ -157,3 +157,26 @@ def make_app(runs: Path, tmp_path: Path, **kw) -> SlimlabApp:
     stopped = time.time()
     return SlimlabApp(runs_dir=runs, experiments_dir=tmp_path / "experiments", gpu_probe=kw.pop("gpu_probe", None),
                       scan_interval=0.1, clock=kw.pop("clock", lambda: stopped), **kw)
+
+
+def write_search_json(w, stage: str = "prune-auto") -> dict:
+    """search.json as the prune stage writes it (engine.search.stage_part.run_search): the engine's
+    candidates for a small teacher and budget, the scored ones given losses (no model needed), the
+    lowest ranked first and chosen, written by the contract's writer to RunLayout.search_file."""
+    from engine.config import PruneConfig
+    from engine.contract import RunLayout, write_json
+    from engine.search.candidates import search_space
+    from engine.search.table import search_document
+    from engine.shapes.shape import shape_from_config
+
+    teacher = shape_from_config(dict(model_type="llama", vocab_size=1000, hidden_size=96, intermediate_size=256,
+                                     num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
+                                     tie_word_embeddings=True))
+    p = PruneConfig(name="auto", method="search", target_params=0.6, hidden_multiple=12, ffn_multiple=16, top_k=4)
+    space = search_space(teacher, p, "prune[2]", "bfloat16", 64)
+    scores = {i: 4.0 + 0.1 * ((7 * k) % len(space.scored)) for k, i in enumerate(space.scored)}
+    ranked = sorted(scores, key=lambda i: (scores[i], i))
+    doc = search_document(space, "loss", False, {"kind": "activation"}, ranked, scores, scores,
+                          {i: 0.1 for i in scores})
+    write_json(RunLayout(w.root).search_file(stage), doc)
+    return doc

@@ -15,7 +15,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from _app_util import RunWriter, finished_run, live_finetune_run, make_app, run_async, wait_for
+from _app_util import (
+    RunWriter,
+    finished_run,
+    live_finetune_run,
+    make_app,
+    run_async,
+    wait_for,
+    write_search_json,
+)
 
 from engine.config import load_experiment
 
@@ -1266,15 +1274,9 @@ async def test_compare_shows_quality_vs_speed_and_the_search_table(runs, tmp_pat
         doc["models"][model]["tasks"] = {"lastword": {"acc": acc, "acc_stderr": 0.01}}
         doc["models"][model]["speed"] = {"device": "cpu", "decode_tokens_per_s": {"16": tps * 8, "1": tps}}
     write_json(RunLayout(w.root).results_file, doc)
-    shape = {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128, "num_attention_heads": 4,
-             "num_key_value_heads": 2}
-    write_json(RunLayout(w.root).search_file("prune-auto"), {
-        "target": {"metric": "params", "target": 600}, "score": "loss",
-        "candidates": [{"shape": shape, "params": 610, "memory_gb": 0.001, "loss": 4.2, "score": 4.2, "rank": 2,
-                        "chosen": False},
-                       {"shape": {**shape, "num_layers": 3}, "params": 590, "memory_gb": 0.001, "loss": 4.0,
-                        "score": 4.0, "rank": 1, "chosen": True},
-                       {"shape": {**shape, "hidden_size": 32}, "params": 400, "memory_gb": 0.001, "rank": None}]})
+    search = write_search_json(w)
+    scored = [c for c in search["candidates"] if c["rank"] is not None]
+    winner = next(c for c in scored if c["chosen"])
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
@@ -1292,9 +1294,9 @@ async def test_compare_shows_quality_vs_speed_and_the_search_table(runs, tmp_pat
         await pilot.pause()
         assert "quality vs speed" in "".join(str(line) for line in chart.plt.build().splitlines())
         table = screen.query_one("#search-table")
-        await wait_for(pilot, lambda: table.row_count == 2, what="the search table (scored candidates)")
+        await wait_for(pilot, lambda: table.row_count == len(scored), what="the search table (scored candidates)")
         first = [getattr(c, "plain", str(c)) for c in table.get_row_at(0)]
-        assert first[:3] == ["auto", "1", "3"] and first[-1] == "★ winner"
+        assert first[:3] == ["auto", "1", str(winner["shape"]["num_layers"])] and first[-1] == "★ winner"
         assert [getattr(c, "plain", str(c)) for c in table.get_row_at(1)][-1] == ""
         assert "search auto" in str(screen.query_one("#search-title").render())
         await pilot.press("e")

@@ -4,7 +4,7 @@ height, the search table of a search student."""
 from __future__ import annotations
 
 import pytest
-from _app_util import finished_run, make_app, run_async, wait_for
+from _app_util import finished_run, make_app, run_async, wait_for, write_search_json
 from textual import events
 
 SEVEN = ["prepare", "finetune", "prune-depth", "prune-width", "distill-depth", "distill-width", "eval"]
@@ -138,34 +138,6 @@ async def test_the_stage_preview_shows_every_stage_of_a_typical_run(runs, tmp_pa
 
 
 # ---- 3. a search student's table in Run detail -----------------------------------------------
-
-
-def write_search_json(w, stage: str = "prune-auto") -> dict:
-    """search.json as the prune stage writes it (engine.search.stage_part.run_search): the engine's
-    candidates for a small teacher and budget, the scored ones given losses (no model needed), the
-    lowest ranked first and chosen, written by the contract's writer to RunLayout.search_file."""
-    from engine.config import PruneConfig
-    from engine.contract import RunLayout, write_json
-    from engine.search.candidates import search_space
-    from engine.shapes.shape import shape_from_config
-
-    teacher = shape_from_config(dict(model_type="llama", vocab_size=1000, hidden_size=96, intermediate_size=256,
-                                     num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
-                                     tie_word_embeddings=True))
-    p = PruneConfig(name="auto", method="search", target_params=0.6, hidden_multiple=12, ffn_multiple=16, top_k=4)
-    space = search_space(teacher, p, "prune[2]", "bfloat16", 64)
-    scores = {i: 4.0 + 0.1 * ((7 * k) % len(space.scored)) for k, i in enumerate(space.scored)}
-    order = sorted(scores, key=lambda i: (scores[i], i))
-    rank = {i: r + 1 for r, i in enumerate(order)}
-    doc = {"target": space.budget.to_json(), "score": "loss", "higher_is_better": False,
-           "selection": space.selection if space.drops_layers() else None, "axes": list(space.axes),
-           "calibration": {"kind": "activation"},
-           "candidates": [{"shape": c.shape_json(), "params": c.params, "memory_gb": round(c.memory_gb, 6),
-                           "loss": scores.get(i), "score": scores.get(i), "rank": rank.get(i),
-                           "chosen": i == order[0], "seconds": 0.1 if i in scores else None}
-                          for i, c in enumerate(space.candidates)]}
-    write_json(RunLayout(w.root).search_file(stage), doc)
-    return doc
 
 
 def search_lines(screen) -> list[str]:

@@ -33,10 +33,14 @@ class Scorer:
     score: Callable[[nn.Module], float]
     higher_is_better: bool = False
 
+    def ranked(self, scores: dict[int, float]) -> list[int]:
+        """The keys of `scores`, best first (equals by key)."""
+        sign = -1.0 if self.higher_is_better else 1.0
+        return sorted(scores, key=lambda i: (sign * scores[i], i))
+
     def best(self, scores: dict[int, float]) -> int:
         """The key of the best score (the first of equals)."""
-        sign = -1.0 if self.higher_is_better else 1.0
-        return min(scores, key=lambda i: (sign * scores[i], i))
+        return self.ranked(scores)[0]
 
 
 def loss_scorer(windows: list[torch.Tensor]) -> Scorer:

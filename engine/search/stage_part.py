@@ -34,6 +34,7 @@ from engine.prune.importance import Importance
 from engine.prune.student import SortedTeacher, layers_to_drop, prune_student
 from engine.search.candidates import SearchSpace, candidate_label
 from engine.search.scoring import Scorer
+from engine.search.table import search_document
 
 
 @dataclass
@@ -94,17 +95,10 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
                               f"({seconds[i]:.1f}s)")
     finally:
         progress.close()
-    best = scorer.best(scores)
-    order = sorted(scores, key=lambda i: (-scores[i] if scorer.higher_is_better else scores[i], i))
-    rank = {i: r + 1 for r, i in enumerate(order)}
-    write_json(ctx.layout.search_file(stage), {
-        "target": space.budget.to_json(), "score": scorer.name, "higher_is_better": scorer.higher_is_better,
-        "selection": space.selection if space.drops_layers() else None, "axes": list(space.axes),
-        "calibration": {"kind": imp.kind, **imp.meta},  # the one pass every candidate was cut by
-        "candidates": [{"shape": c.shape_json(), "params": c.params, "memory_gb": round(c.memory_gb, 6),
-                        "loss": losses.get(i), "score": scores.get(i), "rank": rank.get(i), "chosen": i == best,
-                        "seconds": round(seconds[i], 3) if i in seconds else None}
-                       for i, c in enumerate(space.candidates)]})
+    ranked = scorer.ranked(scores)
+    best = ranked[0]
+    write_json(ctx.layout.search_file(stage), search_document(
+        space, scorer.name, scorer.higher_is_better, {"kind": imp.kind, **imp.meta}, ranked, losses, scores, seconds))
     target = space.student(best)
     drop = layers_to_drop(imp, space.teacher, target)
     ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({scorer.name} {scores[best]:.4f}, rank 1 of "

@@ -1,5 +1,5 @@
-"""The search table of a run, read from prune-<name>/search.json: `compare` prints it (and writes it
-into report.md) with the winner marked. Torch-free."""
+"""prune-<name>/search.json: the document a search writes (`search_document`) and the table read from
+it, which `compare` prints (and writes into report.md) and the TUI shows, the winner marked. Torch-free."""
 
 from __future__ import annotations
 
@@ -9,6 +9,24 @@ from typing import Any
 from engine.contract import RunLayout, human_count, read_json
 
 COLUMNS = ["rank", "layers", "hidden", "ffn", "heads", "params", "memory GiB", "pruned loss", "score", ""]
+
+
+def search_document(space: Any, score: str, higher_is_better: bool, calibration: dict[str, Any],
+                    ranked: list[int], losses: dict[int, float], scores: dict[int, float],
+                    seconds: dict[int, float]) -> dict[str, Any]:
+    """search.json for a search over `space` (engine.search.candidates.SearchSpace): every candidate
+    with its shape, params and memory; the scored ones (`ranked`: their indices, best first, as
+    engine.search.scoring.Scorer.ranked gives them) with their loss, score, rank and time, the first
+    `chosen`. `calibration`: the one pass every candidate was cut by (kind and its settings)."""
+    rank = {i: r + 1 for r, i in enumerate(ranked)}
+    return {
+        "target": space.budget.to_json(), "score": score, "higher_is_better": higher_is_better,
+        "selection": space.selection if space.drops_layers() else None, "axes": list(space.axes),
+        "calibration": calibration,
+        "candidates": [{"shape": c.shape_json(), "params": c.params, "memory_gb": round(c.memory_gb, 6),
+                        "loss": losses.get(i), "score": scores.get(i), "rank": rank.get(i), "chosen": rank.get(i) == 1,
+                        "seconds": round(seconds[i], 3) if i in seconds else None}
+                       for i, c in enumerate(space.candidates)]}
 
 
 def read_search(layout: RunLayout, stage: str) -> dict[str, Any] | None:
