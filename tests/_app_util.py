@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import subprocess
 import sys
 import time
@@ -180,3 +181,14 @@ def write_search_json(w, stage: str = "prune-auto") -> dict:
                           {i: 0.1 for i in scores})
     write_json(RunLayout(w.root).search_file(stage), doc)
     return doc
+
+
+def teacher_dir(tmp_path: Path) -> Path:
+    """A local teacher `check` can size: 4 layers, hidden 64, ffn 128, 4 heads / 2 kv."""
+    d = tmp_path / "teacher"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}))
+    (d / "tokenizer_config.json").write_text("{}")  # `check` asks for a tokenizer beside a local teacher
+    return d

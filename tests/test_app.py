@@ -21,6 +21,7 @@ from _app_util import (
     live_finetune_run,
     make_app,
     run_async,
+    teacher_dir,
     wait_for,
     write_search_json,
 )
@@ -401,20 +402,10 @@ async def test_resume_relaunches_the_resolved_config_detached(runs, tmp_path, fa
 # ---- Compose -------------------------------------------------------------------------------------
 
 
-def _teacher_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "teacher"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({
-        "model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}))
-    (d / "tokenizer_config.json").write_text("{}")  # `check` asks for a tokenizer beside a local teacher
-    return d
-
-
 @run_async
 async def test_compose_validates_as_you_type_and_sizes_students(runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    teacher = _teacher_dir(tmp_path)
+    teacher = teacher_dir(tmp_path)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("2")

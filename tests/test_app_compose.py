@@ -3,11 +3,10 @@ students have fields and round-trip through the file, and micro_batch_size defau
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-from _app_util import make_app, run_async, wait_for
+from _app_util import make_app, run_async, teacher_dir, wait_for
 from textual.geometry import Region
 
 from app.data.compose import SEARCH, format_field, new_experiment, parse_field
@@ -15,17 +14,6 @@ from engine.config import dumps_toml, load_experiment, loads_experiment
 
 SEARCH_TOML = Path(__file__).resolve().parents[1] / "experiments" / "search.toml"
 WIDTH, HEIGHT = 80, 24
-
-
-def teacher_dir(tmp_path: Path) -> Path:
-    """A local teacher `check` can size: 4 layers, hidden 64, ffn 128, 4 heads / 2 kv."""
-    d = tmp_path / "teacher"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps({
-        "model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 128,
-        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}))
-    (d / "tokenizer_config.json").write_text("{}")
-    return d
 
 
 async def open_compose(app, pilot):
