@@ -9,7 +9,8 @@ from pathlib import Path
 from _app_util import make_app, run_async, teacher_dir, wait_for
 from textual.geometry import Region
 
-from app.data.compose import SEARCH, format_field, new_experiment, parse_field
+from app.data.compose import new_experiment
+from app.data.form_fields import SEARCH, format_field, parse_field
 from engine.config import dumps_toml, load_experiment, loads_experiment
 
 SEARCH_TOML = Path(__file__).resolve().parents[1] / "experiments" / "search.toml"

@@ -13,7 +13,8 @@ import pytest
 from _app_util import RunWriter, finished_run
 
 from app.data.compare import config_diff, flatten, results_rows, stage_config
-from app.data.compose import format_field, new_experiment, parse_field, parse_ints, to_toml, validate
+from app.data.compose import new_experiment, to_toml, validate
+from app.data.form_fields import format_field, parse_field, parse_ints
 from app.data.series import StageCurves, downsample, ema
 from app.data.tail import LogTail
 from engine.compare import model_rows
@@ -244,7 +245,8 @@ def test_perplexity_has_one_cap_shared_by_eval_compare_and_tui(tmp_path):
 
 def test_app_imports_no_torch_or_transformers():
     code = ("import sys, app, app.main, app.screens.runs, app.screens.run_detail, app.screens.compose, "
-            "app.screens.compare, app.screens.gpus, app.screens.help, app.data.compose, app.data.gpus\n"
+            "app.screens.compare, app.screens.gpus, app.screens.help, app.data.compose, app.data.form_fields, "
+            "app.data.gpus\n"
             "from app.data.compose import new_experiment, validate\n"
             "raw = new_experiment(); raw['model']['path'] = 'x/y'; validate(raw, 'e.toml')\n"
             "bad = [m for m in ('torch', 'transformers', 'accelerate', 'datasets') if m in sys.modules]\n"

@@ -20,13 +20,6 @@ from textual.worker import get_current_worker
 
 from app.data import fmt
 from app.data.compose import (
-    DATA,
-    DISTILL_EXTRA,
-    LAUNCH,
-    MODEL,
-    SCRATCH,
-    TOP,
-    TRAIN,
     Validation,
     experiment_path,
     fresh_name,
@@ -35,6 +28,7 @@ from app.data.compose import (
     to_toml,
     validate,
 )
+from app.data.form_fields import DATA, DISTILL_EXTRA, LAUNCH, MODEL, SCRATCH, TOP, TRAIN
 from app.messages import FormChanged, StudentRemoved
 from app.screens.worker_results import while_shown
 from app.textual_workarounds import InOrderInput, KeepStyles

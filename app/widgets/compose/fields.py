@@ -16,7 +16,7 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Static
 
-from app.data.compose import FieldSpec, format_field, get_key, parse_field, set_key
+from app.data.form_fields import FieldSpec, format_field, get_key, parse_field, set_key
 from app.messages import FormChanged
 from app.textual_workarounds import InOrderInput
 

@@ -7,7 +7,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Label, Static
 
 from app.data import fmt
-from app.data.compose import METHODS, STUDENT_FIELDS, FieldSpec, StudentSize, foreign_keys
+from app.data.compose import StudentSize
+from app.data.form_fields import METHODS, STUDENT_FIELDS, FieldSpec, foreign_keys
 from app.messages import FormChanged, StudentRemoved
 from app.widgets.compose.fields import fields
 
