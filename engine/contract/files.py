@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from engine.contract.metrics_reader import parse_record
+from engine.contract.metrics_reader import Change, MetricsCursor
 
 
 def now_iso() -> str:
@@ -99,18 +99,15 @@ def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
 def read_metrics(path: str | Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """Complete metric lines from byte `offset`; returns (records, new offset).
 
-    A last line without its newline is not consumed, so a later call picks it up whole.
+    A last line without its newline is not consumed, so a later call picks it up whole; a corrupt
+    or ill-typed line (e.g. after a crash mid-write) is skipped, as every reader does: this reads
+    through the one metrics reader (engine/contract/metrics_reader.py).
     """
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except OSError:
+    cursor = MetricsCursor(path)
+    if cursor.check() is Change.GONE:
         return [], offset
-    end = data.rfind(b"\n") + 1
-    # a corrupt or ill-typed line (e.g. after a crash mid-write) is skipped, as every reader does
-    records = (parse_record(line) for line in data[:end].splitlines())
-    return [r for r in records if r is not None], offset + end
+    cursor.offset = offset
+    return list(cursor.records()), cursor.offset
 
 
 def truncate_metrics_after(path: str | Path, step: int) -> None:
