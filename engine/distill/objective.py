@@ -135,11 +135,12 @@ class Teacher(nn.Module):
         self.head: torch.Tensor | None = None  # the output weight, kept whole (see `freeze_head`)
         self._graphed: GraphedForward | None = None
 
-    def use_cuda_graphs(self, log: Callable[[str], None]) -> None:
+    def use_cuda_graphs(self, log: Callable[[str], None]) -> GraphedForward:
         """Replay the forward as a CUDA graph per input shape from now on (engine/distill/teacher_graph.py):
         its outputs are then valid until the next call."""
         if self._graphed is None:
             self._graphed = GraphedForward(self._forward, log=log)
+        return self._graphed
 
     def freeze_head(self) -> None:
         """Keep a plain reference to the output weight (taken before any FSDP sharding)."""

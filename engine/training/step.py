@@ -177,8 +177,9 @@ class Trainer:
         if acc.device.type != "cuda" or acc.is_fsdp2:
             log(f"teacher_cuda_graph: off ({'no CUDA device' if acc.device.type != 'cuda' else 'under FSDP'})")
             return
-        self.teacher.use_cuda_graphs(log)
-        log("teacher_cuda_graph: the teacher's forward replays as a CUDA graph after 2 warm-up calls")
+        graphed = self.teacher.use_cuda_graphs(log)
+        log(f"teacher_cuda_graph: the teacher's forward replays as a CUDA graph after {graphed.warmup_calls} "
+            "warm-up calls")
 
     def _micro_batch(self, module: TrainModule, master_weights: bool | None, seq: int | None,
                      log: Callable[[str], None]) -> int:
