@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from engine.config import Experiment, load_experiment
 from engine.errors import ConfigError, UserError
-from engine.stage_kinds import KINDS, kind_of, resolve_stage
+from engine.stages import KINDS, kind_of, resolve_stage
 
 
 def stage_body(stage: str) -> Callable:

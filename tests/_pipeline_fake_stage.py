@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.config import load_experiment  # noqa: E402
 from engine.contract import append_metrics  # noqa: E402
 from engine.orchestration.stage_process import run_stage  # noqa: E402
-from engine.stage_kinds import kind_of  # noqa: E402
+from engine.stages import kind_of  # noqa: E402
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from app.data.tail import LogTail
 from engine.compare import model_rows
 from engine.config import ConfigError, dumps_toml, load_experiment, loads_experiment
 from engine.contract import MAX_LOG_PPL, RunScanner, append_metrics, perplexity
-from engine.stage_kinds import planned_stages
+from engine.stages import planned_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from engine.orchestration.launch import StageCommand, engine_args, launch_env
 from engine.orchestration.orchestrator import Orchestrator
 from engine.orchestration.run import check_not_busy, write_experiment
 from engine.orchestration.stage_actions import RunBusy, clear_stage, stage_actions
-from engine.stage_kinds import kind_of, stage_deps
+from engine.stages import kind_of, stage_deps
 
 FAKE = Path(__file__).with_name("_pipeline_fake_stage.py")
 

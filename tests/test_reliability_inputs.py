@@ -10,7 +10,7 @@ import pytest
 
 from engine.cli import main
 from engine.contract import RunLayout, StageStatus
-from engine.stage_kinds import kind_of
+from engine.stages import kind_of
 
 SCRATCH = """
 name = "rel"

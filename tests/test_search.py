@@ -26,7 +26,7 @@ from engine.prune.importance import load_importance
 from engine.prune.student import prune_student
 from engine.search.candidates import search_space
 from engine.shapes.shape import count_params, shape_from_config
-from engine.stage_kinds import BY_NAME
+from engine.stages import BY_NAME
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven tiny models learn to count".split()
 SEQ = 16

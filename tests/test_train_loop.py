@@ -64,7 +64,7 @@ def test_resume_key_ignores_tunable_keys_only(tmp_path: Path) -> None:
 
     def key(extra: str, seq: int = 32) -> str:
         exp = load_exp(experiment_toml("k", tmp_path, finetune=FINETUNE + extra, seq=seq), tmp_path / "k.toml")
-        return resume_key(exp, "finetune", "finetune")
+        return resume_key(exp, "finetune")
 
     base = key("")
     assert key("max_nan_steps = 9\n") == base
@@ -72,7 +72,7 @@ def test_resume_key_ignores_tunable_keys_only(tmp_path: Path) -> None:
     assert key("weight_decay = 0.0\n") != base
     exp = load_exp(experiment_toml("k", tmp_path, finetune=FINETUNE.replace("lr = 3e-3", "lr = 1e-3")),
                    tmp_path / "k.toml")
-    assert resume_key(exp, "finetune", "finetune") == base
+    assert resume_key(exp, "finetune") == base
 
 
 def test_resume_key_ignores_tunable_keys_of_one_student_too(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_resume_key_ignores_tunable_keys_of_one_student_too(tmp_path: Path) -> N
     def key(student: str = "") -> str:
         prune = f'[[prune]]\nname = "half"\nmethod = "depth"\ndrop_layers = [2, 3]\n{student}'
         text = experiment_toml("k", tmp_path, finetune=FINETUNE, prune=prune, distill=distill)
-        return resume_key(load_exp(text, tmp_path / "k.toml"), "distill-half", "distill")
+        return resume_key(load_exp(text, tmp_path / "k.toml"), "distill-half")
 
     base = key()
     assert key("distill = {steps = 25, lr = 1e-3, checkpoint_interval = 5}\n") == base

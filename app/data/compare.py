@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment, parse_experiment
-from engine.contract import RunLayout
+from engine.contract import STUDENT_SECTIONS, RunLayout, student_or_none, student_sections
 from engine.contract.results import read_results
 from engine.evaluation.scores import decode_speed, task_scores
 
@@ -48,15 +48,9 @@ def effective(raw: dict[str, Any]) -> Experiment | None:
         return None
 
 
-# Sections that exist for one student only: a stage that does not depend on one has no values
-# there to compare (a prune stage against a distill stage is not a distill.* difference).
-STUDENT_SECTIONS = ("prune", "distill")
-
-
-def stage_sections(stage: str) -> set[str]:
-    """The student sections `stage` depends on."""
-    kind = stage.partition("-")[0]
-    return {"prune": {"prune"}, "distill": {"prune", "distill"}}.get(kind, set())
+# Sections that exist for one student only (STUDENT_SECTIONS): a stage that does not depend on one
+# has no values there to compare (a prune stage against a distill stage is not a distill.* difference).
+stage_sections = student_sections  # the student sections a stage depends on (engine.stages' one rule)
 
 
 def stage_config(raw: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -65,7 +59,7 @@ def stage_config(raw: dict[str, Any], stage: str) -> dict[str, Any]:
     so the depth and the width student of one run can be diffed against each other."""
     exp = effective(raw)
     config = exp.model_dump(mode="json") if exp is not None else raw
-    student = stage.partition("-")[2]
+    student = student_or_none(stage) or ""
     base = {k: v for k, v in config.items() if k not in ("name", "prune", "distill", "eval", "launch", "runs_dir")}
     sections = stage_sections(stage)
     if "prune" in sections:

@@ -317,7 +317,7 @@ def _label(value: str) -> str:
 
 def _student_values(runs: list[RunInfo], path: Path) -> list[str]:
     """The pick-list values of a run's students' stages (prune-*, distill-*)."""
-    from engine.stage_kinds import stage_kind
+    from engine.stages import stage_kind
 
     run = next((r for r in runs if r.path == path), None)
     return [f"{path}::{s.name}" for s in (run.stages if run else ()) if stage_kind(s.name) in ("prune", "distill")]

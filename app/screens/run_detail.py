@@ -303,14 +303,14 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
 
 def train_loss_label(stage: str | None) -> str:
     """A distill stage's train loss is its KD loss (teacher vs student), not a cross-entropy."""
-    from engine.stage_kinds import stage_kind
+    from engine.stages import stage_kind
 
     return "KD train" if stage and stage_kind(stage) == "distill" else "train"
 
 
 def _may_search(stage: str | None) -> bool:
     """Only a prune stage (method = "search") writes a search.json."""
-    from engine.stage_kinds import stage_kind
+    from engine.stages import stage_kind
 
     return bool(stage) and stage_kind(stage) == "prune"
 

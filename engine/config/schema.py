@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.config.arch import SUPPORTED_MODEL_TYPES, check_arch
 from engine.errors import ConfigError
-from engine.stage_kinds import stage_names, stage_student
+from engine.stages import KINDS, stage_names, stage_settings
 
 MAX_NAME = 100  # characters of a run or student name
 
@@ -400,7 +400,7 @@ class Experiment(_Section):
     # ---- the stage plan -------------------------------------------------------------
     def stages(self) -> list[str]:
         """Stage names in pipeline order."""
-        sections = {"finetune": self.finetune, "distill": self.distill, "eval": self.eval}
+        sections = {k.section: getattr(self, k.section) for k in KINDS if k.section is not None}
         return stage_names(sections, [p.name for p in self.prune])
 
     def prune_by_name(self, name: str) -> PruneConfig:
@@ -429,13 +429,7 @@ class Experiment(_Section):
                                 exclude=NOT_HASHED if isinstance(m, DistillConfig) else None)
 
         parts: dict[str, Any] = {"model": dump(self.model), "data": dump(self.data), "seed": self.seed}
-        if stage != "prepare":
-            parts["finetune"] = dump(self.finetune)
-        if stage.startswith(("prune-", "distill-")):
-            parts["prune"] = dump(self.prune_by_name(stage_student(stage)))
-        if stage.startswith("distill-"):
-            parts["distill"] = dump(self.distill_for(stage_student(stage)))
-        if stage == "eval":
-            parts.update(prune=[dump(p) for p in self.prune], distill=dump(self.distill), eval=dump(self.eval))
+        for section, value in stage_settings(self, stage).items():  # the kind's rule (engine.stages.sections)
+            parts[section] = [dump(v) for v in value] if isinstance(value, list) else dump(value)
         blob = json.dumps({"stage": stage, **parts}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -50,9 +50,19 @@ from engine.contract.status import (
     read_status,
     stage_status_doc,
 )
+from engine.stages import (  # the stage kinds' facts, for readers (the TUI imports only the contract)
+    STUDENT_SECTIONS,
+    is_student_stage,
+    kind_of,
+    planned_stages,
+    stage_kind,
+    student_or_none,
+    student_sections,
+)
 
 __all__ = [
-    "Change", "HEARTBEAT_S", "MAX_LOG_PPL", "MetricsCursor", "MetricsSummary", "ModelResult", "RunInfo",
+    "Change", "HEARTBEAT_S", "STUDENT_SECTIONS", "is_student_stage", "kind_of", "planned_stages", "stage_kind",
+    "student_or_none", "student_sections", "MAX_LOG_PPL", "MetricsCursor", "MetricsSummary", "ModelResult", "RunInfo",
     "RunLayout", "RunScanner", "STALE_S", "STATES", "SplitResult", "StageInfo", "StageStatus", "age",
     "append_metrics", "duration", "effective_state", "human_count", "last_record_before", "list_runs", "now_iso",
     "parse_iso", "parse_record", "perplexity", "pid_alive", "process_alive", "process_of", "read_json",

@@ -21,7 +21,7 @@ from engine.contract.files import parse_iso, read_json
 from engine.contract.layout import RunLayout
 from engine.contract.metrics_summary import FileKey, MetricsSummary, stat_key
 from engine.contract.status import effective_state
-from engine.stage_kinds import planned_stages, sort_key
+from engine.stages import planned_stages, sort_key
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine.config import Experiment
 from engine.errors import ConfigError
-from engine.stage_kinds import kind_of, stage_kind
+from engine.stages import kind_of, stage_kind
 
 # Set by the sbatch script that `run --slurm` writes: multi-node stages go through srun.
 LAUNCHER_ENV = "SLIMLAB_LAUNCHER"

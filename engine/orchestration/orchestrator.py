@@ -35,7 +35,7 @@ from engine.orchestration.launch import (
 )
 from engine.orchestration.stage_actions import StageAction, clear_stage
 from engine.orchestration.teacher_groups import teacher_group
-from engine.stage_kinds import kind_of, stage_kind
+from engine.stages import kind_of, stage_kind
 
 POLL_S = 0.2
 HEARTBEAT_S = 5.0

@@ -37,7 +37,7 @@ from engine.orchestration.orchestrator import (
 )
 from engine.orchestration.run_lock import RunLock
 from engine.orchestration.stage_actions import RunBusy, StageAction, stage_actions
-from engine.stage_kinds import stage_kind
+from engine.stages import stage_kind
 
 DETACHED_ENV = "SLIMLAB_DETACHED"
 

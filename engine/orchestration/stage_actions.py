@@ -18,7 +18,7 @@ from engine.contract import (
     read_status,
 )
 from engine.errors import ConfigError
-from engine.stage_kinds import kind_of, resolve_stage, stage_deps
+from engine.stages import kind_of, resolve_stage, stage_deps
 
 
 class RunBusy(ConfigError):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.config import DistillConfig, Experiment
-from engine.stage_kinds import stage_kind, stage_student
+from engine.stages import stage_kind, stage_student
 
 # [distill] keys that decide which windows a step reads (with data.seq_length, the same for every
 # student): students that differ in one of them read other batches and cannot share the teacher.

@@ -33,7 +33,7 @@ from engine.prune.importance import Importance, calibrate, load_importance, rand
 from engine.prune.student import layers_to_drop, prune_student
 from engine.search.candidates import SearchSpace, search_space
 from engine.shapes.shape import StudentShape, count_params, shape_from_config, student_shape
-from engine.stage_kinds import stage_student
+from engine.stages import stage_student
 from engine.training.micro_batch import fixed_micro_batch
 
 

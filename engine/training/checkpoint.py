@@ -21,7 +21,7 @@ from engine.config import Experiment
 from engine.contract import read_json, write_json
 from engine.disk_space import MARGIN, SLACK, DiskFull, disk_full, ensure_free, is_disk_full, tensor_bytes
 from engine.errors import UserError
-from engine.stage_kinds import stage_student
+from engine.stages import kind_of, stage_student
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"step-(\d{8})")
@@ -33,18 +33,21 @@ RESUMABLE_CHANGES = ("steps", "lr", "min_lr", "warmup_steps", "grad_clip", "val_
                      "gradient_checkpointing", "kernels")
 
 
-def resume_key(exp: Experiment, stage: str, section: str) -> str:
+def resume_key(exp: Experiment, stage: str) -> str:
     """The stage's config hash with the resumable trainer keys neutralised (see RESUMABLE_CHANGES),
-    in the `section` ([finetune] or [distill]) and in a student's own `[[prune]] distill = {...}`."""
+    in the stage kind's own section ([finetune] or [distill]) and, for a per-student kind, in the
+    student's overrides of it (`[[prune]] distill = {...}`)."""
+    kind = kind_of(stage)
+    section = str(kind.section)
     clone = exp.model_copy(deep=True)
     sec = getattr(clone, section)
     defaults = type(sec)()
     for key in RESUMABLE_CHANGES:
         object.__setattr__(sec, key, getattr(defaults, key))
-    if section == "distill":
+    if kind.per_student:
         student = clone.prune_by_name(stage_student(stage))
-        kept = {k: v for k, v in (student.distill or {}).items() if k not in RESUMABLE_CHANGES}
-        object.__setattr__(student, "distill", kept or None)  # {steps = 9} alone: as if absent
+        kept = {k: v for k, v in (getattr(student, section) or {}).items() if k not in RESUMABLE_CHANGES}
+        object.__setattr__(student, section, kept or None)  # {steps = 9} alone: as if absent
     return clone.stage_hash(stage)
 
 

@@ -139,7 +139,7 @@ class TrainingRecipe:
         self.seq = exp.data.seq_length
         self.tokens_per_step = cfg.global_batch_size * self.seq
         self.ckpt_root = ctx.layout.checkpoints_dir(ctx.stage)
-        self.state = TrainState(resume_key=resume_key(exp, ctx.stage, section))
+        self.state = TrainState(resume_key=resume_key(exp, ctx.stage))
         set_seed(cfg.seed)
         self.trainer = Trainer(self.acc, models.student, self._pinned_micro_batch(), models.spec, models.teacher,
                                models.hidden, seq_length=self.seq, log=self._log)

@@ -17,7 +17,7 @@ from engine.distill.losses import LossSpec
 from engine.distill.objective import HiddenSpec, decoder_layers, default_layer_map, output_weight
 from engine.errors import UserError
 from engine.orchestration.stage_process import StageContext, has_checkpoint, teacher_checkpoint
-from engine.stage_kinds import stage_student
+from engine.stages import stage_student
 from engine.training.loop import Models, run_training
 
 # Tokens per chunk of the fused next-token loss when fine-tuning ([distill].chunk_tokens for KD).

@@ -1,0 +1,35 @@
+"""The stage kinds, one module each (prepare, training: finetune/distill, prune, eval): the single
+place that knows what a stage is.
+
+Each kind's record (`StageKind`) owns how its stage name is built and parsed, the config sections
+it depends on (`sections`: one rule for the config hash, the resume key and Compare's diff), the
+file that proves it finished, what a rerun keeps, and the traits the orchestrator, the TUI and
+`compare` ask about. The bodies are named by "module:function" and imported only by the stage
+process. Torch-free and pydantic-free: the TUI imports it at start-up (through engine.contract).
+"""
+
+from engine.stages.eval import EVAL
+from engine.stages.kind import StageKind
+from engine.stages.names import (
+    BY_NAME,
+    KINDS,
+    ORDER,
+    is_student_stage,
+    kind_of,
+    sort_key,
+    stage_kind,
+    stage_student,
+    student_or_none,
+)
+from engine.stages.plan import planned_stages, resolve_stage, stage_deps, stage_names
+from engine.stages.prepare import PREPARE
+from engine.stages.prune import PRUNE
+from engine.stages.sections import BASE, STUDENT_SECTIONS, config_sections, stage_settings, student_sections
+from engine.stages.training import DISTILL, FINETUNE
+
+__all__ = [
+    "BASE", "BY_NAME", "DISTILL", "EVAL", "FINETUNE", "KINDS", "ORDER", "PREPARE", "PRUNE", "STUDENT_SECTIONS", "StageKind",
+    "config_sections", "is_student_stage", "kind_of", "planned_stages", "resolve_stage", "sort_key",
+    "stage_deps", "stage_kind", "stage_names", "stage_settings", "stage_student", "student_or_none",
+    "student_sections",
+]
