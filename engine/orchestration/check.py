@@ -7,11 +7,16 @@ from __future__ import annotations
 
 from engine.config import Experiment
 from engine.evaluation.task_specs import check_tasks
+from engine.orchestration.launch import detect_gpus
 from engine.orchestration.preflight import preflight
+from engine.resources.fit import resource_lines, this_machine
 from engine.shapes.targets import shape_lines
 
 
-def describe_plan(exp: Experiment) -> list[str]:
+def describe_plan(exp: Experiment, resources: bool = True, gpu_gib: float | None = None) -> list[str]:
+    """The plan's lines; ConfigError (one line, the fix) on the first problem. `resources`: predict each
+    stage's memory and the run's disk on this machine (or on GPUs of `gpu_gib` GiB) and refuse what
+    cannot fit."""
     lines = [f"experiment {exp.name}  ({exp.source})", f"run directory: {exp.run_dir}", "stages:"]
     lines += [f"  {i + 1}. {s}" for i, s in enumerate(exp.stages())]
     preflight(exp)  # model, tokenizer and data files; vocabulary; layer_map
@@ -19,4 +24,9 @@ def describe_plan(exp: Experiment) -> list[str]:
     tasks = check_tasks(exp)  # lm-eval installed and local task files there, before anything runs
     if tasks:
         lines.append("eval tasks: " + ", ".join(t.entry for t in tasks))
+    if resources:
+        gpus = len(detect_gpus())
+        if gpu_gib is not None and isinstance(exp.launch.gpus, list):
+            gpus = len(exp.launch.gpus)  # planning for the file's GPUs, elsewhere
+        lines += resource_lines(exp, this_machine(gpus, gpu_gib))
     return lines

@@ -37,7 +37,8 @@ from engine.orchestration.orchestrator import (
 )
 from engine.orchestration.run_lock import RunLock
 from engine.orchestration.stage_actions import RunBusy, StageAction, stage_actions
-from engine.stages import stage_kind
+from engine.resources.fit import resource_lines, this_machine
+from engine.stages import kind_of
 
 DETACHED_ENV = "SLIMLAB_DETACHED"
 
@@ -69,7 +70,7 @@ def load_for_run(opts: RunOptions) -> Experiment:
         if stage not in exp.stages():
             raise ConfigError(f"{exp.source}: launch.stage_gpus: no stage '{stage}'; stages: {', '.join(exp.stages())}")
     check_runs_dir(exp)
-    describe_plan(exp)  # files, vocabulary, prune targets (no weights loaded), as `check` does
+    describe_plan(exp, resources=False)  # files, vocabulary, prune targets (no weights loaded), as `check` does
     return exp
 
 
@@ -116,7 +117,10 @@ def run_pipeline(opts: RunOptions, argv: list[str] | None = None) -> int:
     for p in plans:
         if p.runs:
             stage_gpus(exp, p.stage, pool, available)  # validates stage_gpus before anything starts
+    # memory and disk of the stages that will run, on the GPUs they get: refused before anything is written
+    fit = resource_lines(exp, this_machine(len(pool)), [p.stage for p in plans if p.runs])
     if opts.dry_run:
+        print("\n".join(fit))
         return _print_dry_run(exp, layout, plans, pool, available)
     # every check passed: from here on this process (or the one it detaches) owns the run directory
     lock = None if worker else RunLock(layout.root).acquire()
@@ -145,7 +149,7 @@ def _print_dry_run(exp: Experiment, layout: RunLayout, plans: list[StageAction],
         print(f"  {p.stage:<24} {p.action:<8} {p.reason}")
         if p.runs:
             gpus = stage_gpus(exp, p.stage, pool, available)
-            if chunks and stage_kind(p.stage) == "distill" and p.stage not in exp.launch.stage_gpus:
+            if chunks and kind_of(p.stage).parallel and p.stage not in exp.launch.stage_gpus:
                 gpus = chunks[n_distill % len(chunks)]  # side by side (`parallel = true`)
                 n_distill += 1
             # the port the run would use: [launch].main_process_port across nodes, a free one on one node

@@ -1,0 +1,266 @@
+"""Does the run fit? Each stage's predicted peak against the GPU (or, on the CPU, the host memory),
+and the run's disk against the free space of runs_dir: `check` prints the table, and `check` and `run`
+refuse a plan that cannot fit with one line naming the stage, the need, what is there and the knob
+that fixes it, before anything is written. No torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import subprocess
+from dataclasses import dataclass
+
+from engine.config import ConfigError, Experiment
+from engine.disk_space import free_bytes
+from engine.resources.memory import GIB, Knobs, Need, with_knobs
+from engine.resources.plan import Shapes, experiment_shapes, stage_disk, stage_need
+from engine.stages.names import kind_of, stage_kind, stage_student
+
+GPU_MEMORY_ENV = "SLIMLAB_GPU_MEMORY_GIB"  # plan for GPUs of this size (a GPU-less box; tests)
+GPU_RESERVED = 1.5 * GIB  # the CUDA context and the allocator's fragmentation, outside the prediction
+HOST_RESERVED = 1.0 * GIB  # Python, torch's libraries, the data loader
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the stages will run on: GPUs (count and memory each; count 0: the CPU), host memory."""
+
+    gpus: int
+    gpu_bytes: int  # per GPU (0 without GPUs)
+    gpu_name: str
+    host_bytes: int  # available host memory
+
+    @property
+    def cuda(self) -> bool:
+        return self.gpus > 0
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_memory() -> tuple[int, str]:
+    """(bytes, name) of the first visible GPU by nvidia-smi; (0, "") without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total,name", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0, ""
+    lines = [x for x in out.stdout.splitlines() if x.strip()] if out.returncode == 0 else []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    first = int(visible.split(",")[0]) if visible and visible.split(",")[0].strip().isdigit() else 0
+    if not lines or first >= len(lines):
+        return 0, ""
+    mib, _, name = lines[first].partition(",")
+    try:
+        return int(float(mib)) << 20, name.strip()
+    except ValueError:
+        return 0, ""
+
+
+def host_available() -> int:
+    """MemAvailable of /proc/meminfo (bytes); the physical memory where there is none."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def this_machine(gpus: int, gpu_gib: float | None = None) -> Machine:
+    """`gpus` GPUs (the run's pool; 0: the CPU); their size from `gpu_gib`, SLIMLAB_GPU_MEMORY_GIB or
+    nvidia-smi."""
+    gib = gpu_gib if gpu_gib is not None else _env_gib()
+    if gib is not None:
+        return Machine(max(gpus, 1), int(gib * GIB), f"GPU of {gib:g} GiB", host_available())
+    if gpus == 0:
+        return Machine(0, 0, "", host_available())
+    size, name = gpu_memory()
+    return Machine(gpus, size, name or "GPU", host_available())
+
+
+def _env_gib() -> float | None:
+    raw = os.environ.get(GPU_MEMORY_ENV)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{GPU_MEMORY_ENV}={raw!r}: give the GPU memory in GiB, e.g. 80, or unset it") from None
+    if not value > 0 or math.isinf(value):
+        raise ConfigError(f"{GPU_MEMORY_ENV}={raw!r}: give a positive number of GiB, or unset it")
+    return value
+
+
+# ---- the verdict --------------------------------------------------------------------------
+
+
+def _limit(m: Machine) -> int:
+    return int(m.gpu_bytes - GPU_RESERVED) if m.cuda else int(m.host_bytes - HOST_RESERVED)
+
+
+def _processes(exp: Experiment, stage: str, m: Machine) -> int:
+    if not m.cuda:
+        return 1
+    want = kind_of(stage).processes
+    if stage in exp.launch.stage_gpus:
+        return len(exp.launch.stage_gpus[stage]) if want is None else min(want, len(exp.launch.stage_gpus[stage]))
+    return m.gpus if want is None else min(want, m.gpus)
+
+
+def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) -> str:
+    """The knobs, tried cumulatively in this order, that bring a training stage under the limit, and
+    FSDP over the fewest GPUs that would; '' when nothing does."""
+    k = need.knobs
+    if k is None:
+        return ""
+    kind = stage_kind(stage)
+    section = kind if kind == "finetune" else "distill"
+    limit = _limit(m)
+    steps: list[tuple[str, dict]] = []
+    if not k.gradient_checkpointing:
+        steps.append((f"{section}.gradient_checkpointing = true", {"gradient_checkpointing": True}))
+    if k.state_bytes == 8:
+        steps.append((f"{section}.optimizer_states = \"bfloat16\"", {"state_bytes": 4}))
+    if k.chunk_tokens > 1024 and kind == "distill":
+        steps.append(("distill.chunk_tokens = 1024", {"chunk_tokens": 1024}))
+    if k.micro_batch > 1 and not k.master:
+        steps.append((f"{section}.micro_batch_size = 1", {"micro_batch": 1,
+                                                         "accumulation": k.micro_batch * k.accumulation}))
+    micro = k.micro_batch // 2
+    while k.master and k.accumulation == 1 and micro >= 1:  # a smaller step, not accumulation: no fp32 sums
+        steps.append((f"{section}.global_batch_size = micro_batch_size = {micro}", {"micro_batch": micro}))
+        micro //= 2
+    fixes: list[str] = []
+    cur, changes = k, []
+    for text, change in steps:
+        trial = with_knobs(cur, **change)
+        if _total(exp, shapes, stage, trial, m) >= _total(exp, shapes, stage, cur, m):
+            continue  # no help here (a smaller micro-batch adds fp32 gradient sums under master weights)
+        cur = trial
+        changes.append(text)
+        if _total(exp, shapes, stage, cur, m) <= limit:
+            fixes.append(f"set {' and '.join(changes)} (~{_total(exp, shapes, stage, cur, m) / GIB:.0f} GiB)")
+            break
+    if m.cuda and not (k.fsdp and k.processes > 1):
+        for n in (2, 4, 8):
+            sharded = with_knobs(k, fsdp=True, processes=n, accumulation=max(1, k.accumulation // n))
+            got = _fits_with(exp, shapes, stage, sharded, m, limit)
+            if got is not None:
+                fixes.append(f"strategy = \"fsdp\" over {n} GPUs (~{got / GIB:.0f} GiB each)")
+                break
+    return " or ".join(fixes)
+
+
+def _total(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, m: Machine) -> int:
+    need = stage_need(exp, shapes, stage, k.processes, m.cuda, knobs=k)
+    return need.total if need is not None else 0
+
+
+def _fits_with(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, m: Machine, limit: int) -> int | None:
+    need = stage_need(exp, shapes, stage, k.processes, m.cuda, knobs=k)
+    return need.total if need is not None and need.total <= limit else None
+
+
+def _largest_micro(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) -> int | None:
+    """With micro_batch_size "auto": the largest divisor of the per-process batch predicted to fit."""
+    k = need.knobs
+    if k is None:
+        return None
+    per = k.micro_batch * k.accumulation
+    best = None
+    for micro in range(1, per + 1):
+        if per % micro == 0:
+            if _fits_with(exp, shapes, stage, with_knobs(k, micro_batch=micro, accumulation=per // micro), m,
+                          _limit(m)) is None:
+                break
+            best = micro
+    return best
+
+
+def _where(m: Machine) -> str:
+    if m.cuda and not m.gpu_bytes:
+        return f"{m.gpus} GPU(s) of unknown size (nvidia-smi did not say)"
+    return f"{m.gpus} x {m.gpu_name}, {m.gpu_bytes / GIB:.0f} GiB each" if m.cuda \
+        else f"the CPU, {m.host_bytes / GIB:.0f} GiB of host memory available"
+
+
+def resource_lines(exp: Experiment, m: Machine, stages: list[str] | None = None, refuse: bool = True) -> list[str]:
+    """`check`'s table of predicted memory and disk; ConfigError (one line, the fix) when `refuse` and
+    a stage or the run's disk cannot fit. `stages`: those that will run (default: every stage not
+    finished yet)."""
+    shapes = experiment_shapes(exp)
+    if shapes is None:
+        return ["memory: not predicted (the teacher's config or vocabulary is not known before prepare)"]
+    stages = stages if stages is not None else [s for s in exp.stages() if not _finished(exp, s)]
+    limit = _limit(m)
+    lines = [f"memory and disk, predicted for {_where(m)}:"]
+    first_error = ""
+    for stage in stages:
+        need = stage_need(exp, shapes, stage, _processes(exp, stage, m), m.cuda)
+        if need is None:
+            continue
+        text = f"  {stage:<22} {need.describe()}"
+        auto = need.knobs is not None and _auto_micro(exp, stage)
+        if auto and m.cuda and m.gpu_bytes:
+            best = _largest_micro(exp, shapes, stage, need, m)
+            text += f"; micro_batch_size auto: up to {best} predicted to fit" if best else ""
+        lines.append(text)
+        if need.total > limit and not first_error and (m.gpu_bytes or not m.cuda):  # size unknown: no verdict
+            fix = _fix(exp, shapes, stage, need, m)
+            have = f"the GPU has {m.gpu_bytes / GIB:.0f}" if m.cuda else f"the host has {m.host_bytes / GIB:.0f} available"
+            per = "per GPU" if m.cuda else "of host memory"
+            first_error = (f"{exp.source}: {stage}: needs ~{need.gib():.0f} GiB {per}, {have}; "
+                           + (fix if fix else _no_fix(m, stage)))
+    disk_line, disk_error = _disk(exp, shapes, stages, m)
+    lines.append(disk_line)
+    if refuse and (first_error or disk_error):
+        raise ConfigError(first_error or disk_error)
+    return lines
+
+
+def _no_fix(m: Machine, stage: str) -> str:
+    if m.cuda:
+        return "use a larger GPU, more GPUs with strategy = \"fsdp\", or a smaller model"
+    return f"run {stage} on a GPU, or shrink the model (model.arch) or data.seq_length"
+
+
+def _auto_micro(exp: Experiment, stage: str) -> bool:
+    kind = stage_kind(stage)
+    cfg = exp.finetune if kind == "finetune" else exp.distill_for(stage_student(stage))
+    return cfg.micro_batch_size == "auto"
+
+
+def _finished(exp: Experiment, stage: str) -> bool:
+    from engine.contract import RunLayout
+
+    return kind_of(stage).output_file(RunLayout(exp.run_dir), stage).exists()
+
+
+def _disk(exp: Experiment, shapes: Shapes, stages: list[str], m: Machine) -> tuple[str, str]:
+    """The run's disk: the models it keeps plus the largest stage's checkpoints at once."""
+    models, transient, biggest = 0, 0, ""
+    for stage in stages:
+        d = stage_disk(exp, shapes, stage, _processes(exp, stage, m), m.cuda)
+        if d is None:
+            continue
+        models += d.model
+        extra = d.peak - d.model
+        if extra > transient:
+            transient, biggest = extra, f"{stage}: {d.checkpoints_at_once} x {d.checkpoint / GIB:.1f} GiB checkpoints"
+    total = models + transient
+    free = free_bytes(exp.run_dir)
+    line = (f"  disk: ~{total / GIB:.1f} GiB in {exp.runs_dir} (models {models / GIB:.1f}"
+            + (f", {biggest}" if biggest else "") + f"); {free / GIB:.0f} GiB free")
+    if total <= free:
+        return line, ""
+    fix = "set keep_checkpoints = 1 and optimizer_states = \"bfloat16\" in [distill]/[finetune], or " \
+        if transient else ""
+    return line, (f"{exp.source}: the run needs ~{total / GIB:.0f} GiB of disk in {exp.runs_dir} (models "
+                  f"{models / GIB:.0f} GiB" + (f", {biggest}" if biggest else "") + f"), {free / GIB:.0f} GiB "
+                  f"is free; {fix}free space or move runs_dir")

@@ -1,0 +1,195 @@
+"""Peak memory per process of each stage, predicted from the config: no torch, no weights.
+
+The model counts what the engine really holds (engine/training/step.py, master_adamw.py, the fused KD
+loss in engine/distill/losses.py), term by term, so that `check` can name the term that does not fit
+and the knob that shrinks it:
+
+    weights      the trained model: bf16 with fp32 masters in the optimizer where master weights
+                 apply (CUDA, bf16, one process or no gradient accumulation, not FSDP), else fp32
+    gradients    in the weights' dtype
+    master       fp32 copy of each weight (master weights only)
+    optimizer    AdamW's two moments: fp32, or bf16 with optimizer_states = "bfloat16"
+    grad sums    fp32 gradient sums when master weights meet gradient accumulation
+    teacher      the frozen teacher in [model].dtype (fp32 on the CPU)
+    activations  what backward keeps per token and layer (below), or with gradient checkpointing
+                 each layer's input plus one layer recomputed
+    loss         the fused KD loss: the output weight's fp32 gradient, the hidden-state gradient and
+                 one chunk's [chunk, vocab] temporaries
+
+Activations per token and decoder layer, counted from transformers' Llama modules (bytes, e = the
+activation element size: 2 for bf16, 4 for fp32): each RMSNorm keeps its fp32 input and its
+normalised output (4h + e*h); attention keeps q, k and their rotations, then q, k, v and the output
+for SDPA (4 q_dim + 4 kv_dim elements); the SwiGLU MLP keeps gate, silu(gate), up and their product
+(4 ffn elements). benchmarks/scale_gpu.py measures the prediction against torch's peak on a GPU, and
+tests/test_resources.py against the saved tensors and the optimizer state on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from engine.config import Experiment, TrainConfig
+from engine.shapes.shape import Shape, count_params
+
+GIB = 2**30
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+EAGER_MAX_CHUNK = 1024  # engine/distill/losses.py: the eager chunk is capped (it keeps more temporaries)
+CHUNK_TEMPS_EAGER = 36  # bytes per [chunk, vocab] element: ~8 fp32 temporaries + two bf16 logits
+CHUNK_TEMPS_COMPILED = 12  # compiled chunk: two bf16 logits + two fp32 rows
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """What decides a training stage's memory besides the shapes (a TrainConfig plus the launch)."""
+
+    cuda: bool
+    processes: int
+    fsdp: bool
+    micro_batch: int
+    accumulation: int
+    gradient_checkpointing: bool
+    compile: bool
+    master_weights: bool
+    state_bytes: int  # per parameter for both Adam moments: 8 (fp32) or 4 (bf16)
+    chunk_tokens: int
+    model_bytes: int  # [model].dtype's element size (teacher, saved models)
+    mixed_bf16: bool  # [launch].mixed_precision = "bf16"
+
+    @property
+    def master(self) -> bool:
+        """engine/training/setup.py master_weights_apply, from the config."""
+        return (self.master_weights and self.cuda and self.mixed_bf16
+                and not (self.fsdp and self.processes > 1)
+                and (self.processes == 1 or self.accumulation == 1))
+
+
+@dataclass
+class Need:
+    """One stage's predicted peak: bytes per process, term by term."""
+
+    stage: str
+    device: str  # "gpu" | "cpu"
+    processes: int
+    parts: dict[str, int] = field(default_factory=dict)
+    micro_batch: int | None = None
+    knobs: Knobs | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def gib(self) -> float:
+        return self.total / GIB
+
+    def describe(self) -> str:
+        terms = ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.parts.items() if v >= 0.05 * GIB)
+        per = "per GPU" if self.device == "gpu" else "of host memory"
+        return f"~{self.gib():.1f} GiB {per} ({terms})"
+
+
+# ---- the terms ---------------------------------------------------------------------------
+
+
+def _dims(s: Shape) -> tuple[int, int, int, int]:
+    return s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size
+
+
+def layer_activation_bytes(s: Shape, e: int, fp32_residual: bool = False) -> int:
+    """Bytes backward keeps per token for one decoder layer (module docstring); `fp32_residual`: fp32
+    weights under bf16 autocast, where the norms' outputs are fp32 and each matmul input gets a bf16 copy."""
+    h, q, kv, f = _dims(s)
+    norm = 4 * h + (4 * h + 2 * h if fp32_residual else e * h)
+    return 2 * norm + e * (4 * q + 4 * kv + 4 * f)
+
+
+def layer_forward_bytes(s: Shape, e: int) -> int:
+    """Bytes per token one layer's forward holds at once without autograd (the largest: the MLP)."""
+    h, q, kv, f = _dims(s)
+    return e * (2 * h + max(q + 2 * kv, 3 * f))
+
+
+def activation_bytes(s: Shape, tokens: int, e: int, checkpointing: bool, fp32_residual: bool) -> int:
+    per_layer = layer_activation_bytes(s, e, fp32_residual)
+    if checkpointing:  # each layer's input is kept; one layer at a time is recomputed for backward
+        return tokens * (s.num_layers * (4 if fp32_residual else e) * s.hidden_size + per_layer)
+    return tokens * s.num_layers * per_layer
+
+
+def loss_bytes(s: Shape, tokens: int, k: Knobs, act: int, vocab: int) -> int:
+    """The fused loss: fp32 output-weight gradient, the hidden-state gradient, one chunk's temporaries."""
+    compiled = k.compile and k.cuda
+    chunk = min(tokens, k.chunk_tokens if compiled else min(k.chunk_tokens, EAGER_MAX_CHUNK))
+    temps = chunk * vocab * (CHUNK_TEMPS_COMPILED if compiled else CHUNK_TEMPS_EAGER)
+    if not k.cuda:
+        temps = chunk * vocab * CHUNK_TEMPS_EAGER
+    return 4 * vocab * s.hidden_size + tokens * s.hidden_size * act + temps
+
+
+def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, seq_length: int) -> Need:
+    """A finetune (teacher None) or distill stage's peak per process."""
+    n = count_params(student)
+    shard = k.processes if (k.fsdp and k.processes > 1) else 1
+    parts: dict[str, int] = {}
+    if k.master:
+        parts["weights"] = 2 * n
+        parts["gradients"] = 2 * n
+        parts["master"] = 4 * n
+        parts["optimizer"] = k.state_bytes * n
+        if k.accumulation > 1:
+            parts["grad sums"] = 4 * n
+    else:
+        parts["weights"] = 4 * n // shard
+        parts["gradients"] = 4 * n // shard
+        parts["optimizer"] = k.state_bytes * n // shard
+        if k.cuda and k.mixed_bf16:  # autocast's bf16 copies of the weights live through backward
+            parts["bf16 casts"] = 2 * n // shard
+    tokens = k.micro_batch * seq_length
+    act = 2 if (k.cuda and k.mixed_bf16) else 4
+    fp32_residual = k.cuda and not k.master and act == 2
+    vocab = student.vocab_size or 0
+    if teacher is not None:
+        parts["teacher"] = count_params(teacher) * (k.model_bytes if k.cuda else 4) // shard
+        parts["teacher outputs"] = tokens * teacher.hidden_size * act
+    parts["activations"] = activation_bytes(student, tokens, act, k.gradient_checkpointing, fp32_residual)
+    parts["loss"] = loss_bytes(student, tokens, k, act, vocab)
+    return Need(stage, "gpu" if k.cuda else "cpu", k.processes, parts, k.micro_batch, k)
+
+
+def forward_need(stage: str, models: list[Shape], tokens: int, cuda: bool, model_bytes: int,
+                 resident: int = 0) -> Need:
+    """A forward-only stage (prune's calibration and scoring, eval): the largest model plus one layer's
+    forward and the logits of a batch; `resident` bytes held besides (the pruned student)."""
+    e = model_bytes if cuda else 4
+    big = max(models, key=count_params)
+    parts = {"weights": count_params(big) * e}
+    if resident:
+        parts["student"] = resident
+    vocab = big.vocab_size or 0
+    parts["activations"] = tokens * (layer_forward_bytes(big, e) + 2 * big.hidden_size * e)
+    parts["logits"] = min(tokens, EAGER_MAX_CHUNK) * vocab * 4 * 3
+    return Need(stage, "gpu" if cuda else "cpu", 1, parts)
+
+
+# ---- the knobs a stage runs with ---------------------------------------------------------
+
+
+def train_knobs(exp: Experiment, cfg: TrainConfig, processes: int, cuda: bool, micro: int | None = None) -> Knobs:
+    """The Knobs of a training stage on `processes` GPUs (or the CPU). `micro`: the micro-batch to
+    predict at (default: the configured one; "auto" predicts at 1, the smallest it can pick)."""
+    from engine.training.micro_batch import AUTO, fixed_micro_batch  # torch-free
+
+    per = max(1, cfg.global_batch_size // max(1, processes))
+    if micro is None:
+        micro = 1 if (cfg.micro_batch_size == AUTO and cuda) else fixed_micro_batch(cfg, processes)
+    states = getattr(cfg, "optimizer_states", "float32")
+    return Knobs(cuda=cuda, processes=processes, fsdp=exp.launch.strategy == "fsdp", micro_batch=micro,
+                 accumulation=max(1, per // micro), gradient_checkpointing=cfg.gradient_checkpointing,
+                 compile=cfg.compile, master_weights=cfg.master_weights,
+                 state_bytes=4 if states == "bfloat16" else 8,
+                 chunk_tokens=getattr(cfg, "chunk_tokens", 2048),
+                 model_bytes=DTYPE_BYTES[exp.model.dtype], mixed_bf16=exp.launch.mixed_precision == "bf16")
+
+
+def with_knobs(k: Knobs, **changes: Any) -> Knobs:
+    return replace(k, **changes)
