@@ -23,7 +23,7 @@ from textual.worker import get_current_worker
 
 from app.data.scan import RunInfo, RunScanner
 from app.messages import EditExperiment, OpenRun
-from app.textual_workarounds import GcTuning, KeepCss
+from app.textual_workarounds import GcTuning, InOrderKeys, KeepCss
 
 SCAN_INTERVAL_S = 1.0
 
@@ -64,7 +64,7 @@ def _gpus_screen():
     return GpuScreen()
 
 
-class SlimlabApp(KeepCss, App[None]):
+class SlimlabApp(InOrderKeys, KeepCss, App[None]):
     """Runs (home), Run detail, Compose, Compare and GPUs, over one runs directory."""
 
     CSS_PATH = Path(__file__).with_name("slimlab.tcss")  # absolute: subclasses may live elsewhere

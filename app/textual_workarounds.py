@@ -8,15 +8,18 @@ were checked against (`TESTED_TEXTUAL`); under any other version the app behaves
 does (a little slower) instead of breaking. Nothing else in `app/` touches Textual's private API.
 
 `InOrderInput` works around a Textual behaviour (keys of a burst applied out of order) through
-public API only, so it stays on under every version.
+public API only, so it stays on under every version; `InOrderKeys` (the App's side of it: focus
+moves and every other binding) reads Textual's key dispatch, so it is on only where tested.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from importlib.metadata import version
 
 from textual import events
+from textual._dispatch_key import dispatch_key
 from textual.app import App
 from textual.binding import Binding
 from textual.types import NoActiveAppError
@@ -132,6 +135,87 @@ class InOrderInput(Input):
             event.stop()
             event.prevent_default()
             await self.run_action(action)
+
+
+KEY_STEP_TIMEOUT_S = 2.0  # a widget that does not get to a key in this long: Textual's own order from there
+
+
+def _split_alt(event: events.Key) -> list[events.Key]:
+    """Esc and a key typed within ESCDELAY (100 ms) reach Textual as one `alt+KEY`: "esc, then 1"
+    typed `alt+1` into a field. The app binds no alt keys, so it is esc, then the key."""
+    char = event.character
+    if not (event.key.startswith("alt+") and char and len(char) == 1 and char.isprintable()):
+        return [event]
+    from textual.keys import _character_to_key
+
+    return [events.Key("escape", "\x1b"), events.Key(char if char.isalnum() else _character_to_key(char), char)]
+
+
+async def _handled_queued(node: Widget) -> bool:
+    """Wait until `node` has handled every message queued to it so far; False if it cannot (closed,
+    or stuck past KEY_STEP_TIMEOUT_S: a safety net, never reached by a key that is handled)."""
+    done = asyncio.Event()
+    if not node.call_later(done.set):
+        return False
+    try:
+        await asyncio.wait_for(done.wait(), KEY_STEP_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+class InOrderKeys:
+    """Mixin for the App: each key is handled to its end before the next one is looked at.
+
+    Textual forwards a key to the focused widget's queue and runs the bindings (Tab's focus move,
+    esc, a choice field's space, screen keys) only when the key has bubbled back up to the App,
+    through every parent's queue; meanwhile the keys behind it were already forwarded to the widget
+    that had focus. In a burst (a loaded box, SSH, a paste), `6 Tab 6 Tab 2` typed 662 into one field
+    and `a b Tab c d` gave "abcd". Here the App forwards a key, waits until the focused widget and
+    each parent in turn have handled it (or one stopped it), runs the bindings itself, and only then
+    takes the next key; the copy of the key that reaches the App later is dropped. A key typed into
+    a field stops at the field, so typing costs one wait per key."""
+
+    _keys_done: dict[int, events.Key] | None = None  # handled here; their bubbled copies are dropped
+
+    async def on_event(self, event: events.Event) -> None:
+        if ENABLED and isinstance(event, events.Key):
+            if not event.is_forwarded:
+                for key in _split_alt(event):
+                    await self._key_in_order(key)
+                return
+            if self._keys_done and self._keys_done.pop(id(event), None) is event:
+                return
+        await super().on_event(event)
+
+    async def _key_in_order(self, event: events.Key) -> None:
+        app: App = self  # type: ignore[assignment]
+        # what App.on_event does before forwarding a key
+        app.app_focus = True
+        screen = app.screen
+        if screen.maximized is not None and event.key == "escape" and app.escape_to_minimize:
+            screen.minimize()
+            return
+        if await app._check_bindings(event.key, priority=True):
+            return
+        target = app.focused or screen
+        path = [target, *(n for n in target.ancestors if n is not app)] if target is not screen else [screen]
+        # a message whose sender is a node's parent stops there: the App, for a key posted by the App
+        event.set_sender(None)  # type: ignore[arg-type]
+        target._forward_event(event)
+        for node in path:
+            if not await _handled_queued(node):
+                return  # Textual's order from here: the key's copy reaching the App runs the bindings
+            if event._stop_propagation:
+                return
+        if self._keys_done is None:
+            self._keys_done = {}
+        elif len(self._keys_done) > 64:  # a copy that never came (its screen went away)
+            self._keys_done.pop(next(iter(self._keys_done)))
+        self._keys_done[id(event)] = event
+        # the App's own handling of a key that bubbled up to it: bindings from the focused widget up
+        if not await app._check_bindings(event.key):
+            await dispatch_key(app, event)
 
 
 # ---- screens and the stylesheet -----------------------------------------------------------------

@@ -16,9 +16,13 @@ from engine.errors import ConfigError, UserError
 from engine.stages import KINDS, kind_of, resolve_stage
 
 
-def stage_body(stage: str) -> Callable:
-    module, func = kind_of(stage).body.split(":")
+def _load_body(ref: str) -> Callable:
+    module, func = ref.split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def stage_body(stage: str) -> Callable:
+    return _load_body(kind_of(stage).body)
 
 
 def _load(args: argparse.Namespace) -> Experiment:
@@ -38,13 +42,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
               for s in given]
     if len(stages) == 1:
         return run_stage(exp, stages[0], stage_body(stages[0]))
-    if args.command != "distill" or len(set(stages)) != len(stages):
+    group_body = kind_of(stages[0]).group_body
+    if group_body is None or len(set(stages)) != len(stages):
         raise UserError(f"--stage: {args.command} runs one stage per process (distill: several distinct "
                         "students, over one teacher)")
     from engine.orchestration.stage_group import run_stage_group
-    from engine.training.stage_bodies import distill_stages
 
-    return run_stage_group(exp, stages, distill_stages)
+    return run_stage_group(exp, stages, _load_body(group_body))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

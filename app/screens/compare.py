@@ -35,7 +35,7 @@ from app.widgets.compare.quality_speed import QualitySpeedChart
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
-from engine.contract import RunLayout
+from engine.contract import DISTILL, RunLayout, is_student_stage, kind_or_none
 
 POLL_S = 2.0  # live curves of running stages
 FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
@@ -100,7 +100,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             picks.select_values([v for v in _student_values(runs, self._auto_run) if v not in before])
         if not self._preselected and runs:
             self._preselected = True
-            newest = next((r for r in runs if any(s.name.startswith("distill-") for s in r.stages)), None)
+            newest = next((r for r in runs if any(kind_or_none(s.name) is DISTILL for s in r.stages)), None)
             if newest is not None and not picks.selected:
                 self.preselect_run(newest.path)
 
@@ -134,7 +134,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             changed = selected != shown
             for run in {split_value(v)[0] for v in selected}:
                 key = (stat_key(RunLayout(run).results_file),
-                       tuple((p, stat_key(p)) for p in sorted(run.glob("prune-*/search.json"))))
+                       tuple((p, stat_key(p)) for p in RunLayout(run).search_files()))
                 changed = changed or results_seen.get(run, key) != key
                 results_seen[run] = key
             for value in selected:
@@ -317,7 +317,5 @@ def _label(value: str) -> str:
 
 def _student_values(runs: list[RunInfo], path: Path) -> list[str]:
     """The pick-list values of a run's students' stages (prune-*, distill-*)."""
-    from engine.stages import stage_kind
-
     run = next((r for r in runs if r.path == path), None)
-    return [f"{path}::{s.name}" for s in (run.stages if run else ()) if stage_kind(s.name) in ("prune", "distill")]
+    return [f"{path}::{s.name}" for s in (run.stages if run else ()) if is_student_stage(s.name)]

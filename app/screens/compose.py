@@ -37,7 +37,7 @@ from app.widgets.compose.save_state import SaveState
 from app.widgets.compose.student_form import StudentForm
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
-from engine.contract import RunLayout
+from engine.contract import OPTIONAL_SECTIONS, RunLayout
 
 STUDENT_KEYS = {"depth": "f2", "width": "f3", "search": "f4"}  # the add buttons and their keys
 VALIDATE_DELAY_S = 0.15  # debounce: validate once typing pauses
@@ -149,7 +149,7 @@ class ComposeScreen(KeepStyles, Screen):
         """Fill the form from a raw experiment dict (new, or a loaded file and its text)."""
         self.raw = raw
         self.source_text = source_text
-        for sec in ("finetune", "distill", "eval"):  # section dicts must exist for their fields
+        for sec in OPTIONAL_SECTIONS:  # section dicts must exist for their fields
             self.stash[sec] = raw[sec] if isinstance(raw.get(sec), dict) else self.stash.get(sec, {})
         raw.setdefault("prune", [])
         self._build_gen += 1  # a build still mounting the previous experiment's parts stops

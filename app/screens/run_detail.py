@@ -303,16 +303,18 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
 
 def train_loss_label(stage: str | None) -> str:
     """A distill stage's train loss is its KD loss (teacher vs student), not a cross-entropy."""
-    from engine.stages import stage_kind
+    from engine.contract import kind_or_none
 
-    return "KD train" if stage and stage_kind(stage) == "distill" else "train"
+    kind = kind_or_none(stage)
+    return kind.train_loss if kind else "train"
 
 
 def _may_search(stage: str | None) -> bool:
     """Only a prune stage (method = "search") writes a search.json."""
-    from engine.stages import stage_kind
+    from engine.contract import kind_or_none
 
-    return bool(stage) and stage_kind(stage) == "prune"
+    kind = kind_or_none(stage)
+    return kind is not None and kind.may_search
 
 
 def _status_text(text: str) -> str:

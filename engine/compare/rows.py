@@ -21,6 +21,7 @@ from engine.contract import (
 from engine.contract.results import ModelResult, perplexity, read_results
 from engine.evaluation.scores import mean_score, task_scores
 from engine.shapes.shape import count_params, shape_from_config
+from engine.stages import DISTILL, PRUNE
 
 
 @dataclass
@@ -141,7 +142,7 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
     rows.append(teacher)
 
     for p in exp.prune:
-        prune_stage, distill_stage = f"prune-{p.name}", f"distill-{p.name}"
+        prune_stage, distill_stage = PRUNE.stage(p.name), DISTILL.stage(p.name)
         row = ModelRow(run, p.name, distill_stage if exp.distill else prune_stage, method=p.method)
         cfg = _config(layout.model_dir(distill_stage)) or _config(layout.model_dir(prune_stage))
         _shape(row, cfg)
@@ -188,11 +189,11 @@ def curves(run_dirs: list[str | Path]) -> dict[str, tuple[list[float], list[floa
         for p in exp.prune:
             xs: list[float] = []
             ys: list[float] = []
-            start = _last_val_loss(read_metrics_summary(layout.metrics_file(f"prune-{p.name}")))
+            start = _last_val_loss(read_metrics_summary(layout.metrics_file(PRUNE.stage(p.name))))
             if start is not None:
                 xs.append(0.0)
                 ys.append(start)
-            for r in read_metrics_summary(layout.metrics_file(f"distill-{p.name}")).val_losses:
+            for r in read_metrics_summary(layout.metrics_file(DISTILL.stage(p.name))).val_losses:
                 step = float(r.get("step", 0))
                 if xs and step <= xs[-1]:
                     continue

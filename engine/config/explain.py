@@ -43,7 +43,7 @@ def _dotted(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     """Render a pydantic location as the user wrote it: prune[width].hidden_size."""
     out: list[str] = []
     for i, part in enumerate(loc):
-        if isinstance(part, int) and out and out[-1] == "prune":
+        if isinstance(part, int) and i == 1 and isinstance(raw.get(out[-1]), list):  # [[prune]]: by name
             try:
                 out[-1] = f"prune[{raw['prune'][part]['name']}]"
             except (KeyError, IndexError, TypeError):

@@ -51,9 +51,14 @@ from engine.contract.status import (
     stage_status_doc,
 )
 from engine.stages import (  # the stage kinds' facts, for readers (the TUI imports only the contract)
+    DISTILL,
+    KINDS,
+    OPTIONAL_SECTIONS,
+    PRUNE,
     STUDENT_SECTIONS,
     is_student_stage,
     kind_of,
+    kind_or_none,
     planned_stages,
     stage_kind,
     student_or_none,
@@ -61,7 +66,8 @@ from engine.stages import (  # the stage kinds' facts, for readers (the TUI impo
 )
 
 __all__ = [
-    "Change", "HEARTBEAT_S", "STUDENT_SECTIONS", "is_student_stage", "kind_of", "planned_stages", "stage_kind",
+    "Change", "DISTILL", "HEARTBEAT_S", "KINDS", "OPTIONAL_SECTIONS", "PRUNE", "STUDENT_SECTIONS",
+    "is_student_stage", "kind_of", "kind_or_none", "planned_stages", "stage_kind",
     "student_or_none", "student_sections", "MAX_LOG_PPL", "MetricsCursor", "MetricsSummary", "ModelResult", "RunInfo",
     "RunLayout", "RunScanner", "STALE_S", "STATES", "SplitResult", "StageInfo", "StageStatus", "age",
     "append_metrics", "duration", "effective_state", "human_count", "last_record_before", "list_runs", "now_iso",

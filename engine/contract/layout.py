@@ -57,6 +57,12 @@ class RunLayout:
         """A search student's candidates (prune stages with method = "search")."""
         return self.stage_dir(stage) / "search.json"
 
+    def search_files(self) -> list[Path]:
+        """Every search.json of the run (its search students'), whether planned or left over."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("*/search.json"))
+
     @property
     def data_dir(self) -> Path:
         """Packed token files and meta.json, written by `prepare`."""

@@ -44,14 +44,15 @@ from engine.evaluation.loss import batch_plan, evaluate_loss
 from engine.evaluation.scores import add_speedups
 from engine.evaluation.task_specs import check_tasks
 from engine.orchestration.stage_process import StageContext, has_checkpoint
+from engine.stages import DISTILL, PRUNE
 
 
 def run_models(exp: Any, layout: Any) -> list[tuple[str, str]]:
     """(name, checkpoint path) of every model of the run, in pipeline order."""
     out = [("teacher", teacher_source(exp, layout))]
-    out += [(f"prune-{p.name}", str(layout.model_dir(f"prune-{p.name}"))) for p in exp.prune]
+    out += [(PRUNE.stage(p.name), str(PRUNE.model_dir(layout, p.name))) for p in exp.prune]
     if exp.distill is not None:
-        out += [(f"distill-{p.name}", str(layout.model_dir(f"distill-{p.name}"))) for p in exp.prune]
+        out += [(DISTILL.stage(p.name), str(DISTILL.model_dir(layout, p.name))) for p in exp.prune]
     return out
 
 

@@ -35,7 +35,7 @@ from engine.orchestration.launch import (
 )
 from engine.orchestration.stage_actions import StageAction, clear_stage
 from engine.orchestration.teacher_groups import teacher_group
-from engine.stages import kind_of, stage_kind
+from engine.stages import kind_of
 
 POLL_S = 0.2
 HEARTBEAT_S = 5.0
@@ -118,7 +118,7 @@ def parallel_chunks(exp: Experiment, to_run: list[str], pool: list[int]) -> list
 
     With [launch].parallel, one node and at least two GPUs, the pool is cut into equal parts,
     one per student (at most one per GPU); students beyond that wait for a free part."""
-    distills = [s for s in to_run if stage_kind(s) == "distill"]
+    distills = [s for s in to_run if kind_of(s).parallel]
     if not (exp.launch.parallel and exp.launch.nodes == 1 and len(distills) > 1 and len(pool) > 1):
         return []
     n = min(len(distills), len(pool))
@@ -170,9 +170,9 @@ class Orchestrator:
 
     def _gpus_for(self, stage: str) -> list[int] | None:
         """GPUs for `stage` if it may start now, else None."""
-        if not self.chunks or stage_kind(stage) != "distill":
+        if not self.chunks or not kind_of(stage).parallel:
             return None if self.running else stage_gpus(self.exp, stage, self.pool, self.available)
-        if any(stage_kind(s) != "distill" for s in self.running):
+        if any(not kind_of(s).parallel for s in self.running):
             return None
         busy = self._busy_gpus()
         if stage in self.exp.launch.stage_gpus:
@@ -386,7 +386,7 @@ class Orchestrator:
                     if self.status:
                         self.status.set_stage(s, state="failed")
                 return
-            if not self.chunks or stage_kind(stage) != "distill":
+            if not self.chunks or not kind_of(stage).parallel:
                 return
 
     def _teacher_group(self, stage: str) -> list[str]:

@@ -11,6 +11,7 @@ from engine.config import Experiment
 from engine.errors import ConfigError, UserError
 from engine.models.locate import check_model_path, check_tokenizer_path
 from engine.shapes.targets import student_shapes, teacher_config, tokenizer_vocab_size
+from engine.stages import DISTILL
 
 
 def preflight(exp: Experiment) -> None:
@@ -74,5 +75,5 @@ def _check_layer_map(exp: Experiment) -> None:
         for s, t in exp.distill_for(p.name).layer_map or []:
             if not (0 <= s < ns and 0 <= t < nt):
                 raise ConfigError(f"{exp.source}: distill.layer_map: [{s}, {t}] is out of range for "
-                                  f"distill-{p.name} (student layers 0..{ns - 1}, teacher layers 0..{nt - 1}); "
+                                  f"{DISTILL.stage(p.name)} (student layers 0..{ns - 1}, teacher layers 0..{nt - 1}); "
                                   "fix the pair")

@@ -118,15 +118,13 @@ def clear_stage(layout: RunLayout, stage: str, keep_state: bool = False) -> None
     only resumable keys changed, and discards them itself otherwise); only the old model goes.
     `prepare` is left alone: it compares its inputs with meta.json and reuses what still fits.
     """
-    d = layout.stage_dir(stage)
-    if stage == "prepare" or not d.is_dir():
+    d, kind = layout.stage_dir(stage), kind_of(stage)
+    if "*" in kind.kept_on_rerun or not d.is_dir():
         return
-    training = kind_of(stage).training
+    training = kind.training
     for child in d.iterdir():
-        if child.name.startswith("stdout."):
-            continue
-        if stage == "eval" and child.name == "results.json":
-            continue  # the eval stage's per-model cache: it re-evaluates only models that changed
+        if child.name.startswith("stdout.") or child.name in kind.kept_on_rerun:
+            continue  # the logs; a kind's own cache (eval: results.json, it re-evaluates only what changed)
         if keep_state and training and child.name != "model":
             continue
         if child.is_dir() and not child.is_symlink():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine.config import DistillConfig, Experiment
-from engine.stages import stage_kind, stage_student
+from engine.stages import kind_of, stage_student
 
 # [distill] keys that decide which windows a step reads (with data.seq_length, the same for every
 # student): students that differ in one of them read other batches and cannot share the teacher.
@@ -41,14 +41,14 @@ def teacher_group(exp: Experiment, candidates: list[str], gpus_of: Callable[[str
     start) that run in one process with the first: those on its GPUs, when share_teacher is on and
     they can share. Returns (the group, lines saying why others run on their own)."""
     first = candidates[0]
-    if exp.distill is None or not exp.distill.share_teacher or stage_kind(first) != "distill":
+    if exp.distill is None or not exp.distill.share_teacher or kind_of(first).group_body is None:
         return [first], []
     if exp.launch.nodes > 1:
         return [first], ["share_teacher: one node only; the students run one by one"]
     gpus = gpus_of(first)
-    group = [s for s in candidates if stage_kind(s) == "distill" and gpus_of(s) == gpus]
+    group = [s for s in candidates if kind_of(s) is kind_of(first) and gpus_of(s) == gpus]
     why = [f"share_teacher: {s} runs on GPUs {gpus_of(s)}, not {gpus}: on its own"
-           for s in candidates if stage_kind(s) == "distill" and s not in group]
+           for s in candidates if kind_of(s) is kind_of(first) and s not in group]
     if len(group) < 2:
         return [first], why
     conflicts = sharing_conflicts({s: exp.distill_for(stage_student(s)) for s in group})

@@ -33,7 +33,8 @@ from engine.prune.importance import Importance, calibrate, load_importance, rand
 from engine.prune.student import layers_to_drop, prune_student
 from engine.search.candidates import SearchSpace, search_space
 from engine.shapes.shape import StudentShape, count_params, shape_from_config, student_shape
-from engine.stages import stage_student
+from engine.stages import PRUNE, stage_student
+from engine.stages.prune import earlier_student
 from engine.training.micro_batch import fixed_micro_batch
 
 
@@ -129,9 +130,8 @@ def _importance(ctx: StageContext, p: Any, target: StudentShape | SearchSpace, m
     exp, layout = ctx.exp, ctx.layout
     shape = Arch(model).shape
     if p.importance_from:
-        name = p.importance_from.removeprefix("prune-")
-        names = [q.name for q in exp.prune]
-        path = layout.importance_file(f"prune-{name}") if name in names else Path(p.importance_from)
+        name = earlier_student(p.importance_from, [q.name for q in exp.prune])
+        path = layout.importance_file(PRUNE.stage(name)) if name else Path(p.importance_from)
         imp = load_importance(path, shape)
         imp.meta = {**imp.meta, "reused_from": str(path)}
         ctx.log(f"[{ctx.stage}] importance reused from {path}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract import RunLayout, human_count, read_json
+from engine.stages import PRUNE
 
 COLUMNS = ["rank", "layers", "hidden", "ffn", "heads", "params", "memory GiB", "pruned loss", "score", ""]
 
@@ -68,7 +69,7 @@ def search_docs(run_dirs: list[str | Path]) -> list[tuple[str, dict[str, Any]]]:
         layout = RunLayout(rd)
         exp = load_experiment(layout.experiment_file)  # compare has checked that it is a run directory
         for p in exp.prune:
-            doc = read_search(layout, f"prune-{p.name}") if p.method == "search" else None
+            doc = read_search(layout, PRUNE.stage(p.name)) if p.method == "search" else None
             if doc is not None:
                 out.append((f"{exp.name}:{p.name}" if len(run_dirs) > 1 else p.name, doc))
     return out

@@ -28,6 +28,7 @@ from engine.shapes.shape import (
     shape_from_config,
     student_shape,
 )
+from engine.stages.prune import earlier_student
 
 _LLAMA3_8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                   num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
@@ -179,8 +180,8 @@ def check_importance_from(exp: Experiment) -> None:
         if not src:
             continue
         key = f"{exp.source}: prune[{p.name}].importance_from"
-        name = src.removeprefix("prune-")
-        if name in names:
+        name = earlier_student(src, names)
+        if name is not None:
             if names.index(name) >= i:
                 raise ConfigError(f"{key}: '{src}' is not an earlier [[prune]] table; name one listed above "
                                   f"'{p.name}' ({', '.join(names[:i]) or 'none'}) or an importance.json file")

@@ -13,9 +13,11 @@ from engine.stages.kind import StageKind
 from engine.stages.names import (
     BY_NAME,
     KINDS,
+    OPTIONAL_SECTIONS,
     ORDER,
     is_student_stage,
     kind_of,
+    kind_or_none,
     sort_key,
     stage_kind,
     stage_student,
@@ -28,8 +30,8 @@ from engine.stages.sections import BASE, STUDENT_SECTIONS, config_sections, stag
 from engine.stages.training import DISTILL, FINETUNE
 
 __all__ = [
-    "BASE", "BY_NAME", "DISTILL", "EVAL", "FINETUNE", "KINDS", "ORDER", "PREPARE", "PRUNE", "STUDENT_SECTIONS", "StageKind",
-    "config_sections", "is_student_stage", "kind_of", "planned_stages", "resolve_stage", "sort_key",
+    "BASE", "BY_NAME", "DISTILL", "EVAL", "FINETUNE", "KINDS", "OPTIONAL_SECTIONS", "ORDER", "PREPARE", "PRUNE", "STUDENT_SECTIONS", "StageKind",
+    "config_sections", "is_student_stage", "kind_of", "kind_or_none", "planned_stages", "resolve_stage", "sort_key",
     "stage_deps", "stage_kind", "stage_names", "stage_settings", "stage_student", "student_or_none",
     "student_sections",
 ]

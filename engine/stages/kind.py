@@ -28,6 +28,7 @@ class StageKind:
     parallel: bool = False  # its stages may run at once on disjoint GPUs ([launch] parallel)
     val_curve: bool = False  # writes validation losses Compare can overlay
     train_loss: str = "train"  # what its train loss is called in charts
+    may_search: bool = False  # may write search.json (a student with method = "search")
     # a per-student kind: the student's own settings of its section, e.g. `exp.distill_for(student)`
     student_settings: Callable[[Any, str], Any] | None = None
 
@@ -45,6 +46,11 @@ class StageKind:
         if self.per_student != (student is not None):
             raise ValueError(f"{self.name}: {'a' if self.per_student else 'no'} student name expected")
         return f"{self.name}-{student}" if student is not None else self.name
+
+    def student_of(self, stage: str) -> str | None:
+        """`prune-width` -> `width` for this kind's stages; None for any other name."""
+        kind, sep, student = stage.partition("-")
+        return student if self.per_student and sep and kind == self.name and student else None
 
     def model_dir(self, layout: Any, student: str | None = None) -> Path:
         """Where the stage writes its model (`layout`: a RunLayout)."""

@@ -13,6 +13,7 @@ KINDS: tuple[StageKind, ...] = (PREPARE, FINETUNE, PRUNE, DISTILL, EVAL)
 BY_NAME: dict[str, StageKind] = {k.name: k for k in KINDS}
 BY_SECTION: dict[str, StageKind] = {k.section: k for k in KINDS if k.section is not None}
 ORDER: dict[str, int] = {k.name: i for i, k in enumerate(KINDS)}
+OPTIONAL_SECTIONS = tuple(k.section for k in KINDS if k.optional and k.section)  # finetune, distill, eval
 
 
 def stage_kind(stage: str) -> str:
@@ -35,6 +36,11 @@ def student_or_none(stage: str) -> str | None:
 
 def kind_of(stage: str) -> StageKind:
     return BY_NAME[stage_kind(stage)]
+
+
+def kind_or_none(stage: str | None) -> StageKind | None:
+    """The kind of a stage name read from disk or typed by a user; None when it is no stage's."""
+    return BY_NAME.get(stage_kind(stage)) if stage else None
 
 
 def is_student_stage(stage: str) -> bool:

@@ -17,7 +17,7 @@ from engine.distill.losses import LossSpec
 from engine.distill.objective import HiddenSpec, decoder_layers, default_layer_map, output_weight
 from engine.errors import UserError
 from engine.orchestration.stage_process import StageContext, has_checkpoint, teacher_checkpoint
-from engine.stages import stage_student
+from engine.stages import PRUNE, stage_student
 from engine.training.loop import Models, run_training
 
 # Tokens per chunk of the fused next-token loss when fine-tuning ([distill].chunk_tokens for KD).
@@ -73,7 +73,7 @@ def _distill_setup(ctx: StageContext) -> tuple[DistillConfig, Callable[[bool, di
         raise UserError(f"{exp.source}: no [distill] section")
     name = stage_student(ctx.stage)
     cfg: DistillConfig = exp.distill_for(name)  # [distill] with this student's own overrides
-    student_dir = layout.model_dir(f"prune-{name}")
+    student_dir = PRUNE.model_dir(layout, name)
     if not has_checkpoint(student_dir):
         raise UserError(f"{ctx.stage}: no student at {student_dir}; run the prune-{name} stage first")
     teacher_dir = teacher_checkpoint(ctx)

@@ -8,8 +8,7 @@ from textual.widgets import SelectionList
 from textual.widgets.selection_list import Selection
 
 from app.data.scan import RunInfo
-
-COMPARABLE = ("finetune", "prune", "distill")
+from engine.contract import kind_or_none
 
 
 def comparable_stages(runs: list[RunInfo]) -> list[tuple[str, str]]:
@@ -17,7 +16,7 @@ def comparable_stages(runs: list[RunInfo]) -> list[tuple[str, str]]:
     out = []
     for r in runs:
         for s in r.stages:
-            if s.name.split("-", 1)[0] in COMPARABLE and s.state != "pending":
+            if (k := kind_or_none(s.name)) is not None and k.val_curve and s.state != "pending":
                 out.append((f"{r.path}::{s.name}", f"{r.name}/{s.name}"))
     return out
 

@@ -12,7 +12,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from textual.widgets import Static
 
-from engine.contract import human_count
+from engine.contract import human_count, student_or_none
 from engine.search.table import COLUMNS, title
 
 WINNER = "★ winner"
@@ -49,7 +49,7 @@ def parse_search(text: str) -> dict[str, Any] | None:
 
 def search_renderable(stage: str, doc: dict[str, Any]) -> RenderableType:
     """The table, titled with the budget and how many candidates were scored."""
-    name = stage.removeprefix("prune-")
+    name = student_or_none(stage) or stage
     try:
         rows = candidate_rows(doc)
         heading = title(name, doc)
