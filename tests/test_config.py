@@ -89,6 +89,23 @@ def test_cross_field_rules():
     assert "[distill] needs at least one [[prune]]" in _err(BASE + "[distill]\nsteps = 2\n")
 
 
+def test_optimizer_states_bfloat16_is_checked_against_fsdp_and_adam_beta2():
+    exp = loads_experiment(BASE + '[finetune]\noptimizer_states = "bfloat16"\n', source="exp.toml")
+    assert exp.finetune.optimizer_states == "bfloat16"
+    assert loads_experiment(BASE + "[finetune]\n", source="exp.toml").finetune.optimizer_states == "float32"
+    assert "input should be 'float32' or 'bfloat16'" in _err(BASE + '[finetune]\noptimizer_states = "int8"\n')
+    fsdp = '[launch]\nstrategy = "fsdp"\n'
+    msg = _err(BASE + '[finetune]\noptimizer_states = "bfloat16"\n' + fsdp)
+    assert 'optimizer_states: "bfloat16" in [finetune] is not available under [launch] strategy = "fsdp"' in msg
+    assert 'set optimizer_states = "float32" or strategy = "ddp"' in msg
+    student = '[[prune]]\nname = "d"\nmethod = "depth"\nnum_layers = 1\ndistill = {optimizer_states = "bfloat16"}\n'
+    assert "in prune 'd' distill is not available" in _err(BASE + student + "[distill]\n" + fsdp)
+    assert loads_experiment(BASE + '[finetune]\noptimizer_states = "float32"\n' + fsdp, source="exp.toml")
+    msg = _err(BASE + '[finetune]\noptimizer_states = "bfloat16"\nadam_beta2 = 0.999\n')
+    assert "adam_beta2: 0.999 with optimizer_states = \"bfloat16\"" in msg and "adam_beta2 <= 0.99" in msg
+    assert loads_experiment(BASE + '[finetune]\nadam_beta2 = 0.999\n', source="exp.toml")
+
+
 def test_invalid_toml_and_missing_file(tmp_path: Path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         loads_experiment("name = ", source="exp.toml")

@@ -29,6 +29,37 @@ def _state(n: int, seed: int):
             "exp_avg": torch.randn(n, generator=gen) * 0.1, "exp_avg_sq": torch.rand(n, generator=gen) * 0.01}
 
 
+@pytest.mark.parametrize("own_master", [False, True])
+@pytest.mark.parametrize("skip", [False, True])
+def test_adamw_kernel_with_bf16_moments_equals_reference(kernels, skip: bool, own_master: bool) -> None:
+    """optimizer_states = "bfloat16": the kernel loads bf16 moments, updates in fp32 and stores them
+    back in bf16, like adamw_reference; `own_master`: fp32 parameters that are their own masters."""
+    from engine.training.master_adamw import adamw_reference
+
+    adamw_triton, _ = kernels
+    n = 5000
+    ref, got = _state(n, 0), _state(n, 0)
+    for st in (ref, got):
+        st["exp_avg"], st["exp_avg_sq"] = st["exp_avg"].bfloat16(), st["exp_avg_sq"].bfloat16()
+        if own_master:
+            st["param"] = st["master"]
+    scalars = (torch.tensor(3.0), torch.tensor(1e-2), torch.tensor(0.5), torch.tensor(skip), 0.9, 0.95, 1e-8, 0.1)
+    before = {k: v.clone() for k, v in got.items()}
+    adamw_reference(*ref.values(), *scalars)
+    adamw_triton.adamw_update(*got.values(), *scalars)
+    assert got["exp_avg"].dtype == got["exp_avg_sq"].dtype == torch.bfloat16
+    # the master is computed from the fp32 moments before they are rounded: as exact as with fp32 state
+    torch.testing.assert_close(got["master"], ref["master"], rtol=1e-5, atol=1e-7)
+    for key in ("exp_avg", "exp_avg_sq"):  # one bf16 rounding apart at most (the interpreter truncates)
+        torch.testing.assert_close(got[key].float(), ref[key].float(), rtol=2**-7, atol=1e-30, msg=key)
+        assert torch.equal(got[key], before[key]) == skip
+    if own_master:
+        assert got["param"] is got["master"] and got["param"].dtype == torch.float32
+    assert torch.equal(got["master"], before["master"]) == skip
+    if not skip:  # the moments really moved, by more than a bf16 rounding
+        assert (got["exp_avg"].float() - before["exp_avg"].float()).abs().max() > 0.05
+
+
 @pytest.mark.parametrize("skip", [False, True])
 @pytest.mark.parametrize("grad_fp32", [False, True])
 def test_adamw_kernel_equals_reference(kernels, skip: bool, grad_fp32: bool) -> None:
@@ -67,6 +98,35 @@ def test_master_adamw_fused_equals_torch_ops(kernels) -> None:
         opt_b.step()
     for p, q in zip(a, b, strict=True):
         torch.testing.assert_close(opt_b.master_weights()[q], opt_a.master_weights()[p], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("master", [True, False])
+def test_master_adamw_fused_with_bf16_moments_follows_torch_ops(kernels, master: bool) -> None:
+    """Steps of the kernel against the torch ops, both with bf16 moments. The interpreter truncates
+    where GPUs round to nearest (as torch does), so after each step compared the kernel's moments
+    restart from the torch ones: each step is checked alone."""
+    from engine.training.master_adamw import MasterAdamW
+
+    gen = torch.Generator().manual_seed(2)
+    shapes = [(30, 70), (33,)]
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    a = [torch.nn.Parameter(t.clone()) for t in init]
+    b = [torch.nn.Parameter(t.clone()) for t in init]
+    kw = dict(lr=1e-2, state_dtype=torch.bfloat16, dtype=torch.bfloat16 if master else None)
+    opt_a, opt_b = MasterAdamW(a, **kw), MasterAdamW(b, fused=True, **kw)
+    for _ in range(4):
+        for p, q in zip(a, b, strict=True):
+            p.grad = q.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+        opt_a.step()
+        opt_b.step()
+        for p, q in zip(a, b, strict=True):
+            sa, sb = opt_a.state[p], opt_b.state[q]
+            assert sb["exp_avg"].dtype == sb["exp_avg_sq"].dtype == torch.bfloat16 and q.dtype == p.dtype
+            assert ("master" in sb) == master
+            torch.testing.assert_close(opt_b.master_weights()[q], opt_a.master_weights()[p], rtol=1e-5, atol=1e-7)
+            for key in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(sb[key].float(), sa[key].float(), rtol=2**-7, atol=1e-30)
+                sb[key].copy_(sa[key])
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])

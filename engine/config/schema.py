@@ -114,6 +114,11 @@ class DataConfig(_Section):
         return self
 
 
+# Above this adam_beta2, a bf16 second moment multiplied by it can round back to itself (the decay is
+# below half a bf16 step, 2^-9..2^-8 relative), so it stops forgetting old gradients.
+BF16_MAX_BETA2 = 0.99
+
+
 class TrainConfig(_Section):
     """Trainer keys shared by [finetune] and [distill]."""
 
@@ -138,6 +143,9 @@ class TrainConfig(_Section):
     # bf16 parameters + fp32 master weights in the optimizer (CUDA, bf16), where gradients never add up
     # in bf16 (engine/training/step.py: master_weights_apply); false: fp32 parameters under bf16 autocast
     master_weights: bool = True
+    # Adam moments' dtype; bfloat16 halves them: 8 -> 4 bytes per parameter (engine/training/
+    # master_adamw.py: the update computes in fp32, the moments are stored rounded to nearest)
+    optimizer_states: Literal["float32", "bfloat16"] = "float32"
     # "liger": Liger-Kernel's Triton RMSNorm, SwiGLU and RoPE in student and teacher (CUDA; the [liger]
     # extra; engine/models/liger.py); "torch": transformers' own modules
     kernels: Literal["torch", "liger"] = "torch"
@@ -166,6 +174,11 @@ class TrainConfig(_Section):
     def _schedule(self) -> TrainConfig:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr: {self.min_lr} is above lr = {self.lr}; set min_lr <= lr")
+        if self.optimizer_states == "bfloat16" and self.adam_beta2 > BF16_MAX_BETA2:
+            raise ValueError(
+                f"adam_beta2: {self.adam_beta2} with optimizer_states = \"bfloat16\": a bf16 second moment "
+                f"(8 bits) cannot decay by {1 - self.adam_beta2:.2g} a step; set adam_beta2 <= {BF16_MAX_BETA2} "
+                "or optimizer_states = \"float32\"")
         if self.micro_batch_size != "auto" and self.global_batch_size % self.micro_batch_size:
             raise ValueError(
                 f"global_batch_size: {self.global_batch_size} is not a multiple of "
@@ -374,6 +387,8 @@ class Experiment(_Section):
             raise ValueError("finetune: init = \"scratch\" needs a [finetune] section to train the teacher")
         if self.distill is not None and not self.prune:
             raise ValueError("distill: [distill] needs at least one [[prune]] student")
+        if self.launch.strategy == "fsdp":
+            self._no_bf16_states_under_fsdp()
         for p in self.prune:
             if p.distill and NOT_PER_STUDENT & p.distill.keys():
                 key = sorted(NOT_PER_STUDENT & p.distill.keys())[0]
@@ -389,6 +404,20 @@ class Experiment(_Section):
                     key = ".".join(str(x) for x in err["loc"])
                     raise ValueError(f"prune '{p.name}': distill.{key}: {err['msg'].lower()}") from None
         return self
+
+    def _no_bf16_states_under_fsdp(self) -> None:
+        """FSDP2 shards torch's AdamW, whose moments are fp32: bf16 ones are not offered there."""
+        where = []
+        if self.finetune is not None and self.finetune.optimizer_states == "bfloat16":
+            where.append("[finetune]")
+        if self.distill is not None and self.distill.optimizer_states == "bfloat16":
+            where.append("[distill]")
+        where += [f"prune '{p.name}' distill" for p in self.prune
+                  if p.distill and p.distill.get("optimizer_states") == "bfloat16"]
+        if where:
+            raise ValueError(f"optimizer_states: \"bfloat16\" in {where[0]} is not available under [launch] "
+                             "strategy = \"fsdp\" (FSDP keeps fp32 Adam moments); set optimizer_states = "
+                             "\"float32\" or strategy = \"ddp\"")
 
     def distill_for(self, name: str) -> DistillConfig:
         """[distill] with the student's own overrides (`[[prune]] distill = {...}`) applied."""

@@ -28,9 +28,10 @@ _NAME = re.compile(r"step-(\d{8})")
 
 # Trainer keys that may change between a checkpoint and its resume (a run that diverged can be
 # resumed with a lower lr); any other change of the stage's inputs starts the stage afresh.
+# optimizer_states: the moments are converted on load (engine/training/master_adamw.py load_state_dict).
 RESUMABLE_CHANGES = ("steps", "lr", "min_lr", "warmup_steps", "grad_clip", "val_interval", "val_batches",
                      "checkpoint_interval", "log_interval", "max_nan_steps", "compile",
-                     "gradient_checkpointing", "kernels")
+                     "gradient_checkpointing", "kernels", "optimizer_states")
 
 
 def resume_key(exp: Experiment, stage: str) -> str:

@@ -9,6 +9,11 @@ parameter, in one fused pass per tensor on CUDA (engine/training/adamw_triton.py
 
 Same update as `torch.optim.AdamW`, including the two hooks the trainer uses: `grad_scale`
 (gradients are divided by it: clipping) and `found_inf` (skip the step on the device, no sync).
+
+`state_dtype` (the trainer's optimizer_states): the moments' dtype. bfloat16 halves them (8 -> 4
+bytes per parameter); the update still computes in fp32 and rounds the moments (to nearest) only
+when it stores them. `dtype=None`: the parameters stay fp32 and are their own masters (no copy):
+how the fp32 path (autocast, DDP with accumulation, the CPU) gets bf16 moments.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ def adamw_reference(param: torch.Tensor, grad: torch.Tensor, master: torch.Tenso
                     skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
     """The update in torch ops (CPU, and the reference for engine/training/adamw_triton.py's kernel).
 
-    `step` is the step count including this one; `skip` (0-d bool) leaves every tensor as it was."""
+    `step` is the step count including this one; `skip` (0-d bool) leaves every tensor as it was.
+    The moments may be bf16: read as fp32, stored back rounded to nearest. `master` may be `param`."""
     g = grad.float() * inv_scale
-    m = exp_avg.lerp(g, 1 - beta1)
-    v = exp_avg_sq * beta2 + (1 - beta2) * g * g
+    m = exp_avg.float().lerp(g, 1 - beta1)
+    v = exp_avg_sq.float() * beta2 + (1 - beta2) * g * g
     bias1 = 1 - beta1 ** step
     bias2_sqrt = (1 - beta2 ** step).sqrt()
     w = master * (1 - lr * weight_decay) - (lr / bias1) * m / (v.sqrt() / bias2_sqrt + eps)
@@ -42,22 +48,26 @@ _ADAMW_FLAGS = dict(amsgrad=False, maximize=False, foreach=None, capturable=Fals
 
 
 class MasterAdamW(torch.optim.Optimizer):
-    """AdamW that keeps fp32 master weights and moments for parameters it turns into `dtype`.
+    """AdamW that keeps fp32 master weights and `state_dtype` moments for parameters it turns into `dtype`.
 
     Give it the fp32 parameters: it copies them as masters, then casts the parameters in place,
-    so that no precision of the loaded weights is lost. `fused`: each tensor's update is one Triton
-    kernel (CUDA); else torch ops (`adamw_reference`).
+    so that no precision of the loaded weights is lost (`dtype=None`: no copy, no cast). `fused`:
+    each tensor's update is one Triton kernel (CUDA); else torch ops (`adamw_reference`).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, dtype: torch.dtype = torch.bfloat16,
-                 fused: bool = False):
+                 eps: float = 1e-8, weight_decay: float = 1e-2, dtype: torch.dtype | None = torch.bfloat16,
+                 fused: bool = False, state_dtype: torch.dtype = torch.float32):
+        if state_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"MasterAdamW keeps its moments in float32 or bfloat16 (got {state_dtype})")
         # (torch's flags too, so that a checkpoint of this optimizer loads into the engine's fused AdamW)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **_ADAMW_FLAGS))
         self.grad_scale: torch.Tensor | None = None
         self.found_inf: torch.Tensor | None = None
         self._sums: dict[torch.Tensor, torch.Tensor] = {}  # fp32 gradient sums (see `accumulate`)
         self._folded: set[torch.Tensor] = set()  # parameters whose sum holds this step's gradient
+        self.state_dtype = state_dtype
+        self.has_masters = dtype is not None  # else the fp32 parameters are their own masters
         if fused:
             from engine.training.adamw_triton import adamw_update
             self._update = adamw_update
@@ -67,11 +77,14 @@ class MasterAdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.dtype != torch.float32:
                     raise ValueError(f"MasterAdamW takes fp32 parameters (got {p.dtype})")
-                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
-                                 "master": p.detach().clone(),
-                                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
-                p.data = p.data.to(dtype)
+                st = {"step": torch.zeros((), dtype=torch.float32, device=p.device)}
+                if self.has_masters:
+                    st["master"] = p.detach().clone()
+                for key in ("exp_avg", "exp_avg_sq"):
+                    st[key] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+                self.state[p] = st
+                if self.has_masters:
+                    p.data = p.data.to(dtype)
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -121,19 +134,23 @@ class MasterAdamW(torch.optim.Optimizer):
             torch._foreach_add_(steps, [inc] * len(steps))  # (the Tensor-scalar overload reads it on the host)
             for p in params:
                 st = self.state[p]
-                self._update(p.view(-1), self._grad(p).view(-1), st["master"].view(-1), st["exp_avg"].view(-1),
+                master = st["master"] if self.has_masters else p
+                self._update(p.view(-1), self._grad(p).view(-1), master.view(-1), st["exp_avg"].view(-1),
                              st["exp_avg_sq"].view(-1), st["step"], lr, inv_scale, skip, *constants)
         self._folded.clear()
 
     def master_weights(self) -> dict[torch.Tensor, torch.Tensor]:
         """Parameter -> its fp32 master copy (for saving the model at full precision)."""
-        return {p: self.state[p]["master"] for p in self._params()}
+        return {p: self.state[p]["master"] if self.has_masters else p for p in self._params()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Like Optimizer.load_state_dict, but the fp32 state stays fp32 (the stock one casts every
-        floating-point state tensor to its parameter's dtype, here bf16). A state saved by plain
-        AdamW (a run whose checkpoint kept fp32 weights) has no masters: they are taken from the
-        parameters, which hold the checkpoint's weights by then (accelerate loads models first)."""
+        floating-point state tensor to its parameter's dtype, here bf16) and the moments take
+        `state_dtype`: a checkpoint written with the other optimizer_states is converted (fp32 ->
+        bf16 rounds to nearest, bf16 -> fp32 is exact). A state saved by plain AdamW (a run whose
+        checkpoint kept fp32 weights) has no masters: they are taken from the parameters, which
+        hold the checkpoint's weights by then (accelerate loads models first). Without masters of
+        its own (`dtype=None`), saved masters become the parameters."""
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
                 len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups, strict=True)):
@@ -146,6 +163,11 @@ class MasterAdamW(torch.optim.Optimizer):
                 st = state_dict["state"].get(pid)
                 if st is None:
                     continue
-                st = {k: v.to(device=p.device, dtype=torch.float32) for k, v in st.items()}
-                st.setdefault("master", p.detach().float())
+                st = {k: v.to(device=p.device, dtype=self.state_dtype if k in ("exp_avg", "exp_avg_sq")
+                              else torch.float32) for k, v in st.items()}
+                if self.has_masters:
+                    st.setdefault("master", p.detach().float())
+                elif "master" in st:
+                    with torch.no_grad():
+                        p.copy_(st.pop("master"))
                 self.state[p] = st

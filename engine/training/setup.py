@@ -76,7 +76,10 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool = False) ->
     Fused, because it can skip a step on the device (`found_inf`) without a host sync.
 
     `master`: the module's parameters become bf16 and the optimizer keeps their fp32 master
-    copies (engine/training/master_adamw.py), with the same update and the same on-device skip."""
+    copies (engine/training/master_adamw.py), with the same update and the same on-device skip.
+    cfg.optimizer_states = "bfloat16": the moments in bf16, in MasterAdamW either way (without
+    `master` its parameters stay fp32 and are their own masters; torch's AdamW has fp32 moments
+    only)."""
     decay, no_decay = [], []
     for p in module.parameters():
         if p.requires_grad:
@@ -84,9 +87,12 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool = False) ->
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     betas = (cfg.adam_beta1, cfg.adam_beta2)
-    if master:
-        cuda = any(p.is_cuda for p in decay + no_decay)  # one Triton kernel per tensor there
-        return MasterAdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=cuda)
+    states = torch.bfloat16 if cfg.optimizer_states == "bfloat16" else torch.float32
+    if master or states != torch.float32:
+        # one Triton kernel per tensor on CUDA (master_weights_apply asks for Triton; the fp32 path may not have it)
+        fused = any(p.is_cuda for p in decay + no_decay) and importlib.util.find_spec("triton") is not None
+        return MasterAdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=fused, state_dtype=states,
+                           dtype=torch.bfloat16 if master else None)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=True)
 
 

@@ -35,9 +35,9 @@ from engine.training.micro_batch import AUTO, search_micro_batch, searches
 from engine.training.setup import make_optimizer, master_weights_apply
 
 # Bytes per trainable parameter a micro-batch search holds aside for what the first optimizer step
-# allocates: AdamW's two fp32 moments, plus the fp32 master copy (or the fp32 gradient sums) where
-# master weights may apply.
-OPTIMIZER_BYTES = 8
+# allocates: AdamW's two moments (fp32, or bf16 with optimizer_states = "bfloat16"), plus the fp32
+# master copy (or the fp32 gradient sums) where master weights may apply.
+OPTIMIZER_BYTES = {"float32": 8, "bfloat16": 4}
 MASTER_BYTES = 4
 
 # ---- one optimizer step ----------------------------------------------------------------
@@ -167,6 +167,8 @@ class Trainer:
         self.master = master_weights
         if self.master and self.accumulation > 1 and accelerator.num_processes > 1:
             raise ValueError("master weights with gradient accumulation need a single process")
+        if cfg.optimizer_states != "float32" and accelerator.is_fsdp2:  # (check refuses it first)
+            raise ValueError(f"optimizer_states = {cfg.optimizer_states!r} is not available under FSDP")
         optimizer = make_optimizer(module, cfg, master=self.master)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
@@ -198,7 +200,7 @@ class Trainer:
             log(f"micro_batch_size auto: {size} (no search: {why})")
             return size
         may_master = cfg.master_weights and master_weights is not False and master_weights_apply(acc, 1)
-        reserve = (OPTIMIZER_BYTES + MASTER_BYTES * may_master) * sum(
+        reserve = (OPTIMIZER_BYTES[cfg.optimizer_states] + MASTER_BYTES * may_master) * sum(
             p.numel() for p in module.parameters() if p.requires_grad)
         size = search_micro_batch(cfg.global_batch_size // world,
                                   lambda m: self.fits(module, m, seq, reserve), log)
@@ -322,11 +324,13 @@ class Trainer:
     def precision(self) -> str:
         """How the student's weights are held, for the log."""
         acc = self.accelerator
+        moments = ", bf16 Adam moments" if self.cfg.optimizer_states == "bfloat16" else ""
         if self.master:
-            return "bf16 weights, fp32 master weights in the optimizer"
+            return "bf16 weights, fp32 master weights in the optimizer" + moments
         if acc.mixed_precision in ("bf16", "fp16"):
-            return f"fp32 weights, {acc.mixed_precision} compute" + (" (FSDP2)" if acc.is_fsdp2 else " (autocast)")
-        return f"{next(iter(self.params)).dtype} weights".replace("torch.", "")
+            return (f"fp32 weights, {acc.mixed_precision} compute" + (" (FSDP2)" if acc.is_fsdp2 else " (autocast)")
+                    + moments)
+        return f"{next(iter(self.params)).dtype} weights".replace("torch.", "") + moments
 
     def adopt_loaded_masters(self) -> None:
         """After loading a checkpoint written with master weights into plain AdamW (this run does
