@@ -261,7 +261,8 @@ class SlimlabApp(InOrderKeys, KeepCss, App[None]):
 
     async def on_edit_experiment(self, message: EditExperiment) -> None:
         await self.switch_mode("compose")
-        self.screen.load_file(message.path, message.as_copy)
+        compose = self.screen
+        await compose.unless_unsaved("edit a copy of this run", lambda: compose.load_file(message.path, message.as_copy))
 
 
 def main(argv: list[str] | None = None) -> int:

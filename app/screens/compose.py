@@ -65,6 +65,7 @@ class ComposeScreen(KeepStyles, Screen):
         self.stash: dict[str, dict] = {}  # switched-off sections keep their values here
         self.path_edited = False  # the save path follows the name until edited
         self.source_text: str | None = None  # the loaded file's text: saving edits it (comments survive)
+        self.disk: tuple[Path, str] | None = None  # the file and the text last read from or written to it
         self.validation: Validation | None = None
         self._timer = None
         self._build_gen = 0
@@ -224,7 +225,7 @@ class ComposeScreen(KeepStyles, Screen):
         elif bid == "save":
             self.action_save()
         elif bid == "open":
-            self.action_open()
+            await self.action_open()
         elif bid == "launch":
             self.action_launch()
 
@@ -308,6 +309,32 @@ class ComposeScreen(KeepStyles, Screen):
     def action_save(self) -> None:
         self._save(self._path(), copy.deepcopy(self.raw), launch=False)
 
+    def _changed_on_disk(self, path: Path, raw: dict[str, Any], launch: bool, disk_text: str) -> None:
+        """The file is not what the form last read or wrote (an editor saved it): ask what to do."""
+        from app.data.disk_edits import beside, overwrite_text
+        from app.screens.choice import ChoiceScreen
+
+        base = self.disk[1] if self.disk is not None and self.disk[0] == path else self.source_text
+
+        def answered(answer: str | None) -> None:
+            if answer == "reload":
+                self.load_file(path)
+            elif answer == "overwrite":
+                self._save(path, raw, launch, text=overwrite_text(raw, base, disk_text), reload=True)
+            elif answer == "both":
+                other = beside(path)
+                self.query_one("#compose-path", Input).value = str(other)
+                self._save(other, raw, launch)
+            else:
+                self.notify(f"not saved: {path} is as the editor left it", severity="warning")
+
+        known = self.disk is not None and self.disk[0] == path
+        self.app.push_screen(ChoiceScreen(
+            f"{path} {'changed on disk since the form read it' if known else 'already exists'}.\n"
+            "Reload it (the form's edits are dropped), overwrite it with the form (what the editor changed "
+            "that the form did not is kept), or keep both (the form goes to a new file beside it)?",
+            [("r", "reload", "reload"), ("o", "overwrite", "overwrite"), ("k", "keep both", "both")]), answered)
+
     def _text(self, raw: dict[str, Any]) -> str:
         return to_toml(raw, self.source_text)
 
@@ -319,8 +346,12 @@ class ComposeScreen(KeepStyles, Screen):
         self._save(self._path(), copy.deepcopy(self.raw), launch=True)
 
     @work(thread=True, group="save", name="save experiment")
-    def _save(self, path: Path, raw: dict[str, Any], launch: bool) -> None:
+    def _save(self, path: Path, raw: dict[str, Any], launch: bool, text: str | None = None,
+              reload: bool = False) -> None:
+        """Write the form (or `text`, already merged with the file on disk) to `path`; a file that
+        changed on disk since the form read it is not written over without asking."""
         from app.data.compose import check_hub_ids
+        from app.data.disk_edits import changed_on_disk
         from engine.contract import write_atomic
 
         if launch:  # a hub teacher must be reachable: otherwise the run fails seconds after it starts
@@ -329,14 +360,23 @@ class ComposeScreen(KeepStyles, Screen):
                 self.app.call_from_thread(self.notify, f"cannot launch: {problem}", severity="error", timeout=10)
                 return
 
+        if text is None:
+            disk_text = changed_on_disk(path, self.disk)
+            if disk_text is not None:
+                self.app.call_from_thread(self._changed_on_disk, path, raw, launch, disk_text)
+                return
         try:
-            write_atomic(path, self._text(raw))
+            text = self._text(raw) if text is None else text
+            write_atomic(path, text)
         except (OSError, TypeError, ValueError) as e:
             self.app.call_from_thread(self.notify, f"cannot save {path}: {e}", severity="error")
             return
-        self.app.call_from_thread(self._saved, path, launch, str(raw.get("name") or ""))
+        self.app.call_from_thread(self._saved, path, launch, str(raw.get("name") or ""), text, reload)
 
-    def _saved(self, path: Path, launch: bool, name: str) -> None:
+    def _saved(self, path: Path, launch: bool, name: str, text: str = "", reload: bool = False) -> None:
+        self.disk = (path, text)
+        if reload:  # merged with the editor's changes: the form shows what the file now holds
+            self.load_file(path)
         self.app.compose_dirty = False
         v = self.validation
         self.query_one(SaveState).saved(v is not None and v.ok)
@@ -348,7 +388,29 @@ class ComposeScreen(KeepStyles, Screen):
             launch_run(self.app, path, self.app.runs_dir, f"launch {path.name}",
                        then=lambda: self.app.post_message(OpenRun(run_dir)))
 
-    def action_open(self) -> None:
+    async def unless_unsaved(self, what: str, then: Callable[[], Any]) -> None:
+        """Do `then` now or, while the form has unsaved edits, once the user agreed to drop them
+        (as quitting does): ctrl+n, ctrl+o and Edit copy would otherwise throw them away."""
+        if not self.app.compose_dirty:
+            result = then()
+            if isinstance(result, Awaitable):
+                await result
+            return
+        from app.screens.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.call_later(then)
+            else:
+                self.notify("kept the unsaved edits (ctrl+s saves them)")
+
+        self.app.push_screen(ConfirmScreen(f"Compose has unsaved changes. Discard them and {what}?",
+                                           yes="Discard", no="Keep"), answered)
+
+    async def action_open(self) -> None:
+        await self.unless_unsaved("open another file", self._open)
+
+    def _open(self) -> None:
         from app.screens.open_file import OpenFileScreen
 
         def chosen(path: Path | None) -> None:
@@ -383,6 +445,7 @@ class ComposeScreen(KeepStyles, Screen):
             raw["name"] = fresh_name(old, self._name_taken)
             note = f" as a copy named {raw['name']}; saves to {self.app.experiments_dir}/"
         await self.set_experiment(raw, None if is_run_config else path, None if is_run_config else text)
+        self.disk = None if is_run_config else (path, text)
         self.app.compose_dirty = False
         self.notify(f"loaded {path}{note}")
 
@@ -390,7 +453,11 @@ class ComposeScreen(KeepStyles, Screen):
         return (self.app.runs_dir / name).exists() or experiment_path(name, self.app.experiments_dir).exists()
 
     async def action_new(self) -> None:
+        await self.unless_unsaved("start a new experiment", self._new)
+
+    async def _new(self) -> None:
         self.app.compose_dirty = False
+        self.disk = None
         raw = new_experiment()
         raw["runs_dir"] = str(self.app.runs_dir)
         await self.set_experiment(raw, None)
