@@ -341,3 +341,41 @@ def test_changing_optimizer_states_on_resume_converts_the_moments(tmp_path: Path
                 got = b.state[q][key]
                 assert got.dtype == want and torch.equal(got, a.state[p][key].to(want))
         assert other.step(data[4:6], lr=1e-2).finite
+
+
+def test_finetune_stage_with_bf16_moments_cancels_and_resumes_like_an_uninterrupted_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The stage end to end from the experiment file (CPU: fp32 weights, MasterAdamW without masters):
+    stopped by SIGTERM after step 3, it saves a checkpoint holding bf16 moments, and the rerun resumes
+    from it to the same final weights, bit for bit, as a run never stopped."""
+    import os
+    import signal
+
+    from _train_util import FINETUNE, prepared_exp, run_inprocess
+    from safetensors.torch import load_file
+
+    from engine.training.loop import TrainingRecipe
+
+    text = FINETUNE.replace("steps = 12", "steps = 8") + 'optimizer_states = "bfloat16"\n'
+    assert run_inprocess(prepared_exp(tmp_path, "ref", finetune=text), "finetune") == 0
+    exp = prepared_exp(tmp_path, "run", finetune=text)
+    stage = tmp_path / "runs" / "run" / "finetune"
+    after_step = TrainingRecipe.after_step
+
+    def stop_once(self: TrainingRecipe) -> None:
+        after_step(self)
+        if self.state.step == 3 and not (stage / "checkpoints").exists():
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler: finish the step, save, cancel
+
+    monkeypatch.setattr(TrainingRecipe, "after_step", stop_once)
+    assert run_inprocess(exp, "finetune") == 130
+    (ckpt,) = (stage / "checkpoints").iterdir()
+    moments = torch.load(ckpt / "optimizer.bin", weights_only=True)["state"]
+    assert {st[k].dtype for st in moments.values() for k in ("exp_avg", "exp_avg_sq")} == {torch.bfloat16}
+    assert "float32 weights, bf16 Adam moments" in capsys.readouterr().out
+    monkeypatch.setattr(TrainingRecipe, "after_step", after_step)
+    assert run_inprocess(exp, "finetune") == 0
+    assert f"resumed from {ckpt}" in capsys.readouterr().out
+    want = load_file(tmp_path / "runs" / "ref" / "finetune" / "model" / "model.safetensors")
+    got = load_file(stage / "model" / "model.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
