@@ -13,8 +13,9 @@ from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 from engine.config import DistillConfig
 from engine.distill.losses import LossSpec
 from engine.distill.objective import HiddenSpec
+from engine.stages.training import sharing_conflicts
 from engine.training.setup import lr_at, make_accelerator
-from engine.training.shared_teacher import launch_shared, sharing_conflicts
+from engine.training.shared_teacher import launch_shared
 from engine.training.step import Trainer, shared_teacher
 
 VOCAB = 64

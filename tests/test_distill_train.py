@@ -213,7 +213,7 @@ def test_raising_one_students_steps_resumes_from_its_checkpoint(teacher_run: Pat
     import os
     import signal
 
-    from engine.training.checkpoint import list_checkpoints
+    from engine.contract.checkpoints import list_checkpoints
     from engine.training.step import Trainer
 
     run = teacher_run.parent / "more"

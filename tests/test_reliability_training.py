@@ -117,7 +117,7 @@ def test_the_last_good_checkpoint_after_a_blow_up_holds_sane_weights(tmp_path: P
     """Checkpoints every 2 steps; step 6's update blows the weights up (loss 6 finite, 7.. not). The
     checkpoints at 6 and 8 hold weights of ~1e26: the error must name step 4, whose weights step 5
     trained from with a finite loss, and a rerun must resume from it."""
-    from engine.training.checkpoint import latest_checkpoint
+    from engine.contract.checkpoints import latest_checkpoint
 
     rc, stage = _run_with_blow_up(tmp_path, "blow", after_step=6, extra="max_nan_steps = 3\n")
     assert rc == 2

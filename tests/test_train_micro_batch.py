@@ -82,7 +82,8 @@ def test_auto_resumes_with_the_size_its_checkpoint_recorded(tmp_path: Path, monk
 
         m.setattr(TrainingRecipe, "finish", die)
         assert run_inprocess(auto, "finetune") != 0
-    from engine.training.checkpoint import checkpoint_state, latest_checkpoint
+    from engine.contract.checkpoints import latest_checkpoint
+    from engine.training.checkpoint import checkpoint_state
 
     step, path = latest_checkpoint(tmp_path / "runs" / "auto" / "finetune" / "checkpoints")
     assert checkpoint_state(path)["micro_batch_size"] == 2 and step == 8

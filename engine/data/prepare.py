@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 
 from engine.contract import RunLayout, human_count, now_iso, read_json, tokenizer_source
+from engine.contract.stage_context import StageContext
 from engine.data import tokenizer as tk
 from engine.data.dataset import META_FILE, SPLITS, short_split_file
 from engine.data.pack import SplitWriter, commit, new_build_dir
 from engine.data.progress import PrepareProgress, split_summary
 from engine.data.sources import Corpus, Part, resolve_corpus
 from engine.errors import UserError
-from engine.orchestration.stage_process import StageContext
 
 FORMAT = 1  # bump when the packed layout changes: older results are rebuilt
 BATCH_CHARS = 1 << 20  # text per tokenizer call: big enough to keep every core busy

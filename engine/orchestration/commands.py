@@ -93,7 +93,7 @@ def _ago(iso: str | None) -> str:
 
 def _step(s: StageInfo, layout: RunLayout) -> int | None:
     """The furthest step reached: status.json can lag the last checkpoint (one saved on cancel)."""
-    from engine.training.checkpoint import latest_checkpoint  # torch-free
+    from engine.contract.checkpoints import latest_checkpoint
 
     ckpt = latest_checkpoint(layout.checkpoints_dir(s.name))
     steps = [x for x in (s.step if s.state != "pending" else None, ckpt[0] if ckpt else None) if isinstance(x, int)]

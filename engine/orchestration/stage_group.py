@@ -17,9 +17,10 @@ from typing import IO
 
 from engine.config import Experiment
 from engine.contract import RunLayout, StageStatus
+from engine.contract.stage_context import StageContext, is_main_process
 from engine.errors import Cancelled, ConfigError, UserError
 from engine.orchestration.launch import stage_gpu_ids
-from engine.orchestration.stage_process import StageContext, _raise_cancelled, is_main_process
+from engine.orchestration.stage_process import _raise_cancelled
 
 GroupBody = Callable[[list[StageContext]], dict[str, BaseException | None]]
 

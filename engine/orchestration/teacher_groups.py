@@ -4,35 +4,16 @@ With share_teacher, the orchestrator starts one process for the distill stages t
 same GPUs (`python -m engine distill FILE --stage distill-a --stage distill-b ...`), which trains
 them together over one teacher forward per micro-batch (engine/training/shared_recipe.py).
 Students can share only when they read the same batches in the same micro-batches:
-`sharing_conflicts` says why not.
+`sharing_conflicts` (engine/stages/training.py) says why not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.config import DistillConfig, Experiment
+from engine.config import Experiment
 from engine.stages import kind_of, stage_student
-
-# [distill] keys that decide which windows a step reads (with data.seq_length, the same for every
-# student): students that differ in one of them read other batches and cannot share the teacher.
-DATA_ORDER_KEYS = ("seed", "global_batch_size")
-
-
-def sharing_conflicts(configs: dict[str, DistillConfig]) -> list[str]:
-    """Why students of these [distill] configs cannot share a teacher forward ([] when they can):
-    one line per key they differ in."""
-    out = []
-    for key in DATA_ORDER_KEYS:
-        values = {name: getattr(cfg, key) for name, cfg in configs.items()}
-        if len(set(values.values())) > 1:
-            listed = ", ".join(f"{n} {v}" for n, v in values.items())
-            out.append(f"distill.{key} differs ({listed}): they read other batches")
-    micro = {name: cfg.micro_batch_size for name, cfg in configs.items()}
-    if len(set(micro.values())) > 1:
-        listed = ", ".join(f"{n} {v}" for n, v in micro.items())
-        out.append(f"distill.micro_batch_size differs ({listed}): the teacher runs once per micro-batch")
-    return out
+from engine.stages.training import sharing_conflicts
 
 
 def teacher_group(exp: Experiment, candidates: list[str], gpus_of: Callable[[str], list[int]]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from engine.contract import append_metrics, human_count, tokenizer_source
+from engine.contract.stage_context import StageContext, teacher_checkpoint
 from engine.models.adapter import Arch
 from engine.models.hf import (
     check_supported,
@@ -28,7 +29,6 @@ from engine.models.hf import (
     load_tokenizer,
     save_model,
 )
-from engine.orchestration.stage_process import StageContext, teacher_checkpoint
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
 from engine.prune.student import layers_to_drop, prune_student
 from engine.search.candidates import SearchSpace, search_space

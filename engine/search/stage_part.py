@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from engine.contract import write_json
+from engine.contract.stage_context import StageContext
 from engine.evaluation.loss import evaluate_loss
-from engine.orchestration.stage_process import StageContext
 from engine.prune.importance import Importance
 from engine.prune.student import SortedTeacher, layers_to_drop, prune_student
 from engine.search.candidates import SearchSpace, candidate_label

@@ -21,6 +21,27 @@ def _distill_settings(exp: Any, student: str) -> Any:
     return exp.distill_for(student)  # [distill] with the student's `distill = {...}` applied
 
 
+# [distill] keys that decide which windows a step reads (with data.seq_length, the same for every
+# student): students that differ in one of them read other batches and cannot share the teacher.
+DATA_ORDER_KEYS = ("seed", "global_batch_size")
+
+
+def sharing_conflicts(configs: dict[str, Any]) -> list[str]:
+    """Why students of these [distill] configs cannot share a teacher forward ([] when they can):
+    one line per key they differ in."""
+    out = []
+    for key in DATA_ORDER_KEYS:
+        values = {name: getattr(cfg, key) for name, cfg in configs.items()}
+        if len(set(values.values())) > 1:
+            listed = ", ".join(f"{n} {v}" for n, v in values.items())
+            out.append(f"distill.{key} differs ({listed}): they read other batches")
+    micro = {name: cfg.micro_batch_size for name, cfg in configs.items()}
+    if len(set(micro.values())) > 1:
+        listed = ", ".join(f"{n} {v}" for n, v in micro.items())
+        out.append(f"distill.micro_batch_size differs ({listed}): the teacher runs once per micro-batch")
+    return out
+
+
 DISTILL = StageKind(
     name="distill", body="engine.training.stage_bodies:distill_stage", output="model/config.json",
     processes=None, section="distill", optional=True, per_student=True, inputs=("prepare", "finetune", "prune"),

@@ -12,19 +12,16 @@ run whose settings differ from its own in RESUMABLE_CHANGES at most.
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from engine.config import Experiment
 from engine.contract import read_json, write_json
+from engine.contract.checkpoints import STATE_FILE, checkpoint_path, list_checkpoints
 from engine.disk_space import MARGIN, SLACK, DiskFull, disk_full, ensure_free, is_disk_full, tensor_bytes
 from engine.errors import UserError
 from engine.stages import kind_of, stage_student
-
-STATE_FILE = "trainer_state.json"
-_NAME = re.compile(r"step-(\d{8})")
 
 # Trainer keys that may change between a checkpoint and its resume (a run that diverged can be
 # resumed with a lower lr); any other change of the stage's inputs starts the stage afresh.
@@ -50,28 +47,6 @@ def resume_key(exp: Experiment, stage: str) -> str:
         kept = {k: v for k, v in (getattr(student, section) or {}).items() if k not in RESUMABLE_CHANGES}
         object.__setattr__(student, section, kept or None)  # {steps = 9} alone: as if absent
     return clone.stage_hash(stage)
-
-
-def checkpoint_path(root: Path, step: int) -> Path:
-    return root / f"step-{step:08d}"
-
-
-def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = _NAME.fullmatch(p.name)
-        if m and (p / STATE_FILE).exists():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def latest_checkpoint(root: str | Path) -> tuple[int, Path] | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
 
 
 def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[str, Any],

@@ -34,17 +34,15 @@ import torch
 from torch import nn
 
 from engine.config import TrainConfig
+from engine.contract.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints
+from engine.contract.stage_context import StageContext
 from engine.distill.losses import LossSpec
 from engine.distill.objective import HiddenSpec
 from engine.errors import Cancelled, UserError
 from engine.models.attention import restore_sdpa
-from engine.orchestration.stage_process import StageContext
 from engine.training.batches import device_batches, validation_batches
 from engine.training.checkpoint import (
-    checkpoint_path,
     checkpoint_state,
-    latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     remove_checkpoints,
     resume_key,

@@ -10,7 +10,7 @@ import shutil
 from typing import Any
 
 from engine.contract import append_metrics, truncate_metrics_after
-from engine.orchestration.stage_process import StageContext
+from engine.contract.stage_context import StageContext
 
 
 class MetricsLog:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from engine.config import TrainConfig
+from engine.contract.stage_context import StageContext
 from engine.errors import Cancelled, UserError
-from engine.orchestration.stage_process import StageContext
 from engine.training.loop import Models, TrainingRecipe, _StopFlag
 from engine.training.setup import make_accelerator
 from engine.training.shared_teacher import launch_shared

@@ -2,7 +2,7 @@
 
 A run with six students would run the teacher's forward six times over the same batches. Students
 whose data streams are the same (data.seq_length and, in [distill], seed and global_batch_size) and
-that take micro-batches of the same size (`sharing_conflicts`, engine/orchestration/teacher_groups.py)
+that take micro-batches of the same size (`sharing_conflicts`, engine/stages/training.py)
 can share it: `launch_shared` runs the teacher once per micro-batch and feeds its outputs (last hidden state, mapped layers) to every student's fused loss,
 then each student clips and updates on its own. Each student's step is the one `Trainer.launch`
 would queue for it alone, so the results are those of separate runs.
@@ -18,10 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from engine.orchestration.teacher_groups import sharing_conflicts
 from engine.training.step import PendingStep, Trainer
-
-__all__ = ["launch_shared", "sharing_conflicts"]
 
 
 def launch_shared(trainers: Sequence[Trainer], micro_batches: list[torch.Tensor], lrs: Sequence[float],

@@ -13,10 +13,10 @@ from torch import nn
 
 from engine.config import DistillConfig, Experiment
 from engine.contract import tokenizer_source
+from engine.contract.stage_context import StageContext, has_checkpoint, teacher_checkpoint
 from engine.distill.losses import LossSpec
 from engine.distill.objective import HiddenSpec, decoder_layers, default_layer_map, output_weight
 from engine.errors import UserError
-from engine.orchestration.stage_process import StageContext, has_checkpoint, teacher_checkpoint
 from engine.stages import PRUNE, stage_student
 from engine.training.loop import Models, run_training
 
