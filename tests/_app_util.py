@@ -161,7 +161,7 @@ def make_app(runs: Path, tmp_path: Path, **kw) -> SlimlabApp:
 
 
 def write_search_json(w, stage: str = "prune-auto") -> dict:
-    """search.json as the prune stage writes it (engine.search.stage_part.run_search): the engine's
+    """search.json as the prune stage writes it (engine.prune.search_part.run_search): the engine's
     candidates for a small teacher and budget, the scored ones given losses (no model needed), the
     lowest ranked first and chosen, written by the contract's writer to RunLayout.search_file."""
     from engine.config import PruneConfig

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from engine.config import ConfigError, PruneConfig, loads_experiment
+from engine.config.counts import parse_param_count
 from engine.orchestration.check import describe_plan
 from engine.search.budget import budget_for, memory_gib
 from engine.search.candidates import enumerate_candidates, pick_scored, search_space
-from engine.search.counts import parse_param_count
 from engine.shapes.shape import count_params, shape_from_config, student_shape
 from engine.shapes.targets import student_shapes
 

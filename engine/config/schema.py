@@ -272,7 +272,7 @@ class PruneConfig(_Section):
             if (self.target_params is None) == (self.target_memory_gb is None):
                 raise ValueError("target_params: a search needs exactly one of target_params or target_memory_gb")
             if self.target_params is not None:
-                from engine.search.counts import parse_param_count
+                from engine.config.counts import parse_param_count
 
                 parse_param_count(self.target_params)  # ValueError with the accepted forms
             if not self.axes or len(set(self.axes)) != len(self.axes):

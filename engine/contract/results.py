@@ -1,6 +1,6 @@
 """eval/results.json: the one reader (for `compare` and the TUI) and the one perplexity rule.
 
-Written by engine/evaluation/stage_body.py; the shape (see that module and DESIGN.md):
+Written by engine/evaluation/stage_body.py; the shape (see that module and the README):
 
     {"models": {"<model>": {"params": N, "path": "...", "tokens_per_s": x,
                             "splits": {"<split>": {"loss": l, "perplexity": p, "tokens": n}}, ...}},

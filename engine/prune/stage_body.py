@@ -71,7 +71,7 @@ def prune_stage(ctx: StageContext) -> None:
     # 4. prune (a search scores its candidates on the validation windows first)
     loss: float | None = None
     if isinstance(target, SearchSpace):
-        from engine.search.stage_part import run_search
+        from engine.prune.search_part import run_search
 
         windows = val_windows(ctx, p.calibration_batch_size, device)
         winner = run_search(ctx, target, model, imp, windows, _scorer(ctx, p, model, tokenizer, windows, device))

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine.config.counts import parse_param_count
 from engine.contract import human_count
-from engine.search.counts import parse_param_count
 from engine.shapes.shape import Shape, count_params
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}

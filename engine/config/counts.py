@@ -1,7 +1,7 @@
 """`target_params` as written ("4.5B", 81_000_000, 0.6) -> a count or a fraction of the teacher.
 
-Imports nothing of the engine: the config schema validates with it (engine.config must not import
-engine.shapes, which imports engine.config).
+Imports nothing of the engine: the config schema validates with it, and engine.search's budget reads
+the count with it.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ made of views of its tensors, scored on the same batches and dropped. Afterwards
 back in its order and the winner is pruned from it as any student is (prune_student), to be
 written as the stage's model/: the same function as the candidate that was scored.
 
-search.json (the contract; DESIGN.md):
+search.json (the contract; engine.search.table.search_document writes it):
 
     {"target": {"metric": "params", "target": 81000000, "lo": ..., "hi": ..., "fraction": 0.6},
      "score": "loss", "selection": "lm-loss", "axes": [...], "calibration": {"samples": 1024, ...},
