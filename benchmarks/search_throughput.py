@@ -2,7 +2,7 @@
 batches) against a plain forward of the same candidate over the same batches.
 
 A Llama-shaped random model (default on a GPU: the Llama-3.2-1B shape, ~1.24B params, bf16; on the
-CPU: a ~16M model, fp32). The search space is the real one (engine.search.candidates: target 0.6
+CPU: a ~16M model, fp32). The search space is the real one (engine.shapes.candidates: target 0.6
 of the teacher over layers, hidden and ffn, `--top-k` candidates spread from deep to wide), each
 candidate cut from the teacher as the search does: the teacher sorted by importance once
 (engine.prune.student.SortedTeacher), each candidate made of views of it.
@@ -55,7 +55,7 @@ from engine.models.hf import count_parameters  # noqa: E402
 from engine.prune.importance import calibrate  # noqa: E402
 from engine.prune.student import SortedTeacher, prune_student  # noqa: E402
 from engine.prune.width import sorted_importance  # noqa: E402
-from engine.search.candidates import candidate_label, search_space  # noqa: E402
+from engine.shapes.candidates import candidate_label, search_space  # noqa: E402
 
 SIZES = {  # hidden, ffn, layers, heads, kv, vocab, seq, micro-batch, scoring batches, calibration batches,
     # candidates scored (top_k: 6 keeps the H200 run near a minute)

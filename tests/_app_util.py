@@ -166,8 +166,8 @@ def write_search_json(w, stage: str = "prune-auto") -> dict:
     lowest ranked first and chosen, written by the contract's writer to RunLayout.search_file."""
     from engine.config import PruneConfig
     from engine.contract import RunLayout, write_json
-    from engine.search.candidates import search_space
     from engine.search.table import search_document
+    from engine.shapes.candidates import search_space
     from engine.shapes.shape import shape_from_config
 
     teacher = shape_from_config(dict(model_type="llama", vocab_size=1000, hidden_size=96, intermediate_size=256,

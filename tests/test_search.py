@@ -24,7 +24,7 @@ from engine.prune import importance as importance_mod
 from engine.prune import stage_body
 from engine.prune.importance import load_importance
 from engine.prune.student import prune_student
-from engine.search.candidates import search_space
+from engine.shapes.candidates import search_space
 from engine.shapes.shape import count_params, shape_from_config
 from engine.stages import BY_NAME
 

@@ -13,8 +13,8 @@ import pytest
 from engine.config import ConfigError, PruneConfig, loads_experiment
 from engine.config.counts import parse_param_count
 from engine.orchestration.check import describe_plan
-from engine.search.budget import budget_for, memory_gib
-from engine.search.candidates import enumerate_candidates, pick_scored, search_space
+from engine.shapes.budget import budget_for, memory_gib
+from engine.shapes.candidates import enumerate_candidates, pick_scored, search_space
 from engine.shapes.shape import count_params, shape_from_config, student_shape
 from engine.shapes.targets import student_shapes
 
@@ -193,7 +193,7 @@ def test_check_and_search_stay_torch_free(tmp_path):
     r = subprocess.run([sys.executable, "-m", "engine.cli", "check", str(f)], capture_output=True, text=True,
                        cwd=ROOT)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "target_params" in r.stderr, r.stderr
-    ok = subprocess.run([sys.executable, "-c", "import sys, engine.search.candidates, engine.shapes.targets; "
+    ok = subprocess.run([sys.executable, "-c", "import sys, engine.shapes.candidates, engine.shapes.targets; "
                          "print([m for m in ('torch', 'transformers') if m in sys.modules])"],
                         capture_output=True, text=True, cwd=ROOT)
     assert ok.stdout.strip() == "[]", ok.stderr

@@ -32,9 +32,9 @@ from engine.contract.stage_context import StageContext
 from engine.evaluation.loss import evaluate_loss
 from engine.prune.importance import Importance
 from engine.prune.student import SortedTeacher, layers_to_drop, prune_student
-from engine.search.candidates import SearchSpace, candidate_label
 from engine.search.scoring import Scorer
 from engine.search.table import search_document
+from engine.shapes.candidates import SearchSpace, candidate_label
 
 
 @dataclass

@@ -31,7 +31,7 @@ from engine.models.hf import (
 )
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
 from engine.prune.student import layers_to_drop, prune_student
-from engine.search.candidates import SearchSpace, search_space
+from engine.shapes.candidates import SearchSpace, search_space
 from engine.shapes.shape import StudentShape, count_params, shape_from_config, student_shape
 from engine.stages import PRUNE, stage_student
 from engine.stages.prune import earlier_student

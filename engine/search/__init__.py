@@ -1,5 +1,6 @@
 """Search: the student described by its budget (`[[prune]] method = "search"`).
 
-budget.py and candidates.py are torch-free (`check` and the TUI enumerate candidates through
-them); scoring.py scores candidates inside the prune stage (engine/prune/search_part.py).
+The candidates and the budget are shapes (engine/shapes/candidates.py, budget.py: torch-free, `check`
+and the TUI enumerate candidates through them); scoring.py scores candidates inside the prune stage
+(engine/prune/search_part.py); table.py is search.json.
 """

@@ -15,7 +15,7 @@ COLUMNS = ["rank", "layers", "hidden", "ffn", "heads", "params", "memory GiB", "
 def search_document(space: Any, score: str, higher_is_better: bool, calibration: dict[str, Any],
                     ranked: list[int], losses: dict[int, float], scores: dict[int, float],
                     seconds: dict[int, float]) -> dict[str, Any]:
-    """search.json for a search over `space` (engine.search.candidates.SearchSpace): every candidate
+    """search.json for a search over `space` (engine.shapes.candidates.SearchSpace): every candidate
     with its shape, params and memory; the scored ones (`ranked`: their indices, best first, as
     engine.search.scoring.Scorer.ranked gives them) with their loss, score, rank and time, the first
     `chosen`. `calibration`: the one pass every candidate was cut by (kind and its settings)."""

@@ -187,7 +187,7 @@ def student_shape(teacher: Shape, p: Any, where: str) -> StudentShape:
     """
     if p.method == "depth":
         return _depth_shape(teacher, p, where)
-    if p.method == "search":  # many shapes, known only with the budget: engine.search.candidates
+    if p.method == "search":  # many shapes, known only with the budget: engine.shapes.candidates
         raise ValueError("student_shape: a search student has no single shape; use search_space")
     return _width_shape(teacher, p, where)
 

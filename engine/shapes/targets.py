@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.config import ConfigError, Experiment
 from engine.contract import RunLayout, human_count, read_json
-from engine.search.candidates import CHECK_SHOWN, SearchSpace, candidate_label, search_space
+from engine.shapes.candidates import CHECK_SHOWN, SearchSpace, candidate_label, search_space
 from engine.shapes.shape import (
     Shape,
     StudentShape,

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.config import ConfigError
 from engine.contract import human_count
-from engine.search.budget import Budget, budget_for
+from engine.shapes.budget import Budget, budget_for
 from engine.shapes.shape import Shape, StudentShape, count_params, layer_selection, student_shape
 
 CHECK_SHOWN = 5  # candidates `check` lists
@@ -142,7 +142,7 @@ def enumerate_candidates(t: Shape, p: Any, budget: Budget, where: str) -> list[C
 
 
 def _candidate(s: Shape, budget: Budget, value: float) -> Candidate:
-    from engine.search.budget import memory_gib
+    from engine.shapes.budget import memory_gib
 
     mem = memory_gib(s, budget.dtype, budget.seq_length or 0, budget.batch_size)
     return Candidate(s, count_params(s), mem, value)
