@@ -137,7 +137,7 @@ def run_inprocess(exp, stage: str) -> int:
     from engine.cli import stage_body
     from engine.orchestration.stage_process import run_stage
 
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         return run_stage(exp, stage, stage_body(stage))
     finally:

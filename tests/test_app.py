@@ -386,6 +386,30 @@ async def test_a_confirmed_cancel_shows_cancelling_then_a_neutral_cancelled(runs
 
 
 @run_async
+async def test_a_stage_saving_on_cancel_is_shown_and_a_second_cancel_stops_it_now(runs, tmp_path, fake_engine):
+    """Issue 25: the stage's own report ("cancelling: saving checkpoint at step N") is shown; cancelling
+    again asks to stop now, and runs `cancel --now`."""
+    w = RunWriter(runs, "saving")
+    w.stage("prepare", "succeeded", total_steps=None)
+    ft = w.stage("finetune", "running", step=4)
+    ft.update(cancel={"signal": "SIGTERM", "at": "x"}, phase="saving", saving_step=4)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 1)
+        assert cell(table, str(w.root), "state") == "⊘ cancelling…"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "cancelling: saving checkpoint at step 4"
+                       in str(app.screen.query_one("#stage-summary").render()), what="the stage's saving note")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmScreen", what="confirmation")
+        assert "already cancelling" in app.screen.question and "now" in app.screen.question
+        await pilot.press("y")
+        await wait_for(pilot, lambda: [c["argv"] for c in fake_engine()] == [["cancel", str(w.root), "--now"]],
+                       what="cancel --now")
+
+
+@run_async
 async def test_resume_relaunches_the_resolved_config_detached(runs, tmp_path, fake_engine):
     w = RunWriter(runs, "stopped")
     w.stage("prepare", "cancelled", total_steps=None)

@@ -162,7 +162,7 @@ def test_status_reads_a_run_as_the_tui_does(tmp_path: Path):
     assert set(summary) == {"run", "name", "state", "stage", "pid", "host", "started_at", "updated_at", "error",
                             "stages"}
     assert set(summary["stages"][0]) == {"stage", "state", "step", "total_steps", "train_loss", "val_loss",
-                                         "tokens_per_s", "updated_at", "gpus", "error", "warning"}
+                                         "tokens_per_s", "updated_at", "gpus", "error", "warning", "note"}
     assert [s["stage"] for s in summary["stages"]] == [s.name for s in run.stages] == ["prepare", "finetune"]
     assert summary["state"] == run.state == "failed" and summary["error"] == run.error
     got = summary["stages"][1]

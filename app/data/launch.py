@@ -55,8 +55,8 @@ def run_command(exp_file: str | Path, runs_dir: str | Path | None = None) -> lis
     return cmd
 
 
-def cancel_command(run_dir: str | Path) -> list[str]:
-    return [*engine_command(), "cancel", str(run_dir)]
+def cancel_command(run_dir: str | Path, now: bool = False) -> list[str]:
+    return [*engine_command(), "cancel", str(run_dir), *(["--now"] if now else [])]
 
 
 def launch_detached(exp_file: str | Path, runs_dir: str | Path | None = None,
@@ -78,8 +78,10 @@ def launch_detached(exp_file: str | Path, runs_dir: str | Path | None = None,
     return CommandResult(proc.returncode == 0, cmd, out.decode("utf-8", "replace"), proc.pid)
 
 
-def cancel_run(run_dir: str | Path, timeout_s: float = 120.0) -> CommandResult:
-    cmd = cancel_command(run_dir)
+def cancel_run(run_dir: str | Path, timeout_s: float | None = None, now: bool = False) -> CommandResult:
+    """`slimlab-engine cancel`: no timeout by default, since it waits for a checkpoint however long its
+    write takes (a second cancel, `now`, stops the run at once)."""
+    cmd = cancel_command(run_dir, now)
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, env=_env())
     except (OSError, subprocess.TimeoutExpired) as e:

@@ -21,8 +21,11 @@ def request_cancel(app: App, run: RunInfo | None) -> None:
     if run.state != "running":
         app.notify(f"{run.name} is not running ({run.state})", severity="warning")
         return
-    question = (f"Cancel run [b]{run.name}[/b]?\n\nIts stage processes get SIGTERM (SIGKILL after a grace "
-                "period); training saves a checkpoint, and resume continues from it.")
+    if run.path in getattr(app, "cancelling", ()) or getattr(run, "note", None):
+        _request_cancel_now(app, run)
+        return
+    question = (f"Cancel run [b]{run.name}[/b]?\n\nTraining finishes its step and saves a checkpoint, however "
+                "long the write takes, and resume continues from it. Cancel again to stop at once.")
 
     def answered(yes: bool | None) -> None:
         if yes:
@@ -36,8 +39,23 @@ def request_cancel(app: App, run: RunInfo | None) -> None:
     app.push_screen(ConfirmScreen(question, yes="Cancel run", no="Keep running"), answered)
 
 
-def _cancel(app: App, path: Path) -> None:
-    result = cancel_run(path)
+def _request_cancel_now(app: App, run: RunInfo) -> None:
+    """A second cancel: the user decides to stop now, not a timer."""
+    where = f" ({run.note})" if getattr(run, "note", None) else ""
+    question = (f"Run [b]{run.name}[/b] is already cancelling{where}.\n\nStop it [b]now[/b]? Its processes are "
+                "killed; the steps since its last checkpoint are lost.")
+
+    def answered(yes: bool | None) -> None:
+        if yes:
+            app.notify(f"stopping {run.name} now…")
+            app.run_worker(partial(_cancel, app, run.path, True), thread=True, group="engine",
+                           name=f"cancel now {run.name}")
+
+    app.push_screen(ConfirmScreen(question, yes="Stop now", no="Let it save"), answered)
+
+
+def _cancel(app: App, path: Path, now: bool = False) -> None:
+    result = cancel_run(path, now=now)
     if not result.ok:
         app.call_from_thread(lambda: getattr(app, "cancelling", set()).discard(path))
     _report(app, result, f"cancel {path.name}")

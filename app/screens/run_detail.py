@@ -161,6 +161,8 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         if s.gpus:
             parts.append(f"GPUs {fmt.gpus(s.gpus)}")
         line = "  ".join(parts)
+        if s.note:  # "cancelling: saving checkpoint at step N"
+            line += f"\n[$text-warning]{escape(s.note)}[/]"
         if s.error:
             line += f"\n{error_markup(s.state, s.error)}"
         if s.warning:

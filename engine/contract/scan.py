@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.contract.cancelling import cancel_note
 from engine.contract.files import parse_iso, read_json
 from engine.contract.layout import RunLayout
 from engine.contract.metrics_summary import FileKey, MetricsSummary, stat_key
@@ -50,6 +51,7 @@ class StageInfo:
     ended_at: str | None = None
     error: str | None = None
     warning: str | None = None  # the orchestrator's stages.<stage>.warning (divergence) in <run>/status.json
+    note: str | None = None  # a cancel in progress: "cancelling: saving checkpoint at step N"
 
     @property
     def fraction(self) -> float | None:
@@ -96,6 +98,11 @@ class RunInfo:
     def warnings(self) -> list[tuple[str, str]]:
         """(stage, warning) of every stage the orchestrator warned about (a diverged validation loss)."""
         return [(s.name, s.warning) for s in self.stages if s.warning]
+
+    @property
+    def note(self) -> str | None:
+        """A cancel in progress, as the first stage that reports one says it ("stage: cancelling: ...")."""
+        return next((f"{s.name}: {s.note}" for s in self.stages if s.note), None)
 
 
 def format_error(err: Any) -> str | None:
@@ -181,6 +188,7 @@ def stage_info(name: str, doc: dict[str, Any] | None, m: MetricsSummary, now: fl
         pid=doc.get("pid"), pgid=doc.get("pgid"), started_at=doc.get("started_at"),
         updated_at=doc.get("updated_at"), ended_at=doc.get("ended_at"), error=err,
         warning=warning if isinstance(warning, str) and warning else None,
+        note=cancel_note(doc) if state == "running" else None,
     )
 
 

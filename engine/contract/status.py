@@ -155,10 +155,15 @@ class StageStatus:
             self._write()
 
     def update(self, step: int | None = None, **fields: Any) -> None:
-        if step is not None:
-            self.doc["step"] = step
-        self.doc.update(fields)
+        with self._lock:  # the heartbeat thread serialises the document meanwhile
+            if step is not None:
+                self.doc["step"] = step
+            self.doc.update(fields)
         self._write()
+
+    def update_soon(self, **fields: Any) -> None:
+        """`update` from a signal handler: on a thread, since the interrupted main thread may hold the lock."""
+        threading.Thread(target=self.update, kwargs=fields, daemon=True, name="status-update").start()
 
     def finish(self, state: str, error: BaseException | str | None = None) -> None:
         assert state in STATES

@@ -10,11 +10,17 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError
 from engine.contract import RunLayout, effective_state, now_iso, process_of, read_json, write_json
+from engine.contract.cancelling import CANCEL_SLACK_S, cancel_grace, saving_step
+
+DEFAULT_GRACE_S = 20.0  # the least a cancel waits for the stages to stop on their own
+CANCEL_FILE = "cancel.json"  # <run>/cancel.json: the pid of a cancel that is waiting (a second one kills now)
+POLL_S = 0.2
 
 
 def _tree(procs) -> dict[int, Any]:
@@ -43,16 +49,18 @@ def _group_members(pgids: set[int]) -> dict[int, Any]:
     return out
 
 
-def cancel_run(run_dir: str | Path, grace: float = 20.0, out=None) -> int:
-    """Stop a run: SIGTERM (the stages save a checkpoint), then SIGKILL whatever is left after `grace`.
+def cancel_run(run_dir: str | Path, grace: float | None = None, out=None, now: bool = False,
+               clock: Callable[[], float] = time.monotonic) -> int:
+    """Stop a run: SIGTERM (the stages finish their step and save a checkpoint), then SIGKILL whatever is left.
 
     The orchestrator gets SIGTERM and passes it to its stage processes (accelerate passes it to
-    every rank). Stage processes left without an orchestrator get it directly. After the grace
-    period every process of the run still alive is killed: the orchestrator's descendants, and the
-    process groups the run leads (torchrun gives each rank its own), so no orphan keeps GPU memory.
+    every rank). Stage processes left without an orchestrator get it directly. A stage that reports
+    "saving" (engine/contract/cancelling.py) is waited for however long its checkpoint takes; otherwise
+    the wait is `grace` seconds (default DEFAULT_GRACE_S) or, when longer, what the stages' measured
+    step and checkpoint times need. Then every process of the run still alive is killed: the
+    orchestrator's descendants, and the process groups the run leads (torchrun gives each rank its
+    own), so no orphan keeps GPU memory. `now`, or a second cancel while one waits: SIGKILL at once.
     """
-    import psutil
-
     out = out or sys.stdout
     layout = RunLayout(run_dir)
     if not layout.root.is_dir():
@@ -85,37 +93,128 @@ def cancel_run(run_dir: str | Path, grace: float = 20.0, out=None) -> int:
     procs.update(_group_members(leaders))
     for pid in me:
         procs.pop(pid, None)
+    running = [s for s, st in stage_docs.items() if st.get("state") == "running"]
+
+    first = _waiting_canceller(layout)
+    if first is not None and not now:
+        print(f"{run_dir}: a cancel (pid {first}) is already waiting for the stages to save; "
+              "this second cancel stops the run now", file=out, flush=True)
+        now = True
+    if now:
+        killed = _kill(procs, leaders, me)
+        print(f"{run_dir}: SIGKILL sent to {killed} process(es) at once", file=out, flush=True)
+    else:
+        marker = layout.root / CANCEL_FILE
+        write_json(marker, {"pid": os.getpid(), "started_at": now_iso()})
+        try:
+            _terminate_and_wait(run_dir, layout, orch, [*launchers, *stage_procs], procs, leaders, me,
+                                DEFAULT_GRACE_S if grace is None else grace, clock, out)
+        finally:
+            marker.unlink(missing_ok=True)
+    lost = {s: msg for s in running if (msg := lost_progress(layout, s))}
+    for s, msg in lost.items():
+        print(f"{run_dir}: {s}: {msg}", file=out)
+    _mark_cancelled(layout, lost)
+    print(f"{run_dir}: cancelled; `slimlab-engine run {layout.experiment_file}` resumes it", file=out)
+    return 0
+
+
+def _terminate_and_wait(run_dir: str | Path, layout: RunLayout, orch: Any, stage_roots: list[Any],
+                        procs: dict[int, Any], leaders: set[int], me: set[int], grace: float,
+                        clock: Callable[[], float], out) -> None:
+    """SIGTERM, then wait while a stage saves, or up to the grace; SIGKILL what is left after it."""
+    import psutil
 
     # SIGTERM: to the orchestrator, which passes it on; to stages directly when it is gone
     # (a stage started without accelerate is its own launcher: once per process, not per record)
-    targets = [orch] if orch is not None else list({p.pid: p for p in [*launchers, *stage_procs]}.values())
+    targets = [orch] if orch is not None else list({p.pid: p for p in stage_roots}.values())
     for p in targets:
         try:
             p.send_signal(signal.SIGTERM)
         except psutil.NoSuchProcess:
             pass
-    print(f"{run_dir}: SIGTERM sent to {', '.join(str(p.pid) for p in targets)}; "
-          f"waiting up to {grace:g}s for checkpoints", file=out, flush=True)
-
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+    start = clock()
+    wait_s = max([grace, *(cancel_grace(d) for d in _running_docs(layout).values())])
+    print(f"{run_dir}: SIGTERM sent to {', '.join(str(p.pid) for p in targets)}; waiting up to {wait_s:.0f}s "
+          "for the running step and its checkpoint, longer while a checkpoint is being written "
+          "(cancel again to stop now)", file=out, flush=True)
+    said: set[tuple[str, int]] = set()
+    saved_at: float | None = None  # when a stage last reported saving
+    while True:
         procs.update({pid: p for pid, p in _tree([p for p in procs.values() if _alive(p)]).items() if pid not in me})
         if not any(_alive(p) for p in procs.values()):
-            break
-        time.sleep(0.2)
-    if any(_alive(p) for p in procs.values()):
-        procs.update(_group_members(leaders))
-        left = [p for pid, p in procs.items() if _alive(p) and pid not in me]
-        for p in left:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(left, timeout=10)
-        print(f"{run_dir}: SIGKILL sent to {len(left)} process(es) still running after {grace:g}s", file=out)
-    _mark_cancelled(layout)
-    print(f"{run_dir}: cancelled; `slimlab-engine run {layout.experiment_file}` resumes it", file=out)
-    return 0
+            return
+        docs = _running_docs(layout)
+        saving = {s: n for s, d in docs.items() if (n := saving_step(d)) is not None}
+        for s, n in saving.items():
+            if (s, n) not in said:
+                said.add((s, n))
+                print(f"{run_dir}: {s}: cancelling: saving checkpoint at step {n}; waiting for it",
+                      file=out, flush=True)
+        if saving:
+            saved_at = clock()
+        else:
+            wait_s = max([wait_s, *(cancel_grace(d) for d in docs.values())])
+            deadline = max(start + wait_s, saved_at + CANCEL_SLACK_S if saved_at is not None else 0.0)
+            if clock() >= deadline:
+                break
+        time.sleep(POLL_S)
+    killed = _kill(procs, leaders, me)
+    if killed:
+        print(f"{run_dir}: SIGKILL sent to {killed} process(es) still running after {clock() - start:.0f}s",
+              file=out)
+
+
+def _kill(procs: dict[int, Any], leaders: set[int], me: set[int]) -> int:
+    """SIGKILL every live process of the run; how many."""
+    import psutil
+
+    procs.update(_group_members(leaders))
+    left = [p for pid, p in procs.items() if _alive(p) and pid not in me]
+    for p in left:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(left, timeout=10)
+    return len(left)
+
+
+def _running_docs(layout: RunLayout) -> dict[str, dict[str, Any]]:
+    """status.json of each stage whose process (this host) is alive and says it is running."""
+    docs = {s: read_json(layout.stage_status_file(s)) or {} for s in layout.stages_on_disk()}
+    return {s: d for s, d in docs.items() if d.get("state") == "running" and effective_state(d) == "running"}
+
+
+def _waiting_canceller(layout: RunLayout) -> int | None:
+    """The pid of another `cancel` of this run that is still waiting, if any."""
+    doc = read_json(layout.root / CANCEL_FILE) or {}
+    p = process_of(doc.get("pid"), doc.get("started_at"))
+    return p.pid if p is not None and p.pid != os.getpid() else None
+
+
+def lost_progress(layout: RunLayout, stage: str) -> str | None:
+    """For a training stage that stopped past its last checkpoint: which steps are lost, plainly."""
+    from engine.contract.checkpoints import latest_checkpoint
+
+    doc = read_json(layout.stage_status_file(stage)) or {}
+    if "step_s" not in doc:  # not a training stage (or no step finished yet)
+        return None
+    reached = max([doc.get("step") if isinstance(doc.get("step"), int) else 0, _last_train_step(layout, stage)])
+    found = latest_checkpoint(layout.checkpoints_dir(stage))
+    saved = found[0] if found else 0
+    if reached <= saved:
+        return None
+    where = f"resume starts again at step {saved}, from its checkpoint" if found else \
+        "no checkpoint was written, so resume starts from step 0"
+    return f"progress lost: stopped at step {reached} before its checkpoint was saved; {where}"
+
+
+def _last_train_step(layout: RunLayout, stage: str) -> int:
+    from engine.contract import read_metrics_summary
+
+    last = read_metrics_summary(layout.metrics_file(stage)).last_train or {}
+    return last["step"] if isinstance(last.get("step"), int) else 0
 
 
 def _pgid(pid: int) -> int | None:
@@ -134,16 +233,22 @@ def _alive(p) -> bool:
         return False
 
 
-def _mark_cancelled(layout: RunLayout) -> None:
-    """Stages and pipeline still saying `running` (their processes are gone now) become `cancelled`."""
+def _mark_cancelled(layout: RunLayout, lost: dict[str, str]) -> None:
+    """Stages and pipeline still saying `running` (their processes are gone now) become `cancelled`;
+    a stage that lost progress says so in its error (`status` and the TUI show it)."""
     err = {"type": "Cancelled", "message": "cancelled by slimlab-engine cancel"}
     for s in layout.stages_on_disk():
         st = read_json(layout.stage_status_file(s))
-        if st and st.get("state") in ("running", "pending"):
-            st.update(state="cancelled", ended_at=now_iso(), updated_at=now_iso(), error=err)
+        if st and (st.get("state") in ("running", "pending") or s in lost):
+            if st.get("state") in ("running", "pending"):
+                st.update(state="cancelled", ended_at=now_iso())
+            message = f"cancelled by slimlab-engine cancel; {lost[s]}" if s in lost else err["message"]
+            st.update(updated_at=now_iso(), error={**err, "message": message}, phase=None)
             write_json(layout.stage_status_file(s), st)
     st = read_json(layout.status_file)
     if st and st.get("state") in ("running", "pending"):
+        if lost:
+            err = {**err, "message": err["message"] + "; " + "; ".join(f"{s}: {m}" for s, m in lost.items())}
         st.update(state="cancelled", ended_at=now_iso(), updated_at=now_iso(), error=err, running=[])
         for v in (st.get("stages") or {}).values():
             if isinstance(v, dict) and v.get("state") == "running":

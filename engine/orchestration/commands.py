@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -50,9 +51,14 @@ def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[arg
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("cancel", help="stop a run (SIGTERM, then SIGKILL after --grace); `run` resumes it")
+    p = sub.add_parser("cancel", help="stop a run: its stages save a checkpoint, then stop; `run` resumes it")
     p.add_argument("run_dir", help="the run directory, e.g. runs/demo")
-    p.add_argument("--grace", type=float, default=20.0, help="seconds to wait for checkpoints (default 20)")
+    p.add_argument("--grace", type=float, default=None,
+                   help="wait at least this many seconds for the stages to stop (default 20; longer when their "
+                        "measured step and checkpoint times need it; a checkpoint being written is always "
+                        "waited for)")
+    p.add_argument("--now", action="store_true",
+                   help="SIGKILL at once, without waiting for a checkpoint (as does a second cancel)")
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("compare", help="a table and loss chart of the students of one or more runs")
@@ -103,7 +109,7 @@ def _step(s: StageInfo, layout: RunLayout) -> int | None:
 def _stage_json(s: StageInfo, layout: RunLayout, metrics: MetricsSummary | None) -> dict[str, Any]:
     return {"stage": s.name, "state": s.state, "step": _step(s, layout), "total_steps": s.total_steps,
             "train_loss": s.train_loss, "val_loss": s.val_loss, "tokens_per_s": s.tokens_per_s,
-            "updated_at": s.updated_at, "gpus": list(s.gpus), "error": s.error,
+            "updated_at": s.updated_at, "gpus": list(s.gpus), "error": s.error, "note": s.note,
             "warning": divergence(metrics.vals) if metrics else None}
 
 
@@ -155,6 +161,8 @@ def print_run(summary: dict[str, Any], console) -> None:
                   _f(s["val_loss"]), _f(s["tokens_per_s"], 0), _ago(s["updated_at"]))
     console.print(t)
     for s in summary["stages"]:
+        if s.get("note"):  # a cancel in progress: "cancelling: saving checkpoint at step N"
+            console.print(f"  {s['stage']}: {s['note']}", markup=False, highlight=False)
         if s["error"] and s["state"] in ("failed", "cancelled"):
             console.print(f"  {s['stage']}: {s['error']}", markup=False, highlight=False)
         if s["warning"]:
@@ -193,7 +201,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         cur = next((x for x in s["stages"] if x["stage"] == s["stage"]), None)
         step = f" {cur['step']}/{cur['total_steps']}" if cur and cur.get("total_steps") and s["state"] == "running" else ""
         t.add_row(s["run"], f"[{STATE_STYLE.get(s['state'], '')}]{s['state']}[/]", (s["stage"] or "-") + step,
-                  f"{done}/{len(s['stages'])} stages", _ago(s["updated_at"]), (s["error"] or "")[:60])
+                  f"{done}/{len(s['stages'])} stages", _ago(s["updated_at"]),
+                  next((x["note"] for x in s["stages"] if x.get("note")), None) or (s["error"] or "")[:60])
     console.print(t)
     return 0
 
@@ -218,9 +227,9 @@ def _run_dir_arg(arg: str, runs_dir: str) -> Path:
 def cmd_cancel(args: argparse.Namespace) -> int:
     from engine.orchestration.cancel import cancel_run
 
-    if args.grace < 0:
-        raise ConfigError(f"--grace: {args.grace} is negative; give seconds to wait, e.g. --grace 20")
-    return cancel_run(args.run_dir, grace=args.grace)
+    if args.grace is not None and not (math.isfinite(args.grace) and args.grace >= 0):
+        raise ConfigError(f"--grace: {args.grace} is not a number of seconds >= 0; e.g. --grace 20")
+    return cancel_run(args.run_dir, grace=args.grace, now=args.now)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

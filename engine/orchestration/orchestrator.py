@@ -318,6 +318,8 @@ class Orchestrator:
     # -- the loop -----------------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:  # the terminal is gone: writing to it would fail (EIO); the logs keep all
+            self.out = sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
         if self.cancelled is None:
             self.cancelled = name
             # Ctrl-C reaches the whole foreground process group; any other signal was aimed at us

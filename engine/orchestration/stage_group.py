@@ -50,8 +50,8 @@ def run_stage_group(exp: Experiment, stages: list[str], body: GroupBody, layout:
         status = StageStatus(layout.stage_dir(stage), stage, exp.stage_hash(stage)) if main else None
         own = open(layout.log_file(stage), "a") if main and i > 0 else None  # noqa: SIM115
         ctxs.append(GroupStageContext(exp=exp, stage=stage, layout=layout, status=status, own_log=own))
-    signal.signal(signal.SIGTERM, _raise_cancelled)
-    signal.signal(signal.SIGINT, _raise_cancelled)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a terminal hangup cancels too
+        signal.signal(sig, _raise_cancelled)
     for ctx in ctxs:
         if ctx.status is not None:
             ctx.status.start(gpus=stage_gpu_ids())

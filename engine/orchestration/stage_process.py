@@ -31,8 +31,8 @@ def run_stage(exp: Experiment, stage: str, body: Callable[[StageContext], None],
     stage_dir.mkdir(parents=True, exist_ok=True)
     status = StageStatus(stage_dir, stage, exp.stage_hash(stage)) if is_main_process() else None
     ctx = StageContext(exp=exp, stage=stage, layout=layout, status=status)
-    signal.signal(signal.SIGTERM, _raise_cancelled)
-    signal.signal(signal.SIGINT, _raise_cancelled)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a terminal hangup cancels too
+        signal.signal(sig, _raise_cancelled)
     if status is not None:
         status.start(gpus=stage_gpu_ids())
     try:

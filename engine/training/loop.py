@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from engine.config import TrainConfig
+from engine.contract import now_iso
+from engine.contract.cancelling import SAVING
 from engine.contract.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints
 from engine.contract.stage_context import StageContext
 from engine.distill.losses import LossSpec
@@ -85,21 +87,33 @@ class TrainState:
     micro_batch_size: int = 0  # the size trained with (what "auto" picked)
 
 
-class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop checks it between steps, saves and raises Cancelled."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a terminal hangup is a cancel too
 
-    def __init__(self) -> None:
+
+class _StopFlag:
+    """SIGTERM/SIGINT/SIGHUP set a flag; the loop checks it between steps, saves and raises Cancelled.
+    The first one is acknowledged in status.json (`cancel`); a second Ctrl-C means "now"."""
+
+    def __init__(self, *statuses: Any) -> None:
         self.signame: str | None = None
+        self.statuses = [s for s in statuses if s is not None]  # StageStatus of each stage, main process only
         self._prev: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             self._prev[sig] = signal.getsignal(sig)
             signal.signal(sig, self._set)
         return self
 
     def _set(self, signum: int, _frame: Any) -> None:
-        self.signame = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self.signame is not None:
+            if signum == signal.SIGINT:  # Ctrl-C twice: stop now, even mid-save (the previous checkpoint stays)
+                raise Cancelled(f"{name}, twice")
+            return
+        self.signame = name
+        for status in self.statuses:
+            status.update_soon(cancel={"signal": name, "at": now_iso()})
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._prev.items():
@@ -231,7 +245,7 @@ class TrainingRecipe:
         """Steps up to cfg.steps, with validation and checkpoints on their intervals."""
         self.start_training()
         try:
-            with _StopFlag() as stop:
+            with _StopFlag(self.ctx.status) as stop:
                 while self.state.step < self.cfg.steps:
                     self.step(cancel=stop.signame is not None)
                     if self.cancel_seen:  # every rank sees it at the same step
@@ -321,7 +335,7 @@ class TrainingRecipe:
                 rec["hidden_loss"] = res.parts[2]
         self.metrics.write(rec)
         if now - self.status_at > STATUS_EVERY_S or step == cfg.steps:
-            self.ctx.progress(step, total_steps=cfg.steps)
+            self.ctx.progress(step, total_steps=cfg.steps, step_s=self.times.step_s)
             self.status_at = now
         self._log(f"step {step}/{cfg.steps} loss {res.loss:.4f} lr {rec['lr']:.2e} "
                   f"grad {res.grad_norm:.3f} {tps:,.0f} tok/s")
@@ -359,8 +373,15 @@ class TrainingRecipe:
     def checkpoint(self) -> None:
         """Save model, optimizer, RNG and the TrainState (collective)."""
         keep = checkpoint_path(self.ckpt_root, self.good_at) if self.good_at >= 0 else None
-        save_checkpoint(self.acc, self.ckpt_root, self.state.step, asdict(self.state), keep=keep)
-        self.saved_at = self.state.step
+        step, t0 = self.state.step, time.perf_counter()
+        # "saving" tells a canceller to wait for the write, however long it takes (contract/cancelling.py)
+        self.ctx.progress(step, phase=SAVING, saving_step=step, step_s=self.times.step_s)
+        try:
+            save_checkpoint(self.acc, self.ckpt_root, step, asdict(self.state), keep=keep)
+        finally:
+            self.ctx.progress(step, phase=None, saving_step=None)
+        self.ctx.progress(step, checkpoint_s=round(time.perf_counter() - t0, 3))
+        self.saved_at = step
         self.times.pause()
 
     def _keep_good_checkpoint(self) -> Path | None:

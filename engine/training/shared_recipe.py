@@ -101,7 +101,7 @@ class SharedTraining:
         for r in list(self.live):
             self._guard(r, r.start_training)
         try:
-            with _StopFlag() as stop:
+            with _StopFlag(*(r.ctx.status for r in self.live)) as stop:
                 self._train(stop)
             for r in list(self.live):
                 self._done(r)

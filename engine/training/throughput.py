@@ -29,6 +29,7 @@ class StepTimes:
         self.spans: dict[int, tuple[Mark, Mark]] = {}  # launched steps not finished yet: (from, to)
         self.seconds = 0.0  # time of the steps finished since the last rate()
         self.steps = 0
+        self.step_s: float | None = None  # recent seconds per step (a moving mean): a cancel's grace
 
     def _mark(self) -> Mark:
         if not self.cuda:
@@ -56,10 +57,12 @@ class StepTimes:
         start, end = self.spans.pop(step)
         if self.cuda:
             end.synchronize()  # recorded right after the step's statistics were: done or nearly
-            self.seconds += start.elapsed_time(end) / 1000.0
+            took = start.elapsed_time(end) / 1000.0
         else:
-            self.seconds += end - start
+            took = end - start
+        self.seconds += took
         self.steps += 1
+        self.step_s = took if self.step_s is None else max(took, 0.8 * self.step_s + 0.2 * took)
 
     def rate(self, tokens_per_step: int) -> float:
         """Tokens/s of the steps finished since the last call; starts the next measurement."""
