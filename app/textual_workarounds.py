@@ -151,6 +151,16 @@ def _split_alt(event: events.Key) -> list[events.Key]:
     return [events.Key("escape", "\x1b"), events.Key(char if char.isalnum() else _character_to_key(char), char)]
 
 
+def _unmap_esc_characters() -> None:
+    """Textual reads esc followed by a digit (or `-`, `=`, `§`) in one read as the character that
+    WezTerm on macOS sends for Option+key: "esc, then 1" typed `¡` into the field. Without those
+    entries the parser reports `alt+1`, which InOrderKeys reads as esc, then 1."""
+    from textual._ansi_sequences import ANSI_SEQUENCES_KEYS
+
+    for seq in [k for k, v in ANSI_SEQUENCES_KEYS.items() if len(k) == 2 and k[0] == "\x1b" and isinstance(v, str)]:
+        del ANSI_SEQUENCES_KEYS[seq]
+
+
 async def _handled_queued(node: Widget) -> bool:
     """Wait until `node` has handled every message queued to it so far; False if it cannot (closed,
     or stuck past KEY_STEP_TIMEOUT_S: a safety net, never reached by a key that is handled)."""
@@ -177,6 +187,11 @@ class InOrderKeys:
     a field stops at the field, so typing costs one wait per key."""
 
     _keys_done: dict[int, events.Key] | None = None  # handled here; their bubbled copies are dropped
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if ENABLED:
+            _unmap_esc_characters()
 
     async def on_event(self, event: events.Event) -> None:
         if ENABLED and isinstance(event, events.Key):

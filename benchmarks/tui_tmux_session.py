@@ -16,6 +16,10 @@ Steps (full session):
   03 open-dialog       ctrl+o: the file picker lists experiments/tiny.toml
   04 compose-loaded    its path typed, enter: the tiny experiment loaded and valid (7 stages)
   05 compose-edited    tab, then the name field retyped to tmux-demo; still valid
+  06 compose-burst     one send-keys: 9 tabs to the teacher's layers, then `3 Tab 8 Tab 2` (with ctrl+u
+                       before each): layers 3, heads 8, kv heads 2, each in its own field; still valid
+  07 runs-after-esc    one send-keys: esc 1 (one read: the terminal's alt+1): the field is left, Runs shown
+  08 compose-back      2: Compose again, the three fields as the burst left them
   06 launched          ctrl+l: saved, `slimlab-engine run --detach`, Run detail of the new run
   07 detail-training   Run detail while the students are being pruned and distilled
   08 detail-done       the run succeeded (7/7 stages)
@@ -27,8 +31,9 @@ Steps (full session):
   14 runs-dark         ctrl+t: back to the dark theme
 then ctrl+q quits, and the TUI's process must exit with status 0.
 
-`--quick` (what tests/test_tui_tmux.py runs by default) does 01-05, saves with ctrl+s instead of
-launching, then the theme steps on Compose: no training run, well under a minute.
+`--quick` (what tests/test_tui_tmux.py runs by default) does 01-08, saves with ctrl+s instead of
+launching, then the theme steps on Compose: no training run, well under a minute. (The full session
+does 01-05, then launches.)
 
 The light-theme check: in the `-e` captures the script reads the background colour of every cell
 of the header (the NavBar, row 1) and of the rows below it, and writes to summary.json/summary.txt
@@ -346,6 +351,24 @@ def run_failed(screen: str) -> str | None:
     return f"the run failed: {title.strip()}" if re.search(r"✗|failed|cancelled", title) else None
 
 
+def bursts(s: Session) -> None:
+    """Keys in one send-keys reach the TUI in one read, as over a slow SSH link or from a paste:
+    they must be applied strictly in order, focus moves included, and esc followed at once by a digit
+    (which the terminal parser reads as alt+digit) must leave the field, not type the digit."""
+    # from the name field: runs dir, init, teacher, dtype, tokenizer, arch type, hidden, ffn, layers
+    s.keys(*["Tab"] * 9, "C-u", "3", "Tab", "C-u", "8", "Tab", "C-u", "2")
+    fields = (r"(?m)^ layers +3 *$", r"(?m)^ heads +8 *$", r"(?m)^ kv heads +2 *$")  # a field per line
+    s.wait("layers 3, heads 8, kv heads 2 from one burst",
+           lambda t: all(re.search(f, t) for f in fields) and "✓ ok" in t, stable=True)
+    s.save("compose-burst", "one burst: 9 tabs, then 3 Tab 8 Tab 2: layers 3, heads 8, kv heads 2; valid")
+    s.keys("Escape", "1")
+    s.wait("Runs after esc 1", has("No runs under runs/"))
+    s.save("runs-after-esc", "esc 1 in one read (alt+1): the field left, Runs shown")
+    s.keys("2")
+    s.wait("Compose with the burst's values", lambda t: all(re.search(f, t) for f in fields), stable=True)
+    s.save("compose-back", "2: Compose, nothing typed by the esc 1")
+
+
 def session(s: Session, quick: bool) -> dict:
     checks: dict[str, dict] = {}
     s.wait("the Runs screen", has("1 Runs", "No runs under runs/"))
@@ -380,6 +403,7 @@ def session(s: Session, quick: bool) -> dict:
     s.save("compose-edited", f"name retyped to {RUN_NAME}; still valid")
 
     if quick:
+        bursts(s)
         s.keys("C-s")  # ctrl keys work in a focused field
         tiny = s.work / "experiments" / "tiny.toml"
         s.wait("tiny.toml saved with the new name", lambda _t: f'name = "{RUN_NAME}"' in tiny.read_text())

@@ -4,6 +4,8 @@ posted to the app all at once, before it handles any, as a terminal read of seve
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from _app_util import make_app, run_async, wait_for
 from textual import events
@@ -106,3 +108,17 @@ async def test_esc_then_digit_leaves_the_field(runs, tmp_path, monkeypatch):
         app.post_message(events.Key("alt+1", "1"))
         await settled(pilot)
         assert steps.value == "4" and screen.focused is None and app.current_mode == "runs"
+
+
+def test_the_terminal_parser_reads_esc_digit_as_alt_digit(runs, tmp_path):
+    """In one read, esc 1 was `¡` (Textual's table for WezTerm's Option+1); once the app exists,
+    the parser reports alt+1 (read as esc, then 1, above)."""
+    from textual._xterm_parser import XTermParser
+
+    make_app(runs, tmp_path)
+    parser = XTermParser()
+    keys = list(parser.feed("\x1b1"))
+    while not keys:  # the parser waits ESCDELAY for more of a sequence, then reports what it has
+        time.sleep(0.01)
+        keys += parser.tick()
+    assert [(k.key, k.character) for k in keys] == [("alt+1", "1")]

@@ -47,7 +47,8 @@ def test_tmux_quick_session(tmp_path):
     summary = _session(tmp_path / "screens", "--quick", timeout=180)
     names = [e["screen"] for e in summary["screens"]]
     assert names == ["01-runs-empty", "02-compose-new", "03-open-dialog", "04-compose-loaded", "05-compose-edited",
-                     "06-compose-saved", "07-compose-light", "08-compose-dark"]
+                     "06-compose-burst", "07-runs-after-esc", "08-compose-back", "09-compose-saved",
+                     "10-compose-light", "11-compose-dark"]
     light = summary["header"]["light (compose)"]
     dark = summary["header"]["dark"]
     assert light["header_bg"] != dark["header_bg"]  # ctrl+t changed the theme
