@@ -147,16 +147,20 @@ def check_rng_restored(path: Path, process_index: int) -> None:
     """accelerate logs a failed RNG restore at INFO and goes on, which quietly breaks the promise that a
     resumed run draws the same data order and dropout: compare the torch RNG with the saved one."""
     import torch
+    from accelerate.utils import load as load_allowlisted
 
     saved = path / f"random_states_{process_index}.pkl"  # accelerate's RNG_STATE_NAME
     try:
-        ok = torch.equal(torch.load(saved, weights_only=False)["torch_manual_seed"], torch.get_rng_state())
-    except Exception:  # missing, unreadable, or another layout: not restored either way
+        # weights_only with accelerate's allowlist (numpy's RNG arrays), as accelerate reads it: a pickle
+        # planted in a checkpoint cannot run code on resume (an unrestricted unpickler would run it)
+        ok = torch.equal(load_allowlisted(saved)["torch_manual_seed"], torch.get_rng_state())
+    except Exception:  # missing, unreadable, not a plain RNG state, or another layout: not restored either way
         ok = False
     if not ok:
         raise UserError(f"{path}: the random state of process {process_index} was not restored ({saved.name} "
-                        "missing or unreadable), so the resumed run would not repeat its data order; resume "
-                        f"with the processes it was saved with, or delete {path.parent} to start the stage afresh")
+                        "missing, unreadable or not a plain RNG state), so the resumed run would not repeat its "
+                        f"data order; resume with the processes it was saved with, or delete {path.parent} to "
+                        "start the stage afresh")
 
 
 def remove_checkpoints(root: str | Path) -> None:

@@ -1,0 +1,52 @@
+"""Security (issue 25): nothing in a run directory can run code on resume, and no file of the tree
+loads pickles unsafely."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Planted:
+    """Unpickling this opens (creates) a file: proof that the pickle ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_a_pickle_planted_in_a_checkpoint_does_not_run_on_resume(tmp_path: Path) -> None:
+    import torch
+    from accelerate import Accelerator
+
+    from engine.errors import UserError
+    from engine.training.checkpoint import load_checkpoint, save_checkpoint
+
+    acc = Accelerator(cpu=True)
+    acc.prepare(torch.nn.Linear(2, 2))
+    path = save_checkpoint(acc, tmp_path / "checkpoints", 3, {"tokens": 12})
+    marker = tmp_path / "code-ran"
+    torch.save({"torch_manual_seed": _Planted(marker), "random_state": _Planted(marker)},
+               path / "random_states_0.pkl")
+    with pytest.raises(UserError, match="random_states_0.pkl missing, unreadable or not a plain RNG state"):
+        load_checkpoint(acc, path)
+    assert not marker.exists()
+
+
+UNSAFE = re.compile(r"weights_only\s*=\s*False|allow_pickle\s*=\s*True|pickle\.loads?\(|yaml\.load\(|"
+                    r"trust_remote_code\s*=\s*True|shell\s*=\s*True")
+
+
+def test_no_unsafe_load_anywhere_in_the_tree() -> None:
+    """torch.load(weights_only=False), np.load(allow_pickle=True), pickle.load, yaml.load, remote code or a
+    shell: none in engine/, app/ or benchmarks/ (tests plant them on purpose, so they are not searched)."""
+    found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+             for d in ("engine", "app", "benchmarks") for p in sorted((ROOT / d).rglob("*.py"))
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if UNSAFE.search(line)]
+    assert not found, "\n".join(found)
