@@ -19,7 +19,7 @@ from engine.contract.files import (
     write_json,
     write_json_or_warn,
 )
-from engine.contract.fmt import age, duration, human_count
+from engine.contract.fmt import GIB, age, duration, human_count
 from engine.contract.layout import RunLayout, list_runs, teacher_source, tokenizer_source
 from engine.contract.metrics_reader import (
     Change,
@@ -66,7 +66,7 @@ from engine.stages import (  # the stage kinds' facts, for readers (the TUI impo
 )
 
 __all__ = [
-    "Change", "DISTILL", "HEARTBEAT_S", "KINDS", "OPTIONAL_SECTIONS", "PRUNE", "STUDENT_SECTIONS",
+    "Change", "DISTILL", "GIB", "HEARTBEAT_S", "KINDS", "OPTIONAL_SECTIONS", "PRUNE", "STUDENT_SECTIONS",
     "is_student_stage", "kind_of", "kind_or_none", "planned_stages", "stage_kind",
     "student_or_none", "student_sections", "MAX_LOG_PPL", "MetricsCursor", "MetricsSummary", "ModelResult", "RunInfo",
     "RunLayout", "RunScanner", "STALE_S", "STATES", "SplitResult", "StageInfo", "StageStatus", "age",

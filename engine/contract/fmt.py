@@ -1,6 +1,11 @@
-"""Numbers and durations as the CLI and the TUI show them (the one copy of each formatter)."""
+"""Numbers and durations as the CLI and the TUI show them (the one copy of each formatter), and the
+unit of the sizes the contract's documents hold."""
 
 from __future__ import annotations
+
+# Every `*_gb` field the engine writes (metrics gpu_mem_gb, results peak_memory_gb, search memory_gb)
+# is in GiB, 2**30 bytes: what torch and nvidia-smi report.
+GIB = 2**30
 
 
 def human_count(n: float, digits: int = 2) -> str:

@@ -142,9 +142,15 @@ class StageStatus:
             self.doc["updated_at"] = now_iso()
             write_json_or_warn(self.path, self.doc, self._warned)  # a full disk must not kill the stage
 
+    def _set(self, **fields: Any) -> None:
+        """Every change of the document goes through the lock: the heartbeat thread serialises it, and
+        a dict changed mid-serialisation would raise there and end the heartbeats silently."""
+        with self._lock:
+            self.doc.update(fields)
+
     def start(self, total_steps: int | None = None, gpus: list[int] | None = None, **extra: Any) -> None:
-        self.doc.update(state="running", started_at=now_iso(), ended_at=None, error=None,
-                        total_steps=total_steps, gpus=gpus or [], **extra)
+        self._set(state="running", started_at=now_iso(), ended_at=None, error=None,
+                  total_steps=total_steps, gpus=gpus or [], **extra)
         self._write()
         if self._thread is None:
             self._thread = threading.Thread(target=self._beat, daemon=True, name="heartbeat")
@@ -173,5 +179,5 @@ class StageStatus:
             err = {"type": type(error).__name__, "message": str(error).strip().splitlines()[0] if str(error) else ""}
         elif error:
             err = {"type": "Error", "message": str(error)}
-        self.doc.update(state=state, ended_at=now_iso(), error=err)
+        self._set(state=state, ended_at=now_iso(), error=err)
         self._write()

@@ -9,7 +9,8 @@ comes first; then `repeats` rounds, and the median time of each phase is kept.
     prefill_tokens_per_s   B * prompt_tokens / prefill time, at the largest B
     decode_tokens_per_s    {"B": B * decode steps / decode time}
     ms_per_token           {"B": decode time / decode steps, in ms}: the latency of one step
-    peak_memory_gb         CUDA: the allocator's peak over the whole measurement;
+    peak_memory_gb         in GiB (2**30 bytes, as every *_gb of the engine). CUDA: the allocator's
+                           peak over the whole measurement;
                            CPU: weights + the largest KV cache (what the model holds, measured
                            from the tensors: the process's own peak RSS is not per model)
 On CUDA the phases are timed with CUDA events after a synchronize; on the CPU with perf_counter.
@@ -26,6 +27,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from engine.contract import GIB
 
 GPU_DEFAULTS = {"batch_sizes": [1, 16], "prompt_tokens": 512, "new_tokens": 128}
 CPU_DEFAULTS = {"batch_sizes": [1, 4], "prompt_tokens": 64, "new_tokens": 16}
@@ -152,6 +155,6 @@ def measure_speed(model: nn.Module, settings: dict[str, Any], seed: int = 0) -> 
         weights = sum(t.numel() * t.element_size() for t in {id(p): p for p in model.parameters()}.values())
         peak = weights + kv_peak
     return {"device": device_name(device), "prefill_tokens_per_s": prefill_tps,
-            "decode_tokens_per_s": decode_tps, "ms_per_token": ms_per_token, "peak_memory_gb": peak / 1e9,
+            "decode_tokens_per_s": decode_tps, "ms_per_token": ms_per_token, "peak_memory_gb": peak / GIB,
             "prefill_batch_size": max(settings["batch_sizes"]), "prompt_tokens": prompt, "new_tokens": new,
             "repeats": repeats}

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config.counts import parse_param_count
-from engine.contract import human_count
+from engine.contract import GIB, human_count
 from engine.shapes.shape import Shape, count_params
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-GIB = 2**30
+
+
 def memory_gib(s: Shape, dtype: str, seq_length: int, batch_size: int) -> float:
     """Weights plus the KV cache (keys and values of every layer) in GiB."""
     b = DTYPE_BYTES[dtype]

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from engine.config import TrainConfig
-from engine.contract import now_iso
+from engine.contract import GIB, now_iso
 from engine.contract.cancelling import SAVING
 from engine.contract.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints
 from engine.contract.stage_context import StageContext
@@ -326,7 +326,7 @@ class TrainingRecipe:
                "loss": res.loss if res.finite else float("nan"), "lr": lr_at(step - 1, cfg),
                "grad_norm": res.grad_norm, "tokens_per_s": tps,
                "mfu": (tps * self.trainer.flops_per_token / (self.peak * self.world)) if self.peak else None,
-               "gpu_mem_gb": (torch.cuda.max_memory_allocated(device) / 2**30
+               "gpu_mem_gb": (torch.cuda.max_memory_allocated(device) / GIB
                               if device.type == "cuda" else None),
                "nan_steps": self.state.nan_steps}
         if self.spec.uses_teacher:
