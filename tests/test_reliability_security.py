@@ -50,3 +50,54 @@ def test_no_unsafe_load_anywhere_in_the_tree() -> None:
              for d in ("engine", "app", "benchmarks") for p in sorted((ROOT / d).rglob("*.py"))
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if UNSAFE.search(line)]
     assert not found, "\n".join(found)
+
+
+SLURM_TOML = """
+name = "sx"
+[model]
+path = "some/model"
+[data]
+dataset = "builtin:stdlib-docs"
+[finetune]
+steps = 3
+[launch]
+nodes = 2
+"""
+
+
+def _slurm(tmp_path: Path, capsys, *args: str) -> tuple[int, str]:
+    from engine.cli import main
+
+    f = tmp_path / "sx.toml"
+    f.write_text(SLURM_TOML)
+    rc = main(["run", str(f), "--slurm", "--gpus-per-node", "4", *args])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [("--runs-dir", "runs\ntouch INJECTED"),
+                                  ("--runs-dir", "runs", "--sbatch=--partition=gpu\ntouch INJECTED"),
+                                  ("--runs-dir", "runs", "--sbatch=touch INJECTED"),
+                                  ("--runs-dir", 'ru"ns')])
+def test_the_slurm_script_refuses_what_would_break_out_of_its_lines(tmp_path: Path, capsys, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    rc, err = _slurm(tmp_path, capsys, *args)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert not list(tmp_path.rglob("slurm.sbatch")) and not list(tmp_path.rglob("experiment.toml")), "written"
+
+
+def test_the_slurm_script_quotes_a_runs_dir_with_spaces(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, err = _slurm(tmp_path, capsys, "--runs-dir", "my runs")
+    assert rc == 0, err
+    script = (tmp_path / "my runs" / "sx" / "slurm.sbatch").read_text()
+    assert f'#SBATCH --output="{tmp_path}/my runs/sx/slurm-%j.log"' in script.splitlines()
+    assert f"--runs-dir '{tmp_path}/my runs'" in script
+
+
+def test_gpus_per_node_zero_is_named_as_such(tmp_path: Path, capsys, monkeypatch):
+    from engine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sx.toml").write_text(SLURM_TOML)
+    assert main(["run", "sx.toml", "--slurm", "--gpus-per-node", "0"]) == 2
+    assert "--gpus-per-node: 0;" in capsys.readouterr().err

@@ -35,6 +35,7 @@ def write_slurm(opts: RunOptions, submit: bool, gpus_per_node: int | None, extra
     exp = load_for_run(RunOptions(**{**opts.__dict__, "overrides": overrides}))
     layout = RunLayout(exp.run_dir)
     check_not_busy(layout)
+    given = gpus_per_node
     if gpus_per_node is None:
         if opts.gpus is not None:
             gpus_per_node = len(opts.gpus)
@@ -42,12 +43,15 @@ def write_slurm(opts: RunOptions, submit: bool, gpus_per_node: int | None, extra
             gpus_per_node = len(exp.launch.gpus)
         else:
             gpus_per_node = len(detect_gpus())
+    if given is not None and given < 1:
+        raise ConfigError(f"--gpus-per-node: {given}; give the number of GPUs on each node, 1 or more")
     if gpus_per_node < 1:
         raise ConfigError(f"{exp.source}: --slurm: cannot tell how many GPUs each node has (launch.gpus = \"all\" "
                           "and none on this machine); pass --gpus-per-node N")
-    exp = write_experiment(exp, layout)
+    # the script first: a value it cannot hold safely is refused before anything is written
     script = sbatch_script(exp, layout.experiment_file.resolve(), layout.root.resolve().parent, gpus_per_node,
                            extra_sbatch=extra_sbatch)
+    exp = write_experiment(exp, layout)
     path = layout.root / "slurm.sbatch"
     write_atomic(path, script)
     os.chmod(path, 0o755)
@@ -65,6 +69,32 @@ def write_slurm(opts: RunOptions, submit: bool, gpus_per_node: int | None, extra
     return 0
 
 
+def _plain(value: str, what: str) -> str:
+    """`value`, refused when it holds a control character: a newline in a path would start a new line of the
+    script, which bash runs."""
+    bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ConfigError(f"{what}: {value!r} contains a control character ({bad!r}); a Slurm script cannot "
+                          "hold it safely; rename it")
+    return value
+
+
+def _directive(value: str, what: str) -> str:
+    """An #SBATCH option's value: sbatch splits on whitespace unless the value is double-quoted."""
+    _plain(value, what)
+    if '"' in value:
+        raise ConfigError(f"{what}: {value!r} contains a double quote, which an #SBATCH line cannot hold; rename it")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
+def _extra_option(option: str) -> str:
+    """An --sbatch option, written as one #SBATCH line."""
+    _plain(option, "--sbatch")
+    if not option.startswith("-"):
+        raise ConfigError(f"--sbatch: {option!r} is not an sbatch option; write it as --sbatch=--partition=gpu")
+    return option
+
+
 def sbatch_script(exp: Experiment, toml_path: str | Path, runs_dir: str | Path, gpus_per_node: int, *,
                   python: str | None = None, workdir: str | Path | None = None,
                   extra_sbatch: list[str] | None = None) -> str:
@@ -75,9 +105,10 @@ def sbatch_script(exp: Experiment, toml_path: str | Path, runs_dir: str | Path, 
     (MASTER_ADDR from `scontrol show hostnames`) and the machine rank from SLURM_NODEID.
     Submitting the script again resumes the run: finished stages are skipped.
     """
-    python = python or sys.executable
-    workdir = Path(workdir or os.getcwd()).resolve()
-    run_dir = Path(runs_dir) / exp.name
+    python = _plain(python or sys.executable, "the Python interpreter's path")
+    workdir = Path(_plain(str(Path(workdir or os.getcwd()).resolve()), "the working directory"))
+    _plain(str(toml_path), "the experiment file's path")
+    run_dir = Path(_plain(str(runs_dir), "runs_dir")) / _plain(exp.name, "name")
     nodes = exp.launch.nodes
     port = exp.launch.main_process_port
     q = shlex.quote
@@ -85,14 +116,14 @@ def sbatch_script(exp: Experiment, toml_path: str | Path, runs_dir: str | Path, 
         "#!/bin/bash",
         f"# slimlab: experiment '{exp.name}' on {nodes} node(s) x {gpus_per_node} GPU(s).",
         "# Written by `slimlab-engine run --slurm`; submit with `sbatch` (resubmitting resumes the run).",
-        f"#SBATCH --job-name=slimlab-{exp.name}",
+        f"#SBATCH --job-name={_directive(f'slimlab-{exp.name}', 'name')}",
         f"#SBATCH --nodes={nodes}",
         "#SBATCH --ntasks-per-node=1",
         f"#SBATCH --gpus-per-node={gpus_per_node}",
         "#SBATCH --exclusive",
-        f"#SBATCH --output={run_dir}/slurm-%j.log",
+        f"#SBATCH --output={_directive(f'{run_dir}/slurm-%j.log', 'runs_dir')}",
     ]
-    lines += [f"#SBATCH {x}" for x in (extra_sbatch or [])]
+    lines += [f"#SBATCH {_extra_option(x)}" for x in (extra_sbatch or [])]
     lines += [
         "",
         "set -euo pipefail",
