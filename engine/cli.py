@@ -55,9 +55,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     exp = _load(args)
     from engine.orchestration.check import describe_plan
 
-    for line in describe_plan(exp):
+    for line in describe_plan(exp, gpu_gib=args.gpu_memory):
         print(line)
     return 0
+
+
+def _gib(text: str) -> float:
+    try:
+        value = float(text.removesuffix("GiB").removesuffix("G"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in GiB; write e.g. 80") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive size in GiB, e.g. 80")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -71,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="slimlab-engine", description="Minitron-style prune + distill of HF LLMs")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="validate a file; print the stage plan and parameter counts")
+    p = sub.add_parser("check", help="validate a file; print the stage plan, parameter counts, memory and disk")
     _common(p)
+    p.add_argument("--gpu-memory", type=_gib, metavar="GIB",
+                   help="predict for GPUs of this size (e.g. 80), not this machine's (plan a GPU run on a laptop)")
     p.set_defaults(func=cmd_check)
 
     for kind in (k.name for k in KINDS):

@@ -137,6 +137,9 @@ class TrainConfig(_Section):
     val_interval: int = Field(default=10, ge=1)
     val_batches: int = Field(default=5, ge=1)
     checkpoint_interval: int = Field(default=100, ge=1)
+    # checkpoints kept on disk (the newest; plus the last good one after non-finite steps): the disk
+    # holds keep_checkpoints + 1 while one is written (engine/resources/plan.py)
+    keep_checkpoints: int = Field(default=1, ge=1, le=1000)
     log_interval: int = Field(default=1, ge=1)
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the model(s)
@@ -213,6 +216,8 @@ class DistillConfig(TrainConfig):
 # `distill = {...}`, and not in the stages' hashes (the results do not depend on them).
 NOT_PER_STUDENT = {"share_teacher", "teacher_cuda_graph"}
 NOT_HASHED = {"share_teacher", "teacher_cuda_graph"}
+# trainer keys that change neither a stage's results nor its resume: not hashed in any training section
+TRAIN_NOT_HASHED = {"keep_checkpoints"}
 
 
 SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads"]
@@ -455,7 +460,8 @@ class Experiment(_Section):
             if m is None:
                 return None
             return m.model_dump(mode="json", exclude_defaults=True,
-                                exclude=NOT_HASHED if isinstance(m, DistillConfig) else None)
+                                exclude=(NOT_HASHED | TRAIN_NOT_HASHED if isinstance(m, DistillConfig)
+                                         else TRAIN_NOT_HASHED if isinstance(m, TrainConfig) else None))
 
         parts: dict[str, Any] = {"model": dump(self.model), "data": dump(self.data), "seed": self.seed}
         for section, value in stage_settings(self, stage).items():  # the kind's rule (engine.stages.sections)

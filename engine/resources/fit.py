@@ -244,19 +244,21 @@ def _finished(exp: Experiment, stage: str) -> bool:
 
 def _disk(exp: Experiment, shapes: Shapes, stages: list[str], m: Machine) -> tuple[str, str]:
     """The run's disk: the models it keeps plus the largest stage's checkpoints at once."""
-    models, transient, biggest = 0, 0, ""
+    models, transient, biggest, on_cancel = 0, 0, "", 0
     for stage in stages:
         d = stage_disk(exp, shapes, stage, _processes(exp, stage, m), m.cuda)
         if d is None:
             continue
         models += d.model
+        on_cancel = max(on_cancel, d.checkpoint)
         extra = d.peak - d.model
         if extra > transient:
             transient, biggest = extra, f"{stage}: {d.checkpoints_at_once} x {d.checkpoint / GIB:.1f} GiB checkpoints"
     total = models + transient
     free = free_bytes(exp.run_dir)
     line = (f"  disk: ~{total / GIB:.1f} GiB in {exp.runs_dir} (models {models / GIB:.1f}"
-            + (f", {biggest}" if biggest else "") + f"); {free / GIB:.0f} GiB free")
+            + (f", {biggest}" if biggest else "") + f"); {free / GIB:.0f} GiB free"
+            + (f"; a cancel writes a {on_cancel / GIB:.1f} GiB checkpoint" if on_cancel and not transient else ""))
     if total <= free:
         return line, ""
     fix = "set keep_checkpoints = 1 and optimizer_states = \"bfloat16\" in [distill]/[finetune], or " \

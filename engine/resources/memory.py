@@ -16,11 +16,12 @@ and the knob that shrinks it:
     loss         the fused KD loss: the output weight's fp32 gradient, the hidden-state gradient and
                  one chunk's [chunk, vocab] temporaries
 
-Activations per token and decoder layer, counted from transformers' Llama modules (bytes, e = the
-activation element size: 2 for bf16, 4 for fp32): each RMSNorm keeps its fp32 input and its
-normalised output (4h + e*h); attention keeps q, k and their rotations, then q, k, v and the output
-for SDPA (4 q_dim + 4 kv_dim elements); the SwiGLU MLP keeps gate, silu(gate), up and their product
-(4 ffn elements). benchmarks/scale_gpu.py measures the prediction against torch's peak on a GPU, and
+Activations per token and decoder layer, the tensors autograd saves in transformers' Llama modules
+(counted with saved-tensor hooks; bytes, e = the activation element size: 2 for bf16, 4 for fp32): each
+RMSNorm keeps its fp32 input, its normalised output and the weighted output the projections read
+(4h + 2e*h); rotary embedding keeps nothing of size (it saves cos and sin), SDPA keeps the rotated q and
+k, v and its output (2 q_dim + 2 kv_dim elements; the output is o_proj's input); the SwiGLU MLP keeps
+gate, up, silu(gate) and their product (4 ffn elements). benchmarks/scale_gpu.py measures the prediction against torch's peak on a GPU, and
 tests/test_resources.py against the saved tensors and the optimizer state on the CPU.
 """
 
@@ -97,10 +98,11 @@ def _dims(s: Shape) -> tuple[int, int, int, int]:
 
 def layer_activation_bytes(s: Shape, e: int, fp32_residual: bool = False) -> int:
     """Bytes backward keeps per token for one decoder layer (module docstring); `fp32_residual`: fp32
-    weights under bf16 autocast, where the norms' outputs are fp32 and each matmul input gets a bf16 copy."""
+    weights under bf16 autocast, where the norms' outputs are fp32 and each projection casts its input
+    to a bf16 copy of its own (q, k, v: three; gate, up: two)."""
     h, q, kv, f = _dims(s)
-    norm = 4 * h + (4 * h + 2 * h if fp32_residual else e * h)
-    return 2 * norm + e * (4 * q + 4 * kv + 4 * f)
+    norms = 2 * (4 * h + 2 * e * h) if not fp32_residual else 2 * 12 * h + 2 * (3 + 2) * h
+    return norms + e * (2 * q + 2 * kv + 4 * f)
 
 
 def layer_forward_bytes(s: Shape, e: int) -> int:
@@ -111,9 +113,10 @@ def layer_forward_bytes(s: Shape, e: int) -> int:
 
 def activation_bytes(s: Shape, tokens: int, e: int, checkpointing: bool, fp32_residual: bool) -> int:
     per_layer = layer_activation_bytes(s, e, fp32_residual)
+    final_norm = 4 * s.hidden_size + 2 * e * s.hidden_size
     if checkpointing:  # each layer's input is kept; one layer at a time is recomputed for backward
-        return tokens * (s.num_layers * (4 if fp32_residual else e) * s.hidden_size + per_layer)
-    return tokens * s.num_layers * per_layer
+        return tokens * (s.num_layers * (4 if fp32_residual else e) * s.hidden_size + per_layer + final_norm)
+    return tokens * (s.num_layers * per_layer + final_norm)
 
 
 def loss_bytes(s: Shape, tokens: int, k: Knobs, act: int, vocab: int) -> int:

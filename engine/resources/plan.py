@@ -65,11 +65,13 @@ class DiskNeed:
     stage: str
     model: int  # model/ (kept)
     checkpoint: int  # one checkpoint (0: the stage writes none)
-    checkpoints_at_once: int  # kept + the one being written
+    checkpoints_at_once: int  # kept + the one being written (0: none periodic; a cancel may write one)
 
     @property
     def peak(self) -> int:
         """While it runs: its checkpoints, then model/ written beside the last one."""
+        if not self.checkpoints_at_once:
+            return self.model
         return max(self.checkpoint * self.checkpoints_at_once, self.checkpoint + self.model)
 
 
@@ -90,8 +92,7 @@ def stage_disk(exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda
         k = train_knobs(exp, cfg, processes, cuda)
         keep = getattr(cfg, "keep_checkpoints", 1)
         periodic = cfg.steps > cfg.checkpoint_interval
-        # a cancel writes one even when none is periodic
-        return DiskNeed(stage, n * e, checkpoint_bytes(n, k), keep + 1 if periodic else 1)
+        return DiskNeed(stage, n * e, checkpoint_bytes(n, k), keep + 1 if periodic else 0)
     if kind == "prune":
         return DiskNeed(stage, count_params(shapes.students[stage_student(stage)]) * e, 0, 0)
     return None

@@ -28,7 +28,7 @@ from engine.stages import kind_of, stage_student
 # optimizer_states: the moments are converted on load (engine/training/master_adamw.py load_state_dict).
 RESUMABLE_CHANGES = ("steps", "lr", "min_lr", "warmup_steps", "grad_clip", "val_interval", "val_batches",
                      "checkpoint_interval", "log_interval", "max_nan_steps", "compile",
-                     "gradient_checkpointing", "kernels", "optimizer_states")
+                     "gradient_checkpointing", "kernels", "optimizer_states", "keep_checkpoints")
 
 
 def resume_key(exp: Experiment, stage: str) -> str:
@@ -50,9 +50,10 @@ def resume_key(exp: Experiment, stage: str) -> str:
 
 
 def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[str, Any],
-                    keep: Path | None = None) -> Path:
-    """Collective: every process must call it. Returns the checkpoint directory. Older checkpoints are
-    removed, except `keep` (the last one known to be good: engine/training/loop.py good_at).
+                    keep: Path | None = None, keep_last: int = 1) -> Path:
+    """Collective: every process must call it. Returns the checkpoint directory. Checkpoints older than
+    the newest `keep_last` are removed, except `keep` (the last one known to be good: engine/training/loop.py
+    good_at).
 
     Free space is checked first (the estimate: this process's model and optimizer tensors); a write
     that runs out of space anyway removes its partial directory. Either way every process raises
@@ -85,7 +86,7 @@ def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[s
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        for _, old in list_checkpoints(root)[:-1]:
+        for _, old in list_checkpoints(root)[:-keep_last]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

@@ -52,7 +52,7 @@ from engine.training.checkpoint import (
 )
 from engine.training.metrics_log import MetricsLog
 from engine.training.micro_batch import AUTO, per_process_batch
-from engine.training.setup import lr_at, make_accelerator, peak_flops
+from engine.training.setup import CAP_ENV, cap_gpu_memory, lr_at, make_accelerator, peak_flops
 from engine.training.step import PendingStep, StepResult, Trainer
 from engine.training.throughput import Mark, StepTimes
 
@@ -140,6 +140,8 @@ class TrainingRecipe:
         models = build(torch.cuda.is_available(), read_meta(ctx.layout.data_dir))
         layer_classes = list(getattr(models.student, "_no_split_modules", None) or []) or None
         self.acc = make_accelerator(exp.launch.strategy, exp.launch.mixed_precision, layer_classes)
+        if (cap := cap_gpu_memory(self.acc.device)) is not None:
+            self._log(f"GPU memory capped at {cap:g} GiB ({CAP_ENV})")
         if exp.launch.strategy == "fsdp" and not self.acc.is_fsdp2 and self.acc.num_processes > 1:
             self._log("strategy fsdp needs GPUs (accelerate shards only CUDA models): using DDP")
         self.world, self.rank = self.acc.num_processes, self.acc.process_index
@@ -205,6 +207,28 @@ class TrainingRecipe:
                   f"({self.world} process(es), {self.trainer.accumulation} micro-batch(es) of "
                   f"{self.trainer.micro} each); loss {self.spec.kind}; "
                   f"{self.trainer.flops_per_token / 1e9:.2f} GFLOP/token; {self.trainer.precision}")
+        self._predict_memory()
+
+    def _predict_memory(self) -> None:
+        """The config's prediction of this stage's peak (engine/resources/), logged and kept in status.json
+        beside the measured peak (`_measured_memory`)."""
+        from engine.resources.plan import predicted_need
+
+        cuda = self.acc.device.type == "cuda"
+        need = predicted_need(self.ctx.exp, self.ctx.stage, self.world, cuda, self.trainer.micro)
+        self.predicted_gib = round(need.gib(), 3) if need is not None else None
+        if need is not None:
+            self._log(f"memory: predicted {need.describe()}")
+
+    def _measured_memory(self) -> None:
+        """The training peak (CUDA: the allocator's, since the first step) against the prediction."""
+        if self.acc.device.type != "cuda":
+            return
+        peak = torch.cuda.max_memory_allocated(self.acc.device) / GIB
+        pred = self.predicted_gib
+        off = f" ({(pred - peak) / peak:+.1%} predicted {pred:.2f} GiB)" if pred else ""
+        self._log(f"memory: peak {peak:.2f} GiB allocated per GPU{off}")
+        self.ctx.progress(self.state.step, memory={"peak_gib": round(peak, 3), "predicted_gib": pred})
 
     def resume(self) -> bool:
         """Load the latest checkpoint if it was written with this stage's settings (RESUMABLE_CHANGES
@@ -377,7 +401,8 @@ class TrainingRecipe:
         # "saving" tells a canceller to wait for the write, however long it takes (contract/cancelling.py)
         self.ctx.progress(step, phase=SAVING, saving_step=step, step_s=self.times.step_s)
         try:
-            save_checkpoint(self.acc, self.ckpt_root, step, asdict(self.state), keep=keep)
+            save_checkpoint(self.acc, self.ckpt_root, step, asdict(self.state), keep=keep,
+                            keep_last=self.cfg.keep_checkpoints)
         finally:
             self.ctx.progress(step, phase=None, saving_step=None)
         self.ctx.progress(step, checkpoint_s=round(time.perf_counter() - t0, 3))
@@ -398,6 +423,7 @@ class TrainingRecipe:
         checkpoints go (the stage is complete)."""
         from engine.models.hf import save_model
 
+        self._measured_memory()
         acc = self.acc
         state = self.trainer.full_student_state()  # collective under FSDP
         if acc.is_main_process:

@@ -23,6 +23,21 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "
 # ---- accelerate ------------------------------------------------------------------------
 
 
+CAP_ENV = "SLIMLAB_GPU_MEMORY_CAP_GIB"  # benchmarks: run as on a smaller card (an 80 GB H100 on an H200)
+
+
+def cap_gpu_memory(device: torch.device) -> float | None:
+    """With SLIMLAB_GPU_MEMORY_CAP_GIB set on CUDA: the allocator may take no more than that many GiB
+    (torch's per-process fraction); the cap, or None."""
+    raw = os.environ.get(CAP_ENV)
+    if not raw or device.type != "cuda":
+        return None
+    cap = float(raw)
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+    return cap
+
+
 def make_accelerator(strategy: str = "ddp", mixed_precision: str = "bf16",
                      layer_classes: list[str] | None = None) -> Any:
     """An Accelerator: bf16 autocast + DDP, or FSDP2 configured here (no accelerate config file)."""

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Issue 21 on one GPU: Llama-3.1-8B (random weights) -> 4.5B students at seq 4096, and the memory prediction
+# against the measured peak at three sizes. The device calls behind benchmarks/RESULTS.md ("8B on one GPU").
+#
+#   benchmarks/scale_gpu.sh OUT PART...     PART: memory | teacher | width | resume | depth | search | summary
+#
+#   memory   benchmarks/memory_prediction.py: predicted vs measured peak (SmolLM2-135M, 1.24B, 8B -> 4.5B)
+#   teacher  a random Llama-3.1-8B folder (benchmarks/scratch_model.py) in $TEACHER (default /dev/shm)
+#   width    benchmarks/scale/width-80gb.toml under a 79 GiB cap (an 80 GB H100's memory): prune-width
+#            (1024 calibration samples), then distill-width, cancelled at step $KILL_AT (a checkpoint)
+#   resume   the same run again: distill-width resumes from the checkpoint and finishes; eval (speed)
+#   depth    benchmarks/scale/depth-h200.toml: prune-depth, distill-depth, eval, default precision
+#   search   benchmarks/scale/search-0.56.toml: a search at 0.56 of the teacher, scored by loss
+#   summary  benchmarks/scale_summary.py over the runs
+# Needs: .carry/textkit-llama2 (benchmarks/pack_for_gpu.sh) and, where missing, pydantic and friends as wheels.
+# SCALE_ARCH=tiny runs the same flow with a tiny model on the CPU (a smoke test of this script).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?OUT dir}; shift
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+ARCH=${SCALE_ARCH:-meta-llama/Llama-3.1-8B}
+TEACHER=${TEACHER:-/dev/shm/llama31-8b-random}
+RUNS=${RUNS:-/root/scale-runs}
+KILL_AT=${KILL_AT:-20}
+CAP=${CAP:-79}
+LOG="$OUT/scale.log"
+EXTRA=(); WIDTH=(); DEPTH=(); SEARCH=()
+if [[ $ARCH == tiny ]]; then  # CPU smoke test: small sequences, steps and targets
+  EXTRA=(--set data.seq_length=64 --set eval.speed=false)
+  WIDTH=(--set prune.width.ffn_hidden_size=96 --set prune.width.hidden_size=48 --set distill.steps=200
+         --set prune.width.calibration_samples=16)
+  DEPTH=(--set "prune.depth.drop_layers=[2,3]" --set distill.steps=8)
+  SEARCH=(--set prune.search.calibration_samples=16 --set prune.search.hidden_multiple=16 --set prune.search.ffn_multiple=16)
+fi
+SETS=(--set "model.path=$TEACHER" --runs-dir "$RUNS" "${EXTRA[@]}")
+log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+engine() { python3 -m engine "$@" 2>&1 | grep -v -i "warn" | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }
+
+for PART in "$@"; do
+  case $PART in
+  memory)
+    log "memory prediction"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$LOG"
+    df -h / /root /dev/shm 2>/dev/null | tee -a "$LOG"; free -g | tee -a "$LOG"
+    timeout 400 python3 benchmarks/memory_prediction.py --json "$OUT/memory.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    ;;
+  teacher)
+    log "teacher $ARCH -> $TEACHER"
+    /usr/bin/time -f "teacher: %e s, max RSS %M KB" python3 benchmarks/scratch_model.py --arch "$ARCH" \
+      --tokenizer .carry/textkit-llama2/tokenizer --out "$TEACHER" 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
+    ;;
+  width)
+    log "width: check for 79 GiB, then prune-width and distill-width until step $KILL_AT"
+    engine check benchmarks/scale/width-80gb.toml "${SETS[@]}" "${WIDTH[@]}" --gpu-memory "$CAP"
+    SLIMLAB_GPU_MEMORY_CAP_GIB=$CAP python3 -m engine run benchmarks/scale/width-80gb.toml "${SETS[@]}" "${WIDTH[@]}" \
+      > "$OUT/width-run.log" 2>&1 &
+    RUN_PID=$!
+    M="$RUNS/width-80gb/distill-width/metrics.jsonl"
+    while kill -0 $RUN_PID 2>/dev/null; do
+      if [[ -f $M ]] && python3 -c "import json,sys; l=[json.loads(x) for x in open('$M') if x.strip().endswith('}')]; sys.exit(0 if any(r.get('split')=='train' and r['step']>=$KILL_AT for r in l) else 1)"; then
+        log "cancel at step >= $KILL_AT"; T0=$(date +%s.%N)
+        engine cancel "$RUNS/width-80gb"
+        wait $RUN_PID; log "cancelled in $(echo "$(date +%s.%N) - $T0" | bc) s"; break
+      fi
+      sleep 2
+    done
+    wait $RUN_PID 2>/dev/null
+    grep -v -i warn "$OUT/width-run.log" | tail -40 | tee -a "$LOG"
+    ls -la "$RUNS"/width-80gb/distill-width/checkpoints/* 2>&1 | tee -a "$LOG"; du -sh "$RUNS"/width-80gb/distill-width/checkpoints 2>&1 | tee -a "$LOG"
+    ;;
+  resume)
+    log "resume width"
+    SLIMLAB_GPU_MEMORY_CAP_GIB=$CAP engine run benchmarks/scale/width-80gb.toml "${SETS[@]}" "${WIDTH[@]}" | tail -60
+    ;;
+  depth)
+    log "depth (H200 default precision)"
+    engine check benchmarks/scale/depth-h200.toml "${SETS[@]}" "${DEPTH[@]}"
+    engine run benchmarks/scale/depth-h200.toml "${SETS[@]}" "${DEPTH[@]}" | tail -60
+    ;;
+  search)
+    log "search at 0.56"
+    engine run benchmarks/scale/search-0.56.toml "${SETS[@]}" "${SEARCH[@]}" | tail -40
+    ;;
+  summary)
+    python3 benchmarks/scale_summary.py "$RUNS"/* --json "$OUT/summary.json" | tee -a "$LOG"
+    for r in "$RUNS"/*; do [[ -f $r/eval/results.json ]] && cp "$r/eval/results.json" "$OUT/$(basename "$r")-results.json"; done
+    du -sh "$RUNS"/*/* 2>/dev/null | tee -a "$LOG"
+    ;;
+  *) echo "unknown part $PART" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,187 @@
+"""The memory and disk prediction (engine/resources/) against what torch really holds on the CPU, and
+the one-line refusal of a plan that cannot fit: exit 2, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.config import ConfigError, load_experiment
+from engine.resources.memory import Knobs, activation_bytes, training_need
+from engine.shapes.shape import count_params, shape_from_config
+from tests._train_util import ROOT, engine_env
+
+ARCHS = [
+    dict(model_type="llama", vocab_size=512, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+         num_attention_heads=4, num_key_value_heads=2, head_dim=32),
+    dict(model_type="llama", vocab_size=300, hidden_size=96, intermediate_size=256, num_hidden_layers=3,
+         num_attention_heads=6, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
+]
+
+
+def _model(arch: dict, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from engine.models.attention import use_causal_sdpa
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(AutoConfig.for_model(**arch), attn_implementation="sdpa", dtype=dtype)
+    use_causal_sdpa(m)
+    return m
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_activations_match_the_tensors_autograd_saves(arch, dtype):
+    """The per-layer activation model against the bytes of every tensor the forward saves for backward
+    (weights excluded: they are counted as weights), within 3%."""
+    m = _model(arch, dtype)
+    weights = {p.untyped_storage().data_ptr() for p in m.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in weights:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    batch, seq = 2, 128
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m.model(torch.randint(0, arch["vocab_size"], (batch, seq)))
+    measured = sum(saved.values())
+    e = 4 if dtype == torch.float32 else 2
+    predicted = activation_bytes(shape_from_config(arch), batch * seq, e, checkpointing=False, fp32_residual=False)
+    assert predicted == pytest.approx(measured, rel=0.03)
+
+
+def test_state_terms_match_the_trainer_after_a_step():
+    """Weights, gradients and AdamW moments of a real Trainer step on the CPU, byte for byte."""
+    from accelerate import Accelerator
+
+    from engine.config import DistillConfig
+    from engine.training.stage_bodies import loss_spec
+    from engine.training.step import Trainer
+
+    teacher_arch, student_arch = ARCHS[0], {**ARCHS[0], "num_hidden_layers": 2}
+    for states in ("float32", "bfloat16"):
+        cfg = DistillConfig(steps=10, global_batch_size=2, micro_batch_size=2, warmup_steps=0,
+                            optimizer_states=states)
+        student, teacher = _model(student_arch, torch.float32), _model(teacher_arch, torch.float32)
+        trainer = Trainer(Accelerator(cpu=True), student, cfg, loss_spec(cfg, 512), teacher, seq_length=32)
+        trainer.launch([torch.randint(0, 512, (2, 33))], 1e-4).result()
+        model = trainer.unwrapped().student
+        params = [p for p in model.parameters()]
+        weights = sum(p.numel() * p.element_size() for p in params)
+        grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
+        opt = trainer.optimizer
+        while hasattr(opt, "optimizer"):
+            opt = opt.optimizer
+        moments = sum(v.numel() * v.element_size() for st in opt.state.values() for k, v in st.items()
+                      if k in ("exp_avg", "exp_avg_sq"))
+        k = Knobs(cuda=False, processes=1, fsdp=False, micro_batch=2, accumulation=1, gradient_checkpointing=False,
+                  compile=False, master_weights=True, state_bytes=4 if states == "bfloat16" else 8,
+                  chunk_tokens=cfg.chunk_tokens, model_bytes=4, mixed_bf16=False)
+        need = training_need("distill-x", shape_from_config(student_arch), shape_from_config(teacher_arch), k, 32)
+        assert count_params(shape_from_config(student_arch)) == sum(p.numel() for p in params)
+        assert need.parts["weights"] == weights
+        assert grads in (0, need.parts["gradients"])  # zeroed (set to None) after the update, or kept
+        assert need.parts["optimizer"] == moments, states
+        assert need.parts["teacher"] == sum(p.numel() * 4 for p in teacher.parameters())
+
+
+# ---- check and run refuse what cannot fit ------------------------------------------------------
+
+
+def _big_toml(tmp_path, hidden: int, layers: int = 32, extra: str = "") -> str:
+    (tmp_path / "train.txt").write_text("hello world\n" * 50)
+    f = tmp_path / "big.toml"
+    f.write_text(f"""
+name = "big"
+runs_dir = "{tmp_path / 'runs'}"
+[model]
+init = "scratch"
+tokenizer_train_vocab = 1000
+arch = {{model_type = "llama", hidden_size = {hidden}, intermediate_size = {hidden * 3}, num_hidden_layers = {layers}, num_attention_heads = 32, num_key_value_heads = 8, head_dim = {max(hidden // 32, 1)}}}
+[data]
+train_files = ["{tmp_path / 'train.txt'}"]
+seq_length = 2048
+[finetune]
+steps = 10
+global_batch_size = 8
+micro_batch_size = 8
+{extra}
+""")
+    return str(f)
+
+
+def _engine(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**engine_env(), **(env or {})}, timeout=300)
+
+
+def test_check_refuses_a_stage_that_does_not_fit_the_gpu_with_one_line_and_the_knob(tmp_path):
+    f = _big_toml(tmp_path, hidden=4096)  # ~6.5B parameters: ~100 GiB to fine-tune in full
+    r = _engine("check", f, "--gpu-memory", "79")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "finetune: needs ~" in lines[0] and "the GPU has 79" in lines[0]
+    assert "gradient_checkpointing = true" in lines[0] or "fsdp" in lines[0]
+    assert not (tmp_path / "runs").exists()
+    small = _big_toml(tmp_path, hidden=256, layers=2)  # the table, no refusal
+    ok = _engine("check", small, "--gpu-memory", "79")
+    assert ok.returncode == 0, ok.stderr
+    assert "finetune" in ok.stdout and "GiB per GPU" in ok.stdout and "disk:" in ok.stdout
+
+
+def test_run_refuses_before_writing_anything(tmp_path):
+    f = _big_toml(tmp_path, hidden=4096)
+    r = _engine("run", f, env={"SLIMLAB_GPU_MEMORY_GIB": "79"})
+    assert r.returncode == 2, r.stderr
+    assert "needs ~" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_hostile_scratch_model_is_refused_for_host_memory_on_the_cpu(tmp_path):
+    """A scratch teacher of hidden 1,048,576 used to die allocating 134 GB with a traceback."""
+    f = _big_toml(tmp_path, hidden=1_048_576, layers=2)
+    r = _engine("run", f, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 2, r.stderr
+    assert "of host memory" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_suggested_knobs_make_it_fit(tmp_path, monkeypatch):
+    """The knob the refusal names, applied, passes the same check."""
+    from engine.resources import fit
+
+    exp = load_experiment(_big_toml(tmp_path, hidden=4096))
+    machine = fit.Machine(gpus=1, gpu_bytes=79 * 2**30, gpu_name="GPU", host_bytes=100 * 2**30)
+    monkeypatch.setattr(fit, "free_bytes", lambda _p: 2**50)
+    with pytest.raises(ConfigError) as e:
+        fit.resource_lines(exp, machine)
+    fix = str(e.value).split("; set ", 1)[1].split(" (~")[0]  # "finetune.a = x and finetune.b = y"
+    for change in fix.split(" and "):
+        key, value = (x.strip() for x in change.split("=", 1))
+        section, name = key.split(".")
+        if name == "global_batch_size":  # "global_batch_size = micro_batch_size = N"
+            n = int(value.split("=")[-1])
+            exp.finetune.micro_batch_size = exp.finetune.global_batch_size = n
+        else:
+            setattr(exp.finetune, name, value.strip('"') if value.startswith('"') else value == "true")
+    assert any("finetune" in x for x in fit.resource_lines(exp, machine))
+
+
+def test_disk_that_cannot_hold_the_checkpoints_is_refused(tmp_path, monkeypatch):
+    from engine.resources import fit
+
+    exp = load_experiment(_big_toml(tmp_path, hidden=1024, layers=4, extra="checkpoint_interval = 2"))
+    machine = fit.Machine(gpus=1, gpu_bytes=200 * 2**30, gpu_name="GPU", host_bytes=100 * 2**30)
+    lines = fit.resource_lines(exp, machine)
+    assert any("finetune" in x and "checkpoints" in x for x in lines)
+    monkeypatch.setattr(fit, "free_bytes", lambda _p: 2**20)
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        fit.resource_lines(exp, machine)
