@@ -101,3 +101,87 @@ def test_gpus_per_node_zero_is_named_as_such(tmp_path: Path, capsys, monkeypatch
     (tmp_path / "sx.toml").write_text(SLURM_TOML)
     assert main(["run", "sx.toml", "--slurm", "--gpus-per-node", "0"]) == 2
     assert "--gpus-per-node: 0;" in capsys.readouterr().err
+
+
+# ---- symbolic links in a run directory ------------------------------------------------------------
+
+LINKED = """
+name = "ln"
+[model]
+init = "scratch"
+dtype = "float32"
+arch = {model_type = "llama", hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2}
+tokenizer_train_vocab = 512
+[data]
+train_files = ["train.jsonl"]
+seq_length = 32
+[finetune]
+steps = 2
+global_batch_size = 4
+micro_batch_size = 4
+"""
+
+
+def _linked_run(tmp_path: Path, entry: str, target_is_dir: bool) -> tuple[Path, Path]:
+    """runs/ln/<entry> is a link to a precious file or folder outside the run; returns (experiment, target)."""
+    (tmp_path / "train.jsonl").write_text("".join(f'{{"text": "line {i} of the data"}}\n' for i in range(50)))
+    f = tmp_path / "ln.toml"
+    f.write_text(LINKED)
+    target = tmp_path / "precious"
+    if target_is_dir:
+        target.mkdir()
+        (target / "keep.txt").write_text("mine")
+    else:
+        target.write_text("mine")
+    link = tmp_path / "runs" / "ln" / entry
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=target_is_dir)
+    return f, target
+
+
+@pytest.mark.parametrize("entry,is_dir", [("finetune", True), ("run.lock", False), ("finetune/stdout.log", False),
+                                          ("prepare", True)])
+def test_run_refuses_a_run_directory_with_links_that_leave_it(tmp_path: Path, capsys, monkeypatch, entry, is_dir):
+    from engine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    if "/" in entry:
+        (tmp_path / "runs" / "ln" / entry.split("/")[0]).mkdir(parents=True)
+    f, target = _linked_run(tmp_path, entry, is_dir)
+    assert main(["run", str(f), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a symbolic link to" in err and "outside the run directory" in err, err
+    assert (target / "keep.txt" if is_dir else target).read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "runs" / "ln").iterdir()) == [entry.split("/")[0]]
+
+
+def test_run_files_are_never_opened_through_a_link(tmp_path: Path) -> None:
+    """Behind the up-front check, each writer refuses a link on its own (O_NOFOLLOW, no rmtree through it)."""
+    import errno
+
+    from engine.config import ConfigError
+    from engine.contract import RunLayout, append_metrics
+    from engine.contract.files import open_append
+    from engine.orchestration.run_lock import RunLock
+    from engine.orchestration.stage_actions import clear_stage
+
+    target = tmp_path / "precious"
+    target.write_text("mine")
+    run = tmp_path / "run"
+    (run / "finetune").mkdir(parents=True)
+    for name in ("run.lock", "finetune/stdout.log", "finetune/metrics.jsonl"):
+        (run / name).symlink_to(target)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        RunLock(run).acquire()
+    with pytest.raises(OSError) as e:
+        open_append(run / "finetune" / "stdout.log")
+    assert e.value.errno == errno.ELOOP
+    with pytest.raises(OSError):
+        append_metrics(run / "finetune" / "metrics.jsonl", {"step": 1})
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    (run / "prune-depth").symlink_to(folder, target_is_directory=True)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        clear_stage(RunLayout(run), "prune-depth")
+    assert target.read_text() == "mine" and (folder / "keep.txt").read_text() == "mine"

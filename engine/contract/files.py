@@ -9,7 +9,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from engine.contract.metrics_reader import Change, MetricsCursor
 
@@ -83,6 +83,13 @@ def read_json(path: str | Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def open_append(path: str | Path, text: bool = False) -> IO[Any]:
+    """A run file (a log, metrics.jsonl) opened for appending, never through a symbolic link (O_NOFOLLOW):
+    a link planted in a run directory must not make the engine write into its target (OSError ELOOP)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return os.fdopen(fd, "a", encoding="utf-8") if text else os.fdopen(fd, "ab")
+
+
 # ---- metrics.jsonl --------------------------------------------------------------------
 
 
@@ -91,7 +98,7 @@ def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
     rec = {"time": now_iso(), **record}
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
     line = json.dumps(clean, default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
+    with open_append(path, text=True) as f:
         f.write(line)
         f.flush()
 

@@ -26,6 +26,7 @@ from engine.contract import (
     stage_status_doc,
     write_json_or_warn,
 )
+from engine.contract.files import open_append
 from engine.contract.tail import LogTail, last_lines
 from engine.orchestration.divergence import stage_divergence
 from engine.orchestration.launch import (
@@ -218,10 +219,10 @@ class Orchestrator:
             shared = f", sharing the teacher with {', '.join(s for s in stages if s != stage)}" if stages[1:] else ""
             header = (f"===== {now_iso()} attempt {attempt}: {plan.action} {stage} ({plan.reason}) "
                       f"on {socket.gethostname()}, {place}{shared} =====\n$ {cmd.shell()}\n")
-            with open(self._log_path(stage), "ab") as log:
+            with open_append(self._log_path(stage)) as log:
                 log.write(header.encode())
                 offsets[stage] = log.tell()
-        with open(self._log_path(first), "ab") as log:
+        with open_append(self._log_path(first)) as log:
             proc = subprocess.Popen(cmd.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **cmd.env}, start_new_session=False)
         group = tuple(stages) if stages[1:] else ()

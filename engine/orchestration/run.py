@@ -20,6 +20,7 @@ from engine.contract import (
     read_status,
     write_atomic,
 )
+from engine.contract.files import open_append
 from engine.errors import ConfigError
 from engine.orchestration.check import describe_plan
 from engine.orchestration.launch import (
@@ -35,6 +36,7 @@ from engine.orchestration.orchestrator import (
     parallel_chunks,
     where,
 )
+from engine.orchestration.run_dir_safety import check_links, check_writable
 from engine.orchestration.run_lock import RunLock
 from engine.orchestration.stage_actions import RunBusy, StageAction, stage_actions
 from engine.resources.fit import resource_lines, this_machine
@@ -75,14 +77,17 @@ def load_for_run(opts: RunOptions) -> Experiment:
 
 
 def check_runs_dir(exp: Experiment) -> None:
-    """The run directory can be made: no file in the way of runs_dir or of the run itself."""
+    """The run directory can be made: no file in the way of runs_dir or of the run itself, a folder we may
+    write in, and no entry of the run that is a link leading out of it."""
     for p in (exp.run_dir, *exp.run_dir.parents):
         if p.exists():
             if not p.is_dir():
                 what = "the run directory" if p == exp.run_dir else "runs_dir (or a folder above it)"
                 raise ConfigError(f"{exp.source}: {what} {p} is a file, not a folder; "
                                   "give --runs-dir (or runs_dir) a folder")
-            return
+            check_writable(p, exp.source, probe=p != exp.run_dir)
+            break
+    check_links(exp.run_dir, exp.source)
 
 
 def check_not_busy(layout: RunLayout) -> None:
@@ -179,7 +184,7 @@ def _detach(exp: Experiment, layout: RunLayout, opts: RunOptions, plans: list[St
 
     argv = _child_argv(opts, layout.root.resolve().parent)
     env = {**os.environ, **launch_env(), DETACHED_ENV: "1", **(lock.hand_over() if lock else {})}
-    with open(layout.root / "orchestrator.log", "ab") as log:
+    with open_append(layout.root / "orchestrator.log") as log:
         log.write(f"===== {now_iso()} $ {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -9,12 +9,14 @@ No torch import.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
 from pathlib import Path
 
 from engine.contract import now_iso
+from engine.errors import ConfigError
 from engine.orchestration.stage_actions import RunBusy
 
 LOCK_FILE = "run.lock"
@@ -33,7 +35,13 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = _inherited(self.path)
         if fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link: a planted run.lock -> elsewhere would have its target truncated
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                raise ConfigError(f"{self.path}: is a symbolic link; a run's files are never followed out of "
+                                  "it: remove the link") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -119,6 +119,9 @@ def clear_stage(layout: RunLayout, stage: str, keep_state: bool = False) -> None
     `prepare` is left alone: it compares its inputs with meta.json and reuses what still fits.
     """
     d, kind = layout.stage_dir(stage), kind_of(stage)
+    if d.is_symlink():  # never delete through a link (engine/orchestration/run_dir_safety.py refuses them first)
+        raise ConfigError(f"{d}: is a symbolic link; a stage folder must be a real folder inside the run: "
+                          "remove the link")
     if "*" in kind.kept_on_rerun or not d.is_dir():
         return
     training = kind.training

@@ -17,6 +17,7 @@ from typing import IO
 
 from engine.config import Experiment
 from engine.contract import RunLayout, StageStatus
+from engine.contract.files import open_append
 from engine.contract.stage_context import StageContext, is_main_process
 from engine.errors import Cancelled, ConfigError, UserError
 from engine.orchestration.launch import stage_gpu_ids
@@ -48,7 +49,7 @@ def run_stage_group(exp: Experiment, stages: list[str], body: GroupBody, layout:
     for i, stage in enumerate(stages):
         layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
         status = StageStatus(layout.stage_dir(stage), stage, exp.stage_hash(stage)) if main else None
-        own = open(layout.log_file(stage), "a") if main and i > 0 else None  # noqa: SIM115
+        own = open_append(layout.log_file(stage), text=True) if main and i > 0 else None
         ctxs.append(GroupStageContext(exp=exp, stage=stage, layout=layout, status=status, own_log=own))
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a terminal hangup cancels too
         signal.signal(sig, _raise_cancelled)
