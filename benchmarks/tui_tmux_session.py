@@ -25,10 +25,11 @@ Steps (full session):
   08 detail-done       the run succeeded (7/7 stages)
   09 detail-log        l: the Log tab of the last stage
   10 runs-table        1: the run in the Runs table, succeeded
-  11 compare           3: Compare with the run's students ticked and the eval results table
-  12 compare-light     ctrl+t: the light theme
-  13 runs-light        1: Runs in the light theme
-  14 runs-dark         ctrl+t: back to the dark theme
+  11 compare           3: Compare's first view, "which student?": a row per student, the best marked
+  12 compare-curves    w: the run's students ticked, their curves and the eval results table
+  13 compare-light     ctrl+t: the light theme
+  14 runs-light        1: Runs in the light theme
+  15 runs-dark         ctrl+t: back to the dark theme
 then ctrl+q quits, and the TUI's process must exit with status 0.
 
 `--quick` (what tests/test_tui_tmux.py runs by default) does 01-08, saves with ctrl+s instead of
@@ -430,10 +431,15 @@ def session(s: Session, quick: bool) -> dict:
                and "Run " in t and "Stage " in t)
         s.save("runs-table", "1: the run in the Runs table")
         s.keys("3")
-        s.wait("Compare with the students and the results",
+        s.wait("Compare's first view: which student?",
+               lambda t: "which student?" in t and re.search(r"(?m)^ depth +\d+L", t) is not None
+               and re.search(r"(?m)^ width +\d+L", t) is not None and "→" in t)
+        s.save("compare", "3: Compare, which student? one row per student, the best marked ★")
+        s.keys("w")
+        s.wait("Compare's curves and tabs",
                has("4 stage(s) ticked", f"{RUN_NAME}/distill-depth", f"{RUN_NAME}/distill-width", "teacher",
                    "distill-depth ", "distill-width "))
-        s.save("compare", "3: Compare, the run's 4 student stages ticked, eval results")
+        s.save("compare-curves", "w: the run's 4 student stages ticked, their curves, eval results")
         theme_screen = "compare"
 
     before = header_row(s.screen_ansi())

@@ -99,6 +99,7 @@ async def test_chart_key_sits_above_the_plot_at_80_columns(runs, tmp_path):
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_compare(app, pilot, 1)
+        await pilot.press("w")  # from the "which student?" table to the curves
         chart = screen.query_one("#compare-chart")
         await wait_for(pilot, lambda: len(chart.curves) == 4 and len(_lines(chart)) > 5, what="the four curves")
         lines = _lines(chart)

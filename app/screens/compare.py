@@ -32,10 +32,11 @@ from app.screens.worker_results import while_shown
 from app.textual_workarounds import KeepStyles
 from app.widgets.compare.pick_list import PickList, split_value
 from app.widgets.compare.quality_speed import QualitySpeedChart
+from app.widgets.compare.which_student import BEST, TEACHER_COLOUR, WhichStudentTable, student_colours
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
-from engine.contract import DISTILL, RunLayout, is_student_stage, kind_or_none
+from engine.contract import DISTILL, RunLayout, is_student_stage, kind_or_none, student_or_none
 
 POLL_S = 2.0  # live curves of running stages
 FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
@@ -48,6 +49,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         Binding("d", "tab('diff')", "Config diff"),
         Binding("v", "tab('speed')", "Quality/speed"),
         Binding("e", "tab('search')", "Search"),
+        Binding("w", "which", "Which student?/curves"),
         Binding("a", "select_students", "All students"),
         Binding("o", "open", "Open run"),
         Binding("escape", "clear", "Clear", show=False),
@@ -62,9 +64,13 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         self._wake = threading.Event()
         self._preselected = False
         self._auto_run: Path | None = None  # the run preselect_run ticked
+        self.colours: dict[str, str] = {}  # a ticked stage's colour: its student's (see which_student)
 
     def compose(self) -> ComposeResult:
         yield NavBar("compare")
+        with Vertical(id="compare-which"):  # the first view; `w` switches to the curves and tabs
+            yield Static("which student? (the students of the ticked runs)", id="which-title", markup=False)
+            yield WhichStudentTable(id="which-table")
         with Horizontal(id="compare-body"):
             yield PickList(id="compare-pick")
             with Vertical(id="compare-main"):
@@ -88,7 +94,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         # two together held the event loop for 50-80 ms at the first show (call_after_refresh
         # still ran it in the same event-loop turn as the frame; a timer does not)
         self.set_timer(FILL_DELAY_S, lambda: self._on_runs(self.app.runs))
-        self.query_one(PickList).focus()
+        self.query_one("#compare-body").display = False
+        self.query_one(WhichStudentTable).focus()
         self._load_loop()
 
     # ---- the stage list ------------------------------------------------------------------------
@@ -148,6 +155,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
                 runs = sorted({split_value(v)[0] for v in selected})
                 results = [row for r in runs for row in results_rows(r)]
                 raws = {r: read_experiment(r) for r in runs}
+                colours = stage_colours(selected, raws)
                 configs = {_label(v): stage_config(raws[split_value(v)[0]], split_value(v)[1]) for v in selected}
                 sections = {_label(v): stage_sections(split_value(v)[1]) for v in selected}
                 diff = config_diff(configs, sections) if len(configs) > 1 else []
@@ -156,7 +164,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
                 decide = decide_data(runs) if now_key != decide_key else None
                 decide_key = now_key
                 try:
-                    self.app.call_from_thread(self._show, selected, curves, results, list(configs), diff, decide)
+                    self.app.call_from_thread(self._show, selected, curves, results, list(configs), diff, decide,
+                                              colours)
                 except RuntimeError:
                     return
                 shown = selected
@@ -164,10 +173,11 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             self._wake.clear()
 
     @while_shown
-    def _show(self, selected, curves, results, labels, diff, decide=None) -> None:
+    def _show(self, selected, curves, results, labels, diff, decide=None, colours=None) -> None:
         if selected != self.selected:
             return
         self.curves = curves
+        self.colours = colours or {}
         self._draw_chart()
         self._fill_results(results)
         self._fill_diff(labels, diff)
@@ -181,7 +191,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             s = self.curves.get(value)
             if s is None:
                 continue
-            items.append(Curve(_label(value), s.xs(axis), s.loss, PALETTE[i % len(PALETTE)],
+            items.append(Curve(_label(value), s.xs(axis), s.loss, self.colours.get(value, PALETTE[i % len(PALETTE)]),
                                smooth=len(s) > 3, points=len(s) <= 2))
         chart = self.query_one(LossChart)
         chart.empty_text = "tick stages on the left (space) to overlay their validation loss"
@@ -235,8 +245,16 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         for key, values in diff:
             table.add_row(key, *(_diff_cell(v) for v in values))
 
-    def _fill_decide(self, ylabel: str, points: list, xlabel: str, searches: list) -> None:
-        self.query_one(QualitySpeedChart).show(ylabel, points, xlabel)
+    def _fill_decide(self, ylabel: str, points: list, xlabel: str, searches: list, rows: list = (),
+                     point_colours: dict | None = None) -> None:
+        self.query_one(QualitySpeedChart).show(ylabel, points, xlabel, point_colours)
+        students = [r for r in rows if r.method != "teacher"]
+        colours = student_colours((r.run, r.label) for r in students)
+        self.query_one(WhichStudentTable).show(rows, colours)
+        self.query_one("#which-title", Static).update(
+            f"which student? {BEST} best student per column. loss: validation, pruned → distilled; "
+            "task: mean score; tok/s: decode, smallest batch. w: curves" if students
+            else "which student? no students in the ticked runs yet (tick a run's stages; w: curves and tabs)")
         table = self.query_one("#search-table", DataTable)
         table.clear(columns=True)
         self.query_one("#search-title", Static).update(
@@ -258,7 +276,17 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
 
     # ---- actions -------------------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:
+        self._show_which(False)
         self.query_one("#compare-tabs", TabbedContent).active = tab
+
+    def action_which(self) -> None:
+        self._show_which(not self.query_one("#compare-which").display)
+
+    def _show_which(self, which: bool) -> None:
+        """The "which student?" table over the whole width, or the stage list, chart and tabs."""
+        self.query_one("#compare-which").display = which
+        self.query_one("#compare-body").display = not which
+        (self.query_one(WhichStudentTable) if which else self.query_one(PickList)).focus()
 
     def action_select_students(self) -> None:
         picks = self.query_one(PickList)
@@ -274,13 +302,14 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             self.post_message(OpenRun(path, stage))
 
 
-def decide_data(runs: list[Path]) -> tuple[str, list, str, list]:
+def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str, str]]:
     """What the Quality-vs-speed and Search tabs show, read by the engine's own `compare` readers
     (imported here, in the worker thread: they are not needed for the first frame):
-    (y label, [(label, method, decode tokens/s, quality)], x label, [(title, rows, name)])."""
+    (y label, [(label, method, decode tokens/s, quality)], x label, [(title, rows, name)], the model
+    rows (engine.compare.rows.ModelRow), each point's colour: its student's)."""
     from engine.compare.charts import quality_speed_points
     from engine.compare.rows import model_rows
-    from engine.compare.tables import decide_columns
+    from engine.compare.tables import decide_columns, row_cells
     from engine.search.table import search_docs, search_rows, title
 
     rows = []
@@ -290,6 +319,9 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list]:
         except Exception:  # not (yet) a readable run directory: nothing to plot from it
             continue
     ylabel, points = quality_speed_points(rows)
+    colours = student_colours((r.run, r.label) for r in rows if r.method != "teacher")
+    many = len({r.run for r in rows}) > 1
+    point_colours = {row_cells(r, many)[0]: colours.get((r.run, r.label), TEACHER_COLOUR) for r in rows}
     batch = decide_columns(rows)[1][0] if points else "1"
     searches = []
     try:
@@ -301,7 +333,21 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list]:
             searches.append((title(name, doc), search_rows(doc), name))
         except (KeyError, TypeError, ValueError):
             continue
-    return ylabel, points, f"decode tokens/s at batch {batch} (right is faster)", searches
+    return ylabel, points, f"decode tokens/s at batch {batch} (right is faster)", searches, rows, point_colours
+
+
+def stage_colours(selected: tuple[str, ...], raws: dict[Path, dict]) -> dict[str, str]:
+    """Each ticked stage's colour: its student's, as in the "which student?" table (students in
+    their runs' [[prune]] order, runs sorted); other stages (fine-tune) the teacher's gray."""
+    names = {path: str(raw.get("name") or path.name) for path, raw in raws.items()}
+    colours = student_colours((names[path], str(p.get("name"))) for path in sorted(raws)
+                              for p in raws[path].get("prune") or [] if isinstance(p, dict))
+    out = {}
+    for value in selected:
+        path, stage = split_value(value)
+        student = student_or_none(stage)
+        out[value] = colours.get((names.get(path, path.name), student or ""), TEACHER_COLOUR)
+    return out
 
 
 def _diff_cell(value: object) -> str | Text:

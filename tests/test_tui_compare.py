@@ -1,0 +1,94 @@
+"""Compare answers "which student?" at 80x24: its first view is one row per student (shape, x
+smaller, loss pruned -> distilled, task score, decode speed, speedup), the best on each column
+marked, in 80 columns; each student keeps one colour across that table, the loss chart and the
+quality-vs-speed plot."""
+
+from __future__ import annotations
+
+import pytest
+from _app_util import RunWriter, make_app, run_async, wait_for
+
+from engine.contract import RunLayout, read_json, write_json
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return tmp_path / "runs"
+
+
+def decided_run(runs):
+    prune = [{"name": "depth", "method": "depth", "num_layers": 2},
+             {"name": "width", "method": "width", "ffn_hidden_size": 64},
+             {"name": "auto", "method": "search", "target_params": 0.6}]
+    w = RunWriter(runs, "decide", students=("depth", "width", "auto"), prune=prune)
+    w.stage("prepare", "succeeded", total_steps=None)
+    for i, s in enumerate(("depth", "width", "auto")):
+        w.stage(f"prune-{s}", "succeeded", total_steps=None)
+        w.metrics(f"prune-{s}", range(0, 1), loss0=6.0 + i, val_every=1)
+        w.stage(f"distill-{s}", "succeeded", step=20)
+        w.metrics(f"distill-{s}", range(1, 21), loss0=4.0 + i)
+    w.stage("eval", "succeeded", total_steps=None)
+    # (params, val loss, decode tok/s, task acc, speedup)
+    models = {"teacher": (1000, 3.0, 100.0, 0.60, None), "prune-depth": (500, 6.0, None, None, None),
+              "prune-width": (600, 7.0, None, None, None), "prune-auto": (400, 8.0, None, None, None),
+              "distill-depth": (500, 3.5, 180.0, 0.45, 1.8), "distill-width": (600, 3.4, 120.0, 0.50, 1.2),
+              "distill-auto": (400, 3.6, 150.0, 0.55, 1.5)}
+    for model, (params, loss, *_rest) in models.items():
+        w.result(model, params, loss)
+    doc = read_json(RunLayout(w.root).results_file)
+    for model, (_p, _l, tps, acc, up) in models.items():
+        if tps is not None:
+            doc["models"][model]["tasks"] = {"lastword": {"acc": acc, "acc_stderr": 0.01}}
+            doc["models"][model]["speed"] = {"device": "cpu", "decode_tokens_per_s": {"1": tps},
+                                             **({"speedup_vs_teacher": up} if up else {})}
+    write_json(RunLayout(w.root).results_file, doc)
+    return w
+
+
+def plain(cells) -> list[str]:
+    return [getattr(c, "plain", str(c)) for c in cells]
+
+
+@run_async
+async def test_compare_opens_on_which_student_in_80_columns(runs, tmp_path):
+    decided_run(runs)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        screen = app.screen
+        table = screen.query_one("#which-table")
+        await wait_for(pilot, lambda: table.row_count == 4, what="teacher + 3 students")
+        await pilot.pause()
+        assert screen.query_one("#compare-which").display and not screen.query_one("#compare-body").display
+        rows = {plain(table.get_row_at(i))[0]: plain(table.get_row_at(i)) for i in range(4)}
+        assert list(rows) == ["teacher", "depth", "width", "auto"]
+        # student, shape, x smaller, loss pruned -> distilled, task, tok/s, speedup; ★ = best student
+        assert rows["depth"][2:] == ["2.0x", "6.000→3.500", "0.450", "180★", "1.80x★"]
+        assert rows["width"][3] == "7.000→3.400★" and rows["auto"][2] == "2.5x★" and rows["auto"][4] == "0.550★"
+        assert "★" not in "".join(rows["teacher"])  # the teacher is the reference, not a candidate
+        # the whole table fits: no column cut, nothing to scroll sideways
+        assert table.virtual_size.width <= 80 and table.region.right <= 80
+        for col in table.ordered_columns:
+            cells = [plain(table.get_row_at(i))[table.ordered_columns.index(col)] for i in range(4)]
+            assert max(len(c) for c in cells) <= col.content_width, (col.label, cells)
+
+        # one colour per student: its name in the table, both its curves, its quality-vs-speed point
+        await pilot.press("w")
+        assert screen.query_one("#compare-body").display and not screen.query_one("#compare-which").display
+        chart = screen.query_one("#compare-chart")
+        await wait_for(pilot, lambda: len(chart.curves) == 6, what="the students' curves")
+        by_label = {c.label.rpartition("/")[2]: c.color for c in chart.curves}
+        colours = {s: by_label[f"distill-{s}"] for s in ("depth", "width", "auto")}
+        assert len(set(colours.values())) == 3
+        assert all(by_label[f"prune-{s}"] == colours[s] for s in colours)
+        names = {plain([table.get_row_at(i)[0]])[0]: table.get_row_at(i)[0].style for i in range(4)}
+        from app.widgets.compare.which_student import _rich
+
+        assert all(_rich(colours[s]) in str(names[s]) for s in colours)
+        speed = screen.query_one("#quality-speed")
+        await wait_for(pilot, lambda: len(speed.points) == 4, what="the quality-vs-speed points")
+        assert [speed.colours[label] for label in ("depth", "width", "auto (search)")] == list(colours.values())
+        await pilot.press("w")
+        assert screen.query_one("#compare-which").display
