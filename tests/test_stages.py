@@ -16,6 +16,7 @@ from engine.stages import (
     config_sections,
     is_student_stage,
     kind_of,
+    run_order,
     stage_student,
     student_or_none,
     student_sections,
@@ -106,3 +107,12 @@ def test_sections_and_names():
         BY_NAME["prune"].stage()
     with pytest.raises(ValueError):
         BY_NAME["eval"].stage("x")
+
+
+def test_run_order_places_left_over_stages_among_their_kind():
+    planned = ["prepare", "prune-a", "distill-a", "eval"]
+    assert run_order(planned, ["prune-old", "distill-a", "x"]) == [
+        "prepare", "prune-a", "prune-old", "distill-a", "eval", "x"]
+    # more than 99 planned stages keep their plan order (no fixed index for the left-over ones)
+    many = ["prepare"] + [f"prune-s{i:03d}" for i in range(120)] + ["eval"]
+    assert run_order(many, ["prune-zzz"]) == many[:-1] + ["prune-zzz", "eval"]

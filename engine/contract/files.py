@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine.contract.metrics_reader import Change, MetricsCursor
+from engine.errors import UserError
 
 
 def now_iso() -> str:
@@ -74,12 +75,21 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+class UnreadableFile(UserError):
+    """A run file that exists but cannot be read (permission denied, an I/O error)."""
+
+
 def read_json(path: str | Path) -> dict[str, Any] | None:
-    """A JSON document, or None when it is missing or unreadable (never raises)."""
+    """A JSON document; None when it is missing or not a JSON object (a foreign or damaged file).
+
+    A file that is there but cannot be read raises UnreadableFile (one line naming it): read as
+    "missing", a finished stage's status.json would make `run` redo the stage."""
     try:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
+    except OSError as e:
+        raise UnreadableFile(f"{path}: cannot read it ({e.strerror or e}); check its permissions") from e
     return obj if isinstance(obj, dict) else None
 
 

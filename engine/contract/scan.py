@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract.cancelling import cancel_note
-from engine.contract.files import parse_iso, read_json
+from engine.contract.files import UnreadableFile, parse_iso, read_json
 from engine.contract.layout import RunLayout
 from engine.contract.metrics_summary import FileKey, MetricsSummary, stat_key
 from engine.contract.status import effective_state
-from engine.stages import planned_stages, sort_key
+from engine.stages import planned_stages, run_order
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,6 +103,16 @@ class RunInfo:
     def note(self) -> str | None:
         """A cancel in progress, as the first stage that reports one says it ("stage: cancelling: ...")."""
         return next((f"{s.name}: {s.note}" for s in self.stages if s.note), None)
+
+
+def _read_shown(path: str | Path, stage: str | None = None) -> dict[str, Any] | None:
+    """read_json for the run list, which must go on: a stage whose status.json cannot be read shows as
+    failed, with the reason (the engine's own readers stop on it instead)."""
+    try:
+        return read_json(path)
+    except UnreadableFile as e:
+        return {"stage": stage, "state": "failed", "error": {"type": "UnreadableFile", "message": str(e)}} \
+            if stage else None
 
 
 def format_error(err: Any) -> str | None:
@@ -268,7 +278,7 @@ class RunScanner:
             rc = self._cache[path] = _RunCache()
         rc.checked = time.monotonic()  # an interval, not the (injectable) wall clock: a stopped one never rechecks
         if pipe_key != rc.pipe_key:
-            rc.pipe_key, rc.pipe = pipe_key, read_json(pipe_file)
+            rc.pipe_key, rc.pipe = pipe_key, _read_shown(pipe_file)
         if exp_key != rc.exp_key or pipe_key != rc.pipe_key_plan:
             rc.exp_key, rc.pipe_key_plan = exp_key, pipe_key
             rc.created = exp_key[1] / 1e9 if exp_key else (pipe_key[1] / 1e9 if pipe_key else now)
@@ -279,8 +289,7 @@ class RunScanner:
         if dir_key != rc.dir_key:
             rc.dir_key = dir_key
             rc.on_disk = self._stage_dirs(path)
-        names = list(rc.planned) + [n for n in rc.on_disk if n not in rc.planned]
-        names.sort(key=lambda n: (rc.planned.index(n) if n in rc.planned else 99, sort_key(n)))
+        names = run_order(rc.planned, rc.on_disk)
         stages = []
         root = str(path)
         pipe_docs = (rc.pipe or {}).get("stages")
@@ -292,7 +301,7 @@ class RunScanner:
             status_file = os.path.join(root, name, RunLayout.STATUS)
             key = stat_key(status_file)
             if key != sc.status_key:
-                sc.status_key, sc.status = key, read_json(status_file)
+                sc.status_key, sc.status = key, _read_shown(status_file, name)
             mfile = os.path.join(root, name, RunLayout.METRICS)
             sc.metrics.update(mfile)
             pdoc = pipe_docs.get(name)

@@ -183,7 +183,7 @@ def val_windows(ctx: StageContext, micro_batch_size: int, device: torch.device) 
     if train is not None:
         batches, mbs = train.val_batches, fixed_micro_batch(train)  # the distill stage's validation batches
     elif exp.eval is not None:
-        batches, mbs = exp.eval.batches or 20, exp.eval.micro_batch_size
+        batches, mbs = exp.eval.batches, exp.eval.micro_batch_size  # None: the whole split, as eval reads it
     else:
         batches, mbs = 5, micro_batch_size
     count, micro = batch_plan(len(ds), batches, mbs)  # at most the split

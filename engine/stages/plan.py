@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.errors import ConfigError
-from engine.stages.names import BY_NAME, KINDS, kind_of, stage_kind, stage_student
+from engine.stages.names import BY_NAME, KINDS, kind_of, sort_key, stage_kind, stage_student
 
 
 def stage_names(sections: Mapping[str, Any], students: list[str]) -> list[str]:
@@ -25,6 +25,14 @@ def planned_stages(raw: Mapping[str, Any]) -> list[str]:
     names = [str(p["name"]) for p in prunes if isinstance(p, dict) and p.get("name")]
     sections = {k: v for k, v in raw.items() if isinstance(v, dict)}
     return stage_names(sections, names)
+
+
+def run_order(planned: list[str], on_disk: list[str]) -> list[str]:
+    """A run's stages as readers list them: the planned ones in plan order, and those left on disk by
+    an earlier config (prune-old) among their kind's; unknown names last."""
+    rank = {s: i for i, s in enumerate(planned)}
+    names = list(planned) + [n for n in on_disk if n not in rank]
+    return sorted(names, key=lambda n: (sort_key(n)[0], rank.get(n, len(planned)), n))
 
 
 def stage_deps(stages: list[str]) -> dict[str, list[str]]:
