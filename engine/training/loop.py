@@ -50,6 +50,7 @@ from engine.training.checkpoint import (
     resume_key,
     save_checkpoint,
 )
+from engine.training.checkpoint_check import SET_ASIDE, checkpoint_problem
 from engine.training.metrics_log import MetricsLog
 from engine.training.micro_batch import AUTO, per_process_batch
 from engine.training.setup import CAP_ENV, cap_gpu_memory, lr_at, make_accelerator, peak_flops
@@ -234,7 +235,7 @@ class TrainingRecipe:
         """Load the latest checkpoint if it was written with this stage's settings (RESUMABLE_CHANGES
         aside); checkpoints written with other settings are removed. Whether it resumed."""
         acc = self.acc
-        found = latest_checkpoint(self.ckpt_root)
+        found = self._intact_checkpoint()
         if found is not None and checkpoint_state(found[1]).get("resume_key") != self.state.resume_key:
             self._log(f"checkpoints in {self.ckpt_root} were written with other settings: starting afresh")
             acc.wait_for_everyone()
@@ -252,6 +253,28 @@ class TrainingRecipe:
         self.saved_at = self.state.step
         self._log(f"resumed from {found[1]} (step {self.state.step})")
         return True
+
+    def _intact_checkpoint(self) -> tuple[int, Path] | None:
+        """The latest checkpoint that is not damaged (engine/training/checkpoint_check.py). A damaged one is
+        named in the log and set aside (renamed, never loaded again), and the one before it is tried."""
+        acc = self.acc
+        damaged = False
+        for step, path in reversed(list_checkpoints(self.ckpt_root)):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return step, path
+            damaged = True
+            aside = path.with_name(SET_ASIDE + path.name)
+            self._log(f"checkpoint {path} is damaged: {problem}; set aside as {aside.name}, "
+                      "trying the checkpoint before it")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                shutil.rmtree(aside, ignore_errors=True)
+                path.rename(aside)
+            acc.wait_for_everyone()
+        if damaged:
+            self._log("no intact checkpoint is left: the stage starts from step 0")
+        return None
 
     def _open_data(self) -> None:
         """The training windows from the resumed position on, the fixed validation batches."""

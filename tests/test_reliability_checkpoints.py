@@ -1,0 +1,79 @@
+"""Damaged checkpoints (issue 25): a damaged latest checkpoint is named, set aside, and the stage resumes
+from the one before it, bit-identical to an uninterrupted run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from _train_util import FINETUNE, prepared_exp, run_inprocess
+from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
+from safetensors.torch import load_file
+
+from engine.training.checkpoint_check import checkpoint_problem
+
+
+def _small_checkpoint(root: Path) -> Path:
+    from accelerate import Accelerator
+
+    from engine.training.checkpoint import save_checkpoint
+
+    acc = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.AdamW(model.parameters())
+    model, opt = acc.prepare(model, opt)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    return save_checkpoint(acc, root, 3, {"tokens": 12})
+
+
+def test_a_checkpoint_check_names_the_damaged_file(tmp_path: Path) -> None:
+    path = _small_checkpoint(tmp_path / "c")
+    assert checkpoint_problem(path) is None
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-10])
+    assert checkpoint_problem(path).startswith("model.safetensors: ")
+    weights.write_bytes(b"\x00" * 3)
+    assert "shorter than a safetensors header" in checkpoint_problem(path)
+    weights.write_bytes(data)
+    (path / "optimizer.bin").write_bytes(b"not a zip")
+    assert checkpoint_problem(path).startswith("optimizer.bin: not a readable torch file")
+    (path / "trainer_state.json").write_text("{")
+    assert checkpoint_problem(path).startswith("trainer_state.json: unreadable")
+
+
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path: Path, monkeypatch, capsys) -> None:
+    ref = prepared_exp(tmp_path, "ref", finetune=FINETUNE)  # 12 steps, a checkpoint every 4
+    assert run_inprocess(ref, "finetune") == 0
+
+    exp = prepared_exp(tmp_path, "run", finetune=FINETUNE)
+    ckpts = tmp_path / "runs" / "run" / "finetune" / "checkpoints"
+    from engine.training import loop
+
+    save = loop.save_checkpoint
+
+    def save_then_crash(acc, root, step, *a, **kw):  # a crash right after the checkpoint of step 8
+        out = save(acc, root, step, *a, **kw)
+        if step == 8:
+            raise RuntimeError("planted crash")
+        return out
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    assert run_inprocess(exp, "finetune") == 1
+    monkeypatch.undo()
+    # step 4 stays beside step 8: the last checkpoint a finite step trained from (loop.py good_at)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000004", "step-00000008"]
+    damaged = ckpts / "step-00000008" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+
+    capsys.readouterr()
+    assert run_inprocess(exp, "finetune") == 0
+    out = capsys.readouterr().out
+    assert f"checkpoint {ckpts / 'step-00000008'} is damaged: model.safetensors: " in out, out
+    assert f"resumed from {ckpts / 'step-00000004'} (step 4)" in out, out
+    a = load_file(tmp_path / "runs" / "ref" / "finetune" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "runs" / "run" / "finetune" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
