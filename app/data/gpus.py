@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Protocol
 
 from app.data.scan import RunInfo
 
@@ -20,10 +19,6 @@ class GpuSample:
     temperature: int | None = None  # Celsius
     power_w: float | None = None
     pids: tuple[int, ...] = ()
-
-
-class GpuProbe(Protocol):
-    def sample(self) -> list[GpuSample]: ...
 
 
 class NvmlProbe:

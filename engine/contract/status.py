@@ -16,7 +16,7 @@ from engine.contract.files import now_iso, parse_iso, read_json, write_json_or_w
 from engine.contract.layout import RunLayout
 
 STATES = ("pending", "running", "succeeded", "failed", "cancelled")
-HEARTBEAT_S = 10.0  # how often a running stage refreshes updated_at
+HEARTBEAT_S = 10.0  # how often a running stage and the orchestrator refresh updated_at
 STALE_S = 300.0  # a heartbeat older than this from another host counts as dead
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from engine.config import Experiment
 from engine.contract import (
+    HEARTBEAT_S,
     RunLayout,
     duration,
     now_iso,
@@ -39,7 +40,6 @@ from engine.orchestration.teacher_groups import teacher_group
 from engine.stages import kind_of
 
 POLL_S = 0.2
-HEARTBEAT_S = 5.0
 
 
 def is_worker_node(exp: Experiment) -> bool:

@@ -38,11 +38,6 @@ class Scorer:
         sign = -1.0 if self.higher_is_better else 1.0
         return sorted(scores, key=lambda i: (sign * scores[i], i))
 
-    def best(self, scores: dict[int, float]) -> int:
-        """The key of the best score (the first of equals)."""
-        return self.ranked(scores)[0]
-
-
 def loss_scorer(windows: list[torch.Tensor]) -> Scorer:
     return Scorer("loss", lambda model: evaluate_loss(model, windows))
 
