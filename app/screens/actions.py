@@ -21,7 +21,7 @@ def request_cancel(app: App, run: RunInfo | None) -> None:
     if run.state != "running":
         app.notify(f"{run.name} is not running ({run.state})", severity="warning")
         return
-    if run.path in getattr(app, "cancelling", ()) or getattr(run, "note", None):
+    if run.path in getattr(app, "cancelling", ()) or getattr(run, "cancelling", False):
         _request_cancel_now(app, run)
         return
     question = (f"Cancel run [b]{run.name}[/b]?\n\nTraining finishes its step and saves a checkpoint, however "

@@ -27,8 +27,8 @@ def state_text(app: App, state: str, label: str | None = None) -> Text:
 
 def run_state_text(app: App, run) -> Text:
     """A run's state as shown: "cancelling…" between a confirmed cancel (here, or a stage reporting
-    one: RunInfo.note) and the run's end."""
-    if run.state == "running" and (run.path in getattr(app, "cancelling", ()) or getattr(run, "note", None)):
+    one: RunInfo.cancelling) and the run's end."""
+    if run.state == "running" and (run.path in getattr(app, "cancelling", ()) or getattr(run, "cancelling", False)):
         return state_text(app, "cancelled", "cancelling…")
     return state_text(app, run.state)
 

@@ -21,7 +21,7 @@ from engine.contract.cancelling import cancel_note
 from engine.contract.files import UnreadableFile, parse_iso, read_json
 from engine.contract.layout import RunLayout
 from engine.contract.metrics_summary import FileKey, MetricsSummary, stat_key
-from engine.contract.status import effective_state
+from engine.contract.status import effective_state, stall_note
 from engine.stages import planned_stages, run_order
 
 if sys.version_info >= (3, 11):
@@ -51,7 +51,12 @@ class StageInfo:
     ended_at: str | None = None
     error: str | None = None
     warning: str | None = None  # the orchestrator's stages.<stage>.warning (divergence) in <run>/status.json
-    note: str | None = None  # a cancel in progress: "cancelling: saving checkpoint at step N"
+    note: str | None = None  # "cancelling: saving checkpoint at step N", or a stage without heartbeat
+
+    @property
+    def cancelling(self) -> bool:
+        """The stage got a stop request and is finishing its step or saving its checkpoint."""
+        return bool(self.note and self.note.startswith("cancelling"))
 
     @property
     def fraction(self) -> float | None:
@@ -101,8 +106,12 @@ class RunInfo:
 
     @property
     def note(self) -> str | None:
-        """A cancel in progress, as the first stage that reports one says it ("stage: cancelling: ...")."""
+        """A cancel in progress or a stage without heartbeat, as the first such stage says it ("stage: ...")."""
         return next((f"{s.name}: {s.note}" for s in self.stages if s.note), None)
+
+    @property
+    def cancelling(self) -> bool:
+        return any(s.cancelling for s in self.stages)
 
 
 def _read_shown(path: str | Path, stage: str | None = None) -> dict[str, Any] | None:
@@ -198,7 +207,7 @@ def stage_info(name: str, doc: dict[str, Any] | None, m: MetricsSummary, now: fl
         pid=doc.get("pid"), pgid=doc.get("pgid"), started_at=doc.get("started_at"),
         updated_at=doc.get("updated_at"), ended_at=doc.get("ended_at"), error=err,
         warning=warning if isinstance(warning, str) and warning else None,
-        note=cancel_note(doc) if state == "running" else None,
+        note=(cancel_note(doc) or stall_note(doc, now)) if state == "running" else None,
     )
 
 

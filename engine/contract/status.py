@@ -46,6 +46,32 @@ def _created_after(proc, started_at: str | None) -> bool:
     return started is not None and proc.create_time() > started.timestamp() + PID_REUSE_SLACK_S
 
 
+STALL_S = 6 * HEARTBEAT_S  # a running stage whose own heartbeat is this old is stopped or hung
+
+
+def process_stopped(pid: int | None) -> bool:
+    """Whether process `pid` (this host) is stopped (SIGSTOP, Ctrl-Z), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:  # type: ignore[arg-type]
+            return f.read().split(") ", 1)[1][0] in "Tt"
+    except (OSError, IndexError, TypeError, ValueError):
+        return False
+
+
+def stall_note(doc: dict[str, Any] | None, now: float) -> str | None:
+    """For a stage that says it is running: a line when its own heartbeat (updated_at, written by a thread of
+    the stage process itself, never by the orchestrator) is older than STALL_S; None otherwise."""
+    if not doc or doc.get("state") != "running":
+        return None
+    beat = parse_iso(doc.get("updated_at"))
+    if beat is None or now - beat.timestamp() < STALL_S:
+        return None
+    quiet = f"no heartbeat for {int(now - beat.timestamp())}s"
+    if doc.get("host") == socket.gethostname() and process_stopped(doc.get("pid")):
+        return f"stopped (SIGSTOP or Ctrl-Z): {quiet}; `kill -CONT {doc.get('pid')}` resumes it"
+    return f"{quiet}: the stage is hung, or its machine overloaded"
+
+
 def process_of(pid: int | None, started_at: str | None):
     """The psutil process `pid` if it is alive and not a newer process that reuses the number
     (after a reboot or a wrap of the pid counter); None otherwise (or when it is not ours to see)."""

@@ -201,10 +201,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         cur = next((x for x in s["stages"] if x["stage"] == s["stage"]), None)
         step = f" {cur['step']}/{cur['total_steps']}" if cur and cur.get("total_steps") and s["state"] == "running" else ""
         t.add_row(s["run"], f"[{STATE_STYLE.get(s['state'], '')}]{s['state']}[/]", (s["stage"] or "-") + step,
-                  f"{done}/{len(s['stages'])} stages", _ago(s["updated_at"]),
+                  f"{done}/{len(s['stages'])} stages", _ago(_heartbeat(s)),
                   next((x["note"] for x in s["stages"] if x.get("note")), None) or (s["error"] or "")[:60])
     console.print(t)
     return 0
+
+
+def _heartbeat(summary: dict[str, Any]) -> str | None:
+    """When a run last showed life: a running run's running stage's own heartbeat (the orchestrator keeps
+    writing its status.json while a stage is stopped or hung), else the run's status.json."""
+    running = [s for s in summary["stages"] if s["state"] == "running" and s.get("updated_at")]
+    return min(s["updated_at"] for s in running) if summary["state"] == "running" and running else \
+        summary["updated_at"]
 
 
 def _run_dir_arg(arg: str, runs_dir: str) -> Path:
