@@ -36,7 +36,8 @@ from app.widgets.compare.which_student import BEST, TEACHER_COLOUR, WhichStudent
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
-from engine.contract import DISTILL, RunLayout, is_student_stage, kind_or_none, student_or_none
+from engine.config import ConfigError
+from engine.contract import DISTILL, RunLayout, UserError, is_student_stage, kind_or_none, student_or_none
 
 POLL_S = 2.0  # live curves of running stages
 FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
@@ -316,7 +317,7 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
     for r in runs:
         try:
             rows += model_rows(r)
-        except Exception:  # not (yet) a readable run directory: nothing to plot from it
+        except (ConfigError, UserError):  # not (yet) a readable run directory: nothing to plot from it
             continue
     ylabel, points = quality_speed_points(rows)
     colours = student_colours((r.run, r.label) for r in rows if r.method != "teacher")
@@ -326,7 +327,7 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
     searches = []
     try:
         docs = search_docs(runs)
-    except Exception:
+    except (ConfigError, UserError):  # as above; an engine bug still shows (not an empty tab)
         docs = []
     for name, doc in docs:
         try:

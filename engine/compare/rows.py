@@ -21,7 +21,7 @@ from engine.contract import (
 from engine.contract.results import ModelResult, perplexity, read_results
 from engine.evaluation.scores import mean_score, task_scores
 from engine.shapes.shape import count_params, shape_from_config
-from engine.stages import DISTILL, PRUNE
+from engine.stages import DISTILL, FINETUNE, PRUNE
 
 
 @dataclass
@@ -131,7 +131,7 @@ def model_rows(run_dir: str | Path) -> list[ModelRow]:
     tres = results.get("teacher")
     teacher.distilled_loss = _val_loss(tres)
     if exp.finetune:
-        metrics = read_metrics_summary(layout.metrics_file("finetune"))
+        metrics = read_metrics_summary(layout.metrics_file(FINETUNE.stage()))
         if teacher.distilled_loss is None:
             teacher.distilled_loss = _last_val_loss(metrics)
         _throughput(teacher, metrics)

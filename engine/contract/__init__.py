@@ -50,6 +50,7 @@ from engine.contract.status import (
     read_status,
     stage_status_doc,
 )
+from engine.errors import UserError  # what a reader catches: a file it cannot use (UnreadableFile, ...)
 from engine.stages import (  # the stage kinds' facts, for readers (the TUI imports only the contract)
     DISTILL,
     KINDS,
@@ -69,7 +70,7 @@ __all__ = [
     "Change", "DISTILL", "GIB", "HEARTBEAT_S", "KINDS", "OPTIONAL_SECTIONS", "PRUNE", "STUDENT_SECTIONS",
     "is_student_stage", "kind_of", "kind_or_none", "planned_stages", "stage_kind",
     "student_or_none", "student_sections", "MAX_LOG_PPL", "MetricsCursor", "MetricsSummary", "ModelResult", "RunInfo",
-    "RunLayout", "RunScanner", "STALE_S", "STATES", "SplitResult", "StageInfo", "StageStatus", "age",
+    "RunLayout", "RunScanner", "STALE_S", "STATES", "SplitResult", "StageInfo", "StageStatus", "UserError", "age",
     "append_metrics", "duration", "effective_state", "human_count", "last_record_before", "list_runs", "now_iso",
     "parse_iso", "parse_record", "perplexity", "pid_alive", "process_alive", "process_of", "read_json",
     "read_metrics", "read_metrics_summary", "read_records", "read_results", "read_status", "split_entry",
