@@ -78,6 +78,9 @@ class SlimlabApp(InOrderKeys, KeepCss, App[None]):
         Binding("3", "show('compare')", "Compare"),
         Binding("4", "show('gpus')", "GPUs"),
         Binding("ctrl+t", "toggle_theme", "Light/dark", show=False),
+        # vi keys in every list and scroll area (a focused text field types them instead)
+        Binding("j", "list_move('down')", "Down (lists)", show=False),
+        Binding("k", "list_move('up')", "Up (lists)", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -246,6 +249,14 @@ class SlimlabApp(InOrderKeys, KeepCss, App[None]):
                 self.exit()
 
         self.push_screen(ConfirmScreen("Compose has unsaved changes. Quit anyway?", yes="Quit", no="Stay"), answered)
+
+    async def action_list_move(self, way: str) -> None:
+        """j / k: what ↓ / ↑ do in the focused list (its cursor) or scroll area."""
+        widget = self.focused
+        for action in (f"cursor_{way}", f"scroll_{way}"):
+            if widget is not None and callable(getattr(widget, f"action_{action}", None)):
+                await widget.run_action(action)
+                return
 
     def action_toggle_theme(self) -> None:
         self.theme = THEMES[1] if self.theme == THEMES[0] else THEMES[0]

@@ -26,6 +26,7 @@ from _app_util import (
     write_search_json,
 )
 
+from app.data import fmt
 from engine.config import load_experiment
 
 FAKE_ENGINE = Path(__file__).with_name("_app_fake_engine.py")
@@ -172,9 +173,11 @@ async def test_whole_run_progress_and_eta(runs, tmp_path):
     async with app.run_test(size=(120, 30)) as pilot:
         await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
         title = app.screen.query_one("#preview-title")
-        # (1 + 0.5) / 7 = 21% done in 100 s: 100 * 5.5 / 1.5 = 366 s to go
-        await wait_for(pilot, lambda: "run 1/7 stages, 21%, ETA ~6m06s" in str(title.render()),
-                       what="the run's progress")
+        # (1 + 0.5) / 7 = 21% done in 100 s; to go: finetune's own ETA, then 5 stages at 100 / 1.5 s each
+        await wait_for(pilot, lambda: "run 1/7 stages, 21%, ETA ~" in str(title.render()), what="the run's progress")
+        ft_eta = app.runs[0].stage("finetune").eta_s
+        assert ft_eta is not None
+        assert f"ETA ~{fmt.duration(ft_eta + 5 * 100 / 1.5)}" in str(title.render())
         await pilot.press("enter")
         await wait_for(pilot, lambda: "run 1/7 stages, 21%" in str(app.screen.query_one("#detail-title").render()),
                        what="run progress in the detail title")

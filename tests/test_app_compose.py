@@ -92,7 +92,7 @@ async def test_launch_section_and_every_label_fit_80_columns(tmp_path, monkeypat
             assert cell.region.width and cell.region.right <= WIDTH, (cell, cell.region)
             assert "…" not in first_line(cell), (cell, first_line(cell))
         check = screen.query_one("#f-launch-parallel")
-        assert first_line(check).strip() == "▐X▌"  # the whole box, not "▐X…"
+        assert first_line(check).strip() == "▐ ▌"  # the whole box (off: no X), not "▐ …"
         assert str(screen.query_one("#f-launch-strategy").render()) in first_line(screen.query_one("#f-launch-strategy"))
         # every label of the form shows in full on its one row (none wraps out of its 16 columns)
         for label in screen.query(".fields Label"):

@@ -53,7 +53,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         Binding("w", "which", "Which student?/curves"),
         Binding("a", "select_students", "All students"),
         Binding("o", "open", "Open run"),
-        Binding("escape", "clear", "Clear", show=False),
+        Binding("u", "clear", "Untick all"),  # not esc: a stray esc (leaving a field) lost every tick
     ]
 
     def __init__(self):

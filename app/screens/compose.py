@@ -32,6 +32,7 @@ from app.data.form_fields import DATA, DISTILL_EXTRA, LAUNCH, MODEL, SCRATCH, TO
 from app.messages import FormChanged, StudentRemoved
 from app.screens.worker_results import while_shown
 from app.textual_workarounds import InOrderInput, KeepStyles
+from app.widgets.checkbox import StateCheckbox
 from app.widgets.compose.fields import fields
 from app.widgets.compose.save_state import SaveState
 from app.widgets.compose.student_form import StudentForm
@@ -139,7 +140,7 @@ class ComposeScreen(KeepStyles, Screen):
     def _section(self, name: str, body: Widget | None) -> Vertical:
         """An optional section: a switch, and its fields (hidden while off)."""
         on = name in self.raw
-        toggle = Checkbox(SECTION_TITLES[name], value=on, compact=True, id=f"toggle-{name}", classes="section-head")
+        toggle = StateCheckbox(SECTION_TITLES[name], value=on, compact=True, id=f"toggle-{name}", classes="section-head")
         if body is None:
             return Vertical(toggle, classes="form-section")
         body.id = f"body-{name}"
@@ -243,6 +244,9 @@ class ComposeScreen(KeepStyles, Screen):
         form = StudentForm(student)
         await self._mount_student(form)
         form.scroll_visible()
+        # the new student's first target (a search's budget), where typing goes next
+        field = next(iter(form.query(".student-targets Input")), None) or form.query(Input).first()
+        field.focus(scroll_visible=False)
         self._schedule_validation()
 
     def on_student_removed(self, event: StudentRemoved) -> None:

@@ -44,14 +44,19 @@ def help_text(app_class: type, current: type | None = None) -> str:
     lines += ["[b $text-primary]States[/]",
               "  " + "   ".join(f"{glyph} {state}" for state, glyph in STATE_GLYPH.items()),
               "  (Stages column: one symbol per stage, in pipeline order)", "",
-              "Tables: ↑/↓ move, enter opens, g/G first/last. Forms: tab / shift+tab move between fields",
-              "(letters and digits type into a focused field, esc leaves it; ctrl keys work everywhere).",
+              "Lists: ↑/↓ or j/k move, enter opens, g/G first/last.",
+              "Forms: tab / shift+tab move between fields (letters and digits type into a focused field,",
+              "esc leaves it; ctrl keys work everywhere).",
               "ctrl+q quits too; ctrl+p opens the command palette.   esc closes this help."]
     return "\n".join(lines)
 
 
 class HelpScreen(ModalScreen[None]):
-    BINDINGS = [Binding("escape,q,question_mark,f1", "close", "Close")]
+    BINDINGS = [Binding("escape,q,question_mark,f1", "close", "Close"),
+                Binding("G,end", "scroll('end')", "Last line", show=False),
+                Binding("g,home", "scroll('home')", "First line", show=False),
+                # a modal screen shuts out the app's bindings: j/k as everywhere
+                Binding("j", "app.list_move('down')", show=False), Binding("k", "app.list_move('up')", show=False)]
 
     def __init__(self, current: type | None = None):
         super().__init__()
@@ -60,6 +65,10 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-body"):
             yield Static(help_text(type(self.app), self.current), id="help-text")
+
+    def action_scroll(self, where: str) -> None:
+        body = self.query_one("#help-body", VerticalScroll)
+        (body.scroll_end if where == "end" else body.scroll_home)(animate=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

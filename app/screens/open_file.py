@@ -18,7 +18,9 @@ from engine.contract import RunLayout
 
 
 class OpenFileScreen(ModalScreen[Path | None]):
-    BINDINGS = [Binding("escape", "close", "Close"), Binding("down", "to_list", "Files", show=False)]
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("down", "to_list", "Files", show=False),
+                # a modal screen shuts out the app's bindings: j/k as in every list (the path field types them)
+                Binding("j", "app.list_move('down')", show=False), Binding("k", "app.list_move('up')", show=False)]
 
     def __init__(self, experiments_dir: Path, runs_dir: Path):
         super().__init__()

@@ -3,6 +3,8 @@ readable), and `cell_look`, what a cell draws."""
 
 from __future__ import annotations
 
+from itertools import groupby
+
 from rich.text import Text
 from textual.app import App
 from textual.markup import escape
@@ -60,11 +62,18 @@ def warned_stages_markup(run) -> str:
     return f"  [$text-warning]⚠ val loss rose: {escape(', '.join(names))}[/]" if names else ""
 
 
-def stage_strip(app: App, states: list[str]) -> Text:
-    """One glyph per stage: ✓✓●○○."""
+def stage_strip(app: App, states: list[str], width: int | None = None) -> Text:
+    """One glyph per stage: ✓✓●○○. With more stages than `width`, each run of one state is its count
+    and glyph (✓✓✓✓✓●○○○ -> 5✓●3○): cut at the width, a 9-stage run looked finished while its
+    eighth stage ran."""
     t = Text()
-    for s in states:
-        t.append(STATE_GLYPH.get(s, "?"), style=state_style(app, s))
+    if width is None or len(states) <= width:
+        for s in states:
+            t.append(STATE_GLYPH.get(s, "?"), style=state_style(app, s))
+        return t
+    for s, group in groupby(states):
+        n = len(list(group))
+        t.append(f"{n if n > 1 else ''}{STATE_GLYPH.get(s, '?')}", style=state_style(app, s))
     return t
 
 

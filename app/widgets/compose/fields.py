@@ -19,6 +19,7 @@ from textual.widgets import Checkbox, Input, Label, Static
 from app.data.form_fields import FieldSpec, format_field, get_key, parse_field, set_key
 from app.messages import FormChanged
 from app.textual_workarounds import InOrderInput
+from app.widgets.checkbox import StateCheckbox
 
 
 class _Bound:
@@ -92,7 +93,7 @@ class FieldSelect(_Bound, Static, can_focus=True):
         self.action_cycle(1)
 
 
-class FieldCheck(_Bound, Checkbox):
+class FieldCheck(_Bound, StateCheckbox):
     def __init__(self, spec: FieldSpec, target: dict[str, Any], **kwargs):
         super().__init__("", value=bool(get_key(target, spec.key)), compact=True, **kwargs)
         self.spec, self.target = spec, target

@@ -10,12 +10,16 @@ from app.data.scan import RunInfo
 from app.textual_workarounds import StableTable
 from app.widgets.style import cell_look, run_state_text, stage_strip
 
-# key, label, width: sized so Run..ETA fit 80 columns; the rest scrolls horizontally
+# key, label, width: sized so Run..ETA fit 80 columns; the rest scrolls horizontally. State holds
+# "⊘ cancelling…" whole; Stages folds a long pipeline to counts (style.stage_strip)
 COLUMNS = (
-    ("run", "Run", 16), ("state", "State", 11), ("stages", "Stages", 7), ("progress", "Progress", 12),
+    ("run", "Run", 15), ("state", "State", 13), ("stages", "Stages", 7), ("progress", "Progress", 11),
     ("train", "Train", 7), ("val", "Val", 7), ("eta", "ETA", 6), ("stage", "Stage", 16),
     ("tps", "tok/s", 7), ("gpus", "GPUs", 5), ("age", "Age", 4),
 )
+
+
+STAGES_WIDTH = dict((k, w) for k, _, w in COLUMNS)["stages"]
 
 
 def row_cells(app, run: RunInfo, now: float) -> tuple:
@@ -24,12 +28,12 @@ def row_cells(app, run: RunInfo, now: float) -> tuple:
     m = cur  # losses: the current stage's, or for a finished run the last stage that logged some
     if run.state != "running" and (cur is None or (cur.train_loss is None and cur.val_loss is None)):
         m = next((s for s in reversed(run.stages) if s.train_loss is not None or s.val_loss is not None), cur)
-    progress = Text(fmt.bar(frac, 7) + (f" {frac * 100:3.0f}%" if frac is not None else ""))
+    progress = Text(fmt.bar(frac, 6) + (f" {frac * 100:3.0f}%" if frac is not None else ""))
     # Text, not str: DataTable parses a str cell as markup each time it measures or renders it
     return (
         Text(run.name, overflow="ellipsis", no_wrap=True),
         run_state_text(app, run),
-        stage_strip(app, [s.state for s in run.stages]),
+        stage_strip(app, [s.state for s in run.stages], width=STAGES_WIDTH),
         progress,
         Text(fmt.loss(m.train_loss if m else None)),
         Text(fmt.loss(m.val_loss if m else None)),

@@ -1,0 +1,137 @@
+"""The smaller frictions of issue 24, each pinned: a long pipeline's Stages cell and "cancelling…"
+fit their columns; j/k move in lists; G/End reach the end of Help; esc in Compare keeps the ticks
+(u unticks); a checkbox's state reads without colour; after f4 the new student has the focus."""
+
+from __future__ import annotations
+
+import pytest
+from _app_util import RunWriter, finished_run, make_app, run_async, wait_for
+
+from app.widgets.style import stage_strip
+
+
+@pytest.fixture
+def runs(tmp_path):
+    d = tmp_path / "runs"
+    d.mkdir()
+    return d
+
+
+def plain(v) -> str:
+    return getattr(v, "plain", str(v))
+
+
+class _NoTheme:
+    theme_variables: dict = {}
+
+
+def test_the_run_eta_counts_the_running_stages_own_eta():
+    """Prepare took 100 s, fine-tune is 10% in and says 50 min to go, 5 stages wait: the run's ETA is
+    at least those 50 min (extrapolating the time so far said ~13 min)."""
+    from pathlib import Path
+
+    from app.widgets.run_progress import run_progress
+    from engine.contract import RunInfo, StageInfo
+
+    t0 = "2026-01-01T00:00:00+00:00"
+    stages = (StageInfo("prepare", "succeeded", started_at=t0),
+              StageInfo("finetune", "running", step=10, total_steps=100, eta_s=3000.0, started_at=t0),
+              *(StageInfo(f"s{i}") for i in range(5)))
+    run = RunInfo("r", Path("r"), "running", stages, created=0.0)
+    start = 1767225600.0  # t0
+    done, eta = run_progress(run, start + 433.0)
+    assert round(done, 3) == round(1.1 / 7, 3)
+    per_stage = 433.0 / 1.1
+    assert eta == 3000.0 + 5 * per_stage
+
+
+def test_a_long_pipeline_folds_into_counts_and_keeps_the_running_stage():
+    nine = ["succeeded"] * 5 + ["running"] + ["pending"] * 3
+    assert stage_strip(_NoTheme(), nine, width=7).plain == "5✓●3○"
+    assert stage_strip(_NoTheme(), nine[:7], width=7).plain == "✓✓✓✓✓●○"  # fits: one glyph per stage
+
+
+@run_async
+async def test_runs_cells_fit_their_columns_and_j_k_move(runs, tmp_path):
+    students = ("depth", "width", "deep2")  # prepare, finetune, 3 prune, 3 distill, eval: 9 stages
+    w = RunWriter(runs, "nine", students=students)
+    for stage in ("prepare", "finetune", "prune-depth", "prune-width", "prune-deep2"):
+        w.stage(stage, "succeeded", total_steps=None)
+    w.stage("distill-depth", "running", step=3)
+    finished_run(runs, "older-a")
+    finished_run(runs, "older-b")
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 3, what="the runs")
+        app.cancelling.add(w.root)
+        app.rescan()
+        key = str(w.root)
+        await wait_for(pilot, lambda: plain(table.get_cell(key, "state")) == "⊘ cancelling…", what="cancelling")
+        widths = {col.key.value: col.width for col in table.ordered_columns}
+        for col in ("state", "stages", "progress", "run"):
+            text = plain(table.get_cell(key, col))
+            assert len(text) <= widths[col], (col, text, widths[col])
+        assert "●" in plain(table.get_cell(key, "stages"))  # the running stage is not cut off
+        assert sum(widths[c] + 2 for c in ("run", "state", "stages", "progress", "train", "val", "eta")) <= 80
+
+        table.focus()
+        table.move_cursor(row=0)
+        await pilot.press("j", "j")
+        assert table.cursor_row == 2
+        await pilot.press("k")
+        assert table.cursor_row == 1
+
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+        body = app.screen.query_one("#help-body")
+        await pilot.pause()
+        assert body.max_scroll_y > 0
+        await pilot.press("G")
+        assert body.scroll_y == body.max_scroll_y
+        await pilot.press("g")
+        assert body.scroll_y == 0
+        await pilot.press("j")
+        assert body.scroll_y > 0
+
+
+@run_async
+async def test_esc_in_compare_keeps_the_ticks(runs, tmp_path):
+    finished_run(runs, "run-a")
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        picks = app.screen.query_one("#compare-pick")
+        await wait_for(pilot, lambda: len(picks.selected) == 4, what="the students ticked")
+        await pilot.press("w", "escape")
+        await pilot.pause()
+        assert len(picks.selected) == 4
+        await pilot.press("u")
+        await wait_for(pilot, lambda: not picks.selected, what="u unticks all")
+
+
+@run_async
+async def test_checkboxes_read_without_colour_and_f4_focuses_the_new_student(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        toggle = screen.query_one("#toggle-finetune")
+        assert toggle.value and "▐X▌" in plain(toggle.render())
+        toggle.value = False
+        await pilot.pause()
+        assert "▐ ▌" in plain(toggle.render())
+        parallel = screen.query_one("#f-launch-parallel")
+        assert not parallel.value and plain(parallel.render()) == "▐ ▌"
+
+        await pilot.press("escape", "f4")
+        await wait_for(pilot, lambda: len(screen.raw["prune"]) == 3, what="the search student")
+        await pilot.pause()
+        forms = screen.query("StudentForm")
+        assert forms.last().student["method"] == "search"
+        assert app.focused is not None and forms.last() in app.focused.ancestors
