@@ -75,7 +75,7 @@ def stage_actions(exp: Experiment, layout: RunLayout, only: Iterable[str] = (), 
         same = bool(st) and st.get("config_hash") == exp.stage_hash(s)
         rerun_up = [d for d in deps[s] if plans[d].runs]
         newer_up = [d for d in deps[s] if _ended_after(docs[d], st)]
-        has_output = (layout.stage_dir(s) / kind_of(s).output).exists()
+        has_output = kind_of(s).output_file(layout, s).exists()
         fresh = same and not rerun_up and not newer_up  # nothing it used has changed
         keep = False
         if only and s not in only:
