@@ -116,3 +116,12 @@ def test_run_order_places_left_over_stages_among_their_kind():
     # more than 99 planned stages keep their plan order (no fixed index for the left-over ones)
     many = ["prepare"] + [f"prune-s{i:03d}" for i in range(120)] + ["eval"]
     assert run_order(many, ["prune-zzz"]) == many[:-1] + ["prune-zzz", "eval"]
+
+
+def test_every_body_a_kind_names_is_a_function():
+    import importlib
+
+    for k in KINDS:
+        for ref in filter(None, (k.body, k.group_body)):
+            module, func = ref.split(":")
+            assert callable(getattr(importlib.import_module(module), func)), ref

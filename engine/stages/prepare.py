@@ -7,6 +7,6 @@ and reuses what still fits.
 from engine.stages.kind import StageKind
 
 PREPARE = StageKind(
-    name="prepare", body="engine.data:prepare_stage", output="meta.json", processes=0,
+    name="prepare", body="engine.data.prepare:prepare_stage", output="meta.json", processes=0,
     section=None, optional=False, per_student=False, inputs=(), kept_on_rerun=("*",),
 )
