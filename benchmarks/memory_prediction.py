@@ -74,6 +74,13 @@ def run_case(name: str, device: torch.device, steps: int) -> dict:
     arch, change, micro, seq, knobs = CASES[name]
     student_arch = {**arch, **change}
     cuda = device.type == "cuda"
+    k = Knobs(cuda=cuda, processes=1, fsdp=False, micro_batch=micro, accumulation=1,
+              gradient_checkpointing=knobs.get("gradient_checkpointing", False), compile=False, master_weights=True,
+              state_bytes=4 if knobs.get("optimizer_states") == "bfloat16" else 8, chunk_tokens=4096, model_bytes=2,
+              mixed_bf16=cuda)
+    need = training_need(f"distill-{name}", shape_from_config(student_arch), shape_from_config(arch), k, seq)
+    if cuda and need.total > torch.cuda.get_device_properties(device).total_memory - 1.5 * 2**30:
+        return {"case": name, "skipped": f"predicted {need.gib():.1f} GiB: more than this card holds"}
     acc = Accelerator(mixed_precision="bf16" if cuda else "no", cpu=not cuda)
     cfg = DistillConfig(steps=1000, global_batch_size=micro, micro_batch_size=micro, warmup_steps=0, **knobs)
     teacher = build(arch, torch.bfloat16 if cuda else torch.float32, device)
@@ -94,11 +101,7 @@ def run_case(name: str, device: torch.device, steps: int) -> dict:
         torch.cuda.synchronize(device)
     sec = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
-    k = Knobs(cuda=cuda, processes=1, fsdp=False, micro_batch=micro, accumulation=1,
-              gradient_checkpointing=cfg.gradient_checkpointing, compile=cfg.compile,
-              master_weights=cfg.master_weights, state_bytes=4 if cfg.optimizer_states == "bfloat16" else 8,
-              chunk_tokens=cfg.chunk_tokens, model_bytes=2, mixed_bf16=cuda)
-    need = training_need(f"distill-{name}", shape_from_config(student_arch), shape_from_config(arch), k, seq)
+    assert k.chunk_tokens == cfg.chunk_tokens and k.master_weights == cfg.master_weights  # the knobs predicted
     out = {"case": name, "micro": micro, "seq": seq, "knobs": knobs, "precision": trainer.precision,
            "peak_gib": peak, "predicted_gib": need.gib(), "parts_gib": {p: v / 2**30 for p, v in need.parts.items()},
            "error": (need.gib() - peak) / peak if peak else None, "sec_per_step": sec,
@@ -131,8 +134,8 @@ def main() -> None:
         print(json.dumps(r), flush=True)
     print(f"{'case':<16} {'measured':>9} {'predicted':>9} {'error':>7} {'tok/s':>9} {'MFU':>6}")
     for r in results:
-        if "failed" in r:
-            print(f"{r['case']:<16} failed: {r['failed'][:100]}")
+        if "failed" in r or "skipped" in r:
+            print(f"{r['case']:<16} {r.get('failed') or r.get('skipped')}"[:120])
         elif r["peak_gib"] is not None:
             print(f"{r['case']:<16} {r['peak_gib']:9.2f} {r['predicted_gib']:9.2f} {r['error']:+7.1%} "
                   f"{r['tokens_per_s']:9.0f} {r['mfu']:6.1%}")

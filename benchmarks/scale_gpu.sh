@@ -2,7 +2,7 @@
 # Issue 21 on one GPU: Llama-3.1-8B (random weights) -> 4.5B students at seq 4096, and the memory prediction
 # against the measured peak at three sizes. The device calls behind benchmarks/RESULTS.md ("8B on one GPU").
 #
-#   benchmarks/scale_gpu.sh OUT PART...     PART: memory | teacher | width | resume | depth | search | summary
+#   benchmarks/scale_gpu.sh OUT PART...     PART: memory | teacher | width | resume | depth | search | graph | summary
 #
 #   memory   benchmarks/memory_prediction.py: predicted vs measured peak (SmolLM2-135M, 1.24B, 8B -> 4.5B)
 #   teacher  a random Llama-3.1-8B folder (benchmarks/scratch_model.py) in $TEACHER (default /dev/shm)
@@ -11,6 +11,7 @@
 #   resume   the same run again: distill-width resumes from the checkpoint and finishes; eval (speed)
 #   depth    benchmarks/scale/depth-h200.toml: prune-depth, distill-depth, eval, default precision
 #   search   benchmarks/scale/search-0.56.toml: a search at 0.56 of the teacher, scored by loss
+#   graph    SmolLM2-135M shape: the engine's compiled step with and without teacher_cuda_graph
 #   summary  benchmarks/scale_summary.py over the runs
 # Needs: .carry/textkit-llama2 (benchmarks/pack_for_gpu.sh) and, where missing, pydantic and friends as wheels.
 # SCALE_ARCH=tiny runs the same flow with a tiny model on the CPU (a smoke test of this script).
@@ -32,6 +33,11 @@ if [[ $ARCH == tiny ]]; then  # CPU smoke test: small sequences, steps and targe
          --set prune.width.calibration_samples=16)
   DEPTH=(--set "prune.depth.drop_layers=[2,3]" --set distill.steps=8)
   SEARCH=(--set prune.search.calibration_samples=16 --set prune.search.hidden_multiple=16 --set prune.search.ffn_multiple=16)
+fi
+CARD_GIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | awk '{print int($1/1024)}')
+if [[ -n $CARD_GIB && $CARD_GIB -lt 100 ]]; then  # an 80 GB card: the depth student with the 80 GB recipe too
+  DEPTH+=(--set distill.optimizer_states=bfloat16 --set distill.global_batch_size=4 --set distill.micro_batch_size=4
+          --set distill.chunk_tokens=512)
 fi
 SETS=(--set "model.path=$TEACHER" --runs-dir "$RUNS" "${EXTRA[@]}")
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
@@ -80,6 +86,11 @@ for PART in "$@"; do
   search)
     log "search at 0.56"
     engine run benchmarks/scale/search-0.56.toml "${SETS[@]}" "${SEARCH[@]}" | tail -40
+    ;;
+  graph)
+    log "teacher_cuda_graph at the SmolLM2-135M shape"
+    timeout 300 python3 benchmarks/distill_throughput.py --shape smollm2 --variants engine-compile,engine-compile-tgraph,engine,engine-tgraph \
+      --json "$OUT/graph.json" 2>&1 | grep -v -i warn | tail -12 | tee -a "$LOG"
     ;;
   summary)
     python3 benchmarks/scale_summary.py "$RUNS"/* --json "$OUT/summary.json" | tee -a "$LOG"

@@ -96,7 +96,7 @@ def test_state_terms_match_the_trainer_after_a_step():
 
 
 def _big_toml(tmp_path, hidden: int, layers: int = 32, extra: str = "") -> str:
-    (tmp_path / "train.txt").write_text("hello world\n" * 50)
+    (tmp_path / "train.txt").write_text("hello world\n" * 20_000)  # room for seq_length 2048 in each split
     f = tmp_path / "big.toml"
     f.write_text(f"""
 name = "big"
@@ -183,5 +183,36 @@ def test_disk_that_cannot_hold_the_checkpoints_is_refused(tmp_path, monkeypatch)
     lines = fit.resource_lines(exp, machine)
     assert any("finetune" in x and "checkpoints" in x for x in lines)
     monkeypatch.setattr(fit, "free_bytes", lambda _p: 2**20)
-    with pytest.raises(ConfigError, match="keep_checkpoints"):
+    with pytest.raises(ConfigError, match="optimizer_states = \"bfloat16\", checkpoint_interval above steps"):
         fit.resource_lines(exp, machine)
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_keep_checkpoints_bounds_what_stays_on_disk(tmp_path, keep):
+    """save_checkpoint keeps the newest `keep_last` complete checkpoints, and a planned checkpoint of a
+    tiny model takes what plan.checkpoint_bytes says (weights + moments, fp32 on the CPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.config import TrainConfig
+    from engine.distill.losses import LossSpec
+    from engine.resources.plan import checkpoint_bytes as planned
+    from engine.training.checkpoint import list_checkpoints, save_checkpoint
+    from engine.training.setup import make_accelerator
+    from engine.training.step import Trainer
+
+    arch = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    cfg = TrainConfig(steps=10, global_batch_size=2, micro_batch_size=2, warmup_steps=0)
+    trainer = Trainer(make_accelerator(), LlamaForCausalLM(LlamaConfig(**arch)), cfg, LossSpec("ce", chunk_tokens=8))
+    batch = torch.randint(0, 64, (2, 17))
+    for step in (1, 2, 3):
+        trainer.step([batch], lr=1e-3)
+        save_checkpoint(trainer.accelerator, tmp_path, step, {"resume_key": "k"}, keep_last=keep)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 2, 1][:keep][::-1]
+    path = list_checkpoints(tmp_path)[-1][1]
+    written = sum(f.stat().st_size for f in path.glob("*") if f.suffix in (".safetensors", ".bin"))
+    n = count_params(shape_from_config({"model_type": "llama", **arch}))
+    k = Knobs(cuda=False, processes=1, fsdp=False, micro_batch=2, accumulation=1, gradient_checkpointing=False,
+              compile=False, master_weights=True, state_bytes=8, chunk_tokens=8, model_bytes=4, mixed_bf16=False)
+    assert planned(n, k) <= written <= planned(n, k) * 1.1  # + pickle and per-tensor headers

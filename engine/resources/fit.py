@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from engine.config import ConfigError, Experiment
 from engine.disk_space import free_bytes
-from engine.resources.memory import GIB, Knobs, Need, with_knobs
+from engine.resources.memory import DTYPE_BYTES, GIB, Knobs, Need, with_knobs
 from engine.resources.plan import Shapes, experiment_shapes, stage_disk, stage_need
+from engine.shapes.shape import count_params
 from engine.stages.names import kind_of, stage_kind, stage_student
 
 GPU_MEMORY_ENV = "SLIMLAB_GPU_MEMORY_GIB"  # plan for GPUs of this size (a GPU-less box; tests)
@@ -77,7 +78,7 @@ def this_machine(gpus: int, gpu_gib: float | None = None) -> Machine:
     nvidia-smi."""
     gib = gpu_gib if gpu_gib is not None else _env_gib()
     if gib is not None:
-        return Machine(max(gpus, 1), int(gib * GIB), f"GPU of {gib:g} GiB", host_available())
+        return Machine(max(gpus, 1), int(gib * GIB), "GPU", host_available())
     if gpus == 0:
         return Machine(0, 0, "", host_available())
     size, name = gpu_memory()
@@ -125,7 +126,10 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     steps: list[tuple[str, dict]] = []
     if not k.gradient_checkpointing:
         steps.append((f"{section}.gradient_checkpointing = true", {"gradient_checkpointing": True}))
-    if k.state_bytes == 8:
+    cfg = exp.finetune if kind == "finetune" else exp.distill_for(stage_student(stage))
+    from engine.config.schema import BF16_MAX_BETA2  # bf16 moments: refused under FSDP and above this beta2
+
+    if k.state_bytes == 8 and not k.fsdp and cfg.adam_beta2 <= BF16_MAX_BETA2:
         steps.append((f"{section}.optimizer_states = \"bfloat16\"", {"state_bytes": 4}))
     if k.chunk_tokens > 1024 and kind == "distill":
         steps.append(("distill.chunk_tokens = 1024", {"chunk_tokens": 1024}))
@@ -143,7 +147,7 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
         if _total(exp, shapes, stage, trial, m) >= _total(exp, shapes, stage, cur, m):
             continue  # no help here (a smaller micro-batch adds fp32 gradient sums under master weights)
         cur = trial
-        changes.append(text)
+        changes = [c for c in changes if c.split(" = ")[0] != text.split(" = ")[0]] + [text]  # the last size
         if _total(exp, shapes, stage, cur, m) <= limit:
             fixes.append(f"set {' and '.join(changes)} (~{_total(exp, shapes, stage, cur, m) / GIB:.0f} GiB)")
             break
@@ -217,11 +221,39 @@ def resource_lines(exp: Experiment, m: Machine, stages: list[str] | None = None,
             per = "per GPU" if m.cuda else "of host memory"
             first_error = (f"{exp.source}: {stage}: needs ~{need.gib():.0f} GiB {per}, {have}; "
                            + (fix if fix else _no_fix(m, stage)))
+    if m.cuda and not first_error:
+        host_line, first_error = _host_for_loading(exp, shapes, stages, m)
+        lines.append(host_line)
     disk_line, disk_error = _disk(exp, shapes, stages, m)
     lines.append(disk_line)
     if refuse and (first_error or disk_error):
         raise ConfigError(first_error or disk_error)
     return lines
+
+
+def _host_for_loading(exp: Experiment, shapes: Shapes, stages: list[str], m: Machine) -> tuple[str, str]:
+    """GPU stages load each model on the host first: the trained one in fp32 (its masters come from it),
+    a scratch teacher is built there in fp32, a frozen one is read in [model].dtype."""
+    e = DTYPE_BYTES[exp.model.dtype]
+    need, what = 0, ""
+    for stage in stages:
+        kind = stage_kind(stage)
+        if kind == "finetune":
+            n, label = 4 * count_params(shapes.teacher), "the teacher in fp32"
+        elif kind == "distill":
+            n = max(4 * count_params(shapes.students[stage_student(stage)]), e * count_params(shapes.teacher))
+            label = f"the {stage_student(stage)} student in fp32"
+        elif kind in ("prune", "eval"):
+            n, label = e * count_params(shapes.teacher), "the teacher"
+        else:
+            continue
+        if n > need:
+            need, what = n, f"{stage}: {label}"
+    line = f"  host: ~{need / GIB:.1f} GiB to load {what or 'the models'}; {m.host_bytes / GIB:.0f} GiB available"
+    if need + HOST_RESERVED <= m.host_bytes:
+        return line, ""
+    return line, (f"{exp.source}: {what}: loading it needs ~{need / GIB:.0f} GiB of host memory, "
+                  f"{m.host_bytes / GIB:.0f} GiB is available; free host memory or use a machine with more")
 
 
 def _no_fix(m: Machine, stage: str) -> str:
@@ -261,8 +293,19 @@ def _disk(exp: Experiment, shapes: Shapes, stages: list[str], m: Machine) -> tup
             + (f"; a cancel writes a {on_cancel / GIB:.1f} GiB checkpoint" if on_cancel and not transient else ""))
     if total <= free:
         return line, ""
-    fix = "set keep_checkpoints = 1 and optimizer_states = \"bfloat16\" in [distill]/[finetune], or " \
-        if transient else ""
+    fix = _disk_fix(exp) if transient else ""
     return line, (f"{exp.source}: the run needs ~{total / GIB:.0f} GiB of disk in {exp.runs_dir} (models "
                   f"{models / GIB:.0f} GiB" + (f", {biggest}" if biggest else "") + f"), {free / GIB:.0f} GiB "
                   f"is free; {fix}free space or move runs_dir")
+
+
+def _disk_fix(exp: Experiment) -> str:
+    """The trainer keys that shrink the checkpoints, where they are not set yet."""
+    cfgs = [c for c in (exp.finetune, exp.distill) if c is not None]
+    keys = []
+    if any(c.keep_checkpoints > 1 for c in cfgs):
+        keys.append("keep_checkpoints = 1")
+    if any(c.optimizer_states == "float32" for c in cfgs) and exp.launch.strategy != "fsdp":
+        keys.append("optimizer_states = \"bfloat16\"")
+    keys.append("checkpoint_interval above steps (a cancel still writes one)")
+    return "set " + ", ".join(keys) + " in [finetune]/[distill], or "

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.config import Experiment, TrainConfig
-from engine.shapes.shape import Shape, count_params
+from engine.shapes.shape import Shape, count_embedding_params, count_params
 
 GIB = 2**30
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -145,8 +145,10 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
         parts["weights"] = 4 * n // shard
         parts["gradients"] = 4 * n // shard
         parts["optimizer"] = k.state_bytes * n // shard
-        if k.cuda and k.mixed_bf16:  # autocast's bf16 copies of the weights live through backward
-            parts["bf16 casts"] = 2 * n // shard
+        if k.cuda and k.mixed_bf16 and shard == 1:  # autocast's bf16 weight copies live through backward
+            parts["bf16 casts"] = 2 * n
+        elif shard > 1:  # FSDP2: a layer's bf16 weights and fp32 gradients gathered at a time, two in flight
+            parts["gathered layers"] = 2 * 6 * (n - count_embedding_params(student)) // student.num_layers
     tokens = k.micro_batch * seq_length
     act = 2 if (k.cuda and k.mixed_bf16) else 4
     fp32_residual = k.cuda and not k.master and act == 2
