@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_reliability_inputs import SCRATCH, _lines, _write
+from test_reliability_inputs import SCRATCH, _lines, _refused, _write
 
 from engine.cli import main
 
@@ -24,3 +24,83 @@ def test_a_runs_dir_that_cannot_be_written(tmp_path, capsys):
         assert main(["run", str(f), "--runs-dir", runs]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "cannot write in" in err and "--runs-dir" in err, err
+
+
+@pytest.mark.parametrize("override,says", [
+    ("seed=-1", "seed: input should be greater than or equal to 0"),
+    ("data.seed=-1", "data.seed: input should be greater than or equal to 0"),
+    ("finetune.seed=-1", "finetune.seed: input should be greater than or equal to 0"),
+    ('model.arch.rms_norm_eps="x"', "model.arch.rms_norm_eps: 'x' is not a number"),
+    ("model.arch.rms_norm_eps=nan", "model.arch.rms_norm_eps: nan is not a finite number"),
+    ('data.seq_length="128"', 'data.seq_length: "128" is a string, not a number'),
+    ('finetune.lr="0.001"', 'finetune.lr: "0.001" is a string, not a number'),
+    ('finetune.compile="yes"', 'finetune.compile: "yes" is not a boolean; write true or false'),
+    ("finetune.steps=9223372036854775807", "finetune.steps: input should be less than or equal to 100000000"),
+    ('source="elsewhere.toml"', "unknown key 'source'"),
+    ("data.seq_length=1000000", "data.seq_length: 1000000 is longer than the train data can be"),
+    ('data.dataset="builtin:nope"', "data.dataset: unknown builtin 'builtin:nope'"),
+    ('data.prepared="nope"', "data.prepared: no folder 'nope'"),
+])
+def test_hostile_values_are_refused_before_anything_is_written(tmp_path, capsys, override, says):
+    f = _write(tmp_path, SCRATCH, _lines())
+    extra = ("--set", "data.train_files=[]") if override.startswith(("data.dataset", "data.prepared")) else ()
+    err = _refused(tmp_path, f, capsys, "--set", override, *extra)
+    assert says in err, err
+
+
+def test_a_junk_prepared_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "meta.json").write_text("{")
+    f = _write(tmp_path, SCRATCH, _lines())
+    err = _refused(tmp_path, f, capsys, "--set", 'data.prepared="junk"', "--set", "data.train_files=[]")
+    assert "data.prepared: " in err and "has no readable meta.json" in err, err
+
+
+def test_a_plain_text_file_named_gz_and_a_cut_gz(tmp_path, capsys):
+    import gzip
+
+    f = _write(tmp_path, SCRATCH.replace("train.jsonl", "train.jsonl.gz"))
+    (tmp_path / "train.jsonl.gz").write_text(_lines())
+    assert "named .gz but not gzip-compressed" in _refused(tmp_path, f, capsys)
+    (tmp_path / "train.jsonl.gz").write_bytes(gzip.compress(_lines().encode())[:60])
+    assert "cannot be decompressed" in _refused(tmp_path, f, capsys)
+
+
+def test_a_byte_order_mark_is_named(tmp_path, capsys):
+    f = tmp_path / "exp.toml"
+    f.write_bytes(b"\xef\xbb\xbf" + SCRATCH.encode())
+    (tmp_path / "train.jsonl").write_text(_lines())
+    assert "starts with a UTF-8 byte-order mark (BOM)" in _refused(tmp_path, f, capsys)
+
+
+def test_target_params_two_point_oh_says_fraction_or_billions(tmp_path, capsys):
+    search = SCRATCH.replace('method = "width"\nhidden_size = 32',
+                             'method = "search"\ntarget_params = 2.0\naxes = ["hidden_size"]')
+    f = _write(tmp_path, search, _lines())
+    err = _refused(tmp_path, f, capsys)
+    assert "neither a fraction of the teacher (that is at most 1" in err and 'write "2B"' in err, err
+
+
+def test_an_empty_gpu_range_is_refused(tmp_path, capsys):
+    f = _write(tmp_path, SCRATCH, _lines())
+    assert main(["run", str(f), "--gpus", "3-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'3-1' is an empty range" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_status_of_a_plain_folder_and_compare_into_a_file(tmp_path, capsys):
+    (tmp_path / "plain").mkdir()
+    assert main(["status", str(tmp_path / "plain")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    from engine.contract import RunLayout, StageStatus
+
+    run = RunLayout(tmp_path / "runs" / "r")
+    run.root.mkdir(parents=True)
+    run.experiment_file.write_text('name = "r"\n[model]\npath = "m"\n[data]\ndataset = "w"\n')
+    StageStatus(run.stage_dir("prepare"), "prepare").finish("succeeded")
+    (tmp_path / "existing.md").write_text("mine")
+    assert main(["compare", str(run.root), "--out", str(tmp_path / "existing.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out: " in err and "is a file; give a folder" in err, err
+    assert (tmp_path / "existing.md").read_text() == "mine"

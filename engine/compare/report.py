@@ -27,6 +27,7 @@ from engine.compare.tables import (
 from engine.contract import (
     write_atomic,
 )
+from engine.errors import ConfigError
 
 
 def report_markdown(rows: list[ModelRow], run_dirs: list[str | Path], png_name: str | None,
@@ -60,6 +61,8 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
     """Print the table and chart; write report.md and val_loss.png into `out_dir` (the first run)."""
     from rich.console import Console
 
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"--out: {out_dir} is a file; give a folder for report.md and the charts")
     if console is None:
         console = Console()
         if not console.is_terminal:  # a pipe or a log file: room for the whole table and chart

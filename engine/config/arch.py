@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import math
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ def check_arch(arch: dict[str, Any]) -> None:
                 close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.7)
                 hint = f"did you mean '{close[0]}'?" if close else "see the config class for the keys it takes"
                 raise ValueError(f"arch.{key}: not a key of transformers' {model_type} config; {hint}")
+    _check_types(arch, config_types(str(model_type)))
     for key in SHAPE_KEYS:
         value = arch.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -49,6 +51,38 @@ def check_arch(arch: dict[str, Any]) -> None:
     if heads and hidden and needs_divisor and hidden % heads:
         raise ValueError(f"arch.num_attention_heads: {heads} does not divide hidden_size = {hidden}; "
                          "pick a divisor, or set head_dim")
+
+
+def _check_types(arch: dict[str, Any], types: dict[str, frozenset[str]]) -> None:
+    """Numbers and booleans as the config class annotates them: transformers would store
+    `rms_norm_eps = "x"` as given, and the stage would die on it mid-pipeline."""
+    for key, value in arch.items():
+        kinds = types.get(key, frozenset()) - {"None"}
+        if value is None or not kinds:
+            continue
+        if kinds <= {"int", "float"} and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"arch.{key}: {value!r} is not a number; write a number without quotes")
+        if kinds == {"float"} and not math.isfinite(value):
+            raise ValueError(f"arch.{key}: {value!r} is not a finite number")
+        if kinds == {"bool"} and not isinstance(value, bool):
+            raise ValueError(f"arch.{key}: {value!r} is not true or false")
+
+
+@cache
+def config_types(model_type: str) -> dict[str, frozenset[str]]:
+    """The annotated type names of each field of transformers' config class for `model_type` (v5 dataclass
+    style: `rms_norm_eps: float = 1e-6` -> {"float"}); {} when the source is not found."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or spec.origin is None or not model_type.isidentifier():
+        return {}
+    tree = _parse(Path(spec.origin).parent / "models" / model_type / f"configuration_{model_type}.py")
+    for node in tree.body if tree else []:
+        if isinstance(node, ast.ClassDef) and any(
+                isinstance(s, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model_type" for t in s.targets)
+                and isinstance(s.value, ast.Constant) and s.value.value == model_type for s in node.body):
+            return {s.target.id: frozenset(p.strip() for p in ast.unparse(s.annotation).split("|"))
+                    for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    return {}
 
 
 @cache

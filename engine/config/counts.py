@@ -18,6 +18,7 @@ def parse_param_count(value: int | float | str) -> int | float:
     ValueError (naming the accepted forms) on anything else.
     """
     forms = 'an absolute count (81_000_000 or "4.5B") or a fraction of the teacher (0.6)'
+    raw = value
     if isinstance(value, bool):
         raise ValueError(f"target_params: {value!r} is not a size; give {forms}")
     if isinstance(value, str):
@@ -29,6 +30,9 @@ def parse_param_count(value: int | float | str) -> int | float:
         raise ValueError(f"target_params: {value} must be positive; give {forms}")
     if isinstance(value, float) and value <= 1.0:
         return value
+    if isinstance(value, float) and value < 1000 and not isinstance(raw, str):
+        raise ValueError(f"target_params: {value:g} is neither a fraction of the teacher (that is at most 1, e.g. "
+                         f"0.6) nor a size; for {value:g} billion parameters write \"{value:g}B\"")
     if value < 1000:
         raise ValueError(f"target_params: {value:g} parameters is too small for a language model; give {forms}")
     return int(round(value))

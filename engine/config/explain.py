@@ -81,6 +81,9 @@ def _explain(err: dict[str, Any], raw: dict[str, Any]) -> str:
 
 
 def parse_experiment(raw: dict[str, Any], source: str = "experiment") -> Experiment:
+    if "source" in raw:  # a field of Experiment, but set here (where the file came from), never by the file
+        raise ConfigError(f"{source}: unknown key 'source' (slimlab records where the file came from "
+                          "itself); remove it")
     try:
         exp = Experiment.model_validate(raw)
     except ValidationError as e:

@@ -36,13 +36,22 @@ class _Section(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_bool_numbers(cls, data: Any) -> Any:
-        """TOML's true/false are not numbers, though pydantic takes `steps = true` as 1 step."""
+        """TOML's true/false are not numbers, though pydantic takes `steps = true` as 1 step; nor are
+        strings numbers or booleans, though pydantic takes `lr = "0.001"` and `compile = "yes"`: strict
+        everywhere, as `arch` is."""
         if isinstance(data, dict):
             for key, value in data.items():
                 field = cls.model_fields.get(key)
-                if field is not None and _holds_bool(value) and _numbers_only(field.annotation):
+                if field is None:
+                    continue
+                if _holds_bool(value) and _numbers_only(field.annotation):
                     raise ValueError(f"{key}: {json.dumps(value)} is not a number (true and false are "
                                      "booleans); write a number")
+                if _holds_number_text(value) and _numbers_only(field.annotation) and not _takes_str(field.annotation):
+                    raise ValueError(f"{key}: {json.dumps(value)} is a string, not a number; write it "
+                                     "without quotes")
+                if _bool_only(field.annotation) and value is not None and not isinstance(value, bool):
+                    raise ValueError(f"{key}: {json.dumps(value)} is not a boolean; write true or false")
         return data
 
 
@@ -50,6 +59,33 @@ def _holds_bool(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_holds_bool(v) for v in value)
     return isinstance(value, bool)
+
+
+def _holds_number_text(value: Any) -> bool:
+    """A string pydantic would read as a number ("128", "1e-3"); other strings it refuses itself."""
+    if isinstance(value, (list, tuple)):
+        return any(_holds_number_text(v) for v in value)
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _kinds(t: Any) -> set[Any]:
+    """A type annotation and everything inside it (unions, Literal values, list items)."""
+    return {t}.union(*(_kinds(a) for a in get_args(t)))
+
+
+def _takes_str(annotation: Any) -> bool:
+    """A field that takes some strings: `micro_batch_size = "auto"`, `gpus = "all"`."""
+    return any(k is str or k is Any or isinstance(k, str) for k in _kinds(annotation))
+
+
+def _bool_only(annotation: Any) -> bool:
+    return _kinds(annotation) - {type(None)} == {bool}
 
 
 def _numbers_only(annotation: Any) -> bool:
@@ -100,7 +136,7 @@ class DataConfig(_Section):
     validation_fraction: float = Field(default=0.01, gt=0.0, lt=0.5)  # held out when no validation split
     test_fraction: float = Field(default=0.0, ge=0.0, lt=0.5)  # held out when no test split
     max_tokens: int | None = Field(default=None, ge=1)  # cap the training tokens (demos)
-    seed: int = 1234
+    seed: int = Field(default=1234, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit, none negative
     prepared: str | None = None  # a folder another prepare wrote (meta.json + <split>.bin): used as is
 
     @model_validator(mode="after")
@@ -122,7 +158,7 @@ BF16_MAX_BETA2 = 0.99
 class TrainConfig(_Section):
     """Trainer keys shared by [finetune] and [distill]."""
 
-    steps: int = Field(default=30, ge=1)
+    steps: int = Field(default=30, ge=1, le=100_000_000)
     global_batch_size: int = Field(default=128, ge=1)
     # "auto": the largest micro-batch that fits the GPU (engine/training/micro_batch.py); on the CPU
     # the largest divisor of global_batch_size / processes up to 4
@@ -153,7 +189,7 @@ class TrainConfig(_Section):
     # extra; engine/models/liger.py); "torch": transformers' own modules
     kernels: Literal["torch", "liger"] = "torch"
     max_nan_steps: int = Field(default=5, ge=1)  # consecutive non-finite losses that stop the run
-    seed: int = 1234
+    seed: int = Field(default=1234, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit, none negative
 
     @field_validator("micro_batch_size", mode="before")
     @classmethod
@@ -365,7 +401,7 @@ class LaunchConfig(_Section):
 class Experiment(_Section):
     name: str
     runs_dir: str = "runs"
-    seed: int = 1234
+    seed: int = Field(default=1234, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit, none negative
     model: ModelConfig
     data: DataConfig
     finetune: FinetuneConfig | None = None

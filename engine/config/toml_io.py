@@ -25,11 +25,21 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         raise ConfigError(f"{p}: is a directory; give an experiment .toml file")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML ({e}); fix the syntax there") from None
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a UTF-8 text file; give an experiment .toml file") from None
+    _no_bom(text, str(p))
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML ({e}); fix the syntax there") from None
+
+
+def _no_bom(text: str, source: str) -> None:
+    """TOML forbids a byte-order mark, and tomllib calls it an "Invalid statement" at line 1."""
+    if text.startswith("\ufeff"):
+        raise ConfigError(f"{source}: starts with a UTF-8 byte-order mark (BOM), which TOML does not allow; "
+                          "save it as UTF-8 without BOM")
 
 
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
@@ -37,6 +47,7 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
 
 
 def loads_experiment(text: str, source: str = "experiment", overrides: tuple[str, ...] = ()) -> Experiment:
+    _no_bom(text, source)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

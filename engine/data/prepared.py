@@ -24,7 +24,7 @@ from engine.errors import UserError
 
 def _resolve_dir(pattern: str, experiment_file: str | None) -> Path:
     p = Path(pattern).expanduser()
-    bases = [Path.cwd()] + ([Path(experiment_file).resolve().parent] if experiment_file else [])
+    bases = list(dict.fromkeys([Path.cwd()] + ([Path(experiment_file).resolve().parent] if experiment_file else [])))
     for c in [p] if p.is_absolute() else [b / p for b in bases]:
         if c.is_dir():
             return c.resolve()

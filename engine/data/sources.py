@@ -12,6 +12,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -63,7 +64,14 @@ def _suffix(path: Path) -> str:
 
 
 def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    if not path.name.lower().endswith(".gz"):
+        return open(path, "rb")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"\x1f\x8b":  # gzip's own error (BadGzipFile) came as a traceback from the up-front check
+        raise UserError(f"{path}: named .gz but not gzip-compressed; rename it without .gz, or compress it "
+                        "with gzip")
+    return gzip.open(path, "rb")
 
 
 def _text_of(rec: Any, text_field: str, where: str) -> str:
@@ -295,8 +303,12 @@ def check_files(data: Any, experiment_file: str | None = None, whole_bytes: int 
                 continue  # read whole by prepare only: too large to read twice
             records = islice(file_part(path, data.text_field).records(), None if small else sample_records)
             has_text = False
-            for text in records:  # every record read: a broken line anywhere raises
-                has_text = has_text or bool(text.strip())
+            try:
+                for text in records:  # every record read: a broken line anywhere raises
+                    has_text = has_text or bool(text.strip())
+            except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a damaged or cut .gz
+                raise UserError(f"data.{split}_files: {path} cannot be decompressed ({e}); give an intact "
+                                "file") from None
             if not has_text and small:
                 raise UserError(f"data.{split}_files: {path} holds no text (every record is empty)")
 

@@ -219,6 +219,10 @@ def _run_dir_arg(arg: str, runs_dir: str) -> Path:
     """A run directory, a run name under --runs-dir, or an experiment file (-> its run directory)."""
     p = Path(arg)
     if p.is_dir():
+        layout = RunLayout(p)
+        if not (layout.experiment_file.exists() or layout.status_file.exists()):
+            raise ConfigError(f"{arg}: not a run directory (no experiment.toml or status.json); list runs with "
+                              "`slimlab-engine status --runs-dir DIR`")
         return p
     if p.suffix == ".toml" and p.is_file():
         from engine.config import load_experiment

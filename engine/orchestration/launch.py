@@ -88,6 +88,9 @@ def parse_gpus(text: str) -> list[int]:
             part = part.strip()
             if "-" in part:
                 lo, hi = part.split("-", 1)
+                if int(hi) < int(lo):  # an empty range ran everything on the CPU
+                    raise ConfigError(f"--gpus: '{part}' is an empty range; write the lower index first, "
+                                      f"e.g. --gpus {hi}-{lo}")
                 out += list(range(int(lo), int(hi) + 1))
             elif part:
                 out.append(int(part))

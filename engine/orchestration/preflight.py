@@ -2,7 +2,8 @@
 anything is written: the model and tokenizer folders, the data files, the vocabulary against the
 tokenizer, and distill.layer_map against the layer counts. One line, exit 2, like a schema error.
 
-What needs the whole data (token counts against seq_length) is checked by prepare. No torch import.
+seq_length is checked against the data where its size is known without tokenizing (engine/data/up_front.py);
+the exact token counts are checked by prepare. No torch import.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def preflight(exp: Experiment) -> None:
             from engine.data.sources import check_files
 
             check_files(exp.data, exp.source)
+        from engine.data.up_front import check_data_up_front
+
+        check_data_up_front(exp.data, exp.source)
     except UserError as e:
         raise ConfigError(f"{exp.source}: {e}") from None
     _check_vocab(exp)
