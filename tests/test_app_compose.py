@@ -157,7 +157,7 @@ async def test_compose_a_search_student_save_and_load(tmp_path, monkeypatch):
 
         # another method drops the keys it rejects, and shows its own fields
         control(search, "method").value = "depth"
-        await wait_for(pilot, lambda: keys_of(search) == ["drop_layers", "num_layers", "selection"],
+        await wait_for(pilot, lambda: keys_of(search) == ["drop_layers", "num_layers", "selection", "calibration_samples"],
                        what="the depth fields")
         assert "target_params" not in search.student and "hidden_multiple" not in search.student
         control(width, "method").value = "search"

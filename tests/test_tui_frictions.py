@@ -135,3 +135,48 @@ async def test_checkboxes_read_without_colour_and_f4_focuses_the_new_student(run
         forms = screen.query("StudentForm")
         assert forms.last().student["method"] == "search"
         assert app.focused is not None and forms.last() in app.focused.ancestors
+
+
+def test_placeholders_say_what_an_empty_field_gives():
+    """A placeholder is never a value that looks typed in and is not what an empty field gives: the
+    training ones are the schema's defaults, the scratch teacher's are llama's config defaults (the
+    old "heads 8" stood where an empty field gave 32 heads)."""
+    import re
+
+    from transformers import LlamaConfig
+
+    from app.data.form_fields import DATA, DISTILL_EXTRA, SCRATCH, TRAIN
+    from engine.config.schema import DataConfig, DistillConfig
+
+    for spec in (*TRAIN, *DISTILL_EXTRA, *DATA):
+        m = re.match(r"default ([^\s;,(]+)", spec.placeholder)
+        if m:
+            schema = DataConfig if spec.key.startswith("data.") else DistillConfig
+            default = schema.model_fields[spec.key.removeprefix("data.")].default
+            assert str(default) == m.group(1) or float(default) == float(m.group(1)), (spec.key, default)
+    llama = LlamaConfig()
+    for spec in SCRATCH:
+        m = re.match(r"empty: (\d+)", spec.placeholder)
+        if spec.kind == "int" and spec.key.startswith("model.arch."):
+            assert m and int(m.group(1)) == getattr(llama, spec.key.rpartition(".")[2]), spec
+
+
+@run_async
+async def test_the_missing_fields_are_there(runs, tmp_path, monkeypatch):
+    """calibration_samples (the default 1024 made a CPU prune take 14 minutes), test_fraction and
+    checkpoint_interval have fields."""
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        screen.query_one("#f-data-test-fraction").value = "0.05"
+        screen.query_one("#f-finetune-checkpoint-interval").value = "20"
+        calib = [i for i in screen.query("StudentForm Input") if i.spec.key == "calibration_samples"]
+        assert len(calib) == 2  # the new form's depth and width students
+        calib[0].value = "64"
+        await pilot.pause()
+        assert screen.raw["data"]["test_fraction"] == 0.05 and screen.raw["finetune"]["checkpoint_interval"] == 20
+        assert screen.raw["prune"][0]["calibration_samples"] == 64

@@ -29,14 +29,17 @@ MODEL = (
     FieldSpec("model.dtype", "dtype", "choice", ("bfloat16", "float16", "float32")),
     FieldSpec("model.tokenizer", "tokenizer", placeholder="default: the model's own"),
 )
-# a fresh teacher (init = "scratch"): its architecture, and a tokenizer trained on the data
+# a fresh teacher (init = "scratch"): its architecture, and a tokenizer trained on the data. A
+# placeholder says what an empty field gives (the config class's default: llama's below), never a
+# value that looks typed in: "8" read as 8 heads where an empty field gave 32.
 SCRATCH = (
     FieldSpec("model.arch.model_type", "arch type", "choice", SUPPORTED_MODEL_TYPES),
-    FieldSpec("model.arch.hidden_size", "hidden", "int", placeholder="256"),
-    FieldSpec("model.arch.intermediate_size", "ffn", "int", placeholder="768"),
-    FieldSpec("model.arch.num_hidden_layers", "layers", "int", placeholder="4"),
-    FieldSpec("model.arch.num_attention_heads", "heads", "int", placeholder="8"),
-    FieldSpec("model.arch.num_key_value_heads", "kv heads", "int", placeholder="4"),
+    FieldSpec("model.arch.hidden_size", "hidden", "int", placeholder="empty: 4096 (llama's default); e.g. 256"),
+    FieldSpec("model.arch.intermediate_size", "ffn", "int", placeholder="empty: 11008 (llama's default)"),
+    FieldSpec("model.arch.num_hidden_layers", "layers", "int", placeholder="empty: 32 (llama's default)"),
+    FieldSpec("model.arch.num_attention_heads", "heads", "int",
+              placeholder="empty: 32 (llama's default); must divide hidden"),
+    FieldSpec("model.arch.num_key_value_heads", "kv heads", "int", placeholder="empty: 32 (= heads)"),
     FieldSpec("model.tokenizer_train_vocab", "train vocab", "int", placeholder="4096 (or set tokenizer)"),
 )
 DATA = (
@@ -44,22 +47,25 @@ DATA = (
     FieldSpec("data.config", "config", placeholder="wikitext-103-v1"),
     FieldSpec("data.train_files", "train files", "strs", placeholder="data/train.jsonl, ..."),
     FieldSpec("data.validation_files", "val files", "strs", placeholder="default: hold out a fraction"),
-    FieldSpec("data.text_field", "text field", placeholder="text"),
-    FieldSpec("data.seq_length", "seq length", "int", placeholder="2048"),
+    FieldSpec("data.text_field", "text field", placeholder="default text"),
+    FieldSpec("data.seq_length", "seq length", "int", placeholder="default 2048"),
+    FieldSpec("data.test_fraction", "test fraction", "float",
+              placeholder="default 0; held out for a test split when none is given, e.g. 0.05"),
 )
-TRAIN = (
-    FieldSpec("steps", "steps", "int", placeholder="30"),
-    FieldSpec("global_batch_size", "global batch", "int", placeholder="128"),
+TRAIN = (  # placeholders: "default N", the schema's own default (a test holds them to it)
+    FieldSpec("steps", "steps", "int", placeholder="default 30"),
+    FieldSpec("global_batch_size", "global batch", "int", placeholder="default 128"),
     FieldSpec("micro_batch_size", "micro batch", "auto_int", placeholder="auto (largest that fits) | 4"),
-    FieldSpec("lr", "lr", "float", placeholder="1e-4"),
-    FieldSpec("min_lr", "min lr", "float", placeholder="1e-5"),
-    FieldSpec("warmup_steps", "warmup", "int", placeholder="2"),
-    FieldSpec("val_interval", "val every", "int", placeholder="10"),
+    FieldSpec("lr", "lr", "float", placeholder="default 1e-4"),
+    FieldSpec("min_lr", "min lr", "float", placeholder="default 1e-5"),
+    FieldSpec("warmup_steps", "warmup", "int", placeholder="default 2"),
+    FieldSpec("val_interval", "val every", "int", placeholder="default 10"),
+    FieldSpec("checkpoint_interval", "ckpt every", "int", placeholder="default 100 (steps)"),
 )
 DISTILL_EXTRA = (
     FieldSpec("loss", "KD loss", "choice", ("forward_kl", "reverse_kl", "jsd", "ce")),
-    FieldSpec("temperature", "temperature", "float", placeholder="1.0"),
-    FieldSpec("ce_weight", "CE weight", "float", placeholder="0.0"),
+    FieldSpec("temperature", "temperature", "float", placeholder="default 1.0"),
+    FieldSpec("ce_weight", "CE weight", "float", placeholder="default 0.0"),
 )
 LAUNCH = (
     FieldSpec("launch.gpus", "GPUs", "gpus", placeholder="all | 0,1,2,3"),
@@ -68,10 +74,14 @@ LAUNCH = (
 )
 # A student's fields by [[prune]] method (labels fit the 16-column label column: 15 characters at most)
 SELECTION = FieldSpec("selection", "selection", "choice", ("block-influence", "lm-loss", "contiguous", "last"))
+# every method scores importance on calibration text: 1024 samples took 14 minutes on a CPU
+CALIBRATION = FieldSpec("calibration_samples", "calib samples", "int",
+                        placeholder="default 1024 (fewer: a faster prune, e.g. 64 on a CPU)")
 DEPTH = (
     FieldSpec("drop_layers", "drop layers", "ints", placeholder="16-31  (0-indexed)"),
     FieldSpec("num_layers", "or keep N", "int", placeholder="layers to keep; importance picks"),
     SELECTION,
+    CALIBRATION,
 )
 WIDTH = (
     FieldSpec("ffn_hidden_size", "ffn", "int", placeholder="unchanged"),
@@ -80,6 +90,7 @@ WIDTH = (
     FieldSpec("num_key_value_heads", "kv heads", "int", placeholder="unchanged"),
     FieldSpec("num_layers", "layers", "int", placeholder="unchanged (or keep N; importance picks)"),
     SELECTION,
+    CALIBRATION,
 )
 SEARCH = (  # the student described by its budget (engine/search/)
     FieldSpec("target_params", "target params", "size", placeholder='0.6 (of the teacher) | "4.5B" | 81_000_000'),
@@ -95,6 +106,7 @@ SEARCH = (  # the student described by its budget (engine/search/)
     FieldSpec("score_steps", "score steps", "int", placeholder="20 (score = distill)"),
     FieldSpec("score_task", "score task", placeholder="an [eval] task scored instead of the loss"),
     SELECTION,
+    CALIBRATION,
 )
 STUDENT_FIELDS = {"depth": DEPTH, "width": WIDTH, "search": SEARCH}
 METHODS = tuple(STUDENT_FIELDS)
