@@ -21,9 +21,9 @@ from textual.binding import Binding
 from textual.signal import Signal
 from textual.worker import get_current_worker
 
-from app.data.scan import RunInfo, RunScanner
 from app.messages import EditExperiment, OpenRun
 from app.textual_workarounds import GcTuning, InOrderKeys, KeepCss
+from engine.contract import RunInfo, RunScanner
 
 SCAN_INTERVAL_S = 1.0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from app.data.scan import RunInfo
+from engine.contract import RunInfo
 
 
 @dataclass(frozen=True)

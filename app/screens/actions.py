@@ -10,9 +10,8 @@ from pathlib import Path
 from textual.app import App
 
 from app.data.launch import CommandResult, cancel_run, launch_detached
-from app.data.scan import RunInfo
 from app.screens.confirm import ConfirmScreen
-from engine.contract import RunLayout
+from engine.contract import RunInfo, RunLayout
 
 
 def request_cancel(app: App, run: RunInfo | None) -> None:

@@ -24,7 +24,6 @@ from app.data.compare import (
     stage_config,
     stage_sections,
 )
-from app.data.scan import RunInfo, stat_key
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.messages import OpenRun
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
@@ -37,7 +36,16 @@ from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
 from engine.config import ConfigError
-from engine.contract import DISTILL, RunLayout, UserError, is_student_stage, kind_or_none, student_or_none
+from engine.contract import (
+    DISTILL,
+    RunInfo,
+    RunLayout,
+    UserError,
+    is_student_stage,
+    kind_or_none,
+    stat_key,
+    student_or_none,
+)
 
 POLL_S = 2.0  # live curves of running stages
 FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show

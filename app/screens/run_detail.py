@@ -17,9 +17,7 @@ from textual.widgets import OptionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from app.data import fmt
-from app.data.scan import RunInfo, StageInfo, stat_key
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
-from app.data.tail import LogTail
 from app.messages import EditExperiment
 from app.screens.actions import request_cancel, request_resume
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
@@ -40,7 +38,8 @@ from app.widgets.style import (
     warned_stages_markup,
     warning_markup,
 )
-from engine.contract import RunLayout
+from engine.contract import RunInfo, RunLayout, StageInfo, stat_key
+from engine.contract.tail import LogTail
 
 POLL_S = 0.25  # log / metrics of the shown stage
 CHART_HZ = 2.0

@@ -9,7 +9,6 @@ from textual.markup import escape as _escape
 from textual.screen import Screen
 from textual.widgets import DataTable, Input, Static
 
-from app.data.scan import RunInfo
 from app.messages import EditExperiment, OpenRun
 from app.textual_workarounds import InOrderInput, KeepStyles
 from app.widgets.home.runs_table import RunsTable
@@ -19,7 +18,7 @@ from app.widgets.nav import NavBar
 from app.widgets.run_progress import run_progress_text
 from app.widgets.static_text import set_text
 from app.widgets.style import error_markup, warning_markup
-from engine.contract import RunLayout
+from engine.contract import RunInfo, RunLayout
 
 FIRST_SCAN_WAIT_S = 0.3  # at most this long for the first screenful of runs before the first frame
 CATCH_UP_DELAY_S = 0.05  # shown again: the tables take the snapshots that came meanwhile this much later

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from app.data import fmt
-from app.data.scan import RunInfo
-from engine.contract import parse_iso
+from engine.contract import RunInfo, parse_iso
 
 
 def run_progress(run: RunInfo, now: float) -> tuple[float, float | None]:

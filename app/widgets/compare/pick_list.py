@@ -7,8 +7,7 @@ from pathlib import Path
 from textual.widgets import SelectionList
 from textual.widgets.selection_list import Selection
 
-from app.data.scan import RunInfo
-from engine.contract import kind_or_none
+from engine.contract import RunInfo, kind_or_none
 
 
 def comparable_stages(runs: list[RunInfo]) -> list[tuple[str, str]]:

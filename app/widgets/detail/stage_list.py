@@ -8,8 +8,8 @@ from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
 from app.data import fmt
-from app.data.scan import RunInfo, StageInfo
 from app.widgets.style import state_style
+from engine.contract import RunInfo, StageInfo
 
 
 def stage_prompt(app, s: StageInfo, last: bool) -> Text:

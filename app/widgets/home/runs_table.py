@@ -6,9 +6,9 @@ from rich.text import Text
 from textual.binding import Binding
 
 from app.data import fmt
-from app.data.scan import RunInfo
 from app.textual_workarounds import StableTable
 from app.widgets.style import cell_look, run_state_text, stage_strip
+from engine.contract import RunInfo
 
 # key, label, width: sized so Run..ETA fit 80 columns; the rest scrolls horizontally. State holds
 # "⊘ cancelling…" whole; Stages folds a long pipeline to counts (style.stage_strip)

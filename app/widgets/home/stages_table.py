@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 
 from app.data import fmt
-from app.data.scan import RunInfo, StageInfo
 from app.textual_workarounds import StableTable
 from app.widgets.style import cell_look, state_text
+from engine.contract import RunInfo, StageInfo
 
 COLUMNS = (("stage", "Stage", 16), ("state", "State", 11), ("progress", "Progress", 18), ("train", "Train", 7),
            ("val", "Val", 7), ("eta", "ETA", 6), ("tps", "tok/s", 7), ("gpus", "GPUs", 5))
