@@ -18,6 +18,7 @@ from engine.resources.memory import DTYPE_BYTES, GIB, Knobs, Need, with_knobs
 from engine.resources.plan import Shapes, experiment_shapes, stage_disk, stage_need
 from engine.shapes.shape import count_params
 from engine.stages.names import kind_of, stage_kind, stage_student
+from engine.stages.sections import own_settings
 
 GPU_MEMORY_ENV = "SLIMLAB_GPU_MEMORY_GIB"  # plan for GPUs of this size (a GPU-less box; tests)
 GPU_RESERVED = 1.5 * GIB  # the CUDA context and the allocator's fragmentation, outside the prediction
@@ -121,12 +122,12 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     if k is None:
         return ""
     kind = stage_kind(stage)
-    section = kind if kind == "finetune" else "distill"
+    section = kind_of(stage).section
     limit = _limit(m)
     steps: list[tuple[str, dict]] = []
     if not k.gradient_checkpointing:
         steps.append((f"{section}.gradient_checkpointing = true", {"gradient_checkpointing": True}))
-    cfg = exp.finetune if kind == "finetune" else exp.distill_for(stage_student(stage))
+    cfg = own_settings(exp, stage)
     from engine.config.schema import BF16_MAX_BETA2  # bf16 moments: refused under FSDP and above this beta2
 
     if k.state_bytes == 8 and not k.fsdp and cfg.adam_beta2 <= BF16_MAX_BETA2:
@@ -263,9 +264,7 @@ def _no_fix(m: Machine, stage: str) -> str:
 
 
 def _auto_micro(exp: Experiment, stage: str) -> bool:
-    kind = stage_kind(stage)
-    cfg = exp.finetune if kind == "finetune" else exp.distill_for(stage_student(stage))
-    return cfg.micro_batch_size == "auto"
+    return own_settings(exp, stage).micro_batch_size == "auto"
 
 
 def _finished(exp: Experiment, stage: str) -> bool:

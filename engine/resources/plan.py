@@ -12,6 +12,7 @@ from engine.config import Experiment
 from engine.resources.memory import DTYPE_BYTES, Knobs, Need, forward_need, train_knobs, training_need
 from engine.shapes.shape import Shape, count_params
 from engine.shapes.targets import student_shapes
+from engine.stages import PRUNE, kind_of, own_settings
 from engine.stages.names import stage_kind, stage_student
 
 
@@ -83,17 +84,17 @@ def checkpoint_bytes(params: int, k: Knobs) -> int:
 
 
 def stage_disk(exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool) -> DiskNeed | None:
-    kind = stage_kind(stage)
+    kind = kind_of(stage)
     e = DTYPE_BYTES[exp.model.dtype]
-    if kind in ("finetune", "distill"):
-        model = shapes.teacher if kind == "finetune" else shapes.students[stage_student(stage)]
-        cfg = exp.finetune if kind == "finetune" else exp.distill_for(stage_student(stage))
+    if kind.training:  # finetune trains the teacher, distill-<s> its student
+        model = shapes.students[stage_student(stage)] if kind.per_student else shapes.teacher
+        cfg = own_settings(exp, stage)
         n = count_params(model)
         k = train_knobs(exp, cfg, processes, cuda)
         keep = getattr(cfg, "keep_checkpoints", 1)
         periodic = cfg.steps > cfg.checkpoint_interval
         return DiskNeed(stage, n * e, checkpoint_bytes(n, k), keep + 1 if periodic else 0)
-    if kind == "prune":
+    if kind is PRUNE:
         return DiskNeed(stage, count_params(shapes.students[stage_student(stage)]) * e, 0, 0)
     return None
 

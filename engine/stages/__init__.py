@@ -26,12 +26,19 @@ from engine.stages.names import (
 from engine.stages.plan import planned_stages, resolve_stage, run_order, stage_deps, stage_names
 from engine.stages.prepare import PREPARE
 from engine.stages.prune import PRUNE
-from engine.stages.sections import BASE, STUDENT_SECTIONS, config_sections, stage_settings, student_sections
+from engine.stages.sections import (
+    BASE,
+    STUDENT_SECTIONS,
+    config_sections,
+    own_settings,
+    stage_settings,
+    student_sections,
+)
 from engine.stages.training import DISTILL, FINETUNE
 
 __all__ = [
     "BASE", "BY_NAME", "DISTILL", "EVAL", "FINETUNE", "KINDS", "OPTIONAL_SECTIONS", "ORDER", "PREPARE", "PRUNE", "STUDENT_SECTIONS", "StageKind",
-    "config_sections", "is_student_stage", "kind_of", "kind_or_none", "planned_stages", "resolve_stage", "run_order", "sort_key",
+    "config_sections", "is_student_stage", "kind_of", "kind_or_none", "own_settings", "planned_stages", "resolve_stage", "run_order", "sort_key",
     "stage_deps", "stage_kind", "stage_names", "stage_settings", "stage_student", "student_or_none",
     "student_sections",
 ]

@@ -49,6 +49,13 @@ def stage_settings(exp: Any, stage: str) -> dict[str, Any]:
     return out
 
 
+def own_settings(exp: Any, stage: str) -> Any:
+    """The settings of the stage's own section: [finetune] for finetune, the student's [distill] (its
+    overrides applied) for distill-<s>, its [[prune]] table for prune-<s>; None for prepare."""
+    section = kind_of(stage).section
+    return stage_settings(exp, stage)[section] if section is not None else None
+
+
 def student_sections(stage: str) -> set[str]:
     """The sections a stage reads one student's values of (a prune stage: prune; a distill stage:
     prune and distill); none for a stage that is not a student's."""
