@@ -104,3 +104,40 @@ def test_status_of_a_plain_folder_and_compare_into_a_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out: " in err and "is a file; give a folder" in err, err
     assert (tmp_path / "existing.md").read_text() == "mine"
+
+
+def _teacher(tmp_path, capsys):
+    from test_reliability_inputs import PRETRAINED, _model_dir
+
+    m = _model_dir(tmp_path / "m")
+    return m, _write(tmp_path, PRETRAINED.format(model=m), _lines())
+
+
+def test_a_model_folder_without_weights(tmp_path, capsys):
+    m, f = _teacher(tmp_path, capsys)
+    (m / "model.safetensors").unlink()
+    assert "holds no weights (none of model.safetensors" in _refused(tmp_path, f, capsys)
+
+
+def test_a_truncated_teacher_safetensors(tmp_path, capsys):
+    import struct
+
+    m, f = _teacher(tmp_path, capsys)
+    header = b'{"w": {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}'
+    (m / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 30)  # 34 bytes short
+    err = _refused(tmp_path, f, capsys)
+    assert "has a damaged weight file: model.safetensors: " in err and "truncated" in err, err
+
+
+def test_a_weight_index_naming_a_missing_shard(tmp_path, capsys):
+    m, f = _teacher(tmp_path, capsys)
+    (m / "model.safetensors").rename(m / "model-00001-of-00002.safetensors")
+    (m / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+    assert "names model-00002-of-00002.safetensors, which is not in" in _refused(tmp_path, f, capsys)
+
+
+def test_a_corrupt_tokenizer_json(tmp_path, capsys):
+    m, f = _teacher(tmp_path, capsys)
+    (m / "tokenizer.json").write_text('{"version": "1.0", "trunc')
+    assert "tokenizer.json is not valid JSON" in _refused(tmp_path, f, capsys)

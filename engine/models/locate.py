@@ -52,6 +52,40 @@ def check_model_path(name: str, key: str = "model.path") -> None:
         raise UserError(f"{key}: {config} is not valid JSON ({e}); fix or replace it") from None
     if not isinstance(doc, dict) or not doc.get("model_type"):
         raise UserError(f"{key}: {config} has no model_type; add one, e.g. \"model_type\": \"llama\"")
+    check_weights(path, key)
+
+
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_weights(path: Path, key: str = "model.path") -> None:
+    """The folder holds weights, each shard its index names, and every file whole by its framing
+    (engine/models/weights_check.py): a truncated model.safetensors failed only when a stage loaded it."""
+    from engine.models.weights_check import safetensors_problem, torch_file_problem
+
+    found = [path / w for w in WEIGHTS if (path / w).is_file()]
+    if not found:
+        raise UserError(f"{key}: '{path}' holds no weights (none of {', '.join(WEIGHTS)}); write the model with "
+                        "save_pretrained, or download it whole")
+    files: list[Path] = []
+    for f in found:
+        if not f.name.endswith(".index.json"):
+            files.append(f)
+            continue
+        try:
+            shards = sorted(set(json.loads(f.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{key}: {f} is not a readable weight index ({e}); download the model again") from None
+        missing = [s for s in shards if not (path / s).is_file()]
+        if missing:
+            raise UserError(f"{key}: {f.name} names {missing[0]}, which is not in '{path}' ({len(missing)} of "
+                            f"{len(shards)} shards missing); download the model whole")
+        files += [path / s for s in shards]
+    for f in files:
+        problem = safetensors_problem(f) if f.suffix == ".safetensors" else torch_file_problem(f)
+        if problem:
+            raise UserError(f"{key}: '{path}' has a damaged weight file: {problem}; download or save the "
+                            "model again")
 
 
 def check_tokenizer_path(name: str, key: str = "model.tokenizer") -> None:
@@ -66,3 +100,9 @@ def check_tokenizer_path(name: str, key: str = "model.tokenizer") -> None:
         hint = "set model.tokenizer to one" if key == "model.path" else "give a folder that holds one"
         raise UserError(f"{key}: '{name}' holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); {hint}, "
                         "or train one with model.tokenizer_train_vocab")
+    for f in ("tokenizer.json", "tokenizer_config.json"):  # a damaged one failed only when a stage loaded it
+        if (path / f).is_file():
+            try:
+                json.loads((path / f).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise UserError(f"{key}: {path / f} is not valid JSON ({e}); copy the tokenizer again") from None
