@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.orchestration.commands import add_pipeline_commands
 
     add_pipeline_commands(sub, _common)
+    # export: a student as a self-contained Hugging Face folder with a model card
+    from engine.export import add_export_command
+
+    add_export_command(sub)
     return ap
 
 

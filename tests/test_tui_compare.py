@@ -72,7 +72,7 @@ async def test_compare_opens_on_which_student_in_80_columns(runs, tmp_path):
         assert table.virtual_size.width <= 80 and table.region.right <= 80
         for col in table.ordered_columns:
             cells = [plain(table.get_row_at(i))[table.ordered_columns.index(col)] for i in range(4)]
-            assert max(len(c) for c in cells) <= col.content_width, (col.label, cells)
+            assert max(len(c) for c in cells) <= col.width, (col.label, cells)
 
         # one colour per student: its name in the table, both its curves, its quality-vs-speed point
         await pilot.press("w")
