@@ -12,8 +12,9 @@ import torch
 from _train_util import FINETUNE, prepared_exp, read_lines, run_inprocess
 from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
+from engine.config.micro_batch import fixed_micro_batch
 from engine.config.schema import TrainConfig
-from engine.training.micro_batch import FIT_ENV, candidates, fixed_micro_batch
+from engine.training.micro_batch import FIT_ENV, candidates
 
 AUTO = FINETUNE.replace("micro_batch_size = 4", 'micro_batch_size = "auto"')
 BY_HAND_2 = FINETUNE.replace("micro_batch_size = 4", "micro_batch_size = 2")

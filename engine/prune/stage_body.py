@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.config.micro_batch import fixed_micro_batch
 from engine.contract import append_metrics, human_count, tokenizer_source
 from engine.contract.stage_context import StageContext, teacher_checkpoint
 from engine.models.adapter import Arch
@@ -35,7 +36,6 @@ from engine.shapes.candidates import SearchSpace, search_space
 from engine.shapes.shape import StudentShape, count_params, shape_from_config, student_shape
 from engine.stages import PRUNE, stage_student
 from engine.stages.prune import earlier_student
-from engine.training.micro_batch import fixed_micro_batch
 
 
 def prune_stage(ctx: StageContext) -> None:

@@ -182,7 +182,7 @@ def forward_need(stage: str, models: list[Shape], tokens: int, cuda: bool, model
 def train_knobs(exp: Experiment, cfg: TrainConfig, processes: int, cuda: bool, micro: int | None = None) -> Knobs:
     """The Knobs of a training stage on `processes` GPUs (or the CPU). `micro`: the micro-batch to
     predict at (default: the configured one; "auto" predicts at 1, the smallest it can pick)."""
-    from engine.training.micro_batch import AUTO, fixed_micro_batch  # torch-free
+    from engine.config.micro_batch import AUTO, fixed_micro_batch
 
     per = max(1, cfg.global_batch_size // max(1, processes))
     if micro is None:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from engine.config import TrainConfig
+from engine.config.micro_batch import fixed_micro_batch
 from engine.errors import UserError
-from engine.training.micro_batch import fixed_micro_batch
 
 
 def device_batches(it: Iterator[Any], count: int, micro: int, device: torch.device) -> list[torch.Tensor]:

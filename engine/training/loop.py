@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from engine.config import TrainConfig
+from engine.config.micro_batch import AUTO
 from engine.contract import GIB, now_iso
 from engine.contract.cancelling import SAVING
 from engine.contract.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints
@@ -52,7 +53,7 @@ from engine.training.checkpoint import (
 )
 from engine.training.checkpoint_check import SET_ASIDE, checkpoint_problem
 from engine.training.metrics_log import MetricsLog
-from engine.training.micro_batch import AUTO, per_process_batch
+from engine.training.micro_batch import per_process_batch
 from engine.training.setup import CAP_ENV, cap_gpu_memory, lr_at, make_accelerator, peak_flops
 from engine.training.step import PendingStep, StepResult, Trainer
 from engine.training.throughput import Mark, StepTimes

@@ -10,7 +10,7 @@ accelerate's `find_executable_batch_size`. A try (`Trainer.fits`) is one real fo
 of the student (and teacher) in eager mode with the optimizer state's memory held aside, before the
 optimizer exists; it leaves weights, gradients and random state as they were.
 
-Where no search runs, "auto" is `fixed_micro_batch`: the largest divisor up to CPU_AUTO_MAX. That is
+Where no search runs, "auto" is `fixed_micro_batch` (engine/config/micro_batch.py): the largest divisor up to CPU_AUTO_MAX. That is
 the size on the CPU, under FSDP with several processes (an out-of-memory error on one rank inside a
 collective would hang the others), and the size validation batches take with "auto" (so students
 that pick different sizes are validated on the same windows).
@@ -28,8 +28,6 @@ from collections.abc import Callable
 from engine.config import TrainConfig
 from engine.errors import UserError
 
-AUTO = "auto"
-CPU_AUTO_MAX = 4  # "auto" without a search: the largest divisor of the per-process batch up to this
 FIT_ENV = "SLIMLAB_AUTO_BATCH_FIT"
 
 
@@ -39,15 +37,6 @@ def per_process_batch(cfg: TrainConfig, world: int, section: str) -> int:
         raise UserError(f"{section}.global_batch_size: {cfg.global_batch_size} is not a multiple of the "
                         f"{world} processes; change one of them")
     return cfg.global_batch_size // world
-
-
-def fixed_micro_batch(cfg: TrainConfig, world: int = 1) -> int:
-    """The micro-batch without a search: the configured size, or for "auto" the largest divisor of
-    global_batch_size / processes up to CPU_AUTO_MAX."""
-    if cfg.micro_batch_size != AUTO:
-        return int(cfg.micro_batch_size)
-    per = max(1, cfg.global_batch_size // max(1, world))
-    return max(d for d in range(1, min(per, CPU_AUTO_MAX) + 1) if per % d == 0)
 
 
 def candidates(per_process: int) -> list[int]:

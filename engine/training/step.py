@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from engine.config import TrainConfig
+from engine.config.micro_batch import AUTO
 from engine.distill.losses import LossSpec
 from engine.distill.objective import (
     HiddenSpec,
@@ -31,7 +32,7 @@ from engine.distill.objective import (
 )
 from engine.models.attention import use_causal_sdpa
 from engine.training.master_adamw import MasterAdamW
-from engine.training.micro_batch import AUTO, search_micro_batch, searches
+from engine.training.micro_batch import search_micro_batch, searches
 from engine.training.setup import make_optimizer, master_weights_apply
 
 # Bytes per trainable parameter a micro-batch search holds aside for what the first optimizer step
@@ -187,7 +188,7 @@ class Trainer:
                      log: Callable[[str], None]) -> int:
         """cfg.micro_batch_size, or for "auto" the largest that fits (engine/training/micro_batch.py),
         the same on every process."""
-        from engine.training.micro_batch import fixed_micro_batch
+        from engine.config.micro_batch import fixed_micro_batch
 
         acc, cfg = self.accelerator, self.cfg
         world = acc.num_processes
