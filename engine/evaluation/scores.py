@@ -2,8 +2,10 @@
 
 lm-eval reports several metrics per task; the one that says "how good" is, in this order of
 preference, acc_norm, acc, exact_match, f1, mcc, bleu, or else the first metric that is not a
-stderr and not a perplexity (lower-is-better metrics do not average with accuracies).
-`compare`, report.md and the TUI all read scores through this module.
+stderr and not a perplexity, or else (a task with only lower-is-better metrics, e.g. wikitext)
+its first perplexity-like metric. `compare`, report.md and the TUI average only higher-is-better
+headlines (a perplexity does not average with accuracies); a search's score_task ranks by the
+headline in its own direction. Everything reads task scores through this module: the one rule.
 """
 
 from __future__ import annotations
@@ -18,18 +20,30 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def task_score(metrics: Any) -> tuple[str, float] | None:
-    """(metric name, value) of the headline metric of one task's metrics, or None."""
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of this metric (as named in results.json) is better."""
+    return not metric.startswith(_LOWER_IS_BETTER)
+
+
+def headline_metric(metrics: Any) -> tuple[str, float, bool] | None:
+    """(metric name, value, higher is better) of the headline metric of one task's metrics, or None."""
     if not isinstance(metrics, dict):
         return None
     for name in PREFERRED:
         if _num(metrics.get(name)) is not None:
-            return name, float(metrics[name])
-    for name, v in metrics.items():
-        if (not name.endswith("_stderr") and "_stderr_" not in name and not name.startswith(_LOWER_IS_BETTER)
-                and _num(v) is not None):
-            return name, float(v)
+            return name, float(metrics[name]), True
+    values = [(n, float(v)) for n, v in metrics.items()
+              if not n.endswith("_stderr") and "_stderr_" not in n and _num(v) is not None]
+    for name, v in sorted(values, key=lambda nv: not higher_is_better(nv[0])):  # stable: first of each kind
+        return name, v, higher_is_better(name)
     return None
+
+
+def task_score(metrics: Any) -> tuple[str, float] | None:
+    """(metric name, value) of the headline metric of one task's metrics when higher is better
+    (what averages across tasks), else None."""
+    got = headline_metric(metrics)
+    return (got[0], got[1]) if got is not None and got[2] else None
 
 
 def task_scores(entry: Any, tasks: list[str] | None = None) -> dict[str, float]:

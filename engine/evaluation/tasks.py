@@ -36,6 +36,12 @@ def task_inputs(entries: list[TaskEntry]) -> list[str | dict[str, Any]]:
     return out
 
 
+def reported_names(entry: TaskEntry) -> list[str]:
+    """The task names lm-eval reports an entry's results under: the name as written, or each local
+    YAML's `task` (a path is never a result key)."""
+    return [t if isinstance(t, str) else t["task"] for t in task_inputs([entry])]
+
+
 @lru_cache(maxsize=2)
 def task_manager(with_builtin_tasks: bool) -> Any:
     """lm-eval's task index, built once per process (indexing its thousands of built-in task YAMLs

@@ -8,7 +8,7 @@ distillation, or an [eval] task. Every candidate sees the same batches.
   can flip after a little distillation (Minitron; Model-Optimizer's notes), at the cost of
   score_steps training steps per candidate.
 - score_task: an [eval] task through lm-evaluation-harness (engine.evaluation.tasks); its
-  acc_norm, else acc, else its first metric. Higher is better.
+  headline metric (engine.evaluation.scores.headline_metric), in that metric's direction.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from engine.errors import UserError
 from engine.evaluation.loss import evaluate_loss
 
 
-@dataclass(frozen=True)
+@dataclass
 class Scorer:
-    """score(candidate) -> float; `higher_is_better` says which way the winner lies."""
+    """score(candidate) -> float; `higher_is_better` says which way the winner lies (a task scorer
+    learns it, and `metric`, from the first metric lm-eval reports)."""
 
     name: str
     score: Callable[[nn.Module], float]
     higher_is_better: bool = False
+    metric: str | None = None
 
     def ranked(self, scores: dict[int, float]) -> list[int]:
         """The keys of `scores`, best first (equals by key)."""
@@ -69,27 +71,37 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
     return Scorer("distill", score)
 
 
-def task_metric(metrics: dict[str, float | None]) -> tuple[str, float]:
-    """The metric a task is scored by: acc_norm, else acc, else its first non-stderr metric."""
-    for key in ("acc_norm", "acc"):
-        if metrics.get(key) is not None:
-            return key, float(metrics[key])  # type: ignore[arg-type]
-    for key, value in metrics.items():
-        if not key.endswith("_stderr") and value is not None:
-            return key, float(value)
-    raise UserError("score_task: the task reported no metric")
-
-
 def task_scorer(exp: Any, task: str, tokenizer: Any) -> Scorer:
+    """Scores by the task's headline metric (engine.evaluation.scores: the rule `compare` uses too),
+    in that metric's direction. A task lm-eval did not report fails the stage: no other task may
+    be scored in its place."""
+    from engine.evaluation.scores import headline_metric
     from engine.evaluation.task_specs import resolve_entry
-    from engine.evaluation.tasks import run_tasks
+    from engine.evaluation.tasks import reported_names, run_tasks
 
     ev = exp.eval
     entry = resolve_entry(task, exp.source)
+    names = reported_names(entry)
+    if len(names) != 1:
+        raise UserError(f"score_task: '{task}' holds {len(names)} tasks ({', '.join(names) or 'none'}); "
+                        "name one task (one YAML file) to score by")
+    name = names[0]
+    scorer = Scorer(f"task {task}", lambda model: 0.0, higher_is_better=True)
 
     def score(model: nn.Module) -> float:
-        results = run_tasks(model, tokenizer, [entry], ev.num_fewshot, ev.limit, ev.task_batch_size, exp.seed)
-        metrics = results.get(task) or next(iter(results.values()), {})
-        return task_metric(metrics)[1]
+        top, members = run_tasks(model, tokenizer, [entry], ev.num_fewshot, ev.limit, ev.task_batch_size, exp.seed)
+        metrics = top.get(name, members.get(name))
+        if metrics is None:
+            raise UserError(f"score_task: lm-eval reported no results for task '{name}' (it reported "
+                            f"{', '.join(sorted(top)) or 'nothing'}); check the task's name in its YAML")
+        got = headline_metric(metrics)
+        if got is None:
+            raise UserError(f"score_task: task '{name}' reported no metric")
+        if scorer.metric not in (None, got[0]):
+            raise UserError(f"score_task: task '{name}' reported {got[0]} for one candidate and "
+                            f"{scorer.metric} for another; give it one metric")
+        scorer.metric, scorer.higher_is_better = got[0], got[2]
+        return got[1]
 
-    return Scorer(f"task {task}", score, higher_is_better=True)
+    scorer.score = score
+    return scorer
