@@ -38,6 +38,8 @@ def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[arg
     p.add_argument("--detach", action="store_true",
                    help="start in the background (own session); print the run directory and return")
     p.add_argument("--dry-run", action="store_true", help="print what would run, and each stage's command")
+    p.add_argument("--force", action="store_true",
+                   help="start a stage afresh even when that discards its checkpoints (a non-resumable --set)")
     p.add_argument("--slurm", action="store_true", help="write <run>/slurm.sbatch for [launch].nodes nodes")
     p.add_argument("--submit", action="store_true", help="with --slurm: submit the script with sbatch")
     p.add_argument("--gpus-per-node", type=int, metavar="N", help="with --slurm: GPUs on each node")
@@ -81,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     opts = RunOptions(file=args.file, overrides=args.set or [], only=args.only, from_stage=args.from_stage,
                       gpus=parse_gpus(args.gpus) if args.gpus is not None else None,
-                      runs_dir=args.runs_dir, detach=args.detach, dry_run=args.dry_run)
+                      runs_dir=args.runs_dir, detach=args.detach, dry_run=args.dry_run, force=args.force)
     if args.submit and not args.slurm:
         raise ConfigError("--submit goes with --slurm: slimlab-engine run FILE --slurm --submit")
     if args.slurm:

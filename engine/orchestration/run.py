@@ -23,6 +23,7 @@ from engine.contract import (
 from engine.contract.files import open_append
 from engine.errors import ConfigError
 from engine.orchestration.check import describe_plan
+from engine.orchestration.discard_guard import check_no_silent_discard
 from engine.orchestration.launch import (
     build_stage_command,
     detect_gpus,
@@ -55,6 +56,7 @@ class RunOptions:
     runs_dir: str | None = None
     detach: bool = False
     dry_run: bool = False
+    force: bool = False  # discard an interrupted stage's checkpoints when this run cannot resume from them
 
 
 def load_for_run(opts: RunOptions) -> Experiment:
@@ -117,6 +119,7 @@ def run_pipeline(opts: RunOptions, argv: list[str] | None = None) -> int:
     if not worker:
         check_not_busy(layout)
     plans = stage_actions(exp, layout, opts.only, opts.from_stage, worker=worker)
+    check_no_silent_discard(exp, layout, plans, opts.force or worker)
     available = detect_gpus()
     pool = gpu_pool(exp, opts.gpus, available)
     for p in plans:
@@ -171,6 +174,8 @@ def _child_argv(opts: RunOptions, runs_dir: Path) -> list[str]:
         argv += ["--only", s]
     if opts.from_stage:
         argv += ["--from", opts.from_stage]
+    if opts.force:
+        argv.append("--force")
     if opts.gpus is not None:
         argv += ["--gpus", ",".join(map(str, opts.gpus)) or "none"]
     return argv
