@@ -92,3 +92,33 @@ async def test_compare_opens_on_which_student_in_80_columns(runs, tmp_path):
         assert [speed.colours[label] for label in ("depth", "width", "auto (search)")] == list(colours.values())
         await pilot.press("w")
         assert screen.query_one("#compare-which").display
+
+
+@run_async
+async def test_ctrl_e_exports_the_highlighted_student(runs, tmp_path, monkeypatch):
+    """From the "which student?" table: ctrl+e asks where (exported/RUN-STUDENT), then runs
+    `slimlab-engine export RUN STUDENT DIR`; the teacher row is not a student to export."""
+    import json
+    import sys
+    from pathlib import Path
+
+    calls = tmp_path / "engine_calls.jsonl"
+    monkeypatch.setenv("SLIMLAB_ENGINE", f"{sys.executable} {Path(__file__).with_name('_app_fake_engine.py')}")
+    monkeypatch.setenv("SLIMLAB_FAKE_ENGINE_OUT", str(calls))
+    w = decided_run(runs)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        table = app.screen.query_one("#which-table")
+        await wait_for(pilot, lambda: table.row_count == 4, what="teacher + 3 students")
+        await pilot.press("ctrl+e")  # the cursor is on the teacher
+        assert type(app.screen).__name__ == "CompareScreen"
+        await pilot.press("j", "j", "ctrl+e")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PromptScreen", what="where to")
+        assert app.screen.query_one("#prompt-answer").value == "exported/decide-width"
+        await pilot.press("enter")
+        await wait_for(pilot, calls.exists, what="the engine called")
+        argv = json.loads(calls.read_text().splitlines()[0])["argv"]
+        assert argv == ["export", str(w.root), "width", "exported/decide-width"]

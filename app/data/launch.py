@@ -78,6 +78,17 @@ def launch_detached(exp_file: str | Path, runs_dir: str | Path | None = None,
     return CommandResult(proc.returncode == 0, cmd, out.decode("utf-8", "replace"), proc.pid)
 
 
+def export_student(run_dir: str | Path, student: str, out: str | Path, timeout_s: float = 600.0) -> CommandResult:
+    """`slimlab-engine export RUN STUDENT DIR`: copies the student's folder and writes its model card
+    (seconds; no GPU)."""
+    cmd = [*engine_command(), "export", str(run_dir), student, str(out)]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, env=_env())
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return CommandResult(False, cmd, str(e))
+    return CommandResult(proc.returncode == 0, cmd, (proc.stdout + proc.stderr).decode("utf-8", "replace"))
+
+
 def cancel_run(run_dir: str | Path, timeout_s: float | None = None, now: bool = False) -> CommandResult:
     """`slimlab-engine cancel`: no timeout by default, since it waits for a checkpoint however long its
     write takes (a second cancel, `now`, stops the run at once)."""

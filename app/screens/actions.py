@@ -9,7 +9,7 @@ from pathlib import Path
 
 from textual.app import App
 
-from app.data.launch import CommandResult, cancel_run, launch_detached
+from app.data.launch import CommandResult, cancel_run, export_student, launch_detached
 from app.screens.confirm import ConfirmScreen
 from engine.contract import RunInfo, RunLayout
 
@@ -58,6 +58,22 @@ def _cancel(app: App, path: Path, now: bool = False) -> None:
     if not result.ok:
         app.call_from_thread(lambda: getattr(app, "cancelling", set()).discard(path))
     _report(app, result, f"cancel {path.name}")
+
+
+def request_export(app: App, run_dir: Path, student: str) -> None:
+    """Ask where, then `slimlab-engine export RUN STUDENT DIR` in a worker (default exported/RUN-STUDENT)."""
+    from app.screens.prompt import PromptScreen
+
+    def answered(out: str | None) -> None:
+        if out:
+            what = f"export {run_dir.name}/{student}"
+            app.notify(f"{what}: writing {out}…")
+            app.run_worker(lambda: _report(app, export_student(run_dir, student, out), what), thread=True,
+                           group="engine", name=what)
+
+    app.push_screen(PromptScreen(f"Export student '{student}' of run {run_dir.name} as a Hugging Face folder "
+                                 "(weights, tokenizer, model card README.md) to:",
+                                 f"exported/{run_dir.name}-{student}"), answered)
 
 
 def request_resume(app: App, run: RunInfo | None) -> None:

@@ -59,6 +59,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         Binding("v", "tab('speed')", "Quality/speed"),
         Binding("e", "tab('search')", "Search"),
         Binding("w", "which", "Which student?/curves"),
+        Binding("ctrl+e", "export", "Export student"),
         Binding("a", "select_students", "All students"),
         Binding("o", "open", "Open run"),
         Binding("u", "clear", "Untick all"),  # not esc: a stray esc (leaving a field) lost every tick
@@ -287,6 +288,19 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
     def action_tab(self, tab: str) -> None:
         self._show_which(False)
         self.query_one("#compare-tabs", TabbedContent).active = tab
+
+    def action_export(self) -> None:
+        """The highlighted student of the "which student?" table, as a Hugging Face folder."""
+        from app.screens.actions import request_export
+
+        model = self.query_one(WhichStudentTable).highlighted_model()
+        if model is None or model[2] == "teacher":
+            self.notify("highlight a student in the which student? table (w shows it), then ctrl+e",
+                        severity="warning")
+            return
+        run, student, _ = model
+        path = next((r.path for r in self.app.runs if r.name == run), self.app.runs_dir / run)
+        request_export(self.app, path, student)
 
     def action_which(self) -> None:
         self._show_which(not self.query_one("#compare-which").display)

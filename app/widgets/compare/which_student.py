@@ -101,8 +101,13 @@ class WhichStudentTable(DataTable):
         super().__init__(zebra_stripes=True, cursor_type="row", **kwargs)
         for key, header, width in COLUMNS:
             self.add_column(header, key=key, width=width)
+        self.models: list[tuple[str, str, str]] = []  # each row's (run, label, method)
+
+    def highlighted_model(self) -> tuple[str, str, str] | None:
+        return self.models[self.cursor_row] if 0 <= self.cursor_row < len(self.models) else None
 
     def show(self, rows: list[Any], colours: dict[tuple[str, str], str]) -> None:
+        self.models = [(r.run, r.label, r.method) for r in rows]
         self.clear()
         for i, cells in enumerate(table_rows(rows, colours)):
             self.add_row(*cells, key=str(i))
