@@ -77,3 +77,49 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path: Path
     a = load_file(tmp_path / "runs" / "ref" / "finetune" / "model" / "model.safetensors")
     b = load_file(tmp_path / "runs" / "run" / "finetune" / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference_weights(tmp_path_factory) -> dict[str, torch.Tensor]:
+    root = tmp_path_factory.mktemp("reference")
+    assert run_inprocess(prepared_exp(root, "ref", finetune=FINETUNE), "finetune") == 0
+    return load_file(root / "runs" / "ref" / "finetune" / "model" / "model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase,resumes_at", [("before", 4), ("during", 4), ("after", 8)])
+def test_a_kill_at_any_phase_of_a_checkpoint_write_resumes_bit_identical(tmp_path: Path, reference_weights,
+                                                                        phase: str, resumes_at: int, capsys) -> None:
+    """SIGKILL while the checkpoint of step 8 is written: before anything is on disk, with the temp
+    folder half written, and after the rename. The rerun resumes from the last complete checkpoint and
+    ends with the uninterrupted run's weights."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from _train_util import ROOT, engine_env
+
+    exp = prepared_exp(tmp_path, "run", finetune=FINETUNE)
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_paused_stage.py"), str(gates), phase, "8",
+                             "finetune", str(tmp_path / "run.toml")], cwd=tmp_path, env=engine_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    while not (gates / "paused").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() - t0 < 300, "the stage never reached the phase"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpts = tmp_path / "runs" / "run" / "finetune" / "checkpoints"
+    assert (ckpts / ".step-00000008.tmp").exists() == (phase == "during")
+
+    capsys.readouterr()
+    assert run_inprocess(exp, "finetune") == 0
+    out = capsys.readouterr().out
+    assert f"(step {resumes_at})" in out.split("resumed from", 1)[1].splitlines()[0], out
+    got = load_file(tmp_path / "runs" / "run" / "finetune" / "model" / "model.safetensors")
+    assert got.keys() == reference_weights.keys()
+    assert all(torch.equal(got[k], reference_weights[k]) for k in got)
