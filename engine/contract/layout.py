@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.stages import EVAL, PREPARE
+
 
 class RunLayout:
     """Paths inside one run directory; the single place that knows the contract's names.
@@ -66,16 +68,16 @@ class RunLayout:
     @property
     def data_dir(self) -> Path:
         """Packed token files and meta.json, written by `prepare`."""
-        return self.stage_dir("prepare")
+        return self.stage_dir(PREPARE.stage())
 
     @property
     def tokenizer_dir(self) -> Path:
         """A tokenizer trained by `prepare` (tokenizer_train_vocab) lives here."""
-        return self.stage_dir("prepare") / "tokenizer"
+        return self.data_dir / "tokenizer"
 
     @property
     def results_file(self) -> Path:
-        return self.stage_dir("eval") / "results.json"
+        return EVAL.output_file(self, EVAL.stage())
 
     def stages_on_disk(self) -> list[str]:
         if not self.root.is_dir():

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from engine.errors import UserError
+from engine.stages import PREPARE
 
-META_FILE = "meta.json"
+META_FILE = PREPARE.output  # meta.json: its presence proves prepare finished
 SPLITS = ("train", "validation", "test")
 
 

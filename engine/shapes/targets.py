@@ -28,6 +28,7 @@ from engine.shapes.shape import (
     shape_from_config,
     student_shape,
 )
+from engine.stages import PREPARE
 from engine.stages.prune import earlier_student
 
 _LLAMA3_8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
@@ -138,7 +139,7 @@ def _scratch_vocab(exp: Experiment) -> int | None:
     m = exp.model
     if m.arch and m.arch.get("vocab_size"):
         return int(m.arch["vocab_size"])
-    meta = read_json(RunLayout(exp.run_dir).data_dir / "meta.json")  # prepare already ran
+    meta = read_json(PREPARE.output_file(RunLayout(exp.run_dir), PREPARE.stage()))  # prepare already ran
     if meta and meta.get("vocab_size"):
         return int(meta["vocab_size"])
     if m.tokenizer_train_vocab:

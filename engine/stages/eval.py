@@ -7,7 +7,9 @@ re-evaluates only the models that changed.
 
 from engine.stages.kind import StageKind
 
+RESULTS = "results.json"  # eval/results.json: every model's losses, tasks, speed, samples
+
 EVAL = StageKind(
-    name="eval", body="engine.evaluation.stage_body:eval_stage", output="results.json", processes=1,
-    section="eval", optional=True, per_student=False, inputs=("*",), kept_on_rerun=("results.json",),
+    name="eval", body="engine.evaluation.stage_body:eval_stage", output=RESULTS, processes=1,
+    section="eval", optional=True, per_student=False, inputs=("*",), kept_on_rerun=(RESULTS,),
 )
