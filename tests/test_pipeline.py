@@ -74,6 +74,8 @@ def _succeed(exp, layout: RunLayout, stage: str, output: bool = True) -> None:
         out = layout.stage_dir(stage) / kind_of(stage).output
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("{}")
+        if out.name == "config.json":  # a model folder holds weights too (a finished stage is checked for them)
+            (out.parent / "model.safetensors").write_bytes(b"\x02" + b"\x00" * 7 + b"{}")
 
 
 def _actions(plans) -> dict[str, str]:

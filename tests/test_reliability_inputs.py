@@ -194,6 +194,8 @@ def test_bad_set_layer_map_keeps_finished_results(tmp_path, capsys):
         out = layout.stage_dir(stage) / kind_of(stage).output  # meta.json, model/config.json
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("{}")
+        if out.name == "config.json":  # a model folder holds weights too (a finished stage is checked for them)
+            (out.parent / "model.safetensors").write_bytes(b"\x02" + b"\x00" * 7 + b"{}")
     capsys.readouterr()
     err = _refused(tmp_path, f, capsys, "--set", "distill.layer_map=[[5,0]]", "--set", "distill.hidden_weight=1",
                    run_only=("--only", "distill-width"))

@@ -56,6 +56,24 @@ def report_markdown(rows: list[ModelRow], run_dirs: list[str | Path], png_name: 
     return "\n".join(lines) + "\n"
 
 
+def run_warnings(run_dir: str | Path) -> list[str]:
+    """What the table cannot show of a run: a damaged results.json (its columns would stay empty without a
+    word), a finished stage whose model is gone since."""
+    from engine.contract import RunLayout, read_json, read_results
+    from engine.contract.outputs import missing_output
+
+    layout = RunLayout(run_dir)
+    out = []
+    if layout.results_file.exists() and not read_results(layout.results_file):
+        out.append(f"{layout.results_file} is damaged or empty, so its columns are blank; run the eval stage "
+                   f"again: slimlab-engine run {layout.experiment_file} --only eval")
+    for stage in layout.stages_on_disk():
+        if (read_json(layout.stage_status_file(stage)) or {}).get("state") == "succeeded" and \
+                (gone := missing_output(layout, stage)):
+            out.append(f"{layout.root.name}: {stage} succeeded, but {gone} (deleted?); `run` redoes it")
+    return out
+
+
 def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart: bool = True,
             console=None, samples: bool = False) -> list[ModelRow]:
     """Print the table and chart; write report.md and val_loss.png into `out_dir` (the first run)."""
@@ -71,6 +89,9 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
     for rd in run_dirs:
         rows += model_rows(rd)
     console.print(rich_table(rows))
+    for rd in run_dirs:
+        for line in run_warnings(rd):
+            console.print(f"warning: {line}", markup=False, highlight=False)
     if has_decide(rows):
         console.print(rich_decide_table(rows))
     if samples:

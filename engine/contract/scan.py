@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from engine.contract.cancelling import cancel_note
 from engine.contract.files import UnreadableFile, parse_iso, read_json
 from engine.contract.layout import RunLayout
 from engine.contract.metrics_summary import FileKey, MetricsSummary, stat_key
+from engine.contract.outputs import missing_output
 from engine.contract.status import effective_state, stall_note
 from engine.stages import planned_stages, run_order
 
@@ -118,10 +119,15 @@ def _read_shown(path: str | Path, stage: str | None = None) -> dict[str, Any] | 
     """read_json for the run list, which must go on: a stage whose status.json cannot be read shows as
     failed, with the reason (the engine's own readers stop on it instead)."""
     try:
-        return read_json(path)
+        doc = read_json(path)
     except UnreadableFile as e:
         return {"stage": stage, "state": "failed", "error": {"type": "UnreadableFile", "message": str(e)}} \
             if stage else None
+    if doc is None and stage and os.path.exists(path):  # damaged: a finished run showed it as "pending"
+        return {"stage": stage, "state": "failed",
+                "error": {"type": "DamagedStatus", "message": f"{path} is not a JSON object (damaged?); `run` "
+                          "redoes the stage"}}
+    return doc
 
 
 def format_error(err: Any) -> str | None:
@@ -314,8 +320,10 @@ class RunScanner:
             mfile = os.path.join(root, name, RunLayout.METRICS)
             sc.metrics.update(mfile)
             pdoc = pipe_docs.get(name)
-            stages.append(stage_info(name, sc.status, sc.metrics, now,
-                                     pdoc.get("warning") if isinstance(pdoc, dict) else None))
+            info = stage_info(name, sc.status, sc.metrics, now, pdoc.get("warning") if isinstance(pdoc, dict) else None)
+            if info.state == "succeeded" and (gone := missing_output(layout, name)):  # deleted since
+                info = replace(info, note=f"succeeded, but {gone} (deleted?); `run` redoes the stage")
+            stages.append(info)
         stages_t = tuple(stages)
         state, err = run_state(stages_t, rc.pipe)
         pipe = rc.pipe or {}

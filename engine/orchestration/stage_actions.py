@@ -17,6 +17,7 @@ from engine.contract import (
     parse_iso,
     read_status,
 )
+from engine.contract.outputs import missing_output
 from engine.errors import ConfigError
 from engine.stages import kind_of, resolve_stage, stage_deps
 
@@ -75,7 +76,7 @@ def stage_actions(exp: Experiment, layout: RunLayout, only: Iterable[str] = (), 
         same = bool(st) and st.get("config_hash") == exp.stage_hash(s)
         rerun_up = [d for d in deps[s] if plans[d].runs]
         newer_up = [d for d in deps[s] if _ended_after(docs[d], st)]
-        has_output = kind_of(s).output_file(layout, s).exists()
+        has_output = missing_output(layout, s) is None  # its model's weights too, not only config.json
         fresh = same and not rerun_up and not newer_up  # nothing it used has changed
         keep = False
         if only and s not in only:
