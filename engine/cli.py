@@ -40,6 +40,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     given = args.stage or [None]
     stages = [resolve_stage(exp.stages(), s, source=str(exp.source), flag="--stage", kind=args.command)
               for s in given]
+    _inputs_done(exp, stages)
     if len(stages) == 1:
         return run_stage(exp, stages[0], stage_body(stages[0]))
     group_body = kind_of(stages[0]).group_body
@@ -49,6 +50,23 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from engine.orchestration.stage_group import run_stage_group
 
     return run_stage_group(exp, stages, _load_body(group_body))
+
+
+def _inputs_done(exp: Experiment, stages: list[str]) -> None:
+    """A single stage runs only once its inputs are there: a distill started before its prune failed late
+    and left a stray status.json in a run that had nothing else. (eval reads whatever models exist.)"""
+    from engine.contract import RunLayout
+    from engine.contract.outputs import missing_output
+    from engine.stages import stage_deps
+
+    layout, deps = RunLayout(exp.run_dir), stage_deps(exp.stages())
+    for stage in stages:
+        if "*" in kind_of(stage).inputs:
+            continue
+        for dep in deps[stage]:
+            if missing_output(layout, dep):
+                raise UserError(f"{exp.source}: {stage} reads the output of {dep}, which is not there yet; run "
+                                f"{dep} first, or the whole pipeline: slimlab-engine run {exp.source}")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -141,3 +141,11 @@ def test_a_corrupt_tokenizer_json(tmp_path, capsys):
     m, f = _teacher(tmp_path, capsys)
     (m / "tokenizer.json").write_text('{"version": "1.0", "trunc')
     assert "tokenizer.json is not valid JSON" in _refused(tmp_path, f, capsys)
+
+
+def test_a_single_stage_before_its_inputs_writes_nothing(tmp_path, capsys):
+    f = _write(tmp_path, SCRATCH, _lines())
+    assert main(["distill", str(f), "--stage", "width"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "distill-width reads the output of prepare, which is not there yet" in err, err
+    assert not (tmp_path / "runs").exists()
