@@ -149,3 +149,20 @@ def test_a_single_stage_before_its_inputs_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "distill-width reads the output of prepare, which is not there yet" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+def test_importance_from_a_junk_file_or_another_teachers(tmp_path, capsys):
+    import json
+
+    junk = tmp_path / "junk.json"
+    junk.write_text('{"hello": 1}')
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"model": {"num_layers": 32, "hidden_size": 4096, "intermediate_size": 14336,
+                                           "num_attention_heads": 32, "num_key_value_heads": 8},
+                                 "layers": {"block_influence": [0.0] * 32}}))
+    for path, says in ((junk, "is not an importance.json a prune stage wrote"),
+                       (other, "was computed for another model (num_layers 32 != 4)")):
+        f = _write(tmp_path, SCRATCH.replace("hidden_size = 32\n", f'hidden_size = 32\nimportance_from = "{path}"\n'),
+                   _lines())
+        err = _refused(tmp_path, f, capsys)
+        assert f"prune[width].importance_from: {path} " in err and says in err, err

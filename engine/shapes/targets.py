@@ -201,9 +201,39 @@ def student_shapes(exp: Experiment
         return None, None, []
     tc = teacher_config(exp)
     if tc is None:
+        _check_importance_files(exp, None)
         return None, None, []
     t = teacher_shape(exp, tc)
+    _check_importance_files(exp, t)
     return tc, t, [_student(exp, t, p) for p in exp.prune]
+
+
+def _check_importance_files(exp: Experiment, teacher: Shape | None) -> None:
+    """An importance.json named by path is one a prune stage wrote, for this teacher's shape (a junk file,
+    or another teacher's, failed only in the prune stage, after the stages before it ran)."""
+    from engine.contract import read_json
+
+    names = [p.name for p in exp.prune]
+    for p in exp.prune:
+        if not p.importance_from or earlier_student(p.importance_from, names) is not None:
+            continue
+        path = Path(p.importance_from).expanduser()
+        path = path / "importance.json" if path.is_dir() else path
+        key = f"{exp.source}: prune[{p.name}].importance_from"
+        doc = read_json(path)
+        model = doc.get("model") if doc else None
+        if not isinstance(model, dict) or not isinstance(doc.get("layers"), dict):
+            raise ConfigError(f"{key}: {path} is not an importance.json a prune stage wrote; give one, or remove "
+                              "importance_from to calibrate")
+        if teacher is None:
+            continue
+        want = {"num_layers": teacher.num_layers, "hidden_size": teacher.hidden_size,
+                "intermediate_size": teacher.intermediate_size, "num_attention_heads": teacher.num_heads,
+                "num_key_value_heads": teacher.num_kv_heads}
+        diff = [f"{k} {model.get(k)} != {v}" for k, v in want.items() if model.get(k) != v]
+        if diff:
+            raise ConfigError(f"{key}: {path} was computed for another model ({diff[0]}); remove "
+                              "importance_from to calibrate on this teacher")
 
 
 def _student(exp: Experiment, t: Shape, p: Any) -> StudentShape | SearchSpace:
