@@ -166,3 +166,24 @@ def test_importance_from_a_junk_file_or_another_teachers(tmp_path, capsys):
                    _lines())
         err = _refused(tmp_path, f, capsys)
         assert f"prune[width].importance_from: {path} " in err and says in err, err
+
+
+def test_a_junk_task_yaml_is_refused_and_a_real_one_passes(tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    from _train_util import ROOT
+
+    good = ROOT / "experiments" / "tasks" / "stdlib_lastword"
+    f = _write(tmp_path, SCRATCH + f'[eval]\ntasks = ["{good}"]\n', _lines())
+    assert main(["check", str(f)]) == 0
+    (tmp_path / "junk.yaml").write_text("task: [unclosed\n")
+    f = _write(tmp_path, SCRATCH + '[eval]\ntasks = ["junk.yaml"]\n', _lines())
+    assert "junk.yaml is not a task YAML lm-eval can read" in _refused(tmp_path, f, capsys)
+    (tmp_path / "junk.yaml").write_text("dataset_path: json\n")
+    assert "junk.yaml is not a task YAML (no `task:` key)" in _refused(tmp_path, f, capsys)
+
+
+@pytest.mark.slow  # lm-eval indexes its ~15,000 task names (seconds)
+def test_an_unknown_lm_eval_task_is_refused_up_front(tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    f = _write(tmp_path, SCRATCH + '[eval]\ntasks = ["hellaswagg"]\n', _lines())
+    assert "eval.tasks: 'hellaswagg' is not an lm-eval task; did you mean 'hellaswag'?" in _refused(tmp_path, f, capsys)

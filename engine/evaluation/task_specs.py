@@ -9,8 +9,10 @@ task runs offline from any working directory.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +64,48 @@ def check_tasks(exp: Any) -> list[TaskEntry]:
     where = exp.source or "experiment"
     require_lm_eval(where)
     try:
-        return [resolve_entry(t, exp.source) for t in exp.eval.tasks]
+        entries = [resolve_entry(t, exp.source) for t in exp.eval.tasks]
+        for e in entries:
+            for f in e.files:
+                _check_task_yaml(f)
+        _check_task_names([e.entry for e in entries if not e.files])
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    return entries
+
+
+def _check_task_yaml(path: Path) -> None:
+    """A local task YAML lm-eval can read (a junk file failed in the eval stage, after the whole pipeline).
+    Read without resolving `!function` (that imports the task's own code, which the eval stage does)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    try:
+        cfg = load_yaml(path, resolve_func=False, recursive=True)
+    except Exception as e:  # noqa: BLE001  (yaml's errors, a missing include: all the user's to fix)
+        raise ConfigError(f"eval.tasks: {path} is not a task YAML lm-eval can read ({str(e).splitlines()[0]}); "
+                          "fix it") from None
+    if not isinstance(cfg, dict) or not ({"task", "group", "include"} & set(cfg)):
+        raise ConfigError(f"eval.tasks: {path} is not a task YAML (no `task:` key); see lm-eval's task guide")
+
+
+@cache
+def _known_tasks() -> frozenset[str]:
+    """Every task, group and tag name lm-eval knows (indexing them takes seconds: once per process)."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager().all_tasks)
+
+
+def _check_task_names(names: list[str]) -> None:
+    """Each named task resolves in lm-eval (an unknown one was found after the whole pipeline ran)."""
+    if not names:
+        return
+    known = _known_tasks()
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+            hint = f"did you mean '{close[0]}'?" if close else "`lm-eval ls tasks` lists them"
+            raise ConfigError(f"eval.tasks: '{name}' is not an lm-eval task; {hint}")
 
 
 def local_task_config(path: Path) -> dict[str, Any]:
