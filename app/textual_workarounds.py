@@ -164,14 +164,21 @@ def _unmap_esc_characters() -> None:
 async def _handled_queued(node: Widget) -> bool:
     """Wait until `node` has handled every message queued to it so far; False if it cannot (closed,
     or stuck past KEY_STEP_TIMEOUT_S: a safety net, never reached by a key that is handled)."""
-    done = asyncio.Event()
-    if not node.call_later(done.set):
+    # a bare future and a timer handle: asyncio.wait_for costs a task per call, per key
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bool] = loop.create_future()
+
+    def finish(ok: bool) -> None:
+        if not done.done():
+            done.set_result(ok)
+
+    if not node.call_later(finish, True):
         return False
+    timer = loop.call_later(KEY_STEP_TIMEOUT_S, finish, False)
     try:
-        await asyncio.wait_for(done.wait(), KEY_STEP_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        return False
-    return True
+        return await done
+    finally:
+        timer.cancel()
 
 
 class InOrderKeys:
@@ -183,8 +190,9 @@ class InOrderKeys:
     that had focus. In a burst (a loaded box, SSH, a paste), `6 Tab 6 Tab 2` typed 662 into one field
     and `a b Tab c d` gave "abcd". Here the App forwards a key, waits until the focused widget and
     each parent in turn have handled it (or one stopped it), runs the bindings itself, and only then
-    takes the next key; the copy of the key that reaches the App later is dropped. A key typed into
-    a field stops at the field, so typing costs one wait per key."""
+    takes the next key; the copy of the key that reaches the App later is dropped. A letter typed
+    into a field goes on at once (an Input takes every printable key: nothing behind it can overtake
+    it, since the key after it waits for the field's queue in turn)."""
 
     _keys_done: dict[int, events.Key] | None = None  # handled here; their bubbled copies are dropped
 
@@ -218,6 +226,8 @@ class InOrderKeys:
         # a message whose sender is a node's parent stops there: the App, for a key posted by the App
         event.set_sender(None)  # type: ignore[arg-type]
         target._forward_event(event)
+        if event.is_printable and isinstance(target, Input):
+            return  # an Input types every printable key and stops it there: the next key may go at once
         for node in path:
             if not await _handled_queued(node):
                 return  # Textual's order from here: the key's copy reaching the App runs the bindings
