@@ -502,6 +502,25 @@ def test_a_diverged_stage_is_flagged_in_the_log_status_json_and_status(tmp_path,
     assert "finetune: warning: validation loss 45.4" in console.file.getvalue()
 
 
+def test_fail_on_divergence_fails_the_stage_and_stops_the_run(tmp_path, fake_stages, monkeypatch):
+    """Issue 25: divergence ended "succeeded", exit 0; with fail_on_divergence it fails and nothing after it runs,
+    and the run list and compare flag it either way."""
+    from engine.compare.report import run_warnings
+    from engine.orchestration.commands import _diverged, run_summary
+
+    monkeypatch.setenv("FAKE_VAL", "finetune:10.4,6.0,45.4")
+    rc, out, layout = _orchestrate(_exp(tmp_path, "finetune.fail_on_divergence=true"))
+    assert rc == 1
+    assert "==> finetune: FAILED (fail_on_divergence): validation loss 45.4 at step 3" in out
+    st = read_json(layout.stage_status_file("finetune"))
+    assert st["state"] == "failed" and st["error"]["type"] == "Diverged"
+    assert read_json(layout.status_file)["stages"]["prune-depth"]["state"] == "pending"
+    assert _diverged(run_summary(layout.root)) == "⚠ val loss rose: finetune"
+    st.update(state="succeeded", error=None)  # as without the option: compare flags it
+    write_json(layout.stage_status_file("finetune"), st)
+    assert any("finetune: validation loss 45.4" in w for w in run_warnings(layout.root))
+
+
 def test_status_shows_the_step_of_the_last_checkpoint(tmp_path):
     """status.json said step 10 while a checkpoint of step 11 (saved on cancel) was there."""
     from engine.orchestration.commands import stage_summary

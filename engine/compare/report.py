@@ -61,6 +61,7 @@ def run_warnings(run_dir: str | Path) -> list[str]:
     word), a finished stage whose model is gone since."""
     from engine.contract import RunLayout, read_json, read_results
     from engine.contract.outputs import missing_output
+    from engine.orchestration.divergence import stage_divergence
 
     layout = RunLayout(run_dir)
     out = []
@@ -68,9 +69,12 @@ def run_warnings(run_dir: str | Path) -> list[str]:
         out.append(f"{layout.results_file} is damaged or empty, so its columns are blank; run the eval stage "
                    f"again: slimlab-engine run {layout.experiment_file} --only eval")
     for stage in layout.stages_on_disk():
-        if (read_json(layout.stage_status_file(stage)) or {}).get("state") == "succeeded" and \
-                (gone := missing_output(layout, stage)):
+        if (read_json(layout.stage_status_file(stage)) or {}).get("state") != "succeeded":
+            continue
+        if gone := missing_output(layout, stage):
             out.append(f"{layout.root.name}: {stage} succeeded, but {gone} (deleted?); `run` redoes it")
+        if diverged := stage_divergence(layout.metrics_file(stage)):
+            out.append(f"{layout.root.name}: {stage}: {diverged}")
     return out
 
 

@@ -189,6 +189,9 @@ class TrainConfig(_Section):
     # extra; engine/models/liger.py); "torch": transformers' own modules
     kernels: Literal["torch", "liger"] = "torch"
     max_nan_steps: int = Field(default=5, ge=1)  # consecutive non-finite losses that stop the run
+    # a validation loss well above its best at the end (engine/orchestration/divergence.py) fails the stage
+    # and stops the run, instead of a warning on a "succeeded" stage
+    fail_on_divergence: bool = False
     seed: int = Field(default=1234, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit, none negative
 
     @field_validator("micro_batch_size", mode="before")
@@ -253,7 +256,7 @@ class DistillConfig(TrainConfig):
 NOT_PER_STUDENT = {"share_teacher", "teacher_cuda_graph"}
 NOT_HASHED = {"share_teacher", "teacher_cuda_graph"}
 # trainer keys that change neither a stage's results nor its resume: not hashed in any training section
-TRAIN_NOT_HASHED = {"keep_checkpoints"}
+TRAIN_NOT_HASHED = {"keep_checkpoints", "fail_on_divergence"}
 
 
 SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads"]

@@ -204,9 +204,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         step = f" {cur['step']}/{cur['total_steps']}" if cur and cur.get("total_steps") and s["state"] == "running" else ""
         t.add_row(s["run"], f"[{STATE_STYLE.get(s['state'], '')}]{s['state']}[/]", (s["stage"] or "-") + step,
                   f"{done}/{len(s['stages'])} stages", _ago(_heartbeat(s)),
-                  next((x["note"] for x in s["stages"] if x.get("note")), None) or (s["error"] or "")[:60])
+                  next((x["note"] for x in s["stages"] if x.get("note")), None) or _diverged(s) or (s["error"] or "")[:60])
     console.print(t)
     return 0
+
+
+def _diverged(summary: dict[str, Any]) -> str | None:
+    """The run list's flag for stages whose validation loss blew up ("succeeded" alone said nothing)."""
+    names = [x["stage"] for x in summary["stages"] if x.get("warning")]
+    return f"⚠ val loss rose: {', '.join(names)}" if names else None
 
 
 def _heartbeat(summary: dict[str, Any]) -> str | None:

@@ -37,7 +37,7 @@ from engine.orchestration.launch import (
 )
 from engine.orchestration.stage_actions import StageAction, clear_stage
 from engine.orchestration.teacher_groups import teacher_group
-from engine.stages import kind_of
+from engine.stages import kind_of, stage_student
 
 POLL_S = 0.2
 
@@ -269,10 +269,33 @@ class Orchestrator:
             if not self.tail:
                 self.say("\n".join("    " + line for line in last_lines(r.log_path, 15)))
         warning = stage_divergence(self.layout.metrics_file(r.stage)) if state == "succeeded" else None
-        if warning:
+        if warning and self._fails_on_divergence(r.stage):
+            state = "failed"
+            self.failed.append((r.stage, f"diverged: {warning}"))
+            self.say(f"==> {r.stage}: FAILED (fail_on_divergence): {warning}")
+            self._mark_diverged(r.stage, warning)
+        elif warning:
             self.say(f"==> {r.stage}: WARNING: {warning}")
         if self.status:
             self.status.set_stage(r.stage, state=state, pid=None, warning=warning)
+
+    def _fails_on_divergence(self, stage: str) -> bool:
+        """The stage's trainer settings ([finetune], or the student's [distill]) ask to fail on divergence."""
+        kind = kind_of(stage)
+        if not kind.training or kind.section is None:
+            return False
+        cfg = (kind.student_settings(self.exp, stage_student(stage)) if kind.student_settings
+               else getattr(self.exp, kind.section))
+        return bool(getattr(cfg, "fail_on_divergence", False))
+
+    def _mark_diverged(self, stage: str, warning: str) -> None:
+        """Its status.json says failed (a rerun with a lower lr redoes it; the same settings would again)."""
+        if self.status is None:
+            return
+        path = self.layout.stage_status_file(stage)
+        st = read_json(path) or {}
+        st.update(state="failed", updated_at=now_iso(), error={"type": "Diverged", "message": warning})
+        write_json_or_warn(path, st, self.status.warned)
 
     def _settle_status(self, stage: str, rc: int) -> tuple[str, str]:
         """Reconcile the exit code with what the stage wrote; write status.json when it could not."""
