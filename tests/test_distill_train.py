@@ -189,7 +189,7 @@ def test_eval_stage_results_and_evaluate_loss(teacher_run: Path, tmp_path: Path)
     run = teacher_run.parent / "ev"
     _clone_run(teacher_run, run)
     shutil.copytree(run / "prune-half" / "model", run / "distill-half" / "model")
-    eval_ = '[eval]\nsplits = ["validation", "test"]\nbatches = 3\nmicro_batch_size = 2\n'
+    eval_ = '[eval]\nsplits = ["validation", "test"]\nbatches = 3\nmicro_batch_size = 2\nspeed_max_seconds = 1\n'
     text = experiment_toml("ev", teacher_run.parent, finetune=TEACHER_FT, prune=PRUNE,
                            distill=distill_section("forward_kl"), eval_=eval_)
     assert run_inprocess(load_exp(text, tmp_path / "ev.toml"), "eval") == 0

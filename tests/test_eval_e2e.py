@@ -31,7 +31,7 @@ TINY = [
     "distill.val_interval=2", "distill.val_batches=1", "distill.checkpoint_interval=2",
     "eval.batches=1", "eval.micro_batch_size=8", "eval.limit=12", "eval.task_batch_size=4",
     "eval.speed_batch_sizes=[1, 2]", "eval.speed_prompt_tokens=16", "eval.speed_new_tokens=4",
-    "eval.speed_repeats=2", "eval.max_new_tokens=6",
+    "eval.speed_repeats=2", "eval.speed_max_seconds=2", "eval.max_new_tokens=6",
 ]
 
 
@@ -71,6 +71,12 @@ def test_results_have_tasks_speed_and_samples_for_every_model(tiny_run):
                                                  sp["prefill_tokens_per_s"], sp["peak_memory_gb"]]), (name, sp)
         assert _finite_positive(sp["speedup_vs_teacher"])
         assert sp["prompt_tokens"] == 16 and sp["new_tokens"] == 4
+        # timed together, round robin, with the spread and the repeat count of every figure
+        assert sp["interleaved"] == MODELS and sp["repeats"] >= 2 and sp["stopped"] in ("spread", "time cap", "round cap")
+        assert set(sp["spread"]["decode"]) == set(sp["decode_tokens_per_s_range"]) == {"1", "2"}, name
+        lo, hi = sp["decode_tokens_per_s_range"]["1"]
+        assert lo <= sp["decode_tokens_per_s"]["1"] <= hi and isinstance(sp["under_load"], bool), (name, sp)
+        assert name == "teacher" or len(sp["speedup_range"]) == 2
         assert len(m["samples"]) == 3 and all(isinstance(s["prompt"], str) and s["prompt"] and isinstance(s["text"], str)
                                               for s in m["samples"]), name
     assert doc["models"]["teacher"]["speed"]["speedup_vs_teacher"] == 1.0

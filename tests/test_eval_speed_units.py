@@ -11,7 +11,8 @@ from engine.evaluation.speed import measure_speed
 
 def test_peak_memory_is_in_gib():
     model = tiny_model("llama", layers=2)
-    settings = {"batch_sizes": [1, 2], "prompt_tokens": 8, "new_tokens": 4, "repeats": 1}
+    settings = {"batch_sizes": [1, 2], "prompt_tokens": 8, "new_tokens": 4, "repeats": 1, "max_spread": 1.0,
+                "max_seconds": 1.0}
     peak = measure_speed(model, settings)["peak_memory_gb"] * GIB  # bytes, if the field is in GiB
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     cfg = model.config

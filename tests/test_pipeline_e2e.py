@@ -39,7 +39,7 @@ SMALL = [
     "distill.steps=30", "distill.global_batch_size=8", "distill.micro_batch_size=8", "distill.warmup_steps=3",
     "distill.lr=5e-3", "distill.min_lr=5e-4",
     "distill.val_interval=10", "distill.val_batches=4", "distill.checkpoint_interval=5",
-    "eval.batches=4", "eval.micro_batch_size=8",
+    "eval.batches=4", "eval.micro_batch_size=8", "eval.speed_max_seconds=2",
 ]
 
 

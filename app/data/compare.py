@@ -129,5 +129,6 @@ def results_rows(run_dir: Path) -> list[dict[str, Any]]:
         row["decode_tokens_per_s"] = decode_speed(res.raw)
         speed = res.raw.get("speed") if isinstance(res.raw.get("speed"), dict) else {}
         row["speedup"] = speed.get("speedup_vs_teacher")
+        row["speedup_range"] = speed.get("speedup_range")  # holds 1: within the spread, not faster
         rows.append(row)
     return rows

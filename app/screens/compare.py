@@ -46,6 +46,7 @@ from engine.contract import (
     stat_key,
     student_or_none,
 )
+from engine.evaluation.scores import speedup_text
 
 POLL_S = 2.0  # live curves of running stages
 FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
@@ -237,7 +238,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             cells += [fmt.loss(r.get(t)) for t in tasks]
             if speed:
                 up = r.get("speedup")
-                cells += [fmt.si(r.get("decode_tokens_per_s")), f"{up:.2f}x" if isinstance(up, (int, float)) else "-"]
+                cells += [fmt.si(r.get("decode_tokens_per_s")),
+                          speedup_text(up, r.get("speedup_range")) if isinstance(up, (int, float)) else "-"]
             table.add_row(*cells)
 
     def _fill_diff(self, labels: list[str], diff: list[tuple[str, list]]) -> None:

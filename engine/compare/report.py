@@ -47,7 +47,8 @@ def report_markdown(rows: list[ModelRow], run_dirs: list[str | Path], png_name: 
         lines += ["", "## Which student?", "",
                   "Task scores: each task's headline metric from lm-evaluation-harness (acc_norm, else acc, ...); "
                   "decode tok/s: greedy decoding with the KV cache; speedup: decode tokens/s over the teacher's "
-                  "at the smallest batch size. Every metric, its stderr and the prefill speed and memory: "
+                  "at the smallest batch size; ±: the spread of the repeats (the models are timed round robin), "
+                  "≈: the speedup's interval holds 1, so neither model is faster; *: timed under load. Every metric, its stderr and the prefill speed and memory: "
                   "eval/results.json.", "", decide_title(rows), "", markdown_decide_table(rows)]
         if quality_png:
             lines += ["", f"![quality vs speed]({quality_png})"]

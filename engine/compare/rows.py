@@ -19,7 +19,7 @@ from engine.contract import (
     teacher_source,
 )
 from engine.contract.results import ModelResult, perplexity, read_results
-from engine.evaluation.scores import mean_score, task_scores
+from engine.evaluation.scores import decode_range, mean_score, task_scores
 from engine.shapes.shape import count_params, shape_from_config
 from engine.stages import DISTILL, FINETUNE, PRUNE
 
@@ -44,6 +44,10 @@ class ModelRow:
     tasks: dict[str, float] = field(default_factory=dict)  # task -> headline score (evaluation.scores)
     decode_tokens_per_s: dict[str, float] = field(default_factory=dict)  # batch size -> tokens/s
     speedup: float | None = None  # decode tokens/s over the teacher's, at the smallest batch
+    speedup_range: list[float] | None = None  # its interval: holds 1 = neither model is faster
+    decode_range: tuple[float, float] | None = None  # middle half of the repeats, smallest batch
+    decode_spread: dict[str, float] = field(default_factory=dict)  # batch size -> (Q3 - Q1) / median
+    under_load: bool = False  # timed while other work competed for the CPU: noise
     device: str | None = None
     samples: list[dict[str, str]] = field(default_factory=list)
     smaller: float | None = None  # teacher params / params
@@ -101,6 +105,13 @@ def _decide(row: ModelRow, res: ModelResult | None) -> None:
         row.decode_tokens_per_s = {str(b): float(v) for b, v in tps.items() if isinstance(v, (int, float))}
     up = speed.get("speedup_vs_teacher")
     row.speedup = float(up) if isinstance(up, (int, float)) else None
+    rng = speed.get("speedup_range")
+    row.speedup_range = [float(x) for x in rng] if isinstance(rng, list) and len(rng) == 2 else None
+    row.decode_range = decode_range(res.raw)
+    sp = speed.get("spread", {}).get("decode") if isinstance(speed.get("spread"), dict) else None
+    row.decode_spread = {str(b): float(v) for b, v in sp.items() if isinstance(v, (int, float))} \
+        if isinstance(sp, dict) else {}
+    row.under_load = speed.get("under_load") is True
     row.device = speed.get("device") if isinstance(speed.get("device"), str) else None
     samples = res.raw.get("samples")
     if isinstance(samples, list):

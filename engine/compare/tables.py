@@ -9,6 +9,7 @@ from engine.compare.rows import (
 from engine.contract import (
     human_count,
 )
+from engine.evaluation.scores import speedup_text
 
 # ---- rendering -------------------------------------------------------------------------------
 
@@ -87,13 +88,24 @@ def decide_cells(row: ModelRow, rows: list[ModelRow]) -> list[str]:
     return ([name, shape, _fmt_int(row.params), "1.00x" if row.method == "teacher" else
              (f"{row.smaller:.2f}x" if row.smaller else "-"), loss]
             + [_fmt_f(row.tasks.get(t)) for t in tasks] + mean
-            + [_fmt_f(row.decode_tokens_per_s.get(b), 0) for b in batches]
-            + [f"{row.speedup:.2f}x" if row.speedup is not None else "-"])
+            + [decode_text(row, b) for b in batches]
+            + [speedup_text(row.speedup, row.speedup_range)])
+
+
+def decode_text(row: ModelRow, batch: str) -> str:
+    """"106 ±9%": the median decode tokens/s and the spread of its repeats; "*": taken under load."""
+    v = row.decode_tokens_per_s.get(batch)
+    if v is None:
+        return "-"
+    sp = row.decode_spread.get(batch)
+    return f"{v:.0f}" + (f" ±{100 * sp:.0f}%" if sp is not None else "") + ("*" if row.under_load else "")
 
 
 def decide_title(rows: list[ModelRow]) -> str:
     device = next((r.device for r in rows if r.device), None)
-    return ("which student? task scores, decode tokens/s at batch @N" + (f" on {device}" if device else ""))
+    return ("which student? task scores, decode tokens/s at batch @N" + (f" on {device}" if device else "")
+            + ("; ≈: within the spread, not faster" if any(r.speedup_range for r in rows) else "")
+            + ("; *: timed under load, noise" if any(r.under_load for r in rows) else ""))
 
 
 def rich_decide_table(rows: list[ModelRow]):

@@ -362,6 +362,8 @@ class EvalConfig(_Section):
     speed_prompt_tokens: int | None = Field(default=None, ge=1)
     speed_new_tokens: int | None = Field(default=None, ge=2)
     speed_repeats: int = Field(default=3, ge=1)
+    speed_max_spread: float = Field(default=0.05, gt=0)  # go on timing until (Q3 - Q1) / median is this small
+    speed_max_seconds: float = Field(default=30.0, gt=0)  # ... or this long has passed (after speed_repeats)
     # greedy samples; None = the starts of 3 validation documents, [] = no samples
     prompts: list[str] | None = None
     max_new_tokens: int = Field(default=48, ge=1)

@@ -79,12 +79,54 @@ def decode_speed(entry: Any) -> float | None:
     return _num(speed["decode_tokens_per_s"].get(b)) if b is not None else None
 
 
+def decode_range(entry: Any) -> tuple[float, float] | None:
+    """(low, high) decode tokens/s at the headline batch size: the middle half of the repeats
+    (engine.evaluation.speed); None when not measured so (an older results.json)."""
+    speed = entry.get("speed") if isinstance(entry, dict) else None
+    b = headline_batch(speed)
+    ranges = speed.get("decode_tokens_per_s_range") if b is not None else None
+    r = ranges.get(b) if isinstance(ranges, dict) else None
+    if isinstance(r, list) and len(r) == 2 and all(_num(x) is not None for x in r):
+        return float(r[0]), float(r[1])
+    return None
+
+
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two (low, high) intervals share a value."""
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def clearly_best(values: list[float | None], ranges: list[tuple[float, float] | None],
+                 higher: bool = True) -> int | None:
+    """Index of the best of `values` when its interval overlaps no other's; None when two are within
+    each other's spread (neither may be called faster) or fewer than two values are known. A value
+    without an interval (an older results.json) stands for itself."""
+    known = [i for i, v in enumerate(values) if v is not None]
+    if len(known) < 2:
+        return None
+    span = {i: ranges[i] or (float(values[i]), float(values[i])) for i in known}  # type: ignore[arg-type]
+    best = (max if higher else min)(known, key=lambda i: values[i])  # type: ignore[arg-type, return-value]
+    return None if any(overlap(span[best], span[i]) for i in known if i != best) else best
+
+
+def speedup_text(up: float | None, rng: Any) -> str:
+    """"1.60x"; "≈1.04x" when the speedup's interval holds 1 (not faster, not slower); "-" unknown."""
+    if up is None:
+        return "-"
+    same = isinstance(rng, (list, tuple)) and len(rng) == 2 and rng[0] <= 1.0 <= rng[1]
+    return f"{'≈' if same else ''}{up:.2f}x"
+
+
 def add_speedups(models: dict[str, Any], teacher: str = "teacher") -> None:
     """Set speed.speedup_vs_teacher of every model (decode tokens/s at the headline batch size over
-    the teacher's) in place; None when the teacher was not measured."""
-    base = decode_speed(models.get(teacher))
+    the teacher's) in place, and speedup_range (its interval from both models' middle halves);
+    None when the teacher was not measured."""
+    base, base_rng = decode_speed(models.get(teacher)), decode_range(models.get(teacher))
     for entry in models.values():
         speed = entry.get("speed") if isinstance(entry, dict) else None
         if isinstance(speed, dict):
-            mine = decode_speed(entry)
+            mine, rng = decode_speed(entry), decode_range(entry)
             speed["speedup_vs_teacher"] = mine / base if mine is not None and base else None
+            speed["speedup_range"] = ([rng[0] / base_rng[1], rng[1] / base_rng[0]]  # the teacher: 1 by definition
+                                      if rng is not None and base_rng is not None and base_rng[0] > 0
+                                      and entry is not models.get(teacher) else None)

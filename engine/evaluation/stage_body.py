@@ -11,7 +11,9 @@ stage's device (the GPU, else the CPU):
                     "subtasks": {...},   # members of task groups (e.g. mmlu's), the same way
                     "speed":   {"device": "NVIDIA H200", "prefill_tokens_per_s": ...,
                                 "decode_tokens_per_s": {"1": ..., "16": ...}, "ms_per_token": {"1": ...},
-                                "peak_memory_gb": ..., "speedup_vs_teacher": 1.0, ...},
+                                "peak_memory_gb": ..., "speedup_vs_teacher": 1.0, "speedup_range": [0.9, 1.1],
+                                "decode_tokens_per_s_range": {"1": [lo, hi], ...}, "spread": {...},
+                                "repeats": 5, "stopped": "spread", "under_load": false, ...},
                     "samples": [{"prompt": "...", "text": "..."}],
                     "cache_key": "..."},
         "prune-depth": {...}, "distill-depth": {...}
@@ -25,7 +27,8 @@ stage's device (the GPU, else the CPU):
 cross-entropy in nats over `tokens` predicted tokens; `perplexity` = exp(loss); `tokens_per_s` is
 the forward throughput of the loss evaluation. A split that was not prepared is left out of
 "splits"; "tasks" is there when [eval] tasks is set, "speed" when [eval] speed is on, "samples"
-unless [eval] prompts = []. Metrics: engine/evaluation/{tasks,speed,samples}.py; the per-model
+unless [eval] prompts = []. Speed is measured last, every model of the run timed together, round
+robin (a kept model is loaded again for it): figures taken at different times never meet. Metrics: engine/evaluation/{tasks,speed,samples}.py; the per-model
 cache: engine/evaluation/cache.py.
 """
 
@@ -85,7 +88,7 @@ def _loss_splits(ctx: StageContext, name: str, model: Any, entry: dict[str, Any]
 
 def eval_stage(ctx: StageContext) -> None:
     from engine.evaluation.samples import default_prompts, generate_samples
-    from engine.evaluation.speed import device_name, measure_speed, speed_settings
+    from engine.evaluation.speed import device_name
     from engine.evaluation.tasks import run_tasks
     from engine.models.hf import compute_device, count_parameters, load_model, load_tokenizer
 
@@ -120,6 +123,7 @@ def eval_stage(ctx: StageContext) -> None:
     where = device_name(device)
     previous = cached_entries(read_json(layout.results_file))
     results: dict[str, Any] = {"models": {}, "tasks": list(cfg.tasks), "seq_length": seq, "updated_at": now_iso()}
+    timing: dict[str, Any] = {}  # models to time together, round robin, once all are evaluated
     ctx.progress(0, total_steps=len(todo))
     for done, (name, path) in enumerate(todo, start=1):
         key = model_key(cfg, path, tok_path, where, seq)
@@ -138,14 +142,11 @@ def eval_stage(ctx: StageContext) -> None:
                 ctx.log(f"[eval] {name} tasks: " + ", ".join(
                     f"{t} {k} {v:.4f}" for t, m in entry["tasks"].items() for k, v in m.items()
                     if v is not None and not k.endswith("_stderr")))
-            if cfg.speed:
-                settings = speed_settings(cfg, device, getattr(model.config, "max_position_embeddings", None))
-                entry["speed"] = measure_speed(model, settings, seed=exp.seed)
-                ctx.log(f"[eval] {name} speed on {where}: decode tokens/s " + ", ".join(
-                    f"{v:.0f} at batch {b}" for b, v in entry["speed"]["decode_tokens_per_s"].items()))
             if prompts:
                 entry["samples"] = generate_samples(model, tokenizer, prompts, cfg.max_new_tokens)
             entry["cache_key"] = key
+            if cfg.speed:
+                timing[name] = model.to("cpu") if cuda else model  # the GPU is free for the next model
             del model
             if cuda:
                 torch.cuda.empty_cache()
@@ -155,3 +156,51 @@ def eval_stage(ctx: StageContext) -> None:
         if ctx.is_main:
             write_json(layout.results_file, results)
         ctx.progress(done, total_steps=len(todo))
+    if cfg.speed and (timing or any("speed" not in e for e in results["models"].values())):  # or interrupted
+        _time_together(ctx, results, timing, dict(todo), device)
+        ctx.progress(len(todo), total_steps=len(todo))
+
+
+def _time_together(ctx: StageContext, results: dict[str, Any], timing: dict[str, Any], paths: dict[str, str],
+                   device: torch.device) -> None:
+    """Speed of every model, timed in one round-robin measurement (engine.evaluation.speed): the
+    models kept from an earlier evaluation are loaded again, so no figure is compared with one
+    taken at another time. They share the GPU when their weights fit it together, else each is
+    moved there for its turn."""
+    from engine.evaluation.speed import device_name, measure_speeds, speed_settings
+    from engine.models.hf import load_model
+
+    exp, cfg = ctx.exp, ctx.exp.eval
+    cuda = device.type == "cuda"
+    for name in results["models"]:
+        if name not in timing:
+            ctx.log(f"[eval] {name}: loaded again to be timed with the others")
+            model = load_model(paths[name], exp.model.dtype if cuda else "float32", exp.model.attn_implementation)
+            timing[name] = model
+    timing = {n: timing[n] for n in results["models"]}  # pipeline order
+    positions = [getattr(m.config, "max_position_embeddings", None) for m in timing.values()]
+    settings = speed_settings(cfg, device, min((p for p in positions if p), default=None))
+    resident = True
+    if cuda:
+        need = sum(p.numel() * p.element_size() for m in timing.values() for p in m.parameters())
+        resident = need < 0.8 * torch.cuda.mem_get_info(device)[0]  # room left for KV caches and activations
+        if resident:
+            for m in timing.values():
+                m.to(device)
+    where = device_name(device)
+    ctx.log(f"[eval] speed on {where}: {len(timing)} models timed round robin "
+            f"({'together on the device' if resident else 'each moved to the device for its turn'})")
+    speeds = measure_speeds(timing, settings, seed=exp.seed, device=device, resident=resident)
+    for name, speed in speeds.items():
+        results["models"][name]["speed"] = speed
+        ctx.log(f"[eval] {name} speed: decode tokens/s " + ", ".join(
+            f"{v:.0f} ±{100 * speed['spread']['decode'][b]:.0f}% at batch {b}"
+            for b, v in speed["decode_tokens_per_s"].items()))
+    first = next(iter(speeds.values()))
+    ctx.log(f"[eval] speed: {first['repeats']} rounds, stopped by the {first['stopped']}"
+            + (f"; the host was under load (1-min load {first['load']['max_1min']} on {first['load']['cpus']} "
+               "CPUs): these figures are noise, not speed" if first["under_load"] else ""))
+    add_speedups(results["models"])
+    results["updated_at"] = now_iso()
+    if ctx.is_main:
+        write_json(ctx.layout.results_file, results)

@@ -1,7 +1,7 @@
 """Compare's first view, "which student?": one row per student of the ticked runs (the teacher
 first, for reference) with its shape, how many times smaller than the teacher it is, its validation
 loss pruned -> distilled, task score, decode speed and speedup; the best student on each column is
-marked ★. Eight columns that fit 80: the decision at a glance, where the Results tab needs 120.
+marked ★ (decode speed and speedup: only when its interval overlaps no other student's). Eight columns that fit 80: the decision at a glance, where the Results tab needs 120.
 
 And one colour per student, shared by this table, the loss chart and its key, and the quality vs
 speed plot: a student's prune and distill curves have its colour (the prune one dotted)."""
@@ -15,6 +15,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from app.data import fmt
+from engine.evaluation.scores import clearly_best, speedup_text
 
 # plotext colour names readable on both themes (see loss_chart.PALETTE); the teacher is gray
 STUDENT_COLOURS = ("blue", "red", "green", "magenta", "cyan", "orange")
@@ -62,6 +63,11 @@ def table_rows(rows: list[Any], colours: dict[tuple[str, str], str]) -> list[lis
         "speedup": (lambda r: r.speedup, True),
     }
     best = {col: _best([get(r) for r in students], higher) for col, (get, higher) in metrics.items()}
+    for col, spans in (("decode", [r.decode_range for r in students]),  # speed: ★ only past the spread
+                       ("speedup", [tuple(r.speedup_range) if r.speedup_range else None for r in students])):
+        get, higher = metrics[col]
+        i = clearly_best([get(r) for r in students], spans, higher)
+        best[col] = get(students[i]) if i is not None else None
     out = []
     for r in rows:
         teacher = r.method == "teacher"
@@ -74,8 +80,9 @@ def table_rows(rows: list[Any], colours: dict[tuple[str, str], str]) -> list[lis
             "smaller": "1.0x" if teacher else (f"{r.smaller:.1f}x" if r.smaller else "–"),
             "loss": loss,
             "task": fmt.loss(r.task_mean) if r.task_mean is not None else "–",
-            "decode": fmt.si(decode_speed(r)),
-            "speedup": "1.00x" if teacher and up is None else (f"{up:.2f}x" if up is not None else "–"),
+            "decode": fmt.si(decode_speed(r)) + ("*" if r.under_load else ""),  # *: timed under load, noise
+            "speedup": "1.00x" if teacher and up is None else (speedup_text(up, r.speedup_range) if up is not None
+                                                               else "–"),
         }
         cells = [Text(name, style=f"bold {_rich(colour)}", overflow="ellipsis", no_wrap=True),
                  Text(shape_text(r), overflow="ellipsis", no_wrap=True)]
