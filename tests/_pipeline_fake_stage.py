@@ -41,6 +41,10 @@ def main() -> int:
         if os.environ.get("FAKE_FAIL") == ctx.stage and not marker.exists():
             marker.write_text("x")
             raise RuntimeError("planted failure")
+        if os.environ.get("FAKE_USER_ERROR") == ctx.stage:
+            from engine.errors import UserError
+
+            raise UserError("data.seq_length: planted user error")
         steps = 4
         val_stage, _, val = os.environ.get("FAKE_VAL", "").partition(":")
         for step, loss in enumerate(val.split(",") if val_stage == ctx.stage else [], 1):

@@ -292,6 +292,15 @@ def test_failure_stops_the_pipeline_and_rerun_resumes(tmp_path, fake_stages, mon
     assert all(_attempts(layout, s) == 1 for s in ALL if s != "prune-width")
 
 
+def test_a_stages_user_error_makes_run_exit_2(tmp_path, fake_stages, monkeypatch, capsys):
+    """Issue 25: what only prepare can know (seq_length against the tokenized data) exits 2, like the
+    checks before it, not 1 as an engine failure."""
+    monkeypatch.setenv("FAKE_USER_ERROR", "prepare")
+    rc, out, layout = _orchestrate(_exp(tmp_path))
+    assert rc == 2, out
+    assert "error: stage prepare failed" in capsys.readouterr().err
+
+
 def test_a_stage_that_dies_without_reporting_is_failed(tmp_path, monkeypatch):
     def build(exp, stage, toml, runs_dir, gpus, **kw):
         return StageCommand(stage, [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], gpus, {})

@@ -159,6 +159,7 @@ class Orchestrator:
         self.pending = [p.stage for p in plans if p.runs]
         self.running: dict[str, Running] = {}
         self.failed: list[tuple[str, str]] = []
+        self.user_errors: set[str] = set()  # failed stages that exited 2: the run exits 2 as well
         self.cancelled: str | None = None  # the signal name once a cancel is requested
         self.sharing = exp.distill is not None and exp.distill.share_teacher
         self.chunks = [] if self.sharing else parallel_chunks(exp, self.pending, pool)
@@ -265,6 +266,8 @@ class Orchestrator:
             self.say(f"==> {r.stage}: cancelled after {duration(elapsed)}; `slimlab-engine run` resumes it")
         else:
             self.failed.append((r.stage, msg))
+            if rc == 2:  # the stage's own user error (data.seq_length longer than the tokenized data, ...)
+                self.user_errors.add(r.stage)
             self.say(f"==> {r.stage}: FAILED after {duration(elapsed)}: {msg}")
             if not self.tail:
                 self.say("\n".join("    " + line for line in last_lines(r.log_path, 15)))
@@ -440,7 +443,7 @@ class Orchestrator:
             if self.status:
                 self.status.finish("failed", {"type": "StageFailed", "stage": stage, "message": f"{stage}: {msg}"})
             print(f"error: stage {stage} failed: {msg}", file=sys.stderr, flush=True)
-            return 1
+            return 2 if stage in self.user_errors else 1
         if self.status:
             self.status.doc["stage"] = self.order[-1] if self.order else None
             self.status.finish("succeeded")
