@@ -1314,8 +1314,9 @@ async def test_compare_shows_quality_vs_speed_and_the_search_table(runs, tmp_pat
         table = screen.query_one("#search-table")
         await wait_for(pilot, lambda: table.row_count == len(scored), what="the search table (scored candidates)")
         first = [getattr(c, "plain", str(c)) for c in table.get_row_at(0)]
-        assert first[:3] == ["auto", "1", str(winner["shape"]["num_layers"])] and first[-1] == "★ winner"
-        assert [getattr(c, "plain", str(c)) for c in table.get_row_at(1)][-1] == ""
+        # the winner's mark beside the name, not in a last column off-screen
+        assert first[:4] == ["auto", "★ winner", "1", str(winner["shape"]["num_layers"])]
+        assert [getattr(c, "plain", str(c)) for c in table.get_row_at(1)][1] == ""
         assert "search auto" in str(screen.query_one("#search-title").render())
         await pilot.press("e")
         assert screen.query_one("#compare-tabs").active == "search"

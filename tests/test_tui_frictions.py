@@ -180,3 +180,41 @@ async def test_the_missing_fields_are_there(runs, tmp_path, monkeypatch):
         await pilot.pause()
         assert screen.raw["data"]["test_fraction"] == 0.05 and screen.raw["finetune"]["checkpoint_interval"] == 20
         assert screen.raw["prune"][0]["calibration_samples"] == 64
+
+
+def _drawn(widget) -> list[str]:
+    return ["".join(seg.text for seg in widget.render_line(y)) for y in range(widget.size.height)]
+
+
+def _x_ticks(widget) -> str:
+    """The x-axis tick labels: the line under the plot's bottom frame."""
+    lines = _drawn(widget)
+    bottom = max(i for i, line in enumerate(lines) if "└" in line)
+    return lines[bottom + 1].strip()
+
+
+@run_async
+async def test_run_detail_panels_share_one_step_axis_and_log_y_says_so(runs, tmp_path):
+    """Train loss at steps 1-20 and validation at 5-20: both panels span 1-20 (the validation
+    panel spanned 5-20, so its points sat under other train steps); `y` writes "log y"."""
+    finished_run(runs, "one", students=("depth",))
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 1)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen")
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.stage_name is not None, what="a stage")
+        stages = screen.query_one("#stage-list")
+        await wait_for(pilot, lambda: "finetune" in stages._names, what="the stage list")
+        stages.highlighted = stages._names.index("finetune")
+        await wait_for(pilot, lambda: screen.stage_name == "finetune", what="finetune picked")
+        train, val = screen.query_one("#loss-chart"), screen.query_one("#val-chart")
+        await wait_for(pilot, lambda: any("└" in line for line in _drawn(train))
+                       and any("└" in line for line in _drawn(val)) and len(val.curves[0].ys) == 4,
+                       what="both panels of finetune")
+        assert _x_ticks(train) == _x_ticks(val)
+        assert "log y" not in "".join(_drawn(train))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: "log y" in "".join(_drawn(train)), what="the log indicator")

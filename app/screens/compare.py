@@ -276,14 +276,15 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             return
         from engine.search.table import COLUMNS
 
+        # the winner's mark next to the name: last, it was off-screen even at 120 columns
         table.add_column("student", width=12)
+        table.add_column("chosen", width=8)
         for c in COLUMNS[:-1]:
             table.add_column(c)
-        table.add_column("chosen")
         for _, rows, name in searches:
             for r in rows:
                 chosen = bool(r[-1])
-                cells = [name, *r[:-1], "★ winner" if chosen else ""]
+                cells = [name, "★ winner" if chosen else "", *r[:-1]]
                 table.add_row(*(Text(c, style="bold") if chosen else c for c in cells))
 
     # ---- actions -------------------------------------------------------------------------------

@@ -273,11 +273,15 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         train_chart, val_chart = self.query_one("#loss-chart", LossChart), self.query_one("#val-chart", LossChart)
         train_chart.empty_text = f"{self.stage_name}: no metrics yet" if self.stage_name else "no stage"
         val_chart.empty_text = f"{self.stage_name}: no validation yet" if self.stage_name else ""
+        # one x range for both panels: a validation point sits under the train step it was taken at
+        xs = [x for s in (train, val) for x in s.xs(axis)[:1] + s.xs(axis)[-1:]]
+        span = (min(xs), max(xs)) if xs else None
         train_chart.show([Curve(train_label, train.xs(axis), train.loss, "blue")],
-                         xlabel=f"{axis}   smoothing {SMOOTHING_LEVELS[self.smoothing_i]}", **self.chart_options())
+                         xlabel=f"{axis}   smoothing {SMOOTHING_LEVELS[self.smoothing_i]}", x_span=span,
+                         **self.chart_options())
         options = {**self.chart_options(), "smoothing": 0.0}  # a few val points: drawn as they are
         val_chart.show([Curve("val", val.xs(axis), val.loss, "red", smooth=False, points=len(val) == 1)],
-                       xlabel=axis, **options)
+                       xlabel=axis, x_span=span, **options)
 
     # ---- actions -----------------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:

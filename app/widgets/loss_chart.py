@@ -44,6 +44,7 @@ class LossChart(PlotextPlot):
         self.smoothing = 0.0
         self.log_y = False
         self.zoom = 1.0  # the part of the x range shown, the last one
+        self.x_span: tuple[float, float] | None = None  # a fixed x range (shared with another chart)
         self.title = ""
         self.empty_text = "no metrics yet"
         self.held = False  # draw nothing until release() (a screen's first frames, see Run detail)
@@ -52,11 +53,12 @@ class LossChart(PlotextPlot):
         self._built: tuple[tuple, Text] | None = None
 
     def show(self, curves: list[Curve], xlabel: str = "step", smoothing: float = 0.0, log_y: bool = False,
-             zoom: float = 1.0, title: str = "") -> None:
-        """`log_y`: a log y axis; `zoom`: show only the last part of the x range (0.2: the last fifth);
-        an x axis labelled "step..." gets whole-number ticks."""
+             zoom: float = 1.0, title: str = "", x_span: tuple[float, float] | None = None) -> None:
+        """`log_y`: a log y axis (the x label then says "log y"); `zoom`: show only the last part of
+        the x range (0.2: the last fifth); `x_span`: the x range to draw (before the zoom), so that
+        two charts stacked share one axis; an x axis labelled "step..." gets whole-number ticks."""
         self.curves, self.xlabel, self.smoothing = curves, xlabel, smoothing
-        self.log_y, self.zoom, self.title = log_y, zoom, title
+        self.log_y, self.zoom, self.title, self.x_span = log_y, zoom, title, x_span
         self._draw()
 
     def release(self) -> None:
@@ -109,10 +111,14 @@ class LossChart(PlotextPlot):
         plt = self.plt
         plt.clear_figure()
         max_points = max(2 * (self.size.width or 80), 64)  # braille: 2 dots per cell
-        curves = zoomed(self.curves, self.zoom)
+        curves = zoomed(self.curves, self.zoom, self.x_span)
         lines = [c for c in curves if c.ys and not c.points and len(c.ys) > 1]
         xs_all = [x for c in curves for x in (c.xs[:1] + c.xs[-1:]) if c.ys]
         x_range = (min(xs_all), max(xs_all)) if lines else None
+        span = self.x_span
+        if span is not None:  # the shared range, zoomed like the curves; the ticks span it
+            span = (span[1] - (span[1] - span[0]) * min(1.0, self.zoom), span[1])
+            xs_all = [*xs_all, *span]
         for c in curves:
             if not c.ys:
                 continue
@@ -127,10 +133,13 @@ class LossChart(PlotextPlot):
                 ys = ema(c.ys, self.smoothing) if c.smooth else c.ys
                 xs, ys = downsample(c.xs, ys, max_points)
                 plt.plot(xs, ys, color=c.color, marker="braille")
-        plt.xlabel(self.xlabel)
+        log = self.log_y and all(y > 0 for c in curves for y in c.ys)
+        plt.xlabel(self.xlabel + ("   · log y" if log else ""))  # a log axis says so: its ticks alone did not
         if self.title:
             plt.title(self.title)
-        if self.log_y and all(y > 0 for c in curves for y in c.ys):
+        if span is not None and span[1] > span[0]:
+            plt.xlim(*span)
+        if log:
             plt.yscale("log")
         if self.xlabel.startswith("step") and xs_all:
             ticks = int_ticks(min(xs_all), max(xs_all))
@@ -188,12 +197,13 @@ def _style(color: str) -> Style:
     return Style(color=Color.from_ansi(code) if isinstance(code, int) else color)
 
 
-def zoomed(curves: list[Curve], zoom: float) -> list[Curve]:
-    """The curves' points in the last `zoom` part of their common x range (all of them at 1.0)."""
+def zoomed(curves: list[Curve], zoom: float, span: tuple[float, float] | None = None) -> list[Curve]:
+    """The curves' points in the last `zoom` part of their common x range, or of `span` (all of
+    them at 1.0)."""
     xs = [x for c in curves for x in c.xs]
     if zoom >= 1.0 or not xs:
         return curves
-    lo, hi = min(xs), max(xs)
+    lo, hi = span if span is not None else (min(xs), max(xs))
     start = hi - (hi - lo) * zoom
     out = []
     for c in curves:
