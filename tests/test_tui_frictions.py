@@ -218,3 +218,20 @@ async def test_run_detail_panels_share_one_step_axis_and_log_y_says_so(runs, tmp
         assert "log y" not in "".join(_drawn(train))
         await pilot.press("y")
         await wait_for(pilot, lambda: "log y" in "".join(_drawn(train)), what="the log indicator")
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+@run_async
+async def test_a_new_form_takes_float32_without_a_gpu(runs, tmp_path, monkeypatch, gpu):
+    import app.screens.compose as compose
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(compose, "has_nvidia_gpu", lambda: gpu)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        assert screen.raw["model"]["dtype"] == ("bfloat16" if gpu else "float32")
+        assert screen.query_one("#f-model-dtype").value == screen.raw["model"]["dtype"]

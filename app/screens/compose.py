@@ -86,9 +86,16 @@ class ComposeScreen(KeepStyles, Screen):
         yield KeyBar()
 
     async def on_mount(self) -> None:
+        await self.set_experiment(self._fresh(), None)
+
+    def _fresh(self) -> dict[str, Any]:
+        """A new experiment for this app: its runs dir; float32 on a machine without an NVIDIA GPU
+        (bfloat16 there made a CPU run slow, for nothing)."""
         raw = new_experiment()
         raw["runs_dir"] = str(self.app.runs_dir)
-        await self.set_experiment(raw, None)
+        if not has_nvidia_gpu():
+            raw["model"]["dtype"] = "float32"
+        return raw
 
     def _form_parts(self) -> list[Callable[[], Awaitable[Any]]]:
         """The form, top to bottom, in parts that are built and mounted one event-loop turn each
@@ -462,9 +469,14 @@ class ComposeScreen(KeepStyles, Screen):
     async def _new(self) -> None:
         self.app.compose_dirty = False
         self.disk = None
-        raw = new_experiment()
-        raw["runs_dir"] = str(self.app.runs_dir)
-        await self.set_experiment(raw, None)
+        await self.set_experiment(self._fresh(), None)
+
+
+def has_nvidia_gpu() -> bool:
+    """An NVIDIA driver on this machine (its device node, or nvidia-smi): a cheap look, no NVML."""
+    import shutil
+
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
 
 
 def _title(text: str) -> Static:
