@@ -235,3 +235,34 @@ async def test_a_new_form_takes_float32_without_a_gpu(runs, tmp_path, monkeypatc
         await wait_for(pilot, screen.form_ready.is_set, what="the form")
         assert screen.raw["model"]["dtype"] == ("bfloat16" if gpu else "float32")
         assert screen.query_one("#f-model-dtype").value == screen.raw["model"]["dtype"]
+
+
+@run_async
+async def test_the_field_an_error_names_is_marked(runs, tmp_path, monkeypatch):
+    """`prune[depth].num_layers: ...` marks the depth student's layers field; the form's own keys
+    (finetune.steps) their field; fixed, the mark goes."""
+    from _app_util import teacher_dir
+
+    monkeypatch.chdir(tmp_path)
+    teacher = teacher_dir(tmp_path)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        screen.query_one("#f-model-path").value = str(teacher)
+        depth = screen.query("StudentForm").first()
+        layers = next(w for w in depth.query(".fields > *") if getattr(w, "spec", None) and w.spec.key == "num_layers")
+        layers.value = "-1"
+        await wait_for(pilot, lambda: layers.has_class("-invalid"), what="the depth student's layers marked")
+        assert "prune[depth].num_layers" in screen.validation.message
+        layers.value = "2"
+        steps = screen.query_one("#f-finetune-steps")
+        steps.value = "0"
+        await wait_for(pilot, lambda: steps.has_class("-invalid") and not layers.has_class("-invalid"),
+                       what="finetune.steps marked, the layers not")
+        steps.value = "5"
+        await wait_for(pilot, lambda: "steps" not in screen.validation.message and not steps.has_class("-invalid"),
+                       what="the mark gone once fixed")
+        assert len(screen.query(".-invalid")) <= 1  # at most the field the next message names

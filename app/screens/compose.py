@@ -312,6 +312,28 @@ class ComposeScreen(KeepStyles, Screen):
             info.first(Static).update(text + (f"\n{v.teacher_source}" if v.teacher_source else ""))
         for form in self.query(StudentForm):
             form.show_size(v.students.get(str(form.student.get("name"))), v.teacher_params)
+        self._mark_invalid(v)
+
+    def _mark_invalid(self, v: Validation) -> None:
+        """The field the message is about gets the `-invalid` look (and keeps it until the message
+        moves on): a key in the line below the form was hard to find among 40 fields and 3 students."""
+        from app.data.field_errors import error_field
+
+        where = None if v.ok else error_field(v.message, self.query_one("#compose-path", Input).value.strip())
+        target: Widget | None = None
+        if where is not None:
+            student, key = where
+            if student is None:  # the form's own fields: their ids are f-<key> (fields.control)
+                target = next(iter(self.query("#f-" + key.replace(".", "-").replace("_", "-"))), None)
+            for form in self.query(StudentForm) if student is not None else ():
+                if str(form.student.get("name")) == student:
+                    target = next((w for w in form.query(".fields > *")
+                                   if getattr(getattr(w, "spec", None), "key", None) == key), None)
+        for w in self.query(".-invalid"):
+            if w is not target:
+                w.remove_class("-invalid")
+        if target is not None:
+            target.add_class("-invalid")
 
     # ---- files -----------------------------------------------------------------------------------
     def _path(self) -> Path:
