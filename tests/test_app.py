@@ -1240,7 +1240,7 @@ async def test_unchanged_texts_are_not_rewritten_every_scan(runs, tmp_path):
 @run_async
 async def test_a_divergence_warning_shows_on_runs_and_run_detail(runs, tmp_path):
     from engine.contract import append_metrics, now_iso, read_metrics, write_json
-    from engine.orchestration.divergence import divergence
+    from engine.contract.divergence import divergence
 
     w = finished_run(runs, "diverged")
     path = w.root / "distill-width" / "metrics.jsonl"

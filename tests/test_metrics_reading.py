@@ -20,8 +20,8 @@ from engine.contract import (
     read_metrics_summary,
     write_atomic,
 )
+from engine.contract.divergence import stage_divergence
 from engine.contract.metrics_summary import TAIL_BYTES
-from engine.orchestration.divergence import stage_divergence
 
 # ---- a long run: 200k lines -------------------------------------------------------------------------
 

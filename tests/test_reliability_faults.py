@@ -108,7 +108,7 @@ def test_cancel_names_a_stage_that_is_its_own_launcher_once(tmp_path):
 
 
 def test_divergence_is_a_rise_well_above_the_best_validation_loss():
-    from engine.orchestration.divergence import divergence
+    from engine.contract.divergence import divergence
 
     def val(*losses):
         return [{"step": i * 10, "split": "val", "loss": x} for i, x in enumerate(losses, 1)]

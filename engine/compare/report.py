@@ -61,8 +61,8 @@ def run_warnings(run_dir: str | Path) -> list[str]:
     """What the table cannot show of a run: a damaged results.json (its columns would stay empty without a
     word), a finished stage whose model is gone since."""
     from engine.contract import RunLayout, read_json, read_results
+    from engine.contract.divergence import stage_divergence
     from engine.contract.outputs import missing_output
-    from engine.orchestration.divergence import stage_divergence
 
     layout = RunLayout(run_dir)
     out = []

@@ -189,7 +189,7 @@ class TrainConfig(_Section):
     # extra; engine/models/liger.py); "torch": transformers' own modules
     kernels: Literal["torch", "liger"] = "torch"
     max_nan_steps: int = Field(default=5, ge=1)  # consecutive non-finite losses that stop the run
-    # a validation loss well above its best at the end (engine/orchestration/divergence.py) fails the stage
+    # a validation loss well above its best at the end (engine/contract/divergence.py) fails the stage
     # and stops the run, instead of a warning on a "succeeded" stage
     fail_on_divergence: bool = False
     seed: int = Field(default=1234, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit, none negative

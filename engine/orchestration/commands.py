@@ -23,8 +23,8 @@ from engine.contract import (
     read_json,
     read_metrics_summary,
 )
+from engine.contract.divergence import divergence
 from engine.contract.scan import stage_info
-from engine.orchestration.divergence import divergence
 
 
 def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:

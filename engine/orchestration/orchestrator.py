@@ -27,9 +27,9 @@ from engine.contract import (
     stage_status_doc,
     write_json_or_warn,
 )
+from engine.contract.divergence import stage_divergence
 from engine.contract.files import open_append
 from engine.contract.tail import LogTail, last_lines
-from engine.orchestration.divergence import stage_divergence
 from engine.orchestration.launch import (
     StageCommand,
     build_stage_command,
