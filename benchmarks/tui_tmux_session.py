@@ -391,8 +391,8 @@ def session(s: Session, quick: bool) -> dict:
     s.wait("the tiny experiment loaded and valid", has("tmux-tiny", "✓ ok: 7 stages", "file experiments/tiny.toml"))
     s.save("compose-loaded", "tiny.toml loaded: scratch teacher 181k params, 7 stages, valid")
 
-    # Each key waits for its effect on screen: keys sent in one burst across a focus change can reach
-    # the widget that had the focus before (tab's focus change is made when the key has bubbled up).
+    # Here each key waits for its effect on screen, so these screens show each step; bursts across
+    # focus changes are bursts()'s part (they were applied out of order before issue 24).
     row = s.screen_ansi().split("\n")[2]
     s.keys("Tab")  # the first field: name
     s.wait("the name field focused", lambda a: a.split("\n")[2] != row, ansi=True)
