@@ -3,9 +3,9 @@ as the test wants: each waits on a gate file the test creates, so nothing depend
 
     python _slow_stage.py GATES_DIR finetune FILE
 
-Step SLOW_STEP (env, default 3) creates GATES/in-step, then waits for GATES/release-step. Every
+Step SLOW_STEP (env, default 3; 0: none) creates GATES/in-step, then waits for GATES/release-step. Every
 checkpoint write, once the stage has reported "saving", creates GATES/in-save-<step>, then waits for
-GATES/release-save.
+GATES/release-save. Writing the final model creates GATES/in-model, then waits for GATES/release-model.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> int:
     slow = int(os.environ.get("SLOW_STEP", "3"))
 
     from engine import cli
+    from engine.models import hf
     from engine.training import loop, step
 
     launch, save = step.Trainer.launch, loop.save_checkpoint
@@ -44,8 +45,15 @@ def main() -> int:
         _wait(gates / "release-save", gates / f"in-save-{at}")
         return save(acc, root, at, *a, **kw)
 
+    save_model = hf.save_model
+
+    def slow_save_model(*a, **kw):
+        _wait(gates / "release-model", gates / "in-model")
+        return save_model(*a, **kw)
+
     step.Trainer.launch = slow_launch
     loop.save_checkpoint = slow_save
+    hf.save_model = slow_save_model
     return cli.main(sys.argv[2:])
 
 

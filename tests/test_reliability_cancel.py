@@ -53,14 +53,14 @@ def _wait_for(pred, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.01)
 
 
-def _start(tmp_path: Path) -> tuple[subprocess.Popen, Path, RunLayout]:
+def _start(tmp_path: Path, slow_step: int = 3, until: str = "in-step") -> tuple[subprocess.Popen, Path, RunLayout]:
     prepared_exp(tmp_path, "slow", finetune=ONE_SAVE)
     gates = tmp_path / "gates"
     gates.mkdir()
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_slow_stage.py"), str(gates), "finetune",
-                             str(tmp_path / "slow.toml")], cwd=tmp_path, env=engine_env(),
+                             str(tmp_path / "slow.toml")], cwd=tmp_path, env={**engine_env(), "SLOW_STEP": str(slow_step)},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(lambda: (gates / "in-step").exists(), proc, "the slow step")
+    _wait_for(lambda: (gates / until).exists(), proc, until)
     return proc, gates, RunLayout(tmp_path / "runs" / "slow")
 
 
@@ -144,6 +144,29 @@ def test_a_second_cancel_stops_now_and_says_what_was_lost(tmp_path: Path) -> Non
     assert doc["state"] == "cancelled", doc
     assert "progress lost" in doc["error"]["message"] and "resume starts from step 0" in doc["error"]["message"]
     assert not list(layout.checkpoints_dir("finetune").glob("step-*"))
+
+
+@pytest.mark.slow
+def test_a_cancel_while_the_final_model_is_written_waits_and_the_stage_succeeds(tmp_path: Path) -> None:
+    proc, gates, layout = _start(tmp_path, slow_step=0, until="in-model")
+    clock = FakeClock()
+    canceller, out, result = _canceller(layout, clock)
+    try:
+        _wait_for(lambda: isinstance(_stage_doc(layout).get("cancel"), dict), proc, "the stage's acknowledgement")
+        assert cancel_note(_stage_doc(layout)) == "cancelling: saving the model at step 12"
+        clock.jump(1e9)
+        _wait_for(lambda: clock.reads >= 3, proc, "the canceller to look again")
+        assert proc.poll() is None and canceller.is_alive(), out.getvalue()
+        (gates / "release-model").touch()
+        canceller.join(GUARD_S)
+        assert result == [0], out.getvalue()
+        assert proc.wait(GUARD_S) == 0, proc.stdout.read()
+    finally:
+        proc.kill()
+        (gates / "release-model").touch()
+    assert "SIGKILL" not in out.getvalue() and "progress lost" not in out.getvalue(), out.getvalue()
+    assert _stage_doc(layout)["state"] == "succeeded"
+    assert (layout.model_dir("finetune") / "config.json").exists()
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ A training stage writes, besides the contract's fields:
 
     "phase": "saving" | null      # "saving" while it writes a checkpoint (never kill it then)
     "saving_step": 10             # the step that checkpoint holds
+    "saving_what": "the model"    # absent: a checkpoint; "the model": the finished stage's model/
     "step_s": 1.9                 # measured seconds per optimizer step (recent mean)
     "checkpoint_s": 41.0          # measured seconds of its last checkpoint write
     "cancel": {"signal": "SIGTERM", "at": "..."}   # it got a stop request and is finishing
@@ -34,6 +35,12 @@ def saving_step(doc: dict[str, Any] | None) -> int | None:
     return step if isinstance(step, int) else doc.get("step") if isinstance(doc.get("step"), int) else 0
 
 
+def saving_what(doc: dict[str, Any] | None) -> str:
+    """What a stage that reports "saving" is writing: "checkpoint", or "the model" at the end of training."""
+    what = (doc or {}).get("saving_what")
+    return what if isinstance(what, str) and what else "checkpoint"
+
+
 def cancel_grace(doc: dict[str, Any] | None) -> float:
     """Seconds a stop request needs from the stage's own measurements: the step running when it lands,
     the one queued behind it (the loop reads steps one behind), then a checkpoint write. 0 for a stage
@@ -48,6 +55,6 @@ def cancel_note(doc: dict[str, Any] | None) -> str | None:
         return None
     saving = saving_step(doc)
     if saving is not None:
-        return f"cancelling: saving checkpoint at step {saving}"
+        return f"cancelling: saving {saving_what(doc)} at step {saving}"
     step = doc.get("step") if isinstance(doc.get("step"), int) else 0
     return f"cancelling: finishing step {step + 1}, then saving a checkpoint"

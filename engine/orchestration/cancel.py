@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.config import ConfigError
 from engine.contract import RunLayout, effective_state, now_iso, process_of, read_json, write_json
-from engine.contract.cancelling import CANCEL_SLACK_S, cancel_grace, saving_step
+from engine.contract.cancelling import CANCEL_SLACK_S, cancel_grace, saving_step, saving_what
 
 DEFAULT_GRACE_S = 20.0  # the least a cancel waits for the stages to stop on their own
 CANCEL_FILE = "cancel.json"  # <run>/cancel.json: the pid of a cancel that is waiting (a second one kills now)
@@ -149,7 +149,7 @@ def _terminate_and_wait(run_dir: str | Path, layout: RunLayout, orch: Any, stage
         for s, n in saving.items():
             if (s, n) not in said:
                 said.add((s, n))
-                print(f"{run_dir}: {s}: cancelling: saving checkpoint at step {n}; waiting for it",
+                print(f"{run_dir}: {s}: cancelling: saving {saving_what(docs[s])} at step {n}; waiting for it",
                       file=out, flush=True)
         if saving:
             saved_at = clock()
@@ -198,7 +198,7 @@ def lost_progress(layout: RunLayout, stage: str) -> str | None:
     from engine.contract.checkpoints import latest_checkpoint
 
     doc = read_json(layout.stage_status_file(stage)) or {}
-    if "step_s" not in doc:  # not a training stage (or no step finished yet)
+    if "step_s" not in doc or doc.get("state") == "succeeded":  # not training, or done (its model written)
         return None
     reached = max([doc.get("step") if isinstance(doc.get("step"), int) else 0, _last_train_step(layout, stage)])
     found = latest_checkpoint(layout.checkpoints_dir(stage))

@@ -98,6 +98,7 @@ class _StopFlag:
 
     def __init__(self, *statuses: Any) -> None:
         self.signame: str | None = None
+        self.signum: int | None = None
         self.statuses = [s for s in statuses if s is not None]  # StageStatus of each stage, main process only
         self._prev: dict[int, Any] = {}
 
@@ -113,13 +114,16 @@ class _StopFlag:
             if signum == signal.SIGINT:  # Ctrl-C twice: stop now, even mid-save (the previous checkpoint stays)
                 raise Cancelled(f"{name}, twice")
             return
-        self.signame = name
+        self.signame, self.signum = name, signum
         for status in self.statuses:
             status.update_soon(cancel={"signal": name, "at": now_iso()})
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._prev.items():
             signal.signal(sig, handler)
+        outer = self._prev.get(self.signum) if self.signum is not None else None
+        if isinstance(getattr(outer, "__self__", None), _StopFlag):  # nested (a group's student finishing):
+            outer(self.signum, None)  # the stop request is the group's too
 
 
 def run_training(ctx: StageContext, cfg: TrainConfig, section: str,
@@ -449,14 +453,19 @@ class TrainingRecipe:
 
         self._measured_memory()
         acc = self.acc
-        state = self.trainer.full_student_state()  # collective under FSDP
-        if acc.is_main_process:
-            model = _stock_model(self.trainer, state, self.save_dtype)
-            self._log(f"saved {save_model(model, self.ctx.layout.model_dir(self.ctx.stage), self.tokenizer)}")
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            remove_checkpoints(self.ckpt_root)
-        acc.wait_for_everyone()
+        # A stop request now is not obeyed mid-write: the model is saved, the stage succeeds, and a
+        # canceller waits for the write as for a checkpoint's ("saving").
+        with _StopFlag(self.ctx.status):
+            self.ctx.progress(self.state.step, phase=SAVING, saving_step=self.state.step, saving_what="the model")
+            state = self.trainer.full_student_state()  # collective under FSDP
+            if acc.is_main_process:
+                model = _stock_model(self.trainer, state, self.save_dtype)
+                self._log(f"saved {save_model(model, self.ctx.layout.model_dir(self.ctx.stage), self.tokenizer)}")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                remove_checkpoints(self.ckpt_root)
+            acc.wait_for_everyone()
+            self.ctx.progress(self.state.step, phase=None, saving_step=None, saving_what=None)
 
 
 def _stock_model(trainer: Trainer, state: dict[str, torch.Tensor], dtype_name: str) -> nn.Module:
