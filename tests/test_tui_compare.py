@@ -122,3 +122,27 @@ async def test_ctrl_e_exports_the_highlighted_student(runs, tmp_path, monkeypatc
         await wait_for(pilot, calls.exists, what="the engine called")
         argv = json.loads(calls.read_text().splitlines()[0])["argv"]
         assert argv == ["export", str(w.root), "width", "exported/decide-width"]
+
+
+@run_async
+async def test_quality_vs_speed_names_its_x_axis_and_draws_labels_on_its_own_background(runs, tmp_path):
+    """At 80 columns the x axis is labelled (with its unit; plotext dropped it beside the y label),
+    the point labels are not white boxes in the dark theme, and the x axis does not start below 0."""
+    decided_run(runs)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        await pilot.press("v")
+        chart = app.screen.query_one("#quality-speed")
+        await wait_for(pilot, lambda: len(chart.points) == 4 and chart.size.height > 0, what="the points")
+        await pilot.pause()
+        lines = [chart.render_line(y) for y in range(chart.size.height)]
+        text = ["".join(seg.text for seg in line) for line in lines]
+        assert any("decode tokens/s" in t for t in text)
+        frame = next(seg.style.bgcolor for line in lines for seg in line if "┌" in seg.text)
+        labels = [seg for line in lines for seg in line if seg.text.strip().rstrip(" ").endswith(("teacher", "depth"))]
+        assert labels and all(seg.style.bgcolor == frame for seg in labels)
+        ticks = text[next(i for i, t in enumerate(text) if "└" in t) + 1].split()
+        assert all(float(t) >= 0 for t in ticks)

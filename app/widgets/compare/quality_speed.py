@@ -44,11 +44,29 @@ class QualitySpeedChart(PlotextPlot):
             plt.ylim(min(ys) - 0.15 * yspan, max(ys) + 0.15 * yspan)
             for label, method, x, y in points:
                 plt.text(label, x + 0.03 * xspan, y, color=colours.get(label, STYLE.get(method, OTHER)[1]),
+                         background=self._canvas(),
                          alignment="left")
+            # plotext drops the x label when it and the y label do not fit on their one row: the x
+            # axis (with its unit) went unlabelled at 80 columns. The y axis is named in the title.
             plt.xlabel(xlabel)
-            plt.ylabel(ylabel)
-            plt.title("quality vs speed")
+            plt.title(f"quality vs speed   (y: {ylabel})")
         self.refresh()
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        # the labels' background is the theme's: drawn again in the new one
+        self.app.theme_changed_signal.subscribe(self, lambda _t: self.show(self.ylabel, self.points, self.xlabel,
+                                                                           self.colours))
+
+    def _canvas(self) -> tuple[int, int, int] | str:
+        """The plot's own background (textual-plotext paints it in the theme's surface colour): plotext
+        drew the labels on white boxes, glaring in the dark theme."""
+        from textual.color import Color
+
+        try:
+            return Color.parse(self.app.theme_variables["surface"]).rgb
+        except Exception:  # noqa: BLE001 - no app or theme yet: the terminal's own
+            return "default"
 
     def render(self):
         if not self.points:
