@@ -55,7 +55,7 @@ from engine.models.hf import count_parameters  # noqa: E402
 from engine.prune.importance import calibrate  # noqa: E402
 from engine.prune.student import SortedTeacher, prune_student  # noqa: E402
 from engine.prune.width import sorted_importance  # noqa: E402
-from engine.shapes.candidates import candidate_label, search_space  # noqa: E402
+from engine.shapes.candidates import candidate_label, evenly_spaced, search_space  # noqa: E402
 
 SIZES = {  # hidden, ffn, layers, heads, kv, vocab, seq, micro-batch, scoring batches, calibration batches,
     # candidates scored (top_k: 6 keeps the H200 run near a minute)
@@ -151,13 +151,14 @@ def main() -> int:
     plain(teacher)
     # the reference: each candidate cut as before issue 14, from the teacher as loaded, its loss by the
     # eager chunk loss (before the Triton cross-entropy kernel)
+    picks = evenly_spaced(space.screened, space.top_k)  # top_k shapes from the deepest to the widest
     with eager_ce():
-        reference = {i: evaluate_loss(prune_student(teacher, imp, space.student(i)), windows) for i in space.scored}
+        reference = {i: evaluate_loss(prune_student(teacher, imp, space.student(i)), windows) for i in picks}
     # rank every axis and sort the teacher in place, once for the whole search (restored at the end)
     sort_s, sorted_teacher = timed(lambda: SortedTeacher(teacher, imp).__enter__(), device)
     imp_sorted = sorted_importance(imp, sorted_teacher.order)  # prune_student keeps the same channels with it
     rows = []
-    for i in space.scored:
+    for i in picks:
         target = space.student(i)
         build_s, before_s, score_s, eager_s, plain_s, plain_loss_s = (math.inf,) * 6
         for _ in range(args.repeats):  # the fastest of interleaved repeats: robust to a loaded machine

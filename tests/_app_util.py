@@ -175,10 +175,12 @@ def write_search_json(w, stage: str = "prune-auto") -> dict:
                                      tie_word_embeddings=True))
     p = PruneConfig(name="auto", method="search", target_params=0.6, hidden_multiple=12, ffn_multiple=16, top_k=4)
     space = search_space(teacher, p, "prune[2]", "bfloat16", 64)
-    scores = {i: 4.0 + 0.1 * ((7 * k) % len(space.scored)) for k, i in enumerate(space.scored)}
+    screen = {i: 4.5 + 0.01 * ((7 * i) % 13) for i in space.screened}
+    best = sorted(screen, key=lambda i: (screen[i], i))[:space.top_k]
+    scores = {i: 4.0 + 0.1 * ((7 * k) % len(best)) for k, i in enumerate(best)}
     ranked = sorted(scores, key=lambda i: (scores[i], i))
     doc = search_document(space, "loss", False, {"kind": "activation"}, ranked, scores, scores,
-                          {i: 0.1 for i in scores})
+                          {i: 0.1 for i in scores}, screen, {i: 0.01 for i in screen})
     write_json(RunLayout(w.root).search_file(stage), doc)
     return doc
 

@@ -176,12 +176,13 @@ async def test_a_search_stage_shows_its_search_table_in_run_detail(runs, tmp_pat
                                    f"4 of {len(cands)} candidates scored by loss")
         body = [line.split() for line in lines if line.split()[:1] and line.split()[0] in "-123456789"]
         assert len(body) == len(cands)  # every candidate, scored or not
-        for row, c in zip(body, scored + [c for c in cands if c["rank"] is None], strict=True):
+        rest = sorted((c for c in cands if c["rank"] is None), key=lambda c: c["screen_rank"])  # best-screened first
+        for row, c in zip(body, scored + rest, strict=True):
             s = c["shape"]
             assert row[:6] == [str(c["rank"] or "-"), str(s["num_layers"]), str(s["hidden_size"]),
                                str(s["ffn_hidden_size"]), f"{s['num_attention_heads']}/{s['num_key_value_heads']}",
                                human_count(c["params"])]
-            assert row[8] == (f"{c['score']:.4f}" if c["rank"] else "-")
+            assert row[7] == f"{c['screen_loss']:.4f}" and row[9] == (f"{c['score']:.4f}" if c["rank"] else "-")
         assert body[0][-2:] == ["★", "winner"] and sum("winner" in r for r in body) == 1
         assert "search table" in str(screen.query_one("#stage-summary").render())
 

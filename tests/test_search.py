@@ -110,6 +110,11 @@ name = "dsearch"
 score = "distill"
 score_steps = 2
 [[prune]]
+name = "capped"
+{search}top_k = 2
+screen_max = 3
+screen_batches = 1
+[[prune]]
 name = "combo"
 method = "width"
 num_layers = 3
@@ -201,6 +206,41 @@ def test_search_scores_candidates_within_tolerance_and_keeps_the_best(run, searc
     assert list(stage_dir.rglob("*.safetensors")) == list((stage_dir / "model").glob("*.safetensors"))
     rec = read_metrics(layout.metrics_file("prune-search"))[0][0]
     assert rec["loss"] == pytest.approx(chosen[0]["loss"], rel=1e-6)
+
+
+def test_the_screen_covers_every_candidate_and_the_best_screened_are_scored(run, searched):
+    exp, layout, _ = run
+    doc = read_json(layout.search_file("prune-search"))
+    cands = doc["candidates"]
+    assert all(isinstance(c["screen_loss"], float) and c["screen_seconds"] >= 0 for c in cands)  # every one
+    assert sorted(c["screen_rank"] for c in cands) == list(range(1, len(cands) + 1))
+    by_screen = sorted(range(len(cands)), key=lambda i: (cands[i]["screen_loss"], i))
+    assert {i for i, c in enumerate(cands) if c["score"] is not None} == set(by_screen[:4])  # top_k = 4
+    screen = doc["screen"]
+    assert (screen["screened"], screen["candidates"], screen["capped"], screen["batches"]) == \
+        (len(cands), len(cands), False, 2)
+    assert screen["seconds"] == pytest.approx(sum(c["screen_seconds"] for c in cands), abs=0.01)
+    # the screen is the loss right after pruning on the first screen_batches validation windows
+    i = by_screen[-1]
+    model, _ = _rebuilt(exp, layout, "prune-search", i)
+    from engine.data import PackedDataset
+
+    ds = PackedDataset(layout.data_dir, "validation", SEQ, seed=0)
+    assert evaluate_loss(model, ds, 2, exp.distill.micro_batch_size) == pytest.approx(cands[i]["screen_loss"], rel=1e-5)
+
+
+def test_a_huge_space_screens_exactly_screen_max_and_says_so(run, capsys):
+    exp, layout, _ = run
+    assert _run(exp, "prune-capped") == 0
+    doc = read_json(layout.search_file("prune-capped"))
+    cands = doc["candidates"]
+    screened = [i for i, c in enumerate(cands) if c["screen_loss"] is not None]
+    assert len(screened) == 3 and screened == [0, (len(cands) - 1) // 2, len(cands) - 1]  # deepest .. widest
+    assert doc["screen"]["capped"] is True and doc["screen"]["screened"] == 3 and doc["screen"]["batches"] == 1
+    best2 = sorted(screened, key=lambda i: (cands[i]["screen_loss"], i))[:2]
+    assert [i for i, c in enumerate(cands) if c["score"] is not None] == sorted(best2)
+    out = capsys.readouterr().out
+    assert f"{len(cands)} candidates, more than screen_max = 3: 3 are screened" in out and "raise screen_max" in out
 
 
 def test_each_score_is_that_candidate_on_the_same_batches(run, searched):

@@ -4,6 +4,7 @@ candidates chosen for scoring, what `check` prints, and one-line errors for impo
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from engine.config import ConfigError, PruneConfig, loads_experiment
 from engine.config.counts import parse_param_count
 from engine.orchestration.check import describe_plan
 from engine.shapes.budget import budget_for, memory_gib
-from engine.shapes.candidates import enumerate_candidates, pick_scored, search_space
+from engine.shapes.candidates import enumerate_candidates, evenly_spaced, search_space
 from engine.shapes.shape import count_params, shape_from_config, student_shape
 from engine.shapes.targets import student_shapes
 
@@ -117,20 +118,20 @@ def test_memory_budget_fits_below_the_target():
         assert c.memory_gb == pytest.approx(memory_gib(c.shape, "float32", 512, 4))
 
 
-def test_scored_candidates_spread_from_deep_to_wide():
+def test_every_candidate_is_screened_up_to_screen_max_spread_deep_to_wide():
     t = _teacher()
-    p = _search(target_params=0.6, tolerance=0.05, top_k=4)
-    space = search_space(t, p, "x", "bfloat16", 64)
-    assert len(space.scored) == 4
-    layers = [space.candidates[i].shape.num_layers for i in space.scored]
-    all_layers = [c.shape.num_layers for c in space.candidates]
-    assert max(layers) == max(all_layers) and min(layers) == min(all_layers)
-    assert pick_scored(list(space.candidates), space.budget, 1000) == tuple(sorted(set(
-        pick_scored(list(space.candidates), space.budget, 1000))))
-    # one ffn size per (layers, hidden, heads, kv): the one closest to the target
-    keys = [(space.candidates[i].shape.num_layers, space.candidates[i].shape.hidden_size)
-            for i in pick_scored(list(space.candidates), space.budget, 1000)]
-    assert len(keys) == len(set(keys))
+    space = search_space(t, _search(target_params=0.6, tolerance=0.05, top_k=4), "x", "bfloat16", 64)
+    n = len(space.candidates)
+    assert n > 6 and space.screened == tuple(range(n)) and not space.capped  # every candidate
+    assert "screens all by the loss on 2 batches, then scores the best 4" in space.describe()
+    capped = search_space(t, _search(target_params=0.6, tolerance=0.05, top_k=4, screen_max=5), "x", "bfloat16", 64)
+    assert len(capped.screened) == 5 and capped.capped and len(set(capped.screened)) == 5
+    assert capped.screened[0] == 0 and capped.screened[-1] == n - 1  # the deepest and the widest
+    layers = [capped.candidates[i].shape.num_layers for i in capped.screened]
+    assert layers == sorted(layers, reverse=True)
+    assert capped.cap_message().startswith(f"{n} candidates, more than screen_max = 5: 5 are screened")
+    assert evenly_spaced(range(10), 3) == (0, 4, 9) and evenly_spaced([7, 8], 5) == (7, 8)
+    assert len(set(evenly_spaced(range(1000), 999))) == 999
 
 
 def test_check_lists_the_search():
@@ -138,9 +139,12 @@ def test_check_lists_the_search():
     text = "\n".join(describe_plan(exp))
     _, _, (space,) = student_shapes(exp)
     lo, hi = space.param_range()
-    assert f"{len(space.candidates)} candidates" in text and "scores 3 by validation loss" in text
+    assert f"{len(space.candidates)} candidates" in text and "then scores the best 3 by validation loss" in text
+    capped = _exp('method = "search"\ntarget_params = 0.6\nhidden_multiple = 12\nffn_multiple = 16\nscreen_max = 4')
+    assert "more than screen_max = 4: 4 are screened" in "\n".join(describe_plan(capped))
     assert "layers by lm-loss: costs 9 extra forwards per calibration batch" in text
-    assert text.count("GiB") == 3  # the first few candidates
+    shown = [line for line in text.splitlines() if re.match(r"\s+\d+L h\d+ ffn\d+ \d+/\d+: .* GiB$", line)]
+    assert len(shown) == 5 and len(space.candidates) > 5  # the first few candidates, deepest to widest
 
 
 @pytest.mark.parametrize("prune,what", [

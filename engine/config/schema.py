@@ -294,7 +294,9 @@ class PruneConfig(_Section):
     axes: list[SearchAxis] = Field(default_factory=lambda: ["num_layers", "hidden_size", "ffn_hidden_size"])
     hidden_multiple: int = Field(default=64, ge=1)  # hardware-friendly steps of the searched sizes
     ffn_multiple: int = Field(default=64, ge=1)
-    top_k: int = Field(default=10, ge=1)  # candidates pruned and scored
+    top_k: int = Field(default=10, ge=1)  # the best-screened candidates given the full score
+    screen_batches: int = Field(default=2, ge=1)  # validation batches of the screen (loss right after pruning)
+    screen_max: int = Field(default=2000, ge=1)  # candidates screened at most (spread evenly past it)
     score: Literal["loss", "distill"] = "loss"
     score_steps: int = Field(default=20, ge=1)  # score = "distill": steps of the short distillation
     score_task: str | None = None  # an [eval] task scored instead of the loss

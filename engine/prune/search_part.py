@@ -1,4 +1,10 @@
-"""The search inside a prune stage: score the chosen candidates, keep the best, write search.json.
+"""The search inside a prune stage: screen every candidate, score the best of the screen, keep the
+best, write search.json.
+
+The screen: each candidate's loss right after pruning on the first `screen_batches` validation
+windows (about a forward pass each); past `screen_max` candidates, that many spread evenly (the
+log says so). Then the `top_k` best-screened get the full score (the scorer's: loss on every
+window, a short distillation, or a task).
 
 The teacher is calibrated once before this runs (engine.prune.stage_body); it is then sorted by
 importance in place for the scoring (engine.prune.student.SortedTeacher), so each candidate is
@@ -11,10 +17,13 @@ search.json (the contract; engine.search.table.search_document writes it):
     {"target": {"metric": "params", "target": 81000000, "lo": ..., "hi": ..., "fraction": 0.6},
      "score": "loss", "selection": "lm-loss", "axes": [...], "calibration": {"samples": 1024, ...},
      "candidates": [{"shape": {"num_layers": 4, "hidden_size": 192, ...}, "params": 80123456,
-                     "memory_gb": 0.31, "loss": 4.2, "score": 4.2, "rank": 1, "chosen": true,
-                     "seconds": 1.3}, ...]}
+                     "memory_gb": 0.31, "screen_loss": 4.3, "screen_rank": 1, "screen_seconds": 0.05,
+                     "loss": 4.2, "score": 4.2, "rank": 1, "chosen": true, "seconds": 1.3}, ...],
+     "screen": {"batches": 2, "screened": 278, "candidates": 278, "capped": false, "top_k": 10,
+                "seconds": 14.2, "seconds_per_candidate": 0.051}}
 
-Every candidate within the budget is listed; those not scored have score, loss and rank null.
+Every candidate within the budget is listed; those not screened have the screen_* fields null,
+those not scored have score, loss and rank null.
 """
 
 from __future__ import annotations
@@ -64,45 +73,68 @@ class SearchProgress:
     def eta_s(self) -> float:
         return (time.perf_counter() - self.t0) / max(self.done, 1) * (self.total - self.done)
 
-    def step(self, line: str) -> None:
+    def step(self, line: str, log: bool = True) -> None:
         self.done += 1
         self.ctx.progress(self.done, total_steps=self.total)
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done)
-        self.ctx.log(f"[{self.ctx.stage}] candidate {self.done}/{self.total} {line}; ETA {self.eta_s():.0f}s")
+        if log:
+            self.ctx.log(f"[{self.ctx.stage}] step {self.done}/{self.total} {line}; ETA {self.eta_s():.0f}s")
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
 
 
+SCREEN_LOG_LINES = 20  # a screen of thousands logs about this many progress lines
+
+
 def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Importance,
                windows: list[torch.Tensor], scorer: Scorer) -> Winner:
-    """Score every chosen candidate; write search.json; return the best one, pruned."""
+    """Screen the candidates, score the best of the screen; write search.json; return the best one, pruned."""
     stage = ctx.stage
     ctx.log(f"[{stage}] {space.describe()}; scoring by {scorer.name}")
+    if space.capped:
+        ctx.log(f"[{stage}] {space.cap_message()}")
+    screen_windows = windows[:space.screen_batches]
+    screen: dict[int, float] = {}
+    screen_s: dict[int, float] = {}
     scores: dict[int, float] = {}
     losses: dict[int, float] = {}
     seconds: dict[int, float] = {}
-    progress = SearchProgress(ctx, len(space.scored))
+    n_scored = min(space.top_k, len(space.screened))
+    progress = SearchProgress(ctx, len(space.screened) + n_scored)
+    every = max(1, len(space.screened) // SCREEN_LOG_LINES)
     try:
         with SortedTeacher(teacher, imp) as sorted_teacher:
-            for i in space.scored:
+            for k, i in enumerate(space.screened):
+                t0 = time.perf_counter()
+                screen[i] = evaluate_loss(sorted_teacher.student(space.student(i)), screen_windows)
+                screen_s[i] = time.perf_counter() - t0
+                progress.step(f"screen {candidate_label(space.candidates[i].shape)}: loss {screen[i]:.4f}",
+                              log=k % every == 0 or k == len(space.screened) - 1)
+            best_screened = sorted(screen, key=lambda i: (screen[i], i))[:n_scored]
+            total = sum(screen_s.values())
+            ctx.log(f"[{stage}] screened {len(screen)} candidates on {len(screen_windows)} batches in {total:.1f}s "
+                    f"({total / len(screen):.3f}s each); scoring the best {n_scored} by {scorer.name}")
+            for i in best_screened:
                 t0 = time.perf_counter()
                 losses[i], scores[i] = _score(sorted_teacher.student(space.student(i)), windows, scorer)
                 seconds[i] = time.perf_counter() - t0
-                progress.step(f"{candidate_label(space.candidates[i].shape)}: {scorer.name} {scores[i]:.4f} "
+                progress.step(f"score {candidate_label(space.candidates[i].shape)}: {scorer.name} {scores[i]:.4f} "
                               f"({seconds[i]:.1f}s)")
     finally:
         progress.close()
     ranked = scorer.ranked(scores)
     best = ranked[0]
     write_json(ctx.layout.search_file(stage), search_document(
-        space, scorer.name, scorer.higher_is_better, {"kind": imp.kind, **imp.meta}, ranked, losses, scores, seconds))
+        space, scorer.name, scorer.higher_is_better, {"kind": imp.kind, **imp.meta}, ranked, losses, scores, seconds,
+        screen, screen_s))
     target = space.student(best)
     drop = layers_to_drop(imp, space.teacher, target)
     ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({scorer.name} {scores[best]:.4f}, rank 1 of "
-            f"{len(scores)})" + (f", dropping layers {drop}" if drop else ""))
+            f"{len(scores)}; screen rank {best_screened.index(best) + 1} of {len(screen)})"
+            + (f", dropping layers {drop}" if drop else ""))
     return Winner(prune_student(teacher, imp, target, drop), best, losses[best], drop)
 
 

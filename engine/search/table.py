@@ -9,22 +9,34 @@ from typing import Any
 from engine.contract import RunLayout, human_count, read_json
 from engine.stages import PRUNE
 
-COLUMNS = ["rank", "layers", "hidden", "ffn", "heads", "params", "memory GiB", "pruned loss", "score", ""]
+COLUMNS = ["rank", "layers", "hidden", "ffn", "heads", "params", "memory GiB", "screen", "pruned loss", "score", ""]
 
 
 def search_document(space: Any, score: str, higher_is_better: bool, calibration: dict[str, Any],
                     ranked: list[int], losses: dict[int, float], scores: dict[int, float],
-                    seconds: dict[int, float]) -> dict[str, Any]:
+                    seconds: dict[int, float], screen: dict[int, float] | None = None,
+                    screen_seconds: dict[int, float] | None = None) -> dict[str, Any]:
     """search.json for a search over `space` (engine.shapes.candidates.SearchSpace): every candidate
-    with its shape, params and memory; the scored ones (`ranked`: their indices, best first, as
-    engine.search.scoring.Scorer.ranked gives them) with their loss, score, rank and time, the first
-    `chosen`. `calibration`: the one pass every candidate was cut by (kind and its settings)."""
+    with its shape, params and memory; the screened ones with their screen loss (`screen`: the loss
+    right after pruning on space.screen_batches batches), its rank among them and its time; the
+    scored ones (`ranked`: their indices, best first, as engine.search.scoring.Scorer.ranked gives
+    them) with their loss, score, rank and time, the first `chosen`. `calibration`: the one pass
+    every candidate was cut by (kind and its settings). "screen" sums the screen up: how many were
+    screened of how many, whether screen_max capped it, and its cost in total and per candidate."""
     rank = {i: r + 1 for r, i in enumerate(ranked)}
+    screen, screen_seconds = screen or {}, screen_seconds or {}
+    screen_rank = {i: r + 1 for r, i in enumerate(sorted(screen, key=lambda i: (screen[i], i)))}
+    total = sum(screen_seconds.values())
     return {
         "target": space.budget.to_json(), "score": score, "higher_is_better": higher_is_better,
         "selection": space.selection if space.drops_layers() else None, "axes": list(space.axes),
         "calibration": calibration,
+        "screen": {"batches": space.screen_batches, "screened": len(screen), "candidates": len(space.candidates),
+                   "capped": len(screen) < len(space.candidates), "top_k": space.top_k, "seconds": round(total, 3),
+                   "seconds_per_candidate": round(total / len(screen), 4) if screen else None} if screen else None,
         "candidates": [{"shape": c.shape_json(), "params": c.params, "memory_gb": round(c.memory_gb, 6),
+                        "screen_loss": screen.get(i), "screen_rank": screen_rank.get(i),
+                        "screen_seconds": round(screen_seconds[i], 4) if i in screen_seconds else None,
                         "loss": losses.get(i), "score": scores.get(i), "rank": rank.get(i), "chosen": rank.get(i) == 1,
                         "seconds": round(seconds[i], 3) if i in seconds else None}
                        for i, c in enumerate(space.candidates)]}
@@ -38,18 +50,19 @@ def read_search(layout: RunLayout, stage: str) -> dict[str, Any] | None:
 def search_rows(doc: dict[str, Any]) -> list[list[str]]:
     """One row per scored candidate, best first; the winner's last cell says so."""
     scored = sorted((c for c in doc["candidates"] if c.get("rank") is not None), key=lambda c: c["rank"])
+    return [candidate_cells(c) + ["<- chosen" if c.get("chosen") else ""] for c in scored]
 
-    def f(x: float | None, digits: int = 4) -> str:
-        return "-" if x is None else f"{x:.{digits}f}"
 
-    rows = []
-    for c in scored:
-        s = c["shape"]
-        rows.append([str(c["rank"]), str(s["num_layers"]), str(s["hidden_size"]), str(s["ffn_hidden_size"]),
-                     f"{s['num_attention_heads']}/{s['num_key_value_heads']}", human_count(c["params"]),
-                     f(c.get("memory_gb"), 3), f(c.get("loss")), f(c.get("score")),
-                     "<- chosen" if c.get("chosen") else ""])
-    return rows
+def candidate_cells(c: dict[str, Any]) -> list[str]:
+    """The cells of one candidate under COLUMNS but the last (the winner's mark, each view its own)."""
+    def f(x: Any, digits: int = 4) -> str:
+        return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "-"
+
+    s, rank = c["shape"], c.get("rank")
+    return [str(rank) if rank is not None else "-", str(s["num_layers"]), str(s["hidden_size"]),
+            str(s["ffn_hidden_size"]), f"{s['num_attention_heads']}/{s['num_key_value_heads']}",
+            human_count(c["params"]), f(c.get("memory_gb"), 3), f(c.get("screen_loss")), f(c.get("loss")),
+            f(c.get("score"))]
 
 
 def title(name: str, doc: dict[str, Any]) -> str:
@@ -57,7 +70,10 @@ def title(name: str, doc: dict[str, Any]) -> str:
     goal = (f"{human_count(int(t['target']))} params" if t.get("metric") == "params"
             else f"{t.get('target')} GiB") if t else "?"
     n, scored = len(doc["candidates"]), sum(c.get("rank") is not None for c in doc["candidates"])
-    return f"search {name}: {goal}, {scored} of {n} candidates scored by {doc.get('score', 'loss')}"
+    sc = doc.get("screen") if isinstance(doc.get("screen"), dict) else None
+    screen = (f", the best of {sc.get('screened')} screened by the loss on {sc.get('batches')} batches"
+              + (" (capped by screen_max)" if sc.get("capped") else "")) if sc else ""
+    return f"search {name}: {goal}, {scored} of {n} candidates scored by {doc.get('score', 'loss')}{screen}"
 
 
 def search_docs(run_dirs: list[str | Path]) -> list[tuple[str, dict[str, Any]]]:

@@ -6,15 +6,17 @@ num_key_value_heads. Axes not listed in `axes` keep the teacher's value. Every c
 the very checks of a hand-written width target (engine.shapes.shape), so each one is a shape the
 prune stage can build, and its budget metric (params or memory) lies within the tolerance.
 
-Which candidates are scored: for each combination of the other axes only the ffn size closest
-to the target is kept (neighbouring ffn sizes differ by a rounding), then `top_k` of those,
-spread evenly from the deepest (all layers kept, narrowest) to the shallowest (widest), so that
-depth-heavy and width-heavy shapes are both tried.
+Which candidates are scored: every one is screened first (the search, engine.prune.search_part:
+its loss right after pruning on `screen_batches` batches, about a forward pass each), then the
+`top_k` best of the screen get the full score. Past `screen_max` candidates, that many are
+screened, spread evenly from the deepest (all layers kept, narrowest) to the shallowest (widest),
+and `check` and the stage say so.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from typing import Any
@@ -42,7 +44,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A search student: its budget, every candidate within it, and the ones to score.
+    """A search student: its budget, every candidate within it, and the ones to screen.
 
     Duck-types as engine.shapes.shape.StudentShape for callers that only size students:
     `shape` is the candidate closest to the target.
@@ -51,11 +53,23 @@ class SearchSpace:
     name: str
     budget: Budget
     candidates: tuple[Candidate, ...]  # sorted: deepest first, then widest hidden, heads, ffn
-    scored: tuple[int, ...]  # indices into candidates, in candidate order
+    screened: tuple[int, ...]  # indices into candidates, in candidate order: all, or screen_max of them
     selection: str
     axes: tuple[str, ...]
     teacher: Shape
     method: str = "search"
+    top_k: int = 10  # the best-screened candidates given the full score
+    screen_batches: int = 2
+    screen_max: int = 2000
+
+    @property
+    def capped(self) -> bool:
+        return len(self.screened) < len(self.candidates)
+
+    def cap_message(self) -> str:
+        return (f"{len(self.candidates)} candidates, more than screen_max = {self.screen_max}: {len(self.screened)} "
+                "are screened, spread evenly from the deepest to the widest; raise screen_max to screen them all, "
+                "or narrow the space (larger hidden_multiple / ffn_multiple, fewer axes)")
 
     @property
     def shape(self) -> Shape:
@@ -77,7 +91,9 @@ class SearchSpace:
     def describe(self) -> str:
         lo, hi = self.param_range()
         return (f"search for {self.budget.describe()} over {', '.join(self.axes)}: {len(self.candidates)} "
-                f"candidates, {human_count(lo)}..{human_count(hi)} params; scores {len(self.scored)}")
+                f"candidates, {human_count(lo)}..{human_count(hi)} params; screens "
+                f"{'all' if not self.capped else f'{len(self.screened)} (screen_max)'} by the loss on "
+                f"{self.screen_batches} batches, then scores the best {min(self.top_k, len(self.screened))}")
 
 
 def _axis_values(top: int, step: int) -> list[int]:
@@ -148,22 +164,14 @@ def _candidate(s: Shape, budget: Budget, value: float) -> Candidate:
     return Candidate(s, count_params(s), mem, value)
 
 
-def pick_scored(cands: list[Candidate], budget: Budget, top_k: int) -> tuple[int, ...]:
-    """Indices of the candidates to score (see the module docstring)."""
-    best: dict[tuple[int, ...], int] = {}
-    for i, c in enumerate(cands):
-        s = c.shape
-        key = (s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads)
-        j = best.get(key)
-        if j is None or abs(c.metric - budget.target) < abs(cands[j].metric - budget.target):
-            best[key] = i
-    pool = sorted(best.values())
-    if len(pool) <= top_k:
+def evenly_spaced(pool: Sequence[int], k: int) -> tuple[int, ...]:
+    """k items of `pool`, spread evenly from its first to its last (all of it when it has k or fewer)."""
+    if len(pool) <= k:
         return tuple(pool)
-    if top_k == 1:
-        return (min(pool, key=lambda i: abs(cands[i].metric - budget.target)),)
-    step = (len(pool) - 1) / (top_k - 1)
-    return tuple(sorted({pool[round(k * step)] for k in range(top_k)}))
+    if k == 1:
+        return (pool[len(pool) // 2],)
+    step = (len(pool) - 1) / (k - 1)  # >= 1: the k rounded positions are distinct
+    return tuple(pool[round(i * step)] for i in range(k))
 
 
 def search_space(t: Shape, p: Any, where: str, dtype: str, seq_length: int) -> SearchSpace:
@@ -181,8 +189,9 @@ def search_space(t: Shape, p: Any, where: str, dtype: str, seq_length: int) -> S
         raise ConfigError(f"{where}.{key}: no shape over {', '.join(p.axes)} (hidden in steps of "
                           f"{p.hidden_multiple}, ffn in steps of {p.ffn_multiple}) meets {budget.describe()}; "
                           "raise tolerance, add axes or use smaller hidden_multiple / ffn_multiple")
-    scored = pick_scored(cands, budget, p.top_k)
-    return SearchSpace(p.name, budget, tuple(cands), scored, layer_selection(p), tuple(p.axes), t)
+    screened = evenly_spaced(range(len(cands)), p.screen_max)
+    return SearchSpace(p.name, budget, tuple(cands), screened, layer_selection(p), tuple(p.axes), t,
+                       top_k=p.top_k, screen_batches=p.screen_batches, screen_max=p.screen_max)
 
 
 def candidate_label(s: Shape) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.config import ConfigError, Experiment
 from engine.contract import RunLayout, human_count, read_json
-from engine.shapes.candidates import CHECK_SHOWN, SearchSpace, candidate_label, search_space
+from engine.shapes.candidates import CHECK_SHOWN, SearchSpace, candidate_label, evenly_spaced, search_space
 from engine.shapes.shape import (
     Shape,
     StudentShape,
@@ -314,10 +314,12 @@ def _search_lines(p: Any, t: Shape, space: SearchSpace) -> list[str]:
     out = [f"  prune-{p.name}: {space.describe()} by {score}"]
     if space.drops_layers():
         out.append(_selection_line(p, t, space.selection))
-    shown = set(space.scored[:CHECK_SHOWN])
-    for i in sorted(shown):
+    if space.capped:
+        out.append(f"    {space.cap_message()}")
+    shown = evenly_spaced(space.screened, CHECK_SHOWN)
+    for i in shown:
         c = space.candidates[i]
         out.append(f"    {candidate_label(c.shape)}: {_param_text(c.shape)}, {c.memory_gb:.3g} GiB")
-    if len(space.scored) > len(shown):
-        out.append(f"    ... and {len(space.scored) - len(shown)} more scored")
+    if len(space.screened) > len(shown):
+        out.append(f"    ... and {len(space.screened) - len(shown)} more screened")
     return out

@@ -12,30 +12,24 @@ from rich.console import RenderableType
 from rich.table import Table
 from textual.widgets import Static
 
-from engine.contract import human_count, student_or_none
-from engine.search.table import COLUMNS, title
+from engine.contract import student_or_none
+from engine.search.table import COLUMNS, candidate_cells, title
 
 WINNER = "★ winner"
 
 
-def _num(x: Any, digits: int) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "-"
-
-
 def candidate_row(c: dict[str, Any]) -> list[str]:
-    s = c["shape"]
-    rank = c.get("rank")
-    return [str(rank) if rank is not None else "-", str(s["num_layers"]), str(s["hidden_size"]),
-            str(s["ffn_hidden_size"]), f"{s['num_attention_heads']}/{s['num_key_value_heads']}",
-            human_count(c["params"]), _num(c.get("memory_gb"), 3), _num(c.get("loss"), 4),
-            _num(c.get("score"), 4), WINNER if c.get("chosen") else ""]
+    return [*candidate_cells(c), WINNER if c.get("chosen") else ""]
 
 
 def candidate_rows(doc: dict[str, Any]) -> list[list[str]]:
-    """Every candidate: scored ones best first, then the rest in the file's order (deepest first)."""
+    """Every candidate: scored ones best first, then the rest best-screened first, then those not
+    screened in the file's order (deepest first)."""
     cands = doc["candidates"]
     scored = sorted((c for c in cands if c.get("rank") is not None), key=lambda c: c["rank"])
-    return [candidate_row(c) for c in scored + [c for c in cands if c.get("rank") is None]]
+    rest = sorted((c for c in cands if c.get("rank") is None),
+                  key=lambda c: (c.get("screen_rank") is None, c.get("screen_rank") or 0))  # stable
+    return [candidate_row(c) for c in scored + rest]
 
 
 def parse_search(text: str) -> dict[str, Any] | None:
