@@ -266,3 +266,26 @@ async def test_the_field_an_error_names_is_marked(runs, tmp_path, monkeypatch):
         await wait_for(pilot, lambda: "steps" not in screen.validation.message and not steps.has_class("-invalid"),
                        what="the mark gone once fixed")
         assert len(screen.query(".-invalid")) <= 1  # at most the field the next message names
+
+
+@run_async
+async def test_m_shows_the_tabs_full_screen(runs, tmp_path):
+    finished_run(runs, "run-a")
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        screen = app.screen
+        await pilot.press("w")
+        tabs = screen.query_one("#compare-tabs")
+        await pilot.pause()
+        assert tabs.size.height <= 10
+        await pilot.press("m")
+        await pilot.pause()
+        assert screen.maximized is tabs and tabs.size.height > 15
+        await pilot.press("escape")
+        await pilot.pause()
+        assert screen.maximized is None
+        await pilot.press("m", "m")
+        assert screen.maximized is None

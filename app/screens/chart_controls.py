@@ -15,6 +15,7 @@ CHART_BINDINGS = [
     Binding("s", "smoothing", "Smooth"),
     Binding("y", "log_y", "Log y"),
     Binding("z", "zoom", "Zoom"),
+    Binding("m", "maximize_tabs", "Full screen", show=False),
 ]
 
 
@@ -45,6 +46,15 @@ class ChartControls:
     def action_log_y(self) -> None:
         self.log_y = not self.log_y
         self._draw_chart()
+
+    def action_maximize_tabs(self) -> None:
+        """m: the screen's tabs (Run detail's chart and log, Compare's results) over the whole screen,
+        and back (esc too): at 80x24 the bottom pane had 10 lines."""
+        from textual.widgets import TabbedContent
+
+        screen: Any = self
+        tabs = next(iter(screen.query(TabbedContent)), None)
+        screen.maximized = None if screen.maximized is not None or tabs is None else tabs
 
     def action_zoom(self) -> None:
         self.zoom_i = (self.zoom_i + 1) % len(ZOOM_LEVELS)
