@@ -442,12 +442,15 @@ async def test_compose_validates_as_you_type_and_sizes_students(runs, tmp_path, 
         await wait_for(pilot, lambda: screen.validation is not None)
         assert not screen.validation.ok and "model.path" in screen.validation.message
 
-        # type the teacher path key by key (relative to the working directory, as `check` reads it)
+        # the depth student edited to 20 layers (an untouched default student would be sized from the
+        # teacher once its config is read); then the teacher path typed key by key (relative to the
+        # working directory, as `check` reads it)
+        _set_field(screen.query("StudentForm").first(), "num_layers", "20")
         await pilot.click("#f-model-path")
         await pilot.press(*teacher.name)
         await wait_for(pilot, lambda: screen.validation.ok is False and "prune[depth]" in screen.validation.message,
                        what="the depth target is checked against the teacher")
-        # the default depth student keeps 16 layers of a 4-layer teacher: the same message as `check`
+        # the depth student keeps 20 layers of a 4-layer teacher: the same message as `check`
         path = tmp_path / "experiments" / "my-experiment.toml"
         assert screen.validation.message == _check(screen, path, expect_rc=2).removeprefix("error: ")
         assert str(status.render()).startswith("✗ ")

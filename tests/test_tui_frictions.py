@@ -255,17 +255,17 @@ async def test_the_field_an_error_names_is_marked(runs, tmp_path, monkeypatch):
         depth = screen.query("StudentForm").first()
         layers = next(w for w in depth.query(".fields > *") if getattr(w, "spec", None) and w.spec.key == "num_layers")
         layers.value = "-1"
-        await wait_for(pilot, lambda: layers.has_class("-invalid"), what="the depth student's layers marked")
+        await wait_for(pilot, lambda: layers.has_class("-bad-field"), what="the depth student's layers marked")
         assert "prune[depth].num_layers" in screen.validation.message
         layers.value = "2"
         steps = screen.query_one("#f-finetune-steps")
         steps.value = "0"
-        await wait_for(pilot, lambda: steps.has_class("-invalid") and not layers.has_class("-invalid"),
+        await wait_for(pilot, lambda: steps.has_class("-bad-field") and not layers.has_class("-bad-field"),
                        what="finetune.steps marked, the layers not")
         steps.value = "5"
-        await wait_for(pilot, lambda: "steps" not in screen.validation.message and not steps.has_class("-invalid"),
+        await wait_for(pilot, lambda: "steps" not in screen.validation.message and not steps.has_class("-bad-field"),
                        what="the mark gone once fixed")
-        assert len(screen.query(".-invalid")) <= 1  # at most the field the next message names
+        assert len(screen.query(".-bad-field")) <= 1  # at most the field the next message names
 
 
 @run_async
@@ -289,3 +289,30 @@ async def test_m_shows_the_tabs_full_screen(runs, tmp_path):
         assert screen.maximized is None
         await pilot.press("m", "m")
         assert screen.maximized is None
+
+
+@run_async
+async def test_a_new_forms_students_are_sized_from_a_small_teacher(runs, tmp_path, monkeypatch):
+    """The new form's students (keep 16 layers; ffn 9216, hidden 3072) cannot work on a 4-layer,
+    ffn-128 teacher: once its config is read they become half of it, and validate; a student the
+    user edited keeps the user's numbers."""
+    from _app_util import teacher_dir
+
+    monkeypatch.chdir(tmp_path)
+    teacher = teacher_dir(tmp_path)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        await pilot.press("f2")  # a third student, edited by the user below
+        await wait_for(pilot, lambda: len(screen.raw["prune"]) == 3)
+        edited = screen.query("StudentForm").last()
+        next(w for w in edited.query(".fields > *") if getattr(w, "spec", None) and w.spec.key == "num_layers").value = "9"
+        screen.query_one("#f-model-path").value = str(teacher)
+        await wait_for(pilot, lambda: screen.raw["prune"][0].get("num_layers") == 2
+                       and screen.raw["prune"][1].get("ffn_hidden_size") == 64, what="the students resized")
+        assert "hidden_size" not in screen.raw["prune"][1]
+        assert screen.raw["prune"][2]["num_layers"] == 9  # the user's: validation says it does not fit
+        await wait_for(pilot, lambda: "prune[depth2].num_layers" in screen.validation.message, what="its message")

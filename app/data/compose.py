@@ -128,6 +128,8 @@ class Validation:
     teacher_detail: str = ""
     teacher_source: str = ""  # where the teacher comes from: a local folder, the hub cache, the hub
     students: dict[str, StudentSize] = field(default_factory=dict)
+    # the teacher's (layers, hidden, ffn) when its config is known, whether or not the students fit it
+    teacher_shape: tuple[int, int, int] | None = None
 
 
 def validate(raw: dict[str, Any], source: str) -> Validation:
@@ -147,6 +149,8 @@ def validate(raw: dict[str, Any], source: str) -> Validation:
     except ConfigError as e:
         result = Validation(False, str(e))
         _size_valid_students(raw, source, result)
+        if result.teacher_shape is None:  # no student fits it: the teacher alone
+            result.teacher_shape = _teacher_shape(raw, source)
         return result
     result = Validation(True, f"ok: {len(exp.stages())} stages: {', '.join(exp.stages())}", plan=plan)
     problem, result.teacher_source = check_hub_ids(raw, reach=False)
@@ -237,6 +241,22 @@ def _size_valid_students(raw: dict[str, Any], source: str, result: Validation) -
             continue
         result.students.update(alone.students)
         result.teacher_params, result.teacher_detail = alone.teacher_params, alone.teacher_detail
+        result.teacher_shape = alone.teacher_shape
+
+
+def _teacher_shape(raw: dict[str, Any], source: str) -> tuple[int, int, int] | None:
+    """The teacher's (layers, hidden, ffn) from its config, read as `check` reads it (no students)."""
+    from engine.config import ConfigError, loads_experiment
+    from engine.shapes.targets import teacher_config, teacher_shape
+
+    alone = {k: v for k, v in raw.items() if k != "distill"}  # [distill] wants a student
+    try:
+        exp = loads_experiment(to_toml({**alone, "prune": []}), source=source)
+        tc = teacher_config(exp)
+        t = teacher_shape(exp, tc) if tc is not None else None
+    except (ConfigError, TypeError, ValueError):
+        return None
+    return (t.num_layers, t.hidden_size, t.intermediate_size) if t is not None else None
 
 
 def _size_students(exp: Any, result: Validation) -> None:
@@ -249,6 +269,7 @@ def _size_students(exp: Any, result: Validation) -> None:
     _tc, teacher, plans = student_shapes(exp)
     if teacher is None:
         return
+    result.teacher_shape = (teacher.num_layers, teacher.hidden_size, teacher.intermediate_size)
     result.teacher_params = count_params(teacher) if teacher.vocab_size else None
     result.teacher_detail = teacher.describe() + ("" if teacher.vocab_size else ", vocab known after prepare")
     for p, plan in zip(exp.prune, plans, strict=True):

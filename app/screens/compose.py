@@ -313,9 +313,35 @@ class ComposeScreen(KeepStyles, Screen):
         for form in self.query(StudentForm):
             form.show_size(v.students.get(str(form.student.get("name"))), v.teacher_params)
         self._mark_invalid(v)
+        self._fit_untouched_students(v)
+
+    def _fit_untouched_students(self, v: Validation) -> None:
+        """A new form's students are the 8B recipe's (keep 16 layers; ffn 9216, hidden 3072): with a
+        smaller teacher they cannot work. A student still as the form made it, and too big for the
+        teacher now known, is sized from it instead: half its layers; half its ffn, hidden unchanged."""
+        if v.teacher_shape is None:
+            return
+        layers, hidden, ffn = v.teacher_shape
+        defaults = [{k: x for k, x in d.items() if k != "name"}
+                    for d in (*new_experiment()["prune"], new_student("depth", []), new_student("width", []))]
+        for form in self.query(StudentForm):
+            st = form.student
+            if {k: x for k, x in st.items() if k != "name"} not in defaults:
+                continue  # edited: the user's numbers, right or wrong, stay (validation says why)
+            wanted: dict[str, int | None] = {}
+            if st.get("method") == "depth" and st.get("num_layers", 0) >= layers:
+                wanted = {"num_layers": max(1, layers // 2)}
+            elif st.get("method") == "width" and (st.get("ffn_hidden_size", 0) >= ffn or st.get("hidden_size", 0) >= hidden):
+                half = ffn // 2
+                wanted = {"ffn_hidden_size": half - half % 64 if half >= 128 else max(1, half), "hidden_size": None}
+            for key, value in wanted.items():
+                control = next((w for w in form.query(".fields > *")
+                                if getattr(getattr(w, "spec", None), "key", None) == key), None)
+                if control is not None:
+                    control.value = "" if value is None else str(value)
 
     def _mark_invalid(self, v: Validation) -> None:
-        """The field the message is about gets the `-invalid` look (and keeps it until the message
+        """The field the message is about gets the `-bad-field` look (and keeps it until the message
         moves on): a key in the line below the form was hard to find among 40 fields and 3 students."""
         from app.data.field_errors import error_field
 
@@ -329,11 +355,11 @@ class ComposeScreen(KeepStyles, Screen):
                 if str(form.student.get("name")) == student:
                     target = next((w for w in form.query(".fields > *")
                                    if getattr(getattr(w, "spec", None), "key", None) == key), None)
-        for w in self.query(".-invalid"):
+        for w in self.query(".-bad-field"):
             if w is not target:
-                w.remove_class("-invalid")
+                w.remove_class("-bad-field")
         if target is not None:
-            target.add_class("-invalid")
+            target.add_class("-bad-field")
 
     # ---- files -----------------------------------------------------------------------------------
     def _path(self) -> Path:
