@@ -314,7 +314,7 @@ def test_tokenizer_that_cannot_be_loaded(tmp_path):
     bad.mkdir()
     (bad / "tokenizer.json").write_text("{not json")
     exp = experiment(tmp_path, None, f'train_files = ["{tmp_path}/t.jsonl"]', model=f'path = "{bad}"')
-    _fails(exp, f"tokenizer '{bad}' cannot be loaded")
+    _fails(exp, f"tokenizer '{bad}': {bad}/tokenizer.json is not valid JSON")  # named by the up-front check
 
 
 def test_disk_full_is_one_line_and_leaves_nothing(tmp_path, tok_dir, monkeypatch):
