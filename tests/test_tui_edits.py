@@ -156,3 +156,26 @@ async def test_new_open_and_edit_copy_ask_before_dropping_edits(runs, tmp_path, 
         await asked("ctrl+n", "y")  # discard
         await wait_for(pilot, lambda: screen.raw.get("name") == "my-experiment", what="a new experiment")
         assert not app.compose_dirty
+
+
+@run_async
+async def test_a_change_on_disk_is_said_before_saving(runs, tmp_path, monkeypatch):
+    """The open file is watched: an editor's save is said at once (a warning), not only at ctrl+s;
+    the form's own saves are not."""
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "experiments" / "tiny.toml"
+    src.parent.mkdir()
+    src.write_text(TOML)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        screen = await loaded(app, pilot, src)
+        await edit_steps(screen, pilot, "9")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: "steps = 9" in src.read_text() and not app.compose_dirty, what="saved")
+        screen._watch_disk()  # (the timer calls it every DISK_WATCH_S; called here, the test needs no clock)
+        await pilot.pause()
+        assert not [n for n in app._notifications if "changed on disk" in n.message]
+        src.write_text(src.read_text() + "# an editor was here\n")
+        screen._watch_disk()
+        await wait_for(pilot, lambda: [n for n in app._notifications if "changed on disk" in n.message],
+                       what="the warning")

@@ -42,6 +42,7 @@ from engine.contract import OPTIONAL_SECTIONS, RunLayout
 
 STUDENT_KEYS = {"depth": "f2", "width": "f3", "search": "f4"}  # the add buttons and their keys
 VALIDATE_DELAY_S = 0.15  # debounce: validate once typing pauses
+DISK_WATCH_S = 2.0  # how often the open file is checked for changes made elsewhere (a stat, while shown)
 BUILD_GAP_S = 0.02  # between two parts of the form being mounted (a frame and pending input go first)
 SECTION_TITLES = {"finetune": "Fine-tune the teacher (teacher correction)", "distill": "Distill each student",
                   "eval": "Evaluate every model (validation, test)"}
@@ -70,6 +71,7 @@ class ComposeScreen(KeepStyles, Screen):
         self.validation: Validation | None = None
         self._timer = None
         self._build_gen = 0
+        self._disk_seen: tuple[int, int] | None = None  # the file's (mtime, size) when last compared
         self.form_ready = asyncio.Event()  # every part of the form is mounted
 
     # ---- layout --------------------------------------------------------------------------------
@@ -86,7 +88,31 @@ class ComposeScreen(KeepStyles, Screen):
         yield KeyBar()
 
     async def on_mount(self) -> None:
+        self.set_interval(DISK_WATCH_S, self._watch_disk)
         await self.set_experiment(self._fresh(), None)
+
+    def _watch_disk(self) -> None:
+        """Say so as soon as the open file changes on disk (an editor saved it), not only at the next
+        ctrl+s (which then asks: reload, overwrite or keep both). A stat every DISK_WATCH_S; the
+        (small) file is read only when its stat changed."""
+        if self.disk is None or not self.is_current:
+            return
+        path, text = self.disk
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        key = (st.st_mtime_ns, st.st_size)
+        if key == self._disk_seen:
+            return
+        self._disk_seen = key
+        try:
+            changed = path.read_text(encoding="utf-8") != text
+        except OSError:
+            return
+        if changed:
+            self.notify(f"{path} changed on disk; ctrl+s asks whether to reload it, overwrite it or keep both",
+                        severity="warning", timeout=8)
 
     def _fresh(self) -> dict[str, Any]:
         """A new experiment for this app: its runs dir; float32 on a machine without an NVIDIA GPU
