@@ -40,6 +40,7 @@ def test_a_runs_dir_that_cannot_be_written(tmp_path, capsys):
     ("data.seq_length=1000000", "data.seq_length: 1000000 is longer than the train data can be"),
     ('data.dataset="builtin:nope"', "data.dataset: unknown builtin 'builtin:nope'"),
     ('data.prepared="nope"', "data.prepared: no folder 'nope'"),
+    ("data.max_tokens=16", "data.max_tokens: 16 caps the train split below one window of seq_length + 1 = 33"),
 ])
 def test_hostile_values_are_refused_before_anything_is_written(tmp_path, capsys, override, says):
     f = _write(tmp_path, SCRATCH, _lines())

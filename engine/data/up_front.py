@@ -30,6 +30,9 @@ def check_data_up_front(data: Any, experiment_file: str | None) -> None:
     if data.prepared:
         _check_prepared(data, experiment_file)
         return
+    if data.max_tokens is not None and data.max_tokens < data.seq_length + 1:
+        raise UserError(f"data.max_tokens: {data.max_tokens} caps the train split below one window of "
+                        f"seq_length + 1 = {data.seq_length + 1} tokens; raise it, or lower seq_length")
     _check_size_bound(data, experiment_file)
 
 
