@@ -123,3 +123,41 @@ def test_a_kill_at_any_phase_of_a_checkpoint_write_resumes_bit_identical(tmp_pat
     got = load_file(tmp_path / "runs" / "run" / "finetune" / "model" / "model.safetensors")
     assert got.keys() == reference_weights.keys()
     assert all(torch.equal(got[k], reference_weights[k]) for k in got)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_fails_to_load_is_named_set_aside_and_the_rerun_resumes_before_it(
+        tmp_path: Path, monkeypatch, capsys, reference_weights) -> None:
+    """Damage the framing check cannot see (a torch file whose member is junk): the stage stops with one
+    line naming the checkpoint (exit 2, not a traceback on every rerun); the next run resumes from the
+    checkpoint before it and ends bit-identical."""
+    import zipfile
+
+    exp = prepared_exp(tmp_path, "run", finetune=FINETUNE)
+    ckpts = tmp_path / "runs" / "run" / "finetune" / "checkpoints"
+    from engine.training import loop
+
+    save = loop.save_checkpoint
+
+    def save_then_crash(acc, root, step, *a, **kw):
+        out = save(acc, root, step, *a, **kw)
+        if step == 8:
+            raise RuntimeError("planted crash")
+        return out
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    assert run_inprocess(exp, "finetune") == 1
+    monkeypatch.undo()
+    opt = ckpts / "step-00000008" / "optimizer.bin"
+    with zipfile.ZipFile(opt, "w") as z:  # a readable zip directory, a member torch cannot unpickle
+        z.writestr("optimizer/data.pkl", b"junk")
+    assert checkpoint_problem(ckpts / "step-00000008") is None
+
+    capsys.readouterr()
+    assert run_inprocess(exp, "finetune") == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {ckpts / 'step-00000008'} could not be loaded (" in err and "set aside as damaged-" in err
+    assert sorted(p.name for p in ckpts.iterdir()) == ["damaged-step-00000008", "step-00000004"]
+    assert run_inprocess(exp, "finetune") == 0
+    got = load_file(tmp_path / "runs" / "run" / "finetune" / "model" / "model.safetensors")
+    assert all(torch.equal(got[k], reference_weights[k]) for k in reference_weights)

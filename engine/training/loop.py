@@ -250,7 +250,16 @@ class TrainingRecipe:
             found = None
         if found is None:
             return False
-        loaded = load_checkpoint(acc, found[1])
+        try:
+            loaded = load_checkpoint(acc, found[1])
+        except UserError:
+            raise
+        except Exception as e:  # damage the framing check cannot see (a torch file's member): the model is
+            # partly overwritten now, so this process cannot go on; the next run resumes from the one before
+            aside = self._set_aside(found[1])
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise UserError(f"checkpoint {found[1]} could not be loaded ({type(e).__name__}: {first}); set aside "
+                            f"as {aside.name}: run the stage again to resume from the checkpoint before it") from e
         micro = self.state.micro_batch_size
         self.state = TrainState(**{f.name: loaded[f.name] for f in fields(TrainState) if f.name in loaded})
         self.state.micro_batch_size = micro
@@ -262,24 +271,28 @@ class TrainingRecipe:
     def _intact_checkpoint(self) -> tuple[int, Path] | None:
         """The latest checkpoint that is not damaged (engine/training/checkpoint_check.py). A damaged one is
         named in the log and set aside (renamed, never loaded again), and the one before it is tried."""
-        acc = self.acc
         damaged = False
         for step, path in reversed(list_checkpoints(self.ckpt_root)):
             problem = checkpoint_problem(path)
             if problem is None:
                 return step, path
             damaged = True
-            aside = path.with_name(SET_ASIDE + path.name)
-            self._log(f"checkpoint {path} is damaged: {problem}; set aside as {aside.name}, "
+            self._log(f"checkpoint {path} is damaged: {problem}; set aside as {SET_ASIDE}{path.name}, "
                       "trying the checkpoint before it")
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                shutil.rmtree(aside, ignore_errors=True)
-                path.rename(aside)
-            acc.wait_for_everyone()
+            self._set_aside(path)
         if damaged:
             self._log("no intact checkpoint is left: the stage starts from step 0")
         return None
+
+    def _set_aside(self, path: Path) -> Path:
+        """Rename a damaged checkpoint out of the listing (kept to look at, never loaded); the new path."""
+        aside = path.with_name(SET_ASIDE + path.name)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+        self.acc.wait_for_everyone()
+        return aside
 
     def _open_data(self) -> None:
         """The training windows from the resumed position on, the fixed validation batches."""
