@@ -316,3 +316,30 @@ async def test_a_new_forms_students_are_sized_from_a_small_teacher(runs, tmp_pat
         assert "hidden_size" not in screen.raw["prune"][1]
         assert screen.raw["prune"][2]["num_layers"] == 9  # the user's: validation says it does not fit
         await wait_for(pilot, lambda: "prune[depth2].num_layers" in screen.validation.message, what="its message")
+
+
+@run_async
+async def test_every_students_error_is_said_and_marked(runs, tmp_path, monkeypatch):
+    """`check` stops at its first error; the form also names (and marks) every other student's."""
+    from _app_util import teacher_dir
+
+    monkeypatch.chdir(tmp_path)
+    teacher = teacher_dir(tmp_path)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        depth, width = screen.query("StudentForm")
+
+        def control(form, key):
+            return next(w for w in form.query(".fields > *") if getattr(w, "spec", None) and w.spec.key == key)
+
+        control(depth, "num_layers").value = "9"
+        control(width, "ffn_hidden_size").value = "500"
+        screen.query_one("#f-model-path").value = str(teacher)
+        await wait_for(pilot, lambda: control(depth, "num_layers").has_class("-bad-field")
+                       and control(width, "ffn_hidden_size").has_class("-bad-field"), what="both marked")
+        assert "prune[depth].num_layers" in screen.validation.message
+        assert "also: prune[width].ffn_hidden_size" in str(screen.query_one("#compose-validation").render())

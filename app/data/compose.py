@@ -130,6 +130,7 @@ class Validation:
     students: dict[str, StudentSize] = field(default_factory=dict)
     # the teacher's (layers, hidden, ffn) when its config is known, whether or not the students fit it
     teacher_shape: tuple[int, int, int] | None = None
+    more: list[str] = field(default_factory=list)  # the other students' errors (`check` stops at the first)
 
 
 def validate(raw: dict[str, Any], source: str) -> Validation:
@@ -237,7 +238,11 @@ def _size_valid_students(raw: dict[str, Any], source: str, result: Validation) -
         alone = Validation(False, "")
         try:
             _size_students(loads_experiment(to_toml({**raw, "prune": [student]}), source=source), alone)
-        except (ConfigError, TypeError, ValueError):
+        except ConfigError as e:
+            if str(e) != result.message and str(e) not in result.more:
+                result.more.append(str(e))  # another student's own error, said too
+            continue
+        except (TypeError, ValueError):
             continue
         result.students.update(alone.students)
         result.teacher_params, result.teacher_detail = alone.teacher_params, alone.teacher_detail

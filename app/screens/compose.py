@@ -78,7 +78,7 @@ class ComposeScreen(KeepStyles, Screen):
     def compose(self) -> ComposeResult:
         yield NavBar("compose")
         yield VerticalScroll(id="compose-form")
-        yield Static("", id="compose-validation")
+        yield Static("", id="compose-validation", markup=False)  # as markup, "prune[depth]" lost its name
         with Horizontal(id="compose-actions"):
             yield SaveState(id="compose-save-state")
             yield InOrderInput("", id="compose-path", compact=True)
@@ -327,7 +327,12 @@ class ComposeScreen(KeepStyles, Screen):
         box = self.query_one("#compose-validation", Static)
         box.set_class(v.ok, "-ok")
         box.set_class(not v.ok, "-error")
-        box.update(("✓ " if v.ok else "✗ ") + v.message)
+        from app.data.field_errors import error_field
+
+        source = self.query_one("#compose-path", Input).value.strip()
+        also = [where for m in v.more if (where := error_field(m, source)) is not None]
+        box.update(("✓ " if v.ok else "✗ ") + v.message
+                   + (f"\n  also: {', '.join(f'prune[{s}].{k}' if s else k for s, k in also)}" if also else ""))
         plan = self.query("#compose-plan")
         if plan:
             plan.first(Static).update("\n".join(v.plan))
@@ -367,25 +372,26 @@ class ComposeScreen(KeepStyles, Screen):
                     control.value = "" if value is None else str(value)
 
     def _mark_invalid(self, v: Validation) -> None:
-        """The field the message is about gets the `-bad-field` look (and keeps it until the message
-        moves on): a key in the line below the form was hard to find among 40 fields and 3 students."""
+        """The fields the messages are about (the first error, and every other student's own) get the
+        `-bad-field` look until fixed: a key in the line below the form was hard to find among 40
+        fields and 3 students."""
         from app.data.field_errors import error_field
 
-        where = None if v.ok else error_field(v.message, self.query_one("#compose-path", Input).value.strip())
-        target: Widget | None = None
-        if where is not None:
-            student, key = where
+        source = self.query_one("#compose-path", Input).value.strip()
+        named = [] if v.ok else [error_field(m, source) for m in (v.message, *v.more)]
+        targets: list[Widget] = []
+        for student, key in (w for w in named if w is not None):
             if student is None:  # the form's own fields: their ids are f-<key> (fields.control)
-                target = next(iter(self.query("#f-" + key.replace(".", "-").replace("_", "-"))), None)
+                targets += list(self.query("#f-" + key.replace(".", "-").replace("_", "-")))[:1]
             for form in self.query(StudentForm) if student is not None else ():
                 if str(form.student.get("name")) == student:
-                    target = next((w for w in form.query(".fields > *")
-                                   if getattr(getattr(w, "spec", None), "key", None) == key), None)
+                    targets += [w for w in form.query(".fields > *")
+                                if getattr(getattr(w, "spec", None), "key", None) == key][:1]
         for w in self.query(".-bad-field"):
-            if w is not target:
+            if w not in targets:
                 w.remove_class("-bad-field")
-        if target is not None:
-            target.add_class("-bad-field")
+        for w in targets:
+            w.add_class("-bad-field")
 
     # ---- files -----------------------------------------------------------------------------------
     def _path(self) -> Path:
