@@ -41,6 +41,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
     stages = [resolve_stage(exp.stages(), s, source=str(exp.source), flag="--stage", kind=args.command)
               for s in given]
     _inputs_done(exp, stages)
+    from engine.orchestration.run_dir_safety import check_links
+
+    check_links(exp.run_dir, exp.source)  # as `run` does: never write or delete through a link out of the run
     if len(stages) == 1:
         return run_stage(exp, stages[0], stage_body(stages[0]))
     group_body = kind_of(stages[0]).group_body

@@ -155,6 +155,16 @@ def test_run_refuses_a_run_directory_with_links_that_leave_it(tmp_path: Path, ca
     assert sorted(p.name for p in (tmp_path / "runs" / "ln").iterdir()) == [entry.split("/")[0]]
 
 
+def test_a_single_stage_refuses_links_that_leave_the_run_too(tmp_path: Path, capsys, monkeypatch):
+    from engine.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    f, target = _linked_run(tmp_path, "prepare", True)
+    assert main(["prepare", str(f), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "is a symbolic link to" in capsys.readouterr().err
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+
+
 def test_run_files_are_never_opened_through_a_link(tmp_path: Path) -> None:
     """Behind the up-front check, each writer refuses a link on its own (O_NOFOLLOW, no rmtree through it)."""
     import errno
