@@ -36,18 +36,21 @@ def free_bytes(folder: str | Path) -> int:
     return shutil.disk_usage(p).free
 
 
-def disk_full(folder: str | Path, what: str, need: int) -> DiskFull:
-    """The one line: which folder, what it was for, how much it needs and how much is free."""
+RESUMES = "it resumes from the last checkpoint"
+
+
+def disk_full(folder: str | Path, what: str, need: int, then: str = RESUMES) -> DiskFull:
+    """The one line: which folder, what it was for, how much it needs and how much is free; `then`: what a
+    rerun does (a fresh stage has no checkpoint to resume from: the line must not promise one)."""
     return DiskFull(f"no space left in {folder}: {what} needs about {human(need)}, {human(free_bytes(folder))} "
-                    "free; free some space there (or move runs_dir), then run again: it resumes from the "
-                    "last checkpoint")
+                    f"free; free some space there (or move runs_dir), then run again: {then}")
 
 
-def ensure_free(folder: str | Path, what: str, estimate: int) -> None:
+def ensure_free(folder: str | Path, what: str, estimate: int, then: str = RESUMES) -> None:
     """Raise DiskFull before writing `what` (about `estimate` bytes) into `folder` if it cannot fit."""
     need = int(estimate * MARGIN) + SLACK
     if free_bytes(folder) < need:
-        raise disk_full(folder, what, need)
+        raise disk_full(folder, what, need, then)
 
 
 def is_disk_full(e: BaseException) -> bool:

@@ -161,3 +161,23 @@ def test_a_checkpoint_that_fails_to_load_is_named_set_aside_and_the_rerun_resume
     assert run_inprocess(exp, "finetune") == 0
     got = load_file(tmp_path / "runs" / "run" / "finetune" / "model" / "model.safetensors")
     assert all(torch.equal(got[k], reference_weights[k]) for k in reference_weights)
+
+
+def test_a_full_disk_says_what_a_rerun_resumes_from(tmp_path: Path, monkeypatch) -> None:
+    """Disk full on a fresh run: the line promised a resume from a checkpoint that never existed."""
+    from accelerate import Accelerator
+
+    from engine import disk_space
+    from engine.disk_space import DiskFull
+    from engine.training.checkpoint import save_checkpoint
+
+    acc = Accelerator(cpu=True)
+    acc.prepare(torch.nn.Linear(4, 4))
+    monkeypatch.setattr(disk_space, "free_bytes", lambda folder: 0)
+    with pytest.raises(DiskFull, match="no checkpoint was written yet, so the stage starts again from step 0"):
+        save_checkpoint(acc, tmp_path / "fresh", 3, {})
+    monkeypatch.undo()
+    root = _small_checkpoint(tmp_path / "c").parent
+    monkeypatch.setattr(disk_space, "free_bytes", lambda folder: 0)
+    with pytest.raises(DiskFull, match="it resumes from the checkpoint of step 3"):
+        save_checkpoint(acc, root, 6, {})

@@ -68,7 +68,7 @@ def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[s
         for stale in root.glob(".step-*.tmp"):  # a save killed midway: its space is needed now
             shutil.rmtree(stale, ignore_errors=True)
     try:
-        ensure_free(root, what, need)
+        ensure_free(root, what, need, _after_full(root))
         if accelerator.is_main_process:
             tmp.mkdir(parents=True)
     except (OSError, DiskFull) as e:
@@ -91,6 +91,14 @@ def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[s
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _after_full(root: Path) -> str:
+    """What a rerun does after the disk filled up: resume from the checkpoint there, if there is one."""
+    found = list_checkpoints(root)
+    if found:
+        return f"it resumes from the checkpoint of step {found[-1][0]}"
+    return "no checkpoint was written yet, so the stage starts again from step 0"
 
 
 def checkpoint_bytes(accelerator: Any) -> int:
@@ -125,7 +133,7 @@ def _agree(accelerator: Any, error: BaseException | None, root: Path, what: str,
     if isinstance(error, DiskFull):
         raise error
     if is_disk_full(error):
-        raise disk_full(root, what, int(need * MARGIN) + SLACK) from None
+        raise disk_full(root, what, int(need * MARGIN) + SLACK, _after_full(root)) from None
     raise error
 
 
