@@ -75,8 +75,8 @@ def _saving_gate(gates: Path) -> Path | None:
 def _canceller(layout: RunLayout, clock: FakeClock) -> tuple[threading.Thread, io.StringIO, list]:
     from engine.orchestration.cancel import cancel_run
 
-    out, result = io.StringIO(), []
-    t = threading.Thread(target=lambda: result.append(cancel_run(layout.root, grace=0, out=out, clock=clock)),
+    out, result = io.StringIO(), []  # grace 1 (fake) second: nothing is killed before the test moves the clock
+    t = threading.Thread(target=lambda: result.append(cancel_run(layout.root, grace=1, out=out, clock=clock)),
                          daemon=True)
     t.start()
     return t, out, result
