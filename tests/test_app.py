@@ -1323,3 +1323,17 @@ async def test_compare_shows_quality_vs_speed_and_the_search_table(runs, tmp_pat
         assert "search auto" in str(screen.query_one("#search-title").render())
         await pilot.press("e")
         assert screen.query_one("#compare-tabs").active == "search"
+
+
+@run_async
+async def test_compare_names_a_damaged_results_json(runs, tmp_path):
+    """Issue 25: a corrupt results.json made the results table lose its rows without a word."""
+    w = finished_run(runs, "broken", students=("depth",))
+    (w.root / "eval").mkdir(exist_ok=True)
+    (w.root / "eval" / "results.json").write_text('{"models": {"teach')
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: any("results.json is damaged or empty" in str(n.message)
+                                          for n in app._notifications), what="the damaged results.json named")

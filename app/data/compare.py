@@ -115,6 +115,14 @@ def _diff_order(key: str) -> tuple[int, str]:
 # ---- eval/results.json -------------------------------------------------------------------
 
 
+def damaged_results(run_dir: Path) -> str | None:
+    """A line when eval/results.json is there but unreadable: its rows would vanish without a word."""
+    path = RunLayout(run_dir).results_file
+    if path.exists() and not read_results(path):
+        return f"{run_dir.name}: {path} is damaged or empty; run its eval stage again (--only eval)"
+    return None
+
+
 def results_rows(run_dir: Path) -> list[dict[str, Any]]:
     """One row per model of eval/results.json: {"run", "model", "params", "<split>.loss",
     "<split>.perplexity"}, read through engine.contract.results."""

@@ -19,6 +19,7 @@ from app.data import fmt
 from app.data.compare import (
     NOT_USED,
     config_diff,
+    damaged_results,
     read_experiment,
     results_rows,
     stage_config,
@@ -147,6 +148,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         shown: tuple[str, ...] | None = None
         results_seen: dict[Path, object] = {}  # eval/results.json's stat per run: it may appear later
         decide_key = None  # what the Quality-vs-speed and Search tabs were last read for
+        warned: set[str] = set()  # damaged results.json files already said
         while not worker.is_cancelled:
             selected = self.selected
             changed = selected != shown
@@ -165,6 +167,10 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
                 curves = {v: cursors[v].val.snapshot() for v in selected}
                 runs = sorted({split_value(v)[0] for v in selected})
                 results = [row for r in runs for row in results_rows(r)]
+                for line in filter(None, (damaged_results(r) for r in runs)):
+                    if line not in warned:  # once per run and file state
+                        warned.add(line)
+                        self.app.call_from_thread(self.notify, line, severity="warning", timeout=10)
                 raws = {r: read_experiment(r) for r in runs}
                 colours = stage_colours(selected, raws)
                 configs = {_label(v): stage_config(raws[split_value(v)[0]], split_value(v)[1]) for v in selected}
