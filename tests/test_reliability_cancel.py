@@ -187,6 +187,7 @@ def test_a_terminal_hangup_saves_a_checkpoint_like_sigterm(tmp_path: Path) -> No
 
 def test_the_grace_comes_from_the_stages_measured_step_and_checkpoint_times() -> None:
     assert cancel_grace({"step_s": 30.0, "checkpoint_s": 100.0}) == 2 * 30 + 1.5 * 100 + CANCEL_SLACK_S
+    assert cancel_grace({"step_s": 30.0, "checkpoint_s": 100.0, "val_s": 50.0}) == 2 * 30 + 50 + 1.5 * 100 + CANCEL_SLACK_S
     assert cancel_grace({"step_s": 3.0}) == 6 + CANCEL_SLACK_S  # no checkpoint yet: the stage reports "saving"
     assert cancel_grace({"step_s": float("nan"), "checkpoint_s": None}) == 0.0  # the canceller's --grace applies
     assert cancel_note({"state": "running", "step": 7}) is None

@@ -6,6 +6,7 @@ A training stage writes, besides the contract's fields:
     "saving_step": 10             # the step that checkpoint holds
     "saving_what": "the model"    # absent: a checkpoint; "the model": the finished stage's model/
     "step_s": 1.9                 # measured seconds per optimizer step (recent mean)
+    "val_s": 12.0                 # measured seconds of its last validation
     "checkpoint_s": 41.0          # measured seconds of its last checkpoint write
     "cancel": {"signal": "SIGTERM", "at": "..."}   # it got a stop request and is finishing
 
@@ -43,10 +44,12 @@ def saving_what(doc: dict[str, Any] | None) -> str:
 
 def cancel_grace(doc: dict[str, Any] | None) -> float:
     """Seconds a stop request needs from the stage's own measurements: the step running when it lands,
-    the one queued behind it (the loop reads steps one behind), then a checkpoint write. 0 for a stage
-    that measured nothing (not a training stage: it stops at once; the canceller's grace applies)."""
-    step, save = _seconds((doc or {}).get("step_s")), _seconds((doc or {}).get("checkpoint_s"))
-    return 2 * step + 1.5 * save + CANCEL_SLACK_S if step or save else 0.0
+    the one queued behind it (the loop reads steps one behind), a validation it may be in, then a
+    checkpoint write. 0 for a stage that measured nothing (not a training stage: it stops at once; the
+    canceller's grace applies)."""
+    doc = doc or {}
+    step, save, val = (_seconds(doc.get(k)) for k in ("step_s", "checkpoint_s", "val_s"))
+    return 2 * step + val + 1.5 * save + CANCEL_SLACK_S if step or save or val else 0.0
 
 
 def cancel_note(doc: dict[str, Any] | None) -> str | None:

@@ -428,12 +428,13 @@ class TrainingRecipe:
         """The student's loss on the fixed validation batches, logged at the current step."""
         if not self.val_batches:
             return
-        step = self.state.step
+        step, t0 = self.state.step, time.perf_counter()
         loss = self.trainer.validate(self.val_batches)
         self.times.pause()
         self.metrics.write({"step": step, "tokens": self.state.tokens, "split": "val", "loss": loss})
         self._log(f"step {step}/{self.cfg.steps} val loss {loss:.4f}")
-        self.ctx.progress(step, total_steps=self.cfg.steps)
+        # val_s: a stop request may land at a validation's start; a canceller's grace counts it in
+        self.ctx.progress(step, total_steps=self.cfg.steps, val_s=round(time.perf_counter() - t0, 3))
 
     def checkpoint(self) -> None:
         """Save model, optimizer, RNG and the TrainState (collective)."""
