@@ -343,3 +343,24 @@ async def test_every_students_error_is_said_and_marked(runs, tmp_path, monkeypat
                        and control(width, "ffn_hidden_size").has_class("-bad-field"), what="both marked")
         assert "prune[depth].num_layers" in screen.validation.message
         assert "also: prune[width].ffn_hidden_size" in str(screen.query_one("#compose-validation").render())
+
+
+@run_async
+async def test_tab_never_leaves_compose_without_a_field(runs, tmp_path, monkeypatch):
+    """shift+tab from the first field went to the form's scroll container: nothing visible had the
+    focus, and the digit typed next switched screens. Tab and shift+tab stop at fields and buttons
+    only (from the first field: round to the Launch button, shown focused)."""
+    monkeypatch.chdir(tmp_path)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+        screen = app.screen
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        screen.query_one("#f-name").focus()
+        await pilot.press("shift+tab")
+        assert app.focused is not None and app.focused.id == "launch"
+        await pilot.press("tab")  # round again to the first field (not the form), where a digit types
+        assert app.focused.id == "f-name"
+        await pilot.press("3")
+        assert app.current_mode == "compose" and app.focused.value.endswith("3")

@@ -49,6 +49,9 @@ SECTION_TITLES = {"finetune": "Fine-tune the teacher (teacher correction)", "dis
 
 
 class ComposeScreen(KeepStyles, Screen):
+    # nothing focused at first (Tab: the first field); Textual's default focused the save path at the
+    # bottom once the form stopped being a Tab stop, and the first letters typed went into it
+    AUTO_FOCUS = ""  # (None would take the app's "*")
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
         Binding("ctrl+o", "open", "Open"),
@@ -77,7 +80,11 @@ class ComposeScreen(KeepStyles, Screen):
     # ---- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield NavBar("compose")
-        yield VerticalScroll(id="compose-form")
+        form = VerticalScroll(id="compose-form")
+        # not a Tab stop: shift+tab from the first field landed on the form itself, where digits
+        # switched screens and letters ran screen keys while it looked like typing
+        form.can_focus = False
+        yield form
         yield Static("", id="compose-validation", markup=False)  # as markup, "prune[depth]" lost its name
         with Horizontal(id="compose-actions"):
             yield SaveState(id="compose-save-state")
