@@ -80,8 +80,9 @@ def run_warnings(run_dir: str | Path) -> list[str]:
 
 
 def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart: bool = True,
-            console=None, samples: bool = False) -> list[ModelRow]:
-    """Print the table and chart; write report.md and val_loss.png into `out_dir` (the first run)."""
+            console=None, samples: bool = False, html: bool = False) -> list[ModelRow]:
+    """Print the table and chart; write report.md and val_loss.png into `out_dir` (the first run);
+    `html`: report.html too, one self-contained page (engine.compare.html)."""
     from rich.console import Console
 
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -121,7 +122,14 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
         write_png(series, out / "val_loss.png", teacher)
         png = "val_loss.png"
     quality = "quality_speed.png" if write_quality_speed_png(rows, out / "quality_speed.png") else None
-    write_atomic(out / "report.md", report_markdown(rows, run_dirs, png, quality) + search_markdown(run_dirs))
+    markdown = report_markdown(rows, run_dirs, png, quality) + search_markdown(run_dirs)
+    write_atomic(out / "report.md", markdown)
     written = [out / "report.md"] + [out / n for n in (png, quality) if n]
+    if html:
+        from engine.compare.html import report_html
+
+        title = "slimlab report: " + ", ".join(Path(r).name for r in run_dirs)
+        write_atomic(out / "report.html", report_html(markdown, out, title))
+        written.append(out / "report.html")
     console.print("wrote " + ", ".join(str(w) for w in written))
     return rows

@@ -68,6 +68,8 @@ def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[arg
     p.add_argument("--out", help="where report.md and val_loss.png go (default: the first run directory)")
     p.add_argument("--no-chart", action="store_true", help="skip the terminal chart")
     p.add_argument("--samples", action="store_true", help="print every model's greedy samples side by side")
+    p.add_argument("--html", action="store_true",
+                   help="also write report.html: one self-contained page (tables, charts embedded) to attach or mail")
     p.set_defaults(func=cmd_compare)
 
 
@@ -255,5 +257,5 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from engine.compare import compare
 
-    compare(args.run_dirs, out_dir=args.out, chart=not args.no_chart, samples=args.samples)
+    compare(args.run_dirs, out_dir=args.out, chart=not args.no_chart, samples=args.samples, html=args.html)
     return 0
