@@ -146,3 +146,32 @@ async def test_quality_vs_speed_names_its_x_axis_and_draws_labels_on_its_own_bac
         assert labels and all(seg.style.bgcolor == frame for seg in labels)
         ticks = text[next(i for i, t in enumerate(text) if "└" in t) + 1].split()
         assert all(float(t) >= 0 for t in ticks)
+
+
+@run_async
+async def test_ctrl_e_in_run_detail_exports_the_selected_students(runs, tmp_path, monkeypatch):
+    import json
+    import sys
+    from pathlib import Path
+
+    calls = tmp_path / "engine_calls.jsonl"
+    monkeypatch.setenv("SLIMLAB_ENGINE", f"{sys.executable} {Path(__file__).with_name('_app_fake_engine.py')}")
+    monkeypatch.setenv("SLIMLAB_FAKE_ENGINE_OUT", str(calls))
+    w = decided_run(runs)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        table = app.screen.query_one("#runs-table")
+        await wait_for(pilot, lambda: table.row_count == 1)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "RunDetailScreen")
+        screen = app.screen
+        stages = screen.query_one("#stage-list")
+        await wait_for(pilot, lambda: "distill-auto" in stages._names, what="the stages")
+        stages.highlighted = stages._names.index("distill-auto")
+        await wait_for(pilot, lambda: screen.stage_name == "distill-auto")
+        await pilot.press("ctrl+e")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PromptScreen", what="where to")
+        await pilot.press("enter")
+        await wait_for(pilot, calls.exists, what="the engine called")
+        assert json.loads(calls.read_text().splitlines()[0])["argv"] == ["export", str(w.root), "auto",
+                                                                          "exported/decide-auto"]

@@ -61,6 +61,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         *CHART_BINDINGS,
         Binding("f", "follow", "Follow stage"),
         Binding("e", "edit", "Edit copy"),
+        Binding("ctrl+e", "export", "Export student"),
     ]
 
     def __init__(self, path: Path, stage: str | None = None):
@@ -304,6 +305,17 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
     def action_edit(self) -> None:
         if self.run_layout.experiment_file.exists():
             self.post_message(EditExperiment(self.run_layout.experiment_file, as_copy=True))
+
+    def action_export(self) -> None:
+        """The selected stage's student as a Hugging Face folder (slimlab-engine export)."""
+        from app.screens.actions import request_export
+        from engine.contract import student_or_none
+
+        student = student_or_none(self.stage_name) if self.stage_name else None
+        if student is None:
+            self.notify("pick a student's stage (prune-NAME or distill-NAME), then ctrl+e", severity="warning")
+            return
+        request_export(self.app, self.path, student)
 
 
 def train_loss_label(stage: str | None) -> str:
