@@ -114,6 +114,7 @@ def test_a_cancel_waits_for_a_slow_step_and_a_slow_checkpoint_write(tmp_path: Pa
     assert "progress lost" not in out.getvalue(), out.getvalue()
     doc = _stage_doc(layout)
     assert doc["state"] == "cancelled" and doc["phase"] is None, doc
+    assert doc["error"]["message"] == f"cancelled by SIGTERM at step {step}; its checkpoint is saved and `run` resumes from it"
     assert step >= 3 and doc["checkpoint_s"] > 0 and doc["step_s"] > 0
     state = json.loads((layout.checkpoints_dir("finetune") / f"step-{step:08d}" / "trainer_state.json").read_text())
     assert state["step"] == step

@@ -316,9 +316,9 @@ class TrainingRecipe:
                     if self.cancel_seen:  # every rank sees it at the same step
                         raise Cancelled(stop.signame or "SIGTERM")
                     self.after_step()
-        except Cancelled:
-            self.save_cancelled()
-            raise
+        except Cancelled as e:
+            self.save_cancelled()  # what the stage's status.json then says: nothing was lost
+            raise Cancelled(f"{e} at step {self.saved_at}; its checkpoint is saved and `run` resumes from it") from None
 
     def start_training(self) -> None:
         """Before the first step: the clocks, and the validation loss at step 0 of a fresh run."""
