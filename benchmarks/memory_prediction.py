@@ -103,7 +103,8 @@ def run_case(name: str, device: torch.device, steps: int) -> dict:
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
     assert k.chunk_tokens == cfg.chunk_tokens and k.master_weights == cfg.master_weights  # the knobs predicted
     out = {"case": name, "micro": micro, "seq": seq, "knobs": knobs, "precision": trainer.precision,
-           "peak_gib": peak, "predicted_gib": need.gib(), "parts_gib": {p: v / 2**30 for p, v in need.parts.items()},
+           "peak_gib": peak, "predicted_gib": need.gib(), "peak_phase": need.peak_phase,
+           "parts_gib": {p: v / 2**30 for d in (need.parts, *need.phases.values()) for p, v in d.items()},
            "error": (need.gib() - peak) / peak if peak else None, "sec_per_step": sec,
            "tokens_per_s": micro * seq / sec, "mfu": trainer.flops_per_token * micro * seq / sec / 989e12,
            "loss_first_last": [losses[0], losses[-1]]}

@@ -86,10 +86,10 @@ def test_state_terms_match_the_trainer_after_a_step():
                   chunk_tokens=cfg.chunk_tokens, model_bytes=4, mixed_bf16=False)
         need = training_need("distill-x", shape_from_config(student_arch), shape_from_config(teacher_arch), k, 32)
         assert count_params(shape_from_config(student_arch)) == sum(p.numel() for p in params)
-        assert need.parts["weights"] == weights
-        assert grads in (0, need.parts["gradients"])  # zeroed (set to None) after the update, or kept
-        assert need.parts["optimizer"] == moments, states
-        assert need.parts["teacher"] == sum(p.numel() * 4 for p in teacher.parameters())
+        assert need.term("weights") == weights
+        assert grads in (0, need.term("gradients"))  # zeroed (set to None) after the update, or kept
+        assert need.term("optimizer") == moments, states
+        assert need.term("teacher") == sum(p.numel() * 4 for p in teacher.parameters())
 
 
 # ---- check and run refuse what cannot fit ------------------------------------------------------

@@ -228,3 +228,24 @@ def build_stage_command(exp: Experiment, stage: str, toml_path: str | Path, runs
         return StageCommand(stage, argv, gpus, env)
     argv = accel + accelerate_args(exp, gpus, port=port, nodes=nodes) + ["--module", "engine", *prog]
     return StageCommand(stage, argv, gpus, env)
+
+
+def stage_processes(pid: int) -> list[int]:
+    """The engine processes (the ranks) under a stage's launcher `pid`, or [pid] when there are none yet
+    (or the stage runs without a launcher).
+
+    A stop request goes to these, not to `accelerate launch`: on SIGTERM accelerate's simple launcher
+    terminates its child and kills it 5 seconds later (accelerate 1.15-1.16, commands/launch.py
+    _terminate_process_tree), which cut a 4.5B student's checkpoint short and lost the work (H100,
+    benchmarks/RESULTS.md "8B on one GPU"). A rank that gets it finishes its step, saves, and exits."""
+    import psutil
+
+    try:
+        found = []
+        for child in psutil.Process(pid).children(recursive=True):
+            args = child.cmdline()
+            if any(a == "-m" and b == "engine" for a, b in zip(args, args[1:], strict=False)):
+                found.append(child.pid)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return [pid]
+    return found or [pid]

@@ -34,6 +34,7 @@ from engine.orchestration.launch import (
     StageCommand,
     build_stage_command,
     stage_gpus,
+    stage_processes,
 )
 from engine.orchestration.stage_actions import StageAction, clear_stage
 from engine.orchestration.teacher_groups import teacher_group
@@ -350,13 +351,15 @@ class Orchestrator:
         if self.cancelled is None:
             self.cancelled = name
             # Ctrl-C reaches the whole foreground process group; any other signal was aimed at us
-            # alone, so pass it on once (a second signal would interrupt the checkpoint being saved).
+            # alone, so pass it on once (a second signal would interrupt the checkpoint being saved),
+            # to the stage's ranks, past its launcher (launch.stage_processes says why).
             if signum != signal.SIGINT:
                 for proc in {r.proc.pid: r.proc for r in self.running.values()}.values():  # a group: once
-                    try:
-                        proc.send_signal(signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
+                    for pid in stage_processes(proc.pid):
+                        try:
+                            os.kill(pid, signal.SIGTERM)
+                        except ProcessLookupError:
+                            pass
 
     def run(self) -> int:
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}

@@ -67,7 +67,8 @@ class Knobs:
 
 @dataclass
 class Need:
-    """One stage's predicted peak: bytes per process, term by term."""
+    """One stage's predicted peak: bytes per process, term by term. `parts` are held for the whole step;
+    `phases` (forward, backward) are held one after the other, so the peak takes the larger."""
 
     stage: str
     device: str  # "gpu" | "cpu"
@@ -75,18 +76,32 @@ class Need:
     parts: dict[str, int] = field(default_factory=dict)
     micro_batch: int | None = None
     knobs: Knobs | None = None
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def peak_phase(self) -> str | None:
+        return max(self.phases, key=lambda p: sum(self.phases[p].values())) if self.phases else None
 
     @property
     def total(self) -> int:
-        return sum(self.parts.values())
+        phase = self.peak_phase
+        return sum(self.parts.values()) + (sum(self.phases[phase].values()) if phase else 0)
+
+    def term(self, name: str) -> int:
+        """A term's bytes wherever it sits (0 when absent)."""
+        return self.parts.get(name, 0) + max((p.get(name, 0) for p in self.phases.values()), default=0)
 
     def gib(self) -> float:
         return self.total / GIB
 
     def describe(self) -> str:
-        terms = ", ".join(f"{k} {v / GIB:.1f}" for k, v in self.parts.items() if v >= 0.05 * GIB)
+        def terms(d: dict[str, int]) -> str:
+            return ", ".join(f"{k} {v / GIB:.1f}" for k, v in d.items() if v >= 0.05 * GIB)
+
         per = "per GPU" if self.device == "gpu" else "of host memory"
-        return f"~{self.gib():.1f} GiB {per} ({terms})"
+        phase = self.peak_phase
+        at = f"; peak in {phase}: {terms(self.phases[phase])}" if phase else ""
+        return f"~{self.gib():.1f} GiB {per} ({terms(self.parts)}{at})"
 
 
 # ---- the terms ---------------------------------------------------------------------------
@@ -130,20 +145,24 @@ def loss_bytes(s: Shape, tokens: int, k: Knobs, act: int, vocab: int) -> int:
 
 
 def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, seq_length: int) -> Need:
-    """A finetune (teacher None) or distill stage's peak per process."""
+    """A finetune (teacher None) or distill stage's peak per process: weights, masters, moments and the
+    teacher are held throughout; on top, the larger of the forward (activations, the fused loss's chunk and
+    head gradient) and the backward (the gradients, the head gradient, and the layer being back-propagated:
+    recomputed with checkpointing, else all activations at its start). Measured on an H100 within 5% at
+    SmolLM2-135M, 1.24B and 8B -> 4.5B shapes (benchmarks/RESULTS.md "8B on one GPU")."""
     n = count_params(student)
     shard = k.processes if (k.fsdp and k.processes > 1) else 1
     parts: dict[str, int] = {}
     if k.master:
         parts["weights"] = 2 * n
-        parts["gradients"] = 2 * n
+        grads = 2 * n
         parts["master"] = 4 * n
         parts["optimizer"] = k.state_bytes * n
         if k.accumulation > 1:
             parts["grad sums"] = 4 * n
     else:
         parts["weights"] = 4 * n // shard
-        parts["gradients"] = 4 * n // shard
+        grads = 4 * n // shard
         parts["optimizer"] = k.state_bytes * n // shard
         if k.cuda and k.mixed_bf16 and shard == 1:  # autocast's bf16 weight copies live through backward
             parts["bf16 casts"] = 2 * n
@@ -153,12 +172,19 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
     act = 2 if (k.cuda and k.mixed_bf16) else 4
     fp32_residual = k.cuda and not k.master and act == 2
     vocab = student.vocab_size or 0
+    forward: dict[str, int] = {}
     if teacher is not None:
         parts["teacher"] = count_params(teacher) * (k.model_bytes if k.cuda else 4) // shard
-        parts["teacher outputs"] = tokens * teacher.hidden_size * act
-    parts["activations"] = activation_bytes(student, tokens, act, k.gradient_checkpointing, fp32_residual)
-    parts["loss"] = loss_bytes(student, tokens, k, act, vocab)
-    return Need(stage, "gpu" if k.cuda else "cpu", k.processes, parts, k.micro_batch, k)
+        forward["teacher outputs"] = tokens * teacher.hidden_size * act
+    activations = activation_bytes(student, tokens, act, k.gradient_checkpointing, fp32_residual)
+    forward["activations"] = activations
+    forward["loss"] = loss_bytes(student, tokens, k, act, vocab)
+    layer = tokens * layer_activation_bytes(student, act, fp32_residual)
+    backward = {"gradients": grads, "head gradient": 4 * vocab * student.hidden_size,
+                "layer" if k.gradient_checkpointing else "activations": layer if k.gradient_checkpointing
+                else activations}
+    return Need(stage, "gpu" if k.cuda else "cpu", k.processes, parts, k.micro_batch, k,
+                {"forward": forward, "backward": backward})
 
 
 def forward_need(stage: str, models: list[Shape], tokens: int, cuda: bool, model_bytes: int,

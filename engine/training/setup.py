@@ -34,7 +34,8 @@ def cap_gpu_memory(device: torch.device) -> float | None:
         return None
     cap = float(raw)
     total = torch.cuda.get_device_properties(device).total_memory / 2**30
-    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), index)
     return cap
 
 
