@@ -5,7 +5,7 @@ No torch import: the TUI validates as the user types through this module.
 
 from __future__ import annotations
 
-from engine.config import Experiment
+from engine.config import ConfigError, Experiment
 from engine.evaluation.task_specs import check_tasks
 from engine.orchestration.launch import detect_gpus
 from engine.orchestration.preflight import preflight
@@ -16,7 +16,8 @@ from engine.shapes.targets import shape_lines
 def describe_plan(exp: Experiment, resources: bool = True, gpu_gib: float | None = None) -> list[str]:
     """The plan's lines; ConfigError (one line, the fix) on the first problem. `resources`: predict each
     stage's memory and the run's disk on this machine (or on GPUs of `gpu_gib` GiB) and refuse what
-    cannot fit."""
+    cannot fit there; on a machine without GPUs (a laptop planning a GPU run) the CPU's shortfall is said,
+    not refused: `run` refuses it."""
     lines = [f"experiment {exp.name}  ({exp.source})", f"run directory: {exp.run_dir}", "stages:"]
     lines += [f"  {i + 1}. {s}" for i, s in enumerate(exp.stages())]
     preflight(exp)  # model, tokenizer and data files; vocabulary; layer_map
@@ -28,5 +29,13 @@ def describe_plan(exp: Experiment, resources: bool = True, gpu_gib: float | None
         gpus = len(detect_gpus())
         if gpu_gib is not None and isinstance(exp.launch.gpus, list):
             gpus = len(exp.launch.gpus)  # planning for the file's GPUs, elsewhere
-        lines += resource_lines(exp, this_machine(gpus, gpu_gib))
+        machine = this_machine(gpus, gpu_gib)
+        try:
+            lines += resource_lines(exp, machine, refuse=True)
+        except ConfigError as e:
+            if machine.cuda:
+                raise
+            lines += resource_lines(exp, machine, refuse=False)
+            lines.append(f"  not on this machine's CPU: {str(e).split(': ', 1)[1]} (`run` refuses it here; "
+                         "check --gpu-memory GIB plans for a GPU)")
     return lines
