@@ -219,6 +219,8 @@ class InOrderKeys:
         if screen.maximized is not None and event.key == "escape" and app.escape_to_minimize:
             screen.minimize()
             return
+        if app.focused is not None:
+            screen._clear_tooltip()
         if await app._check_bindings(event.key, priority=True):
             return
         target = app.focused or screen
