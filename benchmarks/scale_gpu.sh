@@ -4,7 +4,8 @@
 #
 #   benchmarks/scale_gpu.sh OUT PART...     PART: memory | teacher | width | resume | depth | search | graph | summary
 #
-#   memory   benchmarks/memory_prediction.py: predicted vs measured peak (SmolLM2-135M, 1.24B, 8B -> 4.5B)
+#   memory   benchmarks/memory_prediction.py: predicted vs measured peak (SmolLM2-135M, 1.24B shapes; the 8B
+#            stages below log theirs; MEMORY_CASES=smollm2,1b,8b-width,8b-width-h100 adds the 8B Trainer cases)
 #   teacher  a random Llama-3.1-8B folder (benchmarks/scratch_model.py) in $TEACHER (default /dev/shm)
 #   width    benchmarks/scale/width-80gb.toml under a 79 GiB cap (an 80 GB H100's memory): prune-width
 #            (1024 calibration samples), then distill-width, cancelled at step $KILL_AT (a checkpoint)
@@ -22,7 +23,13 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 ARCH=${SCALE_ARCH:-meta-llama/Llama-3.1-8B}
 TEACHER=${TEACHER:-/dev/shm/llama31-8b-random}
-RUNS=${RUNS:-/root/scale-runs}
+if [[ -z ${RUNS:-} ]]; then  # the run directories: /root when its disk holds a 4.5B checkpoint beside the
+  # models (~60 GiB), else a tmpfs in the 128 GiB of RAM; the choice is kept for the next calls
+  if [[ -f /root/.scale-runs ]]; then RUNS=$(cat /root/.scale-runs)
+  elif (( $(df -BG --output=avail /root | tail -1 | tr -dc 0-9) >= 70 )); then RUNS=/root/scale-runs
+  else RUNS=/dev/shm/scale-runs; mount -o remount,size=120G /dev/shm 2>/dev/null; fi
+  echo "$RUNS" > /root/.scale-runs 2>/dev/null
+fi
 KILL_AT=${KILL_AT:-20}
 CAP=${CAP:-79}
 LOG="$OUT/scale.log"
@@ -48,7 +55,7 @@ for PART in "$@"; do
   memory)
     log "memory prediction"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$LOG"
     df -h / /root /dev/shm 2>/dev/null | tee -a "$LOG"; free -g | tee -a "$LOG"
-    timeout 400 python3 benchmarks/memory_prediction.py --json "$OUT/memory.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+    timeout 400 python3 benchmarks/memory_prediction.py --cases "${MEMORY_CASES:-smollm2,1b}" --json "$OUT/memory.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
     ;;
   teacher)
     log "teacher $ARCH -> $TEACHER"

@@ -128,6 +128,11 @@ def test_changing_one_student_reevaluates_only_its_models(tiny_run, tmp_path):
         assert after[name]["cache_key"] != before[name]["cache_key"]
         assert f"[eval] {name} validation: loss" in log.split("===== ")[-1], name
     assert after["prune-width"]["params"] > before["prune-width"]["params"]
+    # speed: the kept models are timed again beside the changed ones, never compared across two sittings
+    attempt = log.split("===== ")[-1]
+    for name in ("teacher", "prune-depth", "distill-depth"):
+        assert f"[eval] {name}: loaded again to be timed with the others" in attempt, name
+    assert all(after[n]["speed"]["interleaved"] == MODELS for n in MODELS)
 
 
 def test_an_interrupted_eval_resumes_without_repeating_finished_models(tiny_run, tmp_path):
