@@ -163,8 +163,9 @@ def test_placeholders_say_what_an_empty_field_gives():
 
 @run_async
 async def test_the_missing_fields_are_there(runs, tmp_path, monkeypatch):
-    """calibration_samples (the default 1024 made a CPU prune take 14 minutes), test_fraction and
-    checkpoint_interval have fields."""
+    """calibration_samples (the default 1024 made a CPU prune take 14 minutes), test_fraction,
+    checkpoint_interval, [eval] tasks, and a scratch teacher's max_position_embeddings and
+    tie_word_embeddings have fields."""
     monkeypatch.chdir(tmp_path)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -180,6 +181,15 @@ async def test_the_missing_fields_are_there(runs, tmp_path, monkeypatch):
         await pilot.pause()
         assert screen.raw["data"]["test_fraction"] == 0.05 and screen.raw["finetune"]["checkpoint_interval"] == 20
         assert screen.raw["prune"][0]["calibration_samples"] == 64
+        # [eval] tasks and limit; a scratch teacher's max_position_embeddings and tied embeddings
+        screen.query_one("#f-eval-tasks").value = "hellaswag, experiments/tasks/stdlib_lastword"
+        screen.query_one("#f-eval-limit").value = "200"
+        screen.query_one("#f-model-arch-max-position-embeddings").value = "4096"
+        screen.query_one("#f-model-arch-tie-word-embeddings").value = True
+        await pilot.pause()
+        assert screen.raw["eval"]["tasks"] == ["hellaswag", "experiments/tasks/stdlib_lastword"]
+        assert screen.raw["eval"]["limit"] == 200
+        assert screen.raw["model"]["arch"] == {"max_position_embeddings": 4096, "tie_word_embeddings": True}
 
 
 def _drawn(widget) -> list[str]:

@@ -40,6 +40,9 @@ SCRATCH = (
     FieldSpec("model.arch.num_attention_heads", "heads", "int",
               placeholder="empty: 32 (llama's default); must divide hidden"),
     FieldSpec("model.arch.num_key_value_heads", "kv heads", "int", placeholder="empty: 32 (= heads)"),
+    FieldSpec("model.arch.max_position_embeddings", "max positions", "int",
+              placeholder="empty: 2048 (llama's default); at least data.seq_length"),
+    FieldSpec("model.arch.tie_word_embeddings", "tie embeddings", "bool"),  # llama's default: untied
     FieldSpec("model.tokenizer_train_vocab", "train vocab", "int", placeholder="4096 (or set tokenizer)"),
 )
 DATA = (
@@ -66,6 +69,10 @@ DISTILL_EXTRA = (
     FieldSpec("loss", "KD loss", "choice", ("forward_kl", "reverse_kl", "jsd", "ce")),
     FieldSpec("temperature", "temperature", "float", placeholder="default 1.0"),
     FieldSpec("ce_weight", "CE weight", "float", placeholder="default 0.0"),
+)
+EVAL = (  # [eval]: the splits' loss always; downstream tasks through lm-evaluation-harness
+    FieldSpec("tasks", "tasks", "strs", placeholder="e.g. hellaswag, arc_easy | experiments/tasks/stdlib_lastword"),
+    FieldSpec("limit", "task limit", "int", placeholder="default: every example (e.g. 200 for a quick look)"),
 )
 LAUNCH = (
     FieldSpec("launch.gpus", "GPUs", "gpus", placeholder="all | 0,1,2,3"),

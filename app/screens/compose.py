@@ -28,7 +28,7 @@ from app.data.compose import (
     to_toml,
     validate,
 )
-from app.data.form_fields import DATA, DISTILL_EXTRA, LAUNCH, MODEL, SCRATCH, TOP, TRAIN
+from app.data.form_fields import DATA, DISTILL_EXTRA, EVAL, LAUNCH, MODEL, SCRATCH, TOP, TRAIN
 from app.messages import FormChanged, StudentRemoved
 from app.screens.worker_results import while_shown
 from app.textual_workarounds import InOrderInput, KeepStyles
@@ -152,7 +152,7 @@ class ComposeScreen(KeepStyles, Screen):
             self._students_box,
             *(student(p) for p in raw.get("prune", [])),
             part(lambda: self._section("distill", fields(TRAIN + DISTILL_EXTRA, self.stash["distill"], "distill."))),
-            part(lambda: self._section("eval", None), lambda: _title("Launch"),
+            part(lambda: self._section("eval", fields(EVAL, self.stash["eval"], "eval.")), lambda: _title("Launch"),
                  lambda: fields(LAUNCH, raw, id="launch-fields"),
                  lambda: _title("Plan (slimlab-engine check)"), lambda: Static("", id="compose-plan", markup=False)),
         ]
