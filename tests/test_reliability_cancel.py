@@ -202,3 +202,57 @@ def test_cancel_refuses_a_grace_that_is_no_number_of_seconds(tmp_path: Path, gra
     r = subprocess.run([sys.executable, "-m", "engine", "cancel", str(tmp_path), f"--grace={grace}"],
                        env=engine_env(), capture_output=True, text=True, timeout=GUARD_S)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--grace" in r.stderr, r.stderr
+
+
+LAUNCHER = """
+import signal, subprocess, sys, time
+from pathlib import Path
+d = Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *a: (d / "launcher-got-term").touch())
+rank = subprocess.Popen([sys.executable, "-c", RANK, "-m", "engine", "distill", str(d)])
+print(rank.pid, flush=True)
+sys.exit(rank.wait())
+"""
+RANK = """
+import signal, sys, time
+from pathlib import Path
+d = Path(sys.argv[-1])
+signal.signal(signal.SIGTERM, lambda *a: ((d / "rank-got-term").touch(), sys.exit(0)))
+(d / "rank-ready").touch()
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_without_an_orchestrator_the_sigterm_goes_to_the_ranks_past_the_launcher(tmp_path: Path) -> None:
+    """accelerate's launcher kills its child 5 s after a SIGTERM (an 8B cancel lost its checkpoint): a
+    cancel of a stage whose orchestrator is gone signals the ranks, and the launcher ends with them."""
+    import socket
+
+    import psutil
+
+    from engine.contract import now_iso, write_json
+    from engine.orchestration.cancel import cancel_run
+
+    layout = RunLayout(tmp_path / "r")
+    started = now_iso()
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER.replace("RANK", repr(RANK)), str(tmp_path)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        rank = int(launcher.stdout.readline())
+        _wait_for(lambda: (tmp_path / "rank-ready").exists(), launcher, "the rank")
+        host = socket.gethostname()
+        write_json(layout.status_file, {"state": "failed", "host": host, "started_at": started,
+                                        "stages": {"distill-x": {"pid": launcher.pid, "launched_at": started}}})
+        write_json(layout.stage_status_file("distill-x"), {"stage": "distill-x", "state": "running", "pid": rank,
+                                                           "host": host, "started_at": started})
+        out = io.StringIO()
+        assert cancel_run(layout.root, grace=60, out=out) == 0
+        assert f"SIGTERM sent to {rank};" in out.getvalue(), out.getvalue()
+        assert launcher.wait(GUARD_S) == 0
+        assert (tmp_path / "rank-got-term").exists() and not (tmp_path / "launcher-got-term").exists()
+    finally:
+        for p in psutil.Process(launcher.pid).children(recursive=True) if launcher.poll() is None else []:
+            p.kill()
+        launcher.kill()
+        launcher.wait()

@@ -17,6 +17,7 @@ from typing import Any
 from engine.config import ConfigError
 from engine.contract import RunLayout, effective_state, now_iso, process_of, read_json, write_json
 from engine.contract.cancelling import CANCEL_SLACK_S, cancel_grace, saving_step, saving_what
+from engine.orchestration.launch import stage_processes
 
 DEFAULT_GRACE_S = 20.0  # the least a cancel waits for the stages to stop on their own
 CANCEL_FILE = "cancel.json"  # <run>/cancel.json: the pid of a cancel that is waiting (a second one kills now)
@@ -125,9 +126,14 @@ def _terminate_and_wait(run_dir: str | Path, layout: RunLayout, orch: Any, stage
     """SIGTERM, then wait while a stage saves, or up to the grace; SIGKILL what is left after it."""
     import psutil
 
-    # SIGTERM: to the orchestrator, which passes it on; to stages directly when it is gone
-    # (a stage started without accelerate is its own launcher: once per process, not per record)
-    targets = [orch] if orch is not None else list({p.pid: p for p in stage_roots}.values())
+    # SIGTERM: to the orchestrator, which passes it on to the stages' ranks; to the ranks directly when it
+    # is gone, past accelerate's launcher, which kills its child 5 s after a SIGTERM (launch.stage_processes).
+    # A stage started without accelerate is its own launcher: once per process, not per record.
+    if orch is not None:
+        targets = [orch]
+    else:
+        ranks = {pid for p in stage_roots for pid in stage_processes(p.pid)}
+        targets = [p for pid in sorted(ranks) if (p := procs.get(pid) or _process(pid)) is not None]
     for p in targets:
         try:
             p.send_signal(signal.SIGTERM)
@@ -215,6 +221,15 @@ def _last_train_step(layout: RunLayout, stage: str) -> int:
 
     last = read_metrics_summary(layout.metrics_file(stage)).last_train or {}
     return last["step"] if isinstance(last.get("step"), int) else 0
+
+
+def _process(pid: int) -> Any:
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def _pgid(pid: int) -> int | None:
