@@ -20,21 +20,21 @@ Steps (full session):
                        before each): layers 3, heads 8, kv heads 2, each in its own field; still valid
   07 runs-after-esc    one send-keys: esc 1 (one read: the terminal's alt+1): the field is left, Runs shown
   08 compose-back      2: Compose again, the three fields as the burst left them
-  06 launched          ctrl+l: saved, `slimlab-engine run --detach`, Run detail of the new run
-  07 detail-training   Run detail while the students are being pruned and distilled
-  08 detail-done       the run succeeded (7/7 stages)
-  09 detail-log        l: the Log tab of the last stage
-  10 runs-table        1: the run in the Runs table, succeeded
-  11 compare           3: Compare's first view, "which student?": a row per student, the best marked
-  12 compare-curves    w: the run's students ticked, their curves and the eval results table
-  13 compare-light     ctrl+t: the light theme
-  14 runs-light        1: Runs in the light theme
-  15 runs-dark         ctrl+t: back to the dark theme
+  09 launched          ctrl+l: saved, `slimlab-engine run --detach`, Run detail of the new run
+  10 detail-training   Run detail while the students are being pruned and distilled
+  11 detail-done       the run succeeded (7/7 stages)
+  12 detail-log        l: the Log tab of the last stage
+  13 runs-table        1: the run in the Runs table, succeeded
+  14 compare           3: Compare's first view, "which student?": a row per student, the best marked
+  15 compare-curves    w: the run's students ticked, their curves and the eval results table
+  16 compare-light     ctrl+t: the light theme
+  17 runs-light        1: Runs in the light theme
+  18 runs-dark         ctrl+t: back to the dark theme
 then ctrl+q quits, and the TUI's process must exit with status 0.
 
 `--quick` (what tests/test_tui_tmux.py runs by default) does 01-08, saves with ctrl+s instead of
 launching, then the theme steps on Compose: no training run, well under a minute. (The full session
-does 01-05, then launches.)
+does 01-08, then launches the burst-edited experiment.)
 
 The light-theme check: in the `-e` captures the script reads the background colour of every cell
 of the header (the NavBar, row 1) and of the rows below it, and writes to summary.json/summary.txt
@@ -403,8 +403,8 @@ def session(s: Session, quick: bool) -> dict:
     s.wait("the name field retyped", lambda t: re.search(rf"name +{RUN_NAME}\b", t) is not None and "✓ ok" in t)
     s.save("compose-edited", f"name retyped to {RUN_NAME}; still valid")
 
+    bursts(s)
     if quick:
-        bursts(s)
         s.keys("C-s")  # ctrl keys work in a focused field
         tiny = s.work / "experiments" / "tiny.toml"
         s.wait("tiny.toml saved with the new name", lambda _t: f'name = "{RUN_NAME}"' in tiny.read_text())

@@ -62,9 +62,10 @@ def test_tmux_quick_session(tmp_path):
 def test_tmux_full_session(tmp_path):
     summary = _session(tmp_path / "screens")
     names = [e["screen"] for e in summary["screens"]]
-    assert names[5:12] == ["06-launched", "07-detail-training", "08-detail-done", "09-detail-log", "10-runs-table",
-                           "11-compare", "12-compare-curves"]
-    which = (tmp_path / "screens" / "11-compare.txt").read_text()
+    assert names[5:15] == ["06-compose-burst", "07-runs-after-esc", "08-compose-back", "09-launched",
+                           "10-detail-training", "11-detail-done", "12-detail-log", "13-runs-table", "14-compare",
+                           "15-compare-curves"]
+    which = (tmp_path / "screens" / "14-compare.txt").read_text()
     assert "which student?" in which and "★" in which
-    compare = (tmp_path / "screens" / "12-compare-curves.txt").read_text()
+    compare = (tmp_path / "screens" / "15-compare-curves.txt").read_text()
     assert "tmux-demo/distill-depth" in compare and "tmux-demo/distill-width" in compare

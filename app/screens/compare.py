@@ -54,14 +54,14 @@ FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
 
 
 class CompareScreen(ChartControls, KeepStyles, Screen):
-    BINDINGS = [
+    BINDINGS = [  # first in the key bar: the keys of the first view, "which student?"
+        Binding("w", "which", "Curves/which"),
+        Binding("ctrl+e", "export", "Export"),
         *CHART_BINDINGS,
         Binding("t", "tab('results')", "Results"),
         Binding("d", "tab('diff')", "Config diff"),
         Binding("v", "tab('speed')", "Quality/speed"),
         Binding("e", "tab('search')", "Search"),
-        Binding("w", "which", "Which student?/curves"),
-        Binding("ctrl+e", "export", "Export student"),
         Binding("a", "select_students", "All students"),
         Binding("o", "open", "Open run"),
         Binding("u", "clear", "Untick all"),  # not esc: a stray esc (leaving a field) lost every tick
