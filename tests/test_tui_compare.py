@@ -82,7 +82,12 @@ async def test_compare_opens_on_which_student_in_80_columns(runs, tmp_path):
         by_label = {c.label.rpartition("/")[2]: c.color for c in chart.curves}
         colours = {s: by_label[f"distill-{s}"] for s in ("depth", "width", "auto")}
         assert len(set(colours.values())) == 3
-        assert all(by_label[f"prune-{s}"] == colours[s] for s in colours)
+        # its pruned reference line: the same hue, dimmed (halfway to the plot's background)
+        from textual.color import Color
+
+        from app.widgets.compare.which_student import dimmed
+        surface = Color.parse(app.theme_variables["surface"]).rgb
+        assert all(by_label[f"prune-{s}"] == dimmed(colours[s], surface) for s in colours)
         names = {plain([table.get_row_at(i)[0]])[0]: table.get_row_at(i)[0].style for i in range(4)}
         from app.widgets.compare.which_student import _rich
 

@@ -32,13 +32,14 @@ from app.screens.worker_results import while_shown
 from app.textual_workarounds import KeepStyles
 from app.widgets.compare.pick_list import PickList, split_value
 from app.widgets.compare.quality_speed import QualitySpeedChart
-from app.widgets.compare.which_student import BEST, TEACHER_COLOUR, WhichStudentTable, student_colours
+from app.widgets.compare.which_student import BEST, TEACHER_COLOUR, WhichStudentTable, dimmed, student_colours
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
 from engine.config import ConfigError
 from engine.contract import (
     DISTILL,
+    PRUNE,
     RunInfo,
     RunLayout,
     UserError,
@@ -202,14 +203,19 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             self._fill_decide(*decide)
 
     def _draw_chart(self) -> None:
+        from textual.color import Color
+
         axis = self.axis
         items = []
+        background = Color.parse(self.app.theme_variables.get("surface", "#1e1e1e")).rgb
         for i, value in enumerate(self.selected):
             s = self.curves.get(value)
             if s is None:
                 continue
-            items.append(Curve(_label(value), s.xs(axis), s.loss, self.colours.get(value, PALETTE[i % len(PALETTE)]),
-                               smooth=len(s) > 3, points=len(s) <= 2))
+            colour: str | tuple[int, int, int] = self.colours.get(value, PALETTE[i % len(PALETTE)])
+            if kind_or_none(split_value(value)[1]) is PRUNE and isinstance(colour, str):
+                colour = dimmed(colour, background)  # the student's hue, dimmed: its pruned-only reference
+            items.append(Curve(_label(value), s.xs(axis), s.loss, colour, smooth=len(s) > 3, points=len(s) <= 2))
         chart = self.query_one(LossChart)
         chart.empty_text = "tick stages on the left (space) to overlay their validation loss"
         chart.show(items, xlabel=f"{axis}   (val loss; smoothing {SMOOTHING_LEVELS[self.smoothing_i]})",

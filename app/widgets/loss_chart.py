@@ -191,8 +191,11 @@ def _fold(line: Text, hidden: int, width: int) -> None:
     line.append(more, style="dim")
 
 
-def _style(color: str) -> Style:
-    """The colour plotext draws `color` in (an ANSI number), for the key to match the curve."""
+def _style(color: str | tuple[int, int, int]) -> Style:
+    """The colour plotext draws `color` in (an ANSI number, or an RGB triple), for the key to match
+    the curve."""
+    if isinstance(color, tuple):
+        return Style(color=Color.from_rgb(*color))
     code = get_color_code(color)
     return Style(color=Color.from_ansi(code) if isinstance(code, int) else color)
 

@@ -34,6 +34,17 @@ def student_colours(students: Iterable[tuple[str, str]]) -> dict[tuple[str, str]
     return {k: STUDENT_COLOURS[i % len(STUDENT_COLOURS)] for i, k in enumerate(keys)}
 
 
+def dimmed(colour: str, background: tuple[int, int, int], amount: float = 0.5) -> tuple[int, int, int]:
+    """`colour` (a plotext name) halfway to the background: a student's pruned reference line, in its
+    hue but dimmer than its distilled curve (darker on the dark theme, paler on the light one)."""
+    from plotext._utility import get_color_code
+    from rich.color import Color
+
+    code = get_color_code(colour)
+    rgb = Color.from_ansi(code).get_truecolor() if isinstance(code, int) else (128, 128, 128)
+    return tuple(round(c + (b - c) * amount) for c, b in zip(rgb, background, strict=True))  # type: ignore[return-value]
+
+
 def shape_text(row: Any) -> str:
     """"16L h4096 f14336": layers, hidden, ffn (heads are in the Results tab)."""
     return f"{row.layers or '–'}L h{row.hidden or '–'} f{row.ffn or '–'}"
