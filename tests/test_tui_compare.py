@@ -16,7 +16,7 @@ def runs(tmp_path):
     return tmp_path / "runs"
 
 
-def decided_run(runs):
+def decided_run(runs, under_load: tuple[str, ...] = ()):
     prune = [{"name": "depth", "method": "depth", "num_layers": 2},
              {"name": "width", "method": "width", "ffn_hidden_size": 64},
              {"name": "auto", "method": "search", "target_params": 0.6}]
@@ -40,7 +40,8 @@ def decided_run(runs):
         if tps is not None:
             doc["models"][model]["tasks"] = {"lastword": {"acc": acc, "acc_stderr": 0.01}}
             doc["models"][model]["speed"] = {"device": "cpu", "decode_tokens_per_s": {"1": tps},
-                                             **({"speedup_vs_teacher": up} if up else {})}
+                                             **({"speedup_vs_teacher": up} if up else {}),
+                                             "under_load": model in under_load}
     write_json(RunLayout(w.root).results_file, doc)
     return w
 
@@ -180,3 +181,17 @@ async def test_ctrl_e_in_run_detail_exports_the_selected_students(runs, tmp_path
         await wait_for(pilot, calls.exists, what="the engine called")
         assert json.loads(calls.read_text().splitlines()[0])["argv"] == ["export", str(w.root), "auto",
                                                                           "exported/decide-auto"]
+
+
+@run_async
+async def test_a_model_timed_under_load_says_so_in_quality_vs_speed(runs, tmp_path):
+    decided_run(runs, under_load=("distill-width",))
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        chart = app.screen.query_one("#quality-speed")
+        await wait_for(pilot, lambda: len(chart.points) == 4, what="the points")
+        assert {p[0] for p in chart.points} == {"teacher", "depth", "width*", "auto (search)"}
+        assert "* timed under load" in chart.xlabel and chart.colours["width*"] == chart.colours["width"]

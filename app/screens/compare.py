@@ -360,6 +360,10 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
     colours = student_colours((r.run, r.label) for r in rows if r.method != "teacher")
     many = len({r.run for r in rows}) > 1
     point_colours = {row_cells(r, many)[0]: colours.get((r.run, r.label), TEACHER_COLOUR) for r in rows}
+    # a model timed while other work competed for the CPU: its point says so ("*"), and the axis why
+    loaded = {row_cells(r, many)[0] for r in rows if r.under_load}
+    points = [(f"{label}*" if label in loaded else label, *rest) for label, *rest in points]
+    point_colours.update({f"{label}*": point_colours[label] for label in loaded if label in point_colours})
     batch = decide_columns(rows)[1][0] if points else "1"
     searches = []
     try:
@@ -371,7 +375,9 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
             searches.append((title(name, doc), search_rows(doc), name))
         except (KeyError, TypeError, ValueError):
             continue
-    return ylabel, points, f"decode tokens/s at batch {batch} (right is faster)", searches, rows, point_colours
+    note = "; * timed under load: noise" if loaded & {p[0].rstrip("*") for p in points} else ""
+    return (ylabel, points, f"decode tokens/s at batch {batch} (right is faster{note})", searches, rows,
+            point_colours)
 
 
 def stage_colours(selected: tuple[str, ...], raws: dict[Path, dict]) -> dict[str, str]:
