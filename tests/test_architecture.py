@@ -16,8 +16,8 @@ _spec.loader.exec_module(arch)
 # Not stage-kind branches, though the counter's pattern matches them: a GPU range ("0-3") and a search's
 # score mode (score = "distill": rank candidates by a short distillation).
 NOT_KIND_BRANCHES = ('lo, hi = part.split("-", 1)', 'p.score == "distill"')
-# Work in progress of issue 21 (engine/resources, new): to be read from the kind records too.
-IN_FLIGHT = ("engine/resources/",)
+# Paths still being moved onto the kind records (none now: engine/resources reads the footprint a kind names).
+IN_FLIGHT: tuple[str, ...] = ()
 # config validates `kernels = "liger"` through the package check in models/liger.py (torch-free, lazy)
 KNOWN_BACK_UP = {("engine.config.schema", "engine.models.liger")}
 FACADE = ("engine.contract", "engine.config")

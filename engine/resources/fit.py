@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 from engine.config import ConfigError, Experiment
 from engine.disk_space import free_bytes
-from engine.resources.memory import DTYPE_BYTES, GIB, Knobs, Need, with_knobs
+from engine.resources.memory import GIB, Knobs, Need, with_knobs
 from engine.resources.plan import Shapes, experiment_shapes, stage_disk, stage_need
-from engine.shapes.shape import count_params
-from engine.stages.names import kind_of, stage_kind, stage_student
+from engine.stages.names import kind_of
 from engine.stages.sections import own_settings
 
 GPU_MEMORY_ENV = "SLIMLAB_GPU_MEMORY_GIB"  # plan for GPUs of this size (a GPU-less box; tests)
@@ -121,7 +120,6 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     k = need.knobs
     if k is None:
         return ""
-    kind = stage_kind(stage)
     section = kind_of(stage).section
     limit = _limit(m)
     steps: list[tuple[str, dict]] = []
@@ -132,7 +130,7 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
 
     if k.state_bytes == 8 and not k.fsdp and cfg.adam_beta2 <= BF16_MAX_BETA2:
         steps.append((f"{section}.optimizer_states = \"bfloat16\"", {"state_bytes": 4}))
-    if k.chunk_tokens > 1024 and kind == "distill":
+    if k.chunk_tokens > 1024 and hasattr(cfg, "chunk_tokens"):  # a KD loss's chunk ([distill])
         steps.append(("distill.chunk_tokens = 1024", {"chunk_tokens": 1024}))
     if k.micro_batch > 1 and not k.master:
         steps.append((f"{section}.micro_batch_size = 1", {"micro_batch": 1,
@@ -233,27 +231,14 @@ def resource_lines(exp: Experiment, m: Machine, stages: list[str] | None = None,
 
 
 def _host_for_loading(exp: Experiment, shapes: Shapes, stages: list[str], m: Machine) -> tuple[str, str]:
-    """GPU stages load each model on the host first: the trained one in fp32 (its masters come from it),
-    a scratch teacher is built there in fp32, a frozen one is read in [model].dtype."""
-    e = DTYPE_BYTES[exp.model.dtype]
-    need, what = 0, ""
-    for stage in stages:
-        kind = stage_kind(stage)
-        if kind == "finetune":
-            n, label = 4 * count_params(shapes.teacher), "the teacher in fp32"
-        elif kind == "distill":
-            n = max(4 * count_params(shapes.students[stage_student(stage)]), e * count_params(shapes.teacher))
-            label = f"the {stage_student(stage)} student in fp32"
-        elif kind in ("prune", "eval"):
-            n, label = e * count_params(shapes.teacher), "the teacher"
-        else:
-            continue
-        if n > need:
-            need, what = n, f"{stage}: {label}"
+    """GPU stages load their models on the host first (engine/resources/footprints.py host_load)."""
+    from engine.resources.footprints import footprint_of
+
+    need, what = max((footprint_of(s).host_load(exp, shapes, s) for s in stages), default=(0, ""))
     line = f"  host: ~{need / GIB:.1f} GiB to load {what or 'the models'}; {m.host_bytes / GIB:.0f} GiB available"
     if need + HOST_RESERVED <= m.host_bytes:
         return line, ""
-    return line, (f"{exp.source}: {what}: loading it needs ~{need / GIB:.0f} GiB of host memory, "
+    return line, (f"{exp.source}: {what}: loading needs ~{need / GIB:.0f} GiB of host memory, "
                   f"{m.host_bytes / GIB:.0f} GiB is available; free host memory or use a machine with more")
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.config import Experiment
-from engine.resources.memory import DTYPE_BYTES, Knobs, Need, forward_need, train_knobs, training_need
+from engine.resources.memory import Knobs, Need
 from engine.shapes.shape import Shape, count_params
 from engine.shapes.targets import student_shapes
-from engine.stages import PRUNE, kind_of, own_settings
-from engine.stages.names import stage_kind, stage_student
 
 
 @dataclass(frozen=True)
@@ -37,25 +35,10 @@ def experiment_shapes(exp: Experiment) -> Shapes | None:
 
 def stage_need(exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool,
                micro: int | None = None, knobs: Knobs | None = None) -> Need | None:
-    """The stage's peak per process on `processes` GPUs (or the CPU); None for prepare (no model)."""
-    kind = stage_kind(stage)
-    seq = exp.data.seq_length
-    e = DTYPE_BYTES[exp.model.dtype]
-    if kind == "finetune":
-        k = knobs or train_knobs(exp, exp.finetune, processes, cuda, micro)
-        return training_need(stage, shapes.teacher, None, k, seq)
-    if kind == "distill":
-        k = knobs or train_knobs(exp, exp.distill_for(stage_student(stage)), processes, cuda, micro)
-        return training_need(stage, shapes.students[stage_student(stage)], shapes.teacher, k, seq)
-    if kind == "prune":
-        p = exp.prune_by_name(stage_student(stage))
-        student = shapes.students[p.name]
-        resident = count_params(student) * (e if cuda else 4)
-        return forward_need(stage, [shapes.teacher], p.calibration_batch_size * seq, cuda, e, resident)
-    if kind == "eval":
-        models = [shapes.teacher, *shapes.students.values()]
-        return forward_need(stage, models, (exp.eval.micro_batch_size if exp.eval else 1) * seq, cuda, e)
-    return None
+    """The stage's peak per process on `processes` GPUs (or the CPU); None for a stage without a model."""
+    from engine.resources.footprints import footprint_of
+
+    return footprint_of(stage).need(exp, shapes, stage, processes, cuda, micro, knobs)
 
 
 # ---- disk ---------------------------------------------------------------------------------
@@ -84,19 +67,9 @@ def checkpoint_bytes(params: int, k: Knobs) -> int:
 
 
 def stage_disk(exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool) -> DiskNeed | None:
-    kind = kind_of(stage)
-    e = DTYPE_BYTES[exp.model.dtype]
-    if kind.training:  # finetune trains the teacher, distill-<s> its student
-        model = shapes.students[stage_student(stage)] if kind.per_student else shapes.teacher
-        cfg = own_settings(exp, stage)
-        n = count_params(model)
-        k = train_knobs(exp, cfg, processes, cuda)
-        keep = getattr(cfg, "keep_checkpoints", 1)
-        periodic = cfg.steps > cfg.checkpoint_interval
-        return DiskNeed(stage, n * e, checkpoint_bytes(n, k), keep + 1 if periodic else 0)
-    if kind is PRUNE:
-        return DiskNeed(stage, count_params(shapes.students[stage_student(stage)]) * e, 0, 0)
-    return None
+    from engine.resources.footprints import footprint_of
+
+    return footprint_of(stage).disk(exp, shapes, stage, processes, cuda)
 
 
 def predicted_need(exp: Experiment, stage: str, processes: int, cuda: bool, micro: int) -> Need | None:

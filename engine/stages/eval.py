@@ -12,4 +12,5 @@ RESULTS = "results.json"  # eval/results.json: every model's losses, tasks, spee
 EVAL = StageKind(
     name="eval", body="engine.evaluation.stage_body:eval_stage", output=RESULTS, processes=1,
     section="eval", optional=True, per_student=False, inputs=("*",), kept_on_rerun=(RESULTS,),
+    footprint="engine.resources.footprints:EVAL",
 )

@@ -31,6 +31,8 @@ class StageKind:
     may_search: bool = False  # may write search.json (a student with method = "search")
     # a per-student kind: the student's own settings of its section, e.g. `exp.distill_for(student)`
     student_settings: Callable[[Any, str], Any] | None = None
+    # "module:name" of its memory, disk and host-load model (engine/resources/footprints.py); None: no model
+    footprint: str | None = None
 
     @property
     def training(self) -> bool:

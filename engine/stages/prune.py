@@ -24,4 +24,5 @@ PRUNE = StageKind(
     name="prune", body="engine.prune.stage_body:prune_stage", output="model/config.json", processes=1,
     section="prune", optional=False, per_student=True, inputs=("prepare", "finetune"),
     val_curve=True, may_search=True, student_settings=_prune_settings,
+    footprint="engine.resources.footprints:PRUNE",
 )

@@ -13,7 +13,7 @@ from engine.stages.kind import StageKind
 FINETUNE = StageKind(
     name="finetune", body="engine.training.stage_bodies:finetune_stage", output="model/config.json",
     processes=None, section="finetune", optional=True, per_student=False, inputs=("prepare",),
-    val_curve=True,
+    val_curve=True, footprint="engine.resources.footprints:TRAINING",
 )
 
 
@@ -47,5 +47,5 @@ DISTILL = StageKind(
     processes=None, section="distill", optional=True, per_student=True, inputs=("prepare", "finetune", "prune"),
     group_body="engine.training.stage_bodies:distill_stages", parallel=True, val_curve=True,
     train_loss="KD train",  # teacher vs student, not a cross-entropy
-    student_settings=_distill_settings,
+    student_settings=_distill_settings, footprint="engine.resources.footprints:TRAINING",
 )
