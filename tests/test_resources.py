@@ -216,3 +216,45 @@ def test_keep_checkpoints_bounds_what_stays_on_disk(tmp_path, keep):
     k = Knobs(cuda=False, processes=1, fsdp=False, micro_batch=2, accumulation=1, gradient_checkpointing=False,
               compile=False, master_weights=True, state_bytes=8, chunk_tokens=8, model_bytes=4, mixed_bf16=False)
     assert planned(n, k) <= written <= planned(n, k) * 1.1  # + pickle and per-tensor headers
+
+
+def test_a_checkpoint_with_master_weights_keeps_no_bf16_copy_and_resumes_exactly(tmp_path):
+    """The masters determine the bf16 weights: the checkpoint holds them once (plan.checkpoint_bytes),
+    and a trainer that loads it continues bit for bit."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.config import TrainConfig
+    from engine.distill.losses import LossSpec
+    from engine.resources.plan import checkpoint_bytes as planned
+    from engine.training.checkpoint import MASTERS_ONLY, load_checkpoint, save_checkpoint
+    from engine.training.setup import make_accelerator
+    from engine.training.step import Trainer
+
+    arch = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)
+
+    def trainer() -> Trainer:
+        torch.manual_seed(0)
+        cfg = TrainConfig(steps=10, global_batch_size=2, micro_batch_size=2, warmup_steps=0)
+        return Trainer(make_accelerator(), LlamaForCausalLM(LlamaConfig(**arch)), cfg,
+                       LossSpec("ce", chunk_tokens=8), master_weights=True)
+
+    batches = [torch.randint(0, 64, (2, 17), generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    first = trainer()
+    for b in batches[:3]:
+        first.step([b], lr=1e-2)
+    path = save_checkpoint(first.accelerator, tmp_path, 3, {"resume_key": "k"})
+    assert (path / MASTERS_ONLY).exists()
+    assert (path / "model.safetensors").stat().st_size < 4096  # no trained tensor in it
+    n = count_params(shape_from_config({"model_type": "llama", **arch}))
+    k = Knobs(cuda=True, processes=1, fsdp=False, micro_batch=2, accumulation=1, gradient_checkpointing=False,
+              compile=False, master_weights=True, state_bytes=8, chunk_tokens=8, model_bytes=2, mixed_bf16=True)
+    written = sum(f.stat().st_size for f in path.glob("*") if f.suffix in (".safetensors", ".bin"))
+    assert planned(n, k) <= written <= planned(n, k) * 1.1
+
+    resumed = trainer()
+    load_checkpoint(resumed.accelerator, path)
+    for p, q in zip(first.params, resumed.params, strict=True):
+        assert torch.equal(p, q)
+    for b in batches[3:]:
+        assert first.step([b], lr=1e-2).loss == resumed.step([b], lr=1e-2).loss

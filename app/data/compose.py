@@ -252,9 +252,11 @@ def _size_valid_students(raw: dict[str, Any], source: str, result: Validation) -
 def _teacher_shape(raw: dict[str, Any], source: str) -> tuple[int, int, int] | None:
     """The teacher's (layers, hidden, ffn) from its config, read as `check` reads it (no students)."""
     from engine.config import ConfigError, loads_experiment
+    from engine.contract import STUDENT_SECTIONS
     from engine.shapes.targets import teacher_config, teacher_shape
 
-    alone = {k: v for k, v in raw.items() if k != "distill"}  # [distill] wants a student
+    # without the students' sections ([[prune]], [distill]: each wants a student)
+    alone = {k: v for k, v in raw.items() if k not in STUDENT_SECTIONS}
     try:
         exp = loads_experiment(to_toml({**alone, "prune": []}), source=source)
         tc = teacher_config(exp)

@@ -60,10 +60,9 @@ class DiskNeed:
 
 
 def checkpoint_bytes(params: int, k: Knobs) -> int:
-    """One checkpoint: the model's weights as held (bf16 with masters, else fp32), the optimizer's
-    masters and moments (engine/training/checkpoint.py saves accelerate's state)."""
-    weights = 2 * params if k.master else 4 * params
-    return weights + (4 * params if k.master else 0) + k.state_bytes * params
+    """One checkpoint: the fp32 weights (or, with master weights, the fp32 masters alone: the checkpoint
+    keeps no bf16 copy, engine/training/step.py) and the Adam moments."""
+    return 4 * params + k.state_bytes * params
 
 
 def stage_disk(exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool) -> DiskNeed | None:

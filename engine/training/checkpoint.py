@@ -143,13 +143,17 @@ def checkpoint_state(path: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:
-    """Restore model/optimizer/RNG from `path` (collective); returns trainer_state.json."""
+    """Restore model/optimizer/RNG from `path` (collective); returns trainer_state.json. (A checkpoint
+    written with master weights holds no copy of the trained weights: engine/training/step.py's hooks.)"""
     accelerator.load_state(str(path))
     check_rng_restored(Path(path), accelerator.process_index)
     state = read_json(Path(path) / STATE_FILE)
     if state is None:
         raise RuntimeError(f"{path}: {STATE_FILE} is missing or unreadable")
     return state
+
+
+MASTERS_ONLY = "weights_in_masters.json"  # marks a checkpoint whose trained weights live in the optimizer
 
 
 def check_rng_restored(path: Path, process_index: int) -> None:

@@ -166,6 +166,9 @@ class MasterAdamW(torch.optim.Optimizer):
                 st = {k: v.to(device=p.device, dtype=self.state_dtype if k in ("exp_avg", "exp_avg_sq")
                               else torch.float32) for k, v in st.items()}
                 if self.has_masters:
+                    if "master" in st:  # the parameter is its master rounded (the checkpoint may hold no copy)
+                        with torch.no_grad():
+                            p.copy_(st["master"])
                     st.setdefault("master", p.detach().float())
                 elif "master" in st:
                     with torch.no_grad():
