@@ -76,7 +76,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     exp = _load(args)
     from engine.orchestration.check import describe_plan
 
-    for line in describe_plan(exp, gpu_gib=args.gpu_memory):
+    gpus = None
+    if args.gpus is not None:
+        from engine.orchestration.launch import parse_gpus
+
+        gpus = len(parse_gpus(args.gpus))
+    for line in describe_plan(exp, gpu_gib=args.gpu_memory, gpus=gpus):
         print(line)
     return 0
 
@@ -106,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--gpu-memory", type=_gib, metavar="GIB",
                    help="predict for GPUs of this size (e.g. 80), not this machine's (plan a GPU run on a laptop)")
+    p.add_argument("--gpus", metavar="LIST",
+                   help="with --gpu-memory: plan for these GPUs (0-7: eight), as `run --gpus` would use them")
     p.set_defaults(func=cmd_check)
 
     for kind in (k.name for k in KINDS):

@@ -13,7 +13,8 @@ from engine.resources.fit import resource_lines, this_machine
 from engine.shapes.targets import shape_lines
 
 
-def describe_plan(exp: Experiment, resources: bool = True, gpu_gib: float | None = None) -> list[str]:
+def describe_plan(exp: Experiment, resources: bool = True, gpu_gib: float | None = None,
+                  gpus: int | None = None) -> list[str]:
     """The plan's lines; ConfigError (one line, the fix) on the first problem. `resources`: predict each
     stage's memory and the run's disk on this machine (or on GPUs of `gpu_gib` GiB) and refuse what
     cannot fit there; on a machine without GPUs (a laptop planning a GPU run) the CPU's shortfall is said,
@@ -26,9 +27,10 @@ def describe_plan(exp: Experiment, resources: bool = True, gpu_gib: float | None
     if tasks:
         lines.append("eval tasks: " + ", ".join(t.entry for t in tasks))
     if resources:
-        gpus = len(detect_gpus())
-        if gpu_gib is not None and isinstance(exp.launch.gpus, list):
-            gpus = len(exp.launch.gpus)  # planning for the file's GPUs, elsewhere
+        if gpus is None:
+            gpus = len(detect_gpus())
+            if gpu_gib is not None and isinstance(exp.launch.gpus, list):
+                gpus = len(exp.launch.gpus)  # planning for the file's GPUs, elsewhere
         machine = this_machine(gpus, gpu_gib)
         try:
             lines += resource_lines(exp, machine, refuse=True)

@@ -32,6 +32,7 @@ class Machine:
     gpu_bytes: int  # per GPU (0 without GPUs)
     gpu_name: str
     host_bytes: int  # available host memory
+    elsewhere: bool = False  # GPUs of a given size (check --gpu-memory): this host's memory and disk do not apply
 
     @property
     def cuda(self) -> bool:
@@ -78,7 +79,7 @@ def this_machine(gpus: int, gpu_gib: float | None = None) -> Machine:
     nvidia-smi."""
     gib = gpu_gib if gpu_gib is not None else _env_gib()
     if gib is not None:
-        return Machine(max(gpus, 1), int(gib * GIB), "GPU", host_available())
+        return Machine(max(gpus, 1), int(gib * GIB), "GPU", host_available(), elsewhere=gpu_gib is not None)
     if gpus == 0:
         return Machine(0, 0, "", host_available())
     size, name = gpu_memory()
@@ -235,6 +236,8 @@ def _host_for_loading(exp: Experiment, shapes: Shapes, stages: list[str], m: Mac
     from engine.resources.footprints import footprint_of
 
     need, what = max((footprint_of(s).host_load(exp, shapes, s) for s in stages), default=(0, ""))
+    if m.elsewhere:
+        return f"  host: ~{need / GIB:.1f} GiB to load {what or 'the models'}", ""
     line = f"  host: ~{need / GIB:.1f} GiB to load {what or 'the models'}; {m.host_bytes / GIB:.0f} GiB available"
     if need + HOST_RESERVED <= m.host_bytes:
         return line, ""
@@ -271,6 +274,9 @@ def _disk(exp: Experiment, shapes: Shapes, stages: list[str], m: Machine) -> tup
         if extra > transient:
             transient, biggest = extra, f"{stage}: {d.checkpoints_at_once} x {d.checkpoint / GIB:.1f} GiB checkpoints"
     total = models + transient
+    if m.elsewhere:
+        return (f"  disk: ~{total / GIB:.1f} GiB in runs_dir (models {models / GIB:.1f}"
+                + (f", {biggest}" if biggest else "") + ")"), ""
     free = free_bytes(exp.run_dir)
     line = (f"  disk: ~{total / GIB:.1f} GiB in {exp.runs_dir} (models {models / GIB:.1f}"
             + (f", {biggest}" if biggest else "") + f"); {free / GIB:.0f} GiB free"
