@@ -301,6 +301,35 @@ def test_a_stages_user_error_makes_run_exit_2(tmp_path, fake_stages, monkeypatch
     assert "error: stage prepare failed" in capsys.readouterr().err
 
 
+def test_ctrl_c_reaches_the_stage_through_the_orchestrator_only(tmp_path, fake_stages, monkeypatch):
+    """Issue 25: a stage runs in its own session, so the terminal's Ctrl-C reaches the orchestrator alone
+    (accelerate's launcher, given it, kills its child 5 s later, mid-checkpoint); the orchestrator passes a
+    SIGTERM to the stage, which stops as cancelled."""
+    import os
+    import signal
+    import threading
+    import time
+
+    monkeypatch.setenv("FAKE_SLEEP", "20")  # without the fix, prepare sleeps it out and succeeds
+    exp = _exp(tmp_path)
+    status = RunLayout(exp.run_dir).stage_status_file("prepare")
+
+    def ctrl_c_once_the_stage_runs() -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:  # a guard only
+            doc = read_json(status) or {}
+            if doc.get("pid") and doc.get("pgid") == doc.get("pid"):  # the stage's own doc: its own session
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.01)
+
+    threading.Thread(target=ctrl_c_once_the_stage_runs, daemon=True).start()
+    rc, out, layout = _orchestrate(exp)
+    assert rc == 130, out
+    assert "==> cancelling (SIGINT): the running stages finish their step and save a checkpoint" in out
+    assert read_json(layout.stage_status_file("prepare"))["state"] == "cancelled"
+
+
 def test_a_stage_that_dies_without_reporting_is_failed(tmp_path, monkeypatch):
     def build(exp, stage, toml, runs_dir, gpus, **kw):
         return StageCommand(stage, [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], gpus, {})

@@ -43,6 +43,22 @@ from engine.stages import kind_of, stage_student
 POLL_S = 0.2
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a stage process and everything under it (its launcher's ranks)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def is_worker_node(exp: Experiment) -> bool:
     """A node > 0 of a multi-node run (without Slurm): it joins node 0's stages, writes no contract files."""
     return exp.launch.nodes > 1 and exp.launch.machine_rank > 0
@@ -162,6 +178,7 @@ class Orchestrator:
         self.failed: list[tuple[str, str]] = []
         self.user_errors: set[str] = set()  # failed stages that exited 2: the run exits 2 as well
         self.cancelled: str | None = None  # the signal name once a cancel is requested
+        self.stop_now = False  # a second Ctrl-C: the stages were killed
         self.sharing = exp.distill is not None and exp.distill.share_teacher
         self.chunks = [] if self.sharing else parallel_chunks(exp, self.pending, pool)
         self.said: set[str] = set()  # lines about teacher sharing, said once
@@ -225,8 +242,11 @@ class Orchestrator:
                 log.write(header.encode())
                 offsets[stage] = log.tell()
         with open_append(self._log_path(first)) as log:
+            # Its own session: the terminal's Ctrl-C and hangup reach this process alone, which passes a stop
+            # request to the ranks (_on_signal). accelerate's launcher, given Ctrl-C itself, kills its child
+            # 5 s later, mid-checkpoint.
             proc = subprocess.Popen(cmd.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **cmd.env}, start_new_session=False)
+                                    env={**os.environ, **cmd.env}, start_new_session=True)
         group = tuple(stages) if stages[1:] else ()
         for stage in stages:
             plan = self.plans[stage]
@@ -350,16 +370,19 @@ class Orchestrator:
             self.out = sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
         if self.cancelled is None:
             self.cancelled = name
-            # Ctrl-C reaches the whole foreground process group; any other signal was aimed at us
-            # alone, so pass it on once (a second signal would interrupt the checkpoint being saved),
-            # to the stage's ranks, past its launcher (launch.stage_processes says why).
-            if signum != signal.SIGINT:
-                for proc in {r.proc.pid: r.proc for r in self.running.values()}.values():  # a group: once
-                    for pid in stage_processes(proc.pid):
-                        try:
-                            os.kill(pid, signal.SIGTERM)
-                        except ProcessLookupError:
-                            pass
+            # The stages run in their own sessions (_launch): pass the request on once (a second signal
+            # would interrupt the checkpoint being saved), to the stage's ranks, past its launcher
+            # (launch.stage_processes says why).
+            for proc in {r.proc.pid: r.proc for r in self.running.values()}.values():  # a group: once
+                for pid in stage_processes(proc.pid):
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+        elif signum == signal.SIGINT:  # Ctrl-C twice: stop now (the user decides, not a timer)
+            self.stop_now = True
+            for proc in {r.proc.pid: r.proc for r in self.running.values()}.values():
+                _kill_tree(proc.pid)
 
     def run(self) -> int:
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
@@ -374,7 +397,12 @@ class Orchestrator:
             self.status.write()
         if self.worker:  # only the training stages span machines; node 0 runs the rest
             self.pending = [s for s in self.pending if kind_of(s).multi_node]
+        said_cancel = False
         while self.pending or self.running:
+            if self.cancelled and not said_cancel and not self.stop_now:  # said here, not in the signal handler
+                said_cancel = True
+                self.say(f"==> cancelling ({self.cancelled}): the running stages finish their step and save a "
+                         "checkpoint; Ctrl-C again stops them now")
             if not (self.failed or self.cancelled):
                 self._start_ready()
             for r in list(self.running.values()):
