@@ -41,6 +41,11 @@ def main() -> int:
         if os.environ.get("FAKE_FAIL") == ctx.stage and not marker.exists():
             marker.write_text("x")
             raise RuntimeError("planted failure")
+        if os.environ.get("FAKE_IGNORE_TERM") == ctx.stage:  # a stage slow to stop: only a kill ends it
+            import signal
+
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            (ctx.dir / "fake_ignoring_term").write_text("x")
         if os.environ.get("FAKE_USER_ERROR") == ctx.stage:
             from engine.errors import UserError
 

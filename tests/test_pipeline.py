@@ -330,6 +330,45 @@ def test_ctrl_c_reaches_the_stage_through_the_orchestrator_only(tmp_path, fake_s
     assert read_json(layout.stage_status_file("prepare"))["state"] == "cancelled"
 
 
+def test_ctrl_c_twice_kills_the_stages_now(tmp_path, fake_stages, monkeypatch):
+    """The second Ctrl-C means now: a stage that has not stopped yet is killed (the user decides)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    monkeypatch.setenv("FAKE_SLEEP", "60")
+    monkeypatch.setenv("FAKE_IGNORE_TERM", "prepare")
+    exp = _exp(tmp_path)
+    layout = RunLayout(exp.run_dir)
+    exp = write_experiment(exp, layout)
+    said = threading.Event()
+
+    class Out(io.StringIO):
+        def write(self, text: str) -> int:
+            if "==> cancelling (SIGINT)" in text:
+                said.set()
+            return super().write(text)
+
+    def ctrl_c_twice() -> None:
+        t0 = time.monotonic()
+        while not (layout.stage_dir("prepare") / "fake_ignoring_term").exists():
+            if time.monotonic() - t0 > 60:  # a guard only
+                return
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        if said.wait(60):  # the first one was handled: the orchestrator said it is cancelling
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c_twice, daemon=True).start()
+    out = Out()
+    rc = Orchestrator(exp, layout, stage_actions(exp, layout), [], [], tail=True, out=out).run()
+    assert rc == 130, out.getvalue()
+    st = read_json(layout.stage_status_file("prepare"))
+    assert st["state"] == "cancelled" and st["error"] == {"type": "Cancelled", "message": "cancelled by SIGINT"}, st
+    assert not (layout.stage_dir("prepare") / "fake_times.jsonl").exists()  # it never finished its sleep
+
+
 def test_a_stage_that_dies_without_reporting_is_failed(tmp_path, monkeypatch):
     def build(exp, stage, toml, runs_dir, gpus, **kw):
         return StageCommand(stage, [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], gpus, {})
