@@ -191,6 +191,9 @@ def test_the_grace_comes_from_the_stages_measured_step_and_checkpoint_times() ->
     assert cancel_grace({"step_s": 30.0, "checkpoint_s": 100.0, "val_s": 50.0}) == 2 * 30 + 50 + 1.5 * 100 + CANCEL_SLACK_S
     assert cancel_grace({"step_s": 3.0}) == 6 + CANCEL_SLACK_S  # no checkpoint yet: the stage reports "saving"
     assert cancel_grace({"step_s": float("nan"), "checkpoint_s": None}) == 0.0  # the canceller's --grace applies
+    first = {"started_at": "2026-01-01T00:00:00+00:00", "total_steps": 100}  # in its first step (load, compile)
+    assert cancel_grace(first, now=1767225600.0 + 300) == 300 + CANCEL_SLACK_S
+    assert cancel_grace({**first, "total_steps": None}, now=1767225600.0 + 300) == 0.0  # no training stage
     assert cancel_note({"state": "running", "step": 7}) is None
     assert cancel_note({"state": "running", "step": 7, "cancel": {}}).startswith("cancelling: finishing step 8")
     assert cancel_note({"state": "running", "step": 8, "cancel": {}, "phase": "saving", "saving_step": 8}) \

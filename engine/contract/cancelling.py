@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from engine.contract.files import parse_iso
+
 SAVING = "saving"
 CANCEL_SLACK_S = 10.0  # start-up of the save, the status write, the process's exit
 
@@ -42,14 +44,20 @@ def saving_what(doc: dict[str, Any] | None) -> str:
     return what if isinstance(what, str) and what else "checkpoint"
 
 
-def cancel_grace(doc: dict[str, Any] | None) -> float:
+def cancel_grace(doc: dict[str, Any] | None, now: float | None = None) -> float:
     """Seconds a stop request needs from the stage's own measurements: the step running when it lands,
     the one queued behind it (the loop reads steps one behind), a validation it may be in, then a
-    checkpoint write. 0 for a stage that measured nothing (not a training stage: it stops at once; the
-    canceller's grace applies)."""
+    checkpoint write. A training stage that measured nothing yet is in its first step (model load,
+    compile): as long again as it has run so far (`now`: epoch seconds). 0 for any other stage (it stops
+    at once; the canceller's grace applies)."""
     doc = doc or {}
     step, save, val = (_seconds(doc.get(k)) for k in ("step_s", "checkpoint_s", "val_s"))
-    return 2 * step + val + 1.5 * save + CANCEL_SLACK_S if step or save or val else 0.0
+    if step or save or val:
+        return 2 * step + val + 1.5 * save + CANCEL_SLACK_S
+    started = parse_iso(doc.get("started_at"))
+    if now is not None and started is not None and isinstance(doc.get("total_steps"), int):
+        return max(0.0, now - started.timestamp()) + CANCEL_SLACK_S
+    return 0.0
 
 
 def cancel_note(doc: dict[str, Any] | None) -> str | None:

@@ -140,7 +140,7 @@ def _terminate_and_wait(run_dir: str | Path, layout: RunLayout, orch: Any, stage
         except psutil.NoSuchProcess:
             pass
     start = clock()
-    wait_s = max([grace, *(cancel_grace(d) for d in _running_docs(layout).values())])
+    wait_s = max([grace, *(cancel_grace(d, time.time()) for d in _running_docs(layout).values())])
     print(f"{run_dir}: SIGTERM sent to {', '.join(str(p.pid) for p in targets)}; waiting up to {wait_s:.0f}s "
           "for the running step and its checkpoint, longer while a checkpoint is being written "
           "(cancel again to stop now)", file=out, flush=True)
