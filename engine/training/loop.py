@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -35,7 +34,7 @@ from torch import nn
 
 from engine.config import TrainConfig
 from engine.config.micro_batch import AUTO
-from engine.contract import GIB, now_iso
+from engine.contract import GIB
 from engine.contract.cancelling import SAVING
 from engine.contract.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints
 from engine.contract.stage_context import StageContext
@@ -56,6 +55,7 @@ from engine.training.metrics_log import MetricsLog
 from engine.training.micro_batch import per_process_batch
 from engine.training.setup import CAP_ENV, cap_gpu_memory, lr_at, make_accelerator, peak_flops
 from engine.training.step import PendingStep, StepResult, Trainer
+from engine.training.stop_flag import StopFlag
 from engine.training.throughput import Mark, StepTimes
 
 STATUS_EVERY_S = 2.0  # status.json is fsync'ed: its step is refreshed at most this often
@@ -87,43 +87,6 @@ class TrainState:
     nan_steps: int = 0  # steps skipped for a non-finite loss or gradient
     resume_key: str = ""  # engine/training/checkpoint.py: resume_key
     micro_batch_size: int = 0  # the size trained with (what "auto" picked)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # a terminal hangup is a cancel too
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT/SIGHUP set a flag; the loop checks it between steps, saves and raises Cancelled.
-    The first one is acknowledged in status.json (`cancel`); a second Ctrl-C means "now"."""
-
-    def __init__(self, *statuses: Any) -> None:
-        self.signame: str | None = None
-        self.signum: int | None = None
-        self.statuses = [s for s in statuses if s is not None]  # StageStatus of each stage, main process only
-        self._prev: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in STOP_SIGNALS:
-            self._prev[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._set)
-        return self
-
-    def _set(self, signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.signame is not None:
-            if signum == signal.SIGINT:  # Ctrl-C twice: stop now, even mid-save (the previous checkpoint stays)
-                raise Cancelled(f"{name}, twice")
-            return
-        self.signame, self.signum = name, signum
-        for status in self.statuses:
-            status.update_soon(cancel={"signal": name, "at": now_iso()})
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._prev.items():
-            signal.signal(sig, handler)
-        outer = self._prev.get(self.signum) if self.signum is not None else None
-        if isinstance(getattr(outer, "__self__", None), _StopFlag):  # nested (a group's student finishing):
-            outer(self.signum, None)  # the stop request is the group's too
 
 
 def run_training(ctx: StageContext, cfg: TrainConfig, section: str,
@@ -310,7 +273,7 @@ class TrainingRecipe:
         """Steps up to cfg.steps, with validation and checkpoints on their intervals."""
         self.start_training()
         try:
-            with _StopFlag(self.ctx.status) as stop:
+            with StopFlag(self.ctx.status) as stop:
                 while self.state.step < self.cfg.steps:
                     self.step(cancel=stop.signame is not None)
                     if self.cancel_seen:  # every rank sees it at the same step
@@ -469,7 +432,7 @@ class TrainingRecipe:
         acc = self.acc
         # A stop request now is not obeyed mid-write: the model is saved, the stage succeeds, and a
         # canceller waits for the write as for a checkpoint's ("saving").
-        with _StopFlag(self.ctx.status):
+        with StopFlag(self.ctx.status):
             self.ctx.progress(self.state.step, phase=SAVING, saving_step=self.state.step, saving_what="the model")
             state = self.trainer.full_student_state()  # collective under FSDP
             if acc.is_main_process:

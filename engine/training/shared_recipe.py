@@ -27,10 +27,11 @@ from torch import nn
 from engine.config import TrainConfig
 from engine.contract.stage_context import StageContext
 from engine.errors import Cancelled, UserError
-from engine.training.loop import Models, TrainingRecipe, _StopFlag
+from engine.training.loop import Models, TrainingRecipe
 from engine.training.setup import make_accelerator
 from engine.training.shared_teacher import launch_shared
 from engine.training.step import shared_teacher
+from engine.training.stop_flag import StopFlag
 
 # build(cuda, meta, teacher): one student's Models over the teacher model loaded once
 GroupBuild = Callable[[bool, dict[str, Any], nn.Module], Models]
@@ -101,7 +102,7 @@ class SharedTraining:
         for r in list(self.live):
             self._guard(r, r.start_training)
         try:
-            with _StopFlag(*(r.ctx.status for r in self.live)) as stop:
+            with StopFlag(*(r.ctx.status for r in self.live)) as stop:
                 self._train(stop)
             for r in list(self.live):
                 self._done(r)
@@ -123,7 +124,7 @@ class SharedTraining:
     def _active(self) -> list[TrainingRecipe]:
         return [r for r in self.live if r.state.step < r.cfg.steps]
 
-    def _train(self, stop: _StopFlag) -> None:
+    def _train(self, stop: StopFlag) -> None:
         active = self._active()
         if not active:
             return
