@@ -259,3 +259,15 @@ def test_without_an_orchestrator_the_sigterm_goes_to_the_ranks_past_the_launcher
             p.kill()
         launcher.kill()
         launcher.wait()
+
+
+def test_a_cancelled_stage_reads_plainly_not_as_an_error(tmp_path: Path) -> None:
+    from engine.contract import StageStatus
+    from engine.contract.scan import format_error
+
+    st = StageStatus(tmp_path / "finetune", "finetune")
+    st.finish("cancelled", "cancelled by SIGTERM at step 5; its checkpoint is saved and `run` resumes from it")
+    assert st.doc["error"]["type"] == "Cancelled"
+    assert format_error(st.doc["error"]) == ("cancelled by SIGTERM at step 5; its checkpoint is saved and `run` "
+                                             "resumes from it")
+    assert format_error({"type": "DiskFull", "message": "no space left"}) == "DiskFull: no space left"

@@ -135,6 +135,8 @@ def format_error(err: Any) -> str | None:
         return None
     if isinstance(err, dict):
         kind, msg = err.get("type"), err.get("message")
+        if kind and msg and str(msg).lower().startswith(str(kind).lower()):
+            return str(msg)  # "Cancelled: cancelled by SIGTERM ..." says it twice
         return f"{kind}: {msg}" if kind and msg else str(msg or kind)
     return str(err)
 

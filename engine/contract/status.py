@@ -203,7 +203,7 @@ class StageStatus:
         err = None
         if isinstance(error, BaseException):
             err = {"type": type(error).__name__, "message": str(error).strip().splitlines()[0] if str(error) else ""}
-        elif error:
-            err = {"type": "Error", "message": str(error)}
+        elif error:  # a line of the stage's own: "cancelled by SIGTERM at step 57; ..." is no error
+            err = {"type": "Cancelled" if state == "cancelled" else "Error", "message": str(error)}
         self._set(state=state, ended_at=now_iso(), error=err)
         self._write()
