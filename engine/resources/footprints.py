@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.config import Experiment
+from engine.resources.inputs import DiskNeed, Shapes, checkpoint_bytes
 from engine.resources.memory import DTYPE_BYTES, Knobs, Need, forward_need, train_knobs, training_need
-from engine.resources.plan import DiskNeed, Shapes, checkpoint_bytes
 from engine.shapes.shape import Shape, count_params
 from engine.stages import kind_of, own_settings
 from engine.stages.names import stage_student

@@ -1,4 +1,5 @@
-"""Each stage's predicted memory and disk, from the experiment and the launch it will get.
+"""Each stage's predicted memory and disk, from the experiment and the launch it will get: the footprint
+the stage's kind names (engine/resources/footprints.py) applied to the run's shapes.
 
 No torch: `check` and the TUI call this. Shapes come from engine.shapes.targets (the teacher's config,
 the [[prune]] targets; a search student is sized by its largest candidate).
@@ -6,68 +7,22 @@ the [[prune]] targets; a search student is sized by its largest candidate).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from engine.config import Experiment
+from engine.resources.footprints import footprint_of
+from engine.resources.inputs import DiskNeed, Shapes, checkpoint_bytes, experiment_shapes
 from engine.resources.memory import Knobs, Need
-from engine.shapes.shape import Shape, count_params
-from engine.shapes.targets import student_shapes
 
-
-@dataclass(frozen=True)
-class Shapes:
-    teacher: Shape
-    students: dict[str, Shape]  # [[prune]] name -> the student's shape (a search: its largest candidate)
-
-
-def experiment_shapes(exp: Experiment) -> Shapes | None:
-    """The teacher's and students' shapes without weights; None when the teacher's config is not at
-    hand offline or its vocabulary is not known yet (a scratch tokenizer not trained)."""
-    _tc, teacher, students = student_shapes(exp)
-    if teacher is None or teacher.vocab_size is None:
-        return None
-    out: dict[str, Shape] = {}
-    for p, s in zip(exp.prune, students, strict=True):
-        cands = getattr(s, "candidates", None)
-        out[p.name] = max((c.shape for c in cands), key=count_params) if cands else s.shape
-    return Shapes(teacher, out)
+__all__ = ["DiskNeed", "Shapes", "checkpoint_bytes", "experiment_shapes", "predicted_need", "stage_disk",
+           "stage_need"]
 
 
 def stage_need(exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool,
                micro: int | None = None, knobs: Knobs | None = None) -> Need | None:
     """The stage's peak per process on `processes` GPUs (or the CPU); None for a stage without a model."""
-    from engine.resources.footprints import footprint_of
-
     return footprint_of(stage).need(exp, shapes, stage, processes, cuda, micro, knobs)
 
 
-# ---- disk ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DiskNeed:
-    stage: str
-    model: int  # model/ (kept)
-    checkpoint: int  # one checkpoint (0: the stage writes none)
-    checkpoints_at_once: int  # kept + the one being written (0: none periodic; a cancel may write one)
-
-    @property
-    def peak(self) -> int:
-        """While it runs: its checkpoints, then model/ written beside the last one."""
-        if not self.checkpoints_at_once:
-            return self.model
-        return max(self.checkpoint * self.checkpoints_at_once, self.checkpoint + self.model)
-
-
-def checkpoint_bytes(params: int, k: Knobs) -> int:
-    """One checkpoint: the fp32 weights (or, with master weights, the fp32 masters alone: the checkpoint
-    keeps no bf16 copy, engine/training/step.py) and the Adam moments."""
-    return 4 * params + k.state_bytes * params
-
-
 def stage_disk(exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool) -> DiskNeed | None:
-    from engine.resources.footprints import footprint_of
-
     return footprint_of(stage).disk(exp, shapes, stage, processes, cuda)
 
 
