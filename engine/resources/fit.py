@@ -10,11 +10,12 @@ import functools
 import math
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.config import ConfigError, Experiment
+from engine.config.schema import BF16_MAX_BETA2
 from engine.disk_space import free_bytes
-from engine.resources.memory import GIB, Knobs, Need, with_knobs
+from engine.resources.memory import GIB, Knobs, Need
 from engine.resources.plan import Shapes, experiment_shapes, stage_disk, stage_need
 from engine.stages.names import kind_of
 from engine.stages.sections import own_settings
@@ -127,8 +128,7 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     if not k.gradient_checkpointing:
         steps.append((f"{section}.gradient_checkpointing = true", {"gradient_checkpointing": True}))
     cfg = own_settings(exp, stage)
-    from engine.config.schema import BF16_MAX_BETA2  # bf16 moments: refused under FSDP and above this beta2
-
+    # bf16 moments: refused under FSDP and above BF16_MAX_BETA2 (engine/config/schema.py)
     if k.state_bytes == 8 and not k.fsdp and cfg.adam_beta2 <= BF16_MAX_BETA2:
         steps.append((f"{section}.optimizer_states = \"bfloat16\"", {"state_bytes": 4}))
     if k.chunk_tokens > 1024 and hasattr(cfg, "chunk_tokens"):  # a KD loss's chunk ([distill])
@@ -143,7 +143,7 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     fixes: list[str] = []
     cur, changes = k, []
     for text, change in steps:
-        trial = with_knobs(cur, **change)
+        trial = replace(cur, **change)
         if _total(exp, shapes, stage, trial, m) >= _total(exp, shapes, stage, cur, m):
             continue  # no help here (a smaller micro-batch adds fp32 gradient sums under master weights)
         cur = trial
@@ -153,7 +153,7 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
             break
     if m.cuda and not (k.fsdp and k.processes > 1):
         for n in (2, 4, 8):
-            sharded = with_knobs(k, fsdp=True, processes=n, accumulation=max(1, k.accumulation // n))
+            sharded = replace(k, fsdp=True, processes=n, accumulation=max(1, k.accumulation // n))
             got = _fits_with(exp, shapes, stage, sharded, m, limit)
             if got is not None:
                 fixes.append(f"strategy = \"fsdp\" over {n} GPUs (~{got / GIB:.0f} GiB each)")
@@ -180,7 +180,7 @@ def _largest_micro(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: M
     best = None
     for micro in range(1, per + 1):
         if per % micro == 0:
-            if _fits_with(exp, shapes, stage, with_knobs(k, micro_batch=micro, accumulation=per // micro), m,
+            if _fits_with(exp, shapes, stage, replace(k, micro_batch=micro, accumulation=per // micro), m,
                           _limit(m)) is None:
                 break
             best = micro

@@ -27,14 +27,13 @@ tests/test_resources.py against the saved tensors and the optimizer state on the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 from engine.config import Experiment, TrainConfig
+from engine.contract import GIB
+from engine.shapes.budget import DTYPE_BYTES
 from engine.shapes.shape import Shape, count_embedding_params, count_params
 
-GIB = 2**30
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 EAGER_MAX_CHUNK = 1024  # engine/distill/losses.py: the eager chunk is capped (it keeps more temporaries)
 CHUNK_TEMPS_EAGER = 36  # bytes per [chunk, vocab] element: ~8 fp32 temporaries + two bf16 logits
 CHUNK_TEMPS_COMPILED = 12  # compiled chunk: two bf16 logits + two fp32 rows
@@ -220,7 +219,3 @@ def train_knobs(exp: Experiment, cfg: TrainConfig, processes: int, cuda: bool, m
                  state_bytes=4 if states == "bfloat16" else 8,
                  chunk_tokens=getattr(cfg, "chunk_tokens", 2048),
                  model_bytes=DTYPE_BYTES[exp.model.dtype], mixed_bf16=exp.launch.mixed_precision == "bf16")
-
-
-def with_knobs(k: Knobs, **changes: Any) -> Knobs:
-    return replace(k, **changes)

@@ -51,6 +51,7 @@ from engine.training.checkpoint import (
     save_checkpoint,
 )
 from engine.training.checkpoint_check import SET_ASIDE, checkpoint_problem
+from engine.training.memory_report import MemoryReport
 from engine.training.metrics_log import MetricsLog
 from engine.training.micro_batch import per_process_batch
 from engine.training.setup import CAP_ENV, cap_gpu_memory, lr_at, make_accelerator, peak_flops
@@ -176,28 +177,8 @@ class TrainingRecipe:
                   f"({self.world} process(es), {self.trainer.accumulation} micro-batch(es) of "
                   f"{self.trainer.micro} each); loss {self.spec.kind}; "
                   f"{self.trainer.flops_per_token / 1e9:.2f} GFLOP/token; {self.trainer.precision}")
-        self._predict_memory()
-
-    def _predict_memory(self) -> None:
-        """The config's prediction of this stage's peak (engine/resources/), logged and kept in status.json
-        beside the measured peak (`_measured_memory`)."""
-        from engine.resources.plan import predicted_need
-
-        cuda = self.acc.device.type == "cuda"
-        need = predicted_need(self.ctx.exp, self.ctx.stage, self.world, cuda, self.trainer.micro)
-        self.predicted_gib = round(need.gib(), 3) if need is not None else None
-        if need is not None:
-            self._log(f"memory: predicted {need.describe()}")
-
-    def _measured_memory(self) -> None:
-        """The training peak (CUDA: the allocator's, since the first step) against the prediction."""
-        if self.acc.device.type != "cuda":
-            return
-        peak = torch.cuda.max_memory_allocated(self.acc.device) / GIB
-        pred = self.predicted_gib
-        off = f" ({(pred - peak) / peak:+.1%} predicted {pred:.2f} GiB)" if pred else ""
-        self._log(f"memory: peak {peak:.2f} GiB allocated per GPU{off}")
-        self.ctx.progress(self.state.step, memory={"peak_gib": round(peak, 3), "predicted_gib": pred})
+        self.memory = MemoryReport(self.ctx, self.acc.device, self._log)
+        self.memory.predict(self.world, self.trainer.micro)
 
     def resume(self) -> bool:
         """Load the latest checkpoint if it was written with this stage's settings (RESUMABLE_CHANGES
@@ -428,7 +409,7 @@ class TrainingRecipe:
         checkpoints go (the stage is complete)."""
         from engine.models.hf import save_model
 
-        self._measured_memory()
+        self.memory.measured(self.state.step)
         acc = self.acc
         # A stop request now is not obeyed mid-write: the model is saved, the stage succeeds, and a
         # canceller waits for the write as for a checkpoint's ("saving").

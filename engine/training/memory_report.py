@@ -1,0 +1,35 @@
+"""A training stage's memory: the config's prediction (engine/resources/) when it starts, and on CUDA the
+allocator's peak beside it when it ends, in the log and in status.json ("memory")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from engine.contract import GIB
+from engine.contract.stage_context import StageContext
+
+
+class MemoryReport:
+    def __init__(self, ctx: StageContext, device: torch.device, log: Callable[[str], None]):
+        self.ctx, self.device, self.log = ctx, device, log
+        self.predicted_gib: float | None = None
+
+    def predict(self, processes: int, micro_batch: int) -> None:
+        from engine.resources.plan import predicted_need
+
+        need = predicted_need(self.ctx.exp, self.ctx.stage, processes, self.device.type == "cuda", micro_batch)
+        if need is not None:
+            self.predicted_gib = round(need.gib(), 3)
+            self.log(f"memory: predicted {need.describe()}")
+
+    def measured(self, step: int) -> None:
+        """The training peak (the allocator's, since the first step) against the prediction."""
+        if self.device.type != "cuda":
+            return
+        peak = torch.cuda.max_memory_allocated(self.device) / GIB
+        pred = self.predicted_gib
+        off = f" ({(pred - peak) / peak:+.1%} predicted {pred:.2f} GiB)" if pred else ""
+        self.log(f"memory: peak {peak:.2f} GiB allocated per GPU{off}")
+        self.ctx.progress(step, memory={"peak_gib": round(peak, 3), "predicted_gib": pred})
