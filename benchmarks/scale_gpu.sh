@@ -71,9 +71,9 @@ for PART in "$@"; do
     M="$RUNS/width-80gb/distill-width/metrics.jsonl"
     while kill -0 $RUN_PID 2>/dev/null; do
       if [[ -f $M ]] && python3 -c "import json,sys; l=[json.loads(x) for x in open('$M') if x.strip().endswith('}')]; sys.exit(0 if any(r.get('split')=='train' and r['step']>=$KILL_AT for r in l) else 1)"; then
-        log "cancel at step >= $KILL_AT"; T0=$(date +%s.%N)
+        log "cancel at step >= $KILL_AT"; T0=$SECONDS
         engine cancel "$RUNS/width-80gb"
-        wait $RUN_PID; log "cancelled in $(echo "$(date +%s.%N) - $T0" | bc) s"; break
+        wait $RUN_PID; log "cancelled in $((SECONDS - T0)) s"; break
       fi
       sleep 2
     done

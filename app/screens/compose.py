@@ -1,5 +1,9 @@
 """Compose: a form over the experiment schema; validated as you type (the messages of
-`slimlab-engine check`); per-student size; save / open / launch detached."""
+`slimlab-engine check`); per-student size; save / open / launch detached.
+
+Over 450 lines, kept whole for now: the screen's actions (save conflicts, unsaved-edit prompts, launch)
+share the form state; the next split, the save/reload/keep-both dialog flow into app/screens/ beside
+app/data/disk_edits.py, is noted in issue 24."""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """The experiment schema: one pydantic model per TOML section, with the checks that need no files.
 
 This module imports neither torch nor transformers (the TUI validates as the user types).
+
+Over 450 lines, kept whole for now: the sections' models cross-reference each other (Experiment checks
+[[prune]] against [distill] and [launch]), and the next split, [[prune]]'s validators into a module of
+their own, was left for a session in which nothing else edits this file (issue 22's notes).
 """
 
 from __future__ import annotations

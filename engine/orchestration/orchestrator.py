@@ -1,6 +1,10 @@
 """The orchestrator: one process per stage, in order or distill stages side by side; `<run>/status.json`.
 
 Stopping a run: engine.orchestration.cancel. No torch import.
+
+Over 450 lines, kept whole for now: the scheduling loop and the signal handling share the running-stage
+table; the next split, the stage-process start/poll part into its own module, waits for issue 22's one
+stage lifecycle (run_stage / run_stage_group), which reshapes the same code.
 """
 
 from __future__ import annotations
