@@ -41,7 +41,7 @@ def stage_row(stage_dir: Path) -> dict:
     return {"stage": stage_dir.name, "state": st.get("state"), "seconds": _seconds(st),
             "steps": len(train), "tokens_per_s": statistics.median(tps) if tps else None,
             "mfu": statistics.median(mfu) if mfu else None, "memory": st.get("memory"),
-            "checkpoint_s": st.get("checkpoint_s"), "val_losses": vals,
+            "checkpoint_s": st.get("checkpoint_s"), "resume_s": st.get("resume_s"), "val_losses": vals,
             "model_gib": _du(stage_dir / "model") / 2**30}
 
 
@@ -62,7 +62,7 @@ def main() -> None:
         mem = r["memory"] or {}
         print(f"{r['run']:<12} {r['stage']:<16} {r['state'] or '-':<10} {f(r['seconds'], '7.1f')} s  "
               f"{f(r['tokens_per_s'], '9.0f')} tok/s  MFU {f(r['mfu'], '6.1%')}  peak {f(mem.get('peak_gib'), '6.2f')} "
-              f"GiB (predicted {f(mem.get('predicted_gib'), '6.2f')})  ckpt {f(r['checkpoint_s'], '5.1f')} s  "
+              f"GiB (predicted {f(mem.get('predicted_gib'), '6.2f')})  ckpt {f(r['checkpoint_s'], '5.1f')} s  resume {f(r['resume_s'], '5.1f')} s  "
               f"model {r['model_gib']:.1f} GiB  val {r['val_losses']}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -194,6 +194,7 @@ class TrainingRecipe:
             found = None
         if found is None:
             return False
+        t0 = time.perf_counter()
         try:
             loaded = load_checkpoint(acc, found[1])
         except UserError:
@@ -209,7 +210,9 @@ class TrainingRecipe:
         self.state.micro_batch_size = micro
         self.trainer.adopt_loaded_masters()
         self.saved_at = self.state.step
-        self._log(f"resumed from {found[1]} (step {self.state.step})")
+        seconds = round(time.perf_counter() - t0, 3)
+        self.ctx.progress(self.state.step, resume_s=seconds)
+        self._log(f"resumed from {found[1]} (step {self.state.step}) in {seconds:.1f} s")
         return True
 
     def _intact_checkpoint(self) -> tuple[int, Path] | None:
