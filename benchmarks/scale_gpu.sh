@@ -46,9 +46,10 @@ if [[ -n $CARD_GIB && $CARD_GIB -lt 100 ]]; then  # an 80 GB card: the depth stu
   DEPTH+=(--set distill.optimizer_states=bfloat16 --set distill.global_batch_size=4 --set distill.micro_batch_size=4
           --set distill.chunk_tokens=512)
 fi
-SETS=(--set "model.path=$TEACHER" --runs-dir "$RUNS" "${EXTRA[@]}")
+read -ra MORE <<< "${SCALE_SETS:-}"  # e.g. SCALE_SETS="--set prune.search.screen_max=200" (word-split)
+SETS=(--set "model.path=$TEACHER" --runs-dir "$RUNS" "${EXTRA[@]}" "${MORE[@]}")
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
-engine() { python3 -m engine "$@" 2>&1 | grep -v -i "warn" | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }
+engine() { python3 -m engine "$@" 2>&1 | grep --line-buffered -v -i "warn" | tee -a "$LOG"; return "${PIPESTATUS[0]}"; }
 
 for PART in "$@"; do
   case $PART in
@@ -92,7 +93,8 @@ for PART in "$@"; do
     ;;
   search)
     log "search at 0.56"
-    engine run benchmarks/scale/search-0.56.toml "${SETS[@]}" "${SEARCH[@]}" | tail -40
+    engine check benchmarks/scale/search-0.56.toml "${SETS[@]}" "${SEARCH[@]}" | grep -v "^    [0-9]*L "
+    engine run benchmarks/scale/search-0.56.toml "${SETS[@]}" "${SEARCH[@]}" | grep --line-buffered -v "^\[prune-search\] *[0-9]" | tail -40
     ;;
   graph)
     log "teacher_cuda_graph at the SmolLM2-135M shape"
@@ -102,6 +104,8 @@ for PART in "$@"; do
   summary)
     python3 benchmarks/scale_summary.py "$RUNS"/* --json "$OUT/summary.json" | tee -a "$LOG"
     for r in "$RUNS"/*; do [[ -f $r/eval/results.json ]] && cp "$r/eval/results.json" "$OUT/$(basename "$r")-results.json"; done
+    for l in "$RUNS"/*/*/stdout.log; do cp "$l" "$OUT/$(basename "$(dirname "$(dirname "$l")")")-$(basename "$(dirname "$l")").log"; done
+    for s in "$RUNS"/*/*/search.json; do [[ -f $s ]] && cp "$s" "$OUT/$(basename "$(dirname "$(dirname "$s")")")-search.json"; done
     du -sh "$RUNS"/*/* 2>/dev/null | tee -a "$LOG"
     ;;
   *) echo "unknown part $PART" >&2; exit 2 ;;
