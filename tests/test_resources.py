@@ -226,7 +226,7 @@ def test_a_checkpoint_with_master_weights_keeps_no_bf16_copy_and_resumes_exactly
     from engine.config import TrainConfig
     from engine.distill.losses import LossSpec
     from engine.resources.plan import checkpoint_bytes as planned
-    from engine.training.checkpoint import MASTERS_ONLY, load_checkpoint, save_checkpoint
+    from engine.training.checkpoint import MASTERS_ONLY, checkpoint_bytes, load_checkpoint, save_checkpoint
     from engine.training.setup import make_accelerator
     from engine.training.step import Trainer
 
@@ -251,6 +251,8 @@ def test_a_checkpoint_with_master_weights_keeps_no_bf16_copy_and_resumes_exactly
               compile=False, master_weights=True, state_bytes=8, chunk_tokens=8, model_bytes=2, mixed_bf16=True)
     written = sum(f.stat().st_size for f in path.glob("*") if f.suffix in (".safetensors", ".bin"))
     assert planned(n, k) <= written <= planned(n, k) * 1.1
+    # the free-space check before the write counts the same: the weights the masters hold are left out
+    assert written / 1.1 <= checkpoint_bytes(first.accelerator, first.not_in_checkpoint) <= written
 
     resumed = trainer()
     load_checkpoint(resumed.accelerator, path)

@@ -13,6 +13,7 @@ run whose settings differ from its own in RESUMABLE_CHANGES at most.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,18 +51,18 @@ def resume_key(exp: Experiment, stage: str) -> str:
 
 
 def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[str, Any],
-                    keep: Path | None = None, keep_last: int = 1) -> Path:
+                    keep: Path | None = None, keep_last: int = 1, not_written: Sequence[Any] = ()) -> Path:
     """Collective: every process must call it. Returns the checkpoint directory. Checkpoints older than
     the newest `keep_last` are removed, except `keep` (the last one known to be good: engine/training/loop.py
     good_at).
 
-    Free space is checked first (the estimate: this process's model and optimizer tensors); a write
+    Free space is checked first (the estimate: this process's model and optimizer tensors, less `not_written`); a write
     that runs out of space anyway removes its partial directory. Either way every process raises
     DiskFull (one line: the folder, the space needed) and the previous checkpoint stays."""
     root = Path(root)
     final = checkpoint_path(root, step)
     tmp = root / f".step-{step:08d}.tmp"
-    need = checkpoint_bytes(accelerator)
+    need = checkpoint_bytes(accelerator, not_written)
     what = f"the checkpoint of step {step}"
     error: BaseException | None = None
     if accelerator.is_main_process:
@@ -101,11 +102,13 @@ def _after_full(root: Path) -> str:
     return "no checkpoint was written yet, so the stage starts again from step 0"
 
 
-def checkpoint_bytes(accelerator: Any) -> int:
-    """About what this process's part of a checkpoint takes: its models' and optimizers' tensors."""
+def checkpoint_bytes(accelerator: Any, not_written: Sequence[Any] = ()) -> int:
+    """About what this process's part of a checkpoint takes: its models' and optimizers' tensors, less
+    `not_written` (the weights a save hook leaves to the fp32 masters: Trainer.not_in_checkpoint)."""
+    skip = {id(t) for t in not_written}
     tensors: list[Any] = []
     for model in accelerator._models:
-        tensors += [*model.parameters(), *model.buffers()]
+        tensors += [t for t in (*model.parameters(), *model.buffers()) if id(t) not in skip]
     for opt in accelerator._optimizers:
         inner = opt
         while hasattr(inner, "optimizer"):

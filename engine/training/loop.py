@@ -21,7 +21,6 @@ way, so the masters start from the checkpoint's full precision. The frozen teach
 
 from __future__ import annotations
 
-import copy
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +40,6 @@ from engine.contract.stage_context import StageContext
 from engine.distill.losses import LossSpec
 from engine.distill.objective import HiddenSpec
 from engine.errors import Cancelled, UserError
-from engine.models.attention import restore_sdpa
 from engine.training.batches import device_batches, validation_batches
 from engine.training.checkpoint import (
     checkpoint_state,
@@ -391,10 +389,12 @@ class TrainingRecipe:
         self.ctx.progress(step, phase=SAVING, saving_step=step, step_s=self.times.step_s)
         try:
             save_checkpoint(self.acc, self.ckpt_root, step, asdict(self.state), keep=keep,
-                            keep_last=self.cfg.keep_checkpoints)
+                            keep_last=self.cfg.keep_checkpoints, not_written=self.trainer.not_in_checkpoint)
         finally:
             self.ctx.progress(step, phase=None, saving_step=None)
-        self.ctx.progress(step, checkpoint_s=round(time.perf_counter() - t0, 3))
+        seconds = round(time.perf_counter() - t0, 3)
+        self.ctx.progress(step, checkpoint_s=seconds)
+        self._log(f"checkpoint of step {step} written in {seconds:.1f} s")
         self.saved_at = step
         self.times.pause()
 
@@ -411,6 +411,7 @@ class TrainingRecipe:
         """model/ = a stock HF checkpoint of the student in [model].dtype, with the tokenizer; the
         checkpoints go (the stage is complete)."""
         from engine.models.hf import save_model
+        from engine.training.stock_model import stock_model
 
         self.memory.measured(self.state.step)
         acc = self.acc
@@ -420,7 +421,7 @@ class TrainingRecipe:
             self.ctx.progress(self.state.step, phase=SAVING, saving_step=self.state.step, saving_what="the model")
             state = self.trainer.full_student_state()  # collective under FSDP
             if acc.is_main_process:
-                model = _stock_model(self.trainer, state, self.save_dtype)
+                model = stock_model(self.trainer.unwrapped().student.config, state, self.save_dtype)
                 self._log(f"saved {save_model(model, self.ctx.layout.model_dir(self.ctx.stage), self.tokenizer)}")
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -428,25 +429,3 @@ class TrainingRecipe:
             acc.wait_for_everyone()
             self.ctx.progress(self.state.step, phase=None, saving_step=None, saving_what=None)
 
-
-def _stock_model(trainer: Trainer, state: dict[str, torch.Tensor], dtype_name: str) -> nn.Module:
-    """A plain transformers model of the student's config holding `state` in `dtype_name`."""
-    from transformers import AutoModelForCausalLM
-
-    from engine.models.hf import torch_dtype
-
-    dtype = torch_dtype(dtype_name)
-    config = copy.deepcopy(trainer.unwrapped().student.config)
-    restore_sdpa(config)
-    cast: dict[int, torch.Tensor] = {}  # tied weights: one cast tensor each
-    state = {k: cast.setdefault(id(v), v.detach().to("cpu", dtype)) for k, v in state.items()}
-    with torch.device("meta"):
-        fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    fresh.load_state_dict(state, strict=False, assign=True)
-    if getattr(config, "tie_word_embeddings", False):
-        fresh.tie_weights()
-    missing = [n for n, p in fresh.named_parameters() if p.is_meta]
-    if missing:
-        raise RuntimeError(f"final model: parameters missing from the trained state: {missing[:3]}")
-    fresh.config.use_cache = True
-    return fresh

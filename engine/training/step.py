@@ -184,6 +184,11 @@ class Trainer:
     # adopt_loaded_masters in a run without them). Only where the accelerator holds this one model: its
     # files are numbered by position.
 
+    @property
+    def not_in_checkpoint(self) -> list[Any]:
+        """The tensors the save hook leaves out (the masters hold them): for the free-space estimate."""
+        return self.params if self.master else []
+
     def _weights_in_masters(self, models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
         """accelerate's save hook: the model file without the tensors the masters hold."""
         from engine.training.checkpoint import MASTERS_ONLY
