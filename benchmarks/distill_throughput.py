@@ -33,6 +33,8 @@ CPU smoke test:   python benchmarks/distill_throughput.py --tiny --variants naiv
 SmolLM2-135M shape (teacher 30 x 576, ffn 1536, 9/3 heads, vocab 49152 -> 15 layers; batch 64 x 512):
                   python benchmarks/distill_throughput.py --shape smollm2 --variants naive,engine-compile
 Liger (pip install "slimlab[liger]"; CUDA):  --variants naive,engine-compile,engine-compile-liger,engine-liger
+Memory options (issue 21), as suffixes:  --variants engine-compile,engine-compile-gc,engine-compile-bf16states,
+                  engine-compile-autocast (fp32 weights under autocast: no bf16 model + fp32 masters split)
 A variant that fails prints its error and the others still run.
 """
 
@@ -138,7 +140,8 @@ def run_naive(args, arch, device, batches) -> dict:
 
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
                profile: bool = False, hf_mask: bool = False, master: bool | None = None,
-               kernels: str = "", name: str = "", tgraph: bool = False) -> dict:
+               kernels: str = "", name: str = "", tgraph: bool = False, gc: bool = False,
+               states: str = "float32") -> dict:
     from engine.config import DistillConfig
     from engine.training.stage_bodies import loss_spec
     from engine.training.step import Trainer
@@ -154,7 +157,7 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
     micro = batches[0].shape[0]
     cfg = DistillConfig(steps=1000, global_batch_size=micro * accum * acc.num_processes, micro_batch_size=micro,
                         lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk,
-                        teacher_cuda_graph=tgraph)
+                        teacher_cuda_graph=tgraph, gradient_checkpointing=gc, optimizer_states=states)
     if hf_mask:  # before engine/models/attention.py: transformers' own mask path (2 host syncs per step)
         from engine.training import step as trainer_module
 
@@ -444,8 +447,13 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
         return run_naive(args, arch, device, batches), None
     from engine.models.liger import undo_rope
 
-    tgraph = name.endswith("-tgraph")  # [distill] teacher_cuda_graph = true
-    base, kernels = split_kernels(name.removesuffix("-tgraph"))
+    # memory options, as suffixes in any order: -tgraph (teacher_cuda_graph), -gc (gradient_checkpointing),
+    # -bf16states (optimizer_states = "bfloat16")
+    opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name for o in ("tgraph", "gc", "bf16states")}
+    bare = name
+    for o in opts:
+        bare = bare.replace(f"-{o}", "")
+    base, kernels = split_kernels(bare)
     # `-autocast`: fp32 parameters under bf16 autocast (the engine's path before master weights)
     autocast = base.endswith("-autocast")
     compile_, chunk, accum, micro = VARIANTS[base.removesuffix("-autocast")]
@@ -454,7 +462,8 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
     try:
         r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
                        profile=profile, hf_mask=base.endswith("-hfmask"),
-                       master=False if autocast else None, kernels=kernels, name=name, tgraph=tgraph)
+                       master=False if autocast else None, kernels=kernels, name=name, tgraph=opts["tgraph"],
+                       gc=opts["gc"], states="bfloat16" if opts["bf16states"] else "float32")
     finally:
         undo_rope()  # Liger's RoPE is process-wide: the next variant runs stock
     r["tokens_per_step"] = bs[0].shape[0] * args.seq * acc.num_processes * accum
