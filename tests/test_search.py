@@ -229,6 +229,25 @@ def test_the_screen_covers_every_candidate_and_the_best_screened_are_scored(run,
     assert evaluate_loss(model, ds, 2, exp.distill.micro_batch_size) == pytest.approx(cands[i]["screen_loss"], rel=1e-5)
 
 
+def test_search_json_keeps_the_pareto_frontier_of_the_scored_candidates(run, searched):
+    """Issue 23 section 4: every scored candidate is on the frontier or beaten by one that is on it
+    (no worse loss, params and memory; better on one), and none on it is beaten."""
+    _, layout, _ = run
+    doc = read_json(layout.search_file("prune-search"))
+    cands, f = doc["candidates"], doc["frontier"]
+    key = {i: (c["score"], c["params"], c["memory_gb"]) for i, c in enumerate(cands) if c["score"] is not None}
+
+    def beats(j: int, i: int) -> bool:
+        return all(a <= b for a, b in zip(key[j], key[i], strict=True)) and key[j] != key[i]
+
+    assert f["axes"] == ["params", "memory_gb"] and f["quality"] == "score" and f["measured"] == len(key) == 4
+    assert f["points"] and set(f["points"]) <= set(key)
+    assert [cands[i]["params"] for i in f["points"]] == sorted(cands[i]["params"] for i in f["points"])
+    assert not any(beats(j, i) for i in f["points"] for j in key)
+    assert all(any(beats(j, i) for j in f["points"]) for i in set(key) - set(f["points"]))
+    assert f["chosen_on_frontier"] and cands[f["chosen"]]["chosen"]
+
+
 def test_a_huge_space_screens_exactly_screen_max_and_says_so(run, capsys):
     exp, layout, _ = run
     assert _run(exp, "prune-capped") == 0

@@ -106,6 +106,9 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
 
     for table in rich_search_tables(run_dirs):  # search students: their candidates, the winner marked
         console.print(table)
+    from engine.compare.frontier import print_frontiers
+
+    frontier_md = print_frontiers(run_dirs, console)  # each search's Pareto frontier, the chosen point marked
     series = curves(run_dirs)
     if chart and series:
         from rich.text import Text
@@ -122,7 +125,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
         write_png(series, out / "val_loss.png", teacher)
         png = "val_loss.png"
     quality = "quality_speed.png" if write_quality_speed_png(rows, out / "quality_speed.png") else None
-    markdown = report_markdown(rows, run_dirs, png, quality) + search_markdown(run_dirs)
+    markdown = report_markdown(rows, run_dirs, png, quality) + search_markdown(run_dirs) + frontier_md
     write_atomic(out / "report.md", markdown)
     written = [out / "report.md"] + [out / n for n in (png, quality) if n]
     if html:

@@ -20,10 +20,12 @@ search.json (the contract; engine.search.table.search_document writes it):
                      "memory_gb": 0.31, "screen_loss": 4.3, "screen_rank": 1, "screen_seconds": 0.05,
                      "loss": 4.2, "score": 4.2, "rank": 1, "chosen": true, "seconds": 1.3}, ...],
      "screen": {"batches": 2, "screened": 278, "candidates": 278, "capped": false, "top_k": 10,
-                "seconds": 14.2, "seconds_per_candidate": 0.051}}
+                "seconds": 14.2, "seconds_per_candidate": 0.051},
+     "frontier": {"quality": "score", "axes": ["params", "memory_gb"], "points": [7, 3, 1], ...}}
 
 Every candidate within the budget is listed; those not screened have the screen_* fields null,
-those not scored have score, loss and rank null.
+those not scored have score, loss and rank null. "frontier": the Pareto frontier of the scored
+candidates (engine.search.frontier).
 """
 
 from __future__ import annotations

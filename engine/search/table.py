@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract import RunLayout, human_count, read_json
+from engine.search.frontier import frontier
 from engine.stages import PRUNE
 
 COLUMNS = ["rank", "layers", "hidden", "ffn", "heads", "params", "memory GiB", "screen", "pruned loss", "score", ""]
@@ -22,12 +23,13 @@ def search_document(space: Any, score: str, higher_is_better: bool, calibration:
     scored ones (`ranked`: their indices, best first, as engine.search.scoring.Scorer.ranked gives
     them) with their loss, score, rank and time, the first `chosen`. `calibration`: the one pass
     every candidate was cut by (kind and its settings). "screen" sums the screen up: how many were
-    screened of how many, whether screen_max capped it, and its cost in total and per candidate."""
+    screened of how many, whether screen_max capped it, and its cost in total and per candidate.
+    "frontier": the Pareto frontier of the scored candidates (engine.search.frontier)."""
     rank = {i: r + 1 for r, i in enumerate(ranked)}
     screen, screen_seconds = screen or {}, screen_seconds or {}
     screen_rank = {i: r + 1 for r, i in enumerate(sorted(screen, key=lambda i: (screen[i], i)))}
     total = sum(screen_seconds.values())
-    return {
+    doc = {
         "target": space.budget.to_json(), "score": score, "higher_is_better": higher_is_better,
         "selection": space.selection if space.drops_layers() else None, "axes": list(space.axes),
         "calibration": calibration,
@@ -40,6 +42,8 @@ def search_document(space: Any, score: str, higher_is_better: bool, calibration:
                         "loss": losses.get(i), "score": scores.get(i), "rank": rank.get(i), "chosen": rank.get(i) == 1,
                         "seconds": round(seconds[i], 3) if i in seconds else None}
                        for i, c in enumerate(space.candidates)]}
+    doc["frontier"] = frontier(doc["candidates"], higher_is_better)
+    return doc
 
 
 def read_search(layout: RunLayout, stage: str) -> dict[str, Any] | None:
