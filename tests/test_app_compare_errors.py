@@ -10,8 +10,8 @@ from app.screens.compare import decide_data
 
 
 def test_a_directory_that_is_no_run_shows_nothing(tmp_path):
-    ylabel, points, _, searches, rows, _ = decide_data([tmp_path / "not-a-run"])
-    assert (points, searches, rows) == ([], [], [])
+    ylabel, points, _, searches, rows, _, frontiers = decide_data([tmp_path / "not-a-run"])
+    assert (points, searches, rows, frontiers) == ([], [], [], [])
 
 
 def test_an_engine_bug_is_not_an_empty_chart(tmp_path, monkeypatch):

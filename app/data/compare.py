@@ -1,14 +1,16 @@
-"""Compare screen logic: per-stage configs, their differing keys, and eval/results.json rows."""
+"""Compare screen logic: per-stage configs, their differing keys, eval/results.json rows, and each
+search student's Pareto frontier with the hand-made students beside it."""
 
 from __future__ import annotations
 
 import copy
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment, parse_experiment
-from engine.contract import STUDENT_SECTIONS, RunLayout, student_or_none, student_sections
+from engine.contract import STUDENT_SECTIONS, RunLayout, UserError, student_or_none, student_sections
 from engine.contract.results import read_results
 from engine.evaluation.scores import decode_speed, task_scores
 
@@ -140,3 +142,83 @@ def results_rows(run_dir: Path) -> list[dict[str, Any]]:
         row["speedup_range"] = speed.get("speedup_range")  # holds 1: within the spread, not faster
         rows.append(row)
     return rows
+
+
+# ---- a search's Pareto frontier (search.json) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrontierPlot:
+    """One search student's frontier as Compare's Frontier tab plots it: quality (its score) against
+    parameters, with the hand-made (depth, width) students of its run where their loss compares."""
+
+    name: str  # the search student ("run:student" when several runs are ticked)
+    score: str  # what quality is: "loss", "distill", "task ..."
+    higher_is_better: bool
+    scored: list[tuple[float, float]]  # (params, score) of every scored candidate
+    frontier: list[tuple[float, float]]  # its frontier's points, fewest parameters first
+    chosen: tuple[float, float] | None
+    chosen_on_frontier: bool
+    hand_made: list[tuple[str, str, float, float]]  # (student, method, params, validation loss after pruning)
+    note: str = ""  # why the hand-made students are not marked, when they are not
+
+
+def frontier_plots(runs: list[Path]) -> list[FrontierPlot]:
+    """The frontier of every search student of `runs` (search.json's, or worked out from its
+    candidates when it predates the frontier: engine.search.frontier.frontier_of)."""
+    from engine.search.table import search_docs
+
+    out = []
+    for run in runs:
+        try:
+            docs = search_docs([run])
+        except (ConfigError, UserError, OSError):  # not (yet) a readable run directory
+            continue
+        for name, doc in docs:
+            plot = frontier_plot(f"{run.name}:{name}" if len(runs) > 1 else name, doc, run)
+            if plot is not None:
+                out.append(plot)
+    return out
+
+
+def frontier_plot(name: str, doc: dict[str, Any], run: Path) -> FrontierPlot | None:
+    """None when the search has no scored candidate (yet)."""
+    from engine.search.frontier import frontier_of
+
+    f = frontier_of(doc)
+    if not f or not f["points"]:
+        return None
+    cands, quality = doc["candidates"], str(f.get("quality", "score"))
+    score = str(doc.get("score", "loss"))
+    # the hand-made students' loss right after pruning is the search's quality only when it scored
+    # by that loss; after a short distillation, or on a task, it is another measure
+    note = "" if score == "loss" else f"hand-made students not marked: scored by {score}, not the loss after pruning"
+    scored = [pt for i in range(len(cands)) if (pt := _point(cands, quality, i)) is not None]
+    frontier = [pt for i in f["points"] if (pt := _point(cands, quality, i)) is not None]
+    return FrontierPlot(name, score, f.get("higher_is_better") is True, scored, frontier,
+                        _point(cands, quality, f.get("chosen")), f.get("chosen_on_frontier") is True,
+                        hand_made(run) if score == "loss" else [], note)
+
+
+def _point(cands: list[Any], quality: str, i: Any) -> tuple[float, float] | None:
+    """(params, quality) of candidate i, None where it has not both (or i is no index)."""
+    from engine.search.frontier import value
+
+    c = cands[i] if isinstance(i, int) and 0 <= i < len(cands) and isinstance(cands[i], dict) else {}
+    p, q = value(c, "params"), value(c, quality)
+    return (p, q) if p is not None and q is not None else None
+
+
+def hand_made(run: Path) -> list[tuple[str, str, float, float]]:
+    """(student, method, params, validation loss) of the run's depth and width students right after
+    pruning (their prune-<name> entries of eval/results.json), in [[prune]] order."""
+    results = read_results(RunLayout(run).results_file)
+    out = []
+    for p in read_experiment(run).get("prune") or []:
+        if not isinstance(p, dict) or p.get("method") not in ("depth", "width"):
+            continue
+        res = results.get(f"prune-{p.get('name')}")
+        loss = res.validation.loss if res is not None and res.validation is not None else None
+        if res is not None and res.params is not None and loss is not None:
+            out.append((str(p["name"]), str(p["method"]), float(res.params), loss))
+    return out

@@ -20,6 +20,7 @@ from app.data.compare import (
     NOT_USED,
     config_diff,
     damaged_results,
+    frontier_plots,
     read_experiment,
     results_rows,
     stage_config,
@@ -30,6 +31,7 @@ from app.messages import OpenRun
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.screens.worker_results import while_shown
 from app.textual_workarounds import KeepStyles
+from app.widgets.compare.frontier import FrontierChart
 from app.widgets.compare.pick_list import PickList, split_value
 from app.widgets.compare.quality_speed import QualitySpeedChart
 from app.widgets.compare.which_student import BEST, TEACHER_COLOUR, WhichStudentTable, dimmed, student_colours
@@ -63,6 +65,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         Binding("d", "tab('diff')", "Config diff"),
         Binding("v", "tab('speed')", "Quality/speed"),
         Binding("e", "tab('search')", "Search"),
+        Binding("f", "tab('frontier')", "Frontier", show=False),
         Binding("a", "select_students", "All students"),
         Binding("o", "open", "Open run"),
         Binding("u", "clear", "Untick all"),  # not esc: a stray esc (leaving a field) lost every tick
@@ -99,6 +102,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
                     with TabPane("Search", id="search"):
                         yield Static("", id="search-title", markup=False)
                         yield DataTable(id="search-table", zebra_stripes=True, cursor_type="row")
+                    with TabPane("Frontier", id="frontier"):  # each search's Pareto frontier
+                        yield FrontierChart(id="search-frontier")
         yield KeyBar()
 
     def on_mount(self) -> None:
@@ -270,8 +275,9 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             table.add_row(key, *(_diff_cell(v) for v in values))
 
     def _fill_decide(self, ylabel: str, points: list, xlabel: str, searches: list, rows: list = (),
-                     point_colours: dict | None = None) -> None:
+                     point_colours: dict | None = None, frontiers: list = ()) -> None:
         self.query_one(QualitySpeedChart).show(ylabel, points, xlabel, point_colours)
+        self.query_one(FrontierChart).show(list(frontiers))
         students = [r for r in rows if r.method != "teacher"]
         colours = student_colours((r.run, r.label) for r in students)
         self.query_one(WhichStudentTable).show(rows, colours)
@@ -340,11 +346,12 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             self.post_message(OpenRun(path, stage))
 
 
-def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str, str]]:
+def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str, str], list]:
     """What the Quality-vs-speed and Search tabs show, read by the engine's own `compare` readers
     (imported here, in the worker thread: they are not needed for the first frame):
     (y label, [(label, method, decode tokens/s, quality)], x label, [(title, rows, name)], the model
-    rows (engine.compare.rows.ModelRow), each point's colour: its student's)."""
+    rows (engine.compare.rows.ModelRow), each point's colour: its student's, the search students'
+    frontiers (app.data.compare.FrontierPlot))."""
     from engine.compare.charts import quality_speed_points
     from engine.compare.rows import model_rows
     from engine.compare.tables import decide_columns, row_cells
@@ -377,7 +384,7 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
             continue
     note = "; * timed under load: noise" if loaded & {p[0].rstrip("*") for p in points} else ""
     return (ylabel, points, f"decode tokens/s at batch {batch} (right is faster{note})", searches, rows,
-            point_colours)
+            point_colours, frontier_plots(runs))
 
 
 def stage_colours(selected: tuple[str, ...], raws: dict[Path, dict]) -> dict[str, str]:

@@ -14,7 +14,9 @@ Pure Python over search.json's candidate dicts (no torch): search_document write
                  "measured": 10, "points": [7, 3, 1], "chosen": 1, "chosen_on_frontier": true}
 
 `points`: indices into "candidates", fewest parameters first; `axes`: the costs it was taken over
-(those at least one measured candidate has); `measured`: the candidates with a quality.
+(those at least one measured candidate has); `measured`: the candidates with a quality. A speed axis
+is read from the candidate's "decode_ms" / "prefill_tokens_per_s", or its "speed" table's: timings
+only (engine.search.speed_budget's finalists); a cost model's prediction belongs under another key.
 """
 
 from __future__ import annotations
