@@ -2,5 +2,5 @@
 
 The candidates and the budget are shapes (engine/shapes/candidates.py, budget.py: torch-free, `check`
 and the TUI enumerate candidates through them); scoring.py scores candidates inside the prune stage
-(engine/prune/search_part.py); table.py is search.json.
+(engine/prune/search_part.py); table.py is search.json; frontier.py its Pareto frontier (torch-free).
 """
