@@ -187,6 +187,7 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
     if profile:
         out["profile_ms_per_step"] = profile_steps(step, device, os.path.dirname(args.json) if args.json else None,
                                                    name)
+    trainer.release()  # the accelerator is shared by the variants: its hooks would keep this one alive
     trainer = None
     acc.free_memory()
     return out

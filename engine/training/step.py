@@ -174,9 +174,16 @@ class Trainer:
         optimizer = make_optimizer(module, cfg, master=self.master)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
+        # the handles: the accelerator's hooks hold this Trainer (its models and optimizer) until removed
+        self.hooks = [accelerator.register_load_state_pre_hook(self._load_weights_in_masters)]
         if self.master:
-            accelerator.register_save_state_pre_hook(self._weights_in_masters)
-        accelerator.register_load_state_pre_hook(self._load_weights_in_masters)
+            self.hooks.append(accelerator.register_save_state_pre_hook(self._weights_in_masters))
+
+    def release(self) -> None:
+        """Unhook from the accelerator, so that another Trainer on it does not keep this one's memory."""
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()
 
     # A checkpoint of a run with master weights keeps no bf16 copy of the trained weights, which the fp32
     # masters in the optimizer's state determine: 2 of its 10-14 bytes per parameter (8.4 GiB of a 4.5B
