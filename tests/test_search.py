@@ -361,7 +361,8 @@ def test_compare_shows_the_search_table_with_the_winner_marked(run, searched):
     best = next(c for c in doc["candidates"] if c["chosen"])
     assert f"4 of {len(doc['candidates'])} candidates scored by loss" in text
     table = text[text.index("search search:"):]
-    table = table[:table.index("search dsearch:")] if "search dsearch:" in table else table  # when it ran too
+    for after in ("search dsearch:", "frontier "):  # dsearch's table when it ran too; the frontiers
+        table = table[:table.index(after)] if after in table else table
     marked = [line for line in table.splitlines() if "<- chosen" in line]
     assert len(marked) == 1 and marked[0].split()[:4] == ["1", str(best["shape"]["num_layers"]),
                                                           str(best["shape"]["hidden_size"]),
