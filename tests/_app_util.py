@@ -51,6 +51,16 @@ async def wait_for(pilot, cond, timeout: float = 30.0, what: str = "condition") 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def show(pilot, app, key: str, screen: str, runs: int | None = None):
+    """Press `key` (once the Runs list holds `runs` runs, when given) and wait until the screen named `screen`
+    is shown; that screen."""
+    if runs is not None:
+        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == runs, what=f"{runs} runs listed")
+    await pilot.press(key)
+    await wait_for(pilot, lambda: type(app.screen).__name__ == screen, what=screen)
+    return app.screen
+
+
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     p = subprocess.Popen([sys.executable, "-c", "pass"])

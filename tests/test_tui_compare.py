@@ -6,7 +6,7 @@ quality-vs-speed plot."""
 from __future__ import annotations
 
 import pytest
-from _app_util import RunWriter, make_app, run_async, wait_for
+from _app_util import RunWriter, make_app, run_async, show, wait_for
 
 from engine.contract import RunLayout, read_json, write_json
 
@@ -55,10 +55,7 @@ async def test_compare_opens_on_which_student_in_80_columns(runs, tmp_path):
     decided_run(runs)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
-        await pilot.press("3")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
-        screen = app.screen
+        screen = await show(pilot, app, "3", "CompareScreen", runs=1)
         table = screen.query_one("#which-table")
         await wait_for(pilot, lambda: table.row_count == 4, what="teacher + 3 students")
         await pilot.pause()
@@ -114,9 +111,7 @@ async def test_ctrl_e_exports_the_highlighted_student(runs, tmp_path, monkeypatc
     w = decided_run(runs)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
-        await pilot.press("3")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        await show(pilot, app, "3", "CompareScreen", runs=1)
         table = app.screen.query_one("#which-table")
         await wait_for(pilot, lambda: table.row_count == 4, what="teacher + 3 students")
         await pilot.press("ctrl+e")  # the cursor is on the teacher
@@ -137,9 +132,7 @@ async def test_quality_vs_speed_names_its_x_axis_and_draws_labels_on_its_own_bac
     decided_run(runs)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
-        await pilot.press("3")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        await show(pilot, app, "3", "CompareScreen", runs=1)
         await pilot.press("v")
         chart = app.screen.query_one("#quality-speed")
         await wait_for(pilot, lambda: len(chart.points) == 4 and chart.size.height > 0, what="the points")
@@ -188,9 +181,7 @@ async def test_a_model_timed_under_load_says_so_in_quality_vs_speed(runs, tmp_pa
     decided_run(runs, under_load=("distill-width",))
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
-        await pilot.press("3")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        await show(pilot, app, "3", "CompareScreen", runs=1)
         chart = app.screen.query_one("#quality-speed")
         await wait_for(pilot, lambda: len(chart.points) == 4, what="the points")
         assert {p[0] for p in chart.points} == {"teacher", "depth", "width*", "auto (search)"}

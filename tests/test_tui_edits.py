@@ -5,7 +5,7 @@ they drop unsaved form edits, as quitting does."""
 from __future__ import annotations
 
 import pytest
-from _app_util import finished_run, make_app, run_async, wait_for
+from _app_util import finished_run, make_app, run_async, show, wait_for
 
 from app.data.disk_edits import _ABSENT, beside, merge, overwrite_text
 
@@ -57,9 +57,7 @@ def test_keep_both_goes_to_a_free_name_beside(tmp_path):
 
 
 async def loaded(app, pilot, src):
-    await pilot.press("2")
-    await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
-    screen = app.screen
+    screen = await show(pilot, app, "2", "ComposeScreen")
     await wait_for(pilot, screen.form_ready.is_set, what="the form")
     screen.load_file(src)
     await wait_for(pilot, lambda: screen.raw.get("name") == "tiny" and screen.form_ready.is_set()

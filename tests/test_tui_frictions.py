@@ -5,7 +5,7 @@ fit their columns; j/k move in lists; G/End reach the end of Help; esc in Compar
 from __future__ import annotations
 
 import pytest
-from _app_util import RunWriter, finished_run, make_app, run_async, wait_for
+from _app_util import RunWriter, finished_run, make_app, run_async, show, wait_for
 
 from app.widgets.style import stage_strip
 
@@ -100,9 +100,7 @@ async def test_esc_in_compare_keeps_the_ticks(runs, tmp_path):
     finished_run(runs, "run-a")
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
-        await pilot.press("3")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+        await show(pilot, app, "3", "CompareScreen", runs=1)
         picks = app.screen.query_one("#compare-pick")
         await wait_for(pilot, lambda: len(picks.selected) == 4, what="the students ticked")
         await pilot.press("w", "escape")
@@ -117,9 +115,7 @@ async def test_checkboxes_read_without_colour_and_f4_focuses_the_new_student(run
     monkeypatch.chdir(tmp_path)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
-        screen = app.screen
+        screen = await show(pilot, app, "2", "ComposeScreen")
         await wait_for(pilot, screen.form_ready.is_set, what="the form")
         toggle = screen.query_one("#toggle-finetune")
         assert toggle.value and "▐X▌" in plain(toggle.render())
@@ -169,9 +165,7 @@ async def test_the_missing_fields_are_there(runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
-        screen = app.screen
+        screen = await show(pilot, app, "2", "ComposeScreen")
         await wait_for(pilot, screen.form_ready.is_set, what="the form")
         screen.query_one("#f-data-test-fraction").value = "0.05"
         screen.query_one("#f-finetune-checkpoint-interval").value = "20"
@@ -239,9 +233,7 @@ async def test_a_new_form_takes_float32_without_a_gpu(runs, tmp_path, monkeypatc
     monkeypatch.setattr(compose, "has_nvidia_gpu", lambda: gpu)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
-        screen = app.screen
+        screen = await show(pilot, app, "2", "ComposeScreen")
         await wait_for(pilot, screen.form_ready.is_set, what="the form")
         assert screen.raw["model"]["dtype"] == ("bfloat16" if gpu else "float32")
         assert screen.query_one("#f-model-dtype").value == screen.raw["model"]["dtype"]
@@ -257,9 +249,7 @@ async def test_the_field_an_error_names_is_marked(runs, tmp_path, monkeypatch):
     teacher = teacher_dir(tmp_path)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
-        screen = app.screen
+        screen = await show(pilot, app, "2", "ComposeScreen")
         await wait_for(pilot, screen.form_ready.is_set, what="the form")
         screen.query_one("#f-model-path").value = str(teacher)
         depth = screen.query("StudentForm").first()
@@ -283,10 +273,7 @@ async def test_m_shows_the_tabs_full_screen(runs, tmp_path):
     finished_run(runs, "run-a")
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for(pilot, lambda: app.runs_loaded and len(app.runs) == 1)
-        await pilot.press("3")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
-        screen = app.screen
+        screen = await show(pilot, app, "3", "CompareScreen", runs=1)
         await pilot.press("w")
         tabs = screen.query_one("#compare-tabs")
         await pilot.pause()
@@ -312,9 +299,7 @@ async def test_a_new_forms_students_are_sized_from_a_small_teacher(runs, tmp_pat
     teacher = teacher_dir(tmp_path)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
-        screen = app.screen
+        screen = await show(pilot, app, "2", "ComposeScreen")
         await wait_for(pilot, screen.form_ready.is_set, what="the form")
         await pilot.press("f2")  # a third student, edited by the user below
         await wait_for(pilot, lambda: len(screen.raw["prune"]) == 3)
@@ -337,9 +322,7 @@ async def test_every_students_error_is_said_and_marked(runs, tmp_path, monkeypat
     teacher = teacher_dir(tmp_path)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
-        screen = app.screen
+        screen = await show(pilot, app, "2", "ComposeScreen")
         await wait_for(pilot, screen.form_ready.is_set, what="the form")
         depth, width = screen.query("StudentForm")
 
@@ -363,9 +346,7 @@ async def test_tab_never_leaves_compose_without_a_field(runs, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.press("2")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
-        screen = app.screen
+        screen = await show(pilot, app, "2", "ComposeScreen")
         await wait_for(pilot, screen.form_ready.is_set, what="the form")
         screen.query_one("#f-name").focus()
         await pilot.press("shift+tab")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from _app_util import make_app, run_async, wait_for
+from _app_util import make_app, run_async, show, wait_for
 from textual import events
 
 
@@ -26,8 +26,7 @@ def burst(app, keys: list[str]) -> None:
 
 
 async def compose(app, pilot):
-    await pilot.press("2")
-    await wait_for(pilot, lambda: type(app.screen).__name__ == "ComposeScreen")
+    await show(pilot, app, "2", "ComposeScreen")
     await wait_for(pilot, app.screen.form_ready.is_set, what="the form")
     return app.screen
 
