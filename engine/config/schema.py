@@ -266,6 +266,11 @@ TRAIN_NOT_HASHED = {"keep_checkpoints", "fail_on_divergence"}
 SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads"]
 
 
+# a search's speed budget: the targets, then how they are measured (engine/search/speed_budget.py)
+SPEED_KEYS = ("target_decode_ms", "target_prefill_tokens_per_s", "speed_batch_size", "speed_prompt_tokens",
+              "speed_new_tokens", "speed_fit_shapes")
+
+
 class PruneConfig(_Section):
     name: str
     method: Literal["depth", "width", "search"]
@@ -304,23 +309,39 @@ class PruneConfig(_Section):
     score: Literal["loss", "distill"] = "loss"
     score_steps: int = Field(default=20, ge=1)  # score = "distill": steps of the short distillation
     score_task: str | None = None  # an [eval] task scored instead of the loss
+    # search: speed budgets, measured on the prune stage's device (engine/search/speed_budget.py); they
+    # narrow target_params / target_memory_gb (a shape must meet both)
+    target_decode_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # ms per generated token
+    target_prefill_tokens_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    speed_batch_size: int | None = Field(default=None, ge=1)  # default: the smallest [eval] speed_batch_sizes, or 1
+    speed_prompt_tokens: int | None = Field(default=None, ge=1)  # default: [eval]'s, else the device's
+    speed_new_tokens: int | None = Field(default=None, ge=2)  # default: [eval]'s, else the device's
+    speed_fit_shapes: int = Field(default=12, ge=4, le=500)  # shapes timed with random weights for the cost model
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return _slug(v, "name")
 
+    def _speed_target(self) -> bool:
+        return self.target_decode_ms is not None or self.target_prefill_tokens_per_s is not None
+
     @model_validator(mode="after")
     def _targets(self) -> PruneConfig:
         width_keys = ("ffn_hidden_size", "hidden_size", "num_attention_heads", "num_key_value_heads")
-        search_keys = ("target_params", "target_memory_gb", "memory_seq_length", "score_task")
+        search_keys = ("target_params", "target_memory_gb", "memory_seq_length", "score_task") + SPEED_KEYS
         if self.method != "search":
-            set_search = [k for k in search_keys if getattr(self, k) is not None]
+            set_search = [k for k in search_keys if k in self.model_fields_set and getattr(self, k) is not None]
             if set_search:
                 raise ValueError(f"{set_search[0]}: a search key in a {self.method} prune; use method = \"search\"")
         if self.method == "search":
             if (self.target_params is None) == (self.target_memory_gb is None):
-                raise ValueError("target_params: a search needs exactly one of target_params or target_memory_gb")
+                raise ValueError("target_params: a search needs exactly one of target_params or target_memory_gb"
+                                 + (" (a speed target narrows it)" if self._speed_target() else ""))
+            how = [k for k in SPEED_KEYS[2:] if k in self.model_fields_set]
+            if how and not self._speed_target():
+                raise ValueError(f"{how[0]}: says how a speed target is measured, and there is none; add "
+                                 "target_decode_ms or target_prefill_tokens_per_s, or leave it out")
             if self.target_params is not None:
                 from engine.config.counts import parse_param_count
 

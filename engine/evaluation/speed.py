@@ -44,9 +44,8 @@ import torch
 from torch import nn
 
 from engine.contract import GIB
+from engine.evaluation.speed_defaults import CPU_DEFAULTS, GPU_DEFAULTS
 
-GPU_DEFAULTS = {"batch_sizes": [1, 16], "prompt_tokens": 512, "new_tokens": 128}
-CPU_DEFAULTS = {"batch_sizes": [1, 4], "prompt_tokens": 64, "new_tokens": 16}
 MAX_ROUNDS = 100  # beyond the time cap, a bound for a clock that never advances
 
 Timer = Callable[[Callable[[], Any]], tuple[float, Any]]  # fn -> (seconds, fn())

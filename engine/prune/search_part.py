@@ -43,7 +43,9 @@ from engine.contract.stage_context import StageContext
 from engine.evaluation.loss import evaluate_loss
 from engine.prune.importance import Importance
 from engine.prune.student import SortedTeacher, layers_to_drop, prune_student
+from engine.search.frontier import frontier
 from engine.search.scoring import Scorer
+from engine.search.speed_budget import SpeedSearch
 from engine.search.table import search_document
 from engine.shapes.candidates import SearchSpace, candidate_label
 
@@ -92,8 +94,10 @@ SCREEN_LOG_LINES = 20  # a screen of thousands logs about this many progress lin
 
 
 def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Importance,
-               windows: list[torch.Tensor], scorer: Scorer) -> Winner:
-    """Screen the candidates, score the best of the screen; write search.json; return the best one, pruned."""
+               windows: list[torch.Tensor], scorer: Scorer, speed: SpeedSearch | None = None) -> Winner:
+    """Screen the candidates, score the best of the screen; write search.json; return the best one, pruned.
+    With a speed budget (`speed`, which has narrowed `space`), the best of the screen that are timed
+    within it are scored."""
     stage = ctx.stage
     ctx.log(f"[{stage}] {space.describe()}; scoring by {scorer.name}")
     if space.capped:
@@ -115,7 +119,8 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
                 screen_s[i] = time.perf_counter() - t0
                 progress.step(f"screen {candidate_label(space.candidates[i].shape)}: loss {screen[i]:.4f}",
                               log=k % every == 0 or k == len(space.screened) - 1)
-            best_screened = sorted(screen, key=lambda i: (screen[i], i))[:n_scored]
+            order = sorted(screen, key=lambda i: (screen[i], i))
+            best_screened = speed.finalists(order, n_scored) if speed is not None else order[:n_scored]
             total = sum(screen_s.values())
             ctx.log(f"[{stage}] screened {len(screen)} candidates on {len(screen_windows)} batches in {total:.1f}s "
                     f"({total / len(screen):.3f}s each); scoring the best {n_scored} by {scorer.name}")
@@ -129,13 +134,16 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
         progress.close()
     ranked = scorer.ranked(scores)
     best = ranked[0]
-    write_json(ctx.layout.search_file(stage), search_document(
-        space, scorer.name, scorer.higher_is_better, {"kind": imp.kind, **imp.meta}, ranked, losses, scores, seconds,
-        screen, screen_s))
+    doc = search_document(space, scorer.name, scorer.higher_is_better, {"kind": imp.kind, **imp.meta}, ranked,
+                          losses, scores, seconds, screen, screen_s)
+    if speed is not None:  # the timed speeds join the candidates, and the frontier's axes
+        speed.annotate(doc)
+        doc["frontier"] = frontier(doc["candidates"], scorer.higher_is_better)
+    write_json(ctx.layout.search_file(stage), doc)
     target = space.student(best)
     drop = layers_to_drop(imp, space.teacher, target)
     ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({scorer.name} {scores[best]:.4f}, rank 1 of "
-            f"{len(scores)}; screen rank {best_screened.index(best) + 1} of {len(screen)})"
+            f"{len(scores)}; screen rank {order.index(best) + 1} of {len(screen)})"
             + (f", dropping layers {drop}" if drop else ""))
     return Winner(prune_student(teacher, imp, target, drop), best, losses[best], drop)
 

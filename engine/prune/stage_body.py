@@ -54,9 +54,15 @@ def prune_stage(ctx: StageContext) -> None:
         search_space(teacher_shape, p, where, exp.model.dtype, exp.data.seq_length) if p.method == "search"
         else student_shape(teacher_shape, p, where))
     ctx.log(f"[{stage}] teacher {src}: {teacher_shape.describe()}")
+    device = compute_device()
+    speed = None
+    if isinstance(target, SearchSpace):  # a speed budget narrows the candidates, timed before the teacher loads
+        from engine.search.speed_timing import speed_search
+
+        speed = speed_search(exp, p, cfg, device, where, lambda line: ctx.log(f"[{stage}] {line}"))
+        target = speed.narrow(target) if speed is not None else target
 
     # 2. the teacher
-    device = compute_device()
     t0 = time.time()
     model = load_model(src, exp.model.dtype, exp.model.attn_implementation).to(device).eval()
     tokenizer = load_tokenizer(tokenizer_source(exp, layout))
@@ -74,7 +80,8 @@ def prune_stage(ctx: StageContext) -> None:
         from engine.prune.search_part import run_search
 
         windows = val_windows(ctx, p.calibration_batch_size, device)
-        winner = run_search(ctx, target, model, imp, windows, _scorer(ctx, p, model, tokenizer, windows, device))
+        winner = run_search(ctx, target, model, imp, windows, _scorer(ctx, p, model, tokenizer, windows, device),
+                            speed)
         student, loss, expected = winner.student, winner.loss, target.candidates[winner.index].shape
     else:
         drop = layers_to_drop(imp, teacher_shape, target)

@@ -205,7 +205,23 @@ def student_shapes(exp: Experiment
         return None, None, []
     t = teacher_shape(exp, tc)
     _check_importance_files(exp, t)
-    return tc, t, [_student(exp, t, p) for p in exp.prune]
+    students = [_student(exp, t, p) for p in exp.prune]
+    _check_speed_budgets(exp, tc)
+    return tc, t, students
+
+
+def _check_speed_budgets(exp: Experiment, tc: TeacherConfig) -> None:
+    """A search's speed budget at lengths the teacher cannot hold: one line now, not in the prune stage."""
+    from engine.errors import UserError
+    from engine.search.speed_budget import speed_budget_for
+
+    for p in exp.prune:
+        budget = speed_budget_for(p, exp.eval) if p.method == "search" else None
+        if budget is not None:
+            try:
+                budget.check_positions(tc.config.get("max_position_embeddings"), f"{exp.source}: prune[{p.name}]")
+            except UserError as e:
+                raise ConfigError(str(e)) from None
 
 
 def _check_importance_files(exp: Experiment, teacher: Shape | None) -> None:
@@ -285,7 +301,7 @@ def shape_lines(exp: Experiment) -> list[str]:
            f"[{tc.origin}]", "students:"]
     for p, student in zip(exp.prune, students, strict=True):
         if isinstance(student, SearchSpace):
-            out += _search_lines(p, t, student)
+            out += _search_lines(p, t, student, exp.eval)
             continue
         s = student.shape
         how = student.describe() if student.method == "depth" else _changes(t, s)
@@ -305,8 +321,10 @@ def _selection_line(p: Any, t: Shape, selection: str) -> str:
     return f"    layers by {selection}: costs {selection_cost(selection, t.num_layers)}; {batches} calibration batches"
 
 
-def _search_lines(p: Any, t: Shape, space: SearchSpace) -> list[str]:
-    """The search's budget, candidate count and param range, and the first few candidates."""
+def _search_lines(p: Any, t: Shape, space: SearchSpace, eval_cfg: Any = None) -> list[str]:
+    """The search's budget, candidate count and param range, its speed budget, and the first few candidates."""
+    from engine.search.speed_budget import speed_budget_for
+
     score = {"loss": "validation loss right after pruning",
              "distill": f"validation loss after {p.score_steps} distillation steps"}[p.score]
     if p.score_task:
@@ -314,6 +332,12 @@ def _search_lines(p: Any, t: Shape, space: SearchSpace) -> list[str]:
     out = [f"  prune-{p.name}: {space.describe()} by {score}"]
     if space.drops_layers():
         out.append(_selection_line(p, t, space.selection))
+    speed = speed_budget_for(p, eval_cfg)
+    if speed is not None:
+        out.append(f"    speed budget: {speed.describe()}; {min(speed.fit_shapes, len(space.candidates))} "
+                   "shapes timed with random weights fit a cost model that drops the candidates predicted to "
+                   "miss it before the screen; the best of the screen are timed for real and only those "
+                   "within it scored (timings cached per device)")
     if space.capped:
         out.append(f"    {space.cap_message()}")
     shown = evenly_spaced(space.screened, CHECK_SHOWN)
