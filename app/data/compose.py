@@ -16,39 +16,75 @@ from typing import Any
 
 from app.data.form_fields import get_key
 
+# the training keys a new form fills in (the rest stay empty: their placeholders say the default)
+NEW_TRAIN_KEYS = ("steps", "global_batch_size", "micro_batch_size", "lr", "min_lr", "warmup_steps")
+NEW_SEQ_LENGTH = 1024  # not the schema's 2048: a first run on a laptop's CPU stays small
+
 
 def new_experiment() -> dict[str, Any]:
-    """What an empty Compose form starts from."""
+    """What an empty Compose form starts from: the schema's defaults (engine.config.section_defaults),
+    so a default changed there shows here; the students are the 8B recipe's until a teacher is named
+    (Compose then sizes them from it)."""
+    from engine.config import key_spec, section_defaults
+
     return {
         "name": "my-experiment",
-        "runs_dir": "runs",
-        "model": {"path": "", "dtype": "bfloat16"},
+        "runs_dir": key_spec("", "runs_dir").default,
+        "model": {"path": "", **section_defaults("model", ("dtype",))},
         # data that needs no network (the hub's wikitext is a field away); the teacher is the user's to name
-        "data": {"dataset": "builtin:stdlib-docs", "seq_length": 1024},
-        "finetune": {"steps": 30, "global_batch_size": 128, "micro_batch_size": "auto", "lr": 1e-4,
-                     "min_lr": 1e-5, "warmup_steps": 2},
-        "prune": [
-            {"name": "depth", "method": "depth", "num_layers": 16},
-            {"name": "width", "method": "width", "ffn_hidden_size": 9216, "hidden_size": 3072},
-        ],
-        "distill": {"steps": 30, "global_batch_size": 128, "micro_batch_size": "auto", "lr": 1e-4,
-                    "min_lr": 1e-5, "warmup_steps": 2, "loss": "forward_kl"},
-        "eval": {"splits": ["validation", "test"]},
-        "launch": {"gpus": "all", "strategy": "ddp"},
+        "data": {"dataset": "builtin:stdlib-docs", "seq_length": NEW_SEQ_LENGTH},
+        "finetune": section_defaults("finetune", NEW_TRAIN_KEYS),
+        "prune": [new_student("depth", []), {**new_student("width", []), "hidden_size": RECIPE_WIDTH_HIDDEN}],
+        "distill": section_defaults("distill", (*NEW_TRAIN_KEYS, "loss")),
+        "eval": section_defaults("eval", ("splits",)),
+        "launch": section_defaults("launch", ("gpus", "strategy")),
     }
 
 
-def new_student(method: str, existing: list[str]) -> dict[str, Any]:
+# a student before its teacher is known: the 8B recipe's (keep 16 of 32 layers; ffn 14336 -> 9216; half
+# the parameters); new_experiment's width student also has hidden 4096 -> 3072
+RECIPE: dict[str, dict[str, Any]] = {"depth": {"num_layers": 16}, "width": {"ffn_hidden_size": 9216},
+                                     "search": {"target_params": 0.5}}
+RECIPE_WIDTH_HIDDEN = 3072
+FFN_STEP = 64  # a width student's ffn: a multiple of this (hardware-friendly) when the teacher's is large
+
+
+def student_targets(method: str, teacher: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """A new student's targets: the recipe's, or sized from the teacher's (layers, hidden, ffn) once
+    known: half its layers, half its ffn (hidden unchanged); a search asks for half the parameters."""
+    if teacher is None or method not in ("depth", "width"):
+        return dict(RECIPE.get(method, RECIPE["width"]))
+    layers, _hidden, ffn = teacher
+    if method == "depth":
+        return {"num_layers": max(1, layers // 2)}
+    half = ffn // 2
+    return {"ffn_hidden_size": half - half % FFN_STEP if half >= 2 * FFN_STEP else max(1, half)}
+
+
+def is_untouched(student: dict[str, Any]) -> bool:
+    """A student still as the form made it before the teacher was known (the user's own numbers are
+    never replaced: validation says what is wrong with them)."""
+    targets = {k: v for k, v in student.items() if k not in ("name", "method")}
+    recipe = RECIPE.get(str(student.get("method")))
+    extra = {"hidden_size": RECIPE_WIDTH_HIDDEN} if student.get("method") == "width" else {}
+    return recipe is not None and targets in (recipe, {**recipe, **extra})
+
+
+def too_big(student: dict[str, Any], teacher: tuple[int, int, int]) -> bool:
+    """A depth or width student no smaller than its teacher (the recipe's numbers on a small teacher)."""
+    layers, hidden, ffn = teacher
+    return (student.get("num_layers", 0) >= layers or student.get("ffn_hidden_size", 0) >= ffn
+            or student.get("hidden_size", 0) >= hidden)
+
+
+def new_student(method: str, existing: list[str], teacher: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """A student of `method` named after it (depth, depth2, ...), sized from `teacher` when known."""
     base = method
     n = 2
     name = base
     while name in existing:
         name, n = f"{base}{n}", n + 1
-    if method == "depth":
-        return {"name": name, "method": "depth", "num_layers": 16}
-    if method == "search":
-        return {"name": name, "method": "search", "target_params": 0.5}
-    return {"name": name, "method": "width", "ffn_hidden_size": 9216}
+    return {"name": name, "method": method, **student_targets(method, teacher)}
 
 
 def read_experiment_file(path: str | Path) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """The Compose form's fields: which experiment keys the form edits (one FieldSpec per field, by
-section and by student method), and how a field's text reads and writes a key's value."""
+section and by student method), and how a field's text reads and writes a key's value.
+
+A field's kind, choices and placeholder come from the schema (engine.config.key_spec reads the pydantic
+models), a scratch teacher's from transformers' config class (engine.config.arch_default): the form
+keeps no copy of a default. Placeholders say "default ..." / "e.g. ..." / "empty: ...", never a bare
+value, so an empty field does not read as a typed one."""
 
 from __future__ import annotations
 
@@ -7,123 +12,21 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from engine.config.arch import SUPPORTED_MODEL_TYPES
+from engine.config import SUPPORTED_MODEL_TYPES, arch_default, key_spec
+
+# sections whose fields edit their own dict (a student, an optional section's stash, the top level): keys
+# without the section; the others' keys are dotted from the file's top ("model.dtype")
+OWN_DICT_SECTIONS = ("", "prune", "finetune", "distill", "eval")
 
 
 @dataclass(frozen=True)
 class FieldSpec:
-    key: str  # dotted key inside the experiment, e.g. "finetune.lr"
+    key: str  # dotted key inside the target dict, e.g. "model.dtype" (the file) or "lr" (a section)
     label: str
     kind: str = "str"  # str | int | auto_int | float | size | ints | gpus | strs | choice | bool
     choices: tuple[str, ...] = ()
-    placeholder: str = ""
-
-
-TOP = (
-    FieldSpec("name", "name", placeholder="my-experiment"),
-    FieldSpec("runs_dir", "runs dir", placeholder="runs"),
-)
-MODEL = (
-    FieldSpec("model.init", "init", "choice", ("pretrained", "scratch")),
-    FieldSpec("model.path", "teacher", placeholder="hub id or local dir, e.g. meta-llama/Llama-3.1-8B"),
-    FieldSpec("model.dtype", "dtype", "choice", ("bfloat16", "float16", "float32")),
-    FieldSpec("model.tokenizer", "tokenizer", placeholder="default: the model's own"),
-)
-# a fresh teacher (init = "scratch"): its architecture, and a tokenizer trained on the data. A
-# placeholder says what an empty field gives (the config class's default: llama's below), never a
-# value that looks typed in: "8" read as 8 heads where an empty field gave 32.
-SCRATCH = (
-    FieldSpec("model.arch.model_type", "arch type", "choice", SUPPORTED_MODEL_TYPES),
-    FieldSpec("model.arch.hidden_size", "hidden", "int", placeholder="empty: 4096 (llama's default); e.g. 256"),
-    FieldSpec("model.arch.intermediate_size", "ffn", "int", placeholder="empty: 11008 (llama's default)"),
-    FieldSpec("model.arch.num_hidden_layers", "layers", "int", placeholder="empty: 32 (llama's default)"),
-    FieldSpec("model.arch.num_attention_heads", "heads", "int",
-              placeholder="empty: 32 (llama's default); must divide hidden"),
-    FieldSpec("model.arch.num_key_value_heads", "kv heads", "int", placeholder="empty: 32 (= heads)"),
-    FieldSpec("model.arch.max_position_embeddings", "max positions", "int",
-              placeholder="empty: 2048 (llama's default); at least data.seq_length"),
-    FieldSpec("model.arch.tie_word_embeddings", "tie embeddings", "bool"),  # llama's default: untied
-    FieldSpec("model.tokenizer_train_vocab", "train vocab", "int", placeholder="4096 (or set tokenizer)"),
-)
-DATA = (
-    FieldSpec("data.dataset", "dataset", placeholder="wikitext | builtin:stdlib-docs"),
-    FieldSpec("data.config", "config", placeholder="wikitext-103-v1"),
-    FieldSpec("data.train_files", "train files", "strs", placeholder="data/train.jsonl, ..."),
-    FieldSpec("data.validation_files", "val files", "strs", placeholder="default: hold out a fraction"),
-    FieldSpec("data.text_field", "text field", placeholder="default text"),
-    FieldSpec("data.seq_length", "seq length", "int", placeholder="default 2048"),
-    FieldSpec("data.test_fraction", "test fraction", "float",
-              placeholder="default 0; held out for a test split when none is given, e.g. 0.05"),
-)
-TRAIN = (  # placeholders: "default N", the schema's own default (a test holds them to it)
-    FieldSpec("steps", "steps", "int", placeholder="default 30"),
-    FieldSpec("global_batch_size", "global batch", "int", placeholder="default 128"),
-    FieldSpec("micro_batch_size", "micro batch", "auto_int", placeholder="auto (largest that fits) | 4"),
-    FieldSpec("lr", "lr", "float", placeholder="default 1e-4"),
-    FieldSpec("min_lr", "min lr", "float", placeholder="default 1e-5"),
-    FieldSpec("warmup_steps", "warmup", "int", placeholder="default 2"),
-    FieldSpec("val_interval", "val every", "int", placeholder="default 10"),
-    FieldSpec("checkpoint_interval", "ckpt every", "int", placeholder="default 100 (steps)"),
-)
-DISTILL_EXTRA = (
-    FieldSpec("loss", "KD loss", "choice", ("forward_kl", "reverse_kl", "jsd", "ce")),
-    FieldSpec("temperature", "temperature", "float", placeholder="default 1.0"),
-    FieldSpec("ce_weight", "CE weight", "float", placeholder="default 0.0"),
-)
-EVAL = (  # [eval]: the splits' loss always; downstream tasks through lm-evaluation-harness
-    FieldSpec("tasks", "tasks", "strs", placeholder="e.g. hellaswag, arc_easy | experiments/tasks/stdlib_lastword"),
-    FieldSpec("limit", "task limit", "int", placeholder="default: every example (e.g. 200 for a quick look)"),
-)
-LAUNCH = (
-    FieldSpec("launch.gpus", "GPUs", "gpus", placeholder="all | 0,1,2,3"),
-    FieldSpec("launch.strategy", "strategy", "choice", ("ddp", "fsdp")),
-    FieldSpec("launch.parallel", "parallel", "bool"),  # distill the students at once; <= 15 characters
-)
-# A student's fields by [[prune]] method (labels fit the 16-column label column: 15 characters at most)
-SELECTION = FieldSpec("selection", "selection", "choice", ("block-influence", "lm-loss", "contiguous", "last"))
-# every method scores importance on calibration text: 1024 samples took 14 minutes on a CPU
-CALIBRATION = FieldSpec("calibration_samples", "calib samples", "int",
-                        placeholder="default 1024 (fewer: a faster prune, e.g. 64 on a CPU)")
-DEPTH = (
-    FieldSpec("drop_layers", "drop layers", "ints", placeholder="16-31  (0-indexed)"),
-    FieldSpec("num_layers", "or keep N", "int", placeholder="layers to keep; importance picks"),
-    SELECTION,
-    CALIBRATION,
-)
-WIDTH = (
-    FieldSpec("ffn_hidden_size", "ffn", "int", placeholder="unchanged"),
-    FieldSpec("hidden_size", "hidden", "int", placeholder="unchanged"),
-    FieldSpec("num_attention_heads", "heads", "int", placeholder="unchanged"),
-    FieldSpec("num_key_value_heads", "kv heads", "int", placeholder="unchanged"),
-    FieldSpec("num_layers", "layers", "int", placeholder="unchanged (or keep N; importance picks)"),
-    SELECTION,
-    CALIBRATION,
-)
-SEARCH = (  # the student described by its budget (engine/search/)
-    FieldSpec("target_params", "target params", "size", placeholder='0.6 (of the teacher) | "4.5B" | 81_000_000'),
-    FieldSpec("target_memory_gb", "or memory GiB", "float", placeholder="weights + KV cache, in model.dtype"),
-    FieldSpec("memory_seq_length", "KV seq length", "int", placeholder="default: data.seq_length"),
-    FieldSpec("memory_batch_size", "KV batch", "int", placeholder="1"),
-    FieldSpec("tolerance", "tolerance", "float", placeholder="0.03 (of the target)"),
-    FieldSpec("axes", "axes", "strs", placeholder="num_layers, hidden_size, ffn_hidden_size"),
-    FieldSpec("hidden_multiple", "hidden step", "int", placeholder="64"),
-    FieldSpec("ffn_multiple", "ffn step", "int", placeholder="64"),
-    FieldSpec("top_k", "top k", "int", placeholder="10 (candidates pruned and scored)"),
-    FieldSpec("score", "score", "choice", ("loss", "distill")),
-    FieldSpec("score_steps", "score steps", "int", placeholder="20 (score = distill)"),
-    FieldSpec("score_task", "score task", placeholder="an [eval] task scored instead of the loss"),
-    SELECTION,
-    CALIBRATION,
-)
-STUDENT_FIELDS = {"depth": DEPTH, "width": WIDTH, "search": SEARCH}
-METHODS = tuple(STUDENT_FIELDS)
-
-
-def foreign_keys(method: str | None) -> set[str]:
-    """Target keys of the other methods that `method` has no field for: dropped when a student's
-    method changes (a search rejects num_layers, a depth prune rejects widths)."""
-    own = {s.key for s in STUDENT_FIELDS.get(method, ())}
-    return {s.key for specs in STUDENT_FIELDS.values() for s in specs} - own
+    placeholder: str = ""  # what an empty field gives, in words ("default 30"): never a bare value
+    blank: str = "default"  # what a choice left blank shows: the schema's default ("default ddp")
 
 
 _INT = re.compile(r"[+-]?\d[\d_]*")
@@ -203,6 +106,148 @@ def _compact(ints: list[Any]) -> str:
             out += [str(x) for x in s[i + 1:j + 1]]
         i = j + 1
     return ", ".join(out)
+
+
+def schema_field(section: str, key: str, label: str, kind: str | None = None, hint: str = "") -> FieldSpec:
+    """A field over `key` of the schema's `section` (engine.config.form_spec.SECTIONS): its kind,
+    choices and "default ..." placeholder read from the schema, so they follow it. `hint`: words for
+    an empty field with no default ("default: the model's own"), or after the default ("default 64; ...")."""
+    ks = key_spec(section, key)
+    kind = kind or ks.kind
+    default = ks.default
+    shown = "" if default in (None, [], {}) or isinstance(default, bool) else format_field(kind, default)
+    if shown:
+        bounds = ks.bounds_text() if kind == "float" and ks.lower is not None and ks.upper is not None else ""
+        joint = " " if hint.startswith("(") else "; "  # "default 100 (steps)", "default 1024; fewer: ..."
+        placeholder = f"default {shown}" + (joint + hint if hint else f" ({bounds})" if bounds else "")
+    else:
+        placeholder = hint or ("required" if ks.required else "default: none")
+    choices = ks.choices if kind == "choice" else ()
+    return FieldSpec(key if section in OWN_DICT_SECTIONS else f"{section}.{key}",
+                     label, kind, tuple(choices), placeholder if kind != "choice" else "",
+                     f"default {shown}" if kind == "choice" and shown else hint or "default")
+
+
+def arch_placeholder(key: str, arch: dict[str, Any]) -> str:
+    """What an empty `[model].arch` key gives: transformers' default for the arch's model_type (llama's
+    before one is picked), from its config class; kv heads follow the heads."""
+    model_type = str(arch.get("model_type") or "llama")
+    default = arch_default(model_type, key)
+    if key == "num_key_value_heads" and default is None:
+        heads = arch.get("num_attention_heads") or arch_default(model_type, "num_attention_heads")
+        return f"empty: {heads} (= heads)"
+    if default is None:
+        return f"empty: {model_type}'s own rule"
+    note = {"num_attention_heads": "; must divide hidden", "max_position_embeddings": "; at least data.seq_length"}
+    return f"empty: {default} ({model_type}'s default){note.get(key, '')}"
+
+
+def _arch(key: str, label: str) -> FieldSpec:
+    return FieldSpec(f"model.arch.{key}", label, "int", placeholder=arch_placeholder(key, {}))
+
+
+TOP = (
+    schema_field("", "name", "name", hint="required, e.g. my-experiment"),
+    schema_field("", "runs_dir", "runs dir"),
+)
+MODEL = (
+    schema_field("model", "init", "init"),
+    schema_field("model", "path", "teacher", hint="e.g. meta-llama/Llama-3.1-8B (a hub id) or a local dir"),
+    schema_field("model", "dtype", "dtype"),
+    schema_field("model", "tokenizer", "tokenizer", hint="default: the model's own"),
+)
+# a fresh teacher (init = "scratch"): its architecture ([model].arch, transformers' config keys: their
+# defaults are the config class's, shown for the model_type picked), and a tokenizer trained on the data
+SCRATCH = (
+    FieldSpec("model.arch.model_type", "arch type", "choice", SUPPORTED_MODEL_TYPES, blank="none: pick one"),
+    _arch("hidden_size", "hidden"),
+    _arch("intermediate_size", "ffn"),
+    _arch("num_hidden_layers", "layers"),
+    _arch("num_attention_heads", "heads"),
+    _arch("num_key_value_heads", "kv heads"),
+    _arch("max_position_embeddings", "max positions"),
+    FieldSpec("model.arch.tie_word_embeddings", "tie embeddings", "bool"),  # the config's default: untied
+    schema_field("model", "tokenizer_train_vocab", "train vocab", hint="e.g. 4096 (or set tokenizer)"),
+)
+DATA = (
+    schema_field("data", "dataset", "dataset", hint="e.g. wikitext | builtin:stdlib-docs"),
+    schema_field("data", "config", "config", hint="e.g. wikitext-103-v1"),
+    schema_field("data", "train_files", "train files", hint="e.g. data/train.jsonl, ..."),
+    schema_field("data", "validation_files", "val files", hint="default: hold out a fraction"),
+    schema_field("data", "text_field", "text field"),
+    schema_field("data", "seq_length", "seq length"),
+    schema_field("data", "test_fraction", "test fraction", hint="held out when no test split; e.g. 0.05"),
+)
+TRAIN = (  # [finetune] and [distill] share these (TrainConfig): the same defaults
+    schema_field("finetune", "steps", "steps"),
+    schema_field("finetune", "global_batch_size", "global batch"),
+    schema_field("finetune", "micro_batch_size", "micro batch", hint="the largest that fits; or e.g. 4"),
+    schema_field("finetune", "lr", "lr"),
+    schema_field("finetune", "min_lr", "min lr"),
+    schema_field("finetune", "warmup_steps", "warmup"),
+    schema_field("finetune", "val_interval", "val every"),
+    schema_field("finetune", "checkpoint_interval", "ckpt every", hint="(steps)"),
+)
+DISTILL_EXTRA = (
+    schema_field("distill", "loss", "KD loss"),
+    schema_field("distill", "temperature", "temperature"),
+    schema_field("distill", "ce_weight", "CE weight"),
+)
+EVAL = (  # [eval]: the splits' loss always; downstream tasks through lm-evaluation-harness
+    schema_field("eval", "tasks", "tasks", hint="e.g. hellaswag, arc_easy | experiments/tasks/stdlib_lastword"),
+    schema_field("eval", "limit", "task limit", hint="default: every example (e.g. 200 for a quick look)"),
+)
+LAUNCH = (
+    schema_field("launch", "gpus", "GPUs", hint="or e.g. 0,1,2,3"),
+    schema_field("launch", "strategy", "strategy"),
+    schema_field("launch", "parallel", "parallel"),  # distill the students at once; <= 15 characters
+)
+# A student's fields by [[prune]] method (labels fit the 16-column label column: 15 characters at most)
+SELECTION = schema_field("prune", "selection", "selection", hint="default: by method")
+# every method scores importance on calibration text: 1024 samples took 14 minutes on a CPU
+CALIBRATION = schema_field("prune", "calibration_samples", "calib samples", hint="fewer, faster: e.g. 64 on a CPU")
+DEPTH = (
+    schema_field("prune", "drop_layers", "drop layers", hint="e.g. 16-31 (0-indexed)"),
+    schema_field("prune", "num_layers", "or keep N", hint="e.g. 16 layers kept; importance picks"),
+    SELECTION,
+    CALIBRATION,
+)
+_UNCHANGED = "default: unchanged (the teacher's)"
+WIDTH = (
+    schema_field("prune", "ffn_hidden_size", "ffn", hint=_UNCHANGED),
+    schema_field("prune", "hidden_size", "hidden", hint=_UNCHANGED),
+    schema_field("prune", "num_attention_heads", "heads", hint=_UNCHANGED),
+    schema_field("prune", "num_key_value_heads", "kv heads", hint=_UNCHANGED),
+    schema_field("prune", "num_layers", "layers", hint="default: unchanged (or keep N; importance picks)"),
+    SELECTION,
+    CALIBRATION,
+)
+SEARCH = (  # the student described by its budget (engine/search/)
+    schema_field("prune", "target_params", "target params", hint='e.g. 0.6 (of the teacher) | "4.5B" | 81_000_000'),
+    schema_field("prune", "target_memory_gb", "or memory GiB", hint="e.g. 8: weights + KV cache, in model.dtype"),
+    schema_field("prune", "memory_seq_length", "KV seq length", hint="default: data.seq_length"),
+    schema_field("prune", "memory_batch_size", "KV batch"),
+    schema_field("prune", "tolerance", "tolerance", hint="(of the target)"),
+    schema_field("prune", "axes", "axes", "strs"),
+    schema_field("prune", "hidden_multiple", "hidden step"),
+    schema_field("prune", "ffn_multiple", "ffn step"),
+    schema_field("prune", "top_k", "top k", hint="(candidates pruned and scored)"),
+    schema_field("prune", "score", "score"),
+    schema_field("prune", "score_steps", "score steps", hint="(when score = distill)"),
+    schema_field("prune", "score_task", "score task", hint="default: the loss; or an [eval] task"),
+    SELECTION,
+    CALIBRATION,
+)
+STUDENT_FIELDS = {"depth": DEPTH, "width": WIDTH, "search": SEARCH}
+METHODS = key_spec("prune", "method").choices  # the schema's methods, in its order
+assert set(METHODS) == set(STUDENT_FIELDS), "a [[prune]] method without its fields"
+
+
+def foreign_keys(method: str | None) -> set[str]:
+    """Target keys of the other methods that `method` has no field for: dropped when a student's
+    method changes (a search rejects num_layers, a depth prune rejects widths)."""
+    own = {s.key for s in STUDENT_FIELDS.get(method, ())}
+    return {s.key for specs in STUDENT_FIELDS.values() for s in specs} - own
 
 
 def get_key(raw: dict[str, Any], key: str) -> Any:

@@ -28,23 +28,22 @@ from app.data.compose import (
     experiment_path,
     fresh_name,
     new_experiment,
-    new_student,
     to_toml,
     validate,
 )
 from app.data.form_fields import DATA, DISTILL_EXTRA, EVAL, LAUNCH, MODEL, SCRATCH, TOP, TRAIN
-from app.messages import FormChanged, StudentRemoved
+from app.messages import FormChanged
 from app.screens.worker_results import while_shown
 from app.textual_workarounds import InOrderInput, KeepStyles
 from app.widgets.checkbox import StateCheckbox
-from app.widgets.compose.fields import fields
+from app.widgets.compose.fields import ARCH, FieldInput, fields
 from app.widgets.compose.save_state import SaveState
 from app.widgets.compose.student_form import StudentForm
+from app.widgets.compose.students import StudentList
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 from engine.contract import OPTIONAL_SECTIONS, RunLayout
 
-STUDENT_KEYS = {"depth": "f2", "width": "f3", "search": "f4"}  # the add buttons and their keys
 VALIDATE_DELAY_S = 0.15  # debounce: validate once typing pauses
 DISK_WATCH_S = 2.0  # how often the open file is checked for changes made elsewhere (a stat, while shown)
 BUILD_GAP_S = 0.02  # between two parts of the form being mounted (a frame and pending input go first)
@@ -145,7 +144,7 @@ class ComposeScreen(KeepStyles, Screen):
             return lambda: form.mount_all([m() for m in make])
 
         def student(p: dict[str, Any]) -> Callable[[], Awaitable[Any]]:
-            return lambda: self._mount_student(StudentForm(p))
+            return lambda: self.query_one(StudentList).mount_student(StudentForm(p))
 
         return [
             part(lambda: _title("Experiment"), lambda: fields(TOP, raw)),  # the first show's frame: keep it small
@@ -162,15 +161,9 @@ class ComposeScreen(KeepStyles, Screen):
         ]
 
     async def _students_box(self) -> None:
-        """The students' box, its title and add buttons. Mounted one by one, not as the box's
-        constructor children (those join the DOM only when the box composes, which can come after
-        the next part, a student, looks for the buttons to mount itself before them)."""
-        box = Vertical(id="students", classes="form-section")
+        box = StudentList(self.raw)
         await self.query_one("#compose-form", VerticalScroll).mount(box)
-        await box.mount_all([_title("Students ([[prune]])"),
-                             Horizontal(*(Button(f"+ {m} student ({key})", id=f"add-{m}", compact=True)
-                                          for m, key in STUDENT_KEYS.items()),
-                                        classes="student-buttons")])
+        await box.build()
 
     def _scratch_fields(self) -> Widget:
         """The architecture of a fresh teacher: shown while model.init is "scratch"."""
@@ -242,6 +235,9 @@ class ComposeScreen(KeepStyles, Screen):
         if event.key == "model.init":
             for grid in self.query("#scratch-fields"):
                 grid.display = self._scratch()
+        if event.key.startswith(ARCH):  # another model_type (or heads): other defaults for the empty fields
+            for field in self.query("#scratch-fields FieldInput").results(FieldInput):
+                field.refresh_hint()
         self._schedule_validation()
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -265,54 +261,16 @@ class ComposeScreen(KeepStyles, Screen):
 
     async def on_button_pressed(self, event: Button.Pressed) -> None:
         bid = event.button.id
-        if bid is not None and bid.removeprefix("add-") in STUDENT_KEYS:
-            await self.action_add_student(bid.removeprefix("add-"))
-        elif bid == "save":
+        if bid == "save":
             self.action_save()
         elif bid == "open":
             await self.action_open()
         elif bid == "launch":
             self.action_launch()
 
-    def _mount_student(self, form: StudentForm) -> Awaitable[Any]:
-        """A student's form, last in the list (before the add buttons)."""
-        box = self.query_one("#students", Vertical)
-        return box.mount(form, before=box.query_one(".student-buttons"))
-
     async def action_add_student(self, method: str) -> None:
         await self.form_ready.wait()
-        names = [str(p.get("name")) for p in self.raw["prune"]]
-        student = new_student(method, names)
-        self.raw["prune"].append(student)
-        self._edited()
-        form = StudentForm(student)
-        await self._mount_student(form)
-        form.scroll_visible()
-        # the new student's first target (a search's budget), where typing goes next
-        field = next(iter(form.query(".student-targets Input")), None) or form.query(Input).first()
-        field.focus(scroll_visible=False)
-        self._schedule_validation()
-
-    def on_student_removed(self, event: StudentRemoved) -> None:
-        """A student's remove button: asks first (a removed student's settings are gone)."""
-        from app.screens.confirm import ConfirmScreen
-
-        student = event.student
-
-        async def answered(yes: bool | None) -> None:
-            if yes:
-                await self._remove_student(student)
-
-        self.app.push_screen(ConfirmScreen(f"Remove student '{student.get('name', '?')}' and its settings?",
-                                           yes="Remove", no="Keep"), answered)
-
-    async def _remove_student(self, student: dict) -> None:
-        self._edited()
-        self.raw["prune"] = [p for p in self.raw["prune"] if p is not student]
-        for form in self.query(StudentForm):
-            if form.student is student:
-                await form.remove()
-        self._schedule_validation()
+        await self.query_one(StudentList).add(method)
 
     def action_leave_field(self) -> None:
         self.set_focus(None)
@@ -352,35 +310,9 @@ class ComposeScreen(KeepStyles, Screen):
             text = f"{fmt.si(v.teacher_params)} params: {v.teacher_detail}" if v.teacher_detail else \
                 "(student sizes appear when the teacher's config.json is on disk)"
             info.first(Static).update(text + (f"\n{v.teacher_source}" if v.teacher_source else ""))
-        for form in self.query(StudentForm):
-            form.show_size(v.students.get(str(form.student.get("name"))), v.teacher_params)
+        for students in self.query(StudentList):
+            students.show(v)
         self._mark_invalid(v)
-        self._fit_untouched_students(v)
-
-    def _fit_untouched_students(self, v: Validation) -> None:
-        """A new form's students are the 8B recipe's (keep 16 layers; ffn 9216, hidden 3072): with a
-        smaller teacher they cannot work. A student still as the form made it, and too big for the
-        teacher now known, is sized from it instead: half its layers; half its ffn, hidden unchanged."""
-        if v.teacher_shape is None:
-            return
-        layers, hidden, ffn = v.teacher_shape
-        defaults = [{k: x for k, x in d.items() if k != "name"}
-                    for d in (*new_experiment()["prune"], new_student("depth", []), new_student("width", []))]
-        for form in self.query(StudentForm):
-            st = form.student
-            if {k: x for k, x in st.items() if k != "name"} not in defaults:
-                continue  # edited: the user's numbers, right or wrong, stay (validation says why)
-            wanted: dict[str, int | None] = {}
-            if st.get("method") == "depth" and st.get("num_layers", 0) >= layers:
-                wanted = {"num_layers": max(1, layers // 2)}
-            elif st.get("method") == "width" and (st.get("ffn_hidden_size", 0) >= ffn or st.get("hidden_size", 0) >= hidden):
-                half = ffn // 2
-                wanted = {"ffn_hidden_size": half - half % 64 if half >= 128 else max(1, half), "hidden_size": None}
-            for key, value in wanted.items():
-                control = next((w for w in form.query(".fields > *")
-                                if getattr(getattr(w, "spec", None), "key", None) == key), None)
-                if control is not None:
-                    control.value = "" if value is None else str(value)
 
     def _mark_invalid(self, v: Validation) -> None:
         """The fields the messages are about (the first error, and every other student's own) get the
@@ -394,10 +326,8 @@ class ComposeScreen(KeepStyles, Screen):
         for student, key in (w for w in named if w is not None):
             if student is None:  # the form's own fields: their ids are f-<key> (fields.control)
                 targets += list(self.query("#f-" + key.replace(".", "-").replace("_", "-")))[:1]
-            for form in self.query(StudentForm) if student is not None else ():
-                if str(form.student.get("name")) == student:
-                    targets += [w for w in form.query(".fields > *")
-                                if getattr(getattr(w, "spec", None), "key", None) == key][:1]
+            else:
+                targets += [c for box in self.query(StudentList) for c in box.controls_named(student, key)]
         for w in self.query(".-bad-field"):
             if w not in targets:
                 w.remove_class("-bad-field")

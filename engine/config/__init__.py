@@ -8,9 +8,12 @@ validate as the user types).
     explain.py    validation errors -> one line
     overrides.py  `--set a.b=value`
     toml_io.py    read / load / write TOML
+    form_spec.py  one key's default, choices and bounds, as a form (Compose) shows them
 """
 
+from engine.config.arch import SUPPORTED_MODEL_TYPES
 from engine.config.explain import parse_experiment
+from engine.config.form_spec import KeySpec, arch_default, key_spec, section_defaults
 from engine.config.overrides import apply_override, parse_value
 from engine.config.schema import (
     DataConfig,
@@ -27,6 +30,7 @@ from engine.config.schema import (
 from engine.config.toml_io import dumps_toml, load_experiment, loads_experiment, read_toml
 from engine.errors import ConfigError
 
-__all__ = ["ConfigError", "DataConfig", "DistillConfig", "Dtype", "EvalConfig", "Experiment", "FinetuneConfig",
-           "LaunchConfig", "ModelConfig", "PruneConfig", "TrainConfig", "apply_override", "dumps_toml",
-           "load_experiment", "loads_experiment", "parse_experiment", "parse_value", "read_toml"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "ConfigError", "DataConfig", "DistillConfig", "Dtype", "EvalConfig", "Experiment",
+           "FinetuneConfig", "KeySpec", "LaunchConfig", "ModelConfig", "PruneConfig", "TrainConfig", "apply_override",
+           "arch_default", "dumps_toml", "key_spec", "load_experiment", "loads_experiment", "parse_experiment",
+           "parse_value", "read_toml", "section_defaults"]

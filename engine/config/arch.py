@@ -42,15 +42,23 @@ def check_arch(arch: dict[str, Any]) -> None:
         value = arch.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"arch.{key}: {value!r} is not a positive whole number")
-    heads, kv, hidden = arch.get("num_attention_heads"), arch.get("num_key_value_heads"), arch.get("hidden_size")
+    # a key left out is the config class's default: hidden 190 with heads left out is 190 / 32 heads
+    defaults = config_defaults(str(model_type))
+    heads, kv, hidden = (arch.get(k, defaults.get(k)) for k in ("num_attention_heads", "num_key_value_heads",
+                                                                "hidden_size"))
+    heads_said = "num_attention_heads" in arch or "hidden_size" not in arch
     if heads and kv and heads % kv:
-        raise ValueError(f"arch.num_key_value_heads: {kv} does not divide num_attention_heads = {heads}; "
+        said = "" if "num_key_value_heads" in arch else f" ({model_type}'s default, left out)"
+        raise ValueError(f"arch.num_key_value_heads: {kv}{said} does not divide num_attention_heads = {heads}; "
                          "each KV head serves a whole group of query heads")
     # head_dim defaults to hidden_size // heads (qwen3: 128), and llama's config insists on it either way
     needs_divisor = model_type == "llama" or (model_type != "qwen3" and not arch.get("head_dim"))
     if heads and hidden and needs_divisor and hidden % heads:
-        raise ValueError(f"arch.num_attention_heads: {heads} does not divide hidden_size = {hidden}; "
-                         "pick a divisor, or set head_dim")
+        if heads_said:
+            raise ValueError(f"arch.num_attention_heads: {heads} does not divide hidden_size = {hidden}; "
+                             "pick a divisor, or set head_dim")
+        raise ValueError(f"arch.hidden_size: {hidden} is not a multiple of num_attention_heads = {heads} "
+                         f"({model_type}'s default, heads left out); pick a multiple, or set num_attention_heads")
 
 
 def _check_types(arch: dict[str, Any], types: dict[str, frozenset[str]]) -> None:
@@ -69,6 +77,47 @@ def _check_types(arch: dict[str, Any], types: dict[str, frozenset[str]]) -> None
 
 
 @cache
+def config_defaults(model_type: str) -> dict[str, Any]:
+    """The literal defaults of transformers' config class for `model_type` (`hidden_size: int = 4096`
+    -> {"hidden_size": 4096}; None stays None), read from its source like config_types; {} when not found."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or spec.origin is None or not model_type.isidentifier():
+        return {}
+    tree = _parse(Path(spec.origin).parent / "models" / model_type / f"configuration_{model_type}.py")
+    for node in _config_classes(tree, model_type):
+        out = {}
+        for s in node.body:
+            if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.value is not None:
+                value = _constant(s.value)
+                if value is not _NOT_CONSTANT:
+                    out[s.target.id] = value
+        return out
+    return {}
+
+
+_NOT_CONSTANT = object()
+
+
+def _constant(node: ast.expr) -> Any:
+    """A literal, or a product of whole numbers (mistral: `4096 * 32`); _NOT_CONSTANT for anything
+    computed otherwise (`interval(...)(default=0.02)`)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+        a, b = _constant(node.left), _constant(node.right)
+        return a * b if all(isinstance(x, int) and not isinstance(x, bool) for x in (a, b)) else _NOT_CONSTANT
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return _NOT_CONSTANT
+
+
+def _config_classes(tree: ast.Module | None, model_type: str) -> list[ast.ClassDef]:
+    """The classes of a module whose body says `model_type = "<model_type>"`."""
+    return [node for node in (tree.body if tree else []) if isinstance(node, ast.ClassDef) and any(
+        isinstance(s, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model_type" for t in s.targets)
+        and isinstance(s.value, ast.Constant) and s.value.value == model_type for s in node.body)]
+
+
+@cache
 def config_types(model_type: str) -> dict[str, frozenset[str]]:
     """The annotated type names of each field of transformers' config class for `model_type` (v5 dataclass
     style: `rms_norm_eps: float = 1e-6` -> {"float"}); {} when the source is not found."""
@@ -76,12 +125,9 @@ def config_types(model_type: str) -> dict[str, frozenset[str]]:
     if spec is None or spec.origin is None or not model_type.isidentifier():
         return {}
     tree = _parse(Path(spec.origin).parent / "models" / model_type / f"configuration_{model_type}.py")
-    for node in tree.body if tree else []:
-        if isinstance(node, ast.ClassDef) and any(
-                isinstance(s, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "model_type" for t in s.targets)
-                and isinstance(s.value, ast.Constant) and s.value.value == model_type for s in node.body):
-            return {s.target.id: frozenset(p.strip() for p in ast.unparse(s.annotation).split("|"))
-                    for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    for node in _config_classes(tree, model_type):
+        return {s.target.id: frozenset(p.strip() for p in ast.unparse(s.annotation).split("|"))
+                for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
     return {}
 
 

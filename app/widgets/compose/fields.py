@@ -16,10 +16,12 @@ from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Static
 
-from app.data.form_fields import FieldSpec, format_field, get_key, parse_field, set_key
+from app.data.form_fields import FieldSpec, arch_placeholder, format_field, get_key, parse_field, set_key
 from app.messages import FormChanged
 from app.textual_workarounds import InOrderInput
 from app.widgets.checkbox import StateCheckbox
+
+ARCH = "model.arch."  # a scratch teacher's keys: their placeholders follow its model_type
 
 
 class _Bound:
@@ -35,10 +37,27 @@ class _Bound:
 
 
 class FieldInput(_Bound, InOrderInput):
+    # a placeholder in italics, besides Textual's dim colour: on a monochrome terminal (or a
+    # screenshot) "default 30" otherwise read as a typed 30
+    DEFAULT_CSS = """
+    FieldInput > .input--placeholder { text-style: italic; }
+    """
+
     def __init__(self, spec: FieldSpec, target: dict[str, Any], **kwargs):
-        super().__init__(format_field(spec.kind, get_key(target, spec.key)), placeholder=spec.placeholder,
+        super().__init__(format_field(spec.kind, get_key(target, spec.key)), placeholder=self._hint(spec, target),
                          compact=True, **kwargs)
         self.spec, self.target = spec, target
+
+    @staticmethod
+    def _hint(spec: FieldSpec, target: dict[str, Any]) -> str:
+        """The spec's placeholder; a scratch teacher's key: what its arch's model_type gives it."""
+        if spec.key.startswith(ARCH):
+            return arch_placeholder(spec.key.removeprefix(ARCH), get_key(target, "model.arch") or {})
+        return spec.placeholder
+
+    def refresh_hint(self) -> None:
+        """After the arch's type (or its heads) changed: the defaults an empty field now gives."""
+        self.placeholder = self._hint(self.spec, self.target)
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
@@ -63,13 +82,12 @@ class FieldSelect(_Bound, Static, can_focus=True):
             self.choices.append(value)  # keep an invalid value visible; validation reports it
         if value is None:  # set before mounting: a class added on mount restyles the widget again
             kwargs["classes"] = " ".join(filter(None, (kwargs.get("classes"), "-blank")))
-        super().__init__(self._label(value), markup=False, **kwargs)
         self.spec, self.target = spec, target
+        super().__init__(self._label(value), markup=False, **kwargs)
         self._value = value
 
-    @staticmethod
-    def _label(value: Any) -> str:
-        return f"‹ {'default' if value is None else value} ›"
+    def _label(self, value: Any) -> str:
+        return f"‹ {self.spec.blank if value is None else value} ›"  # blank: "default ddp", the schema's
 
     @property
     def value(self) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.widget import Widget
 from textual.widgets import Button, Label, Static
 
 from app.data import fmt
@@ -11,6 +12,9 @@ from app.data.compose import StudentSize
 from app.data.form_fields import METHODS, STUDENT_FIELDS, FieldSpec, foreign_keys
 from app.messages import FormChanged, StudentRemoved
 from app.widgets.compose.fields import fields
+
+NAME = FieldSpec("name", "name", placeholder="required: names its stages, e.g. prune-NAME")
+METHOD = FieldSpec("method", "method", "choice", METHODS, blank="none: pick one")
 
 
 class StudentForm(Vertical):
@@ -24,11 +28,16 @@ class StudentForm(Vertical):
             remove = Button("remove", classes="remove-student", compact=True, variant="error")
             remove.can_focus = False  # not a Tab stop: Enter while tabbing through must not delete (click it)
             yield remove
-        yield fields((FieldSpec("name", "name"), FieldSpec("method", "method", "choice", METHODS)),
+        yield fields((NAME, METHOD),
                      self.student, id_prefix=None)
         with Vertical(classes="student-targets"):
             yield self._target_rows()
         yield Static("", classes="student-size")
+
+    def control(self, key: str) -> Widget | None:
+        """The control editing `key` of this student (None: its method has no such field)."""
+        return next((w for w in self.query(".fields > *") if getattr(getattr(w, "spec", None), "key", None) == key),
+                    None)
 
     def _title(self) -> str:
         return f"student '{self.student.get('name', '?')}' ({self.student.get('method', '?')})"
