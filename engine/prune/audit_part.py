@@ -1,0 +1,122 @@
+"""The audit inside a search's prune stage (`audit = N`): after the winner is saved, the N best-scored
+candidates are each distilled with the student's full [distill] recipe, and their final validation
+losses say whether the search's ranking held (engine/search/audit.py writes search.json's "audit").
+
+Why in the stage and not as N planned stages: the audit is a measurement of the search, not a model of
+the run; it keeps the plan and the run directory as they are (no extra stage directories, models or
+checkpoints) and keeps only metrics.
+
+Each candidate trains as its distill-<name> stage would train it (engine/training/loop.py): the same
+config, loss and hidden-state spec, learning-rate schedule, seed, training windows from the start of
+the train split (the same tokens for every candidate, and the ones the distill stage will read), and
+the same validation batches at the end. What it leaves out is what a measurement does not need:
+checkpoints, metrics lines and model/.
+
+Progress: status.json's step counts the audit's optimizer steps over all candidates (with step_s, so a
+canceller waits for the running step), the log a line per logged step with the ETA. A stop request
+(SIGTERM/SIGINT/SIGHUP) ends the audit after the running step: search.json keeps the candidates done so
+far (`cancelled`: true), and the stage ends with its search result and model/ intact.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.contract import read_json, write_json
+from engine.contract.stage_context import StageContext
+from engine.prune.importance import Importance
+from engine.prune.student import layers_to_drop, prune_student
+from engine.search.audit import audit_line, audit_summary
+from engine.shapes.candidates import SearchSpace, candidate_label
+from engine.stages import stage_student
+
+
+def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Importance, tokenizer: Any) -> None:
+    """Distil the audit's candidates (the best-scored in search.json) and add "audit" to search.json."""
+    from accelerate.utils import set_seed
+
+    from engine.data import PackedDataset
+    from engine.distill.objective import output_weight
+    from engine.models.hf import torch_dtype
+    from engine.models.liger import apply_kernels
+    from engine.training.batches import device_batches, validation_batches
+    from engine.training.setup import lr_at, make_accelerator
+    from engine.training.stage_bodies import hidden_spec, loss_spec, train_dtype
+    from engine.training.step import Trainer
+    from engine.training.stop_flag import StopFlag
+
+    exp, stage, path = ctx.exp, ctx.stage, ctx.layout.search_file(ctx.stage)
+    p = exp.prune_by_name(stage_student(stage))
+    cfg = exp.distill_for(p.name)
+    doc = read_json(path)
+    scored = sorted((i for i, c in enumerate(doc["candidates"]) if c.get("rank") is not None),
+                    key=lambda i: doc["candidates"][i]["rank"])
+    chosen = scored[:p.audit]
+    if len(chosen) < p.audit:
+        ctx.log(f"[{stage}] audit: only {len(chosen)} candidates were scored; auditing those")
+    acc = make_accelerator("ddp", exp.launch.mixed_precision)  # the prune stage is one process
+    cuda = acc.device.type == "cuda"
+    if not cuda:
+        teacher = teacher.float()  # as the distill stage holds it on the CPU (in place: model/ is written)
+    apply_kernels(teacher, cfg.kernels, cuda, "teacher")
+    vocab = min(len(tokenizer), output_weight(teacher).shape[0])
+    spec, seq = loss_spec(cfg, vocab), exp.data.seq_length
+    val = validation_batches(ctx.layout.data_dir, seq, cfg, 0, 1, acc.device, lambda m: ctx.log(f"[{stage}] {m}"))
+    total = len(chosen) * cfg.steps
+    ctx.log(f"[{stage}] audit: distilling the {len(chosen)} best-scored candidates with the [distill] recipe, "
+            f"{cfg.steps} steps each ({total} steps), on the same training windows")
+    final: dict[int, float] = {}
+    seconds: dict[int, float] = {}
+    done, t0 = 0, time.perf_counter()
+    ctx.progress(0, total_steps=total)
+    stop = StopFlag(ctx.status)
+    with stop:
+        for k, i in enumerate(chosen):
+            if stop.signame:
+                break
+            label = candidate_label(space.candidates[i].shape)
+            c0 = time.perf_counter()
+            target = space.student(i)
+            student = copy.deepcopy(prune_student(teacher, imp, target, layers_to_drop(imp, space.teacher, target)))
+            student = student.to(torch_dtype(exp.model.dtype)).to(torch_dtype(train_dtype(exp, cuda)))
+            apply_kernels(student, cfg.kernels, cuda, "student")
+            set_seed(cfg.seed)  # as the recipe: every candidate from the same random state
+            trainer = Trainer(acc, student, cfg, spec, teacher, hidden_spec(cfg, student, teacher, stage),
+                              seq_length=seq)
+            windows = iter(PackedDataset(ctx.layout.data_dir, "train", seq, cfg.seed, 0, 1, 0))
+            for step in range(cfg.steps):
+                if stop.signame:
+                    break
+                res = trainer.step(device_batches(windows, trainer.accumulation, trainer.micro, acc.device),
+                                   lr_at(step, cfg))
+                done += 1
+                step_s = (time.perf_counter() - t0) / done
+                ctx.progress(done, total_steps=total, step_s=round(step_s, 3))
+                if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
+                    ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: step {step + 1}/{cfg.steps} loss "
+                            f"{res.loss:.4f}; ETA {step_s * (total - done):.0f}s")
+            else:
+                loss = trainer.validate(val)
+                if math.isfinite(loss):
+                    final[i], seconds[i] = loss, time.perf_counter() - c0
+                ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: final validation loss {loss:.4f} "
+                        f"(score rank {doc['candidates'][i]['rank']})")
+            trainer.release()
+            del trainer, student
+            acc.free_memory()
+            doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=bool(stop.signame))
+            write_json(path, doc)  # after each candidate: a crash or a cancel keeps what was measured
+    if cuda:
+        torch.cuda.empty_cache()
+    if stop.signame:
+        ctx.log(f"[{stage}] audit cancelled ({stop.signame}) after {len(final)} of {len(chosen)} candidates; "
+                "the search's result and model/ are kept")
+    line = audit_line(doc)
+    if line:
+        ctx.log(f"[{stage}] {line}")

@@ -1,0 +1,109 @@
+"""The audit of a search (`audit = N`): did its ranking hold after the real distillation?
+
+The N best-scored candidates are each distilled with the student's full [distill] recipe
+(engine/prune/audit_part.py); this module turns their final validation losses into search.json's
+"audit" object. Torch-free: `compare` and the TUI read what it writes.
+
+    "audit": {"steps": 30, "requested": 3, "done": 3, "cancelled": false, "seconds": 41.2,
+              "candidates": [{"index": 7, "rank": 1, "screen_loss": 4.1, "score": 3.9,
+                              "final_loss": 3.2, "final_rank": 2, "seconds": 13.1}, ...],
+              "spearman_screen": 0.5, "spearman_score": 1.0,
+              "chosen_is_best": false, "best_index": 3, "gap_nats": 0.012}
+
+spearman_*: the Spearman correlation over the audited candidates of the screen loss, and of the full
+score, with the final validation loss; a score where higher is better (a task) counts negated, so +1
+always means "ranked them exactly as the distillation did". None with fewer than two candidates or
+a constant column. gap_nats: the chosen candidate's final loss minus the best final loss (0 when the
+chosen one was best).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties given the mean of the ranks they span (as scipy.stats.rankdata)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            out[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho: Pearson's correlation of the (tie-averaged) ranks; None when undefined."""
+    if len(x) != len(y):
+        raise ValueError("spearman: the two columns differ in length")
+    if len(x) < 2:
+        return None
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[int, float], steps: int,
+                  requested: int, cancelled: bool = False) -> dict[str, Any]:
+    """search.json's "audit" from `doc` (its candidates) and the audited candidates' final validation
+    losses (`final`: candidate index -> loss, the ones distilled so far)."""
+    cands = doc["candidates"]
+    audited = sorted(final, key=lambda i: cands[i]["rank"])
+    sign = -1.0 if doc.get("higher_is_better") else 1.0
+    losses = [final[i] for i in audited]
+    by_final = {i: r + 1 for r, i in enumerate(sorted(audited, key=lambda i: (final[i], i)))}
+    screen = [cands[i].get("screen_loss") for i in audited]
+    score = [cands[i].get("score") for i in audited]
+    chosen = next((i for i in audited if cands[i].get("chosen")), None)
+    best = min(audited, key=lambda i: (final[i], i)) if audited else None
+    return {
+        "steps": steps, "requested": requested, "done": len(audited), "cancelled": cancelled,
+        "seconds": round(sum(seconds.values()), 3),
+        "candidates": [{"index": i, "rank": cands[i]["rank"], "screen_loss": cands[i].get("screen_loss"),
+                        "score": cands[i].get("score"), "final_loss": final[i], "final_rank": by_final[i],
+                        "seconds": round(seconds.get(i, 0.0), 3)} for i in audited],
+        "spearman_screen": spearman(screen, losses) if None not in screen else None,
+        "spearman_score": spearman([sign * s for s in score], losses) if None not in score else None,
+        "chosen_is_best": None if chosen is None or best is None else final[chosen] <= final[best],
+        "best_index": best,
+        "gap_nats": None if chosen is None or best is None else final[chosen] - final[best],
+    }
+
+
+def audit_line(doc: dict[str, Any]) -> str | None:
+    """One line for `compare` and the TUI; None when the search was not audited."""
+    a = doc.get("audit")
+    if not isinstance(a, dict) or not a.get("candidates"):
+        return None
+
+    def rho(v: Any) -> str:
+        return f"{v:+.2f}" if isinstance(v, (int, float)) else "n/a"
+
+    done = f"{a.get('done')} of {a.get('requested')} best-scored" + (", cancelled" if a.get("cancelled") else "")
+    if a.get("chosen_is_best") is None:
+        verdict = "the chosen shape was not audited"
+    elif a["chosen_is_best"]:
+        verdict = "the chosen shape was the best"
+    else:
+        best = doc["candidates"][a["best_index"]]
+        verdict = (f"the chosen shape was not the best: {a.get('gap_nats', 0.0):.4f} nats behind rank "
+                   f"{best.get('rank')} ({shape_label(best['shape'])})")
+    return (f"audit ({done} distilled {a.get('steps')} steps each): Spearman with the final validation loss: "
+            f"screen {rho(a.get('spearman_screen'))}, score {rho(a.get('spearman_score'))}; {verdict}")
+
+
+def shape_label(s: dict[str, Any]) -> str:
+    """engine.shapes.candidates.candidate_label of a shape as search.json keeps it."""
+    return (f"{s['num_layers']}L h{s['hidden_size']} ffn{s['ffn_hidden_size']} "
+            f"{s['num_attention_heads']}/{s['num_key_value_heads']}")
