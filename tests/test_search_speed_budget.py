@@ -261,3 +261,90 @@ def test_eval_lengths_the_teacher_cannot_hold_are_refused(tmp_path, capsys, _in_
     only = _exp(tmp_path, "target_decode_ms = 5\n").read_text().replace("target_params = 0.6\n", "")
     assert "a search needs exactly one of target_params or target_memory_gb (a speed target narrows it)" in \
         _refused(tmp_path, _write(tmp_path, only), capsys)
+
+
+# ---- the prune stage with a speed budget -------------------------------------------------------
+
+
+def test_a_search_stage_scores_only_shapes_within_the_speed_budget(tmp_path, monkeypatch, capsys):
+    """prune-<name> with target_decode_ms: the candidates in search.json all meet it (timings injected
+    through the cache: nothing is timed), the scored ones were timed as finalists, and the "speed"
+    section and the log state the budget and the cost model's error."""
+    import numpy as np
+    import torch
+    from _prune_util import tiny_model
+    from test_search import SEQ, _run, _tokenizer
+
+    from engine.config import loads_experiment
+    from engine.contract import RunLayout, read_json
+    from engine.models.hf import save_model
+    from engine.search.speed_timing import timing_where
+
+    tok = _tokenizer()
+    save_model(tiny_model("llama", layers=4, vocab_size=len(tok), tie_word_embeddings=False), tmp_path / "teacher", tok)
+    data = tmp_path / "runs" / "t" / "prepare"
+    data.mkdir(parents=True)
+    splits = {"train": 20 * SEQ + 1, "validation": 8 * SEQ + 1}
+    for split, n in splits.items():
+        np.random.default_rng(0).integers(3, len(tok), size=n).astype(np.uint16).tofile(data / f"{split}.bin")
+    (data / "meta.json").write_text(json.dumps({
+        "vocab_size": len(tok), "dtype": "uint16", "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "test",
+        "tokenizer_hash": "x", "splits": {s: {"tokens": n, "documents": 1} for s, n in splits.items()}}))
+    text = f"""name = "t"
+runs_dir = "{tmp_path / 'runs'}"
+[model]
+path = "{tmp_path / 'teacher'}"
+dtype = "float32"
+[data]
+dataset = "builtin:stdlib-docs"
+seq_length = {SEQ}
+[eval]
+speed_prompt_tokens = 8
+speed_new_tokens = 4
+[[prune]]
+name = "fast"
+method = "search"
+target_params = 0.6
+tolerance = 0.06
+hidden_multiple = 4
+ffn_multiple = 4
+calibration_samples = 8
+calibration_batch_size = 4
+top_k = 3
+speed_fit_shapes = 6
+target_decode_ms = TARGET
+"""
+    exp = loads_experiment(text.replace("TARGET", "1.0"), source="t.toml")
+    space = search_space(shape_from_config(json.loads((tmp_path / "teacher" / "config.json").read_text())),
+                         exp.prune[0], "x", "float32", SEQ)
+    budget = speed_budget_for_exp(exp)
+    where = timing_where(torch.device("cpu"), "float32", "sdpa", budget.settings("cpu"))
+    cache = tmp_path / "speed.json"
+    SpeedCache(cache).save({timing_key(where, c.shape): scripted(c.shape) for c in space.candidates})
+    figures = sorted(scripted(c.shape)["decode_ms"] for c in space.candidates)
+    target = figures[len(figures) // 2]
+    exp = loads_experiment(text.replace("TARGET", repr(target)), source="t.toml")
+    monkeypatch.setenv("SLIMLAB_SPEED_CACHE", str(cache))
+    assert _run(exp, "prune-fast") == 0
+    layout = RunLayout(exp.run_dir)
+    doc = read_json(layout.search_file("prune-fast"))
+    cands = doc["candidates"]
+    want = [c for c in space.candidates if scripted(c.shape)["decode_ms"] <= target]
+    assert len(cands) == len(want) < len(space.candidates)
+    assert all(c["decode_ms"] <= target for c in cands)
+    scored = [c for c in cands if c["score"] is not None]
+    assert len(scored) == 3 and sum(c["chosen"] for c in scored) == 1
+    speed = doc["speed"]
+    assert speed["target"]["decode_ms"] == target and speed["target"]["prompt_tokens"] == 8
+    assert speed["candidates_in_band"] == len(space.candidates) and speed["kept"] == len(want)
+    assert speed["from_cache"] == len(space.candidates) and speed["error"]["decode"]["shapes"] >= 1
+    assert "decode_ms" in doc["frontier"]["axes"]
+    log = capsys.readouterr().out
+    assert "cost model error on shapes it was not fitted to" in log and f"{len(want)} of {len(space.candidates)} " \
+        "candidates kept" in log
+
+
+def speed_budget_for_exp(exp):
+    from engine.search.speed_budget import speed_budget_for
+
+    return speed_budget_for(exp.prune[0], exp.eval)

@@ -4,7 +4,9 @@ best, write search.json.
 The screen: each candidate's loss right after pruning on the first `screen_batches` validation
 windows (about a forward pass each); past `screen_max` candidates, that many spread evenly (the
 log says so). Then the `top_k` best-screened get the full score (the scorer's: loss on every
-window, a short distillation, or a task).
+window, a short distillation, or a task). With a speed budget (engine.search.speed_budget), the
+candidates were narrowed to those predicted to meet it before this runs, and the best of the screen
+are timed for real first: only those within the budget are scored, and search.json gets their speeds.
 
 The teacher is calibrated once before this runs (engine.prune.stage_body); it is then sorted by
 importance in place for the scoring (engine.prune.student.SortedTeacher), so each candidate is
