@@ -398,7 +398,7 @@ def session(s: Session, quick: bool) -> dict:
     s.wait("the name field focused", lambda a: a.split("\n")[2] != row, ansi=True)
     s.keys("End")
     s.keys("C-u")
-    s.wait("the name field emptied", lambda t: re.search(r"name +my-experiment", t) is not None)  # the placeholder
+    s.wait("the name field emptied", lambda t: re.search(r"name +required, e\.g\. my-experiment", t) is not None)  # the placeholder
     s.keys(RUN_NAME, literal=True)
     s.wait("the name field retyped", lambda t: re.search(rf"name +{RUN_NAME}\b", t) is not None and "✓ ok" in t)
     s.save("compose-edited", f"name retyped to {RUN_NAME}; still valid")
