@@ -33,7 +33,7 @@ def _load(args: argparse.Namespace) -> Experiment:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    from engine.orchestration.stage_process import run_stage
+    from engine.orchestration.stage_process import run_stage, run_stages
 
     exp = _load(args)
     # `prune FILE --stage prune-width` or `--stage width`; the only one when unambiguous
@@ -50,9 +50,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     if group_body is None or len(set(stages)) != len(stages):
         raise UserError(f"--stage: {args.command} runs one stage per process (distill: several distinct "
                         "students, over one teacher)")
-    from engine.orchestration.stage_group import run_stage_group
-
-    return run_stage_group(exp, stages, _load_body(group_body))
+    return run_stages(exp, stages, _load_body(group_body))
 
 
 def _inputs_done(exp: Experiment, stages: list[str]) -> None:

@@ -13,6 +13,7 @@ from accelerate.commands.launch import launch_command_parser
 
 from engine.config import ConfigError, loads_experiment
 from engine.orchestration.launch import (
+    ACCELERATE_LAUNCH,
     build_stage_command,
     detect_gpus,
     gpu_ids_arg,
@@ -50,7 +51,7 @@ def _exp(*overrides: str):
 
 def _accel(argv: list[str]):
     """Parse an accelerate command line with accelerate's own parser."""
-    i = argv.index("accelerate.commands.launch")
+    i = argv.index(ACCELERATE_LAUNCH)
     return launch_command_parser().parse_args(argv[i + 1:])
 
 

@@ -600,12 +600,13 @@ def test_fail_on_divergence_fails_the_stage_and_stops_the_run(tmp_path, fake_sta
 
 def test_status_shows_the_step_of_the_last_checkpoint(tmp_path):
     """status.json said step 10 while a checkpoint of step 11 (saved on cancel) was there."""
-    from engine.orchestration.commands import stage_summary
+    from engine.orchestration.commands import run_summary
 
     layout = RunLayout(tmp_path / "r")
+    write_json(layout.status_file, {"state": "cancelled", "stages": {"finetune": {}}})
     write_json(layout.stage_status_file("finetune"), {"stage": "finetune", "state": "cancelled", "step": 10,
                                                       "total_steps": 20})
     ckpt = layout.checkpoints_dir("finetune") / "step-00000011"
     ckpt.mkdir(parents=True)
     write_json(ckpt / "trainer_state.json", {"step": 11})
-    assert stage_summary(layout, "finetune")["step"] == 11
+    assert run_summary(layout.root)["stages"][0]["step"] == 11

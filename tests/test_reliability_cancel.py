@@ -84,7 +84,12 @@ def _canceller(layout: RunLayout, clock: FakeClock) -> tuple[threading.Thread, i
 
 @pytest.mark.slow
 def test_a_cancel_waits_for_a_slow_step_and_a_slow_checkpoint_write(tmp_path: Path) -> None:
-    from engine.orchestration.commands import stage_summary
+    from engine.contract import read_metrics_summary
+    from engine.contract.scan import stage_info
+
+    def note(layout: RunLayout, stage: str) -> str | None:  # what `status` and the TUI say of the stage
+        return stage_info(stage, read_json(layout.stage_status_file(stage)),
+                          read_metrics_summary(layout.metrics_file(stage)), time.time()).note
 
     proc, gates, layout = _start(tmp_path)
     clock = FakeClock()
@@ -92,11 +97,11 @@ def test_a_cancel_waits_for_a_slow_step_and_a_slow_checkpoint_write(tmp_path: Pa
     try:
         # The stop request lands mid-step; the stage acknowledges it in its status.json.
         _wait_for(lambda: isinstance(_stage_doc(layout).get("cancel"), dict), proc, "the stage's acknowledgement")
-        assert stage_summary(layout, "finetune")["note"].startswith("cancelling: finishing step")
+        assert note(layout, "finetune").startswith("cancelling: finishing step")
         (gates / "release-step").touch()
         _wait_for(lambda: _saving_gate(gates) is not None, proc, "the checkpoint write")
         step = int(_saving_gate(gates).name.rsplit("-", 1)[1])
-        assert stage_summary(layout, "finetune")["note"] == f"cancelling: saving checkpoint at step {step}"
+        assert note(layout, "finetune") == f"cancelling: saving checkpoint at step {step}"
         # Any grace is long over now; a stage that is saving is still waited for.
         clock.jump(1e9)
         _wait_for(lambda: clock.reads >= 3, proc, "the canceller to look again")

@@ -1,13 +1,30 @@
 """status.json: a stage's (and the orchestrator's) state, and what a reader should believe about it.
 
 A 'running' stage whose process is gone (same host: dead pid; another host: stale heartbeat) is failed.
+
+Who writes which status.json, in order (never two at once; a later writer takes over only once the
+earlier one is done, and a read-modify-write holds `status_lock`):
+
+  a stage's <run>/<stage>/status.json
+    1. the orchestrator, *before* it starts the stage process: "running", its own pid (a placeholder);
+    2. the stage process (rank 0, `StageStatus`), from its start to its end: the only writer meanwhile;
+    3. the orchestrator, once the process has exited: the end the stage could not write (killed,
+       crashed early) or a divergence (`update_status`);
+    4. `slimlab-engine cancel`, once the orchestrator and the stage process are gone (`update_status`).
+  the run's <run>/status.json
+    1. `run --detach`, holding `status_lock` from before it starts the orchestrator until it has written;
+    2. the orchestrator, each write under `status_lock` (so never before `run --detach`'s);
+    3. `slimlab-engine cancel`, once the orchestrator is gone (`update_status`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -150,6 +167,36 @@ def stage_status_doc(stage: str, config_hash: str | None, **fields: Any) -> dict
     }
     doc.update(fields)
     return doc
+
+
+@contextmanager
+def status_lock(path: str | Path) -> Iterator[None]:
+    """Exclusive between processes: a flock on `.<name>.lock` beside the status file `path`. The kernel
+    drops it when its holder dies. A lock file that cannot be opened leaves the write unlocked (the write
+    itself then says what is wrong with the folder)."""
+    lock = Path(path).with_name(f".{Path(path).name}.lock")
+    try:  # never through a link planted in the run
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def update_status(path: str | Path, change: Callable[[dict[str, Any]], dict[str, Any] | None],
+                  warned: set[str] | None = None) -> dict[str, Any] | None:
+    """Read-modify-write of a status.json under `status_lock`: `change(doc)` returns the new document, or
+    None to leave the file as it is (also when the file is missing). Returns what was written."""
+    with status_lock(path):
+        doc = read_json(path)
+        new = change(dict(doc)) if doc is not None else None
+        if new is not None:
+            write_json_or_warn(path, new, set() if warned is None else warned)
+        return new
 
 
 class StageStatus:

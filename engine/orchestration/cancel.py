@@ -17,6 +17,7 @@ from typing import Any
 from engine.config import ConfigError
 from engine.contract import RunLayout, effective_state, now_iso, process_of, read_json, write_json
 from engine.contract.cancelling import CANCEL_SLACK_S, cancel_grace, saving_step, saving_what
+from engine.contract.status import update_status
 from engine.orchestration.launch import stage_processes
 
 DEFAULT_GRACE_S = 20.0  # the least a cancel waits for the stages to stop on their own
@@ -115,7 +116,7 @@ def cancel_run(run_dir: str | Path, grace: float | None = None, out=None, now: b
     lost = {s: msg for s in running if (msg := lost_progress(layout, s))}
     for s, msg in lost.items():
         print(f"{run_dir}: {s}: {msg}", file=out)
-    _mark_cancelled(layout, lost)
+    _mark_cancelled(layout, lost, out)
     print(f"{run_dir}: cancelled; `slimlab-engine run {layout.experiment_file}` resumes it", file=out)
     return 0
 
@@ -248,24 +249,48 @@ def _alive(p) -> bool:
         return False
 
 
-def _mark_cancelled(layout: RunLayout, lost: dict[str, str]) -> None:
+def _writer_alive(doc: dict[str, Any]) -> bool:
+    """The process that writes `doc` (its pid, on this host) is still alive."""
+    return doc.get("host") == socket.gethostname() and process_of(doc.get("pid"), doc.get("started_at")) is not None
+
+
+def _mark_cancelled(layout: RunLayout, lost: dict[str, str], out=None) -> None:
     """Stages and pipeline still saying `running` (their processes are gone now) become `cancelled`;
-    a stage that lost progress says so in its error (`status` and the TUI show it)."""
+    a stage that lost progress says so in its error (`status` and the TUI show it).
+
+    The last writer of these files (engine/contract/status.py): nothing is written while the orchestrator,
+    or the process a stage's status.json names, is still alive (one that outlived SIGKILL); it settles its
+    own files."""
     err = {"type": "Cancelled", "message": "cancelled by slimlab-engine cancel"}
-    for s in layout.stages_on_disk():
-        st = read_json(layout.stage_status_file(s))
-        if st and (st.get("state") in ("running", "pending") or s in lost):
+    run_doc = read_json(layout.status_file) or {}
+    if run_doc.get("state") == "running" and _writer_alive(run_doc):
+        print(f"{layout.root}: the orchestrator (pid {run_doc.get('pid')}) is still alive; it records the cancel",
+              file=out or sys.stdout)
+        return
+
+    def stage_change(s: str) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+        def change(st: dict[str, Any]) -> dict[str, Any] | None:
+            if not (st.get("state") in ("running", "pending") or s in lost) or _writer_alive(st):
+                return None
             if st.get("state") in ("running", "pending"):
                 st.update(state="cancelled", ended_at=now_iso())
             message = f"cancelled by slimlab-engine cancel; {lost[s]}" if s in lost else err["message"]
             st.update(updated_at=now_iso(), error={**err, "message": message}, phase=None)
-            write_json(layout.stage_status_file(s), st)
-    st = read_json(layout.status_file)
-    if st and st.get("state") in ("running", "pending"):
-        if lost:
-            err = {**err, "message": err["message"] + "; " + "; ".join(f"{s}: {m}" for s, m in lost.items())}
+            return st
+        return change
+
+    for s in layout.stages_on_disk():
+        update_status(layout.stage_status_file(s), stage_change(s))
+    if lost:
+        err = {**err, "message": err["message"] + "; " + "; ".join(f"{s}: {m}" for s, m in lost.items())}
+
+    def run_change(st: dict[str, Any]) -> dict[str, Any] | None:
+        if st.get("state") not in ("running", "pending") or _writer_alive(st):
+            return None
         st.update(state="cancelled", ended_at=now_iso(), updated_at=now_iso(), error=err, running=[])
         for v in (st.get("stages") or {}).values():
             if isinstance(v, dict) and v.get("state") == "running":
                 v.update(state="cancelled", pid=None)
-        write_json(layout.status_file, st)
+        return st
+
+    update_status(layout.status_file, run_change)

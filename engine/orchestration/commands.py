@@ -20,11 +20,8 @@ from engine.contract import (
     age,
     list_runs,
     parse_iso,
-    read_json,
-    read_metrics_summary,
 )
 from engine.contract.divergence import divergence
-from engine.contract.scan import stage_info
 
 
 def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -115,13 +112,6 @@ def _stage_json(s: StageInfo, layout: RunLayout, metrics: MetricsSummary | None)
             "train_loss": s.train_loss, "val_loss": s.val_loss, "tokens_per_s": s.tokens_per_s,
             "updated_at": s.updated_at, "gpus": list(s.gpus), "error": s.error, "note": s.note,
             "warning": divergence(metrics.vals) if metrics else None}
-
-
-def stage_summary(layout: RunLayout, stage: str) -> dict[str, Any]:
-    """One stage of `status --json`, read through the run summary the TUI shows (engine.contract.scan)."""
-    metrics = read_metrics_summary(layout.metrics_file(stage))
-    info = stage_info(stage, read_json(layout.stage_status_file(stage)), metrics, time.time())
-    return _stage_json(info, layout, metrics)
 
 
 def run_summary(run_dir: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from engine.stages import kind_of, stage_kind
 
 # Set by the sbatch script that `run --slurm` writes: multi-node stages go through srun.
 LAUNCHER_ENV = "SLIMLAB_LAUNCHER"
+ACCELERATE_LAUNCH = "engine.orchestration.accelerate_launch"  # run with `python -m` (it imports torch)
 
 
 # ---- GPUs -------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def build_stage_command(exp: Experiment, stage: str, toml_path: str | Path, runs
         port = exp.launch.main_process_port if port is None else port
     elif port is None:
         port = free_port()
-    accel = [python, "-m", "accelerate.commands.launch"]
+    accel = [python, "-m", ACCELERATE_LAUNCH]  # `accelerate launch`, its traceback on a rank's exit left out
     if nodes > 1 and launcher == "srun":
         # each node uses the GPUs Slurm gave it (its own CUDA_VISIBLE_DEVICES), hence no --gpu_ids
         inner = accel + accelerate_args(exp, gpus, port=port, nodes=nodes, machine_rank="$SLURM_NODEID",

@@ -1,48 +1,27 @@
-"""The orchestrator: one process per stage, in order or distill stages side by side; `<run>/status.json`.
+"""The orchestrator: one process per stage (or per group of distill stages sharing the teacher), in order
+or side by side on disjoint GPU sets; `<run>/status.json` (engine/orchestration/pipeline_status.py).
 
-Stopping a run: engine.orchestration.cancel. No torch import.
-
-Over 450 lines, kept whole for now: the scheduling loop and the signal handling share the running-stage
-table; the next split, the stage-process start/poll part into its own module, waits for issue 22's one
-stage lifecycle (run_stage / run_stage_group), which reshapes the same code.
+Starting a stage process and settling its stages' ends: engine/orchestration/stage_runs.py. Stopping a
+run: engine.orchestration.cancel. No torch import.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from engine.config import Experiment
-from engine.contract import (
-    HEARTBEAT_S,
-    RunLayout,
-    duration,
-    now_iso,
-    parse_iso,
-    read_json,
-    read_status,
-    stage_status_doc,
-    write_json_or_warn,
-)
+from engine.contract import RunLayout, duration, parse_iso, read_status
 from engine.contract.divergence import stage_divergence
-from engine.contract.files import open_append
-from engine.contract.tail import LogTail, last_lines
-from engine.orchestration.launch import (
-    StageCommand,
-    build_stage_command,
-    stage_gpus,
-    stage_processes,
-)
-from engine.orchestration.stage_actions import StageAction, clear_stage
+from engine.contract.tail import last_lines
+from engine.orchestration.launch import build_stage_command, stage_gpus, stage_processes
+from engine.orchestration.pipeline_status import PipelineStatus
+from engine.orchestration.stage_actions import StageAction
+from engine.orchestration.stage_runs import StageRun, StageRunner, where
 from engine.orchestration.teacher_groups import teacher_group
-from engine.stages import kind_of, stage_student
+from engine.stages import kind_of
 
 POLL_S = 0.2
 
@@ -68,70 +47,6 @@ def is_worker_node(exp: Experiment) -> bool:
     return exp.launch.nodes > 1 and exp.launch.machine_rank > 0
 
 
-def where(gpus: list[int]) -> str:
-    return f"GPUs {','.join(map(str, gpus))}" if gpus else "CPU"
-
-
-# ---- the pipeline status.json --------------------------------------------------------------
-
-
-class PipelineStatus:
-    """`<run>/status.json` of the orchestrator (atomic writes; `updated_at` is its heartbeat)."""
-
-    def __init__(self, layout: RunLayout, exp: Experiment, plans: list[StageAction], gpus: list[int],
-                 argv: list[str] | None = None):
-        self.path = layout.status_file
-        old = read_json(self.path) or {}
-        old_stages = old.get("stages") if isinstance(old.get("stages"), dict) else {}
-        self.doc: dict[str, Any] = {
-            "name": exp.name,
-            "file": exp.source,
-            "stage": None,
-            "running": [],
-            "state": "running",
-            "pid": os.getpid(),
-            "pgid": os.getpgid(0),
-            "host": socket.gethostname(),
-            "gpus": gpus,
-            "started_at": now_iso(),
-            "updated_at": now_iso(),
-            "ended_at": None,
-            "error": None,
-            "argv": argv or [],
-            "stages": {p.stage: {"action": p.action, "reason": p.reason, "state": _stage_state(p),
-                                 "attempts": int((old_stages.get(p.stage) or {}).get("attempts", 0)),
-                                 "pid": None}
-                       for p in plans},
-        }
-        self._last = 0.0
-        self.warned: set[str] = set()  # files a write failed for (a full disk): said once, then going on
-
-    def write(self) -> None:
-        self.doc["updated_at"] = now_iso()
-        write_json_or_warn(self.path, self.doc, self.warned)
-        self._last = time.monotonic()
-
-    def beat(self) -> None:
-        if time.monotonic() - self._last >= HEARTBEAT_S:
-            self.write()
-
-    def set_stage(self, stage: str, **fields: Any) -> None:
-        self.doc["stages"][stage].update(fields)
-        running = [s for s, v in self.doc["stages"].items() if v["state"] == "running"]
-        self.doc["running"] = running
-        if running:
-            self.doc["stage"] = running[0]
-        self.write()
-
-    def finish(self, state: str, error: dict[str, Any] | None = None) -> None:
-        self.doc.update(state=state, ended_at=now_iso(), error=error, running=[])
-        self.write()
-
-
-def _stage_state(p: StageAction) -> str:
-    return {"skip": "succeeded", "excluded": "excluded"}.get(p.action, "pending")
-
-
 # ---- running the stages ---------------------------------------------------------------------
 
 
@@ -146,17 +61,6 @@ def parallel_chunks(exp: Experiment, to_run: list[str], pool: list[int]) -> list
     n = min(len(distills), len(pool))
     per = len(pool) // n
     return [pool[i * per:(i + 1) * per] for i in range(n)]
-
-
-@dataclass
-class Running:
-    stage: str
-    proc: subprocess.Popen
-    cmd: StageCommand
-    started: float
-    log_path: Path
-    log: LogTail  # follows the stage's output from where its process started writing
-    group: tuple[str, ...] = ()  # the stages sharing this process ([distill] share_teacher), if several
 
 
 class Orchestrator:
@@ -174,11 +78,12 @@ class Orchestrator:
         self.runs_dir = layout.root.resolve().parent
         self.worker = is_worker_node(exp)  # writes no contract files
         self.status = None if self.worker else PipelineStatus(layout, exp, plans, pool, argv)
+        self.runner = StageRunner(exp, layout, self.status, self.worker)
         self.done = {p.stage for p in plans if p.action == "skip"}
         self.done |= {p.stage for p in plans if p.action == "excluded"
                       and (read_status(layout.stage_status_file(p.stage)) or {}).get("state") == "succeeded"}
         self.pending = [p.stage for p in plans if p.runs]
-        self.running: dict[str, Running] = {}
+        self.running: list[StageRun] = []  # one per stage process (a stage, or a group sharing the teacher)
         self.failed: list[tuple[str, str]] = []
         self.user_errors: set[str] = set()  # failed stages that exited 2: the run exits 2 as well
         self.cancelled: str | None = None  # the signal name once a cancel is requested
@@ -190,13 +95,13 @@ class Orchestrator:
 
     # -- GPU sets -------------------------------------------------------------------------------
     def _busy_gpus(self) -> set[int]:
-        return {g for r in self.running.values() for g in r.cmd.gpus}
+        return {g for r in self.running for g in r.cmd.gpus}
 
     def _gpus_for(self, stage: str) -> list[int] | None:
         """GPUs for `stage` if it may start now, else None."""
         if not self.chunks or not kind_of(stage).parallel:
             return None if self.running else stage_gpus(self.exp, stage, self.pool, self.available)
-        if any(not kind_of(s).parallel for s in self.running):
+        if any(not kind_of(s).parallel for r in self.running for s in r.stages):
             return None
         busy = self._busy_gpus()
         if stage in self.exp.launch.stage_gpus:
@@ -211,144 +116,66 @@ class Orchestrator:
     def say(self, msg: str) -> None:
         print(msg, file=self.out, flush=True)
 
-    def _tail(self, r: Running, final: bool = False) -> None:
-        if not self.tail or (r.group and r.stage != r.group[0]):
-            return  # a group's output is in its first stage's log
+    def _tail(self, r: StageRun, final: bool = False) -> None:
+        """Echo the process's new output (a group's is in its first stage's log)."""
+        if not self.tail:
+            return
         text = r.log.read_text(final)
         if not text:
             return
-        if len(self.running) > 1:  # stages side by side: say whose line it is
-            text = "".join(line if line.startswith(f"[{r.stage}]") else f"[{r.stage}] {line}"
+        if len(self.running) > 1:  # processes side by side: say whose line it is
+            text = "".join(line if line.startswith(f"[{r.first}]") else f"[{r.first}] {line}"
                            for line in text.splitlines(keepends=True))
         self.out.write(text)
         self.out.flush()
 
-    # -- launching -------------------------------------------------------------------------------
+    # -- launching and settling ----------------------------------------------------------------------
     def _launch(self, stages: list[str], gpus: list[int]) -> None:
         """Start one process for `stages`: one stage, or distill stages sharing the teacher."""
-        first = stages[0]
+        cmd = build_stage_command(self.exp, stages[0], self.toml, self.runs_dir, gpus)
+        r = self.runner.start(stages, self.plans, cmd)
+        self.running.append(r)
         for stage in stages:
             plan = self.plans[stage]
-            if plan.action == "run":
-                clear_stage(self.layout, stage, plan.keep_state)
-        cmd = build_stage_command(self.exp, first, self.toml, self.runs_dir, gpus)
-        cmd.argv += [x for s in stages[1:] for x in ("--stage", s)]
-        place = where(gpus)
-        offsets: dict[str, int] = {}
-        for stage in stages:
-            plan = self.plans[stage]
-            self.layout.stage_dir(stage).mkdir(parents=True, exist_ok=True)
-            attempt = self.status.doc["stages"][stage]["attempts"] + 1 if self.status else 1
-            shared = f", sharing the teacher with {', '.join(s for s in stages if s != stage)}" if stages[1:] else ""
-            header = (f"===== {now_iso()} attempt {attempt}: {plan.action} {stage} ({plan.reason}) "
-                      f"on {socket.gethostname()}, {place}{shared} =====\n$ {cmd.shell()}\n")
-            with open_append(self._log_path(stage)) as log:
-                log.write(header.encode())
-                offsets[stage] = log.tell()
-        with open_append(self._log_path(first)) as log:
-            # Its own session: the terminal's Ctrl-C and hangup reach this process alone, which passes a stop
-            # request to the ranks (_on_signal). accelerate's launcher, given Ctrl-C itself, kills its child
-            # 5 s later, mid-checkpoint.
-            proc = subprocess.Popen(cmd.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **cmd.env}, start_new_session=True)
-        group = tuple(stages) if stages[1:] else ()
-        for stage in stages:
-            plan = self.plans[stage]
-            log_path = self._log_path(stage)
-            self.running[stage] = Running(stage, proc, cmd, time.time(), log_path,
-                                          LogTail(log_path, max_read=None, offset=offsets[stage]), group)
-            self.say(f"==> {stage}: {plan.action} ({plan.reason}) on {place}, pid {proc.pid}, log {log_path}")
-            if self.status:
-                attempt = self.status.doc["stages"][stage]["attempts"] + 1
-                # Until the stage process writes its own status, this one says who runs it.
-                write_json_or_warn(self.layout.stage_status_file(stage), stage_status_doc(
-                    stage, self.exp.stage_hash(stage), state="running", pid=proc.pid, gpus=gpus,
-                    started_at=now_iso()), self.status.warned)
-                self.status.set_stage(stage, state="running", attempts=attempt, pid=proc.pid, gpus=gpus,
-                                      launched_at=now_iso())
+            self.say(f"==> {stage}: {plan.action} ({plan.reason}) on {where(gpus)}, pid {r.proc.pid}, "
+                     f"log {self.runner.log_path(stage)}")
 
-    def _log_path(self, stage: str) -> Path:
-        if self.worker:
-            return self.layout.stage_dir(stage) / f"stdout.node{self.exp.launch.machine_rank}.log"
-        return self.layout.log_file(stage)
-
-    def _finish(self, r: Running) -> None:
-        rc = r.proc.returncode
-        if r.group and (read_json(self.layout.stage_status_file(r.stage)) or {}).get("state") == "succeeded":
-            rc = 0  # its process ended later or for another stage of the group
+    def _finish(self, r: StageRun) -> None:
         self._tail(r, final=True)
-        del self.running[r.stage]
+        self.running.remove(r)
+        for stage in r.stages:
+            self._finish_stage(stage, r)
+
+    def _finish_stage(self, stage: str, r: StageRun) -> None:
+        rc = r.proc.returncode
         elapsed = time.time() - r.started
         if self.worker:
             state = "succeeded" if rc == 0 else ("cancelled" if self.cancelled else "failed")
             msg = f"exit code {rc}"
         else:
-            state, msg = self._settle_status(r.stage, rc)
+            state, msg = self.runner.settle(stage, rc, self.cancelled)
         if state == "succeeded":
-            self.done.add(r.stage)
-            self.say(f"==> {r.stage}: succeeded in {duration(elapsed)}")
+            self.done.add(stage)
+            self.say(f"==> {stage}: succeeded in {duration(elapsed)}")
         elif state == "cancelled":
-            self.say(f"==> {r.stage}: cancelled after {duration(elapsed)}; `slimlab-engine run` resumes it")
+            self.say(f"==> {stage}: cancelled after {duration(elapsed)}; `slimlab-engine run` resumes it")
         else:
-            self.failed.append((r.stage, msg))
+            self.failed.append((stage, msg))
             if rc == 2:  # the stage's own user error (data.seq_length longer than the tokenized data, ...)
-                self.user_errors.add(r.stage)
-            self.say(f"==> {r.stage}: FAILED after {duration(elapsed)}: {msg}")
+                self.user_errors.add(stage)
+            self.say(f"==> {stage}: FAILED after {duration(elapsed)}: {msg}")
             if not self.tail:
-                self.say("\n".join("    " + line for line in last_lines(r.log_path, 15)))
-        warning = stage_divergence(self.layout.metrics_file(r.stage)) if state == "succeeded" else None
-        if warning and self._fails_on_divergence(r.stage):
+                self.say("\n".join("    " + line for line in last_lines(self.runner.log_path(stage), 15)))
+        warning = stage_divergence(self.layout.metrics_file(stage)) if state == "succeeded" else None
+        if warning and self.runner.fails_on_divergence(stage):
             state = "failed"
-            self.failed.append((r.stage, f"diverged: {warning}"))
-            self.say(f"==> {r.stage}: FAILED (fail_on_divergence): {warning}")
-            self._mark_diverged(r.stage, warning)
+            self.failed.append((stage, f"diverged: {warning}"))
+            self.say(f"==> {stage}: FAILED (fail_on_divergence): {warning}")
+            self.runner.mark_diverged(stage, warning)
         elif warning:
-            self.say(f"==> {r.stage}: WARNING: {warning}")
+            self.say(f"==> {stage}: WARNING: {warning}")
         if self.status:
-            self.status.set_stage(r.stage, state=state, pid=None, warning=warning)
-
-    def _fails_on_divergence(self, stage: str) -> bool:
-        """The stage's trainer settings ([finetune], or the student's [distill]) ask to fail on divergence."""
-        kind = kind_of(stage)
-        if not kind.training or kind.section is None:
-            return False
-        cfg = (kind.student_settings(self.exp, stage_student(stage)) if kind.student_settings
-               else getattr(self.exp, kind.section))
-        return bool(getattr(cfg, "fail_on_divergence", False))
-
-    def _mark_diverged(self, stage: str, warning: str) -> None:
-        """Its status.json says failed (a rerun with a lower lr redoes it; the same settings would again)."""
-        if self.status is None:
-            return
-        path = self.layout.stage_status_file(stage)
-        st = read_json(path) or {}
-        st.update(state="failed", updated_at=now_iso(), error={"type": "Diverged", "message": warning})
-        write_json_or_warn(path, st, self.status.warned)
-
-    def _settle_status(self, stage: str, rc: int) -> tuple[str, str]:
-        """Reconcile the exit code with what the stage wrote; write status.json when it could not."""
-        path = self.layout.stage_status_file(stage)
-        st = read_json(path) or {}
-        state = st.get("state")
-        err = (st.get("error") or {}).get("message") if isinstance(st.get("error"), dict) else None
-        if rc == 0 and state == "succeeded":
-            return "succeeded", ""
-        if self.cancelled or rc == 130 or (state == "cancelled" and rc in (0, 130)):
-            new, msg = "cancelled", f"cancelled by {self.cancelled or 'a signal'}"
-        elif rc < 0:
-            new, msg = "failed", f"killed by {signal.Signals(-rc).name}"
-        elif state == "failed" and err:
-            new, msg = "failed", err
-        else:
-            new, msg = "failed", f"the stage process exited with code {rc}"
-        if state != new or (new == "failed" and not err):
-            st.update(state=new, ended_at=now_iso(), updated_at=now_iso(),
-                      error={"type": "Cancelled" if new == "cancelled" else "StageExit", "message": msg})
-            st.setdefault("stage", stage)
-            st.setdefault("config_hash", self.exp.stage_hash(stage))
-            if self.status:
-                write_json_or_warn(path, st, self.status.warned)
-        return new, f"{msg} (log: {self.layout.log_file(stage)})"
+            self.status.set_stage(stage, state=state, pid=None, warning=warning)
 
     # -- worker nodes (nodes > 1, machine_rank > 0, without Slurm) ----------------------------------
     def _worker_ready(self, stage: str) -> bool:
@@ -377,16 +204,16 @@ class Orchestrator:
             # The stages run in their own sessions (_launch): pass the request on once (a second signal
             # would interrupt the checkpoint being saved), to the stage's ranks, past its launcher
             # (launch.stage_processes says why).
-            for proc in {r.proc.pid: r.proc for r in self.running.values()}.values():  # a group: once
-                for pid in stage_processes(proc.pid):
+            for r in self.running:
+                for pid in stage_processes(r.proc.pid):
                     try:
                         os.kill(pid, signal.SIGTERM)
                     except ProcessLookupError:
                         pass
         elif signum == signal.SIGINT:  # Ctrl-C twice: stop now (the user decides, not a timer)
             self.stop_now = True
-            for proc in {r.proc.pid: r.proc for r in self.running.values()}.values():
-                _kill_tree(proc.pid)
+            for r in self.running:
+                _kill_tree(r.proc.pid)
 
     def run(self) -> int:
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
@@ -409,7 +236,7 @@ class Orchestrator:
                          "checkpoint; Ctrl-C again stops them now")
             if not (self.failed or self.cancelled):
                 self._start_ready()
-            for r in list(self.running.values()):
+            for r in list(self.running):
                 if r.proc.poll() is not None:
                     self._finish(r)
                 else:

@@ -21,6 +21,7 @@ from engine.contract import (
     write_atomic,
 )
 from engine.contract.files import open_append
+from engine.contract.status import status_lock
 from engine.errors import ConfigError
 from engine.orchestration.check import describe_plan
 from engine.orchestration.discard_guard import check_no_silent_discard
@@ -30,16 +31,12 @@ from engine.orchestration.launch import (
     gpu_pool,
     stage_gpus,
 )
-from engine.orchestration.orchestrator import (
-    Orchestrator,
-    PipelineStatus,
-    is_worker_node,
-    parallel_chunks,
-    where,
-)
+from engine.orchestration.orchestrator import Orchestrator, is_worker_node, parallel_chunks
+from engine.orchestration.pipeline_status import PipelineStatus
 from engine.orchestration.run_dir_safety import check_links, check_writable
 from engine.orchestration.run_lock import RunLock
 from engine.orchestration.stage_actions import RunBusy, StageAction, stage_actions
+from engine.orchestration.stage_runs import where
 from engine.resources.fit import resource_lines, this_machine
 from engine.stages import kind_of
 
@@ -189,19 +186,21 @@ def _detach(exp: Experiment, layout: RunLayout, opts: RunOptions, plans: list[St
 
     argv = _child_argv(opts, layout.root.resolve().parent)
     env = {**os.environ, **launch_env(), DETACHED_ENV: "1", **(lock.hand_over() if lock else {})}
-    with open_append(layout.root / "orchestrator.log") as log:
-        log.write(f"===== {now_iso()} $ {' '.join(argv)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, close_fds=True,
-                                pass_fds=(lock.fd,) if lock and lock.fd is not None else ())
-    if lock:
-        lock.record(proc.pid)
-    # Say at once who runs it (the orchestrator rewrites the same file as soon as it starts).
-    if not is_worker_node(exp):  # node 0 owns status.json
-        status = PipelineStatus(layout, exp, plans, pool, argv)
-        status.doc.update(pid=proc.pid, pgid=proc.pid)
-        status.write()
+    # Say at once who runs it. The orchestrator rewrites the same file as soon as it starts: holding the status
+    # lock from before it exists until this write is done puts its writes after this one, never under it.
+    with status_lock(layout.status_file):
+        with open_append(layout.root / "orchestrator.log") as log:
+            log.write(f"===== {now_iso()} $ {' '.join(argv)}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True, close_fds=True,
+                                    pass_fds=(lock.fd,) if lock and lock.fd is not None else ())
+        if lock:
+            lock.record(proc.pid)
+        if not is_worker_node(exp):  # node 0 owns status.json
+            status = PipelineStatus(layout, exp, plans, pool, argv)
+            status.doc.update(pid=proc.pid, pgid=proc.pid)
+            status.write(locked=True)
     print(f"{layout.root}")
     print(f"started in the background: pid {proc.pid}; log {layout.root / 'orchestrator.log'}")
     print(f"follow: slimlab-engine status {layout.root}    stop: slimlab-engine cancel {layout.root}")
