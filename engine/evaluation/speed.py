@@ -43,8 +43,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.config.speed_target import CPU_DEFAULTS, GPU_DEFAULTS
 from engine.contract import GIB
-from engine.evaluation.speed_defaults import CPU_DEFAULTS, GPU_DEFAULTS
 
 MAX_ROUNDS = 100  # beyond the time cap, a bound for a clock that never advances
 

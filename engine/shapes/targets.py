@@ -212,8 +212,8 @@ def student_shapes(exp: Experiment
 
 def _check_speed_budgets(exp: Experiment, tc: TeacherConfig) -> None:
     """A search's speed budget at lengths the teacher cannot hold: one line now, not in the prune stage."""
+    from engine.config.speed_target import speed_budget_for
     from engine.errors import UserError
-    from engine.search.speed_budget import speed_budget_for
 
     for p in exp.prune:
         budget = speed_budget_for(p, exp.eval) if p.method == "search" else None
@@ -323,7 +323,7 @@ def _selection_line(p: Any, t: Shape, selection: str) -> str:
 
 def _search_lines(p: Any, t: Shape, space: SearchSpace, eval_cfg: Any = None) -> list[str]:
     """The search's budget, candidate count and param range, its speed budget, and the first few candidates."""
-    from engine.search.speed_budget import speed_budget_for
+    from engine.config.speed_target import speed_budget_for
 
     score = {"loss": "validation loss right after pruning",
              "distill": f"validation loss after {p.score_steps} distillation steps"}[p.score]
