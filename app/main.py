@@ -2,7 +2,8 @@
 
 Start-up is kept well under half a second: only textual and engine.contract are imported here;
 the other screens (pydantic, plotext, NVML) load when first shown, and run directories are
-scanned in a thread worker that publishes snapshots through `App.runs_signal`.
+scanned in a thread worker that publishes snapshots through `App.runs_signal`. The same thread
+is the one file watcher (app.file_watch): screens subscribe to the files of the runs they show.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from textual.binding import Binding
 from textual.signal import Signal
 from textual.worker import get_current_worker
 
+from app.file_watch import WatchService
 from app.messages import EditExperiment, OpenRun
 from app.textual_workarounds import GcTuning, InOrderKeys, KeepCss
 from engine.contract import RunInfo, RunScanner
@@ -97,6 +99,7 @@ class SlimlabApp(InOrderKeys, KeepCss, App[None]):
         self.runs_loaded = False
         self.runs_signal: Signal[list[RunInfo]] = Signal(self, "runs")
         self.gpus_signal: Signal[object] = Signal(self, "gpus")
+        self.files = WatchService()  # the one file watcher; its thread also runs the scans
         self._scan_now = threading.Event()
         self._probe_arg = gpu_probe
         self.gpu_probe = None if gpu_probe == "auto" else gpu_probe
@@ -132,7 +135,7 @@ class SlimlabApp(InOrderKeys, KeepCss, App[None]):
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def on_mount(self) -> None:
-        self._scan_loop()
+        self._watch_loop()
         if self._probe_arg == "auto":
             self._open_gpu_probe()
         self._warm_imports()
@@ -173,8 +176,10 @@ class SlimlabApp(InOrderKeys, KeepCss, App[None]):
             self.gc_tuning.building_screen()
         return super().switch_mode(mode)
 
-    @work(thread=True, exclusive=True, group="scan", name="scan runs")
-    def _scan_loop(self) -> None:
+    @work(thread=True, exclusive=True, group="watch", name="scan runs, watch files")
+    def _watch_loop(self) -> None:
+        """The run list every scan_interval (RunScanner re-reads only what moved, and judges the
+        clock-dependent states: stalls, dead processes) and the screens' files at their own pace."""
         worker = get_current_worker()
         self._first_scan_thread.join()
         if self._first_scan is not None:
@@ -184,16 +189,21 @@ class SlimlabApp(InOrderKeys, KeepCss, App[None]):
             except RuntimeError:  # the app is closing
                 return
             self._painted.wait(1.0)  # read the other runs once the first screenful is on screen
+        next_scan = 0.0
         while not worker.is_cancelled:
-            t0 = time.perf_counter()
-            runs = self.scanner.scan()
-            self.scan_seconds = time.perf_counter() - t0
-            try:
-                self.call_from_thread(self._publish_runs, runs)
-            except RuntimeError:  # the app is closing
-                return
-            self._scan_now.wait(self.scan_interval)
-            self._scan_now.clear()
+            if time.monotonic() >= next_scan or self._scan_now.is_set():
+                self._scan_now.clear()
+                t0 = time.perf_counter()
+                runs = self.scanner.scan()
+                self.scan_seconds = time.perf_counter() - t0
+                try:
+                    self.call_from_thread(self._publish_runs, runs)
+                except RuntimeError:  # the app is closing
+                    return
+                next_scan = time.monotonic() + self.scan_interval
+            self.files.poll(time.monotonic())
+            due = self.files.watcher.next_due()
+            self.files.sleep(next_scan if due is None else min(next_scan, due), time.monotonic())
 
     def _publish_runs(self, runs: list[RunInfo]) -> None:
         self.runs, self.runs_loaded = runs, True
@@ -204,6 +214,7 @@ class SlimlabApp(InOrderKeys, KeepCss, App[None]):
     def rescan(self) -> None:
         """Scan now (after a launch or a cancel) instead of at the next tick."""
         self._scan_now.set()
+        self.files.poke()
 
     @work(thread=True, group="gpu-probe", name="open NVML")
     def _open_gpu_probe(self) -> None:

@@ -3,7 +3,6 @@ the final metrics of eval/results.json, and a config diff showing only differing
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from rich.text import Text
@@ -27,6 +26,8 @@ from app.data.compare import (
     stage_sections,
 )
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
+from app.data.watcher import DrainQueue
+from app.file_watch import FilesChanged, WatchedScreen
 from app.messages import OpenRun
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
 from app.screens.worker_results import while_shown
@@ -47,16 +48,15 @@ from engine.contract import (
     UserError,
     is_student_stage,
     kind_or_none,
-    stat_key,
     student_or_none,
 )
 from engine.evaluation.scores import speedup_text
 
-POLL_S = 2.0  # live curves of running stages
+POLL_S = 2.0  # how often the watcher looks at the ticked stages' files (live curves)
 FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
 
 
-class CompareScreen(ChartControls, KeepStyles, Screen):
+class CompareScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
     BINDINGS = [  # first in the key bar: the keys of the first view, "which student?"
         Binding("w", "which", "Curves/which"),
         Binding("ctrl+e", "export", "Export"),
@@ -77,7 +77,8 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         self.smoothing_i = 0
         self.selected: tuple[str, ...] = ()
         self.curves: dict[str, Series] = {}
-        self._wake = threading.Event()
+        self._reads = DrainQueue()  # changed files (or new ticks) waiting for the loading worker
+        self._loader = _Loader()  # the loading worker's own
         self._preselected = False
         self._auto_run: Path | None = None  # the run preselect_run ticked
         self.colours: dict[str, str] = {}  # a ticked stage's colour: its student's (see which_student)
@@ -114,7 +115,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         self.set_timer(FILL_DELAY_S, lambda: self._on_runs(self.app.runs))
         self.query_one("#compare-body").display = False
         self.query_one(WhichStudentTable).focus()
-        self._load_loop()
+        self._watch_files()
 
     # ---- the stage list ------------------------------------------------------------------------
     def _on_runs(self, runs: list[RunInfo]) -> None:
@@ -128,6 +129,7 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             newest = next((r for r in runs if any(kind_or_none(s.name) is DISTILL for s in r.stages)), None)
             if newest is not None and not picks.selected:
                 self.preselect_run(newest.path)
+        self._watch_files()  # a ticked run's search student may have appeared
 
     def preselect_run(self, path: Path) -> None:
         """Tick a run's pruned and distilled students (the depth-vs-width view)."""
@@ -144,56 +146,42 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
         self.selected = tuple(event.selection_list.selected)
         self.query_one("#compare-hint", Static).update(
             f"{len(self.selected)} stage(s) ticked" if self.selected else "space: tick stages to overlay their validation loss")
-        self._wake.set()
+        self._watch_files()
+        self._load()
 
-    # ---- loading (thread worker) ---------------------------------------------------------------
-    @work(thread=True, exclusive=True, group="compare", name="load compare data")
-    def _load_loop(self) -> None:
+    # ---- loading (FilesChanged from the app's watcher; read in a thread worker) -------------------
+    def _watch_files(self) -> None:
+        """The ticked stages' metrics, their runs' results.json, experiment.toml and search.json files."""
+        runs = {split_value(v)[0] for v in self.selected}
+        by_path = {r.path: r for r in self.app.runs if r.path in runs}
+        files = [RunLayout(path).metrics_file(stage) for path, stage in map(split_value, self.selected)]
+        for path in runs:
+            layout = RunLayout(path)
+            files += [layout.results_file, layout.experiment_file]
+            run = by_path.get(path)
+            files += [layout.search_file(s.name) for s in (run.stages if run else ()) if _may_search(s.name)]
+        self.app.files.watch(self, files, POLL_S)
+
+    def on_files_changed(self, message: FilesChanged) -> None:
+        self._load(message.paths)
+
+    def _load(self, paths: set[Path] | frozenset[Path] = frozenset()) -> None:
+        """Read again (`paths` changed, or the ticks did) in the loading worker."""
+        if self._reads.add(paths):
+            self._drain_reads()
+
+    @work(thread=True, group="compare", name="load compare data")
+    def _drain_reads(self) -> None:
+        """Load until nothing more changed (one such worker at a time: see DrainQueue)."""
         worker = get_current_worker()
-        cursors: dict[str, StageCurves] = {}
-        shown: tuple[str, ...] | None = None
-        results_seen: dict[Path, object] = {}  # eval/results.json's stat per run: it may appear later
-        decide_key = None  # what the Quality-vs-speed and Search tabs were last read for
-        warned: set[str] = set()  # damaged results.json files already said
-        while not worker.is_cancelled:
-            selected = self.selected
-            changed = selected != shown
-            for run in {split_value(v)[0] for v in selected}:
-                key = (stat_key(RunLayout(run).results_file),
-                       tuple((p, stat_key(p)) for p in RunLayout(run).search_files()))
-                changed = changed or results_seen.get(run, key) != key
-                results_seen[run] = key
-            for value in selected:
-                if value not in cursors:
-                    path, stage = split_value(value)
-                    cursors[value] = StageCurves(RunLayout(path).metrics_file(stage))
-                    changed = True
-                changed = cursors[value].update() or changed
-            if changed:
-                curves = {v: cursors[v].val.snapshot() for v in selected}
-                runs = sorted({split_value(v)[0] for v in selected})
-                results = [row for r in runs for row in results_rows(r)]
-                for line in filter(None, (damaged_results(r) for r in runs)):
-                    if line not in warned:  # once per run and file state
-                        warned.add(line)
-                        self.app.call_from_thread(self.notify, line, severity="warning", timeout=10)
-                raws = {r: read_experiment(r) for r in runs}
-                colours = stage_colours(selected, raws)
-                configs = {_label(v): stage_config(raws[split_value(v)[0]], split_value(v)[1]) for v in selected}
-                sections = {_label(v): stage_sections(split_value(v)[1]) for v in selected}
-                diff = config_diff(configs, sections) if len(configs) > 1 else []
-                # the engine's readers (experiment, configs, results) only when the ticks or the files moved
-                now_key = (selected, tuple(results_seen.get(r) for r in runs))
-                decide = decide_data(runs) if now_key != decide_key else None
-                decide_key = now_key
-                try:
-                    self.app.call_from_thread(self._show, selected, curves, results, list(configs), diff, decide,
-                                              colours)
-                except RuntimeError:
+        paths: set[Path] | None = set()
+        try:
+            while (paths := self._reads.take()) is not None:
+                if worker.is_cancelled or not self._loader.load(self, paths):
                     return
-                shown = selected
-            self._wake.wait(POLL_S)
-            self._wake.clear()
+        finally:
+            if paths is not None:
+                self._reads.reset()
 
     @while_shown
     def _show(self, selected, curves, results, labels, diff, decide=None, colours=None) -> None:
@@ -346,16 +334,65 @@ class CompareScreen(ChartControls, KeepStyles, Screen):
             self.post_message(OpenRun(path, stage))
 
 
+class _Loader:
+    """What the loading worker keeps between loads: each ticked stage's incremental curve reader, and
+    what was last shown and warned about."""
+
+    def __init__(self) -> None:
+        self.cursors: dict[str, StageCurves] = {}
+        self.shown: tuple[str, ...] | None = None
+        self.warned: set[str] = set()  # damaged results.json files already said
+
+    def load(self, screen: CompareScreen, paths: set[Path]) -> bool:
+        """Read what `paths` (and new ticks) changed and hand it to the screen; False when the app is closing."""
+        selected = screen.selected
+        ticks_moved = selected != self.shown
+        changed = ticks_moved
+        for value in selected:
+            path, stage = split_value(value)
+            metrics = RunLayout(path).metrics_file(stage)
+            if value not in self.cursors:
+                self.cursors[value] = StageCurves(metrics)
+                changed = True
+            if metrics in paths or ticks_moved:
+                changed = self.cursors[value].update() or changed
+        # the engine's readers (experiment, configs, results) only when the ticks or those files moved
+        others_moved = any(p.name != RunLayout.METRICS for p in paths)
+        if not (changed or others_moved):
+            return True
+        app = screen.app
+        curves = {v: self.cursors[v].val.snapshot() for v in selected}
+        runs = sorted({split_value(v)[0] for v in selected})
+        results = [row for r in runs for row in results_rows(r)]
+        for line in filter(None, (damaged_results(r) for r in runs)):
+            if line not in self.warned:  # once per run and file state
+                self.warned.add(line)
+                app.call_from_thread(screen.notify, line, severity="warning", timeout=10)
+        raws = {r: read_experiment(r) for r in runs}
+        colours = stage_colours(selected, raws)
+        configs = {_label(v): stage_config(raws[split_value(v)[0]], split_value(v)[1]) for v in selected}
+        sections = {_label(v): stage_sections(split_value(v)[1]) for v in selected}
+        diff = config_diff(configs, sections) if len(configs) > 1 else []
+        decide = decide_data(runs) if ticks_moved or others_moved else None
+        try:
+            app.call_from_thread(screen._show, selected, curves, results, list(configs), diff, decide, colours)
+        except RuntimeError:
+            return False
+        self.shown = selected
+        return True
+
+
 def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str, str], list]:
     """What the Quality-vs-speed and Search tabs show, read by the engine's own `compare` readers
     (imported here, in the worker thread: they are not needed for the first frame):
     (y label, [(label, method, decode tokens/s, quality)], x label, [(title, rows, name)], the model
     rows (engine.compare.rows.ModelRow), each point's colour: its student's, the search students'
     frontiers (app.data.compare.FrontierPlot))."""
+    from app.data.compare import search_heading
     from engine.compare.charts import quality_speed_points
     from engine.compare.rows import model_rows
     from engine.compare.tables import decide_columns, row_cells
-    from engine.search.table import search_docs, search_rows, title
+    from engine.search.table import search_docs, search_rows
 
     rows = []
     for r in runs:
@@ -379,7 +416,7 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
         docs = []
     for name, doc in docs:
         try:
-            searches.append((title(name, doc), search_rows(doc), name))
+            searches.append((search_heading(name, doc), search_rows(doc), name))  # + its audit line
         except (KeyError, TypeError, ValueError):
             continue
     note = "; * timed under load: noise" if loaded & {p[0].rstrip("*") for p in points} else ""
@@ -410,6 +447,11 @@ def _diff_cell(value: object) -> str | Text:
 def _label(value: str) -> str:
     path, stage = split_value(value)
     return f"{path.name}/{stage}"
+
+
+def _may_search(stage: str) -> bool:
+    kind = kind_or_none(stage)
+    return kind is not None and kind.may_search
 
 
 def _student_values(runs: list[RunInfo], path: Path) -> list[str]:

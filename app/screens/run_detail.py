@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from textual import work
@@ -18,6 +18,8 @@ from textual.worker import get_current_worker
 
 from app.data import fmt
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
+from app.data.watcher import DrainQueue
+from app.file_watch import FilesChanged, WatchedScreen
 from app.messages import EditExperiment
 from app.screens.actions import request_cancel, request_resume
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
@@ -38,10 +40,10 @@ from app.widgets.style import (
     warned_stages_markup,
     warning_markup,
 )
-from engine.contract import RunInfo, RunLayout, StageInfo, stat_key
+from engine.contract import RunInfo, RunLayout, StageInfo
 from engine.contract.tail import LogTail
 
-POLL_S = 0.25  # log / metrics of the shown stage
+POLL_S = 0.25  # how often the watcher looks at the shown stage's log and metrics
 CHART_HZ = 2.0
 # The tabs (chart, log, config, status) are laid out and drawn this long after the screen's first
 # frame, and the chart (a plotext figure, 10-17 ms) this long after the tabs: the whole screen in one
@@ -49,7 +51,7 @@ CHART_HZ = 2.0
 TABS_AFTER_S = 0.03
 
 
-class RunDetailScreen(ChartControls, KeepStyles, Screen):
+class RunDetailScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
     BINDINGS = [
         Binding("escape,backspace", "back", "Back"),
         Binding("c", "cancel", "Cancel run"),
@@ -74,7 +76,9 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         self.axis = "step"
         self.smoothing_i = 1
         self.series: tuple[Series, Series] = (Series(), Series())
-        self._wake = threading.Event()
+        self._shown: tuple[int, str | None] = (0, stage)  # (generation, stage) the files are read for
+        self._reads = DrainQueue()  # changed files waiting for the reader worker
+        self._files: _StageFiles | None = None  # the reader worker's own
         self._last_draw = 0.0
         self._chart_timer = None
 
@@ -113,7 +117,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         self.app.theme_changed_signal.subscribe(self, lambda _t: self._on_runs(self.app.runs, restyle=True))
         self._on_runs(self.app.runs)
         self.query_one(StageList).focus()
-        self._follow_files()
+        self._watch_files()
 
     def _show_tabs(self) -> None:
         self.query_one("#detail-tabs").display = True
@@ -176,14 +180,16 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         if name == self.stage_name and name is not None:
             return
         self.stage_name = name
+        self._shown = (self._shown[0] + 1, name)
         self.series = (Series(), Series())
         self.query_one(LogView).reset()
         self.query_one(SearchTable).show(None, "")  # the new stage's comes with its files
+        self.query_one("#status-text", Static).update(_status_text(""))
         self._draw_chart()
         if name:
             self.query_one(StageList).select_stage(name)
         self._show_summary()
-        self._wake.set()
+        self._watch_files()
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         name = event.option.id
@@ -193,54 +199,68 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             self.follow = False
             self._select(name)
 
-    # ---- files of the shown stage (thread worker) ----------------------------------------------
-    @work(thread=True, exclusive=True, group="detail", name="follow stage files")
-    def _follow_files(self) -> None:
-        worker = get_current_worker()
-        stage: str | None = None
-        tail: LogTail | None = None
-        curves: StageCurves | None = None
-        keys: dict[str, tuple[int, int] | None] = {}
-        while not worker.is_cancelled:
-            want = self.stage_name
-            reset = want != stage
-            if reset:
-                stage = want
-                tail = LogTail(self.run_layout.log_file(stage)) if stage else None
-                curves = StageCurves(self.run_layout.metrics_file(stage)) if stage else None
-                keys.pop("status", None)
-                keys.pop("search", None)
-            lines = tail.read() if tail else []
-            series = (curves.train.snapshot(), curves.val.snapshot()) if curves and curves.update() else None
-            config = self._changed(keys, "config", self.run_layout.experiment_file)
-            status = self._changed(keys, "status", self.run_layout.stage_status_file(stage)) if stage else None
-            search = self._changed(keys, "search", self.run_layout.search_file(stage)) if _may_search(stage) else None
-            if reset or lines or series or config is not None or status is not None or search is not None:
-                try:
-                    self.app.call_from_thread(self._apply, stage, lines, series, config, status, search)
-                except RuntimeError:
-                    return
-            self._wake.wait(POLL_S)
-            self._wake.clear()
+    # ---- files of the shown stage (FilesChanged from the app's watcher; read in a thread worker) ----
+    def _stage_files(self, stage: str | None) -> list[Path]:
+        if not stage:
+            return []
+        layout = self.run_layout
+        return [layout.log_file(stage), layout.metrics_file(stage), layout.stage_status_file(stage),
+                *([layout.search_file(stage)] if _may_search(stage) else [])]
 
-    @staticmethod
-    def _changed(keys: dict, name: str, path: Path) -> str | None:
-        key = stat_key(path)
-        if name in keys and keys[name] == key:
-            return None
-        keys[name] = key
+    def _watch_files(self) -> None:
+        """Subscribe to the run's config and the selected stage's files (existing ones come as news)."""
+        self.app.files.watch(self, [self.run_layout.experiment_file, *self._stage_files(self.stage_name)], POLL_S)
+
+    def on_files_changed(self, message: FilesChanged) -> None:
+        if self._reads.add(message.paths):
+            self._drain_reads()
+
+    @work(thread=True, group="detail", name="read stage files")
+    def _drain_reads(self) -> None:
+        """Read what changed until nothing more did (one such worker at a time: see DrainQueue)."""
+        worker = get_current_worker()
+        paths: set[Path] | None = set()
         try:
-            return path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
+            while (paths := self._reads.take()) is not None:
+                if worker.is_cancelled or not self._read_files(paths):
+                    return
+        finally:
+            if paths is not None:
+                self._reads.reset()
+
+    def _read_files(self, paths: set[Path]) -> bool:
+        """Read `paths` and hand the news to _apply; False when the app is closing."""
+        generation, stage = self._shown  # one read of the pair the event loop sets
+        files = self._files
+        if files is None or files.generation != generation:  # another stage: its readers start over
+            files = self._files = _StageFiles(generation, stage, self.run_layout)
+            paths = paths | set(self._stage_files(stage))
+        layout = self.run_layout
+        lines = files.tail.read() if files.tail and layout.log_file(stage) in paths else []
+        series = None
+        if files.curves and layout.metrics_file(stage) in paths and files.curves.update():
+            series = (files.curves.train.snapshot(), files.curves.val.snapshot())
+
+        def news(path: Path) -> str | None:
+            return _text(path) if path in paths else None
+
+        config = news(layout.experiment_file)
+        status = news(layout.stage_status_file(stage)) if stage else None
+        search = news(layout.search_file(stage)) if stage and _may_search(stage) else None
+        if lines or series or config is not None or status is not None or search is not None:
+            try:
+                self.app.call_from_thread(self._apply, generation, lines, series, config, status, search)
+            except RuntimeError:
+                return False
+        return True
 
     @while_shown
-    def _apply(self, stage: str | None, lines: list[str], series: tuple[Series, Series] | None,
+    def _apply(self, generation: int, lines: list[str], series: tuple[Series, Series] | None,
                config: str | None, status: str | None, search: str | None = None) -> None:
         if config is not None:
             self.query_one("#config-text", Static).update(config or "(no experiment.toml)")
-        if stage != self.stage_name:
-            return  # the user picked another stage meanwhile; the worker catches up next tick
+        if generation != self._shown[0]:
+            return  # the user picked another stage meanwhile: its own reads follow
         if lines:
             self.query_one(LogView).append(lines)
         if series is not None:
@@ -249,7 +269,7 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
         if status is not None:
             self.query_one("#status-text", Static).update(_status_text(status))
         if search is not None:
-            self.query_one(SearchTable).show(stage, search)
+            self.query_one(SearchTable).show(self.stage_name, search)
             self._show_summary()  # which says where the table is
 
     # ---- chart -------------------------------------------------------------------------------
@@ -316,6 +336,29 @@ class RunDetailScreen(ChartControls, KeepStyles, Screen):
             self.notify("pick a student's stage (prune-NAME or distill-NAME), then ctrl+e", severity="warning")
             return
         request_export(self.app, self.path, student)
+
+
+@dataclass
+class _StageFiles:
+    """The reader worker's incremental readers of one selected stage (a new selection: new readers)."""
+
+    generation: int
+    stage: str | None
+    layout: RunLayout
+    tail: LogTail | None = field(init=False)
+    curves: StageCurves | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tail = LogTail(self.layout.log_file(self.stage)) if self.stage else None
+        self.curves = StageCurves(self.layout.metrics_file(self.stage)) if self.stage else None
+
+
+def _text(path: Path) -> str:
+    """A watched file's text ("" when it is gone or unreadable)."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def train_loss_label(stage: str | None) -> str:
