@@ -32,6 +32,7 @@ TINY = [
     "eval.batches=1", "eval.micro_batch_size=8", "eval.limit=12", "eval.task_batch_size=4",
     "eval.speed_batch_sizes=[1, 2]", "eval.speed_prompt_tokens=16", "eval.speed_new_tokens=4",
     "eval.speed_repeats=2", "eval.speed_max_seconds=2", "eval.max_new_tokens=6",
+    'eval.tasks=["experiments/tasks/stdlib_lastword"]',  # a task with a perplexity (the demo's is multiple choice)
 ]
 
 

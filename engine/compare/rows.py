@@ -19,7 +19,7 @@ from engine.contract import (
     teacher_source,
 )
 from engine.contract.results import ModelResult, perplexity, read_results
-from engine.evaluation.scores import decode_range, mean_score, task_scores
+from engine.evaluation.scores import at_chance, decode_range, mean_score, task_scores
 from engine.shapes.shape import count_params, shape_from_config
 from engine.stages import DISTILL, FINETUNE, PRUNE
 
@@ -42,6 +42,7 @@ class ModelRow:
     tokens_per_s: float | None = None
     # the eval stage's tasks, speed and samples of the row's model (engine/evaluation)
     tasks: dict[str, float] = field(default_factory=dict)  # task -> headline score (evaluation.scores)
+    at_chance: set[str] = field(default_factory=set)  # tasks scored within their stderr of a blind guess
     decode_tokens_per_s: dict[str, float] = field(default_factory=dict)  # batch size -> tokens/s
     speedup: float | None = None  # decode tokens/s over the teacher's, at the smallest batch
     speedup_range: list[float] | None = None  # its interval: holds 1 = neither model is faster
@@ -99,6 +100,8 @@ def _decide(row: ModelRow, res: ModelResult | None) -> None:
     if res is None:
         return
     row.tasks = task_scores(res.raw)
+    got = res.raw.get("tasks") if isinstance(res.raw.get("tasks"), dict) else {}
+    row.at_chance = {t for t in row.tasks if at_chance(got.get(t))}
     speed = res.raw.get("speed") if isinstance(res.raw.get("speed"), dict) else {}
     tps = speed.get("decode_tokens_per_s")
     if isinstance(tps, dict):

@@ -11,6 +11,8 @@ from engine.contract import (
 )
 from engine.evaluation.scores import speedup_text
 
+AT_CHANCE = "(chance)"  # beside a task score no better than guessing
+
 # ---- rendering -------------------------------------------------------------------------------
 
 
@@ -87,9 +89,14 @@ def decide_cells(row: ModelRow, rows: list[ModelRow]) -> list[str]:
     mean = [_fmt_f(row.task_mean)] if len(tasks) > 1 else []
     return ([name, shape, _fmt_int(row.params), "1.00x" if row.method == "teacher" else
              (f"{row.smaller:.2f}x" if row.smaller else "-"), loss]
-            + [_fmt_f(row.tasks.get(t)) for t in tasks] + mean
+            + [task_text(row, t) for t in tasks] + mean
             + [decode_text(row, b) for b in batches]
             + [speedup_text(row.speedup, row.speedup_range)])
+
+
+def task_text(row: ModelRow, task: str) -> str:
+    """"0.412"; "0.262 (chance)" when the score is within its stderr of a blind guess: it decides nothing."""
+    return _fmt_f(row.tasks.get(task)) + (f" {AT_CHANCE}" if task in row.at_chance else "")
 
 
 def decode_text(row: ModelRow, batch: str) -> str:
@@ -105,7 +112,8 @@ def decide_title(rows: list[ModelRow]) -> str:
     device = next((r.device for r in rows if r.device), None)
     return ("which student? task scores, decode tokens/s at batch @N" + (f" on {device}" if device else "")
             + ("; ≈: within the spread, not faster" if any(r.speedup_range for r in rows) else "")
-            + ("; *: timed under load, noise" if any(r.under_load for r in rows) else ""))
+            + ("; *: timed under load, noise" if any(r.under_load for r in rows) else "")
+            + (f"; {AT_CHANCE}: within one stderr of a blind guess" if any(r.at_chance for r in rows) else ""))
 
 
 def rich_decide_table(rows: list[ModelRow]):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 PREFERRED = ("acc_norm", "acc", "exact_match", "f1", "mcc", "bleu")
+CHANCE = "chance"  # not a metric: a multiple-choice task's blind-guess score (engine.evaluation.tasks)
 _LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
 
 
@@ -33,7 +34,7 @@ def headline_metric(metrics: Any) -> tuple[str, float, bool] | None:
         if _num(metrics.get(name)) is not None:
             return name, float(metrics[name]), True
     values = [(n, float(v)) for n, v in metrics.items()
-              if not n.endswith("_stderr") and "_stderr_" not in n and _num(v) is not None]
+              if not n.endswith("_stderr") and "_stderr_" not in n and n != CHANCE and _num(v) is not None]
     for name, v in sorted(values, key=lambda nv: not higher_is_better(nv[0])):  # stable: first of each kind
         return name, v, higher_is_better(name)
     return None
@@ -57,6 +58,16 @@ def task_scores(entry: Any, tasks: list[str] | None = None) -> dict[str, float]:
         if s is not None:
             out[t] = s[1]
     return out
+
+
+def at_chance(metrics: Any) -> bool:
+    """Whether a task's headline score is within its stderr of the task's chance level: it decides
+    nothing. False when the chance level or the stderr is unknown (not a multiple-choice task)."""
+    got = headline_metric(metrics)
+    if got is None or not got[2]:
+        return False
+    chance, stderr = _num(metrics.get(CHANCE)), _num(metrics.get(f"{got[0]}_stderr"))
+    return chance is not None and stderr is not None and abs(got[1] - chance) <= stderr
 
 
 def mean_score(scores: dict[str, float]) -> float | None:

@@ -4,6 +4,8 @@ No harness of our own: the model goes to lm-eval's Hugging Face wrapper (HFLM) a
 and dtype), with the run's tokenizer. Every metric of every task (groups and their subtasks too)
 is recorded with its stderr, flattened to `{"acc": 0.41, "acc_stderr": 0.005, ...}`; a metric of
 a filter other than lm-eval's "none" is named `<metric>_<filter>` (e.g. `exact_match_strict-match`).
+A multiple-choice task also gets `"chance"`: the score of a blind guess (the mean of 1/choices over the
+documents evaluated), so a score can be told apart from guessing (engine.evaluation.scores.at_chance).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from engine.errors import UserError
+from engine.evaluation.scores import CHANCE
 from engine.evaluation.task_specs import TaskEntry, local_task_config
 
 Metrics = dict[str, dict[str, float | None]]
@@ -76,6 +79,53 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+class _Recording:
+    """lm-eval's TaskManager that keeps what simple_evaluate loads through it (simple_evaluate returns
+    scores only, and the number of choices of each document is in the task objects)."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+        self.loaded: dict[str, Any] = {}
+
+    def load(self, *args: Any, **kwargs: Any) -> Any:
+        self.loaded = self._inner.load(*args, **kwargs)
+        return self.loaded
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def chance_level(task: Any) -> float | None:
+    """A blind guess's expected accuracy on the documents a multiple-choice task evaluated (the mean
+    of 1/number of choices; also acc_norm's, its choice being as blind); None for other tasks."""
+    if task.get_config("output_type") != "multiple_choice":
+        return None
+    docs = {inst.doc_id: inst.doc for inst in task.instances or []}
+    counts = [len(task.doc_to_choice(doc)) for doc in docs.values()]
+    return sum(1 / n for n in counts) / len(counts) if counts and all(counts) else None
+
+
+def chance_levels(loaded: Any) -> dict[str, float]:
+    """{task or group: chance} of the multiple-choice tasks lm-eval loaded; a group gets its members'
+    chance when they all share one (e.g. mmlu's 0.25), since a group's score mixes theirs."""
+    if not isinstance(loaded, dict):
+        return {}
+    out = {name: c for name, task in loaded.get("tasks", {}).items() if (c := chance_level(task)) is not None}
+    groups: dict[str, list[str]] = loaded.get("group_map") or {}
+
+    def of(name: str, seen: frozenset[str]) -> float | None:
+        if name in out or name not in groups or name in seen:
+            return out.get(name)
+        levels = {of(m, seen | {name}) for m in groups[name]}  # members may be groups (mmlu -> mmlu_stem)
+        if len(levels) == 1 and None not in levels:
+            out[name] = levels.pop()  # type: ignore[assignment]
+        return out.get(name)
+
+    for group in groups:
+        of(group, frozenset())
+    return out
+
+
 # Resamples for the stderr of metrics without a closed form (perplexity, F1, ...): lm-eval's default
 # is 100,000 (2.9 s per metric in one process on a small CPU); 10,000 gives the same stderr to ~1%.
 BOOTSTRAP_ITERS = 10_000
@@ -119,6 +169,7 @@ def run_tasks(model: nn.Module, tokenizer: Any, entries: list[TaskEntry], num_fe
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
+    manager = _Recording(task_manager(any(not e.files for e in entries)))
     was_training = model.training
     model.eval()
     try:
@@ -127,7 +178,7 @@ def run_tasks(model: nn.Module, tokenizer: Any, entries: list[TaskEntry], num_fe
                       max_length=getattr(model.config, "max_position_embeddings", None))
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=task_inputs(entries), num_fewshot=num_fewshot, limit=limit,
-                task_manager=task_manager(any(not e.files for e in entries)), log_samples=False,
+                task_manager=manager, log_samples=False,
                 random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
                 bootstrap_iters=BOOTSTRAP_ITERS)
     except (FileNotFoundError, KeyError, ValueError, ConnectionError, OSError) as e:
@@ -139,5 +190,8 @@ def run_tasks(model: nn.Module, tokenizer: Any, entries: list[TaskEntry], num_fe
     results = out.get("results", {})
     members = {t for subs in (out.get("group_subtasks") or {}).values() for t in subs}
     flat = {task: flatten_metrics(metrics) for task, metrics in results.items()}
+    for task, level in chance_levels(manager.loaded).items():
+        if task in flat:
+            flat[task][CHANCE] = level
     return ({t: m for t, m in flat.items() if t not in members},
             {t: m for t, m in flat.items() if t in members})
