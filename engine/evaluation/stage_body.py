@@ -7,7 +7,7 @@ stage's device (the GPU, else the CPU):
       "models": {
         "teacher": {"params": 1235814400, "path": "runs/x/finetune/model", "tokens_per_s": 51234.0,
                     "splits":  {"validation": {"loss": 2.31, "perplexity": 10.07, "tokens": 409600}, ...},
-                    "tasks":   {"hellaswag": {"acc": 0.41, "acc_stderr": 0.005, "acc_norm": 0.52, ...}},
+                    "tasks":   {"hellaswag": {"acc": 0.41, "acc_stderr": 0.005, "acc_norm": 0.52, ..., "chance": 0.25}},
                     "subtasks": {...},   # members of task groups (e.g. mmlu's), the same way
                     "speed":   {"device": "NVIDIA H200", "prefill_tokens_per_s": ...,
                                 "decode_tokens_per_s": {"1": ..., "16": ...}, "ms_per_token": {"1": ...},
