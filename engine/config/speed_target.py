@@ -47,7 +47,8 @@ class SpeedBudget:
         s = self.settings(device_type or "cpu")
         prompt, new = s["prompt_tokens"], s["new_tokens"]
         if max_positions and prompt + new > max_positions:
-            on = "" if self.prompt_tokens and self.new_tokens else f" ({'a GPU' if device_type == 'cuda' else 'the CPU'}'s default)"
+            device = "a GPU" if device_type == "cuda" else "the CPU"
+            on = "" if self.prompt_tokens and self.new_tokens else f" ({device}'s default)"
             raise UserError(f"{where}.speed_prompt_tokens: a speed budget at a {prompt}-token prompt + {new} new "
                             f"tokens{on} exceeds the teacher's max_position_embeddings = {max_positions}; set "
                             "speed_prompt_tokens and speed_new_tokens (here or in [eval]) to fit it")

@@ -106,6 +106,11 @@ def _entry(models: dict[str, CostModel], s: Shape, settings: dict[str, Any]) -> 
     return {"decode_ms": 1000.0 * dec if dec > 0 else 0.0, "prefill_tokens_per_s": tokens / pre if pre > 0 else math.inf}
 
 
+def _num(x: float, digits: int) -> float | None:
+    """A figure for search.json: rounded, None where not finite (a model with no term for it: JSON has no inf)."""
+    return round(x, digits) if math.isfinite(x) else None
+
+
 class SpeedSearch:
     """One search's speed budget: narrow() before the screen, finalists() after it, annotate() search.json.
 
@@ -245,16 +250,19 @@ class SpeedSearch:
             e, p = self.timed.get(c.shape), self.predicted[c.shape]
             row.update(decode_ms=e["decode_ms"] if e else None,
                        prefill_tokens_per_s=e["prefill_tokens_per_s"] if e else None,
-                       predicted_decode_ms=round(p["decode_ms"], 4),
-                       predicted_prefill_tokens_per_s=round(p["prefill_tokens_per_s"], 2))
+                       predicted_decode_ms=_num(p["decode_ms"], 4),
+                       predicted_prefill_tokens_per_s=_num(p["prefill_tokens_per_s"], 2))
         doc["speed"] = {
             "target": self.budget.to_json(self.device_type), "device": self.where["device"],
             "dtype": self.where["dtype"], "cache": str(self.cache.path), "candidates_in_band": self.in_band,
             "kept": len(self.space.candidates), "slack": round(self.slack, 4), "from_cache": self.from_cache,
             "seconds": round(self.seconds, 3), "error": self.errors(),
             "cost_model": {phase: m.to_json() for phase, m in self.models.items()},
-            "timed": [{"shape": candidate_label(s), "role": self.roles[s], **e,
-                       "predicted_decode_ms": round(self.predicted[s]["decode_ms"], 4) if s in self.predicted else None,
-                       "predicted_prefill_tokens_per_s": round(self.predicted[s]["prefill_tokens_per_s"], 2)
-                       if s in self.predicted else None, "meets": self.budget.meets(e)}
-                      for s, e in self.timed.items()]}
+            "timed": [self._timed_row(s, e) for s, e in self.timed.items()]}
+
+    def _timed_row(self, s: Shape, e: Entry) -> dict[str, Any]:
+        p = self.predicted.get(s)
+        return {"shape": candidate_label(s), "role": self.roles[s], **e,
+                "predicted_decode_ms": _num(p["decode_ms"], 4) if p else None,
+                "predicted_prefill_tokens_per_s": _num(p["prefill_tokens_per_s"], 2) if p else None,
+                "meets": self.budget.meets(e)}
