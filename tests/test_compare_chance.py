@@ -25,6 +25,7 @@ def test_at_chance_is_within_one_stderr_of_the_chance_level():
     assert not at_chance({**near, "acc_norm_stderr": 0.01})  # same score, measured tighter
     assert not at_chance({"acc": 0.26, "acc_stderr": 0.03})  # no chance level known: say nothing
     assert not at_chance({"perplexity": 4.0, "perplexity_stderr": 1.0, "chance": 4.0})  # not a score
+    assert not at_chance({"mcc": 0.45, "mcc_stderr": 0.1, "chance": 0.5})  # a blind guess's mcc is 0, not 1/2
     assert headline_metric({"chance": 0.25, "bleu_x": 0.1})[0] == "bleu_x"  # never the headline
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 PREFERRED = ("acc_norm", "acc", "exact_match", "f1", "mcc", "bleu")
-CHANCE = "chance"  # not a metric: a multiple-choice task's blind-guess score (engine.evaluation.tasks)
+CHANCE = "chance"  # not a metric: a multiple-choice task's blind-guess accuracy (engine.evaluation.tasks)
+_ACCURACIES = ("acc", "acc_norm", "acc_mutual_info")  # the metrics a blind guess scores `chance` on
 _LOWER_IS_BETTER = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
 
 
@@ -62,9 +63,9 @@ def task_scores(entry: Any, tasks: list[str] | None = None) -> dict[str, float]:
 
 def at_chance(metrics: Any) -> bool:
     """Whether a task's headline score is within its stderr of the task's chance level: it decides
-    nothing. False when the chance level or the stderr is unknown (not a multiple-choice task)."""
+    nothing. False when the chance level or the stderr is unknown (not a multiple-choice accuracy)."""
     got = headline_metric(metrics)
-    if got is None or not got[2]:
+    if got is None or got[0] not in _ACCURACIES:  # e.g. mcc or f1 of a multiple-choice task: not 1/choices
         return False
     chance, stderr = _num(metrics.get(CHANCE)), _num(metrics.get(f"{got[0]}_stderr"))
     return chance is not None and stderr is not None and abs(got[1] - chance) <= stderr
