@@ -348,3 +348,16 @@ def speed_budget_for_exp(exp):
     from engine.search.speed_budget import speed_budget_for
 
     return speed_budget_for(exp.prune[0], exp.eval)
+
+
+def test_the_run_directory_keeps_a_speed_budget_as_written(tmp_path, _in_tmp):
+    """The run's experiment.toml (every key not None) loads again: a search with a speed budget beside a
+    depth prune and a search without one (no default of a speed key is written back as set)."""
+    from engine.config import dumps_toml, load_experiment, loads_experiment
+
+    text = _exp(tmp_path, "target_decode_ms = 5\nspeed_fit_shapes = 8\n").read_text() + SEARCH.replace('"fast"', '"plain"')
+    exp = loads_experiment(text, source="t.toml")
+    (tmp_path / "again.toml").write_text(dumps_toml(exp.to_toml_dict()))
+    again = load_experiment(tmp_path / "again.toml")
+    assert [(p.name, p.target_decode_ms, p.speed_fit_shapes) for p in again.prune] == \
+        [("width", None, None), ("fast", 5.0, 8), ("plain", None, None)]

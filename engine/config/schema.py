@@ -316,7 +316,7 @@ class PruneConfig(_Section):
     speed_batch_size: int | None = Field(default=None, ge=1)  # default: the smallest [eval] speed_batch_sizes, or 1
     speed_prompt_tokens: int | None = Field(default=None, ge=1)  # default: [eval]'s, else the device's
     speed_new_tokens: int | None = Field(default=None, ge=2)  # default: [eval]'s, else the device's
-    speed_fit_shapes: int = Field(default=12, ge=4, le=500)  # shapes timed with random weights for the cost model
+    speed_fit_shapes: int | None = Field(default=None, ge=4, le=500)  # shapes timed for the cost model; default 12
 
     @field_validator("name")
     @classmethod
@@ -331,14 +331,14 @@ class PruneConfig(_Section):
         width_keys = ("ffn_hidden_size", "hidden_size", "num_attention_heads", "num_key_value_heads")
         search_keys = ("target_params", "target_memory_gb", "memory_seq_length", "score_task") + SPEED_KEYS
         if self.method != "search":
-            set_search = [k for k in search_keys if k in self.model_fields_set and getattr(self, k) is not None]
+            set_search = [k for k in search_keys if getattr(self, k) is not None]
             if set_search:
                 raise ValueError(f"{set_search[0]}: a search key in a {self.method} prune; use method = \"search\"")
         if self.method == "search":
             if (self.target_params is None) == (self.target_memory_gb is None):
                 raise ValueError("target_params: a search needs exactly one of target_params or target_memory_gb"
                                  + (" (a speed target narrows it)" if self._speed_target() else ""))
-            how = [k for k in SPEED_KEYS[2:] if k in self.model_fields_set]
+            how = [k for k in SPEED_KEYS[2:] if getattr(self, k) is not None]
             if how and not self._speed_target():
                 raise ValueError(f"{how[0]}: says how a speed target is measured, and there is none; add "
                                  "target_decode_ms or target_prefill_tokens_per_s, or leave it out")

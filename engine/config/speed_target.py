@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.errors import UserError
 
+FIT_SHAPES = 12  # shapes timed with random weights to fit the cost model, when speed_fit_shapes is not set
 # the speed measurement's default batch sizes and lengths per device (the eval stage's too)
 GPU_DEFAULTS: dict[str, Any] = {"batch_sizes": [1, 16], "prompt_tokens": 512, "new_tokens": 128}
 CPU_DEFAULTS: dict[str, Any] = {"batch_sizes": [1, 4], "prompt_tokens": 64, "new_tokens": 16}
@@ -97,4 +98,4 @@ def speed_budget_for(p: Any, eval_cfg: Any) -> SpeedBudget | None:
     return SpeedBudget(p.target_decode_ms, p.target_prefill_tokens_per_s, batch,
                        p.speed_prompt_tokens or (ev.speed_prompt_tokens if ev is not None else None),
                        p.speed_new_tokens or (ev.speed_new_tokens if ev is not None else None),
-                       p.speed_fit_shapes, **rules)
+                       p.speed_fit_shapes or FIT_SHAPES, **rules)
