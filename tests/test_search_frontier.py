@@ -1,4 +1,4 @@
-"""Issue 23 section 4: the Pareto frontier of a search's scored candidates (engine.search.frontier),
+"""Issue 23 section 4: the Pareto frontier of a search's scored candidates (engine.contract.frontier),
 kept in search.json and printed by `compare` with the chosen point marked. Torch-free and fast: hand-made
 candidates, and a search.json written by search_document over a real search space (tests/_app_util)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from _app_util import RunWriter
 
-from engine.search.frontier import frontier, frontier_of
+from engine.contract.frontier import frontier, frontier_of
 
 PRUNE = [{"name": "depth", "method": "depth", "num_layers": 2}, {"name": "width", "method": "width", "ffn_hidden_size": 64},
          {"name": "auto", "method": "search", "target_params": 0.6}]

@@ -3,7 +3,7 @@
     rows.py     ModelRow and reading the run directories
     tables.py   the loss and 'which student?' tables, samples
     charts.py   loss curves and quality vs speed
-    frontier.py each search student's Pareto frontier (engine.search.frontier), the chosen point marked
+    frontier.py each search student's Pareto frontier (engine.contract.frontier), the chosen point marked
     report.py   `slimlab-engine compare` itself
 """
 

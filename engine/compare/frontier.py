@@ -1,4 +1,4 @@
-"""`compare`: each search student's Pareto frontier (engine.search.frontier), printed and in report.md,
+"""`compare`: each search student's Pareto frontier (engine.contract.frontier), printed and in report.md,
 one row per frontier point, fewest parameters first, the chosen candidate marked; a chosen one off
 the frontier (another scored as well for less) is listed after it, marked so. No torch import."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract import human_count
-from engine.search.frontier import BY_KEY, frontier_of, value
+from engine.contract.frontier import BY_KEY, frontier_of, value
 from engine.search.table import search_docs
 
 CHOSEN, DOMINATED = "<- chosen", "<- chosen (off the frontier)"

@@ -27,7 +27,7 @@ search.json (the contract; engine.search.table.search_document writes it):
 
 Every candidate within the budget is listed; those not screened have the screen_* fields null,
 those not scored have score, loss and rank null. "frontier": the Pareto frontier of the scored
-candidates (engine.search.frontier).
+candidates (engine.contract.frontier).
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ import torch
 from torch import nn
 
 from engine.contract import write_json
+from engine.contract.frontier import frontier
 from engine.contract.stage_context import StageContext
 from engine.evaluation.loss import evaluate_loss
 from engine.prune.importance import Importance
 from engine.prune.student import SortedTeacher, layers_to_drop, prune_student
-from engine.search.frontier import frontier
 from engine.search.scoring import Scorer
 from engine.search.speed_budget import SpeedSearch
 from engine.search.table import search_document

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract import RunLayout, human_count, read_json
-from engine.search.frontier import frontier
+from engine.contract.frontier import frontier
 from engine.stages import PRUNE
 
 COLUMNS = ["rank", "layers", "hidden", "ffn", "heads", "params", "memory GiB", "screen", "pruned loss", "score", ""]
@@ -24,7 +24,7 @@ def search_document(space: Any, score: str, higher_is_better: bool, calibration:
     them) with their loss, score, rank and time, the first `chosen`. `calibration`: the one pass
     every candidate was cut by (kind and its settings). "screen" sums the screen up: how many were
     screened of how many, whether screen_max capped it, and its cost in total and per candidate.
-    "frontier": the Pareto frontier of the scored candidates (engine.search.frontier)."""
+    "frontier": the Pareto frontier of the scored candidates (engine.contract.frontier)."""
     rank = {i: r + 1 for r, i in enumerate(ranked)}
     screen, screen_seconds = screen or {}, screen_seconds or {}
     screen_rank = {i: r + 1 for r, i in enumerate(sorted(screen, key=lambda i: (screen[i], i)))}
