@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment, parse_experiment
-from engine.contract import STUDENT_SECTIONS, RunLayout, UserError, student_or_none, student_sections
+from engine.contract import PRUNE, STUDENT_SECTIONS, RunLayout, UserError, student_or_none, student_sections
 from engine.contract.results import read_results
 from engine.evaluation.scores import decode_speed, task_scores
 
@@ -165,7 +165,7 @@ class FrontierPlot:
 
 def frontier_plots(runs: list[Path]) -> list[FrontierPlot]:
     """The frontier of every search student of `runs` (search.json's, or worked out from its
-    candidates when it predates the frontier: engine.search.frontier.frontier_of)."""
+    candidates when it predates the frontier: engine.contract.frontier.frontier_of)."""
     from engine.search.table import search_docs
 
     out = []
@@ -183,7 +183,7 @@ def frontier_plots(runs: list[Path]) -> list[FrontierPlot]:
 
 def frontier_plot(name: str, doc: dict[str, Any], run: Path) -> FrontierPlot | None:
     """None when the search has no scored candidate (yet)."""
-    from engine.search.frontier import frontier_of
+    from engine.contract.frontier import frontier_of
 
     f = frontier_of(doc)
     if not f or not f["points"]:
@@ -202,7 +202,7 @@ def frontier_plot(name: str, doc: dict[str, Any], run: Path) -> FrontierPlot | N
 
 def _point(cands: list[Any], quality: str, i: Any) -> tuple[float, float] | None:
     """(params, quality) of candidate i, None where it has not both (or i is no index)."""
-    from engine.search.frontier import value
+    from engine.contract.frontier import value
 
     c = cands[i] if isinstance(i, int) and 0 <= i < len(cands) and isinstance(cands[i], dict) else {}
     p, q = value(c, "params"), value(c, quality)
@@ -217,8 +217,21 @@ def hand_made(run: Path) -> list[tuple[str, str, float, float]]:
     for p in read_experiment(run).get("prune") or []:
         if not isinstance(p, dict) or p.get("method") not in ("depth", "width"):
             continue
-        res = results.get(f"prune-{p.get('name')}")
+        res = results.get(PRUNE.stage(str(p.get("name"))))
         loss = res.validation.loss if res is not None and res.validation is not None else None
         if res is not None and res.params is not None and loss is not None:
             out.append((str(p["name"]), str(p["method"]), float(res.params), loss))
     return out
+
+
+# ---- a search's heading in the Search tab ----------------------------------------------------
+
+
+def search_heading(name: str, doc: dict[str, Any]) -> str:
+    """engine.search.table.title, and for an audited search (audit = N) its audit line below it:
+    the Spearman correlations with the final validation loss and whether the chosen shape was best."""
+    from engine.search.audit import audit_line
+    from engine.search.table import title
+
+    line = audit_line(doc)
+    return title(name, doc) + (f"\n  {line}" if line else "")

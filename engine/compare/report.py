@@ -109,6 +109,9 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
     from engine.compare.frontier import print_frontiers
 
     frontier_md = print_frontiers(run_dirs, console)  # each search's Pareto frontier, the chosen point marked
+    from engine.compare.audit import print_audits
+
+    frontier_md += print_audits(run_dirs, console)  # each audited search: its ranking against the real distillation
     series = curves(run_dirs)
     if chart and series:
         from rich.text import Text

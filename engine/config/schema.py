@@ -309,6 +309,7 @@ class PruneConfig(_Section):
     score: Literal["loss", "distill"] = "loss"
     score_steps: int = Field(default=20, ge=1)  # score = "distill": steps of the short distillation
     score_task: str | None = None  # an [eval] task scored instead of the loss
+    audit: int = Field(default=0, ge=0)  # after the search: the N best-scored distilled in full (search/audit.py)
     # search: speed budgets, measured on the prune stage's device (engine/search/speed_budget.py); they
     # narrow target_params / target_memory_gb (a shape must meet both)
     target_decode_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # ms per generated token
@@ -322,6 +323,20 @@ class PruneConfig(_Section):
     @classmethod
     def _name(cls, v: str) -> str:
         return _slug(v, "name")
+
+    @model_validator(mode="after")
+    def _audit(self) -> PruneConfig:
+        """audit: a search's ranking checked by distilling its best candidates; N of the scored ones, N >= 2."""
+        if "audit" not in self.model_fields_set or not self.audit:
+            return self
+        if self.method != "search":
+            raise ValueError(f"audit: a search key in a {self.method} prune; use method = \"search\"")
+        if self.audit == 1:
+            raise ValueError("audit: 1 candidate ranks nothing; audit at least 2 of the scored candidates (0: off)")
+        if self.audit > self.top_k:
+            raise ValueError(f"audit: {self.audit} is more than top_k = {self.top_k}, the candidates given the "
+                             f"full score; lower audit or raise top_k")
+        return self
 
     def _speed_target(self) -> bool:
         return self.target_decode_ms is not None or self.target_prefill_tokens_per_s is not None
@@ -463,6 +478,9 @@ class Experiment(_Section):
         if self.launch.strategy == "fsdp":
             self._no_bf16_states_under_fsdp()
         for p in self.prune:
+            if p.audit and self.distill is None:
+                raise ValueError(f"audit: prune '{p.name}' audits its search with the [distill] recipe, and there "
+                                 "is no [distill]; add one or set audit = 0")
             if p.distill and NOT_PER_STUDENT & p.distill.keys():
                 key = sorted(NOT_PER_STUDENT & p.distill.keys())[0]
                 raise ValueError(f"prune '{p.name}': distill.{key} is set for all students at once; "

@@ -10,6 +10,7 @@ from engine.evaluation.task_specs import check_tasks
 from engine.orchestration.launch import detect_gpus
 from engine.orchestration.preflight import preflight
 from engine.resources.fit import resource_lines, this_machine
+from engine.search.audit import check_lines as audit_check_lines
 from engine.shapes.targets import shape_lines
 
 
@@ -23,6 +24,7 @@ def describe_plan(exp: Experiment, resources: bool = True, gpu_gib: float | None
     lines += [f"  {i + 1}. {s}" for i, s in enumerate(exp.stages())]
     preflight(exp)  # model, tokenizer and data files; vocabulary; layer_map
     lines += shape_lines(exp)  # teacher/student shapes and params; ConfigError on an impossible target
+    lines += audit_check_lines(exp)  # a search's audit: its extra distillations
     tasks = check_tasks(exp)  # lm-eval installed and local task files there, before anything runs
     if tasks:
         lines.append("eval tasks: " + ", ".join(t.entry for t in tasks))

@@ -88,6 +88,7 @@ def prune_stage(ctx: StageContext) -> None:
         if drop:
             ctx.log(f"[{stage}] dropping layers {drop}")
         student, expected = prune_student(model, imp, target, drop), target.shape
+    audit_teacher = model if isinstance(target, SearchSpace) and p.audit else None  # the audit distils from it
     del model
     if p.reinit:  # the from-scratch baseline: the student's shape, fresh weights
         student = _reinitialised(student, exp.seed)
@@ -111,6 +112,13 @@ def prune_stage(ctx: StageContext) -> None:
     metrics.unlink(missing_ok=True)  # a rerun replaces the stage's single line
     append_metrics(metrics, {"step": 0, "split": "val", "loss": loss, "params": params})
     ctx.log(f"[{stage}] validation loss after pruning: {loss:.4f}")
+
+    # 6. a search's audit: its best-scored candidates distilled in full, after the result is saved
+    if audit_teacher is not None:
+        from engine.prune.audit_part import run_audit
+
+        del student
+        run_audit(ctx, target, audit_teacher, imp, tokenizer)
 
 
 def _reinitialised(student: torch.nn.Module, seed: int) -> torch.nn.Module:

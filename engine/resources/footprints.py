@@ -7,6 +7,7 @@ names it in its record. No torch.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from engine.config import Experiment
@@ -75,8 +76,12 @@ class Prune(Footprint):
         p = own_settings(exp, stage)
         e = DTYPE_BYTES[exp.model.dtype]
         resident = count_params(shapes.students[p.name]) * (e if cuda else 4)
-        return forward_need(stage, [shapes.teacher], p.calibration_batch_size * exp.data.seq_length, cuda, e,
+        need = forward_need(stage, [shapes.teacher], p.calibration_batch_size * exp.data.seq_length, cuda, e,
                             resident)
+        if p.method == "search" and p.audit:  # the audit distils candidates here, one process, as distill-<s> would
+            audit = TRAINING.need(exp, shapes, f"distill-{p.name}", 1, cuda, micro)
+            need = max(need, replace(audit, stage=stage, knobs=None), key=lambda n: n.total)  # (knobs: a training stage's)
+        return need
 
     def disk(self, exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool) -> DiskNeed | None:
         return DiskNeed(stage, count_params(shapes.students[stage_student(stage)]) * DTYPE_BYTES[exp.model.dtype],

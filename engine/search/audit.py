@@ -107,3 +107,18 @@ def shape_label(s: dict[str, Any]) -> str:
     """engine.shapes.candidates.candidate_label of a shape as search.json keeps it."""
     return (f"{s['num_layers']}L h{s['hidden_size']} ffn{s['ffn_hidden_size']} "
             f"{s['num_attention_heads']}/{s['num_key_value_heads']}")
+
+
+def check_lines(exp: Any) -> list[str]:
+    """What `check` says of each audited search: the extra distillations, their steps against the
+    distill stage's, and that the prune stage's memory peak becomes a distillation's while it audits."""
+    out = []
+    for p in exp.prune:
+        if p.method != "search" or not p.audit:
+            continue
+        steps = exp.distill_for(p.name).steps
+        out.append(f"  audit of prune-{p.name}: after the search, the {p.audit} best-scored candidates are each distilled "
+                   f"with the [distill] recipe on the same tokens: {p.audit} x {steps} = {p.audit * steps} training "
+                   f"steps in the prune stage ({p.audit}x distill-{p.name}'s time), one candidate at a time beside "
+                   f"the teacher, so the stage's memory peak is distill-{p.name}'s")
+    return out

@@ -1,0 +1,58 @@
+"""`compare`: each audited search's audit (engine/search/audit.py), printed and in report.md: a line with
+the Spearman correlations and whether the chosen shape was the best, then the audited candidates by
+score rank with their final validation loss. No torch import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.search.audit import audit_line, shape_label
+from engine.search.table import search_docs
+
+COLUMNS = ["rank", "shape", "screen", "score", "final loss", "final rank", ""]
+
+
+def audit_rows(doc: dict[str, Any]) -> list[list[str]]:
+    def f(x: Any) -> str:
+        return f"{x:.4f}" if isinstance(x, (int, float)) else "-"
+
+    cands = doc["candidates"]
+    best = doc["audit"].get("best_index")
+    rows = []
+    for a in doc["audit"]["candidates"]:
+        c = cands[a["index"]]
+        mark = ", ".join(m for m, on in (("chosen", c.get("chosen")), ("best after distillation", a["index"] == best))
+                         if on)
+        rows.append([str(a.get("rank")), shape_label(c["shape"]), f(a.get("screen_loss")), f(a.get("score")),
+                     f(a.get("final_loss")), str(a.get("final_rank")), mark])
+    return rows
+
+
+def audits(run_dirs: list[str | Path]) -> list[tuple[str, list[list[str]]]]:
+    """(line, rows) of every search student that was audited."""
+    out = []
+    for name, doc in search_docs(run_dirs):
+        line = audit_line(doc)
+        if line:
+            out.append((f"search {name}: {line}", audit_rows(doc)))
+    return out
+
+
+def print_audits(run_dirs: list[str | Path], console: Any) -> str:
+    """Print each audit; its markdown for report.md ("" when no search was audited)."""
+    from rich import box
+    from rich.table import Table
+
+    parts: list[str] = []
+    for line, rows in audits(run_dirs):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)  # one line, however narrow
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+        for i, c in enumerate(COLUMNS):
+            t.add_column(c, justify="left" if i in (1, len(COLUMNS) - 1) else "right", no_wrap=i != 1)
+        for r in rows:
+            t.add_row(*r, style="bold" if "chosen" in r[-1] else None)
+        console.print(t)
+        parts += ["", f"### {line}", "", "| " + " | ".join(c or "mark" for c in COLUMNS) + " |",
+                  "|" + "|".join("---" for _ in COLUMNS) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+    return "\n".join(parts) + ("\n" if parts else "")

@@ -1,0 +1,201 @@
+"""audit = N: a search's best-scored candidates distilled in full, and whether its ranking held."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import numpy as np
+import pytest
+from _prune_util import tiny_model
+from _util import one_thread  # noqa: F401  (autouse)
+from test_search import SEQ, _run, _tokenizer
+
+from engine.config import ConfigError, loads_experiment
+from engine.contract import RunLayout, read_json, read_metrics
+from engine.models.hf import save_model
+from engine.search.audit import audit_line, ranks, spearman
+
+SEARCH = """[[prune]]
+name = "auto"
+method = "search"
+target_params = 0.6
+tolerance = 0.06
+hidden_multiple = 4
+ffn_multiple = 4
+calibration_samples = 8
+calibration_batch_size = 4
+top_k = 3
+"""
+
+DISTILL = """[distill]
+steps = 2
+global_batch_size = 4
+micro_batch_size = 2
+val_batches = 3
+val_interval = 1
+warmup_steps = 0
+"""
+
+
+def _toml(root, prune: str = SEARCH + "audit = 3\n", distill: str = DISTILL) -> str:
+    return f"""
+name = "a"
+runs_dir = "{root / 'runs'}"
+[model]
+path = "{root / 'teacher'}"
+dtype = "float32"
+[data]
+dataset = "builtin:stdlib-docs"
+seq_length = {SEQ}
+{distill}
+[launch]
+mixed_precision = "no"
+{prune}"""
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    tok = _tokenizer()
+    save_model(tiny_model("llama", layers=4, vocab_size=len(tok), tie_word_embeddings=False), root / "teacher", tok)
+    data = root / "runs" / "a" / "prepare"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    splits = {"train": 40 * SEQ + 1, "validation": 10 * SEQ + 1}
+    for split, n in splits.items():
+        rng.integers(3, len(tok), size=n).astype(np.uint16).tofile(data / f"{split}.bin")
+    (data / "meta.json").write_text(json.dumps({
+        "vocab_size": len(tok), "dtype": "uint16", "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "test",
+        "tokenizer_hash": "x", "splits": {s: {"tokens": n, "documents": 1} for s, n in splits.items()}}))
+    return root
+
+
+def test_spearman_on_hand_made_rankings_with_ties():
+    assert ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ties take the mean rank: x ranks 1, 2.5, 2.5, 4 against 1, 3, 2, 4 -> 4.5 / sqrt(4.5 * 5)
+    assert spearman([1, 2, 2, 4], [1, 3, 2, 4]) == pytest.approx(4.5 / math.sqrt(22.5))
+    assert spearman([1, 5, 2], [0.1, 0.9, 0.5]) == pytest.approx(1.0)  # ranks, not values
+    assert spearman([1, 2, 3], [2, 2, 2]) is None and spearman([1], [1]) is None
+
+
+@pytest.mark.parametrize("prune, distill, message", [
+    (SEARCH + "audit = 4\n", DISTILL, "audit: 4 is more than top_k = 3"),
+    (SEARCH + "audit = 1\n", DISTILL, "audit: 1 candidate ranks nothing"),
+    (SEARCH + "audit = 2\n", "", "there is no [distill]"),
+    (SEARCH.replace('"search"\ntarget_params = 0.6', '"depth"\nnum_layers = 2').replace(
+        "tolerance = 0.06\nhidden_multiple = 4\nffn_multiple = 4\n", "").replace("top_k = 3\n", "") + "audit = 2\n",
+     DISTILL, "audit: a search key in a depth prune"),
+], ids=["more-than-top_k", "one", "no-distill", "not-a-search"])
+def test_bad_audit_is_one_clear_line(root, prune, distill, message):
+    with pytest.raises(ConfigError) as e:
+        loads_experiment(_toml(root, prune, distill), source="a.toml")
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_check_refuses_bad_audit_before_writing_anything(root, tmp_path, capsys):
+    from engine.cli import main
+
+    path = tmp_path / "bad.toml"
+    path.write_text(_toml(tmp_path, SEARCH + "audit = 5\n"))
+    assert main(["check", str(path)]) == 2
+    assert "audit: 5 is more than top_k = 3" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_audit_writes_the_correlations_and_the_winner_check(root, capsys):
+    exp = loads_experiment(_toml(root), source="a.toml")
+    layout = RunLayout(exp.run_dir)
+    assert _run(exp, "prune-auto") == 0
+    doc = read_json(layout.search_file("prune-auto"))
+    a = doc["audit"]
+    cands = doc["candidates"]
+    top = sorted((i for i, c in enumerate(cands) if c["rank"] is not None), key=lambda i: cands[i]["rank"])[:3]
+    assert [c["index"] for c in a["candidates"]] == top and (a["done"], a["requested"], a["steps"]) == (3, 3, 2)
+    assert not a["cancelled"]
+    final = {c["index"]: c["final_loss"] for c in a["candidates"]}
+    assert all(math.isfinite(v) for v in final.values()) and len(set(final.values())) == 3  # each was trained
+    assert a["spearman_screen"] == pytest.approx(spearman([cands[i]["screen_loss"] for i in top],
+                                                          [final[i] for i in top]))
+    assert a["spearman_score"] == pytest.approx(spearman([cands[i]["score"] for i in top], [final[i] for i in top]))
+    best = min(final, key=final.get)
+    chosen = next(i for i, c in enumerate(cands) if c["chosen"])
+    assert a["best_index"] == best and a["chosen_is_best"] == (best == chosen)
+    assert a["gap_nats"] == pytest.approx(final[chosen] - final[best])
+    assert audit_line(doc).startswith("audit (3 of 3 best-scored distilled 2 steps each)")
+    log = capsys.readouterr().out  # (in process: the stage's log is this process's output)
+    assert "audit 3/3" in log and "ETA" in log
+    # the full recipe on the distill stage's own tokens: the winner's audit ends where distill-auto ends
+    assert _run(exp, "distill-auto") == 0
+    val = [m["loss"] for m in read_metrics(layout.metrics_file("distill-auto"))[0] if m.get("split") == "val"]
+    assert final[chosen] == pytest.approx(val[-1], rel=1e-4)
+
+
+def test_a_cancel_mid_audit_keeps_the_search_result(root, monkeypatch, capsys):
+    from engine.training.step import Trainer
+
+    exp = loads_experiment(_toml(root, SEARCH.replace('"auto"', '"cut"') + "audit = 3\n"), source="a.toml")
+    layout = RunLayout(exp.run_dir)
+    real = Trainer.step
+
+    def step_then_cancel(self, *a, **k):  # a cancel lands during the first candidate's first step
+        out = real(self, *a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "step", step_then_cancel)
+    assert _run(exp, "prune-cut") == 0
+    doc = read_json(layout.search_file("prune-cut"))
+    assert any(c["chosen"] for c in doc["candidates"]) and (layout.model_dir("prune-cut") / "config.json").exists()
+    assert doc["audit"]["cancelled"] and doc["audit"]["done"] == 0
+    assert "audit cancelled (SIGTERM) after 0 of 3 candidates" in capsys.readouterr().out
+
+
+def test_compare_prints_the_audit(root):
+    from rich.console import Console
+
+    from engine.compare import compare
+
+    exp = loads_experiment(_toml(root), source="a.toml")
+    layout = RunLayout(exp.run_dir)
+    if "audit" not in (read_json(layout.search_file("prune-auto")) or {}):  # run alone: audit it here
+        assert _run(exp, "prune-auto") == 0
+    layout.experiment_file.write_text(_toml(root))  # (what `run` writes: compare reads the run's experiment)
+    console = Console(record=True, width=200)
+    compare([exp.run_dir], chart=False, console=console)
+    text = console.export_text()
+    doc = read_json(layout.search_file("prune-auto"))
+    line = audit_line(doc)
+    assert f"search auto: {line}" in text
+    table = text[text.index(line):].splitlines()[1:]
+    chosen = [r for r in table if "chosen" in r]
+    assert len(chosen) == 1 and chosen[0].split()[0] == "1"
+    assert sum("best after distillation" in r for r in table) == 1
+    assert f"### search auto: {line}" in (exp.run_dir / "report.md").read_text()
+    # the TUI's Compare: the Search tab's heading carries the audit line under the search's title
+    from app.screens.compare import decide_data
+
+    (heading, _, name), = decide_data([exp.run_dir])[3]
+    assert name == "auto" and heading.splitlines()[1].strip() == line
+
+
+def test_check_describes_the_audit_and_its_memory(root, capsys):
+    from engine.cli import main
+
+    path = root / "a.toml"
+    path.write_text(_toml(root))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert ("audit of prune-auto: after the search, the 3 best-scored candidates are each distilled with the "
+            "[distill] recipe on the same tokens: 3 x 2 = 6 training steps") in out
+    from engine.resources.plan import experiment_shapes, stage_need
+
+    exp = loads_experiment(_toml(root), source="a.toml")
+    shapes = experiment_shapes(exp)
+    audited = stage_need(exp, shapes, "prune-auto", 1, False)
+    plain = stage_need(loads_experiment(_toml(root, SEARCH), source="a.toml"), shapes, "prune-auto", 1, False)
+    assert audited.total == max(plain.total, stage_need(exp, shapes, "distill-auto", 1, False).total) > plain.total
