@@ -199,3 +199,23 @@ def test_check_describes_the_audit_and_its_memory(root, capsys):
     audited = stage_need(exp, shapes, "prune-auto", 1, False)
     plain = stage_need(loads_experiment(_toml(root, SEARCH), source="a.toml"), shapes, "prune-auto", 1, False)
     assert audited.total == max(plain.total, stage_need(exp, shapes, "distill-auto", 1, False).total) > plain.total
+
+
+def test_audit_summary_orients_a_higher_is_better_score_and_measures_the_gap():
+    from engine.search.audit import audit_summary
+
+    def cand(rank, screen, score):
+        return {"shape": {"num_layers": 2, "hidden_size": 8, "ffn_hidden_size": 8, "num_attention_heads": 2,
+                          "num_key_value_heads": 1}, "rank": rank, "chosen": rank == 1, "screen_loss": screen,
+                "score": score}
+
+    # a task score (higher is better) that ranked them 1, 2, 3; the distillation put rank 2 first
+    doc = {"higher_is_better": True, "candidates": [cand(None, 9.0, None), cand(2, 4.0, 0.5), cand(1, 5.0, 0.6),
+                                                     cand(3, 3.0, 0.4)]}
+    a = audit_summary(doc, {2: 2.5, 1: 2.4, 3: 3.0}, {1: 1.0, 2: 1.0, 3: 2.0}, steps=5, requested=3)
+    assert [c["index"] for c in a["candidates"]] == [2, 1, 3] and [c["final_rank"] for c in a["candidates"]] == [2, 1, 3]
+    assert a["spearman_score"] == pytest.approx(0.5)  # -score ranks 1, 2, 3 against losses 2, 1, 3
+    assert a["spearman_screen"] == pytest.approx(-0.5)  # screen 5, 4, 3 against 2.5, 2.4, 3.0
+    assert (a["chosen_is_best"], a["best_index"]) == (False, 1) and a["gap_nats"] == pytest.approx(0.1)
+    assert a["seconds"] == 4.0 and (a["done"], a["cancelled"]) == (3, False)
+    assert "0.1000 nats behind rank 2 (2L h8 ffn8 2/1)" in audit_line({**doc, "audit": a})
