@@ -53,9 +53,9 @@ class Scripted:
         return [self.script(s) for s in shapes]
 
 
-def _search(tmp_path, budget, measure, log=None) -> SpeedSearch:
-    return SpeedSearch(budget, "cpu", WHERE, measure, SpeedCache(tmp_path / "speed.json"),
-                       (log if log is not None else [] ).append, key="t.toml: prune[s]")
+def _search(tmp_path, budget, measure) -> SpeedSearch:
+    return SpeedSearch(budget, "cpu", WHERE, measure, SpeedCache(tmp_path / "speed.json"), [].append,
+                       key="t.toml: prune[s]")
 
 
 def _fill_cache(path: Path, shapes, script=scripted) -> None:

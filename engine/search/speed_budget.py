@@ -11,8 +11,9 @@ round robin, until the spread is small or the time cap is hit).
 
 A shape's speed does not depend on its weights. So:
 1. `speed_fit_shapes` candidates, spread from the deepest to the widest, are timed with random
-   weights; every fourth (from the third) is held out, the rest fit a cost model per phase
-   (engine.search.cost_model); its error on the held-out shapes is logged.
+   weights in one round robin; every fourth (from the third) is held out, the rest fit a cost model
+   per phase (engine.search.cost_model); its error on the held-out shapes is logged. Candidates an
+   earlier search on this device timed are read from the cache and judged by those timings.
 2. Every candidate is predicted; those predicted to miss the budget by more than that error (the
    slack: the largest held-out error, at most MAX_SLACK) are dropped before the screen. A timed
    candidate is judged by its timing, never by the model.
