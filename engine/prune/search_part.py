@@ -27,7 +27,8 @@ search.json (the contract; engine.search.table.search_document writes it):
 
 Every candidate within the budget is listed; those not screened have the screen_* fields null,
 those not scored have score, loss and rank null. "frontier": the Pareto frontier of the scored
-candidates (engine.contract.frontier).
+candidates (engine.contract.frontier). With `audit = N` the prune stage then distils the N
+best-scored in full and adds "audit" (engine/prune/audit_part.py; its shape: engine/search/audit.py).
 """
 
 from __future__ import annotations
