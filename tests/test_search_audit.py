@@ -15,8 +15,9 @@ from test_search import SEQ, _run, _tokenizer
 
 from engine.config import ConfigError, loads_experiment
 from engine.contract import RunLayout, read_json, read_metrics
+from engine.contract.search_audit import audit_line
 from engine.models.hf import save_model
-from engine.search.audit import audit_line, ranks, spearman
+from engine.search.audit import ranks, spearman
 
 SEARCH = """[[prune]]
 name = "auto"

@@ -230,7 +230,7 @@ def hand_made(run: Path) -> list[tuple[str, str, float, float]]:
 def search_heading(name: str, doc: dict[str, Any]) -> str:
     """engine.search.table.title, and for an audited search (audit = N) its audit line below it:
     the Spearman correlations with the final validation loss and whether the chosen shape was best."""
-    from engine.search.audit import audit_line
+    from engine.contract.search_audit import audit_line
     from engine.search.table import title
 
     line = audit_line(doc)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.search.audit import audit_line, shape_label
+from engine.contract.search_audit import audit_line, shape_label
 from engine.search.table import search_docs
 
 COLUMNS = ["rank", "shape", "screen", "score", "final loss", "final rank", ""]

@@ -29,10 +29,11 @@ import torch
 from torch import nn
 
 from engine.contract import read_json, write_json
+from engine.contract.search_audit import audit_line
 from engine.contract.stage_context import StageContext
 from engine.prune.importance import Importance
 from engine.prune.student import layers_to_drop, prune_student
-from engine.search.audit import audit_line, audit_summary
+from engine.search.audit import audit_summary
 from engine.shapes.candidates import SearchSpace, candidate_label
 from engine.stages import stage_student
 

@@ -2,7 +2,7 @@
 
 The N best-scored candidates are each distilled with the student's full [distill] recipe
 (engine/prune/audit_part.py); this module turns their final validation losses into search.json's
-"audit" object. Torch-free: `compare` and the TUI read what it writes.
+"audit" object. Torch-free; the line `compare`, the log and the TUI show is engine/contract/search_audit.py.
 
     "audit": {"steps": 30, "requested": 3, "done": 3, "cancelled": false, "seconds": 41.2,
               "candidates": [{"index": 7, "rank": 1, "screen_loss": 4.1, "score": 3.9,
@@ -79,34 +79,6 @@ def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[in
         "best_index": best,
         "gap_nats": None if chosen is None or best is None else final[chosen] - final[best],
     }
-
-
-def audit_line(doc: dict[str, Any]) -> str | None:
-    """One line for `compare` and the TUI; None when the search was not audited."""
-    a = doc.get("audit")
-    if not isinstance(a, dict) or not a.get("candidates"):
-        return None
-
-    def rho(v: Any) -> str:
-        return f"{v:+.2f}" if isinstance(v, (int, float)) else "n/a"
-
-    done = f"{a.get('done')} of {a.get('requested')} best-scored" + (", cancelled" if a.get("cancelled") else "")
-    if a.get("chosen_is_best") is None:
-        verdict = "the chosen shape was not audited"
-    elif a["chosen_is_best"]:
-        verdict = "the chosen shape was the best"
-    else:
-        best = doc["candidates"][a["best_index"]]
-        verdict = (f"the chosen shape was not the best: {a.get('gap_nats', 0.0):.4f} nats behind rank "
-                   f"{best.get('rank')} ({shape_label(best['shape'])})")
-    return (f"audit ({done} distilled {a.get('steps')} steps each): Spearman with the final validation loss: "
-            f"screen {rho(a.get('spearman_screen'))}, score {rho(a.get('spearman_score'))}; {verdict}")
-
-
-def shape_label(s: dict[str, Any]) -> str:
-    """engine.shapes.candidates.candidate_label of a shape as search.json keeps it."""
-    return (f"{s['num_layers']}L h{s['hidden_size']} ffn{s['ffn_hidden_size']} "
-            f"{s['num_attention_heads']}/{s['num_key_value_heads']}")
 
 
 def check_lines(exp: Any) -> list[str]:
