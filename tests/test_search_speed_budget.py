@@ -361,3 +361,19 @@ def test_the_run_directory_keeps_a_speed_budget_as_written(tmp_path, _in_tmp):
     again = load_experiment(tmp_path / "again.toml")
     assert [(p.name, p.target_decode_ms, p.speed_fit_shapes) for p in again.prune] == \
         [("width", None, None), ("fast", 5.0, 8), ("plain", None, None)]
+
+
+def test_a_gpu_run_is_refused_at_the_gpus_longer_default_lengths(tmp_path, capsys, _in_tmp, monkeypatch):
+    """The CPU's default lengths fit a 256-position teacher, the GPU's (longer) do not: planning for a GPU
+    (check --gpu-memory, or run where SLIMLAB_GPU_MEMORY_GIB says the GPUs are) refuses it up front, not in
+    the prune stage."""
+    f = _exp(tmp_path, "target_decode_ms = 5\n")
+    assert main(["check", str(f)]) == 0
+    capsys.readouterr()
+    assert main(["check", str(f), "--gpu-memory", "80"]) == 2
+    err = capsys.readouterr().err
+    assert "(a GPU's default) exceeds the teacher's max_position_embeddings = 256" in err, err
+    monkeypatch.setenv("SLIMLAB_GPU_MEMORY_GIB", "80")
+    assert main(["run", str(f), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "a GPU's default" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -11,7 +11,7 @@ from engine.orchestration.launch import detect_gpus
 from engine.orchestration.preflight import preflight
 from engine.resources.fit import resource_lines, this_machine
 from engine.search.audit import check_lines as audit_check_lines
-from engine.shapes.targets import shape_lines
+from engine.shapes.targets import check_speed_lengths, shape_lines
 
 
 def describe_plan(exp: Experiment, resources: bool = True, gpu_gib: float | None = None,
@@ -34,6 +34,7 @@ def describe_plan(exp: Experiment, resources: bool = True, gpu_gib: float | None
             if gpu_gib is not None and isinstance(exp.launch.gpus, list):
                 gpus = len(exp.launch.gpus)  # planning for the file's GPUs, elsewhere
         machine = this_machine(gpus, gpu_gib)
+        check_speed_lengths(exp, "cuda" if machine.cuda else "cpu")
         try:
             lines += resource_lines(exp, machine, refuse=True)
         except ConfigError as e:

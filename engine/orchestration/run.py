@@ -38,6 +38,7 @@ from engine.orchestration.run_lock import RunLock
 from engine.orchestration.stage_actions import RunBusy, StageAction, stage_actions
 from engine.orchestration.stage_runs import where
 from engine.resources.fit import resource_lines, this_machine
+from engine.shapes.targets import check_speed_lengths
 from engine.stages import kind_of
 
 DETACHED_ENV = "SLIMLAB_DETACHED"
@@ -123,7 +124,9 @@ def run_pipeline(opts: RunOptions, argv: list[str] | None = None) -> int:
         if p.runs:
             stage_gpus(exp, p.stage, pool, available)  # validates stage_gpus before anything starts
     # memory and disk of the stages that will run, on the GPUs they get: refused before anything is written
-    fit = resource_lines(exp, this_machine(len(pool)), [p.stage for p in plans if p.runs])
+    machine = this_machine(len(pool))
+    check_speed_lengths(exp, "cuda" if machine.cuda else "cpu")  # a search's speed budget at this device's lengths
+    fit = resource_lines(exp, machine, [p.stage for p in plans if p.runs])
     if opts.dry_run:
         print("\n".join(fit))
         return _print_dry_run(exp, layout, plans, pool, available)

@@ -210,7 +210,15 @@ def student_shapes(exp: Experiment
     return tc, t, students
 
 
-def _check_speed_budgets(exp: Experiment, tc: TeacherConfig) -> None:
+def check_speed_lengths(exp: Experiment, device_type: str) -> None:
+    """As student_shapes does, at the lengths of the device the run gets ("cuda": the GPU's default
+    lengths are longer than the CPU's), so that a GPU run is refused before anything is written."""
+    tc = teacher_config(exp)
+    if tc is not None:
+        _check_speed_budgets(exp, tc, device_type)
+
+
+def _check_speed_budgets(exp: Experiment, tc: TeacherConfig, device_type: str | None = None) -> None:
     """A search's speed budget at lengths the teacher cannot hold: one line now, not in the prune stage."""
     from engine.config.speed_target import speed_budget_for
     from engine.errors import UserError
@@ -219,7 +227,8 @@ def _check_speed_budgets(exp: Experiment, tc: TeacherConfig) -> None:
         budget = speed_budget_for(p, exp.eval) if p.method == "search" else None
         if budget is not None:
             try:
-                budget.check_positions(tc.config.get("max_position_embeddings"), f"{exp.source}: prune[{p.name}]")
+                budget.check_positions(tc.config.get("max_position_embeddings"), f"{exp.source}: prune[{p.name}]",
+                                       device_type)
             except UserError as e:
                 raise ConfigError(str(e)) from None
 
