@@ -14,7 +14,7 @@ from _util import one_thread  # noqa: F401  (autouse)
 from test_search import SEQ, _run, _tokenizer
 
 from engine.config import ConfigError, loads_experiment
-from engine.contract import RunLayout, read_json, read_metrics
+from engine.contract import RunLayout, read_json, read_metrics, read_status
 from engine.contract.search_audit import audit_line
 from engine.models.hf import save_model
 from engine.search.audit import ranks, spearman
@@ -130,6 +130,8 @@ def test_audit_writes_the_correlations_and_the_winner_check(root, capsys):
     assert audit_line(doc).startswith("audit (3 of 3 best-scored distilled 2 steps each)")
     log = capsys.readouterr().out  # (in process: the stage's log is this process's output)
     assert "audit 3/3" in log and "ETA" in log
+    st = read_status(layout.stage_status_file("prune-auto"))  # the status counts the audit's steps
+    assert (st["state"], st["step"], st["total_steps"]) == ("succeeded", 6, 6) and st["step_s"] > 0
     # the full recipe on the distill stage's own tokens: the winner's audit ends where distill-auto ends
     assert _run(exp, "distill-auto") == 0
     val = [m["loss"] for m in read_metrics(layout.metrics_file("distill-auto"))[0] if m.get("split") == "val"]

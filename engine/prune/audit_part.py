@@ -47,6 +47,7 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
     from engine.models.hf import torch_dtype
     from engine.models.liger import apply_kernels
     from engine.training.batches import device_batches, validation_batches
+    from engine.training.loop import STATUS_EVERY_S
     from engine.training.setup import lr_at, make_accelerator
     from engine.training.stage_bodies import hidden_spec, loss_spec, train_dtype
     from engine.training.step import Trainer
@@ -75,6 +76,7 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
     final: dict[int, float] = {}
     seconds: dict[int, float] = {}
     done, t0 = 0, time.perf_counter()
+    status_at = t0
     ctx.progress(0, total_steps=total)
     stop = StopFlag(ctx.status)
     with stop:
@@ -97,8 +99,11 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
                 res = trainer.step(device_batches(windows, trainer.accumulation, trainer.micro, acc.device),
                                    lr_at(step, cfg))
                 done += 1
-                step_s = (time.perf_counter() - t0) / done
-                ctx.progress(done, total_steps=total, step_s=round(step_s, 3))
+                now = time.perf_counter()
+                step_s = (now - t0) / done
+                if now - status_at > STATUS_EVERY_S or step + 1 == cfg.steps:  # status.json is fsync'ed
+                    ctx.progress(done, total_steps=total, step_s=round(step_s, 3))
+                    status_at = now
                 if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
                     ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: step {step + 1}/{cfg.steps} loss "
                             f"{res.loss:.4f}; ETA {step_s * (total - done):.0f}s")
