@@ -36,6 +36,7 @@ from engine.shapes.candidates import SearchSpace, search_space
 from engine.shapes.shape import StudentShape, count_params, shape_from_config, student_shape
 from engine.stages import PRUNE, stage_student
 from engine.stages.prune import earlier_student
+from engine.training.memory_report import MemoryReport
 
 
 def prune_stage(ctx: StageContext) -> None:
@@ -68,6 +69,8 @@ def prune_stage(ctx: StageContext) -> None:
     tokenizer = load_tokenizer(tokenizer_source(exp, layout))
     teacher_params = count_parameters(model)
     ctx.log(f"[{stage}] loaded the teacher on {device} in {time.time() - t0:.1f}s: {teacher_params:,} params")
+    memory = MemoryReport(ctx, device, lambda line: ctx.log(f"[{stage}] {line}"))
+    memory.predict(1, p.calibration_batch_size)
 
     # 3. importance: one calibration pass serves every candidate of a search
     lm_loss = _needs_lm_loss(target)
@@ -112,6 +115,7 @@ def prune_stage(ctx: StageContext) -> None:
     metrics.unlink(missing_ok=True)  # a rerun replaces the stage's single line
     append_metrics(metrics, {"step": 0, "split": "val", "loss": loss, "params": params})
     ctx.log(f"[{stage}] validation loss after pruning: {loss:.4f}")
+    memory.measured(0)  # on CUDA: the peak of calibration, search and pruning against the prediction
 
     # 6. a search's audit: its best-scored candidates distilled in full, after the result is saved
     if audit_teacher is not None:
