@@ -188,3 +188,31 @@ async def test_a_student_added_once_the_teacher_is_known_fits_it(tmp_path, monke
         screen._validate_now()
         await wait_for(pilot, lambda: screen.validation.ok and "width2" in screen.validation.students,
                        what="all four students valid")
+
+
+# ---- errors in the student's own box ----------------------------------------------------------------------
+
+
+@run_async
+async def test_each_students_error_shows_in_its_own_box(tmp_path, monkeypatch):
+    """At 80x24 the message line is a screen away from the student it names: each student's box says its
+    own error (where its size goes), and its size once fixed."""
+    monkeypatch.chdir(tmp_path)
+    teacher = teacher_dir(tmp_path)
+    app = make_app(tmp_path / "runs", tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await show(pilot, app, "2", "ComposeScreen")
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        depth, width = screen.query("StudentForm")
+
+        def box(form) -> str:
+            return str(form.query_one(".student-size").render())
+
+        depth.control("num_layers").value = "9"
+        width.control("ffn_hidden_size").value = "500"
+        screen.query_one("#f-model-path").value = str(teacher)
+        await wait_for(pilot, lambda: box(depth).startswith("✗ num_layers: ") and box(width).startswith(
+            "✗ ffn_hidden_size: "), what="both students' own errors")
+        depth.control("num_layers").value = "2"
+        await wait_for(pilot, lambda: "x smaller" in box(depth) and box(width).startswith("✗ ffn_hidden_size"),
+                       what="the fixed student's size, the other's error")

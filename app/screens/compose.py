@@ -273,7 +273,7 @@ class ComposeScreen(ComposeFiles, KeepStyles, Screen):
         box.set_class(not v.ok, "-error")
         from app.data.field_errors import error_field
 
-        source = self.query_one("#compose-path", Input).value.strip()
+        source = self.query_one("#compose-path", Input).value.strip() or "experiment"  # as _validate names it
         also = [where for m in v.more if (where := error_field(m, source)) is not None]
         box.update(("✓ " if v.ok else "✗ ") + v.message
                    + (f"\n  also: {', '.join(f'prune[{s}].{k}' if s else k for s, k in also)}" if also else ""))
@@ -286,7 +286,7 @@ class ComposeScreen(ComposeFiles, KeepStyles, Screen):
                 "(student sizes appear when the teacher's config.json is on disk)"
             info.first(Static).update(text + (f"\n{v.teacher_source}" if v.teacher_source else ""))
         for students in self.query(StudentList):
-            students.show(v)
+            students.show(v, source)
         self._mark_invalid(v)
 
     def _mark_invalid(self, v: Validation) -> None:
@@ -295,7 +295,7 @@ class ComposeScreen(ComposeFiles, KeepStyles, Screen):
         fields and 3 students."""
         from app.data.field_errors import error_field
 
-        source = self.query_one("#compose-path", Input).value.strip()
+        source = self.query_one("#compose-path", Input).value.strip() or "experiment"  # as _validate names it
         named = [] if v.ok else [error_field(m, source) for m in (v.message, *v.more)]
         targets: list[Widget] = []
         for student, key in (w for w in named if w is not None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.widget import Widget
 from textual.widgets import Button, Label, Static
 
@@ -61,9 +62,12 @@ class StudentForm(Vertical):
             event.stop()
             self.post_message(StudentRemoved(self.student))
 
-    def show_size(self, size: StudentSize | None, teacher_params: int | None) -> None:
+    def show_size(self, size: StudentSize | None, teacher_params: int | None, error: str = "") -> None:
+        """Its size against the teacher, or what is wrong with it (`error`: "key: why", this student's)."""
         box = self.query_one(".student-size", Static)
-        if size is None:  # the form does not validate: Compose shows why
+        if error:  # in the theme's error colour (the size line's is success green)
+            box.update(Content.styled(f"✗ {error}", "$text-error"))
+        elif size is None:  # the form does not validate for another reason: Compose's line says why
             box.update("")
         elif size.detail:
             params = f"{fmt.si(size.params)} params, " if size.params else ""

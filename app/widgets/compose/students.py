@@ -15,6 +15,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, Static
 
 from app.data.compose import Validation, is_untouched, new_student, student_targets, too_big
+from app.data.field_errors import student_errors
 from app.messages import FormChanged, StudentRemoved
 from app.widgets.compose.student_form import StudentForm
 
@@ -80,10 +81,13 @@ class StudentList(Vertical):
                 await form.remove()
         self.post_message(FormChanged("prune"))
 
-    def show(self, v: Validation) -> None:
-        """A validation's sizes under each student; the untouched students fitted to its teacher."""
+    def show(self, v: Validation, source: str) -> None:
+        """A validation's sizes under each student, or its own error (`source`: the file name the
+        messages start with); the untouched students fitted to its teacher."""
+        errors = {} if v.ok else student_errors([v.message, *v.more], source)
         for form in self.query(StudentForm):
-            form.show_size(v.students.get(str(form.student.get("name"))), v.teacher_params)
+            name = str(form.student.get("name"))
+            form.show_size(v.students.get(name), v.teacher_params, errors.get(name, ""))
         if v.teacher_shape is not None:
             self.teacher = v.teacher_shape
             self.fit_untouched(v.teacher_shape)
