@@ -222,3 +222,10 @@ def test_audit_summary_orients_a_higher_is_better_score_and_measures_the_gap():
     assert (a["chosen_is_best"], a["best_index"]) == (False, 1) and a["gap_nats"] == pytest.approx(0.1)
     assert a["seconds"] == 4.0 and (a["done"], a["cancelled"]) == (3, False)
     assert "0.1000 nats behind rank 2 (2L h8 ffn8 2/1)" in audit_line({**doc, "audit": a})
+
+
+def test_compose_offers_audit_for_a_search_student_only():
+    from app.data.form_fields import STUDENT_FIELDS
+
+    assert "audit" in {s.key for s in STUDENT_FIELDS["search"]}
+    assert all("audit" not in {s.key for s in STUDENT_FIELDS[m]} for m in ("depth", "width"))
