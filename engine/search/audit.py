@@ -83,7 +83,8 @@ def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[in
 
 def check_lines(exp: Any) -> list[str]:
     """What `check` says of each audited search: the extra distillations, their steps against the
-    distill stage's, and that the prune stage's memory peak becomes a distillation's while it audits."""
+    distill stage's (which may use several GPUs; the prune stage has one), and that the prune stage's memory
+    peak becomes a one-device distillation's while it audits (engine/resources/footprints.py PRUNE)."""
     out = []
     for p in exp.prune:
         if p.method != "search" or not p.audit:
@@ -91,6 +92,7 @@ def check_lines(exp: Any) -> list[str]:
         steps = exp.distill_for(p.name).steps
         out.append(f"  audit of prune-{p.name}: after the search, the {p.audit} best-scored candidates are each distilled "
                    f"with the [distill] recipe on the same tokens: {p.audit} x {steps} = {p.audit * steps} training "
-                   f"steps in the prune stage ({p.audit}x distill-{p.name}'s time), one candidate at a time beside "
-                   f"the teacher, so the stage's memory peak is distill-{p.name}'s")
+                   f"steps in the prune stage, on its one device (distill-{p.name} runs {steps}, on every GPU of its "
+                   "launch), one candidate at a time beside the teacher: the stage's memory peak is then a "
+                   "one-device distillation's")
     return out
