@@ -216,3 +216,22 @@ async def test_each_students_error_shows_in_its_own_box(tmp_path, monkeypatch):
         depth.control("num_layers").value = "2"
         await wait_for(pilot, lambda: "x smaller" in box(depth) and box(width).startswith("✗ ffn_hidden_size"),
                        what="the fixed student's size, the other's error")
+
+
+@run_async
+async def test_every_placeholder_fits_its_field_at_80_columns(tmp_path, monkeypatch):
+    """A placeholder cut at the field's edge loses what it was for (the default, the unit): each fits in
+    full at 80x24, a scratch teacher's and a search student's (the narrowest, inside its box) included."""
+    monkeypatch.chdir(tmp_path)
+    app = make_app(tmp_path / "runs", tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await show(pilot, app, "2", "ComposeScreen")
+        await wait_for(pilot, screen.form_ready.is_set, what="the form")
+        screen.query_one("#f-model-init").value = "scratch"
+        await pilot.press("escape", "f4")
+        await wait_for(pilot, lambda: len(screen.query("StudentForm")) == 3, what="the search student")
+        fields = screen.query("FieldInput")
+        await wait_for(pilot, lambda: all(f.content_region.width for f in fields), what="every field laid out")
+        cut = [(f.spec.key, f.content_region.width, f.placeholder) for f in fields
+               if len(f.placeholder) > f.content_region.width]
+        assert cut == []

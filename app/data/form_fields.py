@@ -235,7 +235,7 @@ SEARCH = (  # the student described by its budget (engine/search/)
     schema_field("prune", "score", "score"),
     schema_field("prune", "score_steps", "score steps", hint="(when score = distill)"),
     schema_field("prune", "score_task", "score task", hint="default: the loss; or an [eval] task"),
-    schema_field("prune", "audit", "audit", hint="(0: off; N: distil the N best in full, did the ranking hold?)"),
+    schema_field("prune", "audit", "audit", hint="(0: off; N: distil the N best, check the order)"),
     SELECTION,
     CALIBRATION,
 )

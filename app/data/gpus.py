@@ -62,6 +62,15 @@ class NvmlProbe:
         return out
 
 
+def has_nvidia_gpu() -> bool:
+    """An NVIDIA driver on this machine (its device node, or nvidia-smi): a cheap look, no NVML (Compose
+    asks it for a new experiment's dtype: float32 without one, where bfloat16 only made a CPU run slow)."""
+    import shutil
+    from pathlib import Path
+
+    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
+
+
 def _try(fn):
     try:
         return fn()

@@ -29,6 +29,7 @@ from app.data.compose import (
     validate,
 )
 from app.data.form_fields import DATA, DISTILL_EXTRA, EVAL, LAUNCH, MODEL, SCRATCH, TOP, TRAIN
+from app.data.gpus import has_nvidia_gpu
 from app.messages import FormChanged
 from app.screens.compose_files import ComposeFiles
 from app.screens.worker_results import while_shown
@@ -308,13 +309,6 @@ class ComposeScreen(ComposeFiles, KeepStyles, Screen):
                 w.remove_class("-bad-field")
         for w in targets:
             w.add_class("-bad-field")
-
-def has_nvidia_gpu() -> bool:
-    """An NVIDIA driver on this machine (its device node, or nvidia-smi): a cheap look, no NVML."""
-    import shutil
-
-    return Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
-
 
 def _title(text: str) -> Static:
     return Static(text, classes="section-title")
