@@ -38,24 +38,20 @@ def test_key_spec_reads_defaults_choices_and_bounds_from_the_models():
 
 
 def test_every_field_says_the_schemas_default_and_offers_its_choices():
-    """No copy to drift: a choice field offers exactly the schema's Literal values, and a placeholder
-    "default X" is the schema's default."""
-    sections = {**{k: "" for k in ("name", "runs_dir")}}
-    for table in TABLES:
-        for spec in getattr(ff, table):
-            if spec.key.startswith("model.arch."):
-                continue  # transformers' defaults: the next tests
-            section, _, key = spec.key.rpartition(".") if "." in spec.key else (sections.get(spec.key, ""), "", spec.key)
-            section = {"TRAIN": "finetune", "DISTILL_EXTRA": "distill", "EVAL": "eval"}.get(table, section)
-            section = "prune" if table in ("DEPTH", "WIDTH", "SEARCH") else section
-            ks = key_spec(section, key)
-            if spec.kind == "choice":
-                assert spec.choices == ks.choices, spec
-                if ks.default is not None:
-                    assert spec.blank == f"default {ks.default}", spec
-            elif spec.placeholder.startswith("default ") and not spec.placeholder.startswith("default:"):
-                shown = ff.format_field(spec.kind, ks.default)
-                assert spec.placeholder.startswith(f"default {shown}"), (spec, ks.default)
+    """No copy to drift: every field but a scratch teacher's (transformers' keys: the tests below) is read
+    from the schema; a choice offers exactly its Literal values, a placeholder "default X" is its default."""
+    assert [s.key for s in all_specs() if s.section is None] == [s.key for s in ff.SCRATCH if s.section is None]
+    assert all(s.key.startswith("model.arch.") for s in all_specs() if s.section is None)
+    for spec in all_specs():
+        if spec.section is None:
+            continue
+        ks = key_spec(spec.section, spec.key.rpartition(".")[2])
+        if spec.kind == "choice":
+            assert spec.choices == ks.choices, spec
+            if ks.default is not None:
+                assert spec.blank == f"default {ks.default}", spec
+        elif spec.placeholder.startswith("default ") and not spec.placeholder.startswith("default:"):
+            assert spec.placeholder.startswith(f"default {ff.format_field(spec.kind, ks.default)}"), spec
 
 
 def test_a_new_experiment_follows_a_changed_schema_default(monkeypatch):

@@ -27,6 +27,7 @@ class FieldSpec:
     choices: tuple[str, ...] = ()
     placeholder: str = ""  # what an empty field gives, in words ("default 30"): never a bare value
     blank: str = "default"  # what a choice left blank shows: the schema's default ("default ddp")
+    section: str | None = None  # the schema section it was read from (schema_field); None: not the schema's
 
 
 _INT = re.compile(r"[+-]?\d[\d_]*")
@@ -125,7 +126,7 @@ def schema_field(section: str, key: str, label: str, kind: str | None = None, hi
     choices = ks.choices if kind == "choice" else ()
     return FieldSpec(key if section in OWN_DICT_SECTIONS else f"{section}.{key}",
                      label, kind, tuple(choices), placeholder if kind != "choice" else "",
-                     f"default {shown}" if kind == "choice" and shown else hint or "default")
+                     f"default {shown}" if kind == "choice" and shown else hint or "default", section)
 
 
 def arch_placeholder(key: str, arch: dict[str, Any]) -> str:
