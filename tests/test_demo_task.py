@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -73,7 +74,8 @@ def test_no_item_text_is_in_the_demos_training_split():
 
 @pytest.mark.slow
 def test_the_demo_teacher_scores_above_chance_by_more_than_its_stderr(tmp_path):
-    """The demo's teacher, trained as the demo trains it (minutes on a CPU), then the task through lm-eval."""
+    """The demo's teacher, trained as the demo trains it (minutes on a CPU; SLIMLAB_DEMO_RUN=runs/demo
+    takes the teacher of a demo run made before), then the task through lm-eval."""
     pytest.importorskip("lm_eval")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,12 +84,16 @@ def test_the_demo_teacher_scores_above_chance_by_more_than_its_stderr(tmp_path):
     from engine.evaluation.task_specs import resolve_entry
     from engine.evaluation.tasks import run_tasks
 
-    out = subprocess.run([sys.executable, "-m", "engine", "run", str(DEMO), "--runs-dir", str(tmp_path),
-                          "--only", "prepare", "--only", "finetune"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=1700)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    layout = RunLayout(tmp_path / "demo")
+    run = os.environ.get("SLIMLAB_DEMO_RUN")
+    if not run:
+        out = subprocess.run([sys.executable, "-m", "engine", "run", str(DEMO), "--runs-dir", str(tmp_path),
+                              "--only", "prepare", "--only", "finetune"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=1700)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        run = str(tmp_path / "demo")
+    layout = RunLayout(run)
     exp = load_experiment(layout.experiment_file)
+    assert exp.model.arch == load_experiment(DEMO).model.arch and exp.finetune == load_experiment(DEMO).finetune
     model = AutoModelForCausalLM.from_pretrained(teacher_source(exp, layout))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(exp, layout))
     tasks, _ = run_tasks(model, tokenizer, [resolve_entry(str(TASK), None)], num_fewshot=0, limit=None,
