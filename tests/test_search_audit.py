@@ -229,3 +229,19 @@ def test_compose_offers_audit_for_a_search_student_only():
 
     assert "audit" in {s.key for s in STUDENT_FIELDS["search"]}
     assert all("audit" not in {s.key for s in STUDENT_FIELDS[m]} for m in ("depth", "width"))
+
+
+def test_run_detail_search_table_carries_the_audit_line(root):
+    from rich.console import Console
+
+    from app.widgets.detail.search_table import search_renderable
+
+    exp = loads_experiment(_toml(root), source="a.toml")
+    doc = read_json(RunLayout(exp.run_dir).search_file("prune-auto"))
+    if "audit" not in (doc or {}):  # run alone: audit it here
+        assert _run(exp, "prune-auto") == 0
+        doc = read_json(RunLayout(exp.run_dir).search_file("prune-auto"))
+    console = Console(record=True, width=400)
+    console.print(search_renderable("prune-auto", doc))
+    text = " ".join(console.export_text().split())  # (a table's title wraps to the table's width)
+    assert " ".join(audit_line(doc).split()) in text

@@ -12,8 +12,9 @@ from rich.console import RenderableType
 from rich.table import Table
 from textual.widgets import Static
 
+from app.data.compare import search_heading
 from engine.contract import student_or_none
-from engine.search.table import COLUMNS, candidate_cells, title
+from engine.search.table import COLUMNS, candidate_cells
 
 WINNER = "★ winner"
 
@@ -46,7 +47,7 @@ def search_renderable(stage: str, doc: dict[str, Any]) -> RenderableType:
     name = student_or_none(stage) or stage
     try:
         rows = candidate_rows(doc)
-        heading = title(name, doc)
+        heading = search_heading(name, doc)  # the title, and an audited search's audit line
     except (KeyError, TypeError, ValueError) as e:  # a hand-edited or foreign file: say so, do not crash
         return f"{stage}/search.json: unreadable candidate ({type(e).__name__}: {e})"
     t = Table(title=heading, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
