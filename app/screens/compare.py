@@ -271,7 +271,7 @@ class CompareScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
         self.query_one(WhichStudentTable).show(rows, colours)
         self.query_one("#which-title", Static).update(
             f"which student? {BEST} best student per column. loss: validation, pruned → distilled; "
-            "task: mean score; tok/s: decode, smallest batch. w: curves" if students
+            f"task: mean score; tok/s: decode, smallest batch{WhichStudentTable.speed_note(students)}. w: curves" if students
             else "which student? no students in the ticked runs yet (tick a run's stages; w: curves and tabs)")
         table = self.query_one("#search-table", DataTable)
         table.clear(columns=True)
@@ -419,7 +419,7 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
             searches.append((search_heading(name, doc), search_rows(doc), name))  # + its audit line
         except (KeyError, TypeError, ValueError):
             continue
-    note = "; * timed under load: noise" if loaded & {p[0].rstrip("*") for p in points} else ""
+    note = QualitySpeedChart.axis_note(runs, bool(loaded & {p[0].rstrip("*") for p in points}))
     return (ylabel, points, f"decode tokens/s at batch {batch} (right is faster{note})", searches, rows,
             point_colours, frontier_plots(runs))
 

@@ -15,6 +15,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from app.data import fmt
+from app.widgets.compare.speed_note import spread_note
 from engine.evaluation.scores import clearly_best, speedup_text
 
 # plotext colour names readable on both themes (see loss_chart.PALETTE); the teacher is gray
@@ -121,6 +122,11 @@ class WhichStudentTable(DataTable):
         for key, header, width in COLUMNS:
             self.add_column(header, key=key, width=width)
         self.models: list[tuple[str, str, str]] = []  # each row's (run, label, method)
+
+    @staticmethod
+    def speed_note(students: list[Any]) -> str:
+        """" ±3-9%; *: loaded CPU": what its tok/s figures are worth (speed_note.spread_note)."""
+        return spread_note(students)
 
     def highlighted_model(self) -> tuple[str, str, str] | None:
         return self.models[self.cursor_row] if 0 <= self.cursor_row < len(self.models) else None

@@ -1,0 +1,141 @@
+"""Issue 24, "which student do I ship?" at a glance: quality vs speed's labels never hide a marker;
+its speed figures say how they were measured (rounds, spread), and runs timed under different
+loads get a warning; the "which student?" table says how far its tok/s figures spread."""
+
+from __future__ import annotations
+
+import pytest
+from _app_util import RunWriter, make_app, run_async, show, wait_for
+
+from app.widgets.compare.point_labels import place_labels
+from app.widgets.compare.speed_note import RunSpeed, load_warning, spread_note
+from engine.contract import RunLayout, read_json, write_json
+
+MARKERS = "★●■◆"
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return tmp_path / "runs"
+
+
+def speed_run(runs, name: str, xs: dict[str, float], load: float = 0.2, cpus: int = 2) -> RunWriter:
+    """A finished run (depth, width and search students) whose eval timed each model at xs[model]
+    decode tokens/s, 12 rounds, spreads 3-9%, with the host's 1-minute load at `load`; every model
+    scores 0.5 on the task, so all points share one row of the plot."""
+    students = ("depth", "width", "auto")
+    prune = [{"name": "depth", "method": "depth", "num_layers": 2},
+             {"name": "width", "method": "width", "ffn_hidden_size": 64},
+             {"name": "auto", "method": "search", "target_params": 0.6}]
+    w = RunWriter(runs, name, students=students, prune=prune)
+    w.stage("prepare", "succeeded", total_steps=None)
+    for s in students:
+        w.stage(f"prune-{s}", "succeeded", total_steps=None)
+        w.metrics(f"prune-{s}", range(0, 1), loss0=6.0, val_every=1)
+        w.stage(f"distill-{s}", "succeeded", step=20)
+        w.metrics(f"distill-{s}", range(1, 21), loss0=4.0)
+    w.stage("eval", "succeeded", total_steps=None)
+    for model, params in (("teacher", 1000), *((f"distill-{s}", 500) for s in students)):
+        w.result(model, params, 3.0)
+    doc = read_json(RunLayout(w.root).results_file)
+    for i, (model, tps) in enumerate(xs.items()):
+        doc["models"][model]["tasks"] = {"lastword": {"acc": 0.5, "acc_stderr": 0.01}}
+        doc["models"][model]["speed"] = {
+            "device": "cpu", "decode_tokens_per_s": {"1": tps}, "repeats": 12,
+            "spread": {"decode": {"1": (0.03, 0.05, 0.09, 0.04)[i]}},
+            "load": {"max_1min": load, "cpus": cpus}, "under_load": load > cpus}
+    write_json(RunLayout(w.root).results_file, doc)
+    return w
+
+
+def drawn(widget) -> list[str]:
+    return ["".join(seg.text for seg in widget.render_line(y)) for y in range(widget.size.height)]
+
+
+def test_labels_take_a_free_place_beside_their_point():
+    """Three points one cell apart on one row: no label covers a marker or another label."""
+    markers = [(10, 4), (11, 4), (12, 4), (30, 0)]
+    labels = ["teacher", "depth", "auto (search)", "width"]
+    spots = place_labels(markers, labels, width=60, height=9)
+    spans = []
+    for (_col, row), spot in zip(markers, spots, strict=True):
+        assert spot is not None
+        (c, r), text = spot
+        cells = {(x, r) for x in range(c, c + len(text))}
+        assert not cells & set(markers)
+        assert not any(cells & other for other in spans)
+        assert abs(r - row) <= 1 and 0 <= c and c + len(text) <= 60
+        spans.append(cells)
+    assert [text for _, text in spots] == labels  # all whole: there is room
+    # no room anywhere: the label is cut short before the next marker, never drawn over it
+    (spot, text), = place_labels([(0, 0)], ["teacher"], width=6, height=1)
+    assert spot == (2, 0) and text == "tea…"
+
+
+@run_async
+async def test_quality_vs_speed_labels_never_hide_a_marker(runs, tmp_path):
+    """Teacher and depth a few cells apart on one row: the teacher's label, drawn right of its point,
+    was written over depth's marker."""
+    speed_run(runs, "crowd", {"teacher": 100.0, "distill-depth": 104.0, "distill-width": 120.0,
+                              "distill-auto": 150.0})
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await show(pilot, app, "3", "CompareScreen", runs=1)
+        await pilot.press("v")
+        chart = app.screen.query_one("#quality-speed")
+        await wait_for(pilot, lambda: len(chart.points) == 4 and chart.size.height > 0, what="the points")
+        await pilot.pause()
+        text = "\n".join(drawn(chart))
+        assert [text.count(m) for m in MARKERS] == [1, 1, 1, 1], text
+        for label in ("teacher", "depth", "width"):
+            assert label in text, text
+
+
+def test_runs_timed_under_different_loads_or_devices_get_a_warning():
+    calm, busy = RunSpeed("a", 12, 0.3, 2), RunSpeed("b", 12, 3.1, 2, under_load=True)
+    assert load_warning([calm]) == ""
+    assert load_warning([calm, RunSpeed("c", 8, 0.6, 2)]) == ""  # alike: within half a CPU
+    assert load_warning([calm, busy]).startswith("⚠ runs timed under different loads (a 0.1, b 1.6 per CPU)")
+    assert "different loads" in load_warning([calm, RunSpeed("d", 12, 1.9, 2)])  # neither above its CPUs
+    assert "different devices" in load_warning([RunSpeed("a", device="cpu"), RunSpeed("b", device="cuda")])
+
+
+@run_async
+async def test_quality_vs_speed_says_how_speeds_were_timed_and_warns_across_loads(runs, tmp_path):
+    xs = {"teacher": 100.0, "distill-depth": 180.0, "distill-width": 120.0, "distill-auto": 150.0}
+    speed_run(runs, "calm", xs, load=0.2)
+    speed_run(runs, "busy", xs, load=3.4)
+    app = make_app(runs, tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await show(pilot, app, "3", "CompareScreen", runs=2)
+        picks = screen.query_one("#compare-pick")
+        await wait_for(pilot, lambda: picks.stage_values, what="the stages")
+        picks.select_all()
+        await pilot.press("v")
+        chart = screen.query_one("#quality-speed")
+        await wait_for(pilot, lambda: len(chart.points) == 8 and chart.size.height > 0, what="both runs' points")
+        await pilot.pause()
+        text = " ".join(line.strip() for line in drawn(chart))
+        assert "⚠ runs timed under different loads" in text  # first: the chart's one line of notes
+        assert "decode tokens/s at batch 1" in text  # the x label is still drawn under the notes
+        await pilot.press("m")  # full screen: room for every note
+        await wait_for(pilot, lambda: chart.size.height > 15, what="the chart full screen")
+        await pilot.pause()
+        text = " ".join(line.strip() for line in drawn(chart))
+        assert "busy: median of 12 rounds ±3-9%" in text and "calm: median of 12 rounds" in text
+        await pilot.press("m")
+        await pilot.press("w")
+        title = str(screen.query_one("#which-title").render())
+        assert "tok/s: decode, smallest batch ±4-9%; *: loaded CPU" in title  # the students' spreads
+        table = screen.query_one("#which-table")
+        assert table.row_count == 8 and table.size.height >= 9  # header and both runs' rows still shown at 80x24
+
+
+def test_the_which_tables_note_says_spread_and_load():
+    class Row:
+        def __init__(self, spread, loaded=False):
+            self.decode_spread, self.under_load = spread, loaded
+
+    assert spread_note([Row({"1": 0.031, "8": 0.5}), Row({"1": 0.09})]) == " ±3-9%"
+    assert spread_note([Row({"1": 0.05}, loaded=True), Row({})]) == " ±5%; *: loaded CPU"
+    assert spread_note([Row({})]) == ""
