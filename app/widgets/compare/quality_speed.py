@@ -65,10 +65,11 @@ class QualitySpeedChart(PlotextPlot):
     def render(self):
         if not self.points:
             return Text(self.empty_text, justify="center", style="dim")
-        key = (self._version, super().size, self.app.theme)
+        key = (self._version, super().size, self.app.theme, self.theme)
         if self._built is None or self._built[0] != key:
             width, height = super().size
-            lines = note_lines(self.notes, width, 1 if height < 14 else 3) if height >= 6 else []
+            warn = f"bold {self.app.theme_variables.get('warning', 'yellow')}"  # readable on either theme
+            lines = note_lines(self.notes, width, 1 if height < 14 else 3, warn) if height >= 6 else []
             self._figure_rows = max(1, height - len(lines))
             try:
                 self._draw(None)
@@ -143,16 +144,16 @@ def split_notes(xlabel: str) -> tuple[str, str]:
     return head + (")" if closes else ""), tail[:-1] if closes else tail
 
 
-def note_lines(notes: str, width: int, most: int) -> list[Text]:
+def note_lines(notes: str, width: int, most: int, warn: str = "bold yellow") -> list[Text]:
     """The notes wrapped to `width`, at most `most` lines (the last cut with "…"); a warning (WARN)
-    first (a short chart has one line), in bold yellow, the rest dim."""
+    first (a short chart has one line), in the `warn` style, the rest dim."""
     if not notes or width < 1:
         return []
     notes = "; ".join(sorted(notes.split("; "), key=lambda clause: WARN not in clause))
     text = Text(notes, style="dim")
     at = notes.find(WARN)
     if at >= 0:
-        text.stylize("bold yellow", at)
+        text.stylize(warn, at)
     lines = list(text.wrap(_CONSOLE, width))
     if len(lines) > most:
         lines = lines[:most]
