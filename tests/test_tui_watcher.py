@@ -104,6 +104,8 @@ def test_each_subscription_is_looked_at_its_own_interval(tmp_path):
     f = tmp_path / "metrics.jsonl"
     write(f, "1\n")
     w = Watcher()
+    w.watch("compare", Watch.of([], interval=2.0))
+    assert w.next_due() is None  # nothing ticked yet: no wake-ups for it
     w.watch("detail", Watch.of([f], interval=0.25))
     w.watch("compare", Watch.of([f], interval=2.0))
     assert set(news(w, 10.0)) == {"detail", "compare"}

@@ -103,7 +103,7 @@ class Watcher:
     def next_due(self) -> float | None:
         """When the next poll has something to look at (monotonic seconds); None: nothing is watched."""
         with self._lock:
-            return min((s.due for s in self._subs.values() if s.active), default=None)
+            return min((s.due for s in self._subs.values() if s.active and s.watch.files), default=None)
 
     def poll(self, now: float) -> dict[Hashable, list[Change]]:
         """Look at the paths of every active subscription due at `now` (each path stat'ed once) and
