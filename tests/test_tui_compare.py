@@ -120,7 +120,7 @@ async def test_ctrl_e_exports_the_highlighted_student(runs, tmp_path, monkeypatc
         await wait_for(pilot, lambda: type(app.screen).__name__ == "PromptScreen", what="where to")
         assert app.screen.query_one("#prompt-answer").value == "exported/decide-width"
         await pilot.press("enter")
-        await wait_for(pilot, calls.exists, what="the engine called")
+        await wait_for(pilot, lambda: calls.exists() and calls.read_text().endswith("\n"), what="the engine called")
         argv = json.loads(calls.read_text().splitlines()[0])["argv"]
         assert argv == ["export", str(w.root), "width", "exported/decide-width"]
 
@@ -171,7 +171,7 @@ async def test_ctrl_e_in_run_detail_exports_the_selected_students(runs, tmp_path
         await pilot.press("ctrl+e")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "PromptScreen", what="where to")
         await pilot.press("enter")
-        await wait_for(pilot, calls.exists, what="the engine called")
+        await wait_for(pilot, lambda: calls.exists() and calls.read_text().endswith("\n"), what="the engine called")
         assert json.loads(calls.read_text().splitlines()[0])["argv"] == ["export", str(w.root), "auto",
                                                                           "exported/decide-auto"]
 
