@@ -62,9 +62,8 @@ def test_no_item_text_is_in_the_demos_training_split():
         pytest.skip(f"built from Python {built_on}'s standard library; the demo's split differs on this Python")
     train, held = build.splits(DEMO)
     assert len(held) >= 40 and len(train) > 20 * len(held)
-    items = _items()
-    assert build.build(train, held) == items  # rebuilt the same: from these held-out documents
-    in_train = build.TrainText(train)
+    items, in_train = _items(), build.TrainText(train)
+    assert build.build(train, held, seen=in_train) == items  # rebuilt the same: from these held-out documents
     held_text = "\n".join(build.flat(d) for d in held)
     for it in items:
         assert it["context"] in held_text and it["choices"][it["gold"]] in held_text

@@ -91,9 +91,9 @@ def is_prose(text: str) -> bool:
     return sum(c.isalpha() or c.isspace() for c in text) >= 0.85 * len(text)
 
 
-def build(train: list[str], held: list[str], seed: int = SEED) -> list[dict[str, Any]]:
+def build(train: list[str], held: list[str], seed: int = SEED, seen: TrainText | None = None) -> list[dict[str, Any]]:
     rng = random.Random(seed)
-    seen = TrainText(train)
+    seen = seen or TrainText(train)
     cands = []  # (document index, context, answer)
     for d, doc in enumerate(held):
         words = doc.split()
