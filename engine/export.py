@@ -23,6 +23,7 @@ from engine.config import Experiment, load_experiment
 from engine.contract import RunLayout, human_count, read_json, read_metrics_summary, read_status
 from engine.contract.results import ModelResult, read_results
 from engine.errors import UserError
+from engine.evaluation.scores import CHANCE
 from engine.stages import DISTILL, PRUNE
 
 EXPERIMENT_COPY = "slimlab_experiment.toml"  # the run's resolved config, beside the weights
@@ -204,12 +205,16 @@ def _eval_lines(teacher: ModelResult | None, res: ModelResult | None) -> list[st
         for task, metrics in tasks.items():
             if not isinstance(metrics, dict):
                 continue
+            # the chance level is no metric of the model: said beside the task's name
+            level = metrics.get(CHANCE)
+            name = f"{task} (chance {level:.3g})" if isinstance(level, (int, float)) else task
             for metric, value in metrics.items():
-                if metric.endswith("_stderr") or not isinstance(value, (int, float)):
+                if metric.endswith("_stderr") or metric == CHANCE or not isinstance(value, (int, float)):
                     continue
                 tval = (traw.get(task) or {}).get(metric) if isinstance(traw.get(task), dict) else None
-                lines.append(f"| {task} | {metric} | {_cell(float(value))} | "
+                lines.append(f"| {name} | {metric} | {_cell(float(value))} | "
                              f"{_cell(metrics.get(f'{metric}_stderr'))} | {_cell(tval)} |")
+                name = task  # the chance level once, on the task's first row
     speed = res.raw.get("speed") if isinstance(res.raw.get("speed"), dict) else {}
     if speed:
         decode = speed.get("decode_tokens_per_s") or {}

@@ -103,3 +103,36 @@ def test_the_eval_records_each_multiple_choice_tasks_chance_from_its_documents(t
     assert tasks["stdlib_continue"]["chance"] == pytest.approx(0.25)
     assert 0 <= tasks["stdlib_continue"]["acc_mutual_info"] <= 1
     assert "chance" not in tasks["last_word"] and tasks["last_word"]["acc"] in (0.0, 0.5, 1.0)
+
+
+def test_the_eval_log_says_the_chance_level_once_and_not_as_a_metric():
+    pytest.importorskip("lm_eval")
+    from engine.evaluation.tasks import metrics_line
+
+    m = {"acc": 0.3, "acc_stderr": 0.02, "acc_mutual_info": 0.262, "acc_mutual_info_stderr": 0.022, "chance": 0.25}
+    assert metrics_line("stdlib_continue", m) == "stdlib_continue (chance 0.25): acc 0.3000, acc_mutual_info 0.2620"
+    assert metrics_line("last_word", {"acc": 0.5, "acc_stderr": 0.1}) == "last_word: acc 0.5000"
+
+
+def test_the_model_card_says_the_chance_level_beside_the_task_not_as_a_metric_row():
+    from engine.contract.results import ModelResult
+    from engine.export import _eval_lines
+
+    tasks = {"stdlib_continue": {"acc": 0.3, "acc_stderr": 0.02, "acc_mutual_info": 0.262,
+                                 "acc_mutual_info_stderr": 0.022, "chance": 0.25}}
+    card = "\n".join(_eval_lines(ModelResult(raw={"tasks": tasks}), ModelResult(raw={"tasks": tasks})))
+    rows = [ln for ln in card.splitlines() if ln.startswith("| stdlib_continue")]
+    assert [r.split("|")[2].strip() for r in rows] == ["acc", "acc_mutual_info"]  # no `chance` row
+    assert rows[0].startswith("| stdlib_continue (chance 0.25) | acc | 0.3 |") and card.count("chance") == 1
+
+
+def test_the_tuis_results_tab_marks_a_score_at_chance(tmp_path):
+    pytest.importorskip("textual")
+    from app.data.compare import results_rows, task_cell
+
+    run = _run_with_results(tmp_path, {
+        "teacher": {"acc_mutual_info": 0.44, "acc_mutual_info_stderr": 0.025, "chance": 0.25},
+        "distill-depth": {"acc_mutual_info": 0.262, "acc_mutual_info_stderr": 0.022, "chance": 0.25}})
+    rows = {r["model"]: r for r in results_rows(run)}
+    assert task_cell(rows["distill-depth"], "task.stdlib_continue") == "0.262 (chance)"
+    assert task_cell(rows["teacher"], "task.stdlib_continue") == "0.440"

@@ -126,16 +126,55 @@ async def test_quality_vs_speed_says_how_speeds_were_timed_and_warns_across_load
         await pilot.press("m")
         await pilot.press("w")
         title = str(screen.query_one("#which-title").render())
-        assert "tok/s: decode, smallest batch ±4-9%; *: loaded CPU" in title  # the students' spreads
+        assert "tok/s: decode, smallest batch, median of 12 rounds ±4-9%; *: loaded CPU" in title  # the students' spreads
         table = screen.query_one("#which-table")
         assert table.row_count == 8 and table.size.height >= 9  # header and both runs' rows still shown at 80x24
 
 
-def test_the_which_tables_note_says_spread_and_load():
+def test_the_which_tables_note_says_rounds_spread_and_load():
     class Row:
-        def __init__(self, spread, loaded=False):
-            self.decode_spread, self.under_load = spread, loaded
+        def __init__(self, spread, loaded=False, repeats=None):
+            self.decode_spread, self.under_load, self.repeats = spread, loaded, repeats
 
     assert spread_note([Row({"1": 0.031, "8": 0.5}), Row({"1": 0.09})]) == " ±3-9%"
     assert spread_note([Row({"1": 0.05}, loaded=True), Row({})]) == " ±5%; *: loaded CPU"
     assert spread_note([Row({})]) == ""
+    assert spread_note([Row({"1": 0.05}, repeats=12), Row({"1": 0.09}, repeats=12)]) == ", median of 12 rounds ±5-9%"
+    assert spread_note([Row({}, repeats=8), Row({}, repeats=12)]) == ", median of 8-12 rounds"
+
+
+def test_compare_rows_carry_the_rounds_timed(runs):
+    from engine.compare.rows import model_rows
+
+    w = speed_run(runs, "calm", {"teacher": 100.0, "distill-depth": 180.0})
+    rows = {r.label: r for r in model_rows(w.root)}
+    assert rows["teacher"].repeats == rows["depth"].repeats == 12 and rows["width"].repeats is None
+
+
+def test_the_results_tabs_decode_column_says_spread_and_load(runs):
+    from app.data.compare import decode_cell, results_rows
+
+    calm = {r["model"]: r for r in results_rows(speed_run(runs, "calm", {"teacher": 100.0}).root)}
+    busy = {r["model"]: r for r in results_rows(speed_run(runs, "busy", {"teacher": 12345.0}, load=3.4).root)}
+    assert decode_cell(calm["teacher"]) == "100 ±3%" and decode_cell(busy["teacher"]) == "12.3k ±3%*"
+    assert decode_cell(calm["distill-depth"]) == "–"  # not timed
+
+
+def test_which_student_marks_a_task_mean_at_chance_and_stars_no_guess():
+    from app.widgets.compare.which_student import WhichStudentTable, table_rows
+    from engine.compare.rows import ModelRow
+
+    def row(label: str, score: float, chance: bool) -> ModelRow:
+        return ModelRow(run="r", label=label, stage=f"distill-{label}", method="depth",
+                        tasks={"stdlib_continue": score}, at_chance={"stdlib_continue"} if chance else set())
+
+    def task_cells(rows: list[ModelRow]) -> list[str]:
+        return [cells[4].plain for cells in table_rows(rows, {("r", "a"): "blue", ("r", "b"): "red"})]
+
+    assert task_cells([row("a", 0.262, True), row("b", 0.33, False)]) == ["0.262°", "0.330★"]
+    assert task_cells([row("a", 0.27, True), row("b", 0.26, True)]) == ["0.270°", "0.260°"]  # the best guess: no ★
+    two = row("a", 0.3, True)
+    two.tasks["other"] = 0.6  # one of its tasks scores above chance: the mean is not a guess
+    assert task_cells([two, row("b", 0.2, False)]) == ["0.450★", "0.200"]
+    assert WhichStudentTable.task_note([row("a", 0.262, True)]) == "; °: at chance"
+    assert WhichStudentTable.task_note([two]) == ""

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.data import fmt
+from engine.compare.tables import AT_CHANCE
 from engine.config import ConfigError, Experiment, parse_experiment
 from engine.contract import PRUNE, STUDENT_SECTIONS, RunLayout, UserError, student_or_none, student_sections
 from engine.contract.results import read_results
-from engine.evaluation.scores import decode_speed, task_scores
+from engine.evaluation.scores import at_chance, decode_speed, headline_batch, task_scores
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -127,21 +129,41 @@ def damaged_results(run_dir: Path) -> str | None:
 
 def results_rows(run_dir: Path) -> list[dict[str, Any]]:
     """One row per model of eval/results.json: {"run", "model", "params", "<split>.loss",
-    "<split>.perplexity"}, read through engine.contract.results."""
+    "<split>.perplexity", "task.<name>", "at_chance", "decode_tokens_per_s", "decode_spread",
+    "under_load", "speedup", "speedup_range"}, read through engine.contract.results."""
     rows = []
     for name, res in read_results(RunLayout(run_dir).results_file).items():
         row: dict[str, Any] = {"run": run_dir.name, "model": name, "params": res.params}
         for split, m in res.splits.items():
             row[f"{split}.loss"] = m.loss
             row[f"{split}.perplexity"] = m.perplexity
-        for task, score in task_scores(res.raw).items():  # "task.<name>": the task's headline score
+        got = res.raw.get("tasks") if isinstance(res.raw.get("tasks"), dict) else {}
+        scores = task_scores(res.raw)
+        for task, score in scores.items():  # "task.<name>": the task's headline score
             row[f"task.{task}"] = score
+        row["at_chance"] = {f"task.{t}" for t in scores if at_chance(got.get(t))}  # the rule `compare` marks by
         row["decode_tokens_per_s"] = decode_speed(res.raw)
         speed = res.raw.get("speed") if isinstance(res.raw.get("speed"), dict) else {}
+        spread = speed.get("spread", {}).get("decode") if isinstance(speed.get("spread"), dict) else None
+        sp = spread.get(headline_batch(speed)) if isinstance(spread, dict) else None
+        row["decode_spread"] = float(sp) if isinstance(sp, (int, float)) else None  # (Q3 - Q1) / median
+        row["under_load"] = speed.get("under_load") is True  # timed while the CPU was busy: noise
         row["speedup"] = speed.get("speedup_vs_teacher")
         row["speedup_range"] = speed.get("speedup_range")  # holds 1: within the spread, not faster
         rows.append(row)
     return rows
+
+
+def task_cell(row: dict[str, Any], key: str) -> str:
+    """"0.412"; "0.262 (chance)" when the score is within its stderr of a blind guess (as `compare`)."""
+    return fmt.loss(row.get(key)) + (f" {AT_CHANCE}" if key in row.get("at_chance", ()) else "")
+
+
+def decode_cell(row: dict[str, Any]) -> str:
+    """"106 ±9%*": decode tokens/s, the spread of its repeats, * when timed under load (as which student?)."""
+    sp = row.get("decode_spread")
+    return (fmt.si(row.get("decode_tokens_per_s")) + (f" ±{100 * sp:.0f}%" if sp is not None else "")
+            + ("*" if row.get("under_load") else ""))
 
 
 # ---- a search's Pareto frontier (search.json) ----------------------------------------------

@@ -19,11 +19,13 @@ from app.data.compare import (
     NOT_USED,
     config_diff,
     damaged_results,
+    decode_cell,
     frontier_plots,
     read_experiment,
     results_rows,
     stage_config,
     stage_sections,
+    task_cell,
 )
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.data.watcher import DrainQueue
@@ -230,20 +232,20 @@ class CompareScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
             table.add_column(f"{short} loss", width=8)
             table.add_column(f"{short} ppl", width=8)
         tasks = list(dict.fromkeys(k for r in rows for k in r if k.startswith("task.")))
-        for t in tasks:
-            table.add_column(t[len("task."):][:10], width=10)
+        for t in tasks:  # room for "0.262 (chance)" where a score is at chance
+            table.add_column(t[len("task."):][:10], width=15 if any(t in r.get("at_chance", ()) for r in rows) else 10)
         speed = any(r.get("decode_tokens_per_s") for r in rows)
         if speed:
-            table.add_column("decode/s", width=8)
+            table.add_column("decode/s", width=11)  # "12.3k ±12%*"
             table.add_column("speedup", width=7)
         for r in rows:
             cells = [r["run"], r["model"], fmt.si(r.get("params"))]
             for sp in splits:
                 cells += [fmt.loss(r.get(f"{sp}.loss")), fmt.si(r.get(f"{sp}.perplexity"))]
-            cells += [fmt.loss(r.get(t)) for t in tasks]
+            cells += [task_cell(r, t) for t in tasks]
             if speed:
                 up = r.get("speedup")
-                cells += [fmt.si(r.get("decode_tokens_per_s")),
+                cells += [decode_cell(r),
                           speedup_text(up, r.get("speedup_range")) if isinstance(up, (int, float)) else "-"]
             table.add_row(*cells)
 
@@ -271,7 +273,8 @@ class CompareScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
         self.query_one(WhichStudentTable).show(rows, colours)
         self.query_one("#which-title", Static).update(
             f"which student? {BEST} best student per column. loss: validation, pruned → distilled; "
-            f"task: mean score; tok/s: decode, smallest batch{WhichStudentTable.speed_note(students)}. w: curves" if students
+            f"task: mean score{WhichStudentTable.task_note(students)}; "
+            f"tok/s: decode, smallest batch{WhichStudentTable.speed_note(students)}. w: curves" if students
             else "which student? no students in the ticked runs yet (tick a run's stages; w: curves and tabs)")
         table = self.query_one("#search-table", DataTable)
         table.clear(columns=True)

@@ -49,6 +49,7 @@ class ModelRow:
     decode_range: tuple[float, float] | None = None  # middle half of the repeats, smallest batch
     decode_spread: dict[str, float] = field(default_factory=dict)  # batch size -> (Q3 - Q1) / median
     under_load: bool = False  # timed while other work competed for the CPU: noise
+    repeats: int | None = None  # rounds timed: each speed figure is their median (engine.evaluation.speed)
     device: str | None = None
     samples: list[dict[str, str]] = field(default_factory=list)
     smaller: float | None = None  # teacher params / params
@@ -115,6 +116,8 @@ def _decide(row: ModelRow, res: ModelResult | None) -> None:
     row.decode_spread = {str(b): float(v) for b, v in sp.items() if isinstance(v, (int, float))} \
         if isinstance(sp, dict) else {}
     row.under_load = speed.get("under_load") is True
+    reps = speed.get("repeats")
+    row.repeats = reps if isinstance(reps, int) and not isinstance(reps, bool) else None
     row.device = speed.get("device") if isinstance(speed.get("device"), str) else None
     samples = res.raw.get("samples")
     if isinstance(samples, list):

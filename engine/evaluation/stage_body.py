@@ -89,7 +89,7 @@ def _loss_splits(ctx: StageContext, name: str, model: Any, entry: dict[str, Any]
 def eval_stage(ctx: StageContext) -> None:
     from engine.evaluation.samples import default_prompts, generate_samples
     from engine.evaluation.speed import device_name
-    from engine.evaluation.tasks import run_tasks
+    from engine.evaluation.tasks import metrics_line, run_tasks
     from engine.models.hf import compute_device, count_parameters, load_model, load_tokenizer
 
     exp, layout = ctx.exp, ctx.layout
@@ -139,9 +139,7 @@ def eval_stage(ctx: StageContext) -> None:
                                                      cfg.task_batch_size, seed=exp.seed)
                 if subtasks:
                     entry["subtasks"] = subtasks
-                ctx.log(f"[eval] {name} tasks: " + ", ".join(
-                    f"{t} {k} {v:.4f}" for t, m in entry["tasks"].items() for k, v in m.items()
-                    if v is not None and not k.endswith("_stderr")))
+                ctx.log(f"[eval] {name} tasks: " + "; ".join(metrics_line(t, m) for t, m in entry["tasks"].items()))
             if prompts:
                 entry["samples"] = generate_samples(model, tokenizer, prompts, cfg.max_new_tokens)
             entry["cache_key"] = key

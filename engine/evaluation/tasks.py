@@ -162,6 +162,16 @@ def flatten_metrics(raw: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
+def metrics_line(task: str, metrics: dict[str, float | None]) -> str:
+    """"stdlib_continue (chance 0.25): acc 0.3000, acc_mutual_info 0.2620": one task's metrics for the
+    eval log; its chance level is said once beside its name, since it is no metric of the model."""
+    level = metrics.get(CHANCE)
+    name = f"{task} (chance {level:.3g})" if isinstance(level, (int, float)) else task
+    values = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                       if v is not None and not k.endswith("_stderr") and k != CHANCE)
+    return f"{name}: {values or '-'}"
+
+
 def run_tasks(model: nn.Module, tokenizer: Any, entries: list[TaskEntry], num_fewshot: int,
               limit: int | None, batch_size: int, seed: int = 1234) -> tuple[Metrics, Metrics]:
     """({task: {metric: value, metric_stderr: value}} of the tasks and groups asked for, the same of

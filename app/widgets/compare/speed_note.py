@@ -99,10 +99,13 @@ def spread_text(spreads: Iterable[float]) -> str:
 
 
 def spread_note(rows: Iterable[Any]) -> str:
-    """" ±3-9%; *: loaded CPU" for the decode speeds of `rows` (engine.compare.rows.ModelRow:
-    decode_spread at the smallest batch, under_load): what the table's tok/s figures are worth."""
+    """", median of 12 rounds ±3-9%; *: loaded CPU" for the decode speeds of `rows`
+    (engine.compare.rows.ModelRow: repeats, decode_spread at the smallest batch, under_load): what the
+    table's tok/s figures are worth, as `measured` says it for the quality-vs-speed chart."""
     rows = list(rows)
-    out = spread_text(r.decode_spread[min(r.decode_spread, key=_batch)] for r in rows if r.decode_spread)
+    reps = sorted({r.repeats for r in rows if r.repeats})  # ticked runs may have timed different rounds
+    out = "" if not reps else f", median of {reps[0]}{f'-{reps[-1]}' if len(reps) > 1 else ''} rounds"
+    out += spread_text(r.decode_spread[min(r.decode_spread, key=_batch)] for r in rows if r.decode_spread)
     return out + ("; *: loaded CPU" if any(r.under_load for r in rows) else "")
 
 

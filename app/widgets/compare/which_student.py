@@ -22,9 +22,10 @@ from engine.evaluation.scores import clearly_best, speedup_text
 STUDENT_COLOURS = ("blue", "red", "green", "magenta", "cyan", "orange")
 TEACHER_COLOUR = "gray"
 BEST = "★"
+AT_CHANCE = "°"  # a task mean whose every score is within its stderr of a blind guess: no ★, it decides nothing
 
 # (key, header, width): widths + DataTable's 2-cell padding per column fit 78 columns
-# ("≈1.04x★": a speedup within its spread; "12.3k*★": timed under load)
+# ("≈1.04x★": a speedup within its spread; "12.3k*★": timed under load; "0.262°": at chance)
 COLUMNS = (("student", "student", 10), ("shape", "shape", 16), ("smaller", "×small", 6),
            ("loss", "loss p→d", 12), ("task", "task", 6), ("decode", "tok/s", 7), ("speedup", "speed", 7))
 
@@ -64,6 +65,12 @@ def decode_speed(row: Any) -> float | None:
     return tps[min(tps, key=lambda b: int(b) if str(b).isdigit() else 0)]
 
 
+def all_at_chance(row: Any) -> bool:
+    """Whether every task score of the row is at chance (engine.compare.rows.ModelRow.at_chance, the
+    rule `compare` marks "(chance)" by): then so is their mean, the table's task column."""
+    return bool(row.tasks) and set(row.tasks) <= row.at_chance
+
+
 def table_rows(rows: list[Any], colours: dict[tuple[str, str], str]) -> list[list[Text]]:
     """The cells of each model row (engine.compare.rows.ModelRow): students' best values marked."""
     students = [r for r in rows if r.method != "teacher"]
@@ -92,7 +99,7 @@ def table_rows(rows: list[Any], colours: dict[tuple[str, str], str]) -> list[lis
         texts = {
             "smaller": "1.0x" if teacher else (f"{r.smaller:.1f}x" if r.smaller else "–"),
             "loss": loss,
-            "task": fmt.loss(r.task_mean) if r.task_mean is not None else "–",
+            "task": (fmt.loss(r.task_mean) + (AT_CHANCE if all_at_chance(r) else "")) if r.task_mean is not None else "–",
             "decode": fmt.si(decode_speed(r)) + ("*" if r.under_load else ""),  # *: timed under load, noise
             "speedup": "1.00x" if teacher and up is None else (speedup_text(up, r.speedup_range) if up is not None
                                                                else "–"),
@@ -100,7 +107,8 @@ def table_rows(rows: list[Any], colours: dict[tuple[str, str], str]) -> list[lis
         cells = [Text(name, style=f"bold {_rich(colour)}", overflow="ellipsis", no_wrap=True),
                  Text(shape_text(r), overflow="ellipsis", no_wrap=True)]
         for col, (get, _higher) in metrics.items():
-            mark = not teacher and best[col] is not None and get(r) == best[col]
+            mark = (not teacher and best[col] is not None and get(r) == best[col]
+                    and not (col == "task" and all_at_chance(r)))  # the best of guesses is no winner
             cells.append(Text(texts[col] + (BEST if mark else ""), style="bold" if mark else ("dim" if teacher else "")))
         out.append(cells)
     return out
@@ -125,8 +133,14 @@ class WhichStudentTable(DataTable):
 
     @staticmethod
     def speed_note(students: list[Any]) -> str:
-        """" ±3-9%; *: loaded CPU": what its tok/s figures are worth (speed_note.spread_note)."""
+        """", median of 12 rounds ±3-9%; *: loaded CPU": what its tok/s figures are worth
+        (speed_note.spread_note)."""
         return spread_note(students)
+
+    @staticmethod
+    def task_note(students: list[Any]) -> str:
+        """"; °: at chance" when a student's task mark needs saying."""
+        return f"; {AT_CHANCE}: at chance" if any(all_at_chance(r) for r in students) else ""
 
     def highlighted_model(self) -> tuple[str, str, str] | None:
         return self.models[self.cursor_row] if 0 <= self.cursor_row < len(self.models) else None
