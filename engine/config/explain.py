@@ -19,23 +19,18 @@ from engine.config.schema import (
 )
 from engine.errors import ConfigError
 
-_SECTIONS: dict[str, type[BaseModel]] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "finetune": FinetuneConfig,
-    "prune": PruneConfig,
-    "distill": DistillConfig,
-    "eval": EvalConfig,
-    "launch": LaunchConfig,
+# a section's name (the first part of a dotted key) -> its model; "" is the file's top level and
+# "prune" one [[prune]] table (a student). Also what Compose reads keys from (engine/config/form_spec.py).
+SECTIONS: dict[str, type[BaseModel]] = {
+    "": Experiment, "model": ModelConfig, "data": DataConfig, "finetune": FinetuneConfig,
+    "distill": DistillConfig, "eval": EvalConfig, "launch": LaunchConfig, "prune": PruneConfig,
 }
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     """The keys allowed at the location of an unknown key."""
     section = [p for p in loc[:-1] if isinstance(p, str)]
-    if not section:
-        return list(Experiment.model_fields)
-    model = _SECTIONS.get(section[0])
+    model = SECTIONS.get(section[0] if section else "")
     return list(model.model_fields) if model else []
 
 

@@ -11,27 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from engine.config.arch import config_defaults
-from engine.config.schema import (
-    DataConfig,
-    DistillConfig,
-    EvalConfig,
-    Experiment,
-    FinetuneConfig,
-    LaunchConfig,
-    ModelConfig,
-    PruneConfig,
-)
-
-# a section's name (the first part of a dotted key) -> its model; "" is the file's top level and
-# "prune" one [[prune]] table (a student)
-SECTIONS: dict[str, type[BaseModel]] = {
-    "": Experiment, "model": ModelConfig, "data": DataConfig, "finetune": FinetuneConfig,
-    "distill": DistillConfig, "eval": EvalConfig, "launch": LaunchConfig, "prune": PruneConfig,
-}
+from engine.config.explain import SECTIONS
 
 
 @dataclass(frozen=True)
