@@ -110,7 +110,7 @@ def _compact(ints: list[Any]) -> str:
 
 
 def schema_field(section: str, key: str, label: str, kind: str | None = None, hint: str = "") -> FieldSpec:
-    """A field over `key` of the schema's `section` (engine.config.form_spec.SECTIONS): its kind,
+    """A field over `key` of the schema's `section` (engine.config.explain.SECTIONS): its kind,
     choices and "default ..." placeholder read from the schema, so they follow it. `hint`: words for
     an empty field with no default ("default: the model's own"), or after the default ("default 64; ...")."""
     ks = key_spec(section, key)
