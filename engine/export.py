@@ -22,8 +22,8 @@ from typing import Any
 from engine.config import Experiment, load_experiment
 from engine.contract import RunLayout, human_count, read_json, read_metrics_summary, read_status
 from engine.contract.results import ModelResult, read_results
+from engine.contract.scores import CHANCE
 from engine.errors import UserError
-from engine.evaluation.scores import CHANCE
 from engine.stages import DISTILL, PRUNE
 
 EXPERIMENT_COPY = "slimlab_experiment.toml"  # the run's resolved config, beside the weights

@@ -13,7 +13,7 @@ import pytest
 from engine.compare.rows import model_rows
 from engine.compare.tables import markdown_decide_table
 from engine.contract import RunLayout
-from engine.evaluation.scores import at_chance, headline_metric
+from engine.contract.scores import at_chance, headline_metric
 
 ROOT = Path(__file__).resolve().parent.parent
 

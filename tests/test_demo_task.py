@@ -83,7 +83,7 @@ def test_the_demo_teacher_scores_above_chance_by_more_than_its_stderr(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.contract import RunLayout, teacher_source, tokenizer_source
-    from engine.evaluation.scores import headline_metric
+    from engine.contract.scores import headline_metric
     from engine.evaluation.task_specs import resolve_entry
     from engine.evaluation.tasks import run_tasks
 

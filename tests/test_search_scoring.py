@@ -1,4 +1,4 @@
-"""score_task ranks by the one metric rule of engine.evaluation.scores, in that metric's direction, and
+"""score_task ranks by the one metric rule of engine.contract.scores, in that metric's direction, and
 never scores another task in place of a missing one (lm-eval is faked: no model runs)."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from engine.contract import scores
 from engine.errors import UserError
-from engine.evaluation import scores, tasks
+from engine.evaluation import tasks
 from engine.search.scoring import task_scorer
 
 EXP = SimpleNamespace(eval=SimpleNamespace(num_fewshot=0, limit=None, task_batch_size=1), source=None, seed=0)

@@ -14,7 +14,7 @@ from engine.compare.tables import AT_CHANCE
 from engine.config import ConfigError, Experiment, parse_experiment
 from engine.contract import PRUNE, STUDENT_SECTIONS, RunLayout, UserError, student_or_none, student_sections
 from engine.contract.results import read_results
-from engine.evaluation.scores import at_chance, decode_speed, headline_batch, task_scores
+from engine.contract.scores import at_chance, decode_speed, headline_batch, task_scores
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -188,7 +188,7 @@ class FrontierPlot:
 def frontier_plots(runs: list[Path]) -> list[FrontierPlot]:
     """The frontier of every search student of `runs` (search.json's, or worked out from its
     candidates when it predates the frontier: engine.contract.frontier.frontier_of)."""
-    from engine.search.table import search_docs
+    from engine.contract.search_table import search_docs
 
     out = []
     for run in runs:
@@ -250,10 +250,10 @@ def hand_made(run: Path) -> list[tuple[str, str, float, float]]:
 
 
 def search_heading(name: str, doc: dict[str, Any]) -> str:
-    """engine.search.table.title, and for an audited search (audit = N) its audit line below it:
+    """engine.contract.search_table.title, and for an audited search (audit = N) its audit line below it:
     the Spearman correlations with the final validation loss and whether the chosen shape was best."""
     from engine.contract.search_audit import audit_line
-    from engine.search.table import title
+    from engine.contract.search_table import title
 
     line = audit_line(doc)
     return title(name, doc) + (f"\n  {line}" if line else "")

@@ -52,7 +52,7 @@ from engine.contract import (
     kind_or_none,
     student_or_none,
 )
-from engine.evaluation.scores import speedup_text
+from engine.contract.scores import speedup_text
 
 POLL_S = 2.0  # how often the watcher looks at the ticked stages' files (live curves)
 FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
@@ -283,7 +283,7 @@ class CompareScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
             else "no search student (method = \"search\") with a search.json in the ticked runs")
         if not searches:
             return
-        from engine.search.table import COLUMNS
+        from engine.contract.search_table import COLUMNS
 
         # the winner's mark next to the name: last, it was off-screen even at 120 columns
         table.add_column("student", width=12)
@@ -395,7 +395,7 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
     from engine.compare.charts import quality_speed_points
     from engine.compare.rows import model_rows
     from engine.compare.tables import decide_columns, row_cells
-    from engine.search.table import search_docs, search_rows
+    from engine.contract.search_table import search_docs, search_rows
 
     rows = []
     for r in runs:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract.search_audit import audit_line, shape_label
-from engine.search.table import search_docs
+from engine.contract.search_table import search_docs
 
 COLUMNS = ["rank", "shape", "screen", "score", "final loss", "final rank", ""]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.contract import human_count
 from engine.contract.frontier import BY_KEY, frontier_of, value
-from engine.search.table import search_docs
+from engine.contract.search_table import search_docs
 
 CHOSEN, DOMINATED = "<- chosen", "<- chosen (off the frontier)"
 

@@ -102,7 +102,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
         console.print(rich_decide_table(rows))
     if samples:
         print_samples(rows, console)
-    from engine.search.table import rich_search_tables, search_markdown
+    from engine.contract.search_table import rich_search_tables, search_markdown
 
     for table in rich_search_tables(run_dirs):  # search students: their candidates, the winner marked
         console.print(table)

@@ -19,7 +19,7 @@ from engine.contract import (
     teacher_source,
 )
 from engine.contract.results import ModelResult, perplexity, read_results
-from engine.evaluation.scores import at_chance, decode_range, mean_score, task_scores
+from engine.contract.scores import at_chance, decode_range, mean_score, task_scores
 from engine.shapes.shape import count_params, shape_from_config
 from engine.stages import DISTILL, FINETUNE, PRUNE
 
@@ -41,7 +41,7 @@ class ModelRow:
     tokens: int | None = None
     tokens_per_s: float | None = None
     # the eval stage's tasks, speed and samples of the row's model (engine/evaluation)
-    tasks: dict[str, float] = field(default_factory=dict)  # task -> headline score (evaluation.scores)
+    tasks: dict[str, float] = field(default_factory=dict)  # task -> headline score (contract.scores)
     at_chance: set[str] = field(default_factory=set)  # tasks scored within their stderr of a blind guess
     decode_tokens_per_s: dict[str, float] = field(default_factory=dict)  # batch size -> tokens/s
     speedup: float | None = None  # decode tokens/s over the teacher's, at the smallest batch

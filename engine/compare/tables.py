@@ -9,7 +9,7 @@ from engine.compare.rows import (
 from engine.contract import (
     human_count,
 )
-from engine.evaluation.scores import speedup_text
+from engine.contract.scores import speedup_text
 
 AT_CHANCE = "(chance)"  # beside a task score no better than guessing
 

@@ -5,9 +5,10 @@
     tasks.py       downstream tasks through lm-evaluation-harness
     speed.py       prefill / decode speed and peak memory
     samples.py     greedy samples from prompts or the starts of validation documents
-    scores.py      one score per task, their mean, speedup vs the teacher (no torch: compare and the TUI)
     cache.py       per-model cache keys: a model is evaluated again only when it or [eval] changed
     stage_body.py  eval_stage: every model of the run -> eval/results.json
 
-This package's __init__ imports nothing, so `compare` and the TUI can read scores.py without torch.
+The rules over results.json's metrics (one score per task, their mean, speedup vs the teacher) are
+engine/contract/scores.py: torch-free, read by `compare` and the TUI through the contract.
+This package's __init__ imports nothing.
 """

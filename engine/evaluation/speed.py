@@ -12,7 +12,7 @@ the spread of every figure is at most `max_spread` (after at least `repeats` rou
 `max_seconds` have passed (checked after each round). Each figure is the median of its rounds;
 `spread` is (Q3 - Q1) / median of its times and `*_range` the figure at Q3 and Q1 time: the middle
 half of the repeats, which `compare` and the TUI check for overlap before calling one model faster
-(engine.evaluation.scores). `under_load`: the host's 1-minute load average exceeded its CPU count
+(engine.contract.scores). `under_load`: the host's 1-minute load average exceeded its CPU count
 at some point of the measurement (other work was competing for the cores): noise, not speed.
 
     prefill_tokens_per_s   B * prompt_tokens / prefill time, at the largest B (+ _range)

@@ -41,11 +41,11 @@ from typing import Any
 import torch
 
 from engine.contract import now_iso, read_json, split_entry, teacher_source, tokenizer_source, write_json
+from engine.contract.scores import add_speedups
 from engine.contract.stage_context import StageContext, has_checkpoint
 from engine.errors import UserError
 from engine.evaluation.cache import cached_entries, model_key
 from engine.evaluation.loss import batch_plan, evaluate_loss
-from engine.evaluation.scores import add_speedups
 from engine.evaluation.task_specs import check_tasks
 from engine.stages import DISTILL, PRUNE
 

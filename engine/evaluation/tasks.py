@@ -5,7 +5,7 @@ and dtype), with the run's tokenizer. Every metric of every task (groups and the
 is recorded with its stderr, flattened to `{"acc": 0.41, "acc_stderr": 0.005, ...}`; a metric of
 a filter other than lm-eval's "none" is named `<metric>_<filter>` (e.g. `exact_match_strict-match`).
 A multiple-choice task also gets `"chance"`: the score of a blind guess (the mean of 1/choices over the
-documents evaluated), so a score can be told apart from guessing (engine.evaluation.scores.at_chance).
+documents evaluated), so a score can be told apart from guessing (engine.contract.scores.at_chance).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 from torch import nn
 
+from engine.contract.scores import CHANCE
 from engine.errors import UserError
-from engine.evaluation.scores import CHANCE
 from engine.evaluation.task_specs import TaskEntry, local_task_config
 
 Metrics = dict[str, dict[str, float | None]]

@@ -8,7 +8,7 @@ distillation, or an [eval] task. Every candidate sees the same batches.
   can flip after a little distillation (Minitron; Model-Optimizer's notes), at the cost of
   score_steps training steps per candidate.
 - score_task: an [eval] task through lm-evaluation-harness (engine.evaluation.tasks); its
-  headline metric (engine.evaluation.scores.headline_metric), in that metric's direction.
+  headline metric (engine.contract.scores.headline_metric), in that metric's direction.
 """
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
 
 
 def task_scorer(exp: Any, task: str, tokenizer: Any) -> Scorer:
-    """Scores by the task's headline metric (engine.evaluation.scores: the rule `compare` uses too),
+    """Scores by the task's headline metric (engine.contract.scores: the rule `compare` uses too),
     in that metric's direction. A task lm-eval did not report fails the stage: no other task may
     be scored in its place."""
-    from engine.evaluation.scores import headline_metric
+    from engine.contract.scores import headline_metric
     from engine.evaluation.task_specs import resolve_entry
     from engine.evaluation.tasks import reported_names, run_tasks
 

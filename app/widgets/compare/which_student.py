@@ -16,7 +16,7 @@ from textual.widgets import DataTable
 
 from app.data import fmt
 from app.widgets.compare.speed_note import spread_note
-from engine.evaluation.scores import clearly_best, speedup_text
+from engine.contract.scores import clearly_best, speedup_text
 
 # plotext colour names readable on both themes (see loss_chart.PALETTE); the teacher is gray
 STUDENT_COLOURS = ("blue", "red", "green", "magenta", "cyan", "orange")

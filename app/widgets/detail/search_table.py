@@ -14,7 +14,7 @@ from textual.widgets import Static
 
 from app.data.compare import search_heading
 from engine.contract import student_or_none
-from engine.search.table import COLUMNS, candidate_cells
+from engine.contract.search_table import COLUMNS, candidate_cells
 
 WINNER = "★ winner"
 

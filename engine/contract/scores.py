@@ -1,4 +1,5 @@
-"""One number per task, their mean, and the speedup of each model over the teacher (no torch).
+"""results.json's metrics read by one set of rules: one number per task, their mean, and the speedup
+of each model over the teacher (no torch: `compare` and the TUI read it through the contract).
 
 lm-eval reports several metrics per task; the one that says "how good" is, in this order of
 preference, acc_norm, acc, exact_match, f1, mcc, bleu, or else the first metric that is not a
