@@ -173,11 +173,14 @@ async def test_whole_run_progress_and_eta(runs, tmp_path):
     async with app.run_test(size=(120, 30)) as pilot:
         await wait_for(pilot, lambda: app.screen.query_one("#runs-table").row_count == 1)
         title = app.screen.query_one("#preview-title")
-        # (1 + 0.5) / 7 = 21% done in 100 s; to go: finetune's own ETA, then 5 stages at 100 / 1.5 s each
+        # (1 + 0.5) / 7 = 21% done in 100 s; to go: finetune's own ETA, then 2 prunes and eval at the time
+        # prepare took, and 2 distillations (no distill step time yet) at 100 / 1.5 s each
         await wait_for(pilot, lambda: "run 1/7 stages, 21%, ETA ~" in str(title.render()), what="the run's progress")
         ft_eta = app.runs[0].stage("finetune").eta_s
         assert ft_eta is not None
-        assert f"ETA ~{fmt.duration(ft_eta + 5 * 100 / 1.5)}" in str(title.render())
+        prep = app.runs[0].stage("prepare")
+        took = (datetime.datetime.fromisoformat(prep.ended_at) - datetime.datetime.fromisoformat(prep.started_at))
+        assert f"ETA ~{fmt.duration(ft_eta + 3 * took.total_seconds() + 2 * 100 / 1.5)}" in str(title.render())
         await pilot.press("enter")
         await wait_for(pilot, lambda: "run 1/7 stages, 21%" in str(app.screen.query_one("#detail-title").render()),
                        what="run progress in the detail title")
