@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,30 +13,27 @@ from textual.screen import Screen
 from textual.widgets import DataTable, SelectionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from app.data import fmt
 from app.data.compare import (
-    NOT_USED,
     config_diff,
     damaged_results,
-    decode_cell,
     frontier_plots,
     read_experiment,
     results_rows,
     stage_config,
     stage_sections,
-    task_cell,
 )
 from app.data.series import SMOOTHING_LEVELS, Series, StageCurves
 from app.data.watcher import DrainQueue
 from app.file_watch import FilesChanged, WatchedScreen
 from app.messages import OpenRun
 from app.screens.chart_controls import CHART_BINDINGS, ChartControls
+from app.screens.compare_tabs import fill_decide, fill_diff, fill_results
 from app.screens.worker_results import while_shown
 from app.textual_workarounds import KeepStyles
 from app.widgets.compare.frontier import FrontierChart
 from app.widgets.compare.pick_list import PickList, split_value
 from app.widgets.compare.quality_speed import QualitySpeedChart
-from app.widgets.compare.which_student import BEST, TEACHER_COLOUR, WhichStudentTable, dimmed, student_colours
+from app.widgets.compare.which_student import TEACHER_COLOUR, WhichStudentTable, dimmed, student_colours
 from app.widgets.keybar import KeyBar
 from app.widgets.loss_chart import PALETTE, Curve, LossChart
 from app.widgets.nav import NavBar
@@ -52,7 +48,6 @@ from engine.contract import (
     kind_or_none,
     student_or_none,
 )
-from engine.contract.scores import speedup_text
 
 POLL_S = 2.0  # how often the watcher looks at the ticked stages' files (live curves)
 FILL_DELAY_S = 0.05  # the stage list is filled this long after the first show
@@ -192,10 +187,10 @@ class CompareScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
         self.curves = curves
         self.colours = colours or {}
         self._draw_chart()
-        self._fill_results(results)
-        self._fill_diff(labels, diff)
+        fill_results(self, results)
+        fill_diff(self, labels, diff)
         if decide is not None:
-            self._fill_decide(*decide)
+            fill_decide(self, *decide)
 
     def _draw_chart(self) -> None:
         from textual.color import Color
@@ -215,86 +210,6 @@ class CompareScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
         chart.empty_text = "tick stages on the left (space) to overlay their validation loss"
         chart.show(items, xlabel=f"{axis}   (val loss; smoothing {SMOOTHING_LEVELS[self.smoothing_i]})",
                    **self.chart_options())
-
-    def _fill_results(self, rows: list[dict]) -> None:
-        table = self.query_one("#results-table", DataTable)
-        table.clear(columns=True)
-        if not rows:
-            table.add_column("no eval/results.json in the ticked runs yet (the eval stage writes it)")
-            return
-        splits = sorted({k.split(".")[0] for r in rows for k in r if k.endswith(".loss")},
-                        key=lambda s: ("validation", "test", "train").index(s) if s in ("validation", "test", "train") else 9)
-        table.add_column("Run", width=14)
-        table.add_column("Model", width=15)
-        table.add_column("Params", width=7)
-        for sp in splits:
-            short = {"validation": "val", "test": "test", "train": "train"}.get(sp, sp)
-            table.add_column(f"{short} loss", width=8)
-            table.add_column(f"{short} ppl", width=8)
-        tasks = list(dict.fromkeys(k for r in rows for k in r if k.startswith("task.")))
-        for t in tasks:  # room for "0.262 (chance)" where a score is at chance
-            table.add_column(t[len("task."):][:10], width=15 if any(t in r.get("at_chance", ()) for r in rows) else 10)
-        speed = any(r.get("decode_tokens_per_s") for r in rows)
-        if speed:
-            table.add_column("decode/s", width=11)  # "12.3k ±12%*"
-            table.add_column("speedup", width=7)
-        for r in rows:
-            cells = [r["run"], r["model"], fmt.si(r.get("params"))]
-            for sp in splits:
-                cells += [fmt.loss(r.get(f"{sp}.loss")), fmt.si(r.get(f"{sp}.perplexity"))]
-            cells += [task_cell(r, t) for t in tasks]
-            if speed:
-                up = r.get("speedup")
-                cells += [decode_cell(r),
-                          speedup_text(up, r.get("speedup_range")) if isinstance(up, (int, float)) else "-"]
-            table.add_row(*cells)
-
-    def _fill_diff(self, labels: list[str], diff: list[tuple[str, list]]) -> None:
-        table = self.query_one("#diff-table", DataTable)
-        table.clear(columns=True)
-        if len(labels) < 2:
-            table.add_column("tick two or more stages to see the keys where their configs differ")
-            return
-        if not diff:
-            table.add_column("the ticked stages have identical configs")
-            return
-        table.add_column("key", width=24)
-        for label in labels:
-            table.add_column(label, width=max(12, min(24, len(label))))
-        for key, values in diff:
-            table.add_row(key, *(_diff_cell(v) for v in values))
-
-    def _fill_decide(self, ylabel: str, points: list, xlabel: str, searches: list, rows: list = (),
-                     point_colours: dict | None = None, frontiers: list = ()) -> None:
-        self.query_one(QualitySpeedChart).show(ylabel, points, xlabel, point_colours)
-        self.query_one(FrontierChart).show(list(frontiers))
-        students = [r for r in rows if r.method != "teacher"]
-        colours = student_colours((r.run, r.label) for r in students)
-        self.query_one(WhichStudentTable).show(rows, colours)
-        self.query_one("#which-title", Static).update(
-            f"which student? {BEST} best student per column. loss: validation, pruned → distilled; "
-            f"task: mean score{WhichStudentTable.task_note(students)}; "
-            f"tok/s: decode, smallest batch{WhichStudentTable.speed_note(students)}. w: curves" if students
-            else "which student? no students in the ticked runs yet (tick a run's stages; w: curves and tabs)")
-        table = self.query_one("#search-table", DataTable)
-        table.clear(columns=True)
-        self.query_one("#search-title", Static).update(
-            "\n".join(t for t, _, _ in searches) if searches
-            else "no search student (method = \"search\") with a search.json in the ticked runs")
-        if not searches:
-            return
-        from engine.contract.search_table import COLUMNS
-
-        # the winner's mark next to the name: last, it was off-screen even at 120 columns
-        table.add_column("student", width=12)
-        table.add_column("chosen", width=8)
-        for c in COLUMNS[:-1]:
-            table.add_column(c)
-        for _, rows, name in searches:
-            for r in rows:
-                chosen = bool(r[-1])
-                cells = [name, "★ winner" if chosen else "", *r[:-1]]
-                table.add_row(*(Text(c, style="bold") if chosen else c for c in cells))
 
     # ---- actions -------------------------------------------------------------------------------
     def action_tab(self, tab: str) -> None:
@@ -439,12 +354,6 @@ def stage_colours(selected: tuple[str, ...], raws: dict[Path, dict]) -> dict[str
         student = student_or_none(stage)
         out[value] = colours.get((names.get(path, path.name), student or ""), TEACHER_COLOUR)
     return out
-
-
-def _diff_cell(value: object) -> str | Text:
-    if value is NOT_USED:  # the stage does not depend on the key's section
-        return Text("n/a", style="dim")
-    return "–" if value is None else str(value)
 
 
 def _label(value: str) -> str:
