@@ -22,14 +22,18 @@ Steps (full session):
   08 compose-back      2: Compose again, the three fields as the burst left them
   09 launched          ctrl+l: saved, `slimlab-engine run --detach`, Run detail of the new run
   10 detail-training   Run detail while the students are being pruned and distilled
-  11 detail-done       the run succeeded (7/7 stages)
-  12 detail-log        l: the Log tab of the last stage
-  13 runs-table        1: the run in the Runs table, succeeded
-  14 compare           3: Compare's first view, "which student?": a row per student, the best marked
-  15 compare-curves    w: the run's students ticked, their curves and the eval results table
-  16 compare-light     ctrl+t: the light theme
-  17 runs-light        1: Runs in the light theme
-  18 runs-dark         ctrl+t: back to the dark theme
+  11 cancel-ask        c: the cancel question (its default keeps the run going)
+  12 detail-cancelled  y: the run cancelled mid-distillation, its checkpoint saved
+  13 detail-resumed    r: resumed (detached) from the checkpoints
+  14 runs-returned     ctrl+q while it runs, then a new TUI (as after an SSH reconnect): the run is listed
+  15 detail-done       enter: its Run detail; the run succeeded (7/7 stages)
+  16 detail-log        l: the Log tab of the last stage
+  17 runs-table        1: the run in the Runs table, succeeded
+  18 compare           3: Compare's first view, "which student?": a row per student, the best marked
+  19 compare-curves    w: the run's students ticked, their curves and the eval results table
+  20 compare-light     ctrl+t: the light theme
+  21 runs-light        1: Runs in the light theme
+  22 runs-dark         ctrl+t: back to the dark theme
 then ctrl+q quits, and the TUI's process must exit with status 0.
 
 `--quick` (what tests/test_tui_tmux.py runs by default) does 01-08, saves with ctrl+s instead of
@@ -116,14 +120,14 @@ hidden_size = 48
 calibration_samples = 16
 
 [distill]
-steps = 20
+steps = 300                      # long enough for the full session to cancel it mid-way
 global_batch_size = 8
 micro_batch_size = 8
 lr = 2e-3
 warmup_steps = 2
-val_interval = 5
+val_interval = 50
 val_batches = 2
-checkpoint_interval = 10
+checkpoint_interval = 100
 
 [eval]
 splits = ["validation"]
@@ -420,6 +424,7 @@ def session(s: Session, quick: bool) -> dict:
         s.wait("the students being pruned and distilled", has("├✓ prune-width"), timeout=4 * s.timeout,
                fail=run_failed)
         s.save("detail-training", "Run detail: teacher trained, students pruned, distillation going on")
+        cancel_resume_return(s)
         s.wait("the run to succeed", lambda t: re.search(rf"{RUN_NAME} +✓ succeeded +run 7/7", t) is not None,
                timeout=4 * s.timeout, fail=run_failed)
         s.save("detail-done", "Run detail: the run succeeded, 7/7 stages")
@@ -483,6 +488,38 @@ def describe(checks: dict[str, dict]) -> str:
                      f"({c['header_default_cells']} of {c['header_cells']} cells on the default background; "
                      f"all: {c['header_backgrounds']}), body bg {c['body_bg']}")
     return "\n".join(lines)
+
+
+def cancel_resume_return(s: Session) -> None:
+    """The day's middle: cancel the run from Run detail (the confirmation, then the checkpoint), resume it,
+    quit the TUI while it runs, and come back to it in a new TUI (the run went on without one)."""
+    s.wait("a student's distillation past its first steps",
+           lambda t: re.search(r"● distill-\w+ running +step ([2-9]|\d\d+)/300", t) is not None,
+           timeout=4 * s.timeout, fail=run_failed)
+    s.keys("c")
+    s.wait("the cancel question", has("Cancel run", "Keep running"))
+    s.save("cancel-ask", "c: cancel the run? (the default answer keeps it running)")
+    s.keys("y")
+    s.wait("the run cancelled", lambda t: re.search(rf"{RUN_NAME} +. cancelled", t) is not None,
+           timeout=2 * s.timeout)
+    s.save("detail-cancelled", "y: cancelled; the running distillation finished its step and saved a checkpoint")
+    s.keys("r")
+    s.wait("the run resumed", lambda t: re.search(rf"{RUN_NAME} +● running", t) is not None, timeout=2 * s.timeout,
+           fail=lambda t: "the run failed" if re.search(rf"{RUN_NAME} +✗", t) else None)  # still "cancelled" at first
+    s.save("detail-resumed", "r: resumed, detached, from the checkpoints")
+    s.keys("C-q")  # nothing unsaved: no question; the run is its own process and goes on
+    s.wait("the TUI to quit while the run goes on", lambda _t: s.exited() is not None)
+    if s.exited() != "0":
+        raise StepFailed(f"the TUI exited with status {s.exited()}")
+    s.stop()
+    (s.work / "exit-status").unlink()
+    s.start()  # a new TUI, as after an SSH reconnect
+    s.wait("the run in a new TUI's Runs table", lambda t: re.search(rf"{RUN_NAME} +(● running|✓ succeeded)", t)
+           is not None, fail=run_failed)
+    s.save("runs-returned", "a new TUI: the run went on without one and is listed")
+    s.keys("Enter")
+    s.wait("its Run detail again", lambda t: re.search(rf"{RUN_NAME} +(● running|✓ succeeded) +run", t)
+           is not None, fail=run_failed)
 
 
 def cancel_run(s: Session) -> None:

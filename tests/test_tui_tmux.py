@@ -2,7 +2,8 @@
 (TERM=tmux-256color, COLORTERM unset) with send-keys and checks every captured screen.
 
 The quick session (compose: open a file, retype a field, save; light theme and back; ctrl+q) takes
-seconds and runs with the other tests when tmux is installed. The full one (launch a tiny CPU run,
+seconds and runs with the other tests when tmux is installed. The full one (launch a tiny CPU run, cancel
+it mid-distillation, resume, quit the TUI and come back in a new one,
 watch it to the end, Compare, themes) takes a minute or more on a loaded machine, so it runs only
 with SLIMLAB_TMUX_FULL=1. Both are skipped without tmux.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,10 +64,13 @@ def test_tmux_quick_session(tmp_path):
 def test_tmux_full_session(tmp_path):
     summary = _session(tmp_path / "screens")
     names = [e["screen"] for e in summary["screens"]]
-    assert names[5:15] == ["06-compose-burst", "07-runs-after-esc", "08-compose-back", "09-launched",
-                           "10-detail-training", "11-detail-done", "12-detail-log", "13-runs-table", "14-compare",
-                           "15-compare-curves"]
-    which = (tmp_path / "screens" / "14-compare.txt").read_text()
+    assert names[5:19] == ["06-compose-burst", "07-runs-after-esc", "08-compose-back", "09-launched",
+                           "10-detail-training", "11-cancel-ask", "12-detail-cancelled", "13-detail-resumed",
+                           "14-runs-returned", "15-detail-done", "16-detail-log", "17-runs-table", "18-compare",
+                           "19-compare-curves"]
+    cancelled = (tmp_path / "screens" / "12-detail-cancelled.txt").read_text()
+    assert "⊘ cancelled" in cancelled and re.search(r"distill-\w+ cancelled +step \d+/300", cancelled)
+    which = (tmp_path / "screens" / "18-compare.txt").read_text()
     assert "which student?" in which and "★" in which
-    compare = (tmp_path / "screens" / "15-compare-curves.txt").read_text()
+    compare = (tmp_path / "screens" / "19-compare-curves.txt").read_text()
     assert "tmux-demo/distill-depth" in compare and "tmux-demo/distill-width" in compare
