@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from _experiments import scratch_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,21 +106,7 @@ def test_gpus_per_node_zero_is_named_as_such(tmp_path: Path, capsys, monkeypatch
 
 # ---- symbolic links in a run directory ------------------------------------------------------------
 
-LINKED = """
-name = "ln"
-[model]
-init = "scratch"
-dtype = "float32"
-arch = {model_type = "llama", hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2}
-tokenizer_train_vocab = 512
-[data]
-train_files = ["train.jsonl"]
-seq_length = 32
-[finetune]
-steps = 2
-global_batch_size = 4
-micro_batch_size = 4
-"""
+LINKED = scratch_toml("ln", data='train_files = ["train.jsonl"]', finetune="steps = 2\nglobal_batch_size = 4\nmicro_batch_size = 4")
 
 
 def _linked_run(tmp_path: Path, entry: str, target_is_dir: bool) -> tuple[Path, Path]:

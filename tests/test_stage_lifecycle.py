@@ -7,25 +7,14 @@ import signal
 from pathlib import Path
 
 import pytest
+from _experiments import scratch_toml
 
 from engine.config import load_experiment
 from engine.contract import RunLayout, read_json
 from engine.errors import Cancelled, UserError
 from engine.orchestration.stage_process import run_stage, run_stages
 
-TOML = """
-name = "life"
-[model]
-init = "scratch"
-dtype = "float32"
-arch = {model_type = "llama", hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2}
-tokenizer_train_vocab = 512
-[data]
-dataset = "builtin:stdlib-docs"
-seq_length = 32
-[finetune]
-steps = 2
-"""
+TOML = scratch_toml("life")
 A, B = "prepare", "finetune"  # any two stages: the lifecycle does not look at their kind
 
 

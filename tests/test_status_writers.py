@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+from _experiments import scratch_toml
+
 from engine.config import load_experiment
 from engine.contract import RunLayout, now_iso, read_json, stage_status_doc, write_json
 from engine.orchestration import cancel, run, stage_runs
@@ -21,19 +23,7 @@ from engine.orchestration.pipeline_status import PipelineStatus
 from engine.orchestration.run import RunOptions, write_experiment
 from engine.orchestration.stage_actions import stage_actions
 
-TOML = """
-name = "writers"
-[model]
-init = "scratch"
-dtype = "float32"
-arch = {model_type = "llama", hidden_size = 64, intermediate_size = 128, num_hidden_layers = 2, num_attention_heads = 4, num_key_value_heads = 2}
-tokenizer_train_vocab = 512
-[data]
-dataset = "builtin:stdlib-docs"
-seq_length = 32
-[finetune]
-steps = 2
-"""
+TOML = scratch_toml("writers")
 
 
 def _run(tmp_path: Path):
