@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -46,3 +50,16 @@ def tokens(batch: int = 2, seq: int = 12, seed: int = 0) -> torch.Tensor:
 def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids).logits
+
+
+def write_prepared(data: Path, vocab_size: int, seq: int, train: int = 40, validation: int = 10) -> None:
+    """What the prepare stage writes, of random tokens: `train` and `validation` windows of `seq` tokens (+1
+    for the shifted labels) and meta.json, so that a prune or distill stage runs without a prepare stage."""
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    splits = {"train": train * seq + 1, "validation": validation * seq + 1}
+    for split, n in splits.items():
+        rng.integers(3, vocab_size, size=n).astype(np.uint16).tofile(data / f"{split}.bin")
+    (data / "meta.json").write_text(json.dumps({
+        "vocab_size": vocab_size, "dtype": "uint16", "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "test",
+        "tokenizer_hash": "x", "splits": {s: {"tokens": n, "documents": 1} for s, n in splits.items()}}))

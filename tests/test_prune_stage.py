@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from _prune_util import tiny_model
+from _prune_util import tiny_model, write_prepared
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from engine.config import loads_experiment
@@ -41,15 +41,7 @@ def run(tmp_path_factory):
         teacher.model.layers[2].mlp.down_proj.weight.zero_()
     save_model(teacher, root / "teacher", tok)
 
-    data = root / "runs" / "t" / "prepare"
-    data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    splits = {"train": 40 * 16 + 1, "validation": 10 * 16 + 1}
-    for split, n in splits.items():
-        rng.integers(3, len(tok), size=n).astype(np.uint16).tofile(data / f"{split}.bin")
-    (data / "meta.json").write_text(json.dumps({
-        "vocab_size": len(tok), "dtype": "uint16", "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "test",
-        "tokenizer_hash": "x", "splits": {s: {"tokens": n, "documents": 1} for s, n in splits.items()}}))
+    write_prepared(root / "runs" / "t" / "prepare", len(tok), 16)
 
     exp = loads_experiment(f"""
 name = "t"

@@ -11,7 +11,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from _prune_util import tiny_model
+from _prune_util import tiny_model, write_prepared
 from _util import one_thread  # noqa: F401  (autouse)
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
@@ -66,15 +66,7 @@ def run(tmp_path_factory):
         teacher.model.layers[2].self_attn.o_proj.weight.zero_()
         teacher.model.layers[2].mlp.down_proj.weight.zero_()
     save_model(teacher, root / "teacher", tok)
-    data = root / "runs" / "t" / "prepare"
-    data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    splits = {"train": 40 * SEQ + 1, "validation": 10 * SEQ + 1}
-    for split, n in splits.items():
-        rng.integers(3, len(tok), size=n).astype(np.uint16).tofile(data / f"{split}.bin")
-    (data / "meta.json").write_text(json.dumps({
-        "vocab_size": len(tok), "dtype": "uint16", "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "test",
-        "tokenizer_hash": "x", "splits": {s: {"tokens": n, "documents": 1} for s, n in splits.items()}}))
+    write_prepared(root / "runs" / "t" / "prepare", len(tok), SEQ)
     search = ('method = "search"\ntarget_params = 0.6\ntolerance = 0.06\nhidden_multiple = 4\nffn_multiple = 4\n'
               'calibration_samples = 8\ncalibration_batch_size = 4\n')
     exp = loads_experiment(f"""

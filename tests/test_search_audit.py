@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
 
-import numpy as np
 import pytest
-from _prune_util import tiny_model
+from _prune_util import tiny_model, write_prepared
 from _util import one_thread  # noqa: F401  (autouse)
 from test_search import SEQ, _run, _tokenizer
 
@@ -62,15 +60,7 @@ def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     tok = _tokenizer()
     save_model(tiny_model("llama", layers=4, vocab_size=len(tok), tie_word_embeddings=False), root / "teacher", tok)
-    data = root / "runs" / "a" / "prepare"
-    data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    splits = {"train": 40 * SEQ + 1, "validation": 10 * SEQ + 1}
-    for split, n in splits.items():
-        rng.integers(3, len(tok), size=n).astype(np.uint16).tofile(data / f"{split}.bin")
-    (data / "meta.json").write_text(json.dumps({
-        "vocab_size": len(tok), "dtype": "uint16", "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "test",
-        "tokenizer_hash": "x", "splits": {s: {"tokens": n, "documents": 1} for s, n in splits.items()}}))
+    write_prepared(root / "runs" / "a" / "prepare", len(tok), SEQ)
     return root
 
 
