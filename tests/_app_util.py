@@ -61,6 +61,15 @@ async def show(pilot, app, key: str, screen: str, runs: int | None = None):
     return app.screen
 
 
+async def quality_speed(pilot, app, points: int):
+    """Compare's quality-vs-speed tab (v), once it has drawn `points` points; the chart."""
+    await pilot.press("v")
+    chart = app.screen.query_one("#quality-speed")
+    await wait_for(pilot, lambda: len(chart.points) == points and chart.size.height > 0, what=f"{points} points")
+    await pilot.pause()
+    return chart
+
+
 def dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     p = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -6,7 +6,7 @@ quality-vs-speed plot."""
 from __future__ import annotations
 
 import pytest
-from _app_util import RunWriter, make_app, run_async, show, wait_for
+from _app_util import RunWriter, make_app, quality_speed, run_async, show, wait_for
 
 from engine.contract import RunLayout, read_json, write_json
 
@@ -133,10 +133,7 @@ async def test_quality_vs_speed_names_its_x_axis_and_draws_labels_on_its_own_bac
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await show(pilot, app, "3", "CompareScreen", runs=1)
-        await pilot.press("v")
-        chart = app.screen.query_one("#quality-speed")
-        await wait_for(pilot, lambda: len(chart.points) == 4 and chart.size.height > 0, what="the points")
-        await pilot.pause()
+        chart = await quality_speed(pilot, app, 4)
         lines = [chart.render_line(y) for y in range(chart.size.height)]
         text = ["".join(seg.text for seg in line) for line in lines]
         assert any("decode tokens/s" in t for t in text)

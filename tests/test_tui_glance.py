@@ -5,7 +5,7 @@ loads get a warning; the "which student?" table says how far its tok/s figures s
 from __future__ import annotations
 
 import pytest
-from _app_util import RunWriter, make_app, run_async, show, wait_for
+from _app_util import RunWriter, make_app, quality_speed, run_async, show, wait_for
 
 from app.widgets.compare.point_labels import place_labels
 from app.widgets.compare.speed_note import RunSpeed, load_warning, spread_note
@@ -81,10 +81,7 @@ async def test_quality_vs_speed_labels_never_hide_a_marker(runs, tmp_path):
     app = make_app(runs, tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await show(pilot, app, "3", "CompareScreen", runs=1)
-        await pilot.press("v")
-        chart = app.screen.query_one("#quality-speed")
-        await wait_for(pilot, lambda: len(chart.points) == 4 and chart.size.height > 0, what="the points")
-        await pilot.pause()
+        chart = await quality_speed(pilot, app, 4)
         text = "\n".join(drawn(chart))
         assert [text.count(m) for m in MARKERS] == [1, 1, 1, 1], text
         for label in ("teacher", "depth", "width"):
@@ -111,10 +108,7 @@ async def test_quality_vs_speed_says_how_speeds_were_timed_and_warns_across_load
         picks = screen.query_one("#compare-pick")
         await wait_for(pilot, lambda: picks.stage_values, what="the stages")
         picks.select_all()
-        await pilot.press("v")
-        chart = screen.query_one("#quality-speed")
-        await wait_for(pilot, lambda: len(chart.points) == 8 and chart.size.height > 0, what="both runs' points")
-        await pilot.pause()
+        chart = await quality_speed(pilot, app, 8)
         text = " ".join(line.strip() for line in drawn(chart))
         assert "⚠ runs timed under different loads" in text  # first: the chart's one line of notes
         assert "decode tokens/s at batch 1" in text  # the x label is still drawn under the notes
