@@ -52,12 +52,14 @@ def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
-def write_prepared(data: Path, vocab_size: int, seq: int, train: int = 40, validation: int = 10) -> None:
-    """What the prepare stage writes, of random tokens: `train` and `validation` windows of `seq` tokens (+1
-    for the shifted labels) and meta.json, so that a prune or distill stage runs without a prepare stage."""
+def write_prepared(data: Path, vocab_size: int, seq: int, train: int = 40, validation: int = 10,
+                   test: int = 0) -> None:
+    """What the prepare stage writes, of random tokens: `train`, `validation` (and `test`, when > 0) windows
+    of `seq` tokens (+1 for the shifted labels) and meta.json, so that a prune or distill stage runs without a
+    prepare stage."""
     data.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    splits = {"train": train * seq + 1, "validation": validation * seq + 1}
+    splits = {"train": train * seq + 1, "validation": validation * seq + 1} | ({"test": test * seq + 1} if test else {})
     for split, n in splits.items():
         rng.integers(3, vocab_size, size=n).astype(np.uint16).tofile(data / f"{split}.bin")
     (data / "meta.json").write_text(json.dumps({

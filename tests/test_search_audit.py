@@ -107,7 +107,7 @@ def test_audit_writes_the_correlations_and_the_winner_check(root, capsys):
     cands = doc["candidates"]
     top = sorted((i for i, c in enumerate(cands) if c["rank"] is not None), key=lambda i: cands[i]["rank"])[:3]
     assert [c["index"] for c in a["candidates"]] == top and (a["done"], a["requested"], a["steps"]) == (3, 3, 2)
-    assert not a["cancelled"]
+    assert not a["cancelled"] and a["split"] == "validation"  # no test split prepared: the fallback
     final = {c["index"]: c["final_loss"] for c in a["candidates"]}
     assert all(math.isfinite(v) for v in final.values()) and len(set(final.values())) == 3  # each was trained
     assert a["spearman_screen"] == pytest.approx(spearman([cands[i]["screen_loss"] for i in top],
@@ -126,6 +126,28 @@ def test_audit_writes_the_correlations_and_the_winner_check(root, capsys):
     assert _run(exp, "distill-auto") == 0
     val = [m["loss"] for m in read_metrics(layout.metrics_file("distill-auto"))[0] if m.get("split") == "val"]
     assert final[chosen] == pytest.approx(val[-1], rel=1e-4)
+
+
+def test_the_audit_judges_on_the_test_split_the_search_never_saw(tmp_path, capsys):
+    from engine.evaluation.loss import evaluate_loss
+    from engine.models.hf import load_model
+    from engine.training.batches import validation_batches
+
+    tok = _tokenizer()
+    save_model(tiny_model("llama", layers=4, vocab_size=len(tok), tie_word_embeddings=False), tmp_path / "teacher", tok)
+    write_prepared(tmp_path / "runs" / "a" / "prepare", len(tok), SEQ, test=6)
+    exp = loads_experiment(_toml(tmp_path, SEARCH + "audit = 2\n"), source="a.toml")
+    layout = RunLayout(exp.run_dir)
+    assert _run(exp, "prune-auto") == 0 and _run(exp, "distill-auto") == 0
+    a = read_json(layout.search_file("prune-auto"))["audit"]
+    assert a["split"] == "test" and "judged on the test split" in capsys.readouterr().out
+    chosen = next(c for c in a["candidates"] if c["rank"] == 1)
+    # the distilled winner, read back, has the audit's loss on the test windows and not on validation's
+    model = load_model(layout.model_dir("distill-auto"), dtype="float32")
+    on = {s: evaluate_loss(model, validation_batches(layout.data_dir, SEQ, exp.distill, 0, 1, model.device, print, s))
+          for s in ("test", "validation")}
+    assert chosen["final_loss"] == pytest.approx(on["test"], rel=1e-4)
+    assert chosen["final_loss"] != pytest.approx(on["validation"], rel=1e-3)
 
 
 def test_a_cancel_mid_audit_keeps_the_search_result(root, monkeypatch, capsys):

@@ -9,7 +9,9 @@ checkpoints) and keeps only metrics.
 Each candidate trains as its distill-<name> stage would train it (engine/training/loop.py): the same
 config, loss and hidden-state spec, learning-rate schedule, seed, training windows from the start of
 the train split (the same tokens for every candidate, and the ones the distill stage will read), and
-the same validation batches at the end. What it leaves out is what a measurement does not need:
+the same number of held-out batches at the end. Held out: the final loss is read on the test split when
+the data has one, as the search screened and scored on the validation split; without a test split it
+falls back to the validation batches, and search.json's audit says which ("split"). What it leaves out is what a measurement does not need:
 checkpoints, metrics lines and model/.
 
 Progress: status.json's step counts the audit's optimizer steps over all candidates (with step_s, so a
@@ -43,6 +45,7 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
     from accelerate.utils import set_seed
 
     from engine.data import PackedDataset
+    from engine.data.dataset import read_meta
     from engine.distill.objective import output_weight
     from engine.models.hf import torch_dtype
     from engine.models.liger import apply_kernels
@@ -69,10 +72,13 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
     apply_kernels(teacher, cfg.kernels, cuda, "teacher")
     vocab = min(len(tokenizer), output_weight(teacher).shape[0])
     spec, seq = loss_spec(cfg, vocab), exp.data.seq_length
-    val = validation_batches(ctx.layout.data_dir, seq, cfg, 0, 1, acc.device, lambda m: ctx.log(f"[{stage}] {m}"))
+    split = "test" if "test" in read_meta(ctx.layout.data_dir)["splits"] else "validation"
+    val = validation_batches(ctx.layout.data_dir, seq, cfg, 0, 1, acc.device, lambda m: ctx.log(f"[{stage}] {m}"),
+                             split)
     total = len(chosen) * cfg.steps
     ctx.log(f"[{stage}] audit: distilling the {len(chosen)} best-scored candidates with the [distill] recipe, "
-            f"{cfg.steps} steps each ({total} steps), on the same training windows")
+            f"{cfg.steps} steps each ({total} steps), on the same training windows; judged on the {split} split"
+            + ("" if split == "test" else " (no test split prepared: the search saw these batches)"))
     final: dict[int, float] = {}
     seconds: dict[int, float] = {}
     done, t0 = 0, time.perf_counter()
@@ -111,12 +117,13 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
                 loss = trainer.validate(val)
                 if math.isfinite(loss):
                     final[i], seconds[i] = loss, time.perf_counter() - c0
-                ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: final validation loss {loss:.4f} "
+                ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: final {split} loss {loss:.4f} "
                         f"(score rank {doc['candidates'][i]['rank']})")
             trainer.release()
             del trainer, student
             acc.free_memory()
             doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=bool(stop.signame))
+            doc["audit"]["split"] = split
             write_json(path, doc)  # after each candidate: a crash or a cancel keeps what was measured
     if cuda:
         torch.cuda.empty_cache()

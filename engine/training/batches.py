@@ -27,17 +27,18 @@ def device_batches(it: Iterator[Any], count: int, micro: int, device: torch.devi
 
 
 def validation_batches(data_dir: Path, seq: int, cfg: TrainConfig, rank: int, world: int,
-                       device: torch.device, log: Callable[[str], None]) -> list[torch.Tensor]:
-    """The same `val_batches` micro-batches every time (this rank's shard of the validation split), of
+                       device: torch.device, log: Callable[[str], None],
+                       split: str = "validation") -> list[torch.Tensor]:
+    """The same `val_batches` micro-batches every time (this rank's shard of `split`), of
     the configured micro-batch size (for "auto": `fixed_micro_batch`, whatever the search picks, so
-    every student validates on the same windows); none, with a log line, when there is no validation split."""
+    every student validates on the same windows); none, with a log line, when the split is not prepared."""
     from engine.data import PackedDataset
     from engine.evaluation.loss import batch_plan
 
     try:
-        ds = PackedDataset(data_dir, "validation", seq, seed=0, rank=rank, world_size=world)
+        ds = PackedDataset(data_dir, split, seq, seed=0, rank=rank, world_size=world)
     except UserError as e:
-        log(f"no validation: {e}")
+        log(f"no {split}: {e}")
         return []
     count, micro = batch_plan(len(ds), cfg.val_batches, fixed_micro_batch(cfg, world))
     return device_batches(iter(ds), count, micro, device)
