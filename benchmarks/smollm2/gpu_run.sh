@@ -7,15 +7,21 @@
 #                gpu_run.sh part-b   carry [.carry/gguf-b, .whl]       -> wheels + the HF folder in $HOME
 #                gpu_run.sh start    carry [.carry/smol-textkit]       -> the pipeline, detached; watch
 #                gpu_run.sh watch                                       -> keep watching; OUT gets the results
-# (calls back to back: $HOME lasts only while the machine is held)
+#                gpu_run.sh fit                                         -> the speed budget's cost model on
+#                                                                          this GPU (benchmarks/speed_budget_fit.py)
+#                gpu_run.sh tgraph                                      -> teacher_cuda_graph on and off, SmolLM2's
+#                                                                          shape (benchmarks/distill_throughput.py)
+# (calls back to back: $HOME lasts only while the machine is held). Another experiment: EXP=path (e.g.
+# benchmarks/smollm2/audit.toml, the search audit). part-b unpacks .carry/smol-textkit.tar.xz into
+# .carry/smol-textkit when that is carried instead (xz: 24 -> 8 MB, so it fits part-b's call).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 HF=$HOME/smollm2-hf
-RUN=runs/smollm2
-EXP=benchmarks/smollm2/experiment.toml
+EXP=${EXP:-benchmarks/smollm2/experiment.toml}
+RUN=runs/$(sed -n 's/^name = "\(.*\)"/\1/p' "$EXP" | head -1)
 export PYTHONPATH=$HOME/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-case ${1:?pack|part-a|part-b|start|watch} in
+case ${1:?pack|part-a|part-b|start|watch|fit|tgraph} in
   pack)
     DATA=${DATA:-../shared/data}
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -37,18 +43,29 @@ TOML
     python3 -m engine prepare "$tmp/pack.toml" && rm -rf .carry/smol-textkit && mkdir -p .carry/smol-textkit/tokenizer
     cp "$tmp"/runs/pack/prepare/{meta.json,*.bin,*.idx.npy} .carry/smol-textkit/
     cp "$tmp"/hf/tokenizer* .carry/smol-textkit/tokenizer/
+    (cd .carry && tar cJf smol-textkit.tar.xz smol-textkit)
     echo "now download the wheels the GPU machine lacks into .whl/ (pydantic, lm-eval and its deps, gguf): see the device README"
     exit 0 ;;
   part-a) mkdir -p "$HOME/smol" && cp .carry/gguf-a/part-aa "$HOME/smol/" && ls -la "$HOME/smol"; nvidia-smi -L; exit 0 ;;
   part-b)
+    [[ -f .carry/smol-textkit.tar.xz ]] && tar xJf .carry/smol-textkit.tar.xz -C "$HOME" && echo "data in $HOME/smol-textkit"
     cat "$HOME/smol/part-aa" .carry/gguf-b/part-ab > "$HOME/smol/$GGUF" && rm "$HOME/smol/part-aa"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$HOME/site" .whl/*.whl || exit 1
     python3 benchmarks/smollm2/convert.py "$HOME/smol" "$GGUF" "$HF" || exit 1
     python3 -c "import lm_eval, pydantic, gguf; print('lm_eval', lm_eval.__version__)"
     exit 0 ;;
   start)
-    python3 -m engine check $EXP --set model.path="$HF" || exit 1
-    python3 -m engine run $EXP --set model.path="$HF" --detach ;;
+    DATA=(); [[ -d .carry/smol-textkit ]] || DATA=(--set data.prepared="$HOME/smol-textkit")
+    python3 -m engine check "$EXP" --set model.path="$HF" "${DATA[@]}" || exit 1
+    python3 -m engine run "$EXP" --set model.path="$HF" "${DATA[@]}" --detach ;;
+  fit)
+    python3 benchmarks/speed_budget_fit.py --config "$HF/config.json" --target-params 0.6 --tolerance 0.03 \
+      --hidden-multiple 64 --ffn-multiple 64 --dtype bfloat16 --prompt 512 --new 128 ${FIT_ARGS:-}
+    exit ;;
+  tgraph)
+    python3 benchmarks/distill_throughput.py --shape smollm2 --batch "${BATCH:-128}" \
+      --variants engine-compile,engine-compile-tgraph ${OUT:+--json "$OUT/tgraph.json"}
+    exit ;;
 esac
 end=$((SECONDS + ${WAIT:-530}))
 while (( SECONDS < end )); do
