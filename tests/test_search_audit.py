@@ -141,6 +141,7 @@ def test_the_audit_judges_on_the_test_split_the_search_never_saw(tmp_path, capsy
     assert _run(exp, "prune-auto") == 0 and _run(exp, "distill-auto") == 0
     a = read_json(layout.search_file("prune-auto"))["audit"]
     assert a["split"] == "test" and "judged on the test split" in capsys.readouterr().out
+    assert "Spearman with the final test loss" in audit_line(read_json(layout.search_file("prune-auto")))
     chosen = next(c for c in a["candidates"] if c["rank"] == 1)
     # the distilled winner, read back, has the audit's loss on the test windows and not on validation's
     model = load_model(layout.model_dir("distill-auto"), dtype="float32")

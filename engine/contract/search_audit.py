@@ -25,7 +25,8 @@ def audit_line(doc: dict[str, Any]) -> str | None:
         best = doc["candidates"][a["best_index"]]
         verdict = (f"the chosen shape was not the best: {a.get('gap_nats', 0.0):.4f} nats behind rank "
                    f"{best.get('rank')} ({shape_label(best['shape'])})")
-    return (f"audit ({done} distilled {a.get('steps')} steps each): Spearman with the final validation loss: "
+    return (f"audit ({done} distilled {a.get('steps')} steps each): Spearman with the final "
+            f"{a.get('split') or 'validation'} loss: "
             f"screen {rho(a.get('spearman_screen'))}, score {rho(a.get('spearman_score'))}; {verdict}")
 
 

@@ -1,7 +1,7 @@
 """The audit of a search (`audit = N`): did its ranking hold after the real distillation?
 
 The N best-scored candidates are each distilled with the student's full [distill] recipe
-(engine/prune/audit_part.py); this module turns their final validation losses into search.json's
+(engine/prune/audit_part.py); this module turns their final held-out losses (the test split when there is one) into search.json's
 "audit" object. Torch-free; the line `compare`, the log and the TUI show is engine/contract/search_audit.py.
 
     "audit": {"steps": 30, "requested": 3, "done": 3, "cancelled": false, "seconds": 41.2,
@@ -11,7 +11,7 @@ The N best-scored candidates are each distilled with the student's full [distill
               "chosen_is_best": false, "best_index": 3, "gap_nats": 0.012}
 
 spearman_*: the Spearman correlation over the audited candidates of the screen loss, and of the full
-score, with the final validation loss; a score where higher is better (a task) counts negated, so +1
+score, with the final held-out loss; a score where higher is better (a task) counts negated, so +1
 always means "ranked them exactly as the distillation did". None with fewer than two candidates or
 a constant column. gap_nats: the chosen candidate's final loss minus the best final loss (0 when the
 chosen one was best).
