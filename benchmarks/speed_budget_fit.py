@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=16)
-    ap.add_argument("--max-seconds", type=float, default=5.0)
+    ap.add_argument("--max-seconds", type=float, default=30.0, help="time cap per round robin (the engine's speed_max_seconds)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args()
     if a.threads:
