@@ -2,109 +2,27 @@
 
 This module imports neither torch nor transformers (the TUI validates as the user types).
 
-Over 450 lines, kept whole for now: the sections' models cross-reference each other (Experiment checks
-[[prune]] against [distill] and [launch]), and the next split, [[prune]]'s validators into a module of
-their own, was left for a session in which nothing else edits this file (issue 22's notes).
+What every section shares (strict types, no unknown keys, safe names) is engine/config/section_base.py;
+the [[prune]] section, the largest, is engine/config/prune_schema.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from engine.config.arch import SUPPORTED_MODEL_TYPES, check_arch
+from engine.config.prune_schema import PruneConfig
+from engine.config.section_base import Dtype, Section, slug
 from engine.errors import ConfigError
 from engine.stages import KINDS, stage_names, stage_settings
 
-MAX_NAME = 100  # characters of a run or student name
 
-
-def _slug(value: str, what: str) -> str:
-    """Names become directory names (stages, runs): keep them to safe characters."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-        raise ValueError(f"'{value}' is not a valid {what}; use letters, digits, '-', '_' or '.'")
-    if len(value) > MAX_NAME:  # file names stop at 255 bytes; stages add a prefix ("distill-")
-        raise ValueError(f"'{value[:20]}...' is {len(value)} characters long; keep a {what} to "
-                         f"{MAX_NAME} characters at most")
-    return value
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, data: Any) -> Any:
-        """TOML's true/false are not numbers, though pydantic takes `steps = true` as 1 step; nor are
-        strings numbers or booleans, though pydantic takes `lr = "0.001"` and `compile = "yes"`: strict
-        everywhere, as `arch` is."""
-        if isinstance(data, dict):
-            for key, value in data.items():
-                field = cls.model_fields.get(key)
-                if field is None:
-                    continue
-                if _holds_bool(value) and _numbers_only(field.annotation):
-                    raise ValueError(f"{key}: {json.dumps(value)} is not a number (true and false are "
-                                     "booleans); write a number")
-                if _holds_number_text(value) and _numbers_only(field.annotation) and not _takes_str(field.annotation):
-                    raise ValueError(f"{key}: {json.dumps(value)} is a string, not a number; write it "
-                                     "without quotes")
-                if _bool_only(field.annotation) and value is not None and not isinstance(value, bool):
-                    raise ValueError(f"{key}: {json.dumps(value)} is not a boolean; write true or false")
-        return data
-
-
-def _holds_bool(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return any(_holds_bool(v) for v in value)
-    return isinstance(value, bool)
-
-
-def _holds_number_text(value: Any) -> bool:
-    """A string pydantic would read as a number ("128", "1e-3"); other strings it refuses itself."""
-    if isinstance(value, (list, tuple)):
-        return any(_holds_number_text(v) for v in value)
-    if not isinstance(value, str):
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _kinds(t: Any) -> set[Any]:
-    """A type annotation and everything inside it (unions, Literal values, list items)."""
-    return {t}.union(*(_kinds(a) for a in get_args(t)))
-
-
-def _takes_str(annotation: Any) -> bool:
-    """A field that takes some strings: `micro_batch_size = "auto"`, `gpus = "all"`."""
-    return any(k is str or k is Any or isinstance(k, str) for k in _kinds(annotation))
-
-
-def _bool_only(annotation: Any) -> bool:
-    return _kinds(annotation) - {type(None)} == {bool}
-
-
-def _numbers_only(annotation: Any) -> bool:
-    """A field whose type holds int or float but neither bool nor Any: `steps`, `layer_map`, `gpus`."""
-    def kinds(t: Any) -> set[Any]:
-        return {t}.union(*(kinds(a) for a in get_args(t)))
-
-    found = kinds(annotation)
-    return bool(found & {int, float}) and not found & {bool, Any}
-
-
-Dtype = Literal["bfloat16", "float16", "float32"]
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     path: str | None = None  # hub id or local directory
     dtype: Dtype = "bfloat16"
     tokenizer: str | None = None  # default: the model's own
@@ -128,7 +46,7 @@ class ModelConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     dataset: str | None = None  # hub dataset name | "builtin:stdlib-docs"
     config: str | None = None  # hub dataset config name
     train_files: list[str] = Field(default_factory=list)
@@ -159,7 +77,7 @@ class DataConfig(_Section):
 BF16_MAX_BETA2 = 0.99
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Trainer keys shared by [finetune] and [distill]."""
 
     steps: int = Field(default=30, ge=1, le=100_000_000)
@@ -263,133 +181,7 @@ NOT_HASHED = {"share_teacher", "teacher_cuda_graph"}
 TRAIN_NOT_HASHED = {"keep_checkpoints", "fail_on_divergence"}
 
 
-SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads"]
-
-
-# a search's speed budget: the targets, then how they are measured (engine/search/speed_budget.py)
-SPEED_KEYS = ("target_decode_ms", "target_prefill_tokens_per_s", "speed_batch_size", "speed_prompt_tokens",
-              "speed_new_tokens", "speed_fit_shapes")
-
-
-class PruneConfig(_Section):
-    name: str
-    method: Literal["depth", "width", "search"]
-    # depth (width and search drop layers too, chosen by the same selection)
-    drop_layers: list[int] | None = None
-    num_layers: int | None = Field(default=None, ge=1)
-    # None: block-influence for depth, lm-loss for width and search (engine.shapes.shape.layer_selection)
-    selection: Literal["block-influence", "lm-loss", "contiguous", "last"] | None = None
-    # width
-    ffn_hidden_size: int | None = Field(default=None, ge=1)
-    hidden_size: int | None = Field(default=None, ge=1)
-    num_attention_heads: int | None = Field(default=None, ge=1)
-    num_key_value_heads: int | None = Field(default=None, ge=1)
-    # importance (calibration)
-    importance: Literal["activation", "random"] = "activation"
-    importance_from: str | None = None  # reuse an importance.json instead of calibrating
-    calibration_samples: int = Field(default=1024, ge=1)
-    calibration_batch_size: int = Field(default=8, ge=1)
-    batch_agg: Literal["l2", "mean", "max"] = "l2"
-    seq_agg: Literal["mean", "l2", "max"] = "mean"
-    # baselines / ablations
-    reinit: bool = False  # re-initialise the pruned weights: a from-scratch model of the same shape
-    distill: dict[str, Any] | None = None  # this student's overrides of [distill] keys, e.g. {loss = "ce"}
-    # search: the student described by its budget (engine/search/)
-    target_params: int | float | str | None = None  # 81_000_000, "4.5B", or 0.6 = a fraction of the teacher
-    target_memory_gb: float | None = Field(default=None, gt=0)  # GiB: weights + KV cache, in [model].dtype
-    memory_seq_length: int | None = Field(default=None, ge=1)  # KV cache length; default [data].seq_length
-    memory_batch_size: int = Field(default=1, ge=1)
-    tolerance: float = Field(default=0.03, gt=0.0, lt=1.0)
-    axes: list[SearchAxis] = Field(default_factory=lambda: ["num_layers", "hidden_size", "ffn_hidden_size"])
-    hidden_multiple: int = Field(default=64, ge=1)  # hardware-friendly steps of the searched sizes
-    ffn_multiple: int = Field(default=64, ge=1)
-    top_k: int = Field(default=10, ge=1)  # the best-screened candidates given the full score
-    screen_batches: int = Field(default=2, ge=1)  # validation batches of the screen (loss right after pruning)
-    screen_max: int = Field(default=2000, ge=1)  # candidates screened at most (spread evenly past it)
-    score: Literal["loss", "distill"] = "loss"
-    score_steps: int = Field(default=20, ge=1)  # score = "distill": steps of the short distillation
-    score_task: str | None = None  # an [eval] task scored instead of the loss
-    audit: int = Field(default=0, ge=0)  # after the search: the N best-scored distilled in full (search/audit.py)
-    # search: speed budgets, measured on the prune stage's device (engine/search/speed_budget.py); they
-    # narrow target_params / target_memory_gb (a shape must meet both)
-    target_decode_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # ms per generated token
-    target_prefill_tokens_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    speed_batch_size: int | None = Field(default=None, ge=1)  # default: the smallest [eval] speed_batch_sizes, or 1
-    speed_prompt_tokens: int | None = Field(default=None, ge=1)  # default: [eval]'s, else the device's
-    speed_new_tokens: int | None = Field(default=None, ge=2)  # default: [eval]'s, else the device's
-    speed_fit_shapes: int | None = Field(default=None, ge=4, le=500)  # shapes timed for the cost model; default 12
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _slug(v, "name")
-
-    @model_validator(mode="after")
-    def _audit(self) -> PruneConfig:
-        """audit: a search's ranking checked by distilling its best candidates; N of the scored ones, N >= 2."""
-        if "audit" not in self.model_fields_set or not self.audit:
-            return self
-        if self.method != "search":
-            raise ValueError(f"audit: a search key in a {self.method} prune; use method = \"search\"")
-        if self.audit == 1:
-            raise ValueError("audit: 1 candidate ranks nothing; audit at least 2 of the scored candidates (0: off)")
-        if self.audit > self.top_k:
-            raise ValueError(f"audit: {self.audit} is more than top_k = {self.top_k}, the candidates given the "
-                             f"full score; lower audit or raise top_k")
-        return self
-
-    def _speed_target(self) -> bool:
-        return self.target_decode_ms is not None or self.target_prefill_tokens_per_s is not None
-
-    @model_validator(mode="after")
-    def _targets(self) -> PruneConfig:
-        width_keys = ("ffn_hidden_size", "hidden_size", "num_attention_heads", "num_key_value_heads")
-        search_keys = ("target_params", "target_memory_gb", "memory_seq_length", "score_task") + SPEED_KEYS
-        if self.method != "search":
-            set_search = [k for k in search_keys if getattr(self, k) is not None]
-            if set_search:
-                raise ValueError(f"{set_search[0]}: a search key in a {self.method} prune; use method = \"search\"")
-        if self.method == "search":
-            if (self.target_params is None) == (self.target_memory_gb is None):
-                raise ValueError("target_params: a search needs exactly one of target_params or target_memory_gb"
-                                 + (" (a speed target narrows it)" if self._speed_target() else ""))
-            how = [k for k in SPEED_KEYS[2:] if getattr(self, k) is not None]
-            if how and not self._speed_target():
-                raise ValueError(f"{how[0]}: says how a speed target is measured, and there is none; add "
-                                 "target_decode_ms or target_prefill_tokens_per_s, or leave it out")
-            if self.target_params is not None:
-                from engine.config.counts import parse_param_count
-
-                parse_param_count(self.target_params)  # ValueError with the accepted forms
-            if not self.axes or len(set(self.axes)) != len(self.axes):
-                raise ValueError("axes: name each searched axis once, e.g. [\"num_layers\", \"hidden_size\"]")
-            fixed = [k for k in width_keys + ("drop_layers", "num_layers") if getattr(self, k) is not None]
-            if fixed:
-                raise ValueError(f"{fixed[0]}: a search chooses the shape itself; leave {fixed[0]} out and "
-                                 "name the axes it may change in axes")
-        elif self.method == "depth":
-            if (self.drop_layers is None) == (self.num_layers is None):
-                raise ValueError("drop_layers: a depth prune needs exactly one of drop_layers or num_layers")
-            if self.drop_layers is not None:
-                if not self.drop_layers:
-                    raise ValueError("drop_layers: the list is empty; name the layers to drop (0-indexed)")
-                if min(self.drop_layers) < 0:
-                    raise ValueError("drop_layers: layer indices are 0-indexed and cannot be negative")
-                if len(set(self.drop_layers)) != len(self.drop_layers):
-                    raise ValueError("drop_layers: a layer is listed twice")
-            set_width = [k for k in width_keys if getattr(self, k) is not None]
-            if set_width:
-                raise ValueError(f"{set_width[0]}: a width key in a depth prune; use method = \"width\"")
-        else:
-            if all(getattr(self, k) is None for k in width_keys):
-                raise ValueError("ffn_hidden_size: a width prune needs at least one of " + ", ".join(width_keys))
-            if self.drop_layers is not None:  # num_layers is welcome: depth and width in one student
-                raise ValueError("drop_layers: a width prune drops layers by num_layers and selection; "
-                                 "use num_layers, or method = \"depth\"")
-        return self
-
-
-class EvalConfig(_Section):
+class EvalConfig(Section):
     splits: list[Literal["train", "validation", "test"]] = Field(default_factory=lambda: ["validation", "test"])
     batches: int | None = Field(default=50, ge=1)  # per split; None = the whole split
     micro_batch_size: int = Field(default=4, ge=1)
@@ -425,7 +217,7 @@ class EvalConfig(_Section):
         return v
 
 
-class LaunchConfig(_Section):
+class LaunchConfig(Section):
     gpus: Union[Literal["all"], list[int]] = "all"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     parallel: bool = False  # distill students at once on disjoint GPU sets
@@ -445,7 +237,7 @@ class LaunchConfig(_Section):
         return self
 
 
-class Experiment(_Section):
+class Experiment(Section):
     name: str
     runs_dir: str = "runs"
     seed: int = Field(default=1234, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit, none negative
@@ -463,7 +255,7 @@ class Experiment(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _slug(v, "run name")
+        return slug(v, "run name")
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
