@@ -55,7 +55,9 @@ TOML
     python3 -c "import lm_eval, pydantic, gguf; print('lm_eval', lm_eval.__version__)"
     exit 0 ;;
   start)
-    DATA=(); [[ -d .carry/smol-textkit ]] || DATA=(--set data.prepared="$HOME/smol-textkit")
+    # the data was tokenized here, by the tokenizer packed with it: the run names it (prepare checks)
+    D=.carry/smol-textkit; [[ -d $D ]] || D=$HOME/smol-textkit
+    DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
     python3 -m engine check "$EXP" --set model.path="$HF" "${DATA[@]}" || exit 1
     python3 -m engine run "$EXP" --set model.path="$HF" "${DATA[@]}" --detach ;;
   fit)
