@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Bottom to top: a package may import its own layer and the ones below it. Within a layer, a cycle
 # between two packages still counts as a package cycle.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("engine.errors", "engine.disk_space"),
+    ("engine.errors", "engine.disk_space", "engine.hub_id"),
     ("engine.stage_kinds", "engine.stages"),  # the kind records (torch-free; bodies named by string)
     ("engine.config",),
     ("engine.contract",),
@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine.distill", "engine.prune", "engine.search", "engine.training", "engine.evaluation",
      "engine.resources"),
     ("engine.orchestration", "engine.compare"),
-    ("engine.cli", "engine.__main__", "engine"),
+    ("engine.cli", "engine.__main__", "engine", "engine.compose_preview"),  # compose_preview: the TUI's Compose
     ("app",),
 )
 LAYER_OF = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _app_util import RunWriter, finished_run
+from _app_util import RunWriter, finished_run, teacher_dir
 
 from app.data.compare import config_diff, flatten, results_rows, stage_config
 from app.data.compose import new_experiment, to_toml, validate
@@ -243,12 +243,16 @@ def test_perplexity_has_one_cap_shared_by_eval_compare_and_tui(tmp_path):
 # ---- the TUI imports neither torch nor transformers ------------------------------------------------
 
 
-def test_app_imports_no_torch_or_transformers():
+def test_app_imports_no_torch_or_transformers(tmp_path):
+    """Nor does Compose's preview (engine.compose_preview), of a hub teacher or of a local one it sizes."""
+    teacher = teacher_dir(tmp_path)
     code = ("import sys, app, app.main, app.screens.runs, app.screens.run_detail, app.screens.compose, "
             "app.screens.compare, app.screens.gpus, app.screens.help, app.data.compose, app.data.form_fields, "
             "app.data.gpus\n"
             "from app.data.compose import new_experiment, validate\n"
             "raw = new_experiment(); raw['model']['path'] = 'x/y'; validate(raw, 'e.toml')\n"
+            f"raw['model']['path'] = {str(teacher)!r}; v = validate(raw, 'e.toml')\n"
+            "assert v.teacher_shape == (4, 64, 128), v\n"
             "bad = [m for m in ('torch', 'transformers', 'accelerate', 'datasets') if m in sys.modules]\n"
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,

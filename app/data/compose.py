@@ -1,5 +1,6 @@
 """The Compose form's model: a raw experiment dict edited field by field, validated the way
-`slimlab-engine check` validates a file, plus per-student sizes from the teacher's config.json.
+`slimlab-engine check` validates a file, plus per-student sizes from the teacher's config.json (both
+through the engine's Compose preview, engine.compose_preview), plus where hub ids are found.
 
 The form's fields (which keys, how their text parses) are in app/data/form_fields.py.
 The raw dict is the source of truth: keys the form has no field for (eval batches, ...) survive
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from app.data.form_fields import get_key
+from engine.compose_preview import StudentSize
 
 # the training keys a new form fills in (the rest stay empty: their placeholders say the default)
 NEW_TRAIN_KEYS = ("steps", "global_batch_size", "micro_batch_size", "lr", "min_lr", "warmup_steps")
@@ -148,14 +150,6 @@ def fresh_name(name: str, taken) -> str:
 
 
 @dataclass
-class StudentSize:
-    name: str
-    params: int | None = None  # None while the vocabulary size is unknown (scratch, before prepare)
-    shrink: float | None = None  # teacher params / student params
-    detail: str = ""
-
-
-@dataclass
 class Validation:
     ok: bool
     message: str  # one line: the ConfigError text, or a summary
@@ -170,30 +164,23 @@ class Validation:
 
 
 def validate(raw: dict[str, Any], source: str) -> Validation:
-    """Validate as `slimlab-engine check` does: the file's exact text through the same loader and
-    the same plan (engine.orchestration.check.describe_plan, which checks every prune target against the
-    teacher); then size every student. May read config.json files: call it from a worker."""
-    from engine.config import ConfigError, loads_experiment
-    from engine.orchestration.check import describe_plan
+    """Validate as `slimlab-engine check` does: the file's exact text through the engine's Compose preview
+    (the same loader and plan as `check`, then every student's size), and the hub ids it names. May read
+    config.json files: call it from a worker."""
+    from engine.compose_preview import preview
 
     try:
         text = to_toml(raw)
     except TypeError as e:
         return Validation(False, f"{source}: {e}")
-    try:
-        exp = loads_experiment(text, source=source)
-        plan = describe_plan(exp)
-    except ConfigError as e:
-        result = Validation(False, str(e))
-        _size_valid_students(raw, source, result)
-        if result.teacher_shape is None:  # no student fits it: the teacher alone
-            result.teacher_shape = _teacher_shape(raw, source)
-        return result
-    result = Validation(True, f"ok: {len(exp.stages())} stages: {', '.join(exp.stages())}", plan=plan)
-    problem, result.teacher_source = check_hub_ids(raw, reach=False)
-    if problem:
-        result.ok, result.message = False, f"{source}: {problem}"
-    _size_students(exp, result)
+    p = preview(text, source)
+    result = Validation(p.ok, p.error or f"ok: {len(p.stages)} stages: {', '.join(p.stages)}", plan=p.plan,
+                        teacher_params=p.teacher_params, teacher_detail=p.teacher_detail, students=p.students,
+                        teacher_shape=p.teacher_shape, more=p.more)
+    if p.ok:
+        problem, result.teacher_source = check_hub_ids(raw, reach=False)
+        if problem:
+            result.ok, result.message = False, f"{source}: {problem}"
     return result
 
 
@@ -206,7 +193,7 @@ def check_hub_ids(raw: dict[str, Any], reach: bool) -> tuple[str | None, str]:
     """(problem or None, a note for the form) about the hub ids the experiment names: each must be in
     the local Hugging Face cache, or (when not offline) on the hub. `reach`: ask the hub about ids not
     in the cache (a network call: before a launch, not at every key)."""
-    from engine.models.locate import is_hub_id
+    from engine.config import is_hub_id
 
     model = raw.get("model") or {}
     notes = []
@@ -263,63 +250,6 @@ def hub_problem(repo_id: str) -> str | None:
     except Exception as e:  # noqa: BLE001 - no network, a proxy, a timeout: all say the same to the user
         return f"cannot be reached on the Hugging Face hub ({type(e).__name__}); check the network or give a local folder"
     return None
-
-
-def _size_valid_students(raw: dict[str, Any], source: str, result: Validation) -> None:
-    """After an error: size each student that is valid on its own (with the rest of the experiment),
-    so one invalid student does not blank the others' size lines."""
-    from engine.config import ConfigError, loads_experiment
-
-    for student in raw.get("prune") or []:
-        alone = Validation(False, "")
-        try:
-            _size_students(loads_experiment(to_toml({**raw, "prune": [student]}), source=source), alone)
-        except ConfigError as e:
-            if str(e) != result.message and str(e) not in result.more:
-                result.more.append(str(e))  # another student's own error, said too
-            continue
-        except (TypeError, ValueError):
-            continue
-        result.students.update(alone.students)
-        result.teacher_params, result.teacher_detail = alone.teacher_params, alone.teacher_detail
-        result.teacher_shape = alone.teacher_shape
-
-
-def _teacher_shape(raw: dict[str, Any], source: str) -> tuple[int, int, int] | None:
-    """The teacher's (layers, hidden, ffn) from its config, read as `check` reads it (no students)."""
-    from engine.config import ConfigError, loads_experiment
-    from engine.contract import STUDENT_SECTIONS
-    from engine.shapes.targets import teacher_config, teacher_shape
-
-    # without the students' sections ([[prune]], [distill]: each wants a student)
-    alone = {k: v for k, v in raw.items() if k not in STUDENT_SECTIONS}
-    try:
-        exp = loads_experiment(to_toml({**alone, "prune": []}), source=source)
-        tc = teacher_config(exp)
-        t = teacher_shape(exp, tc) if tc is not None else None
-    except (ConfigError, TypeError, ValueError):
-        return None
-    return (t.num_layers, t.hidden_size, t.intermediate_size) if t is not None else None
-
-
-def _size_students(exp: Any, result: Validation) -> None:
-    """Parameter count and shrink factor of each student (engine.prune's arithmetic)."""
-    from engine.shapes.shape import count_params
-    from engine.shapes.targets import student_shapes
-
-    for p in exp.prune:
-        result.students[p.name] = StudentSize(p.name)
-    _tc, teacher, plans = student_shapes(exp)
-    if teacher is None:
-        return
-    result.teacher_shape = (teacher.num_layers, teacher.hidden_size, teacher.intermediate_size)
-    result.teacher_params = count_params(teacher) if teacher.vocab_size else None
-    result.teacher_detail = teacher.describe() + ("" if teacher.vocab_size else ", vocab known after prepare")
-    for p, plan in zip(exp.prune, plans, strict=True):
-        size = result.students[p.name]
-        size.detail = plan.shape.describe()
-        size.shrink = count_params(teacher) / max(count_params(plan.shape), 1)
-        size.params = count_params(plan.shape) if plan.shape.vocab_size else None
 
 
 def experiment_path(name: str, experiments_dir: str | Path = "experiments") -> Path:

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.orchestration.launch import engine_pythonpath
+from engine.contract.engine_env import engine_pythonpath
 
 LAUNCH_WAIT_S = 20.0  # `run --detach` returns once the orchestrator is started
 

@@ -29,8 +29,9 @@ from engine.config.schema import (
 )
 from engine.config.toml_io import dumps_toml, load_experiment, loads_experiment, read_toml
 from engine.errors import ConfigError
+from engine.hub_id import is_hub_id  # a model.path / model.tokenizer spelled as a hub id
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "ConfigError", "DataConfig", "DistillConfig", "Dtype", "EvalConfig", "Experiment",
            "FinetuneConfig", "KeySpec", "LaunchConfig", "ModelConfig", "PruneConfig", "TrainConfig", "apply_override",
-           "arch_default", "dumps_toml", "key_spec", "load_experiment", "loads_experiment", "parse_experiment",
+           "arch_default", "dumps_toml", "is_hub_id", "key_spec", "load_experiment", "loads_experiment", "parse_experiment",
            "parse_value", "read_toml", "section_defaults"]

@@ -8,19 +8,12 @@ is written, and the loaders use it so that a missing folder reads as such, not a
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from engine.errors import UserError
+from engine.hub_id import is_hub_id
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-# huggingface_hub's rule: "name" or "namespace/name", letters, digits, '-', '_', '.', at most 96 each
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?")
-
-
-def is_hub_id(name: str) -> bool:
-    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and not name.endswith((".", "-"))
 
 
 def _local(name: str, key: str) -> Path | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.config import Experiment
+from engine.contract.engine_env import engine_pythonpath
 from engine.errors import ConfigError
 from engine.stages import kind_of, stage_kind
 
@@ -152,13 +153,6 @@ class StageCommand:
 
     def shell(self) -> str:
         return shlex.join(self.argv)
-
-
-def engine_pythonpath() -> str:
-    """Our PYTHONPATH with this engine package's parent in front: `python -m engine` started from
-    any directory imports the same engine as this process."""
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    return os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
 
 
 def launch_env() -> dict[str, str]:
