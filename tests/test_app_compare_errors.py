@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import engine.compare.rows
+import engine.contract
 from app.screens.compare import decide_data
 
 
@@ -15,9 +15,9 @@ def test_a_directory_that_is_no_run_shows_nothing(tmp_path):
 
 
 def test_an_engine_bug_is_not_an_empty_chart(tmp_path, monkeypatch):
-    def broken(run_dir):
-        raise RuntimeError("a bug in model_rows")
+    def broken(run_dir, count):
+        raise RuntimeError("a bug in read_model_rows")
 
-    monkeypatch.setattr(engine.compare.rows, "model_rows", broken)
-    with pytest.raises(RuntimeError, match="a bug in model_rows"):
+    monkeypatch.setattr(engine.contract, "read_model_rows", broken)
+    with pytest.raises(RuntimeError, match="a bug in read_model_rows"):
         decide_data([tmp_path / "not-a-run"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.compare.rows import model_rows
+from engine.compare import model_rows
 from engine.compare.tables import markdown_decide_table
 from engine.contract import RunLayout
 from engine.contract.scores import at_chance, headline_metric

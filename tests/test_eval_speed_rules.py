@@ -8,9 +8,8 @@ import pytest
 from _prune_util import tiny_model
 from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
-from engine.compare.rows import ModelRow
 from engine.compare.tables import decide_cells, decide_title
-from engine.contract import scores
+from engine.contract import ModelRow, scores
 from engine.evaluation.speed import measure_speeds, round_robin, spread, stop_reason
 
 SETTINGS = {"batch_sizes": [1], "prompt_tokens": 4, "new_tokens": 4, "repeats": 3, "max_spread": 0.05,

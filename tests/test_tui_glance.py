@@ -138,7 +138,7 @@ def test_the_which_tables_note_says_rounds_spread_and_load():
 
 
 def test_compare_rows_carry_the_rounds_timed(runs):
-    from engine.compare.rows import model_rows
+    from engine.compare import model_rows
 
     w = speed_run(runs, "calm", {"teacher": 100.0, "distill-depth": 180.0})
     rows = {r.label: r for r in model_rows(w.root)}
@@ -156,7 +156,7 @@ def test_the_results_tabs_decode_column_says_spread_and_load(runs):
 
 def test_which_student_marks_a_task_mean_at_chance_and_stars_no_guess():
     from app.widgets.compare.which_student import WhichStudentTable, table_rows
-    from engine.compare.rows import ModelRow
+    from engine.contract import ModelRow
 
     def row(label: str, score: float, chance: bool) -> ModelRow:
         return ModelRow(run="r", label=label, stage=f"distill-{label}", method="depth",

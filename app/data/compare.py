@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from app.data import fmt
-from engine.compare.tables import AT_CHANCE
 from engine.config import ConfigError, Experiment, parse_experiment
-from engine.contract import PRUNE, STUDENT_SECTIONS, RunLayout, UserError, student_or_none, student_sections
+from engine.contract import (
+    AT_CHANCE,
+    PRUNE,
+    STUDENT_SECTIONS,
+    RunLayout,
+    UserError,
+    student_or_none,
+    student_sections,
+)
 from engine.contract.results import read_results
 from engine.contract.scores import at_chance, decode_speed, headline_batch, task_scores
 

@@ -304,18 +304,18 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
     """What the Quality-vs-speed and Search tabs show, read by the engine's own `compare` readers
     (imported here, in the worker thread: they are not needed for the first frame):
     (y label, [(label, method, decode tokens/s, quality)], x label, [(title, rows, name)], the model
-    rows (engine.compare.rows.ModelRow), each point's colour: its student's, the search students'
+    rows (engine.contract.ModelRow), each point's colour: its student's, the search students'
     frontiers (app.data.compare.FrontierPlot))."""
     from app.data.compare import search_heading
-    from engine.compare.charts import quality_speed_points
-    from engine.compare.rows import model_rows
-    from engine.compare.tables import decide_columns, row_cells
+    from engine.contract import decide_columns, quality_speed_points, read_model_rows, row_cells
     from engine.contract.search_table import search_docs, search_rows
+    from engine.shapes.shape import count_params, shape_from_config  # facade debt: see read_model_rows below
 
     rows = []
     for r in runs:
         try:
-            rows += model_rows(r)
+            # a model results.json does not size (eval has not run): from its config.json, as `compare` does
+            rows += read_model_rows(r, lambda cfg: count_params(shape_from_config(cfg)))
         except (ConfigError, UserError):  # not (yet) a readable run directory: nothing to plot from it
             continue
     ylabel, points = quality_speed_points(rows)

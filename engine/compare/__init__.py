@@ -1,6 +1,7 @@
 """`compare`: one row per model of one or more runs, the validation-loss curves, a report. No torch import.
 
-    rows.py     ModelRow and reading the run directories
+    rows.py     the model rows, sized by engine.shapes; read by engine.contract.compare_rows (ModelRow,
+                curves), their cells and quality-vs-speed points engine.contract.compare_cells (the TUI's too)
     tables.py   the loss and 'which student?' tables, samples
     charts.py   loss curves and quality vs speed
     frontier.py each search student's Pareto frontier (engine.contract.frontier), the chosen point marked
@@ -8,6 +9,6 @@
 """
 
 from engine.compare.report import compare
-from engine.compare.rows import ModelRow, curves, load_run, model_rows, param_count
+from engine.compare.rows import model_rows, param_count
 
-__all__ = ["ModelRow", "compare", "curves", "load_run", "model_rows", "param_count"]
+__all__ = ["compare", "model_rows", "param_count"]

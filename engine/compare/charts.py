@@ -5,30 +5,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from engine.compare.rows import (
-    ModelRow,
-)
-from engine.compare.tables import (
-    decide_columns,
-    row_cells,
-)
 from engine.contract import (
     write_atomic,
 )
-
-
-def quality_speed_points(rows: list[ModelRow]) -> tuple[str, list[tuple[str, str, float, float]]]:
-    """(y-axis name, [(label, method, decode tokens/s at the smallest batch, quality)]): quality is
-    the task mean when there are task scores, else the validation loss."""
-    use_tasks = any(r.tasks for r in rows)
-    many = len({r.run for r in rows}) > 1
-    pts = []
-    for r in rows:
-        speed = r.decode_tokens_per_s.get(decide_columns(rows)[1][0]) if r.decode_tokens_per_s else None
-        q = r.task_mean if use_tasks else r.distilled_loss
-        if speed is not None and q is not None:
-            pts.append((row_cells(r, many)[0], r.method, speed, q))
-    return ("task score (mean)" if use_tasks else "validation loss (lower is better)"), pts
+from engine.contract.compare_cells import decide_columns, quality_speed_points
+from engine.contract.compare_rows import ModelRow
 
 
 def write_quality_speed_png(rows: list[ModelRow], path: Path) -> bool:

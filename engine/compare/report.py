@@ -9,11 +9,7 @@ from engine.compare.charts import (
     write_png,
     write_quality_speed_png,
 )
-from engine.compare.rows import (
-    ModelRow,
-    curves,
-    model_rows,
-)
+from engine.compare.rows import model_rows
 from engine.compare.tables import (
     decide_title,
     has_decide,
@@ -27,6 +23,7 @@ from engine.compare.tables import (
 from engine.contract import (
     write_atomic,
 )
+from engine.contract.compare_rows import ModelRow, curves
 from engine.errors import ConfigError
 
 

@@ -3,38 +3,18 @@ the samples side by side."""
 
 from __future__ import annotations
 
-from engine.compare.rows import (
-    ModelRow,
+from engine.contract.compare_cells import (
+    AT_CHANCE,
+    COLUMNS,
+    count_cell,
+    decide_columns,
+    number_cell,
+    row_cells,
 )
-from engine.contract import (
-    human_count,
-)
+from engine.contract.compare_rows import ModelRow
 from engine.contract.scores import speedup_text
 
-AT_CHANCE = "(chance)"  # beside a task score no better than guessing
-
 # ---- rendering -------------------------------------------------------------------------------
-
-
-COLUMNS = ["model", "layers", "hidden", "ffn", "heads", "params", "pruned", "distilled", "ppl", "tokens",
-           "tok/s"]
-
-
-def _fmt_int(n: int | None, digits: int = 2) -> str:
-    return "-" if n is None else human_count(n, digits)
-
-
-def _fmt_f(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
-
-
-def row_cells(row: ModelRow, many_runs: bool) -> list[str]:
-    name = f"{row.run}:{row.label}" if many_runs else row.label
-    if row.method and row.method not in ("teacher", row.label):
-        name += f" ({row.method})"
-    return [name, str(row.layers or "-"), str(row.hidden or "-"), str(row.ffn or "-"), row.heads or "-",
-            _fmt_int(row.params), _fmt_f(row.pruned_loss), _fmt_f(row.distilled_loss),
-            _fmt_f(row.ppl, 1), _fmt_int(row.tokens, 1), _fmt_int(int(row.tokens_per_s), 1) if row.tokens_per_s else "-"]
 
 
 def rich_table(rows: list[ModelRow]):
@@ -61,13 +41,6 @@ def markdown_table(rows: list[ModelRow]) -> str:
 # ---- "which student?": tasks, speed, samples --------------------------------------------------
 
 
-def decide_columns(rows: list[ModelRow]) -> tuple[list[str], list[str]]:
-    """(task names, decode batch sizes) that any row has, in first-seen order."""
-    tasks = list(dict.fromkeys(t for r in rows for t in r.tasks))
-    batches = sorted({b for r in rows for b in r.decode_tokens_per_s}, key=lambda b: int(b) if b.isdigit() else 0)
-    return tasks, batches
-
-
 def has_decide(rows: list[ModelRow]) -> bool:
     return any(r.tasks or r.decode_tokens_per_s for r in rows)
 
@@ -84,10 +57,10 @@ def decide_cells(row: ModelRow, rows: list[ModelRow]) -> list[str]:
     many = len({r.run for r in rows}) > 1
     name = row_cells(row, many)[0]
     shape = f"{row.layers or '-'}L h{row.hidden or '-'} ffn{row.ffn or '-'} {row.heads or '-'}"
-    loss = (f"{_fmt_f(row.pruned_loss)}->{_fmt_f(row.distilled_loss)}" if row.pruned_loss is not None
-            else _fmt_f(row.distilled_loss))
-    mean = [_fmt_f(row.task_mean)] if len(tasks) > 1 else []
-    return ([name, shape, _fmt_int(row.params), "1.00x" if row.method == "teacher" else
+    loss = (f"{number_cell(row.pruned_loss)}->{number_cell(row.distilled_loss)}" if row.pruned_loss is not None
+            else number_cell(row.distilled_loss))
+    mean = [number_cell(row.task_mean)] if len(tasks) > 1 else []
+    return ([name, shape, count_cell(row.params), "1.00x" if row.method == "teacher" else
              (f"{row.smaller:.2f}x" if row.smaller else "-"), loss]
             + [task_text(row, t) for t in tasks] + mean
             + [decode_text(row, b) for b in batches]
@@ -96,7 +69,7 @@ def decide_cells(row: ModelRow, rows: list[ModelRow]) -> list[str]:
 
 def task_text(row: ModelRow, task: str) -> str:
     """"0.412"; "0.262 (chance)" when the score is within its stderr of a blind guess: it decides nothing."""
-    return _fmt_f(row.tasks.get(task)) + (f" {AT_CHANCE}" if task in row.at_chance else "")
+    return number_cell(row.tasks.get(task)) + (f" {AT_CHANCE}" if task in row.at_chance else "")
 
 
 def decode_text(row: ModelRow, batch: str) -> str:

@@ -8,6 +8,8 @@ Readers tolerate a half-written last line and a stage that died without saying s
 No torch import here: the TUI reads run directories through this module.
 """
 
+from engine.contract.compare_cells import AT_CHANCE, decide_columns, quality_speed_points, row_cells
+from engine.contract.compare_rows import ModelRow, read_model_rows
 from engine.contract.files import (
     append_metrics,
     now_iso,
@@ -67,6 +69,7 @@ from engine.stages import (  # the stage kinds' facts, for readers (the TUI impo
 )
 
 __all__ = [
+    "AT_CHANCE", "ModelRow", "decide_columns", "quality_speed_points", "read_model_rows", "row_cells",
     "Change", "DISTILL", "GIB", "HEARTBEAT_S", "KINDS", "OPTIONAL_SECTIONS", "PRUNE", "STUDENT_SECTIONS",
     "is_student_stage", "kind_of", "kind_or_none", "planned_stages", "stage_kind",
     "student_or_none", "student_sections", "MAX_LOG_PPL", "MetricsCursor", "MetricsSummary", "ModelResult", "RunInfo",

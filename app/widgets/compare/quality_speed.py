@@ -1,7 +1,7 @@
 """Quality vs speed in the terminal (textual-plotext): one point per model of eval/results.json,
 decode tokens/s at the smallest batch against the mean task score (or validation loss), teacher,
-depth, width and search students told apart by marker and colour. The points come from the engine's
-own `compare` (engine.compare.charts.quality_speed_points), the PNG's data.
+depth, width and search students told apart by marker and colour. The points are those of the engine's
+own `compare` PNG (engine.contract.quality_speed_points).
 
 Each label is placed in the plot's cells beside its point, never over a marker (point_labels); the
 notes on the speed figures (rounds, spread, load, a warning when runs were timed under different

@@ -100,7 +100,7 @@ def spread_text(spreads: Iterable[float]) -> str:
 
 def spread_note(rows: Iterable[Any]) -> str:
     """", median of 12 rounds ±3-9%; *: loaded CPU" for the decode speeds of `rows`
-    (engine.compare.rows.ModelRow: repeats, decode_spread at the smallest batch, under_load): what the
+    (engine.contract.ModelRow: repeats, decode_spread at the smallest batch, under_load): what the
     table's tok/s figures are worth, as `measured` says it for the quality-vs-speed chart."""
     rows = list(rows)
     reps = sorted({r.repeats for r in rows if r.repeats})  # ticked runs may have timed different rounds

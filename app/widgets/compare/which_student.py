@@ -66,13 +66,13 @@ def decode_speed(row: Any) -> float | None:
 
 
 def all_at_chance(row: Any) -> bool:
-    """Whether every task score of the row is at chance (engine.compare.rows.ModelRow.at_chance, the
+    """Whether every task score of the row is at chance (engine.contract.ModelRow.at_chance, the
     rule `compare` marks "(chance)" by): then so is their mean, the table's task column."""
     return bool(row.tasks) and set(row.tasks) <= row.at_chance
 
 
 def table_rows(rows: list[Any], colours: dict[tuple[str, str], str]) -> list[list[Text]]:
-    """The cells of each model row (engine.compare.rows.ModelRow): students' best values marked."""
+    """The cells of each model row (engine.contract.ModelRow): students' best values marked."""
     students = [r for r in rows if r.method != "teacher"]
     many = len({r.run for r in rows}) > 1
     metrics = {  # column -> (value of a row, higher is better)
