@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine.data", "engine.models", "engine.shapes"),
     ("engine.distill", "engine.prune", "engine.search", "engine.training", "engine.evaluation",
      "engine.resources"),
-    ("engine.orchestration", "engine.compare"),
+    ("engine.orchestration", "engine.compare", "engine.export"),
     ("engine.cli", "engine.__main__", "engine", "engine.compose_preview"),  # compose_preview: the TUI's Compose
     ("app",),
 )

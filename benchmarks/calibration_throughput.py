@@ -65,11 +65,11 @@ def prune_check(model, imp, ids: torch.Tensor, device: torch.device) -> dict:
     import tempfile
 
     from engine.config import PruneConfig
+    from engine.config.shape import count_params, student_shape
     from engine.models.adapter import Arch
     from engine.models.hf import save_model
     from engine.prune.depth import prune_depth, select_layers
     from engine.prune.width import prune_width, select_width
-    from engine.shapes.shape import count_params, student_shape
 
     t = Arch(model).shape
     res = {}

@@ -66,8 +66,8 @@ def run_case(name: str, device: torch.device, steps: int) -> dict:
     from accelerate import Accelerator
 
     from engine.config import DistillConfig
+    from engine.config.shape import shape_from_config
     from engine.resources.memory import Knobs, training_need
-    from engine.shapes.shape import shape_from_config
     from engine.training.stage_bodies import loss_spec
     from engine.training.step import Trainer
 

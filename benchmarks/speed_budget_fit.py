@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.config.shape import shape_from_config
 from engine.config.speed_target import SpeedBudget
 from engine.models.hf import compute_device
 from engine.search.speed_budget import SpeedCache, SpeedSearch
 from engine.search.speed_timing import shape_timer, timing_where
 from engine.shapes.candidates import candidate_label, evenly_spaced, search_space
-from engine.shapes.shape import shape_from_config
 
 # experiments/search.toml's teacher
 SEARCH_TEACHER = dict(model_type="llama", vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=6,

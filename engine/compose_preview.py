@@ -123,7 +123,7 @@ def _teacher_shape(text: str, source: str) -> Shape3 | None:
 
 def _size_students(exp: Experiment, result: Preview) -> None:
     """Parameter count and shrink factor of each student (engine.prune's arithmetic)."""
-    from engine.shapes.shape import count_params
+    from engine.config.shape import count_params
     from engine.shapes.targets import student_shapes
 
     for p in exp.prune:

@@ -184,10 +184,10 @@ def write_search_json(w, stage: str = "prune-auto") -> dict:
     candidates for a small teacher and budget, the scored ones given losses (no model needed), the
     lowest ranked first and chosen, written by the contract's writer to RunLayout.search_file."""
     from engine.config import PruneConfig
+    from engine.config.shape import shape_from_config
     from engine.contract import RunLayout, write_json
     from engine.search.table import search_document
     from engine.shapes.candidates import search_space
-    from engine.shapes.shape import shape_from_config
 
     teacher = shape_from_config(dict(model_type="llama", vocab_size=1000, hidden_size=96, intermediate_size=256,
                                      num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,

@@ -16,7 +16,7 @@ from app.data.compare import config_diff, flatten, results_rows, stage_config
 from app.data.compose import new_experiment, to_toml, validate
 from app.data.form_fields import format_field, parse_field, parse_ints
 from app.data.series import StageCurves, downsample, ema
-from engine.compare import model_rows
+from engine.contract import read_model_rows
 from engine.config import ConfigError, dumps_toml, load_experiment, loads_experiment
 from engine.contract import MAX_LOG_PPL, RunScanner, append_metrics, perplexity
 from engine.contract.tail import LogTail
@@ -234,10 +234,10 @@ def test_perplexity_has_one_cap_shared_by_eval_compare_and_tui(tmp_path):
     w.result("distill-depth", 500, 60.0)
     assert perplexity(60.0) == math.exp(60.0) and perplexity(1e6) == math.exp(MAX_LOG_PPL) < math.inf
     assert results_rows(w.root)[2]["validation.perplexity"] == perplexity(60.0)
-    assert {r.label: r.ppl for r in model_rows(w.root)}["depth"] == perplexity(60.0)
+    assert {r.label: r.ppl for r in read_model_rows(w.root)}["depth"] == perplexity(60.0)
     (w.root / "eval" / "results.json").unlink()
     w.metrics("distill-depth", range(21, 26), loss0=59.9 * (1 + 0.1 * 25))  # last val loss 60.0
-    assert {r.label: r.ppl for r in model_rows(w.root)}["depth"] == pytest.approx(perplexity(60.0))
+    assert {r.label: r.ppl for r in read_model_rows(w.root)}["depth"] == pytest.approx(perplexity(60.0))
 
 
 # ---- the TUI imports neither torch nor transformers ------------------------------------------------

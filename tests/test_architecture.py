@@ -19,11 +19,9 @@ NOT_KIND_BRANCHES = ('lo, hi = part.split("-", 1)', 'p.score == "distill"')
 # Paths still being moved onto the kind records (none now: engine/resources reads the footprint a kind names).
 IN_FLIGHT: tuple[str, ...] = ()
 # config validates `kernels = "liger"` through the package check in models/liger.py (torch-free, lazy)
-KNOWN_BACK_UP = {("engine.config.schema", "engine.models.liger")}
+KNOWN_BACK_UP: set[tuple[str, str]] = set()
 # The facade: the contract (run directories), the config schema, and Compose's one preview of a file.
 FACADE = ("engine.contract", "engine.config", "engine.compose_preview")
-# The TUI's reach past the facade as it stands; the list may only shrink (issue 22, part 3).
-FACADE_DEBT = {"engine.shapes.shape"}  # Compare sizes a model eval did not from its config.json (count_params)
 
 
 def test_no_stage_kind_string_branches():
@@ -60,4 +58,4 @@ def test_one_heartbeat_interval():
 def test_the_tui_imports_the_engine_through_its_facade():
     reached = {b for a, b, _ in arch.module_imports()
                if a.startswith("app") and b.startswith("engine") and not b.startswith(FACADE)}
-    assert reached <= FACADE_DEBT, f"app/ imports {sorted(reached - FACADE_DEBT)}: go through engine.contract"
+    assert reached == set(), f"app/ imports {sorted(reached)}: go through engine.contract"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.compare import model_rows
+from engine.contract import read_model_rows
 from engine.compare.tables import markdown_decide_table
 from engine.contract import RunLayout
 from engine.contract.scores import at_chance, headline_metric
@@ -45,7 +45,7 @@ def test_compare_marks_the_students_at_chance_and_not_the_teacher(tmp_path):
         "teacher": {"acc_mutual_info": 0.44, "acc_mutual_info_stderr": 0.025, "chance": 0.25},
         "distill-depth": {"acc_mutual_info": 0.262, "acc_mutual_info_stderr": 0.022, "chance": 0.25},
         "distill-width": {"acc_mutual_info": 0.33, "acc_mutual_info_stderr": 0.024, "chance": 0.25}})
-    rows = {r.label: r for r in model_rows(run)}
+    rows = {r.label: r for r in read_model_rows(run)}
     assert rows["depth"].at_chance == {"stdlib_continue"}
     assert not rows["teacher"].at_chance and not rows["width"].at_chance
     table = markdown_decide_table(list(rows.values()))
@@ -56,7 +56,7 @@ def test_compare_marks_the_students_at_chance_and_not_the_teacher(tmp_path):
 
 def test_a_task_without_a_chance_level_gets_no_note(tmp_path):
     run = _run_with_results(tmp_path, {"teacher": {"acc": 0.0, "acc_stderr": 0.0, "perplexity": 900.0}})
-    (row,) = [r for r in model_rows(run) if r.label == "teacher"]
+    (row,) = [r for r in read_model_rows(run) if r.label == "teacher"]
     assert row.tasks == {"stdlib_continue": 0.0} and not row.at_chance
     assert "(chance)" not in markdown_decide_table([row])
 

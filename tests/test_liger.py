@@ -17,7 +17,7 @@ import torch
 from _train_util import FINETUNE, experiment_toml, prepared_exp, run_inprocess
 from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
-from engine.config import ConfigError, loads_experiment
+from engine.config import ConfigError, liger_install, loads_experiment
 from engine.config.arch import SUPPORTED_MODEL_TYPES
 from engine.errors import UserError
 from engine.models import liger
@@ -47,32 +47,32 @@ def test_unknown_kernels_value_is_one_line(tmp_path: Path) -> None:
 
 
 def test_default_is_torch_and_needs_nothing(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(liger, "installed_version", lambda: None)
+    monkeypatch.setattr(liger_install, "installed_version", lambda: None)
     exp = loads_experiment(experiment_toml("lig", tmp_path / "runs", finetune=FINETUNE))
     assert exp.finetune.kernels == "torch"
     assert liger.apply_kernels(torch.nn.Linear(2, 2), "torch", cuda=False) is False
 
 
 def test_liger_without_the_package_names_the_install(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(liger, "installed_version", lambda: None)
+    monkeypatch.setattr(liger_install, "installed_version", lambda: None)
     msg = _one_line_error(tmp_path, "liger")
     assert "finetune.kernels" in msg and 'pip install "slimlab[liger]"' in msg and 'kernels = "torch"' in msg
 
 
 def test_liger_too_old_names_the_upgrade(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(liger, "installed_version", lambda: "0.5.10")
+    monkeypatch.setattr(liger_install, "installed_version", lambda: "0.5.10")
     msg = _one_line_error(tmp_path, "liger")
     assert "0.5.10" in msg and "0.8.5" in msg and "pip install -U" in msg
 
 
 def test_liger_installed_validates(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(liger, "installed_version", lambda: "0.8.5")
+    monkeypatch.setattr(liger_install, "installed_version", lambda: "0.8.5")
     assert loads_experiment(_experiment(tmp_path, "liger")).finetune.kernels == "liger"
 
 
 def test_stage_on_cpu_fails_with_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     """A training stage with kernels = "liger" and no CUDA: exit 2, one line naming the fix."""
-    monkeypatch.setattr(liger, "installed_version", lambda: "0.8.5")
+    monkeypatch.setattr(liger_install, "installed_version", lambda: "0.8.5")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     exp = prepared_exp(tmp_path, "ligcpu", finetune=FINETUNE + 'kernels = "liger"\n')
     assert run_inprocess(exp, "finetune") == 2

@@ -483,13 +483,13 @@ def test_cancel_refuses_what_is_not_a_run(tmp_path):
 def test_param_count_matches_transformers(model_type, tied):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.compare import param_count
+    from engine.contract.compare_rows import config_params  # compare's and the TUI's count
 
     cfg = AutoConfig.for_model(model_type, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
                                num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=97,
                                tie_word_embeddings=tied)
     model = AutoModelForCausalLM.from_config(cfg)
-    assert param_count(cfg.to_dict()) == sum(p.numel() for p in model.parameters())
+    assert config_params(cfg.to_dict()) == sum(p.numel() for p in model.parameters())
 
 
 def test_compare_reads_metrics_when_eval_has_not_run(tmp_path):

@@ -142,10 +142,10 @@ def test_demo_end_to_end_meets_the_contract(demo_run):
 @pytest.mark.slow
 def test_status_compare_and_cached_rerun(demo_run, capsys):
     from engine.cli import main
-    from engine.compare import model_rows
+    from engine.contract import read_model_rows
 
     layout = RunLayout(demo_run)
-    rows = {r.label: r for r in model_rows(demo_run)}
+    rows = {r.label: r for r in read_model_rows(demo_run)}
     assert set(rows) == {"teacher", "depth", "width"}
     assert rows["depth"].layers == 1 and rows["width"].hidden == 32 and rows["width"].ffn == 64
     for r in (rows["depth"], rows["width"]):

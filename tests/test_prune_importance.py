@@ -7,12 +7,12 @@ import torch
 from _prune_util import logits, tiny_model, tokens
 
 from engine.config import PruneConfig
+from engine.config.shape import student_shape
 from engine.errors import UserError
 from engine.models.adapter import Arch
 from engine.prune.depth import prune_depth, select_layers
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
 from engine.prune.width import prune_width, select_heads, select_width
-from engine.shapes.shape import student_shape
 
 BATCHES = [tokens(2, 11, seed=s) for s in range(3)]
 

@@ -12,12 +12,12 @@ from _prune_util import ARCHS, logits, tiny_model, tokens
 from transformers import AutoModelForCausalLM
 
 from engine.config import PruneConfig
+from engine.config.shape import count_params, shape_from_config, student_shape
 from engine.models.adapter import Arch
 from engine.models.hf import count_parameters, save_model
 from engine.prune.depth import prune_depth
 from engine.prune.importance import calibrate, random_importance
 from engine.prune.width import prune_width, select_width
-from engine.shapes.shape import count_params, shape_from_config, student_shape
 
 ALL = list(ARCHS)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.config import ConfigError, loads_experiment
+from engine.config.shape import count_params, shape_from_config
 from engine.orchestration.check import describe_plan
-from engine.shapes.shape import count_params, shape_from_config
 from engine.shapes.targets import KNOWN_CONFIGS, student_shapes
 
 RECIPE = """
@@ -106,7 +106,7 @@ def test_gqa_defaults_and_mha():
     assert (plans[1].shape.num_heads, plans[1].shape.num_kv_heads) == (16, 4)  # heads follow their groups
     mha = _shape(hidden_size=64, num_attention_heads=8, intermediate_size=96, num_hidden_layers=2, vocab_size=10)
     from engine.config import PruneConfig
-    from engine.shapes.shape import student_shape
+    from engine.config.shape import student_shape
 
     p = student_shape(mha, PruneConfig(name="w", method="width", num_attention_heads=4), "x")
     assert (p.shape.num_heads, p.shape.num_kv_heads) == (4, 4)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from engine.config import ConfigError, load_experiment
+from engine.config.shape import count_params, shape_from_config
 from engine.resources.memory import Knobs, activation_bytes, training_need
-from engine.shapes.shape import count_params, shape_from_config
 from tests._train_util import ROOT, engine_env
 
 ARCHS = [

@@ -16,6 +16,7 @@ from _util import one_thread  # noqa: F401  (autouse)
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from engine.config import loads_experiment
+from engine.config.shape import count_params, shape_from_config
 from engine.contract import RunLayout, read_json, read_metrics, read_status
 from engine.evaluation.loss import evaluate_loss
 from engine.models.hf import save_model
@@ -25,7 +26,6 @@ from engine.prune import stage_body
 from engine.prune.importance import load_importance
 from engine.prune.student import prune_student
 from engine.shapes.candidates import search_space
-from engine.shapes.shape import count_params, shape_from_config
 from engine.stages import BY_NAME
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven tiny models learn to count".split()
@@ -318,7 +318,7 @@ def test_depth_and_width_student_end_to_end(run):
         want = teacher.model.layers[old].mlp.down_proj.weight[hidden][:, best]
         torch.testing.assert_close(student.model.layers[new].mlp.down_proj.weight, want, rtol=0, atol=0)
     # reloads with the logits of the in-memory student
-    from engine.shapes.shape import student_shape
+    from engine.config.shape import student_shape
 
     t = shape_from_config(teacher.config.to_dict())
     fresh = AutoModelForCausalLM.from_pretrained(exp.model.path, dtype=torch.float32).eval()

@@ -13,10 +13,10 @@ import pytest
 
 from engine.config import ConfigError, PruneConfig, loads_experiment
 from engine.config.counts import parse_param_count
+from engine.config.shape import count_params, shape_from_config, student_shape
 from engine.orchestration.check import describe_plan
 from engine.shapes.budget import budget_for, memory_gib
 from engine.shapes.candidates import enumerate_candidates, evenly_spaced, search_space
-from engine.shapes.shape import count_params, shape_from_config, student_shape
 from engine.shapes.targets import student_shapes
 
 ROOT = Path(__file__).resolve().parents[1]

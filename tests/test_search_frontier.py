@@ -69,10 +69,10 @@ def searched_run(runs) -> tuple[RunWriter, dict]:
     stage writes it (engine.search.table.search_document over the engine's own candidates for a small
     teacher): 6 of 15 scored, larger ones scoring better, give or take, as pruning less does."""
     from engine.config import PruneConfig
+    from engine.config.shape import shape_from_config
     from engine.contract import RunLayout, write_json
     from engine.search.table import search_document
     from engine.shapes.candidates import search_space
-    from engine.shapes.shape import shape_from_config
 
     w = RunWriter(runs, "s", students=("depth", "width", "auto"), prune=PRUNE)
     teacher = shape_from_config(dict(model_type="llama", vocab_size=1000, hidden_size=96, intermediate_size=256,

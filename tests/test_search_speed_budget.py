@@ -13,9 +13,9 @@ from test_reliability_inputs import SCRATCH, _lines, _refused, _write
 
 from engine.cli import main
 from engine.config.schema import PruneConfig
+from engine.config.shape import Shape, shape_from_config
 from engine.search.speed_budget import SpeedBudget, SpeedCache, SpeedSearch, timing_key
 from engine.shapes.candidates import evenly_spaced, search_space
-from engine.shapes.shape import Shape, shape_from_config
 
 TEACHER = dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=192, num_hidden_layers=6,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)

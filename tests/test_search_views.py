@@ -10,12 +10,12 @@ import torch
 from _prune_util import logits, tiny_model, tokens
 from _util import one_thread  # noqa: F401  (autouse)
 
+from engine.config.shape import Shape, StudentShape
 from engine.evaluation.loss import evaluate_loss
 from engine.models.adapter import Arch
 from engine.prune.importance import random_importance
 from engine.prune.student import SortedTeacher, prune_student
 from engine.prune.width import sorted_importance
-from engine.shapes.shape import Shape, StudentShape
 
 # 8 heads in 4 KV groups (qwen3: its own 4/2 heads), so that heads can go by whole groups or within groups
 HEADS = {"llama": dict(num_attention_heads=8, num_key_value_heads=4, hidden_size=48, head_dim=6),

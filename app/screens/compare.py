@@ -309,13 +309,12 @@ def decide_data(runs: list[Path]) -> tuple[str, list, str, list, list, dict[str,
     from app.data.compare import search_heading
     from engine.contract import decide_columns, quality_speed_points, read_model_rows, row_cells
     from engine.contract.search_table import search_docs, search_rows
-    from engine.shapes.shape import count_params, shape_from_config  # facade debt: see read_model_rows below
 
     rows = []
     for r in runs:
         try:
             # a model results.json does not size (eval has not run): from its config.json, as `compare` does
-            rows += read_model_rows(r, lambda cfg: count_params(shape_from_config(cfg)))
+            rows += read_model_rows(r)
         except (ConfigError, UserError):  # not (yet) a readable run directory: nothing to plot from it
             continue
     ylabel, points = quality_speed_points(rows)

@@ -9,7 +9,6 @@ from engine.compare.charts import (
     write_png,
     write_quality_speed_png,
 )
-from engine.compare.rows import model_rows
 from engine.compare.tables import (
     decide_title,
     has_decide,
@@ -23,7 +22,7 @@ from engine.compare.tables import (
 from engine.contract import (
     write_atomic,
 )
-from engine.contract.compare_rows import ModelRow, curves
+from engine.contract.compare_rows import ModelRow, curves, read_model_rows
 from engine.errors import ConfigError
 
 
@@ -90,7 +89,7 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None, chart
             console = Console(width=120)
     rows: list[ModelRow] = []
     for rd in run_dirs:
-        rows += model_rows(rd)
+        rows += read_model_rows(rd)
     console.print(rich_table(rows))
     for rd in run_dirs:
         for line in run_warnings(rd):

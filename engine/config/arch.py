@@ -19,7 +19,7 @@ from typing import Any
 # The architectures slimlab knows how to prune (engine/models/adapter.py maps their modules).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
-# Keys that decide the parameter layout: positive integers (engine.shapes.shape reads them).
+# Keys that decide the parameter layout: positive integers (engine.config.shape reads them).
 SHAPE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim")
 

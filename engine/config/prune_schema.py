@@ -23,7 +23,7 @@ class PruneConfig(Section):
     # depth (width and search drop layers too, chosen by the same selection)
     drop_layers: list[int] | None = None
     num_layers: int | None = Field(default=None, ge=1)
-    # None: block-influence for depth, lm-loss for width and search (engine.shapes.shape.layer_selection)
+    # None: block-influence for depth, lm-loss for width and search (engine.config.shape.layer_selection)
     selection: Literal["block-influence", "lm-loss", "contiguous", "last"] | None = None
     # width
     ffn_hidden_size: int | None = Field(default=None, ge=1)

@@ -127,7 +127,7 @@ class TrainConfig(Section):
     @classmethod
     def _kernels(cls, v: str) -> str:
         if v == "liger":  # the package, at check time (no import of it or of torch)
-            from engine.models.liger import install_problem
+            from engine.config.liger_install import install_problem
 
             problem = install_problem()
             if problem:

@@ -5,13 +5,12 @@ Each model's config.json, its stages' metrics.jsonl, and eval/results.json when 
 so it works on finished, failed and running runs. Torch-free, like all of engine.contract: the
 TUI reads them through here, `slimlab-engine compare` (engine.compare) renders them.
 
-A model's parameter count, when results.json does not give it, comes from its config.json through
-the counter the caller passes (engine.shapes.shape's, which lives above the contract).
+A model's parameter count, when results.json does not give it, comes from its config.json
+(engine.config.shape, imported when needed: engine.config loads pydantic, which the TUI's start skips).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,10 +25,6 @@ from engine.stages import DISTILL, FINETUNE, PRUNE
 
 if TYPE_CHECKING:
     from engine.config import Experiment
-
-# The parameters of a model from its config dict (engine.shapes.shape: count_params of shape_from_config);
-# may raise ConfigError, TypeError, ValueError or ZeroDivisionError on a config it cannot size.
-ParamCount = Callable[[dict[str, Any]], int]
 
 
 @dataclass
@@ -85,25 +80,27 @@ def _config(path: Path) -> dict[str, Any]:
     return read_json(path / "config.json") or {}
 
 
-def config_params(cfg: dict[str, Any], count: ParamCount) -> int | None:
+def config_params(cfg: dict[str, Any]) -> int | None:
     """Parameters of a Llama-family decoder from its config (when eval did not count them); None when
     the config lacks a size (a scratch arch table before prepare knows the vocab) or cannot be sized."""
     keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "num_attention_heads")
     if any(cfg.get(k) is None for k in keys):
         return None
+    from engine.config.shape import count_params, shape_from_config
+
     try:
-        return count(cfg)
+        return count_params(shape_from_config(cfg))
     except (ConfigError, TypeError, ValueError, ZeroDivisionError):
         return None
 
 
-def _shape(row: ModelRow, cfg: dict[str, Any], count: ParamCount) -> None:
+def _shape(row: ModelRow, cfg: dict[str, Any]) -> None:
     row.layers = cfg.get("num_hidden_layers")
     row.hidden = cfg.get("hidden_size")
     row.ffn = cfg.get("intermediate_size")
     nh, nkv = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
     row.heads = f"{nh}/{nkv or nh}" if nh else None
-    row.params = config_params(cfg, count)
+    row.params = config_params(cfg)
 
 
 def _decide(row: ModelRow, res: ModelResult | None) -> None:
@@ -144,8 +141,9 @@ def _last_val_loss(m: MetricsSummary) -> float | None:
     return float(vals[-1]["loss"]) if vals else None
 
 
-def read_model_rows(run_dir: str | Path, count: ParamCount) -> list[ModelRow]:
-    """The teacher and every student of one run; `count` sizes a model results.json does not."""
+def read_model_rows(run_dir: str | Path) -> list[ModelRow]:
+    """The teacher and every student of one run; a model results.json does not size is sized from its
+    config.json (engine.config.shape)."""
     exp, layout = load_run(run_dir)
     results = read_results(layout.results_file)
     run = exp.name
@@ -154,7 +152,7 @@ def read_model_rows(run_dir: str | Path, count: ParamCount) -> list[ModelRow]:
     teacher = ModelRow(run, "teacher", "finetune" if exp.finetune else "model", method="teacher")
     tcfg = _config(Path(teacher_source(exp, layout))) or ({"model_type": exp.model.arch.get("model_type"), **exp.model.arch}
                              if exp.model.arch else {})
-    _shape(teacher, tcfg, count)
+    _shape(teacher, tcfg)
     tres = results.get("teacher")
     teacher.distilled_loss = _val_loss(tres)
     if exp.finetune:
@@ -172,7 +170,7 @@ def read_model_rows(run_dir: str | Path, count: ParamCount) -> list[ModelRow]:
         prune_stage, distill_stage = PRUNE.stage(p.name), DISTILL.stage(p.name)
         row = ModelRow(run, p.name, distill_stage if exp.distill else prune_stage, method=p.method)
         cfg = _config(layout.model_dir(distill_stage)) or _config(layout.model_dir(prune_stage))
-        _shape(row, cfg, count)
+        _shape(row, cfg)
         pres, dres = results.get(prune_stage), results.get(distill_stage)
         row.pruned_loss = _val_loss(pres)
         if row.pruned_loss is None:

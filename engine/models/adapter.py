@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from engine.config.shape import Shape, shape_from_config
 from engine.errors import UserError
 from engine.models.hf import check_supported
-from engine.shapes.shape import Shape, shape_from_config
 
 # A state-dict key inside decoder layer i: group 1 = i, group 2 = the key relative to the layer.
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.*)$")

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from engine.config.shape import check_model_type
 from engine.errors import UserError
 from engine.models.locate import check_model_path, check_tokenizer_path
-from engine.shapes.shape import check_model_type
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 

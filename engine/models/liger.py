@@ -17,16 +17,16 @@ Under `compile = true` the decoder layers are still compiled, around Liger's ker
 RoPE dispatch `torch.compiler.disable` (a graph break per layer), and its autograd Functions run
 their own Triton kernels instead of the ones Inductor would generate for the same element-wise work.
 
-No torch import at module level: the schema checks the package through `install_problem`.
+No torch import at module level. Whether the package is installed, and new enough, is
+engine/config/liger_install.py's (the schema checks it as the file is read).
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
-import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from engine.config.liger_install import install_problem
 from engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -34,41 +34,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 KERNELS = ("torch", "liger")
-MIN_VERSION = (0, 8, 5)  # the release checked against transformers 5.x (its patches need >= 5.0)
 # model_type -> Liger's public patch function; every type slimlab prunes (engine/config/arch.py)
 LIGER_PATCHES = {t: f"apply_liger_kernel_to_{t}" for t in ("llama", "mistral", "qwen2", "qwen3")}
 SWIGLU_ACTS = ("silu", "swish")  # what Liger's SwiGLU computes, whatever the config says
-INSTALL = 'pip install "slimlab[liger]"'
 _ORIGINAL = "_slimlab_original"  # attribute of our RoPE wrapper: the function it replaced
-
-
-def installed_version() -> str | None:
-    """liger-kernel's version, or None when it is not installed (no import of the package)."""
-    if importlib.util.find_spec("liger_kernel") is None:
-        return None
-    try:
-        return importlib.metadata.version("liger-kernel")
-    except importlib.metadata.PackageNotFoundError:  # an unpackaged checkout on sys.path
-        return "0+unknown"
-
-
-def _version_tuple(version: str) -> tuple[int, ...]:
-    parts = []
-    for piece in version.split("+")[0].split(".")[:3]:
-        digits = "".join(c for c in piece if c.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
-def install_problem() -> str | None:
-    """Why `kernels = "liger"` cannot run here as installed (one line with the fix), else None."""
-    version = installed_version()
-    if version is None:
-        return f'liger-kernel is not installed; {INSTALL}, or set kernels = "torch"'
-    if version != "0+unknown" and _version_tuple(version) < MIN_VERSION:
-        need = ".".join(map(str, MIN_VERSION))
-        return f"liger-kernel {version} is older than {need}, which slimlab needs; pip install -U \"slimlab[liger]\""
-    return None
 
 
 def model_problem(config: Any) -> str | None:

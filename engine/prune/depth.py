@@ -11,10 +11,10 @@ from dataclasses import replace
 import torch
 from transformers import PreTrainedModel
 
+from engine.config.shape import student_config
 from engine.errors import UserError
 from engine.models.adapter import LAYER_KEY, Arch, config_dict, rebuild
 from engine.prune.importance import Importance
-from engine.shapes.shape import student_config
 
 
 def select_layers(imp: Importance | None, num_layers: int, num_drop: int, selection: str) -> list[int]:

@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.config.shape import Shape
 from engine.contract import read_json, write_json
 from engine.errors import UserError
 from engine.evaluation.loss import lm_loss_sum
 from engine.models.adapter import Arch
-from engine.shapes.shape import Shape
 
 VERSION = 1
 

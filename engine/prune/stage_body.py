@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from engine.config.micro_batch import fixed_micro_batch
+from engine.config.shape import StudentShape, count_params, shape_from_config, student_shape
 from engine.contract import append_metrics, human_count, tokenizer_source
 from engine.contract.stage_context import StageContext, teacher_checkpoint
 from engine.models.adapter import Arch
@@ -33,7 +34,6 @@ from engine.models.hf import (
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
 from engine.prune.student import layers_to_drop, prune_student
 from engine.shapes.candidates import SearchSpace, search_space
-from engine.shapes.shape import StudentShape, count_params, shape_from_config, student_shape
 from engine.stages import PRUNE, stage_student
 from engine.stages.prune import earlier_student
 from engine.training.memory_report import MemoryReport

@@ -17,11 +17,11 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from engine.config.shape import Shape, StudentShape, student_config
 from engine.models.adapter import Arch, config_dict, rebuild
 from engine.prune.depth import kept_layers, prune_depth, select_layers
 from engine.prune.importance import Importance
 from engine.prune.width import inverse, permute_width, prune_width, select_width, width_order, width_views
-from engine.shapes.shape import Shape, StudentShape, student_config
 
 
 def layers_to_drop(imp: Importance | None, teacher: Shape, target: StudentShape) -> list[int]:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import PreTrainedModel
 
+from engine.config.shape import Shape, student_config
 from engine.errors import UserError
 from engine.models.adapter import LAYER_KEY, Arch, config_dict, rebuild
 from engine.prune.importance import Importance
-from engine.shapes.shape import Shape, student_config
 
 # Which axis of each weight is indexed by what: "hidden" channels, "ffn" neurons,
 # "q" (query-head rows), "kv" (key/value-head rows). Keys are relative to a decoder layer.

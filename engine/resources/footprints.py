@@ -11,10 +11,10 @@ from dataclasses import replace
 from typing import Any
 
 from engine.config import Experiment
+from engine.config.shape import Shape, count_params
 from engine.resources.inputs import DiskNeed, Shapes, checkpoint_bytes
 from engine.resources.memory import Knobs, Need, forward_need, train_knobs, training_need
 from engine.shapes.budget import DTYPE_BYTES
-from engine.shapes.shape import Shape, count_params
 from engine.stages import DISTILL, kind_of, own_settings
 from engine.stages.names import stage_student
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.config import Experiment
+from engine.config.shape import Shape, count_params
 from engine.resources.memory import Knobs
-from engine.shapes.shape import Shape, count_params
 from engine.shapes.targets import student_shapes
 
 

@@ -30,9 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.config import Experiment, TrainConfig
+from engine.config.shape import Shape, count_embedding_params, count_params
 from engine.contract import GIB
 from engine.shapes.budget import DTYPE_BYTES
-from engine.shapes.shape import Shape, count_embedding_params, count_params
 
 EAGER_MAX_CHUNK = 1024  # engine/distill/losses.py: the eager chunk is capped (it keeps more temporaries)
 CHUNK_TEMPS_EAGER = 36  # bytes per [chunk, vocab] element: ~8 fp32 temporaries + two bf16 logits

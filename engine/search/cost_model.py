@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.shapes.shape import Shape
+from engine.config.shape import Shape
 
 TERMS = ("overhead", "layers", "attention", "mlp", "lm_head")
 PHASES = ("decode", "prefill")

@@ -37,12 +37,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from engine.config.shape import Shape
 from engine.config.speed_target import SpeedBudget, speed_budget_for
 from engine.contract.files import read_json, write_json
 from engine.errors import UserError
 from engine.search.cost_model import CostModel, error_summary, fit, relative_errors
 from engine.shapes.candidates import SearchSpace, candidate_label, evenly_spaced
-from engine.shapes.shape import Shape
 
 __all__ = ["SpeedBudget", "SpeedCache", "SpeedSearch", "cache_path", "speed_budget_for", "timing_key"]
 

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.config.shape import Shape, student_config
 from engine.config.speed_target import speed_budget_for
 from engine.evaluation.speed import device_name, measure_speeds
 from engine.search.speed_budget import Entry, Measure, SpeedCache, SpeedSearch, cache_path
 from engine.shapes.budget import memory_gib
 from engine.shapes.candidates import candidate_label
-from engine.shapes.shape import Shape, student_config
 
 GROUP_MEMORY_SHARE = 0.5  # of the device's free memory, for one group of timed models
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config.counts import parse_param_count
+from engine.config.shape import Shape, count_params
 from engine.contract import GIB, human_count
-from engine.shapes.shape import Shape, count_params
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 

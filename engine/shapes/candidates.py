@@ -3,7 +3,7 @@
 A candidate is one value per axis: num_layers (1..teacher), hidden_size and ffn_hidden_size
 (multiples of hidden_multiple / ffn_multiple, up to the teacher's), num_attention_heads and
 num_key_value_heads. Axes not listed in `axes` keep the teacher's value. Every candidate passes
-the very checks of a hand-written width target (engine.shapes.shape), so each one is a shape the
+the very checks of a hand-written width target (engine.config.shape), so each one is a shape the
 prune stage can build, and its budget metric (params or memory) lies within the tolerance.
 
 Which candidates are scored: every one is screened first (the search, engine.prune.search_part:
@@ -22,9 +22,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from engine.config import ConfigError
+from engine.config.shape import Shape, StudentShape, count_params, layer_selection, student_shape
 from engine.contract import human_count
 from engine.shapes.budget import Budget, budget_for
-from engine.shapes.shape import Shape, StudentShape, count_params, layer_selection, student_shape
 
 CHECK_SHOWN = 5  # candidates `check` lists
 
@@ -46,7 +46,7 @@ class Candidate:
 class SearchSpace:
     """A search student: its budget, every candidate within it, and the ones to screen.
 
-    Duck-types as engine.shapes.shape.StudentShape for callers that only size students:
+    Duck-types as engine.config.shape.StudentShape for callers that only size students:
     `shape` is the candidate closest to the target.
     """
 

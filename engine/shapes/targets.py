@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import ConfigError, Experiment
-from engine.contract import RunLayout, human_count, read_json
-from engine.shapes.candidates import CHECK_SHOWN, SearchSpace, candidate_label, evenly_spaced, search_space
-from engine.shapes.shape import (
+from engine.config.shape import (
     Shape,
     StudentShape,
     count_non_embedding_params,
@@ -28,6 +26,8 @@ from engine.shapes.shape import (
     shape_from_config,
     student_shape,
 )
+from engine.contract import RunLayout, human_count, read_json
+from engine.shapes.candidates import CHECK_SHOWN, SearchSpace, candidate_label, evenly_spaced, search_space
 from engine.stages import PREPARE
 from engine.stages.prune import earlier_student
 

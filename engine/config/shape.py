@@ -11,8 +11,8 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
-from engine.config import ConfigError
 from engine.config.arch import SUPPORTED_MODEL_TYPES
+from engine.errors import ConfigError
 
 # transformers' config defaults for the keys that decide a shape (v5 config classes).
 # head_dim None means hidden_size // num_attention_heads.
