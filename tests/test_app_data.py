@@ -16,9 +16,8 @@ from app.data.compare import config_diff, flatten, results_rows, stage_config
 from app.data.compose import new_experiment, to_toml, validate
 from app.data.form_fields import format_field, parse_field, parse_ints
 from app.data.series import StageCurves, downsample, ema
-from engine.contract import read_model_rows
 from engine.config import ConfigError, dumps_toml, load_experiment, loads_experiment
-from engine.contract import MAX_LOG_PPL, RunScanner, append_metrics, perplexity
+from engine.contract import MAX_LOG_PPL, RunScanner, append_metrics, perplexity, read_model_rows
 from engine.contract.tail import LogTail
 from engine.stages import planned_stages
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.contract import read_model_rows
 from engine.compare.tables import markdown_decide_table
-from engine.contract import RunLayout
+from engine.contract import RunLayout, read_model_rows
 from engine.contract.scores import at_chance, headline_metric
 
 ROOT = Path(__file__).resolve().parent.parent
