@@ -15,7 +15,7 @@ def test_a_directory_that_is_no_run_shows_nothing(tmp_path):
 
 
 def test_an_engine_bug_is_not_an_empty_chart(tmp_path, monkeypatch):
-    def broken(run_dir, count):
+    def broken(run_dir):
         raise RuntimeError("a bug in read_model_rows")
 
     monkeypatch.setattr(engine.contract, "read_model_rows", broken)
