@@ -1,5 +1,5 @@
-"""Architecture counts (issue 22): stage-kind string branches, package cycles, imports that run
-back up the layers. `python3 benchmarks/arch_counts.py [-v]` from the repository root.
+"""Architecture counts (issue 22): stage-kind and prune-method string branches, package cycles, imports
+that run back up the layers. `python3 benchmarks/arch_counts.py [-v]` from the repository root.
 
 Packages are `engine.<first part>` (a top-level module counts as its own package) and `app`.
 Lazy (function-level) imports count: they are how a back-up import hides.
@@ -38,6 +38,12 @@ BRANCH = re.compile(
     r'|split\("-", 1\)|partition\("-"\)|"' + KIND + r'-\*'
 )
 BRANCH_EXEMPT = ("engine/stage_kinds.py", "engine/stages/", "engine/contract/")
+
+# A [[prune]] method compared by hand: `p.method == "search"`, `!= "depth"`, `in ("depth", "width")`,
+# `not in ("depth"`, `"width" == m`. The records (engine/stages/prune_methods.py) own those facts.
+METHOD = r"(depth|width|search)"
+METHOD_BRANCH = re.compile(rf'(==|!=) "{METHOD}"|\bin \("{METHOD}"|"{METHOD}" (==|!=) ')
+METHOD_BRANCH_EXEMPT = ("engine/stages/",)
 
 
 def module_name(path: Path) -> str:
@@ -106,18 +112,27 @@ def back_up_imports(imports: list[tuple[str, str, int]]) -> list[tuple[str, str,
             if package_of(b) != "engine" and layer(b) > layer(a)]
 
 
-def stage_branches() -> list[str]:
+def _branches(pattern: re.Pattern[str], exempt: tuple[str, ...]) -> list[str]:
     out = []
     for pkg in ("engine", "app"):
         for path in sorted((ROOT / pkg).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            if rel.startswith(BRANCH_EXEMPT):
+            if rel.startswith(exempt):
                 continue
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 code = line.split("#", 1)[0]
-                if BRANCH.search(code):
+                if pattern.search(code):
                     out.append(f"{rel}:{n}: {line.strip()}")
     return out
+
+
+def stage_branches() -> list[str]:
+    return _branches(BRANCH, BRANCH_EXEMPT)
+
+
+def method_branches() -> list[str]:
+    """Prune-method string branches outside engine/stages (PruneMethod's records)."""
+    return _branches(METHOD_BRANCH, METHOD_BRANCH_EXEMPT)
 
 
 def main() -> None:
@@ -132,6 +147,11 @@ def main() -> None:
           f" in {len({b.split(':')[0] for b in branches})} files")
     if verbose:
         print("\n".join("  " + b for b in branches))
+    methods = method_branches()
+    print(f"prune-method string branches outside engine/stages: {len(methods)}"
+          f" in {len({b.split(':')[0] for b in methods})} files")
+    if methods:
+        print("\n".join("  " + b for b in methods))
     print(f"package cycles (pairs importing each other directly): {len(cycles)}")
     print("\n".join(f"  {a} <-> {b}" for a, b in cycles))
     print(f"packages in a cycle through some chain: {sum(map(len, sccs))}")

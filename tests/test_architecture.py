@@ -1,5 +1,5 @@
 """Issue 22's structure, kept: stage kinds are not branched on by string outside engine/stages and the
-contract, no package cycles, no imports back up the layers, one heartbeat interval, and the TUI reaches
+contract, nor [[prune]] methods outside engine/stages, no package cycles, no imports back up the layers, one heartbeat interval, and the TUI reaches
 the engine through its facade. The counts come from benchmarks/arch_counts.py (which prints them)."""
 
 from __future__ import annotations
@@ -36,6 +36,25 @@ def test_the_branch_counter_sees_a_branch(tmp_path, monkeypatch):
     (tmp_path / "engine" / "x.py").write_text('if stage_kind(s) == "distill":\n    name = f"prune-{p}"\n')
     monkeypatch.setattr(arch, "ROOT", tmp_path)
     assert len(arch.stage_branches()) == 2
+
+
+def test_no_prune_method_string_branches():
+    found = arch.method_branches()
+    assert found == [], "ask the method's record (engine.stages.prune_methods) instead:\n" + "\n".join(found)
+
+
+def test_the_method_counter_sees_a_branch(tmp_path, monkeypatch):
+    for pkg in ("engine", "app", "engine/stages"):
+        (tmp_path / pkg).mkdir()
+    (tmp_path / "engine" / "x.py").write_text('if p.method == "search":\n    pass\n'
+                                              'ok = m not in ("depth", "width")\n'
+                                              'if "width" != st["method"]:  # a comment: == "depth"\n    pass\n'
+                                              'if row.method == "teacher":\n    pass\n')
+    (tmp_path / "app" / "y.py").write_text('wanted = {} if st["method"] != "depth" else {"a": 1}\n')
+    (tmp_path / "engine" / "stages" / "prune_methods.py").write_text('if name == "depth":\n    pass\n')
+    monkeypatch.setattr(arch, "ROOT", tmp_path)
+    assert sorted(b.split(":")[0] + ":" + b.split(":")[1] for b in arch.method_branches()) == [
+        "app/y.py:1", "engine/x.py:1", "engine/x.py:3", "engine/x.py:4"]
 
 
 def test_no_package_cycles_and_no_imports_back_up():

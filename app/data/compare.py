@@ -17,6 +17,7 @@ from engine.contract import (
     STUDENT_SECTIONS,
     RunLayout,
     UserError,
+    method_or_none,
     student_or_none,
     student_sections,
 )
@@ -244,7 +245,8 @@ def hand_made(run: Path) -> list[tuple[str, str, float, float]]:
     results = read_results(RunLayout(run).results_file)
     out = []
     for p in read_experiment(run).get("prune") or []:
-        if not isinstance(p, dict) or p.get("method") not in ("depth", "width"):
+        m = method_or_none(p.get("method")) if isinstance(p, dict) else None
+        if m is None or m.searches:
             continue
         res = results.get(PRUNE.stage(str(p.get("name"))))
         loss = res.validation.loss if res is not None and res.validation is not None else None

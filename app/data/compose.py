@@ -17,6 +17,7 @@ from typing import Any
 
 from app.data.form_fields import get_key
 from engine.compose_preview import StudentSize
+from engine.contract import METHODS, WIDTH, PruneMethod, method_or_none
 
 # the training keys a new form fills in (the rest stay empty: their placeholders say the default)
 NEW_TRAIN_KEYS = ("steps", "global_batch_size", "micro_batch_size", "lr", "min_lr", "warmup_steps")
@@ -36,40 +37,49 @@ def new_experiment() -> dict[str, Any]:
         # data that needs no network (the hub's wikitext is a field away); the teacher is the user's to name
         "data": {"dataset": "builtin:stdlib-docs", "seq_length": NEW_SEQ_LENGTH},
         "finetune": section_defaults("finetune", NEW_TRAIN_KEYS),
-        "prune": [new_student("depth", []), {**new_student("width", []), "hidden_size": RECIPE_WIDTH_HIDDEN}],
+        "prune": [_recipe_student(m) for m in METHODS if m.in_new_form],
         "distill": section_defaults("distill", (*NEW_TRAIN_KEYS, "loss")),
         "eval": section_defaults("eval", ("splits",)),
         "launch": section_defaults("launch", ("gpus", "strategy")),
     }
 
 
-# a student before its teacher is known: the 8B recipe's (keep 16 of 32 layers; ffn 14336 -> 9216; half
-# the parameters); new_experiment's width student also has hidden 4096 -> 3072
-RECIPE: dict[str, dict[str, Any]] = {"depth": {"num_layers": 16}, "width": {"ffn_hidden_size": 9216},
-                                     "search": {"target_params": 0.5}}
-RECIPE_WIDTH_HIDDEN = 3072
+# a student before its teacher is known: the 8B recipe's (PruneMethod.recipe: keep 16 of 32 layers; ffn
+# 14336 -> 9216; half the parameters); new_experiment's width student also has hidden 4096 -> 3072
+# (PruneMethod.recipe_hidden)
+RECIPE: dict[str, dict[str, Any]] = {m.name: dict(m.recipe) for m in METHODS}
 FFN_STEP = 64  # a width student's ffn: a multiple of this (hardware-friendly) when the teacher's is large
+
+
+def _recipe_student(m: PruneMethod) -> dict[str, Any]:
+    """new_experiment's student of `m`: the recipe's, with the recipe's hidden size where it has one."""
+    return {**new_student(m.name, []), **({"hidden_size": m.recipe_hidden} if m.recipe_hidden else {})}
 
 
 def student_targets(method: str, teacher: tuple[int, int, int] | None = None) -> dict[str, Any]:
     """A new student's targets: the recipe's, or sized from the teacher's (layers, hidden, ffn) once
-    known: half its layers, half its ffn (hidden unchanged); a search asks for half the parameters."""
-    if teacher is None or method not in ("depth", "width"):
-        return dict(RECIPE.get(method, RECIPE["width"]))
+    known by halving the key its method names (PruneMethod.halves): half its layers, half its ffn
+    (hidden unchanged); a search asks for half the parameters."""
+    m = method_or_none(method)
+    if teacher is None or m is None or m.halves is None:
+        return dict(RECIPE.get(method, RECIPE[WIDTH.name]))
     layers, _hidden, ffn = teacher
-    if method == "depth":
-        return {"num_layers": max(1, layers // 2)}
     half = ffn // 2
-    return {"ffn_hidden_size": half - half % FFN_STEP if half >= 2 * FFN_STEP else max(1, half)}
+    halved = {"num_layers": max(1, layers // 2),
+              "ffn_hidden_size": half - half % FFN_STEP if half >= 2 * FFN_STEP else max(1, half)}
+    return {m.halves: halved[m.halves]}
 
 
 def is_untouched(student: dict[str, Any]) -> bool:
     """A student still as the form made it before the teacher was known (the user's own numbers are
     never replaced: validation says what is wrong with them)."""
     targets = {k: v for k, v in student.items() if k not in ("name", "method")}
-    recipe = RECIPE.get(str(student.get("method")))
-    extra = {"hidden_size": RECIPE_WIDTH_HIDDEN} if student.get("method") == "width" else {}
-    return recipe is not None and targets in (recipe, {**recipe, **extra})
+    m = method_or_none(student.get("method"))
+    if m is None:
+        return False
+    recipe = dict(m.recipe)
+    extra = {"hidden_size": m.recipe_hidden} if m.recipe_hidden else {}
+    return targets in (recipe, {**recipe, **extra})
 
 
 def too_big(student: dict[str, Any], teacher: tuple[int, int, int]) -> bool:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config import SUPPORTED_MODEL_TYPES, arch_default, key_spec
+from engine.contract import METHODS as PRUNE_METHODS
+from engine.contract import PruneMethod
 
 # sections whose fields edit their own dict (a student, an optional section's stash, the top level): keys
 # without the section; the others' keys are dotted from the file's top ("model.dtype")
@@ -203,27 +205,22 @@ LAUNCH = (
     schema_field("launch", "strategy", "strategy"),
     schema_field("launch", "parallel", "parallel"),  # distill the students at once; <= 15 characters
 )
-# A student's fields by [[prune]] method (labels fit the 16-column label column: 15 characters at most)
+# A student's fields by [[prune]] method: the keys its record lists (PruneMethod.fields, in that order),
+# then selection and calibration. Labels fit the 16-column label column: 15 characters at most.
 SELECTION = schema_field("prune", "selection", "selection", hint="default: by method")
 # every method scores importance on calibration text: 1024 samples took 14 minutes on a CPU
 CALIBRATION = schema_field("prune", "calibration_samples", "calib samples", hint="fewer, faster: e.g. 64 on a CPU")
-DEPTH = (
-    schema_field("prune", "drop_layers", "drop layers", hint="e.g. 16-31 (0-indexed)"),
-    schema_field("prune", "num_layers", "or keep N", hint="e.g. 16 layers kept; importance picks"),
-    SELECTION,
-    CALIBRATION,
-)
 _UNCHANGED = "default: unchanged (the teacher's)"
-WIDTH = (
+TARGET_FIELDS = {s.key: s for s in (
+    # depth
+    schema_field("prune", "drop_layers", "drop layers", hint="e.g. 16-31 (0-indexed)"),
+    # width (num_layers: layers dropped beside the widths)
     schema_field("prune", "ffn_hidden_size", "ffn", hint=_UNCHANGED),
     schema_field("prune", "hidden_size", "hidden", hint=_UNCHANGED),
     schema_field("prune", "num_attention_heads", "heads", hint=_UNCHANGED),
     schema_field("prune", "num_key_value_heads", "kv heads", hint=_UNCHANGED),
     schema_field("prune", "num_layers", "layers", hint="default: unchanged (or keep N; importance picks)"),
-    SELECTION,
-    CALIBRATION,
-)
-SEARCH = (  # the student described by its budget (engine/search/)
+    # search: the student described by its budget (engine/search/)
     schema_field("prune", "target_params", "target params", hint='e.g. 0.6 (of the teacher) | "4.5B" | 81_000_000'),
     schema_field("prune", "target_memory_gb", "or memory GiB", hint="e.g. 8: weights + KV cache, in model.dtype"),
     schema_field("prune", "memory_seq_length", "KV seq length", hint="default: data.seq_length"),
@@ -237,10 +234,18 @@ SEARCH = (  # the student described by its budget (engine/search/)
     schema_field("prune", "score_steps", "score steps", hint="(when score = distill)"),
     schema_field("prune", "score_task", "score task", hint="default: the loss; or an [eval] task"),
     schema_field("prune", "audit", "audit", hint="(0: off; N: distil the N best, check the order)"),
-    SELECTION,
-    CALIBRATION,
-)
-STUDENT_FIELDS = {"depth": DEPTH, "width": WIDTH, "search": SEARCH}
+)}
+# num_layers where drop_layers comes first (depth): the other way to say which layers go
+KEEP_N = schema_field("prune", "num_layers", "or keep N", hint="e.g. 16 layers kept; importance picks")
+
+
+def _student_fields(m: PruneMethod) -> tuple[FieldSpec, ...]:
+    keep_n = "drop_layers" in m.fields
+    return (*(KEEP_N if k == "num_layers" and keep_n else TARGET_FIELDS[k] for k in m.fields), SELECTION, CALIBRATION)
+
+
+STUDENT_FIELDS = {m.name: _student_fields(m) for m in PRUNE_METHODS}
+DEPTH, WIDTH, SEARCH = STUDENT_FIELDS["depth"], STUDENT_FIELDS["width"], STUDENT_FIELDS["search"]  # (tests)
 METHODS = key_spec("prune", "method").choices  # the schema's methods, in its order
 assert set(METHODS) == set(STUDENT_FIELDS), "a [[prune]] method without its fields"
 

@@ -38,7 +38,7 @@ from app.widgets.checkbox import StateCheckbox
 from app.widgets.compose.fields import ARCH, FieldInput, fields
 from app.widgets.compose.save_state import SaveState
 from app.widgets.compose.student_form import StudentForm
-from app.widgets.compose.students import StudentList
+from app.widgets.compose.students import STUDENT_KEYS, StudentList
 from app.widgets.keybar import KeyBar
 from app.widgets.nav import NavBar
 from engine.contract import OPTIONAL_SECTIONS
@@ -59,9 +59,7 @@ class ComposeScreen(ComposeFiles, KeepStyles, Screen):
         Binding("ctrl+o", "open", "Open"),
         Binding("ctrl+l", "launch", "Launch"),
         Binding("ctrl+n", "new", "New"),
-        Binding("f2", "add_student('depth')", "+depth"),
-        Binding("f3", "add_student('width')", "+width"),
-        Binding("f4", "add_student('search')", "+search"),
+        *(Binding(key, f"add_student('{method}')", f"+{method}") for method, key in STUDENT_KEYS.items()),
         # a text field takes letters and digits: esc leaves it, so 1-4 switch screens again
         Binding("escape", "leave_field", "Leave field"),
     ]

@@ -8,18 +8,16 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from engine.config.section_base import Section, slug
+from engine.stages.prune_methods import DEPTH, METHODS, SPEED_KEYS, WIDTH, PruneMethod, method_of
 
 SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_key_value_heads"]
 
-
-# a search's speed budget: the targets, then how they are measured (engine/search/speed_budget.py)
-SPEED_KEYS = ("target_decode_ms", "target_prefill_tokens_per_s", "speed_batch_size", "speed_prompt_tokens",
-              "speed_new_tokens", "speed_fit_shapes")
+# SPEED_KEYS (engine.stages.prune_methods): a search's speed budget, the targets, then how they are measured
 
 
 class PruneConfig(Section):
     name: str
-    method: Literal["depth", "width", "search"]
+    method: Literal["depth", "width", "search"]  # engine.stages.prune_methods.METHODS (tests/test_prune_methods.py)
     # depth (width and search drop layers too, chosen by the same selection)
     drop_layers: list[int] | None = None
     num_layers: int | None = Field(default=None, ge=1)
@@ -75,8 +73,9 @@ class PruneConfig(Section):
         """audit: a search's ranking checked by distilling its best candidates; N of the scored ones, N >= 2."""
         if "audit" not in self.model_fields_set or not self.audit:
             return self
-        if self.method != "search":
-            raise ValueError(f"audit: a search key in a {self.method} prune; use method = \"search\"")
+        if not method_of(self.method).searches:
+            owner = next(m for m in METHODS if m.searches)
+            raise ValueError(f"audit: a {owner.name} key in a {self.method} prune; use method = \"{owner.name}\"")
         if self.audit == 1:
             raise ValueError("audit: 1 candidate ranks nothing; audit at least 2 of the scored candidates (0: off)")
         if self.audit > self.top_k:
@@ -89,47 +88,61 @@ class PruneConfig(Section):
 
     @model_validator(mode="after")
     def _targets(self) -> PruneConfig:
-        width_keys = ("ffn_hidden_size", "hidden_size", "num_attention_heads", "num_key_value_heads")
-        search_keys = ("target_params", "target_memory_gb", "memory_seq_length", "score_task") + SPEED_KEYS
-        if self.method != "search":
-            set_search = [k for k in search_keys if getattr(self, k) is not None]
-            if set_search:
-                raise ValueError(f"{set_search[0]}: a search key in a {self.method} prune; use method = \"search\"")
-        if self.method == "search":
-            if (self.target_params is None) == (self.target_memory_gb is None):
-                raise ValueError("target_params: a search needs exactly one of target_params or target_memory_gb"
-                                 + (" (a speed target narrows it)" if self._speed_target() else ""))
-            how = [k for k in SPEED_KEYS[2:] if getattr(self, k) is not None]
-            if how and not self._speed_target():
-                raise ValueError(f"{how[0]}: says how a speed target is measured, and there is none; add "
-                                 "target_decode_ms or target_prefill_tokens_per_s, or leave it out")
-            if self.target_params is not None:
-                from engine.config.counts import parse_param_count
-
-                parse_param_count(self.target_params)  # ValueError with the accepted forms
-            if not self.axes or len(set(self.axes)) != len(self.axes):
-                raise ValueError("axes: name each searched axis once, e.g. [\"num_layers\", \"hidden_size\"]")
-            fixed = [k for k in width_keys + ("drop_layers", "num_layers") if getattr(self, k) is not None]
-            if fixed:
-                raise ValueError(f"{fixed[0]}: a search chooses the shape itself; leave {fixed[0]} out and "
-                                 "name the axes it may change in axes")
-        elif self.method == "depth":
-            if (self.drop_layers is None) == (self.num_layers is None):
-                raise ValueError("drop_layers: a depth prune needs exactly one of drop_layers or num_layers")
-            if self.drop_layers is not None:
-                if not self.drop_layers:
-                    raise ValueError("drop_layers: the list is empty; name the layers to drop (0-indexed)")
-                if min(self.drop_layers) < 0:
-                    raise ValueError("drop_layers: layer indices are 0-indexed and cannot be negative")
-                if len(set(self.drop_layers)) != len(self.drop_layers):
-                    raise ValueError("drop_layers: a layer is listed twice")
-            set_width = [k for k in width_keys if getattr(self, k) is not None]
-            if set_width:
-                raise ValueError(f"{set_width[0]}: a width key in a depth prune; use method = \"width\"")
+        """The method's target keys (engine.stages.prune_methods): a search's keys refused first in any other
+        prune, then the method's own checks, then the other methods' keys it does not take."""
+        m = method_of(self.method)
+        if not m.searches:
+            self._refuse_targets([o for o in METHODS if o.searches])
+        if m.searches:
+            self._search_targets()
+        elif m.layers_only:
+            self._depth_targets()
         else:
-            if all(getattr(self, k) is None for k in width_keys):
-                raise ValueError("ffn_hidden_size: a width prune needs at least one of " + ", ".join(width_keys))
-            if self.drop_layers is not None:  # num_layers is welcome: depth and width in one student
-                raise ValueError("drop_layers: a width prune drops layers by num_layers and selection; "
-                                 "use num_layers, or method = \"depth\"")
+            self._width_targets(m)
+        self._refuse_targets(METHODS)
         return self
+
+    def _refuse_targets(self, others: list[PruneMethod] | tuple[PruneMethod, ...]) -> None:
+        """The first set target key of `others` that this prune's method neither owns nor takes."""
+        m = method_of(self.method)
+        for o in others:
+            set_keys = [k for k in o.targets if k not in m.targets + m.accepts and getattr(self, k) is not None]
+            if set_keys:
+                raise ValueError(f"{set_keys[0]}: a {o.name} key in a {self.method} prune; use method = \"{o.name}\"")
+
+    def _search_targets(self) -> None:
+        if (self.target_params is None) == (self.target_memory_gb is None):
+            raise ValueError("target_params: a search needs exactly one of target_params or target_memory_gb"
+                             + (" (a speed target narrows it)" if self._speed_target() else ""))
+        how = [k for k in SPEED_KEYS[2:] if getattr(self, k) is not None]
+        if how and not self._speed_target():
+            raise ValueError(f"{how[0]}: says how a speed target is measured, and there is none; add "
+                             "target_decode_ms or target_prefill_tokens_per_s, or leave it out")
+        if self.target_params is not None:
+            from engine.config.counts import parse_param_count
+
+            parse_param_count(self.target_params)  # ValueError with the accepted forms
+        if not self.axes or len(set(self.axes)) != len(self.axes):
+            raise ValueError("axes: name each searched axis once, e.g. [\"num_layers\", \"hidden_size\"]")
+        fixed = [k for k in WIDTH.targets + DEPTH.targets if getattr(self, k) is not None]
+        if fixed:
+            raise ValueError(f"{fixed[0]}: a search chooses the shape itself; leave {fixed[0]} out and "
+                             "name the axes it may change in axes")
+
+    def _depth_targets(self) -> None:
+        if (self.drop_layers is None) == (self.num_layers is None):
+            raise ValueError("drop_layers: a depth prune needs exactly one of drop_layers or num_layers")
+        if self.drop_layers is not None:
+            if not self.drop_layers:
+                raise ValueError("drop_layers: the list is empty; name the layers to drop (0-indexed)")
+            if min(self.drop_layers) < 0:
+                raise ValueError("drop_layers: layer indices are 0-indexed and cannot be negative")
+            if len(set(self.drop_layers)) != len(self.drop_layers):
+                raise ValueError("drop_layers: a layer is listed twice")
+
+    def _width_targets(self, m: PruneMethod) -> None:
+        if all(getattr(self, k) is None for k in m.targets):
+            raise ValueError(f"{m.targets[0]}: a width prune needs at least one of " + ", ".join(m.targets))
+        if self.drop_layers is not None:  # num_layers is welcome: depth and width in one student
+            raise ValueError("drop_layers: a width prune drops layers by num_layers and selection; "
+                             "use num_layers, or method = \"depth\"")

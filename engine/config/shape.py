@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.config.arch import SUPPORTED_MODEL_TYPES
 from engine.errors import ConfigError
+from engine.stages.prune_methods import DEPTH, WIDTH, method_of
 
 # transformers' config defaults for the keys that decide a shape (v5 config classes).
 # head_dim None means hidden_size // num_attention_heads.
@@ -143,10 +144,10 @@ class StudentShape:
 
 def layer_selection(p: Any) -> str:
     """How a [[prune]] table chooses the layers it drops: its `selection`, else the default of its
-    method. Depth keeps block influence (free with calibration); width and search use the LM-loss
-    increase, which chose far better layers on SmolLM2-135M (validation loss 5.85 against 9.58
-    right after pruning)."""
-    return p.selection or ("block-influence" if p.method == "depth" else "lm-loss")
+    method (PruneMethod.selection). Depth keeps block influence (free with calibration); width and
+    search use the LM-loss increase, which chose far better layers on SmolLM2-135M (validation loss
+    5.85 against 9.58 right after pruning)."""
+    return p.selection or method_of(p.method).selection
 
 
 def selection_cost(selection: str, num_layers: int) -> str:
@@ -185,11 +186,10 @@ def student_shape(teacher: Shape, p: Any, where: str) -> StudentShape:
     `p` is an engine.config.PruneConfig; `where` prefixes every message, e.g.
     "exp.toml: prune[width]".
     """
-    if p.method == "depth":
-        return _depth_shape(teacher, p, where)
-    if p.method == "search":  # many shapes, known only with the budget: engine.shapes.candidates
+    m = method_of(p.method)
+    if m.searches:  # many shapes, known only with the budget: engine.shapes.candidates
         raise ValueError("student_shape: a search student has no single shape; use search_space")
-    return _width_shape(teacher, p, where)
+    return _depth_shape(teacher, p, where) if m.layers_only else _width_shape(teacher, p, where)
 
 
 def _kept_layers(t: Shape, p: Any, where: str) -> int:
@@ -198,7 +198,7 @@ def _kept_layers(t: Shape, p: Any, where: str) -> int:
     if p.num_layers > n:
         raise ConfigError(f"{where}.num_layers: {p.num_layers} is larger than the teacher's {n} layers; "
                           f"choose 1..{n - 1}")
-    if p.num_layers == n and p.method == "depth":
+    if p.num_layers == n and method_of(p.method).layers_only:
         raise ConfigError(f"{where}.num_layers: {n} keeps every layer of the teacher; choose 1..{n - 1} "
                           "to prune")
     return p.num_layers
@@ -215,9 +215,9 @@ def _depth_shape(t: Shape, p: Any, where: str) -> StudentShape:
             raise ConfigError(f"{where}.drop_layers: drops all {n} layers; keep at least one "
                               f"(drop at most {n - 1})")
         drop = tuple(sorted(p.drop_layers))
-        return StudentShape(p.name, "depth", replace(t, num_layers=n - len(drop)), drop_layers=drop)
+        return StudentShape(p.name, DEPTH.name, replace(t, num_layers=n - len(drop)), drop_layers=drop)
     kept = _kept_layers(t, p, where)
-    return StudentShape(p.name, "depth", replace(t, num_layers=kept), num_drop=n - kept,
+    return StudentShape(p.name, DEPTH.name, replace(t, num_layers=kept), num_drop=n - kept,
                         selection=layer_selection(p))
 
 
@@ -263,7 +263,7 @@ def _width_shape(t: Shape, p: Any, where: str) -> StudentShape:
     student = replace(t, hidden_size=hidden, intermediate_size=ffn, num_heads=heads, num_kv_heads=kv,
                       num_layers=kept)
     drop = t.num_layers - kept
-    return StudentShape(p.name, "width", student, num_drop=drop, selection=layer_selection(p) if drop else None)
+    return StudentShape(p.name, WIDTH.name, student, num_drop=drop, selection=layer_selection(p) if drop else None)
 
 
 # ---- student config.json --------------------------------------------------------------

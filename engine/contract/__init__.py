@@ -53,15 +53,19 @@ from engine.contract.status import (
     stage_status_doc,
 )
 from engine.errors import UserError  # what a reader catches: a file it cannot use (UnreadableFile, ...)
-from engine.stages import (  # the stage kinds' facts, for readers (the TUI imports only the contract)
+from engine.stages import (  # the stage kinds' and prune methods' facts, for readers (the TUI imports only the contract)
     DISTILL,
     KINDS,
+    METHODS,
     OPTIONAL_SECTIONS,
     PRUNE,
     STUDENT_SECTIONS,
+    WIDTH,
+    PruneMethod,
     is_student_stage,
     kind_of,
     kind_or_none,
+    method_or_none,
     planned_stages,
     stage_kind,
     student_or_none,
@@ -70,7 +74,8 @@ from engine.stages import (  # the stage kinds' facts, for readers (the TUI impo
 
 __all__ = [
     "AT_CHANCE", "ModelRow", "decide_columns", "quality_speed_points", "read_model_rows", "row_cells",
-    "Change", "DISTILL", "GIB", "HEARTBEAT_S", "KINDS", "OPTIONAL_SECTIONS", "PRUNE", "STUDENT_SECTIONS",
+    "Change", "DISTILL", "GIB", "HEARTBEAT_S", "KINDS", "METHODS", "method_or_none", "OPTIONAL_SECTIONS", "PRUNE",
+    "PruneMethod", "STUDENT_SECTIONS", "WIDTH",
     "is_student_stage", "kind_of", "kind_or_none", "planned_stages", "stage_kind",
     "student_or_none", "student_sections", "MAX_LOG_PPL", "MetricsCursor", "MetricsSummary", "ModelResult", "RunInfo",
     "RunLayout", "RunScanner", "STALE_S", "STATES", "SplitResult", "StageInfo", "StageStatus", "UserError", "age",

@@ -10,7 +10,7 @@ from typing import Any
 from engine.contract.files import read_json
 from engine.contract.fmt import human_count
 from engine.contract.layout import RunLayout
-from engine.stages import PRUNE
+from engine.stages import PRUNE, method_of
 
 COLUMNS = ["rank", "layers", "hidden", "ffn", "heads", "params", "memory GiB", "screen", "pruned loss", "score", ""]
 
@@ -58,7 +58,7 @@ def search_docs(run_dirs: list[str | Path]) -> list[tuple[str, dict[str, Any]]]:
         layout = RunLayout(rd)
         exp = load_experiment(layout.experiment_file)  # compare has checked that it is a run directory
         for p in exp.prune:
-            doc = read_search(layout, PRUNE.stage(p.name)) if p.method == "search" else None
+            doc = read_search(layout, PRUNE.stage(p.name)) if method_of(p.method).searches else None
             if doc is not None:
                 out.append((f"{exp.name}:{p.name}" if len(run_dirs) > 1 else p.name, doc))
     return out

@@ -34,7 +34,7 @@ from engine.models.hf import (
 from engine.prune.importance import Importance, calibrate, load_importance, random_importance
 from engine.prune.student import layers_to_drop, prune_student
 from engine.shapes.candidates import SearchSpace, search_space
-from engine.stages import PRUNE, stage_student
+from engine.stages import PRUNE, method_of, stage_student
 from engine.stages.prune import earlier_student
 from engine.training.memory_report import MemoryReport
 
@@ -52,7 +52,7 @@ def prune_stage(ctx: StageContext) -> None:
     check_supported(cfg.get("model_type", "?"), src)
     teacher_shape = shape_from_config(cfg, where=src)
     target: StudentShape | SearchSpace = (
-        search_space(teacher_shape, p, where, exp.model.dtype, exp.data.seq_length) if p.method == "search"
+        search_space(teacher_shape, p, where, exp.model.dtype, exp.data.seq_length) if method_of(p.method).searches
         else student_shape(teacher_shape, p, where))
     ctx.log(f"[{stage}] teacher {src}: {teacher_shape.describe()}")
     device = compute_device()

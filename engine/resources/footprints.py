@@ -15,7 +15,7 @@ from engine.config.shape import Shape, count_params
 from engine.resources.inputs import DiskNeed, Shapes, checkpoint_bytes
 from engine.resources.memory import Knobs, Need, forward_need, train_knobs, training_need
 from engine.shapes.budget import DTYPE_BYTES
-from engine.stages import DISTILL, kind_of, own_settings
+from engine.stages import DISTILL, kind_of, method_of, own_settings
 from engine.stages.names import stage_student
 
 
@@ -78,7 +78,7 @@ class Prune(Footprint):
         resident = count_params(shapes.students[p.name]) * (e if cuda else 4)
         need = forward_need(stage, [shapes.teacher], p.calibration_batch_size * exp.data.seq_length, cuda, e,
                             resident)
-        if p.method == "search" and p.audit:  # the audit distils candidates here, one process, as distill-<s> would
+        if method_of(p.method).searches and p.audit:  # the audit distils candidates here, one process, as distill-<s> would
             audit = TRAINING.need(exp, shapes, DISTILL.stage(p.name), 1, cuda, micro)
             need = max(need, replace(audit, stage=stage, knobs=None), key=lambda n: n.total)  # (knobs: a training stage's)
         return need

@@ -23,6 +23,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from engine.stages import method_of
+
 
 def ranks(values: Sequence[float]) -> list[float]:
     """1-based ranks, ties given the mean of the ranks they span (as scipy.stats.rankdata)."""
@@ -87,7 +89,7 @@ def check_lines(exp: Any) -> list[str]:
     peak becomes a one-device distillation's while it audits (engine/resources/footprints.py PRUNE)."""
     out = []
     for p in exp.prune:
-        if p.method != "search" or not p.audit:
+        if not method_of(p.method).searches or not p.audit:
             continue
         steps = exp.distill_for(p.name).steps
         out.append(f"  audit of prune-{p.name}: after the search, the {p.audit} best-scored candidates are each distilled "

@@ -28,7 +28,7 @@ from engine.config.shape import (
 )
 from engine.contract import RunLayout, human_count, read_json
 from engine.shapes.candidates import CHECK_SHOWN, SearchSpace, candidate_label, evenly_spaced, search_space
-from engine.stages import PREPARE
+from engine.stages import PREPARE, method_of
 from engine.stages.prune import earlier_student
 
 _LLAMA3_8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
@@ -224,7 +224,7 @@ def _check_speed_budgets(exp: Experiment, tc: TeacherConfig, device_type: str | 
     from engine.errors import UserError
 
     for p in exp.prune:
-        budget = speed_budget_for(p, exp.eval) if p.method == "search" else None
+        budget = speed_budget_for(p, exp.eval) if method_of(p.method).searches else None
         if budget is not None:
             try:
                 budget.check_positions(tc.config.get("max_position_embeddings"), f"{exp.source}: prune[{p.name}]",
@@ -263,7 +263,7 @@ def _check_importance_files(exp: Experiment, teacher: Shape | None) -> None:
 
 def _student(exp: Experiment, t: Shape, p: Any) -> StudentShape | SearchSpace:
     where = f"{exp.source}: prune[{p.name}]"
-    if p.method == "search":
+    if method_of(p.method).searches:
         if p.score == "distill" and exp.distill is None:
             raise ConfigError(f"{where}.score: \"distill\" runs a short [distill]; add a [distill] section or "
                               "use score = \"loss\"")
@@ -313,8 +313,9 @@ def shape_lines(exp: Experiment) -> list[str]:
             out += _search_lines(p, t, student, exp.eval)
             continue
         s = student.shape
-        how = student.describe() if student.method == "depth" else _changes(t, s)
-        if student.method == "width":
+        m = method_of(student.method)  # a search's student is a SearchSpace (above)
+        how = student.describe() if m.layers_only else _changes(t, s)
+        if not m.layers_only:  # its importance picks the neurons, channels and heads kept
             how += f" (importance: {p.importance})"
         ratio = count_params(t) / max(count_params(s), 1)
         out.append(f"  prune-{p.name}: {how} -> {s.describe()}: {_param_text(s)}, {ratio:.2f}x smaller")

@@ -18,8 +18,10 @@ from app.data.compose import Validation, is_untouched, new_student, student_targ
 from app.data.field_errors import student_errors
 from app.messages import FormChanged, StudentRemoved
 from app.widgets.compose.student_form import StudentForm
+from engine.contract import METHODS, method_or_none
 
-STUDENT_KEYS = {"depth": "f2", "width": "f3", "search": "f4"}  # the add buttons and their keys
+# the add buttons and their keys: F2 on, one per [[prune]] method in the records' order (depth, width, search)
+STUDENT_KEYS = {m.name: f"f{i}" for i, m in enumerate(METHODS, 2)}
 
 
 class StudentList(Vertical):
@@ -98,9 +100,10 @@ class StudentList(Vertical):
         teacher now known, is sized from it instead (through its fields, as if typed)."""
         for form in self.query(StudentForm):
             st = form.student
-            if st.get("method") not in ("depth", "width") or not is_untouched(st) or not too_big(st, teacher):
+            m = method_or_none(st.get("method"))
+            if m is None or m.halves is None or not is_untouched(st) or not too_big(st, teacher):
                 continue
-            wanted = {"hidden_size": None} if st["method"] == "width" else {}
+            wanted = {"hidden_size": None} if m.recipe_hidden else {}
             for key, value in {**wanted, **student_targets(st["method"], teacher)}.items():
                 control = form.control(key)
                 if control is not None:
