@@ -138,10 +138,10 @@ def test_the_which_tables_note_says_rounds_spread_and_load():
 
 
 def test_compare_rows_carry_the_rounds_timed(runs):
-    from engine.compare import model_rows
+    from engine.contract import read_model_rows
 
     w = speed_run(runs, "calm", {"teacher": 100.0, "distill-depth": 180.0})
-    rows = {r.label: r for r in model_rows(w.root)}
+    rows = {r.label: r for r in read_model_rows(w.root)}
     assert rows["teacher"].repeats == rows["depth"].repeats == 12 and rows["width"].repeats is None
 
 
