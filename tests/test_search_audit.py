@@ -14,6 +14,7 @@ from test_search import SEQ, _run, _tokenizer
 from engine.config import ConfigError, loads_experiment
 from engine.contract import RunLayout, read_json, read_metrics, read_status
 from engine.contract.search_audit import audit_line
+from engine.contract.search_doc import read_search_doc, search_doc
 from engine.models.hf import save_model
 from engine.search.audit import ranks, spearman
 
@@ -117,7 +118,7 @@ def test_audit_writes_the_correlations_and_the_winner_check(root, capsys):
     chosen = next(i for i, c in enumerate(cands) if c["chosen"])
     assert a["best_index"] == best and a["chosen_is_best"] == (best == chosen)
     assert a["gap_nats"] == pytest.approx(final[chosen] - final[best])
-    assert audit_line(doc).startswith("audit (3 of 3 best-scored distilled 2 steps each)")
+    assert audit_line(search_doc(doc)).startswith("audit (3 of 3 best-scored distilled 2 steps each)")
     log = capsys.readouterr().out  # (in process: the stage's log is this process's output)
     assert "audit 3/3" in log and "ETA" in log
     st = read_status(layout.stage_status_file("prune-auto"))  # the status counts the audit's steps
@@ -141,7 +142,7 @@ def test_the_audit_judges_on_the_test_split_the_search_never_saw(tmp_path, capsy
     assert _run(exp, "prune-auto") == 0 and _run(exp, "distill-auto") == 0
     a = read_json(layout.search_file("prune-auto"))["audit"]
     assert a["split"] == "test" and "judged on the test split" in capsys.readouterr().out
-    assert "Spearman with the final test loss" in audit_line(read_json(layout.search_file("prune-auto")))
+    assert "Spearman with the final test loss" in audit_line(read_search_doc(layout.search_file("prune-auto")))
     chosen = next(c for c in a["candidates"] if c["rank"] == 1)
     # the distilled winner, read back, has the audit's loss on the test windows and not on validation's
     model = load_model(layout.model_dir("distill-auto"), dtype="float32")
@@ -184,8 +185,7 @@ def test_compare_prints_the_audit(root):
     console = Console(record=True, width=200)
     compare([exp.run_dir], chart=False, console=console)
     text = console.export_text()
-    doc = read_json(layout.search_file("prune-auto"))
-    line = audit_line(doc)
+    line = audit_line(read_search_doc(layout.search_file("prune-auto")))
     assert f"search auto: {line}" in text
     table = text[text.index(line):].splitlines()[1:]
     chosen = [r for r in table if "chosen" in r]
@@ -234,7 +234,7 @@ def test_audit_summary_orients_a_higher_is_better_score_and_measures_the_gap():
     assert a["spearman_screen"] == pytest.approx(-0.5)  # screen 5, 4, 3 against 2.5, 2.4, 3.0
     assert (a["chosen_is_best"], a["best_index"]) == (False, 1) and a["gap_nats"] == pytest.approx(0.1)
     assert a["seconds"] == 4.0 and (a["done"], a["cancelled"]) == (3, False)
-    assert "0.1000 nats behind rank 2 (2L h8 ffn8 2/1)" in audit_line({**doc, "audit": a})
+    assert "0.1000 nats behind rank 2 (2L h8 ffn8 2/1)" in audit_line(search_doc({**doc, "audit": a}))
 
 
 def test_compose_offers_audit_for_a_search_student_only():
@@ -255,6 +255,7 @@ def test_run_detail_search_table_carries_the_audit_line(root):
         assert _run(exp, "prune-auto") == 0
         doc = read_json(RunLayout(exp.run_dir).search_file("prune-auto"))
     console = Console(record=True, width=400)
-    console.print(search_renderable("prune-auto", doc))
+    typed = search_doc(doc)
+    console.print(search_renderable("prune-auto", typed))
     text = " ".join(console.export_text().split())  # (a table's title wraps to the table's width)
-    assert " ".join(audit_line(doc).split()) in text
+    assert " ".join(audit_line(typed).split()) in text

@@ -7,6 +7,7 @@ from __future__ import annotations
 from _app_util import RunWriter
 
 from engine.contract.frontier import frontier, frontier_of
+from engine.contract.search_doc import search_doc
 
 PRUNE = [{"name": "depth", "method": "depth", "num_layers": 2}, {"name": "width", "method": "width", "ffn_hidden_size": 64},
          {"name": "auto", "method": "search", "target_params": 0.6}]
@@ -57,11 +58,14 @@ def test_speed_counts_where_measured_and_an_untimed_candidate_cannot_beat_a_time
 def test_frontier_of_an_older_search_json_is_worked_out_and_a_broken_one_replaced():
     cands = [cand(4.0, 100, 1.0, chosen=True), cand(4.2, 90, 0.9), cand(4.3, 95, 0.95)]
     old = {"score": "loss", "higher_is_better": False, "candidates": cands}  # written before the frontier
-    assert frontier_of(old)["points"] == [1, 0]
-    assert frontier_of({**old, "frontier": {"points": [7], "axes": []}})["points"] == [1, 0]  # out of range
+    assert frontier_of(search_doc(old)).points == (1, 0)
+    assert frontier_of(search_doc({**old, "frontier": {"points": [7], "axes": []}})).points == (1, 0)  # out of range
     kept = {"points": [2], "axes": ["params"]}
-    assert frontier_of({**old, "frontier": kept}) is kept  # the file's own, as written
-    assert frontier_of({"candidates": "?"}) is None
+    f = frontier_of(search_doc({**old, "frontier": kept}))  # the file's own, as written
+    assert (f.points, f.axes, f.measured, f.chosen) == ((2,), ("params",), None, None)
+    assert search_doc({"candidates": "?"}) is None  # no document: no frontier
+    # a candidate that is not an object keeps its place: the frontier's indices count it
+    assert frontier_of(search_doc({**old, "candidates": ["?", *cands]})).points == (2, 1)
 
 
 def searched_run(runs) -> tuple[RunWriter, dict]:
@@ -124,3 +128,40 @@ def test_search_document_keeps_the_frontier_and_compare_prints_it_with_the_chose
     marked = [r for r in rows if r[-2:] == ["<-", "chosen"]]
     assert marked == [rows[f["points"].index(chosen)]]
     assert "### frontier auto:" in (w.root / "report.md").read_text()
+
+
+def test_search_json_is_read_once_into_typed_objects_and_an_older_or_damaged_one_defensively(tmp_path):
+    """engine.contract.search_doc: the typed document the tables render; keys an older file lacks read
+    as None, and a candidate the tables cannot show makes them raise ValueError (the TUI says so)."""
+    from engine.contract import RunLayout
+    from engine.contract.search_doc import Shape
+    from engine.contract.search_table import candidate_cells, read_search, search_rows, title
+
+    w, doc = searched_run(tmp_path / "runs")
+    typed = read_search(RunLayout(w.root), "prune-auto")
+    assert typed is not None and len(typed.candidates) == len(doc["candidates"])
+    assert [c.index for c in typed.candidates] == list(range(len(doc["candidates"])))
+    winner = typed.chosen
+    assert winner is not None and winner.rank == 1 and typed.scored[0] is winner
+    assert isinstance(winner.shape, Shape) and winner.shape.num_layers == doc["candidates"][winner.index]["shape"]["num_layers"]
+    assert typed.frontier.points == tuple(doc["frontier"]["points"]) and typed.score == "loss"
+    assert typed.target is not None and typed.target.metric == "params" and typed.screen and typed.screen.screened
+    assert typed.audit is None and typed.speed is None
+    # an older file: no score, target, screen or frontier; a candidate without its screen
+    old = search_doc({"candidates": [{"shape": doc["candidates"][0]["shape"], "params": 10, "rank": 1, "score": 4.0,
+                                      "chosen": True}]})
+    assert old is not None and (old.score, old.target, old.screen, old.audit) == (None, None, None, None)
+    assert old.candidates[0].screen_loss is None and old.frontier.points == (0,)
+    assert title("auto", old) == "search auto: ?, 1 of 1 candidates scored by loss"
+    assert search_rows(old)[0][-1] == "<- chosen"
+    # damaged: not a document; a candidate without a (complete) shape or not an object at all
+    assert search_doc([]) is None and search_doc({"candidates": {}}) is None
+    bad = search_doc({"candidates": [{"shape": {"num_layers": 2}, "params": 1, "rank": 1}, 7]})
+    assert bad is not None and bad.candidates[1].is_object is False and bad.candidates[1].rank is None
+    for c, why in zip(bad.candidates, ("its shape has no hidden_size", "no shape"), strict=True):
+        try:
+            candidate_cells(c)
+        except ValueError as e:
+            assert why in str(e)
+        else:
+            raise AssertionError("a candidate without a shape has no cells")

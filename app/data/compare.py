@@ -15,7 +15,9 @@ from engine.contract import (
     AT_CHANCE,
     PRUNE,
     STUDENT_SECTIONS,
+    Candidate,
     RunLayout,
+    SearchDoc,
     UserError,
     method_or_none,
     student_or_none,
@@ -211,31 +213,28 @@ def frontier_plots(runs: list[Path]) -> list[FrontierPlot]:
     return out
 
 
-def frontier_plot(name: str, doc: dict[str, Any], run: Path) -> FrontierPlot | None:
+def frontier_plot(name: str, doc: SearchDoc, run: Path) -> FrontierPlot | None:
     """None when the search has no scored candidate (yet)."""
     from engine.contract.frontier import frontier_of
 
     f = frontier_of(doc)
-    if not f or not f["points"]:
+    if not f.points:
         return None
-    cands, quality = doc["candidates"], str(f.get("quality", "score"))
-    score = str(doc.get("score", "loss"))
+    score = doc.score_name
     # the hand-made students' loss right after pruning is the search's quality only when it scored
     # by that loss; after a short distillation, or on a task, it is another measure
     note = "" if score == "loss" else f"hand-made students not marked: scored by {score}, not the loss after pruning"
-    scored = [pt for i in range(len(cands)) if (pt := _point(cands, quality, i)) is not None]
-    frontier = [pt for i in f["points"] if (pt := _point(cands, quality, i)) is not None]
-    return FrontierPlot(name, score, f.get("higher_is_better") is True, scored, frontier,
-                        _point(cands, quality, f.get("chosen")), f.get("chosen_on_frontier") is True,
-                        hand_made(run) if score == "loss" else [], note)
+    scored = [pt for c in doc.candidates if (pt := _point(c, f.quality)) is not None]
+    frontier = [pt for i in f.points if (pt := _point(doc.candidate(i), f.quality)) is not None]
+    return FrontierPlot(name, score, f.higher_is_better, scored, frontier, _point(doc.candidate(f.chosen), f.quality),
+                        f.chosen_on_frontier, hand_made(run) if score == "loss" else [], note)
 
 
-def _point(cands: list[Any], quality: str, i: Any) -> tuple[float, float] | None:
-    """(params, quality) of candidate i, None where it has not both (or i is no index)."""
-    from engine.contract.frontier import value
-
-    c = cands[i] if isinstance(i, int) and 0 <= i < len(cands) and isinstance(cands[i], dict) else {}
-    p, q = value(c, "params"), value(c, quality)
+def _point(c: Candidate | None, quality: str) -> tuple[float, float] | None:
+    """(params, quality) of candidate c, None where it has not both (or there is no c)."""
+    if c is None:
+        return None
+    p, q = c.value("params"), c.value(quality)
     return (p, q) if p is not None and q is not None else None
 
 
@@ -258,7 +257,7 @@ def hand_made(run: Path) -> list[tuple[str, str, float, float]]:
 # ---- a search's heading in the Search tab ----------------------------------------------------
 
 
-def search_heading(name: str, doc: dict[str, Any]) -> str:
+def search_heading(name: str, doc: SearchDoc) -> str:
     """engine.contract.search_table.title, and for an audited search (audit = N) its audit line below it:
     the Spearman correlations with the final validation loss and whether the chosen shape was best."""
     from engine.contract.search_audit import audit_line

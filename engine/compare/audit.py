@@ -7,25 +7,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.contract.search_audit import audit_line, shape_label
+from engine.contract.search_audit import audit_line
+from engine.contract.search_doc import SearchDoc
 from engine.contract.search_table import search_docs
 
 COLUMNS = ["rank", "shape", "screen", "score", "final loss", "final rank", ""]
 
 
-def audit_rows(doc: dict[str, Any]) -> list[list[str]]:
-    def f(x: Any) -> str:
-        return f"{x:.4f}" if isinstance(x, (int, float)) else "-"
+def audit_rows(doc: SearchDoc) -> list[list[str]]:
+    def f(x: float | None) -> str:
+        return f"{x:.4f}" if x is not None else "-"
 
-    cands = doc["candidates"]
-    best = doc["audit"].get("best_index")
+    if doc.audit is None:
+        return []
+    best = doc.audit.best_index
     rows = []
-    for a in doc["audit"]["candidates"]:
-        c = cands[a["index"]]
-        mark = ", ".join(m for m, on in (("chosen", c.get("chosen")), ("best after distillation", a["index"] == best))
-                         if on)
-        rows.append([str(a.get("rank")), shape_label(c["shape"]), f(a.get("screen_loss")), f(a.get("score")),
-                     f(a.get("final_loss")), str(a.get("final_rank")), mark])
+    for a in doc.audit.candidates:
+        c = doc.candidate(a.index)
+        if c is None:
+            raise ValueError(f"search.json's audit: index {a.index} is no candidate")
+        mark = ", ".join(m for m, on in (("chosen", c.chosen), ("best after distillation", a.index == best)) if on)
+        rows.append([str(a.rank), c.need_shape().label, f(a.screen_loss), f(a.score), f(a.final_loss),
+                     str(a.final_rank), mark])
     return rows
 
 

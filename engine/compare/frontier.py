@@ -8,37 +8,36 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract import human_count
-from engine.contract.frontier import BY_KEY, frontier_of, value
+from engine.contract.frontier import BY_KEY, Frontier, frontier_of
+from engine.contract.search_doc import SearchDoc
 from engine.contract.search_table import search_docs
 
 CHOSEN, DOMINATED = "<- chosen", "<- chosen (off the frontier)"
 
 
-def frontier_title(name: str, doc: dict[str, Any], f: dict[str, Any]) -> str:
-    axes = [BY_KEY[k].label if k in BY_KEY else str(k) for k in f.get("axes", [])]
-    better = "higher" if f.get("higher_is_better") else "lower"
-    return (f"frontier {name}: {doc.get('score', 'loss')} ({better} is better) against {', '.join(axes) or '-'}; "
-            f"{len(f['points'])} of {f.get('measured', '?')} scored candidates")
+def frontier_title(name: str, doc: SearchDoc, f: Frontier) -> str:
+    axes = [BY_KEY[k].label if k in BY_KEY else k for k in f.axes]
+    better = "higher" if f.higher_is_better else "lower"
+    return (f"frontier {name}: {doc.score_name} ({better} is better) against {', '.join(axes) or '-'}; "
+            f"{len(f.points)} of {'?' if f.measured is None else f.measured} scored candidates")
 
 
-def frontier_columns(f: dict[str, Any]) -> list[str]:
-    costs = [BY_KEY[k].label for k in f.get("axes", []) if k in BY_KEY]
+def frontier_columns(f: Frontier) -> list[str]:
+    costs = [BY_KEY[k].label for k in f.axes if k in BY_KEY]
     return [*costs, "score", "layers", "hidden", "ffn", "heads", ""]
 
 
-def frontier_rows(doc: dict[str, Any], f: dict[str, Any]) -> list[list[str]]:
+def frontier_rows(doc: SearchDoc, f: Frontier) -> list[list[str]]:
     """The frontier's points, then the chosen candidate when it is not one of them."""
-    cands = doc["candidates"]
-    chosen = f.get("chosen") if isinstance(f.get("chosen"), int) and 0 <= f["chosen"] < len(cands) else None
-    keys = [k for k in f.get("axes", []) if k in BY_KEY]
+    chosen = f.chosen
+    keys = [k for k in f.axes if k in BY_KEY]
     rows = []
-    for i in [*f["points"], *([chosen] if chosen is not None and chosen not in f["points"] else [])]:
-        c = cands[i]
-        s = c.get("shape") if isinstance(c.get("shape"), dict) else {}
-        mark = "" if i != chosen else CHOSEN if i in f["points"] else DOMINATED
-        rows.append([*(_cell(k, value(c, k)) for k in keys), _cell("score", value(c, f.get("quality", "score"))),
-                     *(str(s.get(k, "-")) for k in ("num_layers", "hidden_size", "ffn_hidden_size")),
-                     f"{s.get('num_attention_heads', '-')}/{s.get('num_key_value_heads', '-')}", mark])
+    for i in [*f.points, *([chosen] if chosen is not None and chosen not in f.points else [])]:
+        c = doc.candidates[i]
+        s = c.shape
+        dims = [str(s.num_layers), str(s.hidden_size), str(s.ffn_hidden_size), s.heads] if s else ["-"] * 3 + ["-/-"]
+        mark = "" if i != chosen else CHOSEN if i in f.points else DOMINATED
+        rows.append([*(_cell(k, c.value(k)) for k in keys), _cell("score", c.value(f.quality)), *dims, mark])
     return rows
 
 
@@ -56,7 +55,7 @@ def frontiers(run_dirs: list[str | Path]) -> list[tuple[str, list[str], list[lis
     out = []
     for name, doc in search_docs(run_dirs):
         f = frontier_of(doc)
-        if f and f["points"]:
+        if f.points:
             out.append((frontier_title(name, doc, f), frontier_columns(f), frontier_rows(doc, f)))
     return out
 

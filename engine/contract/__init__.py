@@ -40,6 +40,7 @@ from engine.contract.results import (
     split_entry,
 )
 from engine.contract.scan import RunInfo, RunScanner, StageInfo
+from engine.contract.search_doc import Candidate, Frontier, SearchDoc, read_search_doc, search_doc
 from engine.contract.status import (
     HEARTBEAT_S,
     STALE_S,
@@ -74,6 +75,7 @@ from engine.stages import (  # the stage kinds' and prune methods' facts, for re
 
 __all__ = [
     "AT_CHANCE", "ModelRow", "decide_columns", "quality_speed_points", "read_model_rows", "row_cells",
+    "Candidate", "Frontier", "SearchDoc", "read_search_doc", "search_doc",
     "Change", "DISTILL", "GIB", "HEARTBEAT_S", "KINDS", "METHODS", "method_or_none", "OPTIONAL_SECTIONS", "PRUNE",
     "PruneMethod", "STUDENT_SECTIONS", "WIDTH",
     "is_student_stage", "kind_of", "kind_or_none", "planned_stages", "stage_kind",

@@ -7,8 +7,9 @@ is unknown, not zero: a candidate can only be beaten on the axes it has by one m
 so a timed shape is never pushed off by an untimed one. Equal candidates (same quality and costs)
 stay on together: neither beats the other.
 
-Pure Python over search.json's candidate dicts (no torch): search_document writes the frontier, and
-`frontier_of` reads it, or works it out the same way from a search.json written before it existed.
+Pure Python over search.json's candidate dicts (no torch): search_document writes the frontier
+(`frontier`, a dict); the reader (engine.contract.search_doc) reads it into a `Frontier`, or works it
+out the same way from a search.json written before it existed; `frontier_of` gives a SearchDoc's.
 
     "frontier": {"quality": "score", "higher_is_better": false, "axes": ["params", "memory_gb"],
                  "measured": 10, "points": [7, 3, 1], "chosen": 1, "chosen_on_frontier": true}
@@ -23,7 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.contract.search_doc import SearchDoc
 
 
 @dataclass(frozen=True)
@@ -81,14 +85,30 @@ def frontier(candidates: list[dict[str, Any]], higher_is_better: bool, quality: 
             "chosen_on_frontier": chosen is not None and chosen in points}
 
 
-def frontier_of(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """search.json's frontier; worked out from its candidates when the file predates it (or its
-    frontier is not one: hand-edited); None when the document has no candidate list."""
-    cands = doc.get("candidates")
-    if not isinstance(cands, list):
-        return None
-    f = doc.get("frontier")
-    if (isinstance(f, dict) and isinstance(f.get("points"), list) and isinstance(f.get("axes"), list)
-            and all(isinstance(i, int) and 0 <= i < len(cands) and isinstance(cands[i], dict) for i in f["points"])):
-        return f
-    return frontier(cands, doc.get("higher_is_better") is True)
+@dataclass(frozen=True)
+class Frontier:
+    """A search's frontier, read (engine.contract.search_doc): the document above, typed."""
+
+    points: tuple[int, ...]  # candidate indices, fewest parameters first
+    axes: tuple[str, ...]  # the cost keys it was taken over
+    quality: str = "score"
+    higher_is_better: bool = False
+    measured: int | None = None  # the candidates with a quality; None: not written
+    chosen: int | None = None  # the chosen candidate's index; None: none, or not an index of the list
+    chosen_on_frontier: bool = False
+
+    @classmethod
+    def of(cls, d: dict[str, Any], n: int) -> Frontier:
+        """The frontier document `d` (its points already checked) of a list of `n` candidates."""
+        chosen, measured = d.get("chosen"), d.get("measured")
+        return cls(tuple(d["points"]), tuple(str(a) for a in d["axes"]), str(d.get("quality", "score")),
+                   d.get("higher_is_better") is True,
+                   measured if isinstance(measured, int) and not isinstance(measured, bool) else None,
+                   chosen if isinstance(chosen, int) and not isinstance(chosen, bool) and 0 <= chosen < n else None,
+                   d.get("chosen_on_frontier") is True)
+
+
+def frontier_of(doc: SearchDoc) -> Frontier:
+    """search.json's frontier: the file's own, or worked out from its candidates when the file predates
+    it (or its frontier is not one: hand-edited); engine.contract.search_doc did which when it read it."""
+    return doc.frontier

@@ -1,56 +1,65 @@
 """prune-<name>/search.json read: the table `compare` prints (and writes into report.md) and the TUI
 shows, the winner marked. The document is written by engine.search.table.search_document (the prune
-stage); its Pareto frontier is engine.contract.frontier. Torch-free: the TUI reads it through the contract."""
+stage) and read once into a SearchDoc (engine.contract.search_doc); its Pareto frontier is
+engine.contract.frontier. Torch-free: the TUI reads it through the contract."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from engine.contract.files import read_json
 from engine.contract.fmt import human_count
 from engine.contract.layout import RunLayout
+from engine.contract.search_doc import Candidate, SearchDoc, read_search_doc
 from engine.stages import PRUNE, method_of
 
 COLUMNS = ["rank", "layers", "hidden", "ffn", "heads", "params", "memory GiB", "screen", "pruned loss", "score", ""]
 
 
-def read_search(layout: RunLayout, stage: str) -> dict[str, Any] | None:
-    doc = read_json(layout.search_file(stage))
-    return doc if isinstance(doc, dict) and isinstance(doc.get("candidates"), list) else None
+def read_search(layout: RunLayout, stage: str) -> SearchDoc | None:
+    """The stage's search.json, typed (engine.contract.search_doc); None when there is none (yet) or
+    it is not one."""
+    return read_search_doc(layout.search_file(stage))
 
 
-def search_rows(doc: dict[str, Any]) -> list[list[str]]:
+def search_rows(doc: SearchDoc) -> list[list[str]]:
     """One row per scored candidate, best first; the winner's last cell says so."""
-    scored = sorted((c for c in doc["candidates"] if c.get("rank") is not None), key=lambda c: c["rank"])
-    return [candidate_cells(c) + ["<- chosen" if c.get("chosen") else ""] for c in scored]
+    return [candidate_cells(c) + ["<- chosen" if c.chosen else ""] for c in doc.scored]
 
 
-def candidate_cells(c: dict[str, Any]) -> list[str]:
-    """The cells of one candidate under COLUMNS but the last (the winner's mark, each view its own)."""
-    def f(x: Any, digits: int = 4) -> str:
-        return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "-"
+def candidate_cells(c: Candidate) -> list[str]:
+    """The cells of one candidate under COLUMNS but the last (the winner's mark, each view its own);
+    ValueError for a candidate without a shape (a hand-edited or foreign file)."""
+    def f(x: float | None, digits: int = 4) -> str:
+        return f"{x:.{digits}f}" if x is not None else "-"
 
-    s, rank = c["shape"], c.get("rank")
-    return [str(rank) if rank is not None else "-", str(s["num_layers"]), str(s["hidden_size"]),
-            str(s["ffn_hidden_size"]), f"{s['num_attention_heads']}/{s['num_key_value_heads']}",
-            human_count(c["params"]), f(c.get("memory_gb"), 3), f(c.get("screen_loss")), f(c.get("loss")),
-            f(c.get("score"))]
-
-
-def title(name: str, doc: dict[str, Any]) -> str:
-    t = doc.get("target", {})
-    goal = (f"{human_count(int(t['target']))} params" if t.get("metric") == "params"
-            else f"{t.get('target')} GiB") if t else "?"
-    n, scored = len(doc["candidates"]), sum(c.get("rank") is not None for c in doc["candidates"])
-    sc = doc.get("screen") if isinstance(doc.get("screen"), dict) else None
-    screen = (f", the best of {sc.get('screened')} screened by the loss on {sc.get('batches')} batches"
-              + (" (capped by screen_max)" if sc.get("capped") else "")) if sc else ""
-    return f"search {name}: {goal}, {scored} of {n} candidates scored by {doc.get('score', 'loss')}{screen}"
+    s = c.need_shape()
+    if c.params is None:
+        raise ValueError(f"candidate {c.index} has no parameter count")
+    return [str(c.rank) if c.rank is not None else "-", str(s.num_layers), str(s.hidden_size),
+            str(s.ffn_hidden_size), s.heads, human_count(c.params), f(c.memory_gb, 3), f(c.screen_loss), f(c.loss),
+            f(c.score)]
 
 
-def search_docs(run_dirs: list[str | Path]) -> list[tuple[str, dict[str, Any]]]:
-    """(label, search.json) of every search student of the runs that has one."""
+def title(name: str, doc: SearchDoc) -> str:
+    t = doc.target
+    if t is None:
+        goal = "?"
+    elif t.metric == "params":
+        if t.target is None:
+            raise ValueError("search.json's target has no number")
+        goal = f"{human_count(int(t.target))} params"
+    else:
+        goal = f"{t.target} GiB"
+    n, scored = len(doc.candidates), sum(c.scored for c in doc.candidates)
+    sc = doc.screen
+    screen = (f", the best of {sc.screened} screened by the loss on {sc.batches} batches"
+              + (" (capped by screen_max)" if sc.capped else "")) if sc else ""
+    return f"search {name}: {goal}, {scored} of {n} candidates scored by {doc.score_name}{screen}"
+
+
+def search_docs(run_dirs: list[str | Path]) -> list[tuple[str, SearchDoc]]:
+    """(label, typed search.json) of every search student of the runs that has one."""
     from engine.config import load_experiment
 
     out = []

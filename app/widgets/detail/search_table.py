@@ -5,7 +5,6 @@ table module reads only the contract."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from rich import box
 from rich.console import RenderableType
@@ -13,36 +12,35 @@ from rich.table import Table
 from textual.widgets import Static
 
 from app.data.compare import search_heading
-from engine.contract import student_or_none
+from engine.contract import Candidate, SearchDoc, search_doc, student_or_none
 from engine.contract.search_table import COLUMNS, candidate_cells
 
 WINNER = "★ winner"
 
 
-def candidate_row(c: dict[str, Any]) -> list[str]:
-    return [*candidate_cells(c), WINNER if c.get("chosen") else ""]
+def candidate_row(c: Candidate) -> list[str]:
+    return [*candidate_cells(c), WINNER if c.chosen else ""]
 
 
-def candidate_rows(doc: dict[str, Any]) -> list[list[str]]:
+def candidate_rows(doc: SearchDoc) -> list[list[str]]:
     """Every candidate: scored ones best first, then the rest best-screened first, then those not
     screened in the file's order (deepest first)."""
-    cands = doc["candidates"]
-    scored = sorted((c for c in cands if c.get("rank") is not None), key=lambda c: c["rank"])
-    rest = sorted((c for c in cands if c.get("rank") is None),
-                  key=lambda c: (c.get("screen_rank") is None, c.get("screen_rank") or 0))  # stable
-    return [candidate_row(c) for c in scored + rest]
+    rest = sorted((c for c in doc.candidates if c.rank is None),
+                  key=lambda c: (c.screen_rank is None, c.screen_rank or 0))  # stable
+    return [candidate_row(c) for c in doc.scored + rest]
 
 
-def parse_search(text: str) -> dict[str, Any] | None:
-    """search.json's document, or None when there is none (yet) or it is not one."""
+def parse_search(text: str) -> SearchDoc | None:
+    """search.json's document, typed (engine.contract.search_doc), or None when there is none (yet)
+    or it is not one."""
     try:
         doc = json.loads(text) if text else None
     except ValueError:
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("candidates"), list) else None
+    return search_doc(doc)
 
 
-def search_renderable(stage: str, doc: dict[str, Any]) -> RenderableType:
+def search_renderable(stage: str, doc: SearchDoc) -> RenderableType:
     """The table, titled with the budget and how many candidates were scored."""
     name = student_or_none(stage) or stage
     try:
@@ -72,7 +70,7 @@ class SearchTable(Static):
 
     def __init__(self, **kwargs):
         super().__init__("", markup=False, **kwargs)
-        self.doc: dict[str, Any] | None = None
+        self.doc: SearchDoc | None = None
 
     def on_mount(self) -> None:
         self.display = False
