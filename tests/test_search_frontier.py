@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from _app_util import RunWriter
 
-from engine.contract.frontier import frontier, frontier_of
+from engine.contract.frontier import frontier
 from engine.contract.search_doc import search_doc
 
 PRUNE = [{"name": "depth", "method": "depth", "num_layers": 2}, {"name": "width", "method": "width", "ffn_hidden_size": 64},
@@ -58,14 +58,14 @@ def test_speed_counts_where_measured_and_an_untimed_candidate_cannot_beat_a_time
 def test_frontier_of_an_older_search_json_is_worked_out_and_a_broken_one_replaced():
     cands = [cand(4.0, 100, 1.0, chosen=True), cand(4.2, 90, 0.9), cand(4.3, 95, 0.95)]
     old = {"score": "loss", "higher_is_better": False, "candidates": cands}  # written before the frontier
-    assert frontier_of(search_doc(old)).points == (1, 0)
-    assert frontier_of(search_doc({**old, "frontier": {"points": [7], "axes": []}})).points == (1, 0)  # out of range
+    assert search_doc(old).frontier.points == (1, 0)
+    assert search_doc({**old, "frontier": {"points": [7], "axes": []}}).frontier.points == (1, 0)  # out of range
     kept = {"points": [2], "axes": ["params"]}
-    f = frontier_of(search_doc({**old, "frontier": kept}))  # the file's own, as written
+    f = search_doc({**old, "frontier": kept}).frontier  # the file's own, as written
     assert (f.points, f.axes, f.measured, f.chosen) == ((2,), ("params",), None, None)
     assert search_doc({"candidates": "?"}) is None  # no document: no frontier
     # a candidate that is not an object keeps its place: the frontier's indices count it
-    assert frontier_of(search_doc({**old, "candidates": ["?", *cands]})).points == (2, 1)
+    assert search_doc({**old, "candidates": ["?", *cands]}).frontier.points == (2, 1)
 
 
 def searched_run(runs) -> tuple[RunWriter, dict]:

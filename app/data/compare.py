@@ -197,7 +197,7 @@ class FrontierPlot:
 
 def frontier_plots(runs: list[Path]) -> list[FrontierPlot]:
     """The frontier of every search student of `runs` (search.json's, or worked out from its
-    candidates when it predates the frontier: engine.contract.frontier.frontier_of)."""
+    candidates when it predates the frontier: SearchDoc.frontier, engine/contract/search_doc.py)."""
     from engine.contract.search_table import search_docs
 
     out = []
@@ -215,9 +215,8 @@ def frontier_plots(runs: list[Path]) -> list[FrontierPlot]:
 
 def frontier_plot(name: str, doc: SearchDoc, run: Path) -> FrontierPlot | None:
     """None when the search has no scored candidate (yet)."""
-    from engine.contract.frontier import frontier_of
 
-    f = frontier_of(doc)
+    f = doc.frontier
     if not f.points:
         return None
     score = doc.score_name

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.contract import human_count
-from engine.contract.frontier import BY_KEY, Frontier, frontier_of
+from engine.contract.frontier import BY_KEY, Frontier
 from engine.contract.search_doc import SearchDoc
 from engine.contract.search_table import search_docs
 
@@ -54,7 +54,7 @@ def frontiers(run_dirs: list[str | Path]) -> list[tuple[str, list[str], list[lis
     """(title, columns, rows) of every search student's frontier that has a point."""
     out = []
     for name, doc in search_docs(run_dirs):
-        f = frontier_of(doc)
+        f = doc.frontier
         if f.points:
             out.append((frontier_title(name, doc, f), frontier_columns(f), frontier_rows(doc, f)))
     return out

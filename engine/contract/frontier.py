@@ -9,7 +9,8 @@ stay on together: neither beats the other.
 
 Pure Python over search.json's candidate dicts (no torch): search_document writes the frontier
 (`frontier`, a dict); the reader (engine.contract.search_doc) reads it into a `Frontier`, or works it
-out the same way from a search.json written before it existed; `frontier_of` gives a SearchDoc's.
+out the same way from a search.json written before it existed; a SearchDoc's `frontier` is the one to use
+(engine/contract/search_doc.py picks it when it reads the file).
 
     "frontier": {"quality": "score", "higher_is_better": false, "axes": ["params", "memory_gb"],
                  "measured": 10, "points": [7, 3, 1], "chosen": 1, "chosen_on_frontier": true}
@@ -24,10 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from engine.contract.search_doc import SearchDoc
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -106,9 +104,3 @@ class Frontier:
                    measured if isinstance(measured, int) and not isinstance(measured, bool) else None,
                    chosen if isinstance(chosen, int) and not isinstance(chosen, bool) and 0 <= chosen < n else None,
                    d.get("chosen_on_frontier") is True)
-
-
-def frontier_of(doc: SearchDoc) -> Frontier:
-    """search.json's frontier: the file's own, or worked out from its candidates when the file predates
-    it (or its frontier is not one: hand-edited); engine.contract.search_doc did which when it read it."""
-    return doc.frontier
