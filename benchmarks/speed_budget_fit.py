@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="round-robin rounds at least (the engine's speed_repeats)")
     ap.add_argument("--max-seconds", type=float, default=30.0, help="time cap per round robin (the engine's speed_max_seconds)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     a = ap.parse_args()
@@ -62,7 +63,7 @@ def main() -> None:
                         screen_max=100_000, selection=None, memory_seq_length=None, memory_batch_size=1)
     space = search_space(shape_from_config(cfg), p, "benchmark", a.dtype, a.prompt + a.new)
     device = compute_device()
-    budget = SpeedBudget(1e9, None, a.batch, a.prompt, a.new, a.fit_shapes, repeats=3, max_spread=0.05,
+    budget = SpeedBudget(1e9, None, a.batch, a.prompt, a.new, a.fit_shapes, repeats=a.repeats, max_spread=0.05,
                          max_seconds=a.max_seconds)
     settings = budget.settings(device.type)
     with tempfile.TemporaryDirectory() as tmp:
