@@ -3,6 +3,7 @@ the one-line refusal of a plan that cannot fit: exit 2, nothing written."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -171,7 +172,7 @@ def test_the_suggested_knobs_make_it_fit(tmp_path, monkeypatch):
             n = int(value.split("=")[-1])
             exp.finetune.micro_batch_size = exp.finetune.global_batch_size = n
         else:
-            setattr(exp.finetune, name, value.strip('"') if value.startswith('"') else value == "true")
+            setattr(exp.finetune, name, json.loads(value))  # true, 0.5, "bfloat16": TOML and JSON alike here
     assert any("finetune" in x for x in fit.resource_lines(exp, machine))
 
 

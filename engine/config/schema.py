@@ -77,6 +77,16 @@ class DataConfig(Section):
 BF16_MAX_BETA2 = 0.99
 
 
+def checkpointed_layers(setting: bool | float, num_layers: int) -> int:
+    """How many decoder layers `gradient_checkpointing` recomputes: all (true), none (false), or the fraction
+    rounded to the nearest layer, at least one."""
+    if setting is True:
+        return num_layers
+    if not setting:
+        return 0
+    return min(num_layers, max(1, round(setting * num_layers)))
+
+
 class TrainConfig(Section):
     """Trainer keys shared by [finetune] and [distill]."""
 
@@ -99,7 +109,9 @@ class TrainConfig(Section):
     # holds keep_checkpoints + 1 while one is written (engine/resources/plan.py)
     keep_checkpoints: int = Field(default=1, ge=1, le=1000)
     log_interval: int = Field(default=1, ge=1)
-    gradient_checkpointing: bool = False
+    # recompute activations in backward: true (every decoder layer), or a fraction of the layers (the first
+    # ones; the rest keep their activations): less recompute where memory allows (checkpointed_layers)
+    gradient_checkpointing: bool | float = False
     compile: bool = False  # torch.compile the model(s)
     # bf16 parameters + fp32 master weights in the optimizer (CUDA, bf16), where gradients never add up
     # in bf16 (engine/training/step.py: master_weights_apply); false: fp32 parameters under bf16 autocast
@@ -122,6 +134,16 @@ class TrainConfig(Section):
         if (isinstance(v, str) and v != "auto") or (isinstance(v, int) and not isinstance(v, bool) and v < 1):
             raise ValueError(f'{json.dumps(v)} is neither a number >= 1 nor "auto"; write one of them')
         return v
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return v
+        if not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise ValueError(f"{json.dumps(v)} is neither true/false nor a fraction of the layers in (0, 1]; "
+                             "write true, false or e.g. 0.5")
+        return float(v)
 
     @field_validator("kernels")
     @classmethod

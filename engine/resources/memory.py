@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.config import Experiment, TrainConfig
+from engine.config.schema import checkpointed_layers
 from engine.config.shape import Shape, count_embedding_params, count_params
 from engine.contract import GIB
 from engine.shapes.budget import DTYPE_BYTES
@@ -48,7 +49,7 @@ class Knobs:
     fsdp: bool
     micro_batch: int
     accumulation: int
-    gradient_checkpointing: bool
+    gradient_checkpointing: bool | float  # TrainConfig's: true, false or a fraction of the layers
     compile: bool
     master_weights: bool
     state_bytes: int  # per parameter for both Adam moments: 8 (fp32) or 4 (bf16)
@@ -125,12 +126,15 @@ def layer_forward_bytes(s: Shape, e: int) -> int:
     return e * (2 * h + max(q + 2 * kv, 3 * f))
 
 
-def activation_bytes(s: Shape, tokens: int, e: int, checkpointing: bool, fp32_residual: bool) -> int:
+def activation_bytes(s: Shape, tokens: int, e: int, checkpointing: bool | float, fp32_residual: bool) -> int:
+    """What the forward holds for backward. A checkpointed layer keeps its input only and is recomputed,
+    one at a time, in backward (engine/training/step.py checkpoint_layers: the first ones are checkpointed,
+    and backward frees the later, uncheckpointed ones before it recomputes any)."""
     per_layer = layer_activation_bytes(s, e, fp32_residual)
     final_norm = 4 * s.hidden_size + 2 * e * s.hidden_size
-    if checkpointing:  # each layer's input is kept; one layer at a time is recomputed for backward
-        return tokens * (s.num_layers * (4 if fp32_residual else e) * s.hidden_size + per_layer + final_norm)
-    return tokens * (s.num_layers * per_layer + final_norm)
+    c = checkpointed_layers(checkpointing, s.num_layers)
+    inputs = c * (4 if fp32_residual else e) * s.hidden_size
+    return tokens * (inputs + max(s.num_layers - c, 1 if c else 0) * per_layer + final_norm)
 
 
 def loss_bytes(s: Shape, tokens: int, k: Knobs, act: int, vocab: int) -> int:
@@ -176,12 +180,14 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
         parts["teacher"] = count_params(teacher) * (k.model_bytes if k.cuda else 4) // shard
         forward["teacher outputs"] = tokens * teacher.hidden_size * act
     activations = activation_bytes(student, tokens, act, k.gradient_checkpointing, fp32_residual)
+    # backward holds the gradients beside one recomputed layer when every layer is checkpointed, else
+    # beside what the forward kept
+    every = checkpointed_layers(k.gradient_checkpointing, student.num_layers) == student.num_layers
     forward["activations"] = activations
     forward["loss"] = loss_bytes(student, tokens, k, act, vocab)
     layer = tokens * layer_activation_bytes(student, act, fp32_residual)
     backward = {"gradients": grads, "head gradient": 4 * vocab * student.hidden_size,
-                "layer" if k.gradient_checkpointing else "activations": layer if k.gradient_checkpointing
-                else activations}
+                "layer" if every else "activations": layer if every else activations}
     return Need(stage, "gpu" if k.cuda else "cpu", k.processes, parts, k.micro_batch, k,
                 {"forward": forward, "backward": backward})
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from engine.config import TrainConfig
 from engine.config.micro_batch import AUTO
+from engine.config.schema import checkpointed_layers
 from engine.distill.losses import LossSpec
 from engine.distill.objective import (
     HiddenSpec,
@@ -123,6 +124,18 @@ def shared_teacher(accelerator: Any, model: nn.Module, hiddens: list[HiddenSpec 
     return teacher
 
 
+def checkpoint_layers(model: nn.Module, setting: bool | float) -> int:
+    """Gradient checkpointing on the first `checkpointed_layers` decoder layers (all for true): those keep
+    only their input and are recomputed in backward; the later ones keep their activations, and backward
+    frees those first, so a recomputed layer never sits on top of them. Returns how many are checkpointed."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = decoder_layers(model)
+    keep = checkpointed_layers(setting, len(layers))
+    for layer in list(layers)[keep:]:
+        layer.gradient_checkpointing = False  # transformers' GradientCheckpointingLayer reads it per call
+    return keep
+
+
 class Trainer:
     """The wrapped student (+ loss), the teacher and the optimizer; `step` is one optimizer step.
 
@@ -143,7 +156,7 @@ class Trainer:
         device = accelerator.device
         compile_ = bool(cfg.compile) and device.type == "cuda"
         if cfg.gradient_checkpointing:
-            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            checkpoint_layers(student, cfg.gradient_checkpointing)
         use_causal_sdpa(student)  # batches are packed windows without padding
         if compile_:
             _compile_layers(student)

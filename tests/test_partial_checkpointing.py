@@ -1,0 +1,99 @@
+"""gradient_checkpointing = a fraction of the layers: the first ones recomputed, the rest keeping their
+activations (engine/training/step.py checkpoint_layers), and the memory model that prices it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.config import ConfigError, TrainConfig
+from engine.config.schema import checkpointed_layers
+from engine.config.shape import shape_from_config
+from engine.distill.objective import decoder_layers
+from engine.resources.memory import activation_bytes, layer_activation_bytes
+from engine.training.step import checkpoint_layers
+from tests.test_resources import ARCHS, _model
+
+
+def test_the_setting_takes_true_false_or_a_fraction_and_refuses_the_rest():
+    assert [checkpointed_layers(s, 8) for s in (False, True, 0.5, 0.25, 0.01, 1.0)] == [0, 8, 4, 2, 1, 8]
+    assert TrainConfig(steps=1, gradient_checkpointing=0.5).gradient_checkpointing == 0.5
+    for bad in (0, 1.5, -0.5, "yes", "0.5"):
+        with pytest.raises((ConfigError, ValueError)) as e:
+            TrainConfig(steps=1, gradient_checkpointing=bad)
+        assert "fraction of the layers in (0, 1]" in str(e.value)
+
+
+def test_the_first_layers_are_checkpointed_and_the_gradients_do_not_change():
+    arch = ARCHS[0]  # 4 layers
+    plain, half = _model(arch, torch.float32), _model(arch, torch.float32)
+    assert checkpoint_layers(half, 0.5) == 2
+    assert [layer.gradient_checkpointing for layer in decoder_layers(half)] == [True, True, False, False]
+    batch = torch.randint(0, arch["vocab_size"], (2, 32))
+    for m in (plain, half):
+        m.train()
+        m(batch, labels=batch).loss.backward()
+    for (name, a), b in zip(plain.named_parameters(), half.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("setting", [0.25, 0.5, 0.75])
+def test_the_activation_model_prices_the_layers_that_keep_their_activations(setting):
+    """Autograd's saved tensors with some layers checkpointed against the model, within 3%: the
+    uncheckpointed layers' activations, the final norm and the checkpointed layers' inputs, of which the
+    first (the embeddings' output) is held by the checkpoint outside autograd's hooks."""
+    arch = ARCHS[0]
+    m = _model(arch, torch.float32)
+    m.train()
+    c = checkpoint_layers(m, setting)
+    weights = {p.untyped_storage().data_ptr() for p in m.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in weights:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    batch, seq = 2, 128
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        m.model(torch.randint(0, arch["vocab_size"], (batch, seq)))
+    s = shape_from_config(arch)
+    tokens = batch * seq
+    embeddings_out = tokens * 4 * s.hidden_size
+    predicted = activation_bytes(s, tokens, 4, setting, fp32_residual=False)
+    assert predicted == pytest.approx(sum(saved.values()) + embeddings_out, rel=0.03)
+    # below none checkpointed, by one layer's activations less its input per checkpointed layer (with
+    # every layer but the last checkpointed it is below all of them: the last one's activations are freed
+    # before any recompute, and one recompute is saved)
+    none = activation_bytes(s, tokens, 4, False, False)
+    assert predicted < none
+    assert none - predicted == c * tokens * (layer_activation_bytes(s, 4, False) - 4 * s.hidden_size)
+
+
+def test_check_offers_half_the_layers_before_all_of_them(tmp_path, monkeypatch):
+    """On a GPU between what 0.5 and no checkpointing need, the refusal names 0.5, and with it set the
+    same check passes."""
+    from engine.config import load_experiment
+    from engine.resources import fit
+    from engine.resources.plan import experiment_shapes, stage_need
+    from tests.test_resources import _big_toml
+
+    monkeypatch.setattr(fit, "free_bytes", lambda _p: 2**50)
+    exp = load_experiment(_big_toml(tmp_path, hidden=1024, layers=8))
+    shapes = experiment_shapes(exp)
+
+    def need(setting):
+        exp.finetune.gradient_checkpointing = setting
+        return stage_need(exp, shapes, "finetune", 1, True).total
+
+    half, none = need(0.5), need(False)
+    assert half < none
+    exp.finetune.gradient_checkpointing = False
+    machine = fit.Machine(gpus=1, gpu_bytes=(half + none) // 2 + fit.GPU_RESERVED, gpu_name="GPU",
+                          host_bytes=100 * 2**30)
+    with pytest.raises(ConfigError) as e:
+        fit.resource_lines(exp, machine)
+    assert "set finetune.gradient_checkpointing = 0.5 (~" in str(e.value)
+    exp.finetune.gradient_checkpointing = 0.5
+    assert any("finetune" in line for line in fit.resource_lines(exp, machine))
