@@ -18,7 +18,7 @@ _spec.loader.exec_module(arch)
 NOT_KIND_BRANCHES = ('lo, hi = part.split("-", 1)', 'p.score == "distill"')
 # Paths still being moved onto the kind records (none now: engine/resources reads the footprint a kind names).
 IN_FLIGHT: tuple[str, ...] = ()
-# config validates `kernels = "liger"` through the package check in models/liger.py (torch-free, lazy)
+# imports that run back up the layers (none: Liger's install check is engine/config/liger_install.py)
 KNOWN_BACK_UP: set[tuple[str, str]] = set()
 # The facade: the contract (run directories), the config schema, and Compose's one preview of a file.
 FACADE = ("engine.contract", "engine.config", "engine.compose_preview")
