@@ -1,5 +1,5 @@
 """gradient_checkpointing = a fraction of the layers: the first ones recomputed, the rest keeping their
-activations (engine/training/step.py checkpoint_layers), and the memory model that prices it."""
+activations (engine/training/recompute.py), and the memory model that prices it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from engine.config.schema import checkpointed_layers
 from engine.config.shape import shape_from_config
 from engine.distill.objective import decoder_layers
 from engine.resources.memory import activation_bytes, layer_activation_bytes
-from engine.training.step import checkpoint_layers
+from engine.training.recompute import checkpoint_layers
 from tests.test_resources import ARCHS, _model
 
 

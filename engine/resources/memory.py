@@ -128,7 +128,7 @@ def layer_forward_bytes(s: Shape, e: int) -> int:
 
 def activation_bytes(s: Shape, tokens: int, e: int, checkpointing: bool | float, fp32_residual: bool) -> int:
     """What the forward holds for backward. A checkpointed layer keeps its input only and is recomputed,
-    one at a time, in backward (engine/training/step.py checkpoint_layers: the first ones are checkpointed,
+    one at a time, in backward (engine/training/recompute.py: the first ones are checkpointed,
     and backward frees the later, uncheckpointed ones before it recomputes any)."""
     per_layer = layer_activation_bytes(s, e, fp32_residual)
     final_norm = 4 * s.hidden_size + 2 * e * s.hidden_size

@@ -21,7 +21,6 @@ from torch import nn
 
 from engine.config import TrainConfig
 from engine.config.micro_batch import AUTO
-from engine.config.schema import checkpointed_layers
 from engine.distill.losses import LossSpec
 from engine.distill.objective import (
     HiddenSpec,
@@ -35,6 +34,7 @@ from engine.distill.objective import (
 from engine.models.attention import use_causal_sdpa
 from engine.training.master_adamw import MasterAdamW
 from engine.training.micro_batch import search_micro_batch, searches
+from engine.training.recompute import checkpoint_layers
 from engine.training.setup import make_optimizer, master_weights_apply
 
 # Bytes per trainable parameter a micro-batch search holds aside for what the first optimizer step
@@ -122,18 +122,6 @@ def shared_teacher(accelerator: Any, model: nn.Module, hiddens: list[HiddenSpec 
             fully_shard(layer, mp_policy=mp, reshard_after_forward=True)
         fully_shard(teacher, mp_policy=mp, ignored_params={output_weight(teacher.model)})
     return teacher
-
-
-def checkpoint_layers(model: nn.Module, setting: bool | float) -> int:
-    """Gradient checkpointing on the first `checkpointed_layers` decoder layers (all for true): those keep
-    only their input and are recomputed in backward; the later ones keep their activations, and backward
-    frees those first, so a recomputed layer never sits on top of them. Returns how many are checkpointed."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    layers = decoder_layers(model)
-    keep = checkpointed_layers(setting, len(layers))
-    for layer in list(layers)[keep:]:
-        layer.gradient_checkpointing = False  # transformers' GradientCheckpointingLayer reads it per call
-    return keep
 
 
 class Trainer:
