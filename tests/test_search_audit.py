@@ -259,3 +259,28 @@ def test_run_detail_search_table_carries_the_audit_line(root):
     console.print(search_renderable("prune-auto", typed))
     text = " ".join(console.export_text().split())  # (a table's title wraps to the table's width)
     assert " ".join(audit_line(typed).split()) in text
+
+
+def test_compare_on_a_damaged_search_json_is_one_line_and_exit_2(root, tmp_path, capsys):
+    """A hand-edited search.json (a candidate without a shape) used to stop `compare` with a traceback."""
+    import json
+    import shutil
+
+    from engine.cli import main
+
+    exp = loads_experiment(_toml(root), source="a.toml")
+    layout = RunLayout(exp.run_dir)
+    if read_json(layout.search_file("prune-auto")) is None:  # run alone: search here
+        assert _run(exp, "prune-auto") == 0
+    layout.experiment_file.write_text(_toml(root))
+    run = tmp_path / "a"
+    shutil.copytree(exp.run_dir, run)
+    search = RunLayout(run).search_file("prune-auto")
+    doc = json.loads(search.read_text())
+    chosen = next(i for i, c in enumerate(doc["candidates"]) if c["chosen"])  # one every table shows
+    del doc["candidates"][chosen]["shape"]["num_layers"]
+    search.write_text(json.dumps(doc))
+    assert main(["compare", str(run), "--no-chart", "--out", str(tmp_path / "out")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and f"search.json: candidate {chosen}: its shape has no num_layers" in err[0]
+    assert "rerun the stage that wrote it" in err[0] and "Traceback" not in err[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.contract.files import DamagedFile
 from engine.contract.search_audit import audit_line
 from engine.contract.search_doc import SearchDoc
 from engine.contract.search_table import search_docs
@@ -25,7 +26,7 @@ def audit_rows(doc: SearchDoc) -> list[list[str]]:
     for a in doc.audit.candidates:
         c = doc.candidate(a.index)
         if c is None:
-            raise ValueError(f"search.json's audit: index {a.index} is no candidate")
+            raise DamagedFile(f"search.json's audit: index {a.index} is no candidate")
         mark = ", ".join(m for m, on in (("chosen", c.chosen), ("best after distillation", a.index == best)) if on)
         rows.append([str(a.rank), c.need_shape().label, f(a.screen_loss), f(a.score), f(a.final_loss),
                      str(a.final_rank), mark])

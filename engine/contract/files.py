@@ -79,6 +79,11 @@ class UnreadableFile(UserError):
     """A run file that exists but cannot be read (permission denied, an I/O error)."""
 
 
+class DamagedFile(UserError, ValueError):
+    """A run file that parses but lacks what its readers need (hand-edited, or from another tool): the CLI
+    prints its one line and exits 2; a ValueError too, which the TUI's readers catch and show as unreadable."""
+
+
 def read_json(path: str | Path) -> dict[str, Any] | None:
     """A JSON document; None when it is missing or not a JSON object (a foreign or damaged file).
 

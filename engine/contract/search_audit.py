@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.contract.files import DamagedFile
 from engine.contract.search_doc import SearchDoc, search_doc
 
 
@@ -33,7 +34,7 @@ def audit_line(doc: SearchDoc | dict[str, Any]) -> str | None:
     else:
         best = doc.candidate(a.best_index)
         if best is None:
-            raise ValueError(f"search.json's audit: best_index {a.best_index} is no candidate")
+            raise DamagedFile(f"search.json's audit: best_index {a.best_index} is no candidate")
         verdict = (f"the chosen shape was not the best: {a.gap_nats or 0.0:.4f} nats behind rank "
                    f"{best.rank} ({best.need_shape().label})")
     return (f"audit ({done} distilled {a.steps} steps each): Spearman with the final "

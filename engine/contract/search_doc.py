@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.contract.files import read_json
+from engine.contract.files import DamagedFile, read_json
 from engine.contract.frontier import Frontier, frontier, value
 
 
@@ -117,7 +117,7 @@ class Candidate:
         if self.shape is None:
             s = self.raw.get("shape")
             lacks = next((k for k in SHAPE_KEYS if _int(s.get(k)) is None), "") if isinstance(s, dict) else ""
-            raise ValueError(f"candidate {self.index}: " + (f"its shape has no {lacks}" if lacks else "no shape"))
+            raise DamagedFile(f"search.json: candidate {self.index}: " + (f"its shape has no {lacks}" if lacks else "no shape"))
         return self.shape
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.contract.files import DamagedFile
 from engine.contract.fmt import human_count
 from engine.contract.layout import RunLayout
 from engine.contract.search_doc import Candidate, SearchDoc, read_search_doc
@@ -35,7 +36,7 @@ def candidate_cells(c: Candidate) -> list[str]:
 
     s = c.need_shape()
     if c.params is None:
-        raise ValueError(f"candidate {c.index} has no parameter count")
+        raise DamagedFile(f"search.json: candidate {c.index} has no parameter count")
     return [str(c.rank) if c.rank is not None else "-", str(s.num_layers), str(s.hidden_size),
             str(s.ffn_hidden_size), s.heads, human_count(c.params), f(c.memory_gb, 3), f(c.screen_loss), f(c.loss),
             f(c.score)]
@@ -47,7 +48,7 @@ def title(name: str, doc: SearchDoc) -> str:
         goal = "?"
     elif t.metric == "params":
         if t.target is None:
-            raise ValueError("search.json's target has no number")
+            raise DamagedFile("search.json's target has no number")
         goal = f"{human_count(int(t.target))} params"
     else:
         goal = f"{t.target} GiB"

@@ -22,6 +22,7 @@ from engine.contract import (
     parse_iso,
 )
 from engine.contract.divergence import divergence
+from engine.errors import UserError
 
 
 def add_pipeline_commands(sub: argparse._SubParsersAction, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -246,6 +247,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from engine.compare import compare
+    from engine.contract.files import DamagedFile
 
-    compare(args.run_dirs, out_dir=args.out, chart=not args.no_chart, samples=args.samples, html=args.html)
+    try:
+        compare(args.run_dirs, out_dir=args.out, chart=not args.no_chart, samples=args.samples, html=args.html)
+    except DamagedFile as e:  # hand-edited or foreign: name the runs and the way out
+        raise UserError(f"{', '.join(map(str, args.run_dirs))}: {e}; rerun the stage that wrote it, or restore "
+                        "the file") from e
     return 0
