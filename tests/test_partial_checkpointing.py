@@ -12,7 +12,7 @@ from engine.config.shape import shape_from_config
 from engine.distill.objective import decoder_layers
 from engine.resources.memory import activation_bytes, layer_activation_bytes
 from engine.training.recompute import checkpoint_layers
-from tests.test_resources import ARCHS, _model
+from tests.test_resources import ARCHS, _model, saved_activation_bytes
 
 
 def test_the_setting_takes_true_false_or_a_fraction_and_refuses_the_rest():
@@ -46,23 +46,13 @@ def test_the_activation_model_prices_the_layers_that_keep_their_activations(sett
     m = _model(arch, torch.float32)
     m.train()
     c = checkpoint_layers(m, setting)
-    weights = {p.untyped_storage().data_ptr() for p in m.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        st = t.untyped_storage()
-        if st.data_ptr() not in weights:
-            saved[st.data_ptr()] = st.nbytes()
-        return t
-
     batch, seq = 2, 128
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        m.model(torch.randint(0, arch["vocab_size"], (batch, seq)))
+    measured = saved_activation_bytes(m, arch["vocab_size"], batch, seq)
     s = shape_from_config(arch)
     tokens = batch * seq
     embeddings_out = tokens * 4 * s.hidden_size
     predicted = activation_bytes(s, tokens, 4, setting, fp32_residual=False)
-    assert predicted == pytest.approx(sum(saved.values()) + embeddings_out, rel=0.03)
+    assert predicted == pytest.approx(measured + embeddings_out, rel=0.03)
     # below none checkpointed, by one layer's activations less its input per checkpointed layer (with
     # every layer but the last checkpointed it is below all of them: the last one's activations are freed
     # before any recompute, and one recompute is saved)

@@ -34,12 +34,9 @@ def _model(arch: dict, dtype: torch.dtype) -> torch.nn.Module:
     return m
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_activations_match_the_tensors_autograd_saves(arch, dtype):
-    """The per-layer activation model against the bytes of every tensor the forward saves for backward
-    (weights excluded: they are counted as weights), within 3%."""
-    m = _model(arch, dtype)
+def saved_activation_bytes(m: torch.nn.Module, vocab: int, batch: int, seq: int) -> int:
+    """Bytes of every tensor the decoder's forward saves for backward through autograd's hooks, weights
+    excluded (they are counted as weights)."""
     weights = {p.untyped_storage().data_ptr() for p in m.parameters()}
     saved: dict[int, int] = {}
 
@@ -49,10 +46,18 @@ def test_activations_match_the_tensors_autograd_saves(arch, dtype):
             saved[st.data_ptr()] = st.nbytes()
         return t
 
-    batch, seq = 2, 128
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        m.model(torch.randint(0, arch["vocab_size"], (batch, seq)))
-    measured = sum(saved.values())
+        m.model(torch.randint(0, vocab, (batch, seq)))
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_activations_match_the_tensors_autograd_saves(arch, dtype):
+    """The per-layer activation model against the bytes of every tensor the forward saves for backward
+    (weights excluded: they are counted as weights), within 3%."""
+    batch, seq = 2, 128
+    measured = saved_activation_bytes(_model(arch, dtype), arch["vocab_size"], batch, seq)
     e = 4 if dtype == torch.float32 else 2
     predicted = activation_bytes(shape_from_config(arch), batch * seq, e, checkpointing=False, fp32_residual=False)
     assert predicted == pytest.approx(measured, rel=0.03)
