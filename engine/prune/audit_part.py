@@ -11,8 +11,8 @@ config, loss and hidden-state spec, learning-rate schedule, seed, training windo
 the train split (the same tokens for every candidate, and the ones the distill stage will read), and
 the same number of held-out batches at the end. Held out: the final loss is read on the test split when
 the data has one, as the search screened and scored on the validation split; without a test split it
-falls back to the validation batches, and search.json's audit says which ("split"). What it leaves out is what a measurement does not need:
-checkpoints, metrics lines and model/.
+falls back to the validation batches, and search.json's audit says which ("split"). What it leaves out
+is what a measurement does not need: checkpoints, metrics lines and model/.
 
 Progress: status.json's step counts the audit's optimizer steps over all candidates (with step_s, so a
 canceller waits for the running step), the log a line per logged step with the ETA. A stop request
@@ -122,8 +122,8 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
             trainer.release()
             del trainer, student
             acc.free_memory()
-            doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=bool(stop.signame))
-            doc["audit"]["split"] = split
+            doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=bool(stop.signame),
+                                         split=split)
             write_json(path, doc)  # after each candidate: a crash or a cancel keeps what was measured
     if cuda:
         torch.cuda.empty_cache()

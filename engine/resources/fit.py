@@ -125,9 +125,9 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     section = kind_of(stage).section
     limit = _limit(m)
     steps: list[tuple[str, dict]] = []
-    if k.gradient_checkpointing is not True and k.gradient_checkpointing != 1:
+    if k.gradient_checkpointing < 1:  # (false < 0.5 < true == 1)
         # the least recompute that fits first: half the layers, then all of them
-        if not k.gradient_checkpointing or k.gradient_checkpointing < 0.5:
+        if k.gradient_checkpointing < 0.5:
             steps.append((f"{section}.gradient_checkpointing = 0.5", {"gradient_checkpointing": 0.5}))
         steps.append((f"{section}.gradient_checkpointing = true", {"gradient_checkpointing": True}))
     cfg = own_settings(exp, stage)

@@ -57,9 +57,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[int, float], steps: int,
-                  requested: int, cancelled: bool = False) -> dict[str, Any]:
-    """search.json's "audit" from `doc` (its candidates) and the audited candidates' final validation
-    losses (`final`: candidate index -> loss, the ones distilled so far)."""
+                  requested: int, cancelled: bool = False, split: str = "validation") -> dict[str, Any]:
+    """search.json's "audit" from `doc` (its candidates) and the audited candidates' final losses on the
+    held-out `split` (`final`: candidate index -> loss, the ones distilled so far)."""
     cands = doc["candidates"]
     audited = sorted(final, key=lambda i: cands[i]["rank"])
     sign = -1.0 if doc.get("higher_is_better") else 1.0
@@ -71,7 +71,7 @@ def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[in
     best = min(audited, key=lambda i: (final[i], i)) if audited else None
     return {
         "steps": steps, "requested": requested, "done": len(audited), "cancelled": cancelled,
-        "seconds": round(sum(seconds.values()), 3),
+        "seconds": round(sum(seconds.values()), 3), "split": split,
         "candidates": [{"index": i, "rank": cands[i]["rank"], "screen_loss": cands[i].get("screen_loss"),
                         "score": cands[i].get("score"), "final_loss": final[i], "final_rank": by_final[i],
                         "seconds": round(seconds.get(i, 0.0), 3)} for i in audited],
