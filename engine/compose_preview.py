@@ -9,6 +9,7 @@ its types costs nothing at the TUI's start.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -56,9 +57,11 @@ def preview(text: str, source: str) -> Preview:
         plan = describe_plan(exp)
     except ConfigError as e:
         result = Preview(str(e))
-        _size_valid_students(text, source, result)
-        if result.teacher_shape is None:  # no student fits it: the teacher alone
-            result.teacher_shape = _teacher_shape(text, source)
+        raw = _raw(text)  # parsed once for both: each student alone, then the teacher alone
+        if raw is not None:
+            _size_valid_students(raw, source, result)
+            if result.teacher_shape is None:  # no student fits it: the teacher alone
+                result.teacher_shape = _teacher_shape(raw, source)
         return result
     result = Preview(None, plan=plan, stages=list(exp.stages()))
     _size_students(exp, result)
@@ -66,7 +69,10 @@ def preview(text: str, source: str) -> Preview:
 
 
 def _raw(text: str) -> dict[str, Any] | None:
-    import tomllib
+    if sys.version_info >= (3, 11):  # as engine/config/toml_io.py (the project supports 3.10)
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
 
     try:
         return tomllib.loads(text)
@@ -82,10 +88,9 @@ def _loads(raw: dict[str, Any], source: str) -> Experiment:
     return loads_experiment(dumps_toml(raw), source=source)
 
 
-def _size_valid_students(text: str, source: str, result: Preview) -> None:
+def _size_valid_students(raw: dict[str, Any], source: str, result: Preview) -> None:
     from engine.config import ConfigError
 
-    raw = _raw(text) or {}
     for student in raw.get("prune") or []:
         alone = Preview("")
         try:
@@ -101,15 +106,12 @@ def _size_valid_students(text: str, source: str, result: Preview) -> None:
         result.teacher_shape = alone.teacher_shape
 
 
-def _teacher_shape(text: str, source: str) -> Shape3 | None:
+def _teacher_shape(raw: dict[str, Any], source: str) -> Shape3 | None:
     """The teacher's (layers, hidden, ffn) from its config, read as `check` reads it (no students)."""
     from engine.config import ConfigError
     from engine.contract import STUDENT_SECTIONS
     from engine.shapes.targets import teacher_config, teacher_shape
 
-    raw = _raw(text)
-    if raw is None:
-        return None
     # without the students' sections ([[prune]], [distill]: each wants a student)
     alone = {k: v for k, v in raw.items() if k not in STUDENT_SECTIONS}
     try:
