@@ -59,8 +59,9 @@ TOML
     # the data was tokenized here, by the tokenizer packed with it: the run names it (prepare checks)
     D=.carry/smol-textkit; [[ -d $D ]] || D=$HOME/smol-textkit
     DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
-    python3 -m engine check "$EXP" --set model.path="$HF" "${DATA[@]}" || exit 1
-    python3 -m engine run "$EXP" --set model.path="$HF" "${DATA[@]}" --detach ;;
+    read -ra MORE <<< "${START_ARGS:-}"  # e.g. START_ARGS="--only prepare --only prune-search --set ..."
+    python3 -m engine check "$EXP" --set model.path="$HF" "${DATA[@]}" >/dev/null || exit 1
+    python3 -m engine run "$EXP" --set model.path="$HF" "${DATA[@]}" "${MORE[@]}" --detach ;;
   fit)
     python3 benchmarks/speed_budget_fit.py --config "$HF/config.json" --target-params 0.6 --tolerance 0.03 \
       --hidden-multiple 64 --ffn-multiple 64 --dtype bfloat16 --prompt 512 --new 128 ${FIT_ARGS:-}

@@ -233,9 +233,7 @@ def _scorer(ctx: StageContext, p: Any, teacher: torch.nn.Module, tokenizer: Any,
     from engine.data import PackedDataset
 
     ds = PackedDataset(ctx.layout.data_dir, "train", exp.data.seq_length, seed=exp.seed)
-    micro = fixed_micro_batch(cfg)
-    per_step = max(1, cfg.global_batch_size // micro)
-    it = ds.batches(micro, start=0)  # the same windows for every candidate (epochs wrap)
-    train = [torch.as_tensor(next(it)).to(device=device, dtype=torch.long) for _ in range(p.score_steps * per_step)]
+    it = ds.batches(cfg.global_batch_size, start=0)  # the same windows for every candidate (epochs wrap)
+    train = [torch.as_tensor(next(it)).to(device=device, dtype=torch.long) for _ in range(p.score_steps)]
     vocab = min(len(tokenizer), teacher.get_output_embeddings().weight.shape[0])
     return scoring.distill_scorer(exp, p.name, teacher, vocab, p.score_steps, train, windows)
