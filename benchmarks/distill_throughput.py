@@ -33,6 +33,8 @@ CPU smoke test:   python benchmarks/distill_throughput.py --tiny --variants naiv
 SmolLM2-135M shape (teacher 30 x 576, ffn 1536, 9/3 heads, vocab 49152 -> 15 layers; batch 64 x 512):
                   python benchmarks/distill_throughput.py --shape smollm2 --variants naive,engine-compile
 Liger (pip install "slimlab[liger]"; CUDA):  --variants naive,engine-compile,engine-compile-liger,engine-liger
+Llama-3.1-8B teacher -> 4.5B students (issue 21; one 80 GB GPU, the recipe of experiments/llama31-8b-one-gpu.toml):
+                  --shape 8b-width --variants engine-compile-chunk512-gc-bf16states,engine-compile-chunk512-gc0.9-bf16states
 Memory options (issue 21), as suffixes:  --variants engine-compile,engine-compile-gc,engine-compile-bf16states,
                   engine-compile-autocast (fp32 weights under autocast: no bf16 model + fp32 masters split)
 A variant that fails prints its error and the others still run.
@@ -45,6 +47,7 @@ import gc
 import gzip
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -63,8 +66,14 @@ ARCH = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_at
 SMOLLM2 = dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_attention_heads=9,
                num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
                max_position_embeddings=2048, rope_theta=100000.0)
+LLAMA31_8B = dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                  num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
+                  max_position_embeddings=8192, rope_theta=500000.0)
 # --shape: arch, teacher layers, student layers, batch, seq (flags given on the command line win)
-SHAPES = {"1b": (ARCH, 16, 8, 4, 2048), "smollm2": (SMOLLM2, 30, 15, 64, 512)}
+SHAPES = {"1b": (ARCH, 16, 8, 4, 2048), "smollm2": (SMOLLM2, 30, 15, 64, 512),
+          "8b-depth": (LLAMA31_8B, 32, 16, 4, 4096), "8b-width": (LLAMA31_8B, 32, 32, 4, 4096)}
+# the student's own widths where they differ from the teacher's (issue 21's width student: 4.5B)
+STUDENT_WIDTHS = {"8b-width": dict(hidden_size=3072, intermediate_size=9216)}
 TINY = dict(ARCH, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, vocab_size=1000)
 
@@ -112,7 +121,7 @@ def timed(step, n_warmup: int, n_steps: int, device: torch.device) -> tuple[floa
 def run_naive(args, arch, device, batches) -> dict:
     teacher = build(arch, args.teacher_layers, torch.bfloat16 if device.type == "cuda" else torch.float32,
                     device, 0).eval().requires_grad_(False)
-    student = build(arch, args.student_layers, torch.float32, device, 1).train()
+    student = build(dict(arch, **STUDENT_WIDTHS.get(args.shape, {})), args.student_layers, torch.float32, device, 1).train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=device.type == "cuda")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     it = iter(range(10**9))
@@ -140,7 +149,7 @@ def run_naive(args, arch, device, batches) -> dict:
 
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
                profile: bool = False, hf_mask: bool = False, master: bool | None = None,
-               kernels: str = "", name: str = "", tgraph: bool = False, gc: bool = False,
+               kernels: str = "", name: str = "", tgraph: bool = False, gc: bool | float = False,
                states: str = "float32") -> dict:
     from engine.config import DistillConfig
     from engine.training.stage_bodies import loss_spec
@@ -148,7 +157,7 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
 
     teacher = build(arch, args.teacher_layers, torch.bfloat16 if device.type == "cuda" else torch.float32,
                     device, 0)
-    student = build(arch, args.student_layers, torch.float32, device, 1)
+    student = build(dict(arch, **STUDENT_WIDTHS.get(args.shape, {})), args.student_layers, torch.float32, device, 1)
     if kernels:  # "liger" | "liger-norope", as a distill stage's kernels = "liger" does (both models)
         from engine.models.liger import apply_liger
 
@@ -262,6 +271,7 @@ VARIANTS = {
     "engine-chunk4096": (False, 4096, 1, None),  # since measured, eager chunks are capped at 1024
 
     "engine-compile": (True, 4096, 1, None),
+    "engine-compile-chunk512": (True, 512, 1, None),  # the 8B one-GPU recipe's loss chunks
     "engine-compile-chunk2048": (True, 2048, 1, None),
     "engine-compile-chunk8192": (True, 8192, 1, None),
     "engine-compile-accum4": (True, 4096, 4, None),
@@ -328,7 +338,8 @@ def main() -> None:
     ap.add_argument("--variants", default="naive,engine,engine-compile")
     ap.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"])
     ap.add_argument("--shape", default="1b", choices=sorted(SHAPES),
-                    help="1b: Llama 16 x 2048 -> 8 layers, batch 4 x 2048; smollm2: 30 x 576 -> 15, batch 64 x 512")
+                    help="1b: Llama 16 x 2048 -> 8 layers, batch 4 x 2048; smollm2: 30 x 576 -> 15, batch 64 x 512; "
+                         "8b-depth / 8b-width: Llama-3.1-8B -> 16 layers / hidden 3072 + ffn 9216, batch 4 x 4096")
     ap.add_argument("--batch", type=int, help="sequences per micro-batch (default: the shape's)")
     ap.add_argument("--seq", type=int, help="tokens per sequence (default: the shape's)")
     ap.add_argument("--teacher-layers", type=int)
@@ -448,12 +459,15 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
         return run_naive(args, arch, device, batches), None
     from engine.models.liger import undo_rope
 
-    # memory options, as suffixes in any order: -tgraph (teacher_cuda_graph), -gc (gradient_checkpointing),
-    # -bf16states (optimizer_states = "bfloat16")
-    opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name for o in ("tgraph", "gc", "bf16states")}
+    # memory options, as suffixes in any order: -tgraph (teacher_cuda_graph), -gc (gradient_checkpointing;
+    # -gc0.9: that fraction of the layers), -bf16states (optimizer_states = "bfloat16")
+    opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name for o in ("tgraph", "bf16states")}
     bare = name
     for o in opts:
         bare = bare.replace(f"-{o}", "")
+    gc_match = re.search(r"-gc(0\.\d+)?(?=-|$)", bare)
+    opts["gc"] = (float(gc_match.group(1)) if gc_match.group(1) else True) if gc_match else False
+    bare = bare.replace(gc_match.group(0), "") if gc_match else bare
     base, kernels = split_kernels(bare)
     # `-autocast`: fp32 parameters under bf16 autocast (the engine's path before master weights)
     autocast = base.endswith("-autocast")

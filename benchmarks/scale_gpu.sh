@@ -13,6 +13,8 @@
 #   depth    benchmarks/scale/depth-h200.toml: prune-depth, distill-depth, eval, default precision
 #   search   benchmarks/scale/search-0.56.toml: a search at 0.56 of the teacher, scored by loss
 #   graph    SmolLM2-135M shape: the engine's compiled step with and without teacher_cuda_graph
+#   recompute  the 8B students' distillation step (random weights, the 80 GB recipe) with gradient_checkpointing
+#            = 0.9 and = true side by side, each variant in its own process (benchmarks/distill_throughput.py)
 #   summary  benchmarks/scale_summary.py over the runs
 # Needs: .carry/textkit-llama2 (benchmarks/pack_for_gpu.sh) and, where missing, pydantic and friends as wheels.
 # SCALE_ARCH=tiny runs the same flow with a tiny model on the CPU (a smoke test of this script).
@@ -100,6 +102,16 @@ for PART in "$@"; do
     log "teacher_cuda_graph at the SmolLM2-135M shape"
     timeout 300 python3 benchmarks/distill_throughput.py --shape smollm2 --variants engine-compile,engine-compile-tgraph,engine,engine-tgraph \
       --json "$OUT/graph.json" 2>&1 | grep -v -i warn | tail -12 | tee -a "$LOG"
+    ;;
+  recompute)
+    log "gradient_checkpointing 0.9 vs true at the 8B students' shapes"; nvidia-smi -L | tee -a "$LOG"
+    for shape in ${RECOMPUTE_SHAPES:-8b-width 8b-depth}; do
+      for v in ${RECOMPUTE_VARIANTS:-engine-compile-chunk512-gc0.9-bf16states engine-compile-chunk512-gc-bf16states}; do
+        timeout "${RECOMPUTE_TIMEOUT:-150}" python3 benchmarks/distill_throughput.py --shape "$shape" --variants "$v" \
+          --warmup 3 --steps "${RECOMPUTE_STEPS:-8}" --json "$OUT/recompute-$shape-$v.json" 2>&1 \
+          | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" | sed "s/^/$shape /" | tee -a "$LOG"
+      done
+    done
     ;;
   summary)
     python3 benchmarks/scale_summary.py "$RUNS"/* --json "$OUT/summary.json" | tee -a "$LOG"

@@ -61,29 +61,31 @@ def test_the_activation_model_prices_the_layers_that_keep_their_activations(sett
     assert none - predicted == c * tokens * (layer_activation_bytes(s, 4, False) - 4 * s.hidden_size)
 
 
-def test_check_offers_half_the_layers_before_all_of_them(tmp_path, monkeypatch):
-    """On a GPU between what 0.5 and no checkpointing need, the refusal names 0.5, and with it set the
-    same check passes."""
+@pytest.mark.parametrize("fits", [0.5, 0.7])
+def test_check_offers_the_fewest_recomputed_layers_that_fit(tmp_path, monkeypatch, fits):
+    """On a GPU between what `fits` and the next smaller fraction need, the refusal names `fits` (not
+    true: every recomputed layer costs speed), and with it set the same check passes."""
     from engine.config import load_experiment
     from engine.resources import fit
     from engine.resources.plan import experiment_shapes, stage_need
     from tests.test_resources import _big_toml
 
     monkeypatch.setattr(fit, "free_bytes", lambda _p: 2**50)
-    exp = load_experiment(_big_toml(tmp_path, hidden=1024, layers=8))
+    exp = load_experiment(_big_toml(tmp_path, hidden=1024, layers=10))
     shapes = experiment_shapes(exp)
 
     def need(setting):
         exp.finetune.gradient_checkpointing = setting
         return stage_need(exp, shapes, "finetune", 1, True).total
 
-    half, none = need(0.5), need(False)
-    assert half < none
+    below = {0.5: False, 0.7: 0.6}[fits]
+    ok, too_much = need(fits), need(below)
+    assert ok < too_much
     exp.finetune.gradient_checkpointing = False
-    machine = fit.Machine(gpus=1, gpu_bytes=(half + none) // 2 + fit.GPU_RESERVED, gpu_name="GPU",
+    machine = fit.Machine(gpus=1, gpu_bytes=(ok + too_much) // 2 + fit.GPU_RESERVED, gpu_name="GPU",
                           host_bytes=100 * 2**30)
     with pytest.raises(ConfigError) as e:
         fit.resource_lines(exp, machine)
-    assert "set finetune.gradient_checkpointing = 0.5 (~" in str(e.value)
-    exp.finetune.gradient_checkpointing = 0.5
+    assert f"set finetune.gradient_checkpointing = {fits} (~" in str(e.value)
+    exp.finetune.gradient_checkpointing = fits
     assert any("finetune" in line for line in fit.resource_lines(exp, machine))

@@ -135,7 +135,7 @@ def test_check_refuses_a_stage_that_does_not_fit_the_gpu_with_one_line_and_the_k
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert "finetune: needs ~" in lines[0] and "the GPU has 79" in lines[0]
-    assert "gradient_checkpointing = true" in lines[0] or "fsdp" in lines[0]
+    assert "gradient_checkpointing = " in lines[0] or "fsdp" in lines[0]
     assert not (tmp_path / "runs").exists()
     small = _big_toml(tmp_path, hidden=256, layers=2)  # the table, no refusal
     ok = _engine("check", small, "--gpu-memory", "79")

@@ -125,10 +125,11 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     section = kind_of(stage).section
     limit = _limit(m)
     steps: list[tuple[str, dict]] = []
-    if k.gradient_checkpointing < 1:  # (false < 0.5 < true == 1)
-        # the least recompute that fits first: half the layers, then all of them
-        if k.gradient_checkpointing < 0.5:
-            steps.append((f"{section}.gradient_checkpointing = 0.5", {"gradient_checkpointing": 0.5}))
+    # the least recompute that fits first: half the layers, then a tenth more at a time, then all of them
+    # (false < 0.5 < ... < true == 1; at 8B -> 4.5B on an H100, 0.9 ran 1-2% faster than true)
+    for fraction in (f for f in (0.5, 0.6, 0.7, 0.8, 0.9) if f > k.gradient_checkpointing):
+        steps.append((f"{section}.gradient_checkpointing = {fraction}", {"gradient_checkpointing": fraction}))
+    if k.gradient_checkpointing < 1:
         steps.append((f"{section}.gradient_checkpointing = true", {"gradient_checkpointing": True}))
     cfg = own_settings(exp, stage)
     # bf16 moments: refused under FSDP and above BF16_MAX_BETA2 (engine/config/schema.py)
