@@ -8,7 +8,8 @@
 #                gpu_run.sh start    carry [.carry/smol-textkit]       -> the pipeline, detached; watch
 #                gpu_run.sh watch                                       -> keep watching; OUT gets the results
 #                gpu_run.sh fit                                         -> the speed budget's cost model on
-#                                                                          this GPU (benchmarks/speed_budget_fit.py)
+#                                                                          this GPU (benchmarks/speed_budget_fit.py;
+#                  alone, without the GGUF: FIT_CONFIG=benchmarks/smollm2/smollm2-135m-config.json, carry .whl)
 #                gpu_run.sh tgraph                                      -> teacher_cuda_graph on and off, SmolLM2's
 #                                                                          shape (benchmarks/distill_throughput.py)
 # (calls back to back: $HOME lasts only while the machine is held). Another experiment: EXP=path (e.g.
@@ -63,9 +64,13 @@ TOML
     python3 -m engine check "$EXP" --set model.path="$HF" "${DATA[@]}" >/dev/null || exit 1
     python3 -m engine run "$EXP" --set model.path="$HF" "${DATA[@]}" "${MORE[@]}" --detach ;;
   fit)
-    python3 benchmarks/speed_budget_fit.py --config "$HF/config.json" --target-params 0.6 --tolerance 0.03 \
-      --hidden-multiple 64 --ffn-multiple 64 --dtype bfloat16 --prompt 512 --new 128 ${FIT_ARGS:-}
-    exit ;;
+    # --max-seconds caps each of its two round robins (the fit shapes, then the finalists): keep 2x it under
+    # the call's limit. The table prints at the end; OUT keeps it (line-buffered, so a kill loses nothing).
+    python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HOME/site" .whl/*.whl
+    python3 benchmarks/speed_budget_fit.py --config "${FIT_CONFIG:-$HF/config.json}" --target-params 0.6 --tolerance 0.03 \
+      --hidden-multiple 64 --ffn-multiple 64 --dtype bfloat16 --prompt 512 --new 128 ${FIT_ARGS:-} 2>&1 \
+      | grep --line-buffered -v -i warn | tee ${OUT:+"$OUT/speed_fit.txt"}
+    exit "${PIPESTATUS[0]}" ;;
   tgraph)
     python3 benchmarks/distill_throughput.py --shape smollm2 --batch "${BATCH:-128}" \
       --variants engine-compile,engine-compile-tgraph ${OUT:+--json "$OUT/tgraph.json"}
