@@ -7,6 +7,10 @@ fp32 and stored rounded to nearest). The master may be the parameter itself (fp3
 (benchmarks/RESULTS.md): the same kernel time alone, but ~2.5 ms less per step inside training
 on an H200 (one launch per tensor instead of a dynamic-shape graph call per tensor).
 The scalars (step, lr, clip scale, skip) are read on the device: no host sync.
+
+With `sr_index` (master_weights = "stochastic") the master is the bf16 parameter itself: read as fp32,
+stored rounded stochastically with Philox bits seeded from (the loaded step, sr_index): 24 bytes per
+element less the 8 of the fp32 master's read and write.
 """
 
 from __future__ import annotations
@@ -19,8 +23,20 @@ BLOCK = 2048
 
 
 @triton.jit
+def _stochastic_round(w, step, index, offs):
+    """fp32 -> bf16 rounded up in magnitude with probability equal to the dropped 16 bits' fraction
+    (engine/training/master_adamw.py stochastic_round); non-finite values round to nearest."""
+    seed = step.to(tl.int64) * 4294967296 + index  # Philox's key: step in the high word, the tensor's index low
+    noise = tl.randint(seed, offs) & 0xFFFF
+    bits = (w.to(tl.uint32, bitcast=True) + noise) & 0xFFFF0000
+    rounded = bits.to(tl.float32, bitcast=True)
+    finite = tl.abs(w) <= 3.4028234663852886e38  # (false for NaN and inf)
+    return tl.where(finite, rounded, w).to(tl.bfloat16, fp_downcast_rounding="rtne")  # exact where finite
+
+
+@triton.jit
 def _adamw_kernel(p_ptr, g_ptr, w_ptr, m_ptr, v_ptr, step_ptr, lr_ptr, inv_scale_ptr, skip_ptr, n,
-                  beta1, beta2, eps, weight_decay, BLOCK: tl.constexpr):
+                  beta1, beta2, eps, weight_decay, sr_index, BLOCK: tl.constexpr, SR: tl.constexpr):
     if tl.load(skip_ptr).to(tl.int32) == 0:  # found_inf: leave everything as it was
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
@@ -29,7 +45,7 @@ def _adamw_kernel(p_ptr, g_ptr, w_ptr, m_ptr, v_ptr, step_ptr, lr_ptr, inv_scale
         g = tl.load(g_ptr + offs, mask=mask).to(tl.float32) * tl.load(inv_scale_ptr)
         m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
         v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
-        w = tl.load(w_ptr + offs, mask=mask)
+        w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
         m = m + (1 - beta1) * (g - m)
         v = v * beta2 + (1 - beta2) * g * g
         bias1 = 1 - tl.exp2(step * tl.log2(beta1))
@@ -37,14 +53,23 @@ def _adamw_kernel(p_ptr, g_ptr, w_ptr, m_ptr, v_ptr, step_ptr, lr_ptr, inv_scale
         w = w * (1 - lr * weight_decay) - (lr / bias1) * m / (tl.sqrt(v) / bias2_sqrt + eps)
         tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)  # (downcasts round to nearest)
         tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-        tl.store(w_ptr + offs, w, mask=mask)
-        tl.store(p_ptr + offs, w.to(p_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+        if SR:  # w_ptr is p_ptr: the bf16 parameter is the only copy
+            tl.store(p_ptr + offs, _stochastic_round(w, step, sr_index, offs), mask=mask)
+        else:
+            tl.store(w_ptr + offs, w, mask=mask)
+            tl.store(p_ptr + offs, w.to(p_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
 
 
 def adamw_update(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
                  exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
-                 skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
-    """Same arguments as engine.training.master_adamw.adamw_reference (flat contiguous tensors)."""
+                 skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
+                 sr_index: int | None = None) -> None:
+    """Same arguments as engine.training.master_adamw.adamw_reference (flat contiguous tensors); with
+    `sr_index`, `master` is the bf16 `param`."""
     n = param.numel()
+    sr = sr_index is not None
+    if sr and (master.data_ptr() != param.data_ptr() or param.dtype != torch.bfloat16):
+        raise ValueError("stochastic rounding updates a bf16 parameter that is its own master")
     _adamw_kernel[(triton.cdiv(n, BLOCK),)](param, grad, master, exp_avg, exp_avg_sq, step, lr, inv_scale, skip,
-                                            n, beta1, beta2, eps, weight_decay, BLOCK=BLOCK, num_warps=8)
+                                            n, beta1, beta2, eps, weight_decay, sr_index if sr else 0,
+                                            BLOCK=BLOCK, SR=sr, num_warps=8)

@@ -14,6 +14,12 @@ Same update as `torch.optim.AdamW`, including the two hooks the trainer uses: `g
 bytes per parameter); the update still computes in fp32 and rounds the moments (to nearest) only
 when it stores them. `dtype=None`: the parameters stay fp32 and are their own masters (no copy):
 how the fp32 path (autocast, DDP with accumulation, the CPU) gets bf16 moments.
+
+`stochastic=True` (master_weights = "stochastic"): bf16 parameters and no fp32 copy (4 bytes per
+parameter less). The update reads the bf16 weight as fp32 and stores it rounded stochastically (up with
+probability equal to the remainder), so that updates below half a bf16 ulp still move the weight on
+average instead of rounding away. The random bits are a function of (step, the tensor's index here):
+a resumed run rounds as an uninterrupted one, and there is no RNG state to save.
 """
 
 from __future__ import annotations
@@ -24,19 +30,37 @@ from typing import Any
 import torch
 
 
+def stochastic_round(w: torch.Tensor, step: torch.Tensor, index: int) -> torch.Tensor:
+    """fp32 -> bf16, rounded up (in magnitude) with probability equal to the dropped 16 bits' fraction:
+    16 random bits added to the bit pattern, then truncated (for sign-magnitude floats adding to the
+    magnitude is right for negative numbers too). The bits come from a generator seeded from (step,
+    index), as adamw_triton.py's kernel seeds Philox (other bits, same distribution). Non-finite values
+    round to nearest (adding to a NaN's bits could carry into the sign or make it infinite)."""
+    seed = int(step.item()) * 2**32 + index  # (a host read: the CPU path)
+    gen = torch.Generator(device=w.device).manual_seed(seed)
+    bits = torch.randint(0, 1 << 16, w.shape, generator=gen, device=w.device, dtype=torch.int32)
+    rounded = ((w.view(torch.int32) + bits) & -65536).view(torch.float32)  # -65536 == 0xFFFF0000
+    return torch.where(torch.isfinite(w), rounded, w).to(torch.bfloat16)  # exact: low bits are zero
+
+
 def adamw_reference(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
                     exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
-                    skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float) -> None:
+                    skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
+                    sr_index: int | None = None) -> None:
     """The update in torch ops (CPU, and the reference for engine/training/adamw_triton.py's kernel).
 
     `step` is the step count including this one; `skip` (0-d bool) leaves every tensor as it was.
-    The moments may be bf16: read as fp32, stored back rounded to nearest. `master` may be `param`."""
+    The moments may be bf16: read as fp32, stored back rounded to nearest. `master` may be `param`,
+    also a bf16 one (no fp32 copy): the update computes in fp32 and stores it rounded to nearest, or
+    with `sr_index` (the tensor's index in the optimizer) stochastically (`stochastic_round`)."""
     g = grad.float() * inv_scale
     m = exp_avg.float().lerp(g, 1 - beta1)
     v = exp_avg_sq.float() * beta2 + (1 - beta2) * g * g
     bias1 = 1 - beta1 ** step
     bias2_sqrt = (1 - beta2 ** step).sqrt()
-    w = master * (1 - lr * weight_decay) - (lr / bias1) * m / (v.sqrt() / bias2_sqrt + eps)
+    w = master.float() * (1 - lr * weight_decay) - (lr / bias1) * m / (v.sqrt() / bias2_sqrt + eps)
+    if master.dtype != torch.float32:
+        w = stochastic_round(w, step, sr_index) if sr_index is not None else w.to(master.dtype)
     exp_avg.copy_(torch.where(skip, exp_avg, m))
     exp_avg_sq.copy_(torch.where(skip, exp_avg_sq, v))
     master.copy_(torch.where(skip, master, w))
@@ -51,15 +75,18 @@ class MasterAdamW(torch.optim.Optimizer):
     """AdamW that keeps fp32 master weights and `state_dtype` moments for parameters it turns into `dtype`.
 
     Give it the fp32 parameters: it copies them as masters, then casts the parameters in place,
-    so that no precision of the loaded weights is lost (`dtype=None`: no copy, no cast). `fused`:
-    each tensor's update is one Triton kernel (CUDA); else torch ops (`adamw_reference`).
+    so that no precision of the loaded weights is lost (`dtype=None`: no copy, no cast; `stochastic`:
+    cast, no copy, stochastic rounding). `fused`: each tensor's update is one Triton kernel (CUDA); else
+    torch ops (`adamw_reference`).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, dtype: torch.dtype | None = torch.bfloat16,
-                 fused: bool = False, state_dtype: torch.dtype = torch.float32):
+                 fused: bool = False, state_dtype: torch.dtype = torch.float32, stochastic: bool = False):
         if state_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"MasterAdamW keeps its moments in float32 or bfloat16 (got {state_dtype})")
+        if stochastic and dtype not in (None, torch.bfloat16):
+            raise ValueError(f"MasterAdamW rounds stochastically to bfloat16 only (got {dtype})")
         # (torch's flags too, so that a checkpoint of this optimizer loads into the engine's fused AdamW)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **_ADAMW_FLAGS))
         self.grad_scale: torch.Tensor | None = None
@@ -67,7 +94,9 @@ class MasterAdamW(torch.optim.Optimizer):
         self._sums: dict[torch.Tensor, torch.Tensor] = {}  # fp32 gradient sums (see `accumulate`)
         self._folded: set[torch.Tensor] = set()  # parameters whose sum holds this step's gradient
         self.state_dtype = state_dtype
-        self.has_masters = dtype is not None  # else the fp32 parameters are their own masters
+        # stochastic: bf16 parameters rounded stochastically, no copy; dtype None: fp32 ones, their own masters
+        self.stochastic = stochastic and dtype is not None
+        self.has_masters = dtype is not None and not self.stochastic
         if fused:
             from engine.training.adamw_triton import adamw_update
             self._update = adamw_update
@@ -83,8 +112,10 @@ class MasterAdamW(torch.optim.Optimizer):
                 for key in ("exp_avg", "exp_avg_sq"):
                     st[key] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
                 self.state[p] = st
-                if self.has_masters:
+                if dtype is not None:
                     p.data = p.data.to(dtype)
+        # the stochastic rounding's seed: a parameter's position, the same in every run of this model
+        self._index = {p: i for i, p in enumerate(self._params())}
 
     def _params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -136,11 +167,13 @@ class MasterAdamW(torch.optim.Optimizer):
                 st = self.state[p]
                 master = st["master"] if self.has_masters else p
                 self._update(p.view(-1), self._grad(p).view(-1), master.view(-1), st["exp_avg"].view(-1),
-                             st["exp_avg_sq"].view(-1), st["step"], lr, inv_scale, skip, *constants)
+                             st["exp_avg_sq"].view(-1), st["step"], lr, inv_scale, skip, *constants,
+                             **({"sr_index": self._index[p]} if self.stochastic else {}))
         self._folded.clear()
 
     def master_weights(self) -> dict[torch.Tensor, torch.Tensor]:
-        """Parameter -> its fp32 master copy (for saving the model at full precision)."""
+        """Parameter -> its fp32 master copy (for saving the model at full precision); without copies
+        (fp32 parameters, or bf16 ones rounded stochastically) the parameter itself."""
         return {p: self.state[p]["master"] if self.has_masters else p for p in self._params()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -150,7 +183,8 @@ class MasterAdamW(torch.optim.Optimizer):
         bf16 rounds to nearest, bf16 -> fp32 is exact). A state saved by plain AdamW (a run whose
         checkpoint kept fp32 weights) has no masters: they are taken from the parameters, which
         hold the checkpoint's weights by then (accelerate loads models first). Without masters of
-        its own (`dtype=None`), saved masters become the parameters."""
+        its own (`dtype=None`, or `stochastic`), saved masters become the parameters (bf16 ones: rounded
+        to nearest, as a master run's parameters are)."""
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
                 len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups, strict=True)):

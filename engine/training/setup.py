@@ -87,12 +87,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool | str = False) -> torch.optim.Optimizer:
     """Fused AdamW (CUDA and CPU); no weight decay on norms and biases (1-D parameters).
     Fused, because it can skip a step on the device (`found_inf`) without a host sync.
 
     `master`: the module's parameters become bf16 and the optimizer keeps their fp32 master
-    copies (engine/training/master_adamw.py), with the same update and the same on-device skip.
+    copies (engine/training/master_adamw.py), with the same update and the same on-device skip;
+    `master = "stochastic"`: bf16 parameters without fp32 copies, updated with stochastic rounding.
     cfg.optimizer_states = "bfloat16": the moments in bf16, in MasterAdamW either way (without
     `master` its parameters stay fp32 and are their own masters; torch's AdamW has fp32 moments
     only)."""
@@ -108,7 +109,7 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool = False) ->
         # one Triton kernel per tensor on CUDA (master_weights_apply asks for Triton; the fp32 path may not have it)
         fused = any(p.is_cuda for p in decay + no_decay) and importlib.util.find_spec("triton") is not None
         return MasterAdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=fused, state_dtype=states,
-                           dtype=torch.bfloat16 if master else None)
+                           dtype=torch.bfloat16 if master else None, stochastic=master == "stochastic")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8, fused=True)
 
 

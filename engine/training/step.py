@@ -39,7 +39,7 @@ from engine.training.setup import make_optimizer, master_weights_apply
 
 # Bytes per trainable parameter a micro-batch search holds aside for what the first optimizer step
 # allocates: AdamW's two moments (fp32, or bf16 with optimizer_states = "bfloat16"), plus the fp32
-# master copy (or the fp32 gradient sums) where master weights may apply.
+# master copy (or the fp32 gradient sums) where master weights may apply (Trainer._reserve).
 OPTIMIZER_BYTES = {"float32": 8, "bfloat16": 4}
 MASTER_BYTES = 4
 
@@ -132,7 +132,7 @@ class Trainer:
 
     def __init__(self, accelerator: Any, student: nn.Module, cfg: TrainConfig, spec: LossSpec,
                  teacher: nn.Module | Teacher | None = None, hidden: HiddenSpec | None = None,
-                 master_weights: bool | None = None,  # None: cfg.master_weights where it applies
+                 master_weights: bool | str | None = None,  # None: cfg.master_weights where it applies
                  seq_length: int | None = None, log: Callable[[str], None] = lambda _msg: None):
         """`seq_length` (tokens per window, without the label shift): what a micro_batch_size "auto"
         search tries (engine/training/micro_batch.py; without it "auto" is `fixed_micro_batch`);
@@ -166,18 +166,20 @@ class Trainer:
         # micro-batches per optimizer step: global_batch_size = micro x this x processes
         self.accumulation = max(1, cfg.global_batch_size // (self.micro * accelerator.num_processes))
         if master_weights is None:
-            master_weights = cfg.master_weights and master_weights_apply(accelerator, self.accumulation)
-        self.master = master_weights
+            applies = cfg.master_weights is not False and master_weights_apply(accelerator, self.accumulation)
+            master_weights = cfg.master_weights if applies else False
+        self.master = bool(master_weights)  # bf16 parameters in MasterAdamW (with or without fp32 copies)
+        self.stochastic = master_weights == "stochastic"  # no fp32 copies: stochastic rounding
         if self.master and self.accumulation > 1 and accelerator.num_processes > 1:
             raise ValueError("master weights with gradient accumulation need a single process")
         if cfg.optimizer_states != "float32" and accelerator.is_fsdp2:  # (check refuses it first)
             raise ValueError(f"optimizer_states = {cfg.optimizer_states!r} is not available under FSDP")
-        optimizer = make_optimizer(module, cfg, master=self.master)
+        optimizer = make_optimizer(module, cfg, master=master_weights)
         self.module, self.optimizer = accelerator.prepare(module, optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         # the handles: the accelerator's hooks hold this Trainer (its models and optimizer) until removed
         self.hooks = [accelerator.register_load_state_pre_hook(self._load_weights_in_masters)]
-        if self.master:
+        if self.has_masters:
             self.hooks.append(accelerator.register_save_state_pre_hook(self._weights_in_masters))
 
     def release(self) -> None:
@@ -190,12 +192,18 @@ class Trainer:
     # masters in the optimizer's state determine: 2 of its 10-14 bytes per parameter (8.4 GiB of a 4.5B
     # student's 42). The parameters are restored from the masters (MasterAdamW.load_state_dict, or
     # adopt_loaded_masters in a run without them). Only where the accelerator holds this one model: its
-    # files are numbered by position.
+    # files are numbered by position. With master_weights = "stochastic" there are no masters: the model
+    # file keeps the bf16 weights, the only copy.
+
+    @property
+    def has_masters(self) -> bool:
+        """fp32 master copies in the optimizer (master weights, not stochastic rounding)."""
+        return self.master and not self.stochastic
 
     @property
     def not_in_checkpoint(self) -> list[Any]:
         """The tensors the save hook leaves out (the masters hold them): for the free-space estimate."""
-        return self.params if self.master else []
+        return self.params if self.has_masters else []
 
     def _weights_in_masters(self, models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
         """accelerate's save hook: the model file without the tensors the masters hold."""
@@ -235,7 +243,7 @@ class Trainer:
         log(f"teacher_cuda_graph: the teacher's forward replays as a CUDA graph after {graphed.warmup_calls} "
             "warm-up calls")
 
-    def _micro_batch(self, module: TrainModule, master_weights: bool | None, seq: int | None,
+    def _micro_batch(self, module: TrainModule, master_weights: bool | str | None, seq: int | None,
                      log: Callable[[str], None]) -> int:
         """cfg.micro_batch_size, or for "auto" the largest that fits (engine/training/micro_batch.py),
         the same on every process."""
@@ -251,11 +259,9 @@ class Trainer:
                    else f"on {acc.device.type}")
             log(f"micro_batch_size auto: {size} (no search: {why})")
             return size
-        may_master = cfg.master_weights and master_weights is not False and master_weights_apply(acc, 1)
-        reserve = (OPTIMIZER_BYTES[cfg.optimizer_states] + MASTER_BYTES * may_master) * sum(
-            p.numel() for p in module.parameters() if p.requires_grad)
-        size = search_micro_batch(cfg.global_batch_size // world,
-                                  lambda m: self.fits(module, m, seq, reserve), log)
+        per = cfg.global_batch_size // world
+        reserve = self._reserve(module, master_weights, per)
+        size = search_micro_batch(per, lambda m: self.fits(module, m, seq, reserve(m)), log)
         if world > 1:  # each process searched alone (no collectives): the smallest pick fits all
             import torch.distributed as dist
 
@@ -263,6 +269,21 @@ class Trainer:
             dist.all_reduce(t, op=dist.ReduceOp.MIN)
             size = int(t.item())
         return size
+
+    def _reserve(self, module: TrainModule, master_weights: bool | str | None, per: int) -> Callable[[int], int]:
+        """Bytes a micro-batch of m holds aside for the first optimizer step: the moments, plus 4 bytes a
+        parameter where master weights may apply: the fp32 masters, or with "stochastic" (no masters)
+        the fp32 gradient sums, which only a step of several micro-batches (m < per) needs."""
+        cfg, acc = self.cfg, self.accelerator
+        mode = cfg.master_weights if master_weights is None else master_weights
+        may_master = cfg.master_weights is not False and mode is not False and master_weights_apply(acc, 1)
+        n = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        moments = OPTIMIZER_BYTES[cfg.optimizer_states] * n
+        if not may_master:
+            return lambda m: moments
+        if mode == "stochastic":
+            return lambda m: moments + MASTER_BYTES * n * (m < per)
+        return lambda m: moments + MASTER_BYTES * n
 
     def fits(self, module: TrainModule, size: int, seq: int, reserve_bytes: int = 0) -> None:
         """One forward and backward of a micro-batch of `size` windows of `seq` tokens (+1 label),
@@ -377,6 +398,8 @@ class Trainer:
         """How the student's weights are held, for the log."""
         acc = self.accelerator
         moments = ", bf16 Adam moments" if self.cfg.optimizer_states == "bfloat16" else ""
+        if self.stochastic:
+            return "bf16 weights, stochastic rounding, no fp32 masters" + moments
         if self.master:
             return "bf16 weights, fp32 master weights in the optimizer" + moments
         if acc.mixed_precision in ("bf16", "fp16"):
@@ -424,7 +447,7 @@ class Trainer:
     def full_student_state(self) -> dict[str, torch.Tensor]:
         """The student's full state dict (gathered under FSDP); complete on the main process."""
         state = self.accelerator.get_state_dict(self.module)
-        if self.master:  # the fp32 masters, not their bf16 copies
+        if self.has_masters:  # the fp32 masters, not their bf16 copies
             masters = self._master().master_weights()
             named = self.unwrapped().named_parameters(remove_duplicate=False)
             state = {**state, **{name: masters[p] for name, p in named if p in masters}}
