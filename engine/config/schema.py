@@ -114,8 +114,10 @@ class TrainConfig(Section):
     gradient_checkpointing: bool | float = False
     compile: bool = False  # torch.compile the model(s)
     # bf16 parameters + fp32 master weights in the optimizer (CUDA, bf16), where gradients never add up
-    # in bf16 (engine/training/step.py: master_weights_apply); false: fp32 parameters under bf16 autocast
-    master_weights: bool = True
+    # in bf16 (engine/training/step.py: master_weights_apply); false: fp32 parameters under bf16 autocast;
+    # "stochastic": there, bf16 parameters without the fp32 copy (4 bytes per parameter less), updated with
+    # stochastic rounding (engine/training/master_adamw.py); elsewhere as true. Not under FSDP
+    master_weights: bool | Literal["stochastic"] = True
     # Adam moments' dtype; bfloat16 halves them: 8 -> 4 bytes per parameter (engine/training/
     # master_adamw.py: the update computes in fp32, the moments are stored rounded to nearest)
     optimizer_states: Literal["float32", "bfloat16"] = "float32"
@@ -144,6 +146,13 @@ class TrainConfig(Section):
             raise ValueError(f"{json.dumps(v)} is neither true/false nor a fraction of the layers in (0, 1]; "
                              "write true, false or e.g. 0.5")
         return float(v)
+
+    @field_validator("master_weights", mode="before")
+    @classmethod
+    def _master_weights(cls, v: Any) -> Any:
+        if isinstance(v, bool) or v == "stochastic":
+            return v
+        raise ValueError(f'{json.dumps(v)} is neither true/false nor "stochastic"; write one of them')
 
     @field_validator("kernels")
     @classmethod
@@ -291,6 +300,7 @@ class Experiment(Section):
             raise ValueError("distill: [distill] needs at least one [[prune]] student")
         if self.launch.strategy == "fsdp":
             self._no_bf16_states_under_fsdp()
+            self._no_stochastic_under_fsdp()
         for p in self.prune:
             if p.audit and self.distill is None:
                 raise ValueError(f"audit: prune '{p.name}' audits its search with the [distill] recipe, and there "
@@ -323,6 +333,17 @@ class Experiment(Section):
             raise ValueError(f"optimizer_states: \"bfloat16\" in {where[0]} is not available under [launch] "
                              "strategy = \"fsdp\" (FSDP keeps fp32 Adam moments); set optimizer_states = "
                              "\"float32\" or strategy = \"ddp\"")
+
+    def _no_stochastic_under_fsdp(self) -> None:
+        """FSDP2 keeps fp32 weight shards and torch's AdamW: no bf16 weights to round stochastically."""
+        where = [f"[{s}]" for s in ("finetune", "distill")
+                 if getattr(self, s) is not None and getattr(self, s).master_weights == "stochastic"]
+        where += [f"prune '{p.name}' distill" for p in self.prune
+                  if p.distill and p.distill.get("master_weights") == "stochastic"]
+        if where:
+            raise ValueError(f"master_weights: \"stochastic\" in {where[0]} is not available under [launch] "
+                             "strategy = \"fsdp\" (FSDP keeps fp32 weight shards); set master_weights = true "
+                             "or strategy = \"ddp\"")
 
     def distill_for(self, name: str) -> DistillConfig:
         """[distill] with the student's own overrides (`[[prune]] distill = {...}`) applied."""

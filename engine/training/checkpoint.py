@@ -30,6 +30,10 @@ from engine.stages import kind_of, stage_student
 RESUMABLE_CHANGES = ("steps", "lr", "min_lr", "warmup_steps", "grad_clip", "val_interval", "val_batches",
                      "checkpoint_interval", "log_interval", "max_nan_steps", "compile",
                      "gradient_checkpointing", "kernels", "optimizer_states", "keep_checkpoints")
+# Values of a trainer key that resume one another: master_weights true <-> "stochastic" (MasterAdamW.load_state_dict
+# rounds saved masters into the bf16 weights, or takes the saved bf16 weights as masters). Not false: fp32
+# weights saved by such a run would be rounded into bf16 masters.
+RESUMABLE_VALUES = {"master_weights": {"stochastic": True}}
 
 
 def resume_key(exp: Experiment, stage: str) -> str:
@@ -43,11 +47,21 @@ def resume_key(exp: Experiment, stage: str) -> str:
     defaults = type(sec)()
     for key in RESUMABLE_CHANGES:
         object.__setattr__(sec, key, getattr(defaults, key))
+    for key in RESUMABLE_VALUES:
+        object.__setattr__(sec, key, _resumable_value(key, getattr(sec, key)))
     if kind.per_student:
         student = clone.prune_by_name(stage_student(stage))
-        kept = {k: v for k, v in (getattr(student, section) or {}).items() if k not in RESUMABLE_CHANGES}
+        kept = {k: _resumable_value(k, v) for k, v in (getattr(student, section) or {}).items()
+                if k not in RESUMABLE_CHANGES}
+        # an override that now equals the section's value (true over true) is as if absent
+        kept = {k: v for k, v in kept.items() if k not in RESUMABLE_VALUES or v != getattr(sec, k)}
         object.__setattr__(student, section, kept or None)  # {steps = 9} alone: as if absent
     return clone.stage_hash(stage)
+
+
+def _resumable_value(key: str, value: Any) -> Any:
+    """The value that stands for `value` in the resume key (RESUMABLE_VALUES)."""
+    return RESUMABLE_VALUES.get(key, {}).get(value, value) if isinstance(value, str) else value
 
 
 def save_checkpoint(accelerator: Any, root: str | Path, step: int, state: dict[str, Any],
