@@ -135,6 +135,10 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     # bf16 moments: refused under FSDP and above BF16_MAX_BETA2 (engine/config/schema.py)
     if k.state_bytes == 8 and not k.fsdp and cfg.adam_beta2 <= BF16_MAX_BETA2:
         steps.append((f"{section}.optimizer_states = \"bfloat16\"", {"state_bytes": 4}))
+    # no fp32 master copy (4 bytes a parameter) for stochastically rounded bf16 weights: exactness traded
+    # for memory, so after the moments; refused under FSDP (engine/config/schema.py)
+    if k.master and not k.stochastic and not k.fsdp:
+        steps.append((f"{section}.master_weights = \"stochastic\"", {"master_weights": "stochastic"}))
     if k.chunk_tokens > 1024 and hasattr(cfg, "chunk_tokens"):  # a KD loss's chunk ([distill])
         steps.append(("distill.chunk_tokens = 1024", {"chunk_tokens": 1024}))
     if k.micro_batch > 1 and not k.master:

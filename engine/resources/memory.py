@@ -7,7 +7,7 @@ and the knob that shrinks it:
     weights      the trained model: bf16 with fp32 masters in the optimizer where master weights
                  apply (CUDA, bf16, one process or no gradient accumulation, not FSDP), else fp32
     gradients    in the weights' dtype
-    master       fp32 copy of each weight (master weights only)
+    master       fp32 copy of each weight (master weights only; none with master_weights = "stochastic")
     optimizer    AdamW's two moments: fp32, or bf16 with optimizer_states = "bfloat16"
     grad sums    fp32 gradient sums when master weights meet gradient accumulation
     teacher      the frozen teacher in [model].dtype (fp32 on the CPU)
@@ -51,7 +51,7 @@ class Knobs:
     accumulation: int
     gradient_checkpointing: bool | float  # TrainConfig's: true, false or a fraction of the layers
     compile: bool
-    master_weights: bool
+    master_weights: bool | str  # TrainConfig's: true, false or "stochastic"
     state_bytes: int  # per parameter for both Adam moments: 8 (fp32) or 4 (bf16)
     chunk_tokens: int
     model_bytes: int  # [model].dtype's element size (teacher, saved models)
@@ -60,9 +60,14 @@ class Knobs:
     @property
     def master(self) -> bool:
         """engine/training/setup.py master_weights_apply, from the config."""
-        return (self.master_weights and self.cuda and self.mixed_bf16
+        return (self.master_weights is not False and self.cuda and self.mixed_bf16
                 and not (self.fsdp and self.processes > 1)
                 and (self.processes == 1 or self.accumulation == 1))
+
+    @property
+    def stochastic(self) -> bool:
+        """bf16 weights without the fp32 master copy (master_weights = "stochastic" where masters apply)."""
+        return self.master and self.master_weights == "stochastic"
 
 
 @dataclass
@@ -159,7 +164,8 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
     if k.master:
         parts["weights"] = 2 * n
         grads = 2 * n
-        parts["master"] = 4 * n
+        if not k.stochastic:
+            parts["master"] = 4 * n
         parts["optimizer"] = k.state_bytes * n
         if k.accumulation > 1:
             parts["grad sums"] = 4 * n
