@@ -36,7 +36,8 @@ Liger (pip install "slimlab[liger]"; CUDA):  --variants naive,engine-compile,eng
 Llama-3.1-8B teacher -> 4.5B students (issue 21; one 80 GB GPU, the recipe of experiments/llama31-8b-one-gpu.toml):
                   --shape 8b-width --variants engine-compile-chunk512-gc-bf16states,engine-compile-chunk512-gc0.9-bf16states
 Memory options (issue 21), as suffixes:  --variants engine-compile,engine-compile-gc,engine-compile-bf16states,
-                  engine-compile-autocast (fp32 weights under autocast: no bf16 model + fp32 masters split)
+                  engine-compile-autocast (fp32 weights under autocast: no bf16 model + fp32 masters split),
+                  engine-compile-bf16states-sr (master_weights = "stochastic": no fp32 masters)
 A variant that fails prints its error and the others still run.
 """
 
@@ -148,7 +149,7 @@ def run_naive(args, arch, device, batches) -> dict:
 
 
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
-               profile: bool = False, hf_mask: bool = False, master: bool | None = None,
+               profile: bool = False, hf_mask: bool = False, master: bool | str | None = None,
                kernels: str = "", name: str = "", tgraph: bool = False, gc: bool | float = False,
                states: str = "float32") -> dict:
     from engine.config import DistillConfig
@@ -164,9 +165,13 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
         for model in (teacher, student):
             apply_liger(model, rope=kernels == "liger")
     micro = batches[0].shape[0]
+    # "stochastic": the config's key, so that the Trainer applies it where masters apply (else fp32 weights)
+    mode = "stochastic" if master == "stochastic" else True
+    master = None if master == "stochastic" else master
     cfg = DistillConfig(steps=1000, global_batch_size=micro * accum * acc.num_processes, micro_batch_size=micro,
                         lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk,
-                        teacher_cuda_graph=tgraph, gradient_checkpointing=gc, optimizer_states=states)
+                        teacher_cuda_graph=tgraph, gradient_checkpointing=gc, optimizer_states=states,
+                        master_weights=mode)
     if hf_mask:  # before engine/models/attention.py: transformers' own mask path (2 host syncs per step)
         from engine.training import step as trainer_module
 
@@ -460,8 +465,9 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
     from engine.models.liger import undo_rope
 
     # memory options, as suffixes in any order: -tgraph (teacher_cuda_graph), -gc (gradient_checkpointing;
-    # -gc0.9: that fraction of the layers), -bf16states (optimizer_states = "bfloat16")
-    opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name for o in ("tgraph", "bf16states")}
+    # -gc0.9: that fraction of the layers), -bf16states (optimizer_states = "bfloat16"), -sr (master_weights =
+    # "stochastic")
+    opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name for o in ("tgraph", "bf16states", "sr")}
     bare = name
     for o in opts:
         bare = bare.replace(f"-{o}", "")
@@ -477,7 +483,7 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
     try:
         r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
                        profile=profile, hf_mask=base.endswith("-hfmask"),
-                       master=False if autocast else None, kernels=kernels, name=name, tgraph=opts["tgraph"],
+                       master=False if autocast else "stochastic" if opts["sr"] else None, kernels=kernels, name=name, tgraph=opts["tgraph"],
                        gc=opts["gc"], states="bfloat16" if opts["bf16states"] else "float32")
     finally:
         undo_rope()  # Liger's RoPE is process-wide: the next variant runs stock
