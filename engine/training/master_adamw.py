@@ -30,14 +30,20 @@ from typing import Any
 import torch
 
 
+def _seed32(step: int, index: int) -> int:
+    """(step, index) -> a 32-bit seed: the CPU generator (mt19937) drops a seed's high 32 bits. Odd
+    multipliers are invertible mod 2^32, so that one tensor never sees the same bits at two steps (up
+    to 2^32 steps) and two tensors never at one step."""
+    return (step * 0x9E3779B1 + index * 0x85EBCA77) % 2**32
+
+
 def stochastic_round(w: torch.Tensor, step: torch.Tensor, index: int) -> torch.Tensor:
     """fp32 -> bf16, rounded up (in magnitude) with probability equal to the dropped 16 bits' fraction:
     16 random bits added to the bit pattern, then truncated (for sign-magnitude floats adding to the
     magnitude is right for negative numbers too). The bits come from a generator seeded from (step,
     index), as adamw_triton.py's kernel seeds Philox (other bits, same distribution). Non-finite values
     round to nearest (adding to a NaN's bits could carry into the sign or make it infinite)."""
-    seed = int(step.item()) * 2**32 + index  # (a host read: the CPU path)
-    gen = torch.Generator(device=w.device).manual_seed(seed)
+    gen = torch.Generator(device=w.device).manual_seed(_seed32(int(step.item()), index))  # (a host read: CPU)
     bits = torch.randint(0, 1 << 16, w.shape, generator=gen, device=w.device, dtype=torch.int32)
     rounded = ((w.view(torch.int32) + bits) & -65536).view(torch.float32)  # -65536 == 0xFFFF0000
     return torch.where(torch.isfinite(w), rounded, w).to(torch.bfloat16)  # exact: low bits are zero
