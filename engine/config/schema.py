@@ -299,8 +299,11 @@ class Experiment(Section):
         if self.distill is not None and not self.prune:
             raise ValueError("distill: [distill] needs at least one [[prune]] student")
         if self.launch.strategy == "fsdp":
-            self._no_bf16_states_under_fsdp()
-            self._no_stochastic_under_fsdp()
+            # FSDP2 shards torch's AdamW over fp32 weights: fp32 moments, no bf16 weights to round
+            self._refuse_under_fsdp("optimizer_states", "bfloat16", "FSDP keeps fp32 Adam moments",
+                                    "optimizer_states = \"float32\"")
+            self._refuse_under_fsdp("master_weights", "stochastic", "FSDP keeps fp32 weight shards",
+                                    "master_weights = true")
         for p in self.prune:
             if p.audit and self.distill is None:
                 raise ValueError(f"audit: prune '{p.name}' audits its search with the [distill] recipe, and there "
@@ -320,30 +323,14 @@ class Experiment(Section):
                     raise ValueError(f"prune '{p.name}': distill.{key}: {err['msg'].lower()}") from None
         return self
 
-    def _no_bf16_states_under_fsdp(self) -> None:
-        """FSDP2 shards torch's AdamW, whose moments are fp32: bf16 ones are not offered there."""
-        where = []
-        if self.finetune is not None and self.finetune.optimizer_states == "bfloat16":
-            where.append("[finetune]")
-        if self.distill is not None and self.distill.optimizer_states == "bfloat16":
-            where.append("[distill]")
-        where += [f"prune '{p.name}' distill" for p in self.prune
-                  if p.distill and p.distill.get("optimizer_states") == "bfloat16"]
+    def _refuse_under_fsdp(self, key: str, value: str, why: str, fix: str) -> None:
+        """A training key's value that FSDP2 cannot honour, wherever it is set: one line naming where."""
+        sections = {"[finetune]": self.finetune, "[distill]": self.distill}
+        where = [name for name, cfg in sections.items() if cfg is not None and getattr(cfg, key) == value]
+        where += [f"prune '{p.name}' distill" for p in self.prune if p.distill and p.distill.get(key) == value]
         if where:
-            raise ValueError(f"optimizer_states: \"bfloat16\" in {where[0]} is not available under [launch] "
-                             "strategy = \"fsdp\" (FSDP keeps fp32 Adam moments); set optimizer_states = "
-                             "\"float32\" or strategy = \"ddp\"")
-
-    def _no_stochastic_under_fsdp(self) -> None:
-        """FSDP2 keeps fp32 weight shards and torch's AdamW: no bf16 weights to round stochastically."""
-        where = [f"[{s}]" for s in ("finetune", "distill")
-                 if getattr(self, s) is not None and getattr(self, s).master_weights == "stochastic"]
-        where += [f"prune '{p.name}' distill" for p in self.prune
-                  if p.distill and p.distill.get("master_weights") == "stochastic"]
-        if where:
-            raise ValueError(f"master_weights: \"stochastic\" in {where[0]} is not available under [launch] "
-                             "strategy = \"fsdp\" (FSDP keeps fp32 weight shards); set master_weights = true "
-                             "or strategy = \"ddp\"")
+            raise ValueError(f"{key}: \"{value}\" in {where[0]} is not available under [launch] strategy = "
+                             f"\"fsdp\" ({why}); set {fix} or strategy = \"ddp\"")
 
     def distill_for(self, name: str) -> DistillConfig:
         """[distill] with the student's own overrides (`[[prune]] distill = {...}`) applied."""
