@@ -15,6 +15,9 @@
 #   graph    SmolLM2-135M shape: the engine's compiled step with and without teacher_cuda_graph
 #   recompute  the 8B students' distillation step (random weights, the 80 GB recipe) with gradient_checkpointing
 #            = 0.9 and = true side by side, each variant in its own process (benchmarks/distill_throughput.py)
+#   options  master_weights = "stochastic" (-sr) against fp32 masters: at 1.24B the KD loss after 33 steps,
+#            memory and speed; at the 8B students' shapes the less recompute it makes room for
+#            (check predicts width 0.6: ~73 GiB, depth 0.5: ~66 GiB, against 69-71 with masters at 0.9)
 #   summary  benchmarks/scale_summary.py over the runs
 # Needs: .carry/textkit-llama2 (benchmarks/pack_for_gpu.sh) and, where missing, pydantic and friends as wheels.
 # SCALE_ARCH=tiny runs the same flow with a tiny model on the CPU (a smoke test of this script).
@@ -111,6 +114,18 @@ for PART in "$@"; do
           --warmup 3 --steps "${RECOMPUTE_STEPS:-8}" --json "$OUT/recompute-$shape-$v.json" 2>&1 \
           | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" | sed "s/^/$shape /" | tee -a "$LOG"
       done
+    done
+    ;;
+  options)
+    log "stochastic rounding against fp32 masters"; nvidia-smi -L | tee -a "$LOG"
+    for v in ${OPTIONS_1B:-engine-compile engine-compile-sr engine-compile-bf16states-sr}; do
+      timeout 150 python3 benchmarks/distill_throughput.py --variants "$v" --steps 30 --json "$OUT/options-1b-$v.json" 2>&1 \
+        | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" | sed "s/^/1b /" | tee -a "$LOG"
+    done
+    for sv in ${OPTIONS_8B:-8b-width:engine-compile-chunk512-gc0.6-bf16states-sr 8b-depth:engine-compile-chunk512-gc0.5-bf16states-sr}; do
+      timeout 150 python3 benchmarks/distill_throughput.py --shape "${sv%%:*}" --variants "${sv#*:}" --warmup 3 --steps 8 \
+        --json "$OUT/options-$sv.json" 2>&1 | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" \
+        | sed "s/^/${sv%%:*} /" | tee -a "$LOG"
     done
     ;;
   summary)
