@@ -19,12 +19,6 @@ from engine.stages import DISTILL, kind_of, method_of, own_settings
 from engine.stages.names import stage_student
 
 
-def _checkpoint_bytes(params: int, k: Knobs) -> int:
-    """inputs.checkpoint_bytes, where master_weights = "stochastic" keeps the bf16 weights (2 bytes a
-    parameter) in place of the fp32 masters (4)."""
-    return checkpoint_bytes(params, k) - (2 * params if k.stochastic else 0)
-
-
 class Footprint:
     """A stage that loads no model (prepare): nothing to predict."""
 
@@ -62,7 +56,7 @@ class Training(Footprint):
         n = count_params(self._models(shapes, stage)[0])
         periodic = cfg.steps > cfg.checkpoint_interval  # else only a cancel writes one
         return DiskNeed(stage, n * DTYPE_BYTES[exp.model.dtype],
-                        _checkpoint_bytes(n, self.knobs(exp, stage, processes, cuda)),
+                        checkpoint_bytes(n, self.knobs(exp, stage, processes, cuda)),
                         cfg.keep_checkpoints + 1 if periodic else 0)
 
     def host_load(self, exp: Experiment, shapes: Shapes, stage: str) -> tuple[int, str]:
