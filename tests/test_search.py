@@ -367,19 +367,21 @@ def test_compare_shows_the_search_table_with_the_winner_marked(run, searched):
 def test_distill_score_trains_at_the_micro_batch_the_trainer_picks(run, monkeypatch):
     """micro_batch_size = "auto": the score's steps run at the size the trainer's search picks (one
     micro-batch of 8 here), as the distill stage does. The scorer used to cut each step into micro-batches
-    of a fixed 4, which left a 135M candidate waiting on launches (7x slower a step on an H100)."""
+    of a fixed 4, which left a 135M candidate waiting on launches (7x slower a step on an H100). And it
+    trains eager even where [distill] compiles."""
     from engine.contract.stage_context import StageContext
     from engine.training.step import Trainer
 
     exp, layout, _ = run
     auto = exp.model_copy(update={"distill": exp.distill.model_copy(
-        update={"micro_batch_size": "auto", "global_batch_size": 8})})
+        update={"micro_batch_size": "auto", "global_batch_size": 8, "compile": True})})
     monkeypatch.setenv("SLIMLAB_AUTO_BATCH_FIT", "8")  # the search runs on the CPU, and 8 fits
     sizes: list[list[int]] = []
     launch = Trainer.launch
 
     def recording(self, micro_batches, lr, cancel=False):
         sizes.append([b.shape[0] for b in micro_batches])
+        assert not self.cfg.compile  # eager: a compile per candidate shape would cost more than its steps
         return launch(self, micro_batches, lr, cancel)
 
     monkeypatch.setattr(Trainer, "launch", recording)

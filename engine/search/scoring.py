@@ -58,7 +58,8 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
     from engine.training.step import Trainer
 
     base = exp.distill_for(name)
-    cfg = base.model_copy(update={"steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1)})
+    # eager: every candidate is a new shape, and recompiling each would cost more than its few steps
+    cfg = base.model_copy(update={"steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1), "compile": False})
     accelerator = make_accelerator("ddp", exp.launch.mixed_precision)
     dtype = torch_dtype(train_dtype(exp, accelerator.device.type == "cuda"))  # as the distill stage
     seq = train_batches[0].shape[-1] - 1  # windows carry the label shift's extra token
