@@ -118,7 +118,7 @@ for PART in "$@"; do
     ;;
   options)
     log "stochastic rounding against fp32 masters"; nvidia-smi -L | tee -a "$LOG"
-    for v in ${OPTIONS_1B:-engine-compile engine-compile-sr engine-compile-bf16states-sr}; do
+    for v in ${OPTIONS_1B:-engine-compile engine-compile-sr engine-compile-autocast engine-compile-bf16states-sr}; do
       timeout 150 python3 benchmarks/distill_throughput.py --variants "$v" --steps 30 --json "$OUT/options-1b-$v.json" 2>&1 \
         | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" | sed "s/^/1b /" | tee -a "$LOG"
     done
