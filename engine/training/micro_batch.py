@@ -29,6 +29,21 @@ from engine.config import TrainConfig
 from engine.errors import UserError
 
 FIT_ENV = "SLIMLAB_AUTO_BATCH_FIT"
+# Bytes per trainable parameter a search holds aside for what the first optimizer step allocates:
+# AdamW's two moments (fp32, or bf16 with optimizer_states = "bfloat16"), plus the fp32 master copy (or
+# the fp32 gradient sums) where master weights may apply.
+OPTIMIZER_BYTES = {"float32": 8, "bfloat16": 4}
+MASTER_BYTES = 4
+
+
+def optimizer_reserve(states: str, master: bool | str, params: int, per: int) -> Callable[[int], int]:
+    """Bytes a try of m samples holds aside for the optimizer: the moments, plus 4 a parameter where
+    master weights apply (`master` true): the fp32 masters, or with "stochastic" (no masters) the fp32
+    gradient sums, which only a step of several micro-batches (m < `per`, the per-process batch) needs."""
+    moments = OPTIMIZER_BYTES[states] * params
+    if master == "stochastic":
+        return lambda m: moments + MASTER_BYTES * params * (m < per)
+    return lambda m: moments + MASTER_BYTES * params * bool(master)
 
 
 def per_process_batch(cfg: TrainConfig, world: int, section: str) -> int:

@@ -33,15 +33,9 @@ from engine.distill.objective import (
 )
 from engine.models.attention import use_causal_sdpa
 from engine.training.master_adamw import MasterAdamW
-from engine.training.micro_batch import search_micro_batch, searches
+from engine.training.micro_batch import optimizer_reserve, search_micro_batch, searches
 from engine.training.recompute import checkpoint_layers
 from engine.training.setup import make_optimizer, master_weights_apply
-
-# Bytes per trainable parameter a micro-batch search holds aside for what the first optimizer step
-# allocates: AdamW's two moments (fp32, or bf16 with optimizer_states = "bfloat16"), plus the fp32
-# master copy (or the fp32 gradient sums) where master weights may apply (Trainer._reserve).
-OPTIMIZER_BYTES = {"float32": 8, "bfloat16": 4}
-MASTER_BYTES = 4
 
 # ---- one optimizer step ----------------------------------------------------------------
 
@@ -271,19 +265,12 @@ class Trainer:
         return size
 
     def _reserve(self, module: TrainModule, master_weights: bool | str | None, per: int) -> Callable[[int], int]:
-        """Bytes a micro-batch of m holds aside for the first optimizer step: the moments, plus 4 bytes a
-        parameter where master weights may apply: the fp32 masters, or with "stochastic" (no masters)
-        the fp32 gradient sums, which only a step of several micro-batches (m < per) needs."""
-        cfg, acc = self.cfg, self.accelerator
+        """What a micro-batch search holds aside for the first optimizer step (micro_batch.optimizer_reserve)."""
+        cfg = self.cfg
         mode = cfg.master_weights if master_weights is None else master_weights
-        may_master = cfg.master_weights is not False and mode is not False and master_weights_apply(acc, 1)
+        may_master = cfg.master_weights is not False and mode is not False and master_weights_apply(self.accelerator, 1)
         n = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        moments = OPTIMIZER_BYTES[cfg.optimizer_states] * n
-        if not may_master:
-            return lambda m: moments
-        if mode == "stochastic":
-            return lambda m: moments + MASTER_BYTES * n * (m < per)
-        return lambda m: moments + MASTER_BYTES * n
+        return optimizer_reserve(cfg.optimizer_states, mode if may_master else False, n, per)
 
     def fits(self, module: TrainModule, size: int, seq: int, reserve_bytes: int = 0) -> None:
         """One forward and backward of a micro-batch of `size` windows of `seq` tokens (+1 label),
