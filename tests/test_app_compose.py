@@ -82,9 +82,14 @@ async def test_launch_section_and_every_label_fit_80_columns(tmp_path, monkeypat
         await wait_for(pilot, lambda: len(screen.query("StudentForm .student-targets Label")) >= 10,
                        what="the search student's fields")
         grid = screen.query_one("#launch-fields")
-        grid.scroll_visible(animate=False, immediate=True)
-        await wait_for(pilot, lambda: screen.query_one("#f-launch-parallel").region.bottom <= HEIGHT - 4,
-                       what="the Launch section in view")
+
+        def launch_in_view() -> bool:
+            # scrolled again on each try: a layout pass after the first scroll (the student's fields still
+            # arriving) can move the section back out, and one scroll then never brings it in (seen in CI)
+            grid.scroll_visible(animate=False, immediate=True)
+            return screen.query_one("#f-launch-parallel").region.bottom <= HEIGHT - 4
+
+        await wait_for(pilot, launch_in_view, what="the Launch section in view")
         await pilot.pause()
         cells = list(grid.children)
         assert len(cells) == 6  # GPUs, strategy, parallel: a label and a control each
