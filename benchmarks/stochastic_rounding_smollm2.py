@@ -3,14 +3,16 @@
 SmolLM2-135M-Instruct (a plain HF folder: benchmarks/smollm2/convert.py) teaches its first 15 layers (a depth
 student) on SmolLM2-tokenized text (benchmarks/smollm2/gpu_run.sh pack: .carry/smol-textkit). Each variant
 starts from the same student and reads the same windows; the optimizer's update runs as on a GPU (bf16
-weights in MasterAdamW's torch reference, forced on the CPU), the forward and backward in bf16. Variants:
-  masters     bf16 weights, fp32 master copies (the engine's default on GPUs)
-  stochastic  bf16 weights, no copy, stochastic rounding (master_weights = "stochastic")
-  fp32        fp32 weights, no rounding at all (the exact reference)
+weights in MasterAdamW: its torch reference on the CPU, its Triton kernel on CUDA), the forward and
+backward in bf16. Variants:
+  masters          bf16 weights rounded stochastically from fp32 master copies (the engine's default on GPUs)
+  masters-nearest  the same, rounded to nearest (the default until 2026-12-06)
+  stochastic       bf16 weights, no copy, stochastic rounding (master_weights = "stochastic")
+  fp32             fp32 weights, no rounding at all (the exact reference)
 The KD loss of each step and the validation loss at the end. CPU time is noise on a shared box; the losses are
 the figure.
 
-    python3 benchmarks/stochastic_rounding_smollm2.py --model /tmp/smolhf --data .carry/smol-textkit
+    python3 benchmarks/stochastic_rounding_smollm2.py --model /tmp/smolhf --data .carry/smol-textkit [--device cuda]
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--variants", default="masters,stochastic,fp32")
+    ap.add_argument("--variants", default="masters,masters-nearest,stochastic,fp32")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (the fused kernels)")
     ap.add_argument("--json")
     a = ap.parse_args()
     from accelerate import Accelerator
@@ -60,15 +63,17 @@ def main() -> None:
     cfg = DistillConfig(steps=a.steps, global_batch_size=a.batch, micro_batch_size=a.batch, lr=a.lr, min_lr=a.lr / 10,
                         warmup_steps=a.steps // 10)
     vocab = teacher.config.vocab_size
-    results = {"model": a.model, "layers": a.layers, "steps": a.steps, "tokens_per_step": a.batch * a.seq,
+    results = {"model": a.model, "device": a.device, "layers": a.layers, "steps": a.steps, "tokens_per_step": a.batch * a.seq,
                "lr": a.lr, "variants": {}}
     print(f"student: first {a.layers} layers; validation loss before: {evaluate_loss(base, val):.4f}", flush=True)
     for name in a.variants.split(","):
         student = copy.deepcopy(base)
-        master = {"masters": True, "stochastic": "stochastic", "fp32": False}[name]
+        master = {"masters": True, "masters-nearest": True, "stochastic": "stochastic", "fp32": False}[name]
         t_model = copy.deepcopy(teacher).to(torch.bfloat16) if master else teacher  # the GPU path's bf16 teacher
-        trainer = Trainer(Accelerator(cpu=True), student, cfg, loss_spec(cfg, vocab), t_model, master_weights=master,
+        trainer = Trainer(Accelerator(cpu=a.device == "cpu"), student, cfg, loss_spec(cfg, vocab), t_model, master_weights=master,
                           seq_length=a.seq)
+        if name == "masters-nearest":
+            trainer._master().rounds_stochastically = False
         losses = [trainer.step([w], lr_at(step, cfg)).loss for step, w in enumerate(windows)]
         trained = trainer.unwrapped().student.float()
         v = evaluate_loss(trained, val)

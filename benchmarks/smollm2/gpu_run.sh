@@ -12,6 +12,10 @@
 #                  alone, without the GGUF: FIT_CONFIG=benchmarks/smollm2/smollm2-135m-config.json, carry .whl)
 #                gpu_run.sh tgraph                                      -> teacher_cuda_graph on and off, SmolLM2's
 #                                                                          shape (benchmarks/distill_throughput.py)
+#                gpu_run.sh sr                                          -> the bf16 weights' rounding on trained
+#                                                                          weights (stochastic_rounding_smollm2.py)
+#                gpu_run.sh scores   (EXP=benchmarks/smollm2/audit.toml) -> the search's distill score at
+#                  SCORE_STEPS (default "20 80") steps, no audit, against the shapes audit_h100/ distilled in full
 # (calls back to back: $HOME lasts only while the machine is held). Another experiment: EXP=path (e.g.
 # benchmarks/smollm2/audit.toml, the search audit). part-b unpacks .carry/smol-textkit.tar.xz into
 # .carry/smol-textkit when that is carried instead (xz: 24 -> 8 MB, so it fits part-b's call).
@@ -22,7 +26,10 @@ HF=$HOME/smollm2-hf
 EXP=${EXP:-benchmarks/smollm2/experiment.toml}
 RUN=runs/$(sed -n 's/^name = "\(.*\)"/\1/p' "$EXP" | head -1)
 export PYTHONPATH=$HOME/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-case ${1:?pack|part-a|part-b|start|watch|fit|tgraph} in
+D=.carry/smol-textkit; [[ -d $D ]] || D=$HOME/smol-textkit  # SmolLM2-tokenized text (part-b unpacks it)
+# the data was tokenized here, by the tokenizer packed with it: the run names it (prepare checks)
+DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
+case ${1:?pack|part-a|part-b|start|watch|fit|tgraph|sr|scores} in
   pack)
     DATA=${DATA:-../shared/data}
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -57,9 +64,6 @@ TOML
     python3 -c "import lm_eval; print('lm_eval', lm_eval.__version__)" 2>/dev/null || echo "lm_eval not carried: no [eval] tasks"
     exit 0 ;;
   start)
-    # the data was tokenized here, by the tokenizer packed with it: the run names it (prepare checks)
-    D=.carry/smol-textkit; [[ -d $D ]] || D=$HOME/smol-textkit
-    DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
     read -ra MORE <<< "${START_ARGS:-}"  # e.g. START_ARGS="--only prepare --only prune-search --set ..."
     python3 -m engine check "$EXP" --set model.path="$HF" "${DATA[@]}" >/dev/null || exit 1
     python3 -m engine run "$EXP" --set model.path="$HF" "${DATA[@]}" "${MORE[@]}" --detach ;;
@@ -71,6 +75,20 @@ TOML
       --hidden-multiple 64 --ffn-multiple 64 --dtype bfloat16 --prompt 512 --new 128 ${FIT_ARGS:-} 2>&1 \
       | grep --line-buffered -v -i warn | tee ${OUT:+"$OUT/speed_fit.txt"}
     exit "${PIPESTATUS[0]}" ;;
+  sr)
+    python3 benchmarks/stochastic_rounding_smollm2.py --model "$HF" --data "$D" --device cuda --steps "${SR_STEPS:-60}" \
+      --lr "${SR_LR:-1e-4}" ${SR_ARGS:-} ${OUT:+--json "$OUT/sr_gpu.json"} 2>&1 | grep --line-buffered -v -i warn
+    exit "${PIPESTATUS[0]}" ;;
+  scores)
+    for n in ${SCORE_STEPS:-20 80}; do
+      python3 -m engine run "$EXP" --set model.path="$HF" "${DATA[@]}" --runs-dir "runs-s$n" --only prepare \
+        --only prune-search --set prune.search.score_steps="$n" --set prune.search.audit=0 2>&1 \
+        | grep --line-buffered -v -i warn | grep --line-buffered -E "score|error|Error" | tail -20
+      cp "runs-s$n/$(basename "$RUN")/prune-search/search.json" "${OUT:-.}/search-s$n.json"
+    done
+    python3 benchmarks/smollm2/score_vs_audit.py "${OUT:-.}"/search-s*.json \
+      --audit benchmarks/smollm2/audit_h100/search-distill.json benchmarks/smollm2/audit_h100/search-loss.json
+    exit ;;
   tgraph)
     python3 benchmarks/distill_throughput.py --shape smollm2 --batch "${BATCH:-128}" \
       --variants engine-compile,engine-compile-tgraph ${OUT:+--json "$OUT/tgraph.json"}

@@ -8,9 +8,9 @@ fp32 and stored rounded to nearest). The master may be the parameter itself (fp3
 on an H200 (one launch per tensor instead of a dynamic-shape graph call per tensor).
 The scalars (step, lr, clip scale, skip) are read on the device: no host sync.
 
-With `sr_index` (master_weights = "stochastic") the master is the bf16 parameter itself: read as fp32,
-stored rounded stochastically with Philox bits seeded from (the loaded step, sr_index): 24 bytes per
-element less the 8 of the fp32 master's read and write.
+With `sr_index` the bf16 parameter is stored rounded stochastically, with Philox bits seeded from (the
+loaded step, sr_index): from its fp32 master (the default path), or with master_weights = "stochastic"
+from itself, the parameter being its own master (20 bytes per element: no fp32 master to read and write).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def _stochastic_round(w, step, index, offs):
 
 @triton.jit
 def _adamw_kernel(p_ptr, g_ptr, w_ptr, m_ptr, v_ptr, step_ptr, lr_ptr, inv_scale_ptr, skip_ptr, n,
-                  beta1, beta2, eps, weight_decay, sr_index, BLOCK: tl.constexpr, SR: tl.constexpr):
+                  beta1, beta2, eps, weight_decay, sr_index, BLOCK: tl.constexpr, SR: tl.constexpr,
+                  OWN_MASTER: tl.constexpr):
     if tl.load(skip_ptr).to(tl.int32) == 0:  # found_inf: leave everything as it was
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
@@ -53,11 +54,20 @@ def _adamw_kernel(p_ptr, g_ptr, w_ptr, m_ptr, v_ptr, step_ptr, lr_ptr, inv_scale
         w = w * (1 - lr * weight_decay) - (lr / bias1) * m / (tl.sqrt(v) / bias2_sqrt + eps)
         tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)  # (downcasts round to nearest)
         tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-        if SR:  # w_ptr is p_ptr: the bf16 parameter is the only copy
+        if not OWN_MASTER:  # (else w_ptr is p_ptr: the store below is the only one)
+            tl.store(w_ptr + offs, w, mask=mask)
+        if SR:
             tl.store(p_ptr + offs, _stochastic_round(w, step, sr_index, offs), mask=mask)
         else:
-            tl.store(w_ptr + offs, w, mask=mask)
             tl.store(p_ptr + offs, w.to(p_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+
+
+@triton.jit
+def _round_kernel(p_ptr, w_ptr, step_ptr, n, sr_index, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    w = tl.load(w_ptr + offs, mask=mask)
+    tl.store(p_ptr + offs, _stochastic_round(w, tl.load(step_ptr), sr_index, offs), mask=mask)
 
 
 def adamw_update(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
@@ -65,11 +75,19 @@ def adamw_update(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, 
                  skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
                  sr_index: int | None = None) -> None:
     """Same arguments as engine.training.master_adamw.adamw_reference (flat contiguous tensors); with
-    `sr_index`, `master` is the bf16 `param`."""
+    `sr_index`, `param` is bf16 (its master fp32, or the parameter itself)."""
     n = param.numel()
     sr = sr_index is not None
-    if sr and (master.data_ptr() != param.data_ptr() or param.dtype != torch.bfloat16):
-        raise ValueError("stochastic rounding updates a bf16 parameter that is its own master")
+    if sr and param.dtype != torch.bfloat16:
+        raise ValueError("stochastic rounding stores a bf16 parameter")
     _adamw_kernel[(triton.cdiv(n, BLOCK),)](param, grad, master, exp_avg, exp_avg_sq, step, lr, inv_scale, skip,
                                             n, beta1, beta2, eps, weight_decay, sr_index if sr else 0,
-                                            BLOCK=BLOCK, SR=sr, num_warps=8)
+                                            BLOCK=BLOCK, SR=sr, OWN_MASTER=master.data_ptr() == param.data_ptr(),
+                                            num_warps=8)
+
+
+def round_into(param: torch.Tensor, master: torch.Tensor, step: torch.Tensor, sr_index: int) -> None:
+    """`param` (bf16) = `master` (fp32) rounded with the bits the update at `step` used: a resumed run's
+    parameters as the uninterrupted run's (master_adamw.round_into's kernel; flat contiguous tensors)."""
+    n = param.numel()
+    _round_kernel[(triton.cdiv(n, BLOCK),)](param, master, step, n, sr_index, BLOCK=BLOCK, num_warps=8)

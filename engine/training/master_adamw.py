@@ -15,6 +15,13 @@ bytes per parameter); the update still computes in fp32 and rounds the moments (
 when it stores them. `dtype=None`: the parameters stay fp32 and are their own masters (no copy):
 how the fp32 path (autocast, DDP with accumulation, the CPU) gets bf16 moments.
 
+With fp32 masters the bf16 parameter the forward uses is the master rounded stochastically too
+(`round_copies`; before 2026-12-06 to nearest). A checkpoint's weights lie on the bf16 grid, so a master
+must travel half an ulp before a parameter rounded to nearest moves at all: the first tens of steps of a
+distillation from a bf16 checkpoint at lr 1e-4 saw few of their updates (SmolLM2-135M on the CPU,
+benchmarks/RESULTS.md: validation 7.627 against 7.513 for fp32 weights after 60 steps; 7.524 rounded
+stochastically). The masters and their exact accumulation are unchanged; the bits are those below.
+
 `stochastic=True` (master_weights = "stochastic"): bf16 parameters and no fp32 copy (4 bytes per
 parameter less). The update reads the bf16 weight as fp32 and stores it rounded stochastically (up with
 probability equal to the remainder), so that updates below half a bf16 ulp still move the weight on
@@ -49,6 +56,12 @@ def stochastic_round(w: torch.Tensor, step: torch.Tensor, index: int) -> torch.T
     return torch.where(torch.isfinite(w), rounded, w).to(torch.bfloat16)  # exact: low bits are zero
 
 
+def round_into_reference(param: torch.Tensor, master: torch.Tensor, step: torch.Tensor, sr_index: int) -> None:
+    """`param` (bf16) = `master` rounded stochastically with the bits of `step` (a resumed run's parameters
+    as the uninterrupted run's; adamw_triton.round_into on CUDA)."""
+    param.copy_(stochastic_round(master.float(), step, sr_index))
+
+
 def adamw_reference(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, exp_avg: torch.Tensor,
                     exp_avg_sq: torch.Tensor, step: torch.Tensor, lr: torch.Tensor, inv_scale: torch.Tensor,
                     skip: torch.Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
@@ -57,20 +70,21 @@ def adamw_reference(param: torch.Tensor, grad: torch.Tensor, master: torch.Tenso
 
     `step` is the step count including this one; `skip` (0-d bool) leaves every tensor as it was.
     The moments may be bf16: read as fp32, stored back rounded to nearest. `master` may be `param`,
-    also a bf16 one (no fp32 copy): the update computes in fp32 and stores it rounded to nearest, or
-    with `sr_index` (the tensor's index in the optimizer) stochastically (`stochastic_round`)."""
+    also a bf16 one (no fp32 copy). A bf16 parameter is stored rounded to nearest, or with `sr_index`
+    (the tensor's index in the optimizer) stochastically (`stochastic_round`): from its fp32 master,
+    or from the update itself where it is its own master."""
     g = grad.float() * inv_scale
     m = exp_avg.float().lerp(g, 1 - beta1)
     v = exp_avg_sq.float() * beta2 + (1 - beta2) * g * g
     bias1 = 1 - beta1 ** step
     bias2_sqrt = (1 - beta2 ** step).sqrt()
     w = master.float() * (1 - lr * weight_decay) - (lr / bias1) * m / (v.sqrt() / bias2_sqrt + eps)
-    if master.dtype != torch.float32:
-        w = stochastic_round(w, step, sr_index) if sr_index is not None else w.to(master.dtype)
+    rounded = stochastic_round(w, step, sr_index) if sr_index is not None else w.to(param.dtype)
     exp_avg.copy_(torch.where(skip, exp_avg, m))
     exp_avg_sq.copy_(torch.where(skip, exp_avg_sq, v))
-    master.copy_(torch.where(skip, master, w))
-    param.copy_(master)
+    if master.data_ptr() != param.data_ptr():
+        master.copy_(torch.where(skip, master, w))
+    param.copy_(torch.where(skip, param, rounded))
 
 
 _ADAMW_FLAGS = dict(amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False,
@@ -88,7 +102,8 @@ class MasterAdamW(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, dtype: torch.dtype | None = torch.bfloat16,
-                 fused: bool = False, state_dtype: torch.dtype = torch.float32, stochastic: bool = False):
+                 fused: bool = False, state_dtype: torch.dtype = torch.float32, stochastic: bool = False,
+                 round_copies: bool = True):
         if state_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"MasterAdamW keeps its moments in float32 or bfloat16 (got {state_dtype})")
         if stochastic and dtype not in (None, torch.bfloat16):
@@ -103,11 +118,13 @@ class MasterAdamW(torch.optim.Optimizer):
         # stochastic: bf16 parameters rounded stochastically, no copy; dtype None: fp32 ones, their own masters
         self.stochastic = stochastic and dtype is not None
         self.has_masters = dtype is not None and not self.stochastic
+        # bf16 parameters rounded stochastically: their own masters, or (round_copies) from fp32 ones
+        self.rounds_stochastically = self.stochastic or (self.has_masters and round_copies)
         if fused:
-            from engine.training.adamw_triton import adamw_update
-            self._update = adamw_update
+            from engine.training.adamw_triton import adamw_update, round_into
+            self._update, self._round_into = adamw_update, round_into
         else:
-            self._update = adamw_reference
+            self._update, self._round_into = adamw_reference, round_into_reference
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dtype != torch.float32:
@@ -174,7 +191,7 @@ class MasterAdamW(torch.optim.Optimizer):
                 master = st["master"] if self.has_masters else p
                 self._update(p.view(-1), self._grad(p).view(-1), master.view(-1), st["exp_avg"].view(-1),
                              st["exp_avg_sq"].view(-1), st["step"], lr, inv_scale, skip, *constants,
-                             **({"sr_index": self._index[p]} if self.stochastic else {}))
+                             **({"sr_index": self._index[p]} if self.rounds_stochastically else {}))
         self._folded.clear()
 
     def master_weights(self) -> dict[torch.Tensor, torch.Tensor]:
@@ -189,8 +206,9 @@ class MasterAdamW(torch.optim.Optimizer):
         bf16 rounds to nearest, bf16 -> fp32 is exact). A state saved by plain AdamW (a run whose
         checkpoint kept fp32 weights) has no masters: they are taken from the parameters, which
         hold the checkpoint's weights by then (accelerate loads models first). Without masters of
-        its own (`dtype=None`, or `stochastic`), saved masters become the parameters (bf16 ones: rounded
-        to nearest, as a master run's parameters are)."""
+        its own (`dtype=None`, or `stochastic`), saved masters become the parameters. bf16 parameters are
+        rounded as the saving run's were at that step: stochastically with its bits (`rounds_stochastically`),
+        else to nearest."""
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups) or any(
                 len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups, strict=True)):
@@ -208,9 +226,16 @@ class MasterAdamW(torch.optim.Optimizer):
                 if self.has_masters:
                     if "master" in st:  # the parameter is its master rounded (the checkpoint may hold no copy)
                         with torch.no_grad():
-                            p.copy_(st["master"])
+                            if self.rounds_stochastically:  # with the bits of the step that wrote it
+                                self._round_into(p.view(-1), st["master"].view(-1), st["step"], self._index[p])
+                            else:
+                                p.copy_(st["master"])
                     st.setdefault("master", p.detach().float())
                 elif "master" in st:
                     with torch.no_grad():
-                        p.copy_(st.pop("master"))
+                        master = st.pop("master")
+                        if self.rounds_stochastically:  # as the masters run's parameter at that step
+                            self._round_into(p.view(-1), master.view(-1), st["step"], self._index[p])
+                        else:
+                            p.copy_(master)
                 self.state[p] = st

@@ -1,0 +1,63 @@
+"""How a search's scores rank the shapes an earlier audit distilled in full (issue 23): the Spearman
+correlation of each given search.json's scores (and screen losses) with the audit's final test losses,
+over the candidates both have. A shape audited twice counts with the mean of its two final losses.
+Lower score = better for a loss score (`higher_is_better` false), as the search itself reads it.
+
+    python3 benchmarks/smollm2/score_vs_audit.py NEW_SEARCH.json... \\
+        --audit benchmarks/smollm2/audit_h100/search-distill.json benchmarks/smollm2/audit_h100/search-loss.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from engine.search.audit import spearman  # noqa: E402
+
+
+def final_losses(audits: list[Path]) -> dict[tuple, float]:
+    """Shape (layers, hidden, ffn) -> mean final test loss over the audits that distilled it."""
+    seen: dict[tuple, list[float]] = {}
+    for path in audits:
+        doc = json.loads(path.read_text())
+        shapes = [shape_key(c) for c in doc["candidates"]]  # an audit names them by position
+        for c in doc["audit"]["candidates"]:
+            seen.setdefault(shapes[c["index"]], []).append(c["final_loss"])
+    return {k: statistics.mean(v) for k, v in seen.items()}
+
+
+def shape_key(candidate: dict) -> tuple:
+    s = candidate["shape"]
+    return s["num_layers"], s["hidden_size"], s["ffn_hidden_size"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("searches", nargs="+", type=Path)
+    ap.add_argument("--audit", nargs="+", type=Path, required=True)
+    a = ap.parse_args()
+    final = final_losses(a.audit)
+    for path in a.searches:
+        doc = json.loads(path.read_text())
+        sign = -1.0 if doc.get("higher_is_better") else 1.0  # loss-like: lower is better
+        rows = [(shape_key(c), c.get("score"), c.get("screen_loss")) for c in doc["candidates"]]
+        rows = [r for r in rows if r[0] in final and r[1] is not None]
+        rows.sort(key=lambda r: final[r[0]])
+        print(f"{path}: score = {doc.get('score')}, {len(rows)} scored shapes with a final loss")
+        for key, score, screen in rows:
+            print(f"  {key[0]}L h{key[1]} ffn{key[2]}: final {final[key]:.4f}  score {score:.4f}  screen {screen:.4f}")
+        finals = [final[r[0]] for r in rows]
+        by_score = spearman([sign * r[1] for r in rows], finals)
+        by_screen = spearman([r[2] for r in rows], finals)
+        best = min(rows, key=lambda r: sign * r[1])
+        print(f"  Spearman with the final loss: score {by_score:+.2f}, screen {by_screen:+.2f}; the score's pick "
+              f"is {final[best[0]] - min(finals):.4f} nats behind the best of these shapes")
+
+
+if __name__ == "__main__":
+    main()
