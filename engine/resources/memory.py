@@ -37,7 +37,7 @@ from engine.shapes.budget import DTYPE_BYTES
 
 EAGER_MAX_CHUNK = 1024  # engine/distill/losses.py: the eager chunk is capped (it keeps more temporaries)
 CHUNK_TEMPS_EAGER = 36  # bytes per [chunk, vocab] element: ~8 fp32 temporaries + two bf16 logits
-CHUNK_TEMPS_COMPILED = 12  # compiled chunk: two bf16 logits + two fp32 rows
+CHUNK_TEMPS_COMPILED = 8  # compiled chunk: two bf16 logits + one fp32 row (H100, 1.24B at chunk 4096: 12 over-predicted 1.9 GiB)
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,18 @@ def _dims(s: Shape) -> tuple[int, int, int, int]:
     return s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size
 
 
-def layer_activation_bytes(s: Shape, e: int, fp32_residual: bool = False) -> int:
+def layer_activation_bytes(s: Shape, e: int, fp32_residual: bool = False, compiled: bool = False) -> int:
     """Bytes backward keeps per token for one decoder layer (module docstring); `fp32_residual`: fp32
     weights under bf16 autocast, where the norms' outputs are fp32 and each projection casts its input
-    to a bf16 copy of its own (q, k, v: three; gate, up: two)."""
+    to a bf16 copy of its own (q, k, v: three; gate, up: two). `compiled` (compiled layers on CUDA):
+    inductor's partitioner recomputes the cheap elementwise work in backward, so each RMSNorm keeps its
+    input and the output the projections read (no fp32 copy) and the MLP keeps gate, up and their
+    product (silu is recomputed): 0.70-0.72 of the eager bytes at the Llama shapes, as measured on an
+    H100 (benchmarks/RESULTS.md "8B on one GPU": 8B students with 0.5 and 0.6 of the layers checkpointed,
+    1.24B without)."""
     h, q, kv, f = _dims(s)
+    if compiled and not fp32_residual:
+        return 2 * (2 * e * h) + e * (2 * q + 2 * kv + 3 * f)
     norms = 2 * (4 * h + 2 * e * h) if not fp32_residual else 2 * 12 * h + 2 * (3 + 2) * h
     return norms + e * (2 * q + 2 * kv + 4 * f)
 
@@ -131,11 +138,12 @@ def layer_forward_bytes(s: Shape, e: int) -> int:
     return e * (2 * h + max(q + 2 * kv, 3 * f))
 
 
-def activation_bytes(s: Shape, tokens: int, e: int, checkpointing: bool | float, fp32_residual: bool) -> int:
+def activation_bytes(s: Shape, tokens: int, e: int, checkpointing: bool | float, fp32_residual: bool,
+                     compiled: bool = False) -> int:
     """What the forward holds for backward. A checkpointed layer keeps its input only and is recomputed,
     one at a time, in backward (engine/training/recompute.py: the first ones are checkpointed,
     and backward frees the later, uncheckpointed ones before it recomputes any)."""
-    per_layer = layer_activation_bytes(s, e, fp32_residual)
+    per_layer = layer_activation_bytes(s, e, fp32_residual, compiled)
     final_norm = 4 * s.hidden_size + 2 * e * s.hidden_size
     c = checkpointed_layers(checkpointing, s.num_layers)
     inputs = c * (4 if fp32_residual else e) * s.hidden_size
@@ -185,7 +193,8 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
     if teacher is not None:
         parts["teacher"] = count_params(teacher) * (k.model_bytes if k.cuda else 4) // shard
         forward["teacher outputs"] = tokens * teacher.hidden_size * act
-    activations = activation_bytes(student, tokens, act, k.gradient_checkpointing, fp32_residual)
+    compiled = k.compile and k.cuda
+    activations = activation_bytes(student, tokens, act, k.gradient_checkpointing, fp32_residual, compiled)
     # With checkpointing, backward frees the last, kept layers' activations before it recomputes the
     # first ones, so its peak is at the end: the gradients beside one recomputed layer (what the kept
     # layers add shows in the forward). Without, backward starts from all that the forward kept.
@@ -194,7 +203,7 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
     recomputes = checkpointed_layers(k.gradient_checkpointing, student.num_layers) > 0
     forward["activations"] = activations
     forward["loss"] = loss_bytes(student, tokens, k, act, vocab)
-    layer = tokens * layer_activation_bytes(student, act, fp32_residual)
+    layer = tokens * layer_activation_bytes(student, act, fp32_residual, compiled)
     backward = {"gradients": grads, "head gradient": 4 * vocab * student.hidden_size,
                 "layer" if recomputes else "activations": layer if recomputes else activations}
     return Need(stage, "gpu" if k.cuda else "cpu", k.processes, parts, k.micro_batch, k,
