@@ -7,7 +7,8 @@
 #   memory   benchmarks/memory_prediction.py: predicted vs measured peak (SmolLM2-135M, 1.24B shapes; the 8B
 #            stages below log theirs; MEMORY_CASES=smollm2,1b,8b-width,8b-width-h100 adds the 8B Trainer cases)
 #   teacher  a random Llama-3.1-8B folder (benchmarks/scratch_model.py) in $TEACHER (default /dev/shm)
-#   width    benchmarks/scale/width-80gb.toml under a 79 GiB cap (an 80 GB H100's memory): prune-width
+#   width    benchmarks/scale/width-80gb.toml (stochastic rounding, 0.6 checkpointed) under a 79 GiB cap (an 80 GB
+#            H100's memory): prune-width
 #            (1024 calibration samples), then distill-width, cancelled at step $KILL_AT (a checkpoint)
 #   resume   the same run again: distill-width resumes from the checkpoint and finishes; eval (speed)
 #   depth    benchmarks/scale/depth-h200.toml: prune-depth, distill-depth, eval, default precision
@@ -48,8 +49,9 @@ if [[ $ARCH == tiny ]]; then  # CPU smoke test: small sequences, steps and targe
 fi
 CARD_GIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1 | awk '{print int($1/1024)}')
 if [[ -n $CARD_GIB && $CARD_GIB -lt 100 ]]; then  # an 80 GB card: the depth student with the 80 GB recipe too
+  # (experiments/llama31-8b-one-gpu.toml, with 0.5 checkpointed: the depth row of RESULTS.md's stochastic table)
   DEPTH+=(--set distill.optimizer_states=bfloat16 --set distill.global_batch_size=4 --set distill.micro_batch_size=4
-          --set distill.chunk_tokens=512)
+          --set distill.chunk_tokens=512 --set distill.master_weights=stochastic --set distill.gradient_checkpointing=0.5)
 fi
 read -ra MORE <<< "${SCALE_SETS:-}"  # e.g. SCALE_SETS="--set prune.search.screen_max=200" (word-split)
 SETS=(--set "model.path=$TEACHER" --runs-dir "$RUNS" "${EXTRA[@]}" "${MORE[@]}")
