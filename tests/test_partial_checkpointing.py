@@ -64,14 +64,16 @@ def test_the_activation_model_prices_the_layers_that_keep_their_activations(sett
 @pytest.mark.parametrize("fits", [0.5, 0.7])
 def test_check_offers_the_fewest_recomputed_layers_that_fit(tmp_path, monkeypatch, fits):
     """On a GPU between what `fits` and the next smaller fraction need, the refusal names `fits` (not
-    true: every recomputed layer costs speed), and with it set the same check passes."""
+    true: every recomputed layer costs speed), and with it set the same check passes. (bf16 moments and
+    stochastic rounding are set already: with them left to choose, check takes them first.)"""
     from engine.config import load_experiment
     from engine.resources import fit
     from engine.resources.plan import experiment_shapes, stage_need
     from tests.test_resources import _big_toml
 
     monkeypatch.setattr(fit, "free_bytes", lambda _p: 2**50)
-    exp = load_experiment(_big_toml(tmp_path, hidden=1024, layers=10))
+    formats = 'optimizer_states = "bfloat16"\nmaster_weights = "stochastic"'
+    exp = load_experiment(_big_toml(tmp_path, hidden=1024, layers=10, extra=formats))
     shapes = experiment_shapes(exp)
 
     def need(setting):
@@ -89,3 +91,39 @@ def test_check_offers_the_fewest_recomputed_layers_that_fit(tmp_path, monkeypatc
     assert f"set finetune.gradient_checkpointing = {fits} (~" in str(e.value)
     exp.finetune.gradient_checkpointing = fits
     assert any("finetune" in line for line in fit.resource_lines(exp, machine))
+
+
+def test_check_takes_the_memory_formats_before_more_recompute(tmp_path, monkeypatch):
+    """Where 0.5 of the layers recomputed would fit and so would bf16 moments with stochastic rounding
+    and no recompute, check names the formats: they cost no speed on an H100 (benchmarks/RESULTS.md),
+    every recomputed layer does. Where nothing without recompute fits, the least recompute comes with them."""
+    from engine.config import load_experiment
+    from engine.resources import fit
+    from engine.resources.plan import experiment_shapes, stage_need
+    from tests.test_resources import _big_toml
+
+    monkeypatch.setattr(fit, "free_bytes", lambda _p: 2**50)
+    exp = load_experiment(_big_toml(tmp_path, hidden=1024, layers=10))
+    shapes = experiment_shapes(exp)
+
+    def need(gc, states="float32", master=True):
+        exp.finetune.gradient_checkpointing, exp.finetune.optimizer_states = gc, states
+        exp.finetune.master_weights = master
+        return stage_need(exp, shapes, "finetune", 1, True).total
+
+    plain, half, formats = need(False), need(0.5), need(False, "bfloat16", "stochastic")
+    need(False)
+    limit = max(half, formats)
+    assert limit < plain
+    machine = fit.Machine(gpus=1, gpu_bytes=limit + fit.GPU_RESERVED, gpu_name="GPU", host_bytes=100 * 2**30)
+    with pytest.raises(ConfigError) as e:
+        fit.resource_lines(exp, machine)
+    assert "optimizer_states" in str(e.value) and "gradient_checkpointing" not in str(e.value)
+
+    tight = min(formats, half) - 2**20  # neither alone fits: 0.5 with the formats
+    assert need(0.5, "bfloat16", "stochastic") < tight
+    need(False)
+    machine = fit.Machine(gpus=1, gpu_bytes=tight + fit.GPU_RESERVED, gpu_name="GPU", host_bytes=100 * 2**30)
+    with pytest.raises(ConfigError) as e:
+        fit.resource_lines(exp, machine)
+    assert "set finetune.gradient_checkpointing = 0.5 and finetune.optimizer_states" in str(e.value)

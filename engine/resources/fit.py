@@ -116,29 +116,69 @@ def _processes(exp: Experiment, stage: str, m: Machine) -> int:
     return m.gpus if want is None else min(want, m.gpus)
 
 
+Step = tuple[str, dict]  # a knob's setting as `check` prints it, and its change to the Knobs
+
+
 def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) -> str:
-    """The knobs, tried cumulatively in this order, that bring a training stage under the limit, and
-    FSDP over the fewest GPUs that would; '' when nothing does."""
+    """The knobs that bring a training stage under the limit, and FSDP over the fewest GPUs that would;
+    '' when nothing does. Recompute costs speed and the memory formats cost none measured, so the least
+    recompute that fits comes first, each level tried with the memory formats added one by one; then the
+    rest (smaller loss chunks and batches) on top of them all."""
     k = need.knobs
     if k is None:
         return ""
     section = kind_of(stage).section
     limit = _limit(m)
-    steps: list[tuple[str, dict]] = []
-    # the least recompute that fits first: half the layers, then a tenth more at a time, then all of them
-    # (false < 0.5 < ... < true == 1; at 8B -> 4.5B on an H100, 0.9 ran 1-2% faster than true)
-    for fraction in (f for f in (0.5, 0.6, 0.7, 0.8, 0.9) if f > k.gradient_checkpointing):
-        steps.append((f"{section}.gradient_checkpointing = {fraction}", {"gradient_checkpointing": fraction}))
-    if k.gradient_checkpointing < 1:
-        steps.append((f"{section}.gradient_checkpointing = true", {"gradient_checkpointing": True}))
     cfg = own_settings(exp, stage)
+    # half the layers, then a tenth more at a time, then all of them (false < 0.5 < ... < true == 1; at
+    # 8B -> 4.5B on an H100, 0.9 ran 1-2% faster than true)
+    recompute: list[Step] = [(f"{section}.gradient_checkpointing = {f}", {"gradient_checkpointing": f})
+                             for f in (0.5, 0.6, 0.7, 0.8, 0.9) if f > k.gradient_checkpointing]
+    if k.gradient_checkpointing < 1:
+        recompute.append((f"{section}.gradient_checkpointing = true", {"gradient_checkpointing": True}))
+    formats: list[Step] = []  # no speed cost and the same loss, measured on an H100 (benchmarks/RESULTS.md)
     # bf16 moments: refused under FSDP and above BF16_MAX_BETA2 (engine/config/schema.py)
     if k.state_bytes == 8 and not k.fsdp and cfg.adam_beta2 <= BF16_MAX_BETA2:
-        steps.append((f"{section}.optimizer_states = \"bfloat16\"", {"state_bytes": 4}))
-    # no fp32 master copy (4 bytes a parameter) for stochastically rounded bf16 weights: exactness traded
-    # for memory, so after the moments; refused under FSDP (engine/config/schema.py)
+        formats.append((f"{section}.optimizer_states = \"bfloat16\"", {"state_bytes": 4}))
+    # no fp32 master copy (4 bytes a parameter): stochastic rounding; refused under FSDP
     if k.master and not k.stochastic and not k.fsdp:
-        steps.append((f"{section}.master_weights = \"stochastic\"", {"master_weights": "stochastic"}))
+        formats.append((f"{section}.master_weights = \"stochastic\"", {"master_weights": "stochastic"}))
+    fixes: list[str] = []
+    for level in [[], *([r] for r in recompute)]:
+        tried = [level + formats[:j] for j in range(len(formats) + 1)]
+        fitting = next((t for t in tried if t and _total(exp, shapes, stage, _apply(k, t), m) <= limit), None)
+        if fitting is not None:
+            fixes.append(_setting(exp, shapes, stage, k, fitting, m))
+            break
+    else:
+        fixes.append(_rest(exp, shapes, stage, k, recompute[-1:] + formats, section, limit, m))
+    if m.cuda and not (k.fsdp and k.processes > 1):
+        for n in (2, 4, 8):
+            sharded = replace(k, fsdp=True, processes=n, accumulation=max(1, k.accumulation // n))
+            got = _fits_with(exp, shapes, stage, sharded, m, limit)
+            if got is not None:
+                fixes.append(f"strategy = \"fsdp\" over {n} GPUs (~{got / GIB:.0f} GiB each)")
+                break
+    return " or ".join(f for f in fixes if f)
+
+
+def _apply(k: Knobs, steps: list[Step]) -> Knobs:
+    for _, change in steps:
+        k = replace(k, **change)
+    return k
+
+
+def _setting(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, steps: list[Step], m: Machine) -> str:
+    total = _total(exp, shapes, stage, _apply(k, steps), m)
+    return f"set {' and '.join(text for text, _ in steps)} (~{total / GIB:.0f} GiB)"
+
+
+def _rest(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, base: list[Step], section: str, limit: int,
+          m: Machine) -> str:
+    """Every recompute and memory format (`base`), then smaller loss chunks and batches, cumulatively,
+    until the stage fits; '' when it never does."""
+    cfg = own_settings(exp, stage)
+    steps: list[Step] = []
     if k.chunk_tokens > 1024 and hasattr(cfg, "chunk_tokens"):  # a KD loss's chunk ([distill])
         steps.append(("distill.chunk_tokens = 1024", {"chunk_tokens": 1024}))
     if k.micro_batch > 1 and not k.master:
@@ -148,25 +188,17 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     while k.master and k.accumulation == 1 and micro >= 1:  # a smaller step, not accumulation: no fp32 sums
         steps.append((f"{section}.global_batch_size = micro_batch_size = {micro}", {"micro_batch": micro}))
         micro //= 2
-    fixes: list[str] = []
-    cur, changes = k, []
+    chosen = list(base)
+    cur = _apply(k, chosen)
     for text, change in steps:
         trial = replace(cur, **change)
         if _total(exp, shapes, stage, trial, m) >= _total(exp, shapes, stage, cur, m):
             continue  # no help here (a smaller micro-batch adds fp32 gradient sums under master weights)
         cur = trial
-        changes = [c for c in changes if c.split(" = ")[0] != text.split(" = ")[0]] + [text]  # the last size
+        chosen = [c for c in chosen if c[0].split(" = ")[0] != text.split(" = ")[0]] + [(text, change)]
         if _total(exp, shapes, stage, cur, m) <= limit:
-            fixes.append(f"set {' and '.join(changes)} (~{_total(exp, shapes, stage, cur, m) / GIB:.0f} GiB)")
-            break
-    if m.cuda and not (k.fsdp and k.processes > 1):
-        for n in (2, 4, 8):
-            sharded = replace(k, fsdp=True, processes=n, accumulation=max(1, k.accumulation // n))
-            got = _fits_with(exp, shapes, stage, sharded, m, limit)
-            if got is not None:
-                fixes.append(f"strategy = \"fsdp\" over {n} GPUs (~{got / GIB:.0f} GiB each)")
-                break
-    return " or ".join(fixes)
+            return _setting(exp, shapes, stage, k, chosen, m)
+    return ""
 
 
 def _total(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, m: Machine) -> int:
