@@ -88,6 +88,6 @@ def adamw_update(param: torch.Tensor, grad: torch.Tensor, master: torch.Tensor, 
 
 def round_into(param: torch.Tensor, master: torch.Tensor, step: torch.Tensor, sr_index: int) -> None:
     """`param` (bf16) = `master` (fp32) rounded with the bits the update at `step` used: a resumed run's
-    parameters as the uninterrupted run's (master_adamw.round_into's kernel; flat contiguous tensors)."""
+    parameters as the uninterrupted run's (master_adamw.round_into_reference in one kernel; flat contiguous tensors)."""
     n = param.numel()
     _round_kernel[(triton.cdiv(n, BLOCK),)](param, master, step, n, sr_index, BLOCK=BLOCK, num_warps=8)
