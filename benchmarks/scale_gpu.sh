@@ -2,7 +2,8 @@
 # Issue 21 on one GPU: Llama-3.1-8B (random weights) -> 4.5B students at seq 4096, and the memory prediction
 # against the measured peak at three sizes. The device calls behind benchmarks/RESULTS.md ("8B on one GPU").
 #
-#   benchmarks/scale_gpu.sh OUT PART...     PART: memory | teacher | width | resume | depth | search | graph | summary
+#   benchmarks/scale_gpu.sh OUT PART...     PART: memory | teacher | width | resume | depth | h200 | search | graph |
+#                                             recompute | options | summary
 #
 #   memory   benchmarks/memory_prediction.py: predicted vs measured peak (SmolLM2-135M, 1.24B shapes; the 8B
 #            stages below log theirs; MEMORY_CASES=smollm2,1b,8b-width,8b-width-h100 adds the 8B Trainer cases)
@@ -12,6 +13,7 @@
 #            (1024 calibration samples), then distill-width, cancelled at step $KILL_AT (a checkpoint)
 #   resume   the same run again: distill-width resumes from the checkpoint and finishes; eval (speed)
 #   depth    benchmarks/scale/depth-h200.toml: prune-depth, distill-depth, eval, default precision
+#   h200     benchmarks/scale/h200.toml: both students with the H200 recipe (no recompute), H200_ONLY="--only ..."
 #   search   benchmarks/scale/search-0.56.toml: a search at 0.56 of the teacher, scored by loss
 #   graph    SmolLM2-135M shape: the engine's compiled step with and without teacher_cuda_graph
 #   recompute  the 8B students' distillation step (random weights, the 80 GB recipe) with gradient_checkpointing
@@ -97,6 +99,15 @@ for PART in "$@"; do
     log "depth (H200 default precision)"
     engine check benchmarks/scale/depth-h200.toml "${SETS[@]}" "${DEPTH[@]}"
     engine run benchmarks/scale/depth-h200.toml "${SETS[@]}" "${DEPTH[@]}" | tail -60
+    ;;
+  h200)
+    # the seed workload with the H200 recipe (benchmarks/scale/h200.toml: no recompute); H200_ONLY picks the
+    # stages of this call, e.g. "--only prepare --only prune-width --only distill-width" (word-split)
+    read -ra ONLY <<< "${H200_ONLY:-}"
+    log "h200 recipe: ${H200_ONLY:-every stage}"
+    engine check benchmarks/scale/h200.toml "${SETS[@]}" "${WIDTH[@]}" "${DEPTH[@]}"
+    engine run benchmarks/scale/h200.toml "${SETS[@]}" "${WIDTH[@]}" "${DEPTH[@]}" "${ONLY[@]}" \
+      | grep --line-buffered -E "memory|step (1|10|25|50)/|calibrated|done|rror|speed|decode" | tail -60
     ;;
   search)
     log "search at 0.56"

@@ -105,8 +105,10 @@ class Need:
 
         per = "per GPU" if self.device == "gpu" else "of host memory"
         phase = self.peak_phase
-        at = f"; peak in {phase}: {terms(self.phases[phase])}" if phase else ""
-        return f"~{self.gib():.1f} GiB {per} ({terms(self.parts)}{at})"
+        # (terms under 0.05 GiB are left out: a tiny model may have none to name)
+        pieces = [terms(self.parts), f"peak in {phase}: {terms(self.phases[phase])}" if phase else ""]
+        said = "; ".join(x for x in pieces if x and not x.endswith(": "))
+        return f"~{self.gib():.1f} GiB {per}" + (f" ({said})" if said else "")
 
 
 # ---- the terms ---------------------------------------------------------------------------
