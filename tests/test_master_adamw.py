@@ -173,7 +173,7 @@ def test_trainer_with_master_weights_learns_saves_fp32_and_resumes(tmp_path: Pat
     trainer = _tiny_trainer(master=True)
     student = trainer.unwrapped().student
     assert {p.dtype for p in student.parameters()} == {torch.bfloat16}
-    assert trainer.precision == "bf16 weights, fp32 master weights in the optimizer"
+    assert trainer.precision == "bf16 weights rounded stochastically from fp32 master weights in the optimizer"
     assert _tiny_trainer(master=False).precision == "float32 weights"  # CPU: no mixed precision
     data = _batches(2)
     first = trainer.step(data, lr=1e-2)

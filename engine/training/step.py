@@ -388,7 +388,7 @@ class Trainer:
         if self.stochastic:
             return "bf16 weights, stochastic rounding, no fp32 masters" + moments
         if self.master:
-            return "bf16 weights, fp32 master weights in the optimizer" + moments
+            return "bf16 weights rounded stochastically from fp32 master weights in the optimizer" + moments
         if acc.mixed_precision in ("bf16", "fp16"):
             return (f"fp32 weights, {acc.mixed_precision} compute" + (" (FSDP2)" if acc.is_fsdp2 else " (autocast)")
                     + moments)
