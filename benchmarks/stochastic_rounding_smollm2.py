@@ -57,7 +57,7 @@ def main() -> None:
     base.model.layers = base.model.layers[:a.layers]
     base.config.num_hidden_layers = a.layers
     train = PackedDataset(a.data, "train", a.seq, seed=0).batches(a.batch, start=0)
-    windows = [torch.as_tensor(next(train)).long() for _ in range(a.steps)]
+    windows = [torch.as_tensor(next(train)).long().to(a.device) for _ in range(a.steps)]
     val_it = PackedDataset(a.data, "validation", a.seq, seed=0).batches(a.batch, start=0)
     val = [torch.as_tensor(next(val_it)).long() for _ in range(4)]
     cfg = DistillConfig(steps=a.steps, global_batch_size=a.batch, micro_batch_size=a.batch, lr=a.lr, min_lr=a.lr / 10,
