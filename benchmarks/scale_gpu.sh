@@ -137,7 +137,7 @@ for PART in "$@"; do
     done
     for sv in ${OPTIONS_8B:-8b-width:engine-compile-chunk512-gc0.6-bf16states-sr 8b-depth:engine-compile-chunk512-gc0.5-bf16states-sr}; do
       timeout 150 python3 benchmarks/distill_throughput.py --shape "${sv%%:*}" --variants "${sv#*:}" --warmup 3 --steps 8 \
-        --json "$OUT/options-$sv.json" 2>&1 | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" \
+        --json "$OUT/options-${sv%%:*}-${sv#*:}.json" 2>&1 | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" \
         | sed "s/^/${sv%%:*} /" | tee -a "$LOG"
     done
     ;;
