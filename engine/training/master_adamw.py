@@ -225,17 +225,17 @@ class MasterAdamW(torch.optim.Optimizer):
                               else torch.float32) for k, v in st.items()}
                 if self.has_masters:
                     if "master" in st:  # the parameter is its master rounded (the checkpoint may hold no copy)
-                        with torch.no_grad():
-                            if self.rounds_stochastically:  # with the bits of the step that wrote it
-                                self._round_into(p.view(-1), st["master"].view(-1), st["step"], self._index[p])
-                            else:
-                                p.copy_(st["master"])
+                        self._set_from_master(p, st["master"], st["step"])
                     st.setdefault("master", p.detach().float())
                 elif "master" in st:
-                    with torch.no_grad():
-                        master = st.pop("master")
-                        if self.rounds_stochastically:  # as the masters run's parameter at that step
-                            self._round_into(p.view(-1), master.view(-1), st["step"], self._index[p])
-                        else:
-                            p.copy_(master)
+                    self._set_from_master(p, st.pop("master"), st["step"])
                 self.state[p] = st
+
+    @torch.no_grad()
+    def _set_from_master(self, p: torch.Tensor, master: torch.Tensor, step: torch.Tensor) -> None:
+        """The parameter as the update that wrote `master` at `step` stored it: rounded stochastically
+        with that step's bits where this optimizer rounds so, else cast (to nearest, or fp32 as is)."""
+        if self.rounds_stochastically:
+            self._round_into(p.view(-1), master.view(-1), step, self._index[p])
+        else:
+            p.copy_(master)
