@@ -143,15 +143,8 @@ def _fix(exp: Experiment, shapes: Shapes, stage: str, need: Need, m: Machine) ->
     # no fp32 master copy (4 bytes a parameter): stochastic rounding; refused under FSDP
     if k.master and not k.stochastic and not k.fsdp:
         formats.append((f"{section}.master_weights = \"stochastic\"", {"master_weights": "stochastic"}))
-    fixes: list[str] = []
-    for level in [[], *([r] for r in recompute)]:
-        tried = [level + formats[:j] for j in range(len(formats) + 1)]
-        fitting = next((t for t in tried if t and _total(exp, shapes, stage, _apply(k, t), m) <= limit), None)
-        if fitting is not None:
-            fixes.append(_setting(exp, shapes, stage, k, fitting, m))
-            break
-    else:
-        fixes.append(_rest(exp, shapes, stage, k, recompute[-1:] + formats, section, limit, m))
+    least = _least_recompute(exp, shapes, stage, k, recompute, formats, limit, m)
+    fixes = [least if least is not None else _rest(exp, shapes, stage, k, recompute[-1:] + formats, limit, m)]
     if m.cuda and not (k.fsdp and k.processes > 1):
         for n in (2, 4, 8):
             sharded = replace(k, fsdp=True, processes=n, accumulation=max(1, k.accumulation // n))
@@ -168,18 +161,28 @@ def _apply(k: Knobs, steps: list[Step]) -> Knobs:
     return k
 
 
-def _setting(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, steps: list[Step], m: Machine) -> str:
-    total = _total(exp, shapes, stage, _apply(k, steps), m)
+def _setting(steps: list[Step], total: int) -> str:
     return f"set {' and '.join(text for text, _ in steps)} (~{total / GIB:.0f} GiB)"
 
 
-def _rest(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, base: list[Step], section: str, limit: int,
-          m: Machine) -> str:
+def _least_recompute(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, recompute: list[Step],
+                     formats: list[Step], limit: int, m: Machine) -> str | None:
+    """The least recompute that fits (none first), each level with the memory formats added one by one;
+    None when even all of them with every layer recomputed do not fit."""
+    for level in [[], *([r] for r in recompute)]:
+        for j in range(len(formats) + 1):
+            trial = level + formats[:j]
+            if trial and (total := _total(exp, shapes, stage, _apply(k, trial), m)) <= limit:
+                return _setting(trial, total)
+    return None
+
+
+def _rest(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, base: list[Step], limit: int, m: Machine) -> str:
     """Every recompute and memory format (`base`), then smaller loss chunks and batches, cumulatively,
     until the stage fits; '' when it never does."""
-    cfg = own_settings(exp, stage)
+    section = kind_of(stage).section
     steps: list[Step] = []
-    if k.chunk_tokens > 1024 and hasattr(cfg, "chunk_tokens"):  # a KD loss's chunk ([distill])
+    if k.chunk_tokens > 1024 and hasattr(own_settings(exp, stage), "chunk_tokens"):  # a KD loss's chunk ([distill])
         steps.append(("distill.chunk_tokens = 1024", {"chunk_tokens": 1024}))
     if k.micro_batch > 1 and not k.master:
         steps.append((f"{section}.micro_batch_size = 1", {"micro_batch": 1,
@@ -190,14 +193,16 @@ def _rest(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, base: list[Step
         micro //= 2
     chosen = list(base)
     cur = _apply(k, chosen)
+    cur_total = _total(exp, shapes, stage, cur, m)
     for text, change in steps:
         trial = replace(cur, **change)
-        if _total(exp, shapes, stage, trial, m) >= _total(exp, shapes, stage, cur, m):
+        total = _total(exp, shapes, stage, trial, m)
+        if total >= cur_total:
             continue  # no help here (a smaller micro-batch adds fp32 gradient sums under master weights)
-        cur = trial
+        cur, cur_total = trial, total
         chosen = [c for c in chosen if c[0].split(" = ")[0] != text.split(" = ")[0]] + [(text, change)]
-        if _total(exp, shapes, stage, cur, m) <= limit:
-            return _setting(exp, shapes, stage, k, chosen, m)
+        if total <= limit:
+            return _setting(chosen, total)
     return ""
 
 
