@@ -114,8 +114,8 @@ class TrainConfig(Section):
     gradient_checkpointing: bool | float = False
     compile: bool = False  # torch.compile the model(s)
     # bf16 parameters (the masters rounded stochastically) + fp32 master weights in the optimizer (CUDA, bf16),
-    # where gradients never add up
-    # in bf16 (engine/training/step.py: master_weights_apply); false: fp32 parameters under bf16 autocast;
+    # where gradients never add up in bf16 (engine/training/step.py: master_weights_apply); false: fp32
+    # parameters under bf16 autocast;
     # "stochastic": there, bf16 parameters without the fp32 copy (4 bytes per parameter less), updated with
     # stochastic rounding (engine/training/master_adamw.py); elsewhere as true. Not under FSDP
     master_weights: bool | Literal["stochastic"] = True

@@ -75,11 +75,11 @@ class Prune(Footprint):
              micro: int | None = None, knobs: Knobs | None = None) -> Need | None:
         p = own_settings(exp, stage)
         e = DTYPE_BYTES[exp.model.dtype]
-        shared = method_of(p.method).shares_teacher_weights
-        resident = 0 if shared else count_params(shapes.students[p.name]) * (e if cuda else 4)
+        method = method_of(p.method)
+        resident = 0 if method.shares_teacher_weights else count_params(shapes.students[p.name]) * (e if cuda else 4)
         need = forward_need(stage, [shapes.teacher], p.calibration_batch_size * exp.data.seq_length, cuda, e,
                             resident)
-        if method_of(p.method).searches and p.audit:  # the audit distils candidates here, one process, as distill-<s> would
+        if method.searches and p.audit:  # the audit distils candidates here, one process, as distill-<s> would
             audit = TRAINING.need(exp, shapes, DISTILL.stage(p.name), 1, cuda, micro)
             need = max(need, replace(audit, stage=stage, knobs=None), key=lambda n: n.total)  # (knobs: a training stage's)
         return need

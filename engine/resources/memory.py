@@ -105,9 +105,9 @@ class Need:
 
         per = "per GPU" if self.device == "gpu" else "of host memory"
         phase = self.peak_phase
+        at = terms(self.phases[phase]) if phase else ""
         # (terms under 0.05 GiB are left out: a tiny model may have none to name)
-        pieces = [terms(self.parts), f"peak in {phase}: {terms(self.phases[phase])}" if phase else ""]
-        said = "; ".join(x for x in pieces if x and not x.endswith(": "))
+        said = "; ".join(x for x in (terms(self.parts), at and f"peak in {phase}: {at}") if x)
         return f"~{self.gib():.1f} GiB {per}" + (f" ({said})" if said else "")
 
 
