@@ -11,6 +11,7 @@ import torch
 from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 from engine.training.master_adamw import MasterAdamW
+from tests.test_stochastic_rounding import _neighbours
 
 KW = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
 
@@ -26,10 +27,11 @@ def _groups(params):
     return [{"params": params[:-1], "weight_decay": 0.1}, {"params": params[-1:], "weight_decay": 0.0}]
 
 
-def _bf16_neighbours(master: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two bf16 values around each fp32 value (toward zero, and one ulp further from it)."""
-    down = master.view(torch.int32) & -65536
-    return down.view(torch.float32), (down + 65536).view(torch.float32)
+def _one_of_its_neighbours(p: torch.Tensor, master: torch.Tensor) -> bool:
+    """Each bf16 value of `p` is one of the two bf16 numbers around its fp32 master."""
+    low, high = _neighbours(master)
+    got = p.detach().float().view(torch.int32)
+    return bool(((got == low) | (got == high)).all())
 
 
 @pytest.mark.parametrize("round_copies", [True, False])
@@ -52,8 +54,7 @@ def test_update_equals_fused_adamw_with_clipping_and_a_skipped_step(round_copies
     for r, p in zip(ref, mine, strict=True):
         torch.testing.assert_close(masters[p], r.detach(), rtol=0, atol=2e-6)
         if round_copies:  # the parameter is its master rounded stochastically: one of its two neighbours
-            down, up = _bf16_neighbours(masters[p])
-            assert ((p.float() == down) | (p.float() == up)).all()
+            assert _one_of_its_neighbours(p, masters[p])
             assert not torch.equal(p, masters[p].bfloat16())
         else:
             assert torch.equal(p, masters[p].bfloat16())  # rounded to nearest
@@ -184,8 +185,7 @@ def test_trainer_with_master_weights_learns_saves_fp32_and_resumes(tmp_path: Pat
     masters = trainer._master().master_weights()
     for name, p in student.named_parameters():
         assert state[name].dtype == torch.float32 and torch.equal(state[name], masters[p])
-        down, up = _bf16_neighbours(masters[p])  # the forward's weight: its master rounded stochastically
-        assert ((p.float() == down) | (p.float() == up)).all()
+        assert _one_of_its_neighbours(p, masters[p])  # the forward's weight: its master rounded stochastically
     assert torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])  # still tied
 
     trainer.accelerator.save_state(str(tmp_path / "ckpt"), safe_serialization=True)
