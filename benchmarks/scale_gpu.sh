@@ -11,7 +11,10 @@
 #   width    benchmarks/scale/width-80gb.toml (stochastic rounding, 0.6 checkpointed) under a 79 GiB cap (an 80 GB
 #            H100's memory): prune-width
 #            (1024 calibration samples), then distill-width, cancelled at step $KILL_AT (a checkpoint)
-#   resume   the same run again: distill-width resumes from the checkpoint and finishes; eval (speed)
+#            WIDTH_EXP=benchmarks/scale/h200.toml CAP=139: the same kill with the H200 recipe (the run stops
+#            there, before the depth stages)
+#   resume   the same run again: distill-width resumes from the checkpoint and finishes; then the stages left
+#            (eval with speed; with h200.toml prune-depth and distill-depth too)
 #   depth    benchmarks/scale/depth-h200.toml: prune-depth, distill-depth, eval, default precision
 #   h200     benchmarks/scale/h200.toml: both students with the H200 recipe (no recompute), H200_ONLY="--only ..."
 #   search   benchmarks/scale/search-0.56.toml: a search at 0.56 of the teacher, scored by loss
@@ -39,6 +42,8 @@ if [[ -z ${RUNS:-} ]]; then  # the run directories: /root when its disk holds a 
   echo "$RUNS" > /root/.scale-runs 2>/dev/null
 fi
 KILL_AT=${KILL_AT:-20}
+WIDTH_EXP=${WIDTH_EXP:-benchmarks/scale/width-80gb.toml}
+WIDTH_RUN=$(sed -n 's/^name = "\(.*\)"/\1/p' "$WIDTH_EXP" | head -1)
 CAP=${CAP:-79}
 LOG="$OUT/scale.log"
 EXTRA=(); WIDTH=(); DEPTH=(); SEARCH=()
@@ -55,6 +60,7 @@ if [[ -n $CARD_GIB && $CARD_GIB -lt 100 ]]; then  # an 80 GB card: the depth stu
   DEPTH+=(--set distill.optimizer_states=bfloat16 --set distill.global_batch_size=4 --set distill.micro_batch_size=4
           --set distill.chunk_tokens=512 --set distill.master_weights=stochastic --set distill.gradient_checkpointing=0.5)
 fi
+DEPTH_KILL=(); [[ $WIDTH_EXP == *h200* ]] && DEPTH_KILL=("${DEPTH[@]}")  # h200.toml holds the depth student too
 read -ra MORE <<< "${SCALE_SETS:-}"  # e.g. SCALE_SETS="--set prune.search.screen_max=200" (word-split)
 SETS=(--set "model.path=$TEACHER" --runs-dir "$RUNS" "${EXTRA[@]}" "${MORE[@]}")
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
@@ -74,26 +80,27 @@ for PART in "$@"; do
     ;;
   width)
     log "width: check for 79 GiB, then prune-width and distill-width until step $KILL_AT"
-    engine check benchmarks/scale/width-80gb.toml "${SETS[@]}" "${WIDTH[@]}" --gpu-memory "$CAP"
-    SLIMLAB_GPU_MEMORY_CAP_GIB=$CAP python3 -m engine run benchmarks/scale/width-80gb.toml "${SETS[@]}" "${WIDTH[@]}" \
+    engine check "$WIDTH_EXP" "${SETS[@]}" "${DEPTH_KILL[@]}" "${WIDTH[@]}" --gpu-memory "$CAP"
+    SLIMLAB_GPU_MEMORY_CAP_GIB=$CAP python3 -m engine run "$WIDTH_EXP" "${SETS[@]}" "${DEPTH_KILL[@]}" "${WIDTH[@]}" \
       > "$OUT/width-run.log" 2>&1 &
     RUN_PID=$!
-    M="$RUNS/width-80gb/distill-width/metrics.jsonl"
+    M="$RUNS/$WIDTH_RUN/distill-width/metrics.jsonl"
     while kill -0 $RUN_PID 2>/dev/null; do
       if [[ -f $M ]] && python3 -c "import json,sys; l=[json.loads(x) for x in open('$M') if x.strip().endswith('}')]; sys.exit(0 if any(r.get('split')=='train' and r['step']>=$KILL_AT for r in l) else 1)"; then
         log "cancel at step >= $KILL_AT"; T0=$SECONDS
-        engine cancel "$RUNS/width-80gb"
+        engine cancel "$RUNS/$WIDTH_RUN"
         wait $RUN_PID; log "cancelled in $((SECONDS - T0)) s"; break
       fi
       sleep 2
     done
     wait $RUN_PID 2>/dev/null
     grep -v -i warn "$OUT/width-run.log" | tail -40 | tee -a "$LOG"
-    ls -la "$RUNS"/width-80gb/distill-width/checkpoints/* 2>&1 | tee -a "$LOG"; du -sh "$RUNS"/width-80gb/distill-width/checkpoints 2>&1 | tee -a "$LOG"
+    ls -la "$RUNS/$WIDTH_RUN"/distill-width/checkpoints/* 2>&1 | tee -a "$LOG"; du -sh "$RUNS/$WIDTH_RUN"/distill-width/checkpoints 2>&1 | tee -a "$LOG"
     ;;
   resume)
     log "resume width"
-    SLIMLAB_GPU_MEMORY_CAP_GIB=$CAP engine run benchmarks/scale/width-80gb.toml "${SETS[@]}" "${WIDTH[@]}" | tail -60
+    SLIMLAB_GPU_MEMORY_CAP_GIB=$CAP engine run "$WIDTH_EXP" "${SETS[@]}" "${DEPTH_KILL[@]}" "${WIDTH[@]}" \
+      | grep --line-buffered -v -E "^\[(prune|distill)-[a-z]+\] +(step|calibrat)" | tail -80
     ;;
   depth)
     log "depth (H200 default precision)"
