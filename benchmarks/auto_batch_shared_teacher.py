@@ -30,10 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from distill_throughput import memory_reset as reset_memory  # noqa: E402  (this folder)
 from distill_throughput import peak_gib, sync  # noqa: E402
+from model_shapes import SMOLLM2  # noqa: E402
 
-SMOLLM2 = dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_attention_heads=9,
-               num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
-               max_position_embeddings=2048, rope_theta=100000.0)
 TINY = dict(SMOLLM2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, vocab_size=1000)
 STUDENTS = 6

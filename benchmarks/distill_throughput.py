@@ -59,17 +59,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from model_shapes import LLAMA31_8B, LLAMA_1B, SMOLLM2  # noqa: E402  (this folder)
 
 PEAK = 989e12
-ARCH = dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_attention_heads=32,
-            num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
-            max_position_embeddings=8192, rope_theta=500000.0)
-SMOLLM2 = dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_attention_heads=9,
-               num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True,
-               max_position_embeddings=2048, rope_theta=100000.0)
-LLAMA31_8B = dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
-                  num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
-                  max_position_embeddings=8192, rope_theta=500000.0)
+ARCH = LLAMA_1B
 # --shape: arch, teacher layers, student layers, batch, seq (flags given on the command line win)
 SHAPES = {"1b": (ARCH, 16, 8, 4, 2048), "smollm2": (SMOLLM2, 30, 15, 64, 512),
           "8b-depth": (LLAMA31_8B, 32, 16, 4, 4096), "8b-width": (LLAMA31_8B, 32, 32, 4, 4096)}

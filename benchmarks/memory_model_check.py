@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory_prediction import LLAMA31_8B, LLAMA_1B  # noqa: E402
+from model_shapes import LLAMA31_8B, LLAMA_1B  # noqa: E402
 
 from engine.config.shape import shape_from_config  # noqa: E402
 from engine.resources.memory import Knobs, training_need  # noqa: E402

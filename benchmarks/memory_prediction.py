@@ -28,16 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+from model_shapes import LLAMA31_8B, LLAMA_1B, SMOLLM2  # noqa: E402  (this folder)
 
-LLAMA31_8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
-                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-                  tie_word_embeddings=False, rope_theta=500000.0, max_position_embeddings=8192)
-LLAMA_1B = dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
-                num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-                tie_word_embeddings=True, max_position_embeddings=8192, rope_theta=500000.0)
-SMOLLM2 = dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-               num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True,
-               max_position_embeddings=2048, rope_theta=100000.0)
 TINY = dict(model_type="llama", vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
 
