@@ -14,8 +14,9 @@
 #                                                                          shape (benchmarks/distill_throughput.py)
 #                gpu_run.sh sr                                          -> the bf16 weights' rounding on trained
 #                                                                          weights (stochastic_rounding_smollm2.py)
-#                gpu_run.sh scores   (EXP=benchmarks/smollm2/audit.toml) -> the search's distill score at
-#                  SCORE_STEPS (default "20 80") steps, no audit, against the shapes audit_h100/ distilled in full
+#                gpu_run.sh scores   (EXP=benchmarks/smollm2/audit.toml) -> the search's distill score, no audit,
+#                  in each of SCORE_VARIANTS (default: 20 and 80 steps), against the shapes audit_h100/ distilled
+#                  in full
 # (calls back to back: $HOME lasts only while the machine is held). Another experiment: EXP=path (e.g.
 # benchmarks/smollm2/audit.toml, the search audit). part-b unpacks .carry/smol-textkit.tar.xz into
 # .carry/smol-textkit when that is carried instead (xz: 24 -> 8 MB, so it fits part-b's call).
@@ -80,13 +81,25 @@ TOML
       --lr "${SR_LR:-1e-4}" ${SR_ARGS:-} ${OUT:+--json "$OUT/sr_gpu.json"} 2>&1 | grep --line-buffered -v -i warn
     exit "${PIPESTATUS[0]}" ;;
   scores)
-    for n in ${SCORE_STEPS:-20 80}; do
-      python3 -m engine run "$EXP" --set model.path="$HF" "${DATA[@]}" --runs-dir "runs-s$n" --only prepare \
-        --only prune-search --set prune.search.score_steps="$n" --set prune.search.audit=0 2>&1 \
+    # SCORE_VARIANTS: "tag|--set ...;tag|--set ..." (default: 20 and 80 steps). A tag ending in "-wt" scores on
+    # WikiText-2 (the audit's test split) in place of the validation split: a diagnostic of how much of the
+    # misranking is the split's, never a search to choose by.
+    IFS=';' read -ra VARIANTS <<< "${SCORE_VARIANTS:-s20|--set prune.search.score_steps=20;s80|--set prune.search.score_steps=80}"
+    for v in "${VARIANTS[@]}"; do
+      tag=${v%%|*}; read -ra SETV <<< "${v#*|}"; VDATA=("${DATA[@]}")
+      if [[ $tag == *-wt ]]; then
+        W=$HOME/smol-textkit-wt; rm -rf "$W"; mkdir -p "$W"; D_ABS=$(cd "$D" && pwd)
+        cp -r "$D_ABS"/{train.bin,train.idx.npy,test.bin,test.idx.npy,tokenizer} "$W/"  # copies: prepare links them
+        cp "$D_ABS/test.bin" "$W/validation.bin"; cp "$D_ABS/test.idx.npy" "$W/validation.idx.npy"
+        python3 -c "import json; m=json.load(open('$D_ABS/meta.json')); m['splits']['validation']=m['splits']['test']; json.dump(m, open('$W/meta.json', 'w'))"
+        VDATA=(--set data.prepared="$W" --set model.tokenizer="$W/tokenizer")
+      fi
+      python3 -m engine run "$EXP" --set model.path="$HF" "${VDATA[@]}" --runs-dir "runs-$tag" --only prepare \
+        --only prune-search --set prune.search.audit=0 "${SETV[@]}" 2>&1 \
         | grep --line-buffered -v -i warn | grep --line-buffered -E "score|error|Error" | tail -20
-      cp "runs-s$n/$(basename "$RUN")/prune-search/search.json" "${OUT:-.}/search-s$n.json"
+      cp "runs-$tag/$(basename "$RUN")/prune-search/search.json" "${OUT:-.}/search-$tag.json"
     done
-    python3 benchmarks/smollm2/score_vs_audit.py "${OUT:-.}"/search-s*.json \
+    python3 benchmarks/smollm2/score_vs_audit.py "${OUT:-.}"/search-*.json \
       --audit benchmarks/smollm2/audit_h100/search-distill.json benchmarks/smollm2/audit_h100/search-loss.json
     exit ;;
   tgraph)
