@@ -102,6 +102,11 @@ name = "dsearch"
 score = "distill"
 score_steps = 2
 [[prune]]
+name = "csearch"
+{search}top_k = 3
+score = "distill+loss"
+score_steps = 2
+[[prune]]
 name = "capped"
 {search}top_k = 2
 screen_max = 3
@@ -299,6 +304,27 @@ def test_distill_scoring_ranks_after_a_short_distillation(run):
         if c["score"] is not None:
             model, _ = _rebuilt(exp, layout, "prune-dsearch", i)
             assert _val_loss(model, layout, exp) == pytest.approx(c["loss"], rel=1e-5)
+
+
+def test_distill_plus_loss_ranks_by_the_two_ranks_summed(run):
+    """score = "distill+loss": the search's order, and its winner, are the rank of the short
+    distillation's loss plus the rank of the loss right after pruning (ties: the lower loss), both
+    kept in search.json."""
+    from engine.search.audit import ranks
+
+    exp, layout, _ = run
+    assert _run(exp, "prune-csearch") == 0
+    doc = read_json(layout.search_file("prune-csearch"))
+    assert doc["score"] == "distill+loss"
+    scored = [c for c in doc["candidates"] if c["score"] is not None]
+    assert len(scored) == 3 and all(math.isfinite(c["score"]) and c["score"] != c["loss"] for c in scored)
+    total = [a + b for a, b in zip(ranks([c["score"] for c in scored]), ranks([c["loss"] for c in scored]),
+                                   strict=True)]
+    want = [c["rank"] for _, _, c in sorted(zip(total, [c["loss"] for c in scored], scored, strict=True),
+                                            key=lambda t: (t[0], t[1]))]
+    assert want == [1, 2, 3]
+    chosen = next(c for c in doc["candidates"] if c["chosen"])
+    assert chosen["rank"] == 1
 
 
 def test_depth_and_width_student_end_to_end(run):

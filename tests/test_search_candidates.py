@@ -153,6 +153,7 @@ def test_check_lists_the_search():
     ('target_params = 0.6\naxes = ["num_key_value_heads"]', "raise tolerance, add axes"),
     ('target_memory_gb = 1e-9', "no shape over"),
     ('target_params = 0.6\nscore = "distill"', "add a [distill] section"),
+    ('target_params = 0.6\nscore = "distill+loss"', "\"distill+loss\" runs a short [distill]"),
     ('target_params = 0.6\nscore_task = "hellaswag"', "is not one of [eval] tasks"),
 ])
 def test_impossible_target_is_one_line_at_check(prune, what):

@@ -10,7 +10,7 @@ import pytest
 from engine.contract import scores
 from engine.errors import UserError
 from engine.evaluation import tasks
-from engine.search.scoring import task_scorer
+from engine.search.scoring import Scorer, task_scorer
 
 EXP = SimpleNamespace(eval=SimpleNamespace(num_fewshot=0, limit=None, task_batch_size=1), source=None, seed=0)
 
@@ -63,3 +63,14 @@ def test_a_local_task_is_looked_up_by_its_yaml_name_not_its_path(monkeypatch) ->
     _fake_lm_eval(monkeypatch, lambda m: ({"other": {"acc": 0.9}, "stdlib_lastword": {"acc": 0.2}}, {}))
     scorer = task_scorer(EXP, "experiments/tasks/stdlib_lastword/stdlib_lastword.yaml", tokenizer=None)
     assert scorer.score("model") == 0.2
+
+
+def test_distill_plus_loss_sums_the_two_ranks_and_breaks_ties_by_the_loss() -> None:
+    scorer = Scorer("distill+loss", lambda m: 0.0, with_loss_rank=True)
+    scores, losses = {0: 1.0, 1: 2.0, 2: 3.0}, {0: 3.0, 1: 1.0, 2: 2.0}
+    # ranks by score 1, 2, 3 and by loss 3, 1, 2: sums 4, 3, 5; neither column alone gives this order
+    assert scorer.ranked(scores, losses) == [1, 0, 2]
+    assert Scorer("distill", lambda m: 0.0).ranked(scores) == [0, 1, 2]
+    assert scorer.ranked({0: 1.0, 1: 2.0}, {0: 2.0, 1: 1.0}) == [1, 0]  # sums 3 and 3: the lower loss
+    with pytest.raises(ValueError, match="loss right after pruning"):
+        scorer.ranked(scores)

@@ -2,6 +2,8 @@
 correlation of each given search.json's scores (and screen losses) with the audit's final test losses,
 over the candidates both have. A shape audited twice counts with the mean of its two final losses.
 Lower score = better for a loss score (`higher_is_better` false), as the search itself reads it.
+For a distill score it also ranks as `score = "distill+loss"` would (engine.search.scoring.Scorer:
+the score's rank plus the loss-after-pruning's, over all the scored candidates), from the same file.
 
     python3 benchmarks/smollm2/score_vs_audit.py NEW_SEARCH.json... \\
         --audit benchmarks/smollm2/audit_h100/search-distill.json benchmarks/smollm2/audit_h100/search-loss.json
@@ -18,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.search.audit import spearman  # noqa: E402
+from engine.search.scoring import Scorer  # noqa: E402
 
 
 def final_losses(audits: list[Path]) -> dict[tuple, float]:
@@ -57,6 +60,15 @@ def main() -> None:
         best = min(rows, key=lambda r: sign * r[1])
         print(f"  Spearman with the final loss: score {by_score:+.2f}, screen {by_screen:+.2f}; the score's pick "
               f"is {final[best[0]] - min(finals):.4f} nats behind the best of these shapes")
+        if doc.get("score") == "distill":
+            scored = {i: c for i, c in enumerate(doc["candidates"]) if c.get("score") is not None}
+            order = Scorer("distill+loss", lambda m: 0.0, with_loss_rank=True).ranked(
+                {i: c["score"] for i, c in scored.items()}, {i: c["loss"] for i, c in scored.items()})
+            audited = [i for i in order if shape_key(scored[i]) in final]
+            combined = spearman(list(range(len(audited))), [final[shape_key(scored[i])] for i in audited])
+            pick = final.get(shape_key(scored[order[0]]))
+            print(f"  ranked as distill+loss: Spearman {combined:+.2f}; its pick is "
+                  + (f"{pick - min(finals):.4f} nats behind the best" if pick is not None else "not audited"))
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ class PruneConfig(Section):
     top_k: int = Field(default=10, ge=1)  # the best-screened candidates given the full score
     screen_batches: int = Field(default=2, ge=1)  # validation batches of the screen (loss right after pruning)
     screen_max: int = Field(default=2000, ge=1)  # candidates screened at most (spread evenly past it)
-    score: Literal["loss", "distill"] = "loss"
-    score_steps: int = Field(default=20, ge=1)  # score = "distill": steps of the short distillation
+    # "distill+loss": ranked by the distill score's rank plus the loss after pruning's (search/scoring.py)
+    score: Literal["loss", "distill", "distill+loss"] = "loss"
+    score_steps: int = Field(default=20, ge=1)  # score = "distill" or "distill+loss": steps of the short distillation
     score_task: str | None = None  # an [eval] task scored instead of the loss
     audit: int = Field(default=0, ge=0)  # after the search: the N best-scored distilled in full (search/audit.py)
     # search: speed budgets, measured on the prune stage's device (engine/search/speed_budget.py); they

@@ -135,7 +135,7 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
                               f"({seconds[i]:.1f}s)")
     finally:
         progress.close()
-    ranked = scorer.ranked(scores)
+    ranked = scorer.ranked(scores, losses)
     best = ranked[0]
     doc = search_document(space, scorer.name, scorer.higher_is_better, {"kind": imp.kind, **imp.meta}, ranked,
                           losses, scores, seconds, screen, screen_s)
@@ -145,7 +145,8 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
     write_json(ctx.layout.search_file(stage), doc)
     target = space.student(best)
     drop = layers_to_drop(imp, space.teacher, target)
-    ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({scorer.name} {scores[best]:.4f}, rank 1 of "
+    how = f"distill {scores[best]:.4f} + loss {losses[best]:.4f}" if scorer.with_loss_rank else f"{scorer.name} {scores[best]:.4f}"
+    ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({how}, rank 1 of "
             f"{len(scores)}; screen rank {order.index(best) + 1} of {len(screen)})"
             + (f", dropping layers {drop}" if drop else ""))
     return Winner(prune_student(teacher, imp, target, drop), best, losses[best], drop)

@@ -236,4 +236,5 @@ def _scorer(ctx: StageContext, p: Any, teacher: torch.nn.Module, tokenizer: Any,
     it = ds.batches(cfg.global_batch_size, start=0)  # the same windows for every candidate (epochs wrap)
     train = [torch.as_tensor(next(it)).to(device=device, dtype=torch.long) for _ in range(p.score_steps)]
     vocab = min(len(tokenizer), teacher.get_output_embeddings().weight.shape[0])
-    return scoring.distill_scorer(exp, p.name, teacher, vocab, p.score_steps, train, windows)
+    return scoring.distill_scorer(exp, p.name, teacher, vocab, p.score_steps, train, windows,
+                                  with_loss_rank=p.score == "distill+loss")

@@ -10,9 +10,10 @@ The N best-scored candidates are each distilled with the student's full [distill
               "spearman_screen": 0.5, "spearman_score": 1.0,
               "chosen_is_best": false, "best_index": 3, "gap_nats": 0.012}
 
-spearman_*: the Spearman correlation over the audited candidates of the screen loss, and of the full
-score, with the final held-out loss; a score where higher is better (a task) counts negated, so +1
-always means "ranked them exactly as the distillation did". None with fewer than two candidates or
+spearman_*: the Spearman correlation over the audited candidates of the screen loss, and of the
+search's ranking by its full score (its "rank": a task's higher-is-better score counts the right way,
+and "distill+loss" by its summed ranks), with the final held-out loss, so +1 always means "ranked
+them exactly as the distillation did". None with fewer than two candidates or
 a constant column. gap_nats: the chosen candidate's final loss minus the best final loss (0 when the
 chosen one was best).
 """
@@ -62,11 +63,11 @@ def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[in
     held-out `split` (`final`: candidate index -> loss, the ones distilled so far)."""
     cands = doc["candidates"]
     audited = sorted(final, key=lambda i: cands[i]["rank"])
-    sign = -1.0 if doc.get("higher_is_better") else 1.0
     losses = [final[i] for i in audited]
     by_final = {i: r + 1 for r, i in enumerate(sorted(audited, key=lambda i: (final[i], i)))}
     screen = [cands[i].get("screen_loss") for i in audited]
     score = [cands[i].get("score") for i in audited]
+    rank = [cands[i]["rank"] for i in audited]  # the search's order: what it chose by
     chosen = next((i for i in audited if cands[i].get("chosen")), None)
     best = min(audited, key=lambda i: (final[i], i)) if audited else None
     return {
@@ -76,7 +77,7 @@ def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[in
                         "score": cands[i].get("score"), "final_loss": final[i], "final_rank": by_final[i],
                         "seconds": round(seconds.get(i, 0.0), 3)} for i in audited],
         "spearman_screen": spearman(screen, losses) if None not in screen else None,
-        "spearman_score": spearman([sign * s for s in score], losses) if None not in score else None,
+        "spearman_score": spearman(rank, losses) if None not in score else None,
         "chosen_is_best": None if chosen is None or best is None else final[chosen] <= final[best],
         "best_index": best,
         "gap_nats": None if chosen is None or best is None else final[chosen] - final[best],

@@ -7,6 +7,11 @@ distillation, or an [eval] task. Every candidate sees the same batches.
   same training windows for each), then the same validation loss. Rankings right after pruning
   can flip after a little distillation (Minitron; Model-Optimizer's notes), at the cost of
   score_steps training steps per candidate.
+- "distill+loss": the same short distillation, but the candidates are ranked by the sum of two
+  ranks: their distill score's and their loss right after pruning's (ties: the lower loss). On
+  SmolLM2-135M the shapes near the top differ by less than a 20-step score's run-to-run noise, and
+  the two signals err differently: what the teacher's knowledge survived the cut, and how fast the
+  cut recovers (benchmarks/RESULTS.md, "Search on a GPU").
 - score_task: an [eval] task through lm-evaluation-harness (engine.evaluation.tasks); its
   headline metric (engine.contract.scores.headline_metric), in that metric's direction.
 """
@@ -23,31 +28,45 @@ from torch import nn
 
 from engine.errors import UserError
 from engine.evaluation.loss import evaluate_loss
+from engine.search.audit import ranks
 
 
 @dataclass
 class Scorer:
     """score(candidate) -> float; `higher_is_better` says which way the winner lies (a task scorer
-    learns it, and `metric`, from the first metric lm-eval reports)."""
+    learns it, and `metric`, from the first metric lm-eval reports). With `with_loss_rank` the ranking
+    adds the rank of the loss right after pruning to the score's ("distill+loss")."""
 
     name: str
     score: Callable[[nn.Module], float]
     higher_is_better: bool = False
     metric: str | None = None
+    with_loss_rank: bool = False
 
-    def ranked(self, scores: dict[int, float]) -> list[int]:
-        """The keys of `scores`, best first (equals by key)."""
+    def ranked(self, scores: dict[int, float], losses: dict[int, float] | None = None) -> list[int]:
+        """The keys of `scores`, best first (equals by key). `losses`: each one's loss right after
+        pruning, which a `with_loss_rank` scorer needs."""
         sign = -1.0 if self.higher_is_better else 1.0
-        return sorted(scores, key=lambda i: (sign * scores[i], i))
+        if not self.with_loss_rank:
+            return sorted(scores, key=lambda i: (sign * scores[i], i))
+        if losses is None:
+            raise ValueError(f"{self.name}: ranking needs each candidate's loss right after pruning")
+        keys = list(scores)
+        by_score = ranks([sign * scores[i] for i in keys])
+        by_loss = ranks([losses[i] for i in keys])
+        total = {i: a + b for i, a, b in zip(keys, by_score, by_loss, strict=True)}
+        return sorted(keys, key=lambda i: (total[i], losses[i], i))
 
 def loss_scorer(windows: list[torch.Tensor]) -> Scorer:
     return Scorer("loss", lambda model: evaluate_loss(model, windows))
 
 
 def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: int,
-                   train_batches: list[torch.Tensor], windows: list[torch.Tensor]) -> Scorer:
+                   train_batches: list[torch.Tensor], windows: list[torch.Tensor],
+                   with_loss_rank: bool = False) -> Scorer:
     """A short distillation (the student's [distill] recipe, `steps` steps, step i on the global batch
-    `train_batches[i]`) of a copy of each candidate, then its validation loss.
+    `train_batches[i]`) of a copy of each candidate, then its validation loss. `with_loss_rank`: the
+    "distill+loss" ranking (Scorer).
 
     The micro-batch is the trainer's, as in the distill stage: with "auto" it searches for the largest
     that fits (a fixed 4 left a 135M candidate waiting on kernel launches, 7x slower a step than the
@@ -78,7 +97,7 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
         accelerator.free_memory()
         return loss
 
-    return Scorer("distill", score)
+    return Scorer("distill+loss" if with_loss_rank else "distill", score, with_loss_rank=with_loss_rank)
 
 
 def task_scorer(exp: Any, task: str, tokenizer: Any) -> Scorer:

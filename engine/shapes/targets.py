@@ -264,8 +264,8 @@ def _check_importance_files(exp: Experiment, teacher: Shape | None) -> None:
 def _student(exp: Experiment, t: Shape, p: Any) -> StudentShape | SearchSpace:
     where = f"{exp.source}: prune[{p.name}]"
     if method_of(p.method).searches:
-        if p.score == "distill" and exp.distill is None:
-            raise ConfigError(f"{where}.score: \"distill\" runs a short [distill]; add a [distill] section or "
+        if p.score != "loss" and exp.distill is None:
+            raise ConfigError(f"{where}.score: \"{p.score}\" runs a short [distill]; add a [distill] section or "
                               "use score = \"loss\"")
         if p.score_task and p.score_task not in (exp.eval.tasks if exp.eval else []):
             raise ConfigError(f"{where}.score_task: '{p.score_task}' is not one of [eval] tasks; add it to "
@@ -336,7 +336,9 @@ def _search_lines(p: Any, t: Shape, space: SearchSpace, eval_cfg: Any = None) ->
     from engine.config.speed_target import speed_budget_for
 
     score = {"loss": "validation loss right after pruning",
-             "distill": f"validation loss after {p.score_steps} distillation steps"}[p.score]
+             "distill": f"validation loss after {p.score_steps} distillation steps",
+             "distill+loss": f"the ranks of the loss after {p.score_steps} distillation steps and right after "
+                             "pruning, summed"}[p.score]
     if p.score_task:
         score = f"task '{p.score_task}'"
     out = [f"  prune-{p.name}: {space.describe()} by {score}"]
