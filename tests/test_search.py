@@ -325,6 +325,13 @@ def test_distill_plus_loss_ranks_by_the_two_ranks_summed(run):
     assert want == [1, 2, 3]
     chosen = next(c for c in doc["candidates"] if c["chosen"])
     assert chosen["rank"] == 1
+    # the frontier's quality is the distill figure, and says so
+    from engine.compare.frontier import frontier_title
+    from engine.contract.search_doc import search_doc
+
+    typed = search_doc(doc)
+    assert typed.quality_name == "distill" and typed.score_name == "distill+loss"
+    assert frontier_title("csearch", typed, typed.frontier).startswith("frontier csearch: distill (lower is better)")
 
 
 def test_depth_and_width_student_end_to_end(run):

@@ -219,7 +219,7 @@ def frontier_plot(name: str, doc: SearchDoc, run: Path) -> FrontierPlot | None:
     f = doc.frontier
     if not f.points:
         return None
-    score = doc.score_name
+    score = doc.quality_name
     # the hand-made students' loss right after pruning is the search's quality only when it scored
     # by that loss; after a short distillation, or on a task, it is another measure
     note = "" if score == "loss" else f"hand-made students not marked: scored by {score}, not the loss after pruning"

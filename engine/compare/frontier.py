@@ -18,7 +18,7 @@ CHOSEN, DOMINATED = "<- chosen", "<- chosen (off the frontier)"
 def frontier_title(name: str, doc: SearchDoc, f: Frontier) -> str:
     axes = [BY_KEY[k].label if k in BY_KEY else k for k in f.axes]
     better = "higher" if f.higher_is_better else "lower"
-    return (f"frontier {name}: {doc.score_name} ({better} is better) against {', '.join(axes) or '-'}; "
+    return (f"frontier {name}: {doc.quality_name} ({better} is better) against {', '.join(axes) or '-'}; "
             f"{len(f.points)} of {'?' if f.measured is None else f.measured} scored candidates")
 
 

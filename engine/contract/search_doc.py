@@ -245,7 +245,7 @@ class SearchDoc:
 
     candidates: tuple[Candidate, ...]
     frontier: Frontier  # the file's, or worked out from the candidates
-    score: str | None = None  # what the candidates were scored by ("loss", "distill", a task); None: older files
+    score: str | None = None  # what the candidates were scored by ("loss", "distill", "distill+loss", a task); None: older files
     higher_is_better: bool = False
     target: Target | None = None
     screen: Screen | None = None
@@ -258,6 +258,12 @@ class SearchDoc:
     @property
     def score_name(self) -> str:
         return self.score or "loss"
+
+    @property
+    def quality_name(self) -> str:
+        """What a candidate's "score" figure is (the frontier's quality): a "distill+loss" search ranks by
+        two ranks, but its score figure is the short distillation's loss."""
+        return "distill" if self.score_name == "distill+loss" else self.score_name
 
     @property
     def scored(self) -> list[Candidate]:

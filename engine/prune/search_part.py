@@ -131,8 +131,9 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
                 t0 = time.perf_counter()
                 losses[i], scores[i] = _score(sorted_teacher.student(space.student(i)), windows, scorer)
                 seconds[i] = time.perf_counter() - t0
-                progress.step(f"score {candidate_label(space.candidates[i].shape)}: {scorer.name} {scores[i]:.4f} "
-                              f"({seconds[i]:.1f}s)")
+                figures = (f"distill {scores[i]:.4f}, loss {losses[i]:.4f}" if scorer.with_loss_rank
+                           else f"{scorer.name} {scores[i]:.4f}")
+                progress.step(f"score {candidate_label(space.candidates[i].shape)}: {figures} ({seconds[i]:.1f}s)")
     finally:
         progress.close()
     ranked = scorer.ranked(scores, losses)
@@ -145,7 +146,8 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
     write_json(ctx.layout.search_file(stage), doc)
     target = space.student(best)
     drop = layers_to_drop(imp, space.teacher, target)
-    how = f"distill {scores[best]:.4f} + loss {losses[best]:.4f}" if scorer.with_loss_rank else f"{scorer.name} {scores[best]:.4f}"
+    how = (f"distill {scores[best]:.4f}, loss {losses[best]:.4f}: the best sum of the two ranks" if scorer.with_loss_rank
+           else f"{scorer.name} {scores[best]:.4f}")
     ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({how}, rank 1 of "
             f"{len(scores)}; screen rank {order.index(best) + 1} of {len(screen)})"
             + (f", dropping layers {drop}" if drop else ""))
