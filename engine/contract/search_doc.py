@@ -245,7 +245,8 @@ class SearchDoc:
 
     candidates: tuple[Candidate, ...]
     frontier: Frontier  # the file's, or worked out from the candidates
-    score: str | None = None  # what the candidates were scored by ("loss", "distill", "distill+loss", a task); None: older files
+    # what the candidates were scored by ("loss", "distill", "distill+loss", a task); None: older files
+    score: str | None = None
     higher_is_better: bool = False
     target: Target | None = None
     screen: Screen | None = None

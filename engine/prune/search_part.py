@@ -146,8 +146,9 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
     write_json(ctx.layout.search_file(stage), doc)
     target = space.student(best)
     drop = layers_to_drop(imp, space.teacher, target)
-    how = (f"distill {scores[best]:.4f}, loss {losses[best]:.4f}: the best sum of the two ranks" if scorer.with_loss_rank
-           else f"{scorer.name} {scores[best]:.4f}")
+    how = f"{scorer.name} {scores[best]:.4f}"
+    if scorer.with_loss_rank:
+        how = f"distill {scores[best]:.4f}, loss {losses[best]:.4f}: the best sum of the two ranks"
     ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({how}, rank 1 of "
             f"{len(scores)}; screen rank {order.index(best) + 1} of {len(screen)})"
             + (f", dropping layers {drop}" if drop else ""))

@@ -57,6 +57,7 @@ class Scorer:
         total = {i: a + b for i, a, b in zip(keys, by_score, by_loss, strict=True)}
         return sorted(keys, key=lambda i: (total[i], losses[i], i))
 
+
 def loss_scorer(windows: list[torch.Tensor]) -> Scorer:
     return Scorer("loss", lambda model: evaluate_loss(model, windows))
 
