@@ -60,7 +60,7 @@ if [[ -n $CARD_GIB && $CARD_GIB -lt 100 ]]; then  # an 80 GB card: the depth stu
   DEPTH+=(--set distill.optimizer_states=bfloat16 --set distill.global_batch_size=4 --set distill.micro_batch_size=4
           --set distill.chunk_tokens=512 --set distill.master_weights=stochastic --set distill.gradient_checkpointing=0.5)
 fi
-DEPTH_KILL=(); [[ $WIDTH_EXP == *h200* ]] && DEPTH_KILL=("${DEPTH[@]}")  # h200.toml holds the depth student too
+DEPTH_KILL=(); grep -q '^name = "depth"' "$WIDTH_EXP" && DEPTH_KILL=("${DEPTH[@]}")  # it holds the depth student too (h200.toml)
 read -ra MORE <<< "${SCALE_SETS:-}"  # e.g. SCALE_SETS="--set prune.search.screen_max=200" (word-split)
 SETS=(--set "model.path=$TEACHER" --runs-dir "$RUNS" "${EXTRA[@]}" "${MORE[@]}")
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }

@@ -131,9 +131,8 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
                 t0 = time.perf_counter()
                 losses[i], scores[i] = _score(sorted_teacher.student(space.student(i)), windows, scorer)
                 seconds[i] = time.perf_counter() - t0
-                figures = (f"distill {scores[i]:.4f}, loss {losses[i]:.4f}" if scorer.with_loss_rank
-                           else f"{scorer.name} {scores[i]:.4f}")
-                progress.step(f"score {candidate_label(space.candidates[i].shape)}: {figures} ({seconds[i]:.1f}s)")
+                progress.step(f"score {candidate_label(space.candidates[i].shape)}: "
+                              f"{scorer.figures(scores[i], losses[i])} ({seconds[i]:.1f}s)")
     finally:
         progress.close()
     ranked = scorer.ranked(scores, losses)
@@ -146,9 +145,7 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
     write_json(ctx.layout.search_file(stage), doc)
     target = space.student(best)
     drop = layers_to_drop(imp, space.teacher, target)
-    how = f"{scorer.name} {scores[best]:.4f}"
-    if scorer.with_loss_rank:
-        how = f"distill {scores[best]:.4f}, loss {losses[best]:.4f}: the best sum of the two ranks"
+    how = scorer.figures(scores[best], losses[best]) + (": the best sum of the two ranks" if scorer.with_loss_rank else "")
     ctx.log(f"[{stage}] winner: {candidate_label(target.shape)} ({how}, rank 1 of "
             f"{len(scores)}; screen rank {order.index(best) + 1} of {len(screen)})"
             + (f", dropping layers {drop}" if drop else ""))

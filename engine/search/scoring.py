@@ -57,6 +57,10 @@ class Scorer:
         total = {i: a + b for i, a, b in zip(keys, by_score, by_loss, strict=True)}
         return sorted(keys, key=lambda i: (total[i], losses[i], i))
 
+    def figures(self, score: float, loss: float) -> str:
+        """A candidate's figures as the log gives them: its score, and its loss where the ranking uses it."""
+        return f"distill {score:.4f}, loss {loss:.4f}" if self.with_loss_rank else f"{self.name} {score:.4f}"
+
 
 def loss_scorer(windows: list[torch.Tensor]) -> Scorer:
     return Scorer("loss", lambda model: evaluate_loss(model, windows))
