@@ -24,6 +24,9 @@
 #   options  master_weights = "stochastic" (-sr) against fp32 masters: at 1.24B the KD loss after 33 steps,
 #            memory and speed; at the 8B students' shapes the less recompute it makes room for
 #            (check predicts width 0.6: ~73 GiB, depth 0.5: ~66 GiB, against 69-71 with masters at 0.9)
+#   topk     distill-width with [distill] teacher_logits = "cached" (top_k 64, gradient_checkpointing $TOPK_GC,
+#            default 0.2) beside the recipe's live teacher, $TOPK_STEPS (20) steps each; TOPK_RUNS picks the variants
+#            ("live cached"; also live-top64, cached-again: a second student reading the stored logits)
 #   summary  benchmarks/scale_summary.py over the runs
 # Needs: .carry/textkit-llama2 (benchmarks/pack_for_gpu.sh) and, where missing, pydantic and friends as wheels.
 # SCALE_ARCH=tiny runs the same flow with a tiny model on the CPU (a smoke test of this script).
@@ -147,6 +150,33 @@ for PART in "$@"; do
         --json "$OUT/options-${sv%%:*}-${sv#*:}.json" 2>&1 | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" \
         | sed "s/^/${sv%%:*} /" | tee -a "$LOG"
     done
+    ;;
+  topk)
+    # teacher_logits = "cached" against the live teacher, the width student of $WIDTH_EXP, $TOPK_STEPS steps each in
+    # the same run directory (prune-width once): TOPK_RUNS names the distill-width variants, in order
+    log "topk: prune-width, then distill-width: ${TOPK_RUNS:=live cached}"; nvidia-smi -L | tee -a "$LOG"
+    STEPS=(--set distill.steps="${TOPK_STEPS:-20}" --set distill.val_interval=1000)
+    engine run "$WIDTH_EXP" "${SETS[@]}" "${WIDTH[@]}" --only prepare --only prune-width | grep -E "succeeded|rror" | tail -5
+    for V in $TOPK_RUNS; do
+      case $V in
+        live) VS=() ;;  # the recipe as it is: full-vocabulary KD, the teacher on the GPU
+        live-top64) VS=(--set distill.top_k=64) ;;
+        cached*) VS=(--set distill.top_k=64 --set distill.teacher_logits='"cached"'
+                     --set distill.gradient_checkpointing="${TOPK_GC:-0.2}") ;;
+      esac
+      rm -rf "$RUNS/$WIDTH_RUN/distill-width"
+      [[ $V == cached ]] && rm -rf "$RUNS/$WIDTH_RUN/teacher-topk"  # (cached-again: reads what cached wrote)
+      log "distill-width $V ${VS[*]}"
+      engine check "$WIDTH_EXP" "${SETS[@]}" "${WIDTH[@]}" "${STEPS[@]}" "${VS[@]}" --gpu-memory "$CAP" | grep -E "distill-width|disk"
+      T0=$SECONDS
+      SLIMLAB_GPU_MEMORY_CAP_GIB=$CAP engine run "$WIDTH_EXP" "${SETS[@]}" "${WIDTH[@]}" "${STEPS[@]}" "${VS[@]}" --only distill-width \
+        | grep --line-buffered -E "memory|top-64|step (1|5|10|15|20|30|40|50)/|rror|succeeded" | tail -30
+      log "distill-width $V: $((SECONDS - T0)) s"
+      cp "$RUNS/$WIDTH_RUN/distill-width/metrics.jsonl" "$OUT/topk-$V-metrics.jsonl" 2>/dev/null
+      cp "$RUNS/$WIDTH_RUN/distill-width/stdout.log" "$OUT/topk-$V.log" 2>/dev/null
+      cp "$RUNS/$WIDTH_RUN/distill-width/status.json" "$OUT/topk-$V-status.json" 2>/dev/null
+    done
+    du -sh "$RUNS/$WIDTH_RUN/teacher-topk" 2>&1 | tee -a "$LOG"
     ;;
   summary)
     python3 benchmarks/scale_summary.py "$RUNS"/* --json "$OUT/summary.json" | tee -a "$LOG"

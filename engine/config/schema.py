@@ -203,12 +203,41 @@ class DistillConfig(TrainConfig):
     # replay the teacher's forward as a CUDA graph (engine/distill/teacher_graph.py): the same kernels
     # with one launch, for small models whose steps wait on the host; CUDA, not under FSDP
     teacher_cuda_graph: bool = False
+    # "cached": the teacher's top_k logits of the training windows are computed once, before the student is
+    # built, and read back (engine/distill/teacher_topk.py): the teacher is off the GPU while the student
+    # trains, and students over the same windows share them. The same loss as "live" with top_k: not hashed
+    teacher_logits: Literal["live", "cached"] = "live"
+
+    @model_validator(mode="after")
+    def _cached_logits(self) -> DistillConfig:
+        problem = cached_logits_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def cached_logits_problem(cfg: DistillConfig) -> str | None:
+    """Why teacher_logits = "cached" cannot serve these settings (None: it can, or it is not asked for)."""
+    if cfg.teacher_logits != "cached":
+        return None
+    if cfg.loss == "ce" or cfg.kd_weight == 0:
+        return 'teacher_logits = "cached": this loss reads no teacher; remove teacher_logits'
+    if cfg.top_k is None:
+        return ('teacher_logits = "cached" stores the teacher\'s top_k logits of each position: set top_k '
+                '(e.g. 64), or teacher_logits = "live"')
+    if cfg.hidden_weight > 0:
+        return ('teacher_logits = "cached" keeps logits only, and hidden_weight needs the teacher\'s hidden '
+                'states: set hidden_weight = 0 or teacher_logits = "live"')
+    if cfg.share_teacher:
+        return ('teacher_logits = "cached" and share_teacher both share the teacher between students; '
+                'choose one')
+    return None
 
 
 # [distill] keys about how the students run, the same for all of them: not in a student's own
 # `distill = {...}`, and not in the stages' hashes (the results do not depend on them).
 NOT_PER_STUDENT = {"share_teacher", "teacher_cuda_graph"}
-NOT_HASHED = {"share_teacher", "teacher_cuda_graph"}
+NOT_HASHED = {"share_teacher", "teacher_cuda_graph", "teacher_logits"}
 # trainer keys that change neither a stage's results nor its resume: not hashed in any training section
 TRAIN_NOT_HASHED = {"keep_checkpoints", "fail_on_divergence"}
 

@@ -9,7 +9,8 @@ model. The gradients are computed in closed form during the forward pass (as in 
 linear cross-entropy kernels); backward only scales them by the incoming gradient.
 
 Loss kinds, with p = teacher and q = student distributions at temperature T (both
-restricted to the teacher's top-k tokens and renormalised there when `top_k` is set):
+restricted to the teacher's top-k tokens and renormalised there when `top_k` is set; with
+[distill] teacher_logits = "cached" those top-k logits come from disk, engine/distill/teacher_topk.py):
 
     forward_kl  T^2 * sum p (log p - log q)                    (mean over tokens)
     reverse_kl  T^2 * sum q (log q - log p)
@@ -24,7 +25,7 @@ models whose embeddings are padded to different sizes are compared on real token
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,11 +39,14 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def chunk_loss(s_logits: torch.Tensor, t_logits: torch.Tensor | None, labels: torch.Tensor,
-               scale: torch.Tensor, spec: LossSpec, need_grad: bool, grad_dtype: torch.dtype | None = None
+               scale: torch.Tensor, spec: LossSpec, need_grad: bool, grad_dtype: torch.dtype | None = None,
+               t_top: tuple[torch.Tensor, torch.Tensor] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Loss sums of one chunk and d(total loss)/d(student logits).
 
-    s_logits [n, Vs], t_logits [n, Vt] (or None), labels [n]. Returns (kd_sum, ce_sum, grad)
+    s_logits [n, Vs], t_logits [n, Vt] (or None), labels [n]; or, instead of t_logits, `t_top`: the
+    teacher's top-k logits and their token ids [n, k] (stored, engine/distill/teacher_topk.py), which
+    give what `top_k` takes from t_logits. Returns (kd_sum, ce_sum, grad)
     where the sums run over the chunk's valid tokens and `grad` is the gradient of
     (kd_weight * kd_sum + ce_coef * ce_sum) * scale, computed in fp32 (fp64 for fp64 input)
     and returned in `grad_dtype` (default: the logits' dtype).
@@ -54,13 +58,18 @@ def chunk_loss(s_logits: torch.Tensor, t_logits: torch.Tensor | None, labels: to
     kd_sum = s.new_zeros(())
     ce_sum = s.new_zeros(())
     if spec.uses_teacher:
-        assert t_logits is not None
+        assert t_logits is not None or t_top is not None
         T = spec.temperature
-        V = spec.vocab or min(s.shape[-1], t_logits.shape[-1])
+        V = spec.vocab or min(s.shape[-1], t_logits.shape[-1] if t_logits is not None else s.shape[-1])
         zs = s[:, :V] / T
-        zt = t_logits[:, :V].to(acc) / T
         idx = None
-        if spec.top_k is not None and spec.top_k < V:
+        if t_top is not None:
+            zt = t_top[0].to(acc) / T
+            idx = t_top[1]
+            zs = zs.gather(-1, idx)
+        else:
+            zt = t_logits[:, :V].to(acc) / T
+        if t_top is None and spec.top_k is not None and spec.top_k < V:
             idx = zt.topk(spec.top_k, dim=-1).indices
             zt = zt.gather(-1, idx)
             zs = zs.gather(-1, idx)
@@ -133,10 +142,10 @@ def _compiled_chunk_fn() -> ChunkFn:
     except ImportError:  # no Triton (CUDA builds of torch bring it): the compiled kernel does it all
         return compiled
 
-    def chunk(s_logits, t_logits, labels, scale, spec, need_grad, grad_dtype=None):
-        if s_logits.is_cuda and kl_triton.applies(s_logits, t_logits, spec, need_grad):
+    def chunk(s_logits, t_logits, labels, scale, spec, need_grad, grad_dtype=None, t_top=None):
+        if t_top is None and s_logits.is_cuda and kl_triton.applies(s_logits, t_logits, spec, need_grad):
             return kl_triton.forward_kl_chunk(s_logits, t_logits, labels, scale, spec, need_grad, grad_dtype)
-        return compiled(s_logits, t_logits, labels, scale, spec, need_grad, grad_dtype)
+        return compiled(s_logits, t_logits, labels, scale, spec, need_grad, grad_dtype, t_top)
 
     return chunk
 
@@ -149,7 +158,7 @@ def _ce_kernel_applies(dtype: torch.dtype, spec: LossSpec, need_grad: bool) -> b
     return ce_triton.applies(dtype, spec, need_grad)
 
 
-def _ce_triton_chunk(s_logits, t_logits, labels, scale, spec, need_grad, grad_dtype=None):
+def _ce_triton_chunk(s_logits, t_logits, labels, scale, spec, need_grad, grad_dtype=None, t_top=None):
     from engine.distill import ce_triton
 
     return ce_triton.ce_chunk(s_logits, labels, spec)
@@ -170,7 +179,8 @@ def _chunks(n: int, size: int) -> list[tuple[int, int]]:
 EAGER_MAX_CHUNK = 1024
 
 
-def _forward_chunks(h_s, w_s, h_t, w_t, labels, spec: LossSpec, fn: ChunkFn, need_h: bool, need_w: bool):
+def _forward_chunks(h_s, w_s, h_t, w_t, labels, spec: LossSpec, fn: ChunkFn, need_h: bool, need_w: bool,
+                    t_top: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Shared by the autograd path and the no-grad path: loss parts (+ grads)."""
     cdt = _compute_dtype(h_s)
     if h_s.is_cuda and _ce_kernel_applies(cdt, spec, need_h or need_w):
@@ -190,7 +200,8 @@ def _forward_chunks(h_s, w_s, h_t, w_t, labels, spec: LossSpec, fn: ChunkFn, nee
             hs = h_s[a:b].to(cdt)
             s = hs @ ws.t()
             t = h_t[a:b].to(cdt) @ wt.t() if wt is not None else None
-            kd, ce, g = fn(s, t, labels[a:b], scale, spec, need_grad, cdt)
+            top = (t_top[0][a:b], t_top[1][a:b]) if t_top is not None else None
+            kd, ce, g = fn(s, t, labels[a:b], scale, spec, need_grad, cdt, top)
             kd_tot = kd_tot + kd.to(kd_tot.dtype)
             ce_tot = ce_tot + ce.to(ce_tot.dtype)
             if need_grad:
@@ -202,6 +213,16 @@ def _forward_chunks(h_s, w_s, h_t, w_t, labels, spec: LossSpec, fn: ChunkFn, nee
     ce_mean = ce_tot * scale
     loss = spec.kd_weight * kd_mean + spec.ce_coef * ce_mean if spec.uses_teacher else spec.ce_coef * ce_mean
     return loss, kd_mean, ce_mean, grad_h, grad_w
+
+
+def teacher_logit_chunks(h_t: torch.Tensor, w_t: torch.Tensor, chunk_tokens: int) -> Iterator[torch.Tensor]:
+    """The teacher's logits over flattened positions h_t [N, H], `chunk_tokens` rows at a time, computed as
+    the fused loss computes them (what engine/distill/teacher_topk.py stores)."""
+    cdt = _compute_dtype(h_t)
+    with torch.autocast(h_t.device.type, enabled=False):
+        wt = w_t.to(cdt)
+        for a, b in _chunks(h_t.shape[0], chunk_tokens):
+            yield h_t[a:b].to(cdt) @ wt.t()
 
 
 _MIXED_ADDMM: dict[str, bool] = {}
@@ -244,9 +265,9 @@ def _scale_cast(compiled: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.d
 
 class _FusedLinearLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h_s, w_s, h_t, w_t, labels, spec, fn):  # noqa: D401
+    def forward(ctx, h_s, w_s, h_t, w_t, labels, spec, fn, t_top):  # noqa: D401
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        loss, kd, ce, grad_h, grad_w = _forward_chunks(h_s, w_s, h_t, w_t, labels, spec, fn, need_h, need_w)
+        loss, kd, ce, grad_h, grad_w = _forward_chunks(h_s, w_s, h_t, w_t, labels, spec, fn, need_h, need_w, t_top)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.w_dtype = w_s.dtype
         ctx.compiled = fn is not chunk_loss
@@ -260,25 +281,31 @@ class _FusedLinearLoss(torch.autograd.Function):
         gw = None
         if grad_w is not None:  # scaled and cast to the weight's dtype in one pass
             gw = _scale_cast(ctx.compiled)(grad_w, grad_loss.to(grad_w.dtype), ctx.w_dtype)
-        return gh, gw, None, None, None, None, None
+        return gh, gw, None, None, None, None, None, None
 
 
 def fused_linear_loss(h_s: torch.Tensor, w_s: torch.Tensor, labels: torch.Tensor, spec: LossSpec,
                       h_t: torch.Tensor | None = None, w_t: torch.Tensor | None = None,
-                      compile: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      compile: bool = False, t_top: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, kd part, ce part) for flattened final hidden states h_s [N, Hs] and labels [N].
 
     w_s [Vs, Hs] is the student's output weight; h_t [N, Ht] and w_t [Vt, Ht] the
-    teacher's (no gradient flows to them). The loss is a mean over valid tokens.
+    teacher's (no gradient flows to them), or `t_top` its stored top-k logits and ids [N, k].
+    The loss is a mean over valid tokens.
     """
-    if spec.uses_teacher and (h_t is None or w_t is None):
+    if t_top is not None:
+        if spec.top_k is None or t_top[0].shape[-1] != spec.top_k:
+            raise ValueError(f"stored teacher top-k of width {t_top[0].shape[-1]} for a loss with top_k = {spec.top_k}")
+        h_t = w_t = None
+    elif spec.uses_teacher and (h_t is None or w_t is None):
         raise ValueError(f"loss '{spec.kind}' needs the teacher's hidden states and output weight")
     fn = get_chunk_fn(compile)
     h_t = h_t.detach() if h_t is not None else None
     w_t = w_t.detach() if w_t is not None else None
     if torch.is_grad_enabled() and (h_s.requires_grad or w_s.requires_grad):
-        return _FusedLinearLoss.apply(h_s, w_s, h_t, w_t, labels, spec, fn)
-    loss, kd, ce, _, _ = _forward_chunks(h_s, w_s, h_t, w_t, labels, spec, fn, False, False)
+        return _FusedLinearLoss.apply(h_s, w_s, h_t, w_t, labels, spec, fn, t_top)
+    loss, kd, ce, _, _ = _forward_chunks(h_s, w_s, h_t, w_t, labels, spec, fn, False, False, t_top)
     return loss, kd, ce
 
 

@@ -99,19 +99,24 @@ class TrainModule(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                 teacher_hidden: torch.Tensor | None = None, teacher_weight: torch.Tensor | None = None,
                 teacher_layers: dict[int, torch.Tensor] | None = None,
-                ce_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                ce_only: bool = False, teacher_top: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, parts) where parts = [kd, ce, hidden] (detached, for logging).
 
         `ce_only`: the plain next-token loss (validation), whatever the training loss is.
+        `teacher_top`: the teacher's stored top-k logits and token ids [B, S, k] instead of its hidden
+        states ([distill] teacher_logits = "cached").
         """
         out = base_model(self.student)(input_ids=input_ids, use_cache=False)
         h = out.last_hidden_state
         spec = LossSpec("ce", chunk_tokens=self.spec.chunk_tokens) if ce_only else self.spec
         use_teacher = spec.uses_teacher and teacher_hidden is not None
+        top = (teacher_top[0].flatten(0, 1), teacher_top[1].flatten(0, 1)) if (
+            teacher_top is not None and spec.uses_teacher) else None
         loss, kd, ce = fused_linear_loss(
             h.flatten(0, 1), output_weight(self.student), labels.flatten(), spec,
             teacher_hidden.flatten(0, 1) if use_teacher else None,
-            teacher_weight if use_teacher else None, compile=self.compile_loss)
+            teacher_weight if use_teacher else None, compile=self.compile_loss, t_top=top)
         hid = loss.new_zeros(())
         if self._capture is not None:
             states = self._capture.take()

@@ -307,18 +307,22 @@ def _finished(exp: Experiment, stage: str) -> bool:
 
 
 def _disk(exp: Experiment, shapes: Shapes, stages: list[str], m: Machine) -> tuple[str, str]:
-    """The run's disk: the models it keeps plus the largest stage's checkpoints at once."""
-    models, transient, biggest, on_cancel = 0, 0, "", 0
+    """The run's disk: the models it keeps, the teacher's stored top-k (one folder the students share: the
+    largest reader's), plus the largest stage's checkpoints at once."""
+    models, transient, biggest, on_cancel, cache = 0, 0, "", 0, 0
     for stage in stages:
         d = stage_disk(exp, shapes, stage, _processes(exp, stage, m), m.cuda)
         if d is None:
             continue
         models += d.model
+        cache = max(cache, d.cache)
         on_cancel = max(on_cancel, d.checkpoint)
         extra = d.peak - d.model
         if extra > transient:
             transient, biggest = extra, f"{stage}: {d.checkpoints_at_once} x {d.checkpoint / GIB:.1f} GiB checkpoints"
-    total = models + transient
+    total = models + cache + transient
+    if cache:
+        biggest = ", ".join(x for x in (f"teacher top-k {cache / GIB:.1f} GiB", biggest) if x)
     if m.elsewhere:
         return (f"  disk: ~{total / GIB:.1f} GiB in runs_dir (models {models / GIB:.1f}"
                 + (f", {biggest}" if biggest else "") + ")"), ""

@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.config import Experiment
 from engine.config.shape import Shape, count_params
+from engine.distill.topk_files import cache_bytes
 from engine.resources.inputs import DiskNeed, Shapes, checkpoint_bytes
 from engine.resources.memory import Knobs, Need, forward_need, train_knobs, training_need
 from engine.shapes.budget import DTYPE_BYTES
@@ -49,15 +50,26 @@ class Training(Footprint):
              micro: int | None = None, knobs: Knobs | None = None) -> Need | None:
         trained, teacher = self._models(shapes, stage)
         k = knobs or self.knobs(exp, stage, processes, cuda, micro)
+        if teacher is not None and _cached(exp, stage):
+            # the teacher's pass first (the student waits on the host), then the student trains alone
+            seq = exp.data.seq_length
+            teacher_pass = forward_need(stage, [teacher], k.micro_batch * seq, cuda, k.model_bytes)
+            train = training_need(stage, trained, None, k, seq, top_k=own_settings(exp, stage).top_k)
+            return max(train, replace(teacher_pass, processes=k.processes), key=lambda n: n.total)
         return training_need(stage, trained, teacher, k, exp.data.seq_length)
 
     def disk(self, exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool) -> DiskNeed | None:
         cfg = own_settings(exp, stage)
         n = count_params(self._models(shapes, stage)[0])
         periodic = cfg.steps > cfg.checkpoint_interval  # else only a cancel writes one
+        cache = 0
+        if kind_of(stage).per_student and _cached(exp, stage):  # every window of the stage, on all ranks
+            windows = cfg.steps * cfg.global_batch_size
+            value_bytes = DTYPE_BYTES[exp.model.dtype] if cuda and exp.launch.mixed_precision != "fp16" else 4
+            cache = cache_bytes(windows, exp.data.seq_length, cfg.top_k, value_bytes)
         return DiskNeed(stage, n * DTYPE_BYTES[exp.model.dtype],
                         checkpoint_bytes(n, self.knobs(exp, stage, processes, cuda)),
-                        cfg.keep_checkpoints + 1 if periodic else 0)
+                        cfg.keep_checkpoints + 1 if periodic else 0, cache)
 
     def host_load(self, exp: Experiment, shapes: Shapes, stage: str) -> tuple[int, str]:
         # the trained model is read (or, from scratch, built) in fp32: its masters come from it
@@ -66,6 +78,11 @@ class Training(Footprint):
         if teacher is not None:
             n = max(n, DTYPE_BYTES[exp.model.dtype] * count_params(teacher))
         return n, f"{stage}: the {'student' if teacher is not None else 'teacher'} in fp32"
+
+
+def _cached(exp: Experiment, stage: str) -> bool:
+    """A distill stage that reads the teacher's stored top-k ([distill] teacher_logits = "cached")."""
+    return getattr(own_settings(exp, stage), "teacher_logits", "live") == "cached"
 
 
 class Prune(Footprint):

@@ -36,6 +36,7 @@ class DiskNeed:
     model: int  # model/ (kept)
     checkpoint: int  # one checkpoint (0: the stage writes none)
     checkpoints_at_once: int  # kept + the one being written (0: none periodic; a cancel may write one)
+    cache: int = 0  # the teacher's stored top-k logits it reads (teacher_logits = "cached"; students share it)
 
     @property
     def peak(self) -> int:

@@ -162,12 +162,14 @@ def loss_bytes(s: Shape, tokens: int, k: Knobs, act: int, vocab: int) -> int:
     return 4 * vocab * s.hidden_size + tokens * s.hidden_size * act + temps
 
 
-def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, seq_length: int) -> Need:
+def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, seq_length: int,
+                  top_k: int | None = None) -> Need:
     """A finetune (teacher None) or distill stage's peak per process: weights, masters, moments and the
     teacher are held throughout; on top, the larger of the forward (activations, the fused loss's chunk and
     head gradient) and the backward (the gradients, the head gradient, and the layer being back-propagated:
     recomputed with checkpointing, else all activations at its start). Measured on an H100 within 5% at
-    SmolLM2-135M, 1.24B and 8B -> 4.5B shapes (benchmarks/RESULTS.md "8B on one GPU")."""
+    SmolLM2-135M, 1.24B and 8B -> 4.5B shapes (benchmarks/RESULTS.md "8B on one GPU"). `top_k`: no teacher,
+    its stored top-k logits instead (teacher_logits = "cached")."""
     n = count_params(student)
     shard = k.processes if (k.fsdp and k.processes > 1) else 1
     parts: dict[str, int] = {}
@@ -195,6 +197,8 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
     if teacher is not None:
         parts["teacher"] = count_params(teacher) * (k.model_bytes if k.cuda else 4) // shard
         forward["teacher outputs"] = tokens * teacher.hidden_size * act
+    if top_k is not None:  # the teacher's stored top-k of the micro-batch instead of the teacher (int64 ids)
+        forward["teacher top-k"] = tokens * top_k * (act + 8)
     compiled = k.compile and k.cuda
     activations = activation_bytes(student, tokens, act, k.gradient_checkpointing, fp32_residual, compiled)
     # With checkpointing, backward frees the last, kept layers' activations before it recomputes the

@@ -55,6 +55,7 @@ from engine.training.micro_batch import per_process_batch
 from engine.training.setup import CAP_ENV, cap_gpu_memory, lr_at, make_accelerator, peak_flops
 from engine.training.step import PendingStep, StepResult, Trainer
 from engine.training.stop_flag import StopFlag
+from engine.training.teacher_pass import TopKCache, TrackedWindows, fill_teacher_topk
 from engine.training.throughput import Mark, StepTimes
 
 STATUS_EVERY_S = 2.0  # status.json is fsync'ed: its step is refreshed at most this often
@@ -123,8 +124,13 @@ class TrainingRecipe:
         self.ckpt_root = ctx.layout.checkpoints_dir(ctx.stage)
         self.state = TrainState(resume_key=resume_key(exp, ctx.stage))
         set_seed(cfg.seed)
+        self.topk: TopKCache | None = None
+        if getattr(cfg, "teacher_logits", "live") == "cached":  # the teacher's top-k to disk, then off the GPU
+            self.topk = fill_teacher_topk(self, models)
+            models.teacher = None
         self.trainer = Trainer(self.acc, models.student, self._pinned_micro_batch(), models.spec, models.teacher,
-                               models.hidden, seq_length=self.seq, log=self._log)
+                               models.hidden, seq_length=self.seq, log=self._log,
+                               cached_top_k=self.topk.k if self.topk else None)
         self.state.micro_batch_size = self.trainer.micro
         # the trainer holds the models now; model/ needs the rest
         self.spec, self.hidden = models.spec, models.hidden
@@ -245,8 +251,8 @@ class TrainingRecipe:
 
         cfg, data_dir, device = self.cfg, self.ctx.layout.data_dir, self.acc.device
         per_rank_start = self.state.samples // self.world
-        self.train_windows = iter(PackedDataset(data_dir, "train", self.seq, cfg.seed, self.rank, self.world,
-                                                per_rank_start))
+        self.train_windows = TrackedWindows(PackedDataset(data_dir, "train", self.seq, cfg.seed, self.rank,
+                                                          self.world), per_rank_start)
         self.val_batches = validation_batches(data_dir, self.seq, cfg, self.rank, self.world, device,
                                               self._log)
         self.peak = peak_flops(device)
@@ -293,7 +299,9 @@ class TrainingRecipe:
         """Queue one optimizer step, then read the finished steps before it while it runs on the
         GPU (all of them at a validation or checkpoint boundary). `cancel`: ask every rank to stop."""
         start = self.times.start()
-        self.launched(start, self.trainer.launch(self.next_batches(self.train_windows), self.lr(), cancel=cancel))
+        batches = self.next_batches(self.train_windows)
+        tops = self.topk.batches(self.train_windows.taken(), self.trainer.micro, self.acc.device) if self.topk else None
+        self.launched(start, self.trainer.launch(batches, self.lr(), cancel=cancel, teacher_tops=tops))
 
     def next_batches(self, windows: Iterator[torch.Tensor]) -> list[torch.Tensor]:
         """One optimizer step's micro-batches from `windows`, on the device."""

@@ -127,14 +127,18 @@ class Trainer:
     def __init__(self, accelerator: Any, student: nn.Module, cfg: TrainConfig, spec: LossSpec,
                  teacher: nn.Module | Teacher | None = None, hidden: HiddenSpec | None = None,
                  master_weights: bool | str | None = None,  # None: cfg.master_weights where it applies
-                 seq_length: int | None = None, log: Callable[[str], None] = lambda _msg: None):
+                 seq_length: int | None = None, log: Callable[[str], None] = lambda _msg: None,
+                 cached_top_k: int | None = None):
         """`seq_length` (tokens per window, without the label shift): what a micro_batch_size "auto"
         search tries (engine/training/micro_batch.py; without it "auto" is `fixed_micro_batch`);
         `log` says what it picked. `teacher`: the teacher model, or a `Teacher` that `shared_teacher`
-        made for several students (engine/training/shared_teacher.py), used as it is."""
+        made for several students (engine/training/shared_teacher.py), used as it is. `cached_top_k`: no
+        teacher here; each micro-batch comes with the teacher's stored top-k logits of this width
+        (engine/distill/teacher_topk.py)."""
         self.accelerator = accelerator
         self.cfg = cfg
         self.spec = spec
+        self.cached_top_k = cached_top_k
         device = accelerator.device
         compile_ = bool(cfg.compile) and device.type == "cuda"
         if cfg.gradient_checkpointing:
@@ -281,11 +285,16 @@ class Trainer:
         vocab = output_weight(module.student).shape[0]
         if self.teacher is not None:
             vocab = min(vocab, self.teacher.head.shape[0])
+        top = None
         with torch.random.fork_rng(devices=[device] if cuda else []), torch.compiler.set_stance("force_eager"):
             reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=device) if cuda else None
             try:
                 batch = (torch.arange(size * (seq + 1), device=device) % vocab).view(size, seq + 1)
-                loss, _ = self._forward(batch, module)
+                if self.cached_top_k:  # stand-ins of the stored top-k's shapes
+                    k = self.cached_top_k
+                    ids = (torch.arange(size * seq * k, device=device) % vocab).view(size, seq, k)
+                    top = (torch.zeros(size, seq, k, device=device, dtype=output_weight(module.student).dtype), ids)
+                loss, _ = self._forward(batch, module, teacher_top=top)
                 loss.backward()
                 if cuda:
                     torch.cuda.synchronize(device)
@@ -304,25 +313,32 @@ class Trainer:
             return self.teacher(batch[:, :-1])
 
     def _forward(self, batch: torch.Tensor, module: nn.Module | None = None,
-                 teacher_out: TeacherOutputs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 teacher_out: TeacherOutputs | None = None, teacher_top: Any = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         module = self.module if module is None else module
         if self.teacher is not None and teacher_out is None:
             teacher_out = self.teacher_outputs(batch)
         inputs, labels = batch[:, :-1], batch[:, 1:]
         with self.accelerator.autocast():
+            if teacher_top is not None:
+                return module(inputs, labels, teacher_top=teacher_top)
             if teacher_out is not None:
                 t_hidden, t_layers = teacher_out
                 return module(inputs, labels, t_hidden, self.teacher.head, t_layers)
             return module(inputs, labels)
 
-    def launch(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False) -> PendingStep:
+    def launch(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False,
+               teacher_tops: list[Any] | None = None) -> PendingStep:
         """One optimizer step, queued without a host sync: forward/backward over the micro-batches,
         clip, then fused AdamW, which skips the update on the device when the loss or the gradients
         are not finite (`found_inf`). The statistics are all-reduced so that every rank later takes
-        the same decision (count a skipped step, stop on SIGTERM) at the same step."""
+        the same decision (count a skipped step, stop on SIGTERM) at the same step. `teacher_tops`: the
+        stored teacher top-k of each micro-batch (a Trainer built with `cached_top_k`)."""
+        if self.cached_top_k and (teacher_tops is None or len(teacher_tops) != len(micro_batches)):
+            raise ValueError("a Trainer with cached_top_k needs the teacher's top-k of every micro-batch")
         self.begin(lr)
         for i, batch in enumerate(micro_batches):
-            self.accumulate(batch, i, len(micro_batches))
+            self.accumulate(batch, i, len(micro_batches), teacher_top=teacher_tops[i] if teacher_tops else None)
         return self.end(cancel)
 
     # `launch` in three parts, for a caller that interleaves several students over one teacher
@@ -335,12 +351,14 @@ class Trainer:
             group["lr"] = lr
         self._sums = torch.zeros(4, device=self.accelerator.device)  # loss, kd, ce, hidden (means)
 
-    def accumulate(self, batch: torch.Tensor, i: int, n: int, teacher_out: TeacherOutputs | None = None) -> None:
+    def accumulate(self, batch: torch.Tensor, i: int, n: int, teacher_out: TeacherOutputs | None = None,
+                   teacher_top: Any = None) -> None:
         """Forward and backward of micro-batch `i` of `n`; `teacher_out`: the teacher's outputs for
-        it, when computed once for several students (else the teacher runs here)."""
+        it, when computed once for several students (else the teacher runs here); `teacher_top`: its
+        stored top-k logits instead."""
         acc = self.accelerator
         with nullcontext() if i == n - 1 else acc.no_sync(self.module):
-            loss, parts = self._forward(batch, teacher_out=teacher_out)
+            loss, parts = self._forward(batch, teacher_out=teacher_out, teacher_top=teacher_top)
             acc.backward(loss / n)
         if self.master and n > 1:
             self._master().accumulate()  # fp32 sums, not bf16 ones

@@ -1,0 +1,122 @@
+"""A distill stage's teacher pass ([distill] teacher_logits = "cached"): before the student is built, the
+teacher's top-k logits of every window the stage will train on go to the run's cache
+(engine/distill/teacher_topk.py), and the teacher leaves the GPU. `TrackedWindows` is the training
+stream that remembers which windows it handed out, so that the loop reads their top-k back.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from engine.data import PackedDataset
+from engine.distill.teacher_topk import TopKCache
+from engine.errors import UserError
+
+if TYPE_CHECKING:
+    from engine.training.loop import Models, TrainingRecipe
+
+__all__ = ["TopKCache", "TrackedWindows", "fill_teacher_topk"]
+
+
+class TrackedWindows:
+    """The training windows of this rank from sample `start` on (as `iter(dataset)`), keeping the ids of
+    the windows handed out since the last `taken()`."""
+
+    def __init__(self, dataset: PackedDataset, start: int = 0):
+        self.dataset, self.sample = dataset, start
+        self._ids: list[int] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        i = self.dataset.window_index(self.sample)
+        self.sample += 1
+        self._ids.append(i)
+        return self.dataset.window(i)
+
+    def taken(self) -> list[int]:
+        """The window ids handed out since the last call."""
+        ids, self._ids = self._ids, []
+        return ids
+
+
+def fill_teacher_topk(recipe: TrainingRecipe, models: Models) -> TopKCache:
+    """Store the teacher's top-k logits of the windows this rank trains on (those not stored yet), then
+    drop the teacher from `models` and free its memory. The cache, for the training loop to read."""
+    from engine.distill.losses import teacher_logit_chunks
+    from engine.distill.objective import output_weight
+    from engine.training.step import shared_teacher
+
+    ctx, cfg, acc, spec = recipe.ctx, recipe.cfg, recipe.acc, models.spec
+    if models.teacher is None or spec.top_k is None:
+        raise UserError(f"{ctx.stage}: teacher_logits = \"cached\" needs the teacher and top_k")
+    if acc.is_fsdp2:
+        raise UserError(f"{ctx.stage}: teacher_logits = \"cached\" does not run under FSDP yet; set "
+                        "[launch] strategy = \"ddp\" or [distill] teacher_logits = \"live\"")
+    vocab = spec.vocab or output_weight(models.student).shape[0]
+    if spec.top_k >= vocab:
+        raise UserError(f"{ctx.stage}: top_k = {spec.top_k} keeps the whole vocabulary ({vocab}); lower top_k "
+                        "or set teacher_logits = \"live\"")
+    data = PackedDataset(ctx.layout.data_dir, "train", recipe.seq, cfg.seed, recipe.rank, recipe.world)
+    samples = cfg.steps * cfg.global_batch_size // recipe.world
+    ids = [data.window_index(k) for k in range(samples)]
+    cuda = acc.device.type == "cuda"
+    with acc.autocast():  # the logits' dtype, as the fused loss computes them (losses.teacher_logit_chunks)
+        on = torch.is_autocast_enabled(acc.device.type)
+        dtype = str(torch.get_autocast_dtype(acc.device.type) if on else output_weight(models.teacher).dtype)
+
+    def open_cache() -> TopKCache:
+        return TopKCache(ctx.layout.root, teacher=str(getattr(models.teacher, "name_or_path", "")),
+                         data_dir=ctx.layout.data_dir, num_windows=data.num_windows, seq=recipe.seq,
+                         k=spec.top_k, vocab=vocab, dtype=dtype.replace("torch.", ""))
+
+    if acc.is_main_process:  # creates the folder and its files; then the other ranks open them
+        cache = open_cache()
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        cache = open_cache()
+    todo = len(cache.missing(ids))
+    log = recipe._log
+    log(f"teacher top-{spec.top_k} logits of {len(set(ids))} windows in {cache.dir}: "
+        f"{len(set(ids)) - todo} stored, {todo} to compute")
+    if todo:
+        teacher = shared_teacher(acc, models.teacher, [None], bool(cfg.compile) and cuda)
+        batch = _fill_batch(cfg, recipe.world)
+        t0, last = time.perf_counter(), [time.perf_counter()]
+
+        def logits(inputs: torch.Tensor) -> Iterator[torch.Tensor]:
+            with torch.no_grad(), acc.autocast():
+                h, _ = teacher(inputs)
+                yield from teacher_logit_chunks(h.flatten(0, 1), teacher.head, spec.chunk_tokens)
+
+        def progress(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if now - last[0] > 30 or done == total:
+                last[0] = now
+                rate = done * recipe.seq / max(now - t0, 1e-9)
+                log(f"teacher top-{spec.top_k}: {done}/{total} windows ({rate:,.0f} tok/s)")
+
+        cache.fill(ids, data.window, logits, batch, acc.device, progress)
+        seconds = time.perf_counter() - t0
+        ctx.progress(0, teacher_topk_s=round(seconds, 3))
+        log(f"teacher top-{spec.top_k} logits computed in {seconds:.1f} s; the teacher leaves the GPU")
+        del teacher
+    models.teacher = None
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return cache
+
+
+def _fill_batch(cfg: Any, world: int) -> int:
+    """Windows per teacher forward: the training micro-batch (its fixed size for "auto")."""
+    from engine.config.micro_batch import AUTO, fixed_micro_batch
+
+    return fixed_micro_batch(cfg, world) if cfg.micro_batch_size == AUTO else int(cfg.micro_batch_size)

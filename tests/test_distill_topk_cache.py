@@ -1,0 +1,154 @@
+"""[distill] teacher_logits = "cached": the teacher's top-k logits stored once and read back train the
+student exactly as the live teacher's top-k does; a second student reuses them; a raised `steps` adds
+the windows it lacks; bad settings are refused in one line; `check` counts the cache's disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _train_util import (
+    experiment_toml,
+    load_exp,
+    prepared_exp,
+    read_lines,
+    run_inprocess,
+    write_depth_student,
+)
+from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
+from test_distill_train import PRUNE, TEACHER_FT, distill_section
+
+from engine.distill.teacher_topk import TopKCache
+from engine.distill.topk_files import FOLDER
+
+TOPK = "temperature = 2.0\ntop_k = 8\nce_weight = 0.2\n"
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("topk")
+    exp = prepared_exp(root, "base", finetune=TEACHER_FT, prune=PRUNE)
+    run = root / "runs" / "base"
+    assert run_inprocess(exp, "finetune") == 0
+    write_depth_student(run / "finetune" / "model", run / "prune-half" / "model", keep=[0, 1])
+    return run
+
+
+def _distil(teacher_run: Path, name: str, extra: str, tmp: Path, steps: int = 15) -> Path:
+    run = teacher_run.parent / name
+    if not run.exists():
+        for part in ("prepare", "finetune/model", "prune-half/model"):
+            shutil.copytree(teacher_run / part, run / part)
+    section = distill_section("forward_kl", TOPK + extra).replace("steps = 15", f"steps = {steps}")
+    text = experiment_toml(name, teacher_run.parent, finetune=TEACHER_FT, prune=PRUNE, distill=section)
+    assert run_inprocess(load_exp(text, tmp / f"{name}.toml"), "distill-half") == 0
+    return run
+
+
+def _train(run: Path) -> list[dict]:
+    return [r for r in read_lines(run / "distill-half" / "metrics.jsonl") if r["split"] == "train"]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run / "distill-half" / "model" / "model.safetensors")
+
+
+def test_cached_top_k_trains_as_the_live_teacher_and_is_reused(teacher_run: Path, tmp_path: Path, capsys) -> None:
+    live = _distil(teacher_run, "live", "", tmp_path)
+    capsys.readouterr()
+    cached = _distil(teacher_run, "cached", 'teacher_logits = "cached"\n', tmp_path)
+    log = capsys.readouterr().out
+    a, b = _train(live), _train(cached)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 16))
+    for x, y in zip(a, b, strict=True):
+        assert y["kd_loss"] == pytest.approx(x["kd_loss"], rel=1e-5, abs=1e-6)
+        assert y["ce_loss"] == pytest.approx(x["ce_loss"], rel=1e-5, abs=1e-6)
+    assert b[-1]["kd_loss"] < b[0]["kd_loss"]  # it learns
+    wa, wb = _weights(live), _weights(cached)
+    assert wa.keys() == wb.keys()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
+    windows = 15 * 32  # steps x global batch: every window is new to the cache
+    assert f"teacher top-8 logits of {windows} windows" in log and f"0 stored, {windows} to compute" in log
+    assert not (live / FOLDER).exists()
+
+    # a second student over the same windows reads them back: the teacher runs no forward
+    shutil.rmtree(cached / "distill-half")
+    from engine.distill import objective
+
+    calls = []
+    orig = objective.Teacher._forward
+    objective.Teacher._forward = lambda self, ids: calls.append(1) or orig(self, ids)
+    try:
+        _distil(teacher_run, "cached", 'teacher_logits = "cached"\n', tmp_path)
+    finally:
+        objective.Teacher._forward = orig
+    assert calls == []
+    log = capsys.readouterr().out
+    assert f"{windows} stored, 0 to compute" in log
+    assert [r["kd_loss"] for r in _train(cached)] == [r["kd_loss"] for r in b]
+
+
+def test_raised_steps_compute_only_the_windows_the_cache_lacks(teacher_run: Path, tmp_path: Path, capsys) -> None:
+    run = _distil(teacher_run, "grow", 'teacher_logits = "cached"\n', tmp_path, steps=4)
+    shutil.rmtree(run / "distill-half")  # a fresh student that trains longer
+    capsys.readouterr()
+    _distil(teacher_run, "grow", 'teacher_logits = "cached"\n', tmp_path, steps=6)
+    log = capsys.readouterr().out
+    assert f"teacher top-8 logits of {6 * 32} windows" in log and f"{4 * 32} stored, {2 * 32} to compute" in log
+    (folder,) = (run / FOLDER).iterdir()
+    done = np.fromfile(folder / "done.bin", dtype=np.uint8)
+    assert int(done.sum()) == 6 * 32
+
+
+def _cache(tmp_path: Path, k: int = 3) -> TopKCache:
+    from _train_util import write_prepared
+
+    data = write_prepared(tmp_path / "prepare", tokens={"train": 400})
+    (tmp_path / "teacher").mkdir(exist_ok=True)
+    return TopKCache(tmp_path, teacher=str(tmp_path / "teacher"), data_dir=data, num_windows=10, seq=8, k=k,
+                     vocab=20, dtype="float32")
+
+
+def test_the_cache_stores_the_top_k_and_survives_a_killed_fill(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    table = torch.randn(10, 8, 30)  # window -> its logits (30 columns: 20 shared + 10 padding)
+
+    def window(i: int) -> np.ndarray:
+        return np.full(9, i, dtype=np.int64)
+
+    def logits(inputs: torch.Tensor):
+        rows = table[inputs[:, 0]].flatten(0, 1)
+        yield from rows.split(5)  # in chunks, as the loss computes them
+
+    cache = _cache(tmp_path)
+
+    def killed(inputs: torch.Tensor):
+        if 3 in inputs[:, 0].tolist():
+            raise KeyboardInterrupt  # killed in the teacher's forward of the second batch
+        yield from logits(inputs)
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.fill([7, 1, 7, 3, 5, 0], window, killed, 2, torch.device("cpu"))
+    reopened = _cache(tmp_path)
+    assert reopened.missing([7, 1, 3, 5, 0, 9]) == [3, 5, 0, 9]
+    assert reopened.fill([7, 3, 5, 0, 9], window, logits, 2, torch.device("cpu")) == 4
+    (v, x), = reopened.batches([3, 9, 7], 3, torch.device("cpu"))
+    want = table[[3, 9, 7], :, :20].topk(3, dim=-1)
+    assert torch.equal(x, want.indices) and torch.equal(v, want.values)
+    # another teacher, k or data opens another folder
+    assert _cache(tmp_path, k=4).dir != reopened.dir and _cache(tmp_path, k=4).missing([3]) == [3]
+    meta = json.loads((reopened.dir / "meta.json").read_text())
+    assert meta["k"] == 3 and meta["vocab"] == 20 and meta["windows"] == 10
+
+
+def test_a_lost_window_is_named(tmp_path: Path) -> None:
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match=r"windows \[2\] are not on disk.*delete the folder"):
+        _cache(tmp_path).batches([2], 1, torch.device("cpu"))
