@@ -48,17 +48,19 @@ def main() -> None:
     for path in a.searches:
         doc = json.loads(path.read_text())
         sign = -1.0 if doc.get("higher_is_better") else 1.0  # loss-like: lower is better
-        rows = [(shape_key(c), c.get("score"), c.get("screen_loss")) for c in doc["candidates"]]
+        # a distill+loss search ranks by the sum of two ranks: its own `rank` is what it chose by
+        key = "rank" if doc.get("score") == "distill+loss" else "score"
+        rows = [(shape_key(c), c.get(key), c.get("screen_loss")) for c in doc["candidates"]]
         rows = [r for r in rows if r[0] in final and r[1] is not None]
         rows.sort(key=lambda r: final[r[0]])
         print(f"{path}: score = {doc.get('score')}, {len(rows)} scored shapes with a final loss")
-        for key, score, screen in rows:
-            print(f"  {key[0]}L h{key[1]} ffn{key[2]}: final {final[key]:.4f}  score {score:.4f}  screen {screen:.4f}")
+        for shape, score, screen in rows:
+            print(f"  {shape[0]}L h{shape[1]} ffn{shape[2]}: final {final[shape]:.4f}  {key} {score:.4f}  screen {screen:.4f}")
         finals = [final[r[0]] for r in rows]
         by_score = spearman([sign * r[1] for r in rows], finals)
         by_screen = spearman([r[2] for r in rows], finals)
         best = min(rows, key=lambda r: sign * r[1])
-        print(f"  Spearman with the final loss: score {by_score:+.2f}, screen {by_screen:+.2f}; the score's pick "
+        print(f"  Spearman with the final loss: {key} {by_score:+.2f}, screen {by_screen:+.2f}; the score's pick "
               f"is {final[best[0]] - min(finals):.4f} nats behind the best of these shapes")
         if doc.get("score") == "distill":
             scored = {i: c for i, c in enumerate(doc["candidates"]) if c.get("score") is not None}
