@@ -77,18 +77,18 @@ def test_cached_top_k_trains_as_the_live_teacher_and_is_reused(teacher_run: Path
     assert f"teacher top-8 logits of {windows} windows" in log and f"0 stored, {windows} to compute" in log
     assert not (live / FOLDER).exists()
 
-    # a second student over the same windows reads them back: the teacher runs no forward
+    # a second student over the same windows reads them back: the teacher is not even loaded
     shutil.rmtree(cached / "distill-half")
-    from engine.distill import objective
+    from engine.models import hf
 
-    calls = []
-    orig = objective.Teacher._forward
-    objective.Teacher._forward = lambda self, ids: calls.append(1) or orig(self, ids)
+    loaded = []
+    orig = hf.load_model
+    hf.load_model = lambda path, *a, **kw: loaded.append(Path(path).parent.name) or orig(path, *a, **kw)
     try:
         _distil(teacher_run, "cached", 'teacher_logits = "cached"\n', tmp_path)
     finally:
-        objective.Teacher._forward = orig
-    assert calls == []
+        hf.load_model = orig
+    assert loaded == ["prune-half"]  # the student only (the teacher is finetune/model)
     log = capsys.readouterr().out
     assert f"{windows} stored, 0 to compute" in log
     assert [r["kd_loss"] for r in _train(cached)] == [r["kd_loss"] for r in b]
@@ -152,3 +152,34 @@ def test_a_lost_window_is_named(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match=r"windows \[2\] are not on disk.*delete the folder"):
         _cache(tmp_path).batches([2], 1, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_two_processes_fill_their_own_windows_and_train_as_one(teacher_run: Path, tmp_path: Path) -> None:
+    """DDP over 2 CPU processes (gloo): each rank stores the top-k of its own windows in the one folder, and
+    the run equals one process reading all of them (global batch 32: 2 x 16 == 2 processes x 2 x 8)."""
+    import subprocess
+    import sys
+
+    from _train_util import engine_env
+
+    from engine.orchestration.launch import free_port
+
+    one = _distil(teacher_run, "one", 'teacher_logits = "cached"\n', tmp_path, steps=4)
+    two = teacher_run.parent / "two"
+    for part in ("prepare", "finetune/model", "prune-half/model"):
+        shutil.copytree(teacher_run / part, two / part)
+    section = (distill_section("forward_kl", TOPK + 'teacher_logits = "cached"\n')
+               .replace("steps = 15", "steps = 4").replace("micro_batch_size = 16", "micro_batch_size = 8"))
+    f = tmp_path / "two.toml"
+    f.write_text(experiment_toml("two", teacher_run.parent, finetune=TEACHER_FT, prune=PRUNE, distill=section))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           "-m", "engine", "distill", str(f), "--stage", "distill-half"]
+    out = subprocess.run(cmd, cwd=tmp_path, env=engine_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 process(es), 2 micro-batch(es) of 8" in out.stdout
+    a, b = _train(one), _train(two)
+    assert [r["kd_loss"] for r in b] == pytest.approx([r["kd_loss"] for r in a], rel=1e-4)
+    (folder,) = (two / FOLDER).iterdir()
+    assert int(np.fromfile(folder / "done.bin", dtype=np.uint8).sum()) == 4 * 32  # both ranks' windows

@@ -75,6 +75,10 @@ class Models:
     spec: LossSpec
     hidden: HiddenSpec | None
     save_dtype: str  # model/ is written in this dtype
+    # teacher_logits = "cached": the teacher is not loaded up front (`teacher` None); where its stored logits
+    # lack windows, engine/training/teacher_pass.py loads it from `teacher_path` with `load_teacher`
+    teacher_path: str | None = None
+    load_teacher: Callable[[], nn.Module] | None = None
 
 
 @dataclass

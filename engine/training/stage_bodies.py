@@ -52,7 +52,10 @@ def finetune_stage(ctx: StageContext) -> None:
 
 def distill_stage(ctx: StageContext) -> None:
     cfg, build, load_teacher = _distill_setup(ctx)
-    run_training(ctx, cfg, "distill", lambda cuda, meta: build(cuda, meta, load_teacher(cuda)))
+    if cfg.teacher_logits == "cached":  # loaded only if its stored logits lack windows (teacher_pass.py)
+        run_training(ctx, cfg, "distill", lambda cuda, meta: build(cuda, meta, None))
+    else:
+        run_training(ctx, cfg, "distill", lambda cuda, meta: build(cuda, meta, load_teacher(cuda)))
 
 
 def distill_stages(ctxs: list[StageContext]) -> dict[str, BaseException | None]:
@@ -65,9 +68,11 @@ def distill_stages(ctxs: list[StageContext]) -> dict[str, BaseException | None]:
                                setups[0][2])
 
 
-def _distill_setup(ctx: StageContext) -> tuple[DistillConfig, Callable[[bool, dict[str, Any], nn.Module], Models],
+def _distill_setup(ctx: StageContext) -> tuple[DistillConfig,
+                                               Callable[[bool, dict[str, Any], nn.Module | None], Models],
                                                Callable[[bool], nn.Module]]:
-    """The stage's [distill] config, how to build its Models over a teacher model, how to load the teacher."""
+    """The stage's [distill] config, how to build its Models over a teacher model (None: the teacher is loaded
+    later, if at all, for teacher_logits = "cached"), how to load the teacher."""
     exp, layout = ctx.exp, ctx.layout
     if exp.distill is None:
         raise UserError(f"{exp.source}: no [distill] section")
@@ -85,18 +90,20 @@ def _distill_setup(ctx: StageContext) -> tuple[DistillConfig, Callable[[bool, di
         _kernels(ctx, teacher, cfg.kernels, cuda, "teacher")
         return teacher
 
-    def build(cuda: bool, meta: dict[str, Any], teacher: nn.Module) -> Models:
-        from engine.models.hf import load_model
+    def build(cuda: bool, meta: dict[str, Any], teacher: nn.Module | None) -> Models:
+        from engine.models.hf import load_config, load_model
 
         tokenizer = check_same_tokenizer(str(student_dir), teacher_dir, tokenizer_source(exp, layout))
         student = load_model(str(student_dir), train_dtype(exp, cuda), exp.model.attn_implementation)
         _check_vocab(student, meta, f"{ctx.stage} student")
-        _check_vocab(teacher, meta, f"{ctx.stage} teacher")
+        teacher_rows = output_weight(teacher).shape[0] if teacher is not None else load_config(teacher_dir).vocab_size
+        _check_vocab_rows(teacher_rows, meta, f"{ctx.stage} teacher")
         _kernels(ctx, student, cfg.kernels, cuda, "student")
-        vocab = min(len(tokenizer), output_weight(student).shape[0], output_weight(teacher).shape[0])
+        vocab = min(len(tokenizer), output_weight(student).shape[0], teacher_rows)
         spec = loss_spec(cfg, vocab)
-        hidden = hidden_spec(cfg, student, teacher, ctx.stage)
-        return Models(student, teacher, tokenizer, spec, hidden, exp.model.dtype)
+        hidden = hidden_spec(cfg, student, teacher, ctx.stage) if teacher is not None else None
+        return Models(student, teacher, tokenizer, spec, hidden, exp.model.dtype, teacher_path=teacher_dir,
+                      load_teacher=lambda: load_teacher(cuda))
 
     return cfg, build, load_teacher
 
@@ -117,7 +124,10 @@ def train_dtype(exp: Experiment, cuda: bool) -> str:
 
 
 def _check_vocab(model: nn.Module, meta: dict[str, Any], what: str) -> None:
-    rows = output_weight(model).shape[0]
+    _check_vocab_rows(output_weight(model).shape[0], meta, what)
+
+
+def _check_vocab_rows(rows: int, meta: dict[str, Any], what: str) -> None:
     if int(meta["vocab_size"]) > rows:
         raise UserError(f"{what}: the prepared data uses token ids up to {meta['vocab_size'] - 1} but the "
                         f"model's vocabulary has {rows} rows; prepare the data with the model's tokenizer")

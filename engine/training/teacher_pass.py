@@ -48,14 +48,14 @@ class TrackedWindows:
 
 
 def fill_teacher_topk(recipe: TrainingRecipe, models: Models) -> TopKCache:
-    """Store the teacher's top-k logits of the windows this rank trains on (those not stored yet), then
-    drop the teacher from `models` and free its memory. The cache, for the training loop to read."""
+    """Store the teacher's top-k logits of the windows this rank trains on (those not stored yet; the teacher
+    is loaded only for them), then drop it from `models` and free its memory. The cache, for the loop."""
     from engine.distill.losses import teacher_logit_chunks
     from engine.distill.objective import output_weight
     from engine.training.step import shared_teacher
 
     ctx, cfg, acc, spec = recipe.ctx, recipe.cfg, recipe.acc, models.spec
-    if models.teacher is None or spec.top_k is None:
+    if (models.teacher is None and models.load_teacher is None) or spec.top_k is None:
         raise UserError(f"{ctx.stage}: teacher_logits = \"cached\" needs the teacher and top_k")
     if acc.is_fsdp2:
         raise UserError(f"{ctx.stage}: teacher_logits = \"cached\" does not run under FSDP yet; set "
@@ -70,10 +70,12 @@ def fill_teacher_topk(recipe: TrainingRecipe, models: Models) -> TopKCache:
     cuda = acc.device.type == "cuda"
     with acc.autocast():  # the logits' dtype, as the fused loss computes them (losses.teacher_logit_chunks)
         on = torch.is_autocast_enabled(acc.device.type)
-        dtype = str(torch.get_autocast_dtype(acc.device.type) if on else output_weight(models.teacher).dtype)
+        # (the teacher is loaded in [model].dtype on CUDA, fp32 on the CPU: stage_bodies.load_teacher)
+        dtype = str(torch.get_autocast_dtype(acc.device.type)) if on else models.save_dtype if cuda else "float32"
+    teacher_path = models.teacher_path or str(getattr(models.teacher, "name_or_path", ""))
 
     def open_cache() -> TopKCache:
-        return TopKCache(ctx.layout.root, teacher=str(getattr(models.teacher, "name_or_path", "")),
+        return TopKCache(ctx.layout.root, teacher=teacher_path,
                          data_dir=ctx.layout.data_dir, num_windows=data.num_windows, seq=recipe.seq,
                          k=spec.top_k, vocab=vocab, dtype=dtype.replace("torch.", ""))
 
@@ -87,7 +89,9 @@ def fill_teacher_topk(recipe: TrainingRecipe, models: Models) -> TopKCache:
     log(f"teacher top-{spec.top_k} logits of {len(set(ids))} windows in {cache.dir}: "
         f"{len(set(ids)) - todo} stored, {todo} to compute")
     if todo:
-        teacher = shared_teacher(acc, models.teacher, [None], bool(cfg.compile) and cuda)
+        model = models.teacher if models.teacher is not None else models.load_teacher()
+        teacher = shared_teacher(acc, model, [None], bool(cfg.compile) and cuda)
+        del model
         batch = _fill_batch(cfg, recipe.world)
         t0, last = time.perf_counter(), [time.perf_counter()]
 
