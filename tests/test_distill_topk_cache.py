@@ -22,8 +22,8 @@ from _train_util import (
 from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 from test_distill_train import PRUNE, TEACHER_FT, distill_section
 
+from engine.contract.layout import RunLayout
 from engine.distill.teacher_topk import TopKCache
-from engine.distill.topk_files import FOLDER
 
 TOPK = "temperature = 2.0\ntop_k = 8\nce_weight = 0.2\n"
 
@@ -75,7 +75,7 @@ def test_cached_top_k_trains_as_the_live_teacher_and_is_reused(teacher_run: Path
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4
     windows = 15 * 32  # steps x global batch: every window is new to the cache
     assert f"teacher top-8 logits of {windows} windows" in log and f"0 stored, {windows} to compute" in log
-    assert not (live / FOLDER).exists()
+    assert not RunLayout(live).teacher_topk_dir.exists()
 
     # a second student over the same windows reads them back: the teacher is not even loaded
     shutil.rmtree(cached / "distill-half")
@@ -101,7 +101,7 @@ def test_raised_steps_compute_only_the_windows_the_cache_lacks(teacher_run: Path
     _distil(teacher_run, "grow", 'teacher_logits = "cached"\n', tmp_path, steps=6)
     log = capsys.readouterr().out
     assert f"teacher top-8 logits of {6 * 32} windows" in log and f"{4 * 32} stored, {2 * 32} to compute" in log
-    (folder,) = (run / FOLDER).iterdir()
+    (folder,) = RunLayout(run).teacher_topk_dir.iterdir()
     done = np.fromfile(folder / "done.bin", dtype=np.uint8)
     assert int(done.sum()) == 6 * 32
 
@@ -111,7 +111,7 @@ def _cache(tmp_path: Path, k: int = 3) -> TopKCache:
 
     data = write_prepared(tmp_path / "prepare", tokens={"train": 400})
     (tmp_path / "teacher").mkdir(exist_ok=True)
-    return TopKCache(tmp_path, teacher=str(tmp_path / "teacher"), data_dir=data, num_windows=10, seq=8, k=k,
+    return TopKCache(tmp_path / "topk", teacher=str(tmp_path / "teacher"), data_dir=data, num_windows=10, seq=8, k=k,
                      vocab=20, dtype="float32")
 
 
@@ -145,6 +145,16 @@ def test_the_cache_stores_the_top_k_and_survives_a_killed_fill(tmp_path: Path) -
     assert _cache(tmp_path, k=4).dir != reopened.dir and _cache(tmp_path, k=4).missing([3]) == [3]
     meta = json.loads((reopened.dir / "meta.json").read_text())
     assert meta["k"] == 3 and meta["vocab"] == 20 and meta["windows"] == 10
+
+
+def test_a_new_version_of_the_teacher_removes_the_old_ones_logits(tmp_path: Path) -> None:
+    old, other_k = _cache(tmp_path), _cache(tmp_path, k=4)
+    assert old.remove_stale() == []  # the same teacher: nothing is stale
+    (tmp_path / "teacher" / "config.json").write_text("{}")  # the teacher was trained again
+    new = _cache(tmp_path)
+    assert new.dir != old.dir
+    assert sorted(new.remove_stale()) == sorted([old.dir, other_k.dir])
+    assert [p.name for p in (tmp_path / "topk").iterdir()] == [new.dir.name]
 
 
 def test_a_lost_window_is_named(tmp_path: Path) -> None:
@@ -181,5 +191,5 @@ def test_two_processes_fill_their_own_windows_and_train_as_one(teacher_run: Path
     assert "2 process(es), 2 micro-batch(es) of 8" in out.stdout
     a, b = _train(one), _train(two)
     assert [r["kd_loss"] for r in b] == pytest.approx([r["kd_loss"] for r in a], rel=1e-4)
-    (folder,) = (two / FOLDER).iterdir()
+    (folder,) = RunLayout(two).teacher_topk_dir.iterdir()
     assert int(np.fromfile(folder / "done.bin", dtype=np.uint8).sum()) == 4 * 32  # both ranks' windows

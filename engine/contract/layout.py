@@ -59,6 +59,12 @@ class RunLayout:
         """A search student's candidates (prune stages with method = "search")."""
         return self.stage_dir(stage) / "search.json"
 
+    @property
+    def teacher_topk_dir(self) -> Path:
+        """The teacher's stored top-k logits ([distill] teacher_logits = "cached"), a folder per teacher, data
+        and k (engine/distill/teacher_topk.py); not a stage: it holds no status.json."""
+        return self.root / "teacher-topk"
+
     def search_files(self) -> list[Path]:
         """Every search.json of the run (its search students'), whether planned or left over."""
         if not self.root.is_dir():

@@ -8,8 +8,9 @@ for Llama-3.1-8B -> 4.5B), and a second student over the same windows reuses wha
 KD loss is the one `top_k` computes with the teacher live (engine/distill/losses.py `chunk_loss`): the
 stored logits are the teacher's own, in its compute dtype, so the two paths agree.
 
-Files, in runs/<experiment>/teacher-topk/<key>/ (key: the teacher's files, the prepared data, seq_length,
-k, vocabulary and dtype; a different teacher or data gets a new folder):
+Files, in runs/<experiment>/teacher-topk/<key>/ (RunLayout.teacher_topk_dir; key: the teacher's files, the
+prepared data, seq_length, k, vocabulary and dtype; a different teacher or data gets a new folder, and the
+folders of an earlier version of the same teacher are removed, `remove_stale`):
 
     meta.json     what the folder holds
     values.bin    [windows, seq, k] logits (bf16 kept as its bits, else fp32)
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.distill.topk_files import FOLDER
 from engine.errors import UserError
 
 # the stored values' dtypes: bf16 has no numpy dtype, so its bits go to disk as int16
@@ -56,7 +57,7 @@ def teacher_identity(path: str) -> list[Any]:
 class TopKCache:
     """One cache folder: open (or create) it, `fill` the missing windows, read `batches` back."""
 
-    def __init__(self, root: Path, *, teacher: str, data_dir: Path, num_windows: int, seq: int, k: int,
+    def __init__(self, parent: Path, *, teacher: str, data_dir: Path, num_windows: int, seq: int, k: int,
                  vocab: int, dtype: str):
         if dtype not in _STORE:
             raise ValueError(f"teacher top-k cache: dtype {dtype!r} is not one of {', '.join(_STORE)}")
@@ -65,7 +66,7 @@ class TopKCache:
                      "data": hashlib.sha256(data_meta).hexdigest()[:16], "windows": int(num_windows),
                      "seq": int(seq), "k": int(k), "vocab": int(vocab), "dtype": dtype}
         key = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:12]
-        self.dir = Path(root) / FOLDER / key
+        self.dir = Path(parent) / key
         self.k, self.seq, self.vocab, self.dtype = int(k), int(seq), int(vocab), dtype
         self.np_dtype, self.torch_store = _STORE[dtype]
         self.value_bytes = np.dtype(self.np_dtype).itemsize
@@ -92,6 +93,21 @@ class TopKCache:
             with open(path, "ab") as f:
                 f.truncate(size)
         return np.memmap(path, dtype=dtype, mode="r+", shape=shape)
+
+    def remove_stale(self) -> list[Path]:
+        """Remove the folders beside this one that hold an earlier version of the same teacher (the same path,
+        other files: a fine-tuning run again, say); those logits will never be read. The folders removed."""
+        gone = []
+        for other in self.dir.parent.iterdir():
+            try:
+                meta = json.loads((other / "meta.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if (other != self.dir and meta.get("teacher_path") == self.meta["teacher_path"]
+                    and meta.get("teacher") != self.meta["teacher"]):
+                shutil.rmtree(other, ignore_errors=True)
+                gone.append(other)
+        return gone
 
     def missing(self, ids: Sequence[int]) -> list[int]:
         """The windows of `ids` not on disk yet, each once, in order."""

@@ -3,7 +3,6 @@ torch: `check` predicts its size from here."""
 
 from __future__ import annotations
 
-FOLDER = "teacher-topk"  # in the run directory: teacher-topk/<key>/
 INDEX_BYTES = 4  # int32 token ids
 
 

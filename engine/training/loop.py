@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from engine.config import TrainConfig
 from engine.config.micro_batch import AUTO
@@ -37,8 +36,6 @@ from engine.contract import GIB
 from engine.contract.cancelling import SAVING
 from engine.contract.checkpoints import checkpoint_path, latest_checkpoint, list_checkpoints
 from engine.contract.stage_context import StageContext
-from engine.distill.losses import LossSpec
-from engine.distill.objective import HiddenSpec
 from engine.errors import Cancelled, UserError
 from engine.training.batches import device_batches, validation_batches
 from engine.training.checkpoint import (
@@ -52,6 +49,7 @@ from engine.training.checkpoint_check import SET_ASIDE, checkpoint_problem
 from engine.training.memory_report import MemoryReport
 from engine.training.metrics_log import MetricsLog
 from engine.training.micro_batch import per_process_batch
+from engine.training.models import Models
 from engine.training.setup import CAP_ENV, cap_gpu_memory, lr_at, make_accelerator, peak_flops
 from engine.training.step import PendingStep, StepResult, Trainer
 from engine.training.stop_flag import StopFlag
@@ -63,22 +61,6 @@ STATUS_EVERY_S = 2.0  # status.json is fsync'ed: its step is refreshed at most t
 
 class TrainingDiverged(UserError):
     """Too many consecutive non-finite losses."""
-
-
-@dataclass
-class Models:
-    """What a stage body builds for the recipe."""
-
-    student: nn.Module
-    teacher: nn.Module | None
-    tokenizer: Any
-    spec: LossSpec
-    hidden: HiddenSpec | None
-    save_dtype: str  # model/ is written in this dtype
-    # teacher_logits = "cached": the teacher is not loaded up front (`teacher` None); where its stored logits
-    # lack windows, engine/training/teacher_pass.py loads it from `teacher_path` with `load_teacher`
-    teacher_path: str | None = None
-    load_teacher: Callable[[], nn.Module] | None = None
 
 
 @dataclass
@@ -130,7 +112,7 @@ class TrainingRecipe:
         set_seed(cfg.seed)
         self.topk: TopKCache | None = None
         if getattr(cfg, "teacher_logits", "live") == "cached":  # the teacher's top-k to disk, then off the GPU
-            self.topk = fill_teacher_topk(self, models)
+            self.topk = fill_teacher_topk(ctx, cfg, self.acc, self.seq, models, self._log)
             models.teacher = None
         self.trainer = Trainer(self.acc, models.student, self._pinned_micro_batch(), models.spec, models.teacher,
                                models.hidden, seq_length=self.seq, log=self._log,

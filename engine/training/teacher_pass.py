@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from engine.contract.stage_context import StageContext
 from engine.data import PackedDataset
 from engine.distill.teacher_topk import TopKCache
 from engine.errors import UserError
-
-if TYPE_CHECKING:
-    from engine.training.loop import Models, TrainingRecipe
+from engine.training.models import Models
 
 __all__ = ["TopKCache", "TrackedWindows", "fill_teacher_topk"]
 
@@ -47,14 +46,15 @@ class TrackedWindows:
         return ids
 
 
-def fill_teacher_topk(recipe: TrainingRecipe, models: Models) -> TopKCache:
+def fill_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, models: Models,
+                      log: Callable[[str], None]) -> TopKCache:
     """Store the teacher's top-k logits of the windows this rank trains on (those not stored yet; the teacher
     is loaded only for them), then drop it from `models` and free its memory. The cache, for the loop."""
     from engine.distill.losses import teacher_logit_chunks
     from engine.distill.objective import output_weight
     from engine.training.step import shared_teacher
 
-    ctx, cfg, acc, spec = recipe.ctx, recipe.cfg, recipe.acc, models.spec
+    spec, rank, world = models.spec, acc.process_index, acc.num_processes
     if (models.teacher is None and models.load_teacher is None) or spec.top_k is None:
         raise UserError(f"{ctx.stage}: teacher_logits = \"cached\" needs the teacher and top_k")
     if acc.is_fsdp2:
@@ -64,8 +64,8 @@ def fill_teacher_topk(recipe: TrainingRecipe, models: Models) -> TopKCache:
     if spec.top_k >= vocab:
         raise UserError(f"{ctx.stage}: top_k = {spec.top_k} keeps the whole vocabulary ({vocab}); lower top_k "
                         "or set teacher_logits = \"live\"")
-    data = PackedDataset(ctx.layout.data_dir, "train", recipe.seq, cfg.seed, recipe.rank, recipe.world)
-    samples = cfg.steps * cfg.global_batch_size // recipe.world
+    data = PackedDataset(ctx.layout.data_dir, "train", seq, cfg.seed, rank, world)
+    samples = cfg.steps * cfg.global_batch_size // world
     ids = [data.window_index(k) for k in range(samples)]
     cuda = acc.device.type == "cuda"
     with acc.autocast():  # the logits' dtype, as the fused loss computes them (losses.teacher_logit_chunks)
@@ -75,24 +75,25 @@ def fill_teacher_topk(recipe: TrainingRecipe, models: Models) -> TopKCache:
     teacher_path = models.teacher_path or str(getattr(models.teacher, "name_or_path", ""))
 
     def open_cache() -> TopKCache:
-        return TopKCache(ctx.layout.root, teacher=teacher_path,
-                         data_dir=ctx.layout.data_dir, num_windows=data.num_windows, seq=recipe.seq,
+        return TopKCache(ctx.layout.teacher_topk_dir, teacher=teacher_path,
+                         data_dir=ctx.layout.data_dir, num_windows=data.num_windows, seq=seq,
                          k=spec.top_k, vocab=vocab, dtype=dtype.replace("torch.", ""))
 
     if acc.is_main_process:  # creates the folder and its files; then the other ranks open them
         cache = open_cache()
+        for stale in cache.remove_stale():
+            log(f"removed {stale}: the stored logits of an earlier version of this teacher")
     acc.wait_for_everyone()
     if not acc.is_main_process:
         cache = open_cache()
     todo = len(cache.missing(ids))
-    log = recipe._log
     log(f"teacher top-{spec.top_k} logits of {len(set(ids))} windows in {cache.dir}: "
         f"{len(set(ids)) - todo} stored, {todo} to compute")
     if todo:
         model = models.teacher if models.teacher is not None else models.load_teacher()
         teacher = shared_teacher(acc, model, [None], bool(cfg.compile) and cuda)
         del model
-        batch = _fill_batch(cfg, recipe.world)
+        batch = _fill_batch(cfg, world)
         t0, last = time.perf_counter(), [time.perf_counter()]
 
         def logits(inputs: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -104,7 +105,7 @@ def fill_teacher_topk(recipe: TrainingRecipe, models: Models) -> TopKCache:
             now = time.perf_counter()
             if now - last[0] > 30 or done == total:
                 last[0] = now
-                rate = done * recipe.seq / max(now - t0, 1e-9)
+                rate = done * seq / max(now - t0, 1e-9)
                 log(f"teacher top-{spec.top_k}: {done}/{total} windows ({rate:,.0f} tok/s)")
 
         cache.fill(ids, data.window, logits, batch, acc.device, progress)
