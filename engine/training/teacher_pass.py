@@ -110,7 +110,8 @@ def fill_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, models: M
 
         cache.fill(ids, data.window, logits, batch, acc.device, progress)
         seconds = time.perf_counter() - t0
-        ctx.progress(0, teacher_topk_s=round(seconds, 3))
+        if ctx.status is not None:  # (not ctx.progress: a resumed stage's step is not 0)
+            ctx.status.update(teacher_topk_s=round(seconds, 3))
         log(f"teacher top-{spec.top_k} logits computed in {seconds:.1f} s; the teacher leaves the GPU")
         del teacher
     models.teacher = None
