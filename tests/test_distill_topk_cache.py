@@ -14,13 +14,11 @@ import torch
 from _train_util import (
     experiment_toml,
     load_exp,
-    prepared_exp,
     read_lines,
     run_inprocess,
-    write_depth_student,
 )
 from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
-from test_distill_train import PRUNE, TEACHER_FT, distill_section
+from test_distill_train import PRUNE, TEACHER_FT, _clone_run, distill_section, make_teacher_run
 
 from engine.contract.layout import RunLayout
 from engine.distill.teacher_topk import TopKCache
@@ -30,19 +28,13 @@ TOPK = "temperature = 2.0\ntop_k = 8\nce_weight = 0.2\n"
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("topk")
-    exp = prepared_exp(root, "base", finetune=TEACHER_FT, prune=PRUNE)
-    run = root / "runs" / "base"
-    assert run_inprocess(exp, "finetune") == 0
-    write_depth_student(run / "finetune" / "model", run / "prune-half" / "model", keep=[0, 1])
-    return run
+    return make_teacher_run(tmp_path_factory.mktemp("topk"))
 
 
 def _distil(teacher_run: Path, name: str, extra: str, tmp: Path, steps: int = 15) -> Path:
     run = teacher_run.parent / name
     if not run.exists():
-        for part in ("prepare", "finetune/model", "prune-half/model"):
-            shutil.copytree(teacher_run / part, run / part)
+        _clone_run(teacher_run, run)
     section = distill_section("forward_kl", TOPK + extra).replace("steps = 15", f"steps = {steps}")
     text = experiment_toml(name, teacher_run.parent, finetune=TEACHER_FT, prune=PRUNE, distill=section)
     assert run_inprocess(load_exp(text, tmp / f"{name}.toml"), "distill-half") == 0
@@ -177,8 +169,7 @@ def test_two_processes_fill_their_own_windows_and_train_as_one(teacher_run: Path
 
     one = _distil(teacher_run, "one", 'teacher_logits = "cached"\n', tmp_path, steps=4)
     two = teacher_run.parent / "two"
-    for part in ("prepare", "finetune/model", "prune-half/model"):
-        shutil.copytree(teacher_run / part, two / part)
+    _clone_run(teacher_run, two)
     section = (distill_section("forward_kl", TOPK + 'teacher_logits = "cached"\n')
                .replace("steps = 15", "steps = 4").replace("micro_batch_size = 16", "micro_batch_size = 8"))
     f = tmp_path / "two.toml"

@@ -64,8 +64,11 @@ def _clone_run(src: Path, dst: Path) -> None:
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory) -> Path:
-    """A trained teacher and its depth-pruned student in a run directory."""
-    root = tmp_path_factory.mktemp("kd")
+    return make_teacher_run(tmp_path_factory.mktemp("kd"))
+
+
+def make_teacher_run(root: Path) -> Path:
+    """A trained teacher and its depth-pruned student in a run directory under `root`."""
     exp = prepared_exp(root, "base", finetune=TEACHER_FT, prune=PRUNE)
     run = root / "runs" / "base"
     assert run_inprocess(exp, "finetune") == 0
