@@ -235,6 +235,65 @@ def test_audit_summary_orients_a_higher_is_better_score_and_measures_the_gap():
     assert (a["chosen_is_best"], a["best_index"]) == (False, 1) and a["gap_nats"] == pytest.approx(0.1)
     assert a["seconds"] == 4.0 and (a["done"], a["cancelled"]) == (3, False)
     assert "0.1000 nats behind rank 2 (2L h8 ffn8 2/1)" in audit_line(search_doc({**doc, "audit": a}))
+    assert "noise" not in audit_line(search_doc({**doc, "audit": a}))
+    # two seeds whose losses spread by 0.2: the 0.1 gap is within the audit's own noise
+    r = audit_summary(doc, {2: 2.5, 1: 2.4, 3: 3.0}, {1: 1.0, 2: 1.0, 3: 2.0}, steps=5, requested=3,
+                      repeats={2: [2.4, 2.6], 1: [2.3, 2.5], 3: [2.95, 3.05]})
+    assert (r["seeds"], r["noise_nats"], r["spearman_repeat"]) == (2, pytest.approx(0.2), pytest.approx(1.0))
+    assert [c["final_losses"] for c in r["candidates"]] == [[2.4, 2.6], [2.3, 2.5], [2.95, 3.05]]
+    line = audit_line(search_doc({**doc, "audit": r}))
+    assert "behind rank 2 (2L h8 ffn8 2/1), within the audit's own noise" in line
+    assert "x 2 seeds" in line and "agrees with itself at +1.00" in line
+
+
+def test_audit_seeds_distil_each_candidate_again_and_say_how_the_audit_agrees_with_itself(root, capsys):
+    exp = loads_experiment(_toml(root, SEARCH.replace('"auto"', '"twice"') + "audit = 2\naudit_seeds = 2\n"),
+                           source="a.toml")
+    layout = RunLayout(exp.run_dir)
+    assert _run(exp, "prune-twice") == 0
+    a = read_json(layout.search_file("prune-twice"))["audit"]
+    assert a["seeds"] == 2 and a["done"] == 2
+    for c in a["candidates"]:
+        first, second = c["final_losses"]
+        assert first != second  # another data order: another student
+        assert c["final_loss"] == pytest.approx((first + second) / 2)
+    runs = [c["final_losses"] for c in a["candidates"]]
+    assert a["spearman_repeat"] == pytest.approx(spearman([r[0] for r in runs], [r[1] for r in runs]))
+    assert a["noise_nats"] == pytest.approx(max(max(r) - min(r) for r in runs))
+    line = audit_line(read_search_doc(layout.search_file("prune-twice")))
+    assert line.startswith("audit (2 of 2 best-scored distilled 2 steps each x 2 seeds)")
+    assert "the audit agrees with itself at" in line and f"{a['noise_nats']:.4f} nats" in line
+    from engine.compare.audit import audit_rows
+
+    rows = audit_rows(read_search_doc(layout.search_file("prune-twice")))
+    c = a["candidates"][0]
+    assert rows[0][4] == f"{c['final_loss']:.4f} ±{abs(c['final_losses'][0] - c['final_losses'][1]) / 2:.4f}"
+    log = capsys.readouterr().out
+    seed = exp.distill.seed
+    assert f"seed {seed}: step 2/2" in log and f"seed {seed + 1}: step 2/2" in log and "(mean of " in log
+    st = read_status(layout.stage_status_file("prune-twice"))
+    assert (st["step"], st["total_steps"]) == (8, 8)  # 2 candidates x 2 seeds x 2 steps
+    # the first seed is the distill stage's own: one seed alone gives the first of the two losses
+    one = loads_experiment(_toml(root, SEARCH.replace('"auto"', '"once"') + "audit = 2\n"), source="a.toml")
+    assert _run(one, "prune-once") == 0
+    b = read_json(RunLayout(one.run_dir).search_file("prune-once"))["audit"]
+    assert "seeds" not in b and "final_losses" not in b["candidates"][0]
+    assert [c["final_loss"] for c in b["candidates"]] == pytest.approx([c["final_losses"][0] for c in a["candidates"]],
+                                                                       rel=1e-5)
+
+
+def test_audit_seeds_alone_are_refused(root):
+    with pytest.raises(ConfigError, match="audit_seeds: repeats the audit's distillations; set audit = N"):
+        loads_experiment(_toml(root, SEARCH + "audit_seeds = 2\n"), source="a.toml")
+
+
+def test_audit_repeat_spearman_averages_the_pairs_of_seeds():
+    from engine.search.audit import repeat_spearman
+
+    # three candidates, three seeds: seeds 0 and 1 agree, seed 2 reverses the last two
+    losses = [[1.0, 1.1, 1.0], [2.0, 2.1, 3.0], [3.0, 3.1, 2.0]]
+    assert repeat_spearman(losses) == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+    assert repeat_spearman([[1.0, 1.0]]) is None
 
 
 def test_compose_offers_audit_for_a_search_student_only():

@@ -1,6 +1,7 @@
 """`compare`: each audited search's audit (engine/search/audit.py), printed and in report.md: a line with
 the Spearman correlations and whether the chosen shape was the best, then the audited candidates by
-score rank with their final validation loss. No torch import."""
+score rank with their final validation loss (with audit_seeds, the mean +- half the seeds' range). No torch
+import."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def audit_rows(doc: SearchDoc) -> list[list[str]]:
         if c is None:
             raise DamagedFile(f"search.json's audit: index {a.index} is no candidate")
         mark = ", ".join(m for m, on in (("chosen", c.chosen), ("best after distillation", a.index == best)) if on)
-        rows.append([str(a.rank), c.need_shape().label, f(a.screen_loss), f(a.score), f(a.final_loss),
-                     str(a.final_rank), mark])
+        final = f(a.final_loss)
+        if len(a.final_losses) > 1:  # audit_seeds: the mean, +- half the seeds' range
+            final += f" ±{(max(a.final_losses) - min(a.final_losses)) / 2:.4f}"
+        rows.append([str(a.rank), c.need_shape().label, f(a.screen_loss), f(a.score), final, str(a.final_rank), mark])
     return rows
 
 

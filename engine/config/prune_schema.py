@@ -55,6 +55,9 @@ class PruneConfig(Section):
     score_steps: int = Field(default=20, ge=1)  # score = "distill" or "distill+loss": steps of the short distillation
     score_task: str | None = None  # an [eval] task scored instead of the loss
     audit: int = Field(default=0, ge=0)  # after the search: the N best-scored distilled in full (search/audit.py)
+    # each audited candidate distilled this many times ([distill] seed, seed + 1, ...): its final loss is the mean,
+    # and the audit says how well it agrees with itself (search/audit.py)
+    audit_seeds: int = Field(default=1, ge=1, le=8)
     # search: speed budgets, measured on the prune stage's device (engine/search/speed_budget.py); they
     # narrow target_params / target_memory_gb (a shape must meet both)
     target_decode_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)  # ms per generated token
@@ -72,6 +75,9 @@ class PruneConfig(Section):
     @model_validator(mode="after")
     def _audit(self) -> PruneConfig:
         """audit: a search's ranking checked by distilling its best candidates; N of the scored ones, N >= 2."""
+        if "audit_seeds" in self.model_fields_set and self.audit_seeds > 1 and not self.audit:
+            raise ValueError("audit_seeds: repeats the audit's distillations; set audit = N (the candidates to "
+                             "distil) too")
         if "audit" not in self.model_fields_set or not self.audit:
             return self
         if not method_of(self.method).searches:

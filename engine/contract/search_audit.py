@@ -37,7 +37,14 @@ def audit_line(doc: SearchDoc | dict[str, Any]) -> str | None:
             raise DamagedFile(f"search.json's audit: best_index {a.best_index} is no candidate")
         verdict = (f"the chosen shape was not the best: {a.gap_nats or 0.0:.4f} nats behind rank "
                    f"{best.rank} ({best.need_shape().label})")
-    return (f"audit ({done} distilled {a.steps} steps each): Spearman with the final "
+        if a.noise_nats is not None and (a.gap_nats or 0.0) <= a.noise_nats:
+            verdict += ", within the audit's own noise"
+    seeds = f" x {a.seeds} seeds" if a.seeds > 1 else ""
+    repeat = ""
+    if a.seeds > 1:
+        repeat = (f"; the audit agrees with itself at {rho(a.spearman_repeat)} across seeds (a shape's loss "
+                  f"moved up to {a.noise_nats or 0.0:.4f} nats)")
+    return (f"audit ({done} distilled {a.steps} steps each{seeds}): Spearman with the final "
             f"{a.split or 'validation'} loss: "
-            f"screen {rho(a.spearman_screen)}, score {rho(a.spearman_score)}; {verdict}")
+            f"screen {rho(a.spearman_screen)}, score {rho(a.spearman_score)}; {verdict}{repeat}")
 

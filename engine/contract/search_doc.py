@@ -172,11 +172,14 @@ class AuditCandidate:
     final_loss: float | None = None
     final_rank: int | None = None
     seconds: float | None = None
+    final_losses: tuple[float, ...] = ()  # one per seed with audit_seeds > 1 (final_loss is their mean)
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> AuditCandidate:
+        runs = d.get("final_losses") if isinstance(d.get("final_losses"), list) else []
         return cls(_int(d.get("index")), _int(d.get("rank")), _num(d.get("screen_loss")), _num(d.get("score")),
-                   _num(d.get("final_loss")), _int(d.get("final_rank")), _num(d.get("seconds")))
+                   _num(d.get("final_loss")), _int(d.get("final_rank")), _num(d.get("seconds")),
+                   tuple(x for x in (_num(v) for v in runs) if x is not None))
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,9 @@ class Audit:
     chosen_is_best: bool | None = None  # None: the chosen shape was not audited
     best_index: int | None = None
     gap_nats: float | None = None
+    seeds: int = 1  # audit_seeds: each candidate distilled this many times
+    spearman_repeat: float | None = None  # one seed's final losses against another's (the audit's own agreement)
+    noise_nats: float | None = None  # the largest spread of a candidate's losses over the seeds
 
     @classmethod
     def of(cls, d: Any) -> Audit | None:
@@ -207,7 +213,8 @@ class Audit:
                    _num(d.get("seconds")), _str(d.get("split")),
                    tuple(AuditCandidate.of(a) for a in cands if isinstance(a, dict)),
                    _num(d.get("spearman_screen")), _num(d.get("spearman_score")),
-                   None if best is None else bool(best), _int(d.get("best_index")), _num(d.get("gap_nats")))
+                   None if best is None else bool(best), _int(d.get("best_index")), _num(d.get("gap_nats")),
+                   _int(d.get("seeds")) or 1, _num(d.get("spearman_repeat")), _num(d.get("noise_nats")))
 
 
 @dataclass(frozen=True)

@@ -42,18 +42,12 @@ from engine.stages import stage_student
 
 def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Importance, tokenizer: Any) -> None:
     """Distil the audit's candidates (the best-scored in search.json) and add "audit" to search.json."""
-    from accelerate.utils import set_seed
-
-    from engine.data import PackedDataset
     from engine.data.dataset import read_meta
     from engine.distill.objective import output_weight
-    from engine.models.hf import torch_dtype
     from engine.models.liger import apply_kernels
-    from engine.training.batches import device_batches, validation_batches
-    from engine.training.loop import STATUS_EVERY_S
-    from engine.training.setup import lr_at, make_accelerator
-    from engine.training.stage_bodies import hidden_spec, loss_spec, train_dtype
-    from engine.training.step import Trainer
+    from engine.training.batches import validation_batches
+    from engine.training.setup import make_accelerator
+    from engine.training.stage_bodies import loss_spec
     from engine.training.stop_flag import StopFlag
 
     exp, stage, path = ctx.exp, ctx.stage, ctx.layout.search_file(ctx.stage)
@@ -75,61 +69,110 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
     split = "test" if "test" in read_meta(ctx.layout.data_dir)["splits"] else "validation"
     val = validation_batches(ctx.layout.data_dir, seq, cfg, 0, 1, acc.device, lambda m: ctx.log(f"[{stage}] {m}"),
                              split)
-    total = len(chosen) * cfg.steps
-    ctx.log(f"[{stage}] audit: distilling the {len(chosen)} best-scored candidates with the [distill] recipe, "
-            f"{cfg.steps} steps each ({total} steps), on the same training windows; judged on the {split} split"
-            + ("" if split == "test" else " (no test split prepared: the search saw these batches)"))
+    # each seed: its own data order (and rounding bits); the first is the distill stage's own
+    configs = [cfg.model_copy(update={"seed": cfg.seed + r}) for r in range(p.audit_seeds)]
+    progress = _Progress(ctx, len(chosen) * len(configs) * cfg.steps)
+    times = f" x {len(configs)} seeds" if len(configs) > 1 else ""
+    ctx.log(f"[{stage}] audit: distilling the {len(chosen)} best-scored candidates{times} with the [distill] recipe, "
+            f"{cfg.steps} steps each ({progress.total} steps), on the same training windows; judged on the {split} "
+            "split" + ("" if split == "test" else " (no test split prepared: the search saw these batches)"))
     final: dict[int, float] = {}
+    repeats: dict[int, list[float]] = {}
     seconds: dict[int, float] = {}
-    done, t0 = 0, time.perf_counter()
-    status_at = t0
-    ctx.progress(0, total_steps=total)
-    stop = StopFlag(ctx.status)
-    with stop:
+    with StopFlag(ctx.status) as stop:
         for k, i in enumerate(chosen):
-            if stop.signame:
-                break
             label = candidate_label(space.candidates[i].shape)
             c0 = time.perf_counter()
-            target = space.student(i)
-            student = copy.deepcopy(prune_student(teacher, imp, target, layers_to_drop(imp, space.teacher, target)))
-            student = student.to(torch_dtype(exp.model.dtype)).to(torch_dtype(train_dtype(exp, cuda)))
-            apply_kernels(student, cfg.kernels, cuda, "student")
-            set_seed(cfg.seed)  # as the recipe: every candidate from the same random state
-            trainer = Trainer(acc, student, cfg, spec, teacher, hidden_spec(cfg, student, teacher, stage),
-                              seq_length=seq)
-            windows = iter(PackedDataset(ctx.layout.data_dir, "train", seq, cfg.seed, 0, 1, 0))
-            for step in range(cfg.steps):
+            losses = []
+            for run_cfg in configs:
                 if stop.signame:
                     break
-                res = trainer.step(device_batches(windows, trainer.accumulation, trainer.micro, acc.device),
-                                   lr_at(step, cfg))
-                done += 1
-                now = time.perf_counter()
-                step_s = (now - t0) / done
-                if now - status_at > STATUS_EVERY_S or step + 1 == cfg.steps:  # status.json is fsync'ed
-                    ctx.progress(done, total_steps=total, step_s=round(step_s, 3))
-                    status_at = now
-                if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
-                    ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: step {step + 1}/{cfg.steps} loss "
-                            f"{res.loss:.4f}; ETA {step_s * (total - done):.0f}s")
-            else:
-                loss = trainer.validate(val)
-                if math.isfinite(loss):
-                    final[i], seconds[i] = loss, time.perf_counter() - c0
-                ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: final {split} loss {loss:.4f} "
-                        f"(score rank {doc['candidates'][i]['rank']})")
-            trainer.release()
-            del trainer, student
-            acc.free_memory()
+                who = f"audit {k + 1}/{len(chosen)} {label}" + (f" seed {run_cfg.seed}" if len(configs) > 1 else "")
+                loss = _distil(ctx, run_cfg, space.student(i), space, teacher, imp, spec, val, acc, stop, who, progress)
+                if loss is not None:
+                    losses.append(loss)
+            if len(losses) < len(configs):  # stopped
+                break
+            said = f"{losses[0]:.4f}" if len(losses) == 1 else f"{sum(losses) / len(losses):.4f} (mean of " + \
+                ", ".join(f"{x:.4f}" for x in losses) + ")"
+            ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: final {split} loss {said} "
+                    f"(score rank {doc['candidates'][i]['rank']})")
+            if all(math.isfinite(x) for x in losses):
+                final[i], seconds[i], repeats[i] = sum(losses) / len(losses), time.perf_counter() - c0, losses
             doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=bool(stop.signame),
-                                         split=split)
+                                         split=split, repeats=repeats if len(configs) > 1 else None)
             write_json(path, doc)  # after each candidate: a crash or a cancel keeps what was measured
+        if stop.signame:
+            doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=True, split=split,
+                                         repeats=repeats if len(configs) > 1 else None)
+            write_json(path, doc)
+            ctx.log(f"[{stage}] audit cancelled ({stop.signame}) after {len(final)} of {len(chosen)} candidates; "
+                    "the search's result and model/ are kept")
     if cuda:
         torch.cuda.empty_cache()
-    if stop.signame:
-        ctx.log(f"[{stage}] audit cancelled ({stop.signame}) after {len(final)} of {len(chosen)} candidates; "
-                "the search's result and model/ are kept")
     line = audit_line(doc)
     if line:
         ctx.log(f"[{stage}] {line}")
+
+
+class _Progress:
+    """The audit's optimizer steps over all candidates (and seeds) in status.json, and its ETA."""
+
+    def __init__(self, ctx: StageContext, total: int):
+        from engine.training.loop import STATUS_EVERY_S
+
+        self.ctx, self.total, self.every = ctx, total, STATUS_EVERY_S
+        self.done, self.t0 = 0, time.perf_counter()
+        self.status_at = self.t0
+        ctx.progress(0, total_steps=total)
+
+    def step(self, last: bool) -> float:
+        """Count a step (`last`: of a run); the mean seconds a step so far."""
+        self.done += 1
+        now = time.perf_counter()
+        step_s = (now - self.t0) / self.done
+        if now - self.status_at > self.every or last:  # status.json is fsync'ed
+            self.ctx.progress(self.done, total_steps=self.total, step_s=round(step_s, 3))
+            self.status_at = now
+        return step_s
+
+
+def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teacher: nn.Module, imp: Importance,
+            spec: Any, val: list[torch.Tensor], acc: Any, stop: Any, who: str, progress: _Progress) -> float | None:
+    """One candidate distilled with `cfg` as its distill stage would: the final held-out loss, None when
+    a stop request ended it first."""
+    from accelerate.utils import set_seed
+
+    from engine.data import PackedDataset
+    from engine.models.hf import torch_dtype
+    from engine.models.liger import apply_kernels
+    from engine.training.batches import device_batches
+    from engine.training.setup import lr_at
+    from engine.training.stage_bodies import hidden_spec, train_dtype
+    from engine.training.step import Trainer
+
+    exp, stage, seq = ctx.exp, ctx.stage, ctx.exp.data.seq_length
+    cuda = acc.device.type == "cuda"
+    student = copy.deepcopy(prune_student(teacher, imp, target, layers_to_drop(imp, space.teacher, target)))
+    student = student.to(torch_dtype(exp.model.dtype)).to(torch_dtype(train_dtype(exp, cuda)))
+    apply_kernels(student, cfg.kernels, cuda, "student")
+    set_seed(cfg.seed)  # as the recipe: every candidate from the same random state
+    trainer = Trainer(acc, student, cfg, spec, teacher, hidden_spec(cfg, student, teacher, stage), seq_length=seq)
+    windows = iter(PackedDataset(ctx.layout.data_dir, "train", seq, cfg.seed, 0, 1, 0))
+    loss = None
+    try:
+        for step in range(cfg.steps):
+            if stop.signame:
+                return None
+            res = trainer.step(device_batches(windows, trainer.accumulation, trainer.micro, acc.device),
+                               lr_at(step, cfg))
+            step_s = progress.step(last=step + 1 == cfg.steps)
+            if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
+                ctx.log(f"[{stage}] {who}: step {step + 1}/{cfg.steps} loss {res.loss:.4f}; "
+                        f"ETA {step_s * (progress.total - progress.done):.0f}s")
+        loss = trainer.validate(val)
+    finally:
+        trainer.release()
+        del trainer, student
+        acc.free_memory()
+    return loss

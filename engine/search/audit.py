@@ -8,7 +8,13 @@ The N best-scored candidates are each distilled with the student's full [distill
               "candidates": [{"index": 7, "rank": 1, "screen_loss": 4.1, "score": 3.9,
                               "final_loss": 3.2, "final_rank": 2, "seconds": 13.1}, ...],
               "spearman_screen": 0.5, "spearman_score": 1.0,
-              "chosen_is_best": false, "best_index": 3, "gap_nats": 0.012}
+              "chosen_is_best": false, "best_index": 3, "gap_nats": 0.012,
+              "seeds": 2, "spearman_repeat": 0.9, "noise_nats": 0.011}   # with audit_seeds = 2
+
+With `audit_seeds` = S > 1 each candidate is distilled S times ([distill] seed, seed + 1, ...; other data
+orders): its "final_loss" is the mean and "final_losses" the S values; "spearman_repeat" is the mean Spearman of
+one seed's final losses with another's (how well the audit agrees with itself: the most a search score can be
+expected to reach) and "noise_nats" the largest spread of a candidate's S losses.
 
 spearman_*: the Spearman correlation over the audited candidates of the screen loss, and of the
 search's ranking by its full score (its "rank": a task's higher-is-better score counts the right way,
@@ -58,9 +64,11 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[int, float], steps: int,
-                  requested: int, cancelled: bool = False, split: str = "validation") -> dict[str, Any]:
+                  requested: int, cancelled: bool = False, split: str = "validation",
+                  repeats: dict[int, list[float]] | None = None) -> dict[str, Any]:
     """search.json's "audit" from `doc` (its candidates) and the audited candidates' final losses on the
-    held-out `split` (`final`: candidate index -> loss, the ones distilled so far)."""
+    held-out `split` (`final`: candidate index -> loss, the ones distilled so far; with audit_seeds,
+    `repeats`: index -> its loss per seed, and `final` their means)."""
     cands = doc["candidates"]
     audited = sorted(final, key=lambda i: cands[i]["rank"])
     losses = [final[i] for i in audited]
@@ -70,7 +78,8 @@ def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[in
     rank = [cands[i]["rank"] for i in audited]  # the search's order: what it chose by
     chosen = next((i for i in audited if cands[i].get("chosen")), None)
     best = min(audited, key=lambda i: (final[i], i)) if audited else None
-    return {
+    seeds = len(next(iter(repeats.values()))) if repeats else 1
+    out = {
         "steps": steps, "requested": requested, "done": len(audited), "cancelled": cancelled,
         "seconds": round(sum(seconds.values()), 3), "split": split,
         "candidates": [{"index": i, "rank": cands[i]["rank"], "screen_loss": cands[i].get("screen_loss"),
@@ -82,6 +91,22 @@ def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[in
         "best_index": best,
         "gap_nats": None if chosen is None or best is None else final[chosen] - final[best],
     }
+    if seeds > 1:
+        for c in out["candidates"]:
+            c["final_losses"] = list(repeats[c["index"]])
+        out.update(seeds=seeds, spearman_repeat=repeat_spearman([repeats[i] for i in audited]),
+                   noise_nats=max(max(repeats[i]) - min(repeats[i]) for i in audited))
+    return out
+
+
+def repeat_spearman(losses: list[list[float]]) -> float | None:
+    """The mean Spearman, over every pair of seeds, of one seed's final losses with the other's (`losses`: a
+    candidate's loss per seed, for each candidate); None with fewer than two candidates or a constant column."""
+    seeds = len(losses[0]) if losses else 0
+    rhos = [spearman([c[a] for c in losses], [c[b] for c in losses])
+            for a in range(seeds) for b in range(a + 1, seeds)]
+    rhos = [r for r in rhos if r is not None]
+    return sum(rhos) / len(rhos) if rhos else None
 
 
 def check_lines(exp: Any) -> list[str]:
@@ -93,8 +118,10 @@ def check_lines(exp: Any) -> list[str]:
         if not method_of(p.method).searches or not p.audit:
             continue
         steps = exp.distill_for(p.name).steps
+        runs = p.audit * p.audit_seeds
+        seeds = f", {p.audit_seeds} times each (seeds)" if p.audit_seeds > 1 else ""
         out.append(f"  audit of prune-{p.name}: after the search, the {p.audit} best-scored candidates are each distilled "
-                   f"with the [distill] recipe on the same tokens: {p.audit} x {steps} = {p.audit * steps} training "
+                   f"with the [distill] recipe on the same tokens{seeds}: {runs} x {steps} = {runs * steps} training "
                    f"steps in the prune stage, on its one device (distill-{p.name} runs {steps}, on every GPU of its "
                    "launch), one candidate at a time beside the teacher: the stage's memory peak is then a "
                    "one-device distillation's")
