@@ -101,7 +101,9 @@ def test_raised_steps_compute_only_the_windows_the_cache_lacks(teacher_run: Path
 def _cache(tmp_path: Path, k: int = 3) -> TopKCache:
     from _train_util import write_prepared
 
-    data = write_prepared(tmp_path / "prepare", tokens={"train": 400})
+    data = tmp_path / "prepare"
+    if not data.exists():
+        write_prepared(data, tokens={"train": 400})
     (tmp_path / "teacher").mkdir(exist_ok=True)
     return TopKCache(tmp_path / "topk", teacher=str(tmp_path / "teacher"), data_dir=data, num_windows=10, seq=8, k=k,
                      vocab=20, dtype="float32")
@@ -147,6 +149,10 @@ def test_a_new_version_of_the_teacher_removes_the_old_ones_logits(tmp_path: Path
     assert new.dir != old.dir
     assert sorted(new.remove_stale()) == sorted([old.dir, other_k.dir])
     assert [p.name for p in (tmp_path / "topk").iterdir()] == [new.dir.name]
+    meta = json.loads((tmp_path / "prepare" / "meta.json").read_text())
+    (tmp_path / "prepare" / "meta.json").write_text(json.dumps({**meta, "tokenizer_hash": "other"}))  # prepared again
+    again = _cache(tmp_path)
+    assert again.remove_stale() == [new.dir]
 
 
 def test_a_lost_window_is_named(tmp_path: Path) -> None:

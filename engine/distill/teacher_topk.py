@@ -10,7 +10,7 @@ stored logits are the teacher's own, in its compute dtype, so the two paths agre
 
 Files, in runs/<experiment>/teacher-topk/<key>/ (RunLayout.teacher_topk_dir; key: the teacher's files, the
 prepared data, seq_length, k, vocabulary and dtype; a different teacher or data gets a new folder, and the
-folders of an earlier version of the same teacher are removed, `remove_stale`):
+folders of an earlier version of the same teacher or data are removed, `remove_stale`):
 
     meta.json     what the folder holds
     values.bin    [windows, seq, k] logits (bf16 kept as its bits, else fp32)
@@ -96,7 +96,8 @@ class TopKCache:
 
     def remove_stale(self) -> list[Path]:
         """Remove the folders beside this one that hold an earlier version of the same teacher (the same path,
-        other files: a fine-tuning run again, say); those logits will never be read. The folders removed."""
+        other files: a fine-tuning run again, say) or of the run's data (prepared again); those logits will
+        never be read. The folders removed."""
         gone = []
         for other in self.dir.parent.iterdir():
             try:
@@ -104,7 +105,7 @@ class TopKCache:
             except (OSError, ValueError):
                 continue
             if (other != self.dir and meta.get("teacher_path") == self.meta["teacher_path"]
-                    and meta.get("teacher") != self.meta["teacher"]):
+                    and (meta.get("teacher") != self.meta["teacher"] or meta.get("data") != self.meta["data"])):
                 shutil.rmtree(other, ignore_errors=True)
                 gone.append(other)
         return gone

@@ -82,7 +82,7 @@ def fill_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, models: M
     if acc.is_main_process:  # creates the folder and its files; then the other ranks open them
         cache = open_cache()
         for stale in cache.remove_stale():
-            log(f"removed {stale}: the stored logits of an earlier version of this teacher")
+            log(f"removed {stale}: the stored logits of an earlier version of this teacher or of the data")
     acc.wait_for_everyone()
     if not acc.is_main_process:
         cache = open_cache()
