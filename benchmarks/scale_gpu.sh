@@ -26,7 +26,7 @@
 #            (check predicts width 0.6: ~73 GiB, depth 0.5: ~66 GiB, against 69-71 with masters at 0.9)
 #   topk     distill-width with [distill] teacher_logits = "cached" (top_k 64, gradient_checkpointing $TOPK_GC,
 #            default 0.2) beside the recipe's live teacher, $TOPK_STEPS (20) steps each; TOPK_RUNS picks the variants
-#            ("live cached"; also live-top64, cached-again: a second student reading the stored logits)
+#            (default "live cached cached-again": the last, a second student reading the stored logits; also live-top64)
 #   summary  benchmarks/scale_summary.py over the runs
 # Needs: .carry/textkit-llama2 (benchmarks/pack_for_gpu.sh) and, where missing, pydantic and friends as wheels.
 # SCALE_ARCH=tiny runs the same flow with a tiny model on the CPU (a smoke test of this script).
@@ -154,7 +154,7 @@ for PART in "$@"; do
   topk)
     # teacher_logits = "cached" against the live teacher, the width student of $WIDTH_EXP, $TOPK_STEPS steps each in
     # the same run directory (prune-width once): TOPK_RUNS names the distill-width variants, in order
-    log "topk: prune-width, then distill-width: ${TOPK_RUNS:=live cached}"; nvidia-smi -L | tee -a "$LOG"
+    log "topk: prune-width, then distill-width: ${TOPK_RUNS:=live cached cached-again}"; nvidia-smi -L | tee -a "$LOG"
     STEPS=(--set distill.steps="${TOPK_STEPS:-20}" --set distill.val_interval=1000)
     engine run "$WIDTH_EXP" "${SETS[@]}" "${WIDTH[@]}" --only prepare --only prune-width | grep -E "succeeded|rror" | tail -5
     for V in $TOPK_RUNS; do
