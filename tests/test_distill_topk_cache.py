@@ -190,3 +190,29 @@ def test_two_processes_fill_their_own_windows_and_train_as_one(teacher_run: Path
     assert [r["kd_loss"] for r in b] == pytest.approx([r["kd_loss"] for r in a], rel=1e-4)
     (folder,) = RunLayout(two).teacher_topk_dir.iterdir()
     assert int(np.fromfile(folder / "done.bin", dtype=np.uint8).sum()) == 4 * 32  # both ranks' windows
+
+
+def test_check_predicts_the_teacher_off_the_gpu_and_counts_the_cache(tmp_path: Path) -> None:
+    """At the seed's 8B shapes: the cached width student's peak drops by the teacher (its training no longer
+    holds it; its teacher pass is smaller), the cache's disk is counted, and a search's audit, which distils
+    with the teacher live, keeps the teacher in its prediction."""
+    from engine.config import loads_experiment
+    from engine.resources.inputs import experiment_shapes
+    from engine.resources.plan import stage_disk, stage_need
+
+    text = (Path(__file__).resolve().parent.parent / "experiments" / "llama31-8b-one-gpu.toml").read_text()
+    live = loads_experiment(text, source="8b.toml")
+    cached = loads_experiment(text.replace("[distill]", '[distill]\ntop_k = 64\nteacher_logits = "cached"'),
+                              source="8b.toml")
+    shapes = experiment_shapes(live)
+    a, b = stage_need(live, shapes, "distill-width", 1, True), stage_need(cached, shapes, "distill-width", 1, True)
+    assert a.term("teacher") > 14 * 2**30 and b.term("teacher") == 0
+    assert a.total - b.total == pytest.approx(a.term("teacher") + a.term("teacher outputs"), rel=0.02)
+    steps, batch, seq = cached.distill.steps, cached.distill.global_batch_size, cached.data.seq_length
+    assert stage_disk(cached, shapes, "distill-width", 1, True).cache == steps * batch * seq * 64 * (2 + 4)
+    assert stage_disk(live, shapes, "distill-width", 1, True).cache == 0
+    search = text.replace("[distill]", '[[prune]]\nname = "s"\nmethod = "search"\ntarget_params = 0.56\n'
+                                       'top_k = 3\naudit = 2\n\n[distill]\ntop_k = 64\nteacher_logits = "cached"')
+    audited = loads_experiment(search, source="8b.toml")
+    audit_need = stage_need(audited, experiment_shapes(audited), "prune-s", 1, True)
+    assert audit_need.term("teacher") > 14 * 2**30  # the audit runs the teacher live

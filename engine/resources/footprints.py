@@ -47,10 +47,11 @@ class Training(Footprint):
         return train_knobs(exp, own_settings(exp, stage), processes, cuda, micro)
 
     def need(self, exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool,
-             micro: int | None = None, knobs: Knobs | None = None) -> Need | None:
+             micro: int | None = None, knobs: Knobs | None = None, live_teacher: bool = False) -> Need | None:
+        """`live_teacher`: with the teacher on the device whatever teacher_logits says (a search's audit)."""
         trained, teacher = self._models(shapes, stage)
         k = knobs or self.knobs(exp, stage, processes, cuda, micro)
-        if teacher is not None and _cached(exp, stage):
+        if teacher is not None and _cached(exp, stage) and not live_teacher:
             # the teacher's pass first (the student waits on the host), then the student trains alone
             seq = exp.data.seq_length
             teacher_pass = forward_need(stage, [teacher], k.micro_batch * seq, cuda, k.model_bytes)
@@ -97,7 +98,7 @@ class Prune(Footprint):
         need = forward_need(stage, [shapes.teacher], p.calibration_batch_size * exp.data.seq_length, cuda, e,
                             resident)
         if method.searches and p.audit:  # the audit distils candidates here, one process, as distill-<s> would
-            audit = TRAINING.need(exp, shapes, DISTILL.stage(p.name), 1, cuda, micro)
+            audit = TRAINING.need(exp, shapes, DISTILL.stage(p.name), 1, cuda, micro, live_teacher=True)
             need = max(need, replace(audit, stage=stage, knobs=None), key=lambda n: n.total)  # (knobs: a training stage's)
         return need
 
