@@ -208,6 +208,10 @@ def test_check_describes_the_audit_and_its_memory(root, capsys):
     out = capsys.readouterr().out
     assert ("audit of prune-auto: after the search, the 3 best-scored candidates are each distilled with the "
             "[distill] recipe on the same tokens: 3 x 2 = 6 training steps") in out
+    path.write_text(_toml(root, SEARCH + "audit = 3\naudit_seeds = 2\n"))
+    assert main(["check", str(path)]) == 0
+    assert ("the 3 best-scored candidates are each distilled with the [distill] recipe on the same tokens, 2 times "
+            "each (seeds): 6 x 2 = 12 training steps") in capsys.readouterr().out
     from engine.resources.plan import experiment_shapes, stage_need
 
     exp = loads_experiment(_toml(root), source="a.toml")
