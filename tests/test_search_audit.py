@@ -286,6 +286,28 @@ def test_audit_seeds_distil_each_candidate_again_and_say_how_the_audit_agrees_wi
                                                                        rel=1e-5)
 
 
+def test_a_cached_teacher_audit_equals_the_live_one_and_leaves_its_logits_to_the_distill_stage(root, capsys):
+    """[distill] teacher_logits = "cached": the audit stores the teacher's top-k of its windows once and every
+    candidate reads them (the same losses as a live top-k audit); distill-<name> then reads the same windows."""
+    top = DISTILL + "top_k = 8\n"
+    live = loads_experiment(_toml(root, SEARCH.replace('"auto"', '"live"') + "audit = 2\n", top), source="a.toml")
+    cached = loads_experiment(_toml(root, SEARCH.replace('"auto"', '"kept"') + "audit = 2\n",
+                                    top + 'teacher_logits = "cached"\n'), source="a.toml")
+    assert _run(live, "prune-live") == 0
+    capsys.readouterr()
+    assert _run(cached, "prune-kept") == 0
+    log = capsys.readouterr().out
+    windows = 2 * 4  # steps x global batch
+    assert f"audit: teacher top-8 logits of {windows} windows" in log and f"0 stored, {windows} to compute" in log
+    layout = RunLayout(cached.run_dir)
+    a = read_json(RunLayout(live.run_dir).search_file("prune-live"))["audit"]["candidates"]
+    b = read_json(layout.search_file("prune-kept"))["audit"]["candidates"]
+    assert [c["index"] for c in a] == [c["index"] for c in b]
+    assert [c["final_loss"] for c in b] == pytest.approx([c["final_loss"] for c in a], rel=1e-5)
+    assert _run(cached, "distill-kept") == 0
+    assert f"{windows} stored, 0 to compute" in capsys.readouterr().out
+
+
 def test_audit_seeds_alone_are_refused(root):
     with pytest.raises(ConfigError, match="audit_seeds: repeats the audit's distillations; set audit = N"):
         loads_experiment(_toml(root, SEARCH + "audit_seeds = 2\n"), source="a.toml")

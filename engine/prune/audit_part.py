@@ -71,6 +71,7 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
                              split)
     # each seed: its own data order (and rounding bits); the first is the distill stage's own
     configs = [cfg.model_copy(update={"seed": cfg.seed + r}) for r in range(p.audit_seeds)]
+    caches = _stored_logits(ctx, configs, acc, spec, teacher)
     progress = _Progress(ctx, len(chosen) * len(configs) * cfg.steps)
     times = f" x {len(configs)} seeds" if len(configs) > 1 else ""
     ctx.log(f"[{stage}] audit: distilling the {len(chosen)} best-scored candidates{times} with the [distill] recipe, "
@@ -88,7 +89,8 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
                 if stop.signame:
                     break
                 who = f"audit {k + 1}/{len(chosen)} {label}" + (f" seed {run_cfg.seed}" if len(configs) > 1 else "")
-                loss = _distil(ctx, run_cfg, space.student(i), space, teacher, imp, spec, val, acc, stop, who, progress)
+                loss = _distil(ctx, run_cfg, space.student(i), space, teacher, imp, spec, val, acc, stop, who, progress,
+                               caches.get(run_cfg.seed))
                 if loss is not None:
                     losses.append(loss)
             if len(losses) < len(configs):  # stopped
@@ -115,6 +117,20 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
         ctx.log(f"[{stage}] {line}")
 
 
+def _stored_logits(ctx: StageContext, configs: list[Any], acc: Any, spec: Any, teacher: nn.Module) -> dict[int, Any]:
+    """With [distill] teacher_logits = "cached", the teacher's top-k of each seed's windows, stored once
+    (engine/training/teacher_pass.py): every candidate trains on the same windows, so the teacher's forward
+    runs once instead of once per candidate, and the distill stage reads the first seed's windows back.
+    Seed -> cache; empty when the teacher runs live."""
+    from engine.training.teacher_pass import store_teacher_topk
+
+    if configs[0].teacher_logits != "cached":
+        return {}
+    path = str(getattr(teacher, "name_or_path", ""))
+    return {c.seed: store_teacher_topk(ctx, c, acc, ctx.exp.data.seq_length, spec, teacher, path, ctx.exp.model.dtype,
+                                       lambda m: ctx.log(f"[{ctx.stage}] audit: {m}")) for c in configs}
+
+
 class _Progress:
     """The audit's optimizer steps over all candidates (and seeds) in status.json, and its ETA."""
 
@@ -138,9 +154,10 @@ class _Progress:
 
 
 def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teacher: nn.Module, imp: Importance,
-            spec: Any, val: list[torch.Tensor], acc: Any, stop: Any, who: str, progress: _Progress) -> float | None:
-    """One candidate distilled with `cfg` as its distill stage would: the final held-out loss, None when
-    a stop request ended it first."""
+            spec: Any, val: list[torch.Tensor], acc: Any, stop: Any, who: str, progress: _Progress,
+            cache: Any = None) -> float | None:
+    """One candidate distilled with `cfg` as its distill stage would (`cache`: the teacher's stored top-k of
+    these windows, when it does): the final held-out loss, None when a stop request ended it first."""
     from accelerate.utils import set_seed
 
     from engine.data import PackedDataset
@@ -150,6 +167,7 @@ def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teache
     from engine.training.setup import lr_at
     from engine.training.stage_bodies import hidden_spec, train_dtype
     from engine.training.step import Trainer
+    from engine.training.teacher_pass import TrackedWindows
 
     exp, stage, seq = ctx.exp, ctx.stage, ctx.exp.data.seq_length
     cuda = acc.device.type == "cuda"
@@ -157,15 +175,19 @@ def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teache
     student = student.to(torch_dtype(exp.model.dtype)).to(torch_dtype(train_dtype(exp, cuda)))
     apply_kernels(student, cfg.kernels, cuda, "student")
     set_seed(cfg.seed)  # as the recipe: every candidate from the same random state
-    trainer = Trainer(acc, student, cfg, spec, teacher, hidden_spec(cfg, student, teacher, stage), seq_length=seq)
-    windows = iter(PackedDataset(ctx.layout.data_dir, "train", seq, cfg.seed, 0, 1, 0))
+    if cache is None:
+        trainer = Trainer(acc, student, cfg, spec, teacher, hidden_spec(cfg, student, teacher, stage), seq_length=seq)
+    else:
+        trainer = Trainer(acc, student, cfg, spec, seq_length=seq, cached_top_k=cache.k)
+    windows = TrackedWindows(PackedDataset(ctx.layout.data_dir, "train", seq, cfg.seed, 0, 1), 0)
     loss = None
     try:
         for step in range(cfg.steps):
             if stop.signame:
                 return None
-            res = trainer.step(device_batches(windows, trainer.accumulation, trainer.micro, acc.device),
-                               lr_at(step, cfg))
+            batches = device_batches(windows, trainer.accumulation, trainer.micro, acc.device)
+            tops = cache.batches(windows.taken(), trainer.micro, acc.device) if cache is not None else None
+            res = trainer.step(batches, lr_at(step, cfg), teacher_tops=tops)
             step_s = progress.step(last=step + 1 == cfg.steps)
             if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
                 ctx.log(f"[{stage}] {who}: step {step + 1}/{cfg.steps} loss {res.loss:.4f}; "

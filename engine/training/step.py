@@ -428,9 +428,10 @@ class Trainer:
     def _master(self) -> MasterAdamW:
         return _inner_optimizer(self.optimizer)
 
-    def step(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False) -> StepResult:
+    def step(self, micro_batches: list[torch.Tensor], lr: float, cancel: bool = False,
+             teacher_tops: list[Any] | None = None) -> StepResult:
         """`launch` and wait for its result (tests, simple callers)."""
-        return self.launch(micro_batches, lr, cancel).result()
+        return self.launch(micro_batches, lr, cancel, teacher_tops).result()
 
     @torch.no_grad()
     def validate(self, batches: list[torch.Tensor]) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from engine.contract.stage_context import StageContext
 from engine.data import PackedDataset
@@ -48,19 +49,37 @@ class TrackedWindows:
 
 def fill_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, models: Models,
                       log: Callable[[str], None]) -> TopKCache:
-    """Store the teacher's top-k logits of the windows this rank trains on (those not stored yet; the teacher
-    is loaded only for them), then drop it from `models` and free its memory. The cache, for the loop."""
+    """A training stage's teacher pass: `store_teacher_topk` for the stage's models, then the teacher is
+    dropped from `models` and its memory freed. The cache, for the loop."""
+    teacher = models.teacher if models.teacher is not None else models.load_teacher
+    if teacher is None:
+        raise UserError(f"{ctx.stage}: teacher_logits = \"cached\" needs the teacher")
+    cache = store_teacher_topk(ctx, cfg, acc, seq, models.spec, teacher,
+                               models.teacher_path or str(getattr(models.teacher, "name_or_path", "")),
+                               models.save_dtype, log)
+    models.teacher = None
+    gc.collect()
+    if acc.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return cache
+
+
+def store_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, spec: Any,
+                       teacher: nn.Module | Callable[[], nn.Module], teacher_path: str, model_dtype: str,
+                       log: Callable[[str], None]) -> TopKCache:
+    """Store the teacher's top-k logits of the windows this rank trains on with `cfg` (those not stored yet):
+    `teacher` the model, or how to load it (only when windows are missing). `model_dtype`: [model].dtype, the
+    teacher's on CUDA. The cache, opened."""
     from engine.distill.losses import teacher_logit_chunks
-    from engine.distill.objective import output_weight
     from engine.training.step import shared_teacher
 
-    spec, rank, world = models.spec, acc.process_index, acc.num_processes
-    if (models.teacher is None and models.load_teacher is None) or spec.top_k is None:
-        raise UserError(f"{ctx.stage}: teacher_logits = \"cached\" needs the teacher and top_k")
+    rank, world = acc.process_index, acc.num_processes
+    if spec.top_k is None or spec.vocab is None:
+        raise UserError(f"{ctx.stage}: teacher_logits = \"cached\" needs top_k")
     if acc.is_fsdp2:
         raise UserError(f"{ctx.stage}: teacher_logits = \"cached\" does not run under FSDP yet; set "
                         "[launch] strategy = \"ddp\" or [distill] teacher_logits = \"live\"")
-    vocab = spec.vocab or output_weight(models.student).shape[0]
+    vocab = spec.vocab
     if spec.top_k >= vocab:
         raise UserError(f"{ctx.stage}: top_k = {spec.top_k} keeps the whole vocabulary ({vocab}); lower top_k "
                         "or set teacher_logits = \"live\"")
@@ -71,8 +90,7 @@ def fill_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, models: M
     with acc.autocast():  # the logits' dtype, as the fused loss computes them (losses.teacher_logit_chunks)
         on = torch.is_autocast_enabled(acc.device.type)
         # (the teacher is loaded in [model].dtype on CUDA, fp32 on the CPU: stage_bodies.load_teacher)
-        dtype = str(torch.get_autocast_dtype(acc.device.type)) if on else models.save_dtype if cuda else "float32"
-    teacher_path = models.teacher_path or str(getattr(models.teacher, "name_or_path", ""))
+        dtype = str(torch.get_autocast_dtype(acc.device.type)) if on else model_dtype if cuda else "float32"
 
     def open_cache() -> TopKCache:
         return TopKCache(ctx.layout.teacher_topk_dir, teacher=teacher_path,
@@ -90,16 +108,16 @@ def fill_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, models: M
     log(f"teacher top-{spec.top_k} logits of {len(set(ids))} windows in {cache.dir}: "
         f"{len(set(ids)) - todo} stored, {todo} to compute")
     if todo:
-        model = models.teacher if models.teacher is not None else models.load_teacher()
-        teacher = shared_teacher(acc, model, [None], bool(cfg.compile) and cuda)
+        model = teacher if isinstance(teacher, nn.Module) else teacher()
+        runner = shared_teacher(acc, model, [None], bool(cfg.compile) and cuda)
         del model
         batch = _fill_batch(cfg, world)
         t0, last = time.perf_counter(), [time.perf_counter()]
 
         def logits(inputs: torch.Tensor) -> Iterator[torch.Tensor]:
             with torch.no_grad(), acc.autocast():
-                h, _ = teacher(inputs)
-                yield from teacher_logit_chunks(h.flatten(0, 1), teacher.head, spec.chunk_tokens)
+                h, _ = runner(inputs)
+                yield from teacher_logit_chunks(h.flatten(0, 1), runner.head, spec.chunk_tokens)
 
         def progress(done: int, total: int) -> None:
             now = time.perf_counter()
@@ -112,12 +130,8 @@ def fill_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, models: M
         seconds = time.perf_counter() - t0
         if ctx.status is not None:  # (not ctx.progress: a resumed stage's step is not 0)
             ctx.status.update(teacher_topk_s=round(seconds, 3))
-        log(f"teacher top-{spec.top_k} logits computed in {seconds:.1f} s; the teacher leaves the GPU")
-        del teacher
-    models.teacher = None
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
+        log(f"teacher top-{spec.top_k} logits computed in {seconds:.1f} s")
+        del runner
     return cache
 
 
