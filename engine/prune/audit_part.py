@@ -80,6 +80,12 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
     final: dict[int, float] = {}
     repeats: dict[int, list[float]] = {}
     seconds: dict[int, float] = {}
+
+    def save(cancelled: bool) -> None:  # after each candidate: a crash or a cancel keeps what was measured
+        doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=cancelled, split=split,
+                                     repeats=repeats if len(configs) > 1 else None)
+        write_json(path, doc)
+
     with StopFlag(ctx.status) as stop:
         for k, i in enumerate(chosen):
             label = candidate_label(space.candidates[i].shape)
@@ -95,19 +101,15 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
                     losses.append(loss)
             if len(losses) < len(configs):  # stopped
                 break
-            said = f"{losses[0]:.4f}" if len(losses) == 1 else f"{sum(losses) / len(losses):.4f} (mean of " + \
-                ", ".join(f"{x:.4f}" for x in losses) + ")"
+            mean = sum(losses) / len(losses)
+            said = f"{mean:.4f}" + (f" (mean of {', '.join(f'{x:.4f}' for x in losses)})" if len(losses) > 1 else "")
             ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: final {split} loss {said} "
                     f"(score rank {doc['candidates'][i]['rank']})")
             if all(math.isfinite(x) for x in losses):
-                final[i], seconds[i], repeats[i] = sum(losses) / len(losses), time.perf_counter() - c0, losses
-            doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=bool(stop.signame),
-                                         split=split, repeats=repeats if len(configs) > 1 else None)
-            write_json(path, doc)  # after each candidate: a crash or a cancel keeps what was measured
+                final[i], seconds[i], repeats[i] = mean, time.perf_counter() - c0, losses
+            save(cancelled=bool(stop.signame))
         if stop.signame:
-            doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=True, split=split,
-                                         repeats=repeats if len(configs) > 1 else None)
-            write_json(path, doc)
+            save(cancelled=True)
             ctx.log(f"[{stage}] audit cancelled ({stop.signame}) after {len(final)} of {len(chosen)} candidates; "
                     "the search's result and model/ are kept")
     if cuda:
