@@ -50,8 +50,9 @@ from engine.training.memory_report import MemoryReport
 from engine.training.metrics_log import MetricsLog
 from engine.training.micro_batch import per_process_batch
 from engine.training.models import Models
+from engine.training.pending_step import PendingStep, StepResult
 from engine.training.setup import CAP_ENV, cap_gpu_memory, lr_at, make_accelerator, peak_flops
-from engine.training.step import PendingStep, StepResult, Trainer
+from engine.training.step import Trainer
 from engine.training.stop_flag import StopFlag
 from engine.training.teacher_pass import TopKCache, TrackedWindows, fill_teacher_topk
 from engine.training.throughput import Mark, StepTimes

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from engine.training.step import PendingStep, Trainer
+from engine.training.pending_step import PendingStep
+from engine.training.step import Trainer
 
 
 def launch_shared(trainers: Sequence[Trainer], micro_batches: list[torch.Tensor], lrs: Sequence[float],

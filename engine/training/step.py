@@ -9,10 +9,8 @@ gradient accumulation, clipping, finite check) without a host sync.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,44 +32,11 @@ from engine.distill.objective import (
 from engine.models.attention import use_causal_sdpa
 from engine.training.master_adamw import MasterAdamW
 from engine.training.micro_batch import optimizer_reserve, search_micro_batch, searches
+from engine.training.pending_step import PendingStep, StepResult
 from engine.training.recompute import checkpoint_layers
 from engine.training.setup import make_optimizer, master_weights_apply
 
 # ---- one optimizer step ----------------------------------------------------------------
-
-
-@dataclass
-class StepResult:
-    loss: float
-    parts: list[float]  # kd, ce, hidden
-    grad_norm: float
-    finite: bool
-    cancel: bool
-
-
-class PendingStep:
-    """The statistics of a launched step, copied to the host without stopping the GPU.
-
-    `result()` waits only for this step's work (a CUDA event), so the loop can launch step
-    i+1 before it reads step i: the GPU never idles on a host sync between steps.
-    """
-
-    def __init__(self, stats: torch.Tensor):
-        self.event = None
-        if stats.is_cuda:
-            self.host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
-            self.host.copy_(stats, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.host = stats
-
-    def result(self) -> StepResult:
-        if self.event is not None:
-            self.event.synchronize()
-        v = self.host.tolist()
-        finite = all(math.isfinite(x) for x in v[:5])
-        return StepResult(v[0], v[1:4], v[4], finite, v[5] > 0)
 
 
 def _inner_optimizer(opt: Any) -> torch.optim.Optimizer:
