@@ -60,18 +60,17 @@ def chunk_loss(s_logits: torch.Tensor, t_logits: torch.Tensor | None, labels: to
     if spec.uses_teacher:
         assert t_logits is not None or t_top is not None
         T = spec.temperature
-        V = spec.vocab or min(s.shape[-1], t_logits.shape[-1] if t_logits is not None else s.shape[-1])
+        V = spec.vocab or (s.shape[-1] if t_logits is None else min(s.shape[-1], t_logits.shape[-1]))
         zs = s[:, :V] / T
         idx = None
-        if t_top is not None:
-            zt = t_top[0].to(acc) / T
-            idx = t_top[1]
-            zs = zs.gather(-1, idx)
+        if t_top is not None:  # the teacher's top-k, stored
+            zt, idx = t_top[0].to(acc) / T, t_top[1]
         else:
             zt = t_logits[:, :V].to(acc) / T
-        if t_top is None and spec.top_k is not None and spec.top_k < V:
-            idx = zt.topk(spec.top_k, dim=-1).indices
-            zt = zt.gather(-1, idx)
+            if spec.top_k is not None and spec.top_k < V:
+                idx = zt.topk(spec.top_k, dim=-1).indices
+                zt = zt.gather(-1, idx)
+        if idx is not None:
             zs = zs.gather(-1, idx)
         log_q = F.log_softmax(zs, dim=-1)
         log_p = F.log_softmax(zt, dim=-1)
