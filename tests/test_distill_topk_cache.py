@@ -194,8 +194,8 @@ def test_two_processes_fill_their_own_windows_and_train_as_one(teacher_run: Path
 
 def test_check_predicts_the_teacher_off_the_gpu_and_counts_the_cache(tmp_path: Path) -> None:
     """At the seed's 8B shapes: the cached width student's peak drops by the teacher (its training no longer
-    holds it; its teacher pass is smaller), the cache's disk is counted, and a search's audit, which distils
-    with the teacher live, keeps the teacher in its prediction."""
+    holds it; its teacher pass is smaller), the cache's disk is counted (in the dtype the logits are computed
+    in), and a search's audit keeps the teacher in its prediction (the prune stage holds it)."""
     from engine.config import loads_experiment
     from engine.resources.inputs import experiment_shapes
     from engine.resources.plan import stage_disk, stage_need
@@ -211,6 +211,11 @@ def test_check_predicts_the_teacher_off_the_gpu_and_counts_the_cache(tmp_path: P
     steps, batch, seq = cached.distill.steps, cached.distill.global_batch_size, cached.data.seq_length
     assert stage_disk(cached, shapes, "distill-width", 1, True).cache == steps * batch * seq * 64 * (2 + 4)
     assert stage_disk(live, shapes, "distill-width", 1, True).cache == 0
+    fp32 = loads_experiment(text.replace('dtype = "bfloat16"', 'dtype = "float32"').replace(
+        "[distill]", '[distill]\ntop_k = 64\nteacher_logits = "cached"'), source="8b.toml")
+    assert fp32.model.dtype == "float32"  # fp32 weights, bf16 autocast: the logits are still bf16
+    assert stage_disk(fp32, shapes, "distill-width", 1, True).cache == steps * batch * seq * 64 * (2 + 4)
+    assert stage_disk(cached, shapes, "distill-width", 1, False).cache == steps * batch * seq * 64 * (4 + 4)
     search = text.replace("[distill]", '[[prune]]\nname = "s"\nmethod = "search"\ntarget_params = 0.56\n'
                                        'top_k = 3\naudit = 2\n\n[distill]\ntop_k = 64\nteacher_logits = "cached"')
     audited = loads_experiment(search, source="8b.toml")

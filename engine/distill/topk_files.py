@@ -9,3 +9,9 @@ INDEX_BYTES = 4  # int32 token ids
 def cache_bytes(windows: int, seq: int, k: int, value_bytes: int) -> int:
     """Disk taken by `windows` windows of the cache: k logits (`value_bytes` each) and k ids per position."""
     return windows * seq * k * (value_bytes + INDEX_BYTES)
+
+
+def stored_dtype(mixed_precision: str, weights_dtype: str) -> str:
+    """The dtype the teacher's logits are computed in, and stored: autocast's under bf16/fp16 mixed precision,
+    else the teacher's weights' ([model].dtype on CUDA; the CPU runs "no" mixed precision and fp32 weights)."""
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(mixed_precision, weights_dtype)

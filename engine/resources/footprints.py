@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.config import Experiment
 from engine.config.shape import Shape, count_params
-from engine.distill.topk_files import cache_bytes
+from engine.distill.topk_files import cache_bytes, stored_dtype
 from engine.resources.inputs import DiskNeed, Shapes, checkpoint_bytes
 from engine.resources.memory import Knobs, Need, forward_need, train_knobs, training_need
 from engine.shapes.budget import DTYPE_BYTES
@@ -48,7 +48,8 @@ class Training(Footprint):
 
     def need(self, exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool,
              micro: int | None = None, knobs: Knobs | None = None, live_teacher: bool = False) -> Need | None:
-        """`live_teacher`: with the teacher on the device whatever teacher_logits says (a search's audit)."""
+        """`live_teacher`: with the teacher on the device whatever teacher_logits says (a search's audit: the
+        prune stage holds it)."""
         trained, teacher = self._models(shapes, stage)
         k = knobs or self.knobs(exp, stage, processes, cuda, micro)
         if teacher is not None and _cached(exp, stage) and not live_teacher:
@@ -66,8 +67,8 @@ class Training(Footprint):
         cache = 0
         if kind_of(stage).per_student and _cached(exp, stage):  # every window of the stage, on all ranks
             windows = cfg.steps * cfg.global_batch_size
-            value_bytes = DTYPE_BYTES[exp.model.dtype] if cuda and exp.launch.mixed_precision != "fp16" else 4
-            cache = cache_bytes(windows, exp.data.seq_length, cfg.top_k, value_bytes)
+            dtype = stored_dtype(exp.launch.mixed_precision, exp.model.dtype) if cuda else "float32"
+            cache = cache_bytes(windows, exp.data.seq_length, cfg.top_k, DTYPE_BYTES[dtype])
         return DiskNeed(stage, n * DTYPE_BYTES[exp.model.dtype],
                         checkpoint_bytes(n, self.knobs(exp, stage, processes, cuda)),
                         cfg.keep_checkpoints + 1 if periodic else 0, cache)

@@ -18,6 +18,7 @@ from torch import nn
 from engine.contract.stage_context import StageContext
 from engine.data import PackedDataset
 from engine.distill.teacher_topk import TopKCache
+from engine.distill.topk_files import stored_dtype
 from engine.errors import UserError
 from engine.training.models import Models
 
@@ -87,15 +88,13 @@ def store_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, spec: An
     samples = cfg.steps * cfg.global_batch_size // world
     ids = [data.window_index(k) for k in range(samples)]
     cuda = acc.device.type == "cuda"
-    with acc.autocast():  # the logits' dtype, as the fused loss computes them (losses.teacher_logit_chunks)
-        on = torch.is_autocast_enabled(acc.device.type)
-        # (the teacher is loaded in [model].dtype on CUDA, fp32 on the CPU: stage_bodies.load_teacher)
-        dtype = str(torch.get_autocast_dtype(acc.device.type)) if on else model_dtype if cuda else "float32"
+    # (the teacher is loaded in [model].dtype on CUDA, fp32 on the CPU: stage_bodies.load_teacher)
+    dtype = stored_dtype(acc.mixed_precision, model_dtype if cuda else "float32")
 
     def open_cache() -> TopKCache:
         return TopKCache(ctx.layout.teacher_topk_dir, teacher=teacher_path,
                          data_dir=ctx.layout.data_dir, num_windows=data.num_windows, seq=seq,
-                         k=spec.top_k, vocab=vocab, dtype=dtype.replace("torch.", ""))
+                         k=spec.top_k, vocab=vocab, dtype=dtype)
 
     if acc.is_main_process:  # creates the folder and its files; then the other ranks open them
         cache = open_cache()
