@@ -66,7 +66,7 @@ def test_a_local_task_is_looked_up_by_its_yaml_name_not_its_path(monkeypatch) ->
 
 
 def test_distill_plus_loss_sums_the_two_ranks_and_breaks_ties_by_the_loss() -> None:
-    scorer = Scorer("distill+loss", lambda m: 0.0, with_loss_rank=True)
+    scorer = Scorer("distill+loss", lambda m: 0.0)
     scores, losses = {0: 1.0, 1: 2.0, 2: 3.0}, {0: 3.0, 1: 1.0, 2: 2.0}
     # ranks by score 1, 2, 3 and by loss 3, 1, 2: sums 4, 3, 5; neither column alone gives this order
     assert scorer.ranked(scores, losses) == [1, 0, 2]

@@ -64,7 +64,7 @@ def main() -> None:
               f"is {final[best[0]] - min(finals):.4f} nats behind the best of these shapes")
         if doc.get("score") == "distill":
             scored = {i: c for i, c in enumerate(doc["candidates"]) if c.get("score") is not None}
-            order = Scorer("distill+loss", lambda m: 0.0, with_loss_rank=True).ranked(
+            order = Scorer("distill+loss", lambda m: 0.0).ranked(
                 {i: c["score"] for i, c in scored.items()}, {i: c["loss"] for i, c in scored.items()})
             audited = [i for i in order if shape_key(scored[i]) in final]
             combined = spearman(list(range(len(audited))), [final[shape_key(scored[i])] for i in audited])

@@ -34,14 +34,17 @@ from engine.search.audit import ranks
 @dataclass
 class Scorer:
     """score(candidate) -> float; `higher_is_better` says which way the winner lies (a task scorer
-    learns it, and `metric`, from the first metric lm-eval reports). With `with_loss_rank` the ranking
-    adds the rank of the loss right after pruning to the score's ("distill+loss")."""
+    learns it, and `metric`, from the first metric lm-eval reports). A "distill+loss" scorer's ranking adds
+    the rank of the loss right after pruning to the score's (`with_loss_rank`)."""
 
     name: str
     score: Callable[[nn.Module], float]
     higher_is_better: bool = False
     metric: str | None = None
-    with_loss_rank: bool = False
+
+    @property
+    def with_loss_rank(self) -> bool:
+        return self.name == "distill+loss"
 
     def ranked(self, scores: dict[int, float], losses: dict[int, float] | None = None) -> list[int]:
         """The keys of `scores`, best first (equals by key). `losses`: each one's loss right after
@@ -102,7 +105,7 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
         accelerator.free_memory()
         return loss
 
-    return Scorer("distill+loss" if with_loss_rank else "distill", score, with_loss_rank=with_loss_rank)
+    return Scorer("distill+loss" if with_loss_rank else "distill", score)
 
 
 def task_scorer(exp: Any, task: str, tokenizer: Any) -> Scorer:

@@ -52,10 +52,8 @@ def finetune_stage(ctx: StageContext) -> None:
 
 def distill_stage(ctx: StageContext) -> None:
     cfg, build, load_teacher = _distill_setup(ctx)
-    if cfg.teacher_logits == "cached":  # loaded only if its stored logits lack windows (teacher_pass.py)
-        run_training(ctx, cfg, "distill", lambda cuda, meta: build(cuda, meta, None))
-    else:
-        run_training(ctx, cfg, "distill", lambda cuda, meta: build(cuda, meta, load_teacher(cuda)))
+    cached = cfg.teacher_logits == "cached"  # the teacher is then loaded only if its stored logits lack windows
+    run_training(ctx, cfg, "distill", lambda cuda, meta: build(cuda, meta, None if cached else load_teacher(cuda)))
 
 
 def distill_stages(ctxs: list[StageContext]) -> dict[str, BaseException | None]:
