@@ -103,9 +103,9 @@ def store_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, spec: An
     acc.wait_for_everyone()
     if not acc.is_main_process:
         cache = open_cache()
-    todo = len(cache.missing(ids))
-    log(f"teacher top-{spec.top_k} logits of {len(set(ids))} windows in {cache.dir}: "
-        f"{len(set(ids)) - todo} stored, {todo} to compute")
+    todo, windows = len(cache.missing(ids)), len(set(ids))
+    log(f"teacher top-{spec.top_k} logits of {windows} windows in {cache.dir}: {windows - todo} stored, "
+        f"{todo} to compute")
     if todo:
         model = teacher if isinstance(teacher, nn.Module) else teacher()
         runner = shared_teacher(acc, model, [None], bool(cfg.compile) and cuda)
