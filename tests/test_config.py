@@ -93,7 +93,7 @@ def test_optimizer_states_bfloat16_is_checked_against_fsdp_and_adam_beta2():
     exp = loads_experiment(BASE + '[finetune]\noptimizer_states = "bfloat16"\n', source="exp.toml")
     assert exp.finetune.optimizer_states == "bfloat16"
     assert loads_experiment(BASE + "[finetune]\n", source="exp.toml").finetune.optimizer_states == "float32"
-    assert "input should be 'float32' or 'bfloat16'" in _err(BASE + '[finetune]\noptimizer_states = "int8"\n')
+    assert "input should be 'float32', 'bfloat16' or 'int8'" in _err(BASE + '[finetune]\noptimizer_states = "int4"\n')
     fsdp = '[launch]\nstrategy = "fsdp"\n'
     msg = _err(BASE + '[finetune]\noptimizer_states = "bfloat16"\n' + fsdp)
     assert 'optimizer_states: "bfloat16" in [finetune] is not available under [launch] strategy = "fsdp"' in msg

@@ -148,7 +148,7 @@ def test_master_weights_apply_where_gradients_never_add_up_in_bf16(monkeypatch: 
     assert not master_weights_apply(acc(), 1)  # no Triton: no update kernel
 
 
-def _tiny_trainer(master: bool, accum: int = 2, **train):
+def _tiny_trainer(master: bool, accum: int = 2, hidden: int = 32, ffn: int = 64, **train):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from engine.config import TrainConfig
@@ -156,7 +156,7 @@ def _tiny_trainer(master: bool, accum: int = 2, **train):
     from engine.training.setup import make_accelerator
     from engine.training.step import Trainer
 
-    cfg_model = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg_model = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)
     torch.manual_seed(0)
     cfg = TrainConfig(steps=10, lr=1e-2, min_lr=1e-3, warmup_steps=0, global_batch_size=2 * accum,

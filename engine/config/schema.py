@@ -75,6 +75,9 @@ class DataConfig(Section):
 # Above this adam_beta2, a bf16 second moment multiplied by it can round back to itself (the decay is
 # below half a bf16 step, 2^-9..2^-8 relative), so it stops forgetting old gradients.
 BF16_MAX_BETA2 = 0.99
+INT8_BLOCK = 256  # optimizer_states = "int8": values sharing one fp32 scale (engine/training/int8_moments.py)
+# Bytes per parameter for both Adam moments, by optimizer_states (int8: a code each plus the blocks' scales)
+STATE_BYTES = {"float32": 8.0, "bfloat16": 4.0, "int8": 2 * (1 + 4 / INT8_BLOCK)}
 
 
 def checkpointed_layers(setting: bool | float, num_layers: int) -> int:
@@ -120,8 +123,9 @@ class TrainConfig(Section):
     # stochastic rounding (engine/training/master_adamw.py); elsewhere as true. Not under FSDP
     master_weights: bool | Literal["stochastic"] = True
     # Adam moments' dtype; bfloat16 halves them: 8 -> 4 bytes per parameter (engine/training/
-    # master_adamw.py: the update computes in fp32, the moments are stored rounded to nearest)
-    optimizer_states: Literal["float32", "bfloat16"] = "float32"
+    # master_adamw.py: the update computes in fp32, the moments are stored rounded to nearest); "int8":
+    # torchao's block-wise 8-bit moments, 2.03 bytes (engine/training/int8_moments.py; the [int8] extra)
+    optimizer_states: Literal["float32", "bfloat16", "int8"] = "float32"
     # "liger": Liger-Kernel's Triton RMSNorm, SwiGLU and RoPE in student and teacher (CUDA; the [liger]
     # extra; engine/models/liger.py); "torch": transformers' own modules
     kernels: Literal["torch", "liger"] = "torch"
@@ -160,6 +164,17 @@ class TrainConfig(Section):
     def _kernels(cls, v: str) -> str:
         if v == "liger":  # the package, at check time (no import of it or of torch)
             from engine.config.liger_install import install_problem
+
+            problem = install_problem()
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("optimizer_states")
+    @classmethod
+    def _states(cls, v: str) -> str:
+        if v == "int8":  # torchao, at check time (no import of it or of torch)
+            from engine.config.torchao_install import install_problem
 
             problem = install_problem()
             if problem:
@@ -330,8 +345,9 @@ class Experiment(Section):
             raise ValueError("distill: [distill] needs at least one [[prune]] student")
         if self.launch.strategy == "fsdp":
             # FSDP2 shards torch's AdamW over fp32 weights: fp32 moments, no bf16 weights to round
-            self._refuse_under_fsdp("optimizer_states", "bfloat16", "FSDP keeps fp32 Adam moments",
-                                    "optimizer_states = \"float32\"")
+            for states in ("bfloat16", "int8"):
+                self._refuse_under_fsdp("optimizer_states", states, "FSDP keeps fp32 Adam moments",
+                                        "optimizer_states = \"float32\"")
             self._refuse_under_fsdp("master_weights", "stochastic", "FSDP keeps fp32 weight shards",
                                     "master_weights = true")
         for p in self.prune:

@@ -50,4 +50,4 @@ def checkpoint_bytes(params: int, k: Knobs) -> int:
     """One checkpoint: the fp32 weights (or, with master weights, the fp32 masters alone: the checkpoint
     keeps no bf16 copy, engine/training/step.py; with master_weights = "stochastic", the bf16 weights,
     the only copy) and the Adam moments."""
-    return (2 if k.stochastic else 4) * params + k.state_bytes * params
+    return (2 if k.stochastic else 4) * params + int(k.state_bytes * params)

@@ -8,7 +8,7 @@ and the knob that shrinks it:
                  apply (CUDA, bf16, one process or no gradient accumulation, not FSDP), else fp32
     gradients    in the weights' dtype
     master       fp32 copy of each weight (master weights only; none with master_weights = "stochastic")
-    optimizer    AdamW's two moments: fp32, or bf16 with optimizer_states = "bfloat16"
+    optimizer    AdamW's two moments: fp32, or bf16 / 8 bits with optimizer_states = "bfloat16" / "int8"
     grad sums    fp32 gradient sums when master weights meet gradient accumulation
     teacher      the frozen teacher in [model].dtype (fp32 on the CPU)
     activations  what backward keeps per token and layer (below), or with gradient checkpointing
@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.config import Experiment, TrainConfig
-from engine.config.schema import checkpointed_layers
+from engine.config.schema import STATE_BYTES, checkpointed_layers
 from engine.config.shape import Shape, count_embedding_params, count_params
 from engine.contract import GIB
 from engine.shapes.budget import DTYPE_BYTES
@@ -52,7 +52,7 @@ class Knobs:
     gradient_checkpointing: bool | float  # TrainConfig's: true, false or a fraction of the layers
     compile: bool
     master_weights: bool | str  # TrainConfig's: true, false or "stochastic"
-    state_bytes: int  # per parameter for both Adam moments: 8 (fp32) or 4 (bf16)
+    state_bytes: float  # per parameter for both Adam moments: STATE_BYTES[optimizer_states] (8, 4 or 2.03)
     chunk_tokens: int
     model_bytes: int  # [model].dtype's element size (teacher, saved models)
     mixed_bf16: bool  # [launch].mixed_precision = "bf16"
@@ -178,13 +178,13 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
         grads = 2 * n
         if not k.stochastic:
             parts["master"] = 4 * n
-        parts["optimizer"] = k.state_bytes * n
+        parts["optimizer"] = int(k.state_bytes * n)
         if k.accumulation > 1:
             parts["grad sums"] = 4 * n
     else:
         parts["weights"] = 4 * n // shard
         grads = 4 * n // shard
-        parts["optimizer"] = k.state_bytes * n // shard
+        parts["optimizer"] = int(k.state_bytes * n) // shard
         if k.cuda and k.mixed_bf16 and shard == 1:  # autocast's bf16 weight copies live through backward
             parts["bf16 casts"] = 2 * n
         elif shard > 1:  # FSDP2: a layer's bf16 weights and fp32 gradients gathered at a time, two in flight
@@ -246,6 +246,6 @@ def train_knobs(exp: Experiment, cfg: TrainConfig, processes: int, cuda: bool, m
     return Knobs(cuda=cuda, processes=processes, fsdp=exp.launch.strategy == "fsdp", micro_batch=micro,
                  accumulation=max(1, per // micro), gradient_checkpointing=cfg.gradient_checkpointing,
                  compile=cfg.compile, master_weights=cfg.master_weights,
-                 state_bytes=4 if states == "bfloat16" else 8,
+                 state_bytes=STATE_BYTES[states],
                  chunk_tokens=getattr(cfg, "chunk_tokens", 2048),
                  model_bytes=DTYPE_BYTES[exp.model.dtype], mixed_bf16=exp.launch.mixed_precision == "bf16")

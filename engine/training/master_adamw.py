@@ -12,7 +12,8 @@ Same update as `torch.optim.AdamW`, including the two hooks the trainer uses: `g
 
 `state_dtype` (the trainer's optimizer_states): the moments' dtype. bfloat16 halves them (8 -> 4
 bytes per parameter); the update still computes in fp32 and rounds the moments (to nearest) only
-when it stores them. `dtype=None`: the parameters stay fp32 and are their own masters (no copy):
+when it stores them. torch.int8: 8 bits per value (engine/training/int8_moments.py; 2.03 bytes per
+parameter), dequantized to fp32 for the update and quantized back. `dtype=None`: the parameters stay fp32 and are their own masters (no copy):
 how the fp32 path (autocast, DDP with accumulation, the CPU) gets bf16 moments.
 
 With fp32 masters the bf16 parameter the forward uses is the master rounded stochastically too
@@ -35,6 +36,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+from engine.training import int8_moments
+from engine.training.int8_moments import MOMENTS, SIGNED
 
 
 def _seed32(step: int, index: int) -> int:
@@ -104,8 +108,8 @@ class MasterAdamW(torch.optim.Optimizer):
                  eps: float = 1e-8, weight_decay: float = 1e-2, dtype: torch.dtype | None = torch.bfloat16,
                  fused: bool = False, state_dtype: torch.dtype = torch.float32, stochastic: bool = False,
                  round_copies: bool = True):
-        if state_dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"MasterAdamW keeps its moments in float32 or bfloat16 (got {state_dtype})")
+        if state_dtype not in (torch.float32, torch.bfloat16, torch.int8):
+            raise ValueError(f"MasterAdamW keeps its moments in float32, bfloat16 or int8 (got {state_dtype})")
         if stochastic and dtype not in (None, torch.bfloat16):
             raise ValueError(f"MasterAdamW rounds stochastically to bfloat16 only (got {dtype})")
         # (torch's flags too, so that a checkpoint of this optimizer loads into the engine's fused AdamW)
@@ -115,6 +119,8 @@ class MasterAdamW(torch.optim.Optimizer):
         self._sums: dict[torch.Tensor, torch.Tensor] = {}  # fp32 gradient sums (see `accumulate`)
         self._folded: set[torch.Tensor] = set()  # parameters whose sum holds this step's gradient
         self.state_dtype = state_dtype
+        # torch.int8: 8-bit moments (engine/training/int8_moments.py) where a tensor is large enough, else bf16
+        self.float_states = torch.bfloat16 if state_dtype == torch.int8 else state_dtype
         # stochastic: bf16 parameters rounded stochastically, no copy; dtype None: fp32 ones, their own masters
         self.stochastic = stochastic and dtype is not None
         self.has_masters = dtype is not None and not self.stochastic
@@ -132,8 +138,8 @@ class MasterAdamW(torch.optim.Optimizer):
                 st = {"step": torch.zeros((), dtype=torch.float32, device=p.device)}
                 if self.has_masters:
                     st["master"] = p.detach().clone()
-                for key in ("exp_avg", "exp_avg_sq"):
-                    st[key] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
+                for key in MOMENTS:
+                    self._put_moment(st, p, key, torch.zeros_like(p, dtype=torch.float32))
                 self.state[p] = st
                 if dtype is not None:
                     p.data = p.data.to(dtype)
@@ -189,10 +195,30 @@ class MasterAdamW(torch.optim.Optimizer):
             for p in params:
                 st = self.state[p]
                 master = st["master"] if self.has_masters else p
-                self._update(p.view(-1), self._grad(p).view(-1), master.view(-1), st["exp_avg"].view(-1),
-                             st["exp_avg_sq"].view(-1), st["step"], lr, inv_scale, skip, *constants,
+                m, v = (self._moment(st, key).view(-1) for key in MOMENTS)
+                self._update(p.view(-1), self._grad(p).view(-1), master.view(-1), m, v, st["step"], lr,
+                             inv_scale, skip, *constants,
                              **({"sr_index": self._index[p]} if self.rounds_stochastically else {}))
+                if int8_moments.quantized_state(st):  # m and v were fp32 copies: store them back in 8 bits
+                    for key, values in zip(MOMENTS, (m, v), strict=True):
+                        int8_moments.quantize_into(values, st[f"{key}_codes"], st[f"{key}_scale"], SIGNED[key],
+                                                   keep=skip)
         self._folded.clear()
+
+    def _put_moment(self, st: dict[str, torch.Tensor], p: torch.Tensor, key: str, values: torch.Tensor) -> None:
+        """Store a moment (fp32 `values`, p's shape or flat) in this optimizer's format: 8 bits where
+        optimizer_states = "int8" and p is large enough, else `float_states` in p's shape."""
+        if self.state_dtype == torch.int8 and int8_moments.quantized(p.numel()):
+            st[f"{key}_codes"], st[f"{key}_scale"] = int8_moments.quantize(values.reshape(-1), SIGNED[key])
+        else:
+            st[key] = values.reshape(p.shape).to(self.float_states).contiguous()
+
+    @staticmethod
+    def _moment(st: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+        """A moment as a tensor the update reads and writes: the state itself, or an fp32 copy of 8 bits."""
+        if f"{key}_codes" in st:
+            return int8_moments.dequantize(st[f"{key}_codes"], st[f"{key}_scale"], SIGNED[key])
+        return st[key]
 
     def master_weights(self) -> dict[torch.Tensor, torch.Tensor]:
         """Parameter -> its fp32 master copy (for saving the model at full precision); without copies
@@ -221,8 +247,7 @@ class MasterAdamW(torch.optim.Optimizer):
                 st = state_dict["state"].get(pid)
                 if st is None:
                     continue
-                st = {k: v.to(device=p.device, dtype=self.state_dtype if k in ("exp_avg", "exp_avg_sq")
-                              else torch.float32) for k, v in st.items()}
+                st = self._loaded_state(p, st)
                 if self.has_masters:
                     if "master" in st:  # the parameter is its master rounded (the checkpoint may hold no copy)
                         self._set_from_master(p, st["master"], st["step"])
@@ -230,6 +255,21 @@ class MasterAdamW(torch.optim.Optimizer):
                 elif "master" in st:
                     self._set_from_master(p, st.pop("master"), st["step"])
                 self.state[p] = st
+
+    def _loaded_state(self, p: torch.Tensor, saved: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A saved parameter state on p's device, its moments in this optimizer's format: 8-bit codes
+        kept as they are where both sides quantize, else converted through fp32; the rest fp32."""
+        st = {k: v.to(p.device) for k, v in saved.items()}
+        keep_codes = self.state_dtype == torch.int8 and int8_moments.quantized(p.numel())
+        for key in MOMENTS:
+            if f"{key}_codes" in st and keep_codes:
+                continue
+            values = self._moment(st, key).float()
+            for name in (key, f"{key}_codes", f"{key}_scale"):
+                st.pop(name, None)
+            self._put_moment(st, p, key, values)
+        quantized = {f"{key}_{part}" for key in MOMENTS for part in ("codes", "scale")}
+        return {k: v if k in quantized or k in MOMENTS else v.float() for k, v in st.items()}
 
     @torch.no_grad()
     def _set_from_master(self, p: torch.Tensor, master: torch.Tensor, step: torch.Tensor) -> None:

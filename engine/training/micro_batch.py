@@ -26,13 +26,13 @@ import os
 from collections.abc import Callable
 
 from engine.config import TrainConfig
+from engine.config.schema import STATE_BYTES
 from engine.errors import UserError
 
 FIT_ENV = "SLIMLAB_AUTO_BATCH_FIT"
 # Bytes per trainable parameter a search holds aside for what the first optimizer step allocates:
-# AdamW's two moments (fp32, or bf16 with optimizer_states = "bfloat16"), plus the fp32 master copy (or
-# the fp32 gradient sums) where master weights may apply.
-OPTIMIZER_BYTES = {"float32": 8, "bfloat16": 4}
+# AdamW's two moments (STATE_BYTES by optimizer_states), plus the fp32 master copy (or the fp32 gradient
+# sums) where master weights may apply.
 MASTER_BYTES = 4
 
 
@@ -40,7 +40,7 @@ def optimizer_reserve(states: str, master: bool | str, params: int, per: int) ->
     """Bytes a try of m samples holds aside for the optimizer: the moments, plus 4 a parameter where
     master weights apply (`master` true): the fp32 masters, or with "stochastic" (no masters) the fp32
     gradient sums, which only a step of several micro-batches (m < `per`, the per-process batch) needs."""
-    moments = OPTIMIZER_BYTES[states] * params
+    moments = int(STATE_BYTES[states] * params)
     if master == "stochastic":
         return lambda m: moments + MASTER_BYTES * params * (m < per)
     return lambda m: moments + MASTER_BYTES * params * bool(master)

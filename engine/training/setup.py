@@ -94,9 +94,9 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool | str = Fal
     `master`: the module's parameters become bf16 and the optimizer keeps their fp32 master
     copies (engine/training/master_adamw.py), with the same update and the same on-device skip;
     `master = "stochastic"`: bf16 parameters without fp32 copies, updated with stochastic rounding.
-    cfg.optimizer_states = "bfloat16": the moments in bf16, in MasterAdamW either way (without
-    `master` its parameters stay fp32 and are their own masters; torch's AdamW has fp32 moments
-    only)."""
+    cfg.optimizer_states = "bfloat16" (or "int8": 8 bits, engine/training/int8_moments.py): the moments
+    in bf16, in MasterAdamW either way (without `master` its parameters stay fp32 and are their own
+    masters; torch's AdamW has fp32 moments only)."""
     decay, no_decay = [], []
     for p in module.parameters():
         if p.requires_grad:
@@ -104,7 +104,7 @@ def make_optimizer(module: nn.Module, cfg: TrainConfig, master: bool | str = Fal
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     betas = (cfg.adam_beta1, cfg.adam_beta2)
-    states = torch.bfloat16 if cfg.optimizer_states == "bfloat16" else torch.float32
+    states = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}[cfg.optimizer_states]
     if master or states != torch.float32:
         # one Triton kernel per tensor on CUDA (master_weights_apply asks for Triton; the fp32 path may not have it)
         fused = any(p.is_cuda for p in decay + no_decay) and importlib.util.find_spec("triton") is not None

@@ -367,7 +367,8 @@ class Trainer:
     def precision(self) -> str:
         """How the student's weights are held, for the log."""
         acc = self.accelerator
-        moments = ", bf16 Adam moments" if self.cfg.optimizer_states == "bfloat16" else ""
+        moments = {"float32": "", "bfloat16": ", bf16 Adam moments", "int8": ", 8-bit Adam moments"}[
+            self.cfg.optimizer_states]
         if self.stochastic:
             return "bf16 weights, stochastic rounding, no fp32 masters" + moments
         if self.master:

@@ -1,0 +1,47 @@
+"""Whether an optional extra can run as installed: a package's presence and version, read from its
+metadata without importing it (or torch), so that the schema can refuse a key as the file is read.
+engine/config/liger_install.py (kernels = "liger") and engine/config/torchao_install.py
+(optimizer_states = "int8") name theirs."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Extra:
+    module: str  # the import name
+    dist: str  # the distribution's name on PyPI
+    min_version: tuple[int, ...]
+    extra: str  # slimlab's extra that installs it
+    instead: str  # the setting that needs no package, for the error line
+
+    def installed_version(self) -> str | None:
+        """The package's version, or None when it is not installed (no import of it)."""
+        if importlib.util.find_spec(self.module) is None:
+            return None
+        try:
+            return importlib.metadata.version(self.dist)
+        except importlib.metadata.PackageNotFoundError:  # an unpackaged checkout on sys.path
+            return "0+unknown"
+
+    def problem(self, version: str | None) -> str | None:
+        """Why the extra cannot run with `version` installed (one line with the fix), else None."""
+        install = f'pip install "slimlab[{self.extra}]"'
+        if version is None:
+            return f"{self.dist} is not installed; {install}, or set {self.instead}"
+        if version != "0+unknown" and version_tuple(version) < self.min_version:
+            need = ".".join(map(str, self.min_version))
+            return f"{self.dist} {version} is older than {need}, which slimlab needs; pip install -U \"slimlab[{self.extra}]\""
+        return None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """"0.18.0+cu128" -> (0, 18, 0): the first three numeric parts, local labels dropped."""
+    parts = []
+    for piece in version.split("+")[0].split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)

@@ -1,0 +1,107 @@
+"""Adam moments in 8 bits (optimizer_states = "int8"): torchao's block-wise quantization (the dynamic
+map of 8-bit Adam, Dettmers et al. 2021: 256 values share an fp32 scale, each is a code into a table of
+256 levels, signed for the first moment and unsigned for the second). 2.03 bytes per parameter for
+both moments, against 4 in bf16 and 8 in fp32.
+
+MasterAdamW keeps each moment as two plain tensors, `<name>_codes` (uint8) and `<name>_scale` (fp32),
+so that a checkpoint holds no tensor subclass; its step dequantizes a tensor's moments to fp32, runs
+the same update (the Triton kernel on CUDA), and quantizes them back; a skipped step (`keep`) keeps
+the stored codes and scales (requantizing would move a signed block whose largest value is negative:
+the signed map's lowest level is -0.993, not -1).
+
+torchao is imported here only, fenced: the four functions of torchao.optim.quant_utils used below,
+checked from 0.14 to 0.18 (engine/config/torchao_install.py says so when the file is read).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from engine.config.schema import INT8_BLOCK as BLOCK  # values sharing one scale (and the bytes it costs)
+
+MIN_NUMEL = 4096  # smaller tensors (norms) keep bf16 moments, as in torchao and bitsandbytes
+MOMENTS = ("exp_avg", "exp_avg_sq")
+SIGNED = {"exp_avg": True, "exp_avg_sq": False}  # the second moment is never negative: all 256 codes >= 0
+
+
+def quantized(numel: int) -> bool:
+    """Whether a tensor of `numel` values gets 8-bit moments (else bf16 ones)."""
+    return numel >= MIN_NUMEL and numel % BLOCK == 0
+
+
+@functools.cache
+def _quant_utils() -> Any:
+    """torchao.optim.quant_utils, imported once with its loader's messages about CUDA extensions this
+    module does not use held back (they would reach every stage log)."""
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
+    try:
+        from torchao.optim import quant_utils
+    finally:
+        for log, level in zip(quiet, levels, strict=True):
+            log.setLevel(level)
+    return quant_utils
+
+
+@functools.cache
+def _qmap(signed: bool, device: torch.device) -> torch.Tensor:
+    return torch.tensor(_quant_utils().create_dynamic_map(signed=signed), dtype=torch.float32, device=device)
+
+
+def zeros(numel: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and scales of `numel` zeros (a zero scale makes every code zero)."""
+    return (torch.zeros(numel, dtype=torch.uint8, device=device),
+            torch.zeros(numel // BLOCK, dtype=torch.float32, device=device))
+
+
+def _dequantize(codes: torch.Tensor, scale: torch.Tensor, qmap: torch.Tensor) -> torch.Tensor:
+    return _quant_utils().dequant_with_qmap(codes, qmap, scale)
+
+
+def _quantize(x: torch.Tensor, qmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    qu = _quant_utils()
+    scaled, scale = qu.scale_tensor(x, BLOCK)
+    return qu.quantize_8bit_with_qmap(scaled, qmap), scale
+
+
+@functools.cache
+def _kernel(fn: Callable[..., Any], cuda: bool) -> Callable[..., Any]:
+    """On CUDA, `fn` compiled into one fused kernel for every size (eager, its binary search makes a
+    few int64 temporaries the size of the tensor); on the CPU as it is (small models, tests)."""
+    return torch.compile(fn, dynamic=True) if cuda else fn
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tensor:
+    """The fp32 values (1-D) that `codes` and `scale` hold."""
+    return _kernel(_dequantize, codes.is_cuda)(codes, scale, _qmap(signed, codes.device))
+
+
+@torch.no_grad()
+def quantize_into(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, signed: bool,
+                  keep: torch.Tensor | None = None) -> None:
+    """Store fp32 `x` (1-D, numel a multiple of BLOCK) as codes and block scales, rounded to the nearest
+    level; where `keep` (0-d bool, on the device: no host sync) is true, leave them as they are."""
+    new_codes, new_scale = _kernel(_quantize, x.is_cuda)(x, _qmap(signed, x.device))
+    if keep is not None:
+        new_codes, new_scale = torch.where(keep, codes, new_codes), torch.where(keep, scale, new_scale)
+    codes.copy_(new_codes)
+    scale.copy_(new_scale)
+
+
+def quantize(x: torch.Tensor, signed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and scales for fp32 `x` (1-D): a checkpoint's float moments loaded into 8 bits."""
+    codes, scale = zeros(x.numel(), x.device)
+    quantize_into(x.float(), codes, scale, signed)
+    return codes, scale
+
+
+def quantized_state(state: dict[str, torch.Tensor]) -> bool:
+    """Whether an optimizer state holds its moments in 8 bits."""
+    return "exp_avg_codes" in state
