@@ -37,7 +37,8 @@ Llama-3.1-8B teacher -> 4.5B students (issue 21; one 80 GB GPU, the recipe of ex
                   --shape 8b-width --variants engine-compile-chunk512-gc-bf16states,engine-compile-chunk512-gc0.9-bf16states
 Memory options (issue 21), as suffixes:  --variants engine-compile,engine-compile-gc,engine-compile-bf16states,
                   engine-compile-autocast (fp32 weights under autocast: no bf16 model + fp32 masters split),
-                  engine-compile-bf16states-sr (master_weights = "stochastic": no fp32 masters)
+                  engine-compile-bf16states-sr (master_weights = "stochastic": no fp32 masters),
+                  engine-compile-int8states-sr (optimizer_states = "int8": torchao's 8-bit moments)
 A variant that fails prints its error and the others still run.
 """
 
@@ -458,9 +459,9 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
     from engine.models.liger import undo_rope
 
     # memory options, as suffixes in any order: -tgraph (teacher_cuda_graph), -gc (gradient_checkpointing;
-    # -gc0.9: that fraction of the layers), -bf16states (optimizer_states = "bfloat16"), -sr (master_weights =
-    # "stochastic")
-    opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name for o in ("tgraph", "bf16states", "sr")}
+    # -gc0.9: that fraction of the layers), -bf16states / -int8states (optimizer_states = "bfloat16" / "int8"),
+    # -sr (master_weights = "stochastic")
+    opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name for o in ("tgraph", "bf16states", "int8states", "sr")}
     bare = name
     for o in opts:
         bare = bare.replace(f"-{o}", "")
@@ -477,7 +478,8 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
         r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
                        profile=profile, hf_mask=base.endswith("-hfmask"),
                        master=False if autocast else "stochastic" if opts["sr"] else None, kernels=kernels, name=name, tgraph=opts["tgraph"],
-                       gc=opts["gc"], states="bfloat16" if opts["bf16states"] else "float32")
+                       gc=opts["gc"], states="bfloat16" if opts["bf16states"] else "int8" if opts["int8states"]
+                       else "float32")
     finally:
         undo_rope()  # Liger's RoPE is process-wide: the next variant runs stock
     r["tokens_per_step"] = bs[0].shape[0] * args.seq * acc.num_processes * accum
