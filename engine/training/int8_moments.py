@@ -61,26 +61,28 @@ def zeros(numel: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
             torch.zeros(numel // BLOCK, dtype=torch.float32, device=device))
 
 
-def _dequantize(codes: torch.Tensor, scale: torch.Tensor, qmap: torch.Tensor) -> torch.Tensor:
-    return _quant_utils().dequant_with_qmap(codes, qmap, scale)
-
-
-def _quantize(x: torch.Tensor, qmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    qu = _quant_utils()
-    scaled, scale = qu.scale_tensor(x, BLOCK)
-    return qu.quantize_8bit_with_qmap(scaled, qmap), scale
-
-
 @functools.cache
-def _kernel(fn: Callable[..., Any], cuda: bool) -> Callable[..., Any]:
-    """On CUDA, `fn` compiled into one fused kernel for every size (eager, its binary search makes a
-    few int64 temporaries the size of the tensor); on the CPU as it is (small models, tests)."""
-    return torch.compile(fn, dynamic=True) if cuda else fn
+def _ops(cuda: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """(quantize, dequantize) over torchao's functions. On CUDA each is compiled into one fused kernel for
+    every size (eager, the binary search makes a few int64 temporaries the size of the tensor); on the CPU
+    as they are (small models, tests)."""
+    qu = _quant_utils()
+
+    def quantize(x: torch.Tensor, qmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scaled, scale = qu.scale_tensor(x, BLOCK)
+        return qu.quantize_8bit_with_qmap(scaled, qmap), scale
+
+    def dequantize(codes: torch.Tensor, scale: torch.Tensor, qmap: torch.Tensor) -> torch.Tensor:
+        return qu.dequant_with_qmap(codes, qmap, scale)
+
+    if cuda:
+        return torch.compile(quantize, dynamic=True), torch.compile(dequantize, dynamic=True)
+    return quantize, dequantize
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, signed: bool) -> torch.Tensor:
     """The fp32 values (1-D) that `codes` and `scale` hold."""
-    return _kernel(_dequantize, codes.is_cuda)(codes, scale, _qmap(signed, codes.device))
+    return _ops(codes.is_cuda)[1](codes, scale, _qmap(signed, codes.device))
 
 
 @torch.no_grad()
@@ -88,7 +90,7 @@ def quantize_into(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, sig
                   keep: torch.Tensor | None = None) -> None:
     """Store fp32 `x` (1-D, numel a multiple of BLOCK) as codes and block scales, rounded to the nearest
     level; where `keep` (0-d bool, on the device: no host sync) is true, leave them as they are."""
-    new_codes, new_scale = _kernel(_quantize, x.is_cuda)(x, _qmap(signed, x.device))
+    new_codes, new_scale = _ops(x.is_cuda)[0](x, _qmap(signed, x.device))
     if keep is not None:
         new_codes, new_scale = torch.where(keep, codes, new_codes), torch.where(keep, scale, new_scale)
     codes.copy_(new_codes)
