@@ -356,11 +356,14 @@ def test_changing_optimizer_states_on_resume_converts_the_moments(tmp_path: Path
         assert other.step(data[4:6], lr=1e-2).finite
 
 
-def test_finetune_stage_with_bf16_moments_cancels_and_resumes_like_an_uninterrupted_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize("states", ["bfloat16", "int8"])
+def test_finetune_stage_with_narrow_moments_cancels_and_resumes_like_an_uninterrupted_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, states: str) -> None:
     """The stage end to end from the experiment file (CPU: fp32 weights, MasterAdamW without masters):
-    stopped by SIGTERM after step 3, it saves a checkpoint holding bf16 moments, and the rerun resumes
-    from it to the same final weights, bit for bit, as a run never stopped."""
+    stopped by SIGTERM after step 3, it saves a checkpoint holding bf16 (or 8-bit) moments, and the rerun
+    resumes from it to the same final weights, bit for bit, as a run never stopped."""
+    if states == "int8":
+        pytest.importorskip("torchao")
     import os
     import signal
 
@@ -369,7 +372,7 @@ def test_finetune_stage_with_bf16_moments_cancels_and_resumes_like_an_uninterrup
 
     from engine.training.loop import TrainingRecipe
 
-    text = FINETUNE.replace("steps = 12", "steps = 8") + 'optimizer_states = "bfloat16"\n'
+    text = FINETUNE.replace("steps = 12", "steps = 8") + f'optimizer_states = "{states}"\n'
     assert run_inprocess(prepared_exp(tmp_path, "ref", finetune=text), "finetune") == 0
     exp = prepared_exp(tmp_path, "run", finetune=text)
     stage = tmp_path / "runs" / "run" / "finetune"
@@ -384,8 +387,10 @@ def test_finetune_stage_with_bf16_moments_cancels_and_resumes_like_an_uninterrup
     assert run_inprocess(exp, "finetune") == 130
     (ckpt,) = (stage / "checkpoints").iterdir()
     moments = torch.load(ckpt / "optimizer.bin", weights_only=True)["state"]
-    assert {st[k].dtype for st in moments.values() for k in ("exp_avg", "exp_avg_sq")} == {torch.bfloat16}
-    assert "float32 weights, bf16 Adam moments" in capsys.readouterr().out
+    dtypes = {v.dtype for st in moments.values() for k, v in st.items() if k.startswith("exp_avg")}
+    assert dtypes == ({torch.bfloat16} if states == "bfloat16" else {torch.uint8, torch.float32, torch.bfloat16})
+    label = {"bfloat16": "bf16", "int8": "8-bit"}[states]
+    assert f"float32 weights, {label} Adam moments" in capsys.readouterr().out
     monkeypatch.setattr(TrainingRecipe, "after_step", after_step)
     assert run_inprocess(exp, "finetune") == 0
     assert f"resumed from {ckpt}" in capsys.readouterr().out
