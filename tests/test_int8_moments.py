@@ -9,7 +9,8 @@ import pytest
 import torch
 from _util import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
-from engine.config import ConfigError, loads_experiment, torchao_install
+from engine.config import ConfigError, loads_experiment
+from engine.config.extras import Extra
 from engine.training import int8_moments
 from engine.training.master_adamw import MasterAdamW
 from tests.test_master_adamw import KW, _groups, _markov_batches, _pair, _tiny_trainer
@@ -149,10 +150,10 @@ def test_int8_is_refused_without_torchao_and_under_fsdp(monkeypatch: pytest.Monk
     assert loads_experiment(text, source="exp.toml").finetune.optimizer_states == "int8"
     with pytest.raises(ConfigError, match='strategy = "fsdp"'):
         loads_experiment(text + '[launch]\ngpus = [0, 1]\nstrategy = "fsdp"\n', source="exp.toml")
-    monkeypatch.setattr(torchao_install, "installed_version", lambda: None)
+    monkeypatch.setattr(Extra, "installed_version", lambda self: None)
     with pytest.raises(ConfigError, match=r'torchao is not installed; pip install "slimlab\[int8\]", or set '
                                           r'optimizer_states = "bfloat16"'):
         loads_experiment(text, source="exp.toml")
-    monkeypatch.setattr(torchao_install, "installed_version", lambda: "0.10.0")
+    monkeypatch.setattr(Extra, "installed_version", lambda self: "0.10.0")
     with pytest.raises(ConfigError, match="torchao 0.10.0 is older than 0.14.0"):
         loads_experiment(text, source="exp.toml")

@@ -1,7 +1,7 @@
 """Whether an optional extra can run as installed: a package's presence and version, read from its
 metadata without importing it (or torch), so that the schema can refuse a key as the file is read.
-engine/config/liger_install.py (kernels = "liger") and engine/config/torchao_install.py
-(optimizer_states = "int8") name theirs."""
+engine/config/liger_install.py names Liger-Kernel's (kernels = "liger"); TORCHAO below is torchao's
+(optimizer_states = "int8", engine/training/int8_moments.py)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,9 @@ def version_tuple(version: str) -> tuple[int, ...]:
         digits = "".join(c for c in piece if c.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
+
+
+# 0.14: the first release whose torchao.optim.quant_utils has the functions engine/training/int8_moments.py
+# calls, in the form it calls them (checked from 0.14 to 0.18)
+TORCHAO = Extra(module="torchao", dist="torchao", min_version=(0, 14, 0), extra="int8",
+                instead='optimizer_states = "bfloat16"')

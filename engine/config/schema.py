@@ -174,9 +174,9 @@ class TrainConfig(Section):
     @classmethod
     def _states(cls, v: str) -> str:
         if v == "int8":  # torchao, at check time (no import of it or of torch)
-            from engine.config.torchao_install import install_problem
+            from engine.config.extras import TORCHAO
 
-            problem = install_problem()
+            problem = TORCHAO.problem(TORCHAO.installed_version())
             if problem:
                 raise ValueError(problem)
         return v

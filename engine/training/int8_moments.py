@@ -10,7 +10,7 @@ the stored codes and scales (requantizing would move a signed block whose larges
 the signed map's lowest level is -0.993, not -1).
 
 torchao is imported here only, fenced: the four functions of torchao.optim.quant_utils used below,
-checked from 0.14 to 0.18 (engine/config/torchao_install.py says so when the file is read).
+checked from 0.14 to 0.18 (engine/config/extras.py TORCHAO: the schema says so when the file is read).
 """
 
 from __future__ import annotations
