@@ -3,7 +3,7 @@
 # against the measured peak at three sizes. The device calls behind benchmarks/RESULTS.md ("8B on one GPU").
 #
 #   benchmarks/scale_gpu.sh OUT PART...     PART: memory | teacher | width | resume | depth | h200 | search | graph |
-#                                             recompute | options | summary
+#                                             recompute | options | int8 | topk | summary
 #
 #   memory   benchmarks/memory_prediction.py: predicted vs measured peak (SmolLM2-135M, 1.24B shapes; the 8B
 #            stages below log theirs; MEMORY_CASES=smollm2,1b,8b-width,8b-width-h100 adds the 8B Trainer cases)
@@ -21,6 +21,8 @@
 #   graph    SmolLM2-135M shape: the engine's compiled step with and without teacher_cuda_graph
 #   recompute  the 8B students' distillation step (random weights, the 80 GB recipe) with gradient_checkpointing
 #            = 0.9 and = true side by side, each variant in its own process (benchmarks/distill_throughput.py)
+#   int8     optimizer_states = "int8" (-int8states) against the recipe's bf16 moments: at 1.24B the KD loss after 30
+#            steps, memory and speed; at the 8B students' shapes the less recompute each makes room for
 #   options  master_weights = "stochastic" (-sr) against fp32 masters: at 1.24B the KD loss after 33 steps,
 #            memory and speed; at the 8B students' shapes the less recompute it makes room for
 #            (check predicts width 0.6: ~73 GiB, depth 0.5: ~66 GiB, against 69-71 with masters at 0.9)
@@ -139,8 +141,13 @@ for PART in "$@"; do
       done
     done
     ;;
-  options)
-    log "stochastic rounding against fp32 masters"; nvidia-smi -L | tee -a "$LOG"
+  int8|options)
+    if [[ $PART == int8 ]]; then  # 8-bit moments against the recipe's bf16 ones, and the recompute each makes room for
+      W=8b-width:engine-compile-chunk512; D=8b-depth:engine-compile-chunk512
+      : "${OPTIONS_1B:=engine-compile-bf16states-sr engine-compile-int8states-sr}"
+      : "${OPTIONS_8B:=$W-gc0.6-bf16states-sr $W-gc0.4-bf16states-sr $W-gc0.3-bf16states-sr $W-gc0.2-int8states-sr $D-gc0.5-bf16states-sr $D-gc0.2-int8states-sr}"
+    fi
+    log "$PART: precision and memory options"; nvidia-smi -L | tee -a "$LOG"
     for v in ${OPTIONS_1B:-engine-compile engine-compile-sr engine-compile-autocast engine-compile-bf16states-sr}; do
       timeout 150 python3 benchmarks/distill_throughput.py --variants "$v" --steps 30 --json "$OUT/options-1b-$v.json" 2>&1 \
         | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" | sed "s/^/1b /" | tee -a "$LOG"
