@@ -13,8 +13,9 @@ Same update as `torch.optim.AdamW`, including the two hooks the trainer uses: `g
 `state_dtype` (the trainer's optimizer_states): the moments' dtype. bfloat16 halves them (8 -> 4
 bytes per parameter); the update still computes in fp32 and rounds the moments (to nearest) only
 when it stores them. torch.int8: 8 bits per value (engine/training/int8_moments.py; 2.03 bytes per
-parameter), dequantized to fp32 for the update and quantized back. `dtype=None`: the parameters stay fp32 and are their own masters (no copy):
-how the fp32 path (autocast, DDP with accumulation, the CPU) gets bf16 moments.
+parameter), dequantized to fp32 for the update and quantized back. `dtype=None`: the parameters stay
+fp32 and are their own masters (no copy): how the fp32 path (autocast, DDP with accumulation, the CPU)
+gets bf16 moments.
 
 With fp32 masters the bf16 parameter the forward uses is the master rounded stochastically too
 (`round_copies`; before 2026-12-06 to nearest). A checkpoint's weights lie on the bf16 grid, so a master
@@ -139,7 +140,7 @@ class MasterAdamW(torch.optim.Optimizer):
                 if self.has_masters:
                     st["master"] = p.detach().clone()
                 for key in MOMENTS:
-                    self._put_moment(st, p, key, torch.zeros_like(p, dtype=torch.float32))
+                    self._put_moment(st, p, key, None)
                 self.state[p] = st
                 if dtype is not None:
                     p.data = p.data.to(dtype)
@@ -205,11 +206,15 @@ class MasterAdamW(torch.optim.Optimizer):
                                                    keep=skip)
         self._folded.clear()
 
-    def _put_moment(self, st: dict[str, torch.Tensor], p: torch.Tensor, key: str, values: torch.Tensor) -> None:
-        """Store a moment (fp32 `values`, p's shape or flat) in this optimizer's format: 8 bits where
-        optimizer_states = "int8" and p is large enough, else `float_states` in p's shape."""
+    def _put_moment(self, st: dict[str, torch.Tensor], p: torch.Tensor, key: str,
+                    values: torch.Tensor | None) -> None:
+        """Store a moment (fp32 `values`, p's shape or flat; None: zeros) in this optimizer's format: 8 bits
+        where optimizer_states = "int8" and p is large enough, else `float_states` in p's shape."""
         if self.state_dtype == torch.int8 and int8_moments.quantized(p.numel()):
-            st[f"{key}_codes"], st[f"{key}_scale"] = int8_moments.quantize(values.reshape(-1), SIGNED[key])
+            st[f"{key}_codes"], st[f"{key}_scale"] = (int8_moments.zeros(p.numel(), p.device) if values is None
+                                                      else int8_moments.quantize(values.reshape(-1), SIGNED[key]))
+        elif values is None:
+            st[key] = torch.zeros_like(p, dtype=self.float_states, memory_format=torch.preserve_format)
         else:
             st[key] = values.reshape(p.shape).to(self.float_states).contiguous()
 
