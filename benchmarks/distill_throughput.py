@@ -353,7 +353,7 @@ def main() -> None:
     ap.add_argument("--sdpa", default="", choices=["", "cudnn", "flash", "efficient"],
                     help="only this SDPA backend (default: PyTorch's choice)")
     args = ap.parse_args()
-    from engine.training.setup import make_accelerator
+    from engine.training.setup import cap_gpu_memory, make_accelerator
 
     if args.sdpa:  # a process-wide switch (compiled graphs do not guard on it)
         for b in ("cudnn", "flash", "efficient"):
@@ -363,6 +363,7 @@ def main() -> None:
         args.seq = min(args.seq, 64)
     acc = make_accelerator(args.strategy, "bf16", ["LlamaDecoderLayer"])
     device = acc.device
+    cap_gpu_memory(device)  # SLIMLAB_GPU_MEMORY_CAP_GIB: run as on a smaller card
     world = acc.num_processes
     torch.backends.cuda.matmul.allow_tf32 = True
     g = torch.Generator(device=device).manual_seed(1234 + acc.process_index)

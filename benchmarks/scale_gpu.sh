@@ -145,7 +145,8 @@ for PART in "$@"; do
     if [[ $PART == int8 ]]; then  # 8-bit moments against the recipe's bf16 ones, and the recompute each makes room for
       W=8b-width:engine-compile-chunk512; D=8b-depth:engine-compile-chunk512
       : "${OPTIONS_1B:=engine-compile-bf16states-sr engine-compile-int8states-sr}"
-      : "${OPTIONS_8B:=$W-gc0.6-bf16states-sr $W-gc0.4-bf16states-sr $W-gc0.3-bf16states-sr $W-gc0.2-int8states-sr $D-gc0.5-bf16states-sr $D-gc0.2-int8states-sr}"
+      # @GiB: under that cap (a 48 GB card holds ~44.5 GiB): check says only 8-bit moments fit there
+      : "${OPTIONS_8B:=$W-gc0.6-bf16states-sr $W-gc0.4-bf16states-sr $W-gc0.2-int8states-sr $D-gc0.5-bf16states-sr $D-gc0.2-int8states-sr $W-gc-int8states-sr@44.5 $W-gc-bf16states-sr@44.5}"
     fi
     log "$PART: precision and memory options"; nvidia-smi -L | tee -a "$LOG"
     for v in ${OPTIONS_1B:-engine-compile engine-compile-sr engine-compile-autocast engine-compile-bf16states-sr}; do
@@ -153,9 +154,11 @@ for PART in "$@"; do
         | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" | sed "s/^/1b /" | tee -a "$LOG"
     done
     for sv in ${OPTIONS_8B:-8b-width:engine-compile-chunk512-gc0.6-bf16states-sr 8b-depth:engine-compile-chunk512-gc0.5-bf16states-sr}; do
-      timeout 150 python3 benchmarks/distill_throughput.py --shape "${sv%%:*}" --variants "${sv#*:}" --warmup 3 --steps 8 \
-        --json "$OUT/options-${sv%%:*}-${sv#*:}.json" 2>&1 | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error" \
-        | sed "s/^/${sv%%:*} /" | tee -a "$LOG"
+      cap=; [[ $sv == *@* ]] && cap=${sv##*@} && sv=${sv%@*}
+      SLIMLAB_GPU_MEMORY_CAP_GIB=$cap timeout 150 python3 benchmarks/distill_throughput.py --shape "${sv%%:*}" \
+        --variants "${sv#*:}" --warmup 3 --steps 8 --json "$OUT/options-${sv%%:*}-${sv#*:}${cap:+-cap$cap}.json" 2>&1 \
+        | grep --line-buffered -v -i warn | grep --line-buffered -E "tok/s|FAILED|Error|out of memory" \
+        | sed "s/^/${sv%%:*}${cap:+ (cap $cap GiB)} /" | tee -a "$LOG"
     done
     ;;
   topk)

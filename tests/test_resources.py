@@ -187,16 +187,18 @@ def test_a_hostile_scratch_model_is_refused_for_host_memory_on_the_cpu(tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_suggested_knobs_make_it_fit(tmp_path, monkeypatch):
-    """The knob the refusal names, applied, passes the same check."""
+@pytest.mark.parametrize("gib", [79, 48])
+def test_the_suggested_knobs_make_it_fit(tmp_path, monkeypatch, gib):
+    """The knob the refusal names, applied, passes the same check (on 48 GiB only with 8-bit moments)."""
     from engine.resources import fit
 
     exp = load_experiment(_big_toml(tmp_path, hidden=4096))
-    machine = fit.Machine(gpus=1, gpu_bytes=79 * 2**30, gpu_name="GPU", host_bytes=100 * 2**30)
+    machine = fit.Machine(gpus=1, gpu_bytes=gib * 2**30, gpu_name="GPU", host_bytes=100 * 2**30)
     monkeypatch.setattr(fit, "free_bytes", lambda _p: 2**50)
     with pytest.raises(ConfigError) as e:
         fit.resource_lines(exp, machine)
     fix = str(e.value).split("; set ", 1)[1].split(" (~")[0]  # "finetune.a = x and finetune.b = y"
+    assert ('finetune.optimizer_states = "int8"' in fix) == (gib == 48), fix
     for change in fix.split(" and "):
         key, value = (x.strip() for x in change.split("=", 1))
         section, name = key.split(".")

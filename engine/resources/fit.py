@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass, replace
 
 from engine.config import ConfigError, Experiment
-from engine.config.schema import BF16_MAX_BETA2
+from engine.config.schema import BF16_MAX_BETA2, STATE_BYTES
 from engine.disk_space import free_bytes
 from engine.resources.memory import GIB, Knobs, Need
 from engine.resources.plan import Shapes, experiment_shapes, stage_disk, stage_need
@@ -178,10 +178,14 @@ def _least_recompute(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, reco
 
 
 def _rest(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, base: list[Step], limit: int, m: Machine) -> str:
-    """Every recompute and memory format (`base`), then smaller loss chunks and batches, cumulatively,
-    until the stage fits; '' when it never does."""
+    """Every recompute and memory format (`base`), then 8-bit moments, smaller loss chunks and batches,
+    cumulatively, until the stage fits; '' when it never does."""
     section = kind_of(stage).section
     steps: list[Step] = []
+    # 8-bit moments only where nothing above fits: their cost is measured at 8B (benchmarks/RESULTS.md); under
+    # FSDP refused (engine/config/schema.py)
+    if k.state_bytes > STATE_BYTES["int8"] and not k.fsdp:
+        steps.append((f"{section}.optimizer_states = \"int8\"", {"state_bytes": STATE_BYTES["int8"]}))
     if k.chunk_tokens > 1024 and hasattr(own_settings(exp, stage), "chunk_tokens"):  # a KD loss's chunk ([distill])
         steps.append(("distill.chunk_tokens = 1024", {"chunk_tokens": 1024}))
     if k.micro_batch > 1 and not k.master:
