@@ -196,3 +196,37 @@ def test_ce_kernel_only_takes_the_no_gradient_plain_loss() -> None:
     assert not ce_triton.applies(torch.bfloat16, LossSpec("ce"), True)  # training: chunk_loss has the gradient
     assert not ce_triton.applies(torch.bfloat16, LossSpec("forward_kl"), False)
     assert not ce_triton.applies(torch.float64, LossSpec("ce"), False)  # tests' double precision stays exact
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_master_adamw_with_int8_moments_through_the_kernel_equals_its_reference(kernels, stochastic: bool) -> None:
+    """optimizer_states = "int8" on CUDA: the 8-bit moments are dequantized into fp32 copies that the
+    kernel updates, then quantized back; the same as the torch-ops update (its reference) to rounding."""
+    pytest.importorskip("torchao")
+    from engine.training.master_adamw import MasterAdamW
+
+    gen = torch.Generator().manual_seed(3)
+    start = [torch.randn(64, 96, generator=gen), torch.randn(96, generator=gen)]
+    grads = [[torch.randn(p.shape, generator=gen).bfloat16() for p in start] for _ in range(3)]
+    opts, params = [], []
+    for fused in (False, True):
+        ps = [torch.nn.Parameter(p.clone()) for p in start]
+        opts.append(MasterAdamW([{"params": ps}], lr=1e-2, betas=(0.9, 0.95), fused=fused, state_dtype=torch.int8,
+                                stochastic=stochastic))
+        params.append(ps)
+    for step in grads:
+        for opt, ps in zip(opts, params, strict=True):
+            for p, g in zip(ps, step, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    ref, got = (opt.state[ps[0]] for opt, ps in zip(opts, params, strict=True))
+    assert ref["exp_avg_codes"].dtype == torch.uint8
+    for key in ("exp_avg_codes", "exp_avg_sq_codes"):  # a level apart at most where fp32 sums round differently
+        assert (got[key].int() - ref[key].int()).abs().max() <= 1, key
+    masters = [opt.master_weights()[ps[0]].float() for opt, ps in zip(opts, params, strict=True)]
+    # 3 steps of lr 1e-2 (~0.01 each); the interpreter truncates where the GPU rounds, and stochastic
+    # rounding draws other bits (Philox, not torch's CPU generator): a bf16 ulp apart a step at most, at
+    # the largest magnitude a weight had (its start or its end, plus the steps)
+    ulp = 2**-7 * (torch.maximum(masters[0].abs(), start[0].abs()) + 0.03)
+    assert ((masters[1] - masters[0]).abs() <= 3 * ulp).all()
+    assert not torch.equal(masters[0], start[0])  # the weights moved
