@@ -182,8 +182,8 @@ def _rest(exp: Experiment, shapes: Shapes, stage: str, k: Knobs, base: list[Step
     cumulatively, until the stage fits; '' when it never does."""
     section = kind_of(stage).section
     steps: list[Step] = []
-    # 8-bit moments only where nothing above fits: their cost is measured at 8B (benchmarks/RESULTS.md); under
-    # FSDP refused (engine/config/schema.py)
+    # 8-bit moments only where nothing above fits: their update cost 20% of the speed at 1.24B and 5-8% at 8B
+    # on an H200, more than the recompute they save (benchmarks/RESULTS.md); refused under FSDP (schema.py)
     if k.state_bytes > STATE_BYTES["int8"] and not k.fsdp:
         steps.append((f"{section}.optimizer_states = \"int8\"", {"state_bytes": STATE_BYTES["int8"]}))
     if k.chunk_tokens > 1024 and hasattr(own_settings(exp, stage), "chunk_tokens"):  # a KD loss's chunk ([distill])
