@@ -157,3 +157,30 @@ def test_int8_is_refused_without_torchao_and_under_fsdp(monkeypatch: pytest.Monk
     monkeypatch.setattr(Extra, "installed_version", lambda self: "0.10.0")
     with pytest.raises(ConfigError, match="torchao 0.10.0 is older than 0.14.0"):
         loads_experiment(text, source="exp.toml")
+
+
+def test_a_torchao_that_does_not_import_stops_the_optimizer_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed but broken (the schema reads only its metadata): the optimizer is refused before training
+    with the error and the fix, not at the first step with a traceback."""
+    import builtins
+
+    from engine.errors import UserError
+
+    real_import = builtins.__import__
+
+    def broken(name: str, *args, **kwargs):
+        if name.startswith("torchao"):
+            raise ImportError("undefined symbol: _ZN3c10")
+        return real_import(name, *args, **kwargs)
+
+    int8_moments._quant_utils.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", broken)
+    try:
+        with pytest.raises(UserError, match=r'torchao does not import here \(ImportError: undefined symbol: '
+                                            r'_ZN3c10\); pip install -U "slimlab\[int8\]", or set '
+                                            r'optimizer_states = "bfloat16"'):
+            MasterAdamW(_groups(_pair([BIG, SMALL])[1]), state_dtype=torch.int8, **KW)
+    finally:
+        monkeypatch.undo()
+        int8_moments._quant_utils.cache_clear()
+    assert MasterAdamW(_groups(_pair([BIG, SMALL])[1]), state_dtype=torch.int8, **KW).state_dtype == torch.int8

@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from engine.config.schema import INT8_BLOCK as BLOCK  # values sharing one scale (and the bytes it costs)
+from engine.config.schema import INT8_BLOCK as BLOCK
+from engine.errors import UserError  # values sharing one scale (and the bytes it costs)
 
 MIN_NUMEL = 4096  # smaller tensors (norms) keep bf16 moments, as in torchao and bitsandbytes
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -44,10 +45,24 @@ def _quant_utils() -> Any:
         log.setLevel(logging.ERROR)
     try:
         from torchao.optim import quant_utils
+    except Exception as e:  # installed but broken (a torch it was not built for): one line, before training
+        raise UserError(f"optimizer_states = \"int8\": torchao does not import here ({type(e).__name__}: {e}); "
+                        f'pip install -U "slimlab[int8]", or set optimizer_states = "bfloat16"') from e
     finally:
         for log, level in zip(quiet, levels, strict=True):
             log.setLevel(level)
+    missing = [f for f in ("create_dynamic_map", "scale_tensor", "quantize_8bit_with_qmap", "dequant_with_qmap")
+               if not hasattr(quant_utils, f)]
+    if missing:  # the fence: a torchao that moved the functions this module calls
+        raise UserError(f"optimizer_states = \"int8\": this torchao has no {', '.join(missing)} in "
+                        f'torchao.optim.quant_utils (slimlab was checked with 0.14 to 0.18); install one of those, or set '
+                        f'optimizer_states = "bfloat16"')
     return quant_utils
+
+
+def require() -> None:
+    """Import torchao now (a UserError naming the fix if it cannot be used), not at the first step."""
+    _quant_utils()
 
 
 @functools.cache

@@ -120,6 +120,8 @@ class MasterAdamW(torch.optim.Optimizer):
         self._sums: dict[torch.Tensor, torch.Tensor] = {}  # fp32 gradient sums (see `accumulate`)
         self._folded: set[torch.Tensor] = set()  # parameters whose sum holds this step's gradient
         self.state_dtype = state_dtype
+        if state_dtype == torch.int8:
+            int8_moments.require()
         # torch.int8: 8-bit moments (engine/training/int8_moments.py) where a tensor is large enough, else bf16
         self.float_states = torch.bfloat16 if state_dtype == torch.int8 else state_dtype
         # stochastic: bf16 parameters rounded stochastically, no copy; dtype None: fp32 ones, their own masters
