@@ -38,7 +38,8 @@ Llama-3.1-8B teacher -> 4.5B students (issue 21; one 80 GB GPU, the recipe of ex
 Memory options (issue 21), as suffixes:  --variants engine-compile,engine-compile-gc,engine-compile-bf16states,
                   engine-compile-autocast (fp32 weights under autocast: no bf16 model + fp32 masters split),
                   engine-compile-bf16states-sr (master_weights = "stochastic": no fp32 masters),
-                  engine-compile-int8states-sr (optimizer_states = "int8": torchao's 8-bit moments)
+                  engine-compile-int8states-sr (optimizer_states = "int8": torchao's 8-bit moments),
+                  engine-compile-int8fused-sr (the same, updated in one kernel: adamw8_triton.py)
 A variant that fails prints its error and the others still run.
 """
 
@@ -462,7 +463,13 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
     # memory options, as suffixes in any order: -tgraph (teacher_cuda_graph), -gc (gradient_checkpointing;
     # -gc0.9: that fraction of the layers), -bf16states / -int8states (optimizer_states = "bfloat16" / "int8"),
     # -sr (master_weights = "stochastic")
-    opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name for o in ("tgraph", "bf16states", "int8states", "sr")}
+    # -int8fused: 8-bit moments updated in one kernel (engine/training/adamw8_triton.py)
+    opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name
+            for o in ("tgraph", "bf16states", "int8states", "int8fused", "sr")}
+    if opts["int8fused"]:
+        from engine.training.int8_moments import FUSED_ENV
+
+        os.environ[FUSED_ENV] = "1"  # (each variant runs in its own process in scale_gpu.sh)
     bare = name
     for o in opts:
         bare = bare.replace(f"-{o}", "")
@@ -479,8 +486,8 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
         r = run_engine(args, arch, device, bs, acc, compile=compile_, chunk=chunk, accum=accum,
                        profile=profile, hf_mask=base.endswith("-hfmask"),
                        master=False if autocast else "stochastic" if opts["sr"] else None, kernels=kernels, name=name, tgraph=opts["tgraph"],
-                       gc=opts["gc"], states="bfloat16" if opts["bf16states"] else "int8" if opts["int8states"]
-                       else "float32")
+                       gc=opts["gc"], states="bfloat16" if opts["bf16states"]
+                       else "int8" if opts["int8states"] or opts["int8fused"] else "float32")
     finally:
         undo_rope()  # Liger's RoPE is process-wide: the next variant runs stock
     r["tokens_per_step"] = bs[0].shape[0] * args.seq * acc.num_processes * accum

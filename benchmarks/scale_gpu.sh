@@ -21,8 +21,9 @@
 #   graph    SmolLM2-135M shape: the engine's compiled step with and without teacher_cuda_graph
 #   recompute  the 8B students' distillation step (random weights, the 80 GB recipe) with gradient_checkpointing
 #            = 0.9 and = true side by side, each variant in its own process (benchmarks/distill_throughput.py)
-#   int8     optimizer_states = "int8" (-int8states) against the recipe's bf16 moments: at 1.24B the KD loss after 30
-#            steps, memory and speed; at the 8B students' shapes the less recompute each makes room for
+#   int8     optimizer_states = "int8" (-int8states; -int8fused: in one kernel, SLIMLAB_INT8_FUSED=1) against the
+#            recipe's bf16 moments: at 1.24B the KD loss after 30 steps, memory and speed; at the 8B students'
+#            shapes the less recompute each makes room for
 #   options  master_weights = "stochastic" (-sr) against fp32 masters: at 1.24B the KD loss after 33 steps,
 #            memory and speed; at the 8B students' shapes the less recompute it makes room for
 #            (check predicts width 0.6: ~73 GiB, depth 0.5: ~66 GiB, against 69-71 with masters at 0.9)
@@ -144,10 +145,10 @@ for PART in "$@"; do
   int8|options)
     if [[ $PART == int8 ]]; then  # 8-bit moments against the recipe's bf16 ones, and the recompute each makes room for
       W=8b-width:engine-compile-chunk512; D=8b-depth:engine-compile-chunk512
-      : "${OPTIONS_1B:=engine-compile-bf16states-sr engine-compile-int8states-sr}"
+      : "${OPTIONS_1B:=engine-compile-bf16states-sr engine-compile-int8states-sr engine-compile-int8fused-sr}"
       # @GiB: under that cap (a 48 GB card holds ~44.5 GiB): check says only 8-bit moments fit there
       # (RESULTS.md "The seed workload on one H200": these, and $D-gc0.4-bf16states-sr in a second call)
-      : "${OPTIONS_8B:=$W-gc0.6-bf16states-sr $W-gc0.2-int8states-sr $W-gc-int8states-sr@44.5 $W-gc-bf16states-sr@44.5 $W-gc0.4-bf16states-sr $D-gc0.5-bf16states-sr $D-gc0.2-int8states-sr $D-gc0.4-bf16states-sr}"
+      : "${OPTIONS_8B:=$W-gc0.6-bf16states-sr $W-gc0.2-int8states-sr $W-gc0.2-int8fused-sr $W-gc0.4-bf16states-sr $W-gc-int8states-sr@44.5 $W-gc-bf16states-sr@44.5 $D-gc0.5-bf16states-sr $D-gc0.2-int8states-sr $D-gc0.4-bf16states-sr}"
     fi
     log "$PART: precision and memory options"; nvidia-smi -L | tee -a "$LOG"
     for v in ${OPTIONS_1B:-engine-compile engine-compile-sr engine-compile-autocast engine-compile-bf16states-sr}; do

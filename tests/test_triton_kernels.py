@@ -198,31 +198,43 @@ def test_ce_kernel_only_takes_the_no_gradient_plain_loss() -> None:
     assert not ce_triton.applies(torch.float64, LossSpec("ce"), False)  # tests' double precision stays exact
 
 
+@pytest.mark.parametrize("one_kernel", [False, True])
 @pytest.mark.parametrize("stochastic", [False, True])
-def test_master_adamw_with_int8_moments_through_the_kernel_equals_its_reference(kernels, stochastic: bool) -> None:
-    """optimizer_states = "int8" on CUDA: the 8-bit moments are dequantized into fp32 copies that the
-    kernel updates, then quantized back; the same as the torch-ops update (its reference) to rounding."""
+def test_master_adamw_with_int8_moments_through_the_kernel_equals_its_reference(
+        kernels, monkeypatch: pytest.MonkeyPatch, stochastic: bool, one_kernel: bool) -> None:
+    """optimizer_states = "int8" on CUDA, both ways: the 8-bit moments dequantized into fp32 copies that the
+    kernel updates, then quantized back; or (`one_kernel`, adamw8_triton.py) read, updated and stored as
+    codes in one kernel. The same as the torch-ops update (its reference) to rounding, a skipped step
+    included. 3 x 2048 + 512 values: a program's span ends inside the tensor."""
     pytest.importorskip("torchao")
+    from engine.training import int8_moments
     from engine.training.master_adamw import MasterAdamW
 
     gen = torch.Generator().manual_seed(3)
-    start = [torch.randn(64, 96, generator=gen), torch.randn(96, generator=gen)]
-    grads = [[torch.randn(p.shape, generator=gen).bfloat16() for p in start] for _ in range(3)]
+    start = [torch.randn(52, 128, generator=gen), torch.randn(96, generator=gen)]
+    grads = [[torch.randn(p.shape, generator=gen).bfloat16() for p in start] for _ in range(4)]
     opts, params = [], []
     for fused in (False, True):
+        monkeypatch.setenv(int8_moments.FUSED_ENV, "1" if one_kernel else "0")
         ps = [torch.nn.Parameter(p.clone()) for p in start]
         opts.append(MasterAdamW([{"params": ps}], lr=1e-2, betas=(0.9, 0.95), fused=fused, state_dtype=torch.int8,
                                 stochastic=stochastic))
         params.append(ps)
-    for step in grads:
+    assert (opts[1]._update8 is not None) == one_kernel
+    for i, step in enumerate(grads):
         for opt, ps in zip(opts, params, strict=True):
             for p, g in zip(ps, step, strict=True):
                 p.grad = g.clone()
+            opt.found_inf = torch.tensor(float(i == 2))  # the third step is skipped
+            before = {k: v.clone() for k, v in opt.state[ps[0]].items()}
             opt.step()
+            if i == 2:
+                assert all(torch.equal(before[k], v) for k, v in opt.state[ps[0]].items())
     ref, got = (opt.state[ps[0]] for opt, ps in zip(opts, params, strict=True))
-    assert ref["exp_avg_codes"].dtype == torch.uint8
-    for key in ("exp_avg_codes", "exp_avg_sq_codes"):  # a level apart at most where fp32 sums round differently
-        assert (got[key].int() - ref[key].int()).abs().max() <= 1, key
+    assert ref["exp_avg_codes"].dtype == got["exp_avg_codes"].dtype == torch.uint8 and float(got["step"]) == 3
+    for key in ("exp_avg", "exp_avg_sq"):  # a level apart at most where fp32 sums round differently
+        assert (got[f"{key}_codes"].int() - ref[f"{key}_codes"].int()).abs().max() <= 1, key
+        torch.testing.assert_close(got[f"{key}_scale"], ref[f"{key}_scale"], rtol=1e-5, atol=0)
     masters = [opt.master_weights()[ps[0]].float() for opt, ps in zip(opts, params, strict=True)]
     # 3 steps of lr 1e-2 (~0.01 each); the interpreter truncates where the GPU rounds, and stochastic
     # rounding draws other bits (Philox, not torch's CPU generator): a bf16 ulp apart a step at most, at

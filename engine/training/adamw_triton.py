@@ -35,6 +35,29 @@ def _stochastic_round(w, step, index, offs):
 
 
 @triton.jit
+def _adam(g, m, v, w, step, lr, beta1, beta2, eps, weight_decay):
+    """One AdamW update in fp32 registers: the new moments and weight (adamw_reference's arithmetic)."""
+    m = m + (1 - beta1) * (g - m)
+    v = v * beta2 + (1 - beta2) * g * g
+    bias1 = 1 - tl.exp2(step * tl.log2(beta1))
+    bias2_sqrt = tl.sqrt(1 - tl.exp2(step * tl.log2(beta2)))
+    w = w * (1 - lr * weight_decay) - (lr / bias1) * m / (tl.sqrt(v) / bias2_sqrt + eps)
+    return m, v, w
+
+
+@triton.jit
+def _store_weight(p_ptr, w_ptr, w, offs, mask, step, sr_index, SR: tl.constexpr, OWN_MASTER: tl.constexpr):
+    """The fp32 master (unless the parameter is its own master) and the parameter, rounded to nearest or
+    (SR) stochastically."""
+    if not OWN_MASTER:  # (else w_ptr is p_ptr: the store below is the only one)
+        tl.store(w_ptr + offs, w, mask=mask)
+    if SR:
+        tl.store(p_ptr + offs, _stochastic_round(w, step, sr_index, offs), mask=mask)
+    else:
+        tl.store(p_ptr + offs, w.to(p_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+
+
+@triton.jit
 def _adamw_kernel(p_ptr, g_ptr, w_ptr, m_ptr, v_ptr, step_ptr, lr_ptr, inv_scale_ptr, skip_ptr, n,
                   beta1, beta2, eps, weight_decay, sr_index, BLOCK: tl.constexpr, SR: tl.constexpr,
                   OWN_MASTER: tl.constexpr):
@@ -47,19 +70,10 @@ def _adamw_kernel(p_ptr, g_ptr, w_ptr, m_ptr, v_ptr, step_ptr, lr_ptr, inv_scale
         m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
         v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
         w = tl.load(w_ptr + offs, mask=mask).to(tl.float32)
-        m = m + (1 - beta1) * (g - m)
-        v = v * beta2 + (1 - beta2) * g * g
-        bias1 = 1 - tl.exp2(step * tl.log2(beta1))
-        bias2_sqrt = tl.sqrt(1 - tl.exp2(step * tl.log2(beta2)))
-        w = w * (1 - lr * weight_decay) - (lr / bias1) * m / (tl.sqrt(v) / bias2_sqrt + eps)
+        m, v, w = _adam(g, m, v, w, step, lr, beta1, beta2, eps, weight_decay)
         tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)  # (downcasts round to nearest)
         tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-        if not OWN_MASTER:  # (else w_ptr is p_ptr: the store below is the only one)
-            tl.store(w_ptr + offs, w, mask=mask)
-        if SR:
-            tl.store(p_ptr + offs, _stochastic_round(w, step, sr_index, offs), mask=mask)
-        else:
-            tl.store(p_ptr + offs, w.to(p_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+        _store_weight(p_ptr, w_ptr, w, offs, mask, step, sr_index, SR, OWN_MASTER)
 
 
 @triton.jit

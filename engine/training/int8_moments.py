@@ -30,6 +30,9 @@ from engine.config.schema import INT8_BLOCK as BLOCK  # values sharing one scale
 from engine.errors import UserError
 
 MIN_NUMEL = 4096  # smaller tensors (norms) keep bf16 moments, as in torchao and bitsandbytes
+# "1": the update in one Triton kernel that reads and writes the codes (engine/training/adamw8_triton.py), in
+# place of the two-pass path here; off until a GPU has measured it (benchmarks/scale_gpu.sh int8)
+FUSED_ENV = "SLIMLAB_INT8_FUSED"
 MOMENTS = ("exp_avg", "exp_avg_sq")
 SIGNED = {"exp_avg": True, "exp_avg_sq": False}  # the second moment is never negative: all 256 codes >= 0
 
@@ -72,6 +75,11 @@ def require() -> None:
 @functools.cache
 def _qmap(signed: bool, device: torch.device) -> torch.Tensor:
     return torch.tensor(_quant_utils().create_dynamic_map(signed=signed), dtype=torch.float32, device=device)
+
+
+def qmaps(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The signed and the unsigned level tables (the first and the second moment's) on `device`."""
+    return _qmap(True, device), _qmap(False, device)
 
 
 def zeros(numel: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ a resumed run rounds as an uninterrupted one, and there is no RNG state to save.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -134,6 +135,10 @@ class MasterAdamW(torch.optim.Optimizer):
             self._update, self._round_into = adamw_update, round_into
         else:
             self._update, self._round_into = adamw_reference, round_into_reference
+        self._update8 = None  # the one-kernel update of 8-bit moments, where FUSED_ENV asks for it
+        if fused and state_dtype == torch.int8 and os.environ.get(int8_moments.FUSED_ENV) == "1":
+            from engine.training.adamw8_triton import adamw8_update
+            self._update8 = adamw8_update
         for group in self.param_groups:
             for p in group["params"]:
                 if p.dtype != torch.float32:
@@ -198,10 +203,14 @@ class MasterAdamW(torch.optim.Optimizer):
             for p in params:
                 st = self.state[p]
                 master = st["master"] if self.has_masters else p
+                sr = {"sr_index": self._index[p]} if self.rounds_stochastically else {}
+                if self._update8 is not None and int8_moments.quantized_state(st):
+                    self._update8(p.view(-1), self._grad(p).view(-1), master.view(-1), st,
+                                  int8_moments.qmaps(p.device), st["step"], lr, inv_scale, skip, *constants, **sr)
+                    continue
                 m, v = (self._moment(st, key).view(-1) for key in MOMENTS)
                 self._update(p.view(-1), self._grad(p).view(-1), master.view(-1), m, v, st["step"], lr,
-                             inv_scale, skip, *constants,
-                             **({"sr_index": self._index[p]} if self.rounds_stochastically else {}))
+                             inv_scale, skip, *constants, **sr)
                 if int8_moments.quantized_state(st):  # m and v were fp32 copies: store them back in 8 bits
                     for key, values in zip(MOMENTS, (m, v), strict=True):
                         int8_moments.quantize_into(values, st[f"{key}_codes"], st[f"{key}_scale"], SIGNED[key],
