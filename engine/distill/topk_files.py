@@ -11,7 +11,10 @@ def cache_bytes(windows: int, seq: int, k: int, value_bytes: int) -> int:
     return windows * seq * k * (value_bytes + INDEX_BYTES)
 
 
-def stored_dtype(mixed_precision: str, weights_dtype: str) -> str:
-    """The dtype the teacher's logits are computed in, and stored: autocast's under bf16/fp16 mixed precision,
-    else the teacher's weights' ([model].dtype on CUDA; the CPU runs "no" mixed precision and fp32 weights)."""
+def stored_dtype(mixed_precision: str, weights_dtype: str, cuda: bool) -> str:
+    """The dtype the teacher's logits are computed in, and stored: on CUDA autocast's under bf16/fp16 mixed
+    precision, else the teacher's weights' ([model].dtype); on the CPU fp32 (it runs no mixed precision,
+    engine/training/setup.py, and loads the teacher in fp32, stage_bodies.load_teacher)."""
+    if not cuda:
+        return "float32"
     return {"bf16": "bfloat16", "fp16": "float16"}.get(mixed_precision, weights_dtype)

@@ -67,7 +67,7 @@ class Training(Footprint):
         cache = 0
         if kind_of(stage).per_student and _cached(exp, stage):  # every window of the stage, on all ranks
             windows = cfg.steps * cfg.global_batch_size
-            dtype = stored_dtype(exp.launch.mixed_precision, exp.model.dtype) if cuda else "float32"
+            dtype = stored_dtype(exp.launch.mixed_precision, exp.model.dtype, cuda)
             cache = cache_bytes(windows, exp.data.seq_length, cfg.top_k, DTYPE_BYTES[dtype])
         return DiskNeed(stage, n * DTYPE_BYTES[exp.model.dtype],
                         checkpoint_bytes(n, self.knobs(exp, stage, processes, cuda)),

@@ -88,8 +88,7 @@ def store_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, spec: An
     samples = cfg.steps * cfg.global_batch_size // world
     ids = [data.window_index(k) for k in range(samples)]
     cuda = acc.device.type == "cuda"
-    # (the teacher is loaded in [model].dtype on CUDA, fp32 on the CPU: stage_bodies.load_teacher)
-    dtype = stored_dtype(acc.mixed_precision, model_dtype if cuda else "float32")
+    dtype = stored_dtype(acc.mixed_precision, model_dtype, cuda)
 
     def open_cache() -> TopKCache:
         return TopKCache(ctx.layout.teacher_topk_dir, teacher=teacher_path,
