@@ -69,6 +69,7 @@ class TopKCache:
         self.dir = Path(parent) / key
         self.k, self.seq, self.vocab, self.dtype = int(k), int(seq), int(vocab), dtype
         self.np_dtype, self.torch_store = _STORE[dtype]
+        self.value_dtype = getattr(torch, dtype)  # the logits' own dtype (torch_store holds bf16's bits)
         self.value_bytes = np.dtype(self.np_dtype).itemsize
         self._open(int(num_windows))
 
@@ -138,10 +139,10 @@ class TopKCache:
                 idx.append(top.indices.to(torch.int32))
             v = torch.cat(vals).view(len(part), self.seq, self.k)
             x = torch.cat(idx).view(len(part), self.seq, self.k)
-            v_host = v.to(torch.bfloat16 if self.dtype == "bfloat16" else self.torch_store).cpu()
+            v_host, x_host = v.to(self.value_dtype).cpu(), x.cpu()
             for j, i in enumerate(part):
                 self.values[i] = v_host[j].view(self.torch_store).numpy()
-                self.indices[i] = x[j].cpu().numpy()
+                self.indices[i] = x_host[j].numpy()
             self.values.flush()
             self.indices.flush()
             self.done[part] = 1  # after the rows are on disk
@@ -159,8 +160,7 @@ class TopKCache:
         out = []
         for a in range(0, len(ids), micro):
             rows = list(ids[a:a + micro])
-            v = torch.from_numpy(np.ascontiguousarray(self.values[rows])).view(
-                torch.bfloat16 if self.dtype == "bfloat16" else self.torch_store)
+            v = torch.from_numpy(np.ascontiguousarray(self.values[rows])).view(self.value_dtype)
             x = torch.from_numpy(np.ascontiguousarray(self.indices[rows])).long()
             if device.type == "cuda":
                 v, x = v.pin_memory(), x.pin_memory()

@@ -113,8 +113,7 @@ class TrainingRecipe:
         set_seed(cfg.seed)
         self.topk: TopKCache | None = None
         if getattr(cfg, "teacher_logits", "live") == "cached":  # the teacher's top-k to disk, then off the GPU
-            self.topk = fill_teacher_topk(ctx, cfg, self.acc, self.seq, models, self._log)
-            models.teacher = None
+            self.topk = fill_teacher_topk(ctx, cfg, self.acc, self.seq, models, self._log)  # (drops models.teacher)
         self.trainer = Trainer(self.acc, models.student, self._pinned_micro_batch(), models.spec, models.teacher,
                                models.hidden, seq_length=self.seq, log=self._log,
                                cached_top_k=self.topk.k if self.topk else None)
