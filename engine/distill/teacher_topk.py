@@ -161,8 +161,8 @@ class TopKCache:
         for a in range(0, len(ids), micro):
             rows = list(ids[a:a + micro])
             v = torch.from_numpy(np.ascontiguousarray(self.values[rows])).view(self.value_dtype)
-            x = torch.from_numpy(np.ascontiguousarray(self.indices[rows])).long()
+            x = torch.from_numpy(np.ascontiguousarray(self.indices[rows]))  # int32: widened after the copy
             if device.type == "cuda":
                 v, x = v.pin_memory(), x.pin_memory()
-            out.append((v.to(device, non_blocking=True), x.to(device, non_blocking=True)))
+            out.append((v.to(device, non_blocking=True), x.to(device, non_blocking=True).long()))
         return out
