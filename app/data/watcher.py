@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,3 +168,15 @@ class DrainQueue:
         """The reader ended without draining (cancelled, app closing): the next add starts one."""
         with self._lock:
             self._busy = False
+
+    def drain(self, read: Callable[[set[Path]], bool], cancelled: Callable[[], bool]) -> None:
+        """The reader thread's loop: `read` each batch of changes until none is left, or until `cancelled()`
+        or `read` returns False (the app is closing); then the next add starts a reader again."""
+        paths: set[Path] | None = set()
+        try:
+            while (paths := self.take()) is not None:
+                if cancelled() or not read(paths):
+                    return
+        finally:
+            if paths is not None:
+                self.reset()

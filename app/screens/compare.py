@@ -171,14 +171,7 @@ class CompareScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
     def _drain_reads(self) -> None:
         """Load until nothing more changed (one such worker at a time: see DrainQueue)."""
         worker = get_current_worker()
-        paths: set[Path] | None = set()
-        try:
-            while (paths := self._reads.take()) is not None:
-                if worker.is_cancelled or not self._loader.load(self, paths):
-                    return
-        finally:
-            if paths is not None:
-                self._reads.reset()
+        self._reads.drain(lambda paths: self._loader.load(self, paths), lambda: worker.is_cancelled)
 
     @while_shown
     def _show(self, selected, curves, results, labels, diff, decide=None, colours=None) -> None:

@@ -219,14 +219,7 @@ class RunDetailScreen(WatchedScreen, ChartControls, KeepStyles, Screen):
     def _drain_reads(self) -> None:
         """Read what changed until nothing more did (one such worker at a time: see DrainQueue)."""
         worker = get_current_worker()
-        paths: set[Path] | None = set()
-        try:
-            while (paths := self._reads.take()) is not None:
-                if worker.is_cancelled or not self._read_files(paths):
-                    return
-        finally:
-            if paths is not None:
-                self._reads.reset()
+        self._reads.drain(self._read_files, lambda: worker.is_cancelled)
 
     def _read_files(self, paths: set[Path]) -> bool:
         """Read `paths` and hand the news to _apply; False when the app is closing."""
