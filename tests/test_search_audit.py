@@ -221,6 +221,23 @@ def test_check_describes_the_audit_and_its_memory(root, capsys):
     assert audited.total == max(plain.total, stage_need(exp, shapes, "distill-auto", 1, False).total) > plain.total
 
 
+def test_a_distill_score_counts_its_training_at_the_micro_batch_it_used(root):
+    """A search scored by a short distillation trains candidates beside the teacher even without an audit
+    (a SmolLM2 search predicted 7.0 GiB and peaked at 30.2 when only the audit was counted, at the
+    calibration batch size): the prune stage's need is the distill stage's at the micro-batch given."""
+    from engine.resources.plan import experiment_shapes, stage_need
+
+    loss = loads_experiment(_toml(root, SEARCH), source="a.toml")
+    scored = loads_experiment(_toml(root, SEARCH + 'score = "distill"\nscore_steps = 2\n'), source="a.toml")
+    shapes = experiment_shapes(scored)
+    for micro in (None, 4):
+        need = stage_need(scored, shapes, "prune-auto", 1, True, micro)
+        assert need.total == stage_need(scored, shapes, "distill-auto", 1, True, micro).total
+        assert need.total > stage_need(loss, shapes, "prune-auto", 1, True, micro).total
+    assert stage_need(scored, shapes, "prune-auto", 1, True, 4).total > stage_need(scored, shapes, "prune-auto", 1,
+                                                                                    True, 1).total
+
+
 def test_audit_summary_orients_a_higher_is_better_score_and_measures_the_gap():
     from engine.search.audit import audit_summary
 

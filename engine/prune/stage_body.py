@@ -70,7 +70,7 @@ def prune_stage(ctx: StageContext) -> None:
     teacher_params = count_parameters(model)
     ctx.log(f"[{stage}] loaded the teacher on {device} in {time.time() - t0:.1f}s: {teacher_params:,} params")
     memory = MemoryReport(ctx, device, lambda line: ctx.log(f"[{stage}] {line}"))
-    memory.predict(1, p.calibration_batch_size)
+    memory.predict(1, None)  # a search that trains candidates: at the [distill] micro-batch (auto: the least)
 
     # 3. importance: one calibration pass serves every candidate of a search
     lm_loss = _needs_lm_loss(target)
@@ -83,9 +83,11 @@ def prune_stage(ctx: StageContext) -> None:
         from engine.prune.search_part import run_search
 
         windows = val_windows(ctx, p.calibration_batch_size, device)
-        winner = run_search(ctx, target, model, imp, windows, _scorer(ctx, p, model, tokenizer, windows, device),
-                            speed)
+        scorer = _scorer(ctx, p, model, tokenizer, windows, device)
+        winner = run_search(ctx, target, model, imp, windows, scorer, speed)
         student, loss, expected = winner.student, winner.loss, target.candidates[winner.index].shape
+        if getattr(scorer, "micro", None):  # a micro_batch_size "auto" search chose it: predict at that size
+            memory.predict(1, scorer.micro, f" at the score's micro-batch {scorer.micro}:")
     else:
         drop = layers_to_drop(imp, teacher_shape, target)
         if drop:
@@ -123,6 +125,7 @@ def prune_stage(ctx: StageContext) -> None:
 
         del student
         run_audit(ctx, target, audit_teacher, imp, tokenizer)
+        memory.measured(0, " with the audit")
 
 
 def _reinitialised(student: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -98,9 +98,11 @@ class Prune(Footprint):
         resident = 0 if method.shares_teacher_weights else count_params(shapes.students[p.name]) * (e if cuda else 4)
         need = forward_need(stage, [shapes.teacher], p.calibration_batch_size * exp.data.seq_length, cuda, e,
                             resident)
-        if method.searches and p.audit:  # the audit distils candidates here, one process, as distill-<s> would
-            audit = TRAINING.need(exp, shapes, DISTILL.stage(p.name), 1, cuda, micro, live_teacher=True)
-            need = max(need, replace(audit, stage=stage, knobs=None), key=lambda n: n.total)  # (knobs: a training stage's)
+        # a distill score and the audit train candidates here, one process, with the [distill] recipe (`micro`: its
+        # micro-batch; None: the config's, and for "auto" the least, as for a distill stage)
+        if method.searches and (p.audit or (p.score != "loss" and not p.score_task)):
+            train = TRAINING.need(exp, shapes, DISTILL.stage(p.name), 1, cuda, micro, live_teacher=True)
+            need = max(need, replace(train, stage=stage, knobs=None), key=lambda n: n.total)  # (knobs: a training stage's)
         return need
 
     def disk(self, exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool) -> DiskNeed | None:

@@ -41,6 +41,7 @@ class Scorer:
     score: Callable[[nn.Module], float]
     higher_is_better: bool = False
     metric: str | None = None
+    micro: int | None = None  # a distill scorer: the largest micro-batch it trained with ("auto" resolves per candidate)
 
     @property
     def with_loss_rank(self) -> bool:
@@ -102,10 +103,12 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
         for p in pending:
             p.result()
         loss = evaluate_loss(trainer.unwrapped().student, windows)
+        scorer.micro = max(scorer.micro or 0, trainer.micro)
         accelerator.free_memory()
         return loss
 
-    return Scorer("distill+loss" if with_loss_rank else "distill", score)
+    scorer = Scorer("distill+loss" if with_loss_rank else "distill", score)
+    return scorer
 
 
 def task_scorer(exp: Any, task: str, tokenizer: Any) -> Scorer:

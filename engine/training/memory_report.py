@@ -16,20 +16,21 @@ class MemoryReport:
         self.ctx, self.device, self.log = ctx, device, log
         self.predicted_gib: float | None = None
 
-    def predict(self, processes: int, micro_batch: int) -> None:
+    def predict(self, processes: int, micro_batch: int | None, why: str = "") -> None:
+        """Predict (again: `why` says what changed, e.g. the micro-batch an "auto" search chose)."""
         from engine.resources.plan import predicted_need
 
         need = predicted_need(self.ctx.exp, self.ctx.stage, processes, self.device.type == "cuda", micro_batch)
         if need is not None:
             self.predicted_gib = round(need.gib(), 3)
-            self.log(f"memory: predicted {need.describe()}")
+            self.log(f"memory: predicted{why} {need.describe()}")
 
-    def measured(self, step: int) -> None:
-        """The training peak (the allocator's, since the first step) against the prediction."""
+    def measured(self, step: int, what: str = "") -> None:
+        """The peak (the allocator's, since the stage began; `what` says how far) against the prediction."""
         if self.device.type != "cuda":
             return
         peak = torch.cuda.max_memory_allocated(self.device) / GIB
         pred = self.predicted_gib
         off = f" ({(pred - peak) / peak:+.1%} predicted {pred:.2f} GiB)" if pred else ""
-        self.log(f"memory: peak {peak:.2f} GiB allocated per GPU{off}")
+        self.log(f"memory: peak{what} {peak:.2f} GiB allocated per GPU{off}")
         self.ctx.progress(step, memory={"peak_gib": round(peak, 3), "predicted_gib": pred})
