@@ -49,9 +49,10 @@ class StageContext:
         if self.is_main:
             print(msg, flush=True)
 
-    def progress(self, step: int, **fields) -> None:
+    def progress(self, step: int | None, **fields) -> None:
+        """Status fields; `step` None leaves the step where it is (a figure that comes after the steps)."""
         if self.status is not None:
-            self.status.update(step=step, **fields)
+            self.status.update(step, **fields)
 
 
 def has_checkpoint(path: str | Path) -> bool:

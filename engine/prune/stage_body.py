@@ -86,7 +86,7 @@ def prune_stage(ctx: StageContext) -> None:
         scorer = _scorer(ctx, p, model, tokenizer, windows, device)
         winner = run_search(ctx, target, model, imp, windows, scorer, speed)
         student, loss, expected = winner.student, winner.loss, target.candidates[winner.index].shape
-        if getattr(scorer, "micro", None):  # a micro_batch_size "auto" search chose it: predict at that size
+        if getattr(scorer, "micro", None):  # the size it trained with ("auto" may choose more than predicted)
             memory.predict(1, scorer.micro, f" at the score's micro-batch {scorer.micro}:")
     else:
         drop = layers_to_drop(imp, teacher_shape, target)
@@ -125,7 +125,7 @@ def prune_stage(ctx: StageContext) -> None:
 
         del student
         run_audit(ctx, target, audit_teacher, imp, tokenizer)
-        memory.measured(0, " with the audit")
+        memory.measured(None, " with the audit")  # (the status keeps the audit's step count)
 
 
 def _reinitialised(student: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -25,7 +25,7 @@ class MemoryReport:
             self.predicted_gib = round(need.gib(), 3)
             self.log(f"memory: predicted{why} {need.describe()}")
 
-    def measured(self, step: int, what: str = "") -> None:
+    def measured(self, step: int | None, what: str = "") -> None:
         """The peak (the allocator's, since the stage began; `what` says how far) against the prediction."""
         if self.device.type != "cuda":
             return
