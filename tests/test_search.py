@@ -15,7 +15,7 @@ from _prune_util import tiny_model, write_prepared
 from _util import one_thread  # noqa: F401  (autouse)
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-from engine.config import loads_experiment
+from engine.config import ConfigError, loads_experiment
 from engine.config.shape import count_params, shape_from_config
 from engine.contract import RunLayout, read_json, read_metrics, read_status
 from engine.evaluation.loss import evaluate_loss
@@ -426,3 +426,33 @@ def test_distill_score_trains_at_the_micro_batch_the_trainer_picks(run, monkeypa
     score = scorer.score(teacher)
     assert sizes == [[8], [8]]  # score_steps = 2 steps, each one micro-batch of the global 8
     assert math.isfinite(score) and score != evaluate_loss(teacher, val)
+
+
+def test_score_seeds_average_the_short_distillation_over_data_orders(run):
+    """score_seeds = 2: each candidate is distilled from the same copy once per data order (seed, seed + 1),
+    and its score is the mean of the two losses: the same as scoring it once with each order alone."""
+    from engine.contract.stage_context import StageContext
+
+    exp, layout, _ = run
+    teacher = AutoModelForCausalLM.from_pretrained(exp.model.path, dtype=torch.float32)
+    candidate = AutoModelForCausalLM.from_pretrained(exp.model.path, dtype=torch.float32)  # (the trainer freezes the teacher)
+    tok = PreTrainedTokenizerFast.from_pretrained(exp.model.path)
+    val = [torch.randint(3, len(tok), (2, SEQ + 1), generator=torch.Generator().manual_seed(0))]
+
+    def score_with(seed: int, seeds: int) -> float:
+        e = exp.model_copy(update={"seed": seed})
+        p = e.prune_by_name("dsearch").model_copy(update={"score_seeds": seeds})
+        torch.manual_seed(0)
+        return stage_body._scorer(StageContext(e, "prune-dsearch", layout, None), p, teacher, tok, val,
+                                  torch.device("cpu")).score(candidate)
+
+    first, second = score_with(exp.seed, 1), score_with(exp.seed + 1, 1)
+    assert first != second  # another data order is another score
+    assert score_with(exp.seed, 2) == pytest.approx((first + second) / 2, rel=1e-6)
+
+
+def test_score_seeds_need_a_distill_score():
+    with pytest.raises(ConfigError, match='score_seeds: repeats the short distillation of score = "distill"'):
+        loads_experiment('name = "x"\n[model]\npath = "m"\n[data]\ndataset = "builtin:stdlib-docs"\n[distill]\n'
+                         'steps = 2\n[[prune]]\nname = "s"\nmethod = "search"\ntarget_params = 0.5\nscore_seeds = 2\n',
+                         source="x.toml")

@@ -54,6 +54,9 @@ class PruneConfig(Section):
     score: Literal["loss", "distill", "distill+loss"] = "loss"
     score_steps: int = Field(default=20, ge=1)  # score = "distill" or "distill+loss": steps of the short distillation
     score_task: str | None = None  # an [eval] task scored instead of the loss
+    # the short distillation repeated on this many data orders (seed, seed + 1, ...), the mean scored: its run-to-run
+    # noise, not the audit's, limited the ranking on SmolLM2 (benchmarks/RESULTS.md, "The audit with two seeds")
+    score_seeds: int = Field(default=1, ge=1, le=8)
     audit: int = Field(default=0, ge=0)  # after the search: the N best-scored distilled in full (search/audit.py)
     # each audited candidate distilled this many times ([distill] seed, seed + 1, ...): its final loss is the mean,
     # and the audit says how well it agrees with itself (search/audit.py)
@@ -71,6 +74,13 @@ class PruneConfig(Section):
     @classmethod
     def _name(cls, v: str) -> str:
         return slug(v, "name")
+
+    @model_validator(mode="after")
+    def _score_seeds(self) -> PruneConfig:
+        if "score_seeds" in self.model_fields_set and self.score_seeds > 1 and (self.score == "loss" or self.score_task):
+            raise ValueError('score_seeds: repeats the short distillation of score = "distill" or "distill+loss"; '
+                             "set that score too (a loss or a task scores the same each time)")
+        return self
 
     @model_validator(mode="after")
     def _audit(self) -> PruneConfig:

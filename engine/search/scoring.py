@@ -4,7 +4,8 @@ distillation, or an [eval] task. Every candidate sees the same batches.
 - "loss": validation loss right after pruning, on the windows the prune stage reports its
   step-0 loss on (the distill stage's validation windows). Lower is better.
 - "distill": `score_steps` steps of the run's [distill] recipe on a copy of the candidate (the
-  same training windows for each), then the same validation loss. Rankings right after pruning
+  same training windows for each), then the same validation loss (with `score_seeds`, the mean over
+  that many data orders). Rankings right after pruning
   can flip after a little distillation (Minitron; Model-Optimizer's notes), at the cost of
   score_steps training steps per candidate.
 - "distill+loss": the same short distillation, but the candidates are ranked by the sum of two
@@ -71,11 +72,12 @@ def loss_scorer(windows: list[torch.Tensor]) -> Scorer:
 
 
 def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: int,
-                   train_batches: list[torch.Tensor], windows: list[torch.Tensor],
+                   orders: list[list[torch.Tensor]], windows: list[torch.Tensor],
                    with_loss_rank: bool = False) -> Scorer:
     """A short distillation (the student's [distill] recipe, `steps` steps, step i on the global batch
-    `train_batches[i]`) of a copy of each candidate, then its validation loss. `with_loss_rank`: the
-    "distill+loss" ranking (Scorer).
+    `order[i]`) of a copy of each candidate, then its validation loss; with several `orders` (score_seeds:
+    other data orders) one distillation from the same copy each, and the mean of their losses.
+    `with_loss_rank`: the "distill+loss" ranking (Scorer).
 
     The micro-batch is the trainer's, as in the distill stage: with "auto" it searches for the largest
     that fits (a fixed 4 left a 135M candidate waiting on kernel launches, 7x slower a step than the
@@ -90,22 +92,26 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
     cfg = base.model_copy(update={"steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1), "compile": False})
     accelerator = make_accelerator("ddp", exp.launch.mixed_precision)
     dtype = torch_dtype(train_dtype(exp, accelerator.device.type == "cuda"))  # as the distill stage
-    seq = train_batches[0].shape[-1] - 1  # windows carry the label shift's extra token
+    seq = orders[0][0].shape[-1] - 1  # windows carry the label shift's extra token
 
-    def score(candidate: nn.Module) -> float:
+    def distilled_loss(candidate: nn.Module, order: list[torch.Tensor]) -> float:
         student = copy.deepcopy(candidate).to(dtype)  # it shares tensors with the teacher: train a copy
         trainer = Trainer(accelerator, student, cfg, loss_spec(cfg, vocab), teacher=teacher, seq_length=seq)
         pending = []
         for step in range(steps):  # launch step i+1 before reading step i, as the training loop does
-            pending.append(trainer.launch(list(train_batches[step].split(trainer.micro)), lr_at(step, cfg)))
+            pending.append(trainer.launch(list(order[step].split(trainer.micro)), lr_at(step, cfg)))
             if len(pending) > 1:
                 pending.pop(0).result()
         for p in pending:
             p.result()
         loss = evaluate_loss(trainer.unwrapped().student, windows)
         scorer.micro = max(scorer.micro or 0, trainer.micro)
+        del trainer, student
         accelerator.free_memory()
         return loss
+
+    def score(candidate: nn.Module) -> float:
+        return sum(distilled_loss(candidate, order) for order in orders) / len(orders)
 
     scorer = Scorer("distill+loss" if with_loss_rank else "distill", score)
     return scorer

@@ -335,10 +335,10 @@ def _search_lines(p: Any, t: Shape, space: SearchSpace, eval_cfg: Any = None) ->
     """The search's budget, candidate count and param range, its speed budget, and the first few candidates."""
     from engine.config.speed_target import speed_budget_for
 
+    steps = f"{p.score_steps} distillation steps" + (f" (mean of {p.score_seeds} data orders)" if p.score_seeds > 1 else "")
     score = {"loss": "validation loss right after pruning",
-             "distill": f"validation loss after {p.score_steps} distillation steps",
-             "distill+loss": f"the ranks of the loss after {p.score_steps} distillation steps and right after "
-                             "pruning, summed"}[p.score]
+             "distill": f"validation loss after {steps}",
+             "distill+loss": f"the ranks of the loss after {steps} and right after pruning, summed"}[p.score]
     if p.score_task:
         score = f"task '{p.score_task}'"
     out = [f"  prune-{p.name}: {space.describe()} by {score}"]
