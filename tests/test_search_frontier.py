@@ -153,6 +153,9 @@ def test_search_json_is_read_once_into_typed_objects_and_an_older_or_damaged_one
     assert old is not None and (old.score, old.target, old.screen, old.audit) == (None, None, None, None)
     assert old.candidates[0].screen_loss is None and old.frontier.points == (0,)
     assert title("auto", old) == "search auto: ?, 1 of 1 candidates scored by loss"
+    seeded = search_doc({**doc, "score": "distill+loss", "score_seeds": 3})
+    assert seeded is not None and seeded.score_seeds == 3 and old.score_seeds == 1
+    assert "candidates scored by distill+loss (mean of 3 data orders), the best of" in title("auto", seeded)
     assert search_rows(old)[0][-1] == "<- chosen"
     # damaged: not a document; a candidate without a (complete) shape or not an object at all
     assert search_doc([]) is None and search_doc({"candidates": {}}) is None

@@ -262,6 +262,7 @@ class SearchDoc:
     calibration: dict[str, Any] | None = None
     audit: Audit | None = None
     speed: Speed | None = None
+    score_seeds: int = 1  # a distill score: the mean of this many data orders (score_seeds; absent: 1)
 
     @property
     def score_name(self) -> str:
@@ -306,7 +307,7 @@ def search_doc(doc: Any) -> SearchDoc | None:
     return SearchDoc(tuple(Candidate.of(i, c) for i, c in enumerate(cands)), _frontier(doc.get("frontier"), cands, hib),
                      _str(doc.get("score")), hib, Target.of(doc.get("target")), Screen.of(doc.get("screen")),
                      _str(doc.get("selection")), tuple(str(a) for a in axes), _dict(doc.get("calibration")),
-                     Audit.of(doc.get("audit")), Speed.of(doc.get("speed")))
+                     Audit.of(doc.get("audit")), Speed.of(doc.get("speed")), max(1, _int(doc.get("score_seeds")) or 1))
 
 
 def read_search_doc(path: str | Path) -> SearchDoc | None:

@@ -56,7 +56,8 @@ def title(name: str, doc: SearchDoc) -> str:
     sc = doc.screen
     screen = (f", the best of {sc.screened} screened by the loss on {sc.batches} batches"
               + (" (capped by screen_max)" if sc.capped else "")) if sc else ""
-    return f"search {name}: {goal}, {scored} of {n} candidates scored by {doc.score_name}{screen}"
+    seeds = f" (mean of {doc.score_seeds} data orders)" if doc.score_seeds > 1 else ""
+    return f"search {name}: {goal}, {scored} of {n} candidates scored by {doc.score_name}{seeds}{screen}"
 
 
 def search_docs(run_dirs: list[str | Path]) -> list[tuple[str, SearchDoc]]:

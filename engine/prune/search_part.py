@@ -27,7 +27,8 @@ search.json (the contract; engine.search.table.search_document writes it):
 
 Every candidate within the budget is listed; those not screened have the screen_* fields null,
 those not scored have score, loss and rank null. "frontier": the Pareto frontier of the scored
-candidates (engine.contract.frontier). With `audit = N` the prune stage then distils the N
+candidates (engine.contract.frontier). "score_seeds": with score_seeds > 1 only, the data orders each distill
+score is the mean of. With `audit = N` the prune stage then distils the N
 best-scored in full and adds "audit" (engine/prune/audit_part.py; its shape: engine/search/audit.py).
 """
 
@@ -139,6 +140,8 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
     best = ranked[0]
     doc = search_document(space, scorer.name, scorer.higher_is_better, {"kind": imp.kind, **imp.meta}, ranked,
                           losses, scores, seconds, screen, screen_s)
+    if scorer.seeds > 1:  # score_seeds: each score is the mean of this many short distillations
+        doc["score_seeds"] = scorer.seeds
     if speed is not None:  # the timed speeds join the candidates, and the frontier's axes
         speed.annotate(doc)
         doc["frontier"] = frontier(doc["candidates"], scorer.higher_is_better)

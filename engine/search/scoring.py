@@ -43,6 +43,7 @@ class Scorer:
     higher_is_better: bool = False
     metric: str | None = None
     micro: int | None = None  # a distill scorer: the largest micro-batch it trained with ("auto" resolves per candidate)
+    seeds: int = 1  # a distill scorer: the data orders each score is the mean of (score_seeds)
 
     @property
     def with_loss_rank(self) -> bool:
@@ -113,7 +114,7 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
     def score(candidate: nn.Module) -> float:
         return sum(distilled_loss(candidate, order) for order in orders) / len(orders)
 
-    scorer = Scorer("distill+loss" if with_loss_rank else "distill", score)
+    scorer = Scorer("distill+loss" if with_loss_rank else "distill", score, seeds=len(orders))
     return scorer
 
 
