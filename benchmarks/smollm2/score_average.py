@@ -8,7 +8,6 @@ scored and an audit distilled.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
@@ -18,19 +17,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from score_vs_audit import final_losses, shape_key  # noqa: E402
+from score_vs_audit import searches_and_audits, shape_key  # noqa: E402
 
 from engine.search.audit import ranks, spearman  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("scorings", nargs="+", type=Path)
-    ap.add_argument("--audit", nargs="+", type=Path, required=True)
-    a = ap.parse_args()
-    final = final_losses(a.audit)
+    scorings, final = searches_and_audits(__doc__)
     scores, loss = [], {}
-    for path in a.scorings:
+    for path in scorings:
         cands = json.loads(path.read_text())["candidates"]
         scores.append({shape_key(c): c["score"] for c in cands if c.get("score") is not None})
         loss.update({shape_key(c): c["loss"] for c in cands if c.get("loss") is not None})

@@ -39,13 +39,19 @@ def shape_key(candidate: dict) -> tuple:
     return s["num_layers"], s["hidden_size"], s["ffn_hidden_size"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def searches_and_audits(doc: str) -> tuple[list[Path], dict[tuple, float]]:
+    """The command line SEARCH.json... --audit AUDIT.json... (`doc`: the script's docstring): the searches'
+    paths, and each audited shape's mean final loss."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("searches", nargs="+", type=Path)
     ap.add_argument("--audit", nargs="+", type=Path, required=True)
     a = ap.parse_args()
-    final = final_losses(a.audit)
-    for path in a.searches:
+    return a.searches, final_losses(a.audit)
+
+
+def main() -> None:
+    searches, final = searches_and_audits(__doc__)
+    for path in searches:
         doc = json.loads(path.read_text())
         sign = -1.0 if doc.get("higher_is_better") else 1.0  # loss-like: lower is better
         # a distill+loss search ranks by the sum of two ranks: its own `rank` is what it chose by
