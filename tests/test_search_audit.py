@@ -238,6 +238,24 @@ def test_a_distill_score_counts_its_training_at_the_micro_batch_it_used(root):
                                                                                     True, 1).total
 
 
+def test_check_says_at_what_micro_batch_a_search_trains_its_candidates(root, capsys):
+    """micro_batch_size = "auto": the short distillation and the audit pick their micro-batch as the distill stage
+    does, so `check` says how large it may get and the prune stage's memory then; a loss-scored search trains none."""
+    from engine.cli import main
+
+    path = root / "auto.toml"
+    search = SEARCH.replace('"auto"', '"fresh"')  # a stage no other test has run: check skips finished ones
+    auto = DISTILL.replace("micro_batch_size = 2", 'micro_batch_size = "auto"')
+    path.write_text(_toml(root, search + 'score = "distill"\nscore_steps = 2\n', auto))
+    assert main(["check", str(path), "--gpu-memory", "80"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("prune-fresh "))
+    assert "its candidates train at micro_batch_size auto: up to 4 predicted to fit (~" in line
+    path.write_text(_toml(root, search, auto))
+    assert main(["check", str(path), "--gpu-memory", "80"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("prune-fresh "))
+    assert "candidates train" not in line
+
+
 def test_audit_summary_orients_a_higher_is_better_score_and_measures_the_gap():
     from engine.search.audit import audit_summary
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from engine.config import ConfigError, Experiment
 from engine.config.schema import BF16_MAX_BETA2, STATE_BYTES
 from engine.disk_space import free_bytes
+from engine.resources.footprints import trains_with
 from engine.resources.memory import GIB, Knobs, Need
 from engine.resources.plan import Shapes, experiment_shapes, stage_disk, stage_need
 from engine.stages.names import kind_of
@@ -264,6 +265,13 @@ def resource_lines(exp: Experiment, m: Machine, stages: list[str] | None = None,
         if auto and m.cuda and m.gpu_bytes:
             best = _largest_micro(exp, shapes, stage, need, m)
             text += f"; micro_batch_size auto: up to {best} predicted to fit" if best else ""
+        via = trains_with(exp, stage)  # a search training candidates: "auto" picks their micro-batch there too
+        if via is not None and _auto_micro(exp, via) and m.cuda and m.gpu_bytes:
+            best = _largest_micro(exp, shapes, via, stage_need(exp, shapes, via, 1, m.cuda), m)
+            at_best = stage_need(exp, shapes, stage, 1, m.cuda, best) if best else None
+            if at_best is not None:
+                text += (f"; its candidates train at micro_batch_size auto: up to {best} predicted to fit "
+                         f"(~{at_best.gib():.1f} GiB then)")
         lines.append(text)
         if need.total > limit and not first_error and (m.gpu_bytes or not m.cuda):  # size unknown: no verdict
             fix = _fix(exp, shapes, stage, need, m)

@@ -87,6 +87,16 @@ def _cached(exp: Experiment, stage: str) -> bool:
     return getattr(own_settings(exp, stage), "teacher_logits", "live") == "cached"
 
 
+def trains_with(exp: Experiment, stage: str) -> str | None:
+    """The distill stage whose recipe prune stage `stage` trains candidates with, in its own process (a search's
+    distill score or audit); None for any other stage."""
+    p = own_settings(exp, stage)
+    method = method_of(p.method) if isinstance(getattr(p, "method", None), str) else None
+    if method is not None and method.searches and (p.audit or (p.score != "loss" and not p.score_task)):
+        return DISTILL.stage(p.name)
+    return None
+
+
 class Prune(Footprint):
     """Calibration forwards of the teacher, the student built beside it."""
 
@@ -100,8 +110,8 @@ class Prune(Footprint):
                             resident)
         # a distill score and the audit train candidates here, one process, with the [distill] recipe (`micro`: its
         # micro-batch; None: the config's, and for "auto" the least, as for a distill stage)
-        if method.searches and (p.audit or (p.score != "loss" and not p.score_task)):
-            train = TRAINING.need(exp, shapes, DISTILL.stage(p.name), 1, cuda, micro, live_teacher=True)
+        if (via := trains_with(exp, stage)) is not None:
+            train = TRAINING.need(exp, shapes, via, 1, cuda, micro, live_teacher=True)
             need = max(need, replace(train, stage=stage, knobs=None), key=lambda n: n.total)  # (knobs: a training stage's)
         return need
 
