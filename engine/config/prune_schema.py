@@ -75,9 +75,14 @@ class PruneConfig(Section):
     def _name(cls, v: str) -> str:
         return slug(v, "name")
 
+    @property
+    def distill_scored(self) -> bool:
+        """Whether a short distillation scores the candidates (score "distill" or "distill+loss", no score_task)."""
+        return self.score != "loss" and not self.score_task
+
     @model_validator(mode="after")
     def _score_seeds(self) -> PruneConfig:
-        if "score_seeds" in self.model_fields_set and self.score_seeds > 1 and (self.score == "loss" or self.score_task):
+        if "score_seeds" in self.model_fields_set and self.score_seeds > 1 and not self.distill_scored:
             raise ValueError('score_seeds: repeats the short distillation of score = "distill" or "distill+loss"; '
                              "set that score too (a loss or a task scores the same each time)")
         return self

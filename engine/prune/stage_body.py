@@ -86,7 +86,7 @@ def prune_stage(ctx: StageContext) -> None:
         scorer = _scorer(ctx, p, model, tokenizer, windows, device)
         winner = run_search(ctx, target, model, imp, windows, scorer, speed)
         student, loss, expected = winner.student, winner.loss, target.candidates[winner.index].shape
-        if getattr(scorer, "micro", None):  # the size it trained with ("auto" may choose more than predicted)
+        if scorer.micro:  # a distill score: the size it trained with ("auto" may choose more than predicted)
             memory.predict(1, scorer.micro, f" at the score's micro-batch {scorer.micro}:")
     else:
         drop = layers_to_drop(imp, teacher_shape, target)

@@ -90,11 +90,10 @@ def _cached(exp: Experiment, stage: str) -> bool:
 def trains_with(exp: Experiment, stage: str) -> str | None:
     """The distill stage whose recipe prune stage `stage` trains candidates with, in its own process (a search's
     distill score or audit); None for any other stage."""
+    if footprint_of(stage) is not PRUNE:
+        return None
     p = own_settings(exp, stage)
-    method = method_of(p.method) if isinstance(getattr(p, "method", None), str) else None
-    if method is not None and method.searches and (p.audit or (p.score != "loss" and not p.score_task)):
-        return DISTILL.stage(p.name)
-    return None
+    return DISTILL.stage(p.name) if method_of(p.method).searches and (p.audit or p.distill_scored) else None
 
 
 class Prune(Footprint):

@@ -17,11 +17,12 @@ class MemoryReport:
         self.predicted_gib: float | None = None
 
     def predict(self, processes: int, micro_batch: int | None, why: str = "") -> None:
-        """Predict (again: `why` says what changed, e.g. the micro-batch an "auto" search chose)."""
+        """Predict (again: `why` says what changed, e.g. the micro-batch an "auto" search chose; a figure that
+        did not change is not logged twice)."""
         from engine.resources.plan import predicted_need
 
         need = predicted_need(self.ctx.exp, self.ctx.stage, processes, self.device.type == "cuda", micro_batch)
-        if need is not None:
+        if need is not None and round(need.gib(), 3) != self.predicted_gib:
             self.predicted_gib = round(need.gib(), 3)
             self.log(f"memory: predicted{why} {need.describe()}")
 
