@@ -14,6 +14,8 @@
 #                                                                          shape (benchmarks/distill_throughput.py)
 #                gpu_run.sh sr                                          -> the bf16 weights' rounding on trained
 #                                                                          weights (stochastic_rounding_smollm2.py)
+#                gpu_run.sh memprobe (EXP=benchmarks/smollm2/audit.toml) -> where the prune-search stage's peak
+#                  memory goes (benchmarks/memory_probe.py), a small search (top 1, one short audit) in runs-probe/
 #                gpu_run.sh scores   (EXP=benchmarks/smollm2/audit.toml) -> the search's distill score, no audit,
 #                  in each of SCORE_VARIANTS (default: 20 and 80 steps), against the shapes audit_h100/ distilled
 #                  in full
@@ -30,7 +32,7 @@ export PYTHONPATH=$HOME/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SY
 D=.carry/smol-textkit; [[ -d $D ]] || D=$HOME/smol-textkit  # SmolLM2-tokenized text (part-b unpacks it)
 # the data was tokenized here, by the tokenizer packed with it: the run names it (prepare checks)
 DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
-case ${1:?pack|part-a|part-b|start|watch|fit|tgraph|sr|scores} in
+case ${1:?pack|part-a|part-b|start|watch|fit|tgraph|sr|scores|memprobe} in
   pack)
     set -e  # a failed step stops the packing: a half-made .carry is worse than none
     SHARED=${SHARED_DATA:-../shared/data}  # (DATA above is the device's --set array)
@@ -103,6 +105,17 @@ TOML
     done
     python3 benchmarks/smollm2/score_vs_audit.py "${OUT:-.}"/search-*.json \
       --audit benchmarks/smollm2/audit_h100/search-distill.json benchmarks/smollm2/audit_h100/search-loss.json
+    exit ;;
+  memprobe)
+    read -ra MORE <<< "${PROBE_ARGS:-}"
+    SMALL=(--set prune.search.top_k=1 --set prune.search.score_steps=5 --set prune.search.audit=1
+           --set prune.search.audit_seeds=1 --set prune.search.score_seeds=1 --set distill.steps=10
+           --set distill.warmup_steps=2 --set distill.val_interval=10 --set distill.checkpoint_interval=10)
+    python3 -m engine prepare "$EXP" --set model.path="$HF" "${DATA[@]}" --runs-dir runs-probe >/dev/null || exit 1
+    python3 benchmarks/memory_probe.py --out "${OUT:-.}/memprobe.txt" -- prune "$EXP" --stage prune-search \
+      --set model.path="$HF" "${DATA[@]}" --runs-dir runs-probe "${SMALL[@]}" "${MORE[@]}" 2>&1 \
+      | grep --line-buffered -v -i warn | tail -40
+    cp runs-probe/*/prune-search/stdout.log "${OUT:-.}/memprobe-stage.log" 2>/dev/null
     exit ;;
   tgraph)
     python3 benchmarks/distill_throughput.py --shape smollm2 --batch "${BATCH:-128}" \

@@ -1,0 +1,94 @@
+"""Where a stage's peak GPU memory goes: run one stage in this process with torch's allocator history on, then
+replay the history to the moment of the peak and group what was live then by the code that allocated it.
+
+    python3 benchmarks/memory_probe.py --out PEAK.txt -- prune EXP --stage prune-search --set ...
+
+Everything after `--` is `slimlab-engine`'s command line (one stage, in this process). The report lists the
+peak (which must equal torch.cuda.max_memory_allocated), then the live bytes at the peak by allocating frame
+(the innermost frame in slimlab, else in transformers or torch.nn), largest first. Issue 21, section 1: the
+prune stage's measured peak against `check`'s prediction (benchmarks/RESULTS.md). CUDA only.
+
+The history is torch's documented snapshot tool (torch.cuda.memory._record_memory_history / _snapshot; see
+https://pytorch.org/docs/stable/torch_cuda_memory.html), a benchmark's aid, never the engine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+GIB = 2**30
+MAX_ENTRIES = 4_000_000
+
+
+def site(frames: list[dict]) -> str:
+    """The innermost frame of ours, else of transformers or torch.nn, else the innermost: 'file:line fn'."""
+    def short(f: dict) -> str:
+        name = f["filename"]
+        for root in ("/engine/", "/transformers/", "/torch/"):
+            if root in name:
+                name = root.strip("/") + "/" + name.split(root, 1)[1]
+                break
+        return f"{name}:{f['line']} {f['name']}"
+
+    for keys in (("/engine/",), ("/transformers/", "/torch/nn/")):
+        for f in frames:
+            if any(k in f["filename"] for k in keys):
+                return short(f)
+    return short(frames[0]) if frames else "?"
+
+
+def peak_report(snapshot: dict, device: int, measured: int) -> str:
+    """Replay the allocations to the largest total and list what was live then."""
+    trace = snapshot["device_traces"][device]
+    live: dict[int, tuple[int, list[dict]]] = {}
+    total = best = 0
+    at_best: dict[int, tuple[int, list[dict]]] = {}
+    for ev in trace:
+        a = ev["action"]
+        if a == "alloc":
+            live[ev["addr"]] = (ev["size"], ev.get("frames", []))
+            total += ev["size"]
+            if total > best:
+                best, at_best = total, dict(live)
+        elif a == "free_completed" and ev["addr"] in live:
+            total -= live.pop(ev["addr"])[0]
+    by_site: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for size, frames in at_best.values():
+        s = by_site[site(frames)]
+        s[0] += size
+        s[1] += 1
+    lines = [f"events {len(trace)} (cap {MAX_ENTRIES}: {'complete' if len(trace) < MAX_ENTRIES else 'TRUNCATED'})",
+             f"replayed peak {best / GIB:.2f} GiB; torch.cuda.max_memory_allocated {measured / GIB:.2f} GiB",
+             f"{'GiB':>7} {'tensors':>7}  allocated at"]
+    for name, (size, n) in sorted(by_site.items(), key=lambda kv: -kv[1][0]):
+        if size >= 0.01 * GIB:
+            lines.append(f"{size / GIB:7.2f} {n:7d}  {name}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="the report")
+    ap.add_argument("engine_args", nargs=argparse.REMAINDER, help="-- then slimlab-engine's arguments")
+    args = ap.parse_args()
+    import torch
+
+    from engine.cli import main as engine_main
+
+    torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES, stacks="python")
+    rc = engine_main([a for a in args.engine_args if a != "--"] if args.engine_args else None)
+    snapshot = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    report = peak_report(snapshot, torch.cuda.current_device(), torch.cuda.max_memory_allocated())
+    Path(args.out).write_text(report + "\n")
+    print(report)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
