@@ -164,6 +164,13 @@ def test_impossible_target_is_one_line_at_check(prune, what):
     assert "\n" not in msg and msg.startswith("s.toml: prune[s].") and what in msg
 
 
+def test_a_task_scored_search_needs_no_distill_section():
+    # score_task decides the score, so score = "distill" beside it runs no short distillation
+    extra = '[eval]\ntasks = ["hellaswag"]'
+    exp = _exp('method = "search"\ntarget_params = 0.6\nscore = "distill"\nscore_task = "hellaswag"', extra)
+    assert exp.distill is None and "candidates" in "\n".join(describe_plan(exp))
+
+
 @pytest.mark.parametrize("prune,what", [
     ('method = "search"', "exactly one of target_params or target_memory_gb"),
     ('method = "search"\ntarget_params = 0.5\nhidden_size = 64', "a search chooses the shape itself"),

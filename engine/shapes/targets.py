@@ -264,7 +264,7 @@ def _check_importance_files(exp: Experiment, teacher: Shape | None) -> None:
 def _student(exp: Experiment, t: Shape, p: Any) -> StudentShape | SearchSpace:
     where = f"{exp.source}: prune[{p.name}]"
     if method_of(p.method).searches:
-        if p.score != "loss" and exp.distill is None:
+        if p.distill_scored and exp.distill is None:  # (a score_task scores without distilling)
             raise ConfigError(f"{where}.score: \"{p.score}\" runs a short [distill]; add a [distill] section or "
                               "use score = \"loss\"")
         if p.score_task and p.score_task not in (exp.eval.tasks if exp.eval else []):
