@@ -98,17 +98,22 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
     def distilled_loss(candidate: nn.Module, order: list[torch.Tensor]) -> float:
         student = copy.deepcopy(candidate).to(dtype)  # it shares tensors with the teacher: train a copy
         trainer = Trainer(accelerator, student, cfg, loss_spec(cfg, vocab), teacher=teacher, seq_length=seq)
-        pending = []
-        for step in range(steps):  # launch step i+1 before reading step i, as the training loop does
-            pending.append(trainer.launch(list(order[step].split(trainer.micro)), lr_at(step, cfg)))
-            if len(pending) > 1:
-                pending.pop(0).result()
-        for p in pending:
-            p.result()
-        loss = evaluate_loss(trainer.unwrapped().student, windows)
-        scorer.micro = max(scorer.micro or 0, trainer.micro)
-        del trainer, student
-        accelerator.free_memory()
+        try:
+            pending = []
+            for step in range(steps):  # launch step i+1 before reading step i, as the training loop does
+                pending.append(trainer.launch(list(order[step].split(trainer.micro)), lr_at(step, cfg)))
+                if len(pending) > 1:
+                    pending.pop(0).result()
+            for p in pending:
+                p.result()
+            loss = evaluate_loss(trainer.unwrapped().student, windows)
+            scorer.micro = max(scorer.micro or 0, trainer.micro)
+        finally:
+            # the accelerator outlives this candidate: its hooks would keep the trainer (the copy, its
+            # gradients and optimizer state) alive for the rest of the search
+            trainer.release()
+            del trainer, student
+            accelerator.free_memory()
         return loss
 
     def score(candidate: nn.Module) -> float:
