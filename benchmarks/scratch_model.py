@@ -4,13 +4,15 @@
     python benchmarks/scratch_model.py --arch meta-llama/Llama-3.1-8B --tokenizer TOK_DIR --out DIR
     python benchmarks/scratch_model.py --arch tiny --tokenizer TOK_DIR --out DIR     # CPU smoke test
 
---arch names a config of engine.shapes.targets.KNOWN_CONFIGS (the built-in table), or "tiny".
+--arch names a config of engine.shapes.targets.KNOWN_CONFIGS (the built-in table), "tiny", or a config.json
+(e.g. benchmarks/smollm2/smollm2-135m-config.json).
 Weights are drawn on the GPU when there is one (an 8B model in seconds) with std 0.02.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -35,7 +37,11 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True, help="a tokenizer folder, copied into the model folder")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    arch = dict(TINY if args.arch == "tiny" else KNOWN_CONFIGS[args.arch])
+    if args.arch.endswith(".json"):
+        arch = {k: v for k, v in json.loads(Path(args.arch).read_text()).items()
+                if not k.startswith("_") and k not in ("architectures", "transformers_version", "dtype")}
+    else:
+        arch = dict(TINY if args.arch == "tiny" else KNOWN_CONFIGS[args.arch])
     arch.pop("bos_token_id", None), arch.pop("eos_token_id", None)  # the tokenizer's own
     out = Path(args.out)
     if (out / "config.json").exists():

@@ -106,8 +106,15 @@ TOML
     python3 benchmarks/smollm2/score_vs_audit.py "${OUT:-.}"/search-*.json \
       --audit benchmarks/smollm2/audit_h100/search-distill.json benchmarks/smollm2/audit_h100/search-loss.json
     exit ;;
-  memprobe)
+  memprobe)  # PROBE_SCRATCH=1: random weights of SmolLM2's shape (memory does not depend on them): no GGUF
     read -ra MORE <<< "${PROBE_ARGS:-}"
+    if [[ -n ${PROBE_SCRATCH:-} ]]; then
+      [[ -d $D ]] || tar xJf .carry/smol-textkit.tar.xz -C "$HOME"; D=$HOME/smol-textkit; [[ -d .carry/smol-textkit ]] && D=.carry/smol-textkit
+      DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
+      python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HOME/site" .whl/*.whl
+      HF=$HOME/smollm2-scratch
+      python3 benchmarks/scratch_model.py --arch benchmarks/smollm2/smollm2-135m-config.json --tokenizer "$D/tokenizer" --out "$HF" || exit 1
+    fi
     SMALL=(--set prune.search.top_k=2 --set prune.search.score_steps=5 --set prune.search.audit=1
            --set prune.search.audit_seeds=1 --set prune.search.score_seeds=1 --set distill.steps=10
            --set distill.warmup_steps=2 --set distill.val_interval=10 --set distill.checkpoint_interval=10)
