@@ -15,7 +15,7 @@
 #                gpu_run.sh sr                                          -> the bf16 weights' rounding on trained
 #                                                                          weights (stochastic_rounding_smollm2.py)
 #                gpu_run.sh memprobe (EXP=benchmarks/smollm2/audit.toml) -> where the prune-search stage's peak
-#                  memory goes (benchmarks/memory_probe.py), a small search (2 scored, one short audit) in runs-probe/
+#                  memory goes (benchmarks/memory_probe.py), a small search (2 scored, both audited briefly) in runs-probe/
 #                gpu_run.sh scores   (EXP=benchmarks/smollm2/audit.toml) -> the search's distill score, no audit,
 #                  in each of SCORE_VARIANTS (default: 20 and 80 steps), against the shapes audit_h100/ distilled
 #                  in full
@@ -115,7 +115,7 @@ TOML
       HF=$HOME/smollm2-scratch
       python3 benchmarks/scratch_model.py --arch benchmarks/smollm2/smollm2-135m-config.json --tokenizer "$D/tokenizer" --out "$HF" || exit 1
     fi
-    SMALL=(--set prune.search.top_k=2 --set prune.search.score_steps=5 --set prune.search.audit=1
+    SMALL=(--set prune.search.top_k=2 --set prune.search.score_steps=5 --set prune.search.audit=2
            --set prune.search.audit_seeds=1 --set prune.search.score_seeds=1 --set distill.steps=10
            --set distill.warmup_steps=2 --set distill.val_interval=10 --set distill.checkpoint_interval=10)
     python3 -m engine prepare "$EXP" --set model.path="$HF" "${DATA[@]}" --runs-dir runs-probe >/dev/null || exit 1
