@@ -184,6 +184,25 @@ def test_multi_node_stage():
     assert a.num_processes == 1 and a.num_machines in (None, 1)
 
 
+def test_each_node_keeps_its_own_rank_through_the_shared_experiment_file(tmp_path):
+    """Nodes of a run on one disk (one host, or a shared file system) write the same <run>/experiment.toml:
+    a node that read back the other's rank between its write and its read became a second node 0, and
+    the rendezvous failed (EADDRINUSE). Here node 1 writes, then node 0, then node 1 again: the file is the
+    same whoever wrote it last, and each keeps its own rank."""
+    from engine.contract import RunLayout
+    from engine.orchestration.run import write_experiment
+
+    nodes = [_exp("launch.nodes=2", f"launch.machine_rank={r}", 'launch.main_process_ip="127.0.0.1"')
+             for r in (0, 1)]
+    layout = RunLayout(tmp_path / "run")
+    texts = []
+    for r in (1, 0, 1):
+        again = write_experiment(nodes[r], layout)
+        assert again.launch.machine_rank == r
+        texts.append(layout.experiment_file.read_text().split("\n", 1)[1])  # (the header's time differs)
+    assert texts[0] == texts[1] == texts[2]
+
+
 def test_srun_stage_takes_its_rank_from_slurm(tmp_path):
     exp = _exp("launch.nodes=4", 'launch.main_process_ip="node-a"')
     cmd = build_stage_command(exp, "distill-width", "/r/lx/experiment.toml", "/r", [0, 1], launcher="srun")

@@ -99,12 +99,18 @@ def check_not_busy(layout: RunLayout) -> None:
 
 
 def write_experiment(exp: Experiment, layout: RunLayout) -> Experiment:
-    """Write the resolved config and read it back: stages load this file, so hashes agree."""
+    """Write the resolved config and read it back: stages load this file, so hashes agree.
+
+    A node's machine_rank is its command line's, never the file's: the file says 0, so that the nodes of a
+    run on one disk (one host, or a shared file system) all write the same, and none reads back another's
+    rank between its write and its read (node 1 did, became a second node 0, and its rendezvous failed)."""
     layout.root.mkdir(parents=True, exist_ok=True)
     header = f"# resolved from {exp.source} at {now_iso()}; the stages of this run read this file\n"
-    write_atomic(layout.experiment_file, header + dumps_toml(exp.to_toml_dict()))
+    shared = exp.model_copy(update={"launch": exp.launch.model_copy(update={"machine_rank": 0})})
+    write_atomic(layout.experiment_file, header + dumps_toml(shared.to_toml_dict()))
     again = load_experiment(layout.experiment_file)
     again.runs_dir = exp.runs_dir
+    again.launch.machine_rank = exp.launch.machine_rank
     if any(again.stage_hash(s) != exp.stage_hash(s) for s in exp.stages()):  # pragma: no cover - a writer bug
         raise RuntimeError("experiment.toml does not round-trip; please report this")
     return again
