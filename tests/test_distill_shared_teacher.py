@@ -106,3 +106,28 @@ def test_students_reading_other_batches_cannot_share() -> None:
     lines = sharing_conflicts({"a": a, "b": other})
     assert lines == ["distill.seed differs (a 1234, b 5): they read other batches",
                      "distill.global_batch_size differs (a 4, b 8): they read other batches"]
+
+
+def test_a_released_trainer_takes_its_hooks_off_the_teacher_model() -> None:
+    """The search's audit wraps the same teacher model once per candidate, with a hidden-state loss: each
+    Trainer's capture hooks stayed on the model, and every later teacher forward filled every earlier
+    candidate's capture too (memory held and copies made for trainers long gone)."""
+    from engine.distill.objective import decoder_layers
+
+    acc = make_accelerator("ddp", "no")
+    teacher = _llama(48, 4, seed=1)
+
+    def hooked() -> int:
+        return sum(len(layer._forward_hooks) for layer in decoder_layers(teacher))
+
+    for i in (1, 2):  # the students with hidden-state maps, one after the other over the same model
+        trainer = _trainer(acc, i, teacher)
+        assert hooked() == len({t for _, t in STUDENTS[i][2].layer_map})
+        trainer.step(_batches()[0], lr_at(0, _configs()[i]))
+        trainer.release()
+        assert hooked() == 0
+    shared = shared_teacher(acc, teacher, [STUDENTS[1][2]])  # a shared Teacher is its maker's to release
+    trainer = Trainer(acc, _llama(32, 2, seed=11), _configs()[1], _spec(_configs()[1]), teacher=shared,
+                      hidden=STUDENTS[1][2])
+    trainer.release()
+    assert hooked() == 1

@@ -75,6 +75,12 @@ class _Capture:
         out, self.out = self.out, {}
         return out
 
+    def remove(self) -> None:
+        """Unhook (the model may outlive this capture: a teacher shared by candidates one after another)."""
+        for h in self.handles:
+            h.remove()
+        self.handles, self.out = [], {}
+
 
 class TrainModule(nn.Module):
     """The trainable part of a step: student, optional hidden-state projections, the loss."""
@@ -139,6 +145,13 @@ class Teacher(nn.Module):
         self._capture = _Capture(decoder_layers(model), capture_layers) if capture_layers else None
         self.head: torch.Tensor | None = None  # the output weight, kept whole (see `freeze_head`)
         self._graphed: GraphedForward | None = None
+
+    def release(self) -> None:
+        """Take this wrapper's hooks off the model, which outlives it when the caller keeps the teacher (the
+        search's audit and score wrap the same teacher once per candidate)."""
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
 
     def use_cuda_graphs(self, log: Callable[[str], None]) -> GraphedForward:
         """Replay the forward as a CUDA graph per input shape from now on (engine/distill/teacher_graph.py):

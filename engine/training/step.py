@@ -113,6 +113,7 @@ class Trainer:
             _compile_layers(student)
         self.flops_per_token = 6 * matmul_params(student)
         self.teacher: Teacher | None = None
+        self._own_teacher = teacher is not None and not isinstance(teacher, Teacher)  # release() unhooks it
         if isinstance(teacher, Teacher):
             self.teacher = teacher
         elif teacher is not None:
@@ -146,10 +147,13 @@ class Trainer:
             self.hooks.append(accelerator.register_save_state_pre_hook(self._weights_in_masters))
 
     def release(self) -> None:
-        """Unhook from the accelerator, so that another Trainer on it does not keep this one's memory."""
+        """Unhook from the accelerator, so that another Trainer on it does not keep this one's memory, and the
+        Teacher this Trainer made from the caller's model from that model (a shared Teacher is its maker's)."""
         for hook in self.hooks:
             hook.remove()
         self.hooks.clear()
+        if self._own_teacher and self.teacher is not None:
+            self.teacher.release()
 
     # A checkpoint of a run with master weights keeps no bf16 copy of the trained weights, which the fp32
     # masters in the optimizer's state determine: 2 of its 10-14 bytes per parameter (8.4 GiB of a 4.5B
