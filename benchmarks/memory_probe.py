@@ -6,7 +6,8 @@ replay the history to the moment of the peak and group what was live then by the
 Everything after `--` is `slimlab-engine`'s command line (one stage, in this process). The report lists the
 peak (which must equal torch.cuda.max_memory_allocated), then the live bytes at the peak by allocating frame
 (the innermost frame in slimlab, else in transformers or torch.nn), largest first. Issue 21, section 1: the
-prune stage's measured peak against `check`'s prediction (benchmarks/RESULTS.md). CUDA only.
+prune stage's measured peak against `check`'s prediction (benchmarks/RESULTS.md). Without CUDA it runs the
+stage and records nothing (a smoke test of the command line).
 
 The history is torch's documented snapshot tool (torch.cuda.memory._record_memory_history / _snapshot; see
 https://pytorch.org/docs/stable/torch_cuda_memory.html), a benchmark's aid, never the engine's.
@@ -80,8 +81,13 @@ def main() -> int:
 
     from engine.cli import main as engine_main
 
+    argv = [a for a in args.engine_args if a != "--"]
+    if not torch.cuda.is_available():  # a smoke test of the plumbing: the stage runs, nothing is recorded
+        rc = engine_main(argv)
+        Path(args.out).write_text(f"no CUDA: ran the stage (exit {rc}) without the allocator's history\n")
+        return rc
     torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES, stacks="python")
-    rc = engine_main([a for a in args.engine_args if a != "--"] if args.engine_args else None)
+    rc = engine_main(argv)
     snapshot = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
     report = peak_report(snapshot, torch.cuda.current_device(), torch.cuda.max_memory_allocated())
