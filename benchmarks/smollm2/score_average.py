@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from score_vs_audit import searches_and_audits, shape_key  # noqa: E402
+from score_vs_audit import DISTILL_LOSS, searches_and_audits, shape_key  # noqa: E402
 
-from engine.search.audit import ranks, spearman  # noqa: E402
+from engine.search.audit import spearman  # noqa: E402
 
 
 def main() -> None:
@@ -31,16 +31,15 @@ def main() -> None:
         loss.update({shape_key(c): c["loss"] for c in cands if c.get("loss") is not None})
     shapes = sorted(set(final).intersection(*scores))
     finals = [final[s] for s in shapes]
-    loss_ranks = ranks([loss[s] for s in shapes])
     print(f"{len(shapes)} shapes scored by all {len(scores)} files and audited")
     for k in range(1, len(scores) + 1):
         alone, both = [], []
         for subset in itertools.combinations(scores, k):
             mean = [statistics.mean(sc[s] for sc in subset) for s in shapes]
             alone.append(spearman(mean, finals))
-            # distill+loss: summed ranks, ties to the lower loss (engine.search.scoring.Scorer.ranked)
-            both.append(spearman([r + lr + 1e-9 * loss[s] for r, lr, s in zip(ranks(mean), loss_ranks, shapes, strict=True)],
-                                 finals))
+            # as a distill+loss search ranks (summed ranks, ties to the lower loss)
+            order = DISTILL_LOSS.ranked(dict(zip(shapes, mean, strict=True)), loss)
+            both.append(spearman(list(range(len(order))), [final[s] for s in order]))
         print(f"  mean of {k}: distill alone {statistics.mean(alone):+.2f} (worst {min(alone):+.2f}), "
               f"distill+loss {statistics.mean(both):+.2f} (worst {min(both):+.2f}) over {len(alone)} subsets")
 

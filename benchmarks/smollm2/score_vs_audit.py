@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from engine.search.audit import spearman  # noqa: E402
 from engine.search.scoring import Scorer  # noqa: E402
 
+DISTILL_LOSS = Scorer("distill+loss", lambda model: 0.0)  # a distill+loss search's ranking rule (no scoring)
+
 
 def final_losses(audits: list[Path]) -> dict[tuple, float]:
     """Shape (layers, hidden, ffn) -> mean final test loss over the audits that distilled it."""
@@ -70,7 +72,7 @@ def main() -> None:
               f"is {final[best[0]] - min(finals):.4f} nats behind the best of these shapes")
         if doc.get("score") == "distill":
             scored = {i: c for i, c in enumerate(doc["candidates"]) if c.get("score") is not None}
-            order = Scorer("distill+loss", lambda m: 0.0).ranked(
+            order = DISTILL_LOSS.ranked(
                 {i: c["score"] for i, c in scored.items()}, {i: c["loss"] for i, c in scored.items()})
             audited = [i for i in order if shape_key(scored[i]) in final]
             combined = spearman(list(range(len(audited))), [final[shape_key(scored[i])] for i in audited])
