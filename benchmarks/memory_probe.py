@@ -46,18 +46,23 @@ def site(frames: list[dict]) -> str:
 def peak_report(snapshot: dict, device: int, measured: int) -> str:
     """Replay the allocations to the largest total and list what was live then."""
     trace = snapshot["device_traces"][device]
-    live: dict[int, tuple[int, list[dict]]] = {}
-    total = best = 0
-    at_best: dict[int, tuple[int, list[dict]]] = {}
-    for ev in trace:
-        a = ev["action"]
-        if a == "alloc":
-            live[ev["addr"]] = (ev["size"], ev.get("frames", []))
-            total += ev["size"]
-            if total > best:
-                best, at_best = total, dict(live)
-        elif a == "free_completed" and ev["addr"] in live:
-            total -= live.pop(ev["addr"])[0]
+
+    def replay(upto: int) -> tuple[dict[int, tuple[int, list[dict]]], int, int]:
+        """The blocks live after event `upto`; the largest total on the way and the event it came at."""
+        live: dict[int, tuple[int, list[dict]]] = {}
+        total = best = at = 0
+        for k, ev in enumerate(trace[:upto + 1]):
+            if ev["action"] == "alloc":
+                live[ev["addr"]] = (ev["size"], ev.get("frames", []))
+                total += ev["size"]
+                if total > best:
+                    best, at = total, k
+            elif ev["action"] == "free_completed" and ev["addr"] in live:
+                total -= live.pop(ev["addr"])[0]
+        return live, best, at
+
+    _, best, at = replay(len(trace) - 1)  # where the peak is; then what was live there (no copy per new peak)
+    at_best = replay(at)[0]
     by_site: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for size, frames in at_best.values():
         s = by_site[site(frames)]
