@@ -32,6 +32,9 @@ export PYTHONPATH=$HOME/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SY
 D=.carry/smol-textkit; [[ -d $D ]] || D=$HOME/smol-textkit  # SmolLM2-tokenized text (part-b unpacks it)
 # the data was tokenized here, by the tokenizer packed with it: the run names it (prepare checks)
 DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
+wheels() {  # the carried wheels (pydantic and friends), where part-b has not installed them in this machine
+  python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HOME/site" .whl/*.whl
+}
 case ${1:?pack|part-a|part-b|start|watch|fit|tgraph|sr|scores|memprobe} in
   pack)
     set -e  # a failed step stops the packing: a half-made .carry is worse than none
@@ -75,7 +78,7 @@ TOML
   fit)
     # --max-seconds caps each of its two round robins (the fit shapes, then the finalists): keep 2x it under
     # the call's limit. The table prints at the end; OUT keeps it (line-buffered, so a kill loses nothing).
-    python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HOME/site" .whl/*.whl
+    wheels
     python3 benchmarks/speed_budget_fit.py --config "${FIT_CONFIG:-$HF/config.json}" --target-params 0.6 --tolerance 0.03 \
       --hidden-multiple 64 --ffn-multiple 64 --dtype bfloat16 --prompt 512 --new 128 ${FIT_ARGS:-} 2>&1 \
       | grep --line-buffered -v -i warn | tee ${OUT:+"$OUT/speed_fit.txt"}
@@ -109,9 +112,8 @@ TOML
   memprobe)  # PROBE_SCRATCH=1: random weights of SmolLM2's shape (memory does not depend on them): no GGUF
     read -ra MORE <<< "${PROBE_ARGS:-}"
     if [[ -n ${PROBE_SCRATCH:-} ]]; then
-      [[ -d $D ]] || tar xJf .carry/smol-textkit.tar.xz -C "$HOME"; D=$HOME/smol-textkit; [[ -d .carry/smol-textkit ]] && D=.carry/smol-textkit
-      DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
-      python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HOME/site" .whl/*.whl
+      [[ -d $D ]] || tar xJf .carry/smol-textkit.tar.xz -C "$HOME"  # (D and DATA above already name where)
+      wheels
       HF=$HOME/smollm2-scratch
       python3 benchmarks/scratch_model.py --arch benchmarks/smollm2/smollm2-135m-config.json --tokenizer "$D/tokenizer" --out "$HF" || exit 1
     fi
