@@ -106,8 +106,9 @@ TOML
         | grep --line-buffered -v -i warn | grep --line-buffered -E "score|error|Error" | tail -20
       cp "runs-$tag/$(basename "$RUN")/prune-search/search.json" "${OUT:-.}/search-$tag.json"
     done
-    python3 benchmarks/smollm2/score_vs_audit.py "${OUT:-.}"/search-*.json \
-      --audit benchmarks/smollm2/audit_h100/search-distill.json benchmarks/smollm2/audit_h100/search-loss.json
+    B=benchmarks/smollm2  # against the mean of the six audits on record (RESULTS.md "The audit with two seeds per shape")
+    python3 $B/score_vs_audit.py "${OUT:-.}"/search-*.json --audit $B/h100_audit_seeds/search-audit-seeds.json \
+      $B/audit_h100/search-*.json $B/h100_audit_noise/search-distill+loss.json $B/h100_audit_noise/search-seed*.json
     exit ;;
   memprobe)  # PROBE_SCRATCH=1: random weights of SmolLM2's shape (memory does not depend on them): no GGUF
     read -ra MORE <<< "${PROBE_ARGS:-}"
