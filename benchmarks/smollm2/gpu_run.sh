@@ -17,8 +17,8 @@
 #                gpu_run.sh memprobe (EXP=benchmarks/smollm2/audit.toml) -> where the prune-search stage's peak
 #                  memory goes (benchmarks/memory_probe.py), a small search (2 scored, both audited briefly) in runs-probe/
 #                gpu_run.sh scores   (EXP=benchmarks/smollm2/audit.toml) -> the search's distill score, no audit,
-#                  in each of SCORE_VARIANTS (default: 20 and 80 steps), against the shapes audit_h100/ distilled
-#                  in full
+#                  in each of SCORE_VARIANTS (default: 20 and 80 steps), against the six audits on record (the
+#                  shapes they distilled in full)
 # (calls back to back: $HOME lasts only while the machine is held). Another experiment: EXP=path (e.g.
 # benchmarks/smollm2/audit.toml, the search audit). part-b unpacks .carry/smol-textkit.tar.xz into
 # .carry/smol-textkit when that is carried instead (xz: 24 -> 8 MB, so it fits part-b's call).
