@@ -56,3 +56,53 @@ def test_a_readme_check_example_prints_what_it_shows(command: str, shown: list[s
         matches = [j for j in range(at, len(printed)) if printed[j] == line]
         assert matches, f"the README shows {line!r}; check printed:\n" + "\n".join(printed)
         at = matches[0] + 1
+
+
+def readme_commands() -> list[str]:
+    """Every `slimlab-engine ...` command line the README shows (continuations joined, comments dropped)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    commands, i = [], 0
+    while i < len(lines):
+        text = lines[i].strip().removeprefix("$ ")
+        if lines[i].startswith("    ") and text.startswith("slimlab-engine "):
+            while text.endswith("\\"):
+                i += 1
+                text = text[:-1] + lines[i].strip()
+            commands.append(text.split("  #")[0].strip())
+        i += 1
+    return commands
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_shows_commands() -> None:
+    assert len(COMMANDS) >= 20, "the README's commands were not found: the parser or the README changed"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c[15:75] for c in COMMANDS])
+def test_a_readme_command_parses_and_its_file_and_keys_are_valid(command: str, tmp_path) -> None:
+    """The engine's own parser takes it; a `run` or `check` of a file in the repository: `check` of that file
+    with the same `--set`s exits 0 (keys, values and targets valid), so a copied command does not fail on a
+    renamed key or a stale value. A `run --slurm` writes its script (into a temporary runs directory, not
+    submitted). The refusal the README shows on purpose is the test above's."""
+    from engine.cli import build_parser
+
+    argv = shlex.split(command)[1:]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        pytest.fail(f"the README's {command!r} does not parse (exit {e.code})")
+    file = getattr(args, "file", None)
+    if argv[0] not in ("run", "check") or file is None or not (ROOT / file).exists():
+        return
+    if command in (c for c, shown in EXAMPLES if any(line.startswith("error:") for line in shown)):
+        return
+    if getattr(args, "slurm", False):
+        check = ["run", *[a for a in argv[1:] if a != "--submit"], "--runs-dir", str(tmp_path)]
+    else:
+        sets = [a for s in getattr(args, "set", None) or [] for a in ("--set", s)]
+        check = ["check", file, *sets, "--gpu-memory", "80", "--gpus", "0-7"]
+    done = subprocess.run([sys.executable, "-m", "engine", *check], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, f"{command}:\n{done.stderr[-2000:]}"
