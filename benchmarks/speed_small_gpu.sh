@@ -8,8 +8,9 @@
 #   default     the engine's compiled step (engine-compile), PyTorch's SDPA choice
 #   cudnn/flash SDPA pinned to one backend (benchmarks/distill_throughput.py --sdpa)
 #   cdt         TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1: inductor tunes its element-wise and norm kernels
-#   autotune    (last: the slowest to compile) TORCHINDUCTOR_MAX_AUTOTUNE=1: inductor also tries Triton matmul templates, whose epilogues can
-#               take in the element-wise work after a matmul (SwiGLU, residual adds); compiling takes minutes
+#   autotune    TORCHINDUCTOR_MAX_AUTOTUNE=1: inductor also tries Triton matmul templates, whose epilogues can
+#               take in the element-wise work after a matmul (SwiGLU, residual adds); compiling takes minutes,
+#               so it runs last
 #   b128        128 sequences a step instead of 64
 #   profile1b   the 1.24B step (bf16 moments, stochastic rounding: the fastest recipe) profiled per kernel group
 # SMALL_VARIANTS picks some (default: all, in the order above). Each has SMALL_TIMEOUT seconds (default 150;
