@@ -11,11 +11,10 @@
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests._train_util import ROOT, engine_env
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
@@ -52,8 +51,8 @@ def test_the_readme_shows_commands_and_check_examples() -> None:
 
 
 def _engine(argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "engine", *argv], cwd=ROOT, env=engine_env(), capture_output=True,
+                          text=True, timeout=600)
 
 
 @pytest.mark.parametrize("command,shown", EXAMPLES, ids=[c[15:75] for c, _ in EXAMPLES])

@@ -52,8 +52,9 @@ def saved_activation_bytes(m: torch.nn.Module, vocab: int, batch: int, seq: int)
             saved[st.data_ptr()] = st.nbytes()
         return t
 
+    # no KV cache, as the trainer: its guards also recompiled compiled layers until dynamo fell back to eager
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        m.model(torch.randint(0, vocab, (batch, seq)), use_cache=False)  # as the trainer: no KV cache
+        m.model(torch.randint(0, vocab, (batch, seq)), use_cache=False)
     return sum(saved.values())
 
 
@@ -77,7 +78,6 @@ def test_compiled_layers_keep_what_the_compiled_model_says(arch):
     students' peaks within 1% (benchmarks/RESULTS.md "8B on one GPU")."""
     from engine.training.step import _compile_layers
 
-    torch.compiler.reset()  # each shape compiles afresh, within dynamo's recompile budget
     batch, seq = 2, 128
     m = _model(arch, torch.bfloat16)
     _compile_layers(m)
