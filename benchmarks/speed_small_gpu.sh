@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:?OUT dir}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HOME/site" .whl/*.whl
+source benchmarks/carried_wheels.sh && wheels
 export PYTHONPATH=$HOME/site:$PWD
 LOG=$OUT/speed_small.log
 nvidia-smi -L 2>/dev/null | tee -a "$LOG"

@@ -32,9 +32,7 @@ export PYTHONPATH=$HOME/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SY
 D=.carry/smol-textkit; [[ -d $D ]] || D=$HOME/smol-textkit  # SmolLM2-tokenized text (part-b unpacks it)
 # the data was tokenized here, by the tokenizer packed with it: the run names it (prepare checks)
 DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
-wheels() {  # the carried wheels (pydantic and friends), where part-b has not installed them in this machine
-  python3 -c "import pydantic" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target "$HOME/site" .whl/*.whl
-}
+source benchmarks/carried_wheels.sh  # wheels: where part-b has not installed them in this machine
 case ${1:?pack|part-a|part-b|start|watch|fit|tgraph|sr|scores|memprobe} in
   pack)
     set -e  # a failed step stops the packing: a half-made .carry is worse than none
