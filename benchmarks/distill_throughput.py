@@ -40,6 +40,7 @@ Memory options (issue 21), as suffixes:  --variants engine-compile,engine-compil
                   engine-compile-bf16states-sr (master_weights = "stochastic": no fp32 masters),
                   engine-compile-int8states-sr (optimizer_states = "int8": torchao's 8-bit moments),
                   engine-compile-int8fused-sr (the same, updated in one kernel: adamw8_triton.py)
+Float8 matmuls (Ada/Hopper; torchao):  --variants engine-compile-bf16states-sr,engine-compile-bf16states-sr-f8
 A variant that fails prints its error and the others still run.
 """
 
@@ -146,7 +147,7 @@ def run_naive(args, arch, device, batches) -> dict:
 def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, accum: int,
                profile: bool = False, hf_mask: bool = False, master: bool | str | None = None,
                kernels: str = "", name: str = "", tgraph: bool = False, gc: bool | float = False,
-               states: str = "float32") -> dict:
+               states: str = "float32", float8: bool = False) -> dict:
     from engine.config import DistillConfig
     from engine.training.stage_bodies import loss_spec
     from engine.training.step import Trainer
@@ -166,7 +167,7 @@ def run_engine(args, arch, device, batches, acc, *, compile: bool, chunk: int, a
     cfg = DistillConfig(steps=1000, global_batch_size=micro * accum * acc.num_processes, micro_batch_size=micro,
                         lr=1e-4, min_lr=1e-5, warmup_steps=0, compile=compile, chunk_tokens=chunk,
                         teacher_cuda_graph=tgraph, gradient_checkpointing=gc, optimizer_states=states,
-                        master_weights=mode)
+                        master_weights=mode, float8=float8)
     if hf_mask:  # before engine/models/attention.py: transformers' own mask path (2 host syncs per step)
         from engine.training import step as trainer_module
 
@@ -464,8 +465,9 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
     # -gc0.9: that fraction of the layers), -bf16states / -int8states (optimizer_states = "bfloat16" / "int8"),
     # -sr (master_weights = "stochastic")
     # -int8fused: 8-bit moments updated in one kernel (engine/training/adamw8_triton.py)
+    # -f8: float8 = true (the decoder layers' matmuls in float8, student and teacher: engine/models/float8.py)
     opts = {o: name.endswith(f"-{o}") or f"-{o}-" in name
-            for o in ("tgraph", "bf16states", "int8states", "int8fused", "sr")}
+            for o in ("tgraph", "bf16states", "int8states", "int8fused", "sr", "f8")}
     if opts["int8fused"]:
         from engine.training.int8_moments import FUSED_ENV
 
@@ -487,7 +489,7 @@ def run_variant(name: str, args: argparse.Namespace, arch: dict, device: torch.d
                        profile=profile, hf_mask=base.endswith("-hfmask"),
                        master=False if autocast else "stochastic" if opts["sr"] else None, kernels=kernels, name=name, tgraph=opts["tgraph"],
                        gc=opts["gc"], states="bfloat16" if opts["bf16states"]
-                       else "int8" if opts["int8states"] or opts["int8fused"] else "float32")
+                       else "int8" if opts["int8states"] or opts["int8fused"] else "float32", float8=opts["f8"])
     finally:
         undo_rope()  # Liger's RoPE is process-wide: the next variant runs stock
     r["tokens_per_step"] = bs[0].shape[0] * args.seq * acc.num_processes * accum

@@ -13,6 +13,8 @@
 #               so it runs last
 #   b128        128 sequences a step instead of 64
 #   profile1b   the 1.24B step (bf16 moments, stochastic rounding: the fastest recipe) profiled per kernel group
+#   1b, f8      the same 1.24B step timed, and with float8 = true (torchao's float8 matmuls in the decoder layers
+#               of student and teacher); f8small: float8 at SmolLM2's shape
 # SMALL_VARIANTS picks some (default: all, in the order above). Each has SMALL_TIMEOUT seconds (default 150;
 # autotune twice that). The profile's table goes to OUT/profile-*.txt.
 set -uo pipefail
@@ -33,7 +35,8 @@ bench() {  # tag, then env assignments and distill_throughput.py arguments
 T=${SMALL_TIMEOUT:-150}
 read -ra MORE <<< "${SMALL_ARGS:-}"  # e.g. "--tiny --warmup 1 --steps 1": a CPU smoke test of this script
 D=(timeout "$T" python3 benchmarks/distill_throughput.py --shape smollm2 --variants engine-compile --steps 10 "${MORE[@]}")
-for v in ${SMALL_VARIANTS:-default cudnn flash cdt b128 profile1b autotune}; do
+B=(timeout "$T" python3 benchmarks/distill_throughput.py --steps 10 "${MORE[@]}" --variants engine-compile-bf16states-sr)
+for v in ${SMALL_VARIANTS:-default cudnn flash cdt b128 profile1b 1b f8 f8small autotune}; do
   case $v in
     default) bench default "${D[@]}" ;;
     cudnn|flash) bench "$v" "${D[@]}" --sdpa "$v" ;;
@@ -43,6 +46,9 @@ for v in ${SMALL_VARIANTS:-default cudnn flash cdt b128 profile1b autotune}; do
     profile1b)
       bench profile1b timeout "$T" python3 benchmarks/distill_throughput.py --variants engine-compile-bf16states-sr \
         --profile engine-compile-bf16states-sr --steps 6 "${MORE[@]}" ;;
+    1b) bench 1b "${B[@]}" ;;
+    f8) bench f8 "${B[@]}" --variants engine-compile-bf16states-sr-f8 ;;  # (the last --variants counts)
+    f8small) bench f8small "${D[@]}" --variants engine-compile-f8 ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
 done

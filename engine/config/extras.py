@@ -1,7 +1,7 @@
 """Whether an optional extra can run as installed: a package's presence and version, read from its
 metadata without importing it (or torch), so that the schema can refuse a key as the file is read.
 engine/config/liger_install.py names Liger-Kernel's (kernels = "liger"); TORCHAO below is torchao's
-(optimizer_states = "int8", engine/training/int8_moments.py)."""
+(optimizer_states = "int8", engine/training/int8_moments.py; float8 = true, engine/models/float8.py)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,6 @@ def version_tuple(version: str) -> tuple[int, ...]:
 # calls, in the form it calls them (checked from 0.14 to 0.18)
 TORCHAO = Extra(module="torchao", dist="torchao", min_version=(0, 14, 0), extra="int8",
                 instead='optimizer_states = "bfloat16"')
+# float8 = true: torchao.float8's public convert_to_float8_training (checked with 0.18; present since 0.7)
+TORCHAO_FLOAT8 = Extra(module="torchao", dist="torchao", min_version=(0, 14, 0), extra="float8",
+                       instead="float8 = false")

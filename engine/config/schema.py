@@ -129,6 +129,9 @@ class TrainConfig(Section):
     # "liger": Liger-Kernel's Triton RMSNorm, SwiGLU and RoPE in student and teacher (CUDA; the [liger]
     # extra; engine/models/liger.py); "torch": transformers' own modules
     kernels: Literal["torch", "liger"] = "torch"
+    # the decoder layers' matmuls in float8 (torchao's float8 training, one dynamic scale per tensor) in
+    # student and teacher: Ada/Hopper GPUs (engine/models/float8.py; the [float8] extra)
+    float8: bool = False
     max_nan_steps: int = Field(default=5, ge=1)  # consecutive non-finite losses that stop the run
     # a validation loss well above its best at the end (engine/contract/divergence.py) fails the stage
     # and stops the run, instead of a warning on a "succeeded" stage
@@ -177,6 +180,17 @@ class TrainConfig(Section):
             from engine.config.extras import TORCHAO
 
             problem = TORCHAO.problem(TORCHAO.installed_version())
+            if problem:
+                raise ValueError(problem)
+        return v
+
+    @field_validator("float8")
+    @classmethod
+    def _float8(cls, v: bool) -> bool:
+        if v:  # torchao, at check time (no import of it or of torch)
+            from engine.config.extras import TORCHAO_FLOAT8
+
+            problem = TORCHAO_FLOAT8.problem(TORCHAO_FLOAT8.installed_version())
             if problem:
                 raise ValueError(problem)
         return v

@@ -58,13 +58,15 @@ class TopKCache:
     """One cache folder: open (or create) it, `fill` the missing windows, read `batches` back."""
 
     def __init__(self, parent: Path, *, teacher: str, data_dir: Path, num_windows: int, seq: int, k: int,
-                 vocab: int, dtype: str):
+                 vocab: int, dtype: str, float8: bool = False):
         if dtype not in _STORE:
             raise ValueError(f"teacher top-k cache: dtype {dtype!r} is not one of {', '.join(_STORE)}")
         data_meta = (Path(data_dir) / "meta.json").read_bytes()
         self.meta = {"teacher": teacher_identity(teacher), "teacher_path": str(teacher),
                      "data": hashlib.sha256(data_meta).hexdigest()[:16], "windows": int(num_windows),
                      "seq": int(seq), "k": int(k), "vocab": int(vocab), "dtype": dtype}
+        if float8:  # a float8 teacher's logits are others (only then in the key: older caches keep theirs)
+            self.meta["float8"] = True
         key = hashlib.sha256(json.dumps(self.meta, sort_keys=True).encode()).hexdigest()[:12]
         self.dir = Path(parent) / key
         self.k, self.seq, self.vocab, self.dtype = int(k), int(seq), int(vocab), dtype

@@ -39,6 +39,10 @@ def sharing_conflicts(configs: dict[str, Any]) -> list[str]:
     if len(set(micro.values())) > 1:
         listed = ", ".join(f"{n} {v}" for n, v in micro.items())
         out.append(f"distill.micro_batch_size differs ({listed}): the teacher runs once per micro-batch")
+    float8 = {name: cfg.float8 for name, cfg in configs.items()}
+    if len(set(float8.values())) > 1:
+        listed = ", ".join(f"{n} {str(v).lower()}" for n, v in float8.items())
+        out.append(f"distill.float8 differs ({listed}): the shared teacher's matmuls run in one precision")
     return out
 
 

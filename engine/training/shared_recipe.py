@@ -51,7 +51,7 @@ def run_shared_training(ctxs: list[StageContext], cfgs: list[TrainConfig], secti
     exp = ctxs[0].exp
     acc = make_accelerator(exp.launch.strategy, exp.launch.mixed_precision)  # the teacher's device
     teacher = shared_teacher(acc, teacher_model, [m.hidden for m in models],
-                             compile_=cuda and any(c.compile for c in cfgs))
+                             compile_=cuda and any(c.compile for c in cfgs), float8=cfgs[0].float8)
     recipes = [TrainingRecipe(ctx, cfg, section, lambda _cuda, _meta, m=m: replace(m, teacher=teacher))
                for ctx, cfg, m in zip(ctxs, cfgs, models, strict=True)]
     _same_micro_batch(recipes)

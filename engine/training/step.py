@@ -30,6 +30,7 @@ from engine.distill.objective import (
     output_weight,
 )
 from engine.models.attention import use_causal_sdpa
+from engine.models.float8 import use_float8
 from engine.training.master_adamw import MasterAdamW
 from engine.training.micro_batch import optimizer_reserve, search_micro_batch, searches
 from engine.training.pending_step import PendingStep, StepResult
@@ -61,11 +62,14 @@ def _compile_layers(model: nn.Module) -> None:
 
 
 def shared_teacher(accelerator: Any, model: nn.Module, hiddens: list[HiddenSpec | None],
-                   compile_: bool = False) -> Teacher:
+                   compile_: bool = False, float8: bool = False) -> Teacher:
     """The frozen teacher on the accelerator's device (sharded layer by layer under FSDP2), keeping
-    the layer outputs that any of `hiddens` (one per student it teaches) maps to."""
+    the layer outputs that any of `hiddens` (one per student it teaches) maps to; `float8`: its decoder
+    layers' matmuls in float8 (engine/models/float8.py)."""
     layers = sorted({t for h in hiddens if h is not None and h.weight > 0 for _, t in h.layer_map})
     use_causal_sdpa(model)
+    if float8:
+        use_float8(model, accelerator.device, "teacher")
     if compile_:
         _compile_layers(model)
     teacher = Teacher(model, layers or None)
@@ -106,6 +110,10 @@ class Trainer:
         self.cached_top_k = cached_top_k
         device = accelerator.device
         compile_ = bool(cfg.compile) and device.type == "cuda"
+        float8 = getattr(cfg, "float8", False)
+        if float8:  # before checkpointing and compile wrap the layers
+            swapped = use_float8(student, device, "student")
+            log(f"float8 matmuls in {swapped} of the student's projections (and in the teacher's)")
         if cfg.gradient_checkpointing:
             checkpoint_layers(student, cfg.gradient_checkpointing)
         use_causal_sdpa(student)  # batches are packed windows without padding
@@ -117,7 +125,7 @@ class Trainer:
         if isinstance(teacher, Teacher):
             self.teacher = teacher
         elif teacher is not None:
-            self.teacher = shared_teacher(accelerator, teacher, [hidden], compile_)
+            self.teacher = shared_teacher(accelerator, teacher, [hidden], compile_, float8)
         if self.teacher is not None:
             self.flops_per_token += 2 * matmul_params(self.teacher.model)
         t_width = self.teacher.model.config.hidden_size if self.teacher is not None else None

@@ -1,0 +1,97 @@
+"""`float8 = true`: the decoder layers' matmuls in float8, through torchao's float8 training.
+
+torchao (https://github.com/pytorch/ao, the optional `[float8]` extra) swaps each `nn.Linear` for its
+`Float8Linear` with its public `convert_to_float8_training`: the input and the weight are cast to
+float8 e4m3 with one dynamic scale per tensor (the "tensorwise" recipe, torchao's fastest), multiplied by
+`torch._scaled_mm`, and the output comes back in the input's dtype; backward casts the output gradient to
+e5m2. The weights stay bf16 (or fp32) parameters with their own names: the optimizer, the master weights
+and the checkpoints see no difference, and a saved student loads with plain `from_pretrained`.
+
+Only the projections inside the decoder layers are swapped, in student and teacher: the LM head feeds the
+fused KD loss (engine/distill/losses.py) straight from its weight, and the embedding is a lookup. A
+projection whose sides are not multiples of 16 (what `_scaled_mm` needs) stays in bf16.
+
+Float8 matmuls need an Ada or Hopper GPU (compute capability 8.9, e.g. L4, L40S, H100, H200). On the CPU
+torch runs them too, slowly: for the tests. MFU stays counted against the card's bf16 peak, so a float8
+run's MFU is "bf16-equivalent" (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.config.extras import TORCHAO_FLOAT8
+from engine.distill.objective import decoder_layers
+from engine.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+MIN_CAPABILITY = (8, 9)  # the first CUDA architecture with float8 tensor cores (Ada)
+ALIGN = 16  # torch._scaled_mm: both sides of the weight a multiple of this
+
+
+def device_problem(device: torch.device) -> str | None:
+    """Why float8 matmuls cannot run on this device (one line with the fix), else None."""
+    import torch
+
+    if device.type != "cuda":
+        return None
+    capability = torch.cuda.get_device_capability(device)
+    if capability >= MIN_CAPABILITY:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return (f"{name} (compute capability {capability[0]}.{capability[1]}) has no float8 matmuls; "
+            f"they need {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (L4, L40S, H100, H200); set float8 = false")
+
+
+def use_float8(model: nn.Module, device: torch.device, what: str = "model") -> int:
+    """Swap the decoder layers' projections of `model` for torchao's Float8Linear; the number swapped.
+    A UserError (one line, the fix) when torchao or the device cannot do it. Idempotent."""
+    problem = TORCHAO_FLOAT8.problem(TORCHAO_FLOAT8.installed_version()) or device_problem(device)
+    if problem:
+        raise UserError(f"float8 = true ({what}): {problem}")
+    convert = _converter()
+    swapped = 0
+    for layer in decoder_layers(model):
+        before = _float8_count(layer)
+        convert(layer, module_filter_fn=_eligible)
+        swapped += _float8_count(layer) - before
+    return swapped
+
+
+def float8_linears(model: nn.Module) -> int:
+    """How many of `model`'s modules are torchao's Float8Linear."""
+    return _float8_count(model)
+
+
+def _eligible(module: nn.Module, fqn: str) -> bool:
+    from torch import nn
+
+    return (type(module) is nn.Linear and module.in_features % ALIGN == 0
+            and module.out_features % ALIGN == 0)
+
+
+def _float8_count(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if type(m).__name__ == "Float8Linear")
+
+
+def _converter():
+    """torchao's public convert_to_float8_training, imported quietly (its loader logs about CUDA
+    extensions that a CPU build lacks)."""
+    import logging
+
+    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:
+            q.setLevel(logging.ERROR)
+        from torchao.float8 import convert_to_float8_training
+    except Exception as e:  # a torchao built for another torch fails here, not at the first step
+        raise UserError(f"float8 = true: torchao does not import here ({type(e).__name__}: {e}); "
+                        "pip install -U \"slimlab[float8]\", or set float8 = false") from e
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    return convert_to_float8_training
