@@ -221,3 +221,18 @@ def test_check_predicts_the_teacher_off_the_gpu_and_counts_the_cache(tmp_path: P
     audited = loads_experiment(search, source="8b.toml")
     audit_need = stage_need(audited, experiment_shapes(audited), "prune-s", 1, True)
     assert audit_need.term("teacher") > 14 * 2**30  # the audit runs the teacher live
+
+
+def test_a_float8_teacher_stores_logits_of_its_own(teacher_run: Path, tmp_path: Path, capsys) -> None:
+    """float8 = true changes the teacher's logits: they go to a cache folder of their own, beside (not over)
+    the plain teacher's, and the stage trains on them (float8 matmuls run on the CPU too, slowly)."""
+    pytest.importorskip("torchao")
+    run = _distil(teacher_run, "f8", 'teacher_logits = "cached"\n', tmp_path, steps=2)
+    shutil.rmtree(run / "distill-half")
+    capsys.readouterr()
+    _distil(teacher_run, "f8", 'teacher_logits = "cached"\nfloat8 = true\n', tmp_path, steps=2)
+    log = capsys.readouterr().out
+    assert f"0 stored, {2 * 32} to compute" in log and "float8 matmuls in" in log
+    metas = [json.loads((d / "meta.json").read_text()) for d in RunLayout(run).teacher_topk_dir.iterdir()]
+    assert sorted(m.get("float8", False) for m in metas) == [False, True]
+    assert len(_train(run)) == 2
