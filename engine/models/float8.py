@@ -7,9 +7,10 @@ float8 e4m3 with one dynamic scale per tensor (the "tensorwise" recipe, torchao'
 e5m2. The weights stay bf16 (or fp32) parameters with their own names: the optimizer, the master weights
 and the checkpoints see no difference, and a saved student loads with plain `from_pretrained`.
 
-Only the projections inside the decoder layers are swapped, in student and teacher: the LM head feeds the
-fused KD loss (engine/distill/losses.py) straight from its weight, and the embedding is a lookup. A
-projection whose sides are not multiples of 16 (what `_scaled_mm` needs) stays in bf16.
+Every `nn.Linear` but the LM head is swapped, in student and teacher: in the architectures slimlab prunes
+those are the decoder layers' projections. The LM head stays: the fused KD loss (engine/distill/losses.py)
+reads its weight directly. A projection whose sides are not multiples of 16 (what `_scaled_mm` needs)
+stays in bf16.
 
 Float8 matmuls need an Ada or Hopper GPU (compute capability 8.9, e.g. L4, L40S, H100, H200). On the CPU
 torch runs them too, slowly: for the tests. MFU stays counted against the card's bf16 peak, so a float8
@@ -21,7 +22,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.config.extras import TORCHAO_FLOAT8
-from engine.distill.objective import decoder_layers
 from engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -47,30 +47,27 @@ def device_problem(device: torch.device) -> str | None:
 
 
 def use_float8(model: nn.Module, device: torch.device, what: str = "model") -> int:
-    """Swap the decoder layers' projections of `model` for torchao's Float8Linear; the number swapped.
+    """Swap `model`'s projections but the LM head for torchao's Float8Linear; the number swapped.
     A UserError (one line, the fix) when torchao or the device cannot do it. Idempotent."""
+    from torch import nn
+
     problem = TORCHAO_FLOAT8.problem(TORCHAO_FLOAT8.installed_version()) or device_problem(device)
     if problem:
         raise UserError(f"float8 = true ({what}): {problem}")
-    convert = _converter()
-    swapped = 0
-    for layer in decoder_layers(model):
-        before = _float8_count(layer)
-        convert(layer, module_filter_fn=_eligible)
-        swapped += _float8_count(layer) - before
-    return swapped
+    head = model.get_output_embeddings()
+
+    def eligible(module: nn.Module, fqn: str) -> bool:
+        return (type(module) is nn.Linear and module is not head and module.in_features % ALIGN == 0
+                and module.out_features % ALIGN == 0)
+
+    before = _float8_count(model)
+    _converter()(model, module_filter_fn=eligible)
+    return _float8_count(model) - before
 
 
 def float8_linears(model: nn.Module) -> int:
     """How many of `model`'s modules are torchao's Float8Linear."""
     return _float8_count(model)
-
-
-def _eligible(module: nn.Module, fqn: str) -> bool:
-    from torch import nn
-
-    return (type(module) is nn.Linear and module.in_features % ALIGN == 0
-            and module.out_features % ALIGN == 0)
 
 
 def _float8_count(model: nn.Module) -> int:
