@@ -11,6 +11,7 @@
 #   autotune    TORCHINDUCTOR_MAX_AUTOTUNE=1: inductor also tries Triton matmul templates, whose epilogues can
 #               take in the element-wise work after a matmul (SwiGLU, residual adds); compiling takes minutes,
 #               so it runs last
+#   combo       cdt and SDPA pinned to cuDNN together
 #   b128        128 sequences a step instead of 64
 #   profile1b   the 1.24B step (bf16 moments, stochastic rounding: the fastest recipe) profiled per kernel group
 #   1b, f8      the same 1.24B step timed, and with float8 = true (torchao's float8 matmuls in the decoder layers
@@ -36,11 +37,12 @@ T=${SMALL_TIMEOUT:-150}
 read -ra MORE <<< "${SMALL_ARGS:-}"  # e.g. "--tiny --warmup 1 --steps 1": a CPU smoke test of this script
 D=(timeout "$T" python3 benchmarks/distill_throughput.py --shape smollm2 --variants engine-compile --steps 10 "${MORE[@]}")
 B=(timeout "$T" python3 benchmarks/distill_throughput.py --steps 10 "${MORE[@]}" --variants engine-compile-bf16states-sr)
-for v in ${SMALL_VARIANTS:-default cudnn flash cdt b128 profile1b 1b f8 f8small autotune}; do
+for v in ${SMALL_VARIANTS:-default cudnn flash cdt combo b128 profile1b 1b f8 f8small autotune}; do
   case $v in
     default) bench default "${D[@]}" ;;
     cudnn|flash) bench "$v" "${D[@]}" --sdpa "$v" ;;
     cdt) bench cdt TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 "${D[@]}" ;;
+    combo) bench combo TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 "${D[@]}" --sdpa cudnn ;;
     autotune) bench autotune TORCHINDUCTOR_MAX_AUTOTUNE=1 timeout $((T * 2)) "${D[@]:2}" ;;
     b128) bench b128 "${D[@]}" --batch 128 ;;
     profile1b)
