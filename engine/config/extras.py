@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import logging
+import sys
 from dataclasses import dataclass
+from types import ModuleType
+
+from engine.errors import UserError
+
+# loggers that torchao's loader writes to about CUDA extensions a build lacks (they would reach every stage log)
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,24 @@ class Extra:
             need = ".".join(map(str, self.min_version))
             return f"{self.dist} {version} is older than {need}, which slimlab needs; pip install -U \"slimlab[{self.extra}]\""
         return None
+
+    def load(self, module: str, setting: str) -> ModuleType:
+        """Import `module` (of this package) with its loader's log messages held back; a UserError naming
+        `setting` and the fix when it does not import (installed for another torch, say): one line, before
+        training, not a traceback at the first step."""
+        quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]
+        levels = [log.level for log in quiet]
+        for log in quiet:
+            log.setLevel(logging.ERROR)
+        try:
+            __import__(module)  # (the import statement's own hook, as `from torchao... import` goes through)
+            return sys.modules[module]
+        except Exception as e:
+            raise UserError(f"{setting}: {self.dist} does not import here ({type(e).__name__}: {e}); "
+                            f'pip install -U "slimlab[{self.extra}]", or set {self.instead}') from e
+        finally:
+            for log, level in zip(quiet, levels, strict=True):
+                log.setLevel(level)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -75,20 +75,5 @@ def _float8_count(model: nn.Module) -> int:
 
 
 def _converter():
-    """torchao's public convert_to_float8_training, imported quietly (its loader logs about CUDA
-    extensions that a CPU build lacks)."""
-    import logging
-
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [q.level for q in quiet]
-    try:
-        for q in quiet:
-            q.setLevel(logging.ERROR)
-        from torchao.float8 import convert_to_float8_training
-    except Exception as e:  # a torchao built for another torch fails here, not at the first step
-        raise UserError(f"float8 = true: torchao does not import here ({type(e).__name__}: {e}); "
-                        "pip install -U \"slimlab[float8]\", or set float8 = false") from e
-    finally:
-        for q, level in zip(quiet, levels, strict=True):
-            q.setLevel(level)
-    return convert_to_float8_training
+    """torchao's public convert_to_float8_training, imported quietly (engine/config/extras.py)."""
+    return TORCHAO_FLOAT8.load("torchao.float8", "float8 = true").convert_to_float8_training

@@ -20,12 +20,12 @@ but the extra passes cost 20% of the step at 1.24B and 5-8% at 8B: for stages th
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from engine.config.extras import TORCHAO
 from engine.config.schema import INT8_BLOCK as BLOCK  # values sharing one scale (and the bytes it costs)
 from engine.errors import UserError
 
@@ -44,20 +44,8 @@ def quantized(numel: int) -> bool:
 
 @functools.cache
 def _quant_utils() -> Any:
-    """torchao.optim.quant_utils, imported once with its loader's messages about CUDA extensions this
-    module does not use held back (they would reach every stage log)."""
-    quiet = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels = [log.level for log in quiet]
-    for log in quiet:
-        log.setLevel(logging.ERROR)
-    try:
-        from torchao.optim import quant_utils
-    except Exception as e:  # installed but broken (a torch it was not built for): one line, before training
-        raise UserError(f"optimizer_states = \"int8\": torchao does not import here ({type(e).__name__}: {e}); "
-                        f'pip install -U "slimlab[int8]", or set optimizer_states = "bfloat16"') from e
-    finally:
-        for log, level in zip(quiet, levels, strict=True):
-            log.setLevel(level)
+    """torchao.optim.quant_utils, imported once (quietly: engine/config/extras.py)."""
+    quant_utils = TORCHAO.load("torchao.optim.quant_utils", 'optimizer_states = "int8"')
     missing = [f for f in ("create_dynamic_map", "scale_tensor", "quantize_8bit_with_qmap", "dequant_with_qmap")
                if not hasattr(quant_utils, f)]
     if missing:  # the fence: a torchao that moved the functions this module calls
