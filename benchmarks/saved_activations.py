@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--sdpa", default="", choices=["", "math", "flash", "efficient", "cudnn"],
+                    help="pin SDPA to one backend (default: PyTorch's choice)")
+    ap.add_argument("--no-autocast", action="store_true", help="without bf16 autocast (training runs under it)")
     ap.add_argument("--json")
     args = ap.parse_args()
     arch = json.load(open(args.arch))
@@ -63,7 +66,15 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    from contextlib import nullcontext
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+                "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+    pinned = sdpa_kernel(backends[args.sdpa]) if args.sdpa else nullcontext()
+    cast = nullcontext() if args.no_autocast else torch.autocast(device.type, dtype=torch.bfloat16)
+    with pinned, cast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model.model(ids, use_cache=False).last_hidden_state
     live = torch.cuda.memory_allocated() - before - out.nbytes if device.type == "cuda" else None
     per_layer: dict[int, int] = defaultdict(int)
@@ -78,7 +89,7 @@ def main() -> None:
     predicted = layer_activation_bytes(shape, e)
     measured = per_layer[0] / tokens
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), {args.dtype}, "
-          f"{args.batch} x {args.seq} tokens, hidden {shape.hidden_size}, ffn {shape.intermediate_size}")
+          f"SDPA {args.sdpa or 'default'}, {'no autocast' if args.no_autocast else 'bf16 autocast'}, {args.batch} x {args.seq} tokens, hidden {shape.hidden_size}, ffn {shape.intermediate_size}")
     print(f"layer 0 saves {measured:,.0f} bytes a token; the model says {predicted:,} ({predicted / measured - 1:+.1%})")
     for what, (n, nbytes) in sorted(groups.items(), key=lambda kv: -kv[1][1]):
         print(f"  {nbytes / tokens:10,.0f} B/token  {n} x {what}")
