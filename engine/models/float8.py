@@ -60,17 +60,13 @@ def use_float8(model: nn.Module, device: torch.device, what: str = "model") -> i
         return (type(module) is nn.Linear and module is not head and module.in_features % ALIGN == 0
                 and module.out_features % ALIGN == 0)
 
-    before = _float8_count(model)
+    before = float8_linears(model)
     _converter()(model, module_filter_fn=eligible)
-    return _float8_count(model) - before
+    return float8_linears(model) - before
 
 
 def float8_linears(model: nn.Module) -> int:
     """How many of `model`'s modules are torchao's Float8Linear."""
-    return _float8_count(model)
-
-
-def _float8_count(model: nn.Module) -> int:
     return sum(1 for m in model.modules() if type(m).__name__ == "Float8Linear")
 
 

@@ -110,7 +110,7 @@ class Trainer:
         self.cached_top_k = cached_top_k
         device = accelerator.device
         compile_ = bool(cfg.compile) and device.type == "cuda"
-        float8 = getattr(cfg, "float8", False)
+        float8 = cfg.float8
         if float8:  # before checkpointing and compile wrap the layers
             swapped = use_float8(student, device, "student")
             log(f"float8 matmuls in {swapped} of the student's projections (and in the teacher's)")

@@ -93,7 +93,7 @@ def store_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, spec: An
     def open_cache() -> TopKCache:
         return TopKCache(ctx.layout.teacher_topk_dir, teacher=teacher_path,
                          data_dir=ctx.layout.data_dir, num_windows=data.num_windows, seq=seq,
-                         k=spec.top_k, vocab=vocab, dtype=dtype, float8=getattr(cfg, "float8", False))
+                         k=spec.top_k, vocab=vocab, dtype=dtype, float8=cfg.float8)
 
     if acc.is_main_process:  # creates the folder and its files; then the other ranks open them
         cache = open_cache()
@@ -107,7 +107,7 @@ def store_teacher_topk(ctx: StageContext, cfg: Any, acc: Any, seq: int, spec: An
         f"{todo} to compute")
     if todo:
         model = teacher if isinstance(teacher, nn.Module) else teacher()
-        runner = shared_teacher(acc, model, [None], bool(cfg.compile) and cuda, getattr(cfg, "float8", False))
+        runner = shared_teacher(acc, model, [None], bool(cfg.compile) and cuda, cfg.float8)
         del model
         batch = _fill_batch(cfg, world)
         t0, last = time.perf_counter(), [time.perf_counter()]
