@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--sdpa", default="", choices=["", "math", "flash", "efficient", "cudnn"],
                     help="pin SDPA to one backend (default: PyTorch's choice)")
     ap.add_argument("--no-autocast", action="store_true", help="without bf16 autocast (training runs under it)")
+    ap.add_argument("--trace", action="store_true",
+                    help="CUDA: list what the forward leaves allocated that autograd did not save, by the code that allocated it")
     ap.add_argument("--json")
     args = ap.parse_args()
     arch = json.load(open(args.arch))
@@ -66,6 +68,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
+        if args.trace:
+            torch.cuda.memory._record_memory_history(max_entries=1_000_000, stacks="python")
     from contextlib import nullcontext
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -77,6 +81,8 @@ def main() -> None:
     with pinned, cast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model.model(ids, use_cache=False).last_hidden_state
     live = torch.cuda.memory_allocated() - before - out.nbytes if device.type == "cuda" else None
+    if device.type == "cuda" and args.trace:
+        unsaved(torch.cuda.memory._snapshot(), set(saved) | {out.untyped_storage().data_ptr()}, tokens * args.layers)
     per_layer: dict[int, int] = defaultdict(int)
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for ptr, (nbytes, what) in saved.items():
@@ -101,6 +107,26 @@ def main() -> None:
                    "groups": {k: v for k, v in groups.items()},
                    "live_per_token_layer": live / tokens / args.layers if live is not None else None},
                   open(args.json, "w"), indent=1)
+
+
+def unsaved(snapshot: dict, saved: set[int], token_layers: int) -> None:
+    """The blocks allocated during the recorded forward and still live, that autograd does not hold."""
+    from memory_probe import site  # (benchmarks/ is this script's folder)
+
+    live: dict[int, tuple[int, list[dict]]] = {}
+    for ev in snapshot["device_traces"][torch.cuda.current_device()]:
+        if ev["action"] == "alloc":
+            live[ev["addr"]] = (ev["size"], ev.get("frames", []))
+        elif ev["action"] == "free_completed":
+            live.pop(ev["addr"], None)
+    by_site: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for addr, (size, frames) in live.items():
+        if addr not in saved:
+            by_site[site(frames)][0] += size
+            by_site[site(frames)][1] += 1
+    print("live after the forward, not saved by autograd (bytes a token and layer, blocks, where):")
+    for where, (size, n) in sorted(by_site.items(), key=lambda kv: -kv[1][0])[:12]:
+        print(f"  {size / token_layers:10,.0f}  {n:4d}  {where}")
 
 
 if __name__ == "__main__":
