@@ -23,7 +23,8 @@ ARCHS = [
     dict(model_type="llama", vocab_size=300, hidden_size=96, intermediate_size=256, num_hidden_layers=3,
          num_attention_heads=6, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
     # SmolLM2-135M's layer (GQA 9/3, head_dim 64), where the search's unexplained peak was once blamed on
-    # the eager activations (it was a leak: RESULTS.md "The search's missing 12 GiB")
+    # the saved activations (most of it was a leak; the rest, on CUDA, is memory the eager forward leaves
+    # allocated that autograd does not save: RESULTS.md "The search's missing 12 GiB")
     dict(model_type="llama", vocab_size=512, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
          num_attention_heads=9, num_key_value_heads=3, head_dim=64, tie_word_embeddings=True),
 ]

@@ -45,6 +45,10 @@ class Extra:
             return f"{self.dist} {version} is older than {need}, which slimlab needs; pip install -U \"slimlab[{self.extra}]\""
         return None
 
+    def install_problem(self) -> str | None:
+        """`problem` of the version installed here (None: it can run)."""
+        return self.problem(self.installed_version())
+
     def load(self, module: str, setting: str) -> ModuleType:
         """Import `module` (of this package) with its loader's log messages held back; a UserError naming
         `setting` and the fix when it does not import (installed for another torch, say): one line, before

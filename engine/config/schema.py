@@ -179,7 +179,7 @@ class TrainConfig(Section):
         if v == "int8":  # torchao, at check time (no import of it or of torch)
             from engine.config.extras import TORCHAO
 
-            problem = TORCHAO.problem(TORCHAO.installed_version())
+            problem = TORCHAO.install_problem()
             if problem:
                 raise ValueError(problem)
         return v
@@ -190,7 +190,7 @@ class TrainConfig(Section):
         if v:  # torchao, at check time (no import of it or of torch)
             from engine.config.extras import TORCHAO_FLOAT8
 
-            problem = TORCHAO_FLOAT8.problem(TORCHAO_FLOAT8.installed_version())
+            problem = TORCHAO_FLOAT8.install_problem()
             if problem:
                 raise ValueError(problem)
         return v

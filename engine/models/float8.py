@@ -51,7 +51,7 @@ def use_float8(model: nn.Module, device: torch.device, what: str = "model") -> i
     A UserError (one line, the fix) when torchao or the device cannot do it. Idempotent."""
     from torch import nn
 
-    problem = TORCHAO_FLOAT8.problem(TORCHAO_FLOAT8.installed_version()) or device_problem(device)
+    problem = TORCHAO_FLOAT8.install_problem() or device_problem(device)
     if problem:
         raise UserError(f"float8 = true ({what}): {problem}")
     head = model.get_output_embeddings()

@@ -21,28 +21,25 @@ def _distill_settings(exp: Any, student: str) -> Any:
     return exp.distill_for(student)  # [distill] with the student's `distill = {...}` applied
 
 
-# [distill] keys that decide which windows a step reads (with data.seq_length, the same for every
-# student): students that differ in one of them read other batches and cannot share the teacher.
-DATA_ORDER_KEYS = ("seed", "global_batch_size")
+# [distill] keys students must agree on to share one teacher forward, and why. The first two decide which
+# windows a step reads (with data.seq_length, the same for every student).
+SHARED_KEYS = (
+    ("seed", "they read other batches"),
+    ("global_batch_size", "they read other batches"),
+    ("micro_batch_size", "the teacher runs once per micro-batch"),
+    ("float8", "the shared teacher's matmuls run in one precision"),
+)
 
 
 def sharing_conflicts(configs: dict[str, Any]) -> list[str]:
     """Why students of these [distill] configs cannot share a teacher forward ([] when they can):
     one line per key they differ in."""
     out = []
-    for key in DATA_ORDER_KEYS:
+    for key, why in SHARED_KEYS:
         values = {name: getattr(cfg, key) for name, cfg in configs.items()}
         if len(set(values.values())) > 1:
-            listed = ", ".join(f"{n} {v}" for n, v in values.items())
-            out.append(f"distill.{key} differs ({listed}): they read other batches")
-    micro = {name: cfg.micro_batch_size for name, cfg in configs.items()}
-    if len(set(micro.values())) > 1:
-        listed = ", ".join(f"{n} {v}" for n, v in micro.items())
-        out.append(f"distill.micro_batch_size differs ({listed}): the teacher runs once per micro-batch")
-    float8 = {name: cfg.float8 for name, cfg in configs.items()}
-    if len(set(float8.values())) > 1:
-        listed = ", ".join(f"{n} {str(v).lower()}" for n, v in float8.items())
-        out.append(f"distill.float8 differs ({listed}): the shared teacher's matmuls run in one precision")
+            listed = ", ".join(f"{n} {str(v).lower() if isinstance(v, bool) else v}" for n, v in values.items())
+            out.append(f"distill.{key} differs ({listed}): {why}")
     return out
 
 
