@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from engine.config.arch import SUPPORTED_MODEL_TYPES, check_arch
 from engine.config.prune_schema import PruneConfig
@@ -162,37 +162,19 @@ class TrainConfig(Section):
             return v
         raise ValueError(f'{json.dumps(v)} is neither true/false nor "stochastic"; write one of them')
 
-    @field_validator("kernels")
+    @field_validator("kernels", "optimizer_states", "float8")
     @classmethod
-    def _kernels(cls, v: str) -> str:
-        if v == "liger":  # the package, at check time (no import of it or of torch)
-            from engine.config.liger_install import install_problem
+    def _optional_package(cls, v: Any, info: ValidationInfo) -> Any:
+        """A setting that needs an optional package: that package, as the file is read (its metadata only:
+        no import of it or of torch)."""
+        from engine.config.extras import TORCHAO, TORCHAO_FLOAT8
+        from engine.config.liger_install import install_problem
 
-            problem = install_problem()
-            if problem:
-                raise ValueError(problem)
-        return v
-
-    @field_validator("optimizer_states")
-    @classmethod
-    def _states(cls, v: str) -> str:
-        if v == "int8":  # torchao, at check time (no import of it or of torch)
-            from engine.config.extras import TORCHAO
-
-            problem = TORCHAO.install_problem()
-            if problem:
-                raise ValueError(problem)
-        return v
-
-    @field_validator("float8")
-    @classmethod
-    def _float8(cls, v: bool) -> bool:
-        if v:  # torchao, at check time (no import of it or of torch)
-            from engine.config.extras import TORCHAO_FLOAT8
-
-            problem = TORCHAO_FLOAT8.install_problem()
-            if problem:
-                raise ValueError(problem)
+        needs = {"kernels": ("liger", install_problem), "optimizer_states": ("int8", TORCHAO.install_problem),
+                 "float8": (True, TORCHAO_FLOAT8.install_problem)}
+        value, problem = needs[info.field_name]
+        if v == value and (line := problem()):
+            raise ValueError(line)
         return v
 
     @model_validator(mode="after")
