@@ -74,7 +74,21 @@ def peak_report(snapshot: dict, device: int, measured: int) -> str:
     for name, (size, n) in sorted(by_site.items(), key=lambda kv: -kv[1][0]):
         if size >= 0.01 * GIB:
             lines.append(f"{size / GIB:7.2f} {n:7d}  {name}")
+    top = max(by_site, key=lambda k: by_site[k][0])
+    lines += [f"the largest, {top}, by its innermost frame and block size:"] + inner_sites(
+        [(size, frames) for size, frames in at_best.values() if site(frames) == top])
     return "\n".join(lines)
+
+
+def inner_sites(blocks: list[tuple[int, list[dict]]]) -> list[str]:
+    """Blocks grouped by the innermost Python frame that allocated them and their size (a tensor's shape, in
+    effect): what inside one of our calls holds the memory."""
+    groups: dict[tuple[str, int], int] = defaultdict(int)
+    for size, frames in blocks:
+        f = frames[0] if frames else {"filename": "?", "line": 0, "name": "?"}
+        groups[(f"{f['filename'].rsplit('/site-packages/', 1)[-1]}:{f['line']} {f['name']}", size)] += 1
+    rows = sorted(groups.items(), key=lambda kv: -kv[0][1] * kv[1])[:25]
+    return [f"{size * n / GIB:7.2f} {n:7d}  {size / 2**20:9.2f} MiB each  {where}" for (where, size), n in rows]
 
 
 def main() -> int:

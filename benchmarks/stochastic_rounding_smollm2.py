@@ -9,6 +9,7 @@ backward in bf16. Variants:
   masters-nearest  the same, rounded to nearest (the default until 2026-12-06)
   stochastic       bf16 weights, no copy, stochastic rounding (master_weights = "stochastic")
   fp32             fp32 weights, no rounding at all (the exact reference)
+  masters-f8       the default with float8 = true (torchao's float8 matmuls; CUDA of compute capability 8.9+)
 The KD loss of each step and the validation loss at the end. CPU time is noise on a shared box; the losses are
 the figure.
 
@@ -68,14 +69,17 @@ def main() -> None:
     print(f"student: first {a.layers} layers; validation loss before: {evaluate_loss(base, val):.4f}", flush=True)
     for name in a.variants.split(","):
         student = copy.deepcopy(base)
-        master = {"masters": True, "masters-nearest": True, "stochastic": "stochastic", "fp32": False}[name]
+        master = {"masters": True, "masters-nearest": True, "stochastic": "stochastic", "fp32": False,
+                  "masters-f8": True}[name]
+        run_cfg = cfg.model_copy(update={"float8": name.endswith("-f8")})
         t_model = copy.deepcopy(teacher).to(torch.bfloat16) if master else teacher  # the GPU path's bf16 teacher
-        trainer = Trainer(Accelerator(cpu=a.device == "cpu"), student, cfg, loss_spec(cfg, vocab), t_model, master_weights=master,
+        trainer = Trainer(Accelerator(cpu=a.device == "cpu"), student, run_cfg, loss_spec(cfg, vocab), t_model, master_weights=master,
                           seq_length=a.seq)
         if name == "masters-nearest":
             trainer._master().rounds_stochastically = False
-        losses = [trainer.step([w], lr_at(step, cfg)).loss for step, w in enumerate(windows)]
-        trained = trainer.unwrapped().student.float()
+        losses = [trainer.step([w], lr_at(step, run_cfg)).loss for step, w in enumerate(windows)]
+        trained = copy.deepcopy(base).to(a.device)  # a stock model of the trained weights (float8 layers keep their names)
+        trained.load_state_dict(trainer.unwrapped().student.state_dict())
         v = evaluate_loss(trained, val)
         results["variants"][name] = {"kd_loss": losses, "validation": v}
         print(f"{name:10s} KD loss {losses[0]:.4f} -> {losses[-1]:.4f} (mean of the last 10: "

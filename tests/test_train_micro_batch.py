@@ -96,3 +96,52 @@ def test_auto_resumes_with_the_size_its_checkpoint_recorded(tmp_path: Path, monk
     a, b = _weights(tmp_path / "runs" / "auto"), _weights(tmp_path / "runs" / "hand")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def _trainer(monkeypatch, master: bool):
+    """A distilling Trainer on the CPU whose "auto" search runs (SLIMLAB_AUTO_BATCH_FIT=2), with master weights
+    applying as on one CUDA GPU (`master`: the predicate the engine reads; the update is MasterAdamW's torch
+    reference here); and the dtypes the student's first projection saw in each forward."""
+    from _prune_util import tiny_model
+    from accelerate import Accelerator
+
+    import engine.training.step as step
+    from engine.config import DistillConfig
+    from engine.training.stage_bodies import loss_spec
+    from engine.training.step import Trainer
+
+    monkeypatch.setenv(FIT_ENV, "2")
+    monkeypatch.setattr(step, "master_weights_apply", lambda *_: master)
+    teacher = tiny_model("llama", layers=2, seed=1)
+    student = tiny_model("llama", layers=2)
+    seen: list[torch.dtype] = []
+    student.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, *_: seen.append(m.weight.dtype))
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    cfg = DistillConfig(steps=2, global_batch_size=4, micro_batch_size="auto", lr=1e-3, warmup_steps=0)
+    trainer = Trainer(Accelerator(cpu=True), student, cfg, loss_spec(cfg, teacher.config.vocab_size), teacher,
+                      seq_length=16)
+    return trainer, seen, before
+
+
+def test_the_search_tries_bf16_copies_where_master_weights_will_train(monkeypatch) -> None:
+    """Master weights train bf16 parameters, which MasterAdamW casts only after the search: the tries run bf16
+    copies (an fp32 try under autocast measured a larger step than the one the stage runs: 32% at SmolLM2's
+    shape on an H100), and give the search's caller the fp32 parameters back untouched."""
+    trainer, seen, before = _trainer(monkeypatch, master=True)
+    assert trainer.micro == 2 and trainer.master
+    assert seen == [torch.bfloat16]  # the try of 2 (the injected limit refuses 4 before its forward)
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # (accelerate's wrapper)
+    masters = {id(p): s["master"] for p, s in optimizer.state.items()}
+    student = trainer.unwrapped().student
+    for name, p in student.named_parameters():  # the masters are the fp32 weights from before the search
+        assert torch.equal(masters[id(p)], before[name]), name
+    vocab = student.config.vocab_size
+    assert trainer.step([torch.randint(0, vocab, (4, 17))], 1e-3).loss > 0  # and it trains
+
+
+def test_without_master_weights_the_search_tries_the_fp32_parameters(monkeypatch) -> None:
+    trainer, seen, before = _trainer(monkeypatch, master=False)
+    assert trainer.micro == 2 and not trainer.master
+    assert set(seen) == {torch.float32}
+    for name, p in trainer.unwrapped().student.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p.detach(), before[name]), name

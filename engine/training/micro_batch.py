@@ -8,7 +8,10 @@ The search tries micro-batches that divide global_batch_size / processes (so the
 kept through gradient accumulation), largest first, halving after each out-of-memory error like
 accelerate's `find_executable_batch_size`. A try (`Trainer.fits`) is one real forward and backward
 of the student (and teacher) in eager mode with the optimizer state's memory held aside, before the
-optimizer exists; it leaves weights, gradients and random state as they were.
+optimizer exists; it leaves weights, gradients and random state as they were. Where master weights
+will apply (one process on CUDA) the try runs on bf16 copies of the parameters (`bf16_parameters`), as
+training will once MasterAdamW has cast them: the fp32 parameters under autocast would try a larger
+step than the one the stage runs.
 
 Where no search runs, "auto" is `fixed_micro_batch` (engine/config/micro_batch.py): the largest divisor up to CPU_AUTO_MAX. That is
 the size on the CPU, under FSDP with several processes (an out-of-memory error on one rank inside a
@@ -23,7 +26,9 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from engine.config import TrainConfig
 from engine.config.schema import STATE_BYTES
@@ -34,6 +39,22 @@ FIT_ENV = "SLIMLAB_AUTO_BATCH_FIT"
 # AdamW's two moments (STATE_BYTES by optimizer_states), plus the fp32 master copy (or the fp32 gradient
 # sums) where master weights may apply.
 MASTER_BYTES = 4
+
+
+@contextmanager
+def bf16_parameters(module: Any) -> Iterator[None]:
+    """The fp32 parameters of `module` as bf16 copies for the block, then the very fp32 tensors again (the
+    originals stay allocated beside the copies, as the fp32 masters will)."""
+    import torch
+
+    originals = {p: p.data for p in module.parameters() if p.dtype == torch.float32}
+    try:
+        for p, data in originals.items():
+            p.data = data.to(torch.bfloat16)
+        yield
+    finally:
+        for p, data in originals.items():
+            p.data = data
 
 
 def optimizer_reserve(states: str, master: bool | str, params: int, per: int) -> Callable[[int], int]:

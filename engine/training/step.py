@@ -32,7 +32,7 @@ from engine.distill.objective import (
 from engine.models.attention import use_causal_sdpa
 from engine.models.float8 import use_float8
 from engine.training.master_adamw import MasterAdamW
-from engine.training.micro_batch import optimizer_reserve, search_micro_batch, searches
+from engine.training.micro_batch import bf16_parameters, optimizer_reserve, search_micro_batch, searches
 from engine.training.pending_step import PendingStep, StepResult
 from engine.training.recompute import checkpoint_layers
 from engine.training.setup import make_optimizer, master_weights_apply
@@ -235,8 +235,13 @@ class Trainer:
             log(f"micro_batch_size auto: {size} (no search: {why})")
             return size
         per = cfg.global_batch_size // world
-        reserve = self._reserve(module, master_weights, per)
-        size = search_micro_batch(per, lambda m: self.fits(module, m, seq, reserve(m)), log)
+        # Where master weights will apply, the optimizer casts the parameters to bf16 only after this search:
+        # try in bf16, as training runs (fp32 parameters under autocast keep an fp32 residual stream and a
+        # bf16 copy of each weight: a try at SmolLM2's shape peaked 5.7 GiB, 32%, above the training it sized).
+        # The fp32 originals stay beside the copies: they stand for the masters in the reserve.
+        as_bf16 = world == 1 and self._may_master(master_weights)
+        reserve = self._reserve(module, master_weights, per, as_bf16)
+        size = search_micro_batch(per, lambda m: self.fits(module, m, seq, reserve(m), as_bf16), log)
         if world > 1:  # each process searched alone (no collectives): the smallest pick fits all
             import torch.distributed as dist
 
@@ -245,18 +250,32 @@ class Trainer:
             size = int(t.item())
         return size
 
-    def _reserve(self, module: TrainModule, master_weights: bool | str | None, per: int) -> Callable[[int], int]:
-        """What a micro-batch search holds aside for the first optimizer step (micro_batch.optimizer_reserve)."""
+    def _may_master(self, master_weights: bool | str | None) -> bool:
+        """Whether master weights can apply (with one micro-batch a step: the search does not know yet)."""
+        mode = self.cfg.master_weights if master_weights is None else master_weights
+        return self.cfg.master_weights is not False and mode is not False and master_weights_apply(self.accelerator, 1)
+
+    def _reserve(self, module: TrainModule, master_weights: bool | str | None, per: int,
+                 as_bf16: bool = False) -> Callable[[int], int]:
+        """What a micro-batch search holds aside for the first optimizer step (micro_batch.optimizer_reserve).
+        `as_bf16`: the tries run bf16 copies beside the fp32 parameters, which hold the 4 bytes a parameter
+        that the masters (or the stochastic recipe's gradient sums) will need."""
         cfg = self.cfg
         mode = cfg.master_weights if master_weights is None else master_weights
-        may_master = cfg.master_weights is not False and mode is not False and master_weights_apply(self.accelerator, 1)
         n = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        return optimizer_reserve(cfg.optimizer_states, mode if may_master else False, n, per)
+        if as_bf16:
+            return optimizer_reserve(cfg.optimizer_states, False, n, per)
+        return optimizer_reserve(cfg.optimizer_states, mode if self._may_master(master_weights) else False, n, per)
 
-    def fits(self, module: TrainModule, size: int, seq: int, reserve_bytes: int = 0) -> None:
+    def fits(self, module: TrainModule, size: int, seq: int, reserve_bytes: int = 0, as_bf16: bool = False) -> None:
         """One forward and backward of a micro-batch of `size` windows of `seq` tokens (+1 label),
         eager, with `reserve_bytes` held aside on CUDA; raises the device's out-of-memory error when
-        it does not fit. Leaves the weights, the gradients (None) and the random state as they were."""
+        it does not fit. `as_bf16`: on bf16 copies of the fp32 parameters (as master weights train).
+        Leaves the weights, the gradients (None) and the random state as they were."""
+        with bf16_parameters(module) if as_bf16 else nullcontext():
+            self._try(module, size, seq, reserve_bytes)
+
+    def _try(self, module: TrainModule, size: int, seq: int, reserve_bytes: int) -> None:
         device = self.accelerator.device
         cuda = device.type == "cuda"
         vocab = output_weight(module.student).shape[0]
