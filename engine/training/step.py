@@ -258,13 +258,14 @@ class Trainer:
     def _reserve(self, module: TrainModule, master_weights: bool | str | None, per: int,
                  as_bf16: bool = False) -> Callable[[int], int]:
         """What a micro-batch search holds aside for the first optimizer step (micro_batch.optimizer_reserve).
-        `as_bf16`: the tries run bf16 copies beside the fp32 parameters, which hold the 4 bytes a parameter
-        that the masters (or the stochastic recipe's gradient sums) will need."""
+        `as_bf16`: the tries run bf16 copies beside the fp32 parameters, which stand for the masters' 4 bytes
+        a parameter; a try of fewer than `per` samples still holds aside the fp32 gradient sums that gradient
+        accumulation adds (the reserve "stochastic" makes: the same 4 bytes, only below `per`)."""
         cfg = self.cfg
         mode = cfg.master_weights if master_weights is None else master_weights
         n = sum(p.numel() for p in module.parameters() if p.requires_grad)
         if as_bf16:
-            return optimizer_reserve(cfg.optimizer_states, False, n, per)
+            return optimizer_reserve(cfg.optimizer_states, "stochastic", n, per)
         return optimizer_reserve(cfg.optimizer_states, mode if self._may_master(master_weights) else False, n, per)
 
     def fits(self, module: TrainModule, size: int, seq: int, reserve_bytes: int = 0, as_bf16: bool = False) -> None:
