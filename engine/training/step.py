@@ -237,7 +237,7 @@ class Trainer:
         per = cfg.global_batch_size // world
         # Where master weights will apply, the optimizer casts the parameters to bf16 only after this search:
         # try in bf16, as training runs (fp32 parameters under autocast keep an fp32 residual stream and a
-        # bf16 copy of each weight: a try at SmolLM2's shape peaked 5.7 GiB, 32%, above the training it sized).
+        # bf16 copy of each weight: at SmolLM2's shape the stage peaked at 24.0 GiB in the try, 18.5 with this).
         # The fp32 originals stay beside the copies: they stand for the masters in the reserve.
         as_bf16 = world == 1 and self._may_master(master_weights)
         reserve = self._reserve(module, master_weights, per, as_bf16)
