@@ -109,6 +109,7 @@ def test_audit_writes_the_correlations_and_the_winner_check(root, capsys):
     top = sorted((i for i, c in enumerate(cands) if c["rank"] is not None), key=lambda i: cands[i]["rank"])[:3]
     assert [c["index"] for c in a["candidates"]] == top and (a["done"], a["requested"], a["steps"]) == (3, 3, 2)
     assert not a["cancelled"] and a["split"] == "validation"  # no test split prepared: the fallback
+    assert "spearman_score_validation" not in a and "validation_loss" not in a["candidates"][0]  # judged on it already
     final = {c["index"]: c["final_loss"] for c in a["candidates"]}
     assert all(math.isfinite(v) for v in final.values()) and len(set(final.values())) == 3  # each was trained
     assert a["spearman_screen"] == pytest.approx(spearman([cands[i]["screen_loss"] for i in top],
@@ -150,6 +151,12 @@ def test_the_audit_judges_on_the_test_split_the_search_never_saw(tmp_path, capsy
           for s in ("test", "validation")}
     assert chosen["final_loss"] == pytest.approx(on["test"], rel=1e-4)
     assert chosen["final_loss"] != pytest.approx(on["validation"], rel=1e-3)
+    # and on the validation split the search scored on, beside it: the order held there too, or not
+    assert chosen["validation_loss"] == pytest.approx(on["validation"], rel=1e-4)
+    seen = {c["index"]: c["validation_loss"] for c in a["candidates"]}
+    order = sorted(seen, key=lambda i: next(c["rank"] for c in a["candidates"] if c["index"] == i))
+    assert a["spearman_score_validation"] == pytest.approx(spearman(list(range(len(order))), [seen[i] for i in order]))
+    assert "(on the validation split it scored on: score " in audit_line(read_search_doc(layout.search_file("prune-auto")))
 
 
 def test_a_cancel_mid_audit_keeps_the_search_result(root, monkeypatch, capsys):

@@ -44,7 +44,10 @@ def audit_line(doc: SearchDoc | dict[str, Any]) -> str | None:
     if a.seeds > 1:
         repeat = (f"; the audit agrees with itself at {rho(a.spearman_repeat)} across seeds (a shape's loss "
                   f"moved up to {a.noise_nats or 0.0:.4f} nats)")
+    scored_on = ""
+    if a.spearman_score_validation is not None:  # judged on test: how the order held on the data it scored on
+        scored_on = f" (on the validation split it scored on: score {rho(a.spearman_score_validation)})"
     return (f"audit ({done} distilled {a.steps} steps each{seeds}): Spearman with the final "
             f"{a.split or 'validation'} loss: "
-            f"screen {rho(a.spearman_screen)}, score {rho(a.spearman_score)}; {verdict}{repeat}")
+            f"screen {rho(a.spearman_screen)}, score {rho(a.spearman_score)}{scored_on}; {verdict}{repeat}")
 

@@ -173,13 +173,14 @@ class AuditCandidate:
     final_rank: int | None = None
     seconds: float | None = None
     final_losses: tuple[float, ...] = ()  # one per seed with audit_seeds > 1 (final_loss is their mean)
+    validation_loss: float | None = None  # judged on the test split: the final loss on the split the search scored on
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> AuditCandidate:
         runs = d.get("final_losses") if isinstance(d.get("final_losses"), list) else []
         return cls(_int(d.get("index")), _int(d.get("rank")), _num(d.get("screen_loss")), _num(d.get("score")),
                    _num(d.get("final_loss")), _int(d.get("final_rank")), _num(d.get("seconds")),
-                   tuple(x for x in (_num(v) for v in runs) if x is not None))
+                   tuple(x for x in (_num(v) for v in runs) if x is not None), _num(d.get("validation_loss")))
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ class Audit:
     seeds: int = 1  # audit_seeds: each candidate distilled this many times
     spearman_repeat: float | None = None  # one seed's final losses against another's (the audit's own agreement)
     noise_nats: float | None = None  # the largest spread of a candidate's losses over the seeds
+    spearman_score_validation: float | None = None  # judged on test: the order against the validation split's losses
 
     @classmethod
     def of(cls, d: Any) -> Audit | None:
@@ -214,7 +216,8 @@ class Audit:
                    tuple(AuditCandidate.of(a) for a in cands if isinstance(a, dict)),
                    _num(d.get("spearman_screen")), _num(d.get("spearman_score")),
                    None if best is None else bool(best), _int(d.get("best_index")), _num(d.get("gap_nats")),
-                   _int(d.get("seeds")) or 1, _num(d.get("spearman_repeat")), _num(d.get("noise_nats")))
+                   _int(d.get("seeds")) or 1, _num(d.get("spearman_repeat")), _num(d.get("noise_nats")),
+                   _num(d.get("spearman_score_validation")))
 
 
 @dataclass(frozen=True)

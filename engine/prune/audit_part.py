@@ -69,6 +69,10 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
     split = "test" if "test" in read_meta(ctx.layout.data_dir)["splits"] else "validation"
     val = validation_batches(ctx.layout.data_dir, seq, cfg, 0, 1, acc.device, lambda m: ctx.log(f"[{stage}] {m}"),
                              split)
+    # judged on the test split, each candidate is also measured on the validation split the search scored on:
+    # the two rankings apart tell a score that ranks badly from splits that differ in kind
+    scored_on = validation_batches(ctx.layout.data_dir, seq, cfg, 0, 1, acc.device, lambda m: None,
+                                   "validation") if split == "test" else None
     # each seed: its own data order (and rounding bits); the first is the distill stage's own
     configs = [cfg.model_copy(update={"seed": cfg.seed + r}) for r in range(p.audit_seeds)]
     caches = _stored_logits(ctx, configs, acc, spec, teacher)
@@ -78,35 +82,41 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
             f"{cfg.steps} steps each ({progress.total} steps), on the same training windows; judged on the {split} "
             "split" + ("" if split == "test" else " (no test split prepared: the search saw these batches)"))
     final: dict[int, float] = {}
+    on_validation: dict[int, float] = {}
     repeats: dict[int, list[float]] = {}
     seconds: dict[int, float] = {}
 
     def save(cancelled: bool) -> None:  # after each candidate: a crash or a cancel keeps what was measured
         doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=cancelled, split=split,
-                                     repeats=repeats if len(configs) > 1 else None)
+                                     repeats=repeats if len(configs) > 1 else None,
+                                     validation=on_validation if scored_on is not None else None)
         write_json(path, doc)
 
     with StopFlag(ctx.status) as stop:
         for k, i in enumerate(chosen):
             label = candidate_label(space.candidates[i].shape)
             c0 = time.perf_counter()
-            losses = []
+            losses, seen = [], []
             for run_cfg in configs:
                 if stop.signame:
                     break
                 who = f"audit {k + 1}/{len(chosen)} {label}" + (f" seed {run_cfg.seed}" if len(configs) > 1 else "")
-                loss = _distil(ctx, run_cfg, space.student(i), space, teacher, imp, spec, val, acc, stop, who, progress,
-                               caches.get(run_cfg.seed))
-                if loss is not None:
-                    losses.append(loss)
+                got = _distil(ctx, run_cfg, space.student(i), space, teacher, imp, spec, [val, scored_on], acc, stop,
+                              who, progress, caches.get(run_cfg.seed))
+                if got is not None:
+                    losses.append(got[0])
+                    seen.append(got[1])
             if len(losses) < len(configs):  # stopped
                 break
             mean = sum(losses) / len(losses)
             said = f"{mean:.4f}" + (f" (mean of {', '.join(f'{x:.4f}' for x in losses)})" if len(losses) > 1 else "")
-            ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: final {split} loss {said} "
+            also = f"; validation {sum(seen) / len(seen):.4f}" if scored_on is not None else ""
+            ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: final {split} loss {said}{also} "
                     f"(score rank {doc['candidates'][i]['rank']})")
             if all(math.isfinite(x) for x in losses):
                 final[i], seconds[i], repeats[i] = mean, time.perf_counter() - c0, losses
+                if scored_on is not None:
+                    on_validation[i] = sum(seen) / len(seen)
             save(cancelled=bool(stop.signame))
         if stop.signame:
             save(cancelled=True)
@@ -156,10 +166,11 @@ class _Progress:
 
 
 def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teacher: nn.Module, imp: Importance,
-            spec: Any, val: list[torch.Tensor], acc: Any, stop: Any, who: str, progress: _Progress,
-            cache: Any = None) -> float | None:
+            spec: Any, judges: list[list[torch.Tensor] | None], acc: Any, stop: Any, who: str, progress: _Progress,
+            cache: Any = None) -> list[float | None] | None:
     """One candidate distilled with `cfg` as its distill stage would (`cache`: the teacher's stored top-k of
-    these windows, when it does): the final held-out loss, None when a stop request ended it first."""
+    these windows, when it does): its final loss on each of `judges` (None for None), None when a stop request
+    ended it first."""
     from accelerate.utils import set_seed
 
     from engine.data import PackedDataset
@@ -182,7 +193,7 @@ def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teache
     else:
         trainer = Trainer(acc, student, cfg, spec, seq_length=seq, cached_top_k=cache.k)
     windows = TrackedWindows(PackedDataset(ctx.layout.data_dir, "train", seq, cfg.seed, 0, 1), 0)
-    loss = None
+    losses = None
     try:
         for step in range(cfg.steps):
             if stop.signame:
@@ -194,9 +205,9 @@ def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teache
             if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
                 ctx.log(f"[{stage}] {who}: step {step + 1}/{cfg.steps} loss {res.loss:.4f}; "
                         f"ETA {step_s * (progress.total - progress.done):.0f}s")
-        loss = trainer.validate(val)
+        losses = [trainer.validate(w) if w is not None else None for w in judges]
     finally:
         trainer.release()
         del trainer, student
         acc.free_memory()
-    return loss
+    return losses

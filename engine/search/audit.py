@@ -9,12 +9,20 @@ The N best-scored candidates are each distilled with the student's full [distill
                               "final_loss": 3.2, "final_rank": 2, "seconds": 13.1}, ...],
               "spearman_screen": 0.5, "spearman_score": 1.0,
               "chosen_is_best": false, "best_index": 3, "gap_nats": 0.012,
-              "seeds": 2, "spearman_repeat": 0.9, "noise_nats": 0.011}   # with audit_seeds = 2
+              "seeds": 2, "spearman_repeat": 0.9, "noise_nats": 0.011,   # with audit_seeds = 2
+              "spearman_score_validation": 0.93}   # judged on the test split: also each "validation_loss"
 
 With `audit_seeds` = S > 1 each candidate is distilled S times ([distill] seed, seed + 1, ...; other data
 orders): its "final_loss" is the mean and "final_losses" the S values; "spearman_repeat" is the mean Spearman of
 one seed's final losses with another's (how well the audit agrees with itself: the most a search score can be
 expected to reach) and "noise_nats" the largest spread of a candidate's S losses.
+
+Judged on the test split, each audited candidate also gets its final loss on the validation split the search
+screened and scored on ("validation_loss"), and "spearman_score_validation" ranks the search's order against
+it: a score that ranks the validation split well and the test split badly optimizes the wrong data (make the
+validation split stand for the target), where one that ranks both badly is a weak score. On SmolLM2-135M the
+distill score ranked the shapes at +0.07 against WikiText-2 and +0.93 on WikiText-2 itself
+(benchmarks/RESULTS.md).
 
 spearman_*: the Spearman correlation over the audited candidates of the screen loss, and of the
 search's ranking by its full score (its "rank": a task's higher-is-better score counts the right way,
@@ -65,10 +73,12 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[int, float], steps: int,
                   requested: int, cancelled: bool = False, split: str = "validation",
-                  repeats: dict[int, list[float]] | None = None) -> dict[str, Any]:
+                  repeats: dict[int, list[float]] | None = None,
+                  validation: dict[int, float] | None = None) -> dict[str, Any]:
     """search.json's "audit" from `doc` (its candidates) and the audited candidates' final losses on the
     held-out `split` (`final`: candidate index -> loss, the ones distilled so far; with audit_seeds,
-    `repeats`: index -> its loss per seed, and `final` their means)."""
+    `repeats`: index -> its loss per seed, and `final` their means). `validation`: index -> the final loss on
+    the validation split the search scored on, when the audit judged on the test split."""
     cands = doc["candidates"]
     audited = sorted(final, key=lambda i: cands[i]["rank"])
     losses = [final[i] for i in audited]
@@ -91,6 +101,11 @@ def audit_summary(doc: dict[str, Any], final: dict[int, float], seconds: dict[in
         "best_index": best,
         "gap_nats": None if chosen is None or best is None else final[chosen] - final[best],
     }
+    if validation is not None:
+        for c in out["candidates"]:
+            c["validation_loss"] = validation[c["index"]]
+        out["spearman_score_validation"] = spearman(rank, [validation[i] for i in audited]) if (
+            None not in score) else None
     if seeds > 1:
         for c in out["candidates"]:
             c["final_losses"] = list(repeats[c["index"]])
