@@ -13,7 +13,8 @@
 #                gpu_run.sh tgraph                                      -> teacher_cuda_graph on and off, SmolLM2's
 #                                                                          shape (benchmarks/distill_throughput.py)
 #                gpu_run.sh sr                                          -> the bf16 weights' rounding on trained
-#                                                                          weights (stochastic_rounding_smollm2.py)
+#                                                                          weights (stochastic_rounding_smollm2.py;
+#                  float8 beside the default: SR_ARGS="--variants masters,masters-f8 --batch 16 --seq 512")
 #                gpu_run.sh memprobe (EXP=benchmarks/smollm2/audit.toml) -> where the prune-search stage's peak
 #                  memory goes (benchmarks/memory_probe.py), a small search (2 scored, both audited briefly) in runs-probe/
 #                gpu_run.sh scores   (EXP=benchmarks/smollm2/audit.toml) -> the search's distill score, no audit,
