@@ -20,6 +20,10 @@
 #                gpu_run.sh scores   (EXP=benchmarks/smollm2/audit.toml) -> the search's distill score, no audit,
 #                  in each of SCORE_VARIANTS (default: 20 and 80 steps), against the six audits on record (the
 #                  shapes they distilled in full)
+# HELDOUT=1 (with start/scores): the validation text cut in two, its second half the test split the audit judges
+#   on (benchmarks/smollm2/split_validation.py), so that the search's split and the audit's are one kind of text:
+#   HELDOUT=1 EXP=benchmarks/smollm2/audit.toml START_ARGS="--only prepare --only prune-search \
+#     --set prune.search.score_steps=80" gpu_run.sh start; gpu_run.sh watch   (~13 min: score, then 6 audits)
 # (calls back to back: $HOME lasts only while the machine is held). Another experiment: EXP=path (e.g.
 # benchmarks/smollm2/audit.toml, the search audit). part-b unpacks .carry/smol-textkit.tar.xz into
 # .carry/smol-textkit when that is carried instead (xz: 24 -> 8 MB, so it fits part-b's call).
@@ -31,6 +35,11 @@ EXP=${EXP:-benchmarks/smollm2/experiment.toml}
 RUN=runs/$(sed -n 's/^name = "\(.*\)"/\1/p' "$EXP" | head -1)
 export PYTHONPATH=$HOME/site:$PWD PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 D=.carry/smol-textkit; [[ -d $D ]] || D=$HOME/smol-textkit  # SmolLM2-tokenized text (part-b unpacks it)
+if [[ -n ${HELDOUT:-} && -d $D ]]; then  # the test split held out from the validation text (split_validation.py)
+  [[ -f $HOME/smol-textkit-ho/meta.json ]] ||  # once: a later call must not rewrite what a run reads
+    python3 benchmarks/smollm2/split_validation.py "$D" "$HOME/smol-textkit-ho" >&2 || exit 1
+  D=$HOME/smol-textkit-ho
+fi
 # the data was tokenized here, by the tokenizer packed with it: the run names it (prepare checks)
 DATA=(--set data.prepared="$D" --set model.tokenizer="$D/tokenizer")
 source benchmarks/carried_wheels.sh  # wheels: where part-b has not installed them in this machine
