@@ -245,6 +245,30 @@ def test_a_distill_score_counts_its_training_at_the_micro_batch_it_used(root):
                                                                                     True, 1).total
 
 
+def test_a_search_student_is_predicted_at_its_most_demanding_candidate(root):
+    """A search student may become any candidate: at a large micro-batch the deepest (the most activation bytes a
+    token) holds more than the largest by parameters, which the prediction used alone (a SmolLM2 search's audit
+    of a 29-layer candidate peaked 5% above it, H100). The training need is the larger of the two."""
+    from engine.config.shape import count_params
+    from engine.resources.memory import layer_activation_bytes, train_knobs, training_need
+    from engine.resources.plan import experiment_shapes, stage_need
+
+    exp = loads_experiment(_toml(root, SEARCH + 'score = "distill"\nscore_steps = 2\n'), source="a.toml")
+    shapes = experiment_shapes(exp)
+    largest, deepest = shapes.bounds("auto")  # the test's space has both
+    assert count_params(largest) > count_params(deepest)
+    assert deepest.num_layers * layer_activation_bytes(deepest, 2) > largest.num_layers * layer_activation_bytes(
+        largest, 2)
+    k = train_knobs(exp, exp.distill, 1, True, 64)
+    each = [training_need("distill-auto", s, shapes.teacher, k, exp.data.seq_length).total for s in (largest, deepest)]
+    assert each[1] > each[0]  # at 64 sequences the deepest needs more
+    for stage in ("distill-auto", "prune-auto"):
+        assert stage_need(exp, shapes, stage, 1, True, 64).total == each[1]
+    small = train_knobs(exp, exp.distill, 1, True, 1)  # at one sequence the weights decide: the largest
+    one = [training_need("distill-auto", s, shapes.teacher, small, exp.data.seq_length).total for s in (largest, deepest)]
+    assert stage_need(exp, shapes, "distill-auto", 1, True, 1).total == max(one)
+
+
 def test_check_says_at_what_micro_batch_a_search_trains_its_candidates(root, capsys):
     """micro_batch_size = "auto": the short distillation and the audit pick their micro-batch as the distill stage
     does, so `check` says how large it may get and the prune stage's memory then; a loss-scored search trains none."""

@@ -52,13 +52,16 @@ class Training(Footprint):
         prune stage holds it)."""
         trained, teacher = self._models(shapes, stage)
         k = knobs or self.knobs(exp, stage, processes, cuda, micro)
+        # a search student is any of its candidates: the largest, or the one with the most activations
+        students = shapes.bounds(stage_student(stage)) if kind_of(stage).per_student else (trained,)
+        seq = exp.data.seq_length
         if teacher is not None and _cached(exp, stage) and not live_teacher:
             # the teacher's pass first (the student waits on the host), then the student trains alone
-            seq = exp.data.seq_length
             teacher_pass = forward_need(stage, [teacher], k.micro_batch * seq, cuda, k.model_bytes)
-            train = training_need(stage, trained, None, k, seq, top_k=own_settings(exp, stage).top_k)
+            top_k = own_settings(exp, stage).top_k
+            train = max((training_need(stage, s, None, k, seq, top_k=top_k) for s in students), key=lambda n: n.total)
             return max(train, replace(teacher_pass, processes=k.processes), key=lambda n: n.total)
-        return training_need(stage, trained, teacher, k, exp.data.seq_length)
+        return max((training_need(stage, s, teacher, k, seq) for s in students), key=lambda n: n.total)
 
     def disk(self, exp: Experiment, shapes: Shapes, stage: str, processes: int, cuda: bool) -> DiskNeed | None:
         cfg = own_settings(exp, stage)

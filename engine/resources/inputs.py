@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.config import Experiment
 from engine.config.shape import Shape, count_params
-from engine.resources.memory import Knobs
+from engine.resources.memory import Knobs, layer_activation_bytes
 from engine.shapes.targets import student_shapes
 
 
@@ -15,6 +15,14 @@ from engine.shapes.targets import student_shapes
 class Shapes:
     teacher: Shape
     students: dict[str, Shape]  # [[prune]] name -> the student's shape (a search: its largest candidate)
+    # a search student: its candidate with the most activation bytes a token, where that is another one (the
+    # deepest, in effect): at a large micro-batch its training holds more than the largest candidate's
+    activation_bound: dict[str, Shape] = field(default_factory=dict)
+
+    def bounds(self, name: str) -> tuple[Shape, ...]:
+        """The shapes whose training needs bound student `name`'s (one, or a search's two)."""
+        other = self.activation_bound.get(name)
+        return (self.students[name],) if other is None else (self.students[name], other)
 
 
 def experiment_shapes(exp: Experiment) -> Shapes | None:
@@ -24,10 +32,15 @@ def experiment_shapes(exp: Experiment) -> Shapes | None:
     if teacher is None or teacher.vocab_size is None:
         return None
     out: dict[str, Shape] = {}
+    deepest: dict[str, Shape] = {}
     for p, s in zip(exp.prune, students, strict=True):
-        cands = getattr(s, "candidates", None)
-        out[p.name] = max((c.shape for c in cands), key=count_params) if cands else s.shape
-    return Shapes(teacher, out)
+        cands = [c.shape for c in getattr(s, "candidates", None) or []]
+        out[p.name] = max(cands, key=count_params) if cands else s.shape
+        if cands:
+            most = max(cands, key=lambda c: c.num_layers * layer_activation_bytes(c, 2))
+            if most != out[p.name]:
+                deepest[p.name] = most
+    return Shapes(teacher, out, deepest)
 
 
 @dataclass(frozen=True)
