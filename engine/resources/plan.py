@@ -2,7 +2,8 @@
 the stage's kind names (engine/resources/footprints.py) applied to the run's shapes.
 
 No torch: `check` and the TUI call this. Shapes come from engine.shapes.targets (the teacher's config,
-the [[prune]] targets; a search student is sized by its largest candidate).
+the [[prune]] targets; a search student is sized by its largest candidate, and its training by that one or
+the candidate with the most activations, whichever needs more).
 """
 
 from __future__ import annotations
