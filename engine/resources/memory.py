@@ -56,6 +56,7 @@ class Knobs:
     chunk_tokens: int
     model_bytes: int  # [model].dtype's element size (teacher, saved models)
     mixed_bf16: bool  # [launch].mixed_precision = "bf16"
+    float8: bool = False  # TrainConfig's float8: the decoder layers' matmuls in float8 (torchao)
 
     @property
     def master(self) -> bool:
@@ -118,7 +119,8 @@ def _dims(s: Shape) -> tuple[int, int, int, int]:
     return s.hidden_size, s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size
 
 
-def layer_activation_bytes(s: Shape, e: int, fp32_residual: bool = False, compiled: bool = False) -> int:
+def layer_activation_bytes(s: Shape, e: int, fp32_residual: bool = False, compiled: bool = False,
+                           float8: bool = False) -> int:
     """Bytes backward keeps per token for one decoder layer (module docstring); `fp32_residual`: fp32
     weights under bf16 autocast, where the norms' outputs are fp32 and each projection casts its input
     to a bf16 copy of its own (q, k, v: three; gate, up: two). `compiled` (compiled layers on CUDA):
@@ -126,8 +128,12 @@ def layer_activation_bytes(s: Shape, e: int, fp32_residual: bool = False, compil
     input and the output the projections read (no fp32 copy) and the MLP keeps gate, up and their
     product (silu is recomputed): 0.70-0.72 of the eager bytes at the Llama shapes, as measured on an
     H100 (benchmarks/RESULTS.md "8B on one GPU": 8B students with 0.5 and 0.6 of the layers checkpointed,
-    1.24B without)."""
+    1.24B without). `float8` (compiled, torchao's float8 matmuls): the partitioner keeps one tensor per RMSNorm
+    and two of the MLP's three, recomputing the rest with the casts in backward (counted on the CPU,
+    tests/test_resources.py; it put the float8 peaks' drop at 8B, 1.24B and SmolLM2's shape within 1% on an H100)."""
     h, q, kv, f = _dims(s)
+    if compiled and not fp32_residual and float8:
+        return 2 * e * h + e * (2 * q + 2 * kv + 2 * f)
     if compiled and not fp32_residual:
         return 2 * (2 * e * h) + e * (2 * q + 2 * kv + 3 * f)
     norms = 2 * (4 * h + 2 * e * h) if not fp32_residual else 2 * 12 * h + 2 * (3 + 2) * h
@@ -141,11 +147,11 @@ def layer_forward_bytes(s: Shape, e: int) -> int:
 
 
 def activation_bytes(s: Shape, tokens: int, e: int, checkpointing: bool | float, fp32_residual: bool,
-                     compiled: bool = False) -> int:
+                     compiled: bool = False, float8: bool = False) -> int:
     """What the forward holds for backward. A checkpointed layer keeps its input only and is recomputed,
     one at a time, in backward (engine/training/recompute.py: the first ones are checkpointed,
     and backward frees the later, uncheckpointed ones before it recomputes any)."""
-    per_layer = layer_activation_bytes(s, e, fp32_residual, compiled)
+    per_layer = layer_activation_bytes(s, e, fp32_residual, compiled, float8)
     final_norm = 4 * s.hidden_size + 2 * e * s.hidden_size
     c = checkpointed_layers(checkpointing, s.num_layers)
     inputs = c * (4 if fp32_residual else e) * s.hidden_size
@@ -200,7 +206,7 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
     if top_k is not None:  # the teacher's stored top-k of the micro-batch instead of the teacher (int64 ids)
         forward["teacher top-k"] = tokens * top_k * (act + 8)
     compiled = k.compile and k.cuda
-    activations = activation_bytes(student, tokens, act, k.gradient_checkpointing, fp32_residual, compiled)
+    activations = activation_bytes(student, tokens, act, k.gradient_checkpointing, fp32_residual, compiled, k.float8)
     # With checkpointing, backward frees the last, kept layers' activations before it recomputes the
     # first ones, so its peak is at the end: the gradients beside one recomputed layer (what the kept
     # layers add shows in the forward). Without, backward starts from all that the forward kept.
@@ -209,7 +215,7 @@ def training_need(stage: str, student: Shape, teacher: Shape | None, k: Knobs, s
     recomputes = checkpointed_layers(k.gradient_checkpointing, student.num_layers) > 0
     forward["activations"] = activations
     forward["loss"] = loss_bytes(student, tokens, k, act, vocab)
-    layer = tokens * layer_activation_bytes(student, act, fp32_residual, compiled)
+    layer = tokens * layer_activation_bytes(student, act, fp32_residual, compiled, k.float8)
     backward = {"gradients": grads, "head gradient": 4 * vocab * student.hidden_size,
                 "layer" if recomputes else "activations": layer if recomputes else activations}
     return Need(stage, "gpu" if k.cuda else "cpu", k.processes, parts, k.micro_batch, k,
@@ -248,4 +254,5 @@ def train_knobs(exp: Experiment, cfg: TrainConfig, processes: int, cuda: bool, m
                  compile=cfg.compile, master_weights=cfg.master_weights,
                  state_bytes=STATE_BYTES[states],
                  chunk_tokens=getattr(cfg, "chunk_tokens", 2048),
-                 model_bytes=DTYPE_BYTES[exp.model.dtype], mixed_bf16=exp.launch.mixed_precision == "bf16")
+                 model_bytes=DTYPE_BYTES[exp.model.dtype], mixed_bf16=exp.launch.mixed_precision == "bf16",
+                 float8=bool(getattr(cfg, "float8", False)))
