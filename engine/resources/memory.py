@@ -255,4 +255,4 @@ def train_knobs(exp: Experiment, cfg: TrainConfig, processes: int, cuda: bool, m
                  state_bytes=STATE_BYTES[states],
                  chunk_tokens=getattr(cfg, "chunk_tokens", 2048),
                  model_bytes=DTYPE_BYTES[exp.model.dtype], mixed_bf16=exp.launch.mixed_precision == "bf16",
-                 float8=bool(getattr(cfg, "float8", False)))
+                 float8=cfg.float8)

@@ -136,6 +136,41 @@ def search_micro_batch(per_process: int, fits: Callable[[int], None], log: Calla
                     "\"fsdp\" on more GPUs")
 
 
+def pick_micro_batch(cfg: TrainConfig, accelerator: Any, params: int, seq: int | None, master: bool | str,
+                     fits: Callable[[int, int, bool], None], log: Callable[[str], None]) -> int:
+    """cfg.micro_batch_size, or for "auto" the largest that fits, the same on every process. `params`: the
+    trained parameters; `master`: the master_weights mode where master weights can apply, else False;
+    `fits(size, reserve_bytes, as_bf16)`: one try (`Trainer.fits`)."""
+    from engine.config.micro_batch import AUTO, fixed_micro_batch
+
+    world = accelerator.num_processes
+    if cfg.micro_batch_size != AUTO:
+        return int(cfg.micro_batch_size)
+    fsdp = accelerator.is_fsdp2 and world > 1
+    if seq is None or not searches(accelerator.device.type, fsdp):
+        size = fixed_micro_batch(cfg, world)
+        why = "no seq_length given" if seq is None else "under FSDP" if fsdp else f"on {accelerator.device.type}"
+        log(f"micro_batch_size auto: {size} (no search: {why})")
+        return size
+    per = cfg.global_batch_size // world
+    # Where master weights will apply, the optimizer casts the parameters to bf16 only after this search:
+    # try in bf16, as training runs (fp32 parameters under autocast keep an fp32 residual stream and a
+    # bf16 copy of each weight: at SmolLM2's shape the stage peaked at 24.0 GiB in the try, 18.5 with this).
+    # The fp32 originals stand for the masters' 4 bytes a parameter; a try of fewer than `per` samples
+    # still holds aside the fp32 gradient sums accumulation adds (the reserve "stochastic" makes).
+    as_bf16 = world == 1 and master is not False
+    reserve = optimizer_reserve(cfg.optimizer_states, "stochastic" if as_bf16 else master, params, per)
+    size = search_micro_batch(per, lambda m: fits(m, reserve(m), as_bf16), log)
+    if world > 1:  # each process searched alone (no collectives): the smallest pick fits all
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([size], device=accelerator.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        size = int(t.item())
+    return size
+
+
 def searches(device_type: str, fsdp_processes: bool) -> bool:
     """Whether "auto" searches here: on CUDA (or on any device under the fault injection), and not
     under FSDP with several processes."""

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from engine.config import TrainConfig
-from engine.config.micro_batch import AUTO
 from engine.distill.losses import LossSpec
 from engine.distill.objective import (
     HiddenSpec,
@@ -32,7 +31,7 @@ from engine.distill.objective import (
 from engine.models.attention import use_causal_sdpa
 from engine.models.float8 import use_float8
 from engine.training.master_adamw import MasterAdamW
-from engine.training.micro_batch import bf16_parameters, optimizer_reserve, search_micro_batch, searches
+from engine.training.micro_batch import bf16_parameters, pick_micro_batch
 from engine.training.pending_step import PendingStep, StepResult
 from engine.training.recompute import checkpoint_layers
 from engine.training.setup import make_optimizer, master_weights_apply
@@ -220,70 +219,28 @@ class Trainer:
 
     def _micro_batch(self, module: TrainModule, master_weights: bool | str | None, seq: int | None,
                      log: Callable[[str], None]) -> int:
-        """cfg.micro_batch_size, or for "auto" the largest that fits (engine/training/micro_batch.py),
-        the same on every process."""
-        from engine.config.micro_batch import fixed_micro_batch
-
-        acc, cfg = self.accelerator, self.cfg
-        world = acc.num_processes
-        if cfg.micro_batch_size != AUTO:
-            return int(cfg.micro_batch_size)
-        if seq is None or not searches(acc.device.type, acc.is_fsdp2 and world > 1):
-            size = fixed_micro_batch(cfg, world)
-            why = ("no seq_length given" if seq is None else "under FSDP" if acc.is_fsdp2 and world > 1
-                   else f"on {acc.device.type}")
-            log(f"micro_batch_size auto: {size} (no search: {why})")
-            return size
-        per = cfg.global_batch_size // world
-        # Where master weights will apply, the optimizer casts the parameters to bf16 only after this search:
-        # try in bf16, as training runs (fp32 parameters under autocast keep an fp32 residual stream and a
-        # bf16 copy of each weight: at SmolLM2's shape the stage peaked at 24.0 GiB in the try, 18.5 with this).
-        # The fp32 originals stay beside the copies: they stand for the masters in the reserve.
-        as_bf16 = world == 1 and self._may_master(master_weights)
-        reserve = self._reserve(module, master_weights, per, as_bf16)
-        size = search_micro_batch(per, lambda m: self.fits(module, m, seq, reserve(m), as_bf16), log)
-        if world > 1:  # each process searched alone (no collectives): the smallest pick fits all
-            import torch.distributed as dist
-
-            t = torch.tensor([size], device=acc.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-            size = int(t.item())
-        return size
-
-    def _may_master(self, master_weights: bool | str | None) -> bool:
-        """Whether master weights can apply (with one micro-batch a step: the search does not know yet)."""
-        mode = self.cfg.master_weights if master_weights is None else master_weights
-        return self.cfg.master_weights is not False and mode is not False and master_weights_apply(self.accelerator, 1)
-
-    def _reserve(self, module: TrainModule, master_weights: bool | str | None, per: int,
-                 as_bf16: bool = False) -> Callable[[int], int]:
-        """What a micro-batch search holds aside for the first optimizer step (micro_batch.optimizer_reserve).
-        `as_bf16`: the tries run bf16 copies beside the fp32 parameters, which stand for the masters' 4 bytes
-        a parameter; a try of fewer than `per` samples still holds aside the fp32 gradient sums that gradient
-        accumulation adds (the reserve "stochastic" makes: the same 4 bytes, only below `per`)."""
+        """cfg.micro_batch_size, or for "auto" the largest that fits (engine/training/micro_batch.py)."""
         cfg = self.cfg
         mode = cfg.master_weights if master_weights is None else master_weights
+        # with one micro-batch a step: the search does not know the accumulation yet
+        may = cfg.master_weights is not False and mode is not False and master_weights_apply(self.accelerator, 1)
         n = sum(p.numel() for p in module.parameters() if p.requires_grad)
-        if as_bf16:
-            return optimizer_reserve(cfg.optimizer_states, "stochastic", n, per)
-        return optimizer_reserve(cfg.optimizer_states, mode if self._may_master(master_weights) else False, n, per)
+        return pick_micro_batch(cfg, self.accelerator, n, seq, mode if may else False,
+                                lambda m, reserve, as_bf16: self.fits(module, m, seq, reserve, as_bf16), log)
 
     def fits(self, module: TrainModule, size: int, seq: int, reserve_bytes: int = 0, as_bf16: bool = False) -> None:
         """One forward and backward of a micro-batch of `size` windows of `seq` tokens (+1 label),
         eager, with `reserve_bytes` held aside on CUDA; raises the device's out-of-memory error when
         it does not fit. `as_bf16`: on bf16 copies of the fp32 parameters (as master weights train).
         Leaves the weights, the gradients (None) and the random state as they were."""
-        with bf16_parameters(module) if as_bf16 else nullcontext():
-            self._try(module, size, seq, reserve_bytes)
-
-    def _try(self, module: TrainModule, size: int, seq: int, reserve_bytes: int) -> None:
         device = self.accelerator.device
         cuda = device.type == "cuda"
         vocab = output_weight(module.student).shape[0]
         if self.teacher is not None:
             vocab = min(vocab, self.teacher.head.shape[0])
         top = None
-        with torch.random.fork_rng(devices=[device] if cuda else []), torch.compiler.set_stance("force_eager"):
+        with (bf16_parameters(module) if as_bf16 else nullcontext(),
+              torch.random.fork_rng(devices=[device] if cuda else []), torch.compiler.set_stance("force_eager")):
             reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=device) if cuda else None
             try:
                 batch = (torch.arange(size * (seq + 1), device=device) % vocab).view(size, seq + 1)
