@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +64,15 @@ class Winner:
 
 
 class SearchProgress:
-    """A rich bar with an ETA on a terminal; one log line per candidate (with the ETA) in the log."""
+    """A rich bar with an ETA on a terminal; one log line per candidate (with the ETA) in the log.
 
-    def __init__(self, ctx: StageContext, total: int):
-        self.ctx, self.total, self.done = ctx, total, 0
-        self.t0 = time.perf_counter()
+    The ETA is the current phase's: a screened candidate costs about a forward pass and a scored one up to a
+    short distillation (0.16 s against 23 s on SmolLM2), so a rate averaged over both would promise seconds
+    for minutes of scoring. While screening it counts the screen only, and says so."""
+
+    def __init__(self, ctx: StageContext, total: int, clock: Callable[[], float] = time.perf_counter):
+        self.ctx, self.total, self.done, self.clock = ctx, total, 0, clock
+        self.phase("screen", total)
         self._bar: Any = None
         ctx.progress(0, total_steps=total)
         if ctx.is_main and sys.stdout.isatty():
@@ -78,16 +83,23 @@ class SearchProgress:
             self._task = self._bar.add_task("search", total=total)
             self._bar.start()
 
-    def eta_s(self) -> float:
-        return (time.perf_counter() - self.t0) / max(self.done, 1) * (self.total - self.done)
+    def phase(self, name: str, steps: int) -> None:
+        """The next `steps` steps are of one kind (`name`): the ETA is timed on them alone."""
+        self._name, self._left, self._done, self._t0 = name, steps, 0, self.clock()
+
+    def eta(self) -> str:
+        left = self._left - self._done
+        seconds = (self.clock() - self._t0) / max(self._done, 1) * left
+        return f"ETA {seconds:.0f}s" if left == self.total - self.done else f"{self._name} ETA {seconds:.0f}s"
 
     def step(self, line: str, log: bool = True) -> None:
         self.done += 1
+        self._done += 1
         self.ctx.progress(self.done, total_steps=self.total)
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done)
         if log:
-            self.ctx.log(f"[{self.ctx.stage}] step {self.done}/{self.total} {line}; ETA {self.eta_s():.0f}s")
+            self.ctx.log(f"[{self.ctx.stage}] step {self.done}/{self.total} {line}; {self.eta()}")
 
     def close(self) -> None:
         if self._bar is not None:
@@ -114,6 +126,7 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
     seconds: dict[int, float] = {}
     n_scored = min(space.top_k, len(space.screened))
     progress = SearchProgress(ctx, len(space.screened) + n_scored)
+    progress.phase("screen", len(space.screened))
     every = max(1, len(space.screened) // SCREEN_LOG_LINES)
     try:
         with SortedTeacher(teacher, imp) as sorted_teacher:
@@ -128,6 +141,7 @@ def run_search(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: I
             total = sum(screen_s.values())
             ctx.log(f"[{stage}] screened {len(screen)} candidates on {len(screen_windows)} batches in {total:.1f}s "
                     f"({total / len(screen):.3f}s each); scoring the best {n_scored} by {scorer.name}")
+            progress.phase("score", len(best_screened))
             for i in best_screened:
                 t0 = time.perf_counter()
                 losses[i], scores[i] = _score(sorted_teacher.student(space.student(i)), windows, scorer)
