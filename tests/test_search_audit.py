@@ -245,6 +245,27 @@ def test_a_distill_score_counts_its_training_at_the_micro_batch_it_used(root):
                                                                                     True, 1).total
 
 
+def test_a_loss_scored_search_predicts_its_audit_at_the_micro_batch_the_audit_trained_with(root, monkeypatch,
+                                                                                          capsys):
+    """micro_batch_size = "auto": the stage predicts its audit before any candidate has chosen a size (on CUDA the
+    least), and a loss-scored search never predicted again (SmolLM2 on an H100: "predicted 2.82 GiB", 18.98
+    measured with the audit). The audit now says the size it trained with, and the prediction follows. Here
+    "auto" searches under the fault injection, which lets a try hold at most 2 samples of the 4."""
+    from engine.resources.plan import experiment_shapes, stage_need
+    from engine.training.micro_batch import FIT_ENV
+
+    monkeypatch.setenv(FIT_ENV, "2")
+    auto = DISTILL.replace("micro_batch_size = 2", 'micro_batch_size = "auto"')
+    exp = loads_experiment(_toml(root, SEARCH + "audit = 2\n", auto), source="a.toml")
+    assert _run(exp, "prune-auto") == 0
+    log = capsys.readouterr().out
+    shapes = experiment_shapes(exp)
+    first, audit = (stage_need(exp, shapes, "prune-auto", 1, False, m) for m in (None, 2))
+    assert audit.total != first.total  # (else the line below would not be written again)
+    assert f"memory: predicted {first.describe()}" in log
+    assert f"memory: predicted at the audit's micro-batch 2: {audit.describe()}" in log
+
+
 def test_a_search_student_is_predicted_at_its_most_demanding_candidate(root):
     """A search student may become any candidate: at a large micro-batch the deepest (the most activation bytes a
     token) holds more than the largest by parameters, which the prediction used alone (a SmolLM2 search's audit

@@ -40,8 +40,10 @@ from engine.shapes.candidates import SearchSpace, candidate_label
 from engine.stages import stage_student
 
 
-def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Importance, tokenizer: Any) -> None:
-    """Distil the audit's candidates (the best-scored in search.json) and add "audit" to search.json."""
+def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Importance,
+              tokenizer: Any) -> int | None:
+    """Distil the audit's candidates (the best-scored in search.json) and add "audit" to search.json. Returns
+    the largest micro-batch a candidate trained with (None if none trained): "auto" resolves per candidate."""
     from engine.data.dataset import read_meta
     from engine.distill.objective import output_weight
     from engine.models.liger import apply_kernels
@@ -85,6 +87,7 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
     on_validation: dict[int, float] = {}
     repeats: dict[int, list[float]] = {}
     seconds: dict[int, float] = {}
+    micro: int | None = None
 
     def save(cancelled: bool) -> None:  # after each candidate: a crash or a cancel keeps what was measured
         doc["audit"] = audit_summary(doc, final, seconds, cfg.steps, len(chosen), cancelled=cancelled, split=split,
@@ -104,8 +107,10 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
                 got = _distil(ctx, run_cfg, space.student(i), space, teacher, imp, spec, [val, scored_on], acc, stop,
                               who, progress, caches.get(run_cfg.seed))
                 if got is not None:
-                    losses.append(got[0])
-                    seen.append(got[1])
+                    (loss, on_val), used = got
+                    losses.append(loss)
+                    seen.append(on_val)
+                    micro = max(micro or 0, used)
             if len(losses) < len(configs):  # stopped
                 break
             mean = sum(losses) / len(losses)
@@ -127,6 +132,7 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
     line = audit_line(doc)
     if line:
         ctx.log(f"[{stage}] {line}")
+    return micro
 
 
 def _stored_logits(ctx: StageContext, configs: list[Any], acc: Any, spec: Any, teacher: nn.Module) -> dict[int, Any]:
@@ -167,10 +173,10 @@ class _Progress:
 
 def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teacher: nn.Module, imp: Importance,
             spec: Any, judges: list[list[torch.Tensor] | None], acc: Any, stop: Any, who: str, progress: _Progress,
-            cache: Any = None) -> list[float | None] | None:
+            cache: Any = None) -> tuple[list[float | None], int] | None:
     """One candidate distilled with `cfg` as its distill stage would (`cache`: the teacher's stored top-k of
-    these windows, when it does): its final loss on each of `judges` (None for None), None when a stop request
-    ended it first."""
+    these windows, when it does): its final loss on each of `judges` (None for None) and the micro-batch it
+    trained with; None when a stop request ended it first."""
     from accelerate.utils import set_seed
 
     from engine.data import PackedDataset
@@ -193,7 +199,7 @@ def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teache
     else:
         trainer = Trainer(acc, student, cfg, spec, seq_length=seq, cached_top_k=cache.k)
     windows = TrackedWindows(PackedDataset(ctx.layout.data_dir, "train", seq, cfg.seed, 0, 1), 0)
-    losses = None
+    result = None
     try:
         for step in range(cfg.steps):
             if stop.signame:
@@ -205,9 +211,9 @@ def _distil(ctx: StageContext, cfg: Any, target: Any, space: SearchSpace, teache
             if (step + 1) % cfg.log_interval == 0 or step + 1 == cfg.steps:
                 ctx.log(f"[{stage}] {who}: step {step + 1}/{cfg.steps} loss {res.loss:.4f}; "
                         f"ETA {step_s * (progress.total - progress.done):.0f}s")
-        losses = [trainer.validate(w) if w is not None else None for w in judges]
+        result = [trainer.validate(w) if w is not None else None for w in judges], trainer.micro
     finally:
         trainer.release()
         del trainer, student
         acc.free_memory()
-    return losses
+    return result

@@ -117,14 +117,17 @@ def prune_stage(ctx: StageContext) -> None:
     metrics.unlink(missing_ok=True)  # a rerun replaces the stage's single line
     append_metrics(metrics, {"step": 0, "split": "val", "loss": loss, "params": params})
     ctx.log(f"[{stage}] validation loss after pruning: {loss:.4f}")
-    memory.measured(0)  # on CUDA: the peak of calibration, search and pruning against the prediction
+    # on CUDA: the peak of calibration, search and pruning against the prediction
+    memory.measured(0, " before the audit" if audit_teacher is not None else "")
 
     # 6. a search's audit: its best-scored candidates distilled in full, after the result is saved
     if audit_teacher is not None:
         from engine.prune.audit_part import run_audit
 
         del student
-        run_audit(ctx, target, audit_teacher, imp, tokenizer)
+        micro = run_audit(ctx, target, audit_teacher, imp, tokenizer)
+        if micro:  # as the distill score's: the size "auto" chose (a loss-scored search predicted the least)
+            memory.predict(1, micro, f" at the audit's micro-batch {micro}:")
         memory.measured(None, " with the audit")  # (the status keeps the audit's step count)
 
 

@@ -15,6 +15,7 @@ class MemoryReport:
     def __init__(self, ctx: StageContext, device: torch.device, log: Callable[[str], None]):
         self.ctx, self.device, self.log = ctx, device, log
         self.predicted_gib: float | None = None
+        self._bytes: int | None = None  # the prediction's total, to tell a new figure from the last
 
     def predict(self, processes: int, micro_batch: int | None, why: str = "") -> None:
         """Predict (again: `why` says what changed, e.g. the micro-batch an "auto" search chose; a figure that
@@ -22,8 +23,8 @@ class MemoryReport:
         from engine.resources.plan import predicted_need
 
         need = predicted_need(self.ctx.exp, self.ctx.stage, processes, self.device.type == "cuda", micro_batch)
-        if need is not None and round(need.gib(), 3) != self.predicted_gib:
-            self.predicted_gib = round(need.gib(), 3)
+        if need is not None and need.total != self._bytes:
+            self._bytes, self.predicted_gib = need.total, round(need.gib(), 3)
             self.log(f"memory: predicted{why} {need.describe()}")
 
     def measured(self, step: int | None, what: str = "") -> None:
