@@ -50,9 +50,10 @@ class PruneConfig(Section):
     top_k: int = Field(default=10, ge=1)  # the best-screened candidates given the full score
     screen_batches: int = Field(default=2, ge=1)  # validation batches of the screen (loss right after pruning)
     screen_max: int = Field(default=2000, ge=1)  # candidates screened at most (spread evenly past it)
-    # "distill+loss": ranked by the distill score's rank plus the loss after pruning's (search/scoring.py)
-    score: Literal["loss", "distill", "distill+loss"] = "loss"
-    score_steps: int = Field(default=20, ge=1)  # score = "distill" or "distill+loss": steps of the short distillation
+    # "distill+loss": ranked by the distill score's rank plus the loss after pruning's; "distill-kd": the [distill]
+    # run's own loss over the last fifth of its first score_steps steps (search/scoring.py)
+    score: Literal["loss", "distill", "distill+loss", "distill-kd"] = "loss"
+    score_steps: int = Field(default=20, ge=1)  # a distill score's steps of the short distillation
     score_task: str | None = None  # an [eval] task scored instead of the loss
     # the short distillation repeated on this many data orders (seed, seed + 1, ...), the mean scored: its run-to-run
     # noise, not the audit's, limited the ranking on SmolLM2 (benchmarks/RESULTS.md, "The audit with two seeds")
@@ -77,14 +78,21 @@ class PruneConfig(Section):
 
     @property
     def distill_scored(self) -> bool:
-        """Whether a short distillation scores the candidates (score "distill" or "distill+loss", no score_task)."""
+        """Whether a short distillation scores the candidates (a "distill..." score, no score_task)."""
         return self.score != "loss" and not self.score_task
+
+    @property
+    def score_window(self) -> int:
+        """"distill-kd": the last steps whose distillation loss is averaged, a fifth of score_steps. Every candidate
+        sees the same batches, so a shape's loss is compared batch for batch; on SmolLM2 any window from 1 to half of
+        50+ steps ranked the same (benchmarks/RESULTS.md)."""
+        return max(1, self.score_steps // 5)
 
     @model_validator(mode="after")
     def _score_seeds(self) -> PruneConfig:
         if "score_seeds" in self.model_fields_set and self.score_seeds > 1 and not self.distill_scored:
-            raise ValueError('score_seeds: repeats the short distillation of score = "distill" or "distill+loss"; '
-                             "set that score too (a loss or a task scores the same each time)")
+            raise ValueError('score_seeds: repeats the short distillation of score = "distill", "distill+loss" or '
+                             '"distill-kd"; set one of those too (a loss or a task scores the same each time)')
         return self
 
     @model_validator(mode="after")

@@ -363,6 +363,11 @@ class Experiment(Section):
                     err = e.errors()[0]
                     key = ".".join(str(x) for x in err["loc"])
                     raise ValueError(f"prune '{p.name}': distill.{key}: {err['msg'].lower()}") from None
+            if p.score == "distill-kd" and not p.score_task and self.distill is not None \
+                    and p.score_steps > (steps := self.distill_for(p.name).steps):
+                raise ValueError(f"prune '{p.name}': score_steps = {p.score_steps} is more than the {steps} steps of its "
+                                 f"[distill] run, whose first steps score = \"distill-kd\" takes; set score_steps <= "
+                                 f"{steps}")
         return self
 
     def _refuse_under_fsdp(self, key: str, value: str, why: str, fix: str) -> None:

@@ -238,11 +238,11 @@ def _scorer(ctx: StageContext, p: Any, teacher: torch.nn.Module, tokenizer: Any,
     cfg = exp.distill_for(p.name)
     from engine.data import PackedDataset
 
-    orders = []  # per score_seeds data order: the same windows for every candidate (epochs wrap)
-    for r in range(p.score_seeds):
-        it = PackedDataset(ctx.layout.data_dir, "train", exp.data.seq_length, seed=exp.seed + r).batches(
+    orders = []  # per score_seeds data order: the same windows for every candidate (epochs wrap); the first
+    for r in range(p.score_seeds):  # is the distill stage's own
+        it = PackedDataset(ctx.layout.data_dir, "train", exp.data.seq_length, seed=cfg.seed + r).batches(
             cfg.global_batch_size, start=0)
         orders.append([torch.as_tensor(next(it)).to(device=device, dtype=torch.long) for _ in range(p.score_steps)])
     vocab = min(len(tokenizer), teacher.get_output_embeddings().weight.shape[0])
-    return scoring.distill_scorer(exp, p.name, teacher, vocab, p.score_steps, orders, windows,
-                                  with_loss_rank=p.score == "distill+loss")
+    return scoring.distill_scorer(exp, p.name, teacher, vocab, p.score_steps, orders, windows, p.score,
+                                  p.score_window)

@@ -13,6 +13,12 @@ distillation, or an [eval] task. Every candidate sees the same batches.
   SmolLM2-135M the shapes near the top differ by less than a 20-step score's run-to-run noise, and
   the two signals err differently: what the teacher's knowledge survived the cut, and how fast the
   cut recovers (benchmarks/RESULTS.md, "Search on a GPU").
+- "distill-kd": the first `score_steps` steps of the student's [distill] run itself (its learning-rate
+  schedule, not one squeezed into the short run; its first training windows), scored by the run's own
+  loss averaged over the last fifth of them. Every candidate sees the same batches, so the shapes are
+  compared batch for batch, with no validation pass. On SmolLM2-135M the audits' own first 50 steps
+  ranked six shapes as their 150-step runs finished on held-out text (+0.94), where "distill" at 80
+  steps reached +0.77 (benchmarks/RESULTS.md, "The run's own loss").
 - score_task: an [eval] task through lm-evaluation-harness (engine.evaluation.tasks); its
   headline metric (engine.contract.scores.headline_metric), in that metric's direction.
 """
@@ -20,6 +26,7 @@ distillation, or an [eval] task. Every candidate sees the same batches.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -74,11 +81,13 @@ def loss_scorer(windows: list[torch.Tensor]) -> Scorer:
 
 def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: int,
                    orders: list[list[torch.Tensor]], windows: list[torch.Tensor],
-                   with_loss_rank: bool = False) -> Scorer:
+                   rule: str = "distill", kd_window: int = 1) -> Scorer:
     """A short distillation (the student's [distill] recipe, `steps` steps, step i on the global batch
     `order[i]`) of a copy of each candidate, then its validation loss; with several `orders` (score_seeds:
     other data orders) one distillation from the same copy each, and the mean of their losses.
-    `with_loss_rank`: the "distill+loss" ranking (Scorer).
+    `rule`: "distill", "distill+loss" (the same figure, ranked with the loss after pruning: Scorer) or
+    "distill-kd" (the first `steps` of the full run's schedule, scored by the mean training loss of its last
+    `kd_window` steps).
 
     The micro-batch is the trainer's, as in the distill stage: with "auto" it searches for the largest
     that fits (a fixed 4 left a 135M candidate waiting on kernel launches, 7x slower a step than the
@@ -89,8 +98,10 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
     from engine.training.step import Trainer
 
     base = exp.distill_for(name)
+    run_start = rule == "distill-kd"  # the run's own first steps, else a run of `steps` with its own schedule
+    squeeze = {} if run_start else {"steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1)}
     # eager: every candidate is a new shape, and recompiling each would cost more than its few steps
-    cfg = base.model_copy(update={"steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1), "compile": False})
+    cfg = base.model_copy(update={**squeeze, "compile": False})
     accelerator = make_accelerator("ddp", exp.launch.mixed_precision)
     dtype = torch_dtype(train_dtype(exp, accelerator.device.type == "cuda"))  # as the distill stage
     seq = orders[0][0].shape[-1] - 1  # windows carry the label shift's extra token
@@ -99,14 +110,17 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
         student = copy.deepcopy(candidate).to(dtype)  # it shares tensors with the teacher: train a copy
         trainer = Trainer(accelerator, student, cfg, loss_spec(cfg, vocab), teacher=teacher, seq_length=seq)
         try:
-            pending = []
+            pending, seen = [], []
             for step in range(steps):  # launch step i+1 before reading step i, as the training loop does
                 pending.append(trainer.launch(list(order[step].split(trainer.micro)), lr_at(step, cfg)))
                 if len(pending) > 1:
-                    pending.pop(0).result()
-            for p in pending:
-                p.result()
-            loss = evaluate_loss(trainer.unwrapped().student, windows)
+                    seen.append(pending.pop(0).result().loss)
+            seen += [p.result().loss for p in pending]
+            if run_start:  # a step skipped as not finite ranks the candidate last
+                last = seen[-kd_window:]
+                loss = sum(last) / len(last) if all(math.isfinite(x) for x in last) else math.inf
+            else:
+                loss = evaluate_loss(trainer.unwrapped().student, windows)
             scorer.micro = max(scorer.micro or 0, trainer.micro)
         finally:
             # the accelerator outlives this candidate: its hooks would keep the trainer (the copy, its
@@ -119,7 +133,7 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
     def score(candidate: nn.Module) -> float:
         return sum(distilled_loss(candidate, order) for order in orders) / len(orders)
 
-    scorer = Scorer("distill+loss" if with_loss_rank else "distill", score, seeds=len(orders))
+    scorer = Scorer(rule, score, seeds=len(orders))
     return scorer
 
 

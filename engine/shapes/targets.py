@@ -338,7 +338,9 @@ def _search_lines(p: Any, t: Shape, space: SearchSpace, eval_cfg: Any = None) ->
     steps = f"{p.score_steps} distillation steps" + (f" (mean of {p.score_seeds} data orders)" if p.score_seeds > 1 else "")
     score = {"loss": "validation loss right after pruning",
              "distill": f"validation loss after {steps}",
-             "distill+loss": f"the ranks of the loss after {steps} and right after pruning, summed"}[p.score]
+             "distill+loss": f"the ranks of the loss after {steps} and right after pruning, summed",
+             "distill-kd": f"the distillation loss over the last {p.score_window} of the [distill] run's "
+                           f"first {steps}"}[p.score]
     if p.score_task:
         score = f"task '{p.score_task}'"
     out = [f"  prune-{p.name}: {space.describe()} by {score}"]
