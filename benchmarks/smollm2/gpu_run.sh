@@ -19,7 +19,7 @@
 #                  memory goes (benchmarks/memory_probe.py), a small search (2 scored, both audited briefly) in runs-probe/
 #                gpu_run.sh scores   (EXP=benchmarks/smollm2/audit.toml) -> the search's distill score, no audit,
 #                  in each of SCORE_VARIANTS (default: 20 and 80 steps), against the six audits on record (the
-#                  shapes they distilled in full)
+#                  shapes they distilled in full; with HELDOUT=1 the two audits on the held-out half)
 # HELDOUT=1 (with start/scores): the validation text cut in two, its second half the test split the audit judges
 #   on (benchmarks/smollm2/split_validation.py), so that the search's split and the audit's are one kind of text:
 #   HELDOUT=1 EXP=benchmarks/smollm2/audit.toml START_ARGS="--only prepare --only prune-search \
@@ -115,8 +115,11 @@ TOML
       cp "runs-$tag/$(basename "$RUN")/prune-search/search.json" "${OUT:-.}/search-$tag.json"
     done
     B=benchmarks/smollm2  # against the mean of the six audits on record (RESULTS.md "The audit with two seeds per shape")
-    python3 $B/score_vs_audit.py "${OUT:-.}"/search-*.json --audit $B/h100_audit_seeds/search-audit-seeds.json \
-      $B/audit_h100/search-*.json $B/h100_audit_noise/search-distill+loss.json $B/h100_audit_noise/search-seed*.json
+    AUDITS=($B/h100_audit_seeds/search-audit-seeds.json $B/audit_h100/search-*.json
+            $B/h100_audit_noise/search-distill+loss.json $B/h100_audit_noise/search-seed*.json)
+    # HELDOUT=1: the two audits judged on the held-out half (RESULTS.md "The audit on held-out text")
+    [[ -n ${HELDOUT:-} ]] && AUDITS=($B/h100_heldout/search-distill-heldout.json $B/h100_heldout/search-loss-heldout.json)
+    python3 $B/score_vs_audit.py "${OUT:-.}"/search-*.json --audit "${AUDITS[@]}"
     exit ;;
   memprobe)  # PROBE_SCRATCH=1: random weights of SmolLM2's shape (memory does not depend on them): no GGUF
     read -ra MORE <<< "${PROBE_ARGS:-}"
