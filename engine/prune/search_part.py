@@ -72,7 +72,7 @@ class SearchProgress:
 
     def __init__(self, ctx: StageContext, total: int, clock: Callable[[], float] = time.perf_counter):
         self.ctx, self.total, self.done, self.clock = ctx, total, 0, clock
-        self.phase("screen", total)
+        self.phase("search", total)
         self._bar: Any = None
         ctx.progress(0, total_steps=total)
         if ctx.is_main and sys.stdout.isatty():

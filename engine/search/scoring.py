@@ -16,7 +16,9 @@ distillation, or an [eval] task. Every candidate sees the same batches.
 - "distill-kd": the first `score_steps` steps of the student's [distill] run itself (its learning-rate
   schedule, not one squeezed into the short run; its first training windows), scored by the run's own
   loss averaged over the last fifth of them. Every candidate sees the same batches, so the shapes are
-  compared batch for batch, with no validation pass. On SmolLM2-135M the audits' own first 50 steps
+  compared batch for batch, with no validation pass. (Like every distill score it trains beside the live
+  teacher on the full vocabulary, without a recipe's hidden-state term or stored top-k: where the recipe has
+  those, the figure is its loss without them.) On SmolLM2-135M the audits' own first 50 steps
   ranked six shapes as their 150-step runs finished on held-out text (+0.94), where "distill" at 80
   steps reached +0.77 (benchmarks/RESULTS.md, "The run's own loss").
 - score_task: an [eval] task through lm-evaluation-harness (engine.evaluation.tasks); its
