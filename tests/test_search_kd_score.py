@@ -5,14 +5,12 @@ same windows, the same losses."""
 from __future__ import annotations
 
 import pytest
-from _prune_util import tiny_model, write_prepared
 from _util import one_thread  # noqa: F401  (autouse)
-from test_search import SEQ, _run, _tokenizer
-from test_search_audit import SEARCH, _toml
+from test_search import _run
+from test_search_audit import SEARCH, _toml, root  # noqa: F401  (root: its module-scoped teacher)
 
 from engine.config import ConfigError, loads_experiment
 from engine.contract import RunLayout, read_json, read_metrics
-from engine.models.hf import save_model
 
 DISTILL = """[distill]
 steps = 20
@@ -26,16 +24,7 @@ seed = 7                    # not the experiment's: the score must read the run'
 """
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kd")
-    tok = _tokenizer()
-    save_model(tiny_model("llama", layers=4, vocab_size=len(tok), tie_word_embeddings=False), root / "teacher", tok)
-    write_prepared(root / "runs" / "a" / "prepare", len(tok), SEQ)
-    return root
-
-
-def test_the_kd_score_is_the_distill_runs_own_loss_over_its_last_steps(root, capsys):
+def test_the_kd_score_is_the_distill_runs_own_loss_over_its_last_steps(root, capsys):  # noqa: F811
     exp = loads_experiment(_toml(root, SEARCH + 'score = "distill-kd"\nscore_steps = 10\n', DISTILL), source="a.toml")
     layout = RunLayout(exp.run_dir)
     assert _run(exp, "prune-auto") == 0
@@ -53,7 +42,7 @@ def test_the_kd_score_is_the_distill_runs_own_loss_over_its_last_steps(root, cap
     assert chosen["score"] != pytest.approx(chosen["loss"], rel=1e-3)
 
 
-def test_a_kd_score_longer_than_the_run_is_refused(root):
+def test_a_kd_score_longer_than_the_run_is_refused(root):  # noqa: F811
     with pytest.raises(ConfigError, match=r"score_steps = 21 is more than the 20 steps of its \[distill\] run.*"
                                           r"set score_steps <= 20"):
         loads_experiment(_toml(root, SEARCH + 'score = "distill-kd"\nscore_steps = 21\n', DISTILL), source="a.toml")
