@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from engine.config.prune_schema import score_window  # noqa: E402
 from engine.search.audit import spearman  # noqa: E402
 
 STEP = re.compile(r"audit \d+/\d+ (.+?): step (\d+)/(\d+) loss ([-\d.naif]+)")
@@ -39,7 +40,7 @@ def read_log(path: Path) -> tuple[dict[str, dict[int, float]], dict[str, float]]
 
 
 def kd_score(curve: dict[int, float], steps: int) -> float:
-    window = max(1, steps // 5)  # as PruneConfig.score_window
+    window = score_window(steps)
     return sum(curve[s] for s in range(steps - window + 1, steps + 1)) / window
 
 
@@ -63,7 +64,7 @@ def main() -> int:
             scores = {n: kd_score(curves[n], steps) for n in names}
             pick = min(names, key=scores.get)
             rho = spearman([scores[n] for n in names], [final[n] for n in names])
-            print(f"  {steps:4d} steps (last {max(1, steps // 5)}): Spearman {rho:+.2f}; picks {pick}, "
+            print(f"  {steps:4d} steps (last {score_window(steps)}): Spearman {rho:+.2f}; picks {pick}, "
                   f"{final[pick] - final[best]:.4f} nats behind the best")
     return 0
 

@@ -15,6 +15,13 @@ SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attent
 # SPEED_KEYS (engine.stages.prune_methods): a search's speed budget, the targets, then how they are measured
 
 
+def score_window(score_steps: int) -> int:
+    """"distill-kd": the last steps whose distillation loss is averaged, a fifth of score_steps. Every candidate sees
+    the same batches, so a shape's loss is compared batch for batch; on SmolLM2 any window from 1 to half of 50+
+    steps ranked the same (benchmarks/RESULTS.md)."""
+    return max(1, score_steps // 5)
+
+
 class PruneConfig(Section):
     name: str
     method: Literal["depth", "width", "search"]  # engine.stages.prune_methods.METHODS (tests/test_prune_methods.py)
@@ -83,10 +90,7 @@ class PruneConfig(Section):
 
     @property
     def score_window(self) -> int:
-        """"distill-kd": the last steps whose distillation loss is averaged, a fifth of score_steps. Every candidate
-        sees the same batches, so a shape's loss is compared batch for batch; on SmolLM2 any window from 1 to half of
-        50+ steps ranked the same (benchmarks/RESULTS.md)."""
-        return max(1, self.score_steps // 5)
+        return score_window(self.score_steps)
 
     @model_validator(mode="after")
     def _score_seeds(self) -> PruneConfig:
