@@ -429,8 +429,8 @@ def test_distill_score_trains_at_the_micro_batch_the_trainer_picks(run, monkeypa
 
 
 def test_score_seeds_average_the_short_distillation_over_data_orders(run):
-    """score_seeds = 2: each candidate is distilled from the same copy once per data order (seed, seed + 1),
-    and its score is the mean of the two losses: the same as scoring it once with each order alone."""
+    """score_seeds = 2: each candidate is distilled from the same copy once per data order ([distill] seed,
+    seed + 1), and its score is the mean of the two losses: the same as scoring it once with each order alone."""
     from engine.contract.stage_context import StageContext
 
     exp, layout, _ = run
@@ -439,16 +439,17 @@ def test_score_seeds_average_the_short_distillation_over_data_orders(run):
     tok = PreTrainedTokenizerFast.from_pretrained(exp.model.path)
     val = [torch.randint(3, len(tok), (2, SEQ + 1), generator=torch.Generator().manual_seed(0))]
 
-    def score_with(seed: int, seeds: int) -> float:
-        e = exp.model_copy(update={"seed": seed})
+    def score_with(seed: int, seeds: int) -> float:  # the windows are the distill stage's: its seed's
+        e = exp.model_copy(update={"distill": exp.distill.model_copy(update={"seed": seed})})
         p = e.prune_by_name("dsearch").model_copy(update={"score_seeds": seeds})
         torch.manual_seed(0)
         return stage_body._scorer(StageContext(e, "prune-dsearch", layout, None), p, teacher, tok, val,
                                   torch.device("cpu")).score(candidate)
 
-    first, second = score_with(exp.seed, 1), score_with(exp.seed + 1, 1)
+    seed = exp.distill.seed
+    first, second = score_with(seed, 1), score_with(seed + 1, 1)
     assert first != second  # another data order is another score
-    assert score_with(exp.seed, 2) == pytest.approx((first + second) / 2, rel=1e-6)
+    assert score_with(seed, 2) == pytest.approx((first + second) / 2, rel=1e-6)
 
 
 def test_a_scored_candidate_leaves_no_trainer_behind(run):
