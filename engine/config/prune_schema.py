@@ -88,10 +88,6 @@ class PruneConfig(Section):
         """Whether a short distillation scores the candidates (a "distill..." score, no score_task)."""
         return self.score != "loss" and not self.score_task
 
-    @property
-    def score_window(self) -> int:
-        return score_window(self.score_steps)
-
     @model_validator(mode="after")
     def _score_seeds(self) -> PruneConfig:
         if "score_seeds" in self.model_fields_set and self.score_seeds > 1 and not self.distill_scored:

@@ -114,14 +114,15 @@ def run_audit(ctx: StageContext, space: SearchSpace, teacher: nn.Module, imp: Im
             if len(losses) < len(configs):  # stopped
                 break
             mean = sum(losses) / len(losses)
+            on_val = sum(seen) / len(seen) if scored_on is not None else None
             said = f"{mean:.4f}" + (f" (mean of {', '.join(f'{x:.4f}' for x in losses)})" if len(losses) > 1 else "")
-            also = f"; validation {sum(seen) / len(seen):.4f}" if scored_on is not None else ""
+            also = f"; validation {on_val:.4f}" if on_val is not None else ""
             ctx.log(f"[{stage}] audit {k + 1}/{len(chosen)} {label}: final {split} loss {said}{also} "
                     f"(score rank {doc['candidates'][i]['rank']})")
             if all(math.isfinite(x) for x in losses):
                 final[i], seconds[i], repeats[i] = mean, time.perf_counter() - c0, losses
-                if scored_on is not None:
-                    on_validation[i] = sum(seen) / len(seen)
+                if on_val is not None:
+                    on_validation[i] = on_val
             save(cancelled=bool(stop.signame))
         if stop.signame:
             save(cancelled=True)

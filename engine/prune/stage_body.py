@@ -244,5 +244,4 @@ def _scorer(ctx: StageContext, p: Any, teacher: torch.nn.Module, tokenizer: Any,
             cfg.global_batch_size, start=0)
         orders.append([torch.as_tensor(next(it)).to(device=device, dtype=torch.long) for _ in range(p.score_steps)])
     vocab = min(len(tokenizer), teacher.get_output_embeddings().weight.shape[0])
-    return scoring.distill_scorer(exp, p.name, teacher, vocab, p.score_steps, orders, windows, p.score,
-                                  p.score_window)
+    return scoring.distill_scorer(exp, p.name, teacher, vocab, p.score_steps, orders, windows, p.score)

@@ -83,17 +83,18 @@ def loss_scorer(windows: list[torch.Tensor]) -> Scorer:
 
 def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: int,
                    orders: list[list[torch.Tensor]], windows: list[torch.Tensor],
-                   rule: str = "distill", kd_window: int = 1) -> Scorer:
+                   rule: str = "distill") -> Scorer:
     """A short distillation (the student's [distill] recipe, `steps` steps, step i on the global batch
     `order[i]`) of a copy of each candidate, then its validation loss; with several `orders` (score_seeds:
     other data orders) one distillation from the same copy each, and the mean of their losses.
     `rule`: "distill", "distill+loss" (the same figure, ranked with the loss after pruning: Scorer) or
     "distill-kd" (the first `steps` of the full run's schedule, scored by the mean training loss of its last
-    `kd_window` steps).
+    `score_window(steps)` steps).
 
     The micro-batch is the trainer's, as in the distill stage: with "auto" it searches for the largest
     that fits (a fixed 4 left a 135M candidate waiting on kernel launches, 7x slower a step than the
     stage). Every candidate trains on the same windows whatever micro-batch it gets."""
+    from engine.config.prune_schema import score_window
     from engine.models.hf import torch_dtype
     from engine.training.setup import lr_at, make_accelerator
     from engine.training.stage_bodies import loss_spec, train_dtype
@@ -101,6 +102,7 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
 
     base = exp.distill_for(name)
     run_start = rule == "distill-kd"  # the run's own first steps, else a run of `steps` with its own schedule
+    window = score_window(steps)
     squeeze = {} if run_start else {"steps": steps, "warmup_steps": min(base.warmup_steps, steps - 1)}
     # eager: every candidate is a new shape, and recompiling each would cost more than its few steps
     cfg = base.model_copy(update={**squeeze, "compile": False})
@@ -119,7 +121,7 @@ def distill_scorer(exp: Any, name: str, teacher: nn.Module, vocab: int, steps: i
                     seen.append(pending.pop(0).result().loss)
             seen += [p.result().loss for p in pending]
             if run_start:  # a step skipped as not finite ranks the candidate last
-                last = seen[-kd_window:]
+                last = seen[-window:]
                 loss = sum(last) / len(last) if all(math.isfinite(x) for x in last) else math.inf
             else:
                 loss = evaluate_loss(trainer.unwrapped().student, windows)

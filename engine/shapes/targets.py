@@ -333,13 +333,14 @@ def _selection_line(p: Any, t: Shape, selection: str) -> str:
 
 def _search_lines(p: Any, t: Shape, space: SearchSpace, eval_cfg: Any = None) -> list[str]:
     """The search's budget, candidate count and param range, its speed budget, and the first few candidates."""
+    from engine.config.prune_schema import score_window
     from engine.config.speed_target import speed_budget_for
 
     steps = f"{p.score_steps} distillation steps" + (f" (mean of {p.score_seeds} data orders)" if p.score_seeds > 1 else "")
     score = {"loss": "validation loss right after pruning",
              "distill": f"validation loss after {steps}",
              "distill+loss": f"the ranks of the loss after {steps} and right after pruning, summed",
-             "distill-kd": f"the distillation loss over the last {p.score_window} of the [distill] run's "
+             "distill-kd": f"the distillation loss over the last {score_window(p.score_steps)} of the [distill] run's "
                            f"first {steps}"}[p.score]
     if p.score_task:
         score = f"task '{p.score_task}'"

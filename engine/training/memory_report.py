@@ -14,8 +14,7 @@ from engine.contract.stage_context import StageContext
 class MemoryReport:
     def __init__(self, ctx: StageContext, device: torch.device, log: Callable[[str], None]):
         self.ctx, self.device, self.log = ctx, device, log
-        self.predicted_gib: float | None = None
-        self._bytes: int | None = None  # the prediction's total, to tell a new figure from the last
+        self._bytes: int | None = None  # the last prediction's total
 
     def predict(self, processes: int, micro_batch: int | None, why: str = "") -> None:
         """Predict (again: `why` says what changed, e.g. the micro-batch an "auto" search chose; a figure that
@@ -24,8 +23,12 @@ class MemoryReport:
 
         need = predicted_need(self.ctx.exp, self.ctx.stage, processes, self.device.type == "cuda", micro_batch)
         if need is not None and need.total != self._bytes:
-            self._bytes, self.predicted_gib = need.total, round(need.gib(), 3)
+            self._bytes = need.total
             self.log(f"memory: predicted{why} {need.describe()}")
+
+    @property
+    def predicted_gib(self) -> float | None:
+        return None if self._bytes is None else round(self._bytes / GIB, 3)
 
     def measured(self, step: int | None, what: str = "") -> None:
         """The peak (the allocator's, since the stage began; `what` says how far) against the prediction."""
