@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from engine.data.prepared import link_or_copy  # noqa: E402
 
 
 def split_validation(src: Path, out: Path, fraction: float = 0.5) -> dict:
@@ -31,12 +35,8 @@ def split_validation(src: Path, out: Path, fraction: float = 0.5) -> dict:
     cut = max(1, min(docs - 1, round(docs * fraction)))
     out.mkdir(parents=True, exist_ok=True)
     for name in ("train.bin", "train.idx.npy"):
-        if (out / name).exists():
-            (out / name).unlink()
-        try:
-            os.link(src / name, out / name)
-        except OSError:
-            shutil.copyfile(src / name, out / name)
+        (out / name).unlink(missing_ok=True)
+        link_or_copy(src / name, out / name)
     if (src / "tokenizer").is_dir():
         shutil.copytree(src / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
     splits = {"train": meta["splits"]["train"]}

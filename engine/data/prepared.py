@@ -32,7 +32,8 @@ def _resolve_dir(pattern: str, experiment_file: str | None) -> Path:
                     "give a folder written by `slimlab-engine prepare` (meta.json + <split>.bin)")
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows one (prepared splits are read-only), else a copy."""
     try:
         os.link(src, dst)
     except OSError:  # another file system, or links not allowed
@@ -75,7 +76,7 @@ def use_prepared(exp: Any, layout: RunLayout, log: Callable[[str], None], inputs
     try:
         for split in meta["splits"]:
             for name in (f"{split}.bin", f"{split}.idx.npy"):
-                _link_or_copy(folder / name, build / name)
+                link_or_copy(folder / name, build / name)
         if trained:
             shutil.copytree(folder / "tokenizer", build / "tokenizer")
         new_meta = {**meta, "inputs": inputs, "prepared_from": str(folder)}
