@@ -26,9 +26,10 @@ DEPTH = {**LLAMA31_8B, "num_hidden_layers": 16}
 SMALL = {**LLAMA_1B, "num_hidden_layers": 8}
 SMOL_STUDENT = {**SMOLLM2, "num_hidden_layers": 15}
 # name, student, teacher, micro-batch, seq, gradient_checkpointing, master_weights, moment bytes, chunk,
-# compiled, measured GiB, where it was measured (H100, 2026-12-06; 2026-12-07 for the float8 pairs), and float8
+# compiled, measured GiB, where it was measured (H100, 2026-12-06; 2026-12-07 for the float8 pairs and the larger micro-batches), and float8
 # (when given)
 F8 = "benchmarks/scale/h100_float8/"
+B = "benchmarks/scale/h100_1b_batch/"  # 8 and 16 sequences a step (2026-12-07, 13:15 UTC)
 CASES = [
     ("1.24B compiled, masters, fp32 moments", SMALL, LLAMA_1B, 4, 2048, False, True, 8, 4096, True, 21.85,
      "benchmarks/scale/h100_stochastic/options-1b-engine-compile.json"),
@@ -54,6 +55,14 @@ CASES = [
      F8 + "8b-engine-compile-chunk512-gc0.4-bf16states-sr-f8.json", True),
     ("1.24B compiled, stochastic, bf16 moments, float8", SMALL, LLAMA_1B, 4, 2048, False, "stochastic", 4, 4096, True,
      14.77, F8 + "f8.json", True),
+    ("1.24B compiled, stochastic, bf16 moments, b8", SMALL, LLAMA_1B, 8, 2048, False, "stochastic", 4, 4096, True,
+     21.09, B + "b8/1b.json"),
+    ("1.24B compiled, stochastic, bf16 moments, b16", SMALL, LLAMA_1B, 16, 2048, False, "stochastic", 4, 4096, True,
+     30.73, B + "b16/1b.json"),
+    ("1.24B, the same, float8, b8", SMALL, LLAMA_1B, 8, 2048, False, "stochastic", 4, 4096, True, 18.09, B + "b8/f8.json",
+     True),
+    ("1.24B, the same, float8, b16", SMALL, LLAMA_1B, 16, 2048, False, "stochastic", 4, 4096, True, 24.73, B + "b16/f8.json",
+     True),
     ("SmolLM2 shape, compiled, masters", SMOL_STUDENT, SMOLLM2, 64, 512, False, True, 8, 4096, True, 10.97,
      F8 + "default.json"),
     ("SmolLM2 shape, compiled, masters, float8", SMOL_STUDENT, SMOLLM2, 64, 512, False, True, 8, 4096, True, 8.51,
