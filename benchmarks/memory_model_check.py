@@ -26,8 +26,8 @@ DEPTH = {**LLAMA31_8B, "num_hidden_layers": 16}
 SMALL = {**LLAMA_1B, "num_hidden_layers": 8}
 SMOL_STUDENT = {**SMOLLM2, "num_hidden_layers": 15}
 # name, student, teacher, micro-batch, seq, gradient_checkpointing, master_weights, moment bytes, chunk,
-# compiled, measured GiB, where it was measured (H100, 2026-12-06; 2026-12-07 for the float8 pairs and the larger micro-batches), and float8
-# (when given)
+# compiled, measured GiB, where it was measured (H100, 2026-12-06; 2026-12-07 for the float8 pairs and the
+# larger micro-batches), and float8 (when given)
 F8 = "benchmarks/scale/h100_float8/"
 B = "benchmarks/scale/h100_1b_batch/"  # 8 and 16 sequences a step (2026-12-07, 13:15 UTC)
 CASES = [
