@@ -46,3 +46,16 @@ def test_a_kd_score_longer_than_the_run_is_refused(root):  # noqa: F811
     with pytest.raises(ConfigError, match=r"score_steps = 21 is more than the 20 steps of its \[distill\] run.*"
                                           r"set score_steps <= 20"):
         loads_experiment(_toml(root, SEARCH + 'score = "distill-kd"\nscore_steps = 21\n', DISTILL), source="a.toml")
+
+
+@pytest.mark.parametrize(("extra", "steps", "expected"), [
+    ("", 20, 20),                        # 50 unless set, capped at the run's steps (20 here)
+    ("", 80, 50),
+    ("score_steps = 12\n", 80, 12),      # what the user set stays
+])
+def test_a_kd_score_runs_50_steps_of_the_run_unless_set(root, extra, steps, expected):  # noqa: F811
+    distill = DISTILL.replace("steps = 20\n", f"steps = {steps}\n", 1)
+    exp = loads_experiment(_toml(root, SEARCH + 'score = "distill-kd"\n' + extra, distill), source="a.toml")
+    assert next(p for p in exp.prune if p.method == "search").score_steps == expected
+    other = loads_experiment(_toml(root, SEARCH + 'score = "distill"\n', distill), source="a.toml")
+    assert next(p for p in other.prune if p.method == "search").score_steps == 20  # the other scores keep 20

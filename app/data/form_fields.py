@@ -231,7 +231,7 @@ TARGET_FIELDS = {s.key: s for s in (
     schema_field("prune", "ffn_multiple", "ffn step"),
     schema_field("prune", "top_k", "top k", hint="(candidates pruned and scored)"),
     schema_field("prune", "score", "score"),
-    schema_field("prune", "score_steps", "score steps", hint="(a distill... score: its training steps)"),
+    schema_field("prune", "score_steps", "score steps", hint="(distill-kd: 50)"),
     schema_field("prune", "score_task", "score task", hint="default: the loss; or an [eval] task"),
     schema_field("prune", "audit", "audit", hint="(0: off; N: distil the N best, check the order)"),
 )}

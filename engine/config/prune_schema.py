@@ -15,6 +15,12 @@ SearchAxis = Literal["num_layers", "hidden_size", "ffn_hidden_size", "num_attent
 # SPEED_KEYS (engine.stages.prune_methods): a search's speed budget, the targets, then how they are measured
 
 
+# "distill-kd"'s score_steps unless set (capped at the [distill] run's steps, engine/config/schema.py): on SmolLM2 its
+# ranking settled from about 40 steps of the run, and a search scored with 50 picked the best audited shape
+# (benchmarks/RESULTS.md, "A search scored by distill-kd"); the other distill scores keep score_steps' default
+KD_SCORE_STEPS = 50
+
+
 def score_window(score_steps: int) -> int:
     """"distill-kd": the last steps whose distillation loss is averaged, a fifth of score_steps. Every candidate sees
     the same batches, so a shape's loss is compared batch for batch; on SmolLM2 any window from 1 to half of 50+
@@ -60,7 +66,7 @@ class PruneConfig(Section):
     # "distill+loss": ranked by the distill score's rank plus the loss after pruning's; "distill-kd": the [distill]
     # run's own loss over the last fifth of its first score_steps steps (search/scoring.py)
     score: Literal["loss", "distill", "distill+loss", "distill-kd"] = "loss"
-    score_steps: int = Field(default=20, ge=1)  # a distill score's steps of the short distillation
+    score_steps: int = Field(default=20, ge=1)  # a distill score's steps of the short distillation ("distill-kd": 50)
     score_task: str | None = None  # an [eval] task scored instead of the loss
     # the short distillation repeated on this many data orders (seed, seed + 1, ...), the mean scored: its run-to-run
     # noise, not the audit's, limited the ranking on SmolLM2 (benchmarks/RESULTS.md, "The audit with two seeds")

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from engine.config.arch import SUPPORTED_MODEL_TYPES, check_arch
-from engine.config.prune_schema import PruneConfig
+from engine.config.prune_schema import KD_SCORE_STEPS, PruneConfig
 from engine.config.section_base import Dtype, Section, slug
 from engine.errors import ConfigError
 from engine.stages import KINDS, stage_names, stage_settings
@@ -363,12 +363,20 @@ class Experiment(Section):
                     err = e.errors()[0]
                     key = ".".join(str(x) for x in err["loc"])
                     raise ValueError(f"prune '{p.name}': distill.{key}: {err['msg'].lower()}") from None
-            if p.score == "distill-kd" and not p.score_task and self.distill is not None \
-                    and p.score_steps > (steps := self.distill_for(p.name).steps):
-                raise ValueError(f"prune '{p.name}': score_steps = {p.score_steps} is more than the {steps} steps of its "
-                                 f"[distill] run, whose first steps score = \"distill-kd\" takes; set score_steps <= "
-                                 f"{steps}")
+            if p.score == "distill-kd" and not p.score_task and self.distill is not None:
+                self._kd_score_steps(p, self.distill_for(p.name).steps)
         return self
+
+    @staticmethod
+    def _kd_score_steps(p: PruneConfig, steps: int) -> None:
+        """"distill-kd" scores the first steps of the student's own [distill] run: KD_SCORE_STEPS of them unless
+        set (at most the run's `steps`), and never more than the run has."""
+        if "score_steps" not in p.model_fields_set:
+            p.score_steps = min(KD_SCORE_STEPS, steps)
+        elif p.score_steps > steps:
+            raise ValueError(f"prune '{p.name}': score_steps = {p.score_steps} is more than the {steps} steps of its "
+                             f"[distill] run, whose first steps score = \"distill-kd\" takes; set score_steps <= "
+                             f"{steps}")
 
     def _refuse_under_fsdp(self, key: str, value: str, why: str, fix: str) -> None:
         """A training key's value that FSDP2 cannot honour, wherever it is set: one line naming where."""
