@@ -16,6 +16,8 @@
 #   profile1b   the 1.24B step (bf16 moments, stochastic rounding: the fastest recipe) profiled per kernel group
 #   1b, f8      the same 1.24B step timed, and with float8 = true (torchao's float8 matmuls in the decoder layers
 #               of student and teacher); f8small: float8 at SmolLM2's shape
+#   1b16, f816  the 1.24B step at 16 sequences a step (the size "auto" picks where the global batch allows),
+#               bf16 and float8: SMALL_VARIANTS="1b f8 1b16 f816" is the 58% goal's measurement, side by side
 # SMALL_VARIANTS picks some (default: all, in the order above). Each has SMALL_TIMEOUT seconds (default 150;
 # autotune twice that). The profile's table goes to OUT/profile-*.txt.
 set -uo pipefail
@@ -51,6 +53,8 @@ for v in ${SMALL_VARIANTS:-default cudnn flash cdt combo b128 profile1b 1b f8 f8
     1b) bench 1b "${B[@]}" ;;
     f8) bench f8 "${B[@]}" --variants engine-compile-bf16states-sr-f8 ;;  # (the last --variants counts)
     f8small) bench f8small "${D[@]}" --variants engine-compile-f8 ;;
+    1b16) bench 1b16 "${B[@]}" --batch 16 ;;
+    f816) bench f816 "${B[@]}" --variants engine-compile-bf16states-sr-f8 --batch 16 ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
 done
