@@ -238,8 +238,10 @@ def _scorer(ctx: StageContext, p: Any, teacher: torch.nn.Module, tokenizer: Any,
     cfg = exp.distill_for(p.name)
     from engine.data import PackedDataset
 
-    orders = []  # per score_seeds data order: the same windows for every candidate (epochs wrap); the first
-    for r in range(p.score_seeds):  # is the distill stage's own
+    # per score_seeds data order: the same windows for every candidate (epochs wrap); the first is the distill
+    # stage's own
+    orders = []
+    for r in range(p.score_seeds):
         it = PackedDataset(ctx.layout.data_dir, "train", exp.data.seq_length, seed=cfg.seed + r).batches(
             cfg.global_batch_size, start=0)
         orders.append([torch.as_tensor(next(it)).to(device=device, dtype=torch.long) for _ in range(p.score_steps)])

@@ -18,9 +18,9 @@ distillation, or an [eval] task. Every candidate sees the same batches.
   loss averaged over the last fifth of them. Every candidate sees the same batches, so the shapes are
   compared batch for batch, with no validation pass. (Like every distill score it trains beside the live
   teacher on the full vocabulary, without a recipe's hidden-state term or stored top-k: where the recipe has
-  those, the figure is its loss without them.) On SmolLM2-135M the audits' own first 50 steps
-  ranked six shapes as their 150-step runs finished on held-out text (+0.94), where "distill" at 80
-  steps reached +0.77 (benchmarks/RESULTS.md, "The run's own loss").
+  those, the figure is its loss without them.) On SmolLM2-135M a search scored this way ranked the six
+  shapes its audit distilled in full at +0.89 on held-out text and chose the best (benchmarks/RESULTS.md,
+  "A search scored by distill-kd").
 - score_task: an [eval] task through lm-evaluation-harness (engine.evaluation.tasks); its
   headline metric (engine.contract.scores.headline_metric), in that metric's direction.
 """
